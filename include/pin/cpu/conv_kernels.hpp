@@ -1,0 +1,333 @@
+// pin/cpu/conv_kernels.hpp - the two register-tiled loops every CPU convolution is built from.
+//
+// 1. gather_conv: out[pixel, co] = sum over taps t and input channels ci of
+//        src[tap_source(pixel, t), ci] * wpack[t, ci, co]
+//    on channels-last data. Each output pixel carries its own source pointer per tap (or a pointer
+//    to zeros when the tap falls in the padding), so there is no im2col copy, a tile of pixels may
+//    cross image rows and images freely, and stride, padding and the sub-pixel classes of a
+//    strided backward pass are all just different pointer tables. Forward conv2d, its input
+//    gradient, and both directions of the transposed convolution are instances.
+// 2. tap_weight_gradient: dwt[t, ci, co] = sum over pixels of src[tap_source(pixel, t), ci] * g[pixel, co],
+//    the weight gradient of any such convolution.
+//
+// Register tiles: MR pixels x NV vectors of output channels, MR*NV accumulators kept in registers;
+// the input value is broadcast, the weights are loaded as vectors. Work is split into tasks whose
+// boundaries depend only on the problem shape, and every output element is reduced inside one task
+// in a fixed order, so results are bit-identical for any thread count.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "pin/core/error.hpp"
+#include "pin/core/parallel.hpp"
+#include "pin/core/simd.hpp"
+
+namespace pin::cpu {
+
+using simd::VecF;
+
+// Geometry of one gather convolution. Pixel (n, gh, gw) of the grid reads tap t at source row
+// gh * src_stride + tap_dh[t], column gw * src_stride + tap_dw[t] (skipped when outside the source)
+// and writes row gh * dst_stride + dst_row0, column gw * dst_stride + dst_col0 of the destination.
+struct GatherConvGeometry {
+    int64_t batch = 0;
+    int64_t src_h = 0, src_w = 0, src_channels = 0;
+    int64_t grid_h = 0, grid_w = 0;
+    int64_t src_stride = 1;
+    std::vector<int64_t> tap_dh, tap_dw;
+    int64_t dst_h = 0, dst_w = 0, dst_channels = 0;
+    int64_t dst_stride = 1, dst_row0 = 0, dst_col0 = 0;
+    int64_t taps() const { return static_cast<int64_t>(tap_dh.size()); }
+};
+
+// What happens to an output tile after its sums are complete.
+struct ConvEpilogue {
+    const float* prelu_slope = nullptr;  // per output channel; y = x > 0 ? x : slope * x
+    bool accumulate = false;             // y = activation(sum) + y (fused residual add)
+};
+
+namespace detail {
+
+constexpr int kMaxNV = VecF::kLanes == 16 ? 4 : 2;   // vectors of output channels per tile
+constexpr int kBlockCo = kMaxNV * VecF::kLanes;     // output channels per packed weight block
+constexpr int mr_for_nv(int nv) { return std::min(12, (VecF::kRegisters - 8) / nv); }
+
+// Packed weights: [co_block][tap][ci][kBlockCo], zero-padded past the last output channel.
+// weight(co, ci, t) supplies the values, so every convolution direction packs from the same layout.
+template <typename WeightFn>
+std::vector<float> pack_gather_weights(int64_t out_channels, int64_t in_channels, int64_t taps, WeightFn weight) {
+    const int64_t blocks = (out_channels + kBlockCo - 1) / kBlockCo;
+    std::vector<float> packed(static_cast<size_t>(blocks * taps * in_channels * kBlockCo), 0.0f);
+    for (int64_t b = 0; b < blocks; ++b)
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t ci = 0; ci < in_channels; ++ci) {
+                float* row = packed.data() + ((b * taps + t) * in_channels + ci) * kBlockCo;
+                const int64_t co_end = std::min<int64_t>(kBlockCo, out_channels - b * kBlockCo);
+                for (int64_t j = 0; j < co_end; ++j) row[j] = weight(b * kBlockCo + j, ci, t);
+            }
+    return packed;
+}
+
+// One MR x NV tile: acc += sum over taps, ci in [0, kc) of src_t,i[ci] * w[t][ci][:].
+// src holds taps*MR pointers (tap-major), already offset to the first channel of the chunk.
+template <int MR, int NV>
+PIN_FORCEINLINE void gather_tile(VecF (&acc)[MR][NV], const float* const* src, int64_t taps, int64_t kc,
+                                 const float* w, int64_t w_tap_stride) {
+    constexpr int L = VecF::kLanes;
+    for (int64_t t = 0; t < taps; ++t) {
+        const float* s[MR];
+        for (int i = 0; i < MR; ++i) s[i] = src[t * MR + i];
+        const float* wt = w + t * w_tap_stride;
+        for (int64_t ci = 0; ci < kc; ++ci) {
+            VecF wv[NV];
+            for (int v = 0; v < NV; ++v) wv[v] = VecF::load(wt + ci * kBlockCo + v * L);
+            for (int i = 0; i < MR; ++i) {
+                const VecF b = VecF::broadcast(s[i][ci]);
+                for (int v = 0; v < NV; ++v) acc[i][v] = fma(b, wv[v], acc[i][v]);
+            }
+        }
+    }
+}
+
+template <int NV>
+void gather_conv_block(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
+                       const ConvEpilogue& ep, const float* zeros, int64_t co_block, int64_t pixel_begin,
+                       int64_t pixel_end, int64_t kc_max, std::vector<float>& partial,
+                       std::vector<const float*>& ptrs) {
+    constexpr int MR = mr_for_nv(NV);
+    constexpr int L = VecF::kLanes;
+    const int64_t taps = g.taps();
+    const int64_t cin = g.src_channels;
+    const int64_t co0 = co_block * kBlockCo;
+    const int64_t co_count = std::min<int64_t>(kBlockCo, g.dst_channels - co0);
+    const int64_t grid_px = g.grid_h * g.grid_w;
+    const int64_t npx = pixel_end - pixel_begin;
+    const int64_t ntiles = (npx + MR - 1) / MR;
+
+    // Source pointer per (tile, tap, row) and destination pointer per pixel.
+    ptrs.assign(static_cast<size_t>(ntiles * taps * MR), zeros);
+    std::vector<float*> dsts(static_cast<size_t>(ntiles * MR), nullptr);
+    for (int64_t p = 0; p < npx; ++p) {
+        const int64_t pix = pixel_begin + p;
+        const int64_t n = pix / grid_px, rem = pix % grid_px;
+        const int64_t gh = rem / g.grid_w, gw = rem % g.grid_w;
+        const int64_t tile = p / MR, row = p % MR;
+        for (int64_t t = 0; t < taps; ++t) {
+            const int64_t ih = gh * g.src_stride + g.tap_dh[static_cast<size_t>(t)];
+            const int64_t iw = gw * g.src_stride + g.tap_dw[static_cast<size_t>(t)];
+            if (ih >= 0 && ih < g.src_h && iw >= 0 && iw < g.src_w)
+                ptrs[static_cast<size_t>((tile * taps + t) * MR + row)] = src + ((n * g.src_h + ih) * g.src_w + iw) * cin;
+        }
+        const int64_t oh = gh * g.dst_stride + g.dst_row0, ow = gw * g.dst_stride + g.dst_col0;
+        dsts[static_cast<size_t>(p)] = dst + ((n * g.dst_h + oh) * g.dst_w + ow) * g.dst_channels + co0;
+    }
+
+    const float* wblock = wpack + co_block * taps * cin * kBlockCo;
+    const int64_t chunks = (cin + kc_max - 1) / kc_max;
+    if (chunks > 1) partial.assign(static_cast<size_t>(ntiles * MR * NV * L), 0.0f);
+    std::vector<const float*> shifted(static_cast<size_t>(taps * MR));
+
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const int64_t ci0 = chunk * kc_max;
+        const int64_t kc = std::min(kc_max, cin - ci0);
+        const bool last = chunk == chunks - 1;
+        for (int64_t tile = 0; tile < ntiles; ++tile) {
+            VecF acc[MR][NV];
+            float* part = chunks > 1 ? partial.data() + tile * MR * NV * L : nullptr;
+            for (int i = 0; i < MR; ++i)
+                for (int v = 0; v < NV; ++v) acc[i][v] = chunk == 0 ? VecF::zero() : VecF::load(part + (i * NV + v) * L);
+            const float* const* tp = ptrs.data() + tile * taps * MR;
+            for (int64_t k = 0; k < taps * MR; ++k) shifted[static_cast<size_t>(k)] = tp[k] + ci0;
+            gather_tile<MR, NV>(acc, shifted.data(), taps, kc, wblock + ci0 * kBlockCo, cin * kBlockCo);
+            if (!last) {
+                for (int i = 0; i < MR; ++i)
+                    for (int v = 0; v < NV; ++v) acc[i][v].store(part + (i * NV + v) * L);
+                continue;
+            }
+            const int64_t rows = std::min<int64_t>(MR, npx - tile * MR);
+            for (int64_t i = 0; i < rows; ++i) {
+                float* d = dsts[static_cast<size_t>(tile * MR + i)];
+                for (int v = 0; v < NV; ++v) {
+                    const int64_t c0 = v * L;
+                    const int lanes = static_cast<int>(std::min<int64_t>(L, co_count - c0));
+                    if (lanes <= 0) break;
+                    VecF y = acc[i][v];
+                    if (ep.prelu_slope) {
+                        const VecF a = lanes == L ? VecF::load(ep.prelu_slope + co0 + c0)
+                                                  : VecF::load_partial(ep.prelu_slope + co0 + c0, lanes);
+                        y = max(y, VecF::zero()) + a * min(y, VecF::zero());
+                    }
+                    if (lanes == L) {
+                        if (ep.accumulate) y = y + VecF::load(d + c0);
+                        y.store(d + c0);
+                    } else {
+                        if (ep.accumulate) y = y + VecF::load_partial(d + c0, lanes);
+                        y.store_partial(d + c0, lanes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+}  // namespace detail
+
+// Runs one gather convolution over the whole grid. `wpack` comes from detail::pack_gather_weights.
+inline void gather_conv(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
+                        const ConvEpilogue& ep = {}) {
+    using namespace detail;
+    const int64_t pixels = g.batch * g.grid_h * g.grid_w;
+    if (pixels == 0 || g.dst_channels == 0) return;
+    const int64_t co_blocks = (g.dst_channels + kBlockCo - 1) / kBlockCo;
+    const int64_t taps = std::max<int64_t>(g.taps(), 1);
+    // Keep one chunk of packed weights (taps x kc x kBlockCo floats) within about 384 KiB of L2.
+    const int64_t kc_max = std::max<int64_t>(16, (384 * 1024 / 4) / (taps * kBlockCo));
+    std::vector<float> zeros(static_cast<size_t>(g.src_channels + VecF::kLanes), 0.0f);
+    // Pixel blocks of fixed size (a multiple of every MR used): task boundaries never depend on
+    // the thread count.
+    constexpr int64_t kPixelBlock = 96;
+    const int64_t pixel_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
+    parallel_for(co_blocks * pixel_blocks, [&](int64_t task) {
+        const int64_t cb = task / pixel_blocks, pb = task % pixel_blocks;
+        const int64_t p0 = pb * kPixelBlock, p1 = std::min(pixels, p0 + kPixelBlock);
+        const int64_t co_left = g.dst_channels - cb * kBlockCo;
+        const int nv = static_cast<int>(std::min<int64_t>(kMaxNV, (co_left + VecF::kLanes - 1) / VecF::kLanes));
+        thread_local std::vector<float> partial;
+        thread_local std::vector<const float*> ptrs;
+        // A sub-pixel class that no tap reaches (1x1 stride-2 backward, odd positions) is all zeros:
+        // run it as one tap that always falls outside an empty source.
+        GatherConvGeometry none;
+        const GatherConvGeometry* geo = &g;
+        if (g.taps() == 0) {
+            none = g;
+            none.tap_dh = {0};
+            none.tap_dw = {0};
+            none.src_h = none.src_w = 0;
+            geo = &none;
+        }
+        switch (nv) {
+            case 1: gather_conv_block<1>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+            case 2: gather_conv_block<2>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+#if defined(__AVX512F__)
+            case 3: gather_conv_block<3>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+            case 4: gather_conv_block<4>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+#endif
+            default: PIN_CHECK(false, "gather_conv: unexpected vector count ", nv);
+        }
+    });
+}
+
+namespace detail {
+
+template <int MR, int NV>
+PIN_FORCEINLINE void weight_grad_tile(float* out, int64_t out_stride, const float* src, const int64_t* offsets,
+                                      const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co0,
+                                      int64_t co_count) {
+    constexpr int L = VecF::kLanes;
+    VecF acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = VecF::zero();
+    const bool full = co_count == NV * L;
+    for (int64_t p = 0; p < count; ++p) {
+        const int64_t off = offsets[p];
+        if (off < 0) continue;
+        const float* xs = src + off + ci0;
+        const float* gp = g + p * g_stride + co0;
+        VecF gv[NV];
+        for (int v = 0; v < NV; ++v)
+            gv[v] = full ? VecF::load(gp + v * L)
+                         : VecF::load_partial(gp + v * L, static_cast<int>(std::clamp<int64_t>(co_count - v * L, 0, L)));
+        for (int i = 0; i < MR; ++i) {
+            const VecF b = VecF::broadcast(xs[i]);
+            for (int v = 0; v < NV; ++v) acc[i][v] = fma(b, gv[v], acc[i][v]);
+        }
+    }
+    // Fold this chunk's sums into the running total: chunk order is fixed, so is the result.
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) {
+            float* o = out + i * out_stride + co0 + v * L;
+            const int lanes = static_cast<int>(std::clamp<int64_t>(co_count - v * L, 0, L));
+            if (lanes == L) (acc[i][v] + VecF::load(o)).store(o);
+            else if (lanes > 0) (acc[i][v] + VecF::load_partial(o, lanes)).store_partial(o, lanes);
+        }
+}
+
+template <int NV>
+void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float* src, const int64_t* offsets,
+                             const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co0,
+                             int64_t co_count) {
+    switch (mr) {
+        case 4: weight_grad_tile<4, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        case 3: weight_grad_tile<3, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        case 2: weight_grad_tile<2, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        default: weight_grad_tile<1, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+    }
+}
+
+}  // namespace detail
+
+// dwt[t][ci][co] = sum over grid pixels of src[tap source, ci] * g[pixel, co], overwriting dwt
+// (taps x src_channels x dst_channels floats). g is channels-last over the grid (batch, grid_h,
+// grid_w, dst_channels); the destination fields of the geometry are not used.
+inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo, const float* g, float* dwt) {
+    using namespace detail;
+    constexpr int MR = 4;
+    constexpr int L = VecF::kLanes;
+    const int64_t taps = geo.taps(), cin = geo.src_channels, cout = geo.dst_channels;
+    std::fill(dwt, dwt + taps * cin * cout, 0.0f);
+    const int64_t pixels = geo.batch * geo.grid_h * geo.grid_w;
+    if (pixels == 0 || taps == 0) return;
+    const int64_t ci_blocks = (cin + MR - 1) / MR;
+    const int64_t co_blocks = (cout + kBlockCo - 1) / kBlockCo;
+    const int64_t tiles = taps * ci_blocks * co_blocks;
+    // Tiles are shared among groups, one per thread; each group streams all pixels chunk by chunk
+    // so a chunk of source and gradient stays in cache while the group's tiles use it. A tile's
+    // sum does not depend on which group owns it, so the grouping may follow the thread count.
+    const int64_t groups = std::min<int64_t>(tiles, num_threads());
+    constexpr int64_t kChunk = 256;
+    const int64_t grid_px = geo.grid_h * geo.grid_w;
+    parallel_for(groups, [&](int64_t grp) {
+        const int64_t t_begin = tiles * grp / groups, t_end = tiles * (grp + 1) / groups;
+        std::vector<int64_t> offsets(static_cast<size_t>(taps * kChunk));
+        for (int64_t p0 = 0; p0 < pixels; p0 += kChunk) {
+            const int64_t count = std::min(kChunk, pixels - p0);
+            for (int64_t p = 0; p < count; ++p) {
+                const int64_t pix = p0 + p;
+                const int64_t n = pix / grid_px, rem = pix % grid_px;
+                const int64_t gh = rem / geo.grid_w, gw = rem % geo.grid_w;
+                for (int64_t t = 0; t < taps; ++t) {
+                    const int64_t ih = gh * geo.src_stride + geo.tap_dh[static_cast<size_t>(t)];
+                    const int64_t iw = gw * geo.src_stride + geo.tap_dw[static_cast<size_t>(t)];
+                    offsets[static_cast<size_t>(t * kChunk + p)] =
+                        (ih >= 0 && ih < geo.src_h && iw >= 0 && iw < geo.src_w)
+                            ? ((n * geo.src_h + ih) * geo.src_w + iw) * cin
+                            : -1;
+                }
+            }
+            const float* gchunk = g + p0 * cout;
+            for (int64_t tile = t_begin; tile < t_end; ++tile) {
+                const int64_t cb = tile % co_blocks;
+                const int64_t rest = tile / co_blocks;
+                const int64_t cib = rest % ci_blocks, t = rest / ci_blocks;
+                const int64_t ci0 = cib * MR, co0 = cb * kBlockCo;
+                const int mr = static_cast<int>(std::min<int64_t>(MR, cin - ci0));
+                const int64_t co_count = std::min<int64_t>(kBlockCo, cout - co0);
+                const int nv = static_cast<int>((co_count + L - 1) / L);
+                float* out = dwt + (t * cin + ci0) * cout;
+                const int64_t* off = offsets.data() + t * kChunk;
+                switch (nv) {
+                    case 1: weight_grad_dispatch_mr<1>(mr, out, cout, src, off, gchunk, cout, count, ci0, co0, co_count); break;
+                    case 2: weight_grad_dispatch_mr<2>(mr, out, cout, src, off, gchunk, cout, count, ci0, co0, co_count); break;
+#if defined(__AVX512F__)
+                    case 3: weight_grad_dispatch_mr<3>(mr, out, cout, src, off, gchunk, cout, count, ci0, co0, co_count); break;
+                    case 4: weight_grad_dispatch_mr<4>(mr, out, cout, src, off, gchunk, cout, count, ci0, co0, co_count); break;
+#endif
+                    default: PIN_CHECK(false, "tap_weight_gradient: unexpected vector count ", nv);
+                }
+            }
+        }
+    });
+}
+
+}  // namespace pin::cpu

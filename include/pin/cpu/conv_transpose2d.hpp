@@ -1,0 +1,87 @@
+// pin/cpu/conv_transpose2d.hpp - transposed 2-D convolution (no bias) on the CPU.
+//
+// Weight (Cin, Cout, k, k) as in PyTorch's ConvTranspose2d. The transposed convolution is the
+// input-gradient of the convolution with the same weight read as (conv_out = Cin, conv_in = Cout),
+// so its forward is conv2d's backward_input (sub-pixel classes, no scatter), its input gradient is
+// conv2d's forward and its weight gradient is conv2d's weight gradient with the roles swapped.
+#pragma once
+#include "pin/cpu/conv2d.hpp"
+
+namespace pin::cpu {
+
+struct ConvTranspose2dParams {
+    int64_t kernel = 3;
+    int64_t stride = 2;
+    int64_t padding = 1;
+    int64_t output_padding = 1;
+    Conv2dParams as_conv() const { return {kernel, stride, padding}; }
+};
+
+inline int64_t conv_transpose2d_output_size(int64_t in, const ConvTranspose2dParams& p) {
+    return (in - 1) * p.stride - 2 * p.padding + p.kernel + p.output_padding;
+}
+
+namespace detail {
+inline void check_conv_transpose_args(const Tensor& x, const Tensor& w, const Tensor& y,
+                                      const ConvTranspose2dParams& p, const char* op) {
+    PIN_CHECK(p.output_padding >= 0 && p.output_padding < std::max(p.stride, p.padding + 1), op,
+              ": output_padding ", p.output_padding, " must be smaller than stride or dilation");
+    PIN_CHECK(x.rank() == 4 && x.layout() == Layout::NHWC && y.rank() == 4 && y.layout() == Layout::NHWC, op,
+              ": activations must be rank-4 NHWC");
+    PIN_CHECK(w.rank() == 4 && w.dim(2) == p.kernel && w.dim(3) == p.kernel, op, ": weight shape ",
+              shape_to_string(w.shape()), " does not match kernel ", p.kernel);
+    check_shape(y, {x.n(), w.dim(1), conv_transpose2d_output_size(x.h(), p), conv_transpose2d_output_size(x.w(), p)},
+                op);
+    PIN_CHECK(w.dim(0) == x.c(), op, ": weight ", shape_to_string(w.shape()), " expects ", w.dim(0),
+              " input channels, input has ", x.c());
+}
+}  // namespace detail
+
+// y (N, Cout, Ho, Wo) NHWC = conv_transpose2d(x (N, Cin, H, W) NHWC, w (Cin, Cout, k, k)).
+inline void conv_transpose2d_forward(const Tensor& x, const Tensor& w, Tensor& y, const ConvTranspose2dParams& p,
+                                     const ConvEpilogue& epilogue = {}) {
+    detail::check_conv_transpose_args(x, w, y, p, "conv_transpose2d_forward");
+    const int64_t cin = x.c(), cout = w.dim(1), k = p.kernel;
+    const float* wd = w.data();
+    // Read as a convolution weight Wc[co = cin][ci = cout]: the same memory.
+    detail::conv2d_input_gradient(
+        x.data(), x.n(), x.h(), x.w(), cin, y.data(), y.h(), y.w(), cout, p.as_conv(),
+        [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[((co * cout + ci) * k + kh) * k + kw]; },
+        epilogue);
+}
+
+// dx (N, Cin, H, W) = gradient through the transposed convolution of dy (N, Cout, Ho, Wo).
+inline void conv_transpose2d_backward_input(const Tensor& dy, const Tensor& w, Tensor& dx,
+                                            const ConvTranspose2dParams& p) {
+    detail::check_conv_transpose_args(dx, w, dy, p, "conv_transpose2d_backward_input");
+    const int64_t cin = dx.c(), cout = w.dim(1);
+    const Conv2dParams cp = p.as_conv();
+    GatherConvGeometry g = detail::conv2d_forward_geometry(dy.n(), dy.h(), dy.w(), cout, cin, cp);
+    // The output padding rows of dy are read by no input pixel, so the grid is exactly dx.
+    g.grid_h = g.dst_h = dx.h();
+    g.grid_w = g.dst_w = dx.w();
+    const int64_t kk = p.kernel * p.kernel;
+    const float* wd = w.data();
+    const std::vector<float> wpack = detail::pack_gather_weights(
+        cin, cout, kk, [&](int64_t co, int64_t ci, int64_t t) { return wd[(co * cout + ci) * kk + t]; });
+    gather_conv(dy.data(), g, wpack.data(), dx.data());
+}
+
+// dw (Cin, Cout, k, k), overwritten.
+inline void conv_transpose2d_backward_weight(const Tensor& x, const Tensor& dy, Tensor& dw,
+                                             const ConvTranspose2dParams& p) {
+    detail::check_conv_transpose_args(x, dw, dy, p, "conv_transpose2d_backward_weight");
+    const int64_t cin = x.c(), cout = dw.dim(1), kk = p.kernel * p.kernel;
+    GatherConvGeometry g = detail::conv2d_forward_geometry(x.n(), dy.h(), dy.w(), cout, cin, p.as_conv());
+    g.grid_h = x.h();
+    g.grid_w = x.w();
+    std::vector<float> dwt(static_cast<size_t>(kk * cout * cin));
+    // Convolution view: source = dy (channels cout), gradient = x (channels cin).
+    tap_weight_gradient(dy.data(), g, x.data(), dwt.data());
+    float* out = dw.data();
+    for (int64_t a = 0; a < cin; ++a)
+        for (int64_t b = 0; b < cout; ++b)
+            for (int64_t t = 0; t < kk; ++t) out[(a * cout + b) * kk + t] = dwt[static_cast<size_t>((t * cout + b) * cin + a)];
+}
+
+}  // namespace pin::cpu

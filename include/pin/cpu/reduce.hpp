@@ -1,0 +1,85 @@
+// pin/cpu/reduce.hpp - reductions: sums, sums of squares, per-row versions, mean squared error.
+//
+// Accumulated in double over fixed blocks, blocks combined in order: the result does not depend
+// on the thread count and does not drift with the tensor size.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "pin/core/parallel.hpp"
+#include "pin/core/tensor.hpp"
+
+namespace pin::cpu {
+
+namespace detail {
+template <typename Term>
+double blocked_sum(int64_t n, Term term) {
+    constexpr int64_t kBlock = 1 << 14;
+    const int64_t blocks = (n + kBlock - 1) / kBlock;
+    std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
+    parallel_for(blocks, [&](int64_t b) {
+        double s = 0.0;
+        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += term(i);
+        partial[static_cast<size_t>(b)] = s;
+    });
+    double s = 0.0;
+    for (double p : partial) s += p;
+    return s;
+}
+}  // namespace detail
+
+inline double reduce_sum(const Tensor& x) {
+    const float* d = x.data();
+    return detail::blocked_sum(x.numel(), [&](int64_t i) { return static_cast<double>(d[i]); });
+}
+inline double reduce_mean(const Tensor& x) {
+    PIN_CHECK(x.numel() > 0, "reduce_mean of an empty tensor");
+    return reduce_sum(x) / static_cast<double>(x.numel());
+}
+inline double reduce_sum_squares(const Tensor& x) {
+    const float* d = x.data();
+    return detail::blocked_sum(x.numel(), [&](int64_t i) { return static_cast<double>(d[i]) * d[i]; });
+}
+// sum over all elements of (a - b)^2
+inline double reduce_squared_distance(const Tensor& a, const Tensor& b) {
+    PIN_CHECK(a.shape() == b.shape(), "reduce_squared_distance: shapes differ ", shape_to_string(a.shape()), " vs ",
+              shape_to_string(b.shape()));
+    const float* x = a.data();
+    const float* y = b.data();
+    return detail::blocked_sum(a.numel(), [&](int64_t i) {
+        const double d = static_cast<double>(x[i]) - y[i];
+        return d * d;
+    });
+}
+
+// Per-sample (first dimension) sums of squares, e.g. ||x_n||^2 for noise scaled per image.
+inline std::vector<double> reduce_rows_sum_squares(const Tensor& x) {
+    PIN_CHECK(x.rank() >= 1 && x.dim(0) > 0, "reduce_rows_sum_squares: empty tensor");
+    const int64_t rows = x.dim(0), len = x.numel() / rows;
+    std::vector<double> out(static_cast<size_t>(rows));
+    const float* d = x.data();
+    parallel_for(rows, [&](int64_t r) {
+        double s = 0.0;
+        for (int64_t i = 0; i < len; ++i) s += static_cast<double>(d[r * len + i]) * d[r * len + i];
+        out[static_cast<size_t>(r)] = s;
+    });
+    return out;
+}
+
+// Mean squared error mean((a - b)^2) and its gradient 2 (a - b) / numel with respect to a.
+inline double mse_forward_backward(const Tensor& a, const Tensor& b, Tensor* grad_a) {
+    const double loss = reduce_squared_distance(a, b) / static_cast<double>(a.numel());
+    if (grad_a) {
+        PIN_CHECK(grad_a->shape() == a.shape(), "mse gradient shape mismatch");
+        const float scale = 2.0f / static_cast<float>(a.numel());
+        const float* x = a.data();
+        const float* y = b.data();
+        float* g = grad_a->data();
+        parallel_for((a.numel() + 16383) / 16384, [&](int64_t blk) {
+            for (int64_t i = blk * 16384; i < std::min(a.numel(), (blk + 1) * 16384); ++i) g[i] = scale * (x[i] - y[i]);
+        });
+    }
+    return loss;
+}
+
+}  // namespace pin::cpu

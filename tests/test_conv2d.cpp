@@ -1,0 +1,109 @@
+// conv2d forward/backward against the float64 reference, odd shapes, batch 1, strides, thread counts.
+#include "helpers.hpp"
+#include "pin/core/parallel.hpp"
+#include "pin/cpu/conv2d.hpp"
+#include "pin/cpu/reference.hpp"
+
+using namespace pin;
+using namespace pin::test;
+
+namespace {
+struct Case {
+    int64_t n, cin, h, w, cout, k, stride, pad;
+};
+const Case kCases[] = {
+    {1, 1, 7, 9, 64, 3, 1, 1},     // first layer shape (cin 1), batch 1
+    {2, 3, 11, 13, 5, 3, 1, 1},    // odd everything, cout below one vector
+    {2, 64, 9, 10, 64, 3, 2, 1},   // 3x3 stride 2
+    {1, 17, 8, 7, 33, 1, 2, 0},    // 1x1 stride 2 shortcut, odd channels
+    {3, 20, 6, 6, 70, 3, 1, 1},    // cout crossing a weight block
+    {1, 5, 12, 11, 3, 5, 2, 2},    // 5x5, stride 2
+    {2, 200, 5, 5, 16, 3, 1, 1},   // cin above one L2 chunk? (chunking exercised below too)
+    {1, 600, 4, 4, 20, 3, 1, 1},   // several input-channel chunks
+    {1, 8, 6, 7, 8, 3, 3, 0},      // stride 3, no padding
+};
+
+void run_case(const Case& c, uint64_t seed) {
+    const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+    const reference::ConvShape rs{c.n, c.cin, c.h, c.w, c.cout, c.k, c.stride, c.pad};
+    const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, seed, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({c.cout, c.cin, c.k, c.k}, seed + 1, 0.3f);
+    const Tensor dy = random_tensor({c.n, c.cout, rs.oh(), rs.ow()}, seed + 2, 1.0f, Layout::NHWC);
+    const DVec xd = to_nchw_doubles(x), wd = to_nchw_doubles(w), dyd = to_nchw_doubles(dy);
+
+    Tensor y = Tensor::empty({c.n, c.cout, rs.oh(), rs.ow()}, Layout::NHWC);
+    cpu::conv2d_forward(x, w, y, p);
+    require_close(y, reference::conv2d_forward(xd, wd, rs), reference::conv2d_forward(abs_of(xd), abs_of(wd), rs), 2e-5,
+                  "conv2d_forward");
+
+    Tensor dx = Tensor::empty(x.shape(), Layout::NHWC);
+    cpu::conv2d_backward_input(dy, w, dx, p);
+    require_close(dx, reference::conv2d_backward_input(dyd, wd, rs),
+                  reference::conv2d_backward_input(abs_of(dyd), abs_of(wd), rs), 2e-5, "conv2d_backward_input");
+
+    Tensor dw = Tensor::empty(w.shape());
+    cpu::conv2d_backward_weight(x, dy, dw, p);
+    require_close(dw, reference::conv2d_backward_weight(xd, dyd, rs),
+                  reference::conv2d_backward_weight(abs_of(xd), abs_of(dyd), rs), 2e-5, "conv2d_backward_weight");
+}
+}  // namespace
+
+TEST_CASE("conv2d matches the float64 reference on odd shapes", "[conv2d]") {
+    uint64_t seed = 100;
+    for (const Case& c : kCases) {
+        INFO("case n=" << c.n << " cin=" << c.cin << " " << c.h << "x" << c.w << " cout=" << c.cout << " k=" << c.k
+                       << " s=" << c.stride << " p=" << c.pad);
+        run_case(c, seed);
+        seed += 10;
+    }
+}
+
+TEST_CASE("conv2d fused PReLU and accumulate epilogue", "[conv2d]") {
+    const Case c{2, 16, 9, 9, 32, 3, 1, 1};
+    const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+    const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 5, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, 6, 0.3f);
+    const Tensor slope = random_tensor({c.cout}, 7, 0.5f);
+    const Tensor base = random_tensor({c.n, c.cout, c.h, c.w}, 8, 1.0f, Layout::NHWC);
+    Tensor plain = Tensor::empty(base.shape(), Layout::NHWC);
+    cpu::conv2d_forward(x, w, plain, p);
+    Tensor fused = base.clone();
+    cpu::conv2d_forward(x, w, fused, p, {slope.data(), true});
+    for (int64_t i = 0; i < plain.numel(); ++i) {
+        const float v = plain.data()[i];
+        const float a = slope.data()[i % c.cout];
+        REQUIRE(fused.data()[i] == Approx((v > 0 ? v : a * v) + base.data()[i]).margin(1e-6));
+    }
+}
+
+TEST_CASE("conv2d results are identical for 1 and 2 threads", "[conv2d][threads]") {
+    const Case c{2, 64, 14, 14, 64, 3, 2, 1};
+    const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+    const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 11, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, 12, 0.1f);
+    const int64_t o = cpu::conv2d_output_size(c.h, p);
+    const Tensor dy = random_tensor({c.n, c.cout, o, o}, 13, 1.0f, Layout::NHWC);
+    Tensor y[2], dx[2], dw[2];
+    for (int t = 0; t < 2; ++t) {
+        set_num_threads(t + 1);
+        y[t] = Tensor::empty(dy.shape(), Layout::NHWC);
+        dx[t] = Tensor::empty(x.shape(), Layout::NHWC);
+        dw[t] = Tensor::empty(w.shape());
+        cpu::conv2d_forward(x, w, y[t], p);
+        cpu::conv2d_backward_input(dy, w, dx[t], p);
+        cpu::conv2d_backward_weight(x, dy, dw[t], p);
+    }
+    set_num_threads(2);
+    REQUIRE(bitwise_equal(y[0], y[1]));
+    REQUIRE(bitwise_equal(dx[0], dx[1]));
+    REQUIRE(bitwise_equal(dw[0], dw[1]));
+}
+
+TEST_CASE("conv2d rejects mismatched shapes with a message", "[conv2d][errors]") {
+    const Tensor x = random_tensor({1, 3, 8, 8}, 1, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({4, 2, 3, 3}, 2);
+    Tensor y = Tensor::empty({1, 4, 8, 8}, Layout::NHWC);
+    REQUIRE_THROWS_WITH(cpu::conv2d_forward(x, w, y, {3, 1, 1}), Catch::Contains("expects 2 input channels"));
+    const Tensor xn = random_tensor({1, 3, 8, 8}, 1);  // NCHW
+    REQUIRE_THROWS_WITH(cpu::conv2d_forward(xn, w, y, {3, 1, 1}), Catch::Contains("NHWC"));
+}
