@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "pin/core/allocator.hpp"
 #include "pin/core/error.hpp"
 
 namespace pin {
@@ -41,20 +42,10 @@ inline int64_t shape_numel(const Shape& s) {
 }
 
 namespace detail {
-// 64-byte aligned so a whole AVX-512 vector never straddles two cache lines at the start.
-struct AlignedFree {
-    void operator()(float* p) const { std::free(p); }
-};
 inline std::shared_ptr<float> allocate_floats(int64_t count) {
     const size_t bytes = static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(float);
-    const size_t rounded = (bytes + 63) / 64 * 64;
-    void* p = std::aligned_alloc(64, rounded);
-    if (!p) {
-        std::ostringstream os;
-        os << "out of memory allocating a tensor of " << count << " floats (" << (bytes >> 20) << " MiB)";
-        throw Error(os.str());
-    }
-    return std::shared_ptr<float>(static_cast<float*>(p), AlignedFree{});
+    float* p = static_cast<float*>(HostAllocator::instance().allocate(bytes));
+    return std::shared_ptr<float>(p, [bytes](float* q) { HostAllocator::instance().release(q, bytes); });
 }
 }  // namespace detail
 

@@ -71,10 +71,15 @@ std::vector<float> pack_gather_weights(int64_t out_channels, int64_t in_channels
 
 // One MR x NV tile: acc += sum over taps, ci in [0, kc) of src_t,i[ci] * w[t][ci][:].
 // src holds taps*MR pointers (tap-major), already offset to the first channel of the chunk.
+// The accumulators are copied into locals: through the reference the compiler must assume the
+// stores may alias the inputs and would spill all MR*NV of them on every iteration.
 template <int MR, int NV>
-PIN_FORCEINLINE void gather_tile(VecF (&acc)[MR][NV], const float* const* src, int64_t taps, int64_t kc,
+PIN_FORCEINLINE void gather_tile(VecF (&acc_io)[MR][NV], const float* const* src, int64_t taps, int64_t kc,
                                  const float* w, int64_t w_tap_stride) {
     constexpr int L = VecF::kLanes;
+    VecF acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = acc_io[i][v];
     for (int64_t t = 0; t < taps; ++t) {
         const float* s[MR];
         for (int i = 0; i < MR; ++i) s[i] = src[t * MR + i];
@@ -88,6 +93,8 @@ PIN_FORCEINLINE void gather_tile(VecF (&acc)[MR][NV], const float* const* src, i
             }
         }
     }
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) acc_io[i][v] = acc[i][v];
 }
 
 template <int NV>
@@ -195,17 +202,21 @@ inline void gather_conv(const float* src, const GatherConvGeometry& g, const flo
         const int nv = static_cast<int>(std::min<int64_t>(kMaxNV, (co_left + VecF::kLanes - 1) / VecF::kLanes));
         thread_local std::vector<float> partial;
         thread_local std::vector<const float*> ptrs;
-        // A sub-pixel class that no tap reaches (1x1 stride-2 backward, odd positions) is all zeros:
-        // run it as one tap that always falls outside an empty source.
-        GatherConvGeometry none;
-        const GatherConvGeometry* geo = &g;
+        // A sub-pixel class that no tap reaches (1x1 stride-2 backward, odd positions): the sum is
+        // 0, so is PReLU(0); write zeros, or leave an accumulated destination as it is.
         if (g.taps() == 0) {
-            none = g;
-            none.tap_dh = {0};
-            none.tap_dw = {0};
-            none.src_h = none.src_w = 0;
-            geo = &none;
+            if (ep.accumulate) return;
+            const int64_t grid_px = g.grid_h * g.grid_w;
+            const int64_t count = std::min<int64_t>(kBlockCo, g.dst_channels - cb * kBlockCo);
+            for (int64_t pix = p0; pix < p1; ++pix) {
+                const int64_t n = pix / grid_px, gh = (pix % grid_px) / g.grid_w, gw = pix % g.grid_w;
+                float* d = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride +
+                                  g.dst_col0) * g.dst_channels + cb * kBlockCo;
+                std::fill(d, d + count, 0.0f);
+            }
+            return;
         }
+        const GatherConvGeometry* geo = &g;
         switch (nv) {
             case 1: gather_conv_block<1>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
             case 2: gather_conv_block<2>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
@@ -220,48 +231,66 @@ inline void gather_conv(const float* src, const GatherConvGeometry& g, const flo
 
 namespace detail {
 
-template <int MR, int NV>
-PIN_FORCEINLINE void weight_grad_tile(float* out, int64_t out_stride, const float* src, const int64_t* offsets,
-                                      const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co0,
-                                      int64_t co_count) {
+// MR input channels x NV vectors of output channels, summed over `count` pixels. kFull: all
+// NV*kLanes output channels exist (no masking), a compile-time choice so that the loop has one
+// straight path and the compiler keeps all MR*NV accumulators in registers.
+template <int MR, int NV, bool kFull>
+void weight_grad_tile(float* out, int64_t out_stride, const float* src, const int64_t* offsets, const float* g,
+                      int64_t g_stride, int64_t count, int64_t ci0, int64_t co0, int64_t co_count) {
     constexpr int L = VecF::kLanes;
     VecF acc[MR][NV];
     for (int i = 0; i < MR; ++i)
         for (int v = 0; v < NV; ++v) acc[i][v] = VecF::zero();
-    const bool full = co_count == NV * L;
+    int lanes[NV];
+    for (int v = 0; v < NV; ++v) lanes[v] = static_cast<int>(std::clamp<int64_t>(co_count - v * L, 0, L));
+    const float* src_c = src + ci0;
+    const float* g_c = g + co0;
     for (int64_t p = 0; p < count; ++p) {
         const int64_t off = offsets[p];
-        if (off < 0) continue;
-        const float* xs = src + off + ci0;
-        const float* gp = g + p * g_stride + co0;
-        VecF gv[NV];
-        for (int v = 0; v < NV; ++v)
-            gv[v] = full ? VecF::load(gp + v * L)
-                         : VecF::load_partial(gp + v * L, static_cast<int>(std::clamp<int64_t>(co_count - v * L, 0, L)));
-        for (int i = 0; i < MR; ++i) {
-            const VecF b = VecF::broadcast(xs[i]);
-            for (int v = 0; v < NV; ++v) acc[i][v] = fma(b, gv[v], acc[i][v]);
+        if (off >= 0) {
+            const float* xs = src_c + off;
+            const float* gp = g_c + p * g_stride;
+            VecF gv[NV];
+            for (int v = 0; v < NV; ++v) gv[v] = kFull ? VecF::load(gp + v * L) : VecF::load_partial(gp + v * L, lanes[v]);
+            for (int i = 0; i < MR; ++i) {
+                const VecF b = VecF::broadcast(xs[i]);
+                for (int v = 0; v < NV; ++v) acc[i][v] = fma(b, gv[v], acc[i][v]);
+            }
         }
     }
     // Fold this chunk's sums into the running total: chunk order is fixed, so is the result.
     for (int i = 0; i < MR; ++i)
         for (int v = 0; v < NV; ++v) {
             float* o = out + i * out_stride + co0 + v * L;
-            const int lanes = static_cast<int>(std::clamp<int64_t>(co_count - v * L, 0, L));
-            if (lanes == L) (acc[i][v] + VecF::load(o)).store(o);
-            else if (lanes > 0) (acc[i][v] + VecF::load_partial(o, lanes)).store_partial(o, lanes);
+            if (lanes[v] == L) (acc[i][v] + VecF::load(o)).store(o);
+            else if (lanes[v] > 0) (acc[i][v] + VecF::load_partial(o, lanes[v])).store_partial(o, lanes[v]);
         }
 }
+
+template <int MR, int NV>
+void weight_grad_tile_any(float* out, int64_t out_stride, const float* src, const int64_t* offsets, const float* g,
+                          int64_t g_stride, int64_t count, int64_t ci0, int64_t co0, int64_t co_count) {
+    if (co_count == NV * VecF::kLanes)
+        weight_grad_tile<MR, NV, true>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count);
+    else
+        weight_grad_tile<MR, NV, false>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count);
+}
+
+constexpr int kWeightGradMR = VecF::kLanes == 16 ? 6 : 4;
 
 template <int NV>
 void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float* src, const int64_t* offsets,
                              const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co0,
                              int64_t co_count) {
     switch (mr) {
-        case 4: weight_grad_tile<4, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
-        case 3: weight_grad_tile<3, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
-        case 2: weight_grad_tile<2, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
-        default: weight_grad_tile<1, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+#if defined(__AVX512F__)
+        case 6: weight_grad_tile_any<6, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        case 5: weight_grad_tile_any<5, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+#endif
+        case 4: weight_grad_tile_any<4, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        case 3: weight_grad_tile_any<3, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        case 2: weight_grad_tile_any<2, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
+        default: weight_grad_tile_any<1, NV>(out, out_stride, src, offsets, g, g_stride, count, ci0, co0, co_count); break;
     }
 }
 
@@ -272,7 +301,7 @@ void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float
 // grid_w, dst_channels); the destination fields of the geometry are not used.
 inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo, const float* g, float* dwt) {
     using namespace detail;
-    constexpr int MR = 4;
+    constexpr int MR = kWeightGradMR;
     constexpr int L = VecF::kLanes;
     const int64_t taps = geo.taps(), cin = geo.src_channels, cout = geo.dst_channels;
     std::fill(dwt, dwt + taps * cin * cout, 0.0f);

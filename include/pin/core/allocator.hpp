@@ -1,0 +1,87 @@
+// pin/core/allocator.hpp - a caching host allocator for tensor storage.
+//
+// Why: a forward pass of PIN allocates and frees the same activation sizes (up to 51 MB at batch
+// 16) on every batch. Blocks that large come straight from mmap, so every batch would page-fault
+// and zero hundreds of MB again (measured: ~18 % of the forward time). Freed blocks are kept in a
+// free list keyed by their exact size and handed out again; the cache is bounded
+// (set_cache_limit, default 1 GiB) and can be emptied (empty_cache).
+#pragma once
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+
+#include "pin/core/error.hpp"
+
+namespace pin {
+
+class HostAllocator {
+public:
+    static HostAllocator& instance() {
+        static HostAllocator* a = new HostAllocator();  // never destroyed: tensors may outlive statics
+        return *a;
+    }
+
+    // 64-byte aligned (a whole AVX-512 vector never straddles two cache lines at the start).
+    void* allocate(size_t bytes) {
+        const size_t size = round_size(bytes);
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            auto it = free_.find(size);
+            if (it != free_.end()) {
+                void* p = it->second;
+                free_.erase(it);
+                cached_ -= size;
+                return p;
+            }
+        }
+        void* p = std::aligned_alloc(64, size);
+        if (!p) {
+            empty_cache();
+            p = std::aligned_alloc(64, size);
+        }
+        if (!p) {
+            std::ostringstream os;
+            os << "out of memory allocating " << (bytes >> 20) << " MiB for a tensor";
+            throw Error(os.str());
+        }
+        return p;
+    }
+
+    void release(void* p, size_t bytes) {
+        const size_t size = round_size(bytes);
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (size >= kMinCached && cached_ + size <= limit_) {
+            free_.emplace(size, p);
+            cached_ += size;
+            return;
+        }
+        std::free(p);
+    }
+
+    void empty_cache() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        for (auto& kv : free_) std::free(kv.second);
+        free_.clear();
+        cached_ = 0;
+    }
+    void set_cache_limit(size_t bytes) {
+        limit_ = bytes;
+        if (cached_ > limit_) empty_cache();
+    }
+    size_t cached_bytes() const { return cached_; }
+
+private:
+    static constexpr size_t kMinCached = 1 << 16;  // small blocks: malloc is fast enough
+    static size_t round_size(size_t bytes) {
+        const size_t b = bytes == 0 ? 64 : bytes;
+        return b >= kMinCached ? (b + 4095) / 4096 * 4096 : (b + 63) / 64 * 64;
+    }
+    std::mutex mutex_;
+    std::multimap<size_t, void*> free_;
+    size_t cached_ = 0;
+    size_t limit_ = size_t{1} << 30;
+};
+
+}  // namespace pin

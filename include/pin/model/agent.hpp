@@ -1,0 +1,44 @@
+// pin/model/agent.hpp - the PIN agent A(x) -> p in (0,1)^N: head(ESN(DAE(x))).
+//
+// The DAE is frozen (always in inference mode); the ESN and the head are the trained part.
+#pragma once
+#include <string>
+
+#include "pin/model/dae.hpp"
+#include "pin/model/esn.hpp"
+#include "pin/model/selection_head.hpp"
+
+namespace pin::model {
+
+class Agent {
+public:
+    explicit Agent(int64_t eigenvectors = 2500) : head_(512 * 7 * 7, 512, eigenvectors) {}
+
+    void reset_parameters(uint64_t seed) {
+        dae_.reset_parameters(seed);
+        esn_.reset_parameters(seed);
+        head_.reset_parameters(seed);
+    }
+    // p for a batch x (N, 1, 112, 112) NHWC in [-1, 1]: (N, eigenvectors).
+    Tensor forward(const Tensor& x) { return head_.forward(esn_.forward(dae_.forward(x))); }
+
+    DenoisingAutoencoder& dae() { return dae_; }
+    EigenvectorSelectionNetwork& esn() { return esn_; }
+    SelectionHead& head() { return head_; }
+
+    // Every parameter with its state_dict key: "dae.", "esn." and "head." prefixes.
+    std::vector<nn::NamedParameter> parameters() {
+        std::vector<nn::NamedParameter> out;
+        dae_.collect_parameters("dae.", out);
+        esn_.collect_parameters("esn.", out);
+        head_.collect_parameters("head.", out);
+        return out;
+    }
+
+private:
+    DenoisingAutoencoder dae_;
+    EigenvectorSelectionNetwork esn_;
+    SelectionHead head_;
+};
+
+}  // namespace pin::model

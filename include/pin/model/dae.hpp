@@ -1,0 +1,54 @@
+// pin/model/dae.hpp - PIN's denoising autoencoder (frozen after pretraining).
+//
+// enc = ResBlock(1,64,2) ResBlock(64,128,2) ResBlock(128,256,2), no shortcuts      112 -> 14
+// dec = UpBlock(256,128) UpBlock(128,64) UpBlock(64,1,last)                         14 -> 112
+// DAE(x) = dec(enc(dec(enc(x)))): the released code applies the same encoder/decoder twice.
+// Names: encoder1.<i>.*, decoder1.<i>.* as in the released state_dict.
+#pragma once
+#include "pin/nn/res_block.hpp"
+#include "pin/nn/sequential.hpp"
+#include "pin/nn/up_block.hpp"
+
+namespace pin::model {
+
+class DenoisingAutoencoder : public nn::Module {
+public:
+    explicit DenoisingAutoencoder(int passes = 2) : passes_(passes) {
+        encoder_.add<nn::ResBlock>(1, 64, 2, false);
+        encoder_.add<nn::ResBlock>(64, 128, 2, false);
+        encoder_.add<nn::ResBlock>(128, 256, 2, false);
+        decoder_.add<nn::UpBlock>(256, 128, false);
+        decoder_.add<nn::UpBlock>(128, 64, false);
+        decoder_.add<nn::UpBlock>(64, 1, true);
+    }
+    void reset_parameters(uint64_t seed) {
+        for (size_t i = 0; i < 3; ++i) {
+            static_cast<nn::ResBlock&>(encoder_[i]).reset_parameters(seed, 100 + 10 * i);
+            static_cast<nn::UpBlock&>(decoder_[i]).reset_parameters(seed, 200 + 10 * i);
+        }
+    }
+    // x: (N, 1, 112, 112). Training through two passes caches both; backward undoes them in order.
+    Tensor forward(const Tensor& x) override {
+        PIN_CHECK(!training_ || passes_ == 1, "DenoisingAutoencoder: training runs one pass (pretraining)");
+        Tensor h = x;
+        for (int p = 0; p < passes_; ++p) h = decoder_.forward(encoder_.forward(h));
+        return h;
+    }
+    Tensor backward(const Tensor& dy) override { return encoder_.backward(decoder_.backward(dy)); }
+    void collect_parameters(const std::string& prefix, std::vector<nn::NamedParameter>& out) override {
+        encoder_.collect_parameters(prefix + "encoder1.", out);
+        decoder_.collect_parameters(prefix + "decoder1.", out);
+    }
+    void set_training(bool training) override {
+        Module::set_training(training);
+        encoder_.set_training(training);
+        decoder_.set_training(training);
+    }
+    void set_passes(int passes) { passes_ = passes; }
+
+private:
+    nn::Sequential encoder_, decoder_;
+    int passes_;
+};
+
+}  // namespace pin::model

@@ -1,0 +1,75 @@
+// pin/nn/module.hpp - the layer interface: forward, backward, named parameters with gradients.
+//
+// Conventions: activations are rank-4 NHWC tensors (shapes in NCHW order) or rank-2
+// (batch, features). forward() caches what backward() needs only in training mode, so inference
+// keeps no intermediate tensors alive. backward() takes d(loss)/d(output), returns
+// d(loss)/d(input) and *adds* the parameter gradients into Parameter::grad (zero them with
+// zero_grad() between steps), as PyTorch does.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "pin/core/error.hpp"
+#include "pin/core/rng.hpp"
+#include "pin/core/tensor.hpp"
+
+namespace pin::nn {
+
+struct Parameter {
+    Tensor value;
+    Tensor grad;
+};
+
+// A parameter with its full name, the PyTorch state_dict key (e.g. "block1.conv1.weight").
+struct NamedParameter {
+    std::string name;
+    Parameter* param;
+};
+
+class Module {
+public:
+    virtual ~Module() = default;
+    virtual Tensor forward(const Tensor& x) = 0;
+    virtual Tensor backward(const Tensor& dy) = 0;
+    // Appends pointers to this module's parameters, names prefixed by `prefix`.
+    virtual void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) {
+        (void)prefix, (void)out;
+    }
+    virtual void set_training(bool training) { training_ = training; }
+    bool training() const { return training_; }
+
+    std::vector<NamedParameter> parameters() {
+        std::vector<NamedParameter> out;
+        collect_parameters("", out);
+        return out;
+    }
+    void zero_grad() {
+        for (NamedParameter& p : parameters()) p.param->grad.fill(0.0f);
+    }
+    int64_t parameter_count() {
+        int64_t n = 0;
+        for (NamedParameter& p : parameters()) n += p.param->value.numel();
+        return n;
+    }
+
+protected:
+    // Drops a cached tensor when not training, so inference holds nothing.
+    void cache(Tensor& slot, const Tensor& value) const { slot = training_ ? value : Tensor(); }
+    static void require_cached(const Tensor& t, const char* layer) {
+        PIN_CHECK(t.defined(), layer, ": backward() called without a training-mode forward()");
+    }
+    bool training_ = false;
+};
+
+inline Parameter make_parameter(const Shape& shape) { return {Tensor::zeros(shape), Tensor::zeros(shape)}; }
+
+// Fills `value` with uniform(-bound, bound) from a Philox stream: PyTorch's default initialisation
+// of conv and linear weights uses bound = 1 / sqrt(fan_in).
+inline void init_uniform(Tensor& value, float bound, uint64_t seed, uint64_t stream) {
+    const PhiloxStream rng(seed, stream);
+    for (int64_t i = 0; i < value.numel(); ++i)
+        value.data()[i] = bound * (2.0f * rng.uniform(static_cast<uint64_t>(i)) - 1.0f);
+}
+
+}  // namespace pin::nn
