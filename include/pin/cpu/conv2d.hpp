@@ -92,11 +92,12 @@ void conv2d_input_gradient(const float* dy, int64_t batch, int64_t out_h, int64_
             g.dst_row0 = a;
             g.dst_col0 = b;
             if (g.grid_h == 0 || g.grid_w == 0) continue;
-            const int64_t taps = std::max<int64_t>(g.taps(), 1);
-            const std::vector<float> wpack = pack_gather_weights(cin, cout, taps, [&](int64_t ci, int64_t co, int64_t t) {
-                return g.taps() == 0 ? 0.0f : weight_at(co, ci, khs[static_cast<size_t>(t)], kws[static_cast<size_t>(t)]);
-            });
-            gather_conv(dy, g, wpack.data(), dx, ep);
+            gather_conv(
+                dy, g,
+                [&](int64_t ci, int64_t co, int64_t t) {
+                    return weight_at(co, ci, khs[static_cast<size_t>(t)], kws[static_cast<size_t>(t)]);
+                },
+                dx, ep);
         }
 }
 }  // namespace detail
@@ -116,9 +117,9 @@ inline void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& y, const Co
     PIN_CHECK(y.layout() == Layout::NHWC, "conv2d_forward: output must be NHWC");
     const int64_t kk = p.kernel * p.kernel;
     const float* wd = w.data();
-    const std::vector<float> wpack = detail::pack_gather_weights(
-        cout, cin, kk, [&](int64_t co, int64_t ci, int64_t t) { return wd[(co * cin + ci) * kk + t]; });
-    gather_conv(x.data(), g, wpack.data(), y.data(), epilogue);
+    gather_conv(
+        x.data(), g, [&](int64_t co, int64_t ci, int64_t t) { return wd[(co * cin + ci) * kk + t]; }, y.data(),
+        epilogue);
 }
 
 // dx = d(loss)/dx given dy = d(loss)/dy, overwriting dx (N, Cin, H, W) NHWC.

@@ -75,7 +75,7 @@ std::vector<float> pack_gather_weights(int64_t out_channels, int64_t in_channels
 // stores may alias the inputs and would spill all MR*NV of them on every iteration.
 template <int MR, int NV>
 PIN_FORCEINLINE void gather_tile(VecF (&acc_io)[MR][NV], const float* const* src, int64_t taps, int64_t kc,
-                                 const float* w, int64_t w_tap_stride) {
+                                 const float* w, int64_t w_tap_stride, int64_t w_ci_stride = kBlockCo) {
     constexpr int L = VecF::kLanes;
     VecF acc[MR][NV];
     for (int i = 0; i < MR; ++i)
@@ -86,7 +86,7 @@ PIN_FORCEINLINE void gather_tile(VecF (&acc_io)[MR][NV], const float* const* src
         const float* wt = w + t * w_tap_stride;
         for (int64_t ci = 0; ci < kc; ++ci) {
             VecF wv[NV];
-            for (int v = 0; v < NV; ++v) wv[v] = VecF::load(wt + ci * kBlockCo + v * L);
+            for (int v = 0; v < NV; ++v) wv[v] = VecF::load(wt + ci * w_ci_stride + v * L);
             for (int i = 0; i < MR; ++i) {
                 const VecF b = VecF::broadcast(s[i][ci]);
                 for (int v = 0; v < NV; ++v) acc[i][v] = fma(b, wv[v], acc[i][v]);
@@ -114,7 +114,8 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
 
     // Source pointer per (tile, tap, row) and destination pointer per pixel.
     ptrs.assign(static_cast<size_t>(ntiles * taps * MR), zeros);
-    std::vector<float*> dsts(static_cast<size_t>(ntiles * MR), nullptr);
+    thread_local std::vector<float*> dsts;
+    dsts.assign(static_cast<size_t>(ntiles * MR), nullptr);
     for (int64_t p = 0; p < npx; ++p) {
         const int64_t pix = pixel_begin + p;
         const int64_t n = pix / grid_px, rem = pix % grid_px;
@@ -131,22 +132,28 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
     }
 
     const float* wblock = wpack + co_block * taps * cin * kBlockCo;
+    // Steps of (input-channel chunk, tap): each step's weights (kc x kBlockCo floats) stay in L1
+    // while every tile of the block uses them; partial sums wait in `partial` between steps.
     const int64_t chunks = (cin + kc_max - 1) / kc_max;
-    if (chunks > 1) partial.assign(static_cast<size_t>(ntiles * MR * NV * L), 0.0f);
-    std::vector<const float*> shifted(static_cast<size_t>(taps * MR));
+    const int64_t kc_step = (cin + chunks - 1) / chunks;
+    const int64_t steps = chunks * taps;
+    if (steps > 1) partial.resize(static_cast<size_t>(ntiles * MR * NV * L));
+    const float* shifted[MR];
 
-    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
-        const int64_t ci0 = chunk * kc_max;
-        const int64_t kc = std::min(kc_max, cin - ci0);
-        const bool last = chunk == chunks - 1;
+    for (int64_t step = 0; step < steps; ++step) {
+        const int64_t chunk = step / taps, t = step % taps;
+        const int64_t ci0 = chunk * kc_step;
+        const int64_t kc = std::min(kc_step, cin - ci0);
+        const bool last = step == steps - 1;
+        const float* wt = wblock + (t * cin + ci0) * kBlockCo;
         for (int64_t tile = 0; tile < ntiles; ++tile) {
             VecF acc[MR][NV];
-            float* part = chunks > 1 ? partial.data() + tile * MR * NV * L : nullptr;
+            float* part = partial.data() + tile * MR * NV * L;
             for (int i = 0; i < MR; ++i)
-                for (int v = 0; v < NV; ++v) acc[i][v] = chunk == 0 ? VecF::zero() : VecF::load(part + (i * NV + v) * L);
-            const float* const* tp = ptrs.data() + tile * taps * MR;
-            for (int64_t k = 0; k < taps * MR; ++k) shifted[static_cast<size_t>(k)] = tp[k] + ci0;
-            gather_tile<MR, NV>(acc, shifted.data(), taps, kc, wblock + ci0 * kBlockCo, cin * kBlockCo);
+                for (int v = 0; v < NV; ++v) acc[i][v] = step == 0 ? VecF::zero() : VecF::load(part + (i * NV + v) * L);
+            const float* const* tp = ptrs.data() + (tile * taps + t) * MR;
+            for (int i = 0; i < MR; ++i) shifted[i] = tp[i] + ci0;
+            gather_tile<MR, NV>(acc, shifted, 1, kc, wt, 0);
             if (!last) {
                 for (int i = 0; i < MR; ++i)
                     for (int v = 0; v < NV; ++v) acc[i][v].store(part + (i * NV + v) * L);
@@ -181,19 +188,20 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
 }  // namespace detail
 
 // Runs one gather convolution over the whole grid. `wpack` comes from detail::pack_gather_weights.
-inline void gather_conv(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
-                        const ConvEpilogue& ep = {}) {
+inline void gather_conv_packed(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
+                               const ConvEpilogue& ep = {}) {
     using namespace detail;
     const int64_t pixels = g.batch * g.grid_h * g.grid_w;
     if (pixels == 0 || g.dst_channels == 0) return;
     const int64_t co_blocks = (g.dst_channels + kBlockCo - 1) / kBlockCo;
-    const int64_t taps = std::max<int64_t>(g.taps(), 1);
-    // Keep one chunk of packed weights (taps x kc x kBlockCo floats) within about 384 KiB of L2.
-    const int64_t kc_max = std::max<int64_t>(16, (384 * 1024 / 4) / (taps * kBlockCo));
+    // Input channels per step: kc x kBlockCo packed weights = 32 KiB, which stays in L1 while all
+    // tiles of a pixel block use it (measured best on Zen 5 among 64/128/192/256).
+    constexpr int64_t kc_max = 128;
     std::vector<float> zeros(static_cast<size_t>(g.src_channels + VecF::kLanes), 0.0f);
-    // Pixel blocks of fixed size (a multiple of every MR used): task boundaries never depend on
-    // the thread count.
-    constexpr int64_t kPixelBlock = 96;
+    // Pixel blocks of 48 (a multiple of every MR used): the partial sums of a block (48 x 64
+    // floats) and one step's weights fit in L1 together. A pixel's sums never depend on which block
+    // holds it (their order is fixed by the steps), so any block size gives the same bits.
+    constexpr int64_t kPixelBlock = 48;
     const int64_t pixel_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
     parallel_for(co_blocks * pixel_blocks, [&](int64_t task) {
         const int64_t cb = task / pixel_blocks, pb = task % pixel_blocks;
@@ -227,6 +235,94 @@ inline void gather_conv(const float* src, const GatherConvGeometry& g, const flo
             default: PIN_CHECK(false, "gather_conv: unexpected vector count ", nv);
         }
     });
+}
+
+namespace detail {
+
+// Few output channels (the DAE's last 64 -> 1 convolution): vectorising over output channels
+// would waste 15 of 16 lanes, so this path vectorises over input channels instead, one dot
+// product per (pixel, output channel), with kSplit independent accumulators to hide FMA latency.
+// Weights: [tap][co][ci padded to kLanes].
+template <int CO>
+void gather_conv_narrow_block(const float* src, const GatherConvGeometry& g, const float* wn, int64_t cin_padded,
+                              float* dst, const ConvEpilogue& ep, int64_t p0, int64_t p1) {
+    constexpr int L = VecF::kLanes;
+    constexpr int kSplit = 4;
+    const int64_t cin = g.src_channels, taps = g.taps();
+    const int64_t full = cin / L * L;
+    const int tail = static_cast<int>(cin - full);
+    const int64_t grid_px = g.grid_h * g.grid_w;
+    for (int64_t pix = p0; pix < p1; ++pix) {
+        const int64_t n = pix / grid_px, gh = (pix % grid_px) / g.grid_w, gw = pix % g.grid_w;
+        VecF acc[CO][kSplit];
+        for (int c = 0; c < CO; ++c)
+            for (int k = 0; k < kSplit; ++k) acc[c][k] = VecF::zero();
+        for (int64_t t = 0; t < taps; ++t) {
+            const int64_t ih = gh * g.src_stride + g.tap_dh[static_cast<size_t>(t)];
+            const int64_t iw = gw * g.src_stride + g.tap_dw[static_cast<size_t>(t)];
+            if (ih < 0 || ih >= g.src_h || iw < 0 || iw >= g.src_w) continue;
+            const float* s = src + ((n * g.src_h + ih) * g.src_w + iw) * cin;
+            const float* w = wn + t * CO * cin_padded;
+            int64_t ci = 0;
+            for (; ci + kSplit * L <= full; ci += kSplit * L)
+                for (int k = 0; k < kSplit; ++k) {
+                    const VecF x = VecF::load(s + ci + k * L);
+                    for (int c = 0; c < CO; ++c)
+                        acc[c][k] = fma(x, VecF::load(w + c * cin_padded + ci + k * L), acc[c][k]);
+                }
+            for (; ci < full; ci += L) {
+                const VecF x = VecF::load(s + ci);
+                for (int c = 0; c < CO; ++c) acc[c][1] = fma(x, VecF::load(w + c * cin_padded + ci), acc[c][1]);
+            }
+            if (tail) {
+                const VecF x = VecF::load_partial(s + ci, tail);
+                for (int c = 0; c < CO; ++c) acc[c][2] = fma(x, VecF::load(w + c * cin_padded + ci), acc[c][2]);
+            }
+        }
+        float* d = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride + g.dst_col0) *
+                             g.dst_channels;
+        for (int c = 0; c < CO; ++c) {
+            float y = ((acc[c][0] + acc[c][1]) + (acc[c][2] + acc[c][3])).sum();
+            if (ep.prelu_slope && y < 0.0f) y *= ep.prelu_slope[c];
+            d[c] = ep.accumulate ? d[c] + y : y;
+        }
+    }
+}
+
+}  // namespace detail
+
+constexpr int64_t kNarrowOutputChannels = 4;
+
+// Runs one gather convolution with weights given by weight(co, ci, t): packs them in the layout
+// of the path that suits the shape (narrow outputs, or the register-tiled main path) and runs it.
+template <typename WeightFn>
+void gather_conv(const float* src, const GatherConvGeometry& g, WeightFn weight, float* dst,
+                 const ConvEpilogue& ep = {}) {
+    const int64_t cout = g.dst_channels, cin = g.src_channels, taps = g.taps();
+    if (taps > 0 && cout <= kNarrowOutputChannels) {
+        const int64_t cin_padded = (cin + VecF::kLanes - 1) / VecF::kLanes * VecF::kLanes;
+        std::vector<float> wn(static_cast<size_t>(taps * cout * cin_padded), 0.0f);
+        for (int64_t t = 0; t < taps; ++t)
+            for (int64_t co = 0; co < cout; ++co)
+                for (int64_t ci = 0; ci < cin; ++ci) wn[static_cast<size_t>((t * cout + co) * cin_padded + ci)] = weight(co, ci, t);
+        const int64_t pixels = g.batch * g.grid_h * g.grid_w;
+        constexpr int64_t kBlock = 256;
+        parallel_for((pixels + kBlock - 1) / kBlock, [&](int64_t b) {
+            const int64_t p0 = b * kBlock, p1 = std::min(pixels, p0 + kBlock);
+            switch (cout) {
+                case 1: detail::gather_conv_narrow_block<1>(src, g, wn.data(), cin_padded, dst, ep, p0, p1); break;
+                case 2: detail::gather_conv_narrow_block<2>(src, g, wn.data(), cin_padded, dst, ep, p0, p1); break;
+                case 3: detail::gather_conv_narrow_block<3>(src, g, wn.data(), cin_padded, dst, ep, p0, p1); break;
+                default: detail::gather_conv_narrow_block<4>(src, g, wn.data(), cin_padded, dst, ep, p0, p1); break;
+            }
+        });
+        return;
+    }
+    const std::vector<float> wpack = detail::pack_gather_weights(cout, cin, std::max<int64_t>(taps, 1),
+                                                                 [&](int64_t co, int64_t ci, int64_t t) {
+                                                                     return taps == 0 ? 0.0f : weight(co, ci, t);
+                                                                 });
+    gather_conv_packed(src, g, wpack.data(), dst, ep);
 }
 
 namespace detail {

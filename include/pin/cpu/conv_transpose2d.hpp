@@ -62,9 +62,8 @@ inline void conv_transpose2d_backward_input(const Tensor& dy, const Tensor& w, T
     g.grid_w = g.dst_w = dx.w();
     const int64_t kk = p.kernel * p.kernel;
     const float* wd = w.data();
-    const std::vector<float> wpack = detail::pack_gather_weights(
-        cin, cout, kk, [&](int64_t co, int64_t ci, int64_t t) { return wd[(co * cout + ci) * kk + t]; });
-    gather_conv(dy.data(), g, wpack.data(), dx.data());
+    gather_conv(
+        dy.data(), g, [&](int64_t co, int64_t ci, int64_t t) { return wd[(co * cout + ci) * kk + t]; }, dx.data());
 }
 
 // dw (Cin, Cout, k, k), overwritten.

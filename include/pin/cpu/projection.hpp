@@ -14,22 +14,73 @@
 #include "pin/core/parallel.hpp"
 #include "pin/core/simd.hpp"
 #include "pin/core/tensor.hpp"
+#include "pin/cpu/conv_kernels.hpp"
 
 namespace pin::cpu {
 
+namespace detail {
+template <int MR>
+void coefficient_tile(const float* const* rows, int64_t d0, int64_t dlen, const float* basis_cols, int64_t N,
+                      float* const* out) {
+    constexpr int NV = kMaxNV, L = VecF::kLanes;
+    VecF acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = VecF::load(out[i] + v * L);
+    const float* shifted[MR];
+    for (int i = 0; i < MR; ++i) shifted[i] = rows[i] + d0;
+    gather_tile<MR, NV>(acc, shifted, 1, dlen, basis_cols + d0 * N, 0, N);
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v].store(out[i] + v * L);
+}
+}  // namespace detail
+
 // c (batch, N) = (x - m) B. x: (batch, D) contents (any rank, batch first), mean: D, basis: D x N.
+// Register tiles of (up to) 6 images x 64 coefficients walk down D in chunks that keep a slab of
+// B in L2 while every image of the batch uses it: B is read from memory once.
 inline void project_coefficients(const float* basis, const float* mean, int64_t D, int64_t N, const float* x,
                                  int64_t batch, float* c) {
+    using namespace detail;
     std::vector<float> centred(static_cast<size_t>(batch * D));
     for (int64_t b = 0; b < batch; ++b)
         for (int64_t d = 0; d < D; ++d) centred[static_cast<size_t>(b * D + d)] = x[b * D + d] - mean[d];
-    constexpr int64_t kCols = 256;
-    parallel_for((N + kCols - 1) / kCols, [&](int64_t blk) {
-        const int64_t j0 = blk * kCols, len = std::min(N, j0 + kCols) - j0;
-        for (int64_t b = 0; b < batch; ++b) std::fill(c + b * N + j0, c + b * N + j0 + len, 0.0f);
-        for (int64_t d = 0; d < D; ++d) {
-            const float* row = basis + d * N + j0;
-            for (int64_t b = 0; b < batch; ++b) simd::axpy(centred[static_cast<size_t>(b * D + d)], row, c + b * N + j0, len);
+    constexpr int64_t kCols = kBlockCo;  // full register-tile columns; the rest below
+    constexpr int MR = mr_for_nv(kMaxNV);
+    const int64_t full_blocks = N / kCols;
+    constexpr int64_t kRowsChunk = 1024;
+    parallel_for(full_blocks, [&](int64_t blk) {
+        const int64_t j0 = blk * kCols;
+        for (int64_t b = 0; b < batch; ++b) std::fill(c + b * N + j0, c + b * N + j0 + kCols, 0.0f);
+        for (int64_t d0 = 0; d0 < D; d0 += kRowsChunk) {
+            const int64_t dlen = std::min(kRowsChunk, D - d0);
+            for (int64_t b0 = 0; b0 < batch; b0 += MR) {
+                const float* rows[MR];
+                float* outs[MR];
+                const int mr = static_cast<int>(std::min<int64_t>(MR, batch - b0));
+                for (int i = 0; i < mr; ++i) {
+                    rows[i] = centred.data() + (b0 + i) * D;
+                    outs[i] = c + (b0 + i) * N + j0;
+                }
+                switch (mr) {
+#if defined(__AVX512F__)
+                    case 6: coefficient_tile<6>(rows, d0, dlen, basis + j0, N, outs); break;
+                    case 5: coefficient_tile<5>(rows, d0, dlen, basis + j0, N, outs); break;
+#endif
+                    case 4: coefficient_tile<4>(rows, d0, dlen, basis + j0, N, outs); break;
+                    case 3: coefficient_tile<3>(rows, d0, dlen, basis + j0, N, outs); break;
+                    case 2: coefficient_tile<2>(rows, d0, dlen, basis + j0, N, outs); break;
+                    default: coefficient_tile<1>(rows, d0, dlen, basis + j0, N, outs); break;
+                }
+            }
+        }
+    });
+    // Columns past the last full block (N = 2500 leaves 4): plain dot products down the column.
+    const int64_t j_tail = full_blocks * kCols;
+    parallel_for(N - j_tail, [&](int64_t k) {
+        const int64_t j = j_tail + k;
+        for (int64_t b = 0; b < batch; ++b) {
+            float s = 0.0f;
+            for (int64_t d = 0; d < D; ++d) s += centred[static_cast<size_t>(b * D + d)] * basis[d * N + j];
+            c[b * N + j] = s;
         }
     });
 }
