@@ -62,3 +62,36 @@ inline bool bitwise_equal(const Tensor& a, const Tensor& b) {
 }
 
 }  // namespace pin::test
+
+namespace pin::test {
+
+inline double dot_double(const Tensor& a, const Tensor& b) {
+    REQUIRE(a.numel() == b.numel());
+    double s = 0.0;
+    for (int64_t i = 0; i < a.numel(); ++i) s += static_cast<double>(a.data()[i]) * b.data()[i];
+    return s;
+}
+
+// Finite-difference check of a float32 backward pass along one random direction v:
+// <grad, v> must match (L(theta + h v) - L(theta - h v)) / 2h, L evaluated by `loss` (which runs
+// the float32 forward and reduces in double). One direction tests every element of grad at once.
+template <typename Loss>
+void require_directional_derivative(Tensor& theta, const Tensor& grad, Loss loss, uint64_t seed, double rel_tol,
+                                    const std::string& what, float step = 1e-3f) {
+    REQUIRE(theta.numel() == grad.numel());
+    const Tensor v = random_tensor(theta.shape(), seed, 1.0f, theta.layout());
+    const Tensor saved = theta.clone();
+    for (int64_t i = 0; i < theta.numel(); ++i) theta.data()[i] = saved.data()[i] + step * v.data()[i];
+    const double lp = loss();
+    for (int64_t i = 0; i < theta.numel(); ++i) theta.data()[i] = saved.data()[i] - step * v.data()[i];
+    const double lm = loss();
+    theta.copy_from(saved);
+    const double fd = (lp - lm) / (2.0 * static_cast<double>(step));
+    const double an = dot_double(grad, v);
+    double gnorm = 0.0;
+    for (int64_t i = 0; i < grad.numel(); ++i) gnorm += static_cast<double>(grad.data()[i]) * grad.data()[i];
+    INFO(what << ": analytic " << an << " finite difference " << fd);
+    REQUIRE(std::fabs(fd - an) <= rel_tol * (std::fabs(an) + std::sqrt(gnorm)));
+}
+
+}  // namespace pin::test

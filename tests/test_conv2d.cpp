@@ -107,3 +107,23 @@ TEST_CASE("conv2d rejects mismatched shapes with a message", "[conv2d][errors]")
     const Tensor xn = random_tensor({1, 3, 8, 8}, 1);  // NCHW
     REQUIRE_THROWS_WITH(cpu::conv2d_forward(xn, w, y, {3, 1, 1}), Catch::Contains("NHWC"));
 }
+
+TEST_CASE("conv2d backward passes agree with finite differences", "[conv2d][gradcheck]") {
+    for (const Case c : {Case{2, 5, 9, 8, 7, 3, 1, 1}, Case{1, 6, 9, 7, 5, 3, 2, 1}, Case{2, 4, 6, 6, 3, 1, 2, 0}}) {
+        const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+        const int64_t oh = cpu::conv2d_output_size(c.h, p), ow = cpu::conv2d_output_size(c.w, p);
+        Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 61, 1.0f, Layout::NHWC);
+        Tensor w = random_tensor({c.cout, c.cin, c.k, c.k}, 62, 0.3f);
+        const Tensor dy = random_tensor({c.n, c.cout, oh, ow}, 63, 1.0f, Layout::NHWC);
+        Tensor y = Tensor::empty(dy.shape(), Layout::NHWC), dx = Tensor::empty(x.shape(), Layout::NHWC),
+               dw = Tensor::empty(w.shape());
+        cpu::conv2d_backward_input(dy, w, dx, p);
+        cpu::conv2d_backward_weight(x, dy, dw, p);
+        auto loss = [&] {
+            cpu::conv2d_forward(x, w, y, p);
+            return dot_double(y, dy);
+        };
+        require_directional_derivative(x, dx, loss, 64, 1e-3, "dx");
+        require_directional_derivative(w, dw, loss, 65, 1e-3, "dw");
+    }
+}

@@ -1,1 +1,70 @@
+// Linear layer against the float64 reference, finite differences, threads, errors.
 #include "helpers.hpp"
+#include "pin/core/parallel.hpp"
+#include "pin/cpu/linear.hpp"
+#include "pin/cpu/reference.hpp"
+
+using namespace pin;
+using namespace pin::test;
+
+TEST_CASE("linear forward/backward match the float64 reference", "[linear]") {
+    struct Case {
+        int64_t batch, in, out;
+    };
+    for (const Case c : {Case{1, 7, 5}, Case{3, 1029, 17}, Case{16, 2048, 33}, Case{5, 31, 2500}}) {
+        INFO("batch " << c.batch << " in " << c.in << " out " << c.out);
+        const Tensor x = random_tensor({c.batch, c.in}, 100), w = random_tensor({c.out, c.in}, 101, 0.05f),
+                     b = random_tensor({c.out}, 102), dy = random_tensor({c.batch, c.out}, 103);
+        Tensor y = Tensor::empty({c.batch, c.out}), dx = Tensor::empty(x.shape()), dw = Tensor::empty(w.shape()),
+               db = Tensor::empty(b.shape());
+        cpu::linear_forward(x, w, b, y);
+        cpu::linear_backward_input(dy, w, dx);
+        cpu::linear_backward_params(x, dy, dw, db);
+        const DVec xd = to_nchw_doubles(x), wd = to_nchw_doubles(w), bd = to_nchw_doubles(b), dyd = to_nchw_doubles(dy);
+        DVec rdx, rdw, rdb, sdx, sdw, sdb;
+        reference::linear_backward(xd, wd, dyd, c.batch, c.in, c.out, rdx, rdw, rdb);
+        reference::linear_backward(abs_of(xd), abs_of(wd), abs_of(dyd), c.batch, c.in, c.out, sdx, sdw, sdb);
+        require_close(y, reference::linear_forward(xd, wd, bd, c.batch, c.in, c.out),
+                      reference::linear_forward(abs_of(xd), abs_of(wd), abs_of(bd), c.batch, c.in, c.out), 2e-5, "forward");
+        require_close(dx, rdx, sdx, 2e-5, "dx");
+        require_close(dw, rdw, sdw, 2e-5, "dw");
+        require_close(db, rdb, sdb, 2e-5, "db");
+    }
+}
+
+TEST_CASE("linear backward agrees with finite differences", "[linear][gradcheck]") {
+    Tensor x = random_tensor({4, 50}, 110), w = random_tensor({9, 50}, 111, 0.1f), b = random_tensor({9}, 112);
+    const Tensor dy = random_tensor({4, 9}, 113);
+    Tensor y = Tensor::empty({4, 9}), dx = Tensor::empty(x.shape()), dw = Tensor::empty(w.shape()), db = Tensor::empty({9});
+    cpu::linear_backward_input(dy, w, dx);
+    cpu::linear_backward_params(x, dy, dw, db);
+    auto loss = [&] {
+        cpu::linear_forward(x, w, b, y);
+        return dot_double(y, dy);
+    };
+    require_directional_derivative(x, dx, loss, 114, 1e-3, "dx");
+    require_directional_derivative(w, dw, loss, 115, 1e-3, "dw");
+    require_directional_derivative(b, db, loss, 116, 1e-3, "db");
+}
+
+TEST_CASE("linear is identical for 1 and 2 threads and checks shapes", "[linear][threads][errors]") {
+    const Tensor x = random_tensor({16, 3000}, 120), w = random_tensor({70, 3000}, 121, 0.02f), b = random_tensor({70}, 122);
+    const Tensor dy = random_tensor({16, 70}, 123);
+    Tensor y[2], dx[2], dw[2], db[2];
+    for (int t = 0; t < 2; ++t) {
+        set_num_threads(t + 1);
+        y[t] = Tensor::empty({16, 70});
+        dx[t] = Tensor::empty(x.shape());
+        dw[t] = Tensor::empty(w.shape());
+        db[t] = Tensor::empty(b.shape());
+        cpu::linear_forward(x, w, b, y[t]);
+        cpu::linear_backward_input(dy, w, dx[t]);
+        cpu::linear_backward_params(x, dy, dw[t], db[t]);
+    }
+    set_num_threads(2);
+    REQUIRE(bitwise_equal(y[0], y[1]));
+    REQUIRE(bitwise_equal(dx[0], dx[1]));
+    REQUIRE(bitwise_equal(dw[0], dw[1]));
+    Tensor bad = Tensor::empty({16, 70});
+    REQUIRE_THROWS_WITH(cpu::linear_forward(random_tensor({16, 2999}, 1), w, b, bad), Catch::Contains("x has 2999 features, W expects 3000"));
+}

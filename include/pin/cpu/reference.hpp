@@ -184,4 +184,21 @@ inline Vec linear_forward(const Vec& x, const Vec& w, const Vec& b, int64_t batc
     return y;
 }
 
+// dx = dy W, dW = dy^T x, db = sum over the batch of dy.
+inline void linear_backward(const Vec& x, const Vec& w, const Vec& dy, int64_t batch, int64_t in, int64_t out, Vec& dx,
+                            Vec& dw, Vec& db) {
+    dx.assign(static_cast<size_t>(batch * in), 0.0);
+    dw.assign(static_cast<size_t>(out * in), 0.0);
+    db.assign(static_cast<size_t>(out), 0.0);
+    for (int64_t n = 0; n < batch; ++n)
+        for (int64_t o = 0; o < out; ++o) {
+            const double g = dy[static_cast<size_t>(n * out + o)];
+            db[static_cast<size_t>(o)] += g;
+            for (int64_t i = 0; i < in; ++i) {
+                dx[static_cast<size_t>(n * in + i)] += g * w[static_cast<size_t>(o * in + i)];
+                dw[static_cast<size_t>(o * in + i)] += g * x[static_cast<size_t>(n * in + i)];
+            }
+        }
+}
+
 }  // namespace pin::reference

@@ -20,7 +20,7 @@ public:
 
     void reset_parameters(uint64_t seed, uint64_t stream) {
         const int64_t fan_in = weight_.value.dim(1) * params_.kernel * params_.kernel;
-        init_uniform(weight_.value, 1.0f / std::sqrt(static_cast<float>(fan_in)), seed, stream);
+        init_uniform(weight_.value, he_uniform_bound(fan_in), seed, stream);
     }
     Tensor forward(const Tensor& x) override { return forward_fused(x, {}, nullptr); }
 
@@ -49,6 +49,9 @@ public:
     Parameter& weight() { return weight_; }
     const cpu::Conv2dParams& params() const { return params_; }
 
+protected:
+    void release_cache() override { input_ = Tensor(); }
+
 private:
     cpu::Conv2dParams params_;
     Parameter weight_;
@@ -64,9 +67,10 @@ public:
           weight_(make_parameter({in_channels, out_channels, kernel, kernel})) {}
 
     void reset_parameters(uint64_t seed, uint64_t stream) {
-        // PyTorch computes fan_in from weight dim 1 for transposed convolutions.
-        const int64_t fan_in = weight_.value.dim(1) * params_.kernel * params_.kernel;
-        init_uniform(weight_.value, 1.0f / std::sqrt(static_cast<float>(fan_in)), seed, stream);
+        // Each output pixel of a stride-s transposed convolution receives in * k^2 / s^2 terms on average.
+        const int64_t fan_in = std::max<int64_t>(
+            1, weight_.value.dim(0) * params_.kernel * params_.kernel / (params_.stride * params_.stride));
+        init_uniform(weight_.value, he_uniform_bound(fan_in), seed, stream);
     }
     Tensor forward(const Tensor& x) override { return forward_fused(x, {}); }
     Tensor forward_fused(const Tensor& x, const cpu::ConvEpilogue& epilogue) {
@@ -90,6 +94,9 @@ public:
         out.push_back({prefix + "weight", &weight_});
     }
     Parameter& weight() { return weight_; }
+
+protected:
+    void release_cache() override { input_ = Tensor(); }
 
 private:
     cpu::ConvTranspose2dParams params_;
@@ -120,6 +127,9 @@ public:
     }
     Parameter& slope() { return slope_; }
 
+protected:
+    void release_cache() override { input_ = Tensor(); }
+
 private:
     Parameter slope_;
     Tensor input_;
@@ -140,6 +150,9 @@ public:
         return dx;
     }
 
+protected:
+    void release_cache() override { output_ = Tensor(); }
+
 private:
     Tensor output_;
 };
@@ -158,6 +171,9 @@ public:
         cpu::sigmoid_backward(output_, dy, dx);
         return dx;
     }
+
+protected:
+    void release_cache() override { output_ = Tensor(); }
 
 private:
     Tensor output_;
@@ -214,6 +230,9 @@ public:
     }
     Parameter& weight() { return weight_; }
     Parameter& bias() { return bias_; }
+
+protected:
+    void release_cache() override { input_ = Tensor(); }
 
 private:
     Parameter weight_, bias_;
