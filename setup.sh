@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# setup.sh - one command from a fresh Debian machine to a built pin.
+#
+#   ./setup.sh            install what is missing, build (Release), run the main job
+#   ./setup.sh --test     install what is missing, build, run the whole test suite
+#
+# Options: --no-install (skip apt), --build-dir DIR (default build), --jobs N, -h/--help.
+# The main job today is the speed comparison of the PIN agent forward against PyTorch
+# (bench/compare_torch.sh); it needs Debian's python3-torch, which only that mode installs.
+set -euo pipefail
+
+mode=main
+install=1
+build_dir=build
+jobs=$(nproc 2>/dev/null || echo 2)
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --test) mode=test ;;
+    --no-install) install=0 ;;
+    --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
+    --jobs) jobs=${2:?--jobs needs a value}; shift ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+cd "$(dirname "$0")"
+
+# ---- dependencies (Debian packages) -------------------------------------------------------------
+packages=(cmake g++ make libstb-dev nlohmann-json3-dev catch2)
+[ "$mode" = main ] && packages+=(python3 python3-torch libopenblas0-pthread)
+if [ "$install" = 1 ]; then
+  missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup.sh: installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" != 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+fi
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH="$PATH:/usr/local/cuda/bin"
+  echo "setup.sh: nvcc found, the CUDA kernels will be built"
+else
+  echo "setup.sh: nvcc not found, building without the CUDA kernels"
+fi
+
+# ---- configure and build ------------------------------------------------------------------------
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$build_dir" -j "$jobs"
+
+# ---- run ----------------------------------------------------------------------------------------
+if [ "$mode" = test ]; then
+  ctest --test-dir "$build_dir" --output-on-failure -j "$jobs"
+else
+  BUILD_DIR="$build_dir" bench/compare_torch.sh
+fi
