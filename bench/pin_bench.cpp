@@ -32,6 +32,7 @@ struct Args {
     int iters = 3;
     bool json = false;
     bool backward = false;
+    std::string filter;
 };
 
 void usage(std::FILE* f) {
@@ -45,6 +46,7 @@ void usage(std::FILE* f) {
                  "  --threads T          CPU threads (default 2)\n"
                  "  --iters K            timed repetitions after one warm-up (default 3)\n"
                  "  --backward           layers: also time both backward passes of each convolution\n"
+                 "  --filter TEXT        layers: only the layers whose name contains TEXT\n"
                  "  --json               print one JSON object with the results on stdout\n"
                  "  -h, --help           this text\n");
 }
@@ -79,6 +81,13 @@ Args parse(int argc, char** argv) {
         else if (s == "--iters") a.iters = value("--iters");
         else if (s == "--json") a.json = true;
         else if (s == "--backward") a.backward = true;
+        else if (s == "--filter") {
+            if (i + 1 >= argc) {
+                std::fprintf(stderr, "pin-bench: --filter needs a value\n");
+                std::exit(2);
+            }
+            a.filter = argv[++i];
+        }
         else if (a.command.empty() && s[0] != '-') a.command = s;
         else {
             std::fprintf(stderr, "pin-bench: unknown argument '%s' (see --help)\n", s.c_str());
@@ -224,6 +233,7 @@ int cmd_layers(const Args& a) {
     nlohmann::json rows = nlohmann::json::array();
     uint64_t seed = 1;
     for (const auto& l : pin_layers()) {
+        if (!a.filter.empty() && l.name.find(a.filter) == std::string::npos) continue;
         const int64_t B = a.batch, o = l.out_size();
         const double flops = 2.0 * l.macs_per_image() * B;
         const Tensor x = random_tensor({B, l.cin, l.size, l.size}, seed++, 1.0f, Layout::NHWC);

@@ -74,13 +74,11 @@ inline void conv_transpose2d_backward_weight(const Tensor& x, const Tensor& dy, 
     GatherConvGeometry g = detail::conv2d_forward_geometry(x.n(), dy.h(), dy.w(), cout, cin, p.as_conv());
     g.grid_h = x.h();
     g.grid_w = x.w();
-    std::vector<float> dwt(static_cast<size_t>(kk * cout * cin));
+    Tensor dwt = Tensor::empty({kk, cout, cin});
     // Convolution view: source = dy (channels cout), gradient = x (channels cin).
     tap_weight_gradient(dy.data(), g, x.data(), dwt.data());
-    float* out = dw.data();
-    for (int64_t a = 0; a < cin; ++a)
-        for (int64_t b = 0; b < cout; ++b)
-            for (int64_t t = 0; t < kk; ++t) out[(a * cout + b) * kk + t] = dwt[static_cast<size_t>((t * cout + b) * cin + a)];
+    // dwt is [tap][cout][cin]; the weight is (cin, cout, k, k).
+    detail::transpose_tap_gradient(dwt.data(), kk, cout, cin, dw.data());
 }
 
 }  // namespace pin::cpu
