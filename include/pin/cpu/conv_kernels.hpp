@@ -22,6 +22,7 @@
 #include "pin/core/error.hpp"
 #include "pin/core/parallel.hpp"
 #include "pin/core/simd.hpp"
+#include "pin/core/tensor.hpp"
 
 namespace pin::cpu {
 
