@@ -132,52 +132,68 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
     ptrs.assign(static_cast<size_t>(ntiles * taps * MR), zeros);
     thread_local std::vector<float*> dsts;
     dsts.assign(static_cast<size_t>(ntiles * MR), nullptr);
+    // (n, gh, gw) advance incrementally: three 64-bit divisions per pixel cost more than the
+    // arithmetic of a one-channel layer.
+    int64_t n = pixel_begin / grid_px, gh = (pixel_begin % grid_px) / g.grid_w, gw = pixel_begin % g.grid_w;
+    const int64_t* dh = g.tap_dh.data();
+    const int64_t* dw = g.tap_dw.data();
     for (int64_t p = 0; p < npx; ++p) {
-        const int64_t pix = pixel_begin + p;
-        const int64_t n = pix / grid_px, rem = pix % grid_px;
-        const int64_t gh = rem / g.grid_w, gw = rem % g.grid_w;
         const int64_t tile = p / MR, row = p % MR;
+        const float* img = src + n * g.src_h * g.src_w * cin;
+        const float** out = ptrs.data() + tile * taps * MR + row;
         for (int64_t t = 0; t < taps; ++t) {
-            const int64_t ih = gh * g.src_stride + g.tap_dh[static_cast<size_t>(t)];
-            const int64_t iw = gw * g.src_stride + g.tap_dw[static_cast<size_t>(t)];
-            if (ih >= 0 && ih < g.src_h && iw >= 0 && iw < g.src_w)
-                ptrs[static_cast<size_t>((tile * taps + t) * MR + row)] = src + ((n * g.src_h + ih) * g.src_w + iw) * cin;
+            const int64_t ih = gh * g.src_stride + dh[t];
+            const int64_t iw = gw * g.src_stride + dw[t];
+            if (ih >= 0 && ih < g.src_h && iw >= 0 && iw < g.src_w) out[t * MR] = img + (ih * g.src_w + iw) * cin;
         }
         const int64_t oh = gh * g.dst_stride + g.dst_row0, ow = gw * g.dst_stride + g.dst_col0;
         dsts[static_cast<size_t>(p)] = dst + ((n * g.dst_h + oh) * g.dst_w + ow) * g.dst_channels + co0;
+        if (++gw == g.grid_w) {
+            gw = 0;
+            if (++gh == g.grid_h) {
+                gh = 0;
+                ++n;
+            }
+        }
     }
 
     const float* wblock = wpack + co_block * taps * cin * kBlockCo;
-    // Steps of (input-channel chunk, tap): each step's weights (kc x kBlockCo floats) stay in L1
-    // while every tile of the block uses them; partial sums wait in `partial` between steps.
+    // Steps of (input-channel chunk, group of taps): each step's weights (kc x kBlockCo floats
+    // per tap, at most ~32 KiB) stay in L1 while every tile of the block uses them; partial sums
+    // wait in `partial` between steps. Few input channels (the first layer has one) put several
+    // taps in a step, so a step still has enough arithmetic to pay for its partial-sum traffic.
     const int64_t chunks = (cin + kc_max - 1) / kc_max;
     const int64_t kc_step = (cin + chunks - 1) / chunks;
-    const int64_t steps = chunks * taps;
+    const int64_t group = std::clamp<int64_t>(kc_max / kc_step, 1, taps);
+    const int64_t groups_per_chunk = (taps + group - 1) / group;
+    const int64_t steps = chunks * groups_per_chunk;
     if (steps > 1) partial.resize(static_cast<size_t>(ntiles * MR * NV * L));
-    const float* shifted[MR];
+    thread_local std::vector<const float*> shifted;
+    shifted.resize(static_cast<size_t>(group * MR));
 
     for (int64_t step = 0; step < steps; ++step) {
-        const int64_t chunk = step / taps, t = step % taps;
+        const int64_t chunk = step / groups_per_chunk;
+        const int64_t t0 = (step % groups_per_chunk) * group, tn = std::min(group, taps - t0);
         const int64_t ci0 = chunk * kc_step;
         const int64_t kc = std::min(kc_step, cin - ci0);
         const bool last = step == steps - 1;
-        const float* wt = wblock + (t * cin + ci0) * kBlockCo;
+        const float* wt = wblock + (t0 * cin + ci0) * kBlockCo;
         for (int64_t tile = 0; tile < ntiles; ++tile) {
             VecF acc[MR][NV];
             float* part = partial.data() + tile * MR * NV * L;
             for (int i = 0; i < MR; ++i)
                 for (int v = 0; v < NV; ++v) acc[i][v] = step == 0 ? VecF::zero() : VecF::load(part + (i * NV + v) * L);
-            const float* const* tp = ptrs.data() + (tile * taps + t) * MR;
-            for (int i = 0; i < MR; ++i) shifted[i] = tp[i] + ci0;
+            const float* const* tp = ptrs.data() + (tile * taps + t0) * MR;
+            for (int64_t k = 0; k < tn * MR; ++k) shifted[static_cast<size_t>(k)] = tp[k] + ci0;
             // Inputs of a strided convolution over a large image come from memory in a pattern the
             // hardware prefetchers miss (measured: 74 % of peak when the input fits in cache, 55 %
             // when not); ask for the tile two ahead while this one computes.
             if (tile + kPrefetchTiles < ntiles) {
-                const float* const* ahead = ptrs.data() + ((tile + kPrefetchTiles) * taps + t) * MR;
-                for (int i = 0; i < MR; ++i)
-                    for (int64_t c = 0; c < kc; c += 16) prefetch_l2(ahead[i] + ci0 + c);
+                const float* const* ahead = ptrs.data() + ((tile + kPrefetchTiles) * taps + t0) * MR;
+                for (int64_t k = 0; k < tn * MR; ++k)
+                    for (int64_t c = 0; c < kc; c += 16) prefetch_l2(ahead[k] + ci0 + c);
             }
-            gather_tile<MR, NV>(acc, shifted, 1, kc, wt, 0);
+            gather_tile<MR, NV>(acc, shifted.data(), tn, kc, wt, cin * kBlockCo);
             if (!last) {
                 for (int i = 0; i < MR; ++i)
                     for (int v = 0; v < NV; ++v) acc[i][v].store(part + (i * NV + v) * L);
