@@ -27,6 +27,8 @@ struct VecF {
         return {_mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << n) - 1u), p)};
     }
     PIN_FORCEINLINE void store(float* p) const { _mm512_storeu_ps(p, v); }
+    // Non-temporal store of a 64-byte aligned vector: no read-for-ownership of the line.
+    PIN_FORCEINLINE void stream(float* p) const { _mm512_stream_ps(p, v); }
     PIN_FORCEINLINE void store_partial(float* p, int n) const {
         _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1u), v);
     }
@@ -52,6 +54,7 @@ struct VecF {
     static PIN_FORCEINLINE VecF load(const float* p) { return {_mm256_loadu_ps(p)}; }
     static PIN_FORCEINLINE VecF load_partial(const float* p, int n) { return {_mm256_maskload_ps(p, tail_mask(n))}; }
     PIN_FORCEINLINE void store(float* p) const { _mm256_storeu_ps(p, v); }
+    PIN_FORCEINLINE void stream(float* p) const { _mm256_stream_ps(p, v); }
     PIN_FORCEINLINE void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, tail_mask(n), v); }
     friend PIN_FORCEINLINE VecF fma(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
     friend PIN_FORCEINLINE VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
@@ -89,6 +92,7 @@ struct VecF {
     void store(float* p) const {
         for (int i = 0; i < 8; ++i) p[i] = v[i];
     }
+    void stream(float* p) const { store(p); }
     void store_partial(float* p, int n) const {
         for (int i = 0; i < n; ++i) p[i] = v[i];
     }
@@ -117,6 +121,13 @@ struct VecF {
     }
 };
 #endif
+
+// Orders earlier non-temporal stores before later stores (call before another thread may read).
+inline void store_fence() {
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+    _mm_sfence();
+#endif
+}
 
 // Dot product of two float arrays, vectorised with a fixed summation order (so it is deterministic).
 inline float dot(const float* a, const float* b, int64_t n) {
