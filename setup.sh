@@ -28,6 +28,7 @@ cd "$(dirname "$0")"
 
 # ---- dependencies (Debian packages) -------------------------------------------------------------
 packages=(cmake g++ make libstb-dev nlohmann-json3-dev catch2)
+[ "$mode" = test ] && packages+=(clang libclang-rt-dev)
 [ "$mode" = main ] && packages+=(python3 python3-torch libopenblas0-pthread)
 if [ "$install" = 1 ]; then
   missing=()
@@ -56,6 +57,17 @@ cmake --build "$build_dir" -j "$jobs"
 # ---- run ----------------------------------------------------------------------------------------
 if [ "$mode" = test ]; then
   ctest --test-dir "$build_dir" --output-on-failure -j "$jobs"
+  # The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer (clang), when present.
+  if command -v clang++ >/dev/null 2>&1; then
+    echo "setup.sh: unit tests under ASan + UBSan (clang)"
+    CC=clang CXX=clang++ cmake -S . -B "$build_dir-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPIN_SANITIZE=ON \
+      -DPIN_CUDA=OFF -DPIN_BUILD_BENCH=OFF -DPIN_BUILD_EXAMPLES=OFF >/dev/null
+    cmake --build "$build_dir-sanitize" -j "$jobs" --target pin_tests
+    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      "$build_dir-sanitize/bin/pin_tests"
+  else
+    echo "setup.sh: clang++ not found, skipping the sanitizer run"
+  fi
 else
   BUILD_DIR="$build_dir" bench/compare_torch.sh
 fi

@@ -38,7 +38,7 @@ void require_fd(Vec& theta, const Vec& grad, const std::function<double()>& loss
 }  // namespace
 
 TEST_CASE("reference conv2d backward passes agree with finite differences", "[reference]") {
-    for (const reference::ConvShape s : {reference::ConvShape{2, 3, 5, 6, 4, 3, 1, 1}, reference::ConvShape{1, 2, 7, 5, 3, 3, 2, 1},
+    for (const reference::ConvShape& s : {reference::ConvShape{2, 3, 5, 6, 4, 3, 1, 1}, reference::ConvShape{1, 2, 7, 5, 3, 3, 2, 1},
                                          reference::ConvShape{1, 3, 4, 4, 2, 1, 2, 0}}) {
         Vec x = random_vec(static_cast<size_t>(s.n * s.cin * s.h * s.w), 1);
         Vec w = random_vec(static_cast<size_t>(s.cout * s.cin * s.k * s.k), 2);
@@ -50,7 +50,7 @@ TEST_CASE("reference conv2d backward passes agree with finite differences", "[re
 }
 
 TEST_CASE("reference conv_transpose2d backward passes agree with finite differences", "[reference]") {
-    for (const reference::ConvTransposeShape s :
+    for (const reference::ConvTransposeShape& s :
          {reference::ConvTransposeShape{2, 3, 3, 4, 2, 3, 2, 1, 1}, reference::ConvTransposeShape{1, 2, 4, 3, 3, 3, 1, 1, 0}}) {
         Vec x = random_vec(static_cast<size_t>(s.n * s.cin * s.h * s.w), 4);
         Vec w = random_vec(static_cast<size_t>(s.cin * s.cout * s.k * s.k), 5);

@@ -191,7 +191,7 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
         const float* wt = wblock + (t0 * cin + ci0) * kBlockCo;
         for (int64_t tile = 0; tile < ntiles; ++tile) {
             VecF acc[MR][NV];
-            float* part = partial.data() + tile * MR * NV * L;
+            float* part = steps > 1 ? partial.data() + tile * MR * NV * L : nullptr;
             for (int i = 0; i < MR; ++i)
                 for (int v = 0; v < NV; ++v) acc[i][v] = step == 0 ? VecF::zero() : VecF::load(part + (i * NV + v) * L);
             const float* const* tp = ptrs.data() + (tile * taps + t0) * MR;
