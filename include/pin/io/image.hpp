@@ -1,0 +1,128 @@
+// pin/io/image.hpp - face images in and out: any stb_image format (PNG, JPEG, BMP, ...) to a
+// gray 112 x 112 face in [-1, 1], and gray faces back to 8-bit PNG.
+//
+// Colour is converted to luma with ITU-R 601 weights (as the lfw112 data was made); other sizes
+// are resized bilinearly (half-pixel centres, averaging over the source footprint when
+// shrinking), and the result says so, so programs can tell the user.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#if defined(__GNUC__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wunused-function"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+#pragma GCC diagnostic ignored "-Wsign-compare"
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wimplicit-fallthrough"
+#endif
+// Private (static) copies of stb in every translation unit that includes this header: the
+// library stays header-only and never clashes with a user's own stb implementation.
+#ifndef STBI_INCLUDE_STB_IMAGE_H
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#endif
+#include <stb/stb_image.h>
+#ifndef INCLUDE_STB_IMAGE_WRITE_H
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#endif
+#include <stb/stb_image_write.h>
+#if defined(__GNUC__)
+#pragma GCC diagnostic pop
+#endif
+
+#include "pin/core/error.hpp"
+#include "pin/io/file_util.hpp"
+
+namespace pin::io {
+
+struct FaceImage {
+    std::vector<float> pixels;  // size x size, row-major, in [-1, 1]
+    int size = 0;
+    int source_width = 0, source_height = 0, source_channels = 0;
+    bool resized = false;        // the file was not size x size
+    bool converted_to_gray = false;
+};
+
+namespace detail {
+// Bilinear resampling with half-pixel centres; when shrinking, each output pixel averages the
+// bilinear samples over its footprint so no source pixel is skipped.
+inline std::vector<float> resize_bilinear(const std::vector<float>& src, int sw, int sh, int dw, int dh) {
+    std::vector<float> dst(static_cast<size_t>(dw) * dh);
+    const double sx = static_cast<double>(sw) / dw, sy = static_cast<double>(sh) / dh;
+    const int nx = std::max(1, static_cast<int>(std::ceil(sx))), ny = std::max(1, static_cast<int>(std::ceil(sy)));
+    auto sample = [&](double x, double y) {
+        x = std::clamp(x, 0.0, sw - 1.0);
+        y = std::clamp(y, 0.0, sh - 1.0);
+        const int x0 = static_cast<int>(x), y0 = static_cast<int>(y);
+        const int x1 = std::min(x0 + 1, sw - 1), y1 = std::min(y0 + 1, sh - 1);
+        const double fx = x - x0, fy = y - y0;
+        const double top = src[static_cast<size_t>(y0) * sw + x0] * (1 - fx) + src[static_cast<size_t>(y0) * sw + x1] * fx;
+        const double bot = src[static_cast<size_t>(y1) * sw + x0] * (1 - fx) + src[static_cast<size_t>(y1) * sw + x1] * fx;
+        return top * (1 - fy) + bot * fy;
+    };
+    for (int y = 0; y < dh; ++y)
+        for (int x = 0; x < dw; ++x) {
+            double acc = 0;
+            for (int j = 0; j < ny; ++j)
+                for (int i = 0; i < nx; ++i)
+                    acc += sample((x + (i + 0.5) / nx) * sx - 0.5, (y + (j + 0.5) / ny) * sy - 0.5);
+            dst[static_cast<size_t>(y) * dw + x] = static_cast<float>(acc / (nx * ny));
+        }
+    return dst;
+}
+}  // namespace detail
+
+// Decodes image bytes; `path` names the source in error messages.
+inline FaceImage decode_face_image(const unsigned char* data, size_t size, const std::string& path, int face_size = 112) {
+    PIN_CHECK(size > 0, path, ": empty file, not an image");
+    PIN_CHECK(size < (size_t{1} << 31), path, ": file too large to be a face image");
+    int w = 0, h = 0, channels = 0;
+    unsigned char* decoded = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &channels, 0);
+    PIN_CHECK(decoded, path, ": not a readable image (", stbi_failure_reason(), ")");
+    FaceImage out;
+    out.size = face_size;
+    out.source_width = w;
+    out.source_height = h;
+    out.source_channels = channels;
+    out.converted_to_gray = channels >= 3;
+    std::vector<float> gray(static_cast<size_t>(w) * h);
+    for (size_t i = 0; i < gray.size(); ++i) {
+        const unsigned char* px = decoded + i * static_cast<size_t>(channels);
+        // channels: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA (alpha ignored)
+        gray[i] = channels >= 3 ? static_cast<float>(0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2]) : px[0];
+    }
+    stbi_image_free(decoded);
+    if (w != face_size || h != face_size) {
+        gray = detail::resize_bilinear(gray, w, h, face_size, face_size);
+        out.resized = true;
+    }
+    out.pixels.resize(gray.size());
+    for (size_t i = 0; i < gray.size(); ++i) out.pixels[i] = gray[i] / 127.5f - 1.0f;
+    return out;
+}
+
+inline FaceImage load_face_image(const std::string& path, int face_size = 112) {
+    const std::vector<unsigned char> bytes = read_file_bytes(path);
+    return decode_face_image(bytes.data(), bytes.size(), path, face_size);
+}
+
+// Writes a size x size face in [-1, 1] (values outside are clipped) as an 8-bit gray PNG,
+// atomically (temp file + rename).
+inline void write_face_png(const std::string& path, const float* pixels, int size) {
+    std::vector<unsigned char> gray(static_cast<size_t>(size) * size);
+    for (size_t i = 0; i < gray.size(); ++i)
+        gray[i] = static_cast<unsigned char>(std::lround(std::clamp((pixels[i] + 1.0f) * 127.5f, 0.0f, 255.0f)));
+    std::vector<unsigned char> png;
+    auto sink = [](void* ctx, void* data, int n) {
+        auto* out = static_cast<std::vector<unsigned char>*>(ctx);
+        out->insert(out->end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + n);
+    };
+    PIN_CHECK(stbi_write_png_to_func(sink, &png, size, size, 1, gray.data(), size) != 0, path, ": PNG encoding failed");
+    write_file_atomically(path, png.data(), png.size());
+}
+
+}  // namespace pin::io
