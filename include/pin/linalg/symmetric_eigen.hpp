@@ -36,17 +36,15 @@ struct EigenResult {
 
 namespace detail {
 
+// Eight independent partial sums: the compiler turns them into vector FMAs without
+// reassociating anything, and the order (so the result) is fixed.
 inline double dot(const double* a, const double* b, int64_t n) {
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; ++i) s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; ++k) s[k] += a[i + k] * b[i + k];
+    for (; i < n; ++i) s[0] += a[i] * b[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 inline void axpy(double a, const double* x, double* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
@@ -63,23 +61,27 @@ inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double
     tau.assign(static_cast<size_t>(n), 0.0);
     reflectors.assign(static_cast<size_t>(n * n), 0.0);
     auto a = [&](int64_t i, int64_t j) -> double& { return A[static_cast<size_t>(i * n + j)]; };
-    std::vector<double> V(static_cast<size_t>(n * nb)), W(static_cast<size_t>(n * nb));  // row-major n x nb
+    // The panel's reflectors and their images, one contiguous row per panel column (nb x n):
+    // the trailing update then streams them with unit stride.
+    std::vector<double> Vt(static_cast<size_t>(nb * n)), Wt(static_cast<size_t>(nb * n));
+    auto V = [&](int64_t row, int64_t l) { return Vt[static_cast<size_t>(l * n + row)]; };
+    auto W = [&](int64_t row, int64_t l) { return Wt[static_cast<size_t>(l * n + row)]; };
     std::vector<double> col(static_cast<size_t>(n)), w(static_cast<size_t>(n)), vw(static_cast<size_t>(nb)),
         ww(static_cast<size_t>(nb));
     int64_t k0 = 0;
     for (; k0 < n - 2; k0 += nb) {
         const int64_t jb = std::min(nb, n - 2 - k0);
-        std::fill(V.begin(), V.end(), 0.0);
-        std::fill(W.begin(), W.end(), 0.0);
+        std::fill(Vt.begin(), Vt.end(), 0.0);
+        std::fill(Wt.begin(), Wt.end(), 0.0);
         for (int64_t j = 0; j < jb; ++j) {
             const int64_t c = k0 + j;
             // Column c, rows c..n-1, brought up to date with this panel's earlier reflectors.
-            for (int64_t i = c; i < n; ++i) {
-                double v = a(i, c);
-                for (int64_t l = 0; l < j; ++l)
-                    v -= V[static_cast<size_t>(i * nb + l)] * W[static_cast<size_t>(c * nb + l)] +
-                         W[static_cast<size_t>(i * nb + l)] * V[static_cast<size_t>(c * nb + l)];
-                col[static_cast<size_t>(i)] = v;
+            for (int64_t i = c; i < n; ++i) col[static_cast<size_t>(i)] = a(i, c);
+            for (int64_t l = 0; l < j; ++l) {
+                const double wc = W(c, l), vc = V(c, l);
+                const double* vl = &Vt[static_cast<size_t>(l * n)];
+                const double* wl = &Wt[static_cast<size_t>(l * n)];
+                for (int64_t i = c; i < n; ++i) col[static_cast<size_t>(i)] -= vl[i] * wc + wl[i] * vc;
             }
             d[static_cast<size_t>(c)] = col[static_cast<size_t>(c)];
             // Householder reflector that maps col[c+1..] onto beta e_1.
@@ -99,30 +101,23 @@ inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double
             }
             tau[static_cast<size_t>(c)] = t;
             e[static_cast<size_t>(c)] = beta;
-            for (int64_t i = 0; i < m; ++i) V[static_cast<size_t>((c + 1 + i) * nb + j)] = v[i];
+            std::copy(v, v + m, &Vt[static_cast<size_t>(j * n + c + 1)]);
             // w = tau (A22 v - V (W^T v) - W (V^T v)); then w -= tau/2 (w.v) v.
             for (int64_t l = 0; l < j; ++l) {
-                double sv = 0, sw = 0;
-                for (int64_t i = 0; i < m; ++i) {
-                    sv += V[static_cast<size_t>((c + 1 + i) * nb + l)] * v[i];
-                    sw += W[static_cast<size_t>((c + 1 + i) * nb + l)] * v[i];
-                }
-                vw[static_cast<size_t>(l)] = sw;  // (W^T v)_l
-                ww[static_cast<size_t>(l)] = sv;  // (V^T v)_l
+                vw[static_cast<size_t>(l)] = dot(&Wt[static_cast<size_t>(l * n + c + 1)], v, m);  // (W^T v)_l
+                ww[static_cast<size_t>(l)] = dot(&Vt[static_cast<size_t>(l * n + c + 1)], v, m);  // (V^T v)_l
             }
             constexpr int64_t kRows = 64;
             parallel_for((m + kRows - 1) / kRows, [&](int64_t blk) {
                 for (int64_t i = blk * kRows; i < std::min(m, (blk + 1) * kRows); ++i) {
                     const int64_t r = c + 1 + i;
                     double s = dot(&A[static_cast<size_t>(r * n + c + 1)], v, m);
-                    for (int64_t l = 0; l < j; ++l)
-                        s -= V[static_cast<size_t>(r * nb + l)] * vw[static_cast<size_t>(l)] +
-                             W[static_cast<size_t>(r * nb + l)] * ww[static_cast<size_t>(l)];
+                    for (int64_t l = 0; l < j; ++l) s -= V(r, l) * vw[static_cast<size_t>(l)] + W(r, l) * ww[static_cast<size_t>(l)];
                     w[static_cast<size_t>(i)] = t * s;
                 }
             });
             const double half = -0.5 * t * dot(w.data(), v, m);
-            for (int64_t i = 0; i < m; ++i) W[static_cast<size_t>((c + 1 + i) * nb + j)] = w[static_cast<size_t>(i)] + half * v[i];
+            for (int64_t i = 0; i < m; ++i) Wt[static_cast<size_t>(j * n + c + 1 + i)] = w[static_cast<size_t>(i)] + half * v[i];
         }
         // Trailing update of rows/columns >= k0 + jb, both triangles: A -= V W^T + W V^T.
         const int64_t s0 = k0 + jb, ms = n - s0;
@@ -130,9 +125,10 @@ inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double
             const int64_t r = s0 + ri;
             double* row = &A[static_cast<size_t>(r * n + s0)];
             for (int64_t l = 0; l < jb; ++l) {
-                const double vr = V[static_cast<size_t>(r * nb + l)], wr = W[static_cast<size_t>(r * nb + l)];
-                for (int64_t s = 0; s < ms; ++s)
-                    row[s] -= vr * W[static_cast<size_t>((s0 + s) * nb + l)] + wr * V[static_cast<size_t>((s0 + s) * nb + l)];
+                const double vr = V(r, l), wr = W(r, l);
+                const double* wl = &Wt[static_cast<size_t>(l * n + s0)];
+                const double* vl = &Vt[static_cast<size_t>(l * n + s0)];
+                for (int64_t s = 0; s < ms; ++s) row[s] -= vr * wl[s] + wr * vl[s];
             }
         });
         if (progress) progress(static_cast<double>(k0 + jb) / static_cast<double>(std::max<int64_t>(n - 2, 1)));
@@ -283,8 +279,9 @@ inline EigenResult symmetric_eigen_largest(std::vector<double> A, int64_t n, int
 
     // Back-transformation Z := H_0 ... H_{n-3} Z, blocks of nb reflectors applied last-first as
     // I - V T V^T (T upper triangular, LAPACK's dlarft "forward, columnwise").
-    const int64_t nb = 32, reflector_count = std::max<int64_t>(n - 2, 0);
-    std::vector<double> M(static_cast<size_t>(nb * k)), T(static_cast<size_t>(nb * nb));
+    constexpr int64_t nb = 32;  // the register tiles below assume 32
+    const int64_t reflector_count = std::max<int64_t>(n - 2, 0);
+    std::vector<double> T(static_cast<size_t>(nb * nb)), Vb;
     for (int64_t b0 = ((reflector_count - 1) / nb) * nb; b0 >= 0 && reflector_count > 0; b0 -= nb) {
         const int64_t bs = std::min(nb, reflector_count - b0);
         auto vat = [&](int64_t row, int64_t l) -> double {  // V[row][l], reflector b0 + l
@@ -310,33 +307,47 @@ inline EigenResult symmetric_eigen_largest(std::vector<double> A, int64_t n, int
                 T[static_cast<size_t>(p * nb + i)] = -ti * s;
             }
         }
-        // M = V^T Z (bs x k), split over column blocks of Z.
-        constexpr int64_t kCols = 128;
+        // Dense copy of the block's reflectors, rows b0+1..n-1 (zeros above each unit entry).
+        const int64_t rows = n - b0 - 1;
+        Vb.assign(static_cast<size_t>(rows * nb), 0.0);
+        for (int64_t r = 0; r < rows; ++r)
+            for (int64_t l = 0; l < bs; ++l) Vb[static_cast<size_t>(r * nb + l)] = vat(b0 + 1 + r, l);
+        // Per column block of Z: M = V^T Z, M := T M, Z -= V M. Register tiles of 8 reflectors x
+        // 16 columns keep the sums in registers while the rows stream by.
+        constexpr int64_t kCols = 16;
         const int64_t col_blocks = (k + kCols - 1) / kCols;
         parallel_for(col_blocks, [&](int64_t cb) {
             const int64_t c0 = cb * kCols, cn = std::min(k, c0 + kCols) - c0;
-            for (int64_t l = 0; l < bs; ++l) std::fill(&M[static_cast<size_t>(l * k + c0)], &M[static_cast<size_t>(l * k + c0 + cn)], 0.0);
-            for (int64_t r = b0 + 1; r < n; ++r) {
-                const double* zr = &Z[static_cast<size_t>(r * k + c0)];
-                for (int64_t l = 0; l < bs; ++l) {
-                    const double vrl = vat(r, l);
-                    if (vrl != 0.0) detail::axpy(vrl, zr, &M[static_cast<size_t>(l * k + c0)], cn);
+            double m[32][kCols];
+            for (int64_t l0 = 0; l0 < bs; l0 += 8) {
+                double acc[8][kCols] = {};
+                for (int64_t r = 0; r < rows; ++r) {
+                    const double* zr = &Z[static_cast<size_t>((b0 + 1 + r) * k + c0)];
+                    double z[kCols];
+                    for (int64_t c = 0; c < kCols; ++c) z[c] = c < cn ? zr[c] : 0.0;
+                    const double* vr = &Vb[static_cast<size_t>(r * nb + l0)];
+                    for (int l = 0; l < 8; ++l)
+                        for (int64_t c = 0; c < kCols; ++c) acc[l][c] += vr[l] * z[c];
                 }
+                for (int l = 0; l < 8 && l0 + l < 32; ++l)
+                    for (int64_t c = 0; c < kCols; ++c) m[l0 + l][c] = acc[l][c];
             }
-            // M := T M (upper triangular, in place row by row from the top)
-            std::vector<double> tmp(static_cast<size_t>(cn));
-            for (int64_t p = 0; p < bs; ++p) {
-                std::fill(tmp.begin(), tmp.end(), 0.0);
-                for (int64_t q = p; q < bs; ++q) detail::axpy(T[static_cast<size_t>(p * nb + q)], &M[static_cast<size_t>(q * k + c0)], tmp.data(), cn);
-                std::copy(tmp.begin(), tmp.end(), &M[static_cast<size_t>(p * k + c0)]);
-            }
-            // Z -= V M
-            for (int64_t r = b0 + 1; r < n; ++r) {
-                double* zr = &Z[static_cast<size_t>(r * k + c0)];
-                for (int64_t l = 0; l < bs; ++l) {
-                    const double vrl = vat(r, l);
-                    if (vrl != 0.0) detail::axpy(-vrl, &M[static_cast<size_t>(l * k + c0)], zr, cn);
+            double tm[32][kCols];
+            for (int64_t p = 0; p < bs; ++p)
+                for (int64_t c = 0; c < kCols; ++c) {
+                    double sum = 0;
+                    for (int64_t q = p; q < bs; ++q) sum += T[static_cast<size_t>(p * nb + q)] * m[q][c];
+                    tm[p][c] = sum;
                 }
+            for (int64_t p = bs; p < 32; ++p)
+                for (int64_t c = 0; c < kCols; ++c) tm[p][c] = 0.0;
+            for (int64_t r = 0; r < rows; ++r) {
+                double* zr = &Z[static_cast<size_t>((b0 + 1 + r) * k + c0)];
+                const double* vr = &Vb[static_cast<size_t>(r * nb)];
+                double upd[kCols] = {};
+                for (int64_t l = 0; l < 32; ++l)
+                    for (int64_t c = 0; c < kCols; ++c) upd[c] += vr[l] * tm[l][c];
+                for (int64_t c = 0; c < cn; ++c) zr[c] -= upd[c];
             }
         });
         if (progress) progress("back-transform", 1.0 - static_cast<double>(b0) / static_cast<double>(reflector_count));
