@@ -1,0 +1,58 @@
+// pin/core/progress.hpp - a progress bar on stderr for long work: done/total, rate, ETA.
+#pragma once
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+namespace pin {
+
+class ProgressBar {
+public:
+    ProgressBar(std::string label, int64_t total, std::string unit = "")
+        : label_(std::move(label)), unit_(std::move(unit)), total_(total), start_(Clock::now()),
+          tty_(isatty(fileno(stderr)) != 0) {}
+    ~ProgressBar() { finish(); }
+
+    void update(int64_t done) {
+        done_ = done;
+        const auto now = Clock::now();
+        const double since = std::chrono::duration<double>(now - last_).count();
+        // A terminal gets a live bar (10 updates/s); a log file a line per 10 %.
+        const int64_t decile = total_ > 0 ? done * 10 / total_ : 0;
+        if (tty_ ? since < 0.1 && done < total_ : decile == last_decile_) return;
+        last_ = now;
+        last_decile_ = decile;
+        draw(false);
+    }
+    void finish() {
+        if (finished_) return;
+        finished_ = true;
+        draw(true);
+    }
+
+private:
+    using Clock = std::chrono::steady_clock;
+    void draw(bool final) {
+        const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
+        const double frac = total_ > 0 ? static_cast<double>(done_) / static_cast<double>(total_) : 1.0;
+        const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
+        const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0.0;
+        char bar[21];
+        const int filled = static_cast<int>(frac * 20);
+        for (int i = 0; i < 20; ++i) bar[i] = i < filled ? '#' : '.';
+        bar[20] = '\0';
+        std::fprintf(stderr, "%s%s [%s] %3.0f%% %lld/%lld %s %.1f/s %s %.0fs%s", tty_ ? "\r" : "", label_.c_str(), bar,
+                     100 * frac, static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(), rate,
+                     final ? "in" : "ETA", final ? elapsed : eta, (final || !tty_) ? "\n" : "");
+        std::fflush(stderr);
+    }
+    std::string label_, unit_;
+    int64_t total_, done_ = 0;
+    Clock::time_point start_, last_{};
+    int64_t last_decile_ = -1;
+    bool tty_, finished_ = false;
+};
+
+}  // namespace pin
