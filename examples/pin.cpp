@@ -1,9 +1,19 @@
-// pin - the command-line program. Subcommands arrive with the issues that build them; today:
-//   pin info [--threads T]     what this build is: SIMD path, threads, CUDA, model size
+// pin - the command-line program.
+//   pin info                                   this build: SIMD path, threads, CUDA, model size
+//   pin eigen --data DIR -o FILE [...]         eigenfaces of a face folder (mean, basis, eigenvalues)
+#include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <map>
 #include <string>
+#include <vector>
 
+#include "pin/core/progress.hpp"
+#include "pin/io/face_dataset.hpp"
+#include "pin/io/image.hpp"
+#include "pin/model/eigenbasis.hpp"
 #include "pin/pin.hpp"
 
 namespace {
@@ -13,14 +23,70 @@ void usage(std::FILE* f) {
                  "usage: pin <command> [options]\n"
                  "commands:\n"
                  "  info        describe this build (SIMD path, threads, CUDA) and the PIN model size\n"
-                 "options:\n"
+                 "  eigen       eigenfaces of a folder of aligned faces\n"
+                 "              --data DIR      faces as DIR/<person>/*.png|jpg (or DIR/images/<person>/)\n"
+                 "              --split S       train | dev-test | all (default train; needs DIR/pairs.txt,\n"
+                 "                              otherwise all images are used, with a notice)\n"
+                 "              --count N       use N faces, drawn with --seed (default 5000)\n"
+                 "              --keep K        eigenfaces to keep (default 2500)\n"
+                 "              --seed S        selection seed (default 0)\n"
+                 "              -o FILE         output safetensors (eig_vec, avg_face, eig_val)\n"
+                 "common options:\n"
                  "  --threads T CPU threads (default: all hardware threads)\n"
                  "  -h, --help  this text\n"
                  "benchmarks: pin-bench --help\n");
 }
 
-int cmd_info(int threads) {
-    if (threads > 0) pin::set_num_threads(threads);
+struct Options {
+    std::string command;
+    std::map<std::string, std::string> values;
+};
+
+[[noreturn]] void fail_usage(const std::string& message) {
+    std::fprintf(stderr, "pin: %s (see pin --help)\n", message.c_str());
+    std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+    static const std::map<std::string, std::string> kFlags = {
+        {"--threads", "threads"}, {"--data", "data"}, {"--split", "split"}, {"--count", "count"},
+        {"--keep", "keep"},       {"--seed", "seed"}, {"-o", "out"},        {"--out", "out"}};
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "-h" || a == "--help") {
+            usage(stdout);
+            std::exit(0);
+        }
+        auto it = kFlags.find(a);
+        if (it != kFlags.end()) {
+            if (i + 1 >= argc) fail_usage(a + " needs a value");
+            o.values[it->second] = argv[++i];
+        } else if (o.command.empty() && a[0] != '-') {
+            o.command = a;
+        } else {
+            fail_usage("unknown argument '" + a + "'");
+        }
+    }
+    if (o.command.empty()) {
+        usage(stderr);
+        std::exit(2);
+    }
+    return o;
+}
+
+int64_t int_option(const Options& o, const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
+    auto it = o.values.find(key);
+    if (it == o.values.end()) return fallback;
+    char* end = nullptr;
+    const long long v = std::strtoll(it->second.c_str(), &end, 10);
+    if (*end != '\0' || v < lo || v > hi)
+        fail_usage("--" + key + " expects an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" +
+                   it->second + "'");
+    return v;
+}
+
+int cmd_info() {
     pin::model::Agent agent(2500);
     std::printf("pin %s\n", "0.1.0");
     std::printf("  SIMD path        %s (%d float lanes)\n", pin::simd::VecF::kName, pin::simd::VecF::kLanes);
@@ -37,37 +103,101 @@ int cmd_info(int threads) {
     return 0;
 }
 
+int cmd_eigen(const Options& o) {
+    using Clock = std::chrono::steady_clock;
+    const auto t_start = Clock::now();
+    if (!o.values.count("data")) fail_usage("eigen needs --data DIR");
+    if (!o.values.count("out")) fail_usage("eigen needs -o FILE");
+    const std::string data = o.values.at("data"), out = o.values.at("out");
+    const std::string split = o.values.count("split") ? o.values.at("split") : "train";
+    const int64_t count = int_option(o, "count", 5000, 2, 1'000'000);
+    const int64_t keep = int_option(o, "keep", 2500, 1, 1'000'000);
+    const uint64_t seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
+
+    pin::io::FaceListing listing = pin::io::list_face_images(data, split);
+    if (!listing.note.empty()) std::fprintf(stderr, "pin eigen: %s\n", listing.note.c_str());
+    std::vector<std::string> files = listing.files;
+    if (static_cast<int64_t>(files.size()) > count) {
+        // Seeded Fisher-Yates on the sorted list, then keep the first `count`, sorted again.
+        const pin::PhiloxStream rng(seed, 0xE16E);
+        for (size_t i = files.size() - 1; i > 0; --i)
+            std::swap(files[i], files[static_cast<size_t>(rng.bits(i) % (i + 1))]);
+        files.resize(static_cast<size_t>(count));
+        std::sort(files.begin(), files.end());
+    } else if (static_cast<int64_t>(files.size()) < count) {
+        std::fprintf(stderr, "pin eigen: split '%s' of %s has %zu faces, fewer than --count %lld: using all of them\n",
+                     listing.split_used.c_str(), data.c_str(), files.size(), static_cast<long long>(count));
+    }
+    const int64_t n = static_cast<int64_t>(files.size());
+    if (keep > n - 1) fail_usage("--keep " + std::to_string(keep) + " needs at least " + std::to_string(keep + 1) + " faces, have " + std::to_string(n));
+
+    constexpr int kSize = 112, D = kSize * kSize;
+    pin::Tensor faces = pin::Tensor::empty({n, D});
+    std::vector<std::string> errors(static_cast<size_t>(n));
+    std::vector<char> resized(static_cast<size_t>(n), 0), coloured(static_cast<size_t>(n), 0);
+    {
+        pin::ProgressBar bar("loading faces", n, "images");
+        std::atomic<int64_t> done{0};
+        pin::parallel_for(n, [&](int64_t i) {
+            try {
+                const pin::io::FaceImage img = pin::io::load_face_image(files[static_cast<size_t>(i)], kSize);
+                std::copy(img.pixels.begin(), img.pixels.end(), faces.data() + i * D);
+                resized[static_cast<size_t>(i)] = img.resized;
+                coloured[static_cast<size_t>(i)] = img.converted_to_gray;
+            } catch (const pin::Error& e) {
+                errors[static_cast<size_t>(i)] = e.what();
+            }
+            const int64_t d = ++done;
+            if (d % 64 == 0) bar.update(d);
+        });
+        bar.update(n);
+    }
+    for (const std::string& e : errors)
+        if (!e.empty()) {
+            std::fprintf(stderr, "pin eigen: %s\n", e.c_str());
+            return 1;
+        }
+    const int64_t n_resized = std::count(resized.begin(), resized.end(), 1);
+    const int64_t n_colour = std::count(coloured.begin(), coloured.end(), 1);
+    if (n_resized) std::fprintf(stderr, "pin eigen: %lld images were not %dx%d and were resized\n", static_cast<long long>(n_resized), kSize, kSize);
+    if (n_colour) std::fprintf(stderr, "pin eigen: %lld colour images were converted to gray\n", static_cast<long long>(n_colour));
+    const double load_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+
+    std::fprintf(stderr, "pin eigen: %lld faces of split '%s', keeping %lld eigenfaces\n", static_cast<long long>(n),
+                 listing.split_used.c_str(), static_cast<long long>(keep));
+    pin::model::EigenBasisTimings timings;
+    std::string last_stage;
+    const pin::model::EigenBasis eb = pin::model::EigenBasis::compute(faces, keep, &timings, [&](const char* stage, double f) {
+        if (last_stage != stage) {
+            std::fprintf(stderr, "pin eigen: %s...\n", stage);
+            last_stage = stage;
+        }
+        (void)f;
+    });
+    eb.save(out);
+    const double total_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+    std::printf("wrote %s: %lld eigenfaces of %d pixels from %lld faces\n", out.c_str(), static_cast<long long>(keep), D,
+                static_cast<long long>(n));
+    std::printf("time: load %.1f s, mean + Gram %.1f s, eigenpairs %.1f s, back-projection %.1f s, total %.1f s\n", load_s,
+                timings.gram_s, timings.eigen_s, timings.backproject_s, total_s);
+    std::printf("covariance eigenvalues (per-image variance along eigenface):");
+    for (int64_t j : {1, 10, 100, 500, 1000, 2500})
+        if (j <= keep) std::printf(" #%lld %.4g", static_cast<long long>(j), eb.eigenvalues().data()[j - 1]);
+    double total = 0;
+    for (int64_t j = 0; j < keep; ++j) total += eb.eigenvalues().data()[j];
+    std::printf("; sum %.1f\n", total);
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string command;
-    int threads = 0;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (a == "-h" || a == "--help") {
-            usage(stdout);
-            return 0;
-        } else if (a == "--threads") {
-            if (i + 1 >= argc || std::atoi(argv[i + 1]) < 1) {
-                std::fprintf(stderr, "pin: --threads needs a positive integer\n");
-                return 2;
-            }
-            threads = std::atoi(argv[++i]);
-        } else if (command.empty() && a[0] != '-') {
-            command = a;
-        } else {
-            std::fprintf(stderr, "pin: unknown argument '%s' (see pin --help)\n", a.c_str());
-            return 2;
-        }
-    }
-    if (command.empty()) {
-        usage(stderr);
-        return 2;
-    }
+    const Options o = parse(argc, argv);
     try {
-        if (command == "info") return cmd_info(threads);
-        std::fprintf(stderr, "pin: unknown command '%s' (see pin --help)\n", command.c_str());
-        return 2;
+        if (o.values.count("threads")) pin::set_num_threads(static_cast<int>(int_option(o, "threads", 1, 1, 1024)));
+        if (o.command == "info") return cmd_info();
+        if (o.command == "eigen") return cmd_eigen(o);
+        fail_usage("unknown command '" + o.command + "'");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "pin: %s\n", e.what());
         return 1;

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <mutex>
 #include <string>
 
 namespace pin {
@@ -15,7 +16,10 @@ public:
           tty_(isatty(fileno(stderr)) != 0) {}
     ~ProgressBar() { finish(); }
 
+    // Safe to call from several threads (the bar only moves forward).
     void update(int64_t done) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (done < done_) return;
         done_ = done;
         const auto now = Clock::now();
         const double since = std::chrono::duration<double>(now - last_).count();
@@ -27,8 +31,10 @@ public:
         draw(false);
     }
     void finish() {
+        std::lock_guard<std::mutex> lock(mutex_);
         if (finished_) return;
         finished_ = true;
+        if (!tty_ && printed_done_ == done_ && done_ == total_) return;  // the 100 % line is out already
         draw(true);
     }
 
@@ -47,11 +53,13 @@ private:
                      100 * frac, static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(), rate,
                      final ? "in" : "ETA", final ? elapsed : eta, (final || !tty_) ? "\n" : "");
         std::fflush(stderr);
+        printed_done_ = done_;
     }
     std::string label_, unit_;
     int64_t total_, done_ = 0;
     Clock::time_point start_, last_{};
-    int64_t last_decile_ = -1;
+    int64_t last_decile_ = -1, printed_done_ = -1;
+    std::mutex mutex_;
     bool tty_, finished_ = false;
 };
 

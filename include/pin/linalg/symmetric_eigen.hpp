@@ -4,8 +4,7 @@
 //   1. Householder tridiagonalisation, blocked as LAPACK's dsytrd/dlatrd: within a panel of nb
 //      columns the trailing matrix is not touched; the panel's reflectors V and their images W
 //      correct each new column and matrix-vector product; after the panel one rank-2nb update
-//      A -= V W^T + W V^T. The matrix is kept full (both triangles), so every matrix-vector
-//      product reads contiguous rows, split over threads.
+//      A -= V W^T + W V^T. Only the lower triangle is read and kept up to date.
 //   2. The wanted eigenvalues of the tridiagonal T by bisection on Sturm counts (each one
 //      independent: parallel, and exact to a few ulps of ||T||).
 //   3. Their eigenvectors by inverse iteration with a partially pivoted tridiagonal LU, and
@@ -50,7 +49,8 @@ inline void axpy(double a, const double* x, double* y, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
-// Tridiagonalises the full symmetric n x n matrix A (row-major, overwritten). On return d (n) is
+// Tridiagonalises the symmetric n x n matrix A (row-major; the lower triangle is used and
+// overwritten). On return d (n) is
 // the diagonal, e (n-1) the off-diagonal of T = Q^T A Q, Q = H_0 ... H_{n-3},
 // H_c = I - tau[c] v_c v_c^T, with v_c stored in reflectors (row c: entries c+1..n-1, v_c[c+1] = 1).
 inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double>& d, std::vector<double>& e,
@@ -67,7 +67,7 @@ inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double
     auto V = [&](int64_t row, int64_t l) { return Vt[static_cast<size_t>(l * n + row)]; };
     auto W = [&](int64_t row, int64_t l) { return Wt[static_cast<size_t>(l * n + row)]; };
     std::vector<double> col(static_cast<size_t>(n)), w(static_cast<size_t>(n)), vw(static_cast<size_t>(nb)),
-        ww(static_cast<size_t>(nb));
+        ww(static_cast<size_t>(nb)), ypart;
     int64_t k0 = 0;
     for (; k0 < n - 2; k0 += nb) {
         const int64_t jb = std::min(nb, n - 2 - k0);
@@ -107,19 +107,34 @@ inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double
                 vw[static_cast<size_t>(l)] = dot(&Wt[static_cast<size_t>(l * n + c + 1)], v, m);  // (W^T v)_l
                 ww[static_cast<size_t>(l)] = dot(&Vt[static_cast<size_t>(l * n + c + 1)], v, m);  // (V^T v)_l
             }
-            constexpr int64_t kRows = 64;
-            parallel_for((m + kRows - 1) / kRows, [&](int64_t blk) {
-                for (int64_t i = blk * kRows; i < std::min(m, (blk + 1) * kRows); ++i) {
-                    const int64_t r = c + 1 + i;
-                    double s = dot(&A[static_cast<size_t>(r * n + c + 1)], v, m);
-                    for (int64_t l = 0; l < j; ++l) s -= V(r, l) * vw[static_cast<size_t>(l)] + W(r, l) * ww[static_cast<size_t>(l)];
-                    w[static_cast<size_t>(i)] = t * s;
+            // A22 v from the lower triangle only: each stored element is read once and used twice
+            // (row i: a dot product for y_i and an axpy into y_j, j < i), halving the memory
+            // traffic that bounds this step. Rows are cut into kParts pieces of equal area, each
+            // with its own partial y, summed in order: the result is independent of the threads.
+            constexpr int64_t kParts = 8;
+            int64_t bounds[kParts + 1];
+            for (int64_t q = 0; q <= kParts; ++q)
+                bounds[q] = static_cast<int64_t>(std::llround(m * std::sqrt(static_cast<double>(q) / kParts)));
+            ypart.assign(static_cast<size_t>(kParts * m), 0.0);
+            parallel_for(kParts, [&](int64_t q) {
+                double* y = ypart.data() + q * m;
+                for (int64_t i = bounds[q]; i < bounds[q + 1]; ++i) {
+                    const double* row = &A[static_cast<size_t>((c + 1 + i) * n + c + 1)];
+                    y[i] += dot(row, v, i) + row[i] * v[i];
+                    axpy(v[i], row, y, i);
                 }
             });
+            for (int64_t i = 0; i < m; ++i) {
+                double sum = 0;
+                for (int64_t q = 0; q < kParts; ++q) sum += ypart[static_cast<size_t>(q * m + i)];
+                const int64_t r = c + 1 + i;
+                for (int64_t l = 0; l < j; ++l) sum -= V(r, l) * vw[static_cast<size_t>(l)] + W(r, l) * ww[static_cast<size_t>(l)];
+                w[static_cast<size_t>(i)] = t * sum;
+            }
             const double half = -0.5 * t * dot(w.data(), v, m);
             for (int64_t i = 0; i < m; ++i) Wt[static_cast<size_t>(j * n + c + 1 + i)] = w[static_cast<size_t>(i)] + half * v[i];
         }
-        // Trailing update of rows/columns >= k0 + jb, both triangles: A -= V W^T + W V^T.
+        // Trailing update of rows/columns >= k0 + jb, lower triangle: A -= V W^T + W V^T.
         const int64_t s0 = k0 + jb, ms = n - s0;
         parallel_for(ms, [&](int64_t ri) {
             const int64_t r = s0 + ri;
@@ -128,7 +143,7 @@ inline void tridiagonalize(std::vector<double>& A, int64_t n, std::vector<double
                 const double vr = V(r, l), wr = W(r, l);
                 const double* wl = &Wt[static_cast<size_t>(l * n + s0)];
                 const double* vl = &Vt[static_cast<size_t>(l * n + s0)];
-                for (int64_t s = 0; s < ms; ++s) row[s] -= vr * wl[s] + wr * vl[s];
+                for (int64_t s = 0; s <= ri; ++s) row[s] -= vr * wl[s] + wr * vl[s];
             }
         });
         if (progress) progress(static_cast<double>(k0 + jb) / static_cast<double>(std::max<int64_t>(n - 2, 1)));
@@ -205,7 +220,8 @@ inline void tridiagonal_shifted_solve(const std::vector<double>& d, const std::v
 
 }  // namespace detail
 
-// The k largest eigenpairs of the symmetric n x n matrix A (row-major, both triangles; destroyed).
+// The k largest eigenpairs of the symmetric n x n matrix A (row-major; only the lower triangle
+// is read; destroyed).
 inline EigenResult symmetric_eigen_largest(std::vector<double> A, int64_t n, int64_t k,
                                            const std::function<void(const char*, double)>& progress = {}) {
     PIN_CHECK(n >= 1 && static_cast<int64_t>(A.size()) == n * n, "symmetric_eigen_largest: matrix is not ", n, " x ", n);
@@ -246,35 +262,41 @@ inline EigenResult symmetric_eigen_largest(std::vector<double> A, int64_t n, int
     });
     if (progress) progress("eigenvalues", 1.0);
 
-    // Eigenvectors of T by inverse iteration, then back to A's basis.
-    std::vector<double> Z(static_cast<size_t>(n * k), 0.0);  // n x k
-    const double cluster = 1e-7 * tnorm;
+    // Eigenvectors of T by inverse iteration, then back to A's basis. A vector computed this way
+    // is orthogonal to the others up to about eps ||T|| / gap, so Gram-Schmidt is needed only
+    // against eigenvalues closer than 1e-10 ||T|| (angles below ~1e-6); such runs are handled by
+    // one task, in order. Vectors are kept as contiguous rows while they are computed.
+    std::vector<double> Zt(static_cast<size_t>(k * n), 0.0);  // k x n
+    const double cluster = 1e-10 * tnorm;
     const double tiny = eps * tnorm;
-    // Vectors are computed in parallel within groups of eigenvalues farther than `cluster` from
-    // their neighbours; a clustered run is handled by one task, in order, with Gram-Schmidt.
     std::vector<int64_t> starts{0};
     for (int64_t j = 1; j < k; ++j)
         if (out.values[static_cast<size_t>(j - 1)] - out.values[static_cast<size_t>(j)] > cluster) starts.push_back(j);
     starts.push_back(k);
     parallel_for(static_cast<int64_t>(starts.size()) - 1, [&](int64_t g) {
-        std::vector<double> z(static_cast<size_t>(n));
         for (int64_t j = starts[static_cast<size_t>(g)]; j < starts[static_cast<size_t>(g + 1)]; ++j) {
+            std::vector<double> z(static_cast<size_t>(n));
             const PhiloxStream rng(12345, static_cast<uint64_t>(j));
             for (int64_t i = 0; i < n; ++i) z[static_cast<size_t>(i)] = rng.uniform(static_cast<uint64_t>(i)) - 0.5;
-            for (int iter = 0; iter < 4; ++iter) {
+            for (int iter = 0; iter < 3; ++iter) {
                 detail::tridiagonal_shifted_solve(d, e, out.values[static_cast<size_t>(j)], z, tiny);
                 for (int64_t p = starts[static_cast<size_t>(g)]; p < j; ++p) {  // clustered predecessors
-                    double s = 0;
-                    for (int64_t i = 0; i < n; ++i) s += Z[static_cast<size_t>(i * k + p)] * z[static_cast<size_t>(i)];
-                    for (int64_t i = 0; i < n; ++i) z[static_cast<size_t>(i)] -= s * Z[static_cast<size_t>(i * k + p)];
+                    const double* zp = &Zt[static_cast<size_t>(p * n)];
+                    detail::axpy(-detail::dot(zp, z.data(), n), zp, z.data(), n);
                 }
                 const double norm = std::sqrt(detail::dot(z.data(), z.data(), n));
                 PIN_CHECK(norm > 0 && std::isfinite(norm), "symmetric_eigen_largest: inverse iteration failed");
                 for (double& v : z) v /= norm;
             }
-            for (int64_t i = 0; i < n; ++i) Z[static_cast<size_t>(i * k + j)] = z[static_cast<size_t>(i)];
+            std::copy(z.begin(), z.end(), &Zt[static_cast<size_t>(j * n)]);
         }
     });
+    std::vector<double> Z(static_cast<size_t>(n * k));  // n x k
+    parallel_for(n, [&](int64_t i) {
+        for (int64_t j = 0; j < k; ++j) Z[static_cast<size_t>(i * k + j)] = Zt[static_cast<size_t>(j * n + i)];
+    });
+    Zt.clear();
+    Zt.shrink_to_fit();
     if (progress) progress("eigenvectors", 1.0);
 
     // Back-transformation Z := H_0 ... H_{n-3} Z, blocks of nb reflectors applied last-first as
