@@ -28,7 +28,7 @@ cd "$(dirname "$0")"
 
 # ---- dependencies (Debian packages) -------------------------------------------------------------
 packages=(cmake g++ make libstb-dev nlohmann-json3-dev catch2)
-[ "$mode" = test ] && packages+=(clang libclang-rt-dev)
+[ "$mode" = test ] && packages+=(clang libclang-rt-dev python3)
 [ "$mode" = main ] && packages+=(python3 python3-torch libopenblas0-pthread)
 if [ "$install" = 1 ]; then
   missing=()

@@ -1,11 +1,13 @@
 // pin - the command-line program.
 //   pin info                                   this build: SIMD path, threads, CUDA, model size
 //   pin eigen --data DIR -o FILE [...]         eigenfaces of a face folder (mean, basis, eigenvalues)
+//   pin defend --in DIR|FILE --out DIR [...]   defended faces as PNG (PIN, PCA-k or none)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <string>
 #include <vector>
@@ -13,6 +15,7 @@
 #include "pin/core/progress.hpp"
 #include "pin/io/face_dataset.hpp"
 #include "pin/io/image.hpp"
+#include "pin/model/defense.hpp"
 #include "pin/model/eigenbasis.hpp"
 #include "pin/pin.hpp"
 
@@ -31,6 +34,15 @@ void usage(std::FILE* f) {
                  "              --keep K        eigenfaces to keep (default 2500)\n"
                  "              --seed S        selection seed (default 0)\n"
                  "              -o FILE         output safetensors (eig_vec, avg_face, eig_val)\n"
+                 "  defend      defend faces: writes the defended faces as PNG, mirroring the input tree\n"
+                 "              --in DIR|FILE   aligned faces (PNG/JPEG/BMP/PGM; colour -> gray, resized to 112)\n"
+                 "              --out DIR       output folder\n"
+                 "              --defense D     pin (default) | pca-K (first K eigenfaces) | none\n"
+                 "              --model DIR     PIN model folder (default: the trained model in weights/)\n"
+                 "              --basis FILE    eigenbasis for pca-K (default: the model folder's)\n"
+                 "              --mode M        sample (default) | threshold | mean-threshold | expectation\n"
+                 "              --seed S        mask seed (default 0); same seed -> same files\n"
+                 "              --batch B       faces per batch (default 16)\n"
                  "common options:\n"
                  "  --threads T CPU threads (default: all hardware threads)\n"
                  "  -h, --help  this text\n"
@@ -50,7 +62,9 @@ struct Options {
 Options parse(int argc, char** argv) {
     static const std::map<std::string, std::string> kFlags = {
         {"--threads", "threads"}, {"--data", "data"}, {"--split", "split"}, {"--count", "count"},
-        {"--keep", "keep"},       {"--seed", "seed"}, {"-o", "out"},        {"--out", "out"}};
+        {"--keep", "keep"},       {"--seed", "seed"}, {"-o", "out"},        {"--out", "out"},
+        {"--in", "in"},           {"--defense", "defense"}, {"--model", "model"}, {"--basis", "basis"},
+        {"--mode", "mode"},       {"--batch", "batch"}};
     Options o;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
@@ -189,6 +203,119 @@ int cmd_eigen(const Options& o) {
     return 0;
 }
 
+
+#ifndef PIN_DEFAULT_MODEL_DIR
+#define PIN_DEFAULT_MODEL_DIR "weights/pin-default"
+#endif
+
+int cmd_defend(const Options& o) {
+    namespace fs = std::filesystem;
+    if (!o.values.count("in")) fail_usage("defend needs --in DIR|FILE");
+    if (!o.values.count("out")) fail_usage("defend needs --out DIR");
+    const std::string in = o.values.at("in"), out_dir = o.values.at("out");
+    const std::string defense_name = o.values.count("defense") ? o.values.at("defense") : "pin";
+    const int64_t batch = int_option(o, "batch", 16, 1, 4096);
+    const uint64_t seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
+    const pin::model::SamplingMode mode =
+        pin::model::parse_sampling_mode(o.values.count("mode") ? o.values.at("mode") : "sample");
+    const std::string model_dir = o.values.count("model") ? o.values.at("model") : PIN_DEFAULT_MODEL_DIR;
+
+    // The defense.
+    pin::model::Defense defense = pin::model::Defense::none();
+    if (defense_name == "pin") {
+        defense = pin::model::Defense::load_pin(model_dir, mode, seed);
+    } else if (defense_name.rfind("pca-", 0) == 0) {
+        char* end = nullptr;
+        const long k = std::strtol(defense_name.c_str() + 4, &end, 10);
+        if (*end != '\0' || k < 1) fail_usage("--defense pca-K needs a positive K, got '" + defense_name + "'");
+        const std::string basis_path = o.values.count("basis") ? o.values.at("basis") : (fs::path(model_dir) / "eigenbasis.safetensors").string();
+        const pin::model::EigenBasis basis = pin::model::EigenBasis::load(basis_path);
+        if (k > basis.count())
+            fail_usage(defense_name + ": " + basis_path + " holds only " + std::to_string(basis.count()) + " eigenfaces");
+        defense = pin::model::Defense::pca(basis, k);
+    } else if (defense_name != "none") {
+        fail_usage("unknown defense '" + defense_name + "' (expected pin, pca-K or none)");
+    }
+
+    // The inputs: one file, or every image under a folder (sorted; outputs mirror the tree).
+    std::vector<fs::path> inputs;
+    std::error_code ec;
+    fs::path base;
+    if (fs::is_regular_file(in, ec)) {
+        inputs.push_back(in);
+        base = fs::path(in).parent_path();
+    } else if (fs::is_directory(in, ec)) {
+        base = in;
+        for (auto it = fs::recursive_directory_iterator(in, ec); it != fs::recursive_directory_iterator(); it.increment(ec))
+            if (it->is_regular_file() && pin::io::is_image_file(it->path())) inputs.push_back(it->path());
+        std::sort(inputs.begin(), inputs.end());
+    } else {
+        std::fprintf(stderr, "pin defend: %s: no such file or folder\n", in.c_str());
+        return 1;
+    }
+    if (inputs.empty()) {
+        std::fprintf(stderr, "pin defend: %s: no images (png, jpg, jpeg, bmp, pgm, ppm)\n", in.c_str());
+        return 1;
+    }
+    constexpr int kSize = 112, D = kSize * kSize;
+    const int64_t n = static_cast<int64_t>(inputs.size());
+    int64_t failures = 0, resized = 0, coloured = 0;
+    double kept = 0;
+    pin::ProgressBar bar("defending", n, "faces");
+    for (int64_t b0 = 0; b0 < n; b0 += batch) {
+        const int64_t bn = std::min(batch, n - b0);
+        pin::Tensor x = pin::Tensor::zeros({bn, 1, kSize, kSize}, pin::Layout::NHWC);
+        std::vector<std::string> errors(static_cast<size_t>(bn));
+        std::vector<char> flags(static_cast<size_t>(bn) * 2, 0);
+        pin::parallel_for(bn, [&](int64_t i) {
+            try {
+                const auto img = pin::io::load_face_image(inputs[static_cast<size_t>(b0 + i)].string(), kSize);
+                std::copy(img.pixels.begin(), img.pixels.end(), x.data() + i * D);
+                flags[static_cast<size_t>(2 * i)] = img.resized;
+                flags[static_cast<size_t>(2 * i + 1)] = img.converted_to_gray;
+            } catch (const pin::Error& e) {
+                errors[static_cast<size_t>(i)] = e.what();
+            }
+        });
+        const pin::model::DefenseOutput res = defense.inactivate(x, static_cast<uint64_t>(b0));
+        if (res.q.defined()) kept += pin::cpu::reduce_sum(res.q);
+        pin::parallel_for(bn, [&](int64_t i) {
+            if (!errors[static_cast<size_t>(i)].empty()) return;
+            const fs::path rel = fs::relative(inputs[static_cast<size_t>(b0 + i)], base);
+            fs::path target = fs::path(out_dir) / rel;
+            target.replace_extension(".png");
+            try {
+                std::error_code mk;
+                fs::create_directories(target.parent_path(), mk);
+                pin::io::write_face_png(target.string(), res.defended.data() + i * D, kSize);
+            } catch (const pin::Error& e) {
+                errors[static_cast<size_t>(i)] = e.what();
+            }
+        });
+        for (int64_t i = 0; i < bn; ++i) {
+            resized += flags[static_cast<size_t>(2 * i)];
+            coloured += flags[static_cast<size_t>(2 * i + 1)];
+            if (!errors[static_cast<size_t>(i)].empty()) {
+                ++failures;
+                std::fprintf(stderr, "\npin defend: %s\n", errors[static_cast<size_t>(i)].c_str());
+            }
+        }
+        bar.update(b0 + bn);
+    }
+    bar.finish();
+    if (resized) std::fprintf(stderr, "pin defend: %lld images were not %dx%d and were resized\n", static_cast<long long>(resized), kSize, kSize);
+    if (coloured) std::fprintf(stderr, "pin defend: %lld colour images were converted to gray\n", static_cast<long long>(coloured));
+    std::printf("defended %lld of %lld faces with %s into %s", static_cast<long long>(n - failures),
+                static_cast<long long>(n), defense_name.c_str(), out_dir.c_str());
+    if (defense.kind() == pin::model::DefenseKind::PIN) std::printf("; mean eigenfaces kept %.1f", kept / static_cast<double>(n));
+    std::printf("\n");
+    if (failures) {
+        std::fprintf(stderr, "pin defend: %lld faces failed (listed above)\n", static_cast<long long>(failures));
+        return 1;
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -197,6 +324,7 @@ int main(int argc, char** argv) {
         if (o.values.count("threads")) pin::set_num_threads(static_cast<int>(int_option(o, "threads", 1, 1, 1024)));
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);
+        if (o.command == "defend") return cmd_defend(o);
         fail_usage("unknown command '" + o.command + "'");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "pin: %s\n", e.what());

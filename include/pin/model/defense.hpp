@@ -1,0 +1,101 @@
+// pin/model/defense.hpp - the user-facing defense: faces in, defended faces out.
+//
+//   pin::model::Defense defense = pin::model::Defense::load_pin("weights/pin-default");
+//   pin::model::DefenseOutput out = defense.inactivate(batch);   // out.defended, out.p, out.q
+//
+// Kinds: PIN (agent -> p -> mask q -> projection onto the masked eigenfaces), PCA-k (projection
+// onto the first k eigenfaces) and none (identity). A model folder holds eigenbasis.safetensors
+// (eig_vec, avg_face, eig_val) and, for PIN, agent.safetensors (dae.*, esn.*, head.* keys).
+// Image i of a run (first_image + b) always gets the same mask for the same seed, whatever the
+// batch size or thread count.
+#pragma once
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "pin/io/state_dict.hpp"
+#include "pin/model/agent.hpp"
+#include "pin/model/eigenbasis.hpp"
+#include "pin/model/sampling.hpp"
+
+namespace pin::model {
+
+struct DefenseOutput {
+    Tensor defended;  // (batch, 1, 112, 112) NHWC, same value range as the input
+    Tensor p;         // (batch, N) selection probabilities (PIN only)
+    Tensor q;         // (batch, N) the mask used (PIN only)
+};
+
+enum class DefenseKind { None, PCA, PIN };
+
+class Defense {
+public:
+    static Defense none() { return Defense(DefenseKind::None); }
+
+    static Defense pca(const EigenBasis& basis, int64_t k) {
+        Defense d(DefenseKind::PCA);
+        d.basis_ = std::make_shared<EigenBasis>(basis.truncated(k));
+        return d;
+    }
+
+    static Defense load_pin(const std::string& model_dir, SamplingMode mode = SamplingMode::Bernoulli,
+                            uint64_t seed = 0) {
+        namespace fs = std::filesystem;
+        const fs::path eig = fs::path(model_dir) / "eigenbasis.safetensors";
+        const fs::path agent = fs::path(model_dir) / "agent.safetensors";
+        PIN_CHECK(fs::exists(eig) && fs::exists(agent), model_dir,
+                  ": not a PIN model folder (needs eigenbasis.safetensors and agent.safetensors; "
+                  "trained weights come from `pin train`, see weights/README.md)");
+        Defense d(DefenseKind::PIN);
+        d.basis_ = std::make_shared<EigenBasis>(EigenBasis::load(eig.string()));
+        d.agent_ = std::make_shared<Agent>(d.basis_->count());
+        io::load_parameters(d.agent_->parameters(), io::read_safetensors(agent.string()), agent.string());
+        d.mode_ = mode;
+        d.seed_ = seed;
+        return d;
+    }
+
+    DefenseKind kind() const { return kind_; }
+    const EigenBasis* basis() const { return basis_.get(); }
+    void set_sampling(SamplingMode mode, uint64_t seed) {
+        mode_ = mode;
+        seed_ = seed;
+    }
+
+    // batch: (B, 1, 112, 112), NHWC or NCHW (one channel: the same memory), values in [-1, 1].
+    DefenseOutput inactivate(const Tensor& batch, uint64_t first_image = 0) const {
+        PIN_CHECK(batch.rank() == 4 && batch.c() == 1, "Defense::inactivate: expects (batch, 1, H, W) gray faces, got ",
+                  shape_to_string(batch.shape()));
+        const int64_t B = batch.n(), D = batch.h() * batch.w();
+        for (int64_t i = 0; i < batch.numel(); ++i)
+            PIN_CHECK(std::isfinite(batch.data()[i]), "Defense::inactivate: input holds a non-finite value at element ", i);
+        DefenseOutput out;
+        out.defended = Tensor::empty(batch.shape(), Layout::NHWC);
+        if (kind_ == DefenseKind::None) {
+            std::copy(batch.data(), batch.data() + batch.numel(), out.defended.data());
+            return out;
+        }
+        PIN_CHECK(D == basis_->pixels(), "Defense::inactivate: faces have ", D, " pixels, the eigenbasis ",
+                  basis_->pixels());
+        if (kind_ == DefenseKind::PCA) {
+            basis_->project(batch.data(), nullptr, B, out.defended.data());
+            return out;
+        }
+        const Tensor x = batch.reshape(batch.shape(), Layout::NHWC);
+        out.p = agent_->forward(x);
+        out.q = Tensor::empty(out.p.shape());
+        sample_mask(out.p, mode_, seed_, first_image, out.q);
+        basis_->project(batch.data(), out.q.data(), B, out.defended.data());
+        return out;
+    }
+
+private:
+    explicit Defense(DefenseKind k) : kind_(k) {}
+    DefenseKind kind_;
+    std::shared_ptr<EigenBasis> basis_;
+    std::shared_ptr<Agent> agent_;
+    SamplingMode mode_ = SamplingMode::Bernoulli;
+    uint64_t seed_ = 0;
+};
+
+}  // namespace pin::model

@@ -1,0 +1,61 @@
+// The Defense API: a PIN model folder written here (random agent, eigenbasis of synthetic faces),
+// masks and outputs independent of batching and threads, the modes, PCA and none.
+#include <filesystem>
+#include <unistd.h>
+
+#include "helpers.hpp"
+#include "pin/core/parallel.hpp"
+#include "pin/model/defense.hpp"
+
+using namespace pin;
+using namespace pin::test;
+
+TEST_CASE("PIN defense from a model folder: deterministic, batching-independent, modes", "[defense]") {
+    namespace fs = std::filesystem;
+    const std::string dir = "/tmp/pin_defense_" + std::to_string(::getpid());
+    fs::create_directories(dir);
+    // Eigenbasis of 60 random-ish faces, 40 eigenfaces.
+    Tensor faces = random_tensor({60, 112 * 112}, 1, 0.3f);
+    const model::EigenBasis basis = model::EigenBasis::compute(faces, 40);
+    basis.save(dir + "/eigenbasis.safetensors");
+    model::Agent agent(40);
+    agent.reset_parameters(3);
+    io::write_safetensors(dir + "/agent.safetensors", io::parameter_entries(agent.parameters()));
+
+    const model::Defense d = model::Defense::load_pin(dir, model::SamplingMode::Bernoulli, 11);
+    const Tensor x = random_tensor({3, 1, 112, 112}, 2, 0.5f, Layout::NHWC);
+    set_num_threads(2);
+    const model::DefenseOutput all = d.inactivate(x, 0);
+    REQUIRE(all.p.shape() == Shape{3, 40});
+    REQUIRE(all.q.shape() == Shape{3, 40});
+    set_num_threads(1);
+    const model::DefenseOutput last = d.inactivate(x.slice(2, 3), 2);  // image 2 alone, one thread
+    set_num_threads(2);
+    for (int64_t i = 0; i < 40; ++i) REQUIRE(last.q.data()[i] == all.q.data()[80 + i]);
+    for (int64_t i = 0; i < 112 * 112; ++i) REQUIRE(last.defended.data()[i] == all.defended.data()[2 * 112 * 112 + i]);
+
+    // The defended face is the projection with the returned mask.
+    std::vector<float> expect(112 * 112);
+    basis.project(x.data(), all.q.data(), 1, expect.data());
+    for (int64_t i = 0; i < 112 * 112; ++i) REQUIRE(all.defended.data()[i] == expect[static_cast<size_t>(i)]);
+
+    // Expectation mode: q == p.
+    const model::Defense e = model::Defense::load_pin(dir, model::SamplingMode::Expectation, 0);
+    const model::DefenseOutput eo = e.inactivate(x, 0);
+    REQUIRE(bitwise_equal(eo.p, eo.q));
+
+    // PCA-k and none.
+    const model::DefenseOutput pca = model::Defense::pca(basis, 10).inactivate(x, 0);
+    REQUIRE_FALSE(pca.q.defined());
+    basis.truncated(10).project(x.data(), nullptr, 1, expect.data());
+    for (int64_t i = 0; i < 112 * 112; ++i) REQUIRE(pca.defended.data()[i] == expect[static_cast<size_t>(i)]);
+    REQUIRE(bitwise_equal(model::Defense::none().inactivate(x, 0).defended, x));
+
+    // Bad input and a broken folder are reported.
+    Tensor bad = x.clone();
+    bad.data()[17] = std::nanf("");
+    REQUIRE_THROWS_WITH(d.inactivate(bad, 0), Catch::Contains("non-finite value at element 17"));
+    fs::remove(dir + "/agent.safetensors");
+    REQUIRE_THROWS_WITH(model::Defense::load_pin(dir), Catch::Contains("not a PIN model folder"));
+    fs::remove_all(dir);
+}
