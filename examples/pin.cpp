@@ -2,6 +2,7 @@
 //   pin info                                   this build: SIMD path, threads, CUDA, model size
 //   pin eigen --data DIR -o FILE [...]         eigenfaces of a face folder (mean, basis, eigenvalues)
 //   pin defend --in DIR|FILE --out DIR [...]   defended faces as PNG (PIN, PCA-k or none)
+//   pin agent-forward --model DIR --in X --out Y  the agent on a tensor file (checks against PyTorch)
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -43,6 +44,9 @@ void usage(std::FILE* f) {
                  "              --mode M        sample (default) | threshold | mean-threshold | expectation\n"
                  "              --seed S        mask seed (default 0); same seed -> same files\n"
                  "              --batch B       faces per batch (default 16)\n"
+                 "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
+                 "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
+                 "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
                  "common options:\n"
                  "  --threads T CPU threads (default: all hardware threads)\n"
                  "  -h, --help  this text\n"
@@ -190,6 +194,7 @@ int cmd_eigen(const Options& o) {
     });
     eb.save(out);
     const double total_s = std::chrono::duration<double>(Clock::now() - t_start).count();
+    const double ortho = eb.orthonormality_error();
     std::printf("wrote %s: %lld eigenfaces of %d pixels from %lld faces\n", out.c_str(), static_cast<long long>(keep), D,
                 static_cast<long long>(n));
     std::printf("time: load %.1f s, mean + Gram %.1f s, eigenpairs %.1f s, back-projection %.1f s, total %.1f s\n", load_s,
@@ -200,6 +205,11 @@ int cmd_eigen(const Options& o) {
     double total = 0;
     for (int64_t j = 0; j < keep; ++j) total += eb.eigenvalues().data()[j];
     std::printf("; sum %.1f\n", total);
+    std::printf("orthonormality: max |B^T B - I| = %.2e\n", ortho);
+    if (!(ortho < 1e-3)) {
+        std::fprintf(stderr, "pin eigen: the basis is not orthonormal (max |B^T B - I| = %.2e)\n", ortho);
+        return 1;
+    }
     return 0;
 }
 
@@ -316,6 +326,28 @@ int cmd_defend(const Options& o) {
     return 0;
 }
 
+int cmd_agent_forward(const Options& o) {
+    namespace fs = std::filesystem;
+    for (const char* k : {"model", "in", "out"})
+        if (!o.values.count(k)) fail_usage(std::string("agent-forward needs --") + k);
+    const std::string agent_path = (fs::path(o.values.at("model")) / "agent.safetensors").string();
+    const pin::io::SafetensorsContents weights = pin::io::read_safetensors(agent_path);
+    const pin::Tensor& bias = weights.at("head.fc2.0.bias", agent_path);
+    pin::model::Agent agent(bias.dim(0));
+    pin::io::load_parameters(agent.parameters(), weights, agent_path);
+    const pin::io::SafetensorsContents input = pin::io::read_safetensors(o.values.at("in"));
+    const pin::Tensor& x = input.at("x", o.values.at("in"));
+    PIN_CHECK(x.rank() == 4 && x.c() == 1 && x.h() == 112 && x.w() == 112, o.values.at("in"), ": x must be (B, 1, 112, 112), got ",
+              pin::shape_to_string(x.shape()));
+    const pin::Tensor xs = x.reshape(x.shape(), pin::Layout::NHWC);  // one channel: same memory
+    const pin::Tensor d = agent.dae().forward(xs);
+    const pin::Tensor f = agent.esn().forward(d);
+    const pin::Tensor p = agent.head().forward(f);
+    pin::io::write_safetensors(o.values.at("out"), {{"dae", d}, {"features", f}, {"p", p}});
+    std::printf("wrote %s: p %s\n", o.values.at("out").c_str(), pin::shape_to_string(p.shape()).c_str());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -325,6 +357,7 @@ int main(int argc, char** argv) {
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);
         if (o.command == "defend") return cmd_defend(o);
+        if (o.command == "agent-forward") return cmd_agent_forward(o);
         fail_usage("unknown command '" + o.command + "'");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "pin: %s\n", e.what());

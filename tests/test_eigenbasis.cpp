@@ -57,6 +57,7 @@ TEST_CASE("eigenfaces are orthonormal eigenvectors of the covariance, eigenvalue
             for (int64_t d = 0; d < D; ++d) s += static_cast<double>(B[d * keep + a]) * B[d * keep + b];
             REQUIRE(std::fabs(s - (a == b ? 1.0 : 0.0)) < 1e-4);
         }
+    REQUIRE(eb.orthonormality_error() < 1e-4);
     // Float64 reference: covariance C = Xc^T Xc / n (D x D) by Jacobi; compare eigenvalues, and
     // check C b = lambda b for every eigenface.
     std::vector<double> mean(D, 0.0), C(static_cast<size_t>(D * D), 0.0);

@@ -123,6 +123,32 @@ public:
         io::write_safetensors(path, e, {{"format", "pin-eigenbasis"}});
     }
 
+    // max |B^T B - I| over all entries (B^T B on the convolution engine: a 1 x 1 convolution over
+    // the N eigenfaces with D channels), the orthonormality check of the whole basis.
+    double orthonormality_error() const {
+        const int64_t D = pixels(), N = count();
+        Tensor bt = Tensor::empty({N, D});
+        parallel_for(N, [&](int64_t j) {
+            for (int64_t d = 0; d < D; ++d) bt.data()[j * D + d] = basis_.data()[d * N + j];
+        });
+        cpu::GatherConvGeometry g;
+        g.batch = 1;
+        g.src_h = g.grid_h = g.dst_h = 1;
+        g.src_w = g.grid_w = g.dst_w = N;
+        g.src_channels = D;
+        g.dst_channels = N;
+        g.tap_dh = {0};
+        g.tap_dw = {0};
+        Tensor gram = Tensor::empty({N, N});
+        cpu::gather_conv(bt.data(), g, [&](int64_t co, int64_t ci, int64_t) { return bt.data()[co * D + ci]; },
+                         gram.data());
+        double worst = 0;
+        for (int64_t i = 0; i < N; ++i)
+            for (int64_t j = 0; j < N; ++j)
+                worst = std::max(worst, std::fabs(static_cast<double>(gram.data()[i * N + j]) - (i == j ? 1.0 : 0.0)));
+        return worst;
+    }
+
     // The first k eigenfaces only (classical PCA-k).
     EigenBasis truncated(int64_t k) const {
         PIN_CHECK(k >= 1 && k <= count(), "EigenBasis::truncated: ", k, " of ", count(), " eigenfaces");
