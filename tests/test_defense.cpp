@@ -50,6 +50,9 @@ TEST_CASE("PIN defense from a model folder: deterministic, batching-independent,
     basis.truncated(10).project(x.data(), nullptr, 1, expect.data());
     for (int64_t i = 0; i < 112 * 112; ++i) REQUIRE(pca.defended.data()[i] == expect[static_cast<size_t>(i)]);
     REQUIRE(bitwise_equal(model::Defense::none().inactivate(x, 0).defended, x));
+    // DAE-only: the autoencoder of the same weights.
+    const model::DefenseOutput dae = model::Defense::load_dae(dir).inactivate(x, 0);
+    REQUIRE(bitwise_equal(dae.defended, agent.dae().forward(x)));
 
     // Bad input and a broken folder are reported.
     Tensor bad = x.clone();

@@ -4,7 +4,7 @@
 //   pin::model::DefenseOutput out = defense.inactivate(batch);   // out.defended, out.p, out.q
 //
 // Kinds: PIN (agent -> p -> mask q -> projection onto the masked eigenfaces), PCA-k (projection
-// onto the first k eigenfaces) and none (identity). A model folder holds eigenbasis.safetensors
+// onto the first k eigenfaces), DAE-only (the denoising autoencoder's output) and none (identity). A model folder holds eigenbasis.safetensors
 // (eig_vec, avg_face, eig_val) and, for PIN, agent.safetensors (dae.*, esn.*, head.* keys).
 // Image i of a run (first_image + b) always gets the same mask for the same seed, whatever the
 // batch size or thread count.
@@ -26,7 +26,7 @@ struct DefenseOutput {
     Tensor q;         // (batch, N) the mask used (PIN only)
 };
 
-enum class DefenseKind { None, PCA, PIN };
+enum class DefenseKind { None, PCA, DAE, PIN };
 
 class Defense {
 public:
@@ -55,6 +55,18 @@ public:
         return d;
     }
 
+    // The DAE-only baseline: the model folder's dae.* tensors (agent.safetensors).
+    static Defense load_dae(const std::string& model_dir) {
+        namespace fs = std::filesystem;
+        const fs::path agent = fs::path(model_dir) / "agent.safetensors";
+        PIN_CHECK(fs::exists(agent), model_dir, ": no agent.safetensors (the DAE weights come from `pin pretrain-dae`)");
+        Defense d(DefenseKind::DAE);
+        d.agent_ = std::make_shared<Agent>(1);
+        // Every dae.* tensor must be there and be used; esn.* and head.* may be present or not.
+        io::load_parameters(d.agent_->dae().parameters(), io::read_safetensors(agent.string()), agent.string(), "dae.");
+        return d;
+    }
+
     DefenseKind kind() const { return kind_; }
     const EigenBasis* basis() const { return basis_.get(); }
     void set_sampling(SamplingMode mode, uint64_t seed) {
@@ -75,13 +87,17 @@ public:
             std::copy(batch.data(), batch.data() + batch.numel(), out.defended.data());
             return out;
         }
-        PIN_CHECK(D == basis_->pixels(), "Defense::inactivate: faces have ", D, " pixels, the eigenbasis ",
-                  basis_->pixels());
+        PIN_CHECK(kind_ == DefenseKind::DAE || D == basis_->pixels(), "Defense::inactivate: faces have ", D,
+                  " pixels, the eigenbasis ", basis_->pixels());
         if (kind_ == DefenseKind::PCA) {
             basis_->project(batch.data(), nullptr, B, out.defended.data());
             return out;
         }
         const Tensor x = batch.reshape(batch.shape(), Layout::NHWC);
+        if (kind_ == DefenseKind::DAE) {
+            out.defended = agent_->dae().forward(x);
+            return out;
+        }
         out.p = agent_->forward(x);
         out.q = Tensor::empty(out.p.shape());
         sample_mask(out.p, mode_, seed_, first_image, out.q);
