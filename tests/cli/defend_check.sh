@@ -29,6 +29,12 @@ PY
   > "$work/eigen.log" 2>&1 || { cat "$work/eigen.log"; fail "pin eigen"; }
 grep -q "not defined there, using all images" "$work/eigen.log" || fail "pin eigen did not report the split fall-back"
 
+# The same faces through an image list (relative paths).
+(cd "$work" && find faces -name '*.pgm' | sort > list.txt)
+"$pin" eigen --data "$work/list.txt" --split all --count 60 --keep 20 -o "$work/basis_list.safetensors" > /dev/null 2>&1 \
+  || fail "pin eigen from an image list"
+cmp -s "$work/basis.safetensors" "$work/basis_list.safetensors" || fail "list and folder give different eigenbases"
+
 "$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/out1" --threads 1 --batch 7 >/dev/null 2>&1 \
   || fail "pin defend (1 thread)"
 "$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/out2" --threads 2 --batch 16 >/dev/null 2>&1 \

@@ -89,12 +89,33 @@ struct FaceListing {
 };
 
 // Lists the face images of a dataset folder for a split ("train", "dev-test" or "all").
-// Images live in root/images/<person>/ (lfw112) or root/<person>/.
+// Images live in root/images/<person>/ (lfw112) or root/<person>/. `root` may also be a text
+// file listing image paths, one per line (relative ones are taken from the list's folder).
 inline FaceListing list_face_images(const std::string& root, const std::string& split) {
     namespace fs = std::filesystem;
     PIN_CHECK(split == "train" || split == "dev-test" || split == "all", "unknown split '", split,
               "' (expected train, dev-test or all)");
     std::error_code ec;
+    if (fs::is_regular_file(root, ec)) {
+        FaceListing out;
+        out.split_used = "all";
+        if (split != "all") out.note = root + " is a list of images: split '" + split + "' is not defined there, using all";
+        std::ifstream in(root);
+        PIN_CHECK(in, root, ": cannot open the image list");
+        std::string line;
+        int line_no = 0;
+        while (std::getline(in, line)) {
+            ++line_no;
+            while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+            if (line.empty() || line[0] == '#') continue;
+            fs::path p(line);
+            if (p.is_relative()) p = fs::path(root).parent_path() / p;
+            PIN_CHECK(fs::is_regular_file(p, ec), root, ":", line_no, ": ", p.string(), " is not a file");
+            out.files.push_back(p.string());
+        }
+        PIN_CHECK(!out.files.empty(), root, ": the image list is empty");
+        return out;
+    }
     PIN_CHECK(fs::is_directory(root, ec), root, ": not a folder");
     const fs::path images = fs::is_directory(fs::path(root) / "images", ec) ? fs::path(root) / "images" : fs::path(root);
     const fs::path pairs_path = fs::path(root) / "pairs.txt";

@@ -1,7 +1,7 @@
 // pin/model/defense.hpp - the user-facing defense: faces in, defended faces out.
 //
-//   pin::model::Defense defense = pin::model::Defense::load_pin("weights/pin-default");
-//   pin::model::DefenseOutput out = defense.inactivate(batch);   // out.defended, out.p, out.q
+//   pin::Defense defense("weights/pin-default");
+//   auto out = defense.inactivate(batch);   // out.defended, out.p (probabilities), out.q (mask)
 //
 // Kinds: PIN (agent -> p -> mask q -> projection onto the masked eigenfaces), PCA-k (projection
 // onto the first k eigenfaces), DAE-only (the denoising autoencoder's output) and none (identity). A model folder holds eigenbasis.safetensors
@@ -30,6 +30,9 @@ enum class DefenseKind { None, PCA, DAE, PIN };
 
 class Defense {
 public:
+    // A trained PIN from its model folder, Bernoulli masks with seed 0 (see load_pin).
+    explicit Defense(const std::string& model_dir) : Defense(load_pin(model_dir)) {}
+
     static Defense none() { return Defense(DefenseKind::None); }
 
     static Defense pca(const EigenBasis& basis, int64_t k) {
@@ -115,3 +118,7 @@ private:
 };
 
 }  // namespace pin::model
+
+namespace pin {
+using model::Defense;  // pin::Defense defense(model_dir); auto out = defense.inactivate(batch);
+}
