@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # compare_torch.sh - the PIN agent forward in pin and in PyTorch, in the same run, and the ratio.
 #
-#   bench/compare_torch.sh [--batch 16] [--threads 2] [--iters 3]
+#   bench/compare_torch.sh [--batch 16] [--threads 2] [--iters 3] [--defend]
+# --defend also runs the pin::Defense pipeline on 1000 faces against PyTorch's on 1008 (slow:
+# PyTorch needs about five minutes).
 # Needs build/bin/pin-bench (BUILD_DIR to change) and Debian's python3-torch for the peer.
 # Writes both JSON results to $BUILD_DIR/bench-forward.json and prints a short table.
 set -euo pipefail
-batch=16; threads=2; iters=3
+batch=16; threads=2; iters=3; defend=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --batch) batch=$2; shift ;;
     --threads) threads=$2; shift ;;
     --iters) iters=$2; shift ;;
-    -h|--help) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --defend) defend=1 ;;
+    -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare_torch.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -33,6 +36,20 @@ if theirs=$(OMP_NUM_THREADS=$threads "$py" bench/peers/torch_agent.py --batch "$
 else
   echo "compare_torch.sh: the PyTorch peer did not run ($theirs); install python3-torch" >&2
   theirs='{"error": "pytorch unavailable"}'
+fi
+if [ "$defend" = 1 ]; then
+  echo "== pin: pin::Defense on 1000 faces (the pipeline of pin defend, without image files)"
+  ours_defend=$("$bench" defend --faces 1000 --batch "$batch" --threads "$threads" --json)
+  echo "== PyTorch: the same pipeline on 1008 faces (63 batches of $batch)"
+  theirs_defend=$(OMP_NUM_THREADS=$threads "$py" bench/peers/torch_agent.py --batch "$batch" --threads "$threads" --iters 63 2>/dev/null || echo '{}')
+  "$py" - "$ours_defend" "$theirs_defend" <<'PY'
+import json, sys
+o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+line = "defend 1000 faces: pin %.2f images/s" % o["images_per_second"]
+if "images_per_second" in t:
+    line += ", PyTorch %.2f images/s, ratio %.2fx" % (t["images_per_second"], o["images_per_second"] / t["images_per_second"])
+print(line)
+PY
 fi
 "$py" - "$peak" "$ours" "$theirs" "$build/bench-forward.json" <<'PY'
 import json, sys

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "pin/model/defense.hpp"
 #include "pin/pin.hpp"
 
 using namespace pin;
@@ -30,6 +31,7 @@ struct Args {
     int batch = 16;
     int threads = 2;
     int iters = 3;
+    int faces = 1000;
     bool json = false;
     bool backward = false;
     std::string filter;
@@ -41,10 +43,12 @@ void usage(std::FILE* f) {
                  "  peak                 measure the FMA peak of this machine (GFLOP/s, fp32)\n"
                  "  layers               GFLOP/s of every PIN layer shape, forward (and --backward)\n"
                  "  forward              whole agent forward: DAE twice + ESN + head + sampling + projection\n"
+                 "  defend               the pin::Defense pipeline (what `pin defend` runs) on --faces faces\n"
                  "options:\n"
                  "  --batch B            images per batch (default 16)\n"
                  "  --threads T          CPU threads (default 2)\n"
                  "  --iters K            timed repetitions after one warm-up (default 3)\n"
+                 "  --faces F            defend: faces to defend (default 1000)\n"
                  "  --backward           layers: also time both backward passes of each convolution\n"
                  "  --filter TEXT        layers: only the layers whose name contains TEXT\n"
                  "  --json               print one JSON object with the results on stdout\n"
@@ -79,6 +83,7 @@ Args parse(int argc, char** argv) {
         } else if (s == "--batch") a.batch = value("--batch");
         else if (s == "--threads") a.threads = value("--threads");
         else if (s == "--iters") a.iters = value("--iters");
+        else if (s == "--faces") a.faces = value("--faces");
         else if (s == "--json") a.json = true;
         else if (s == "--backward") a.backward = true;
         else if (s == "--filter") {
@@ -336,6 +341,35 @@ int cmd_forward(const Args& a) {
     return 0;
 }
 
+
+int cmd_defend(const Args& a) {
+    set_num_threads(a.threads);
+    const int64_t B = a.batch, F = a.faces;
+    auto agent = std::make_shared<model::Agent>(kEigen);
+    agent->reset_parameters(1234);
+    // Timing only: a random basis of the right size (the projection's cost does not depend on it).
+    auto basis = std::make_shared<model::EigenBasis>(
+        model::EigenBasis::from_tensors(random_tensor({kPixels, kEigen}, 77, 0.01f), random_tensor({kPixels}, 78, 0.1f)));
+    const model::Defense defense = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 42);
+    const Tensor faces = random_tensor({F, 1, 112, 112}, 79, 1.0f, Layout::NHWC);
+    (void)defense.inactivate(faces.slice(0, std::min<int64_t>(B, F)), 0);  // warm-up
+    const auto t0 = Clock::now();
+    double kept = 0;
+    for (int64_t b0 = 0; b0 < F; b0 += B) {
+        const model::DefenseOutput out = defense.inactivate(faces.slice(b0, std::min(F, b0 + B)), static_cast<uint64_t>(b0));
+        kept += cpu::reduce_sum(out.q);
+    }
+    const double t = seconds_since(t0);
+    const double ips = static_cast<double>(F) / t;
+    std::fprintf(stderr, "pin::Defense on %lld faces, batch %lld, %d threads (%s): %.2f images/s, peak RSS %.0f MiB\n",
+                 static_cast<long long>(F), static_cast<long long>(B), a.threads, simd::VecF::kName, ips, peak_rss_mib());
+    if (a.json)
+        std::cout << nlohmann::json{{"faces", F}, {"batch", B}, {"threads", a.threads}, {"images_per_second", ips},
+                                    {"seconds", t}, {"mean_kept", kept / static_cast<double>(F)}, {"peak_rss_mib", peak_rss_mib()}}
+                  << "\n";
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -344,6 +378,7 @@ int main(int argc, char** argv) {
         if (a.command == "peak") return cmd_peak(a);
         if (a.command == "layers") return cmd_layers(a);
         if (a.command == "forward") return cmd_forward(a);
+        if (a.command == "defend") return cmd_defend(a);
         std::fprintf(stderr, "pin-bench: unknown command '%s' (see --help)\n", a.command.c_str());
         return 2;
     } catch (const std::exception& e) {

@@ -23,4 +23,4 @@ bench="$build/bin/pin-bench"
 echo "== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs; $(date -u +%FT%TZ)"
 "$bench" peak --threads "$threads" --json > "$out/peak.json"
 "$bench" layers --threads "$threads" --batch "$batch" --backward --iters 8 --json > "$out/layers.json"
-BUILD_DIR="$build" bench/compare_torch.sh --threads "$threads" --batch "$batch" --iters 4
+BUILD_DIR="$build" bench/compare_torch.sh --threads "$threads" --batch "$batch" --iters 4 --defend

@@ -41,6 +41,18 @@ public:
         return d;
     }
 
+    // A PIN defense from parts already in memory (benchmarks, tests, embedding applications).
+    static Defense from_parts(std::shared_ptr<EigenBasis> basis, std::shared_ptr<Agent> agent,
+                              SamplingMode mode = SamplingMode::Bernoulli, uint64_t seed = 0) {
+        PIN_CHECK(basis && agent, "Defense::from_parts: basis and agent are required");
+        Defense d(DefenseKind::PIN);
+        d.basis_ = std::move(basis);
+        d.agent_ = std::move(agent);
+        d.mode_ = mode;
+        d.seed_ = seed;
+        return d;
+    }
+
     static Defense load_pin(const std::string& model_dir, SamplingMode mode = SamplingMode::Bernoulli,
                             uint64_t seed = 0) {
         namespace fs = std::filesystem;

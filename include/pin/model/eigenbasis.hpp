@@ -98,6 +98,17 @@ public:
         return eb;
     }
 
+    // From tensors already in memory: basis (D, N), mean (D), eigenvalues (N) or undefined.
+    static EigenBasis from_tensors(const Tensor& basis, const Tensor& mean, const Tensor& eigenvalues = Tensor()) {
+        PIN_CHECK(basis.rank() == 2 && mean.rank() == 1 && basis.dim(0) == mean.dim(0), "EigenBasis::from_tensors: basis ",
+                  shape_to_string(basis.shape()), " and mean ", shape_to_string(mean.shape()), " do not fit together");
+        EigenBasis eb;
+        eb.basis_ = basis;
+        eb.mean_ = mean;
+        eb.eigenvalues_ = eigenvalues;
+        return eb;
+    }
+
     static EigenBasis load(const std::string& path) {
         const io::SafetensorsContents c = io::read_safetensors(path);
         EigenBasis eb;
