@@ -22,6 +22,22 @@
 
 namespace pin::model {
 
+namespace detail {
+// A matrix product as a 1 x 1 gather convolution: `rows` pixels with `inner` channels in, `cols`
+// channels out (out = src (rows x inner) * W^T with W given as weight(col, inner)).
+inline cpu::GatherConvGeometry matrix_product_geometry(int64_t rows, int64_t inner, int64_t cols) {
+    cpu::GatherConvGeometry g;
+    g.batch = 1;
+    g.src_h = g.grid_h = g.dst_h = 1;
+    g.src_w = g.grid_w = g.dst_w = rows;
+    g.src_channels = inner;
+    g.dst_channels = cols;
+    g.tap_dh = {0};
+    g.tap_dw = {0};
+    return g;
+}
+}  // namespace detail
+
 struct EigenBasisTimings {
     double gram_s = 0, eigen_s = 0, backproject_s = 0;
 };
@@ -72,17 +88,9 @@ public:
         Xc.shrink_to_fit();
         std::vector<float> scale(static_cast<size_t>(keep));
         for (int64_t j = 0; j < keep; ++j) scale[static_cast<size_t>(j)] = static_cast<float>(1.0 / std::sqrt(er.values[static_cast<size_t>(j)]));
-        cpu::GatherConvGeometry g;
-        g.batch = 1;
-        g.src_h = g.grid_h = g.dst_h = 1;
-        g.src_w = g.grid_w = g.dst_w = D;
-        g.src_channels = n;
-        g.dst_channels = keep;
-        g.tap_dh = {0};
-        g.tap_dw = {0};
         eb.basis_ = Tensor::empty({D, keep});
         cpu::gather_conv(
-            xt.data(), g,
+            xt.data(), detail::matrix_product_geometry(D, n, keep),
             [&](int64_t co, int64_t ci, int64_t) {
                 return static_cast<float>(er.vectors[static_cast<size_t>(ci * keep + co)]) * scale[static_cast<size_t>(co)];
             },
@@ -142,16 +150,8 @@ public:
         parallel_for(N, [&](int64_t j) {
             for (int64_t d = 0; d < D; ++d) bt.data()[j * D + d] = basis_.data()[d * N + j];
         });
-        cpu::GatherConvGeometry g;
-        g.batch = 1;
-        g.src_h = g.grid_h = g.dst_h = 1;
-        g.src_w = g.grid_w = g.dst_w = N;
-        g.src_channels = D;
-        g.dst_channels = N;
-        g.tap_dh = {0};
-        g.tap_dw = {0};
         Tensor gram = Tensor::empty({N, N});
-        cpu::gather_conv(bt.data(), g, [&](int64_t co, int64_t ci, int64_t) { return bt.data()[co * D + ci]; },
+        cpu::gather_conv(bt.data(), detail::matrix_product_geometry(N, D, N), [&](int64_t co, int64_t ci, int64_t) { return bt.data()[co * D + ci]; },
                          gram.data());
         double worst = 0;
         for (int64_t i = 0; i < N; ++i)

@@ -135,18 +135,21 @@ private:
     Tensor input_;
 };
 
-class Tanh : public Module {
+// An activation whose backward needs only its own output (tanh, sigmoid).
+template <void (*Forward)(const Tensor&, Tensor&), void (*Backward)(const Tensor&, const Tensor&, Tensor&)>
+class OutputCachedActivation : public Module {
 public:
+    explicit OutputCachedActivation(const char* name) : name_(name) {}
     Tensor forward(const Tensor& x) override {
         Tensor y = Tensor::empty(x.shape(), x.layout());
-        cpu::tanh_forward(x, y);
+        Forward(x, y);
         cache(output_, y);
         return y;
     }
     Tensor backward(const Tensor& dy) override {
-        require_cached(output_, "Tanh");
+        require_cached(output_, name_);
         Tensor dx = Tensor::empty(dy.shape(), dy.layout());
-        cpu::tanh_backward(output_, dy, dx);
+        Backward(output_, dy, dx);
         return dx;
     }
 
@@ -154,29 +157,18 @@ protected:
     void release_cache() override { output_ = Tensor(); }
 
 private:
+    const char* name_;
     Tensor output_;
 };
 
-class Sigmoid : public Module {
+class Tanh : public OutputCachedActivation<cpu::tanh_forward, cpu::tanh_backward> {
 public:
-    Tensor forward(const Tensor& x) override {
-        Tensor y = Tensor::empty(x.shape(), x.layout());
-        cpu::sigmoid_forward(x, y);
-        cache(output_, y);
-        return y;
-    }
-    Tensor backward(const Tensor& dy) override {
-        require_cached(output_, "Sigmoid");
-        Tensor dx = Tensor::empty(dy.shape(), dy.layout());
-        cpu::sigmoid_backward(output_, dy, dx);
-        return dx;
-    }
+    Tanh() : OutputCachedActivation("Tanh") {}
+};
 
-protected:
-    void release_cache() override { output_ = Tensor(); }
-
-private:
-    Tensor output_;
+class Sigmoid : public OutputCachedActivation<cpu::sigmoid_forward, cpu::sigmoid_backward> {
+public:
+    Sigmoid() : OutputCachedActivation("Sigmoid") {}
 };
 
 // (N, C, H, W) -> (N, C*H*W) in PyTorch's (C, H, W) order, so Linear weights keep PyTorch's layout.
