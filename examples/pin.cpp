@@ -41,7 +41,7 @@ void usage(std::FILE* f) {
                  "              --in DIR|FILE   aligned faces (PNG/JPEG/BMP/PGM; colour -> gray, resized to 112)\n"
                  "              --out DIR       output folder\n"
                  "              --defense D     pin (default) | pca-K (first K eigenfaces) | dae | none\n"
-                 "              --model DIR     PIN model folder (default: the trained model in weights/)\n"
+                 "              --model PATH    PIN model folder or single safetensors file (default: weights/)\n"
                  "              --basis FILE    eigenbasis for pca-K (default: the model folder's)\n"
                  "              --mode M        sample (default) | threshold | mean-threshold | expectation\n"
                  "              --seed S        mask seed (default 0); same seed -> same files\n"

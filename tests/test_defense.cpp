@@ -15,7 +15,7 @@ TEST_CASE("PIN defense from a model folder: deterministic, batching-independent,
     const std::string dir = "/tmp/pin_defense_" + std::to_string(::getpid());
     fs::create_directories(dir);
     // Eigenbasis of 60 random-ish faces, 40 eigenfaces.
-    Tensor faces = random_tensor({60, 112 * 112}, 1, 0.3f);
+    const Tensor faces = random_tensor({60, 112 * 112}, 1, 0.3f);
     const model::EigenBasis basis = model::EigenBasis::compute(faces, 40);
     basis.save(dir + "/eigenbasis.safetensors");
     model::Agent agent(40);
@@ -54,11 +54,23 @@ TEST_CASE("PIN defense from a model folder: deterministic, batching-independent,
     const model::DefenseOutput dae = model::Defense::load_dae(dir).inactivate(x, 0);
     REQUIRE(bitwise_equal(dae.defended, agent.dae().forward(x)));
 
+    // One safetensors file holding both parts gives the same defense.
+    {
+        std::vector<io::SafetensorsEntry> all_entries = io::parameter_entries(agent.parameters());
+        all_entries.push_back({"eig_vec", basis.basis()});
+        all_entries.push_back({"avg_face", basis.mean()});
+        io::write_safetensors(dir + "/model.safetensors", all_entries);
+        const model::DefenseOutput single = model::Defense::load_pin(dir + "/model.safetensors", model::SamplingMode::Bernoulli, 11).inactivate(x, 0);
+        REQUIRE(bitwise_equal(single.defended, all.defended));
+        all_entries.push_back({"esn.extra", random_tensor({3}, 1)});
+        io::write_safetensors(dir + "/model.safetensors", all_entries);
+        REQUIRE_THROWS_WITH(model::Defense::load_pin(dir + "/model.safetensors"), Catch::Contains("unexpected tensors: esn.extra"));
+    }
     // Bad input and a broken folder are reported.
     Tensor bad = x.clone();
     bad.data()[17] = std::nanf("");
     REQUIRE_THROWS_WITH(d.inactivate(bad, 0), Catch::Contains("non-finite value at element 17"));
     fs::remove(dir + "/agent.safetensors");
-    REQUIRE_THROWS_WITH(model::Defense::load_pin(dir), Catch::Contains("not a PIN model folder"));
+    REQUIRE_THROWS_WITH(model::Defense::load_pin(dir), Catch::Contains("not a PIN model"));
     fs::remove_all(dir);
 }

@@ -54,6 +54,6 @@ grep -q "broken.png: not a readable image" "$work/bad.log" || { cat "$work/bad.l
 if "$pin" defend --model "$work/no-model" --in "$work/faces" --out "$work/out4" > "$work/nomodel.log" 2>&1; then
   fail "pin defend without a model succeeded"
 fi
-grep -q "not a PIN model folder" "$work/nomodel.log" || fail "missing-model message"
+grep -q "not a PIN model" "$work/nomodel.log" || fail "missing-model message"
 "$pin" defend --defense pca-0 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/o5" > /dev/null 2>&1 && fail "pca-0 accepted"
 echo "defend_check: all checks passed"

@@ -53,18 +53,35 @@ public:
         return d;
     }
 
-    static Defense load_pin(const std::string& model_dir, SamplingMode mode = SamplingMode::Bernoulli,
+    // `path` is a model folder (eigenbasis.safetensors + agent.safetensors) or one safetensors file
+    // holding both: eig_vec, avg_face (, eig_val) and the dae.* / esn.* / head.* tensors.
+    static Defense load_pin(const std::string& path, SamplingMode mode = SamplingMode::Bernoulli,
                             uint64_t seed = 0) {
         namespace fs = std::filesystem;
-        const fs::path eig = fs::path(model_dir) / "eigenbasis.safetensors";
-        const fs::path agent = fs::path(model_dir) / "agent.safetensors";
-        PIN_CHECK(fs::exists(eig) && fs::exists(agent), model_dir,
-                  ": not a PIN model folder (needs eigenbasis.safetensors and agent.safetensors; "
-                  "trained weights come from `pin train`, see weights/README.md)");
         Defense d(DefenseKind::PIN);
-        d.basis_ = std::make_shared<EigenBasis>(EigenBasis::load(eig.string()));
-        d.agent_ = std::make_shared<Agent>(d.basis_->count());
-        io::load_parameters(d.agent_->parameters(), io::read_safetensors(agent.string()), agent.string());
+        std::error_code ec;
+        if (fs::is_regular_file(path, ec)) {
+            const io::SafetensorsContents c = io::read_safetensors(path);
+            const Tensor empty;
+            d.basis_ = std::make_shared<EigenBasis>(EigenBasis::from_tensors(
+                c.at("eig_vec", path), c.at("avg_face", path), c.tensors.count("eig_val") ? c.at("eig_val", path) : empty));
+            d.agent_ = std::make_shared<Agent>(d.basis_->count());
+            // Strict per part: every tensor of each part present, nothing unexpected under its prefix.
+            io::load_parameters(d.agent_->dae().parameters(), c, path, "dae.");
+            io::load_parameters(d.agent_->esn().parameters(), c, path, "esn.");
+            io::load_parameters(d.agent_->head().parameters(), c, path, "head.");
+        } else {
+            const fs::path eig = fs::path(path) / "eigenbasis.safetensors";
+            const fs::path agent = fs::path(path) / "agent.safetensors";
+            PIN_CHECK(fs::exists(eig) && fs::exists(agent), path,
+                      ": not a PIN model (a folder with eigenbasis.safetensors and agent.safetensors, or one "
+                      "safetensors file with both; trained weights come from `pin train`, see weights/README.md)");
+            d.basis_ = std::make_shared<EigenBasis>(EigenBasis::load(eig.string()));
+            d.agent_ = std::make_shared<Agent>(d.basis_->count());
+            io::load_parameters(d.agent_->parameters(), io::read_safetensors(agent.string()), agent.string());
+        }
+        PIN_CHECK(d.basis_->pixels() == 112 * 112, path, ": the eigenbasis has ", d.basis_->pixels(),
+                  " pixels; PIN works on 112 x 112 faces (12544)");
         d.mode_ = mode;
         d.seed_ = seed;
         return d;
