@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "pin/model/defense.hpp"
+#include "pin/train/trainer.hpp"
 #include "pin/pin.hpp"
 
 using namespace pin;
@@ -32,6 +33,7 @@ struct Args {
     int threads = 2;
     int iters = 3;
     int faces = 1000;
+    int masks = 30;
     bool json = false;
     bool backward = false;
     std::string filter;
@@ -39,16 +41,19 @@ struct Args {
 
 void usage(std::FILE* f) {
     std::fprintf(f,
-                 "usage: pin-bench <peak|layers|forward> [options]\n"
+                 "usage: pin-bench <peak|layers|forward|defend|train> [options]\n"
                  "  peak                 measure the FMA peak of this machine (GFLOP/s, fp32)\n"
                  "  layers               GFLOP/s of every PIN layer shape, forward (and --backward)\n"
                  "  forward              whole agent forward: DAE twice + ESN + head + sampling + projection\n"
                  "  defend               the pin::Defense pipeline (what `pin defend` runs) on --faces faces\n"
+                 "  train                full policy-gradient training steps (DAE forward, agent forward and\n"
+                 "                       backward, --masks masks per image with O(N) costs, SGD update)\n"
                  "options:\n"
                  "  --batch B            images per batch (default 16)\n"
                  "  --threads T          CPU threads (default 2)\n"
                  "  --iters K            timed repetitions after one warm-up (default 3)\n"
                  "  --faces F            defend: faces to defend (default 1000)\n"
+                 "  --masks K            train: masks per image (default 30)\n"
                  "  --backward           layers: also time both backward passes of each convolution\n"
                  "  --filter TEXT        layers: only the layers whose name contains TEXT\n"
                  "  --json               print one JSON object with the results on stdout\n"
@@ -84,6 +89,7 @@ Args parse(int argc, char** argv) {
         else if (s == "--threads") a.threads = value("--threads");
         else if (s == "--iters") a.iters = value("--iters");
         else if (s == "--faces") a.faces = value("--faces");
+        else if (s == "--masks") a.masks = value("--masks");
         else if (s == "--json") a.json = true;
         else if (s == "--backward") a.backward = true;
         else if (s == "--filter") {
@@ -370,6 +376,34 @@ int cmd_defend(const Args& a) {
     return 0;
 }
 
+int cmd_train(const Args& a) {
+    set_num_threads(a.threads);
+    const int64_t B = a.batch;
+    auto agent = std::make_shared<model::Agent>(kEigen);
+    agent->reset_parameters(1234);
+    // Timing only: a random basis of the right size.
+    auto basis = std::make_shared<const model::EigenBasis>(
+        model::EigenBasis::from_tensors(random_tensor({kPixels, kEigen}, 77, 0.01f), random_tensor({kPixels}, 78, 0.1f)));
+    train::TrainerOptions opt;
+    opt.masks = a.masks;
+    train::PolicyGradientTrainer trainer(agent, basis, opt);
+    const Tensor x = random_tensor({B, 1, 112, 112}, 79, 1.0f, Layout::NHWC);
+    trainer.step(x, 0);  // warm-up
+    const auto t0 = Clock::now();
+    train::StepStats stats;
+    for (int i = 0; i < a.iters; ++i) stats = trainer.step(x, static_cast<uint64_t>((i + 1) * B));
+    const double t = seconds_since(t0);
+    const double ips = static_cast<double>(B) * a.iters / t;
+    std::fprintf(stderr, "training steps, batch %lld, %d masks, %d threads (%s): %.2f images/s, peak RSS %.0f MiB\n",
+                 static_cast<long long>(B), a.masks, a.threads, simd::VecF::kName, ips, peak_rss_mib());
+    if (a.json)
+        std::cout << nlohmann::json{{"batch", B}, {"masks", a.masks}, {"threads", a.threads}, {"images_per_second", ips},
+                                    {"mean_cost", stats.mean_cost}, {"mean_kept", stats.mean_kept},
+                                    {"peak_rss_mib", peak_rss_mib()}}
+                  << "\n";
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -379,6 +413,7 @@ int main(int argc, char** argv) {
         if (a.command == "layers") return cmd_layers(a);
         if (a.command == "forward") return cmd_forward(a);
         if (a.command == "defend") return cmd_defend(a);
+        if (a.command == "train") return cmd_train(a);
         std::fprintf(stderr, "pin-bench: unknown command '%s' (see --help)\n", a.command.c_str());
         return 2;
     } catch (const std::exception& e) {

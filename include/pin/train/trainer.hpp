@@ -1,0 +1,121 @@
+// pin/train/trainer.hpp - one policy-gradient training step of the PIN agent (spec, training).
+//
+//   x_n = x + eta, ||eta|| / ||x|| = noise (0.04) per image, eta Gaussian (Philox)
+//   p = sigmoid(head(ESN(DAE(x_n))))   DAE frozen (inference mode), ESN + head in training mode
+//   c = B^T (x_n - m), d = B^T (x - m): every mask's cost in O(N) (train/mask_cost.hpp)
+//   d loss / d logits from the chosen estimator, back through head and ESN, SGD with momentum.
+// The data pipeline, epochs, checkpoints and logs (the rest of `pin train`) build on this.
+#pragma once
+#include <cmath>
+#include <memory>
+#include <vector>
+
+#include "pin/core/rng.hpp"
+#include "pin/cpu/projection.hpp"
+#include "pin/model/agent.hpp"
+#include "pin/model/eigenbasis.hpp"
+#include "pin/nn/sgd.hpp"
+#include "pin/train/estimators.hpp"
+
+namespace pin::train {
+
+struct TrainerOptions {
+    int64_t masks = 30;                         // k masks per image
+    Estimator estimator = Estimator::Reinforce;  // the released rule
+    CostType cost = CostType::L2;                // the paper's cost
+    double lambda = 0.015;
+    double noise = 0.04;                         // ||eta|| / ||x||, per image
+    float lr = 0.01f, momentum = 0.9f;
+    uint64_t seed = 0;
+};
+
+struct StepStats {
+    double mean_cost = 0, mean_kept = 0;
+};
+
+class PolicyGradientTrainer {
+public:
+    PolicyGradientTrainer(std::shared_ptr<model::Agent> agent, std::shared_ptr<const model::EigenBasis> basis,
+                          const TrainerOptions& options)
+        : agent_(std::move(agent)), basis_(std::move(basis)), opt_(options), sgd_(trainable(*agent_), options.lr, options.momentum) {
+        PIN_CHECK(basis_->pixels() == 112 * 112, "PolicyGradientTrainer: the eigenbasis must have 12544 pixels");
+    }
+
+    // One step on a batch x (B, 1, 112, 112) in [-1, 1]; `first_image` numbers the batch's images
+    // in the run (masks and noise are drawn from Philox streams keyed by it).
+    StepStats step(const Tensor& x, uint64_t first_image) {
+        const int64_t B = x.n(), D = basis_->pixels(), N = basis_->count();
+        check_shape(x, {B, 1, 112, 112}, "PolicyGradientTrainer::step input");
+        const Tensor xn = noisy(x, first_image);
+        // Agent forward: DAE frozen, ESN and head recording for backward.
+        agent_->dae().set_training(false);
+        agent_->esn().set_training(true);
+        agent_->head().set_training(true);
+        const Tensor features = agent_->esn().forward(agent_->dae().forward(xn));
+        const Tensor logits = agent_->head().forward_logits(features);
+        std::vector<float> p(static_cast<size_t>(B * N));
+        for (int64_t i = 0; i < B * N; ++i) p[static_cast<size_t>(i)] = cpu::sigmoid(logits.data()[i]);
+        // O(N) cost terms per image.
+        std::vector<float> c(static_cast<size_t>(B * N)), d(static_cast<size_t>(B * N));
+        cpu::project_coefficients(basis_->basis().data(), basis_->mean().data(), D, N, xn.data(), B, c.data());
+        cpu::project_coefficients(basis_->basis().data(), basis_->mean().data(), D, N, x.data(), B, d.data());
+        std::vector<MaskCostTerms> terms;
+        for (int64_t b = 0; b < B; ++b) {
+            double y2 = 0;
+            for (int64_t i = 0; i < D; ++i) {
+                const double y = static_cast<double>(x.data()[b * D + i]) - basis_->mean().data()[i];
+                y2 += y * y;
+            }
+            terms.push_back(mask_cost_terms(c.data() + b * N, d.data() + b * N, N, y2, D));
+        }
+        const BatchGradient g =
+            estimate_gradient(p, terms, opt_.masks, opt_.estimator, opt_.cost, opt_.lambda, opt_.seed, first_image);
+        // Backward and update.
+        Tensor dz = Tensor::empty({B, N});
+        for (int64_t i = 0; i < B * N; ++i) dz.data()[i] = static_cast<float>(g.dz[static_cast<size_t>(i)]);
+        agent_->esn().zero_grad();
+        agent_->head().zero_grad();
+        agent_->esn().backward(agent_->head().backward_logits(dz));
+        sgd_.step();
+        agent_->esn().set_training(false);
+        agent_->head().set_training(false);
+        return {g.mean_cost, g.mean_kept};
+    }
+
+    // x + eta with ||eta|| = noise ||x|| per image; image first_image + b always gets the same eta.
+    Tensor noisy(const Tensor& x, uint64_t first_image) const {
+        const int64_t B = x.n(), D = x.numel() / std::max<int64_t>(B, 1);
+        Tensor xn = Tensor::empty(x.shape(), Layout::NHWC);
+        std::vector<float> eta(static_cast<size_t>(D));
+        for (int64_t b = 0; b < B; ++b) {
+            const float* xb = x.data() + b * D;
+            float* nb = xn.data() + b * D;
+            const PhiloxStream rng(opt_.seed ^ 0x6E6F697365ull, first_image + static_cast<uint64_t>(b));
+            double xnorm = 0, enorm = 0;
+            for (int64_t i = 0; i < D; ++i) {
+                eta[static_cast<size_t>(i)] = rng.normal(static_cast<uint64_t>(i));
+                xnorm += static_cast<double>(xb[i]) * xb[i];
+                enorm += static_cast<double>(eta[static_cast<size_t>(i)]) * eta[static_cast<size_t>(i)];
+            }
+            const float scale = enorm > 0 ? static_cast<float>(opt_.noise * std::sqrt(xnorm / enorm)) : 0.0f;
+            for (int64_t i = 0; i < D; ++i) nb[i] = xb[i] + scale * eta[static_cast<size_t>(i)];
+        }
+        return xn;
+    }
+
+    nn::SGD& optimizer() { return sgd_; }
+
+private:
+    static std::vector<nn::NamedParameter> trainable(model::Agent& agent) {
+        std::vector<nn::NamedParameter> params;
+        agent.esn().collect_parameters("esn.", params);
+        agent.head().collect_parameters("head.", params);
+        return params;
+    }
+    std::shared_ptr<model::Agent> agent_;
+    std::shared_ptr<const model::EigenBasis> basis_;
+    TrainerOptions opt_;
+    nn::SGD sgd_;
+};
+
+}  // namespace pin::train
