@@ -20,6 +20,7 @@ public:
         decoder_.add<nn::UpBlock>(256, 128, false);
         decoder_.add<nn::UpBlock>(128, 64, false);
         decoder_.add<nn::UpBlock>(64, 1, true);
+        register_children({&encoder_, &decoder_});
     }
     void reset_parameters(uint64_t seed) {
         for (size_t i = 0; i < 3; ++i) {
@@ -38,11 +39,6 @@ public:
     void collect_parameters(const std::string& prefix, std::vector<nn::NamedParameter>& out) override {
         encoder_.collect_parameters(prefix + "encoder1.", out);
         decoder_.collect_parameters(prefix + "decoder1.", out);
-    }
-    void set_training(bool training) override {
-        Module::set_training(training);
-        encoder_.set_training(training);
-        decoder_.set_training(training);
     }
     void set_passes(int passes) { passes_ = passes; }
 

@@ -21,6 +21,8 @@ public:
         const std::array<std::array<int64_t, 3>, 8> spec{{{64, 64, 2}, {64, 64, 1}, {64, 128, 2}, {128, 128, 1},
                                                           {128, 256, 2}, {256, 256, 1}, {256, 512, 2}, {512, 512, 1}}};
         for (const auto& s : spec) blocks_.push_back(std::make_unique<nn::ResBlock>(s[0], s[1], s[2], true));
+        register_children({&in_layer_});
+        for (auto& b : blocks_) register_children({b.get()});
     }
     void reset_parameters(uint64_t seed) {
         in_conv_->reset_parameters(seed, 300);
@@ -40,11 +42,6 @@ public:
         in_layer_.collect_parameters(prefix + "in_layer.", out);
         for (size_t i = 0; i < blocks_.size(); ++i)
             blocks_[i]->collect_parameters(prefix + "block" + std::to_string(i + 1) + ".", out);
-    }
-    void set_training(bool training) override {
-        Module::set_training(training);
-        in_layer_.set_training(training);
-        for (auto& b : blocks_) b->set_training(training);
     }
 
 private:

@@ -20,6 +20,7 @@ public:
         fc1_.add<nn::PReLU>(hidden);
         linear2_ = &fc2_.add<nn::Linear>(hidden, eigenvectors);
         fc2_.add<nn::Sigmoid>();
+        register_children({&fc1_, &fc2_});
     }
     void reset_parameters(uint64_t seed) {
         linear1_->reset_parameters(seed, 400);
@@ -32,11 +33,6 @@ public:
     void collect_parameters(const std::string& prefix, std::vector<nn::NamedParameter>& out) override {
         fc1_.collect_parameters(prefix + "fc1.", out);
         fc2_.collect_parameters(prefix + "fc2.", out);
-    }
-    void set_training(bool training) override {
-        Module::set_training(training);
-        fc1_.set_training(training);
-        fc2_.set_training(training);
     }
 
 private:

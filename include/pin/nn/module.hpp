@@ -7,6 +7,7 @@
 // zero_grad() between steps), as PyTorch does.
 #pragma once
 #include <cmath>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,7 +31,11 @@ struct NamedParameter {
 
 class Module {
 public:
+    Module() = default;
     virtual ~Module() = default;
+    // Registered children are pointers into the module itself: copying or moving would dangle.
+    Module(const Module&) = delete;
+    Module& operator=(const Module&) = delete;
     virtual Tensor forward(const Tensor& x) = 0;
     virtual Tensor backward(const Tensor& dy) = 0;
     // Appends pointers to this module's parameters, names prefixed by `prefix`.
@@ -38,9 +43,11 @@ public:
         (void)prefix, (void)out;
     }
     // Leaving training mode drops every cached tensor (a later backward() then reports the misuse).
-    virtual void set_training(bool training) {
+    // The mode reaches every registered child module.
+    void set_training(bool training) {
         training_ = training;
         if (!training) release_cache();
+        for (Module* child : children_) child->set_training(training);
     }
     bool training() const { return training_; }
 
@@ -59,6 +66,11 @@ public:
     }
 
 protected:
+    // Composite modules register their sub-modules once, so set_training reaches them all.
+    void register_children(std::initializer_list<Module*> children) {
+        for (Module* c : children)
+            if (c) children_.push_back(c);
+    }
     virtual void release_cache() {}
     // Drops a cached tensor when not training, so inference holds nothing.
     void cache(Tensor& slot, const Tensor& value) const { slot = training_ ? value : Tensor(); }
@@ -66,6 +78,9 @@ protected:
         PIN_CHECK(t.defined(), layer, ": backward() called without a training-mode forward()");
     }
     bool training_ = false;
+
+private:
+    std::vector<Module*> children_;
 };
 
 inline Parameter make_parameter(const Shape& shape) { return {Tensor::zeros(shape), Tensor::zeros(shape)}; }

@@ -21,6 +21,7 @@ public:
         : conv1_(in_channels, out_channels, 3, 1, 1), prelu1_(out_channels),
           conv2_(out_channels, out_channels, 3, stride, 1), prelu2_(out_channels) {
         if (shortcut) shortcut_ = std::make_unique<Conv2d>(in_channels, out_channels, 1, stride, 0);
+        register_children({&conv1_, &prelu1_, &conv2_, &prelu2_, shortcut_.get()});
     }
 
     void reset_parameters(uint64_t seed, uint64_t stream) {
@@ -55,14 +56,6 @@ public:
         prelu1_.collect_parameters(prefix + "nolinear1.", out);
         conv2_.collect_parameters(prefix + "conv2.", out);
         prelu2_.collect_parameters(prefix + "nolinear2.", out);
-    }
-    void set_training(bool training) override {
-        Module::set_training(training);
-        conv1_.set_training(training);
-        prelu1_.set_training(training);
-        conv2_.set_training(training);
-        prelu2_.set_training(training);
-        if (shortcut_) shortcut_->set_training(training);
     }
 
 private:

@@ -16,12 +16,12 @@ public:
     M& add(Args&&... args) {
         auto m = std::make_unique<M>(std::forward<Args>(args)...);
         M& ref = *m;
-        ref.set_training(training_);
-        modules_.push_back(std::move(m));
+        add_module(std::move(m));
         return ref;
     }
     Module& add_module(std::unique_ptr<Module> m) {
         m->set_training(training_);
+        register_children({m.get()});
         modules_.push_back(std::move(m));
         return *modules_.back();
     }
@@ -37,10 +37,6 @@ public:
     }
     void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) override {
         for (size_t i = 0; i < modules_.size(); ++i) modules_[i]->collect_parameters(prefix + std::to_string(i) + ".", out);
-    }
-    void set_training(bool training) override {
-        Module::set_training(training);
-        for (auto& m : modules_) m->set_training(training);
     }
     size_t size() const { return modules_.size(); }
     Module& operator[](size_t i) { return *modules_.at(i); }

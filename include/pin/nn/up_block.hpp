@@ -17,6 +17,7 @@ public:
         : up_(in_channels, in_channels, 3, 2, 1, 1), prelu1_(in_channels), conv_(in_channels, out_channels, 3, 1, 1),
           last_(last) {
         if (!last) prelu2_ = std::make_unique<PReLU>(out_channels);
+        register_children({&up_, &prelu1_, &conv_, &tanh_, prelu2_.get()});
     }
     void reset_parameters(uint64_t seed, uint64_t stream) {
         up_.reset_parameters(seed, stream);
@@ -40,14 +41,6 @@ public:
         prelu1_.collect_parameters(prefix + "nolinear1.", out);
         conv_.collect_parameters(prefix + "conv2.", out);
         if (prelu2_) prelu2_->collect_parameters(prefix + "nolinear2.", out);
-    }
-    void set_training(bool training) override {
-        Module::set_training(training);
-        up_.set_training(training);
-        prelu1_.set_training(training);
-        conv_.set_training(training);
-        tanh_.set_training(training);
-        if (prelu2_) prelu2_->set_training(training);
     }
 
 private:
