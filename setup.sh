@@ -50,6 +50,35 @@ else
   echo "setup.sh: nvcc not found, building without the CUDA kernels"
 fi
 
+# ---- the face recognizer's weights (npm package @vladmandic/face-api, MIT) ---------------------------
+# `npm pack` fetches the published tarball; its sha256 and the sha256 of every model file used
+# (weights/face-api.sha256) are checked, so a changed package is noticed, not silently used.
+fetch_face_api() {
+  local dir=weights/face-api tgz=vladmandic-face-api-1.7.15.tgz
+  local tgz_sha=0d77fffeef362ef9c0939cf6c567f3a2e8e177f114fa257a3270cbd2e509b031
+  if [ -d "$dir" ] && (cd "$dir" && sha256sum --quiet -c ../face-api.sha256 >/dev/null 2>&1); then return 0; fi
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup.sh: npm not found: cannot fetch the face recognizer (apt-get install npm); its tests will skip" >&2
+    return 0
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  if ! (cd "$tmp" && npm pack @vladmandic/face-api@1.7.15 --silent >/dev/null 2>&1); then
+    echo "setup.sh: npm pack @vladmandic/face-api@1.7.15 failed (no registry?); the recognizer's tests will skip" >&2
+    rm -rf "$tmp"; return 0
+  fi
+  echo "$tgz_sha  $tmp/$tgz" | sha256sum --quiet -c - || { echo "setup.sh: $tgz: unexpected sha256" >&2; rm -rf "$tmp"; exit 1; }
+  tar -xzf "$tmp/$tgz" -C "$tmp" package/model package/demo
+  mkdir -p "$dir"
+  cp "$tmp"/package/model/face_recognition_model* "$tmp"/package/model/tiny_face_detector_model* \
+     "$tmp"/package/model/face_landmark_68_model* "$dir"/
+  cp "$tmp"/package/demo/sample*.jpg "$dir"/ 2>/dev/null || true
+  rm -rf "$tmp"
+  (cd "$dir" && sha256sum --quiet -c ../face-api.sha256) || { echo "setup.sh: face-api model files: sha256 mismatch" >&2; exit 1; }
+  echo "setup.sh: face recognizer weights in $dir (sha256 checked)"
+}
+fetch_face_api
+
 # ---- configure and build ------------------------------------------------------------------------
 cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$build_dir" -j "$jobs"

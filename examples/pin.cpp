@@ -20,8 +20,14 @@
 #include "pin/model/defense.hpp"
 #include "pin/model/eigenbasis.hpp"
 #include "pin/pin.hpp"
+#include "cli/options.hpp"
+#include "cli/train_commands.hpp"
+#include "cli/eval_commands.hpp"
 
 namespace {
+using cli::Options;
+using cli::fail_usage;
+using cli::int_option;
 
 void usage(std::FILE* f) {
     std::fprintf(f,
@@ -49,61 +55,31 @@ void usage(std::FILE* f) {
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
+                 "  pretrain-dae  train the denoising autoencoder (MSE to the clean face, noise 0.04)\n"
+                 "              --data DIR --split S (default train) --out DIR (checkpoint, log.csv, dae.safetensors)\n"
+                 "              --epochs E (10) --batch B (16) --lr L (0.01) --momentum M (0.9) --lr-halve-every E (20)\n"
+                 "              --noise I (0.04) --seed S (0) --flip --steps N (stop after N steps) --resume\n"
+                 "  train       train the agent by policy gradient (DAE frozen); --out becomes a model folder\n"
+                 "              --data DIR --split S (train) --dae FILE --basis FILE --out DIR\n"
+                 "              --estimator reinforce|rloo|local (local) --cost l2|mse (l2) --lambda L (0.015)\n"
+                 "              --masks K (30) --epochs E (200) --batch B (20) --lr L (0.01) --lr-halve-every E (20)\n"
+                 "              --momentum M (0.9) --noise I (0.04) --seed S (0) --flip --steps N --resume\n"
+                 "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
+                 "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
+                 "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
+                 "              --folds F       e.g. 5-8 (default: all folds of pairs.txt)\n"
+                 "              --defense D     none (default) | pin | pca-K | dae   (--model DIR, --basis FILE, --mode M)\n"
+                 "              --attack A      none (default) | fgsm | ifgsm | pgd (L2) | pgd-linf\n"
+                 "              --protocol P    offline (attack the bare recognizer, default) | online (through the defense)\n"
+                 "              --eps I         attack intensity ||eta|| / ||x|| (0.04)   --iterations N (10)\n"
+                 "              --json FILE     eer, auc, tar_at_far, pairs, scores, roc, ... (written atomically)\n"
+                 "              --recognizer MANIFEST  face-api weights manifest (default: weights/face-api/, from setup.sh)\n"
+                 "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "common options:\n"
                  "  --threads T CPU threads (default: all hardware threads)\n"
+                 "  --no-progress  no progress bars\n"
                  "  -h, --help  this text\n"
                  "benchmarks: pin-bench --help\n");
-}
-
-struct Options {
-    std::string command;
-    std::map<std::string, std::string> values;
-};
-
-[[noreturn]] void fail_usage(const std::string& message) {
-    std::fprintf(stderr, "pin: %s (see pin --help)\n", message.c_str());
-    std::exit(2);
-}
-
-Options parse(int argc, char** argv) {
-    static const std::map<std::string, std::string> kFlags = {
-        {"--threads", "threads"}, {"--data", "data"}, {"--split", "split"}, {"--count", "count"},
-        {"--keep", "keep"},       {"--seed", "seed"}, {"-o", "out"},        {"--out", "out"},
-        {"--in", "in"},           {"--defense", "defense"}, {"--model", "model"}, {"--basis", "basis"},
-        {"--mode", "mode"},       {"--batch", "batch"}};
-    Options o;
-    for (int i = 1; i < argc; ++i) {
-        const std::string a = argv[i];
-        if (a == "-h" || a == "--help") {
-            usage(stdout);
-            std::exit(0);
-        }
-        auto it = kFlags.find(a);
-        if (it != kFlags.end()) {
-            if (i + 1 >= argc) fail_usage(a + " needs a value");
-            o.values[it->second] = argv[++i];
-        } else if (o.command.empty() && a[0] != '-') {
-            o.command = a;
-        } else {
-            fail_usage("unknown argument '" + a + "'");
-        }
-    }
-    if (o.command.empty()) {
-        usage(stderr);
-        std::exit(2);
-    }
-    return o;
-}
-
-int64_t int_option(const Options& o, const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {
-    auto it = o.values.find(key);
-    if (it == o.values.end()) return fallback;
-    char* end = nullptr;
-    const long long v = std::strtoll(it->second.c_str(), &end, 10);
-    if (*end != '\0' || v < lo || v > hi)
-        fail_usage("--" + key + " expects an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got '" +
-                   it->second + "'");
-    return v;
 }
 
 int cmd_info() {
@@ -377,13 +353,17 @@ int cmd_agent_forward(const Options& o) {
 }  // namespace
 
 int main(int argc, char** argv) {
-    const Options o = parse(argc, argv);
+    const Options o = cli::parse(argc, argv, usage);
     try {
         if (o.values.count("threads")) pin::set_num_threads(static_cast<int>(int_option(o, "threads", 1, 1, 1024)));
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);
         if (o.command == "defend") return cmd_defend(o);
         if (o.command == "agent-forward") return cmd_agent_forward(o);
+        if (o.command == "pretrain-dae") return cli::cmd_pretrain_dae(o);
+        if (o.command == "train") return cli::cmd_train(o);
+        if (o.command == "eval") return cli::cmd_eval(o, PIN_DEFAULT_MODEL_DIR);
+        if (o.command == "embed") return cli::cmd_embed(o);
         fail_usage("unknown command '" + o.command + "'");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "pin: %s\n", e.what());

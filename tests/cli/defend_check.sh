@@ -10,20 +10,7 @@ rm -rf "$work" && mkdir -p "$work/faces"
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # 30 people x 2 faces, 112x112 8-bit PGM with person-specific patterns plus noise.
-python3 - "$work/faces" <<'PY'
-import os, random, sys, math
-root = sys.argv[1]
-rng = random.Random(7)
-for p in range(30):
-    d = os.path.join(root, "person_%02d" % p)
-    os.makedirs(d, exist_ok=True)
-    a, b = rng.uniform(0.02, 0.2), rng.uniform(0, 6.28)
-    for k in range(2):
-        px = bytes(max(0, min(255, int(128 + 60 * math.sin(a * x + b) * math.cos(a * y) + rng.gauss(0, 8))))
-                   for y in range(112) for x in range(112))
-        with open(os.path.join(d, "face_%d.pgm" % k), "wb") as f:
-            f.write(b"P5\n112 112\n255\n" + px)
-PY
+python3 "$(dirname "$0")/make_faces.py" "$work/faces" 30 2 7
 
 "$pin" eigen --data "$work/faces" --split train --count 60 --keep 20 -o "$work/basis.safetensors" \
   > "$work/eigen.log" 2>&1 || { cat "$work/eigen.log"; fail "pin eigen"; }

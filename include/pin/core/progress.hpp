@@ -30,6 +30,11 @@ public:
         last_decile_ = decile;
         draw(false);
     }
+    // Extra text shown after the rate (running means of a training epoch, for example).
+    void set_status(std::string status) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        status_ = std::move(status);
+    }
     void finish() {
         std::lock_guard<std::mutex> lock(mutex_);
         if (finished_) return;
@@ -49,13 +54,14 @@ private:
         const int filled = static_cast<int>(frac * 20);
         for (int i = 0; i < 20; ++i) bar[i] = i < filled ? '#' : '.';
         bar[20] = '\0';
-        std::fprintf(stderr, "%s%s [%s] %3.0f%% %lld/%lld %s %.1f/s %s %.0fs%s", tty_ ? "\r" : "", label_.c_str(), bar,
+        std::fprintf(stderr, "%s%s [%s] %3.0f%% %lld/%lld %s %.1f/s %s %.0fs%s%s%s", tty_ ? "\r" : "", label_.c_str(), bar,
                      100 * frac, static_cast<long long>(done_), static_cast<long long>(total_), unit_.c_str(), rate,
-                     final ? "in" : "ETA", final ? elapsed : eta, (final || !tty_) ? "\n" : "");
+                     final ? "in" : "ETA", final ? elapsed : eta,
+                     status_.empty() ? "" : "  ", status_.c_str(), (final || !tty_) ? "\n" : "");
         std::fflush(stderr);
         printed_done_ = done_;
     }
-    std::string label_, unit_;
+    std::string label_, unit_, status_;
     int64_t total_, done_ = 0;
     Clock::time_point start_, last_{};
     int64_t last_decile_ = -1, printed_done_ = -1;

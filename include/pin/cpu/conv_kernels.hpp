@@ -44,8 +44,9 @@ struct GatherConvGeometry {
 
 // What happens to an output tile after its sums are complete.
 struct ConvEpilogue {
-    const float* prelu_slope = nullptr;  // per output channel; y = x > 0 ? x : slope * x
+    const float* prelu_slope = nullptr;  // per output channel; y = x > 0 ? x : slope * x (0: ReLU)
     bool accumulate = false;             // y = activation(sum) + y (fused residual add)
+    const float* bias = nullptr;         // per output channel, added before the activation
 };
 
 namespace detail {
@@ -229,6 +230,8 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
                     const int lanes = static_cast<int>(std::min<int64_t>(L, co_count - c0));
                     if (lanes <= 0) break;
                     VecF y = acc[i][v];
+                    if (ep.bias)
+                        y = y + (lanes == L ? VecF::load(ep.bias + co0 + c0) : VecF::load_partial(ep.bias + co0 + c0, lanes));
                     if (ep.prelu_slope) {
                         const VecF a = lanes == L ? VecF::load(ep.prelu_slope + co0 + c0)
                                                   : VecF::load_partial(ep.prelu_slope + co0 + c0, lanes);
@@ -280,6 +283,7 @@ inline void gather_conv_packed(const float* src, const GatherConvGeometry& g, co
         // A sub-pixel class that no tap reaches (1x1 stride-2 backward, odd positions): the sum is
         // 0, so is PReLU(0); write zeros, or leave an accumulated destination as it is.
         if (g.taps() == 0) {
+            PIN_CHECK(!ep.bias, "gather_conv: a bias on a convolution direction without taps");
             if (ep.accumulate) return;
             const int64_t grid_px = g.grid_h * g.grid_w;
             const int64_t count = std::min<int64_t>(kBlockCo, g.dst_channels - cb * kBlockCo);
@@ -350,6 +354,7 @@ void gather_conv_narrow_block(const float* src, const GatherConvGeometry& g, con
                              g.dst_channels;
         for (int c = 0; c < CO; ++c) {
             float y = ((acc[c][0] + acc[c][1]) + (acc[c][2] + acc[c][3])).sum();
+            if (ep.bias) y += ep.bias[c];
             if (ep.prelu_slope && y < 0.0f) y *= ep.prelu_slope[c];
             d[c] = ep.accumulate ? d[c] + y : y;
         }

@@ -4,6 +4,10 @@
 //   REINFORCE (released code): k masks per image, baseline = mean cost over all masks of the
 //     batch; dL/dz_j = (1/B) sum over the image's masks of (cost - baseline) (q_j - p_j). The sum
 //     (not mean) over masks is the released loss: k times the gradient of the expected cost.
+//   RLOO: REINFORCE with a leave-one-out baseline per image: mask s of image b is compared with
+//     the mean cost of the image's other k - 1 masks, which makes the estimate unbiased;
+//     dL/dz_j = (1/B) (1/k) sum_s (cost_s - baseline_s) (q_j - p_j) (averaged: the gradient of the
+//     expected cost itself). Needs k >= 2.
 //   Local expectation (spec, "Training in practice"): the cost is a function of independent bits,
 //     so dE[f]/dp_j = E_q[Delta_j(q)] exactly, estimated by the mean of Delta_j over the k masks;
 //     dL/dz_j = (1/B) p_j (1 - p_j) mean_s Delta_j(q_s). With the MSE cost Delta_j does not depend
@@ -12,6 +16,7 @@
 // batch's gradient does not depend on the thread count.
 #pragma once
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "pin/core/parallel.hpp"
@@ -20,7 +25,17 @@
 
 namespace pin::train {
 
-enum class Estimator { Reinforce, LocalExpectation };
+enum class Estimator { Reinforce, Rloo, LocalExpectation };
+
+inline Estimator parse_estimator(const std::string& s) {
+    if (s == "reinforce") return Estimator::Reinforce;
+    if (s == "rloo") return Estimator::Rloo;
+    if (s == "local") return Estimator::LocalExpectation;
+    throw Error("unknown estimator '" + s + "' (expected reinforce, rloo or local)");
+}
+inline const char* estimator_name(Estimator e) {
+    return e == Estimator::Reinforce ? "reinforce" : e == Estimator::Rloo ? "rloo" : "local";
+}
 
 struct BatchGradient {
     std::vector<double> dz;          // (B, N) d loss / d logits
@@ -34,6 +49,7 @@ inline BatchGradient estimate_gradient(const std::vector<float>& p, const std::v
                                        uint64_t first_image) {
     const int64_t B = static_cast<int64_t>(terms.size());
     PIN_CHECK(B > 0 && k > 0, "estimate_gradient: empty batch or no masks");
+    PIN_CHECK(estimator != Estimator::Rloo || k >= 2, "estimate_gradient: the leave-one-out baseline needs k >= 2 masks");
     const int64_t N = static_cast<int64_t>(terms[0].g.size());
     PIN_CHECK(static_cast<int64_t>(p.size()) == B * N, "estimate_gradient: p has ", p.size(), " values, expected ", B * N);
     BatchGradient out;
@@ -77,6 +93,19 @@ inline BatchGradient estimate_gradient(const std::vector<float>& p, const std::v
             const float* pb = p.data() + b * N;
             for (int64_t s = 0; s < k; ++s) {
                 const double adv = (costs[static_cast<size_t>(b * k + s)] - baseline) / static_cast<double>(B);
+                const float* q = masks.data() + (b * k + s) * N;
+                for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] += adv * (q[j] - pb[j]);
+            }
+        });
+    }
+    if (estimator == Estimator::Rloo) {
+        parallel_for(B, [&](int64_t b) {
+            const float* pb = p.data() + b * N;
+            double sum = 0;
+            for (int64_t s = 0; s < k; ++s) sum += costs[static_cast<size_t>(b * k + s)];
+            for (int64_t s = 0; s < k; ++s) {
+                const double cost = costs[static_cast<size_t>(b * k + s)];
+                const double adv = (cost - (sum - cost) / static_cast<double>(k - 1)) / static_cast<double>(B * k);
                 const float* q = masks.data() + (b * k + s) * N;
                 for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] += adv * (q[j] - pb[j]);
             }

@@ -16,6 +16,7 @@
 #include "pin/model/eigenbasis.hpp"
 #include "pin/nn/sgd.hpp"
 #include "pin/train/estimators.hpp"
+#include "pin/train/noise.hpp"
 
 namespace pin::train {
 
@@ -84,26 +85,14 @@ public:
 
     // x + eta with ||eta|| = noise ||x|| per image; image first_image + b always gets the same eta.
     Tensor noisy(const Tensor& x, uint64_t first_image) const {
-        const int64_t B = x.n(), D = x.numel() / std::max<int64_t>(B, 1);
-        Tensor xn = Tensor::empty(x.shape(), Layout::NHWC);
-        std::vector<float> eta(static_cast<size_t>(D));
-        for (int64_t b = 0; b < B; ++b) {
-            const float* xb = x.data() + b * D;
-            float* nb = xn.data() + b * D;
-            const PhiloxStream rng(opt_.seed ^ 0x6E6F697365ull, first_image + static_cast<uint64_t>(b));
-            double xnorm = 0, enorm = 0;
-            for (int64_t i = 0; i < D; ++i) {
-                eta[static_cast<size_t>(i)] = rng.normal(static_cast<uint64_t>(i));
-                xnorm += static_cast<double>(xb[i]) * xb[i];
-                enorm += static_cast<double>(eta[static_cast<size_t>(i)]) * eta[static_cast<size_t>(i)];
-            }
-            const float scale = enorm > 0 ? static_cast<float>(opt_.noise * std::sqrt(xnorm / enorm)) : 0.0f;
-            for (int64_t i = 0; i < D; ++i) nb[i] = xb[i] + scale * eta[static_cast<size_t>(i)];
-        }
-        return xn;
+        return add_relative_noise(x, opt_.noise, opt_.seed, first_image);
     }
 
     nn::SGD& optimizer() { return sgd_; }
+    // The parameters SGD updates (ESN and head), in the optimizer's order.
+    std::vector<nn::NamedParameter> trained_parameters() { return trainable(*agent_); }
+    model::Agent& agent() { return *agent_; }
+    const TrainerOptions& options() const { return opt_; }
 
 private:
     static std::vector<nn::NamedParameter> trainable(model::Agent& agent) {

@@ -1,0 +1,162 @@
+// examples/cli/eval_commands.hpp - `pin eval` (verification on LFW-style pairs, with a defense and
+// optionally an attack; JSON out) and `pin embed` (recognizer embeddings of faces, safetensors out).
+#pragma once
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/options.hpp"
+#include "pin/eval/verification.hpp"
+#include "pin/io/file_util.hpp"
+#include "pin/io/safetensors.hpp"
+#include "pin/model/defense.hpp"
+#include "pin/recognizer/dlib_resnet.hpp"
+
+#ifndef PIN_FACE_API_DIR
+#define PIN_FACE_API_DIR "weights/face-api"
+#endif
+
+namespace cli {
+
+inline std::unique_ptr<pin::recognizer::FaceRecognizer> load_recognizer(const Options& o) {
+    namespace fs = std::filesystem;
+    const std::string manifest =
+        o.get("recognizer", (fs::path(PIN_FACE_API_DIR) / "face_recognition_model-weights_manifest.json").string());
+    if (!fs::exists(manifest))
+        throw pin::Error(manifest + ": the face recognizer's weights are missing; ./setup.sh fetches them (npm pack "
+                                    "@vladmandic/face-api@1.7.15), or pass --recognizer MANIFEST");
+    return std::make_unique<pin::recognizer::DlibResNet>(manifest);
+}
+
+// none | pin | pca-K | dae, with the model folder / eigenbasis of the options.
+inline pin::model::Defense load_defense(const Options& o, const std::string& default_model_dir) {
+    namespace fs = std::filesystem;
+    const std::string name = o.get("defense", "none");
+    const std::string model_dir = o.get("model", default_model_dir);
+    const uint64_t seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
+    if (name == "none") return pin::model::Defense::none();
+    if (name == "pin")
+        return pin::model::Defense::load_pin(model_dir, pin::model::parse_sampling_mode(o.get("mode", "sample")), seed);
+    if (name == "dae") return pin::model::Defense::load_dae(model_dir);
+    if (name.rfind("pca-", 0) == 0) {
+        char* end = nullptr;
+        const long k = std::strtol(name.c_str() + 4, &end, 10);
+        if (*end != '\0' || k < 1) fail_usage("--defense pca-K needs a positive K, got '" + name + "'");
+        const std::string basis_path = o.get("basis", (fs::path(model_dir) / "eigenbasis.safetensors").string());
+        const pin::model::EigenBasis basis = pin::model::EigenBasis::load(basis_path);
+        if (k > basis.count()) fail_usage(name + ": " + basis_path + " holds only " + std::to_string(basis.count()) + " eigenfaces");
+        return pin::model::Defense::pca(basis, k);
+    }
+    fail_usage("unknown defense '" + name + "' (expected none, pin, pca-K or dae)");
+}
+
+inline std::vector<int> parse_folds(const std::string& s) {
+    std::vector<int> folds;
+    if (s.empty() || s == "all") return folds;
+    size_t pos = 0;
+    while (pos < s.size()) {
+        size_t comma = s.find(',', pos);
+        if (comma == std::string::npos) comma = s.size();
+        const std::string part = s.substr(pos, comma - pos);
+        const size_t dash = part.find('-');
+        char* end = nullptr;
+        const long a = std::strtol(part.c_str(), &end, 10);
+        long b = a;
+        if (dash != std::string::npos) b = std::strtol(part.c_str() + dash + 1, &end, 10);
+        if (part.empty() || *end != '\0' || a < 1 || b < a || b > 1000) fail_usage("--folds expects e.g. 5-8 or 1,3,5, got '" + s + "'");
+        for (long f = a; f <= b; ++f) folds.push_back(static_cast<int>(f));
+        pos = comma + 1;
+    }
+    return folds;
+}
+
+inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
+    if (!o.has("data")) fail_usage("eval needs --data DIR (pairs.txt and images/)");
+    pin::eval::VerificationOptions vo;
+    vo.folds = parse_folds(o.get("folds", "all"));
+    vo.attack.kind = pin::eval::parse_attack(o.get("attack", "none"));
+    vo.attack.intensity = real_option(o, "eps", 0.04, 0, 10);
+    vo.attack.iterations = static_cast<int>(int_option(o, "iterations", 10, 1, 100000));
+    vo.attack.seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
+    vo.protocol = pin::eval::parse_protocol(o.get("protocol", "offline"));
+    vo.batch = int_option(o, "batch", 32, 1, 4096);
+    vo.progress = !o.has("no-progress");
+    // The pairs first: a bad data folder fails before any model is loaded.
+    (void)pin::eval::load_pairs(o.get("data", ""), vo.folds);
+    const pin::model::Defense defense = load_defense(o, default_model_dir);
+    const std::unique_ptr<pin::recognizer::FaceRecognizer> rec = load_recognizer(o);
+    const auto t0 = std::chrono::steady_clock::now();
+    pin::eval::VerificationRun run(o.get("data", ""), *rec, defense, vo);
+    const pin::eval::VerificationResult r = run.run();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    nlohmann::json j;
+    j["data"] = o.get("data", "");
+    j["folds"] = o.get("folds", "all");
+    j["pairs"] = r.pairs;
+    j["images"] = run.images();
+    j["recognizer"] = rec->name();
+    j["defense"] = o.get("defense", "none");
+    j["attack"] = o.get("attack", "none");
+    j["protocol"] = o.get("protocol", "offline");
+    j["intensity"] = vo.attack.intensity;
+    j["iterations"] = vo.attack.iterations;
+    j["seed"] = vo.attack.seed;
+    j["eer"] = r.eer;
+    j["auc"] = r.auc;
+    j["tar_at_far"] = {{"0.1", r.tar_far_10}, {"0.01", r.tar_far_1}, {"0.001", r.tar_far_01}};
+    j["clean_eer"] = r.clean_eer;
+    j["threshold"] = r.threshold;
+    j["accuracy"] = r.accuracy;
+    j["error_rate"] = 1 - r.accuracy;
+    j["eer_over_folds"] = {{"mean", r.eer_over_folds.mean}, {"ci95", r.eer_over_folds.half_width}};
+    j["accuracy_over_folds"] = {{"mean", r.accuracy_over_folds.mean}, {"ci95", r.accuracy_over_folds.half_width}};
+    if (defense.kind() == pin::model::DefenseKind::PIN) j["mean_kept"] = r.mean_kept;
+    j["seconds"] = seconds;
+    nlohmann::json roc = nlohmann::json::array();
+    const size_t stride = std::max<size_t>(1, r.roc.size() / 400);
+    for (size_t i = 0; i < r.roc.size(); i += stride) roc.push_back({r.roc[i].far, r.roc[i].tar});
+    roc.push_back({r.roc.back().far, r.roc.back().tar});
+    j["roc"] = roc;
+    j["scores"] = r.scores;
+    j["same"] = r.same;
+    std::printf("%s | defense %s | attack %s (%s) | %lld pairs: EER %.2f %% (folds %.2f +- %.2f), AUC %.4f, TAR@FAR1%% %.3f, "
+                "accuracy %.2f %% at the clean EER threshold%s\n",
+                o.get("data", "").c_str(), o.get("defense", "none").c_str(), o.get("attack", "none").c_str(),
+                o.get("protocol", "offline").c_str(), static_cast<long long>(r.pairs), 100 * r.eer, 100 * r.eer_over_folds.mean,
+                100 * r.eer_over_folds.half_width, r.auc, r.tar_far_1, 100 * r.accuracy,
+                defense.kind() == pin::model::DefenseKind::PIN ? (", mean kept " + std::to_string(r.mean_kept)).c_str() : "");
+    if (o.has("json")) {
+        const std::string text = j.dump(1);
+        pin::io::write_file_atomically(o.get("json", ""), text.data(), text.size());
+    }
+    return 0;
+}
+
+inline int cmd_embed(const Options& o) {
+    if (!o.has("in") || !o.has("out")) fail_usage("embed needs --in LIST|DIR and --out FILE");
+    const pin::io::FaceListing listing = pin::io::list_face_images(o.get("in", ""), "all");
+    const std::unique_ptr<pin::recognizer::FaceRecognizer> rec = load_recognizer(o);
+    const int64_t n = static_cast<int64_t>(listing.files.size()), batch = int_option(o, "batch", 32, 1, 4096);
+    pin::Tensor e = pin::Tensor::empty({n, rec->dim()});
+    for (int64_t b0 = 0; b0 < n; b0 += batch) {
+        const int64_t bn = std::min(batch, n - b0);
+        pin::Tensor x = pin::Tensor::empty({bn, 1, 112, 112}, pin::Layout::NHWC);
+        pin::parallel_for(bn, [&](int64_t i) {
+            const pin::io::FaceImage f = pin::io::load_face_image(listing.files[static_cast<size_t>(b0 + i)], 112);
+            std::copy(f.pixels.begin(), f.pixels.end(), x.data() + i * 12544);
+        });
+        const pin::Tensor eb = rec->embed(x);
+        std::copy(eb.data(), eb.data() + eb.numel(), e.data() + b0 * rec->dim());
+    }
+    nlohmann::json files = listing.files;
+    pin::io::write_safetensors(o.get("out", ""), {{"embeddings", e}}, {{"files", files.dump()}});
+    std::printf("wrote %s: %lld embeddings of %lld dimensions\n", o.get("out", "").c_str(), static_cast<long long>(n),
+                static_cast<long long>(rec->dim()));
+    return 0;
+}
+
+}  // namespace cli
