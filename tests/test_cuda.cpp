@@ -1,5 +1,8 @@
 // CUDA side of the RNG: the device draws the same Philox stream as the CPU, bit for bit.
 // Skips with a printed reason when pin was built without CUDA or no GPU is present.
+#include <array>
+#include <cmath>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -32,3 +35,247 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
     for (int64_t i = 0; i < n; ++i) REQUIRE(gq[i] == rq.bernoulli(static_cast<uint64_t>(i), p[i]));
 #endif
 }
+
+// ---- every GPU kernel against the CPU engine, on random inputs with odd sizes -----------------------
+#if defined(PIN_HAVE_CUDA)
+#include "gpu_defense.hpp"
+#include "ops.cuh"
+#include "pin/cpu/activations.hpp"
+#include "pin/cpu/conv2d.hpp"
+#include "pin/cpu/conv_transpose2d.hpp"
+#include "pin/cpu/linear.hpp"
+#include "pin/cpu/projection.hpp"
+#include "pin/model/defense.hpp"
+#include "pin/train/mask_cost.hpp"
+
+namespace {
+bool gpu_or_skip() {
+    std::string reason;
+    if (pin::cuda::device_available(&reason)) return true;
+    WARN("SKIPPED: no usable CUDA device: " << reason);
+    return false;
+}
+pin::cuda::DeviceBuffer to_gpu(const Tensor& t) {
+    pin::cuda::DeviceBuffer b(static_cast<size_t>(t.numel()));
+    b.upload(t.data(), static_cast<size_t>(t.numel()));
+    return b;
+}
+pin::cuda::DeviceBuffer to_gpu(const std::vector<float>& v) {
+    pin::cuda::DeviceBuffer b(v.size());
+    b.upload(v.data(), v.size());
+    return b;
+}
+std::vector<float> from_gpu(const pin::cuda::DeviceBuffer& b, int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    b.download(v.data(), v.size());
+    return v;
+}
+// max |gpu - cpu| <= tol * max |cpu| (fp32 sums in another order: 1e-4 of the output's scale).
+void require_matches(const std::vector<float>& gpu, const float* cpu, int64_t n, const std::string& what, double tol = 1e-4) {
+    double worst = 0, scale = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        scale = std::max(scale, std::fabs(static_cast<double>(cpu[i])));
+        const double d = std::fabs(static_cast<double>(gpu[static_cast<size_t>(i)]) - cpu[i]);
+        if (!(d <= worst)) {
+            worst = d;
+            at = i;
+        }
+    }
+    INFO(what << ": worst element " << at << " gpu " << gpu[static_cast<size_t>(at)] << " cpu " << cpu[at] << ", scale " << scale);
+    REQUIRE(worst <= tol * scale + 1e-7);
+}
+Tensor rnd(const Shape& s, uint64_t seed, Layout l = Layout::NHWC) { return pin::test::random_tensor(s, seed, 1.0f, l); }
+}  // namespace
+
+TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
+    if (!gpu_or_skip()) return;
+    struct Case {
+        int64_t b, h, w, cin, cout, k, s, p;
+    };
+    for (const Case c : {Case{2, 13, 11, 5, 7, 3, 1, 1}, Case{1, 17, 9, 3, 70, 3, 2, 1}, Case{3, 8, 8, 33, 65, 1, 2, 0},
+                         Case{2, 15, 15, 1, 64, 3, 1, 1}, Case{1, 12, 10, 6, 5, 7, 2, 0}}) {
+        const cpu::Conv2dParams p{c.k, c.s, c.p};
+        const int64_t Ho = cpu::conv2d_output_size(c.h, p), Wo = cpu::conv2d_output_size(c.w, p);
+        const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 1), w = rnd({c.cout, c.cin, c.k, c.k}, 2, Layout::NCHW), dy = rnd({c.b, c.cout, Ho, Wo}, 3);
+        std::vector<float> bias(static_cast<size_t>(c.cout)), slope(static_cast<size_t>(c.cout));
+        for (int64_t i = 0; i < c.cout; ++i) bias[i] = 0.1f * i - 0.3f, slope[i] = 0.05f * (i % 5);
+        Tensor y = Tensor::empty({c.b, c.cout, Ho, Wo}, Layout::NHWC), dx = Tensor::empty(x.shape(), Layout::NHWC),
+               dw = Tensor::empty(w.shape());
+        cpu::ConvEpilogue ep;
+        ep.bias = bias.data();
+        ep.prelu_slope = slope.data();
+        cpu::conv2d_forward(x, w, y, p, ep);
+        cpu::conv2d_backward_input(dy, w, dx, p);
+        cpu::conv2d_backward_weight(x, dy, dw, p);
+        const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p};
+        auto gx = to_gpu(x), gw = to_gpu(w), gdy = to_gpu(dy), gb = to_gpu(bias), gs = to_gpu(slope);
+        pin::cuda::DeviceBuffer gy(y.numel()), gdx(dx.numel()), gdw(dw.numel());
+        pin::cuda::conv2d_forward(gx.data(), gw.data(), gy.data(), s, gb.data(), gs.data());
+        pin::cuda::conv2d_backward_input(gdy.data(), gw.data(), gdx.data(), s);
+        pin::cuda::conv2d_backward_weight(gx.data(), gdy.data(), gdw.data(), s);
+        const std::string name = "conv k" + std::to_string(c.k) + " s" + std::to_string(c.s) + " " + std::to_string(c.cin) + "->" +
+                                 std::to_string(c.cout);
+        require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), name + " forward");
+        require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), name + " input gradient");
+        require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), name + " weight gradient");
+        // Accumulating epilogue: y += conv(x).
+        pin::cuda::conv2d_forward(gx.data(), gw.data(), gy.data(), s, gb.data(), gs.data(), true);
+        std::vector<float> twice(static_cast<size_t>(y.numel()));
+        for (int64_t i = 0; i < y.numel(); ++i) twice[i] = 2 * y.data()[i];
+        require_matches(from_gpu(gy, y.numel()), twice.data(), y.numel(), name + " accumulate");
+    }
+}
+
+TEST_CASE("GPU transposed convolutions match the CPU", "[cuda][conv]") {
+    if (!gpu_or_skip()) return;
+    for (const auto& c : std::vector<std::array<int64_t, 4>>{{2, 7, 5, 6}, {1, 9, 64, 64}, {3, 4, 33, 1}}) {
+        const int64_t b = c[0], h = c[1], cin = c[2], cout = c[3];
+        const cpu::ConvTranspose2dParams p{3, 2, 1, 1};
+        const int64_t Ho = cpu::conv_transpose2d_output_size(h, p), Wo = cpu::conv_transpose2d_output_size(h + 2, p);
+        const Tensor x = rnd({b, cin, h, h + 2}, 4), w = rnd({cin, cout, 3, 3}, 5, Layout::NCHW), dy = rnd({b, cout, Ho, Wo}, 6);
+        Tensor y = Tensor::empty({b, cout, Ho, Wo}, Layout::NHWC), dx = Tensor::empty(x.shape(), Layout::NHWC), dw = Tensor::empty(w.shape());
+        cpu::conv_transpose2d_forward(x, w, y, p);
+        cpu::conv_transpose2d_backward_input(dy, w, dx, p);
+        cpu::conv_transpose2d_backward_weight(x, dy, dw, p);
+        const pin::cuda::ConvShape s{b, h, h + 2, cin, cout, 3, 2, 1, 1};
+        auto gx = to_gpu(x), gw = to_gpu(w), gdy = to_gpu(dy);
+        pin::cuda::DeviceBuffer gy(y.numel()), gdx(dx.numel()), gdw(dw.numel());
+        pin::cuda::conv_transpose2d_forward(gx.data(), gw.data(), gy.data(), s);
+        pin::cuda::conv_transpose2d_backward_input(gdy.data(), gw.data(), gdx.data(), s);
+        pin::cuda::conv_transpose2d_backward_weight(gx.data(), gdy.data(), gdw.data(), s);
+        require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), "transposed forward");
+        require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), "transposed input gradient");
+        require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), "transposed weight gradient");
+    }
+}
+
+TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][elementwise]") {
+    if (!gpu_or_skip()) return;
+    const int64_t B = 5, in = 333, out = 77;
+    const Tensor x = rnd({B, in}, 7, Layout::NCHW), w = rnd({out, in}, 8, Layout::NCHW), b = rnd({out}, 9, Layout::NCHW),
+                 dy = rnd({B, out}, 10, Layout::NCHW);
+    Tensor y = Tensor::empty({B, out}), dx = Tensor::empty({B, in}), dw = Tensor::empty({out, in}), db = Tensor::empty({out});
+    cpu::linear_forward(x, w, b, y);
+    cpu::linear_backward_input(dy, w, dx);
+    cpu::linear_backward_params(x, dy, dw, db);
+    auto gx = to_gpu(x), gw = to_gpu(w), gb = to_gpu(b), gdy = to_gpu(dy);
+    pin::cuda::DeviceBuffer gy(y.numel()), gdx(dx.numel()), gdw(dw.numel()), gdb(db.numel());
+    pin::cuda::linear_forward(gx.data(), gw.data(), gb.data(), gy.data(), B, in, out);
+    pin::cuda::linear_backward_input(gdy.data(), gw.data(), gdx.data(), B, in, out);
+    pin::cuda::linear_backward_params(gx.data(), gdy.data(), gdw.data(), gdb.data(), B, in, out);
+    require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), "linear forward");
+    require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), "linear input gradient");
+    require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), "linear weight gradient");
+    require_matches(from_gpu(gdb, db.numel()), db.data(), db.numel(), "linear bias gradient");
+
+    const Tensor a = rnd({3, 13, 7, 5}, 11), g = rnd({3, 13, 7, 5}, 12), slope = rnd({13}, 13, Layout::NCHW);
+    const int64_t n = a.numel();
+    auto ga = to_gpu(a), gg = to_gpu(g), gsl = to_gpu(slope);
+    pin::cuda::DeviceBuffer o1(n), o2(n), o3(13);
+    Tensor c1 = Tensor::empty(a.shape(), Layout::NHWC), c2 = Tensor::empty(a.shape(), Layout::NHWC), c3 = Tensor::empty({13});
+    cpu::prelu_forward(a, slope, c1);
+    pin::cuda::prelu_forward(ga.data(), gsl.data(), o1.data(), n, 13);
+    require_matches(from_gpu(o1, n), c1.data(), n, "prelu forward");
+    cpu::prelu_backward(a, slope, g, c2, c3);
+    pin::cuda::prelu_backward(ga.data(), gsl.data(), gg.data(), o2.data(), o3.data(), n, 13);
+    require_matches(from_gpu(o2, n), c2.data(), n, "prelu input gradient");
+    require_matches(from_gpu(o3, 13), c3.data(), 13, "prelu slope gradient");
+    cpu::tanh_forward(a, c1);
+    pin::cuda::tanh_forward(ga.data(), o1.data(), n);
+    require_matches(from_gpu(o1, n), c1.data(), n, "tanh forward", 1e-6);
+    cpu::tanh_backward(c1, g, c2);
+    pin::cuda::tanh_backward(o1.data(), gg.data(), o2.data(), n);
+    require_matches(from_gpu(o2, n), c2.data(), n, "tanh backward", 1e-5);
+    cpu::sigmoid_forward(a, c1);
+    pin::cuda::sigmoid_forward(ga.data(), o1.data(), n);
+    require_matches(from_gpu(o1, n), c1.data(), n, "sigmoid forward", 1e-6);
+    cpu::sigmoid_backward(c1, g, c2);
+    pin::cuda::sigmoid_backward(o1.data(), gg.data(), o2.data(), n);
+    require_matches(from_gpu(o2, n), c2.data(), n, "sigmoid backward", 1e-5);
+    cpu::add_forward(a, g, c1);
+    pin::cuda::add(ga.data(), gg.data(), o1.data(), n);
+    require_matches(from_gpu(o1, n), c1.data(), n, "add", 0);
+}
+
+TEST_CASE("GPU masks, projection and O(N) mask costs match the CPU", "[cuda][pin]") {
+    if (!gpu_or_skip()) return;
+    const int64_t B = 3, D = 12544, N = 37;
+    const Tensor basis = rnd({D, N}, 14, Layout::NCHW), mean = rnd({D}, 15, Layout::NCHW), x = rnd({B, D}, 16, Layout::NCHW);
+    std::vector<float> p(static_cast<size_t>(B * N));
+    for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<float>((i * 37) % 101) / 100.0f;
+    auto gbasis = to_gpu(basis), gmean = to_gpu(mean), gx = to_gpu(x), gp = to_gpu(p);
+    pin::cuda::DeviceBuffer gq(B * N), gc(B * N), gbt(D * N), gy(B * D);
+    pin::cuda::sample_masks(gp.data(), gq.data(), B, N, 99, 1000);
+    const std::vector<float> q = from_gpu(gq, B * N);
+    for (int64_t b = 0; b < B; ++b) {
+        const PhiloxStream rng(99, 1000 + static_cast<uint64_t>(b));
+        for (int64_t j = 0; j < N; ++j) REQUIRE(q[b * N + j] == rng.bernoulli(static_cast<uint64_t>(j), p[b * N + j]));
+    }
+    std::vector<float> c(static_cast<size_t>(B * N)), y(static_cast<size_t>(B * D));
+    cpu::project_coefficients(basis.data(), mean.data(), D, N, x.data(), B, c.data());
+    pin::cuda::project_coefficients(gbasis.data(), gmean.data(), gx.data(), gc.data(), B, D, N);
+    require_matches(from_gpu(gc, B * N), c.data(), B * N, "projection coefficients");
+    cpu::reconstruct_from_coefficients(basis.data(), mean.data(), D, N, c.data(), q.data(), B, y.data());
+    pin::cuda::transpose(gbasis.data(), gbt.data(), D, N);
+    pin::cuda::reconstruct(gbt.data(), gmean.data(), gc.data(), gq.data(), gy.data(), B, D, N);
+    require_matches(from_gpu(gy, B * D), y.data(), B * D, "masked reconstruction");
+
+    // Mask costs: g and y2 from random c, d; 9 masks per image; the CPU estimator's streams.
+    const int64_t k = 9;
+    std::vector<float> gterm(static_cast<size_t>(B * N));
+    std::vector<double> y2(static_cast<size_t>(B));
+    std::vector<train::MaskCostTerms> terms;
+    const Tensor cc = rnd({B, N}, 17, Layout::NCHW), dd = rnd({B, N}, 18, Layout::NCHW);
+    for (int64_t b = 0; b < B; ++b) {
+        terms.push_back(train::mask_cost_terms(cc.data() + b * N, dd.data() + b * N, N, 40.0 + b, D));
+        for (int64_t j = 0; j < N; ++j) gterm[b * N + j] = static_cast<float>(terms.back().g[j]);
+        y2[b] = 40.0 + b;
+    }
+    pin::cuda::DeviceBuffer gg = to_gpu(gterm), gy2(2 * B), gcost(2 * B * k), gkept(2 * B * k);
+    gy2.upload(reinterpret_cast<const float*>(y2.data()), 2 * B);
+    for (const bool l2 : {true, false}) {
+        pin::cuda::mask_costs(gp.data(), gg.data(), reinterpret_cast<const double*>(gy2.data()), reinterpret_cast<double*>(gcost.data()),
+                              reinterpret_cast<double*>(gkept.data()), B, N, k, l2, 0.015, D, 5, 20);
+        std::vector<double> cost(static_cast<size_t>(B * k)), kept(static_cast<size_t>(B * k));
+        gcost.download(reinterpret_cast<float*>(cost.data()), 2 * B * k);
+        gkept.download(reinterpret_cast<float*>(kept.data()), 2 * B * k);
+        for (int64_t b = 0; b < B; ++b)
+            for (int64_t s = 0; s < k; ++s) {
+                const PhiloxStream rng(5, (20 + static_cast<uint64_t>(b)) * k + static_cast<uint64_t>(s));
+                std::vector<float> m(static_cast<size_t>(N));
+                double nk = 0;
+                for (int64_t j = 0; j < N; ++j) nk += m[j] = rng.bernoulli(static_cast<uint64_t>(j), p[b * N + j]);
+                // g was rounded to float for the GPU: the CPU cost of the same rounded terms.
+                train::MaskCostTerms t = terms[b];
+                for (int64_t j = 0; j < N; ++j) t.g[j] = gterm[b * N + j];
+                const double want = train::mask_cost(t, m.data(), l2 ? train::CostType::L2 : train::CostType::MSE, 0.015);
+                REQUIRE(kept[b * k + s] == nk);
+                REQUIRE(cost[b * k + s] == Approx(want).epsilon(1e-12));
+            }
+    }
+}
+
+TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense]") {
+    if (!gpu_or_skip()) return;
+    auto agent = std::make_shared<model::Agent>(60);
+    agent->reset_parameters(3);
+    const Tensor bm = rnd({12544, 60}, 19, Layout::NCHW);
+    // An orthonormal-enough basis is not needed for matching: both sides compute the same formula.
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::from_tensors(bm, rnd({12544}, 20, Layout::NCHW)));
+    const model::Defense cpu_defense = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 7);
+    Tensor x = Tensor::empty({3, 1, 112, 112}, Layout::NHWC);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = std::sin(0.001f * i) * 0.8f;
+    const model::DefenseOutput ref = cpu_defense.inactivate(x, 40);
+    pin::cuda::GpuDefense gpu(*agent, *basis);
+    auto gx = to_gpu(x);
+    pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
+    gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());
+    require_matches(from_gpu(gp, 180), ref.p.data(), 180, "defense p", 1e-3);
+    const std::vector<float> q = from_gpu(gq, 180);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < 180; ++i) differ += q[i] != ref.q.data()[i];
+    REQUIRE(differ <= 1);  // a p within rounding of a uniform draw may flip one bit
+    if (differ == 0) require_matches(from_gpu(gy, 3 * 12544), ref.defended.data(), 3 * 12544, "defended faces", 1e-4);
+}
+#endif

@@ -4,7 +4,9 @@
 Same network as ../shared/docs/pin-architecture.md and pin's model/ headers: DAE applied twice,
 ESN, selection head, Bernoulli sampling and the masked eigenface projection, random weights.
 Prints one JSON object: images_per_second, peak_rss_mib and per-stage milliseconds.
-Usage: torch_agent.py [--batch 16] [--threads 2] [--iters 3]
+Usage: torch_agent.py [--batch 16] [--threads 2] [--iters 3] [--device cpu|cuda] [--tf32 on|off]
+On cuda the stages are synchronised, cuDNN autotuning is on, and TF32 is off unless asked (fp32
+like pin's kernels).
 """
 import argparse
 import json
@@ -87,28 +89,41 @@ def main():
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tf32", default="off", choices=["on", "off"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    dae, esn, head = DAE().eval(), ESN().eval(), Head().eval()
+    dev = torch.device(a.device)
+    if a.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = a.tf32 == "on"
+        torch.backends.cuda.matmul.allow_tf32 = a.tf32 == "on"
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    dae, esn, head = DAE().eval().to(dev), ESN().eval().to(dev), Head().eval().to(dev)
     D, N = 112 * 112, 2500
-    basis = torch.randn(D, N) * 0.01
-    mean = torch.randn(D) * 0.1
-    x = torch.rand(a.batch, 1, 112, 112) * 2 - 1
+    basis = torch.randn(D, N, device=dev) * 0.01
+    mean = torch.randn(D, device=dev) * 0.1
+    x = torch.rand(a.batch, 1, 112, 112, device=dev) * 2 - 1
     stages = {"dae_ms": 0.0, "esn_ms": 0.0, "head_ms": 0.0, "sample_project_ms": 0.0}
 
     def run(record):
         with torch.no_grad():
+            sync()
             t0 = time.perf_counter()
             d = dae(x)
+            sync()
             t1 = time.perf_counter()
             f = esn(d)
+            sync()
             t2 = time.perf_counter()
             p = head(f)
+            sync()
             t3 = time.perf_counter()
             q = (p > torch.rand_like(p)).float()
             c = (x.reshape(a.batch, D) - mean) @ basis
             out = (q * c) @ basis.t() + mean
+            sync()
             t4 = time.perf_counter()
         if record:
             for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
@@ -116,11 +131,14 @@ def main():
         return out
 
     run(False)
+    sync()
     t0 = time.perf_counter()
     for _ in range(a.iters):
         run(True)
+    sync()
     t = time.perf_counter() - t0
     print(json.dumps({"peer": "pytorch", "torch_version": torch.__version__, "batch": a.batch, "threads": a.threads,
+                      "device": a.device, "tf32": a.tf32,
                       "images_per_second": a.batch * a.iters / t,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
                       "stages": stages}))

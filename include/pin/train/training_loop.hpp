@@ -154,6 +154,7 @@ inline LoopOutcome run_training(FaceBatchLoader& loader, const LoopOptions& o, c
                 std::fprintf(log, "%lld,%lld,%lld,%.6g,%.8g,%.8g,%.4g,%.3f\n", static_cast<long long>(at.step),
                              static_cast<long long>(at.epoch), static_cast<long long>(at.batch), lr, r.loss, r.kept, B / dt,
                              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+            if (log) std::fflush(log);  // the log is for watching a run too
             ++at.batch;
             ++at.step;
             ++steps_this_call;

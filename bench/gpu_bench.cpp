@@ -1,0 +1,118 @@
+// pin-bench-gpu - times the CUDA kernels on the layer shapes of PIN and the whole defense forward.
+//   pin-bench-gpu [--batches 64,256,1024] [--iters 5]
+// Prints one JSON line per measurement, then a short table. Random weights and inputs (speed only;
+// correctness is tests/test_cuda.cpp). The policy-gradient training step is not on the GPU yet.
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gpu_defense.hpp"
+#include "ops.cuh"
+#include "pin/core/rng.hpp"
+#include "rng.cuh"
+
+namespace {
+using Clock = std::chrono::steady_clock;
+
+double time_ms(int iters, const std::function<void()>& f) {
+    f();  // warm-up (and weight packing caches)
+    pin::cuda::synchronize("warm-up");
+    const auto t0 = Clock::now();
+    for (int i = 0; i < iters; ++i) f();
+    pin::cuda::synchronize("timed loop");
+    return std::chrono::duration<double, std::milli>(Clock::now() - t0).count() / iters;
+}
+pin::cuda::DeviceBuffer random_buffer(size_t n, uint64_t seed, float scale = 1.0f) {
+    std::vector<float> h(n);
+    const pin::PhiloxStream rng(seed, 1);
+    for (size_t i = 0; i < n; ++i) h[i] = scale * rng.normal(i);
+    pin::cuda::DeviceBuffer d(n);
+    d.upload(h.data(), n);
+    return d;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::vector<int64_t> batches = {64, 256, 1024};
+    int iters = 5;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--iters" && i + 1 < argc) {
+            iters = std::atoi(argv[++i]);
+        } else if (a == "--batches" && i + 1 < argc) {
+            batches.clear();
+            for (char* s = argv[++i]; *s;) {
+                batches.push_back(std::strtoll(s, &s, 10));
+                if (*s == ',') ++s;
+            }
+        } else {
+            std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5]\n");
+            return a == "-h" || a == "--help" ? 0 : 2;
+        }
+    }
+    std::string reason;
+    if (!pin::cuda::device_available(&reason)) {
+        std::fprintf(stderr, "pin-bench-gpu: no CUDA device (%s)\n", reason.c_str());
+        return 77;
+    }
+    try {
+        std::printf("{\"device\": \"%s\"}\n", pin::cuda::device_name().c_str());
+        struct Layer {
+            const char* name;
+            int64_t h, cin, cout, k, s;
+        };
+        const Layer layers[] = {{"esn.in 1->64 @112", 112, 1, 64, 3, 1},       {"conv 64->64 @112", 112, 64, 64, 3, 1},
+                                {"conv 64->64 s2 @112", 112, 64, 64, 3, 2},    {"conv 128->128 @56", 56, 128, 128, 3, 1},
+                                {"conv 256->256 @28", 28, 256, 256, 3, 1},     {"conv 512->512 @14", 14, 512, 512, 3, 1},
+                                {"conv 512->512 s2 @14", 14, 512, 512, 3, 2}};
+        std::vector<std::string> table;
+        const int64_t B0 = batches.size() > 1 ? batches[1] : batches[0];
+        for (const Layer& l : layers) {
+            const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, l.k, l.s, 1};
+            const int64_t Ho = pin::cuda::conv2d_out(s, l.h);
+            auto x = random_buffer(static_cast<size_t>(B0 * l.h * l.h * l.cin), 1), w = random_buffer(static_cast<size_t>(l.cout * l.cin * 9), 2, 0.05f);
+            auto dy = random_buffer(static_cast<size_t>(B0 * Ho * Ho * l.cout), 3);
+            pin::cuda::DeviceBuffer y(static_cast<size_t>(B0 * Ho * Ho * l.cout)), dx(static_cast<size_t>(B0 * l.h * l.h * l.cin)),
+                dw(static_cast<size_t>(l.cout * l.cin * 9));
+            const double gflop = 2.0 * B0 * Ho * Ho * l.cout * l.cin * l.k * l.k / 1e9;
+            const double f = time_ms(iters, [&] { pin::cuda::conv2d_forward(x.data(), w.data(), y.data(), s); });
+            const double bi = time_ms(iters, [&] { pin::cuda::conv2d_backward_input(dy.data(), w.data(), dx.data(), s); });
+            const double bw = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
+            std::printf("{\"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, \"backward_input_tflops\": %.2f, "
+                        "\"backward_weight_tflops\": %.2f}\n",
+                        l.name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
+            char row[160];
+            std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", l.name, static_cast<long long>(B0),
+                          gflop / f, gflop / bi, gflop / bw);
+            table.push_back(row);
+        }
+        // The whole defense forward (random agent, random eigenbasis with 2500 vectors).
+        auto agent = std::make_shared<pin::model::Agent>(2500);
+        agent->reset_parameters(1);
+        pin::Tensor basis = pin::Tensor::empty({12544, 2500}), mean = pin::Tensor::zeros({12544});
+        const pin::PhiloxStream rng(4, 4);
+        for (int64_t i = 0; i < basis.numel(); ++i) basis.data()[i] = 0.01f * rng.normal(static_cast<uint64_t>(i));
+        const pin::model::EigenBasis eig = pin::model::EigenBasis::from_tensors(basis, mean);
+        pin::cuda::GpuDefense defense(*agent, eig);
+        for (const int64_t B : batches) {
+            auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
+            pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
+            const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
+            std::printf("{\"stage\": \"defense_forward\", \"batch\": %lld, \"ms\": %.2f, \"images_per_second\": %.0f}\n",
+                        static_cast<long long>(B), ms, B * 1000.0 / ms);
+            char row[160];
+            std::snprintf(row, sizeof row, "defense forward        b%-5lld %9.0f images/s (%.1f ms)", static_cast<long long>(B), B * 1000.0 / ms, ms);
+            table.push_back(row);
+        }
+        std::printf("\n%s, fp32 CUDA cores, no tensor cores:\n", pin::cuda::device_name().c_str());
+        for (const auto& r : table) std::printf("  %s\n", r.c_str());
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "pin-bench-gpu: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}

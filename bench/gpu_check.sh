@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# bench/gpu_check.sh - the one script for a lent GPU machine (an H200 here): builds the CUDA kernels
+# and the GPU tests, runs every CPU-vs-GPU comparison, times the kernels on PIN's layer shapes and
+# the whole defense forward at batch 64/256/1024, runs the PyTorch+cuDNN peer on the same network
+# (fp32, and TF32 for reference), and prints a short table last. Finishes within 8 minutes.
+#
+#   bench/gpu_check.sh [OUT_DIR]     (default: $OUT on the device machine, else /tmp/pin-gpu-check)
+#
+# Debian's header packages (Catch2, nlohmann-json, stb) are not on that machine's image: when a
+# folder .devdeps/usr holds copies of them (see docs/gpu.md), CMake is pointed there.
+set -uo pipefail
+out=${1:-${OUT:-/tmp/pin-gpu-check}}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/cuda/bin"
+log() { echo "== $*" | tee -a "$out/summary.txt"; }
+start=$(date +%s)
+nvidia-smi -L 2>&1 | tee "$out/device.txt"
+prefix=()
+[ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr")
+log "configure + build (pin_tests_cuda, pin-bench-gpu)"
+timeout 300 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DPIN_CUDA=ON -DPIN_BUILD_EXAMPLES=OFF "${prefix[@]}" \
+  > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+timeout 300 cmake --build build-gpu -j "$(nproc)" --target pin_tests_cuda pin-bench-gpu >> "$out/build.log" 2>&1 \
+  || { grep -E "error" -A3 "$out/build.log" | head -40; exit 1; }
+log "built in $(( $(date +%s) - start )) s"
+
+log "GPU tests against the CPU"
+timeout 180 build-gpu/bin/pin_tests_cuda "[cuda]" -s -r compact 2>&1 > "$out/tests.txt"
+tests_rc=$?
+grep -E "passed|failed|FAILED|SKIPPED" "$out/tests.txt" | tail -15
+tail -3 "$out/tests.txt" | tee -a "$out/summary.txt"
+
+log "kernel and defense-forward timings"
+timeout 180 build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 > "$out/bench.txt" 2>&1
+cat "$out/bench.txt"
+
+log "PyTorch + cuDNN peer (same network, random weights)"
+: > "$out/torch.jsonl"
+for tf32 in off on; do
+  for b in 64 256 1024; do
+    timeout 90 python3 bench/peers/torch_agent.py --device cuda --batch $b --iters 5 --tf32 $tf32 >> "$out/torch.jsonl" 2>>"$out/torch.err" \
+      || echo "{\"error\": \"torch peer failed at batch $b tf32 $tf32\"}" >> "$out/torch.jsonl"
+  done
+done
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+ours = {}
+for line in open(out + "/bench.txt"):
+    if line.startswith("{") and '"defense_forward"' in line:
+        j = json.loads(line); ours[j["batch"]] = j["images_per_second"]
+rows = []
+for line in open(out + "/torch.jsonl"):
+    j = json.loads(line)
+    if "error" in j: rows.append(j["error"]); continue
+    b = j["batch"]
+    rows.append("batch %5d  pin %8.0f img/s   PyTorch+cuDNN (tf32 %s) %8.0f img/s   ratio %.2f" %
+                (b, ours.get(b, 0), j["tf32"], j["images_per_second"], ours.get(b, 0) / j["images_per_second"]))
+open(out + "/table.txt", "w").write("\n".join(rows) + "\n")
+PY
+log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc"
+echo
+echo "Defense forward (DAE x2, ESN, head, masks, projection), fp32:"
+cat "$out/table.txt"
+grep -E "^  " "$out/bench.txt"
+exit $tests_rc

@@ -1,0 +1,102 @@
+// cuda/gpu_defense.cpp - see gpu_defense.hpp. Layer order and fusions mirror the CPU modules'
+// inference paths (nn/res_block.hpp, nn/up_block.hpp, model/*.hpp).
+#include "gpu_defense.hpp"
+
+#include "pin/core/error.hpp"
+
+namespace pin::cuda {
+
+namespace {
+DeviceBuffer upload(const Tensor& t) {
+    const Tensor c = t.to_layout(Layout::NCHW);
+    DeviceBuffer b(static_cast<size_t>(c.numel()));
+    b.upload(c.data(), static_cast<size_t>(c.numel()));
+    return b;
+}
+}  // namespace
+
+GpuDefense::GpuDefense(model::Agent& agent, const model::EigenBasis& basis) {
+    for (const nn::NamedParameter& p : agent.parameters()) weights_.emplace(p.name, upload(p.param->value));
+    n_ = basis.count();
+    d_ = basis.pixels();
+    PIN_CHECK(d_ == 112 * 112, "GpuDefense: the eigenbasis must have 12544 pixels, has ", d_);
+    basis_ = upload(basis.basis());
+    mean_ = upload(basis.mean());
+    basis_t_ = DeviceBuffer(static_cast<size_t>(n_ * d_));
+    transpose(basis_.data(), basis_t_.data(), d_, n_);
+}
+
+const float* GpuDefense::w(const std::string& name) const {
+    auto it = weights_.find(name);
+    PIN_CHECK(it != weights_.end(), "GpuDefense: no parameter '", name, "'");
+    return it->second.data();
+}
+
+DeviceBuffer GpuDefense::res_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
+                                   const std::string& prefix, bool shortcut) {
+    const ConvShape s1{B, H, W, cin, cout, 3, 1, 1};
+    DeviceBuffer y1(static_cast<size_t>(B * H * W * cout));
+    conv2d_forward(x, w(prefix + "conv1.weight"), y1.data(), s1, nullptr, w(prefix + "nolinear1.weight"));
+    const ConvShape s2{B, H, W, cout, cout, 3, stride, 1};
+    const int64_t Ho = conv2d_out(s2, H), Wo = conv2d_out(s2, W);
+    DeviceBuffer out(static_cast<size_t>(B * Ho * Wo * cout));
+    if (shortcut) conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out.data(), ConvShape{B, H, W, cin, cout, 1, stride, 0});
+    conv2d_forward(y1.data(), w(prefix + "conv2.weight"), out.data(), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut);
+    H = Ho;
+    W = Wo;
+    return out;
+}
+
+DeviceBuffer GpuDefense::up_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
+                                  const std::string& prefix) {
+    const ConvShape st{B, H, W, cin, cin, 3, 2, 1, 1};
+    const int64_t Ho = conv_transpose2d_out(st, H), Wo = conv_transpose2d_out(st, W);
+    DeviceBuffer y(static_cast<size_t>(B * Ho * Wo * cin));
+    conv_transpose2d_forward(x, w(prefix + "conv1.weight"), y.data(), st, w(prefix + "nolinear1.weight"));
+    DeviceBuffer out(static_cast<size_t>(B * Ho * Wo * cout));
+    conv2d_forward(y.data(), w(prefix + "conv2.weight"), out.data(), ConvShape{B, Ho, Wo, cin, cout, 3, 1, 1}, nullptr,
+                   last ? nullptr : w(prefix + "nolinear2.weight"));
+    if (last) tanh_forward(out.data(), out.data(), B * Ho * Wo * cout);
+    H = Ho;
+    W = Wo;
+    return out;
+}
+
+void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t first_image, float* p, float* q, float* y, float* dae) {
+    // DAE: the same encoder/decoder twice.
+    DeviceBuffer h;
+    const float* in = x;
+    int64_t H = 112, W = 112;
+    for (int pass = 0; pass < 2; ++pass) {
+        const int64_t enc[3][2] = {{1, 64}, {64, 128}, {128, 256}}, dec[3][2] = {{256, 128}, {128, 64}, {64, 1}};
+        for (int i = 0; i < 3; ++i) {
+            h = res_block(in, B, H, W, enc[i][0], enc[i][1], 2, "dae.encoder1." + std::to_string(i) + ".", false);
+            in = h.data();
+        }
+        for (int i = 0; i < 3; ++i) {
+            h = up_block(in, B, H, W, dec[i][0], dec[i][1], i == 2, "dae.decoder1." + std::to_string(i) + ".");
+            in = h.data();
+        }
+    }
+    if (dae) copy(in, dae, B * d_);
+    // ESN.
+    DeviceBuffer f(static_cast<size_t>(B * H * W * 64));
+    conv2d_forward(in, w("esn.in_layer.0.weight"), f.data(), ConvShape{B, H, W, 1, 64, 3, 1, 1}, nullptr, w("esn.in_layer.1.weight"));
+    const int64_t spec[8][3] = {{64, 64, 2}, {64, 64, 1}, {64, 128, 2}, {128, 128, 1}, {128, 256, 2}, {256, 256, 1}, {256, 512, 2}, {512, 512, 1}};
+    for (int i = 0; i < 8; ++i) f = res_block(f.data(), B, H, W, spec[i][0], spec[i][1], spec[i][2], "esn.block" + std::to_string(i + 1) + ".", true);
+    // Head: flatten in PyTorch's (c, h, w) order, fc1 + PReLU, fc2 + sigmoid.
+    const int64_t features = 512 * H * W;
+    DeviceBuffer flat(static_cast<size_t>(B * features)), hidden(static_cast<size_t>(B * 512));
+    nhwc_to_nchw(f.data(), flat.data(), B, 512, H, W);
+    linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512);
+    prelu_forward(hidden.data(), w("head.fc1.2.weight"), hidden.data(), B * 512, 512);
+    linear_forward(hidden.data(), w("head.fc2.0.weight"), w("head.fc2.0.bias"), p, B, 512, n_);
+    sigmoid_forward(p, p, B * n_);
+    // Masks and projection of the input face.
+    sample_masks(p, q, B, n_, seed, first_image);
+    DeviceBuffer c(static_cast<size_t>(B * n_));
+    project_coefficients(basis_.data(), mean_.data(), x, c.data(), B, d_, n_);
+    reconstruct(basis_t_.data(), mean_.data(), c.data(), q, y, B, d_, n_);
+}
+
+}  // namespace pin::cuda

@@ -1,0 +1,515 @@
+// cuda/ops.cu - the GPU kernels behind cuda/ops.cuh.
+//
+// One tiled GEMM (64 x 64 output tile, 16-deep K slices through shared memory, 4 x 4 outputs per
+// thread, fp32 FMA) serves every convolution direction and the linear layer: the operands are
+// functors that gather from NHWC activations (implicit GEMM), so no im2col buffer is ever built.
+// Why functors rather than one kernel per op: the index arithmetic is the only thing that differs,
+// and keeping it in one place keeps the six convolution directions consistent with the CPU's.
+// Long reductions (weight gradients sum over every pixel of the batch) are split along K into
+// fixed chunks written to a scratch buffer and summed in chunk order: deterministic, unlike atomics.
+#include "ops.cuh"
+
+#include <cuda_runtime.h>
+
+#include <map>
+#include <mutex>
+#include <sstream>
+#include <vector>
+
+#include "pin/core/error.hpp"
+#include "pin/core/rng.hpp"
+
+namespace pin::cuda {
+
+namespace {
+
+void check(cudaError_t e, const char* what, const std::string& shape) {
+    if (e != cudaSuccess) ::pin::detail::throw_error("CUDA error in ", what, " ", shape, ": ", cudaGetErrorString(e));
+}
+std::string shape_of(const ConvShape& s) {
+    std::ostringstream os;
+    os << "(batch " << s.batch << ", " << s.in_h << "x" << s.in_w << "x" << s.in_c << " -> " << s.out_c << ", k" << s.kernel
+       << " s" << s.stride << " p" << s.padding << ")";
+    return os.str();
+}
+std::string dims(int64_t a, int64_t b, int64_t c = -1) {
+    std::ostringstream os;
+    os << "(" << a << ", " << b;
+    if (c >= 0) os << ", " << c;
+    os << ")";
+    return os.str();
+}
+#define PIN_LAUNCH_CHECK(name, shape) check(cudaGetLastError(), "launch " name, shape)
+
+// ---- caching allocator ---------------------------------------------------------------------------
+std::mutex& pool_mutex() {
+    static std::mutex m;
+    return m;
+}
+std::multimap<size_t, float*>& pool() {
+    static std::multimap<size_t, float*> p;
+    return p;
+}
+
+// ---- the GEMM --------------------------------------------------------------------------------------
+constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
+
+// C[m, n] = sum_k A(m, k) B(k, n) over k in this block's K chunk; store(z, m, n, value).
+// kAMFast: A is read with m varying fastest across threads (coalesced when A is (k, m) in memory).
+template <bool kAMFast, class LoadA, class LoadB, class Store>
+__global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la, LoadB lb,
+                                                       Store st) {
+    __shared__ float As[BK][BM + 4];
+    __shared__ float Bs[BK][BN + 4];
+    const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+    const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
+    float acc[4][4] = {};
+    for (int64_t k0 = kbeg; k0 < kend; k0 += BK) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int idx = tid + i * THREADS;
+            const int mm = kAMFast ? idx % BM : idx / BK, kk = kAMFast ? idx / BM : idx % BK;
+            const int64_t m = m0 + mm, k = k0 + kk;
+            As[kk][mm] = (m < M && k < kend) ? la(m, k) : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int idx = tid + i * THREADS;
+            const int kk = idx / BN, nn = idx % BN;
+            const int64_t n = n0 + nn, k = k0 + kk;
+            Bs[kk][nn] = (n < N && k < kend) ? lb(k, n) : 0.0f;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < BK; ++kk) {
+            float a[4], b[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = As[kk][ty * 4 + i];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) b[j] = Bs[kk][tx * 4 + j];
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int64_t m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
+            if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, acc[i][j]);
+        }
+}
+
+template <bool kAMFast, class LoadA, class LoadB, class Store>
+void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, LoadB lb, Store st, const char* name,
+                 const std::string& shape) {
+    if (M <= 0 || N <= 0) return;
+    const int64_t chunk = std::max<int64_t>(BK, ((K + splits - 1) / splits + BK - 1) / BK * BK);
+    const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
+    const dim3 grid(static_cast<unsigned>((N + BN - 1) / BN), static_cast<unsigned>((M + BM - 1) / BM), static_cast<unsigned>(z));
+    gemm_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+    check(cudaGetLastError(), name, shape);
+}
+// How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
+int64_t split_for(int64_t M, int64_t N, int64_t K) {
+    const int64_t tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
+    return std::max<int64_t>(1, std::min<int64_t>((528 + tiles - 1) / tiles, K / 1024));
+}
+
+// ---- gathers from NHWC sources ----------------------------------------------------------------------
+// Row m = (b, oh, ow) of a grid Ho x Wo; column k = (kh, kw, c). Direct: the source pixel is
+// (oh s - p + kh, ow s - p + kw) (forward convolution). Transposed: it is ((oh + p - kh) / s, ...)
+// when that divides exactly (transposed convolution, convolution input gradient).
+template <bool kTransposed>
+struct Gather {
+    const float* src;
+    int64_t Ho, Wo, H, W, C, K, stride, pad;
+    __device__ float operator()(int64_t m, int64_t k) const {
+        const int64_t c = k % C, tap = k / C, kh = tap / K, kw = tap % K;
+        const int64_t ow = m % Wo, t = m / Wo, oh = t % Ho, b = t / Ho;
+        int64_t ih, iw;
+        if (kTransposed) {
+            const int64_t y = oh + pad - kh, x = ow + pad - kw;
+            if (y < 0 || x < 0 || y % stride || x % stride) return 0.0f;
+            ih = y / stride;
+            iw = x / stride;
+        } else {
+            ih = oh * stride - pad + kh;
+            iw = ow * stride - pad + kw;
+        }
+        if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.0f;
+        return src[((b * H + ih) * W + iw) * C + c];
+    }
+};
+// Row-major matrix reads: (i, j) -> a[i * ld + j], and its transposed view.
+struct RowMajor {
+    const float* a;
+    int64_t ld;
+    __device__ float operator()(int64_t i, int64_t j) const { return a[i * ld + j]; }
+};
+struct ColMajor {
+    const float* a;
+    int64_t ld;
+    __device__ float operator()(int64_t i, int64_t j) const { return a[j * ld + i]; }
+};
+// A = x - mean, row-major (B, D).
+struct Centered {
+    const float* x;
+    const float* mean;
+    int64_t D;
+    __device__ float operator()(int64_t b, int64_t d) const { return x[b * D + d] - mean[d]; }
+};
+
+// Epilogue of the forward convolutions: act(acc + bias) (+ existing).
+struct ConvStore {
+    float* y;
+    int64_t N;
+    const float* bias;
+    const float* slope;
+    bool accumulate;
+    __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
+        if (bias) v += bias[n];
+        if (slope && v < 0.0f) v *= slope[n];
+        float* o = y + m * N + n;
+        *o = accumulate ? *o + v : v;
+    }
+};
+struct PartialStore {
+    float* partial;
+    int64_t M, N;
+    __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { partial[(z * M + m) * N + n] = v; }
+};
+
+// Packs a convolution weight into the GEMM's (k = (kh, kw, c_in_k), n) layout:
+// out[((kh * K + kw) * Ck + ck) * Cn + cn] = w[...] where the source index is given by
+// (cn, ck) -> w[(first * second + ...)]: `n_outer` says whether n is w's leading dimension.
+__global__ void pack_weight_kernel(const float* w, float* out, int64_t Cn, int64_t Ck, int64_t K, bool n_outer) {
+    const int64_t total = Cn * Ck * K * K;
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int64_t cn = i % Cn, t = i / Cn, ck = t % Ck, tap = t / Ck;
+    // w is (lead, second, K, K); lead = cn when n_outer, else ck.
+    const int64_t lead = n_outer ? cn : ck, second = n_outer ? ck : cn, second_count = n_outer ? Ck : Cn;
+    out[i] = w[(lead * second_count + second) * K * K + tap];
+}
+DeviceBuffer pack_weight(const float* w, int64_t Cn, int64_t Ck, int64_t K, bool n_outer, const char* name) {
+    DeviceBuffer out(static_cast<size_t>(Cn * Ck * K * K));
+    const int64_t total = Cn * Ck * K * K;
+    pack_weight_kernel<<<static_cast<unsigned>((total + 255) / 256), 256>>>(w, out.data(), Cn, Ck, K, n_outer);
+    check(cudaGetLastError(), name, dims(Cn, Ck, K));
+    return out;
+}
+
+// Sums the split-K partials in chunk order and scatters them: dst[map(m, n)] (= or +=).
+template <class Map>
+__global__ void reduce_partials_kernel(const float* partial, int64_t z, int64_t M, int64_t N, Map map, float* dst) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= M * N) return;
+    float s = 0.0f;
+    for (int64_t c = 0; c < z; ++c) s += partial[c * M * N + i];
+    dst[map(i / N, i % N)] = s;
+}
+// (m = out channel of the weight's first dim, n = (kh, kw, c)) -> w[(m, c, kh, kw)].
+struct WeightMap {
+    int64_t C, K;
+    __device__ int64_t operator()(int64_t m, int64_t n) const {
+        const int64_t c = n % C, tap = n / C;
+        return (m * C + c) * K * K + tap;
+    }
+};
+struct IdentityMap {
+    int64_t N;
+    __device__ int64_t operator()(int64_t m, int64_t n) const { return m * N + n; }
+};
+
+template <class LoadA, class LoadB, class Map>
+void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
+                       const std::string& shape) {
+    const int64_t splits = split_for(M, N, K);
+    const int64_t chunk = std::max<int64_t>(BK, ((K + splits - 1) / splits + BK - 1) / BK * BK);
+    const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
+    DeviceBuffer partial(static_cast<size_t>(z * M * N));
+    launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
+    reduce_partials_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256>>>(partial.data(), z, M, N, map, dst);
+    check(cudaGetLastError(), "reduce_partials", shape);
+}
+
+// ---- element-wise --------------------------------------------------------------------------------
+template <class F>
+__global__ void map_kernel(int64_t n, F f) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        f(i);
+}
+template <class F>
+void launch_map(int64_t n, F f, const char* name) {
+    if (n <= 0) return;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+    map_kernel<<<blocks, 256>>>(n, f);
+    check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
+}
+
+// Per-channel sums of f(i) over i = channel + j * channels, one block per channel, tree reduction in
+// a fixed order.
+template <class F>
+__global__ void channel_sum_kernel(int64_t rows, int64_t channels, F f, float* out) {
+    __shared__ double part[256];
+    const int64_t c = blockIdx.x;
+    double s = 0;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += f(r * channels + c);
+    part[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = 128; w > 0; w >>= 1) {
+        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) out[c] = static_cast<float>(part[0]);
+}
+
+__global__ void mask_cost_kernel(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t n,
+                                 int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
+    __shared__ double ss[256], sk[256];
+    const int64_t b = blockIdx.x / k, s = blockIdx.x % k;
+    const PhiloxStream rng(seed, (first_image + static_cast<uint64_t>(b)) * static_cast<uint64_t>(k) + static_cast<uint64_t>(s));
+    double se = 0, nk = 0;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        const float q = rng.bernoulli(static_cast<uint64_t>(j), p[b * n + j]);
+        se += q * static_cast<double>(g[b * n + j]);
+        nk += q;
+    }
+    ss[threadIdx.x] = se;
+    sk[threadIdx.x] = nk;
+    __syncthreads();
+    for (int w = 128; w > 0; w >>= 1) {
+        if (threadIdx.x < w) {
+            ss[threadIdx.x] += ss[threadIdx.x + w];
+            sk[threadIdx.x] += sk[threadIdx.x + w];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        const double S = fmax(y2[b] + ss[0], 0.0);
+        cost[blockIdx.x] = (l2 ? sqrt(S) : S / static_cast<double>(pixels)) + lambda * sk[0];
+        kept[blockIdx.x] = sk[0];
+    }
+}
+
+}  // namespace
+
+// ---- DeviceBuffer ----------------------------------------------------------------------------------
+DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats) {
+    if (floats == 0) return;
+    {
+        std::lock_guard<std::mutex> lock(pool_mutex());
+        auto it = pool().find(floats);
+        if (it != pool().end()) {
+            ptr_ = it->second;
+            pool().erase(it);
+            return;
+        }
+    }
+    cudaError_t e = cudaMalloc(&ptr_, floats * sizeof(float));
+    if (e == cudaErrorMemoryAllocation) {  // give the cached blocks back and try once more
+        (void)cudaGetLastError();
+        std::lock_guard<std::mutex> lock(pool_mutex());
+        for (auto& kv : pool()) cudaFree(kv.second);
+        pool().clear();
+        e = cudaMalloc(&ptr_, floats * sizeof(float));
+    }
+    check(e, "cudaMalloc", "(" + std::to_string(floats * sizeof(float)) + " bytes)");
+}
+DeviceBuffer::~DeviceBuffer() {
+    if (!ptr_) return;
+    std::lock_guard<std::mutex> lock(pool_mutex());
+    pool().emplace(floats_, ptr_);
+}
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+        DeviceBuffer tmp(std::move(*this));
+        ptr_ = o.ptr_;
+        floats_ = o.floats_;
+        o.ptr_ = nullptr;
+        o.floats_ = 0;
+    }
+    return *this;
+}
+void DeviceBuffer::upload(const float* host, size_t floats) {
+    PIN_CHECK(floats <= floats_, "DeviceBuffer::upload: ", floats, " floats into a buffer of ", floats_);
+    check(cudaMemcpy(ptr_, host, floats * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy to device",
+          "(" + std::to_string(floats) + " floats)");
+}
+void DeviceBuffer::download(float* host, size_t floats) const {
+    PIN_CHECK(floats <= floats_, "DeviceBuffer::download: ", floats, " floats from a buffer of ", floats_);
+    check(cudaMemcpy(host, ptr_, floats * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy to host",
+          "(" + std::to_string(floats) + " floats)");
+}
+void synchronize(const char* what) { check(cudaDeviceSynchronize(), what, ""); }
+
+std::string device_name() {
+    cudaDeviceProp prop{};
+    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "no CUDA device";
+    return prop.name;
+}
+
+// ---- convolutions ------------------------------------------------------------------------------------
+int64_t conv2d_out(const ConvShape& s, int64_t in) { return (in + 2 * s.padding - s.kernel) / s.stride + 1; }
+int64_t conv_transpose2d_out(const ConvShape& s, int64_t in) {
+    return (in - 1) * s.stride - 2 * s.padding + s.kernel + s.output_padding;
+}
+
+void conv2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* bias, const float* prelu_slope,
+                    bool accumulate) {
+    const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
+    const DeviceBuffer wp = pack_weight(w, s.out_c, s.in_c, K, true, "pack conv2d weight");
+    launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
+                       Gather<false>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.out_c},
+                       ConvStore{y, s.out_c, bias, prelu_slope, accumulate}, "conv2d_forward", shape_of(s));
+}
+
+void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
+    const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
+    // dx[(b, ih, iw), ci] = sum over (kh, kw, co) of dy[b, (ih + p - kh) / s, ...][co] w[co, ci, kh, kw]
+    const DeviceBuffer wp = pack_weight(w, s.in_c, s.out_c, K, false, "pack conv2d weight (input gradient)");
+    launch_gemm<false>(s.batch * s.in_h * s.in_w, s.in_c, K * K * s.out_c, 1,
+                       Gather<true>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.in_c},
+                       ConvStore{dx, s.in_c, nullptr, nullptr, false}, "conv2d_backward_input", shape_of(s));
+}
+
+void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {
+    const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
+    // dw[co, (kh, kw, ci)] = sum over output pixels of dy[pix, co] x_gather(pix, (kh, kw, ci))
+    gemm_split_reduce(s.out_c, K * K * s.in_c, s.batch * Ho * Wo, ColMajor{dy, s.out_c},
+                      Gather<false>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, WeightMap{s.in_c, K}, dw,
+                      "conv2d_backward_weight", shape_of(s));
+}
+
+void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope) {
+    const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
+    // y[(b, oh, ow), co] = sum over (kh, kw, ci) of x[b, (oh + p - kh) / s, ...][ci] w[ci, co, kh, kw]
+    const DeviceBuffer wp = pack_weight(w, s.out_c, s.in_c, K, false, "pack conv_transpose2d weight");
+    launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
+                       Gather<true>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.out_c},
+                       ConvStore{y, s.out_c, nullptr, prelu_slope, false}, "conv_transpose2d_forward", shape_of(s));
+}
+
+void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
+    const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
+    // dx[(b, ih, iw), ci] = sum over (kh, kw, co) of dy[b, ih s - p + kh, ...][co] w[ci, co, kh, kw]
+    const DeviceBuffer wp = pack_weight(w, s.in_c, s.out_c, K, true, "pack conv_transpose2d weight (input gradient)");
+    launch_gemm<false>(s.batch * s.in_h * s.in_w, s.in_c, K * K * s.out_c, 1,
+                       Gather<false>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.in_c},
+                       ConvStore{dx, s.in_c, nullptr, nullptr, false}, "conv_transpose2d_backward_input", shape_of(s));
+}
+
+void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {
+    const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
+    // dw[ci, (kh, kw, co)] = sum over input pixels of x[pix, ci] dy_gather(pix, (kh, kw, co))
+    gemm_split_reduce(s.in_c, K * K * s.out_c, s.batch * s.in_h * s.in_w, ColMajor{x, s.in_c},
+                      Gather<false>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, WeightMap{s.out_c, K}, dw,
+                      "conv_transpose2d_backward_weight", shape_of(s));
+}
+
+// ---- linear --------------------------------------------------------------------------------------------
+void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out) {
+    DeviceBuffer wt(static_cast<size_t>(in * out));
+    transpose(w, wt.data(), out, in);
+    launch_gemm<false>(batch, out, in, 1, RowMajor{x, in}, RowMajor{wt.data(), out}, ConvStore{y, out, b, nullptr, false},
+                       "linear_forward", dims(batch, in, out));
+}
+void linear_backward_input(const float* dy, const float* w, float* dx, int64_t batch, int64_t in, int64_t out) {
+    launch_gemm<false>(batch, in, out, 1, RowMajor{dy, out}, RowMajor{w, in}, ConvStore{dx, in, nullptr, nullptr, false},
+                       "linear_backward_input", dims(batch, in, out));
+}
+void linear_backward_params(const float* x, const float* dy, float* dw, float* db, int64_t batch, int64_t in, int64_t out) {
+    gemm_split_reduce(out, in, batch, ColMajor{dy, out}, RowMajor{x, in}, IdentityMap{in}, dw, "linear_backward_params",
+                      dims(batch, in, out));
+    const float* d = dy;
+    channel_sum_kernel<<<static_cast<unsigned>(out), 256>>>(batch, out, [d] __device__(int64_t i) { return static_cast<double>(d[i]); }, db);
+    check(cudaGetLastError(), "linear_backward_params (bias)", dims(batch, in, out));
+}
+
+// ---- element-wise ----------------------------------------------------------------------------------------
+void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t channels) {
+    launch_map(n, [=] __device__(int64_t i) { y[i] = x[i] > 0.0f ? x[i] : slope[i % channels] * x[i]; }, "prelu_forward");
+}
+void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* dslope, int64_t n, int64_t channels) {
+    launch_map(n, [=] __device__(int64_t i) { dx[i] = x[i] > 0.0f ? dy[i] : slope[i % channels] * dy[i]; }, "prelu_backward");
+    channel_sum_kernel<<<static_cast<unsigned>(channels), 256>>>(
+        n / channels, channels, [=] __device__(int64_t i) { return x[i] > 0.0f ? 0.0 : static_cast<double>(x[i]) * dy[i]; }, dslope);
+    check(cudaGetLastError(), "prelu_backward (slope)", dims(n / channels, channels));
+}
+void tanh_forward(const float* x, float* y, int64_t n) {
+    launch_map(n, [=] __device__(int64_t i) { y[i] = tanhf(x[i]); }, "tanh_forward");
+}
+void tanh_backward(const float* y, const float* dy, float* dx, int64_t n) {
+    launch_map(n, [=] __device__(int64_t i) { dx[i] = dy[i] * (1.0f - y[i] * y[i]); }, "tanh_backward");
+}
+void sigmoid_forward(const float* x, float* y, int64_t n) {
+    // The CPU's form: exp of a non-positive argument only, so no overflow for large |x|.
+    launch_map(n, [=] __device__(int64_t i) {
+        const float z = x[i];
+        if (z >= 0) {
+            y[i] = 1.0f / (1.0f + expf(-z));
+        } else {
+            const float e = expf(z);
+            y[i] = e / (1.0f + e);
+        }
+    }, "sigmoid_forward");
+}
+void sigmoid_backward(const float* y, const float* dy, float* dx, int64_t n) {
+    launch_map(n, [=] __device__(int64_t i) { dx[i] = dy[i] * y[i] * (1.0f - y[i]); }, "sigmoid_backward");
+}
+void add(const float* a, const float* b, float* y, int64_t n) {
+    launch_map(n, [=] __device__(int64_t i) { y[i] = a[i] + b[i]; }, "add");
+}
+
+// ---- PIN ------------------------------------------------------------------------------------------------
+void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t seed, uint64_t first_image) {
+    launch_map(batch * n, [=] __device__(int64_t i) {
+        const int64_t b = i / n, j = i % n;
+        q[i] = PhiloxStream(seed, first_image + static_cast<uint64_t>(b)).bernoulli(static_cast<uint64_t>(j), p[i]);
+    }, "sample_masks");
+}
+void copy(const float* src, float* dst, int64_t n) {
+    if (n > 0) check(cudaMemcpy(dst, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToDevice), "copy", "(" + std::to_string(n) + " floats)");
+}
+void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
+    const int64_t P = h * w;
+    launch_map(batch * channels * P, [=] __device__(int64_t i) {
+        const int64_t pix = i % P, c = (i / P) % channels, b = i / (P * channels);
+        y[i] = x[(b * P + pix) * channels + c];
+    }, "nhwc_to_nchw");
+}
+void transpose(const float* a, float* at, int64_t rows, int64_t cols) {
+    launch_map(rows * cols, [=] __device__(int64_t i) {
+        const int64_t r = i / cols, c = i % cols;
+        at[c * rows + r] = a[i];
+    }, "transpose");
+}
+void project_coefficients(const float* basis, const float* mean, const float* x, float* c, int64_t batch, int64_t D, int64_t N) {
+    launch_gemm<false>(batch, N, D, 1, Centered{x, mean, D}, RowMajor{basis, N}, ConvStore{c, N, nullptr, nullptr, false},
+                       "project_coefficients", dims(batch, D, N));
+}
+struct MaskedCoefficients {
+    const float* c;
+    const float* q;
+    int64_t N;
+    __device__ float operator()(int64_t b, int64_t j) const { return q ? q[b * N + j] * c[b * N + j] : c[b * N + j]; }
+};
+void reconstruct(const float* basis_t, const float* mean, const float* c, const float* q, float* y, int64_t batch, int64_t D,
+                 int64_t N) {
+    // y = (q .* c) B^T + mean: the mean enters as a per-column "bias".
+    launch_gemm<false>(batch, D, N, 1, MaskedCoefficients{c, q, N}, RowMajor{basis_t, D}, ConvStore{y, D, mean, nullptr, false},
+                       "reconstruct", dims(batch, D, N));
+}
+void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,
+                bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
+    if (batch * k <= 0) return;
+    mask_cost_kernel<<<static_cast<unsigned>(batch * k), 256>>>(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
+    check(cudaGetLastError(), "mask_costs", dims(batch, n, k));
+}
+
+}  // namespace pin::cuda

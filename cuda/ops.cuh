@@ -1,0 +1,97 @@
+// cuda/ops.cuh - the engine's kernels on the GPU (host API). Every pointer is device memory;
+// activations are NHWC like the CPU engine, weights keep PyTorch's layouts:
+//   conv2d (cout, cin, k, k), conv_transpose2d (cin, cout, k, k), linear (out, in).
+// All convolutions and the linear layer run through one shared-memory tiled GEMM whose operands are
+// gathered on the fly (implicit GEMM); reductions are split into fixed chunks and summed in a fixed
+// order, so results are deterministic run to run. Every launch is checked; a failure throws
+// pin::Error naming the kernel and the shape.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace pin::cuda {
+
+// ---- memory --------------------------------------------------------------------------------------
+// A device allocation; freed blocks are cached by size and reused (training steps allocate the same
+// shapes again and again).
+class DeviceBuffer {
+public:
+    DeviceBuffer() = default;
+    explicit DeviceBuffer(size_t floats);
+    ~DeviceBuffer();
+    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), floats_(o.floats_) { o.ptr_ = nullptr, o.floats_ = 0; }
+    DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
+    DeviceBuffer(const DeviceBuffer&) = delete;
+    DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+    float* data() const { return ptr_; }
+    size_t size() const { return floats_; }
+    void upload(const float* host, size_t floats);
+    void download(float* host, size_t floats) const;
+
+private:
+    float* ptr_ = nullptr;
+    size_t floats_ = 0;
+};
+void synchronize(const char* what);
+
+// ---- convolutions (NHWC activations) -------------------------------------------------------------
+struct ConvShape {
+    int64_t batch, in_h, in_w, in_c, out_c, kernel, stride, padding, output_padding = 0;
+};
+int64_t conv2d_out(const ConvShape& s, int64_t in);            // (in + 2p - k) / s + 1
+int64_t conv_transpose2d_out(const ConvShape& s, int64_t in);  // (in - 1) s - 2p + k + op
+
+// y = act(conv(x) + bias) (+ y when accumulate); bias and prelu_slope may be null (prelu_slope
+// all zeros = ReLU).
+void conv2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* bias = nullptr,
+                    const float* prelu_slope = nullptr, bool accumulate = false);
+void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
+void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
+void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope = nullptr);
+void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
+void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
+
+// ---- linear: y (B, out) = x (B, in) W^T + b ---------------------------------------------------------
+void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out);
+void linear_backward_input(const float* dy, const float* w, float* dx, int64_t batch, int64_t in, int64_t out);
+void linear_backward_params(const float* x, const float* dy, float* dw, float* db, int64_t batch, int64_t in, int64_t out);
+
+// ---- element-wise (channels = the innermost dimension) ---------------------------------------------
+void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t channels);
+void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* dslope, int64_t n, int64_t channels);
+void tanh_forward(const float* x, float* y, int64_t n);
+void tanh_backward(const float* y, const float* dy, float* dx, int64_t n);
+void sigmoid_forward(const float* x, float* y, int64_t n);
+void sigmoid_backward(const float* y, const float* dy, float* dx, int64_t n);
+void add(const float* a, const float* b, float* y, int64_t n);
+
+// ---- PIN: masks, projection, mask costs ---------------------------------------------------------------
+// q[b, j] = PhiloxStream(seed, first_image + b).bernoulli(j, p[b, j]): the CPU Defense's masks.
+void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t seed, uint64_t first_image);
+// basis (D, N) row-major as EigenBasis; basis_t (N, D) its transpose (see transpose()).
+// c (B, N) = (x - mean) B.
+void project_coefficients(const float* basis, const float* mean, const float* x, float* c, int64_t batch, int64_t D, int64_t N);
+// y (B, D) = (q .* c) B^T + mean; q may be null (all ones).
+void reconstruct(const float* basis_t, const float* mean, const float* c, const float* q, float* y, int64_t batch, int64_t D,
+                 int64_t N);
+void transpose(const float* a, float* at, int64_t rows, int64_t cols);
+// The cost of k masks per image in O(N) each (train/mask_cost.hpp): g (B, N) = c^2 - 2 c d,
+// y2 (B) = ||x - m||^2; masks drawn as the CPU estimator does: PhiloxStream(seed,
+// (first_image + b) * k + s).bernoulli(j, p). cost[b*k + s] = sqrt(S) (l2) or S / D (mse) + lambda kept.
+void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,
+                bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image);
+
+// The GPU's name and its measured bandwidth-free facts, for reports.
+std::string device_name();
+
+}  // namespace pin::cuda
+
+namespace pin::cuda {
+// y (B, C, H, W) in NCHW order from x in NHWC order (the head flattens like PyTorch).
+void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w);
+}  // namespace pin::cuda
+
+namespace pin::cuda {
+void copy(const float* src, float* dst, int64_t n);  // device to device
+}  // namespace pin::cuda
