@@ -26,9 +26,8 @@ struct FacePair {
 
 // Reads LFW's View 2 pairs format: "folds<TAB>n", then per fold n same-person lines
 // "name i j" and n different-person lines "name1 i name2 j".
-inline std::vector<FacePair> read_pairs_file(const std::string& path) {
-    std::ifstream in(path);
-    PIN_CHECK(in, path, ": cannot open the pairs file");
+// `path` names the source in error messages.
+inline std::vector<FacePair> parse_pairs(std::istream& in, const std::string& path) {
     int folds = 0, per = 0;
     std::string line;
     PIN_CHECK(std::getline(in, line), path, ": empty pairs file");
@@ -36,6 +35,8 @@ inline std::vector<FacePair> read_pairs_file(const std::string& path) {
         std::istringstream first(line);
         PIN_CHECK((first >> folds >> per) && folds > 0 && per > 0, path,
                   ":1: first line must be '<folds> <pairs per class>', got '", line, "'");
+        PIN_CHECK(folds <= 1000 && per <= 1000000, path, ":1: ", folds, " folds of ", per,
+                  " pairs per class is more than a pairs file holds (at most 1000 folds, 1000000 pairs)");
     }
     std::vector<FacePair> pairs;
     int line_no = 1;
@@ -43,7 +44,7 @@ inline std::vector<FacePair> read_pairs_file(const std::string& path) {
         for (int k = 0; k < 2 * per; ++k) {
             ++line_no;
             PIN_CHECK(std::getline(in, line), path, ":", line_no, ": file ends inside fold ", f, " (expected ",
-                      folds * 2 * per, " pairs)");
+                      2LL * folds * per, " pairs)");
             std::istringstream ls(line);
             std::vector<std::string> fields;
             std::string field;
@@ -74,6 +75,12 @@ inline std::vector<FacePair> read_pairs_file(const std::string& path) {
             pairs.push_back(p);
         }
     return pairs;
+}
+
+inline std::vector<FacePair> read_pairs_file(const std::string& path) {
+    std::ifstream in(path);
+    PIN_CHECK(in, path, ": cannot open the pairs file");
+    return parse_pairs(in, path);
 }
 
 inline bool is_image_file(const std::filesystem::path& p) {

@@ -81,8 +81,16 @@ inline FaceImage decode_face_image(const unsigned char* data, size_t size, const
     PIN_CHECK(size > 0, path, ": empty file, not an image");
     PIN_CHECK(size < (size_t{1} << 31), path, ": file too large to be a face image");
     int w = 0, h = 0, channels = 0;
+    // The header first: a few bytes can claim a gigapixel image; refuse before allocating for it.
+    if (stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &channels))
+        PIN_CHECK(static_cast<int64_t>(w) * h <= int64_t{8192} * 8192, path, ": the image is ", w, " x ", h,
+                  " pixels, larger than pin accepts (8192 x 8192)");
     unsigned char* decoded = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &channels, 0);
     PIN_CHECK(decoded, path, ": not a readable image (", stbi_failure_reason(), ")");
+    if (w <= 0 || h <= 0 || channels <= 0) {  // found by fuzzing: a PNM header stb accepts with no pixels
+        stbi_image_free(decoded);
+        throw Error(path + ": the image has no pixels (" + std::to_string(w) + " x " + std::to_string(h) + ")");
+    }
     FaceImage out;
     out.size = face_size;
     out.source_width = w;
