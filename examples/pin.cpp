@@ -71,6 +71,8 @@ void usage(std::FILE* f) {
                  "              --defense D     none (default) | pin | pca-K | dae   (--model DIR, --basis FILE, --mode M)\n"
                  "              --attack A      none (default) | fgsm | ifgsm | pgd (L2) | pgd-linf\n"
                  "              --protocol P    offline (attack the bare recognizer, default) | online (through the defense)\n"
+                 "              --pin-gradient G  online through PIN: sample (default) | eot | bpda | expectation\n"
+                 "              --eot M         masks averaged per step by --pin-gradient eot (20)\n"
                  "              --eps I         attack intensity ||eta|| / ||x|| (0.04)   --iterations N (10)\n"
                  "              --json FILE     eer, auc, tar_at_far, pairs, scores, roc, ... (written atomically)\n"
                  "              --recognizer MANIFEST  face-api weights manifest (default: weights/face-api/, from setup.sh)\n"

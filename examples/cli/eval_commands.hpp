@@ -83,6 +83,8 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     vo.attack.iterations = static_cast<int>(int_option(o, "iterations", 10, 1, 100000));
     vo.attack.seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
     vo.protocol = pin::eval::parse_protocol(o.get("protocol", "offline"));
+    vo.pin_gradient = pin::eval::parse_pin_gradient(o.get("pin-gradient", "sample"));
+    vo.eot_masks = static_cast<int>(int_option(o, "eot", 20, 1, 1000));
     vo.batch = int_option(o, "batch", 32, 1, 4096);
     vo.progress = !o.has("no-progress");
     // The pairs first: a bad data folder fails before any model is loaded.
@@ -104,6 +106,10 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["protocol"] = o.get("protocol", "offline");
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
+    if (vo.protocol == pin::eval::Protocol::Online && o.get("defense", "none") == "pin") {
+        j["pin_gradient"] = o.get("pin-gradient", "sample");
+        if (o.get("pin-gradient", "sample") == "eot") j["eot_masks"] = vo.eot_masks;
+    }
     j["seed"] = vo.attack.seed;
     j["eer"] = r.eer;
     j["auc"] = r.auc;

@@ -36,10 +36,27 @@ inline Protocol parse_protocol(const std::string& s) {
     throw Error("unknown protocol '" + s + "' (expected offline or online)");
 }
 
+// How an online attack differentiates through PIN's random projection (spec: report the strongest).
+//   sample       a fresh mask q ~ Bernoulli(p(x)) each step, gradient of B diag(q) B^T with q fixed
+//   eot          the mean gradient over `eot_masks` fresh masks per step (expectation over transforms)
+//   bpda         forward with the sampled mask, backward through the mask 1[p(x) > 0.5]
+//   expectation  the surrogate B diag(p(x)) B^T (x - m) + m, with p(x) held fixed in the backward
+// The agent's own dependence on x (dp/dx) is not differentiated in any of them (straight-through).
+enum class PinGradient { Sample, Eot, Bpda, Expectation };
+inline PinGradient parse_pin_gradient(const std::string& s) {
+    if (s == "sample") return PinGradient::Sample;
+    if (s == "eot") return PinGradient::Eot;
+    if (s == "bpda") return PinGradient::Bpda;
+    if (s == "expectation") return PinGradient::Expectation;
+    throw Error("unknown PIN gradient '" + s + "' (expected sample, eot, bpda or expectation)");
+}
+
 struct VerificationOptions {
     std::vector<int> folds;  // empty: all
     AttackOptions attack;
     Protocol protocol = Protocol::Offline;
+    PinGradient pin_gradient = PinGradient::Sample;
+    int eot_masks = 20;
     int64_t batch = 32;
     bool progress = true;
 };
@@ -230,47 +247,88 @@ private:
             }
             int step = 0;
             const GradientOracle oracle = [&](const Tensor& x, Tensor& grad) {
-                model::DefenseOutput d;
-                Tensor input = x;
-                if (opt_.protocol == Protocol::Online && defense_.kind() != model::DefenseKind::None) {
-                    d = defense_.inactivate(x, (uint64_t{2} + static_cast<uint64_t>(step)) * (uint64_t{1} << 40) + static_cast<uint64_t>(b0));
-                    input = d.defended;
-                }
+                const bool through_defense = opt_.protocol == Protocol::Online && defense_.kind() != model::DefenseKind::None;
+                const uint64_t key = (uint64_t{2} + static_cast<uint64_t>(step)) * (uint64_t{1} << 40) + static_cast<uint64_t>(b0);
                 ++step;
-                const Tensor e = rec_.embed_for_gradient(input);
-                Tensor de = Tensor::empty({bn, dim});
-                std::vector<double> objective(static_cast<size_t>(bn));
-                for (int64_t i = 0; i < bn; ++i) {
-                    const float* ei = e.data() + i * dim;
-                    const float* ti = target.data() + i * dim;
-                    double en = 0, tn = 0, dot = 0;
-                    for (int64_t j = 0; j < dim; ++j) {
-                        en += static_cast<double>(ei[j]) * ei[j];
-                        tn += static_cast<double>(ti[j]) * ti[j];
-                        dot += static_cast<double>(ei[j]) * ti[j];
-                    }
-                    en = std::sqrt(en);
-                    tn = std::sqrt(tn);
-                    const double cosv = dot / (en * tn);
-                    objective[static_cast<size_t>(i)] = sign[static_cast<size_t>(i)] * cosv;
-                    for (int64_t j = 0; j < dim; ++j)
-                        de.data()[i * dim + j] =
-                            static_cast<float>(sign[static_cast<size_t>(i)] * (ti[j] / (en * tn) - cosv * ei[j] / (en * en)));
-                }
-                Tensor g = rec_.input_gradient(de);
-                if (opt_.protocol == Protocol::Online && defense_.kind() != model::DefenseKind::None) {
-                    // d/dx of B diag(q) B^T (x - m) + m is B diag(q) B^T: project (g + m) and subtract m.
+                // The faces the recognizer sees, each with the mask its gradient flows back through.
+                std::vector<Tensor> inputs;
+                std::vector<std::vector<float>> back_masks;  // empty: no projection (or PCA: all ones)
+                if (!through_defense) {
+                    inputs.push_back(x);
+                } else if (defense_.kind() == model::DefenseKind::PCA) {
+                    inputs.push_back(defense_.inactivate(x, key).defended);
+                    back_masks.emplace_back();
+                } else {
+                    const model::DefenseOutput d = defense_.inactivate(x, key);
                     const model::EigenBasis& basis = *defense_.basis();
-                    Tensor gm = Tensor::empty(g.shape(), Layout::NHWC);
-                    for (int64_t i = 0; i < bn; ++i)
-                        for (int64_t j = 0; j < 12544; ++j) gm.data()[i * 12544 + j] = g.data()[i * 12544 + j] + basis.mean().data()[j];
-                    Tensor out = Tensor::empty(g.shape(), Layout::NHWC);
-                    basis.project(gm.data(), d.q.defined() ? d.q.data() : nullptr, bn, out.data());
-                    for (int64_t i = 0; i < bn; ++i)
-                        for (int64_t j = 0; j < 12544; ++j) out.data()[i * 12544 + j] -= basis.mean().data()[j];
-                    g = out;
+                    const int64_t N = basis.count();
+                    const std::vector<float> p(d.p.data(), d.p.data() + d.p.numel()), q(d.q.data(), d.q.data() + d.q.numel());
+                    auto project = [&](const std::vector<float>& mask) {
+                        Tensor out = Tensor::empty(x.shape(), Layout::NHWC);
+                        basis.project(x.data(), mask.data(), bn, out.data());
+                        return out;
+                    };
+                    if (opt_.pin_gradient == PinGradient::Sample) {
+                        inputs.push_back(d.defended);
+                        back_masks.push_back(q);
+                    } else if (opt_.pin_gradient == PinGradient::Bpda) {
+                        std::vector<float> hard(p.size());
+                        for (size_t i = 0; i < p.size(); ++i) hard[i] = p[i] > 0.5f ? 1.0f : 0.0f;
+                        inputs.push_back(d.defended);
+                        back_masks.push_back(hard);
+                    } else if (opt_.pin_gradient == PinGradient::Expectation) {
+                        inputs.push_back(project(p));
+                        back_masks.push_back(p);
+                    } else {
+                        for (int m = 0; m < opt_.eot_masks; ++m) {
+                            std::vector<float> qm(p.size());
+                            for (int64_t i = 0; i < bn; ++i) {
+                                const PhiloxStream rng(opt_.attack.seed ^ 0x656F74ull, key + static_cast<uint64_t>(m) * 4096 + static_cast<uint64_t>(i));
+                                for (int64_t j = 0; j < N; ++j)
+                                    qm[static_cast<size_t>(i * N + j)] = rng.bernoulli(static_cast<uint64_t>(j), p[static_cast<size_t>(i * N + j)]);
+                            }
+                            inputs.push_back(project(qm));
+                            back_masks.push_back(qm);
+                        }
+                    }
                 }
-                std::copy(g.data(), g.data() + g.numel(), grad.data());
+                std::vector<double> objective(static_cast<size_t>(bn), 0.0);
+                std::fill(grad.data(), grad.data() + grad.numel(), 0.0f);
+                const double share = 1.0 / static_cast<double>(inputs.size());
+                for (size_t v = 0; v < inputs.size(); ++v) {
+                    const Tensor e = rec_.embed_for_gradient(inputs[v]);
+                    Tensor de = Tensor::empty({bn, dim});
+                    for (int64_t i = 0; i < bn; ++i) {
+                        const float* ei = e.data() + i * dim;
+                        const float* ti = target.data() + i * dim;
+                        double en = 0, tn = 0, dot = 0;
+                        for (int64_t j = 0; j < dim; ++j) {
+                            en += static_cast<double>(ei[j]) * ei[j];
+                            tn += static_cast<double>(ti[j]) * ti[j];
+                            dot += static_cast<double>(ei[j]) * ti[j];
+                        }
+                        en = std::sqrt(en);
+                        tn = std::sqrt(tn);
+                        const double cosv = dot / (en * tn);
+                        objective[static_cast<size_t>(i)] += share * sign[static_cast<size_t>(i)] * cosv;
+                        for (int64_t j = 0; j < dim; ++j)
+                            de.data()[i * dim + j] =
+                                static_cast<float>(sign[static_cast<size_t>(i)] * (ti[j] / (en * tn) - cosv * ei[j] / (en * en)));
+                    }
+                    Tensor g = rec_.input_gradient(de);
+                    if (v < back_masks.size()) {
+                        // d/dx of B diag(w) B^T (x - m) + m is B diag(w) B^T: project (g + m), subtract m.
+                        const model::EigenBasis& basis = *defense_.basis();
+                        Tensor gm = Tensor::empty(g.shape(), Layout::NHWC), out = Tensor::empty(g.shape(), Layout::NHWC);
+                        for (int64_t i = 0; i < bn; ++i)
+                            for (int64_t j = 0; j < 12544; ++j) gm.data()[i * 12544 + j] = g.data()[i * 12544 + j] + basis.mean().data()[j];
+                        basis.project(gm.data(), back_masks[v].empty() ? nullptr : back_masks[v].data(), bn, out.data());
+                        for (int64_t i = 0; i < bn; ++i)
+                            for (int64_t j = 0; j < 12544; ++j) out.data()[i * 12544 + j] -= basis.mean().data()[j];
+                        g = out;
+                    }
+                    for (int64_t i = 0; i < g.numel(); ++i) grad.data()[i] += static_cast<float>(share * g.data()[i]);
+                }
                 return objective;
             };
             AttackOptions ao = opt_.attack;

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# End-to-end check of `pin eval` on a tiny synthetic LFW-style folder (images/<name>/<name>_NNNN.png
+# + pairs.txt): the JSON carries eer, auc, tar_at_far and the pair count; attacks run offline and
+# online (PCA, and PIN with every gradient variant); a folder without a valid pairs.txt is refused
+# with a message naming pairs.txt. Skips (77) without the face-api weights (./setup.sh fetches them).
+set -euo pipefail
+pin=${1:?usage: eval_check.sh PATH_TO_PIN WORK_DIR RECOGNIZER_MANIFEST}
+work=${2:?usage: eval_check.sh PATH_TO_PIN WORK_DIR RECOGNIZER_MANIFEST}
+manifest=${3:?usage: eval_check.sh PATH_TO_PIN WORK_DIR RECOGNIZER_MANIFEST}
+[ -f "$manifest" ] || { echo "SKIPPED: $manifest missing (./setup.sh fetches the face-api weights)"; exit 77; }
+rm -rf "$work" && mkdir -p "$work"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+python3 - "$work/data" <<'PY'
+import math, os, random, struct, sys, zlib
+root = sys.argv[1]
+rng = random.Random(3)
+def png(path, px):
+    raw = b"".join(b"\x00" + bytes(px[y * 112:(y + 1) * 112]) for y in range(112))
+    ch = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
+    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + ch(b"IHDR", struct.pack(">IIBBBBB", 112, 112, 8, 0, 0, 0, 0)) +
+                           ch(b"IDAT", zlib.compress(raw)) + ch(b"IEND", b""))
+people = ["Person_%c" % chr(65 + i) for i in range(8)]
+for p in people:
+    os.makedirs(os.path.join(root, "images", p))
+    a, b = rng.uniform(0.03, 0.15), rng.uniform(0, 6)
+    for k in (1, 2):
+        px = [max(0, min(255, int(128 + 70 * math.sin(a * x + b) * math.cos(a * y) + rng.gauss(0, 6)))) for y in range(112) for x in range(112)]
+        png(os.path.join(root, "images", p, "%s_%04d.png" % (p, k)), px)
+with open(os.path.join(root, "pairs.txt"), "w") as f:
+    f.write("1\t4\n")
+    for p in people[:4]:
+        f.write("%s\t1\t2\n" % p)
+    for i in range(4):
+        f.write("%s\t1\t%s\t2\n" % (people[4 + i], people[(5 + i) % 8]))
+PY
+q="--no-progress --threads 2 --recognizer $manifest --data $work/data"
+"$pin" eval $q --json "$work/none.json" > "$work/none.log" 2>&1 || { cat "$work/none.log"; fail "pin eval (clean)"; }
+python3 - "$work/none.json" <<'PY' || fail "JSON fields"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["pairs"] == 8 and 0 <= j["eer"] <= 1 and 0 <= j["auc"] <= 1 and set(j["tar_at_far"]) == {"0.1", "0.01", "0.001"}, j
+assert len(j["scores"]) == 8 and len(j["roc"]) >= 2
+PY
+# A model: tiny eigenbasis, one DAE step, one agent step.
+"$pin" eigen --data "$work/data" --split all --count 16 --keep 12 -o "$work/basis.safetensors" >/dev/null 2>&1 || fail "pin eigen"
+"$pin" pretrain-dae --data "$work/data" --split all --batch 4 --steps 1 --out "$work/dae" --no-progress >/dev/null 2>&1 || fail "pretrain-dae"
+"$pin" train --data "$work/data" --split all --batch 4 --masks 4 --steps 1 --dae "$work/dae/checkpoint.safetensors" \
+  --basis "$work/basis.safetensors" --out "$work/model" --no-progress >/dev/null 2>&1 || fail "train"
+"$pin" eval $q --attack fgsm --json "$work/fgsm.json" >/dev/null 2>&1 || fail "fgsm offline"
+"$pin" eval $q --attack pgd --iterations 2 --protocol online --defense pca-8 --basis "$work/basis.safetensors" \
+  --json "$work/pca.json" >/dev/null 2>&1 || fail "pgd online through PCA"
+for g in sample eot bpda expectation; do
+  "$pin" eval $q --attack pgd --iterations 2 --protocol online --defense pin --model "$work/model" --pin-gradient $g --eot 3 \
+    --json "$work/pin_$g.json" >"$work/pin_$g.log" 2>&1 || { cat "$work/pin_$g.log"; fail "pgd online through PIN ($g)"; }
+  grep -q "\"pin_gradient\": \"$g\"" "$work/pin_$g.json" || fail "pin_gradient missing from the JSON ($g)"
+done
+python3 - "$work/none.json" "$work/fgsm.json" <<'PY' || fail "FGSM did not lower the accuracy"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert b["accuracy"] <= a["accuracy"], (a["accuracy"], b["accuracy"])
+PY
+# Bad data folders: no pairs.txt; a malformed one.
+mkdir -p "$work/nopairs/images"
+"$pin" eval $q --data "$work/nopairs" > "$work/msg" 2>&1 && fail "a folder without pairs.txt was accepted"
+grep -q "pairs.txt" "$work/msg" || { cat "$work/msg"; fail "the message does not name pairs.txt"; }
+cp -r "$work/data" "$work/badpairs" && printf '1\t4\nPerson_A\t1\n' > "$work/badpairs/pairs.txt"
+"$pin" eval $q --data "$work/badpairs" > "$work/msg" 2>&1 && fail "a malformed pairs.txt was accepted"
+grep -q "badpairs/pairs.txt:2: a same-person pair needs 'name i j'" "$work/msg" || { cat "$work/msg"; fail "no line-numbered message"; }
+# The JSON is replaced atomically: no temporary file left behind.
+[ ! -e "$work/none.json.tmp" ] || fail "temporary JSON left behind"
+echo "eval check passed"
