@@ -75,6 +75,7 @@ void usage(std::FILE* f) {
                  "              --eot M         masks averaged per step by --pin-gradient eot (20)\n"
                  "              --eps I         attack intensity ||eta|| / ||x|| (0.04)   --iterations N (10)\n"
                  "              --json FILE     eer, auc, tar_at_far, pairs, scores, roc, ... (written atomically)\n"
+                 "              --examples DIR  PNGs of a few pairs' first faces: clean, attacked, defended\n"
                  "              --recognizer MANIFEST  face-api weights manifest (default: weights/face-api/, from setup.sh)\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "common options:\n"

@@ -12,6 +12,7 @@
 #include "cli/options.hpp"
 #include "pin/eval/verification.hpp"
 #include "pin/io/file_util.hpp"
+#include "pin/io/image.hpp"
 #include "pin/io/safetensors.hpp"
 #include "pin/model/defense.hpp"
 #include "pin/recognizer/dlib_resnet.hpp"
@@ -135,6 +136,29 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
                 o.get("protocol", "offline").c_str(), static_cast<long long>(r.pairs), 100 * r.eer, 100 * r.eer_over_folds.mean,
                 100 * r.eer_over_folds.half_width, r.auc, r.tar_far_1, 100 * r.accuracy,
                 defense.kind() == pin::model::DefenseKind::PIN ? (", mean kept " + std::to_string(r.mean_kept)).c_str() : "");
+    if (o.has("examples")) {
+        // Pictures: the first image of a few same-person and different-person pairs, clean,
+        // attacked, and what the defense makes of the attacked one.
+        namespace fs = std::filesystem;
+        const std::string dir = o.get("examples", "");
+        fs::create_directories(dir);
+        std::vector<int64_t> picks;
+        for (int want_same = 1; want_same >= 0; --want_same)
+            for (int64_t k = 0, n = 0; k < r.pairs && n < 3; ++k)
+                if (r.same[static_cast<size_t>(k)] == want_same) picks.push_back(k), ++n;
+        const int64_t upto = picks.empty() ? 0 : *std::max_element(picks.begin(), picks.end()) + 1;
+        const pin::Tensor clean = run.clean_first_faces(upto);
+        const pin::Tensor& attacked = vo.attack.kind == pin::eval::AttackKind::None ? clean : run.attacked_faces();
+        for (size_t i = 0; i < picks.size(); ++i) {
+            const int64_t k = picks[i];
+            const pin::Tensor a = attacked.slice(k, k + 1);
+            const pin::model::DefenseOutput d = defense.inactivate(a.reshape(a.shape(), pin::Layout::NHWC), 7000 + static_cast<uint64_t>(k));
+            const std::string stem = (fs::path(dir) / ("pair" + std::to_string(k))).string();
+            pin::io::write_face_png(stem + "_clean.png", clean.data() + k * 12544, 112);
+            pin::io::write_face_png(stem + "_attacked.png", a.data(), 112);
+            pin::io::write_face_png(stem + "_defended.png", d.defended.data(), 112);
+        }
+    }
     if (o.has("json")) {
         const std::string text = j.dump(1);
         pin::io::write_file_atomically(o.get("json", ""), text.data(), text.size());

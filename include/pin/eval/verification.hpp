@@ -349,6 +349,15 @@ private:
 public:
     // The attacked first images of the pairs (after run() with an attack), for pictures.
     const Tensor& attacked_faces() const { return attacked_; }
+    // The clean first images of pairs [0, count) (after run()).
+    Tensor clean_first_faces(int64_t count) const {
+        count = std::min<int64_t>(count, static_cast<int64_t>(index_a_.size()));
+        Tensor out = Tensor::empty({count, 1, 112, 112}, Layout::NHWC);
+        for (int64_t k = 0; k < count; ++k)
+            std::copy(faces_.data() + index_a_[static_cast<size_t>(k)] * 12544,
+                      faces_.data() + (index_a_[static_cast<size_t>(k)] + 1) * 12544, out.data() + k * 12544);
+        return out;
+    }
 
 private:
     std::string root_;
