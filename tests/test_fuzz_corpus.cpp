@@ -62,3 +62,10 @@ TEST_CASE("fuzz regression: a PNM header without pixels is refused by name", "[f
         io::read_file_bytes(std::string(PIN_SOURCE_DIR) + "/tests/fuzz/corpus/image/regression_pgm_bad_header.pgm");
     REQUIRE_THROWS_WITH(io::decode_face_image(b.data(), b.size(), "bad.pgm", 112), Catch::StartsWith("bad.pgm: "));
 }
+
+TEST_CASE("fuzz regression: a PNM header number too long for stb is refused before stb parses it", "[fuzz]") {
+    const std::vector<unsigned char> b =
+        io::read_file_bytes(std::string(PIN_SOURCE_DIR) + "/tests/fuzz/corpus/image/regression_pnm_huge_width.pgm");
+    REQUIRE_THROWS_WITH(io::decode_face_image(b.data(), b.size(), "huge.pgm", 112),
+                        Catch::Contains("huge.pgm: not a readable image (a PNM header number with"));
+}

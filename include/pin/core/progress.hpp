@@ -30,6 +30,11 @@ public:
         last_decile_ = decile;
         draw(false);
     }
+    // Work already done before this bar started (a resumed run): shown, but not counted in the rate.
+    void set_start(int64_t done) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        done_ = start_done_ = done;
+    }
     // Extra text shown after the rate (running means of a training epoch, for example).
     void set_status(std::string status) {
         std::lock_guard<std::mutex> lock(mutex_);
@@ -48,7 +53,7 @@ private:
     void draw(bool final) {
         const double elapsed = std::chrono::duration<double>(Clock::now() - start_).count();
         const double frac = total_ > 0 ? static_cast<double>(done_) / static_cast<double>(total_) : 1.0;
-        const double rate = elapsed > 0 ? static_cast<double>(done_) / elapsed : 0.0;
+        const double rate = elapsed > 0 ? static_cast<double>(done_ - start_done_) / elapsed : 0.0;
         const double eta = rate > 0 ? static_cast<double>(total_ - done_) / rate : 0.0;
         char bar[21];
         const int filled = static_cast<int>(frac * 20);
@@ -62,7 +67,7 @@ private:
         printed_done_ = done_;
     }
     std::string label_, unit_, status_;
-    int64_t total_, done_ = 0;
+    int64_t total_, done_ = 0, start_done_ = 0;
     Clock::time_point start_, last_{};
     int64_t last_decile_ = -1, printed_done_ = -1;
     std::mutex mutex_;

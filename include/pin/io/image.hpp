@@ -6,6 +6,7 @@
 // shrinking), and the result says so, so programs can tell the user.
 #pragma once
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -76,10 +77,35 @@ inline std::vector<float> resize_bilinear(const std::vector<float>& src, int sw,
 }
 }  // namespace detail
 
+namespace detail {
+// stb_image parses PNM header numbers with a signed int that overflows on long digit runs (found by
+// fuzzing, tests/fuzz/corpus/image/regression_pnm_huge_width.pgm): read PNM headers here first and
+// refuse numbers stb cannot hold. Returns an empty string when the header is acceptable.
+inline std::string pnm_header_problem(const unsigned char* data, size_t size) {
+    if (size < 2 || data[0] != 'P' || data[1] < '1' || data[1] > '7') return "";
+    size_t i = 2;
+    for (int field = 0; field < 3 && i < size; ++field) {
+        while (i < size && (std::isspace(data[i]) || data[i] == '#')) {
+            if (data[i] == '#')
+                while (i < size && data[i] != '\n' && data[i] != '\r') ++i;
+            else
+                ++i;
+        }
+        size_t digits = 0;
+        while (i < size && data[i] >= '0' && data[i] <= '9') ++i, ++digits;
+        if (digits > 6) return "a PNM header number with " + std::to_string(digits) + " digits";
+        if (digits == 0) return "";  // not a number: stb reports the format error
+    }
+    return "";
+}
+}  // namespace detail
+
 // Decodes image bytes; `path` names the source in error messages.
 inline FaceImage decode_face_image(const unsigned char* data, size_t size, const std::string& path, int face_size = 112) {
     PIN_CHECK(size > 0, path, ": empty file, not an image");
     PIN_CHECK(size < (size_t{1} << 31), path, ": file too large to be a face image");
+    const std::string pnm = detail::pnm_header_problem(data, size);
+    PIN_CHECK(pnm.empty(), path, ": not a readable image (", pnm, ")");
     int w = 0, h = 0, channels = 0;
     // The header first: a few bytes can claim a gigapixel image; refuse before allocating for it.
     if (stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &channels))

@@ -136,7 +136,7 @@ inline LoopOutcome run_training(FaceBatchLoader& loader, const LoopOptions& o, c
         std::unique_ptr<ProgressBar> bar;
         if (o.progress) {
             bar = std::make_unique<ProgressBar>(label.str(), per_epoch * B, "img");
-            bar->update(at.batch * B);
+            bar->set_start(at.batch * B);
         }
         double sum_loss = 0, sum_kept = 0;
         int64_t n_steps = 0;
