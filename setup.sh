@@ -92,7 +92,7 @@ if [ "$mode" = test ]; then
     CC=clang CXX=clang++ cmake -S . -B "$build_dir-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPIN_SANITIZE=ON \
       -DPIN_CUDA=OFF -DPIN_BUILD_BENCH=OFF -DPIN_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build "$build_dir-sanitize" -j "$jobs" --target pin_tests
-    ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$build_dir-sanitize/bin/pin_tests"
     # Every parser under libFuzzer for a few seconds (the long runs are in docs/reliability.md).
     echo "setup.sh: fuzzing the parsers (10 s each)"

@@ -274,6 +274,7 @@ int cmd_defend(const Options& o) {
     }
     constexpr int kSize = 112, D = kSize * kSize;
     const int64_t n = static_cast<int64_t>(inputs.size());
+    pin::check_batch_memory(std::min(batch, n), 30e6, "pin defend");  // the agent's activations per face
     int64_t failures = 0, resized = 0, coloured = 0;
     double kept = 0;
     pin::ProgressBar bar("defending", n, "faces");

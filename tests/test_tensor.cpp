@@ -2,6 +2,7 @@
 #include <atomic>
 
 #include "helpers.hpp"
+#include "pin/core/allocator.hpp"
 #include "pin/core/parallel.hpp"
 
 using namespace pin;
@@ -68,4 +69,12 @@ TEST_CASE("parallel_for runs every task once and propagates exceptions", "[threa
     parallel_for(50, [&](int64_t) { count++; });
     REQUIRE(count == 50);
     REQUIRE_THROWS_WITH(set_num_threads(0), Catch::Contains("at least 1"));
+}
+
+TEST_CASE("out of memory is an error with a message, not a crash", "[tensor][memory]") {
+    // 2^45 floats = 128 TiB: no machine has it; the allocator reports instead of aborting.
+    REQUIRE_THROWS_WITH(Tensor::empty({int64_t{1} << 45}), Catch::Contains("out of memory allocating"));
+    REQUIRE_THROWS_WITH(check_batch_memory(1 << 20, 1e9, "pin train"),
+                        Catch::Contains("pin train: a batch of 1048576 needs about") && Catch::Contains("use a smaller --batch"));
+    REQUIRE_NOTHROW(check_batch_memory(2, 1e6, "pin train"));
 }

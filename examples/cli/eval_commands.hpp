@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/options.hpp"
+#include "pin/core/allocator.hpp"
 #include "pin/eval/verification.hpp"
 #include "pin/io/file_util.hpp"
 #include "pin/io/image.hpp"
@@ -87,6 +88,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     vo.pin_gradient = pin::eval::parse_pin_gradient(o.get("pin-gradient", "sample"));
     vo.eot_masks = static_cast<int>(int_option(o, "eot", 20, 1, 1000));
     vo.batch = int_option(o, "batch", 32, 1, 4096);
+    pin::check_batch_memory(vo.batch, 40e6, "pin eval");  // the agent's activations and the attack's caches
     vo.progress = !o.has("no-progress");
     // The pairs first: a bad data folder fails before any model is loaded.
     (void)pin::eval::load_pairs(o.get("data", ""), vo.folds);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "cli/options.hpp"
+#include "pin/core/allocator.hpp"
 #include "pin/io/face_dataset.hpp"
 #include "pin/io/state_dict.hpp"
 #include "pin/model/agent.hpp"
@@ -100,6 +101,7 @@ inline int cmd_pretrain_dae(const Options& o) {
     const std::string out = detail::prepare_out_dir(o, "pretrain-dae");
     pin::train::FaceBatchOptions bo;
     bo.batch = int_option(o, "batch", 16, 1, 4096);
+    pin::check_batch_memory(bo.batch, 64e6, "pin pretrain-dae");  // ~64 MB of activations and caches per face
     bo.flip = o.has("flip");
     bo.seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
     pin::train::FaceBatchLoader loader(files, bo);
@@ -153,6 +155,7 @@ inline int cmd_train(const Options& o) {
     const std::string out = detail::prepare_out_dir(o, "train");
     pin::train::FaceBatchOptions bo;
     bo.batch = int_option(o, "batch", 20, 1, 4096);
+    pin::check_batch_memory(bo.batch, 160e6, "pin train");  // ~160 MB of activations and caches per face
     bo.flip = o.has("flip");
     bo.seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
     pin::train::FaceBatchLoader loader(files, bo);

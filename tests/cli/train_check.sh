@@ -69,4 +69,7 @@ grep -q "reinforce, rloo or local" "$work/msg" || fail "no message for the unkno
 "$pin" train --data "$work/faces" --split all --dae "$work/basis.safetensors" --basis "$work/basis.safetensors" --batch 4 --out "$work/bad2" $q \
   >"$work/msg" 2>&1 && fail "a DAE file without dae.* tensors was accepted"
 grep -q "no dae.\* tensors" "$work/msg" || { cat "$work/msg"; fail "no message for the wrong DAE file"; }
+"$pin" train --data "$work/faces" --split all --dae "$work/dae_a/dae.safetensors" --basis "$work/basis.safetensors" --batch 4096 \
+  --out "$work/bad3" $q >"$work/msg" 2>&1 && fail "a batch too large for memory was accepted"
+grep -q "needs about .* GiB of memory" "$work/msg" || { cat "$work/msg"; fail "no memory message for a huge batch"; }
 echo "train check passed"

@@ -6,6 +6,8 @@
 // free list keyed by their exact size and handed out again; the cache is bounded
 // (set_cache_limit, default 1 GiB) and can be emptied (empty_cache).
 #pragma once
+#include <string>
+#include <unistd.h>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -83,5 +85,22 @@ private:
     size_t cached_ = 0;
     size_t limit_ = size_t{1} << 30;
 };
+
+// Refuses a batch whose working memory (about `bytes_per_item` per item) would not fit in this
+// machine's physical memory, before any of it is allocated: with Linux's overcommit a too-large
+// allocation often "succeeds" and the process is killed later, with no message.
+inline void check_batch_memory(int64_t batch, double bytes_per_item, const std::string& what) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page <= 0) return;
+    const double physical = static_cast<double>(pages) * static_cast<double>(page);
+    const double need = static_cast<double>(batch) * bytes_per_item;
+    if (need > 0.8 * physical) {
+        std::ostringstream os;
+        os.precision(3);
+        os << what << ": a batch of " << batch << " needs about " << need / (1 << 30) << " GiB of memory, more than this machine's "
+           << physical / (1 << 30) << " GiB allows; use a smaller --batch";
+        throw Error(os.str());
+    }
+}
 
 }  // namespace pin
