@@ -345,6 +345,8 @@ int cmd_agent_forward(const Options& o) {
     const pin::Tensor& x = input.at("x", o.values.at("in"));
     PIN_CHECK(x.rank() == 4 && x.c() == 1 && x.h() == 112 && x.w() == 112, o.values.at("in"), ": x must be (B, 1, 112, 112), got ",
               pin::shape_to_string(x.shape()));
+    for (int64_t i = 0; i < x.numel(); ++i)
+        PIN_CHECK(std::isfinite(x.data()[i]), o.values.at("in"), ": x holds a non-finite value (", x.data()[i], ") at element ", i);
     const pin::Tensor xs = x.reshape(x.shape(), pin::Layout::NHWC);  // one channel: same memory
     const pin::Tensor d = agent.dae().forward(xs);
     const pin::Tensor f = agent.esn().forward(d);

@@ -229,6 +229,10 @@ TEST_CASE("dlib ResNet: the input gradient matches directional finite difference
                 x.data()[(n * 112 + i) * 112 + j] = 0.6f * std::sin(0.05f * i * (n + 1) + 0.3f) * std::cos(0.07f * j + n);
     const Tensor e = net.embed_for_gradient(x);
     REQUIRE(e.shape() == Shape({2, 128}));
+    Tensor bad = Tensor::empty(x.shape(), Layout::NHWC);
+    std::copy(x.data(), x.data() + x.numel(), bad.data());
+    bad.data()[12544 + 77] = std::nanf("");
+    REQUIRE_THROWS_WITH(net.embed(bad), Catch::Contains("face 1 holds a non-finite value at pixel 77"));
     const Tensor plain = net.embed(x);
     REQUIRE(pin::test::bitwise_equal(e, plain));
     const Tensor de = random_tensor({2, 128}, 11);

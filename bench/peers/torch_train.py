@@ -4,7 +4,8 @@
 image, mask costs, REINFORCE with the batch-mean baseline, SGD with momentum. Random weights and
 inputs. Two ways to cost a mask:
   --cost-mode o_n       the O(N) identity of the spec (c = B^T(x_n - m), d = B^T(x - m)), as pin does;
-  --cost-mode released  the released code's per-mask reconstruction B diag(q) B^T (x_n - m) + m.
+  --cost-mode released  the released code's way: every mask's reconstruction B diag(q) B^T (x_n - m) + m
+                        computed on its own (two matrix-vector products with B per mask and image).
 Prints one JSON object with images_per_second.
 Usage: torch_train.py [--batch 8] [--masks 30] [--threads 2] [--iters 3] [--cost-mode o_n|released]
 """
@@ -58,8 +59,10 @@ def main():
             else:
                 err = torch.empty(B, k)
                 for b in range(B):
-                    rec = (q[b] * c[b]) @ basis.t()          # k reconstructions of D pixels
-                    err[b] = (rec - y[b]).norm(dim=1)
+                    for s in range(k):
+                        cb = basis.t() @ (xn[b].reshape(D) - mean)
+                        rec = basis @ (q[b, s] * cb) + mean
+                        err[b, s] = (rec - x[b].reshape(D)).norm()
             cost = err + lam * q.sum(-1)
             adv = cost - cost.mean()
         logp = (q * torch.log(p.unsqueeze(1)) + (1 - q) * torch.log(1 - p.unsqueeze(1))).sum(-1)

@@ -17,6 +17,7 @@
 // convolution (1 input channel, adjusted bias): its padding is "valid", so no border sees the
 // constant differently.
 #pragma once
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -209,6 +210,8 @@ private:
     Tensor run(const Tensor& faces, Cache* cache) const {
         const int64_t B = faces.n();
         check_shape(faces, {B, 1, 112, 112}, "DlibResNet input");
+        for (int64_t i = 0; i < faces.numel(); ++i)
+            PIN_CHECK(std::isfinite(faces.data()[i]), "DlibResNet: face ", i / 12544, " holds a non-finite value at pixel ", i % 12544);
         const Tensor x = faces.reshape(faces.shape(), Layout::NHWC);  // one channel: same memory
         Tensor up = Tensor::empty({B, 1, kInput, kInput}, Layout::NHWC);
         cpu::resize_bilinear_forward(x, up);
