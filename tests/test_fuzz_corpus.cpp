@@ -69,3 +69,10 @@ TEST_CASE("fuzz regression: a PNM header number too long for stb is refused befo
     REQUIRE_THROWS_WITH(io::decode_face_image(b.data(), b.size(), "huge.pgm", 112),
                         Catch::Contains("huge.pgm: not a readable image (a PNM header number with"));
 }
+
+TEST_CASE("fuzz regression: an 11-megapixel-wide, 1-pixel-high BMP is refused, not resized for seconds", "[fuzz]") {
+    const std::vector<unsigned char> b =
+        io::read_file_bytes(std::string(PIN_SOURCE_DIR) + "/tests/fuzz/corpus/image/regression_bmp_11M_wide.bmp");
+    REQUIRE_THROWS_WITH(io::decode_face_image(b.data(), b.size(), "wide.bmp", 112),
+                        Catch::Contains("wide.bmp: the image is 11272368 x 1 pixels, larger than pin accepts"));
+}
