@@ -12,12 +12,6 @@
 //     so dE[f]/dp_j = E_q[Delta_j(q)] exactly, estimated by the mean of Delta_j over the k masks;
 //     dL/dz_j = (1/B) p_j (1 - p_j) mean_s Delta_j(q_s). With the MSE cost Delta_j does not depend
 //     on q, and the gradient is exact without sampling.
-//   Natural (local credit, natural-gradient step): dL/dz_j = (1/B) mean_s Delta_j(q_s), the local
-//     estimate divided by the Fisher information p_j (1 - p_j) of the Bernoulli logit. The exact
-//     gradient vanishes once p saturates (measured: after ~100 steps at lr 0.001 every p_j of the agent
-//     was 0 or 1, input-independent, and learning stopped with a poor mask); this step does not, so a
-//     saturated wrong choice is still corrected. It is a preconditioned gradient, not an unbiased
-//     estimate of dE/dz: its sign per bit agrees with the exact gradient's.
 // Masks come from the Philox stream (seed, stream = image index in the run * k + mask), so a
 // batch's gradient does not depend on the thread count.
 #pragma once
@@ -31,17 +25,16 @@
 
 namespace pin::train {
 
-enum class Estimator { Reinforce, Rloo, LocalExpectation, LocalNatural };
+enum class Estimator { Reinforce, Rloo, LocalExpectation };
 
 inline Estimator parse_estimator(const std::string& s) {
     if (s == "reinforce") return Estimator::Reinforce;
     if (s == "rloo") return Estimator::Rloo;
     if (s == "local") return Estimator::LocalExpectation;
-    if (s == "natural") return Estimator::LocalNatural;
-    throw Error("unknown estimator '" + s + "' (expected reinforce, rloo, local or natural)");
+    throw Error("unknown estimator '" + s + "' (expected reinforce, rloo or local)");
 }
 inline const char* estimator_name(Estimator e) {
-    return e == Estimator::Reinforce ? "reinforce" : e == Estimator::Rloo ? "rloo" : e == Estimator::LocalExpectation ? "local" : "natural";
+    return e == Estimator::Reinforce ? "reinforce" : e == Estimator::Rloo ? "rloo" : "local";
 }
 
 struct BatchGradient {
@@ -76,7 +69,7 @@ inline BatchGradient estimate_gradient(const std::vector<float>& p, const std::v
             }
             kept[static_cast<size_t>(b * k + s)] = nq;
             costs[static_cast<size_t>(b * k + s)] = mask_cost(terms[static_cast<size_t>(b)], q, type, lambda);
-            if (estimator == Estimator::LocalExpectation || estimator == Estimator::LocalNatural) {
+            if (estimator == Estimator::LocalExpectation) {
                 mask_cost_differences(terms[static_cast<size_t>(b)], q, type, lambda, delta.data());
                 for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] += delta[static_cast<size_t>(j)];
             }
@@ -86,8 +79,6 @@ inline BatchGradient estimate_gradient(const std::vector<float>& p, const std::v
                 const double pj = pb[j];
                 out.dz[static_cast<size_t>(b * N + j)] *= pj * (1.0 - pj) / static_cast<double>(k * B);
             }
-        if (estimator == Estimator::LocalNatural)
-            for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] /= static_cast<double>(k * B);
     });
     double total = 0, total_kept = 0;
     for (size_t i = 0; i < costs.size(); ++i) {
