@@ -115,9 +115,12 @@ if hist:
     lines += ["", "![similarity histograms](%s/similarity.svg)" % rel]
 try:
     from PIL import Image
-    rows = []
+    rows, used = [], []
     for cell in ["none_pgd_offline", "pin_pgd_online_sample"]:
-        for f in sorted(glob.glob(os.path.join(res, "examples", cell, "*_clean.png"))):
+        found = sorted(glob.glob(os.path.join(res, "examples", cell, "*_clean.png")))
+        if found:
+            used.append("%s (%d rows)" % (cell, len(found)))
+        for f in found:
             stem = f[:-len("_clean.png")]
             rows.append([Image.open(stem + s) for s in ("_clean.png", "_attacked.png", "_defended.png")])
     if rows:
@@ -127,8 +130,8 @@ try:
                 grid.paste(im, (k * 114 + 1, i * 114 + 1))
         grid.save(os.path.join(res, "faces.png"))
         lines += ["", "![faces](%s/faces.png)" % rel, "",
-                  "Columns: clean, attacked (PGD, 0.04), defended. Top rows: the offline attack on the bare recognizer, "
-                  "bottom rows: the online attack through PIN."]
+                  "Columns: clean, attacked (PGD, 0.04), what the cell's defense makes of the attacked face. Rows, "
+                  "top to bottom: " + ", ".join(used) + "."]
 except ImportError:
     lines += ["", "(face grid skipped: python3-pil is not installed)"]
 open(out_md, "w").write("\n".join(lines) + "\n")

@@ -54,7 +54,13 @@ TEST_CASE("fuzz corpus: every input parses or fails with a message", "[fuzz]") {
                 std::istringstream in(std::string(b.begin(), b.end()));
                 io::parse_pairs(in, "x");
             }) > 0);
-    REQUIRE(replay("image", [](const std::vector<unsigned char>& b) { io::decode_face_image(b.data(), b.size(), "x", 112); }) > 0);
+    REQUIRE(replay("image", [](const std::vector<unsigned char>& b) {
+                // As the fuzz harness: headers claiming more than 4 megapixels are valid but slow to decode
+                // under the sanitizers; their header handling is what the corpus keeps (see fuzz_image.cpp).
+                int w = 0, h = 0, c = 0;
+                if (stbi_info_from_memory(b.data(), static_cast<int>(b.size()), &w, &h, &c) && int64_t{w} * h > (int64_t{1} << 22)) return;
+                io::decode_face_image(b.data(), b.size(), "x", 112);
+            }) > 0);
 }
 
 TEST_CASE("fuzz regression: a PNM header without pixels is refused by name", "[fuzz]") {

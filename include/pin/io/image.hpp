@@ -108,9 +108,9 @@ inline FaceImage decode_face_image(const unsigned char* data, size_t size, const
     PIN_CHECK(pnm.empty(), path, ": not a readable image (", pnm, ")");
     int w = 0, h = 0, channels = 0;
     // The header first: a few bytes can claim a gigapixel image; refuse before allocating for it.
-    if (stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &channels))
-        PIN_CHECK(w <= 8192 && h <= 8192, path, ": the image is ", w, " x ", h,
-                  " pixels, larger than pin accepts (8192 x 8192)");
+    PIN_CHECK(stbi_info_from_memory(data, static_cast<int>(size), &w, &h, &channels), path,
+              ": not a readable image (", stbi_failure_reason(), ")");
+    PIN_CHECK(w <= 8192 && h <= 8192, path, ": the image is ", w, " x ", h, " pixels, larger than pin accepts (8192 x 8192)");
     unsigned char* decoded = stbi_load_from_memory(data, static_cast<int>(size), &w, &h, &channels, 0);
     PIN_CHECK(decoded, path, ": not a readable image (", stbi_failure_reason(), ")");
     if (w <= 0 || h <= 0 || channels <= 0) {  // found by fuzzing: a PNM header stb accepts with no pixels
