@@ -78,7 +78,7 @@ inline std::string pair_image_path(const std::string& root, const std::string& p
     namespace fs = std::filesystem;
     char name[32];
     std::snprintf(name, sizeof name, "_%04d", index);
-    for (const fs::path base : {fs::path(root) / "images", fs::path(root)})
+    for (const fs::path& base : {fs::path(root) / "images", fs::path(root)})
         for (const char* ext : {".png", ".jpg"}) {
             const fs::path p = base / person / (person + name + ext);
             if (fs::exists(p)) return p.string();
