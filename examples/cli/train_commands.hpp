@@ -87,10 +87,12 @@ inline void load_dae_weights(pin::model::DenoisingAutoencoder& dae, const std::s
     pin::io::load_parameters(params, only, path);
 }
 
-inline std::vector<pin::nn::NamedParameter> dae_parameters(pin::model::DenoisingAutoencoder& dae) {
-    std::vector<pin::nn::NamedParameter> params;
-    dae.collect_parameters("dae.", params);
-    return params;
+// The settings both training commands refuse to change on --resume.
+inline std::map<std::string, std::string> common_config(const Options& o, size_t images, const pin::train::FaceBatchOptions& bo,
+                                                        const pin::train::LoopOptions& lo) {
+    return {{"images", std::to_string(images)}, {"batch", std::to_string(bo.batch)}, {"flip", bo.flip ? "1" : "0"},
+            {"seed", std::to_string(bo.seed)},   {"noise", o.get("noise", "0.04")}, {"lr", o.get("lr", "0.01")},
+            {"momentum", o.get("momentum", "0.9")}, {"lr_halve_every", std::to_string(lo.lr_halve_every)}};
 }
 
 }  // namespace detail
@@ -114,13 +116,10 @@ inline int cmd_pretrain_dae(const Options& o) {
     auto dae = std::make_shared<pin::model::DenoisingAutoencoder>();
     dae->reset_parameters(po.seed);
     pin::train::DaePretrainer trainer(dae, po);
-    const std::map<std::string, std::string> config = {
-        {"images", std::to_string(files.size())}, {"batch", std::to_string(bo.batch)}, {"flip", bo.flip ? "1" : "0"},
-        {"seed", std::to_string(bo.seed)},        {"noise", o.get("noise", "0.04")},   {"lr", o.get("lr", "0.01")},
-        {"momentum", o.get("momentum", "0.9")},   {"lr_halve_every", std::to_string(lo.lr_halve_every)}};
+    const std::map<std::string, std::string> config = detail::common_config(o, files.size(), bo, lo);
     pin::train::TrainingPosition start;
     if (o.has("resume")) {
-        const pin::train::Checkpoint ck = pin::train::load_checkpoint(lo.checkpoint_path, "dae", config, detail::dae_parameters(*dae),
+        const pin::train::Checkpoint ck = pin::train::load_checkpoint(lo.checkpoint_path, "dae", config, trainer.trained_parameters(),
                                                                       trainer.trained_parameters(), trainer.optimizer());
         start = ck.position;
         std::fprintf(stderr, "pin pretrain-dae: resuming at epoch %lld, batch %lld (step %lld)\n",
@@ -137,10 +136,10 @@ inline int cmd_pretrain_dae(const Options& o) {
     pin::train::TrainingPosition last = start;
     cb.save_checkpoint = [&](const pin::train::TrainingPosition& at) {
         last = at;
-        pin::train::save_checkpoint(lo.checkpoint_path, {"dae", at, 0, config}, detail::dae_parameters(*dae),
+        pin::train::save_checkpoint(lo.checkpoint_path, {"dae", at, 0, config}, trainer.trained_parameters(),
                                     trainer.trained_parameters(), trainer.optimizer());
     };
-    cb.end_of_epoch = [&](int64_t) { pin::io::write_safetensors(weights, pin::io::parameter_entries(detail::dae_parameters(*dae))); };
+    cb.end_of_epoch = [&](int64_t) { pin::io::write_safetensors(weights, pin::io::parameter_entries(trainer.trained_parameters())); };
     pin::train::install_stop_handlers();
     const pin::train::LoopOutcome outcome = pin::train::run_training(loader, lo, cb, start);
     if (outcome == pin::train::LoopOutcome::Finished) std::printf("DAE weights: %s (log: %s)\n", weights.c_str(), lo.log_path.c_str());
@@ -175,13 +174,11 @@ inline int cmd_train(const Options& o) {
     agent->reset_parameters(to.seed);
     detail::load_dae_weights(agent->dae(), o.get("dae", ""));
     pin::train::PolicyGradientTrainer trainer(agent, basis, to);
-    const std::map<std::string, std::string> config = {
-        {"images", std::to_string(files.size())},  {"batch", std::to_string(bo.batch)},   {"flip", bo.flip ? "1" : "0"},
-        {"seed", std::to_string(bo.seed)},         {"noise", o.get("noise", "0.04")},     {"lr", o.get("lr", "0.01")},
-        {"momentum", o.get("momentum", "0.9")},    {"lr_halve_every", std::to_string(lo.lr_halve_every)},
+    std::map<std::string, std::string> config = detail::common_config(o, files.size(), bo, lo);
+    config.insert({
         {"masks", std::to_string(to.masks)},       {"estimator", pin::train::estimator_name(to.estimator)},
         {"cost", o.get("cost", "l2")},             {"lambda", o.get("lambda", "0.015")},
-        {"eigenvectors", std::to_string(basis->count())}};
+        {"eigenvectors", std::to_string(basis->count())}});
     pin::train::TrainingPosition start;
     if (o.has("resume")) {
         const pin::train::Checkpoint ck = pin::train::load_checkpoint(lo.checkpoint_path, "agent", config, agent->parameters(),
