@@ -95,8 +95,8 @@ if [ "$mode" = test ]; then
     ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       "$build_dir-sanitize/bin/pin_tests"
     # Every parser under libFuzzer for a few seconds (the long runs are in docs/reliability.md).
-    echo "setup.sh: fuzzing the parsers (10 s each)"
-    tests/fuzz/run.sh 10 "$build_dir-fuzz-work" "$build_dir-fuzz"
+    echo "setup.sh: fuzzing the parsers (fixed seed and input count, about 10 s each)"
+    tests/fuzz/run.sh --ci "$build_dir-fuzz-work" "$build_dir-fuzz"
   else
     echo "setup.sh: clang++ not found, skipping the sanitizer and fuzz runs"
   fi

@@ -77,6 +77,32 @@ TEST_CASE("unreadable images give errors naming the file", "[io][image][errors]"
     std::remove(text.c_str());
 }
 
+TEST_CASE("a PNG with empty IDAT chunks decodes like the same PNG without them", "[io][image]") {
+    // stb_image memcpy's from a null buffer for a leading zero-length IDAT (UB found by fuzzing);
+    // the loader drops such chunks, which hold no data.
+    std::vector<unsigned char> gray(37 * 23);
+    for (size_t i = 0; i < gray.size(); ++i) gray[i] = static_cast<unsigned char>((i * 37) % 251);
+    int len = 0;
+    unsigned char* png = stbi_write_png_to_mem(gray.data(), 37, 37, 23, 1, &len);
+    REQUIRE(png);
+    std::vector<unsigned char> plain(png, png + len);
+    STBIW_FREE(png);
+    // Insert two empty IDATs (length 0, type, CRC) after IHDR (8 signature + 25 bytes) and one before IEND.
+    const unsigned char empty_idat[12] = {0, 0, 0, 0, 'I', 'D', 'A', 'T', 0x35, 0xaf, 0x06, 0x1e};
+    std::vector<unsigned char> padded(plain.begin(), plain.begin() + 33);
+    padded.insert(padded.end(), empty_idat, empty_idat + 12);
+    padded.insert(padded.end(), empty_idat, empty_idat + 12);
+    padded.insert(padded.end(), plain.begin() + 33, plain.end() - 12);
+    padded.insert(padded.end(), empty_idat, empty_idat + 12);
+    padded.insert(padded.end(), plain.end() - 12, plain.end());
+    REQUIRE(io::detail::png_without_empty_idat(plain.data(), plain.size()).empty());
+    REQUIRE(io::detail::png_without_empty_idat(padded.data(), padded.size()) == plain);
+    const io::FaceImage a = io::decode_face_image(plain.data(), plain.size(), "plain.png");
+    const io::FaceImage b = io::decode_face_image(padded.data(), padded.size(), "padded.png");
+    REQUIRE(a.source_width == 37);
+    REQUIRE(a.pixels == b.pixels);
+}
+
 TEST_CASE("sampling modes", "[model][sampling]") {
     const int64_t B = 4, N = 3000;
     Tensor p = Tensor::empty({B, N});

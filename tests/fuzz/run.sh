@@ -19,8 +19,15 @@ mkdir -p "$work"
 status=0
 for t in safetensors tfjs pairs image; do
   mkdir -p "$work/corpus_$t"
-  echo "fuzzing $t for ${secs}s"
-  if ! "$build/bin/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+  if [ "$secs" = --ci ]; then
+    runs=100000; [ "$t" = image ] && runs=2000
+    limits=(-seed=1 -runs="$runs" -max_total_time=120)
+    echo "fuzzing $t: $runs inputs, seed 1"
+  else
+    limits=(-max_total_time="$secs")
+    echo "fuzzing $t for ${secs}s"
+  fi
+  if ! "$build/bin/fuzz_$t" "${limits[@]}" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
       -artifact_prefix="$work/crash_$t-" "$work/corpus_$t" "tests/fuzz/corpus/$t" > "$work/$t.log" 2>&1; then
     echo "FAIL: fuzz_$t crashed; input and log in $work" >&2
     tail -30 "$work/$t.log" >&2

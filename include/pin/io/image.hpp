@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -98,12 +99,39 @@ inline std::string pnm_header_problem(const unsigned char* data, size_t size) {
     }
     return "";
 }
+
+// stb_image copies a zero-length IDAT chunk that comes before any image data with memcpy(NULL, .., 0),
+// undefined behaviour that UBSan reports (found by fuzzing, tests/fuzz/corpus/image/
+// regression_png_empty_idat.png). Such a chunk carries no data, so dropping it loses nothing: returns
+// the PNG without its empty IDAT chunks, or an empty vector when there are none (or it is no PNG).
+inline std::vector<unsigned char> png_without_empty_idat(const unsigned char* data, size_t size) {
+    static const unsigned char signature[8] = {0x89, 'P', 'N', 'G', 0x0d, 0x0a, 0x1a, 0x0a};
+    if (size < 8 || std::memcmp(data, signature, 8) != 0) return {};
+    auto chunk_length = [&](size_t at) {
+        return (size_t{data[at]} << 24) | (size_t{data[at + 1]} << 16) | (size_t{data[at + 2]} << 8) | data[at + 3];
+    };
+    bool found = false;
+    for (size_t at = 8; at + 12 <= size; at += 12 + chunk_length(at))
+        if (chunk_length(at) == 0 && std::memcmp(data + at + 4, "IDAT", 4) == 0) found = true;
+    if (!found) return {};
+    std::vector<unsigned char> out(data, data + 8);
+    size_t at = 8;
+    for (; at + 12 <= size; at += 12 + chunk_length(at)) {
+        const size_t end = std::min(size, at + 12 + chunk_length(at));
+        if (!(chunk_length(at) == 0 && std::memcmp(data + at + 4, "IDAT", 4) == 0))
+            out.insert(out.end(), data + at, data + end);
+    }
+    if (at < size) out.insert(out.end(), data + at, data + size);  // a truncated tail: stb reports it
+    return out;
+}
 }  // namespace detail
 
 // Decodes image bytes; `path` names the source in error messages.
 inline FaceImage decode_face_image(const unsigned char* data, size_t size, const std::string& path, int face_size = 112) {
     PIN_CHECK(size > 0, path, ": empty file, not an image");
     PIN_CHECK(size < (size_t{1} << 31), path, ": file too large to be a face image");
+    const std::vector<unsigned char> cleaned = detail::png_without_empty_idat(data, size);
+    if (!cleaned.empty()) data = cleaned.data(), size = cleaned.size();
     const std::string pnm = detail::pnm_header_problem(data, size);
     PIN_CHECK(pnm.empty(), path, ": not a readable image (", pnm, ")");
     int w = 0, h = 0, channels = 0;
