@@ -26,9 +26,9 @@ timeout 300 cmake --build build-gpu -j "$(nproc)" --target pin_tests_cuda pin-be
 log "built in $(( $(date +%s) - start )) s"
 
 log "GPU tests against the CPU"
-timeout 180 build-gpu/bin/pin_tests_cuda "[cuda]" -s -r compact 2>&1 > "$out/tests.txt"
+timeout 180 build-gpu/bin/pin_tests_cuda "[cuda]" -d yes > "$out/tests.txt" 2>&1
 tests_rc=$?
-grep -E "passed|failed|FAILED|SKIPPED" "$out/tests.txt" | tail -15
+grep -E "^match|passed|failed|FAILED|SKIPPED|s: " "$out/tests.txt" | head -60
 tail -3 "$out/tests.txt" | tee -a "$out/summary.txt"
 
 log "kernel and defense-forward timings"

@@ -1,5 +1,6 @@
 // CUDA side of the RNG: the device draws the same Philox stream as the CPU, bit for bit.
 // Skips with a printed reason when pin was built without CUDA or no GPU is present.
+#include <cstdio>
 #include <array>
 #include <cmath>
 #include <memory>
@@ -82,6 +83,8 @@ void require_matches(const std::vector<float>& gpu, const float* cpu, int64_t n,
             at = i;
         }
     }
+    // Printed on success too: docs/gpu.md records how close each op came, not only that it passed.
+    std::printf("match %-40s worst |gpu - cpu| / max|cpu| = %.3g (tolerance %.1g)\n", what.c_str(), scale > 0 ? worst / scale : worst, tol);
     INFO(what << ": worst element " << at << " gpu " << gpu[static_cast<size_t>(at)] << " cpu " << cpu[at] << ", scale " << scale);
     REQUIRE(worst <= tol * scale + 1e-7);
 }
