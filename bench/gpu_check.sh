@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/cuda/bin"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
 start=$(date +%s)
-nvidia-smi -L 2>&1 | tee "$out/device.txt"
+nvidia-smi -L 2>&1 | tee -a "$out/summary.txt"
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr")
 log "configure + build (pin_tests_cuda, pin-bench-gpu)"
@@ -46,22 +46,25 @@ done
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
-ours = {}
+ours, torch = {}, {}
 for line in open(out + "/bench.txt"):
     if line.startswith("{") and '"defense_forward"' in line:
-        j = json.loads(line); ours[j["batch"]] = j["images_per_second"]
-rows = []
+        j = json.loads(line)
+        if "images_per_second" in j: ours[(j["math"], j["batch"])] = j["images_per_second"]
 for line in open(out + "/torch.jsonl"):
     j = json.loads(line)
-    if "error" in j: rows.append(j["error"]); continue
-    b = j["batch"]
-    rows.append("batch %5d  pin %8.0f img/s   PyTorch+cuDNN (tf32 %s) %8.0f img/s   ratio %.2f" %
-                (b, ours.get(b, 0), j["tf32"], j["images_per_second"], ours.get(b, 0) / j["images_per_second"]))
+    if "error" not in j: torch[("tf32" if j["tf32"] in ("on", True) else "fp32", j["batch"])] = j["images_per_second"]
+rows = ["batch   pin fp32   pin tf32 | PyTorch+cuDNN fp32   tf32 | pin tf32 / PyTorch fp32   pin tf32 / PyTorch tf32"]
+for b in sorted({k[1] for k in list(ours) + list(torch)}):
+    g = lambda d, m: d.get((m, b), 0)
+    r = lambda a, c: "%.2f" % (a / c) if c else "-"
+    rows.append("%5d %10.0f %10.0f | %18.0f %6.0f | %23s %24s" % (b, g(ours, "fp32"), g(ours, "tf32"), g(torch, "fp32"), g(torch, "tf32"),
+                r(g(ours, "tf32"), g(torch, "fp32")), r(g(ours, "tf32"), g(torch, "tf32"))))
 open(out + "/table.txt", "w").write("\n".join(rows) + "\n")
 PY
 log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc"
 echo
-echo "Defense forward (DAE x2, ESN, head, masks, projection), fp32:"
+echo "Defense forward (DAE x2, ESN, head, masks, projection), images/s:"
 cat "$out/table.txt"
 grep -E "^  " "$out/bench.txt"
 exit $tests_rc

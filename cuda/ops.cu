@@ -10,6 +10,9 @@
 #include "ops.cuh"
 
 #include <cuda_runtime.h>
+#include <mma.h>
+
+#include <atomic>
 
 #include <map>
 #include <mutex>
@@ -62,7 +65,7 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int
     __shared__ float As[BK][BM + 4];
     __shared__ float Bs[BK][BN + 4];
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM, n0 = static_cast<int64_t>(blockIdx.y) * BN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
     float acc[4][4] = {};
     for (int64_t k0 = kbeg; k0 < kend; k0 += BK) {
@@ -104,14 +107,114 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int
         }
 }
 
+// The tensor-core variant (MathMode::TF32): the same gathers and epilogues, 128 x 64 tiles, eight
+// warps of 32 x 32 each built from 16 x 16 x 8 TF32 WMMA products (inputs rounded to TF32's 10-bit
+// mantissa, sums in fp32). The next K slice is fetched into registers while the tensor cores work on
+// the current one. The accumulators go through shared memory so the epilogue sees (m, n) pairs.
+constexpr int TBM = 128, TBN = 64, TBK = 16, TPAD = 4;
+constexpr int T_A_PER_THREAD = TBM * TBK / THREADS, T_B_PER_THREAD = TBK * TBN / THREADS;
+template <bool kAMFast, class LoadA, class LoadB, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_tf32_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la, LoadB lb,
+                                                            Store st) {
+    using namespace nvcuda;
+    constexpr int A_FLOATS = TBM * (TBK + TPAD), B_FLOATS = TBK * (TBN + TPAD), C_FLOATS = TBM * (TBN + TPAD);
+    constexpr int SMEM = (A_FLOATS + B_FLOATS) > C_FLOATS ? (A_FLOATS + B_FLOATS) : C_FLOATS;
+    __shared__ __align__(128) float smem[SMEM];
+    float* As = smem;             // [TBM][TBK + TPAD], row-major m x k
+    float* Bs = smem + A_FLOATS;  // [TBK][TBN + TPAD], row-major k x n
+    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * TBM, n0 = static_cast<int64_t>(blockIdx.y) * TBN;
+    const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
+    float ra[T_A_PER_THREAD], rb[T_B_PER_THREAD];
+    auto fetch = [&](int64_t k0) {
+#pragma unroll
+        for (int i = 0; i < T_A_PER_THREAD; ++i) {
+            const int idx = tid + i * THREADS;
+            const int mm = kAMFast ? idx % TBM : idx / TBK, kk = kAMFast ? idx / TBM : idx % TBK;
+            const int64_t m = m0 + mm, k = k0 + kk;
+            ra[i] = (m < M && k < kend) ? la(m, k) : 0.0f;
+        }
+#pragma unroll
+        for (int i = 0; i < T_B_PER_THREAD; ++i) {
+            const int idx = tid + i * THREADS;
+            const int kk = idx / TBN, nn = idx % TBN;
+            const int64_t n = n0 + nn, k = k0 + kk;
+            rb[i] = (n < N && k < kend) ? lb(k, n) : 0.0f;
+        }
+    };
+    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    if (kbeg < kend) fetch(kbeg);
+    for (int64_t k0 = kbeg; k0 < kend; k0 += TBK) {
+#pragma unroll
+        for (int i = 0; i < T_A_PER_THREAD; ++i) {
+            const int idx = tid + i * THREADS;
+            const int mm = kAMFast ? idx % TBM : idx / TBK, kk = kAMFast ? idx / TBM : idx % TBK;
+            As[mm * (TBK + TPAD) + kk] = wmma::__float_to_tf32(ra[i]);
+        }
+#pragma unroll
+        for (int i = 0; i < T_B_PER_THREAD; ++i) {
+            const int idx = tid + i * THREADS;
+            Bs[(idx / TBN) * (TBN + TPAD) + idx % TBN] = wmma::__float_to_tf32(rb[i]);
+        }
+        __syncthreads();
+        if (k0 + TBK < kend) fetch(k0 + TBK);  // global loads in flight during the products below
+#pragma unroll
+        for (int ks = 0; ks < TBK; ks += 8) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * (TBK + TPAD) + ks, TBK + TPAD);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * (TBN + TPAD) + wn * 32 + j * 16, TBN + TPAD);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    float* Cs = smem;  // [TBM][TBN + TPAD]; the operand tiles are no longer needed
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * (TBN + TPAD) + wn * 32 + j * 16, acc[i][j], TBN + TPAD, wmma::mem_row_major);
+    __syncthreads();
+    for (int idx = tid; idx < TBM * TBN; idx += THREADS) {
+        const int mm = idx / TBN, nn = idx % TBN;
+        const int64_t m = m0 + mm, n = n0 + nn;
+        if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * (TBN + TPAD) + nn]);
+    }
+}
+
+std::atomic<int>& math_mode_flag() {
+    static std::atomic<int> mode{static_cast<int>(MathMode::FP32)};
+    return mode;
+}
+
+// M tiles go on grid.x (up to 2^31 - 1 blocks; grid.y stops at 65535, which batch 1024 at 112 x 112
+// exceeded), N tiles on y, K chunks on z. The gathers index in 32 bits: refuse larger problems.
 template <bool kAMFast, class LoadA, class LoadB, class Store>
 void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, LoadB lb, Store st, const char* name,
                  const std::string& shape) {
     if (M <= 0 || N <= 0) return;
-    const int64_t chunk = std::max<int64_t>(BK, ((K + splits - 1) / splits + BK - 1) / BK * BK);
+    if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
+        ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
+                                   "); use a smaller batch");
+    const bool tf32 = math_mode() == MathMode::TF32;
+    const int bk = tf32 ? TBK : BK, bm = tf32 ? TBM : BM, bn = tf32 ? TBN : BN;
+    const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
-    const dim3 grid(static_cast<unsigned>((N + BN - 1) / BN), static_cast<unsigned>((M + BM - 1) / BM), static_cast<unsigned>(z));
-    gemm_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+    const dim3 grid(static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z));
+    if (grid.y > 65535 || grid.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
+    if (tf32)
+        gemm_tf32_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+    else
+        gemm_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
     check(cudaGetLastError(), name, shape);
 }
 // How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
@@ -128,21 +231,28 @@ template <bool kTransposed>
 struct Gather {
     const float* src;
     int64_t Ho, Wo, H, W, C, K, stride, pad;
-    __device__ float operator()(int64_t m, int64_t k) const {
-        const int64_t c = k % C, tap = k / C, kh = tap / K, kw = tap % K;
-        const int64_t ow = m % Wo, t = m / Wo, oh = t % Ho, b = t / Ho;
-        int64_t ih, iw;
+    // 32-bit unsigned index arithmetic: 64-bit division is emulated and dominated the kernel
+    // (launch_gemm refuses M or K >= 2^31).
+    __device__ float operator()(int64_t m64, int64_t k64) const {
+        const unsigned k = static_cast<unsigned>(k64), m = static_cast<unsigned>(m64);
+        const unsigned uC = static_cast<unsigned>(C), uK = static_cast<unsigned>(K), uWo = static_cast<unsigned>(Wo),
+                       uHo = static_cast<unsigned>(Ho);
+        const unsigned tap = k / uC, c = k - tap * uC, kh = tap / uK, kw = tap - kh * uK;
+        const unsigned t = m / uWo, ow = m - t * uWo, b = t / uHo, oh = t - b * uHo;
+        int ih, iw;
         if (kTransposed) {
-            const int64_t y = oh + pad - kh, x = ow + pad - kw;
-            if (y < 0 || x < 0 || y % stride || x % stride) return 0.0f;
-            ih = y / stride;
-            iw = x / stride;
+            const int y = static_cast<int>(oh + pad) - static_cast<int>(kh), x = static_cast<int>(ow + pad) - static_cast<int>(kw);
+            if (y < 0 || x < 0) return 0.0f;
+            const unsigned us = static_cast<unsigned>(stride), qy = static_cast<unsigned>(y) / us, qx = static_cast<unsigned>(x) / us;
+            if (qy * us != static_cast<unsigned>(y) || qx * us != static_cast<unsigned>(x)) return 0.0f;
+            ih = static_cast<int>(qy);
+            iw = static_cast<int>(qx);
         } else {
-            ih = oh * stride - pad + kh;
-            iw = ow * stride - pad + kw;
+            ih = static_cast<int>(oh * stride + kh) - static_cast<int>(pad);
+            iw = static_cast<int>(ow * stride + kw) - static_cast<int>(pad);
         }
         if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.0f;
-        return src[((b * H + ih) * W + iw) * C + c];
+        return src[((static_cast<int64_t>(b) * H + ih) * W + iw) * C + c];
     }
 };
 // Row-major matrix reads: (i, j) -> a[i * ld + j], and its transposed view.
@@ -230,7 +340,8 @@ template <class LoadA, class LoadB, class Map>
 void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
                        const std::string& shape) {
     const int64_t splits = split_for(M, N, K);
-    const int64_t chunk = std::max<int64_t>(BK, ((K + splits - 1) / splits + BK - 1) / BK * BK);
+    const int bk = math_mode() == MathMode::TF32 ? TBK : BK;  // as launch_gemm chunks K
+    const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     DeviceBuffer partial(static_cast<size_t>(z * M * N));
     launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
@@ -298,6 +409,9 @@ __global__ void mask_cost_kernel(const float* p, const float* g, const double* y
 }
 
 }  // namespace
+
+void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
+MathMode math_mode() { return static_cast<MathMode>(math_mode_flag().load()); }
 
 // ---- DeviceBuffer ----------------------------------------------------------------------------------
 DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats) {

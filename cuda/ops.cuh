@@ -35,6 +35,14 @@ private:
 };
 void synchronize(const char* what);
 
+// ---- arithmetic of the GEMMs ----------------------------------------------------------------------
+// FP32: CUDA-core FMAs, results within ~1e-6 of the CPU engine's (relative to each output's scale).
+// TF32: tensor cores; GEMM inputs rounded to 10 mantissa bits, sums in fp32: about 1e-3 relative
+// (tests/test_cuda.cpp checks 5e-3). Process-wide; FP32 unless set.
+enum class MathMode { FP32, TF32 };
+void set_math_mode(MathMode mode);
+MathMode math_mode();
+
 // ---- convolutions (NHWC activations) -------------------------------------------------------------
 struct ConvShape {
     int64_t batch, in_h, in_w, in_c, out_c, kernel, stride, padding, output_padding = 0;
