@@ -23,6 +23,7 @@
 #include "cli/options.hpp"
 #include "cli/train_commands.hpp"
 #include "cli/eval_commands.hpp"
+#include "cli/align_commands.hpp"
 
 namespace {
 using cli::Options;
@@ -78,6 +79,15 @@ void usage(std::FILE* f) {
                  "              --examples DIR  PNGs of a few pairs' first faces: clean, attacked, defended\n"
                  "              --recognizer MANIFEST  face-api weights manifest (default: weights/face-api/, from setup.sh)\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
+                 "  align       find, landmark and align the faces of photos (face-api tiny face detector + 68 landmarks)\n"
+                 "              --in PHOTO|DIR  photos (searched recursively)   --out DIR  one gray 112x112 PNG per face,\n"
+                 "                              mirroring the input tree (2nd, 3rd face of a photo: NAME_face2.png, ...)\n"
+                 "              --json FILE     photos, photos_with_face, faces, per photo boxes, scores, 5 points and\n"
+                 "                              68 landmarks (default OUT/faces.json)\n"
+                 "              --min-score S   detection score threshold (default 0.3)\n"
+                 "              --input-size N  detector input, a multiple of 32 (default auto: the photo's side, 160..416)\n"
+                 "              --color         also write 150x150 colour chips (NAME.rgb150.png)\n"
+                 "              --face-api DIR  face-api model folder (default: weights/face-api/, from setup.sh)\n"
                  "common options:\n"
                  "  --threads T CPU threads (default: all hardware threads)\n"
                  "  --no-progress  no progress bars\n"
@@ -370,6 +380,7 @@ int main(int argc, char** argv) {
         if (o.command == "train") return cli::cmd_train(o);
         if (o.command == "eval") return cli::cmd_eval(o, PIN_DEFAULT_MODEL_DIR);
         if (o.command == "embed") return cli::cmd_embed(o);
+        if (o.command == "align") return cli::cmd_align(o);
         fail_usage("unknown command '" + o.command + "'");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "pin: %s\n", e.what());

@@ -31,11 +31,11 @@ inline const std::set<std::string>& value_flags() {
         "threads", "data",   "split",  "count",   "keep",      "seed",           "out",      "in",       "defense",
         "model",   "basis",  "mode",   "batch",   "dae",       "epochs",         "masks",    "estimator", "cost",
         "lambda",  "lr",     "lr-halve-every",    "momentum",  "noise",          "steps",    "folds",    "attack",
-        "protocol", "json",  "device", "recognizer", "eps",    "iterations", "pin-gradient", "eot", "examples"};
+        "protocol", "json",  "device", "recognizer", "eps",    "iterations", "pin-gradient", "eot", "examples", "min-score", "input-size", "face-api"};
     return f;
 }
 inline const std::set<std::string>& switch_flags() {
-    static const std::set<std::string> f = {"flip", "resume", "no-progress"};
+    static const std::set<std::string> f = {"flip", "resume", "no-progress", "color"};
     return f;
 }
 

@@ -126,13 +126,19 @@ inline std::vector<unsigned char> png_without_empty_idat(const unsigned char* da
 }
 }  // namespace detail
 
-// Decodes image bytes; `path` names the source in error messages.
-inline FaceImage decode_face_image(const unsigned char* data, size_t size, const std::string& path, int face_size = 112) {
+namespace detail {
+struct DecodedPixels {
+    int width = 0, height = 0, channels = 0;
+    std::vector<unsigned char> bytes;  // width x height x channels, row-major
+};
+// Every check the loaders share: empty/oversized files, PNM headers stb mishandles, empty PNG IDAT
+// chunks, gigapixel headers (refused before allocating), images without pixels.
+inline DecodedPixels decode_pixels(const unsigned char* data, size_t size, const std::string& path) {
     PIN_CHECK(size > 0, path, ": empty file, not an image");
     PIN_CHECK(size < (size_t{1} << 31), path, ": file too large to be a face image");
-    const std::vector<unsigned char> cleaned = detail::png_without_empty_idat(data, size);
+    const std::vector<unsigned char> cleaned = png_without_empty_idat(data, size);
     if (!cleaned.empty()) data = cleaned.data(), size = cleaned.size();
-    const std::string pnm = detail::pnm_header_problem(data, size);
+    const std::string pnm = pnm_header_problem(data, size);
     PIN_CHECK(pnm.empty(), path, ": not a readable image (", pnm, ")");
     int w = 0, h = 0, channels = 0;
     // The header first: a few bytes can claim a gigapixel image; refuse before allocating for it.
@@ -145,6 +151,40 @@ inline FaceImage decode_face_image(const unsigned char* data, size_t size, const
         stbi_image_free(decoded);
         throw Error(path + ": the image has no pixels (" + std::to_string(w) + " x " + std::to_string(h) + ")");
     }
+    DecodedPixels out;
+    out.width = w, out.height = h, out.channels = channels;
+    out.bytes.assign(decoded, decoded + static_cast<size_t>(w) * h * channels);
+    stbi_image_free(decoded);
+    return out;
+}
+}  // namespace detail
+
+// A photo in colour: width x height x 3, row-major, values 0..255 (gray images replicated to RGB,
+// alpha dropped). Face detection and alignment start from this.
+struct RgbImage {
+    int width = 0, height = 0;
+    std::vector<float> rgb;
+    float at(int x, int y, int c) const { return rgb[(static_cast<size_t>(y) * width + x) * 3 + c]; }
+};
+
+inline RgbImage decode_rgb_image(const unsigned char* data, size_t size, const std::string& path) {
+    const detail::DecodedPixels d = detail::decode_pixels(data, size, path);
+    RgbImage out;
+    out.width = d.width, out.height = d.height;
+    out.rgb.resize(static_cast<size_t>(d.width) * d.height * 3);
+    for (size_t i = 0; i < static_cast<size_t>(d.width) * d.height; ++i)
+        for (int c = 0; c < 3; ++c) out.rgb[i * 3 + c] = d.bytes[i * d.channels + (d.channels >= 3 ? c : 0)];
+    return out;
+}
+inline RgbImage load_rgb_image(const std::string& path) {
+    const std::vector<unsigned char> bytes = read_file_bytes(path);
+    return decode_rgb_image(bytes.data(), bytes.size(), path);
+}
+
+// Decodes image bytes; `path` names the source in error messages.
+inline FaceImage decode_face_image(const unsigned char* data, size_t size, const std::string& path, int face_size = 112) {
+    const detail::DecodedPixels d = detail::decode_pixels(data, size, path);
+    const int w = d.width, h = d.height, channels = d.channels;
     FaceImage out;
     out.size = face_size;
     out.source_width = w;
@@ -153,11 +193,10 @@ inline FaceImage decode_face_image(const unsigned char* data, size_t size, const
     out.converted_to_gray = channels >= 3;
     std::vector<float> gray(static_cast<size_t>(w) * h);
     for (size_t i = 0; i < gray.size(); ++i) {
-        const unsigned char* px = decoded + i * static_cast<size_t>(channels);
+        const unsigned char* px = d.bytes.data() + i * static_cast<size_t>(channels);
         // channels: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA (alpha ignored)
         gray[i] = channels >= 3 ? static_cast<float>(0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2]) : px[0];
     }
-    stbi_image_free(decoded);
     if (w != face_size || h != face_size) {
         gray = detail::resize_bilinear(gray, w, h, face_size, face_size);
         out.resized = true;
@@ -184,6 +223,19 @@ inline void write_face_png(const std::string& path, const float* pixels, int siz
         out->insert(out->end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + n);
     };
     PIN_CHECK(stbi_write_png_to_func(sink, &png, size, size, 1, gray.data(), size) != 0, path, ": PNG encoding failed");
+    write_file_atomically(path, png.data(), png.size());
+}
+
+// Writes an RgbImage (values clipped to 0..255) as an 8-bit colour PNG, atomically.
+inline void write_rgb_png(const std::string& path, const RgbImage& img) {
+    std::vector<unsigned char> px(img.rgb.size());
+    for (size_t i = 0; i < px.size(); ++i) px[i] = static_cast<unsigned char>(std::lround(std::clamp(img.rgb[i], 0.0f, 255.0f)));
+    std::vector<unsigned char> png;
+    auto sink = [](void* ctx, void* data, int n) {
+        auto* out = static_cast<std::vector<unsigned char>*>(ctx);
+        out->insert(out->end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + n);
+    };
+    PIN_CHECK(stbi_write_png_to_func(sink, &png, img.width, img.height, 3, px.data(), img.width * 3) != 0, path, ": PNG encoding failed");
     write_file_atomically(path, png.data(), png.size());
 }
 
