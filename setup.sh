@@ -3,10 +3,12 @@
 #
 #   ./setup.sh            install what is missing, build (Release), run the main job
 #   ./setup.sh --test     install what is missing, build, run the whole test suite
+#   ./setup.sh --bench    install what is missing, build, compare the PIN forward's speed with PyTorch
 #
 # Options: --no-install (skip apt), --build-dir DIR (default build), --jobs N, -h/--help.
-# The main job today is the speed comparison of the PIN agent forward against PyTorch
-# (bench/compare_torch.sh); it needs Debian's python3-torch, which only that mode installs.
+# The main job (`pin demo`): face-api's demo photos -> every face found, aligned, attacked with PGD
+# against the recognizer and defended with PIN (weights/pin-default); a table and demo/montage.png.
+# --bench needs Debian's python3-torch, which only that mode installs.
 set -euo pipefail
 
 mode=main
@@ -16,10 +18,11 @@ jobs=$(nproc 2>/dev/null || echo 2)
 while [ $# -gt 0 ]; do
   case "$1" in
     --test) mode=test ;;
+    --bench) mode=bench ;;
     --no-install) install=0 ;;
     --build-dir) build_dir=${2:?--build-dir needs a value}; shift ;;
     --jobs) jobs=${2:?--jobs needs a value}; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -29,7 +32,9 @@ cd "$(dirname "$0")"
 # ---- dependencies (Debian packages) -------------------------------------------------------------
 packages=(cmake g++ make libstb-dev nlohmann-json3-dev catch2)
 [ "$mode" = test ] && packages+=(clang libclang-rt-dev python3)
-[ "$mode" = main ] && packages+=(python3 python3-torch libopenblas0-pthread)
+[ "$mode" = bench ] && packages+=(python3 python3-torch libopenblas0-pthread)
+# npm fetches the face-api weights (recognizer, detector, landmarks); any npm on PATH will do.
+command -v npm >/dev/null 2>&1 || packages+=(npm)
 if [ "$install" = 1 ]; then
   missing=()
   for p in "${packages[@]}"; do
@@ -100,6 +105,8 @@ if [ "$mode" = test ]; then
   else
     echo "setup.sh: clang++ not found, skipping the sanitizer and fuzz runs"
   fi
-else
+elif [ "$mode" = bench ]; then
   BUILD_DIR="$build_dir" bench/compare_torch.sh
+else
+  "$build_dir/bin/pin" demo --out demo
 fi

@@ -24,6 +24,7 @@
 #include "cli/train_commands.hpp"
 #include "cli/eval_commands.hpp"
 #include "cli/align_commands.hpp"
+#include "cli/demo_command.hpp"
 
 namespace {
 using cli::Options;
@@ -88,6 +89,11 @@ void usage(std::FILE* f) {
                  "              --input-size N  detector input, a multiple of 32 (default auto: the photo's side, 160..416)\n"
                  "              --color         also write 150x150 colour chips (NAME.rgb150.png)\n"
                  "              --face-api DIR  face-api model folder (default: weights/face-api/, from setup.sh)\n"
+                 "  demo        the main job: every face of the photos (default: face-api's demo photos) found,\n"
+                 "              aligned, attacked (L2 PGD, dodging) and defended with PIN; prints similarities,\n"
+                 "              writes OUT/montage.png and OUT/demo.json\n"
+                 "              --in PHOTO|DIR  --out DIR (demo)  --model DIR (weights/pin-default)\n"
+                 "              --eps I (0.04)  --iterations N (10)  --seed S (0)\n"
                  "common options:\n"
                  "  --threads T CPU threads (default: all hardware threads)\n"
                  "  --no-progress  no progress bars\n"
@@ -381,6 +387,7 @@ int main(int argc, char** argv) {
         if (o.command == "eval") return cli::cmd_eval(o, PIN_DEFAULT_MODEL_DIR);
         if (o.command == "embed") return cli::cmd_embed(o);
         if (o.command == "align") return cli::cmd_align(o);
+        if (o.command == "demo") return cli::cmd_demo(o, PIN_DEFAULT_MODEL_DIR);
         fail_usage("unknown command '" + o.command + "'");
     } catch (const std::exception& e) {
         std::fprintf(stderr, "pin: %s\n", e.what());

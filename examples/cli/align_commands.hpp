@@ -2,6 +2,7 @@
 // mirroring the input tree) plus a JSON of boxes, scores and landmarks.
 #pragma once
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -64,7 +65,8 @@ inline int cmd_align(const Options& o) {
     const pin::detect::FaceFinder finder(face_api_dir(o));
     nlohmann::json results = nlohmann::json::array(), errors = nlohmann::json::array();
     int64_t with_face = 0, faces = 0;
-    pin::ProgressBar bar("align", static_cast<int64_t>(photos.size()), "photos");
+    std::unique_ptr<pin::ProgressBar> bar;
+    if (!o.has("no-progress")) bar = std::make_unique<pin::ProgressBar>("align", static_cast<int64_t>(photos.size()), "photos");
     for (size_t i = 0; i < photos.size(); ++i) {
         const fs::path& photo_path = photos[i];
         const fs::path rel = fs::relative(photo_path, base);
@@ -109,9 +111,9 @@ inline int cmd_align(const Options& o) {
             errors.push_back(e.what());
         }
         results.push_back(r);
-        bar.update(static_cast<int64_t>(i + 1));
+        if (bar) bar->update(static_cast<int64_t>(i + 1));
     }
-    bar.finish();
+    if (bar) bar->finish();
     nlohmann::json j;
     j["photos"] = photos.size();
     j["photos_with_face"] = with_face;

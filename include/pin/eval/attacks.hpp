@@ -65,6 +65,29 @@ inline void project(const float* x0, float* x, int64_t n, double radius) {
 }
 }  // namespace detail
 
+// The attack objective for embeddings e (B, dim) against targets t (B, dim): sign_i cos(e_i, t_i)
+// (sign -1 dodging, +1 impersonation), and its gradient with respect to e, written to de (B, dim).
+inline std::vector<double> signed_cosine_and_gradient(const Tensor& e, const float* target, const std::vector<double>& sign, Tensor& de) {
+    const int64_t B = e.dim(0), dim = e.dim(1);
+    std::vector<double> objective(static_cast<size_t>(B));
+    for (int64_t i = 0; i < B; ++i) {
+        const float* ei = e.data() + i * dim;
+        const float* ti = target + i * dim;
+        double en = 0, tn = 0, dot = 0;
+        for (int64_t j = 0; j < dim; ++j) {
+            en += static_cast<double>(ei[j]) * ei[j];
+            tn += static_cast<double>(ti[j]) * ti[j];
+            dot += static_cast<double>(ei[j]) * ti[j];
+        }
+        en = std::sqrt(en);
+        tn = std::sqrt(tn);
+        const double cosv = dot / (en * tn), s = sign[static_cast<size_t>(i)];
+        objective[static_cast<size_t>(i)] = s * cosv;
+        for (int64_t j = 0; j < dim; ++j) de.data()[i * dim + j] = static_cast<float>(s * (ti[j] / (en * tn) - cosv * ei[j] / (en * en)));
+    }
+    return objective;
+}
+
 // Returns the attacked faces. `first_image` keys the random start (PGD) so results do not depend on
 // batching.
 inline Tensor run_attack(const Tensor& x0, const AttackOptions& o, const GradientOracle& oracle, uint64_t first_image = 0) {

@@ -298,23 +298,8 @@ private:
                 for (size_t v = 0; v < inputs.size(); ++v) {
                     const Tensor e = rec_.embed_for_gradient(inputs[v]);
                     Tensor de = Tensor::empty({bn, dim});
-                    for (int64_t i = 0; i < bn; ++i) {
-                        const float* ei = e.data() + i * dim;
-                        const float* ti = target.data() + i * dim;
-                        double en = 0, tn = 0, dot = 0;
-                        for (int64_t j = 0; j < dim; ++j) {
-                            en += static_cast<double>(ei[j]) * ei[j];
-                            tn += static_cast<double>(ti[j]) * ti[j];
-                            dot += static_cast<double>(ei[j]) * ti[j];
-                        }
-                        en = std::sqrt(en);
-                        tn = std::sqrt(tn);
-                        const double cosv = dot / (en * tn);
-                        objective[static_cast<size_t>(i)] += share * sign[static_cast<size_t>(i)] * cosv;
-                        for (int64_t j = 0; j < dim; ++j)
-                            de.data()[i * dim + j] =
-                                static_cast<float>(sign[static_cast<size_t>(i)] * (ti[j] / (en * tn) - cosv * ei[j] / (en * en)));
-                    }
+                    const std::vector<double> part = signed_cosine_and_gradient(e, target.data(), sign, de);
+                    for (int64_t i = 0; i < bn; ++i) objective[static_cast<size_t>(i)] += share * part[static_cast<size_t>(i)];
                     Tensor g = rec_.input_gradient(de);
                     if (v < back_masks.size()) {
                         // d/dx of B diag(w) B^T (x - m) + m is B diag(w) B^T: project (g + m), subtract m.

@@ -213,8 +213,9 @@ inline FaceImage load_face_image(const std::string& path, int face_size = 112) {
 
 // Writes a size x size face in [-1, 1] (values outside are clipped) as an 8-bit gray PNG,
 // atomically (temp file + rename).
-inline void write_face_png(const std::string& path, const float* pixels, int size) {
-    std::vector<unsigned char> gray(static_cast<size_t>(size) * size);
+// Writes a width x height gray image with values in [-1, 1] (clipped) as an 8-bit PNG, atomically.
+inline void write_gray_png(const std::string& path, const float* pixels, int width, int height) {
+    std::vector<unsigned char> gray(static_cast<size_t>(width) * height);
     for (size_t i = 0; i < gray.size(); ++i)
         gray[i] = static_cast<unsigned char>(std::lround(std::clamp((pixels[i] + 1.0f) * 127.5f, 0.0f, 255.0f)));
     std::vector<unsigned char> png;
@@ -222,9 +223,10 @@ inline void write_face_png(const std::string& path, const float* pixels, int siz
         auto* out = static_cast<std::vector<unsigned char>*>(ctx);
         out->insert(out->end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + n);
     };
-    PIN_CHECK(stbi_write_png_to_func(sink, &png, size, size, 1, gray.data(), size) != 0, path, ": PNG encoding failed");
+    PIN_CHECK(stbi_write_png_to_func(sink, &png, width, height, 1, gray.data(), width) != 0, path, ": PNG encoding failed");
     write_file_atomically(path, png.data(), png.size());
 }
+inline void write_face_png(const std::string& path, const float* pixels, int size) { write_gray_png(path, pixels, size, size); }
 
 // Writes an RgbImage (values clipped to 0..255) as an 8-bit colour PNG, atomically.
 inline void write_rgb_png(const std::string& path, const RgbImage& img) {
