@@ -65,3 +65,52 @@ TEST_CASE("a training step lowers the exact expected cost and is thread-count in
     set_num_threads(2);
     REQUIRE(bitwise_equal(weights[0], weights[1]));
 }
+
+TEST_CASE("gradient clipping rescales the whole update to the stated norm", "[train][trainer]") {
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(random_tensor({50, 112 * 112}, 1, 0.3f), 40));
+    const Tensor x = random_tensor({2, 1, 112, 112}, 2, 0.5f, Layout::NHWC);
+    train::TrainerOptions opt;
+    opt.estimator = train::Estimator::LocalExpectation;
+    opt.lr = 0.01f;
+    opt.momentum = 0.0f;
+    opt.masks = 4;
+    // Weight changes of one step (momentum 0: the change is -lr * gradient), unclipped and clipped.
+    auto step_delta = [&](double clip, double& norm) {
+        auto agent = std::make_shared<model::Agent>(40);
+        agent->reset_parameters(3);
+        opt.clip_norm = clip;
+        train::PolicyGradientTrainer trainer(agent, basis, opt);
+        std::vector<Tensor> before;
+        for (const auto& p : trainer.trained_parameters()) before.push_back(p.param->value.clone());
+        norm = trainer.step(x, 0).grad_norm;
+        std::vector<double> delta;
+        size_t k = 0;
+        for (const auto& p : trainer.trained_parameters()) {
+            for (int64_t i = 0; i < p.param->value.numel(); ++i)
+                delta.push_back(static_cast<double>(p.param->value.data()[i]) - before[k].data()[i]);
+            ++k;
+        }
+        return delta;
+    };
+    double norm_free = 0, norm_clipped = 0;
+    const std::vector<double> free = step_delta(0, norm_free);
+    REQUIRE(norm_free > 0);
+    const double clip = norm_free / 8;
+    const std::vector<double> clipped = step_delta(clip, norm_clipped);
+    REQUIRE(norm_clipped == Approx(norm_free).epsilon(1e-9));  // reported before clipping
+    double applied = 0, worst = 0, scale = 0;
+    for (size_t i = 0; i < free.size(); ++i) {
+        applied += clipped[i] * clipped[i];
+        worst = std::max(worst, std::fabs(clipped[i] - free[i] / 8));
+        scale = std::max(scale, std::fabs(free[i]));
+    }
+    // The applied step is lr * clip long and points the same way as the unclipped one.
+    REQUIRE(std::sqrt(applied) == Approx(opt.lr * clip).epsilon(1e-3));
+    REQUIRE(worst <= 1e-4 * scale);
+    // A clip above the norm changes nothing.
+    double norm_big = 0;
+    const std::vector<double> same = step_delta(norm_free * 2, norm_big);
+    size_t differ = 0;
+    for (size_t i = 0; i < free.size(); ++i) differ += same[i] != free[i];
+    REQUIRE(differ == 0);
+}

@@ -169,6 +169,7 @@ inline int cmd_train(const Options& o) {
     to.noise = real_option(o, "noise", 0.04, 0, 10);
     to.lr = lo.lr;
     to.momentum = static_cast<float>(real_option(o, "momentum", 0.9, 0, 0.9999));
+    to.clip_norm = real_option(o, "clip-norm", 0, 0, 1e12);
     to.seed = bo.seed;
     auto agent = std::make_shared<pin::model::Agent>(basis->count());
     agent->reset_parameters(to.seed);
@@ -178,6 +179,7 @@ inline int cmd_train(const Options& o) {
     config.insert({
         {"masks", std::to_string(to.masks)},       {"estimator", pin::train::estimator_name(to.estimator)},
         {"cost", o.get("cost", "l2")},             {"lambda", o.get("lambda", "0.015")},
+        {"clip_norm", o.get("clip-norm", "0")},
         {"eigenvectors", std::to_string(basis->count())}});
     pin::train::TrainingPosition start;
     if (o.has("resume")) {
@@ -196,7 +198,7 @@ inline int cmd_train(const Options& o) {
     pin::train::LoopCallbacks cb;
     cb.step = [&](const pin::Tensor& x, uint64_t first) {
         const pin::train::StepStats s = trainer.step(x, first);
-        return pin::train::StepResult{s.mean_cost, s.mean_kept};
+        return pin::train::StepResult{s.mean_cost, s.mean_kept, s.grad_norm};
     };
     cb.set_lr = [&](float lr) { trainer.optimizer().set_lr(lr); };
     pin::train::TrainingPosition last = start;

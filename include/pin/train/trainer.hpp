@@ -27,11 +27,16 @@ struct TrainerOptions {
     double lambda = 0.015;
     double noise = 0.04;                         // ||eta|| / ||x||, per image
     float lr = 0.01f, momentum = 0.9f;
+    // Rescale the gradient of all trained parameters to this L2 norm when it is larger (0: never).
+    // The local estimator's gradients are large: unclipped, the first steps drive every logit to
+    // saturation and the mask freezes (docs/training.md).
+    double clip_norm = 0;
     uint64_t seed = 0;
 };
 
 struct StepStats {
     double mean_cost = 0, mean_kept = 0;
+    double grad_norm = 0;  // before clipping
 };
 
 class PolicyGradientTrainer {
@@ -77,10 +82,11 @@ public:
         agent_->esn().zero_grad();
         agent_->head().zero_grad();
         agent_->esn().backward(agent_->head().backward_logits(dz));
+        const double norm = clip_gradients();
         sgd_.step();
         agent_->esn().set_training(false);
         agent_->head().set_training(false);
-        return {g.mean_cost, g.mean_kept};
+        return {g.mean_cost, g.mean_kept, norm};
     }
 
     // x + eta with ||eta|| = noise ||x|| per image; image first_image + b always gets the same eta.
@@ -95,6 +101,23 @@ public:
     const TrainerOptions& options() const { return opt_; }
 
 private:
+    // The global L2 norm of the trained parameters' gradients; scaled down to clip_norm if above it.
+    double clip_gradients() {
+        double sq = 0;
+        for (const auto& p : trained_parameters()) {
+            const float* g = p.param->grad.data();
+            for (int64_t i = 0; i < p.param->grad.numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
+        }
+        const double norm = std::sqrt(sq);
+        if (opt_.clip_norm > 0 && norm > opt_.clip_norm) {
+            const float scale = static_cast<float>(opt_.clip_norm / norm);
+            for (const auto& p : trained_parameters()) {
+                float* g = p.param->grad.data();
+                for (int64_t i = 0; i < p.param->grad.numel(); ++i) g[i] *= scale;
+            }
+        }
+        return norm;
+    }
     static std::vector<nn::NamedParameter> trainable(model::Agent& agent) {
         std::vector<nn::NamedParameter> params;
         agent.esn().collect_parameters("esn.", params);

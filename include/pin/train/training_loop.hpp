@@ -60,6 +60,7 @@ struct LoopOptions {
 struct StepResult {
     double loss = 0;   // the step's mean cost (agent) or MSE (DAE)
     double kept = 0;   // mean ||q||_0 (agent); the input's MSE for the DAE
+    double grad_norm = 0;  // of the step's gradient, before any clipping (0 where not measured)
 };
 
 struct LoopCallbacks {
@@ -116,7 +117,7 @@ inline LoopOutcome run_training(FaceBatchLoader& loader, const LoopOptions& o, c
         if (exists) detail::trim_log(o.log_path, start.step);
         log = std::fopen(o.log_path.c_str(), "a");
         PIN_CHECK(log, o.log_path, ": cannot open the training log for writing");
-        if (!exists) std::fprintf(log, "step,epoch,batch,lr,mean_cost,%s,images_per_second,seconds\n", cb.kept_column.c_str());
+        if (!exists) std::fprintf(log, "step,epoch,batch,lr,mean_cost,%s,images_per_second,seconds,grad_norm\n", cb.kept_column.c_str());
     }
     struct LogCloser {
         std::FILE* f;
@@ -151,9 +152,9 @@ inline LoopOutcome run_training(FaceBatchLoader& loader, const LoopOptions& o, c
             sum_kept += r.kept;
             ++n_steps;
             if (log)
-                std::fprintf(log, "%lld,%lld,%lld,%.6g,%.8g,%.8g,%.4g,%.3f\n", static_cast<long long>(at.step),
+                std::fprintf(log, "%lld,%lld,%lld,%.6g,%.8g,%.8g,%.4g,%.3f,%.6g\n", static_cast<long long>(at.step),
                              static_cast<long long>(at.epoch), static_cast<long long>(at.batch), lr, r.loss, r.kept, B / dt,
-                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+                             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), r.grad_norm);
             if (log) std::fflush(log);  // the log is for watching a run too
             ++at.batch;
             ++at.step;
