@@ -67,6 +67,7 @@ void usage(std::FILE* f) {
                  "              --masks K (30) --epochs E (200) --batch B (20) --lr L (0.01) --lr-halve-every E (20)\n"
                  "              --momentum M (0.9) --noise I (0.04) --seed S (0) --flip --steps N --resume\n"
                  "              --clip-norm C   rescale the gradient to L2 norm C when larger (default 0: off)\n"
+                 "              --features-lr-scale F  lr multiplier for all but the head's output bias (1)\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"

@@ -114,3 +114,24 @@ TEST_CASE("gradient clipping rescales the whole update to the stated norm", "[tr
     for (size_t i = 0; i < free.size(); ++i) differ += same[i] != free[i];
     REQUIRE(differ == 0);
 }
+
+TEST_CASE("features_lr_scale 0 trains the output bias alone", "[train][trainer]") {
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(random_tensor({50, 112 * 112}, 1, 0.3f), 40));
+    const Tensor x = random_tensor({2, 1, 112, 112}, 2, 0.5f, Layout::NHWC);
+    train::TrainerOptions opt;
+    opt.estimator = train::Estimator::LocalExpectation;
+    opt.lr = 0.01f;
+    opt.masks = 4;
+    opt.features_lr_scale = 0.0f;
+    auto agent = std::make_shared<model::Agent>(40);
+    agent->reset_parameters(3);
+    train::PolicyGradientTrainer trainer(agent, basis, opt);
+    std::vector<Tensor> before;
+    for (const auto& p : trainer.trained_parameters()) before.push_back(p.param->value.clone());
+    trainer.step(x, 0);
+    size_t k = 0;
+    for (const auto& p : trainer.trained_parameters()) {
+        INFO(p.name);
+        REQUIRE(bitwise_equal(p.param->value, before[k++]) == (p.name != train::PolicyGradientTrainer::kOutputBias));
+    }
+}

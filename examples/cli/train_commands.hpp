@@ -170,6 +170,7 @@ inline int cmd_train(const Options& o) {
     to.lr = lo.lr;
     to.momentum = static_cast<float>(real_option(o, "momentum", 0.9, 0, 0.9999));
     to.clip_norm = real_option(o, "clip-norm", 0, 0, 1e12);
+    to.features_lr_scale = static_cast<float>(real_option(o, "features-lr-scale", 1, 0, 1e6));
     to.seed = bo.seed;
     auto agent = std::make_shared<pin::model::Agent>(basis->count());
     agent->reset_parameters(to.seed);
@@ -179,7 +180,7 @@ inline int cmd_train(const Options& o) {
     config.insert({
         {"masks", std::to_string(to.masks)},       {"estimator", pin::train::estimator_name(to.estimator)},
         {"cost", o.get("cost", "l2")},             {"lambda", o.get("lambda", "0.015")},
-        {"clip_norm", o.get("clip-norm", "0")},
+        {"clip_norm", o.get("clip-norm", "0")},   {"features_lr_scale", o.get("features-lr-scale", "1")},
         {"eigenvectors", std::to_string(basis->count())}});
     pin::train::TrainingPosition start;
     if (o.has("resume")) {

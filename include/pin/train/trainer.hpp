@@ -31,6 +31,10 @@ struct TrainerOptions {
     // The local estimator's gradients are large: unclipped, the first steps drive every logit to
     // saturation and the mask freezes (docs/training.md).
     double clip_norm = 0;
+    // Learning-rate multiplier for every trained parameter except the selection head's output bias.
+    // The bias alone sets an input-independent mask, one logit per eigenface with its own credit;
+    // every other weight moves all 2,500 logits at once, through features of large norm.
+    float features_lr_scale = 1.0f;
     uint64_t seed = 0;
 };
 
@@ -45,7 +49,16 @@ public:
                           const TrainerOptions& options)
         : agent_(std::move(agent)), basis_(std::move(basis)), opt_(options), sgd_(trainable(*agent_), options.lr, options.momentum) {
         PIN_CHECK(basis_->pixels() == 112 * 112, "PolicyGradientTrainer: the eigenbasis must have 12544 pixels");
+        const std::vector<nn::NamedParameter> params = trainable(*agent_);
+        bool found = false;
+        for (size_t k = 0; k < params.size(); ++k)
+            if (params[k].name != kOutputBias)
+                sgd_.set_lr_scale(k, options.features_lr_scale);
+            else
+                found = true;
+        PIN_CHECK(found, "PolicyGradientTrainer: no parameter named ", kOutputBias);
     }
+    static constexpr const char* kOutputBias = "head.fc2.0.bias";
 
     // One step on a batch x (B, 1, 112, 112) in [-1, 1]; `first_image` numbers the batch's images
     // in the run (masks and noise are drawn from Philox streams keyed by it).
