@@ -408,6 +408,55 @@ __global__ void mask_cost_kernel(const float* p, const float* g, const double* y
     }
 }
 
+// The local-expectation gradient, fused: one block per image walks its k masks in order; for each
+// mask a block reduction gives S(q) and ||q||_0, then every thread adds Delta_j(q) for the bits it
+// owns (j = thread, thread + 256, ...) into dz, so each dz[b, j] has one writer and a fixed summation
+// order (deterministic). Finally dz *= p (1 - p) / (k B), as train/estimators.hpp does.
+__global__ void local_gradient_kernel(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept,
+                                      int64_t batch, int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed,
+                                      uint64_t first_image) {
+    __shared__ double ss[256], sk[256];
+    const int64_t b = blockIdx.x;
+    const float* pb = p + b * n;
+    const float* gb = g + b * n;
+    double* dzb = dz + b * n;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) dzb[j] = 0.0;
+    for (int64_t s = 0; s < k; ++s) {
+        const PhiloxStream rng(seed, (first_image + static_cast<uint64_t>(b)) * static_cast<uint64_t>(k) + static_cast<uint64_t>(s));
+        double se = 0, nk = 0;
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+            const float q = rng.bernoulli(static_cast<uint64_t>(j), pb[j]);
+            se += q * static_cast<double>(gb[j]);
+            nk += q;
+        }
+        ss[threadIdx.x] = se;
+        sk[threadIdx.x] = nk;
+        __syncthreads();
+        for (int w = 128; w > 0; w >>= 1) {
+            if (threadIdx.x < w) {
+                ss[threadIdx.x] += ss[threadIdx.x + w];
+                sk[threadIdx.x] += sk[threadIdx.x + w];
+            }
+            __syncthreads();
+        }
+        const double S = fmax(y2[b] + ss[0], 0.0);  // as mask_squared_error: rounding can dip below 0
+        if (threadIdx.x == 0) {
+            cost[b * k + s] = (l2 ? sqrt(S) : S / static_cast<double>(pixels)) + lambda * sk[0];
+            kept[b * k + s] = sk[0];
+        }
+        for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+            const double q = rng.bernoulli(static_cast<uint64_t>(j), pb[j]), gj = gb[j];
+            const double on = fmax(S + (1.0 - q) * gj, 0.0), off = fmax(S - q * gj, 0.0);
+            dzb[j] += (l2 ? sqrt(on) - sqrt(off) : (on - off) / static_cast<double>(pixels)) + lambda;
+        }
+        __syncthreads();  // ss and sk are reused by the next mask
+    }
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        const double pj = pb[j];
+        dzb[j] *= pj * (1.0 - pj) / static_cast<double>(k * batch);
+    }
+}
+
 }  // namespace
 
 void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
@@ -624,6 +673,14 @@ void mask_costs(const float* p, const float* g, const double* y2, double* cost, 
     if (batch * k <= 0) return;
     mask_cost_kernel<<<static_cast<unsigned>(batch * k), 256>>>(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
     check(cudaGetLastError(), "mask_costs", dims(batch, n, k));
+}
+
+void local_gradient(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept, int64_t batch,
+                    int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
+    if (batch * k <= 0) return;
+    local_gradient_kernel<<<static_cast<unsigned>(batch), 256>>>(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
+                                                                 first_image);
+    check(cudaGetLastError(), "local_gradient", dims(batch, n, k));
 }
 
 }  // namespace pin::cuda

@@ -90,6 +90,13 @@ void transpose(const float* a, float* at, int64_t rows, int64_t cols);
 void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,
                 bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image);
 
+// The local-expectation estimator fused (train/estimators.hpp, Estimator::LocalExpectation): the same
+// masks as mask_costs, and dz (B, N) = p (1 - p) / (k B) * sum over the k masks of
+// Delta_j(q) = f(q, bit j on) - f(q, bit j off), every j in O(1) from S(q); also each mask's cost and
+// ||q||_0 (B * k). Doubles for dz, cost and kept, as on the CPU.
+void local_gradient(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept, int64_t batch,
+                    int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image);
+
 // The GPU's name and its measured bandwidth-free facts, for reports.
 std::string device_name();
 

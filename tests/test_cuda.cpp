@@ -52,6 +52,7 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
 #include "pin/cpu/linear.hpp"
 #include "pin/cpu/projection.hpp"
 #include "pin/model/defense.hpp"
+#include "pin/train/estimators.hpp"
 #include "pin/train/mask_cost.hpp"
 
 namespace {
@@ -302,5 +303,46 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense]") 
     if (differ == 0)
         require_matches(from_gpu(gy, 3 * 12544), ref.defended.data(), 3 * 12544, tf32 ? "[tf32] defended faces" : "[fp32] defended faces",
                         tf32 ? 5e-3 : 1e-4);
+}
+
+TEST_CASE("the fused GPU local-expectation gradient matches the CPU estimator", "[cuda][pin][estimator]") {
+    if (!gpu_or_skip()) return;
+    const int64_t B = 3, N = 301, k = 7, D = 12544;
+    std::vector<float> p(static_cast<size_t>(B * N)), gterm(static_cast<size_t>(B * N));
+    std::vector<double> y2(static_cast<size_t>(B));
+    std::vector<train::MaskCostTerms> terms;
+    const Tensor cc = rnd({B, N}, 21, Layout::NCHW), dd = rnd({B, N}, 22, Layout::NCHW);
+    for (size_t i = 0; i < p.size(); ++i) p[i] = 0.02f + 0.96f * static_cast<float>((i * 53) % 97) / 96.0f;
+    for (int64_t b = 0; b < B; ++b) {
+        terms.push_back(train::mask_cost_terms(cc.data() + b * N, dd.data() + b * N, N, 30.0 + b, D));
+        // The GPU takes g in float: give the CPU the same rounded terms.
+        for (int64_t j = 0; j < N; ++j) gterm[b * N + j] = static_cast<float>(terms.back().g[j]), terms.back().g[j] = gterm[b * N + j];
+        y2[b] = 30.0 + b;
+    }
+    auto gp = to_gpu(p), gg = to_gpu(gterm);
+    pin::cuda::DeviceBuffer gy2(2 * B), gdz(2 * B * N), gcost(2 * B * k), gkept(2 * B * k);
+    gy2.upload(reinterpret_cast<const float*>(y2.data()), 2 * B);
+    for (const bool l2 : {true, false}) {
+        const train::BatchGradient cpu = train::estimate_gradient(p, terms, k, train::Estimator::LocalExpectation,
+                                                                  l2 ? train::CostType::L2 : train::CostType::MSE, 0.015, 9, 40);
+        pin::cuda::local_gradient(gp.data(), gg.data(), reinterpret_cast<const double*>(gy2.data()), reinterpret_cast<double*>(gdz.data()),
+                                  reinterpret_cast<double*>(gcost.data()), reinterpret_cast<double*>(gkept.data()), B, N, k, l2, 0.015, D, 9,
+                                  40);
+        std::vector<double> dz(static_cast<size_t>(B * N)), cost(static_cast<size_t>(B * k)), kept(static_cast<size_t>(B * k));
+        gdz.download(reinterpret_cast<float*>(dz.data()), 2 * B * N);
+        gcost.download(reinterpret_cast<float*>(cost.data()), 2 * B * k);
+        gkept.download(reinterpret_cast<float*>(kept.data()), 2 * B * k);
+        double worst = 0, scale = 0, mean_cost = 0, mean_kept = 0;
+        for (size_t i = 0; i < dz.size(); ++i) {
+            worst = std::max(worst, std::fabs(dz[i] - cpu.dz[i]));
+            scale = std::max(scale, std::fabs(cpu.dz[i]));
+        }
+        for (size_t i = 0; i < cost.size(); ++i) mean_cost += cost[i] / cost.size(), mean_kept += kept[i] / kept.size();
+        std::printf("match %-40s worst |gpu - cpu| / max|cpu| = %.3g (tolerance 1e-9)\n", l2 ? "local gradient (L2 cost)" : "local gradient (MSE cost)",
+                    worst / scale);
+        REQUIRE(worst <= 1e-9 * scale);
+        REQUIRE(mean_cost == Approx(cpu.mean_cost).epsilon(1e-12));
+        REQUIRE(mean_kept == cpu.mean_kept);
+    }
 }
 #endif
