@@ -380,6 +380,20 @@ __global__ void channel_sum_kernel(int64_t rows, int64_t channels, F f, float* o
     if (threadIdx.x == 0) out[c] = static_cast<float>(part[0]);
 }
 
+// Block-wide sums of two per-thread values (256 threads) in a fixed tree order: totals in a[0], b[0].
+__device__ void block_sum_pair(double* a, double* b, double va, double vb) {
+    a[threadIdx.x] = va;
+    b[threadIdx.x] = vb;
+    __syncthreads();
+    for (int w = 128; w > 0; w >>= 1) {
+        if (threadIdx.x < w) {
+            a[threadIdx.x] += a[threadIdx.x + w];
+            b[threadIdx.x] += b[threadIdx.x + w];
+        }
+        __syncthreads();
+    }
+}
+
 __global__ void mask_cost_kernel(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t n,
                                  int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     __shared__ double ss[256], sk[256];
@@ -391,16 +405,7 @@ __global__ void mask_cost_kernel(const float* p, const float* g, const double* y
         se += q * static_cast<double>(g[b * n + j]);
         nk += q;
     }
-    ss[threadIdx.x] = se;
-    sk[threadIdx.x] = nk;
-    __syncthreads();
-    for (int w = 128; w > 0; w >>= 1) {
-        if (threadIdx.x < w) {
-            ss[threadIdx.x] += ss[threadIdx.x + w];
-            sk[threadIdx.x] += sk[threadIdx.x + w];
-        }
-        __syncthreads();
-    }
+    block_sum_pair(ss, sk, se, nk);
     if (threadIdx.x == 0) {
         const double S = fmax(y2[b] + ss[0], 0.0);
         cost[blockIdx.x] = (l2 ? sqrt(S) : S / static_cast<double>(pixels)) + lambda * sk[0];
@@ -429,16 +434,7 @@ __global__ void local_gradient_kernel(const float* p, const float* g, const doub
             se += q * static_cast<double>(gb[j]);
             nk += q;
         }
-        ss[threadIdx.x] = se;
-        sk[threadIdx.x] = nk;
-        __syncthreads();
-        for (int w = 128; w > 0; w >>= 1) {
-            if (threadIdx.x < w) {
-                ss[threadIdx.x] += ss[threadIdx.x + w];
-                sk[threadIdx.x] += sk[threadIdx.x + w];
-            }
-            __syncthreads();
-        }
+        block_sum_pair(ss, sk, se, nk);
         const double S = fmax(y2[b] + ss[0], 0.0);  // as mask_squared_error: rounding can dip below 0
         if (threadIdx.x == 0) {
             cost[b * k + s] = (l2 ? sqrt(S) : S / static_cast<double>(pixels)) + lambda * sk[0];
