@@ -68,6 +68,7 @@ void usage(std::FILE* f) {
                  "              --momentum M (0.9) --noise I (0.04) --seed S (0) --flip --steps N --resume\n"
                  "              --clip-norm C   rescale the gradient to L2 norm C when larger (default 0: off)\n"
                  "              --features-lr-scale F  lr multiplier for all but the head's output bias (1)\n"
+                 "              --head-init-scale S  output layer weights x S and bias 0 at the start (1)\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"

@@ -93,3 +93,23 @@ TEST_CASE("the agent maps faces to probabilities, identically for 1 and 2 thread
     for (int64_t j = 0; j < 2500; ++j) diff += std::fabs(p[0].data()[j] - p[0].data()[2500 + j]);
     REQUIRE(diff > 0.0);
 }
+
+TEST_CASE("scale_output_layer shrinks the head's logits and centres them at p = 0.5", "[model]") {
+    model::Agent agent(300);
+    agent.reset_parameters(11);
+    const Tensor x = random_tensor({2, 1, 112, 112}, 701, 0.5f, Layout::NHWC);
+    const Tensor p1 = agent.forward(x);
+    agent.head().scale_output_layer(0.01f);
+    const Tensor p2 = agent.forward(x);
+    agent.head().scale_output_layer(0.0f);
+    const Tensor p3 = agent.forward(x);
+    double far1 = 0, far2 = 0;
+    for (int64_t i = 0; i < p1.numel(); ++i) {
+        far1 = std::max(far1, std::fabs(p1.data()[i] - 0.5));
+        far2 = std::max(far2, std::fabs(p2.data()[i] - 0.5));
+        REQUIRE(p3.data()[i] == 0.5f);  // zero weights and bias: logit 0 for every input
+    }
+    INFO("max |p - 0.5|: default init " << far1 << ", scaled 0.01: " << far2);
+    REQUIRE(far2 < far1);
+    REQUIRE(far2 > 0.0);  // still input dependent
+}

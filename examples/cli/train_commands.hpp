@@ -174,6 +174,8 @@ inline int cmd_train(const Options& o) {
     to.seed = bo.seed;
     auto agent = std::make_shared<pin::model::Agent>(basis->count());
     agent->reset_parameters(to.seed);
+    const double head_init_scale = real_option(o, "head-init-scale", 1, 0, 1e6);
+    if (head_init_scale != 1) agent->head().scale_output_layer(static_cast<float>(head_init_scale));
     detail::load_dae_weights(agent->dae(), o.get("dae", ""));
     pin::train::PolicyGradientTrainer trainer(agent, basis, to);
     std::map<std::string, std::string> config = detail::common_config(o, files.size(), bo, lo);
@@ -181,6 +183,7 @@ inline int cmd_train(const Options& o) {
         {"masks", std::to_string(to.masks)},       {"estimator", pin::train::estimator_name(to.estimator)},
         {"cost", o.get("cost", "l2")},             {"lambda", o.get("lambda", "0.015")},
         {"clip_norm", o.get("clip-norm", "0")},   {"features_lr_scale", o.get("features-lr-scale", "1")},
+        {"head_init_scale", o.get("head-init-scale", "1")},
         {"eigenvectors", std::to_string(basis->count())}});
     pin::train::TrainingPosition start;
     if (o.has("resume")) {

@@ -26,6 +26,17 @@ public:
         linear1_->reset_parameters(seed, 400);
         linear2_->reset_parameters(seed, 402);
     }
+    // Multiplies the output layer's weights by `scale` and zeroes its bias: with PyTorch's default
+    // initialisation the ESN's features are large enough that most initial logits are far from 0, the
+    // sigmoid is saturated (p(1 - p) ~ 0) before training starts, and those bits never learn. A small
+    // output layer starts every p near 0.5 (the usual small policy-output initialisation in RL).
+    void scale_output_layer(float scale) {
+        for (auto& p : linear2_->parameters()) {
+            Tensor& v = p.param->value;
+            const bool is_bias = v.rank() == 1;
+            for (int64_t i = 0; i < v.numel(); ++i) v.data()[i] = is_bias ? 0.0f : v.data()[i] * scale;
+        }
+    }
     Tensor forward(const Tensor& x) override { return fc2_.forward(fc1_.forward(x)); }
     Tensor backward(const Tensor& dp) override { return fc1_.backward(fc2_.backward(dp)); }
     Tensor forward_logits(const Tensor& x) { return linear2_->forward(fc1_.forward(x)); }
