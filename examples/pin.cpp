@@ -17,6 +17,7 @@
 #include "pin/core/progress.hpp"
 #include "pin/io/face_dataset.hpp"
 #include "pin/io/image.hpp"
+#include "pin/io/state_dict.hpp"
 #include "pin/model/defense.hpp"
 #include "pin/model/eigenbasis.hpp"
 #include "pin/pin.hpp"
@@ -57,6 +58,8 @@ void usage(std::FILE* f) {
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
+                 "  export      a model folder for shipping: --model DIR --out DIR [--half-from N] (eigenfaces and\n"
+                 "              agent tensors of >= N elements, default 1024, as float16; 0 = all float32)\n"
                  "  pretrain-dae  train the denoising autoencoder (MSE to the clean face, noise 0.04)\n"
                  "              --data DIR --split S (default train) --out DIR (checkpoint, log.csv, dae.safetensors)\n"
                  "              --epochs E (10) --batch B (16) --lr L (0.01) --momentum M (0.9) --lr-halve-every E (20)\n"
@@ -351,6 +354,26 @@ int cmd_defend(const Options& o) {
     return 0;
 }
 
+// A model folder for shipping: the eigenfaces and every agent tensor of at least --half-from
+// elements stored as float16 (biases and PReLU slopes stay float32).
+int cmd_export(const Options& o) {
+    namespace fs = std::filesystem;
+    if (!o.values.count("model") || !o.values.count("out")) fail_usage("export needs --model DIR and --out DIR");
+    const std::string in = o.values.at("model"), out = o.values.at("out");
+    const int64_t half_from = int_option(o, "half-from", 1024, 0, INT64_MAX);
+    const pin::model::Defense d = pin::model::Defense::load_pin(in);  // checks the folder is a complete PIN model
+    fs::create_directories(out);
+    d.basis()->save((fs::path(out) / "eigenbasis.safetensors").string(), half_from > 0);
+    auto agent = std::make_shared<pin::model::Agent>(d.basis()->count());
+    pin::io::load_parameters(agent->parameters(), pin::io::read_safetensors((fs::path(in) / "agent.safetensors").string()),
+                             (fs::path(in) / "agent.safetensors").string());
+    pin::io::write_safetensors((fs::path(out) / "agent.safetensors").string(), pin::io::parameter_entries(agent->parameters(), "", half_from),
+                               {{"exported_from", in}});
+    std::printf("wrote %s: eigenbasis.safetensors, agent.safetensors (%s)\n", out.c_str(),
+                half_from > 0 ? ("float16 for tensors of >= " + std::to_string(half_from) + " elements").c_str() : "float32");
+    return 0;
+}
+
 int cmd_agent_forward(const Options& o) {
     namespace fs = std::filesystem;
     for (const char* k : {"model", "in", "out"})
@@ -385,6 +408,7 @@ int main(int argc, char** argv) {
         if (o.command == "eigen") return cmd_eigen(o);
         if (o.command == "defend") return cmd_defend(o);
         if (o.command == "agent-forward") return cmd_agent_forward(o);
+        if (o.command == "export") return cmd_export(o);
         if (o.command == "pretrain-dae") return cli::cmd_pretrain_dae(o);
         if (o.command == "train") return cli::cmd_train(o);
         if (o.command == "eval") return cli::cmd_eval(o, PIN_DEFAULT_MODEL_DIR);

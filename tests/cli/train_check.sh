@@ -41,6 +41,41 @@ done
 # The trained folder is a model folder for pin defend.
 "$pin" defend --model "$work/agent_c_local" --in "$work/faces/person_00" --out "$work/defended" $q >/dev/null 2>&1 \
   || fail "pin defend with the trained model folder"
+# pin export: a float16 model folder, smaller, defending within float16 rounding of the original.
+"$pin" export --model "$work/agent_c_local" --out "$work/exported" >/dev/null 2>&1 || fail "pin export"
+"$pin" defend --model "$work/exported" --mode expectation --in "$work/faces/person_00" --out "$work/def_half" $q >/dev/null 2>&1 \
+  || fail "pin defend with the exported model"
+"$pin" defend --model "$work/agent_c_local" --mode expectation --in "$work/faces/person_00" --out "$work/def_full" $q >/dev/null 2>&1 \
+  || fail "pin defend (expectation) with the trained model"
+python3 - "$work" <<'PY' || fail "exported model: size or defended faces"
+import os, sys, zlib
+w = sys.argv[1]
+size = lambda d: sum(os.path.getsize(os.path.join(w, d, f)) for f in ("agent.safetensors", "eigenbasis.safetensors"))
+assert size("exported") < 0.6 * size("agent_c_local"), (size("exported"), size("agent_c_local"))
+def gray(path):  # an 8-bit gray PNG: IDAT, zlib, then undo each row's filter
+    data = open(path, "rb").read(); i = 8; idat = b""; width = height = 0
+    while i < len(data):
+        n = int.from_bytes(data[i:i + 4], "big"); t = data[i + 4:i + 8]
+        if t == b"IHDR": width, height = int.from_bytes(data[i + 8:i + 12], "big"), int.from_bytes(data[i + 12:i + 16], "big")
+        if t == b"IDAT": idat += data[i + 8:i + 8 + n]
+        i += 12 + n
+    raw, out, prev = zlib.decompress(idat), [], [0] * width
+    for y in range(height):
+        f, row = raw[y * (width + 1)], list(raw[y * (width + 1) + 1:(y + 1) * (width + 1)])
+        for x in range(width):
+            a, b, c = (row[x - 1] if x else 0), prev[x], (prev[x - 1] if x else 0)
+            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+            pred = [0, a, b, (a + b) // 2, a if pa <= pb and pa <= pc else (b if pb <= pc else c)][f]
+            row[x] = (row[x] + pred) & 255
+        out += row; prev = row
+    return out
+names = sorted(os.listdir(os.path.join(w, "def_full")))
+assert names, "no defended faces"
+for n in names:
+    a, b = gray(os.path.join(w, "def_full", n)), gray(os.path.join(w, "def_half", n))
+    assert len(a) == len(b) == 112 * 112
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 3, (n, max(abs(x - y) for x, y in zip(a, b)))
+PY
 
 # SIGINT mid-run: checkpoint, exit 130, resume finishes with the weights of the uninterrupted run.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/dae.safetensors --basis $work/basis.safetensors
