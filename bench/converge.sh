@@ -4,11 +4,11 @@
 # each from the same initial weights. Writes OUT/<estimator>/log.csv, OUT/converge.csv (all three),
 # OUT/converge.svg (mean cost and mean ||q||_0 against step) and prints a summary.
 #
-#   bench/converge.sh --dae FILE --basis FILE [--data DIR] [--steps 150] [--lambda 0.002] [--lr 0.001]
+#   bench/converge.sh --dae FILE --basis FILE [--data DIR] [--steps 150] [--lambda 0.002] [--lr 0.01]
 #                     [--out DIR] [--estimators "reinforce rloo local"]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-data=../shared/data/lfw112; steps=150; lambda=0.002; lr=0.001; out=converge-run; dae=""; basis=""
+data=../shared/data/lfw112; steps=150; lambda=0.002; lr=0.01; out=converge-run; dae=""; basis=""
 estimators="reinforce rloo local"
 while [ $# -gt 0 ]; do
   case "$1" in

@@ -169,12 +169,12 @@ inline int cmd_train(const Options& o) {
     to.noise = real_option(o, "noise", 0.04, 0, 10);
     to.lr = lo.lr;
     to.momentum = static_cast<float>(real_option(o, "momentum", 0.9, 0, 0.9999));
-    to.clip_norm = real_option(o, "clip-norm", 0, 0, 1e12);
+    to.clip_norm = real_option(o, "clip-norm", 1, 0, 1e12);  // defaults: the shipped model's (docs/training.md)
     to.features_lr_scale = static_cast<float>(real_option(o, "features-lr-scale", 1, 0, 1e6));
     to.seed = bo.seed;
     auto agent = std::make_shared<pin::model::Agent>(basis->count());
     agent->reset_parameters(to.seed);
-    const double head_init_scale = real_option(o, "head-init-scale", 1, 0, 1e6);
+    const double head_init_scale = real_option(o, "head-init-scale", 0.01, 0, 1e6);
     if (head_init_scale != 1) agent->head().scale_output_layer(static_cast<float>(head_init_scale));
     detail::load_dae_weights(agent->dae(), o.get("dae", ""));
     pin::train::PolicyGradientTrainer trainer(agent, basis, to);
@@ -182,8 +182,8 @@ inline int cmd_train(const Options& o) {
     config.insert({
         {"masks", std::to_string(to.masks)},       {"estimator", pin::train::estimator_name(to.estimator)},
         {"cost", o.get("cost", "l2")},             {"lambda", o.get("lambda", "0.015")},
-        {"clip_norm", o.get("clip-norm", "0")},   {"features_lr_scale", o.get("features-lr-scale", "1")},
-        {"head_init_scale", o.get("head-init-scale", "1")},
+        {"clip_norm", o.get("clip-norm", "1")},   {"features_lr_scale", o.get("features-lr-scale", "1")},
+        {"head_init_scale", o.get("head-init-scale", "0.01")},
         {"eigenvectors", std::to_string(basis->count())}});
     pin::train::TrainingPosition start;
     if (o.has("resume")) {
