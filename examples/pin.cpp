@@ -10,6 +10,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <map>
 #include <string>
 #include <vector>
@@ -22,6 +24,10 @@
 #include "pin/model/eigenbasis.hpp"
 #include "pin/pin.hpp"
 #include "cli/options.hpp"
+#if defined(PIN_HAVE_CUDA)
+#include "gpu_defense.hpp"
+#include "rng.cuh"
+#endif
 #include "cli/train_commands.hpp"
 #include "cli/eval_commands.hpp"
 #include "cli/align_commands.hpp"
@@ -55,6 +61,7 @@ void usage(std::FILE* f) {
                  "              --mode M        sample (default) | threshold | mean-threshold | expectation\n"
                  "              --seed S        mask seed (default 0); same seed -> same files\n"
                  "              --batch B       faces per batch (default 16)\n"
+                 "              --device D      cpu (default) | cuda (PIN, --mode sample; same masks as the CPU)\n"
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
@@ -298,6 +305,44 @@ int cmd_defend(const Options& o) {
     constexpr int kSize = 112, D = kSize * kSize;
     const int64_t n = static_cast<int64_t>(inputs.size());
     pin::check_batch_memory(std::min(batch, n), 30e6, "pin defend");  // the agent's activations per face
+
+    // --device cuda: the same model, its weights copied to the GPU once; the same Philox masks.
+    const std::string device = o.values.count("device") ? o.values.at("device") : "cpu";
+    if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
+    std::function<pin::model::DefenseOutput(const pin::Tensor&, uint64_t)> run_defense = [&](const pin::Tensor& x, uint64_t first) {
+        return defense.inactivate(x, first);
+    };
+#if defined(PIN_HAVE_CUDA)
+    std::unique_ptr<pin::cuda::GpuDefense> gpu;
+#endif
+    if (device == "cuda") {
+        if (defense_name != "pin" || mode != pin::model::SamplingMode::Bernoulli)
+            fail_usage("--device cuda runs the PIN defense with --mode sample (others run on the CPU)");
+#if defined(PIN_HAVE_CUDA)
+        std::string reason;
+        if (!pin::cuda::device_available(&reason)) {
+            std::fprintf(stderr, "pin defend: --device cuda: no usable CUDA device (%s)\n", reason.c_str());
+            return 1;
+        }
+        gpu = std::make_unique<pin::cuda::GpuDefense>(*defense.agent(), *defense.basis());
+        run_defense = [&](const pin::Tensor& x, uint64_t first) {
+            const int64_t bn = x.n(), N = gpu->eigenvectors();
+            pin::cuda::DeviceBuffer gx(static_cast<size_t>(bn * D)), gp(static_cast<size_t>(bn * N)), gq(static_cast<size_t>(bn * N)),
+                gy(static_cast<size_t>(bn * D));
+            gx.upload(x.data(), static_cast<size_t>(bn * D));
+            gpu->forward(gx.data(), bn, defense.seed(), first, gp.data(), gq.data(), gy.data());
+            pin::model::DefenseOutput out;
+            out.defended = pin::Tensor::empty({bn, 1, kSize, kSize}, pin::Layout::NHWC);
+            out.q = pin::Tensor::empty({bn, N});
+            gy.download(out.defended.data(), static_cast<size_t>(bn * D));
+            gq.download(out.q.data(), static_cast<size_t>(bn * N));
+            return out;
+        };
+#else
+        std::fprintf(stderr, "pin defend: --device cuda: this build has no CUDA kernels (nvcc was not found, or PIN_CUDA=OFF)\n");
+        return 1;
+#endif
+    }
     int64_t failures = 0, resized = 0, coloured = 0;
     double kept = 0;
     pin::ProgressBar bar("defending", n, "faces");
@@ -316,7 +361,7 @@ int cmd_defend(const Options& o) {
                 errors[static_cast<size_t>(i)] = e.what();
             }
         });
-        const pin::model::DefenseOutput res = defense.inactivate(x, static_cast<uint64_t>(b0));
+        const pin::model::DefenseOutput res = run_defense(x, static_cast<uint64_t>(b0));
         if (res.q.defined()) kept += pin::cpu::reduce_sum(res.q);
         pin::parallel_for(bn, [&](int64_t i) {
             if (!errors[static_cast<size_t>(i)].empty()) return;

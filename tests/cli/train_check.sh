@@ -47,11 +47,9 @@ done
   || fail "pin defend with the exported model"
 "$pin" defend --model "$work/agent_c_local" --mode expectation --in "$work/faces/person_00" --out "$work/def_full" $q >/dev/null 2>&1 \
   || fail "pin defend (expectation) with the trained model"
-python3 - "$work" <<'PY' || fail "exported model: size or defended faces"
-import os, sys, zlib
-w = sys.argv[1]
-size = lambda d: sum(os.path.getsize(os.path.join(w, d, f)) for f in ("agent.safetensors", "eigenbasis.safetensors"))
-assert size("exported") < 0.6 * size("agent_c_local"), (size("exported"), size("agent_c_local"))
+# An 8-bit gray PNG decoder for the comparisons below (IDAT, zlib, undo each row's filter).
+cat > "$work/png_gray.py" <<'PY'
+import zlib
 def gray(path):  # an 8-bit gray PNG: IDAT, zlib, then undo each row's filter
     data = open(path, "rb").read(); i = 8; idat = b""; width = height = 0
     while i < len(data):
@@ -69,6 +67,14 @@ def gray(path):  # an 8-bit gray PNG: IDAT, zlib, then undo each row's filter
             row[x] = (row[x] + pred) & 255
         out += row; prev = row
     return out
+PY
+python3 - "$work" <<'PY' || fail "exported model: size or defended faces"
+import os, sys
+sys.path.insert(0, sys.argv[1])
+w = sys.argv[1]
+size = lambda d: sum(os.path.getsize(os.path.join(w, d, f)) for f in ("agent.safetensors", "eigenbasis.safetensors"))
+assert size("exported") < 0.6 * size("agent_c_local"), (size("exported"), size("agent_c_local"))
+from png_gray import gray
 names = sorted(os.listdir(os.path.join(w, "def_full")))
 assert names, "no defended faces"
 for n in names:
@@ -76,6 +82,26 @@ for n in names:
     assert len(a) == len(b) == 112 * 112
     assert max(abs(x - y) for x, y in zip(a, b)) <= 3, (n, max(abs(x - y) for x, y in zip(a, b)))
 PY
+# --device cuda: on a machine with a GPU the same masks and faces as the CPU (within 2 gray levels);
+# without one, a message saying why and a non-zero exit.
+"$pin" defend --model "$work/agent_c_local" --in "$work/faces/person_00" --out "$work/def_cpu" --seed 5 $q >/dev/null 2>&1 \
+  || fail "pin defend (cpu, seed 5)"
+if "$pin" defend --model "$work/agent_c_local" --in "$work/faces/person_00" --out "$work/def_gpu" --seed 5 --device cuda $q \
+     > "$work/gpu.log" 2>&1; then
+  python3 - "$work" <<'PY' || fail "pin defend --device cuda differs from the CPU"
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from png_gray import gray
+w = sys.argv[1]
+for n in sorted(os.listdir(os.path.join(w, "def_cpu"))):
+    a, b = gray(os.path.join(w, "def_cpu", n)), gray(os.path.join(w, "def_gpu", n))
+    assert max(abs(x - y) for x, y in zip(a, b)) <= 2, n
+PY
+  echo "pin defend --device cuda matches the CPU"
+else
+  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
+  echo "pin defend --device cuda: $(tail -1 "$work/gpu.log") (GPU comparison skipped)"
+fi
 
 # SIGINT mid-run: checkpoint, exit 130, resume finishes with the weights of the uninterrupted run.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/dae.safetensors --basis $work/basis.safetensors

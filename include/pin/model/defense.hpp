@@ -101,6 +101,9 @@ public:
 
     DefenseKind kind() const { return kind_; }
     const EigenBasis* basis() const { return basis_.get(); }
+    Agent* agent() const { return agent_.get(); }  // PIN and DAE defenses; null otherwise
+    SamplingMode sampling() const { return mode_; }
+    uint64_t seed() const { return seed_; }
     void set_sampling(SamplingMode mode, uint64_t seed) {
         mode_ = mode;
         seed_ = seed;
