@@ -410,10 +410,7 @@ int cmd_export(const Options& o) {
     const pin::model::Defense d = pin::model::Defense::load_pin(in);  // checks the folder is a complete PIN model
     fs::create_directories(out);
     d.basis()->save((fs::path(out) / "eigenbasis.safetensors").string(), half_from > 0);
-    auto agent = std::make_shared<pin::model::Agent>(d.basis()->count());
-    pin::io::load_parameters(agent->parameters(), pin::io::read_safetensors((fs::path(in) / "agent.safetensors").string()),
-                             (fs::path(in) / "agent.safetensors").string());
-    pin::io::write_safetensors((fs::path(out) / "agent.safetensors").string(), pin::io::parameter_entries(agent->parameters(), "", half_from),
+    pin::io::write_safetensors((fs::path(out) / "agent.safetensors").string(), pin::io::parameter_entries(d.agent()->parameters(), "", half_from),
                                {{"exported_from", in}});
     std::printf("wrote %s: eigenbasis.safetensors, agent.safetensors (%s)\n", out.c_str(),
                 half_from > 0 ? ("float16 for tensors of >= " + std::to_string(half_from) + " elements").c_str() : "float32");

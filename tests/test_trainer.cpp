@@ -1,6 +1,7 @@
 // One policy-gradient step of the whole agent: with the exact (MSE, local-expectation) gradient a
 // small step lowers the exact expected cost of the batch; the step is thread-count independent.
 #include <cmath>
+#include <memory>
 
 #include "helpers.hpp"
 #include "pin/core/parallel.hpp"
@@ -35,18 +36,32 @@ double expected_mse_cost(model::Agent& agent, const model::EigenBasis& basis, co
     }
     return total / B;
 }
+// A 40-eigenface basis from 50 random faces and a batch of two faces: the trainer tests' problem.
+std::shared_ptr<model::EigenBasis> small_basis() {
+    return std::make_shared<model::EigenBasis>(model::EigenBasis::compute(random_tensor({50, 112 * 112}, 1, 0.3f), 40));
+}
+Tensor small_batch() { return random_tensor({2, 1, 112, 112}, 2, 0.5f, Layout::NHWC); }
+train::TrainerOptions local_options(float lr, float momentum) {
+    train::TrainerOptions opt;
+    opt.estimator = train::Estimator::LocalExpectation;
+    opt.lr = lr;
+    opt.momentum = momentum;
+    opt.masks = 4;
+    return opt;
+}
+std::vector<Tensor> snapshot(train::PolicyGradientTrainer& trainer) {
+    std::vector<Tensor> out;
+    for (const auto& p : trainer.trained_parameters()) out.push_back(p.param->value.clone());
+    return out;
+}
 }  // namespace
 
 TEST_CASE("a training step lowers the exact expected cost and is thread-count independent", "[train][trainer]") {
-    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(random_tensor({50, 112 * 112}, 1, 0.3f), 40));
-    const Tensor x = random_tensor({2, 1, 112, 112}, 2, 0.5f, Layout::NHWC);
-    train::TrainerOptions opt;
-    opt.estimator = train::Estimator::LocalExpectation;
+    const auto basis = small_basis();
+    const Tensor x = small_batch();
+    train::TrainerOptions opt = local_options(0.05f, 0.0f);
     opt.cost = train::CostType::MSE;
     opt.lambda = 0.01;
-    opt.lr = 0.05f;
-    opt.momentum = 0.0f;
-    opt.masks = 4;
     Tensor weights[2];
     for (int t = 0; t < 2; ++t) {
         set_num_threads(t + 1);
@@ -67,21 +82,16 @@ TEST_CASE("a training step lowers the exact expected cost and is thread-count in
 }
 
 TEST_CASE("gradient clipping rescales the whole update to the stated norm", "[train][trainer]") {
-    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(random_tensor({50, 112 * 112}, 1, 0.3f), 40));
-    const Tensor x = random_tensor({2, 1, 112, 112}, 2, 0.5f, Layout::NHWC);
-    train::TrainerOptions opt;
-    opt.estimator = train::Estimator::LocalExpectation;
-    opt.lr = 0.01f;
-    opt.momentum = 0.0f;
-    opt.masks = 4;
+    const auto basis = small_basis();
+    const Tensor x = small_batch();
+    train::TrainerOptions opt = local_options(0.01f, 0.0f);
     // Weight changes of one step (momentum 0: the change is -lr * gradient), unclipped and clipped.
     auto step_delta = [&](double clip, double& norm) {
         auto agent = std::make_shared<model::Agent>(40);
         agent->reset_parameters(3);
         opt.clip_norm = clip;
         train::PolicyGradientTrainer trainer(agent, basis, opt);
-        std::vector<Tensor> before;
-        for (const auto& p : trainer.trained_parameters()) before.push_back(p.param->value.clone());
+        const std::vector<Tensor> before = snapshot(trainer);
         norm = trainer.step(x, 0).grad_norm;
         std::vector<double> delta;
         size_t k = 0;
@@ -116,18 +126,13 @@ TEST_CASE("gradient clipping rescales the whole update to the stated norm", "[tr
 }
 
 TEST_CASE("features_lr_scale 0 trains the output bias alone", "[train][trainer]") {
-    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(random_tensor({50, 112 * 112}, 1, 0.3f), 40));
-    const Tensor x = random_tensor({2, 1, 112, 112}, 2, 0.5f, Layout::NHWC);
-    train::TrainerOptions opt;
-    opt.estimator = train::Estimator::LocalExpectation;
-    opt.lr = 0.01f;
-    opt.masks = 4;
+    train::TrainerOptions opt = local_options(0.01f, 0.9f);
     opt.features_lr_scale = 0.0f;
     auto agent = std::make_shared<model::Agent>(40);
     agent->reset_parameters(3);
-    train::PolicyGradientTrainer trainer(agent, basis, opt);
-    std::vector<Tensor> before;
-    for (const auto& p : trainer.trained_parameters()) before.push_back(p.param->value.clone());
+    train::PolicyGradientTrainer trainer(agent, small_basis(), opt);
+    const Tensor x = small_batch();
+    const std::vector<Tensor> before = snapshot(trainer);
     trainer.step(x, 0);
     size_t k = 0;
     for (const auto& p : trainer.trained_parameters()) {

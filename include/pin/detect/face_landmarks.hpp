@@ -60,15 +60,8 @@ public:
         const int side = std::max(crop.width, crop.height), diff = side - std::min(crop.width, crop.height);
         const int after = static_cast<int>(std::round(diff * 0.5)), before = diff - after;
         const int ox = crop.width < crop.height ? before : 0, oy = crop.height < crop.width ? before : 0;
-        std::vector<float> square(static_cast<size_t>(side) * side * 3, 0.0f);
-        for (int y = 0; y < crop.height; ++y)
-            std::copy(crop.rgb.begin() + static_cast<std::ptrdiff_t>(y) * crop.width * 3,
-                      crop.rgb.begin() + static_cast<std::ptrdiff_t>(y + 1) * crop.width * 3,
-                      square.begin() + (static_cast<std::ptrdiff_t>(y + oy) * side + ox) * 3);
-        const std::vector<float> resized = resize_bilinear_tf(square, side, side, 3, 112, 112);
-        Tensor x = Tensor::empty({1, 3, 112, 112}, Layout::NHWC);
         const float mean[3] = {122.782f, 117.001f, 104.298f};
-        for (size_t i = 0; i < resized.size(); ++i) x.data()[i] = (resized[i] - mean[i % 3]) / 255.0f;
+        const Tensor x = tf_network_input(crop, ox, oy, 112, mean);
         Tensor h = x;
         for (size_t b = 0; b < blocks_.size(); ++b) h = dense_block(h, b);
         // 7x7 average pool (stride 2, valid) of a 7x7 map: the mean of each channel.

@@ -15,6 +15,7 @@
 #include "pin/core/parallel.hpp"
 #include "pin/core/tensor.hpp"
 #include "pin/cpu/conv2d.hpp"
+#include "pin/io/image.hpp"
 #include "pin/io/tfjs_weights.hpp"
 
 namespace pin::detect {
@@ -178,6 +179,22 @@ inline std::vector<float> resize_bilinear_tf(const std::vector<float>& src, int6
         }
     }
     return dst;
+}
+
+// face-api's input: the image pasted at (offset_x, offset_y) into a zero square of its longer side
+// (zeros before the mean subtraction), resized to size x size, then (v - mean[c]) / 255.
+// Returns (1, 3, size, size) NHWC.
+inline Tensor tf_network_input(const io::RgbImage& img, int offset_x, int offset_y, int size, const float mean[3]) {
+    const int side = std::max(img.width, img.height);
+    std::vector<float> square(static_cast<size_t>(side) * side * 3, 0.0f);
+    for (int y = 0; y < img.height; ++y)
+        std::copy(img.rgb.begin() + static_cast<std::ptrdiff_t>(y) * img.width * 3,
+                  img.rgb.begin() + static_cast<std::ptrdiff_t>(y + 1) * img.width * 3,
+                  square.begin() + (static_cast<std::ptrdiff_t>(y + offset_y) * side + offset_x) * 3);
+    const std::vector<float> resized = resize_bilinear_tf(square, side, side, 3, size, size);
+    Tensor x = Tensor::empty({1, 3, size, size}, Layout::NHWC);
+    for (size_t i = 0; i < resized.size(); ++i) x.data()[i] = (resized[i] - mean[i % 3]) / 255.0f;
+    return x;
 }
 
 }  // namespace pin::detect

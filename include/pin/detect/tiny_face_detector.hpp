@@ -72,16 +72,9 @@ public:
     Tensor forward(const io::RgbImage& photo, int input_size) const {
         PIN_CHECK(input_size >= 32 && input_size % 32 == 0 && input_size <= 1024, "--input-size ", input_size,
                   ": must be a multiple of 32 between 32 and 1024");
-        const int side = std::max(photo.width, photo.height);
-        // Pad to a square with zeros at the bottom or right (before the mean subtraction), resize.
-        std::vector<float> square(static_cast<size_t>(side) * side * 3, 0.0f);
-        for (int y = 0; y < photo.height; ++y)
-            std::copy(photo.rgb.begin() + static_cast<std::ptrdiff_t>(y) * photo.width * 3,
-                      photo.rgb.begin() + static_cast<std::ptrdiff_t>(y + 1) * photo.width * 3, square.begin() + static_cast<std::ptrdiff_t>(y) * side * 3);
-        const std::vector<float> resized = resize_bilinear_tf(square, side, side, 3, input_size, input_size);
-        Tensor x = Tensor::empty({1, 3, input_size, input_size}, Layout::NHWC);
+        // Padded to a square at the bottom or right, resized, mean subtracted.
         const float mean[3] = {117.001f, 114.697f, 97.404f};
-        for (size_t i = 0; i < resized.size(); ++i) x.data()[i] = (resized[i] - mean[i % 3]) / 255.0f;
+        const Tensor x = tf_network_input(photo, 0, 0, input_size, mean);
         Tensor h = conv0_.forward(x, 1, false);
         leaky_relu_inplace(h);
         h = maxpool_same(h, 2, 2);

@@ -47,12 +47,11 @@ class PolicyGradientTrainer {
 public:
     PolicyGradientTrainer(std::shared_ptr<model::Agent> agent, std::shared_ptr<const model::EigenBasis> basis,
                           const TrainerOptions& options)
-        : agent_(std::move(agent)), basis_(std::move(basis)), opt_(options), sgd_(trainable(*agent_), options.lr, options.momentum) {
+        : agent_(std::move(agent)), basis_(std::move(basis)), opt_(options), params_(trainable(*agent_)), sgd_(params_, options.lr, options.momentum) {
         PIN_CHECK(basis_->pixels() == 112 * 112, "PolicyGradientTrainer: the eigenbasis must have 12544 pixels");
-        const std::vector<nn::NamedParameter> params = trainable(*agent_);
         bool found = false;
-        for (size_t k = 0; k < params.size(); ++k)
-            if (params[k].name != kOutputBias)
+        for (size_t k = 0; k < params_.size(); ++k)
+            if (params_[k].name != kOutputBias)
                 sgd_.set_lr_scale(k, options.features_lr_scale);
             else
                 found = true;
@@ -109,7 +108,7 @@ public:
 
     nn::SGD& optimizer() { return sgd_; }
     // The parameters SGD updates (ESN and head), in the optimizer's order.
-    std::vector<nn::NamedParameter> trained_parameters() { return trainable(*agent_); }
+    std::vector<nn::NamedParameter> trained_parameters() { return params_; }
     model::Agent& agent() { return *agent_; }
     const TrainerOptions& options() const { return opt_; }
 
@@ -117,14 +116,14 @@ private:
     // The global L2 norm of the trained parameters' gradients; scaled down to clip_norm if above it.
     double clip_gradients() {
         double sq = 0;
-        for (const auto& p : trained_parameters()) {
+        for (const auto& p : params_) {
             const float* g = p.param->grad.data();
             for (int64_t i = 0; i < p.param->grad.numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
         }
         const double norm = std::sqrt(sq);
         if (opt_.clip_norm > 0 && norm > opt_.clip_norm) {
             const float scale = static_cast<float>(opt_.clip_norm / norm);
-            for (const auto& p : trained_parameters()) {
+            for (const auto& p : params_) {
                 float* g = p.param->grad.data();
                 for (int64_t i = 0; i < p.param->grad.numel(); ++i) g[i] *= scale;
             }
@@ -140,6 +139,7 @@ private:
     std::shared_ptr<model::Agent> agent_;
     std::shared_ptr<const model::EigenBasis> basis_;
     TrainerOptions opt_;
+    std::vector<nn::NamedParameter> params_;  // ESN and head, in the optimizer's order
     nn::SGD sgd_;
 };
 
