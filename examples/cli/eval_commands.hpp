@@ -34,7 +34,7 @@ inline std::unique_ptr<pin::recognizer::FaceRecognizer> load_recognizer(const Op
     return std::make_unique<pin::recognizer::DlibResNet>(manifest);
 }
 
-// none | pin | pca-K | dae, with the model folder / eigenbasis of the options.
+// none | pin | pca-K | dae | jpeg-Q | bits-K, with the model folder / eigenbasis of the options.
 inline pin::model::Defense load_defense(const Options& o, const std::string& default_model_dir) {
     namespace fs = std::filesystem;
     const std::string name = o.get("defense", "none");
@@ -44,6 +44,15 @@ inline pin::model::Defense load_defense(const Options& o, const std::string& def
     if (name == "pin")
         return pin::model::Defense::load_pin(model_dir, pin::model::parse_sampling_mode(o.get("mode", "sample")), seed);
     if (name == "dae") return pin::model::Defense::load_dae(model_dir);
+    auto level = [&](size_t prefix, long lo, long hi, const char* what) {
+        char* end = nullptr;
+        const long v = std::strtol(name.c_str() + prefix, &end, 10);
+        if (end == name.c_str() + prefix || *end != '\0' || v < lo || v > hi)
+            fail_usage("--defense " + name + ": " + what + " must be " + std::to_string(lo) + "-" + std::to_string(hi));
+        return static_cast<int>(v);
+    };
+    if (name.rfind("jpeg-", 0) == 0) return pin::model::Defense::jpeg(level(5, 1, 100, "the JPEG quality"));
+    if (name.rfind("bits-", 0) == 0) return pin::model::Defense::bit_depth(level(5, 1, 8, "the bit depth"));
     if (name.rfind("pca-", 0) == 0) {
         char* end = nullptr;
         const long k = std::strtol(name.c_str() + 4, &end, 10);
@@ -53,7 +62,7 @@ inline pin::model::Defense load_defense(const Options& o, const std::string& def
         if (k > basis.count()) fail_usage(name + ": " + basis_path + " holds only " + std::to_string(basis.count()) + " eigenfaces");
         return pin::model::Defense::pca(basis, k);
     }
-    fail_usage("unknown defense '" + name + "' (expected none, pin, pca-K or dae)");
+    fail_usage("unknown defense '" + name + "' (expected none, pin, pca-K, dae, jpeg-Q or bits-K)");
 }
 
 inline std::vector<int> parse_folds(const std::string& s) {
@@ -76,6 +85,35 @@ inline std::vector<int> parse_folds(const std::string& s) {
     return folds;
 }
 
+// Pictures for --examples DIR: a few scored faces (same-person and different-person pairs, or the
+// sticker's faces), clean, attacked, and what the defense makes of the attacked one.
+inline void write_examples(const Options& o, const pin::eval::VerificationRun& run, const pin::model::Defense& defense,
+                           const pin::eval::VerificationResult& r, const pin::eval::VerificationOptions& vo) {
+    if (!o.has("examples")) return;
+    namespace fs = std::filesystem;
+    const std::string dir = o.get("examples", "");
+    fs::create_directories(dir);
+    std::vector<int64_t> picks;
+    if (vo.attack.kind == pin::eval::AttackKind::Sticker) {
+        for (int64_t k = 0; k < std::min<int64_t>(6, r.identities); ++k) picks.push_back(k);
+    } else {
+        for (int want_same = 1; want_same >= 0; --want_same)
+            for (int64_t k = 0, n = 0; k < r.pairs && n < 3; ++k)
+                if (r.same[static_cast<size_t>(k)] == want_same) picks.push_back(k), ++n;
+    }
+    const int64_t upto = picks.empty() ? 0 : *std::max_element(picks.begin(), picks.end()) + 1;
+    const pin::Tensor clean = run.clean_first_faces(upto);
+    const pin::Tensor& attacked = vo.attack.kind == pin::eval::AttackKind::None ? clean : run.attacked_faces();
+    for (const int64_t k : picks) {
+        const pin::Tensor a = attacked.slice(k, k + 1);
+        const pin::model::DefenseOutput d = defense.inactivate(a.reshape(a.shape(), pin::Layout::NHWC), 7000 + static_cast<uint64_t>(k));
+        const std::string stem = (fs::path(dir) / ("pair" + std::to_string(k))).string();
+        pin::io::write_face_png(stem + "_clean.png", clean.data() + k * 12544, 112);
+        pin::io::write_face_png(stem + "_attacked.png", a.data(), 112);
+        pin::io::write_face_png(stem + "_defended.png", d.defended.data(), 112);
+    }
+}
+
 inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     if (!o.has("data")) fail_usage("eval needs --data DIR (pairs.txt and images/)");
     pin::eval::VerificationOptions vo;
@@ -87,6 +125,15 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     vo.protocol = pin::eval::parse_protocol(o.get("protocol", "offline"));
     vo.pin_gradient = pin::eval::parse_pin_gradient(o.get("pin-gradient", "sample"));
     vo.eot_masks = static_cast<int>(int_option(o, "eot", 20, 1, 1000));
+    vo.attack.queries = static_cast<int>(int_option(o, "queries", vo.attack.kind == pin::eval::AttackKind::Evolutionary ? 10000 : 20, 1, 10000000));
+    vo.attack.overshoot = real_option(o, "overshoot", 0.02, 0, 10);
+    vo.attack.momentum = real_option(o, "momentum", 1.0, 0, 10);
+    vo.attack.sticker_step = real_option(o, "sticker-step", 0.04, 0, 2);
+    vo.max_pairs = int_option(o, "pairs", 0, 0, INT64_MAX);
+    vo.identities = int_option(o, "identities", 1000, 1, INT64_MAX);
+    vo.cache_dir = o.get("cache", "");
+    vo.defense_tag = o.get("defense", "none") + " model " + o.get("model", default_model_dir) + " basis " + o.get("basis", "") +
+                     " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0");
     vo.batch = int_option(o, "batch", 32, 1, 4096);
     pin::check_batch_memory(vo.batch, 40e6, "pin eval");  // the agent's activations and the attack's caches
     vo.progress = !o.has("no-progress");
@@ -109,11 +156,43 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["protocol"] = o.get("protocol", "offline");
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
+    if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset";
     if (vo.protocol == pin::eval::Protocol::Online && o.get("defense", "none") == "pin") {
         j["pin_gradient"] = o.get("pin-gradient", "sample");
         if (o.get("pin-gradient", "sample") == "eot") j["eot_masks"] = vo.eot_masks;
     }
     j["seed"] = vo.attack.seed;
+    j["pairs_in_folds"] = r.pairs_total;
+    if (pin::eval::attack_needs_threshold(vo.attack.kind)) j["attack_threshold"] = r.attack_threshold;
+    if (vo.attack.kind == pin::eval::AttackKind::RandomSearch || vo.attack.kind == pin::eval::AttackKind::Evolutionary)
+        j["queries"] = vo.attack.queries;
+    if (vo.attack.kind == pin::eval::AttackKind::Evolutionary) {
+        nlohmann::json mse = nlohmann::json::object();
+        for (size_t c = 0; c < r.checkpoints.size(); ++c) mse[std::to_string(r.checkpoints[c])] = r.mean_mse[c];
+        j["mse_at_queries"] = mse;
+        j["started"] = r.started;
+    }
+    if (vo.attack.kind == pin::eval::AttackKind::Sticker) {
+        j["identities"] = r.identities;
+        j["target"] = r.target;
+        j["error_rate"] = r.sticker_error_rate;
+        j["clean_error_rate"] = r.sticker_clean_error_rate;
+        j["threshold"] = r.threshold;
+        j["clean_eer"] = r.clean_eer;
+        j["sticker"] = {{"top", 8}, {"left", 19}, {"height", 20}, {"width", 72}};
+        j["scores"] = r.scores;
+        j["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        std::printf("%s | defense %s | sticker (%s) | %lld identities vs %s: error rate %.2f %% (clean %.2f %%) at threshold %.4f\n",
+                    o.get("data", "").c_str(), o.get("defense", "none").c_str(), o.get("protocol", "offline").c_str(),
+                    static_cast<long long>(r.identities), r.target.c_str(), 100 * r.sticker_error_rate, 100 * r.sticker_clean_error_rate,
+                    r.threshold);
+        write_examples(o, run, defense, r, vo);
+        if (o.has("json")) {
+            const std::string text = j.dump(1);
+            pin::io::write_file_atomically(o.get("json", ""), text.data(), text.size());
+        }
+        return 0;
+    }
     j["eer"] = r.eer;
     j["auc"] = r.auc;
     j["tar_at_far"] = {{"0.1", r.tar_far_10}, {"0.01", r.tar_far_1}, {"0.001", r.tar_far_01}};
@@ -138,29 +217,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
                 o.get("protocol", "offline").c_str(), static_cast<long long>(r.pairs), 100 * r.eer, 100 * r.eer_over_folds.mean,
                 100 * r.eer_over_folds.half_width, r.auc, r.tar_far_1, 100 * r.accuracy,
                 defense.kind() == pin::model::DefenseKind::PIN ? (", mean kept " + std::to_string(r.mean_kept)).c_str() : "");
-    if (o.has("examples")) {
-        // Pictures: the first image of a few same-person and different-person pairs, clean,
-        // attacked, and what the defense makes of the attacked one.
-        namespace fs = std::filesystem;
-        const std::string dir = o.get("examples", "");
-        fs::create_directories(dir);
-        std::vector<int64_t> picks;
-        for (int want_same = 1; want_same >= 0; --want_same)
-            for (int64_t k = 0, n = 0; k < r.pairs && n < 3; ++k)
-                if (r.same[static_cast<size_t>(k)] == want_same) picks.push_back(k), ++n;
-        const int64_t upto = picks.empty() ? 0 : *std::max_element(picks.begin(), picks.end()) + 1;
-        const pin::Tensor clean = run.clean_first_faces(upto);
-        const pin::Tensor& attacked = vo.attack.kind == pin::eval::AttackKind::None ? clean : run.attacked_faces();
-        for (size_t i = 0; i < picks.size(); ++i) {
-            const int64_t k = picks[i];
-            const pin::Tensor a = attacked.slice(k, k + 1);
-            const pin::model::DefenseOutput d = defense.inactivate(a.reshape(a.shape(), pin::Layout::NHWC), 7000 + static_cast<uint64_t>(k));
-            const std::string stem = (fs::path(dir) / ("pair" + std::to_string(k))).string();
-            pin::io::write_face_png(stem + "_clean.png", clean.data() + k * 12544, 112);
-            pin::io::write_face_png(stem + "_attacked.png", a.data(), 112);
-            pin::io::write_face_png(stem + "_defended.png", d.defended.data(), 112);
-        }
-    }
+    write_examples(o, run, defense, r, vo);
     if (o.has("json")) {
         const std::string text = j.dump(1);
         pin::io::write_file_atomically(o.get("json", ""), text.data(), text.size());

@@ -59,6 +59,39 @@ import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert b["accuracy"] <= a["accuracy"], (a["accuracy"], b["accuracy"])
 PY
+# The newer attacks and defenses end to end, with their JSON fields.
+for spec in "deepfool:offline:none" "di2-fgsm:offline:none" "random-search:offline:jpeg-50" "deepfool:online:bits-4" \
+            "pgd:online:dae" "fgsm:online:jpeg-50"; do
+  IFS=: read -r a p d <<<"$spec"
+  "$pin" eval $q --attack $a --protocol $p --defense $d --model "$work/model" --iterations 2 --queries 3 \
+    --json "$work/$a-$p-$d.json" >"$work/$a.log" 2>&1 || { cat "$work/$a.log"; fail "$a $p through $d"; }
+done
+grep -q '"attack_threshold"' "$work/deepfool-offline-none.json" || fail "DeepFool's JSON has no attack_threshold"
+"$pin" eval $q --attack pgd --iterations 2 --protocol online --defense pin --model "$work/model" --pin-gradient fixed \
+  --json "$work/pin_fixed.json" >/dev/null 2>&1 || fail "pgd online through PIN (fixed mask)"
+"$pin" eval $q --attack evolutionary --queries 30 --pairs 4 --json "$work/evo.json" >"$work/evo.log" 2>&1 || { cat "$work/evo.log"; fail "evolutionary"; }
+"$pin" eval $q --attack sticker --iterations 2 --identities 5 --examples "$work/sticker" --json "$work/sticker.json" \
+  >"$work/sticker.log" 2>&1 || { cat "$work/sticker.log"; fail "sticker"; }
+python3 - "$work/evo.json" "$work/sticker.json" <<'PY' || fail "evolutionary / sticker JSON"
+import json, math, sys
+e, s = (json.load(open(p)) for p in sys.argv[1:3])
+assert e["pairs"] == 4 and e["pairs_in_folds"] == 8 and e["queries"] == 30 and set(e["mse_at_queries"]) == {"1"}, e
+assert s["identities"] == 5 and 0 <= s["error_rate"] <= 1 and 0 <= s["clean_error_rate"] <= 1 and len(s["scores"]) == 5, s
+PY
+ls "$work/sticker/pair0_attacked.png" >/dev/null || fail "no sticker example picture"
+# The cache: a second run reads the offline-attacked faces and clean embeddings; same scores.
+for i in 1 2; do
+  "$pin" eval $q --attack pgd --iterations 2 --defense jpeg-50 --cache "$work/cache" --json "$work/cached$i.json" >/dev/null 2>&1 \
+    || fail "pgd with --cache (run $i)"
+done
+[ "$(ls "$work/cache" | wc -l)" = 2 ] || { ls "$work/cache"; fail "expected one clean and one offline-attack cache file"; }
+python3 - "$work/cached1.json" "$work/cached2.json" <<'PY' || fail "cached run differs"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["scores"] == b["scores"], "scores differ"
+PY
+"$pin" eval $q --defense jpeg-0 > "$work/msg" 2>&1 && fail "jpeg-0 was accepted"
+grep -q "quality must be 1-100" "$work/msg" || { cat "$work/msg"; fail "no message for jpeg-0"; }
 # Bad data folders: no pairs.txt; a malformed one.
 mkdir -p "$work/nopairs/images"
 "$pin" eval $q --data "$work/nopairs" > "$work/msg" 2>&1 && fail "a folder without pairs.txt was accepted"

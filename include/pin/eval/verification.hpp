@@ -6,9 +6,16 @@
 // the cosine similarity of the two embeddings. Under attack the first image of each pair is attacked
 // and the second stays clean:
 //   offline: the attack sees the bare recognizer; its output then goes through the defense.
-//   online:  the attack sees recognizer(defense(x)). PCA is linear: exact gradient. PIN: a fresh mask
-//            q ~ Bernoulli(p(x)) at every step and the gradient of B diag(q) B^T (x - m) + m with q
-//            held fixed (straight-through for the agent; the paper's reparameterised attack).
+//   online:  the attack sees recognizer(defense(x)). PCA is linear: exact gradient. DAE: exact
+//            gradient through both passes. JPEG and bit-depth reduction: BPDA with the identity. PIN:
+//            see PinGradient below.
+// Attacks that stop or are judged at the decision boundary (DeepFool, random search, the
+// evolutionary attack) use the clean EER threshold of what they attack: the bare recognizer's
+// offline, the defended system's online. The sticker attack has its own protocol: `identities`
+// faces of different people each get a forehead patch that tries to impersonate one target person;
+// the error rate is the fraction accepted as the target at the system's clean EER threshold.
+// Offline attacks do not depend on the defense, so with a cache folder the attacked faces (and the
+// clean defended embeddings) are computed once and shared by every cell that needs them.
 // Defense randomness is keyed by image number and step, so the result does not depend on batching
 // or threads.
 #pragma once
@@ -21,6 +28,8 @@
 
 #include "pin/core/progress.hpp"
 #include "pin/eval/attacks.hpp"
+#include "pin/eval/blackbox_attacks.hpp"
+#include "pin/io/safetensors.hpp"
 #include "pin/eval/metrics.hpp"
 #include "pin/io/face_dataset.hpp"
 #include "pin/io/image.hpp"
@@ -41,14 +50,18 @@ inline Protocol parse_protocol(const std::string& s) {
 //   eot          the mean gradient over `eot_masks` fresh masks per step (expectation over transforms)
 //   bpda         forward with the sampled mask, backward through the mask 1[p(x) > 0.5]
 //   expectation  the surrogate B diag(p(x)) B^T (x - m) + m, with p(x) held fixed in the backward
+//   fixed        the mask PIN draws for the clean face, held for the whole attack (forward and
+//                backward): PIN seen as a fixed linear projection. If this succeeds, the randomness
+//                is not what protects (Carlini et al. 2019's sanity check)
 // The agent's own dependence on x (dp/dx) is not differentiated in any of them (straight-through).
-enum class PinGradient { Sample, Eot, Bpda, Expectation };
+enum class PinGradient { Sample, Eot, Bpda, Expectation, Fixed };
 inline PinGradient parse_pin_gradient(const std::string& s) {
     if (s == "sample") return PinGradient::Sample;
     if (s == "eot") return PinGradient::Eot;
     if (s == "bpda") return PinGradient::Bpda;
     if (s == "expectation") return PinGradient::Expectation;
-    throw Error("unknown PIN gradient '" + s + "' (expected sample, eot, bpda or expectation)");
+    if (s == "fixed") return PinGradient::Fixed;
+    throw Error("unknown PIN gradient '" + s + "' (expected sample, eot, bpda, expectation or fixed)");
 }
 
 struct VerificationOptions {
@@ -59,6 +72,10 @@ struct VerificationOptions {
     int eot_masks = 20;
     int64_t batch = 32;
     bool progress = true;
+    int64_t max_pairs = 0;      // attack and score only this many pairs, spread evenly (0: all)
+    int64_t identities = 1000;  // sticker: faces of different people
+    std::string cache_dir;      // where clean embeddings and offline-attacked faces are shared ("" = none)
+    std::string defense_tag;    // names the defense in cache keys (kind, model, seed)
 };
 
 struct VerificationResult {
@@ -72,6 +89,16 @@ struct VerificationResult {
     double clean_eer = 0;
     Interval eer_over_folds, accuracy_over_folds;
     double mean_kept = 0;        // PIN: mean ||q||_0 of the scored faces
+    int64_t pairs_total = 0;     // pairs in the folds (the clean threshold uses them all)
+    double attack_threshold = 0; // the threshold DeepFool / the black-box attacks aim at
+    // Evolutionary attack: mean MSE ([0, 1] scale) at each checkpoint over the pairs it could start.
+    std::vector<int> checkpoints;
+    std::vector<double> mean_mse;
+    int64_t started = 0;
+    // Sticker attack.
+    int64_t identities = 0;
+    std::string target;
+    double sticker_error_rate = 0, sticker_clean_error_rate = 0;
 };
 
 inline std::string pair_image_path(const std::string& root, const std::string& person, int index) {
@@ -112,6 +139,9 @@ public:
             image_of(p.person_a, p.index_a);
             image_of(p.person_b, p.index_b);
         }
+        PIN_CHECK(opt_.protocol == Protocol::Offline || defense_.kind() != model::DefenseKind::PIN ||
+                      opt_.attack.kind == AttackKind::None || !(opt_.pin_gradient == PinGradient::Eot && opt_.eot_masks < 1),
+                  "--eot needs at least one mask");
     }
 
     VerificationResult run() {
@@ -127,26 +157,35 @@ public:
                 if (bar) bar->update(i + 1);
             });
         }
-        double kept_sum = 0;
-        const Tensor clean = embed_defended(faces_, 0, &kept_sum);
         VerificationResult r;
-        r.pairs = n_pairs;
-        std::vector<double> clean_scores(static_cast<size_t>(n_pairs));
-        for (int64_t k = 0; k < n_pairs; ++k)
-            clean_scores[static_cast<size_t>(k)] = cosine_similarity(clean.data() + index_a_[static_cast<size_t>(k)] * rec_.dim(),
-                                                                      clean.data() + index_b_[static_cast<size_t>(k)] * rec_.dim(), rec_.dim());
-        for (const io::FacePair& p : pairs_) {
-            r.same.push_back(p.same);
-            r.fold.push_back(p.fold);
-        }
-        const std::vector<RocPoint> clean_roc = roc_curve(clean_scores, r.same);
+        double kept_sum = 0;
+        const Tensor clean = clean_embeddings(&kept_sum);
+        r.pairs_total = n_pairs;
+        std::vector<double> clean_scores = pair_scores(clean, clean);
+        std::vector<int> all_same;
+        for (const io::FacePair& p : pairs_) all_same.push_back(p.same);
+        const std::vector<RocPoint> clean_roc = roc_curve(clean_scores, all_same);
         r.clean_eer = equal_error_rate(clean_roc);
         r.threshold = eer_threshold(clean_roc);
         r.mean_kept = kept_sum / static_cast<double>(n_images);
+        if (opt_.attack.kind == AttackKind::Sticker) {
+            sticker_run(clean, r);
+            return r;
+        }
+        // The pairs scored: all, or max_pairs of them spread evenly over the folds.
+        selected_.clear();
+        const int64_t n_sel = opt_.max_pairs > 0 ? std::min(opt_.max_pairs, n_pairs) : n_pairs;
+        for (int64_t i = 0; i < n_sel; ++i) selected_.push_back(i * n_pairs / n_sel);
+        for (int64_t k : selected_) {
+            r.same.push_back(pairs_[static_cast<size_t>(k)].same);
+            r.fold.push_back(pairs_[static_cast<size_t>(k)].fold);
+        }
+        r.pairs = n_sel;
         if (opt_.attack.kind == AttackKind::None) {
-            r.scores = clean_scores;
+            for (int64_t k : selected_) r.scores.push_back(clean_scores[static_cast<size_t>(k)]);
         } else {
-            r.scores = attacked_scores(clean);
+            r.attack_threshold = attack_needs_threshold(opt_.attack.kind) ? attack_threshold(r.threshold) : 0.0;
+            r.scores = attacked_scores(clean, r);
         }
         r.roc = roc_curve(r.scores, r.same);
         r.eer = equal_error_rate(r.roc);
@@ -157,9 +196,9 @@ public:
         r.accuracy = accuracy_at(r.scores, r.same, r.threshold);
         // Per fold: EER on that fold's pairs and accuracy at the global threshold.
         std::map<int, std::pair<std::vector<double>, std::vector<int>>> by_fold;
-        for (int64_t k = 0; k < n_pairs; ++k) {
-            by_fold[r.fold[static_cast<size_t>(k)]].first.push_back(r.scores[static_cast<size_t>(k)]);
-            by_fold[r.fold[static_cast<size_t>(k)]].second.push_back(r.same[static_cast<size_t>(k)]);
+        for (size_t k = 0; k < r.scores.size(); ++k) {
+            by_fold[r.fold[k]].first.push_back(r.scores[k]);
+            by_fold[r.fold[k]].second.push_back(r.same[k]);
         }
         std::vector<double> eers, accs;
         for (const auto& kv : by_fold) {
@@ -183,11 +222,83 @@ private:
         } else {
             id = static_cast<int64_t>(paths_.size());
             paths_.push_back(pair_image_path(root_, person, index));
+            person_of_.push_back(person);
             index_[key] = id;
         }
         if (index_a_.size() == index_b_.size()) index_a_.push_back(id);
         else index_b_.push_back(id);
         return id;
+    }
+
+    // Cosine similarity of every pair: first image from `a`, second from `b` (image-indexed).
+    std::vector<double> pair_scores(const Tensor& a, const Tensor& b) const {
+        std::vector<double> out(pairs_.size());
+        for (size_t k = 0; k < pairs_.size(); ++k)
+            out[k] = cosine_similarity(a.data() + index_a_[k] * rec_.dim(), b.data() + index_b_[k] * rec_.dim(), rec_.dim());
+        return out;
+    }
+
+    // ---- cache: clean embeddings per defense, offline-attacked faces per attack -------------------
+    std::string cache_file(const std::string& kind, const std::string& key) const {
+        uint64_t h = 1469598103934665603ull;  // FNV-1a
+        for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+        char name[40];
+        std::snprintf(name, sizeof name, "-%016llx.safetensors", static_cast<unsigned long long>(h));
+        return (std::filesystem::path(opt_.cache_dir) / (kind + name)).string();
+    }
+    std::string data_key() const {
+        std::string k = std::filesystem::absolute(root_).lexically_normal().string() + "|folds";
+        for (int f : opt_.folds) k += " " + std::to_string(f);
+        return k + "|" + rec_.name() + "|batch-independent";
+    }
+    // Tensors of a cache entry whose stored key matches, or none.
+    std::map<std::string, Tensor> cache_load(const std::string& kind, const std::string& key) const {
+        if (opt_.cache_dir.empty()) return {};
+        const std::string path = cache_file(kind, key);
+        if (!std::filesystem::exists(path)) return {};
+        io::SafetensorsContents c = io::read_safetensors(path);
+        auto it = c.metadata.find("key");
+        if (it == c.metadata.end() || it->second != key) return {};
+        return c.tensors;
+    }
+    void cache_store(const std::string& kind, const std::string& key, const std::vector<io::SafetensorsEntry>& entries) const {
+        if (opt_.cache_dir.empty()) return;
+        std::filesystem::create_directories(opt_.cache_dir);
+        io::write_safetensors(cache_file(kind, key), entries, {{"key", key}});
+    }
+
+    Tensor clean_embeddings(double* kept_sum) {
+        const std::string key = data_key() + "|defense " + opt_.defense_tag;
+        std::map<std::string, Tensor> hit = opt_.defense_tag.empty() ? std::map<std::string, Tensor>{} : cache_load("clean", key);
+        if (hit.count("embeddings") && hit.count("kept") && hit["embeddings"].dim(0) == images()) {
+            *kept_sum = hit["kept"].data()[0];
+            return hit["embeddings"];
+        }
+        Tensor e = embed_defended(faces_, 0, kept_sum);
+        Tensor kept = Tensor::empty({1});
+        kept.data()[0] = static_cast<float>(*kept_sum);
+        if (!opt_.defense_tag.empty()) cache_store("clean", key, {{"embeddings", e}, {"kept", kept}});
+        return e;
+    }
+
+    // The bare recognizer's clean EER threshold (offline) or the defended system's (online).
+    double attack_threshold(double defended_threshold) {
+        if (opt_.protocol == Protocol::Online || defense_.kind() == model::DefenseKind::None) return defended_threshold;
+        const Tensor bare = embed_bare(faces_);
+        std::vector<int> same;
+        for (const io::FacePair& p : pairs_) same.push_back(p.same);
+        return eer_threshold(roc_curve(pair_scores(bare, bare), same));
+    }
+
+    Tensor embed_bare(const Tensor& faces) {
+        const int64_t n = faces.n(), dim = rec_.dim();
+        Tensor out = Tensor::empty({n, dim});
+        for (int64_t b0 = 0; b0 < n; b0 += opt_.batch) {
+            const int64_t bn = std::min(opt_.batch, n - b0);
+            const Tensor e = rec_.embed(faces.slice(b0, b0 + bn));
+            std::copy(e.data(), e.data() + e.numel(), out.data() + b0 * dim);
+        }
+        return out;
     }
 
     // Defense then recognizer, in batches. `stream` separates the defense randomness of the clean
@@ -210,137 +321,318 @@ private:
         return out;
     }
 
-    std::vector<double> attacked_scores(const Tensor& clean) {
-        const int64_t n_pairs = static_cast<int64_t>(pairs_.size()), dim = rec_.dim();
-        PIN_CHECK(opt_.protocol == Protocol::Offline || defense_.kind() != model::DefenseKind::DAE,
-                  "online attacks through the DAE-only defense are not implemented (use --protocol offline)");
-        Tensor attacked = Tensor::empty({n_pairs, 1, 112, 112}, Layout::NHWC);
-        std::unique_ptr<ProgressBar> bar;
-        if (opt_.progress) bar = std::make_unique<ProgressBar>("attacking", n_pairs, "pairs");
+    // ---- the system under attack -----------------------------------------------------------------
+    // One batch of attacked faces: their clean partners' embeddings (targets), dodging (-1) or
+    // impersonation (+1), and the key that makes the defense's randomness batch-independent.
+    struct AttackBatch {
+        int64_t size = 0;
+        uint64_t first = 0;
+        std::vector<float> target;
+        std::vector<double> sign;
+        std::vector<float> fixed_mask;  // PinGradient::Fixed: the clean face's mask, drawn at the first call
+        int step = 0;
+    };
+
+    // The objective sign * cos(recognizer(view(x)), target) of each face and, when grad is given, its
+    // gradient with respect to x. Offline the view is the identity; online it is the defense.
+    std::vector<double> evaluate(const Tensor& x, Tensor* grad, AttackBatch& ab) {
+        const int64_t bn = ab.size, dim = rec_.dim();
+        const bool through_defense = opt_.protocol == Protocol::Online && defense_.kind() != model::DefenseKind::None;
+        const uint64_t key = (uint64_t{2} + static_cast<uint64_t>(ab.step)) * (uint64_t{1} << 40) + ab.first;
+        ++ab.step;
+        // The faces the recognizer sees, each with the mask its gradient flows back through.
+        std::vector<Tensor> inputs;
+        std::vector<std::vector<float>> back_masks;  // empty vector: all ones (PCA)
+        bool through_dae = false;
+        if (!through_defense) {
+            inputs.push_back(x);
+        } else if (defense_.kind() == model::DefenseKind::PCA) {
+            inputs.push_back(defense_.inactivate(x, key).defended);
+            back_masks.emplace_back();
+        } else if (defense_.kind() == model::DefenseKind::DAE) {
+            inputs.push_back(defense_.inactivate(x, key).defended);
+            through_dae = true;
+        } else if (defense_.kind() != model::DefenseKind::PIN) {
+            inputs.push_back(defense_.inactivate(x, key).defended);  // BPDA: the identity backward
+        } else {
+            const model::EigenBasis& basis = *defense_.basis();
+            const int64_t N = basis.count();
+            auto project = [&](const std::vector<float>& mask) {
+                Tensor out = Tensor::empty(x.shape(), Layout::NHWC);
+                basis.project(x.data(), mask.data(), bn, out.data());
+                return out;
+            };
+            if (opt_.pin_gradient == PinGradient::Fixed) {
+                if (ab.fixed_mask.empty()) {  // the mask of the clean face (first call: x is still clean)
+                    const model::DefenseOutput d = defense_.inactivate(x, key);
+                    ab.fixed_mask.assign(d.q.data(), d.q.data() + d.q.numel());
+                }
+                inputs.push_back(project(ab.fixed_mask));
+                back_masks.push_back(ab.fixed_mask);
+            } else {
+                const model::DefenseOutput d = defense_.inactivate(x, key);
+                const std::vector<float> p(d.p.data(), d.p.data() + d.p.numel()), q(d.q.data(), d.q.data() + d.q.numel());
+                if (opt_.pin_gradient == PinGradient::Sample || !grad) {
+                    inputs.push_back(d.defended);
+                    back_masks.push_back(q);
+                } else if (opt_.pin_gradient == PinGradient::Bpda) {
+                    std::vector<float> hard(p.size());
+                    for (size_t i = 0; i < p.size(); ++i) hard[i] = p[i] > 0.5f ? 1.0f : 0.0f;
+                    inputs.push_back(d.defended);
+                    back_masks.push_back(hard);
+                } else if (opt_.pin_gradient == PinGradient::Expectation) {
+                    inputs.push_back(project(p));
+                    back_masks.push_back(p);
+                } else {
+                    for (int m = 0; m < opt_.eot_masks; ++m) {
+                        std::vector<float> qm(p.size());
+                        for (int64_t i = 0; i < bn; ++i) {
+                            const PhiloxStream rng(opt_.attack.seed ^ 0x656F74ull, key + static_cast<uint64_t>(m) * 4096 + static_cast<uint64_t>(i));
+                            for (int64_t j = 0; j < N; ++j)
+                                qm[static_cast<size_t>(i * N + j)] = rng.bernoulli(static_cast<uint64_t>(j), p[static_cast<size_t>(i * N + j)]);
+                        }
+                        inputs.push_back(project(qm));
+                        back_masks.push_back(qm);
+                    }
+                }
+            }
+        }
+        std::vector<double> objective(static_cast<size_t>(bn), 0.0);
+        if (grad) std::fill(grad->data(), grad->data() + grad->numel(), 0.0f);
+        const double share = 1.0 / static_cast<double>(inputs.size());
+        for (size_t v = 0; v < inputs.size(); ++v) {
+            const Tensor e = grad ? rec_.embed_for_gradient(inputs[v]) : rec_.embed(inputs[v]);
+            Tensor de = Tensor::empty({bn, dim});
+            const std::vector<double> part = signed_cosine_and_gradient(e, ab.target.data(), ab.sign, de);
+            for (int64_t i = 0; i < bn; ++i) objective[static_cast<size_t>(i)] += share * part[static_cast<size_t>(i)];
+            if (!grad) continue;
+            Tensor g = rec_.input_gradient(de);
+            if (through_dae) g = defense_.agent()->dae().input_gradient(x.reshape(x.shape(), Layout::NHWC), g);
+            if (v < back_masks.size()) {
+                // d/dx of B diag(w) B^T (x - m) + m is B diag(w) B^T: project (g + m), subtract m.
+                const model::EigenBasis& basis = *defense_.basis();
+                Tensor gm = Tensor::empty(g.shape(), Layout::NHWC), out = Tensor::empty(g.shape(), Layout::NHWC);
+                for (int64_t i = 0; i < bn; ++i)
+                    for (int64_t j = 0; j < 12544; ++j) gm.data()[i * 12544 + j] = g.data()[i * 12544 + j] + basis.mean().data()[j];
+                basis.project(gm.data(), back_masks[v].empty() ? nullptr : back_masks[v].data(), bn, out.data());
+                for (int64_t i = 0; i < bn; ++i)
+                    for (int64_t j = 0; j < 12544; ++j) out.data()[i * 12544 + j] -= basis.mean().data()[j];
+                g = out;
+            }
+            for (int64_t i = 0; i < g.numel(); ++i) grad->data()[i] += static_cast<float>(share * g.data()[i]);
+        }
+        return objective;
+    }
+
+    std::string attack_key() const {
+        const AttackOptions& a = opt_.attack;
+        char buf[256];
+        std::snprintf(buf, sizeof buf, "|attack %d eps %.9g it %d seed %llu os %.9g mom %.9g div %.9g q %d step %.9g|pairs %lld",
+                      static_cast<int>(a.kind), a.intensity, a.iterations, static_cast<unsigned long long>(a.seed), a.overshoot, a.momentum,
+                      a.diversity, a.queries, a.sticker_step, static_cast<long long>(opt_.max_pairs));
+        return data_key() + buf;
+    }
+
+    // The first face of every selected pair, attacked; returns the scores against the clean partners
+    // (both through the defense).
+    std::vector<double> attacked_scores(const Tensor& clean, VerificationResult& r) {
+        const int64_t n_sel = static_cast<int64_t>(selected_.size()), dim = rec_.dim();
+        const bool evolutionary = opt_.attack.kind == AttackKind::Evolutionary;
+        std::vector<int> checkpoints;  // MSE at the start (query 1) and at 1,000 / 5,000 / 10,000 queries
+        for (int c : {1, 1000, 5000, 10000})
+            if (c <= opt_.attack.queries) checkpoints.push_back(c);
+        // Offline attacks see only the bare recognizer: shared by every defense through the cache.
+        const bool shareable = opt_.protocol == Protocol::Offline;
+        Tensor attacked, mse;
+        if (shareable) {
+            std::map<std::string, Tensor> hit = cache_load("offline-attack", attack_key());
+            if (hit.count("attacked") && hit["attacked"].dim(0) == n_sel) {
+                attacked = hit["attacked"].reshape({n_sel, 1, 112, 112}, Layout::NHWC);
+                if (hit.count("mse")) mse = hit["mse"];
+            }
+        }
+        if (!attacked.defined()) {
+            attacked = Tensor::empty({n_sel, 1, 112, 112}, Layout::NHWC);
+            if (evolutionary) mse = Tensor::empty({static_cast<int64_t>(checkpoints.size()), n_sel});
+            run_attacks(clean, r, attacked, mse, checkpoints);
+            if (shareable) {
+                std::vector<io::SafetensorsEntry> entries{{"attacked", attacked}};
+                if (mse.defined()) entries.push_back({"mse", mse});
+                cache_store("offline-attack", attack_key(), entries);
+            }
+        }
+        if (evolutionary) {
+            r.checkpoints = checkpoints;
+            int64_t started = 0;
+            r.mean_mse.assign(checkpoints.size(), 0.0);
+            for (int64_t k = 0; k < n_sel; ++k) {
+                if (std::isnan(mse.data()[k])) continue;
+                ++started;
+                for (size_t c = 0; c < checkpoints.size(); ++c) r.mean_mse[c] += mse.data()[static_cast<int64_t>(c) * n_sel + k];
+            }
+            for (double& m : r.mean_mse) m = started ? m / static_cast<double>(started) : std::numeric_limits<double>::quiet_NaN();
+            r.started = started;
+        }
+        const Tensor e = embed_defended(attacked, 1, nullptr);
+        std::vector<double> scores(static_cast<size_t>(n_sel));
+        for (int64_t s = 0; s < n_sel; ++s)
+            scores[static_cast<size_t>(s)] = cosine_similarity(
+                e.data() + s * dim, clean.data() + index_b_[static_cast<size_t>(selected_[static_cast<size_t>(s)])] * dim, dim);
+        attacked_ = attacked;
+        return scores;
+    }
+
+    void run_attacks(const Tensor& clean, const VerificationResult& r, Tensor& attacked, Tensor& mse, const std::vector<int>& checkpoints) {
+        const int64_t n_sel = static_cast<int64_t>(selected_.size()), dim = rec_.dim();
         // Offline attacks aim at the bare recognizer's embedding of the clean partner.
         Tensor bare;
         if (opt_.protocol == Protocol::Offline) {
-            bare = Tensor::empty({n_pairs, dim});
-            for (int64_t b0 = 0; b0 < n_pairs; b0 += opt_.batch) {
-                const int64_t bn = std::min(opt_.batch, n_pairs - b0);
-                Tensor x = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
-                for (int64_t i = 0; i < bn; ++i)
-                    std::copy(faces_.data() + index_b_[static_cast<size_t>(b0 + i)] * 12544,
-                              faces_.data() + (index_b_[static_cast<size_t>(b0 + i)] + 1) * 12544, x.data() + i * 12544);
-                const Tensor e = rec_.embed(x);
-                std::copy(e.data(), e.data() + e.numel(), bare.data() + b0 * dim);
-            }
+            Tensor partners = Tensor::empty({n_sel, 1, 112, 112}, Layout::NHWC);
+            for (int64_t s = 0; s < n_sel; ++s) copy_face(index_b_[static_cast<size_t>(selected_[static_cast<size_t>(s)])], partners, s);
+            bare = embed_bare(partners);
         }
-        for (int64_t b0 = 0; b0 < n_pairs; b0 += opt_.batch) {
-            const int64_t bn = std::min(opt_.batch, n_pairs - b0);
+        std::unique_ptr<ProgressBar> bar;
+        if (opt_.progress) bar = std::make_unique<ProgressBar>("attacking", n_sel, "pairs");
+        for (int64_t b0 = 0; b0 < n_sel; b0 += opt_.batch) {
+            const int64_t bn = std::min(opt_.batch, n_sel - b0);
             Tensor x0 = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
-            std::vector<float> target(static_cast<size_t>(bn * dim));
-            std::vector<double> sign(static_cast<size_t>(bn));
+            AttackBatch ab;
+            ab.size = bn;
+            ab.first = static_cast<uint64_t>(b0);
+            ab.target.resize(static_cast<size_t>(bn * dim));
+            ab.sign.resize(static_cast<size_t>(bn));
+            std::vector<double> goal(static_cast<size_t>(bn));
             for (int64_t i = 0; i < bn; ++i) {
-                const int64_t k = b0 + i;
-                std::copy(faces_.data() + index_a_[static_cast<size_t>(k)] * 12544,
-                          faces_.data() + (index_a_[static_cast<size_t>(k)] + 1) * 12544, x0.data() + i * 12544);
-                const float* t = opt_.protocol == Protocol::Offline ? bare.data() + k * dim
+                const int64_t k = selected_[static_cast<size_t>(b0 + i)];
+                copy_face(index_a_[static_cast<size_t>(k)], x0, i);
+                const float* t = opt_.protocol == Protocol::Offline ? bare.data() + (b0 + i) * dim
                                                                     : clean.data() + index_b_[static_cast<size_t>(k)] * dim;
-                std::copy(t, t + dim, target.data() + i * dim);
-                sign[static_cast<size_t>(i)] = pairs_[static_cast<size_t>(k)].same ? -1.0 : 1.0;  // dodging / impersonation
+                std::copy(t, t + dim, ab.target.data() + i * dim);
+                const double sign = pairs_[static_cast<size_t>(k)].same ? -1.0 : 1.0;  // dodging / impersonation
+                ab.sign[static_cast<size_t>(i)] = sign;
+                goal[static_cast<size_t>(i)] = sign * r.attack_threshold;  // success: sign * cos > sign * threshold
             }
-            int step = 0;
-            const GradientOracle oracle = [&](const Tensor& x, Tensor& grad) {
-                const bool through_defense = opt_.protocol == Protocol::Online && defense_.kind() != model::DefenseKind::None;
-                const uint64_t key = (uint64_t{2} + static_cast<uint64_t>(step)) * (uint64_t{1} << 40) + static_cast<uint64_t>(b0);
-                ++step;
-                // The faces the recognizer sees, each with the mask its gradient flows back through.
-                std::vector<Tensor> inputs;
-                std::vector<std::vector<float>> back_masks;  // empty: no projection (or PCA: all ones)
-                if (!through_defense) {
-                    inputs.push_back(x);
-                } else if (defense_.kind() == model::DefenseKind::PCA) {
-                    inputs.push_back(defense_.inactivate(x, key).defended);
-                    back_masks.emplace_back();
-                } else {
-                    const model::DefenseOutput d = defense_.inactivate(x, key);
-                    const model::EigenBasis& basis = *defense_.basis();
-                    const int64_t N = basis.count();
-                    const std::vector<float> p(d.p.data(), d.p.data() + d.p.numel()), q(d.q.data(), d.q.data() + d.q.numel());
-                    auto project = [&](const std::vector<float>& mask) {
-                        Tensor out = Tensor::empty(x.shape(), Layout::NHWC);
-                        basis.project(x.data(), mask.data(), bn, out.data());
-                        return out;
+            const GradientOracle oracle = [&](const Tensor& x, Tensor& grad) { return evaluate(x, &grad, ab); };
+            const QueryOracle query = [&](const Tensor& x) { return evaluate(x, nullptr, ab); };
+            Tensor xa;
+            switch (opt_.attack.kind) {
+                case AttackKind::DeepFool: xa = deepfool_attack(x0, opt_.attack, oracle, goal); break;
+                case AttackKind::RandomSearch: xa = random_search_attack(x0, opt_.attack, query, static_cast<uint64_t>(b0)); break;
+                case AttackKind::Evolutionary: {
+                    const Tensor start = evolutionary_starts(b0, bn);
+                    auto tick = [&](int used) {
+                        if (bar) bar->update(b0 + bn * used / std::max(1, opt_.attack.queries));
                     };
-                    if (opt_.pin_gradient == PinGradient::Sample) {
-                        inputs.push_back(d.defended);
-                        back_masks.push_back(q);
-                    } else if (opt_.pin_gradient == PinGradient::Bpda) {
-                        std::vector<float> hard(p.size());
-                        for (size_t i = 0; i < p.size(); ++i) hard[i] = p[i] > 0.5f ? 1.0f : 0.0f;
-                        inputs.push_back(d.defended);
-                        back_masks.push_back(hard);
-                    } else if (opt_.pin_gradient == PinGradient::Expectation) {
-                        inputs.push_back(project(p));
-                        back_masks.push_back(p);
-                    } else {
-                        for (int m = 0; m < opt_.eot_masks; ++m) {
-                            std::vector<float> qm(p.size());
-                            for (int64_t i = 0; i < bn; ++i) {
-                                const PhiloxStream rng(opt_.attack.seed ^ 0x656F74ull, key + static_cast<uint64_t>(m) * 4096 + static_cast<uint64_t>(i));
-                                for (int64_t j = 0; j < N; ++j)
-                                    qm[static_cast<size_t>(i * N + j)] = rng.bernoulli(static_cast<uint64_t>(j), p[static_cast<size_t>(i * N + j)]);
-                            }
-                            inputs.push_back(project(qm));
-                            back_masks.push_back(qm);
-                        }
-                    }
+                    const EvolutionaryResult er =
+                        evolutionary_attack(x0, start, goal, opt_.attack, query, static_cast<uint64_t>(b0), checkpoints, tick);
+                    xa = er.x;
+                    for (size_t c = 0; c < checkpoints.size(); ++c)
+                        for (int64_t i = 0; i < bn; ++i) mse.data()[static_cast<int64_t>(c) * n_sel + b0 + i] = static_cast<float>(er.mse[c][static_cast<size_t>(i)]);
+                    break;
                 }
-                std::vector<double> objective(static_cast<size_t>(bn), 0.0);
-                std::fill(grad.data(), grad.data() + grad.numel(), 0.0f);
-                const double share = 1.0 / static_cast<double>(inputs.size());
-                for (size_t v = 0; v < inputs.size(); ++v) {
-                    const Tensor e = rec_.embed_for_gradient(inputs[v]);
-                    Tensor de = Tensor::empty({bn, dim});
-                    const std::vector<double> part = signed_cosine_and_gradient(e, target.data(), sign, de);
-                    for (int64_t i = 0; i < bn; ++i) objective[static_cast<size_t>(i)] += share * part[static_cast<size_t>(i)];
-                    Tensor g = rec_.input_gradient(de);
-                    if (v < back_masks.size()) {
-                        // d/dx of B diag(w) B^T (x - m) + m is B diag(w) B^T: project (g + m), subtract m.
-                        const model::EigenBasis& basis = *defense_.basis();
-                        Tensor gm = Tensor::empty(g.shape(), Layout::NHWC), out = Tensor::empty(g.shape(), Layout::NHWC);
-                        for (int64_t i = 0; i < bn; ++i)
-                            for (int64_t j = 0; j < 12544; ++j) gm.data()[i * 12544 + j] = g.data()[i * 12544 + j] + basis.mean().data()[j];
-                        basis.project(gm.data(), back_masks[v].empty() ? nullptr : back_masks[v].data(), bn, out.data());
-                        for (int64_t i = 0; i < bn; ++i)
-                            for (int64_t j = 0; j < 12544; ++j) out.data()[i * 12544 + j] -= basis.mean().data()[j];
-                        g = out;
-                    }
-                    for (int64_t i = 0; i < g.numel(); ++i) grad.data()[i] += static_cast<float>(share * g.data()[i]);
-                }
-                return objective;
-            };
-            AttackOptions ao = opt_.attack;
-            const Tensor xa = run_attack(x0, ao, oracle, static_cast<uint64_t>(b0));
+                default: xa = run_attack(x0, opt_.attack, oracle, static_cast<uint64_t>(b0));
+            }
             std::copy(xa.data(), xa.data() + xa.numel(), attacked.data() + b0 * 12544);
             if (bar) bar->update(b0 + bn);
         }
         if (bar) bar->finish();
-        const Tensor e = embed_defended(attacked, 1, nullptr);
-        std::vector<double> scores(static_cast<size_t>(n_pairs));
-        for (int64_t k = 0; k < n_pairs; ++k)
-            scores[static_cast<size_t>(k)] =
-                cosine_similarity(e.data() + k * dim, clean.data() + index_b_[static_cast<size_t>(k)] * dim, dim);
-        attacked_ = attacked;
-        return scores;
+    }
+
+    void copy_face(int64_t image, Tensor& dst, int64_t slot) const {
+        std::copy(faces_.data() + image * 12544, faces_.data() + (image + 1) * 12544, dst.data() + slot * 12544);
+    }
+
+    // Where the evolutionary attack starts: impersonation from the partner's face itself; dodging from
+    // the first face after this pair (in pair order) that shows somebody else.
+    Tensor evolutionary_starts(int64_t b0, int64_t bn) const {
+        Tensor start = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
+        const int64_t n_pairs = static_cast<int64_t>(pairs_.size());
+        for (int64_t i = 0; i < bn; ++i) {
+            const int64_t k = selected_[static_cast<size_t>(b0 + i)];
+            const io::FacePair& p = pairs_[static_cast<size_t>(k)];
+            int64_t image = index_b_[static_cast<size_t>(k)];
+            if (p.same)
+                for (int64_t j = 1; j < n_pairs; ++j) {
+                    const int64_t other = index_b_[static_cast<size_t>((k + j) % n_pairs)];
+                    if (person_of_[static_cast<size_t>(other)] != p.person_a) {
+                        image = other;
+                        break;
+                    }
+                }
+            copy_face(image, start, i);
+        }
+        return start;
+    }
+
+    // Sticker: the first image of each person (in pair order) except the target's, up to
+    // `identities`, each with a forehead patch optimised to be accepted as the target.
+    void sticker_run(const Tensor& clean, VerificationResult& r) {
+        const int64_t dim = rec_.dim();
+        const int64_t target_image = index_a_[0];
+        r.target = person_of_[static_cast<size_t>(target_image)];
+        std::vector<int64_t> chosen;
+        std::map<std::string, bool> seen{{r.target, true}};
+        for (int64_t i = 0; i < images() && static_cast<int64_t>(chosen.size()) < opt_.identities; ++i)
+            if (!seen[person_of_[static_cast<size_t>(i)]]) {
+                seen[person_of_[static_cast<size_t>(i)]] = true;
+                chosen.push_back(i);
+            }
+        const int64_t n = static_cast<int64_t>(chosen.size());
+        r.identities = n;
+        Tensor target_bare;
+        if (opt_.protocol == Protocol::Offline) {
+            Tensor t = Tensor::empty({1, 1, 112, 112}, Layout::NHWC);
+            copy_face(target_image, t, 0);
+            target_bare = rec_.embed(t);
+        }
+        const float* target = opt_.protocol == Protocol::Offline ? target_bare.data() : clean.data() + target_image * dim;
+        Tensor stickered = Tensor::empty({n, 1, 112, 112}, Layout::NHWC);
+        std::unique_ptr<ProgressBar> bar;
+        if (opt_.progress) bar = std::make_unique<ProgressBar>("stickers", n, "faces");
+        for (int64_t b0 = 0; b0 < n; b0 += opt_.batch) {
+            const int64_t bn = std::min(opt_.batch, n - b0);
+            Tensor x0 = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
+            AttackBatch ab;
+            ab.size = bn;
+            ab.first = static_cast<uint64_t>(b0);
+            for (int64_t i = 0; i < bn; ++i) {
+                copy_face(chosen[static_cast<size_t>(b0 + i)], x0, i);
+                ab.target.insert(ab.target.end(), target, target + dim);
+                ab.sign.push_back(1.0);
+            }
+            const GradientOracle oracle = [&](const Tensor& x, Tensor& grad) { return evaluate(x, &grad, ab); };
+            const Tensor xs = sticker_attack(x0, opt_.attack, oracle);
+            std::copy(xs.data(), xs.data() + xs.numel(), stickered.data() + b0 * 12544);
+            if (bar) bar->update(b0 + bn);
+        }
+        if (bar) bar->finish();
+        const Tensor e = embed_defended(stickered, 1, nullptr);
+        const float* t = clean.data() + target_image * dim;
+        int64_t fooled = 0, fooled_clean = 0;
+        for (int64_t i = 0; i < n; ++i) {
+            const double s = cosine_similarity(e.data() + i * dim, t, dim);
+            r.scores.push_back(s);
+            fooled += s > r.threshold;
+            fooled_clean += cosine_similarity(clean.data() + chosen[static_cast<size_t>(i)] * dim, t, dim) > r.threshold;
+        }
+        r.sticker_error_rate = n ? static_cast<double>(fooled) / static_cast<double>(n) : 0.0;
+        r.sticker_clean_error_rate = n ? static_cast<double>(fooled_clean) / static_cast<double>(n) : 0.0;
+        attacked_ = stickered;
+        attacked_source_ = chosen;
     }
 
 public:
     // The attacked first images of the pairs (after run() with an attack), for pictures.
     const Tensor& attacked_faces() const { return attacked_; }
-    // The clean first images of pairs [0, count) (after run()).
+    // The clean versions of the scored faces [0, count) (after run()): the first images of the scored
+    // pairs, or the sticker attack's faces.
     Tensor clean_first_faces(int64_t count) const {
-        count = std::min<int64_t>(count, static_cast<int64_t>(index_a_.size()));
+        std::vector<int64_t> source = attacked_source_;
+        if (source.empty())
+            for (int64_t k : selected_) source.push_back(index_a_[static_cast<size_t>(k)]);
+        count = std::min<int64_t>(count, static_cast<int64_t>(source.size()));
         Tensor out = Tensor::empty({count, 1, 112, 112}, Layout::NHWC);
-        for (int64_t k = 0; k < count; ++k)
-            std::copy(faces_.data() + index_a_[static_cast<size_t>(k)] * 12544,
-                      faces_.data() + (index_a_[static_cast<size_t>(k)] + 1) * 12544, out.data() + k * 12544);
+        for (int64_t k = 0; k < count; ++k) copy_face(source[static_cast<size_t>(k)], out, k);
         return out;
     }
 
@@ -352,7 +644,10 @@ private:
     std::vector<io::FacePair> pairs_;
     std::vector<std::string> paths_;
     std::map<std::string, int64_t> index_;
+    std::vector<std::string> person_of_;  // per image
     std::vector<int64_t> index_a_, index_b_;
+    std::vector<int64_t> selected_;       // the pairs scored (indices into pairs_)
+    std::vector<int64_t> attacked_source_;  // sticker: the image each stickered face came from
     Tensor faces_, attacked_;
 };
 

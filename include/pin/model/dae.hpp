@@ -36,6 +36,24 @@ public:
         return h;
     }
     Tensor backward(const Tensor& dy) override { return encoder_.backward(decoder_.backward(dy)); }
+    // d loss / d x of the frozen (inference-mode) DAE given d loss / d DAE(x): each pass is run again
+    // in training mode right before its backward, so only one pass's activations are held at a time
+    // (the attacks need this; parameter gradients accumulate as a side effect and are not used).
+    Tensor input_gradient(const Tensor& x, const Tensor& dy) {
+        PIN_CHECK(!training_, "DenoisingAutoencoder::input_gradient: for the frozen (inference-mode) DAE");
+        std::vector<Tensor> inputs{x};
+        for (int p = 1; p < passes_; ++p) inputs.push_back(decoder_.forward(encoder_.forward(inputs.back())));
+        encoder_.set_training(true);
+        decoder_.set_training(true);
+        Tensor d = dy;
+        for (int p = passes_ - 1; p >= 0; --p) {
+            decoder_.forward(encoder_.forward(inputs[static_cast<size_t>(p)]));
+            d = encoder_.backward(decoder_.backward(d));
+        }
+        encoder_.set_training(false);
+        decoder_.set_training(false);
+        return d;
+    }
     void collect_parameters(const std::string& prefix, std::vector<nn::NamedParameter>& out) override {
         encoder_.collect_parameters(prefix + "encoder1.", out);
         decoder_.collect_parameters(prefix + "decoder1.", out);

@@ -4,7 +4,8 @@
 //   auto out = defense.inactivate(batch);   // out.defended, out.p (probabilities), out.q (mask)
 //
 // Kinds: PIN (agent -> p -> mask q -> projection onto the masked eigenfaces), PCA-k (projection
-// onto the first k eigenfaces), DAE-only (the denoising autoencoder's output) and none (identity). A model folder holds eigenbasis.safetensors
+// onto the first k eigenfaces), DAE-only (the denoising autoencoder's output), JPEG-Q (compression at
+// quality Q), bits-K (bit-depth reduction to K bits) and none (identity). A model folder holds eigenbasis.safetensors
 // (eig_vec, avg_face, eig_val) and, for PIN, agent.safetensors (dae.*, esn.*, head.* keys).
 // Image i of a run (first_image + b) always gets the same mask for the same seed, whatever the
 // batch size or thread count.
@@ -16,6 +17,7 @@
 #include "pin/io/state_dict.hpp"
 #include "pin/model/agent.hpp"
 #include "pin/model/eigenbasis.hpp"
+#include "pin/model/input_transforms.hpp"
 #include "pin/model/sampling.hpp"
 
 namespace pin::model {
@@ -26,7 +28,7 @@ struct DefenseOutput {
     Tensor q;         // (batch, N) the mask used (PIN only)
 };
 
-enum class DefenseKind { None, PCA, DAE, PIN };
+enum class DefenseKind { None, PCA, DAE, PIN, Jpeg, BitDepth };
 
 class Defense {
 public:
@@ -38,6 +40,19 @@ public:
     static Defense pca(const EigenBasis& basis, int64_t k) {
         Defense d(DefenseKind::PCA);
         d.basis_ = std::make_shared<EigenBasis>(basis.truncated(k));
+        return d;
+    }
+
+    static Defense jpeg(int quality) {
+        PIN_CHECK(quality >= 1 && quality <= 100, "Defense::jpeg: quality must be 1-100, got ", quality);
+        Defense d(DefenseKind::Jpeg);
+        d.level_ = quality;
+        return d;
+    }
+    static Defense bit_depth(int bits) {
+        PIN_CHECK(bits >= 1 && bits <= 8, "Defense::bit_depth: bits must be 1-8, got ", bits);
+        Defense d(DefenseKind::BitDepth);
+        d.level_ = bits;
         return d;
     }
 
@@ -102,6 +117,7 @@ public:
     DefenseKind kind() const { return kind_; }
     const EigenBasis* basis() const { return basis_.get(); }
     Agent* agent() const { return agent_.get(); }  // PIN and DAE defenses; null otherwise
+    int level() const { return level_; }  // JPEG quality or bits
     SamplingMode sampling() const { return mode_; }
     uint64_t seed() const { return seed_; }
     void set_sampling(SamplingMode mode, uint64_t seed) {
@@ -120,6 +136,14 @@ public:
         out.defended = Tensor::empty(batch.shape(), Layout::NHWC);
         if (kind_ == DefenseKind::None) {
             std::copy(batch.data(), batch.data() + batch.numel(), out.defended.data());
+            return out;
+        }
+        if (kind_ == DefenseKind::Jpeg) {
+            jpeg_round_trip(batch.data(), B, batch.h(), level_, out.defended.data());
+            return out;
+        }
+        if (kind_ == DefenseKind::BitDepth) {
+            reduce_bit_depth(batch.data(), batch.numel(), level_, out.defended.data());
             return out;
         }
         PIN_CHECK(kind_ == DefenseKind::DAE || D == basis_->pixels(), "Defense::inactivate: faces have ", D,
@@ -147,6 +171,7 @@ private:
     std::shared_ptr<Agent> agent_;
     SamplingMode mode_ = SamplingMode::Bernoulli;
     uint64_t seed_ = 0;
+    int level_ = 0;
 };
 
 }  // namespace pin::model
