@@ -482,6 +482,28 @@ private:
         return scores;
     }
 
+    // Runs an attack over faces [0, n) in batches into `out`: set_up(j, i, ab) gives batch slot i the
+    // target and sign of face j (and returns its image), attack(x0, ab, b0, bar) the attacked batch.
+    template <class SetUp, class Attack>
+    void attack_in_batches(int64_t n, const char* label, Tensor& out, SetUp set_up, Attack attack) {
+        std::unique_ptr<ProgressBar> bar;
+        if (opt_.progress) bar = std::make_unique<ProgressBar>(label, n, "faces");
+        for (int64_t b0 = 0; b0 < n; b0 += opt_.batch) {
+            const int64_t bn = std::min(opt_.batch, n - b0);
+            Tensor x0 = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
+            AttackBatch ab;
+            ab.size = bn;
+            ab.first = static_cast<uint64_t>(b0);
+            ab.target.resize(static_cast<size_t>(bn * rec_.dim()));
+            ab.sign.resize(static_cast<size_t>(bn));
+            for (int64_t i = 0; i < bn; ++i) copy_face(set_up(b0 + i, i, ab), x0, i);
+            const Tensor xa = attack(x0, ab, b0, bar.get());
+            std::copy(xa.data(), xa.data() + xa.numel(), out.data() + b0 * 12544);
+            if (bar) bar->update(b0 + bn);
+        }
+        if (bar) bar->finish();
+    }
+
     void run_attacks(const Tensor& clean, const VerificationResult& r, Tensor& attacked, Tensor& mse, const std::vector<int>& checkpoints) {
         const int64_t n_sel = static_cast<int64_t>(selected_.size()), dim = rec_.dim();
         // Offline attacks aim at the bare recognizer's embedding of the clean partner.
@@ -491,51 +513,36 @@ private:
             for (int64_t s = 0; s < n_sel; ++s) copy_face(index_b_[static_cast<size_t>(selected_[static_cast<size_t>(s)])], partners, s);
             bare = embed_bare(partners);
         }
-        std::unique_ptr<ProgressBar> bar;
-        if (opt_.progress) bar = std::make_unique<ProgressBar>("attacking", n_sel, "pairs");
-        for (int64_t b0 = 0; b0 < n_sel; b0 += opt_.batch) {
-            const int64_t bn = std::min(opt_.batch, n_sel - b0);
-            Tensor x0 = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
-            AttackBatch ab;
-            ab.size = bn;
-            ab.first = static_cast<uint64_t>(b0);
-            ab.target.resize(static_cast<size_t>(bn * dim));
-            ab.sign.resize(static_cast<size_t>(bn));
-            std::vector<double> goal(static_cast<size_t>(bn));
-            for (int64_t i = 0; i < bn; ++i) {
-                const int64_t k = selected_[static_cast<size_t>(b0 + i)];
-                copy_face(index_a_[static_cast<size_t>(k)], x0, i);
-                const float* t = opt_.protocol == Protocol::Offline ? bare.data() + (b0 + i) * dim
-                                                                    : clean.data() + index_b_[static_cast<size_t>(k)] * dim;
-                std::copy(t, t + dim, ab.target.data() + i * dim);
-                const double sign = pairs_[static_cast<size_t>(k)].same ? -1.0 : 1.0;  // dodging / impersonation
-                ab.sign[static_cast<size_t>(i)] = sign;
-                goal[static_cast<size_t>(i)] = sign * r.attack_threshold;  // success: sign * cos > sign * threshold
-            }
+        auto set_up = [&](int64_t s, int64_t i, AttackBatch& ab) {
+            const int64_t k = selected_[static_cast<size_t>(s)];
+            const float* t = opt_.protocol == Protocol::Offline ? bare.data() + s * dim : clean.data() + index_b_[static_cast<size_t>(k)] * dim;
+            std::copy(t, t + dim, ab.target.data() + i * dim);
+            ab.sign[static_cast<size_t>(i)] = pairs_[static_cast<size_t>(k)].same ? -1.0 : 1.0;  // dodging / impersonation
+            return index_a_[static_cast<size_t>(k)];
+        };
+        auto attack = [&](const Tensor& x0, AttackBatch& ab, int64_t b0, ProgressBar* bar) {
+            std::vector<double> goal;  // success: sign * cos > sign * threshold
+            for (double sign : ab.sign) goal.push_back(sign * r.attack_threshold);
             const GradientOracle oracle = [&](const Tensor& x, Tensor& grad) { return evaluate(x, &grad, ab); };
             const QueryOracle query = [&](const Tensor& x) { return evaluate(x, nullptr, ab); };
-            Tensor xa;
             switch (opt_.attack.kind) {
-                case AttackKind::DeepFool: xa = deepfool_attack(x0, opt_.attack, oracle, goal); break;
-                case AttackKind::RandomSearch: xa = random_search_attack(x0, opt_.attack, query, static_cast<uint64_t>(b0)); break;
+                case AttackKind::DeepFool: return deepfool_attack(x0, opt_.attack, oracle, goal);
+                case AttackKind::RandomSearch: return random_search_attack(x0, opt_.attack, query, static_cast<uint64_t>(b0));
                 case AttackKind::Evolutionary: {
-                    const Tensor start = evolutionary_starts(b0, bn);
                     auto tick = [&](int used) {
-                        if (bar) bar->update(b0 + bn * used / std::max(1, opt_.attack.queries));
+                        if (bar) bar->update(b0 + ab.size * used / std::max(1, opt_.attack.queries));
                     };
-                    const EvolutionaryResult er =
-                        evolutionary_attack(x0, start, goal, opt_.attack, query, static_cast<uint64_t>(b0), checkpoints, tick);
-                    xa = er.x;
+                    const EvolutionaryResult er = evolutionary_attack(x0, evolutionary_starts(b0, ab.size), goal, opt_.attack, query,
+                                                                      static_cast<uint64_t>(b0), checkpoints, tick);
                     for (size_t c = 0; c < checkpoints.size(); ++c)
-                        for (int64_t i = 0; i < bn; ++i) mse.data()[static_cast<int64_t>(c) * n_sel + b0 + i] = static_cast<float>(er.mse[c][static_cast<size_t>(i)]);
-                    break;
+                        for (int64_t i = 0; i < ab.size; ++i)
+                            mse.data()[static_cast<int64_t>(c) * n_sel + b0 + i] = static_cast<float>(er.mse[c][static_cast<size_t>(i)]);
+                    return er.x;
                 }
-                default: xa = run_attack(x0, opt_.attack, oracle, static_cast<uint64_t>(b0));
+                default: return run_attack(x0, opt_.attack, oracle, static_cast<uint64_t>(b0));
             }
-            std::copy(xa.data(), xa.data() + xa.numel(), attacked.data() + b0 * 12544);
-            if (bar) bar->update(b0 + bn);
-        }
-        if (bar) bar->finish();
+        };
+        attack_in_batches(n_sel, "attacking", attacked, set_up, attack);
     }
 
     void copy_face(int64_t image, Tensor& dst, int64_t slot) const {
@@ -586,26 +593,26 @@ private:
             target_bare = rec_.embed(t);
         }
         const float* target = opt_.protocol == Protocol::Offline ? target_bare.data() : clean.data() + target_image * dim;
-        Tensor stickered = Tensor::empty({n, 1, 112, 112}, Layout::NHWC);
-        std::unique_ptr<ProgressBar> bar;
-        if (opt_.progress) bar = std::make_unique<ProgressBar>("stickers", n, "faces");
-        for (int64_t b0 = 0; b0 < n; b0 += opt_.batch) {
-            const int64_t bn = std::min(opt_.batch, n - b0);
-            Tensor x0 = Tensor::empty({bn, 1, 112, 112}, Layout::NHWC);
-            AttackBatch ab;
-            ab.size = bn;
-            ab.first = static_cast<uint64_t>(b0);
-            for (int64_t i = 0; i < bn; ++i) {
-                copy_face(chosen[static_cast<size_t>(b0 + i)], x0, i);
-                ab.target.insert(ab.target.end(), target, target + dim);
-                ab.sign.push_back(1.0);
-            }
-            const GradientOracle oracle = [&](const Tensor& x, Tensor& grad) { return evaluate(x, &grad, ab); };
-            const Tensor xs = sticker_attack(x0, opt_.attack, oracle);
-            std::copy(xs.data(), xs.data() + xs.numel(), stickered.data() + b0 * 12544);
-            if (bar) bar->update(b0 + bn);
+        // Offline stickers see only the bare recognizer: shared by every defense through the cache.
+        const std::string key = attack_key() + "|identities " + std::to_string(n) + " target " + r.target;
+        Tensor stickered;
+        if (opt_.protocol == Protocol::Offline) {
+            std::map<std::string, Tensor> hit = cache_load("offline-sticker", key);
+            if (hit.count("stickered") && hit["stickered"].dim(0) == n) stickered = hit["stickered"].reshape({n, 1, 112, 112}, Layout::NHWC);
         }
-        if (bar) bar->finish();
+        if (!stickered.defined()) {
+            stickered = Tensor::empty({n, 1, 112, 112}, Layout::NHWC);
+            auto set_up = [&](int64_t j, int64_t i, AttackBatch& ab) {
+                std::copy(target, target + dim, ab.target.data() + i * dim);
+                ab.sign[static_cast<size_t>(i)] = 1.0;  // impersonation of the target
+                return chosen[static_cast<size_t>(j)];
+            };
+            auto attack = [&](const Tensor& x0, AttackBatch& ab, int64_t, ProgressBar*) {
+                return sticker_attack(x0, opt_.attack, [&](const Tensor& x, Tensor& grad) { return evaluate(x, &grad, ab); });
+            };
+            attack_in_batches(n, "stickers", stickered, set_up, attack);
+            if (opt_.protocol == Protocol::Offline) cache_store("offline-sticker", key, {{"stickered", stickered}});
+        }
         const Tensor e = embed_defended(stickered, 1, nullptr);
         const float* t = clean.data() + target_image * dim;
         int64_t fooled = 0, fooled_clean = 0;
