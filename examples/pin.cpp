@@ -1,7 +1,7 @@
 // pin - the command-line program.
 //   pin info                                   this build: SIMD path, threads, CUDA, model size
 //   pin eigen --data DIR -o FILE [...]         eigenfaces of a face folder (mean, basis, eigenvalues)
-//   pin defend --in DIR|FILE --out DIR [...]   defended faces as PNG (PIN, PCA-k or none)
+//   pin defend --in DIR|FILE --out DIR [...]   defended faces as PNG (PIN, PCA-k, DAE, JPEG, bit depth or none)
 //   pin agent-forward --model DIR --in X --out Y  the agent on a tensor file (checks against PyTorch)
 #include <algorithm>
 #include <atomic>
@@ -55,7 +55,7 @@ void usage(std::FILE* f) {
                  "  defend      defend faces: writes the defended faces as PNG, mirroring the input tree\n"
                  "              --in DIR|FILE   aligned faces (PNG/JPEG/BMP/PGM; colour -> gray, resized to 112)\n"
                  "              --out DIR       output folder\n"
-                 "              --defense D     pin (default) | pca-K (first K eigenfaces) | dae | none\n"
+                 "              --defense D     pin (default) | pca-K (first K eigenfaces) | dae | jpeg-Q | bits-K | none\n"
                  "              --model PATH    PIN model folder or single safetensors file (default: weights/)\n"
                  "              --basis FILE    eigenbasis for pca-K (default: the model folder's)\n"
                  "              --mode M        sample (default) | threshold | mean-threshold | expectation\n"
@@ -266,29 +266,10 @@ int cmd_defend(const Options& o) {
     const std::string in = o.values.at("in"), out_dir = o.values.at("out");
     const std::string defense_name = o.values.count("defense") ? o.values.at("defense") : "pin";
     const int64_t batch = int_option(o, "batch", 16, 1, 4096);
-    const uint64_t seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
     const pin::model::SamplingMode mode =
         pin::model::parse_sampling_mode(o.values.count("mode") ? o.values.at("mode") : "sample");
-    const std::string model_dir = o.values.count("model") ? o.values.at("model") : PIN_DEFAULT_MODEL_DIR;
 
-    // The defense.
-    pin::model::Defense defense = pin::model::Defense::none();
-    if (defense_name == "pin") {
-        defense = pin::model::Defense::load_pin(model_dir, mode, seed);
-    } else if (defense_name.rfind("pca-", 0) == 0) {
-        char* end = nullptr;
-        const long k = std::strtol(defense_name.c_str() + 4, &end, 10);
-        if (*end != '\0' || k < 1) fail_usage("--defense pca-K needs a positive K, got '" + defense_name + "'");
-        const std::string basis_path = o.values.count("basis") ? o.values.at("basis") : (fs::path(model_dir) / "eigenbasis.safetensors").string();
-        const pin::model::EigenBasis basis = pin::model::EigenBasis::load(basis_path);
-        if (k > basis.count())
-            fail_usage(defense_name + ": " + basis_path + " holds only " + std::to_string(basis.count()) + " eigenfaces");
-        defense = pin::model::Defense::pca(basis, k);
-    } else if (defense_name == "dae") {
-        defense = pin::model::Defense::load_dae(model_dir);
-    } else if (defense_name != "none") {
-        fail_usage("unknown defense '" + defense_name + "' (expected pin, pca-K, dae or none)");
-    }
+    const pin::model::Defense defense = cli::load_defense(o, PIN_DEFAULT_MODEL_DIR, "pin");
 
     // The inputs: one file, or every image under a folder (sorted; outputs mirror the tree).
     std::vector<fs::path> inputs;

@@ -35,9 +35,9 @@ inline std::unique_ptr<pin::recognizer::FaceRecognizer> load_recognizer(const Op
 }
 
 // none | pin | pca-K | dae | jpeg-Q | bits-K, with the model folder / eigenbasis of the options.
-inline pin::model::Defense load_defense(const Options& o, const std::string& default_model_dir) {
+inline pin::model::Defense load_defense(const Options& o, const std::string& default_model_dir, const std::string& default_name = "none") {
     namespace fs = std::filesystem;
-    const std::string name = o.get("defense", "none");
+    const std::string name = o.get("defense", default_name);
     const std::string model_dir = o.get("model", default_model_dir);
     const uint64_t seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
     if (name == "none") return pin::model::Defense::none();
