@@ -69,6 +69,7 @@ cell pin_deepfool_online_sample "${pin_args[@]}" --attack deepfool --pairs 120
 [ $quick = 1 ] && { python3 bench/make_report.py "$results" docs/results.md "$folds"; exit 0; }
 cell pin_ifgsm_online_sample "${pin_args[@]}" --attack ifgsm --pairs 120
 cell pin_pgd_online_eot "${pin_args[@]}" --attack pgd --pin-gradient eot --eot 20 --pairs 24
+cell pin_pgd_online_expectation-agent "${pin_args[@]}" --attack pgd --pin-gradient expectation-agent --pairs 60
 # 3. Sanity checks: the error against the intensity bound; convergence in the number of PGD steps
 #    (10 vs 20 on the same pairs); random search against PGD on the same pairs.
 for e in 0.005 0.01 0.02 0.08; do cell "none_pgd_offline_eps$e" --attack pgd --eps $e --pairs 300; done

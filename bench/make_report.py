@@ -94,7 +94,8 @@ if pin_online:
               "sample: a fresh mask q ~ Bernoulli(p(x)) per step, gradient through B diag(q) B^T (the paper's "
               "reparameterised attack); fixed: the clean face's mask held for the whole attack; expectation: "
               "B diag(p(x)) B^T; bpda: forward with the sampled mask, backward through 1[p > 0.5]; eot: mean "
-              "gradient over 20 masks per step. The agent's dp/dx is not differentiated.", "",
+              "gradient over 20 masks per step; expectation-agent: the expectation surrogate differentiated through "
+              "the agent as well (dp/dx through head, ESN and both DAE passes). The others treat p(x) as a constant.", "",
               "| cell | attack | gradient | pairs | EER | accuracy at the clean threshold |", "|---|---|---|---|---|---|"]
     for n in pin_online:
         j = cells[n]

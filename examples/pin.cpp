@@ -90,6 +90,7 @@ void usage(std::FILE* f) {
                  "                              | random-search | evolutionary (black box) | sticker (20x72 forehead patch)\n"
                  "              --protocol P    offline (attack the bare recognizer, default) | online (through the defense)\n"
                  "              --pin-gradient G  online through PIN: sample (default) | eot | bpda | expectation | fixed\n"
+                 "                              | expectation-agent (the surrogate differentiated through the agent too)\n"
                  "              --eot M         masks averaged per step by --pin-gradient eot (20)\n"
                  "              --eps I         attack intensity ||eta|| / ||x|| (0.04)   --iterations N (10)\n"
                  "              --queries Q     random search: points tried (20); evolutionary: budget (10000; MSE\n"

@@ -10,6 +10,7 @@
 #include "helpers.hpp"
 #include "pin/eval/attacks.hpp"
 #include "pin/eval/blackbox_attacks.hpp"
+#include "pin/model/agent.hpp"
 #include "pin/model/dae.hpp"
 #include "pin/model/defense.hpp"
 
@@ -272,4 +273,45 @@ TEST_CASE("DAE input gradient (both passes, recomputed) matches finite differenc
     for (int64_t i = 0; i < kD; ++i) analytic += static_cast<double>(g.data()[i]) * v.data()[i];
     REQUIRE(analytic == Approx(fd).epsilon(3e-2));
     REQUIRE(std::fabs(analytic) > 1.0);
+}
+
+TEST_CASE("agent input gradient (head, ESN, recomputed DAE) matches finite differences", "[defense][agent][gradient]") {
+    // The shipped agent's sigmoids are saturated (dp/dx ~ 0); a freshly initialised ESN and head on
+    // the shipped DAE give probabilities that move.
+    const std::string model = std::string(PIN_SOURCE_DIR) + "/weights/pin-default";
+    if (!std::filesystem::exists(model + "/agent.safetensors")) {
+        WARN("SKIPPED: " << model << " is missing");
+        return;
+    }
+    const model::Defense dae_only = model::Defense::load_dae(model);
+    model::Agent agent(64);
+    agent.reset_parameters(31);
+    const auto from = dae_only.agent()->dae().parameters(), to = agent.dae().parameters();
+    for (size_t i = 0; i < from.size(); ++i) to[i].param->value = from[i].param->value.clone();
+    Tensor x = Tensor::empty({2, 1, 112, 112}, Layout::NHWC);
+    for (int64_t i = 0; i < 2 * kD; ++i) x.data()[i] = static_cast<float>(0.5 * std::sin(0.03 * static_cast<double>(i % 112) + 0.4 * static_cast<double>(i / kD)) * std::cos(0.05 * static_cast<double>((i % kD) / 112)));
+    const Tensor w = test::random_tensor({2, 64}, 33);
+    const Tensor g = agent.input_gradient(x, w);
+    // Along the gradient itself the directional derivative is largest (||g|| ||v||), far above the
+    // float32 noise of p; it equals <true gradient, v> only if g has the true gradient's direction
+    // and length.
+    Tensor v = Tensor::empty(g.shape(), Layout::NHWC);
+    double gn = 0;
+    for (int64_t i = 0; i < g.numel(); ++i) gn += static_cast<double>(g.data()[i]) * g.data()[i];
+    gn = std::sqrt(gn);
+    REQUIRE(gn > 0);
+    for (int64_t i = 0; i < g.numel(); ++i) v.data()[i] = static_cast<float>(g.data()[i] / gn * 112.0);
+    REQUIRE_FALSE(agent.esn().training());
+    auto f = [&](double h) {
+        Tensor xh = Tensor::empty(x.shape(), Layout::NHWC);
+        for (int64_t i = 0; i < x.numel(); ++i) xh.data()[i] = static_cast<float>(x.data()[i] + h * v.data()[i]);
+        const Tensor p = agent.forward(xh);
+        double s = 0;
+        for (int64_t i = 0; i < p.numel(); ++i) s += static_cast<double>(p.data()[i]) * w.data()[i];
+        return s;
+    };
+    const double h = 3e-4, fd = (f(h) - f(-h)) / (2 * h);
+    double analytic = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) analytic += static_cast<double>(g.data()[i]) * v.data()[i];
+    REQUIRE(analytic == Approx(fd).epsilon(3e-2));
 }

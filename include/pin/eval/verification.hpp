@@ -53,15 +53,18 @@ inline Protocol parse_protocol(const std::string& s) {
 //   fixed        the mask PIN draws for the clean face, held for the whole attack (forward and
 //                backward): PIN seen as a fixed linear projection. If this succeeds, the randomness
 //                is not what protects (Carlini et al. 2019's sanity check)
-// The agent's own dependence on x (dp/dx) is not differentiated in any of them (straight-through).
-enum class PinGradient { Sample, Eot, Bpda, Expectation, Fixed };
+//   expectation-agent  the expectation surrogate differentiated through the agent as well:
+//                d/dx [B diag(p(x)) B^T (x - m)] = B diag(p) B^T + B diag(B^T (x - m)) dp/dx
+// The others treat p(x) as a constant (straight-through for the agent).
+enum class PinGradient { Sample, Eot, Bpda, Expectation, Fixed, ExpectationAgent };
 inline PinGradient parse_pin_gradient(const std::string& s) {
     if (s == "sample") return PinGradient::Sample;
     if (s == "eot") return PinGradient::Eot;
     if (s == "bpda") return PinGradient::Bpda;
     if (s == "expectation") return PinGradient::Expectation;
     if (s == "fixed") return PinGradient::Fixed;
-    throw Error("unknown PIN gradient '" + s + "' (expected sample, eot, bpda, expectation or fixed)");
+    if (s == "expectation-agent") return PinGradient::ExpectationAgent;
+    throw Error("unknown PIN gradient '" + s + "' (expected sample, eot, bpda, expectation, expectation-agent or fixed)");
 }
 
 struct VerificationOptions {
@@ -343,7 +346,7 @@ private:
         // The faces the recognizer sees, each with the mask its gradient flows back through.
         std::vector<Tensor> inputs;
         std::vector<std::vector<float>> back_masks;  // empty vector: all ones (PCA)
-        bool through_dae = false;
+        bool through_dae = false, through_agent = false;
         if (!through_defense) {
             inputs.push_back(x);
         } else if (defense_.kind() == model::DefenseKind::PCA) {
@@ -380,9 +383,10 @@ private:
                     for (size_t i = 0; i < p.size(); ++i) hard[i] = p[i] > 0.5f ? 1.0f : 0.0f;
                     inputs.push_back(d.defended);
                     back_masks.push_back(hard);
-                } else if (opt_.pin_gradient == PinGradient::Expectation) {
+                } else if (opt_.pin_gradient == PinGradient::Expectation || opt_.pin_gradient == PinGradient::ExpectationAgent) {
                     inputs.push_back(project(p));
                     back_masks.push_back(p);
+                    through_agent = opt_.pin_gradient == PinGradient::ExpectationAgent;
                 } else {
                     for (int m = 0; m < opt_.eot_masks; ++m) {
                         std::vector<float> qm(p.size());
@@ -408,6 +412,18 @@ private:
             if (!grad) continue;
             Tensor g = rec_.input_gradient(de);
             if (through_dae) g = defense_.agent()->dae().input_gradient(x.reshape(x.shape(), Layout::NHWC), g);
+            Tensor agent_part;
+            if (through_agent) {  // dL/dp_j = (B^T (x - m))_j (B^T g)_j, then back through the agent
+                const model::EigenBasis& basis = *defense_.basis();
+                const int64_t N = basis.count();
+                Tensor centred = Tensor::empty({bn, 12544}), c = Tensor::empty({bn, N}), h = Tensor::empty({bn, N});
+                for (int64_t i = 0; i < bn; ++i)
+                    for (int64_t j = 0; j < 12544; ++j) centred.data()[i * 12544 + j] = x.data()[i * 12544 + j] - basis.mean().data()[j];
+                basis.coefficients(centred.data(), bn, c.data());
+                basis.coefficients(g.data(), bn, h.data());
+                for (int64_t i = 0; i < c.numel(); ++i) c.data()[i] *= h.data()[i];
+                agent_part = defense_.agent()->input_gradient(x.reshape(x.shape(), Layout::NHWC), c);
+            }
             if (v < back_masks.size()) {
                 // d/dx of B diag(w) B^T (x - m) + m is B diag(w) B^T: project (g + m), subtract m.
                 const model::EigenBasis& basis = *defense_.basis();
@@ -419,6 +435,8 @@ private:
                     for (int64_t j = 0; j < 12544; ++j) out.data()[i * 12544 + j] -= basis.mean().data()[j];
                 g = out;
             }
+            if (agent_part.defined())
+                for (int64_t i = 0; i < g.numel(); ++i) g.data()[i] += agent_part.data()[i];
             for (int64_t i = 0; i < g.numel(); ++i) grad->data()[i] += static_cast<float>(share * g.data()[i]);
         }
         return objective;

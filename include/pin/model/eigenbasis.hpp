@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "pin/core/parallel.hpp"
 #include "pin/core/tensor.hpp"
 #include "pin/cpu/conv_kernels.hpp"
 #include "pin/cpu/projection.hpp"
@@ -175,6 +176,20 @@ public:
     // out = B diag(q) B^T (x - m) + m for a batch (x, out: batch x D; q: batch x N or nullptr = all ones).
     void project(const float* x, const float* q, int64_t batch, float* out) const {
         cpu::project_masked(basis_.data(), mean_.data(), pixels(), count(), x, q, batch, out);
+    }
+
+    // out = B^T v for a batch (v: batch x D, out: batch x N): coefficients of v in the eigenfaces.
+    void coefficients(const float* v, int64_t batch, float* out) const {
+        const int64_t D = pixels(), N = count();
+        parallel_for(batch, [&](int64_t b) {
+            std::vector<double> acc(static_cast<size_t>(N), 0.0);
+            for (int64_t d = 0; d < D; ++d) {
+                const double vd = v[b * D + d];
+                const float* row = basis_.data() + d * N;
+                for (int64_t j = 0; j < N; ++j) acc[static_cast<size_t>(j)] += vd * row[j];
+            }
+            for (int64_t j = 0; j < N; ++j) out[b * N + j] = static_cast<float>(acc[static_cast<size_t>(j)]);
+        });
     }
 
     int64_t pixels() const { return basis_.defined() ? basis_.dim(0) : 0; }
