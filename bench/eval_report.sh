@@ -52,7 +52,11 @@ for d in "${defenses[@]}"; do
   for attack in fgsm deepfool pgd di2-fgsm; do cell "${d}_${attack}_offline" --defense "$d" $a --attack $attack; done
 done
 # 2. Online (white box through the defense). PCA, JPEG and bit depth: FGSM on every pair, DeepFool
-#    and PGD on 300; the DAE (exact gradient through both passes) and PIN on fewer.
+#    and PGD on 300; the DAE (exact gradient through both passes) and PIN on fewer. PIN first.
+pin_args=(--defense pin --model "$model" --protocol online)
+cell pin_fgsm_online_sample "${pin_args[@]}" --attack fgsm --pairs 300
+for g in sample fixed expectation bpda; do cell "pin_pgd_online_$g" "${pin_args[@]}" --attack pgd --pin-gradient $g --pairs 120; done
+cell pin_deepfool_online_sample "${pin_args[@]}" --attack deepfool --pairs 120
 for d in pca-200 pca-2000 jpeg-75 bits-4; do
   a=$(args_for "$d")
   cell "${d}_fgsm_online" --defense "$d" $a --attack fgsm --protocol online
@@ -62,10 +66,6 @@ done
 cell dae_fgsm_online --defense dae --model "$model" --attack fgsm --protocol online --pairs 240
 cell dae_deepfool_online --defense dae --model "$model" --attack deepfool --protocol online --pairs 60
 cell dae_pgd_online --defense dae --model "$model" --attack pgd --protocol online --pairs 60
-pin_args=(--defense pin --model "$model" --protocol online)
-cell pin_fgsm_online_sample "${pin_args[@]}" --attack fgsm --pairs 300
-for g in sample fixed expectation bpda; do cell "pin_pgd_online_$g" "${pin_args[@]}" --attack pgd --pin-gradient $g --pairs 120; done
-cell pin_deepfool_online_sample "${pin_args[@]}" --attack deepfool --pairs 120
 [ $quick = 1 ] && { python3 bench/make_report.py "$results" docs/results.md "$folds"; exit 0; }
 cell pin_ifgsm_online_sample "${pin_args[@]}" --attack ifgsm --pairs 120
 cell pin_pgd_online_eot "${pin_args[@]}" --attack pgd --pin-gradient eot --eot 20 --pairs 24

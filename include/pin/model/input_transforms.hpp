@@ -1,7 +1,7 @@
 // pin/model/input_transforms.hpp - cheap input-transformation defenses, the baselines next to PIN:
 // JPEG compression (Dziugaite et al. 2016; Guo et al. 2018) and bit-depth reduction (feature
 // squeezing, Xu et al. 2018). Faces are gray, (B, 112 * 112) values in [-1, 1]; both map the face to
-// 8-bit pixels first, as a stored image would be.
+// 8-bit pixels first, as a stored image would be. No image library is involved.
 // Neither is differentiable in any useful sense; online attacks go through them by BPDA with the
 // identity (Athalye et al. 2018), which is what eval/verification.hpp does.
 #pragma once
@@ -11,30 +11,62 @@
 
 #include "pin/core/error.hpp"
 #include "pin/core/parallel.hpp"
-#include "pin/io/image.hpp"
 
 namespace pin::model {
 
 inline unsigned char face_to_byte(float v) { return static_cast<unsigned char>(std::lround(std::clamp((v + 1.0f) * 127.5f, 0.0f, 255.0f))); }
 
-// Encode each face as a baseline JPEG at `quality` (1-100, stb_image_write) and decode it again.
+// JPEG compression of gray faces at `quality` (1-100): what baseline JPEG loses, computed directly.
+// Each 8 x 8 block of the level-shifted 8-bit image goes through the DCT, is quantised with the
+// standard luminance table (ITU T.81 Annex K) scaled by quality as libjpeg does, dequantised and
+// transformed back; the result is rounded to 8 bits. The entropy coding of a real file is lossless,
+// so it is left out. (stb_image_write's encoder was the first choice; it shifts negative values,
+// which UBSan reports as undefined.) Sides must be multiples of 8 (112 is).
 inline void jpeg_round_trip(const float* x, int64_t batch, int64_t side, int quality, float* out) {
     PIN_CHECK(quality >= 1 && quality <= 100, "jpeg_round_trip: quality must be 1-100, got ", quality);
+    PIN_CHECK(side % 8 == 0, "jpeg_round_trip: the side must be a multiple of 8, got ", side);
+    static const int kLuminance[64] = {16, 11, 10, 16, 24,  40,  51,  61,  12, 12, 14, 19, 26,  58,  60,  55,
+                                       14, 13, 16, 24, 40,  57,  69,  56,  14, 17, 22, 29, 51,  87,  80,  62,
+                                       18, 22, 37, 56, 68,  109, 103, 77,  24, 35, 55, 64, 81,  104, 113, 92,
+                                       49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99};
+    const int scale = quality < 50 ? 5000 / quality : 200 - 2 * quality;
+    double q[64], basis[8][8];
+    for (int i = 0; i < 64; ++i) q[i] = std::clamp((kLuminance[i] * scale + 50) / 100, 1, 255);
+    for (int u = 0; u < 8; ++u)
+        for (int k = 0; k < 8; ++k) basis[u][k] = (u == 0 ? std::sqrt(0.125) : 0.5) * std::cos((2 * k + 1) * u * 3.14159265358979323846 / 16);
     const int64_t D = side * side;
     parallel_for(batch, [&](int64_t b) {
-        std::vector<unsigned char> pixels(static_cast<size_t>(D)), encoded;
-        for (int64_t i = 0; i < D; ++i) pixels[static_cast<size_t>(i)] = face_to_byte(x[b * D + i]);
-        auto sink = [](void* context, void* data, int size) {
-            auto* v = static_cast<std::vector<unsigned char>*>(context);
-            v->insert(v->end(), static_cast<unsigned char*>(data), static_cast<unsigned char*>(data) + size);
-        };
-        PIN_CHECK(stbi_write_jpg_to_func(sink, &encoded, static_cast<int>(side), static_cast<int>(side), 1, pixels.data(), quality),
-                  "jpeg_round_trip: the JPEG encoder failed");
-        int w = 0, h = 0, c = 0;
-        unsigned char* decoded = stbi_load_from_memory(encoded.data(), static_cast<int>(encoded.size()), &w, &h, &c, 1);
-        PIN_CHECK(decoded && w == side && h == side, "jpeg_round_trip: decoding our own JPEG failed (", stbi_failure_reason(), ")");
-        for (int64_t i = 0; i < D; ++i) out[b * D + i] = static_cast<float>(decoded[i]) / 127.5f - 1.0f;
-        stbi_image_free(decoded);
+        for (int64_t by = 0; by < side; by += 8)
+            for (int64_t bx = 0; bx < side; bx += 8) {
+                double block[8][8], tmp[8][8], coef[8][8];
+                for (int y = 0; y < 8; ++y)
+                    for (int xx = 0; xx < 8; ++xx) block[y][xx] = face_to_byte(x[b * D + (by + y) * side + bx + xx]) - 128.0;
+                for (int u = 0; u < 8; ++u)  // rows, then columns: C = A X A^T
+                    for (int xx = 0; xx < 8; ++xx) {
+                        double s = 0;
+                        for (int y = 0; y < 8; ++y) s += basis[u][y] * block[y][xx];
+                        tmp[u][xx] = s;
+                    }
+                for (int u = 0; u < 8; ++u)
+                    for (int v = 0; v < 8; ++v) {
+                        double s = 0;
+                        for (int xx = 0; xx < 8; ++xx) s += tmp[u][xx] * basis[v][xx];
+                        coef[u][v] = std::round(s / q[u * 8 + v]) * q[u * 8 + v];
+                    }
+                for (int y = 0; y < 8; ++y)  // X = A^T C A
+                    for (int v = 0; v < 8; ++v) {
+                        double s = 0;
+                        for (int u = 0; u < 8; ++u) s += basis[u][y] * coef[u][v];
+                        tmp[y][v] = s;
+                    }
+                for (int y = 0; y < 8; ++y)
+                    for (int xx = 0; xx < 8; ++xx) {
+                        double s = 0;
+                        for (int v = 0; v < 8; ++v) s += tmp[y][v] * basis[v][xx];
+                        const double pixel = std::clamp(std::round(s + 128.0), 0.0, 255.0);
+                        out[b * D + (by + y) * side + bx + xx] = static_cast<float>(pixel / 127.5 - 1.0);
+                    }
+            }
     });
 }
 
