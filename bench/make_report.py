@@ -63,8 +63,8 @@ lines = ["# Robustness results", "",
          "the folds' pairs (online attacks through a network cost one network forward per step)."
          % (rel, rel, folds, full_pairs), ""]
 if total_seconds:
-    lines += ["Compute time of all %d cells (sum of their `seconds` fields): %.0f min on this 2-core machine." %
-              (len(cells), total_seconds / 60), ""]
+    lines += ["Compute time of all %d cells (sum of their `seconds` fields): %.0f min on this 2-core machine, as run "
+              "(the conditions of the run are in docs/evaluation.md)." % (len(cells), total_seconds / 60), ""]
 
 defenses = ["none", "pca-200", "pca-2000", "jpeg-75", "bits-4", "dae", "pin"]
 lines += ["## EER under attack (the paper's Table XI layout)", "",
