@@ -30,41 +30,35 @@ inline void jpeg_round_trip(const float* x, int64_t batch, int64_t side, int qua
                                        18, 22, 37, 56, 68,  109, 103, 77,  24, 35, 55, 64, 81,  104, 113, 92,
                                        49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99};
     const int scale = quality < 50 ? 5000 / quality : 200 - 2 * quality;
-    double q[64], basis[8][8];
+    double q[64], dct[8][8], dct_t[8][8];  // the orthonormal DCT-II matrix A and its transpose
     for (int i = 0; i < 64; ++i) q[i] = std::clamp((kLuminance[i] * scale + 50) / 100, 1, 255);
     for (int u = 0; u < 8; ++u)
-        for (int k = 0; k < 8; ++k) basis[u][k] = (u == 0 ? std::sqrt(0.125) : 0.5) * std::cos((2 * k + 1) * u * 3.14159265358979323846 / 16);
+        for (int k = 0; k < 8; ++k)
+            dct_t[k][u] = dct[u][k] = (u == 0 ? std::sqrt(0.125) : 0.5) * std::cos((2 * k + 1) * u * 3.14159265358979323846 / 16);
+    auto multiply = [](const double a[8][8], const double b[8][8], double out[8][8]) {
+        for (int i = 0; i < 8; ++i)
+            for (int j = 0; j < 8; ++j) {
+                double s = 0;
+                for (int k = 0; k < 8; ++k) s += a[i][k] * b[k][j];
+                out[i][j] = s;
+            }
+    };
     const int64_t D = side * side;
     parallel_for(batch, [&](int64_t b) {
         for (int64_t by = 0; by < side; by += 8)
             for (int64_t bx = 0; bx < side; bx += 8) {
                 double block[8][8], tmp[8][8], coef[8][8];
                 for (int y = 0; y < 8; ++y)
-                    for (int xx = 0; xx < 8; ++xx) block[y][xx] = face_to_byte(x[b * D + (by + y) * side + bx + xx]) - 128.0;
-                for (int u = 0; u < 8; ++u)  // rows, then columns: C = A X A^T
-                    for (int xx = 0; xx < 8; ++xx) {
-                        double s = 0;
-                        for (int y = 0; y < 8; ++y) s += basis[u][y] * block[y][xx];
-                        tmp[u][xx] = s;
-                    }
-                for (int u = 0; u < 8; ++u)
-                    for (int v = 0; v < 8; ++v) {
-                        double s = 0;
-                        for (int xx = 0; xx < 8; ++xx) s += tmp[u][xx] * basis[v][xx];
-                        coef[u][v] = std::round(s / q[u * 8 + v]) * q[u * 8 + v];
-                    }
-                for (int y = 0; y < 8; ++y)  // X = A^T C A
-                    for (int v = 0; v < 8; ++v) {
-                        double s = 0;
-                        for (int u = 0; u < 8; ++u) s += basis[u][y] * coef[u][v];
-                        tmp[y][v] = s;
-                    }
+                    for (int x0 = 0; x0 < 8; ++x0) block[y][x0] = face_to_byte(x[b * D + (by + y) * side + bx + x0]) - 128.0;
+                multiply(dct, block, tmp);  // C = A X A^T, quantised
+                multiply(tmp, dct_t, coef);
+                for (int i = 0; i < 64; ++i) coef[i / 8][i % 8] = std::round(coef[i / 8][i % 8] / q[i]) * q[i];
+                multiply(dct_t, coef, tmp);  // X = A^T C A
+                multiply(tmp, dct, block);
                 for (int y = 0; y < 8; ++y)
-                    for (int xx = 0; xx < 8; ++xx) {
-                        double s = 0;
-                        for (int v = 0; v < 8; ++v) s += tmp[y][v] * basis[v][xx];
-                        const double pixel = std::clamp(std::round(s + 128.0), 0.0, 255.0);
-                        out[b * D + (by + y) * side + bx + xx] = static_cast<float>(pixel / 127.5 - 1.0);
+                    for (int x0 = 0; x0 < 8; ++x0) {
+                        const double pixel = std::clamp(std::round(block[y][x0] + 128.0), 0.0, 255.0);
+                        out[b * D + (by + y) * side + bx + x0] = static_cast<float>(pixel / 127.5 - 1.0);
                     }
             }
     });
