@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from svg_plot import histogram_chart, line_chart  # noqa: E402
 
 res, out_md, folds = sys.argv[1], sys.argv[2], sys.argv[3]
-cells = {os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob(os.path.join(res, "*.json")))}
+cells = {os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob(os.path.join(res, "*.json")))
+         if not p.endswith("matrix_run.json")}  # that one is the run's wall time, not a cell
 rel = os.path.relpath(res, os.path.dirname(out_md))
 full_pairs = max((j.get("pairs_in_folds", j.get("pairs", 0)) for j in cells.values()), default=0)
 
@@ -62,6 +63,11 @@ lines = ["# Robustness results", "",
          "variants run). A number in parentheses is the pair count of a cell run on an evenly spread subset of "
          "the folds' pairs (online attacks through a network cost one network forward per step)."
          % (rel, rel, folds, full_pairs), ""]
+run_info = os.path.join(res, "matrix_run.json")
+if os.path.exists(run_info):
+    ri = json.load(open(run_info))
+    lines += ["Wall time of the last `bench/eval_report.sh` invocation: **%.1f min** for the %d cells it ran (%s cores, finished %s)."
+              % (ri["wall_seconds"] / 60, ri["cells_run"], ri["threads"], ri["finished"]), ""]
 if total_seconds:
     lines += ["Compute time of all %d cells (sum of their `seconds` fields): %.0f min on this 2-core machine, as run "
               "(the conditions of the run are in docs/evaluation.md)." % (len(cells), total_seconds / 60), ""]

@@ -88,6 +88,19 @@ import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert a["scores"] == b["scores"], "scores differ"
 PY
+# DeepFool offline through a defense aims at the bare recognizer's threshold: its embeddings are
+# cached once and the cached run finds the same threshold and scores.
+for i in 1 2; do
+  "$pin" eval $q --attack deepfool --iterations 3 --defense bits-4 --cache "$work/cache" --json "$work/df$i.json" >/dev/null 2>&1 \
+    || fail "deepfool with --cache (run $i)"
+done
+ls "$work/cache" | grep -q '^bare-' || { ls "$work/cache"; fail "no cache entry for the bare recognizer's embeddings"; }
+python3 - "$work/df1.json" "$work/df2.json" <<'PY' || fail "cached deepfool run differs"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert a["scores"] == b["scores"] and a["attack_threshold"] == b["attack_threshold"], (a["attack_threshold"], b["attack_threshold"])
+assert a["attack_threshold"] != a["threshold"], "offline DeepFool through a defense should aim at the bare threshold"
+PY
 "$pin" eval $q --defense jpeg-0 > "$work/msg" 2>&1 && fail "jpeg-0 was accepted"
 grep -q "quality must be 1-100" "$work/msg" || { cat "$work/msg"; fail "no message for jpeg-0"; }
 # Bad data folders: no pairs.txt; a malformed one.

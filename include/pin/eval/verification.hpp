@@ -241,7 +241,7 @@ private:
         return out;
     }
 
-    // ---- cache: clean embeddings per defense, offline-attacked faces per attack -------------------
+    // ---- cache: clean embeddings per defense and of the bare recognizer, offline-attacked faces ----
     std::string cache_file(const std::string& kind, const std::string& key) const {
         uint64_t h = 1469598103934665603ull;  // FNV-1a
         for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
@@ -287,7 +287,16 @@ private:
     // The bare recognizer's clean EER threshold (offline) or the defended system's (online).
     double attack_threshold(double defended_threshold) {
         if (opt_.protocol == Protocol::Online || defense_.kind() == model::DefenseKind::None) return defended_threshold;
-        const Tensor bare = embed_bare(faces_);
+        // The bare embeddings do not depend on the defense: every defense's cells share one entry.
+        const std::string key = data_key() + "|bare recognizer";
+        std::map<std::string, Tensor> hit = cache_load("bare", key);
+        Tensor bare;
+        if (hit.count("embeddings") && hit["embeddings"].dim(0) == images()) {
+            bare = hit["embeddings"];
+        } else {
+            bare = embed_bare(faces_);
+            cache_store("bare", key, {{"embeddings", bare}});
+        }
         std::vector<int> same;
         for (const io::FacePair& p : pairs_) same.push_back(p.same);
         return eer_threshold(roc_curve(pair_scores(bare, bare), same));
