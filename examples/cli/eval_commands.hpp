@@ -156,7 +156,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["protocol"] = o.get("protocol", "offline");
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
-    if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset";
+    if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset (half from each class when an even spread misses one)";
     if (vo.protocol == pin::eval::Protocol::Online && o.get("defense", "none") == "pin") {
         j["pin_gradient"] = o.get("pin-gradient", "sample");
         if (o.get("pin-gradient", "sample") == "eot") j["eot_masks"] = vo.eot_masks;

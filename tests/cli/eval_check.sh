@@ -107,6 +107,18 @@ grep -q "quality must be 1-100" "$work/msg" || { cat "$work/msg"; fail "no messa
 mkdir -p "$work/nopairs/images"
 "$pin" eval $q --data "$work/nopairs" > "$work/msg" 2>&1 && fail "a folder without pairs.txt was accepted"
 grep -q "pairs.txt" "$work/msg" || { cat "$work/msg"; fail "the message does not name pairs.txt"; }
+# Two folds of 2 + 2 pairs: 2 pairs spread evenly are the first of each fold, both same-person; the
+# subset must still hold both classes (half from each).
+cp -r "$work/data" "$work/twofolds"
+printf '2\t2\nPerson_A\t1\t2\nPerson_B\t1\t2\nPerson_C\t1\tPerson_D\t2\nPerson_E\t1\tPerson_F\t2\nPerson_G\t1\t2\nPerson_H\t1\t2\nPerson_A\t1\tPerson_C\t2\nPerson_B\t1\tPerson_D\t2\n' \
+  > "$work/twofolds/pairs.txt"
+"$pin" eval $q --data "$work/twofolds" --attack fgsm --pairs 2 --json "$work/twofolds.json" > "$work/msg" 2>&1 \
+  || { cat "$work/msg"; fail "--pairs 2 on two folds"; }
+python3 - "$work/twofolds.json" <<'PY' || fail "--pairs 2 did not keep both classes"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["pairs"] == 2 and sorted(j["same"]) == [0, 1], j["same"]
+PY
 cp -r "$work/data" "$work/badpairs" && printf '1\t4\nPerson_A\t1\n' > "$work/badpairs/pairs.txt"
 "$pin" eval $q --data "$work/badpairs" > "$work/msg" 2>&1 && fail "a malformed pairs.txt was accepted"
 grep -q "badpairs/pairs.txt:2: a same-person pair needs 'name i j'" "$work/msg" || { cat "$work/msg"; fail "no line-numbered message"; }

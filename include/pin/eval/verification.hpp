@@ -179,6 +179,25 @@ public:
         selected_.clear();
         const int64_t n_sel = opt_.max_pairs > 0 ? std::min(opt_.max_pairs, n_pairs) : n_pairs;
         for (int64_t i = 0; i < n_sel; ++i) selected_.push_back(i * n_pairs / n_sel);
+        // A handful of pairs spread evenly can all fall on one class (4 of folds 5-8: the first pair
+        // of each fold, all same-person); then half are spread over each class instead, so the
+        // cell still has dodging and impersonation pairs and an ROC.
+        int64_t same_selected = 0;
+        for (int64_t k : selected_) same_selected += pairs_[static_cast<size_t>(k)].same;
+        if (n_sel >= 2 && (same_selected == 0 || same_selected == n_sel)) {
+            std::vector<int64_t> by_class[2];
+            for (int64_t k = 0; k < n_pairs; ++k) by_class[pairs_[static_cast<size_t>(k)].same ? 1 : 0].push_back(k);
+            if (!by_class[0].empty() && !by_class[1].empty()) {
+                selected_.clear();
+                const int64_t take[2] = {n_sel - n_sel / 2, n_sel / 2};
+                for (int c = 0; c < 2; ++c) {
+                    const int64_t m = std::min<int64_t>(take[c], static_cast<int64_t>(by_class[c].size()));
+                    for (int64_t i = 0; i < m; ++i)
+                        selected_.push_back(by_class[c][static_cast<size_t>(i * static_cast<int64_t>(by_class[c].size()) / m)]);
+                }
+                std::sort(selected_.begin(), selected_.end());
+            }
+        }
         for (int64_t k : selected_) {
             r.same.push_back(pairs_[static_cast<size_t>(k)].same);
             r.fold.push_back(pairs_[static_cast<size_t>(k)].fold);
@@ -457,7 +476,9 @@ private:
         std::snprintf(buf, sizeof buf, "|attack %d eps %.9g it %d seed %llu os %.9g mom %.9g div %.9g q %d step %.9g|pairs %lld",
                       static_cast<int>(a.kind), a.intensity, a.iterations, static_cast<unsigned long long>(a.seed), a.overshoot, a.momentum,
                       a.diversity, a.queries, a.sticker_step, static_cast<long long>(opt_.max_pairs));
-        return data_key() + buf;
+        uint64_t h = 1469598103934665603ull;  // which pairs: the selection rule may change, the key must follow
+        for (int64_t k : selected_) h = (h ^ static_cast<uint64_t>(k)) * 1099511628211ull;
+        return data_key() + buf + "|selected " + std::to_string(h);
     }
 
     // The first face of every selected pair, attacked; returns the scores against the clean partners
