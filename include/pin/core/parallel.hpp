@@ -31,7 +31,11 @@ public:
         if (threads == size() && !workers_.empty()) return;
         stop_workers();
         stopping_ = false;
-        for (int i = 1; i < threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+        // A new worker starts at the current generation: starting at 0 made it run one spurious
+        // pass whose "done" could land inside the next job and let run() return while the worker
+        // still executed that job's task (a use-after-free of the task, seen under ASan).
+        const uint64_t current = generation_;
+        for (int i = 1; i < threads; ++i) workers_.emplace_back([this, current] { worker_loop(current); });
     }
 
     // Runs task(i) for i in [0, tasks). The calling thread takes part. Nested calls (a task that
@@ -84,8 +88,7 @@ private:
         flag = false;
     }
 
-    void worker_loop() {
-        uint64_t seen = 0;
+    void worker_loop(uint64_t seen) {
         for (;;) {
             {
                 std::unique_lock<std::mutex> lock(mutex_);
