@@ -59,13 +59,22 @@ inline GatherConvGeometry conv2d_forward_geometry(int64_t batch, int64_t h, int6
 
 inline int64_t floor_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
 
-// dwt [tap][a][b] -> out [b][a][tap], in parallel over blocks of b, so the 9.4 MB of a
-// 512 x 512 x 3 x 3 gradient does not cost a single-threaded strided pass.
+// dwt [tap][a][b] -> out [b][a][tap], in parallel over blocks of 16 b. Inside a block the
+// innermost loop runs over b, so each read takes a whole cache line of dwt (16 b's of one (t, a)).
+// With b outermost every line was fetched 16 times for one float each: 6.6 ms instead of 2 for
+// the 9.4 MB of a 512 x 512 x 3 x 3 gradient, a quarter of that layer's weight-gradient time.
+// (Staging 16 x 16 x taps pieces in a buffer so the writes become whole runs did not help: at
+// ~2 ms the pass moves its 28 MB at this machine's memory bandwidth.)
 inline void transpose_tap_gradient(const float* dwt, int64_t taps, int64_t a_count, int64_t b_count, float* out) {
-    parallel_for((b_count + 15) / 16, [&](int64_t blk) {
-        for (int64_t b = blk * 16; b < std::min(b_count, (blk + 1) * 16); ++b)
-            for (int64_t a = 0; a < a_count; ++a)
-                for (int64_t t = 0; t < taps; ++t) out[(b * a_count + a) * taps + t] = dwt[(t * a_count + a) * b_count + b];
+    constexpr int64_t kB = 16;
+    parallel_for((b_count + kB - 1) / kB, [&](int64_t blk) {
+        const int64_t b0 = blk * kB, b1 = std::min(b_count, b0 + kB);
+        for (int64_t a = 0; a < a_count; ++a)
+            for (int64_t t = 0; t < taps; ++t) {
+                const float* in = dwt + (t * a_count + a) * b_count;
+                float* o = out + a * taps + t;
+                for (int64_t b = b0; b < b1; ++b) o[b * a_count * taps] = in[b];
+            }
     });
 }
 
