@@ -34,6 +34,7 @@ struct Args {
     int iters = 3;
     int faces = 1000;
     int masks = 30;
+    int rounds = 1;
     bool json = false;
     bool backward = false;
     std::string filter;
@@ -55,6 +56,8 @@ void usage(std::FILE* f) {
                  "  --faces F            defend: faces to defend (default 1000)\n"
                  "  --masks K            train: masks per image (default 30)\n"
                  "  --backward           layers: also time both backward passes of each convolution\n"
+                 "  --rounds R           layers: sweep all layers R times, keep each cell's best time and\n"
+                 "                       the highest peak of the run (a shared machine's slow moments)\n"
                  "  --filter TEXT        layers: only the layers whose name contains TEXT\n"
                  "  --json               print one JSON object with the results on stdout\n"
                  "  -h, --help           this text\n");
@@ -90,6 +93,7 @@ Args parse(int argc, char** argv) {
         else if (s == "--iters") a.iters = value("--iters");
         else if (s == "--faces") a.faces = value("--faces");
         else if (s == "--masks") a.masks = value("--masks");
+        else if (s == "--rounds") a.rounds = value("--rounds");
         else if (s == "--json") a.json = true;
         else if (s == "--backward") a.backward = true;
         else if (s == "--filter") {
@@ -235,63 +239,81 @@ int cmd_peak(const Args& a) {
 
 int cmd_layers(const Args& a) {
     set_num_threads(a.threads);
-    const double peak = measure_peak(a.threads);
-    std::fprintf(stderr, "FMA peak: %.1f GFLOP/s (%s, %d threads); batch %d\n", peak, simd::VecF::kName, a.threads, a.batch);
+    double peak = measure_peak(a.threads);
+    std::fprintf(stderr, "FMA peak: %.1f GFLOP/s (%s, %d threads); batch %d; %d round%s\n", peak, simd::VecF::kName,
+                 a.threads, a.batch, a.rounds, a.rounds > 1 ? "s" : "");
+    // This machine is shared: its speed drifts by +-10 % over minutes, and bursts of stolen time
+    // can halve it for seconds. Each (layer, pass) keeps its best time over --rounds sweeps that
+    // are minutes apart, and the fractions use the highest peak measured anywhere in the run (one
+    // short measurement before each layer of each round): a slow moment flatters no kernel, and
+    // one burst does not sink a layer either.
+    struct Cell {
+        double tf = 1e30, ti = 1e30, tw = 1e30;
+    };
+    std::vector<LayerShape> layers;
+    for (const auto& l : pin_layers())
+        if (a.filter.empty() || l.name.find(a.filter) != std::string::npos) layers.push_back(l);
+    std::vector<Cell> cells(layers.size());
+    for (int round = 0; round < a.rounds; ++round) {
+        if (a.rounds > 1) std::fprintf(stderr, "round %d/%d\n", round + 1, a.rounds);
+        uint64_t seed = 1;
+        for (size_t li = 0; li < layers.size(); ++li) {
+            const LayerShape& l = layers[li];
+            Cell& c = cells[li];
+            const int64_t B = a.batch, o = l.out_size();
+            const Tensor x = random_tensor({B, l.cin, l.size, l.size}, seed++, 1.0f, Layout::NHWC);
+            Tensor y = Tensor::empty({B, l.cout, o, o}, Layout::NHWC);
+            const Tensor dy = random_tensor(y.shape(), seed++, 1.0f, Layout::NHWC);
+            Tensor dx = Tensor::empty(x.shape(), Layout::NHWC);
+            peak = std::max(peak, measure_peak(a.threads, 3'000'000));
+            if (l.transposed) {
+                const cpu::ConvTranspose2dParams p{l.kernel, 2, 1, 1};
+                const Tensor w = random_tensor({l.cin, l.cout, l.kernel, l.kernel}, seed++, 0.05f);
+                Tensor dw = Tensor::empty(w.shape());
+                c.tf = std::min(c.tf, best_time(a.iters, [&] { cpu::conv_transpose2d_forward(x, w, y, p); }));
+                if (a.backward) {
+                    c.ti = std::min(c.ti, best_time(a.iters, [&] { cpu::conv_transpose2d_backward_input(dy, w, dx, p); }));
+                    c.tw = std::min(c.tw, best_time(a.iters, [&] { cpu::conv_transpose2d_backward_weight(x, dy, dw, p); }));
+                }
+            } else {
+                const cpu::Conv2dParams p{l.kernel, l.stride, l.kernel / 2};
+                const Tensor w = random_tensor({l.cout, l.cin, l.kernel, l.kernel}, seed++, 0.05f);
+                Tensor dw = Tensor::empty(w.shape());
+                c.tf = std::min(c.tf, best_time(a.iters, [&] { cpu::conv2d_forward(x, w, y, p); }));
+                if (a.backward) {
+                    c.ti = std::min(c.ti, best_time(a.iters, [&] { cpu::conv2d_backward_input(dy, w, dx, p); }));
+                    c.tw = std::min(c.tw, best_time(a.iters, [&] { cpu::conv2d_backward_weight(x, dy, dw, p); }));
+                }
+            }
+        }
+    }
+    std::fprintf(stderr, "highest FMA peak measured in the run: %.1f GFLOP/s\n", peak);
     std::fprintf(stderr, "%-36s %9s %7s", "layer", "fwd GF/s", "peak");
     if (a.backward) std::fprintf(stderr, " %9s %7s %9s %7s", "bwd-in", "peak", "bwd-w", "peak");
     std::fprintf(stderr, "\n");
     nlohmann::json rows = nlohmann::json::array();
-    uint64_t seed = 1;
-    for (const auto& l : pin_layers()) {
-        if (!a.filter.empty() && l.name.find(a.filter) == std::string::npos) continue;
-        const int64_t B = a.batch, o = l.out_size();
-        const double flops = 2.0 * l.macs_per_image() * B;
-        const Tensor x = random_tensor({B, l.cin, l.size, l.size}, seed++, 1.0f, Layout::NHWC);
-        Tensor y = Tensor::empty({B, l.cout, o, o}, Layout::NHWC);
-        const Tensor dy = random_tensor(y.shape(), seed++, 1.0f, Layout::NHWC);
-        Tensor dx = Tensor::empty(x.shape(), Layout::NHWC);
-        double tf = 0, ti = 0, tw = 0;
-        if (l.transposed) {
-            const cpu::ConvTranspose2dParams p{l.kernel, 2, 1, 1};
-            const Tensor w = random_tensor({l.cin, l.cout, l.kernel, l.kernel}, seed++, 0.05f);
-            Tensor dw = Tensor::empty(w.shape());
-            tf = best_time(a.iters, [&] { cpu::conv_transpose2d_forward(x, w, y, p); });
-            if (a.backward) {
-                ti = best_time(a.iters, [&] { cpu::conv_transpose2d_backward_input(dy, w, dx, p); });
-                tw = best_time(a.iters, [&] { cpu::conv_transpose2d_backward_weight(x, dy, dw, p); });
-            }
-        } else {
-            const cpu::Conv2dParams p{l.kernel, l.stride, l.kernel / 2};
-            const Tensor w = random_tensor({l.cout, l.cin, l.kernel, l.kernel}, seed++, 0.05f);
-            Tensor dw = Tensor::empty(w.shape());
-            tf = best_time(a.iters, [&] { cpu::conv2d_forward(x, w, y, p); });
-            if (a.backward) {
-                ti = best_time(a.iters, [&] { cpu::conv2d_backward_input(dy, w, dx, p); });
-                tw = best_time(a.iters, [&] { cpu::conv2d_backward_weight(x, dy, dw, p); });
-            }
-        }
-        // This machine is shared: its speed drifts by +-10 % over minutes. The fraction of peak
-        // uses a short peak measurement taken right before the layer (the larger of it and the
-        // run's initial one, so a slow moment never flatters a kernel).
-        const double local_peak = std::max(peak, measure_peak(a.threads, 3'000'000));
-        const double gf = flops / tf / 1e9;
-        std::fprintf(stderr, "%-36s %9.1f %6.1f%%", l.name.c_str(), gf, 100 * gf / local_peak);
-        nlohmann::json row{{"layer", l.name}, {"forward_gflops", gf}, {"forward_peak_fraction", gf / local_peak},
-                           {"forward_ms", tf * 1e3}, {"peak_gflops", local_peak}};
+    for (size_t li = 0; li < layers.size(); ++li) {
+        const LayerShape& l = layers[li];
+        const Cell& c = cells[li];
+        const double flops = 2.0 * l.macs_per_image() * a.batch;
+        const double gf = flops / c.tf / 1e9;
+        std::fprintf(stderr, "%-36s %9.1f %6.1f%%", l.name.c_str(), gf, 100 * gf / peak);
+        nlohmann::json row{{"layer", l.name}, {"forward_gflops", gf}, {"forward_peak_fraction", gf / peak},
+                           {"forward_ms", c.tf * 1e3}, {"peak_gflops", peak}};
         if (a.backward) {
-            const double gi = flops / ti / 1e9, gw = flops / tw / 1e9;
-            std::fprintf(stderr, " %9.1f %6.1f%% %9.1f %6.1f%%", gi, 100 * gi / local_peak, gw, 100 * gw / local_peak);
+            const double gi = flops / c.ti / 1e9, gw = flops / c.tw / 1e9;
+            std::fprintf(stderr, " %9.1f %6.1f%% %9.1f %6.1f%%", gi, 100 * gi / peak, gw, 100 * gw / peak);
             row["backward_input_gflops"] = gi;
-            row["backward_input_peak_fraction"] = gi / local_peak;
+            row["backward_input_peak_fraction"] = gi / peak;
             row["backward_weight_gflops"] = gw;
-            row["backward_weight_peak_fraction"] = gw / local_peak;
+            row["backward_weight_peak_fraction"] = gw / peak;
         }
         std::fprintf(stderr, "\n");
         rows.push_back(row);
     }
     if (a.json)
         std::cout << nlohmann::json{{"threads", a.threads}, {"batch", a.batch}, {"simd", simd::VecF::kName},
-                                    {"peak_gflops", peak}, {"layers", rows}}
+                                    {"rounds", a.rounds}, {"iters", a.iters}, {"peak_gflops", peak}, {"layers", rows}}
                   << "\n";
     return 0;
 }

@@ -22,5 +22,5 @@ bench="$build/bin/pin-bench"
 [ -x "$bench" ] || { echo "run_cpu_suite.sh: $bench not found: build first (./setup.sh)" >&2; exit 1; }
 echo "== machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs; $(date -u +%FT%TZ)"
 "$bench" peak --threads "$threads" --json > "$out/peak.json"
-"$bench" layers --threads "$threads" --batch "$batch" --backward --iters 8 --json > "$out/layers.json"
+"$bench" layers --threads "$threads" --batch "$batch" --backward --iters 4 --rounds 3 --json > "$out/layers.json"
 BUILD_DIR="$build" bench/compare_torch.sh --threads "$threads" --batch "$batch" --iters 4 --defend
