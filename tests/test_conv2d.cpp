@@ -21,6 +21,10 @@ const Case kCases[] = {
     {2, 200, 5, 5, 16, 3, 1, 1},   // cin above one L2 chunk? (chunking exercised below too)
     {1, 600, 4, 4, 20, 3, 1, 1},   // several input-channel chunks
     {1, 8, 6, 7, 8, 3, 3, 0},      // stride 3, no padding
+    // The weight gradient's direct path (>= 32 input x output channel blocks at 2 threads: the
+    // result goes straight into the (co, ci, k, k) layout), partial blocks both ways:
+    {2, 70, 9, 8, 130, 3, 2, 1},   // stride 2, one pixel chunk
+    {2, 70, 13, 12, 150, 3, 1, 1}, // three pixel chunks of 128
 };
 
 void run_case(const Case& c, uint64_t seed) {
@@ -77,12 +81,14 @@ TEST_CASE("conv2d fused PReLU and accumulate epilogue", "[conv2d]") {
 }
 
 TEST_CASE("conv2d results are identical for 1 and 2 threads", "[conv2d][threads]") {
-    const Case c{2, 64, 14, 14, 64, 3, 2, 1};
+    // The second case has 21 channel-block units: the weight gradient takes its direct path on one
+    // thread (>= 16 units) and transposes afterwards on two (< 32); the bits must not differ.
+    const Case c = GENERATE(Case{2, 64, 14, 14, 64, 3, 2, 1}, Case{2, 40, 12, 11, 150, 3, 1, 1});
     const cpu::Conv2dParams p{c.k, c.stride, c.pad};
     const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 11, 1.0f, Layout::NHWC);
     const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, 12, 0.1f);
-    const int64_t o = cpu::conv2d_output_size(c.h, p);
-    const Tensor dy = random_tensor({c.n, c.cout, o, o}, 13, 1.0f, Layout::NHWC);
+    const int64_t oh = cpu::conv2d_output_size(c.h, p), ow = cpu::conv2d_output_size(c.w, p);
+    const Tensor dy = random_tensor({c.n, c.cout, oh, ow}, 13, 1.0f, Layout::NHWC);
     Tensor y[2], dx[2], dw[2];
     for (int t = 0; t < 2; ++t) {
         set_num_threads(t + 1);

@@ -59,25 +59,6 @@ inline GatherConvGeometry conv2d_forward_geometry(int64_t batch, int64_t h, int6
 
 inline int64_t floor_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
 
-// dwt [tap][a][b] -> out [b][a][tap], in parallel over blocks of 16 b. Inside a block the
-// innermost loop runs over b, so each read takes a whole cache line of dwt (16 b's of one (t, a)).
-// With b outermost every line was fetched 16 times for one float each: 6.6 ms instead of 2 for
-// the 9.4 MB of a 512 x 512 x 3 x 3 gradient, a quarter of that layer's weight-gradient time.
-// (Staging 16 x 16 x taps pieces in a buffer so the writes become whole runs did not help: at
-// ~2 ms the pass moves its 28 MB at this machine's memory bandwidth.)
-inline void transpose_tap_gradient(const float* dwt, int64_t taps, int64_t a_count, int64_t b_count, float* out) {
-    constexpr int64_t kB = 16;
-    parallel_for((b_count + kB - 1) / kB, [&](int64_t blk) {
-        const int64_t b0 = blk * kB, b1 = std::min(b_count, b0 + kB);
-        for (int64_t a = 0; a < a_count; ++a)
-            for (int64_t t = 0; t < taps; ++t) {
-                const float* in = dwt + (t * a_count + a) * b_count;
-                float* o = out + a * taps + t;
-                for (int64_t b = b0; b < b1; ++b) o[b * a_count * taps] = in[b];
-            }
-    });
-}
-
 // Input gradient of a convolution whose weight is weight(co, ci, kh, kw), written into dx
 // (N, in_h, in_w, cin), from dy (N, out_h, out_w, cout). Also the transposed convolution's forward.
 template <typename WeightAt>
@@ -166,8 +147,7 @@ inline void conv2d_backward_weight(const Tensor& x, const Tensor& dy, Tensor& dw
     PIN_CHECK(dy.layout() == Layout::NHWC, "conv2d_backward_weight: gradient must be NHWC");
     const int64_t kk = p.kernel * p.kernel;
     Tensor dwt = Tensor::empty({kk, cin, cout});
-    tap_weight_gradient(x.data(), g, dy.data(), dwt.data());
-    detail::transpose_tap_gradient(dwt.data(), kk, cin, cout, dw.data());  // [t][ci][co] -> (co, ci, k, k)
+    tap_weight_gradient(x.data(), g, dy.data(), dwt.data(), dw.data());  // dw: (co, ci, k, k)
 }
 
 }  // namespace pin::cpu

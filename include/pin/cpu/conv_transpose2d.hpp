@@ -76,9 +76,8 @@ inline void conv_transpose2d_backward_weight(const Tensor& x, const Tensor& dy, 
     g.grid_w = x.w();
     Tensor dwt = Tensor::empty({kk, cout, cin});
     // Convolution view: source = dy (channels cout), gradient = x (channels cin).
-    tap_weight_gradient(dy.data(), g, x.data(), dwt.data());
-    // dwt is [tap][cout][cin]; the weight is (cin, cout, k, k).
-    detail::transpose_tap_gradient(dwt.data(), kk, cout, cin, dw.data());
+    // dwt is scratch ([tap][cout][cin]); the weight is (cin, cout, k, k).
+    tap_weight_gradient(dy.data(), g, x.data(), dwt.data(), dw.data());
 }
 
 }  // namespace pin::cpu
