@@ -66,6 +66,8 @@ void conv2d_input_gradient(const float* dy, int64_t batch, int64_t out_h, int64_
                            int64_t in_h, int64_t in_w, int64_t cin, const Conv2dParams& p, WeightAt weight_at,
                            const ConvEpilogue& ep) {
     const int64_t s = p.stride;
+    std::vector<GatherConvGeometry> geos;
+    std::vector<std::vector<int64_t>> khs, kws;
     for (int64_t a = 0; a < s; ++a)
         for (int64_t b = 0; b < s; ++b) {
             GatherConvGeometry g;
@@ -76,14 +78,14 @@ void conv2d_input_gradient(const float* dy, int64_t batch, int64_t out_h, int64_
             g.grid_h = a < in_h ? (in_h - a + s - 1) / s : 0;
             g.grid_w = b < in_w ? (in_w - b + s - 1) / s : 0;
             g.src_stride = 1;
-            std::vector<int64_t> khs, kws;
+            std::vector<int64_t> kh_list, kw_list;
             for (int64_t kh = 0; kh < p.kernel; ++kh)
                 for (int64_t kw = 0; kw < p.kernel; ++kw)
                     if (floor_mod(a + p.padding - kh, s) == 0 && floor_mod(b + p.padding - kw, s) == 0) {
                         g.tap_dh.push_back((a + p.padding - kh) / s);
                         g.tap_dw.push_back((b + p.padding - kw) / s);
-                        khs.push_back(kh);
-                        kws.push_back(kw);
+                        kh_list.push_back(kh);
+                        kw_list.push_back(kw);
                     }
             g.dst_h = in_h;
             g.dst_w = in_w;
@@ -92,13 +94,33 @@ void conv2d_input_gradient(const float* dy, int64_t batch, int64_t out_h, int64_
             g.dst_row0 = a;
             g.dst_col0 = b;
             if (g.grid_h == 0 || g.grid_w == 0) continue;
-            gather_conv(
-                dy, g,
-                [&](int64_t ci, int64_t co, int64_t t) {
-                    return weight_at(co, ci, khs[static_cast<size_t>(t)], kws[static_cast<size_t>(t)]);
-                },
-                dx, ep);
+            geos.push_back(std::move(g));
+            khs.push_back(std::move(kh_list));
+            kws.push_back(std::move(kw_list));
         }
+    const auto weight_of = [&](size_t k) {
+        return [&, k](int64_t ci, int64_t co, int64_t t) {
+            return weight_at(co, ci, khs[k][static_cast<size_t>(t)], kws[k][static_cast<size_t>(t)]);
+        };
+    };
+    // Classes with equal grids and taps everywhere run together, each task running all of them
+    // on one pixel block: the block of dy is read from memory once instead of once per class.
+    bool together = geos.size() > 1 && cin > kNarrowOutputChannels;
+    for (const auto& g : geos)
+        together = together && g.taps() > 0 && g.grid_h == geos[0].grid_h && g.grid_w == geos[0].grid_w;
+    if (!together) {
+        for (size_t k = 0; k < geos.size(); ++k) gather_conv(dy, geos[k], weight_of(k), dx, ep);
+        return;
+    }
+    std::vector<Tensor> packs;
+    std::vector<const GatherConvGeometry*> gptr;
+    std::vector<const float*> wptr;
+    for (size_t k = 0; k < geos.size(); ++k) {
+        packs.push_back(pack_gather_weights(cin, cout, geos[k].taps(), weight_of(k)));
+        gptr.push_back(&geos[k]);
+        wptr.push_back(packs.back().data());
+    }
+    gather_conv_packed_classes(dy, gptr.data(), wptr.data(), static_cast<int64_t>(geos.size()), dx, ep);
 }
 }  // namespace detail
 

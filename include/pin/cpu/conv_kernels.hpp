@@ -254,58 +254,81 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
 
 }  // namespace detail
 
-// Runs one gather convolution over the whole grid. `wpack` comes from detail::pack_gather_weights.
-inline void gather_conv_packed(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
-                               const ConvEpilogue& ep = {}) {
+// Runs gather convolutions that share a source, a destination and a pixel grid size (the
+// sub-pixel classes of a strided input gradient) over the whole grid: each task runs every class
+// on the same block of pixels, so the block's source values come from cache for all but the
+// first. `wpacks[k]` comes from detail::pack_gather_weights for `geos[k]`.
+inline void gather_conv_packed_classes(const float* src, const GatherConvGeometry* const* geos,
+                                       const float* const* wpacks, int64_t classes, float* dst,
+                                       const ConvEpilogue& ep = {}) {
     using namespace detail;
-    const int64_t pixels = g.batch * g.grid_h * g.grid_w;
-    if (pixels == 0 || g.dst_channels == 0) return;
-    const int64_t co_blocks = (g.dst_channels + kBlockCo - 1) / kBlockCo;
+    const GatherConvGeometry& g0 = *geos[0];
+    const int64_t pixels = g0.batch * g0.grid_h * g0.grid_w;
+    if (pixels == 0 || g0.dst_channels == 0) return;
+    int64_t max_taps = 0;
+    for (int64_t k = 0; k < classes; ++k) {
+        PIN_CHECK(geos[k]->batch * geos[k]->grid_h * geos[k]->grid_w == pixels &&
+                      geos[k]->dst_channels == g0.dst_channels && geos[k]->src_channels == g0.src_channels,
+                  "gather_conv_packed_classes: classes must share grid size and channels");
+        max_taps = std::max(max_taps, geos[k]->taps());
+    }
+    const int64_t co_blocks = (g0.dst_channels + kBlockCo - 1) / kBlockCo;
     // Input channels per step: kc x kBlockCo packed weights = 32 KiB, which stays in L1 while all
     // tiles of a pixel block use it (measured best on Zen 5 among 64/128/192/256).
     constexpr int64_t kc_max = 128;
-    std::vector<float> zeros(static_cast<size_t>(g.src_channels + VecF::kLanes), 0.0f);
+    std::vector<float> zeros(static_cast<size_t>(g0.src_channels + VecF::kLanes), 0.0f);
     // Pixel blocks (a multiple of every MR used): 48 pixels, so a block's partial sums stay near
     // L1; 96 when a co-block's packed weights outgrow L2 (deep layers on small grids), where
     // every block re-reads them from L3 and more tiles per block amortise that. A pixel's sums
     // never depend on which block holds it (their order is fixed by the steps), so any block size
     // gives the same bits.
-    const int64_t weight_block_bytes = g.taps() * g.src_channels * kBlockCo * static_cast<int64_t>(sizeof(float));
+    const int64_t weight_block_bytes = max_taps * g0.src_channels * kBlockCo * static_cast<int64_t>(sizeof(float));
     const int64_t kPixelBlock = weight_block_bytes > (512 << 10) ? 96 : 48;
     const int64_t pixel_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
     parallel_for(co_blocks * pixel_blocks, [&](int64_t task) {
         const int64_t cb = task / pixel_blocks, pb = task % pixel_blocks;
         const int64_t p0 = pb * kPixelBlock, p1 = std::min(pixels, p0 + kPixelBlock);
-        const int64_t co_left = g.dst_channels - cb * kBlockCo;
+        const int64_t co_left = g0.dst_channels - cb * kBlockCo;
         const int nv = static_cast<int>(std::min<int64_t>(kMaxNV, (co_left + VecF::kLanes - 1) / VecF::kLanes));
         thread_local std::vector<float> partial;
         thread_local std::vector<const float*> ptrs;
-        // A sub-pixel class that no tap reaches (1x1 stride-2 backward, odd positions): the sum is
-        // 0, so is PReLU(0); write zeros, or leave an accumulated destination as it is.
-        if (g.taps() == 0) {
-            PIN_CHECK(!ep.bias, "gather_conv: a bias on a convolution direction without taps");
-            if (ep.accumulate) return;
-            const int64_t grid_px = g.grid_h * g.grid_w;
-            const int64_t count = std::min<int64_t>(kBlockCo, g.dst_channels - cb * kBlockCo);
-            for (int64_t pix = p0; pix < p1; ++pix) {
-                const int64_t n = pix / grid_px, gh = (pix % grid_px) / g.grid_w, gw = pix % g.grid_w;
-                float* d = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride +
-                                  g.dst_col0) * g.dst_channels + cb * kBlockCo;
-                std::fill(d, d + count, 0.0f);
+        for (int64_t k = 0; k < classes; ++k) {
+            const GatherConvGeometry& g = *geos[k];
+            const float* wpack = wpacks[k];
+            // A sub-pixel class that no tap reaches (1x1 stride-2 backward, odd positions): the
+            // sum is 0, so is PReLU(0); write zeros, or leave an accumulated destination as it is.
+            if (g.taps() == 0) {
+                PIN_CHECK(!ep.bias, "gather_conv: a bias on a convolution direction without taps");
+                if (ep.accumulate) continue;
+                const int64_t grid_px = g.grid_h * g.grid_w;
+                const int64_t count = std::min<int64_t>(kBlockCo, g.dst_channels - cb * kBlockCo);
+                for (int64_t pix = p0; pix < p1; ++pix) {
+                    const int64_t n = pix / grid_px, gh = (pix % grid_px) / g.grid_w, gw = pix % g.grid_w;
+                    float* d = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride +
+                                      g.dst_col0) * g.dst_channels + cb * kBlockCo;
+                    std::fill(d, d + count, 0.0f);
+                }
+                continue;
             }
-            return;
-        }
-        const GatherConvGeometry* geo = &g;
-        switch (nv) {
-            case 1: gather_conv_block<1>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
-            case 2: gather_conv_block<2>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+            switch (nv) {
+                case 1: gather_conv_block<1>(src, g, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+                case 2: gather_conv_block<2>(src, g, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
 #if defined(__AVX512F__)
-            case 3: gather_conv_block<3>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
-            case 4: gather_conv_block<4>(src, *geo, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+                case 3: gather_conv_block<3>(src, g, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
+                case 4: gather_conv_block<4>(src, g, wpack, dst, ep, zeros.data(), cb, p0, p1, kc_max, partial, ptrs); break;
 #endif
-            default: PIN_CHECK(false, "gather_conv: unexpected vector count ", nv);
+                default: PIN_CHECK(false, "gather_conv: unexpected vector count ", nv);
+            }
         }
     });
+}
+
+// Runs one gather convolution over the whole grid. `wpack` comes from detail::pack_gather_weights.
+inline void gather_conv_packed(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
+                               const ConvEpilogue& ep = {}) {
+    const GatherConvGeometry* geos[1] = {&g};
+    const float* wpacks[1] = {wpack};
+    gather_conv_packed_classes(src, geos, wpacks, 1, dst, ep);
 }
 
 namespace detail {
