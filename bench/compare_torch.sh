@@ -41,7 +41,9 @@ if [ "$defend" = 1 ]; then
   echo "== pin: pin::Defense on 1000 faces (the pipeline of pin defend, without image files)"
   ours_defend=$("$bench" defend --faces 1000 --batch "$batch" --threads "$threads" --json)
   echo "== PyTorch: the same pipeline on 1008 faces (63 batches of $batch)"
-  theirs_defend=$(OMP_NUM_THREADS=$threads "$py" bench/peers/torch_agent.py --batch "$batch" --threads "$threads" --iters 63 2>/dev/null || echo '{}')
+  # A failed peer prints its own one-line error JSON; replace it, not append to it.
+  theirs_defend=$(OMP_NUM_THREADS=$threads "$py" bench/peers/torch_agent.py --batch "$batch" --threads "$threads" --iters 63 2>/dev/null) ||
+    theirs_defend='{}'
   "$py" - "$ours_defend" "$theirs_defend" <<'PY'
 import json, sys
 o, t = json.loads(sys.argv[1]), json.loads(sys.argv[2])

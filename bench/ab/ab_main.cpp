@@ -1,0 +1,59 @@
+// ab_main.cpp - times one convolution pass of two builds of the kernels (ab_compare.sh) in one
+// process, calls interleaved old/new, best of --reps each. On a shared VM whose speed swings by 2x
+// for minutes, two binaries timed one after the other compare the machine's moods; interleaved
+// calls in one process see the same moments.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern "C" void ab_old_setup(int, int, int, int, int, int, int, int);
+extern "C" const float* ab_old_run(long*);
+extern "C" void ab_new_setup(int, int, int, int, int, int, int, int);
+extern "C" const float* ab_new_run(long*);
+
+int main(int argc, char** argv) {
+    if (argc < 9) {
+        std::fprintf(stderr, "usage: ab_main BATCH CIN SIZE COUT STRIDE TRANSPOSED(0|1) PASS(fwd|bwd-in|bwd-w) REPS [THREADS]\n");
+        return 2;
+    }
+    const int batch = std::atoi(argv[1]), cin = std::atoi(argv[2]), size = std::atoi(argv[3]), cout = std::atoi(argv[4]);
+    const int stride = std::atoi(argv[5]), transposed = std::atoi(argv[6]);
+    const std::string pass_name = argv[7];
+    const int pass = pass_name == "fwd" ? 0 : pass_name == "bwd-in" ? 1 : pass_name == "bwd-w" ? 2 : -1;
+    const int reps = std::atoi(argv[8]), threads = argc > 9 ? std::atoi(argv[9]) : 2;
+    if (pass < 0 || reps < 1) {
+        std::fprintf(stderr, "ab_main: PASS must be fwd, bwd-in or bwd-w and REPS >= 1\n");
+        return 2;
+    }
+    ab_old_setup(batch, cin, size, cout, stride, transposed, pass, threads);
+    ab_new_setup(batch, cin, size, cout, stride, transposed, pass, threads);
+    using Clock = std::chrono::steady_clock;
+    double best_old = 1e30, best_new = 1e30;
+    long n_old = 0, n_new = 0;
+    const float *o = ab_old_run(&n_old), *n = ab_new_run(&n_new);  // warm-up
+    for (int r = 0; r < reps; ++r) {
+        auto t0 = Clock::now();
+        o = ab_old_run(&n_old);
+        best_old = std::min(best_old, std::chrono::duration<double>(Clock::now() - t0).count());
+        t0 = Clock::now();
+        n = ab_new_run(&n_new);
+        best_new = std::min(best_new, std::chrono::duration<double>(Clock::now() - t0).count());
+    }
+    // Each copy owns its tensors, so both results are still there to compare.
+    double diff = 0, scale = 0;
+    for (long i = 0; i < std::min(n_old, n_new); ++i) {
+        diff = std::max(diff, static_cast<double>(std::fabs(o[i] - n[i])));
+        scale = std::max(scale, static_cast<double>(std::fabs(o[i])));
+    }
+    const int out = transposed ? 2 * size : (size + 2 - 3) / stride + 1;
+    const double flops = 2.0 * batch * (transposed ? size * size : out * out) * cin * cout * 9.0;
+    std::printf("%s%d->%d 3x3%s @%d %-6s  old %8.2f ms %6.1f GF/s | new %8.2f ms %6.1f GF/s | new/old time %.3f | max |diff| %.1e of %.1e\n",
+                transposed ? "T " : "", cin, cout, stride == 2 && !transposed ? "/2" : "", size, pass_name.c_str(),
+                best_old * 1e3, flops / best_old * 1e-9, best_new * 1e3, flops / best_new * 1e-9, best_new / best_old, diff, scale);
+    return 0;
+}
