@@ -7,8 +7,11 @@
 //    cross image rows and images freely, and stride, padding and the sub-pixel classes of a
 //    strided backward pass are all just different pointer tables. Forward conv2d, its input
 //    gradient, and both directions of the transposed convolution are instances.
+//    gather_conv_packed_classes runs several such convolutions over one source together (the
+//    sub-pixel classes of a stride-2 input gradient), block by block.
 // 2. tap_weight_gradient: dwt[t, ci, co] = sum over pixels of src[tap_source(pixel, t), ci] * g[pixel, co],
-//    the weight gradient of any such convolution.
+//    the weight gradient of any such convolution, optionally also written as out[co, ci, t]
+//    (PyTorch's weight layout) without a separate transposition pass.
 //
 // Register tiles: MR pixels x NV vectors of output channels, MR*NV accumulators kept in registers;
 // the input value is broadcast, the weights are loaded as vectors. Work is split into tasks whose
