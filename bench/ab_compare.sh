@@ -14,7 +14,7 @@ while [ $# -gt 0 ]; do
     --reps) reps=$2; shift ;;
     --threads) threads=$2; shift ;;
     --quick) quick=1 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "ab_compare.sh: unknown option '$1'" >&2; exit 2 ;;
     *) rev=$1 ;;
   esac
