@@ -32,7 +32,7 @@ g++ "${flags[@]}" bench/ab/ab_main.cpp "$tmp/old.o" "$tmp/new.o" -o "$tmp/ab" -l
 echo "== $rev (old) against the working tree (new); best of $reps interleaved calls, $threads threads"
 # cin size cout stride transposed
 if [ "$quick" = 1 ]; then
-  shapes=("64 112 64 2 0" "64 56 64 2 1" "128 56 128 2 0" "512 14 512 2 0" "512 7 512 1 0")
+  shapes=("64 112 64 2 0" "64 56 64 2 1" "64 56 128 1 0" "128 56 128 2 0" "512 14 512 2 0" "512 7 512 1 0")
 else
   shapes=("64 112 64 2 0" "64 56 128 1 0" "128 56 128 2 0" "128 28 256 1 0" "256 28 256 2 0" "256 14 256 2 1"
           "256 28 128 1 0" "128 28 128 2 1" "128 56 64 1 0" "64 56 64 2 1" "64 112 64 1 0" "64 56 64 1 0"

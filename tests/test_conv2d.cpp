@@ -25,6 +25,8 @@ const Case kCases[] = {
     // result goes straight into the (co, ci, k, k) layout), partial blocks both ways:
     {2, 70, 9, 8, 130, 3, 2, 1},   // stride 2, one pixel chunk
     {2, 70, 13, 12, 150, 3, 1, 1}, // three pixel chunks of 128
+    // Few channel blocks over many pixels: the weight gradient sums two pixel slices apart.
+    {2, 20, 20, 22, 70, 3, 1, 1},  // 880 pixels, 8 units
 };
 
 void run_case(const Case& c, uint64_t seed) {
@@ -82,8 +84,10 @@ TEST_CASE("conv2d fused PReLU and accumulate epilogue", "[conv2d]") {
 
 TEST_CASE("conv2d results are identical for 1 and 2 threads", "[conv2d][threads]") {
     // The second case has 21 channel-block units: the weight gradient takes its direct path on one
-    // thread (>= 16 units) and transposes afterwards on two (< 32); the bits must not differ.
-    const Case c = GENERATE(Case{2, 64, 14, 14, 64, 3, 2, 1}, Case{2, 40, 12, 11, 150, 3, 1, 1});
+    // thread (>= 16 units) and transposes afterwards on two (< 32); the bits must not differ. The
+    // third sums two pixel slices (on one thread one after the other).
+    const Case c = GENERATE(Case{2, 64, 14, 14, 64, 3, 2, 1}, Case{2, 40, 12, 11, 150, 3, 1, 1},
+                            Case{2, 20, 20, 22, 70, 3, 1, 1});
     const cpu::Conv2dParams p{c.k, c.stride, c.pad};
     const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 11, 1.0f, Layout::NHWC);
     const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, 12, 0.1f);

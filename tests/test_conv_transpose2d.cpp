@@ -16,6 +16,7 @@ const reference::ConvTransposeShape kCases[] = {
     {2, 5, 3, 4, 2, 4, 2, 1, 0},     // 4x4 kernel, stride 2
     {1, 3, 4, 5, 4, 3, 3, 0, 2},     // stride 3, output padding 2
     {2, 130, 9, 8, 70, 3, 2, 1, 1},  // weight gradient's direct path (36 channel-block units), 2 chunks
+    {1, 70, 20, 21, 20, 3, 2, 1, 1}, // weight gradient in two pixel slices (420 pixels, 8 units)
 };
 cpu::ConvTranspose2dParams params_of(const reference::ConvTransposeShape& s) {
     return {s.k, s.stride, s.pad, s.out_pad};

@@ -478,6 +478,7 @@ void weight_grad_tile_any(float* out, int64_t out_stride, const float* src, cons
 }
 
 constexpr int kWeightGradMR = VecF::kLanes == 16 ? 6 : 4;
+constexpr int64_t kWeightGradChunk = 128;  // pixels per chunk of tap_weight_gradient
 
 template <int NV>
 void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float* src, const int64_t* offsets,
@@ -532,27 +533,42 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
     // are reused by the next tiles from L1). Writing `out` directly needs the taps of a unit in
     // one group, consecutive: taps vary fastest and groups own whole units. That needs enough
     // units to share evenly (deep layers, where the transposition it saves is largest).
-    const bool direct = out != nullptr && units >= 16 * num_threads();
-    const int64_t groups = std::min<int64_t>(direct ? units : tiles, num_threads());
+    // Few units (64- and 128-channel layers on large grids): every group would stream all pixels
+    // and build every chunk's tables for a handful of tiles each. Instead the pixels are cut into
+    // kSlices slices (by chunks, a choice of the shape alone) with a gradient buffer each, summed
+    // in slice order at the end: each group streams its own slice.
+    constexpr int64_t kSlices = 2;
+    const int64_t chunks = (pixels + kWeightGradChunk - 1) / kWeightGradChunk;
+    const bool sliced = units < 32 && chunks >= 4 && taps * cin * cout <= (int64_t{1} << 20);
+    const bool direct = !sliced && out != nullptr && units >= 16 * num_threads();
+    const int64_t slices = sliced ? kSlices : 1;
+    const int64_t groups_per_slice = std::min<int64_t>(direct ? units : tiles, std::max<int64_t>(1, num_threads() / slices));
+    const int64_t groups = slices * groups_per_slice;
+    Tensor slice_sums;  // slices 1.. (slice 0 sums into dwt)
+    if (sliced) slice_sums = Tensor::empty({(slices - 1) * taps * cin * cout});
     // 128 pixels: a chunk's gradient rows for one block of output channels (128 x 256 B) stay
     // in L1 while the group's tiles use them. Measured against 256 on 2 threads (Xeon, one
     // process, the variants interleaved, best of 40): 64 -> 64 at 112 -> 56 16.9 -> 15.5 ms,
     // 128 -> 128 at 56 -> 28 17.6 -> 17.0; 256 and 512 channels within 2 % either way.
-    constexpr int64_t kChunk = 128;
+    constexpr int64_t kChunk = kWeightGradChunk;
     const int64_t grid_px = geo.grid_h * geo.grid_w;
     std::vector<int64_t> tap_delta(static_cast<size_t>(taps));  // source offset of tap t from (gh s, gw s)
     for (int64_t t = 0; t < taps; ++t)
         tap_delta[static_cast<size_t>(t)] = (geo.tap_dh[static_cast<size_t>(t)] * geo.src_w + geo.tap_dw[static_cast<size_t>(t)]) * cin;
-    parallel_for(groups, [&](int64_t grp) {
-        const int64_t t_begin = direct ? units * grp / groups * taps : tiles * grp / groups;
-        const int64_t t_end = direct ? units * (grp + 1) / groups * taps : tiles * (grp + 1) / groups;
+    parallel_for(groups, [&](int64_t task) {
+        const int64_t slice = task / groups_per_slice, grp = task % groups_per_slice, gn = groups_per_slice;
+        const int64_t t_begin = direct ? units * grp / gn * taps : tiles * grp / gn;
+        const int64_t t_end = direct ? units * (grp + 1) / gn * taps : tiles * (grp + 1) / gn;
+        const int64_t pix_begin = chunks * slice / slices * kChunk;
+        const int64_t pix_end = std::min(pixels, chunks * (slice + 1) / slices * kChunk);
+        float* sums = slice == 0 ? dwt : slice_sums.data() + (slice - 1) * taps * cin * cout;
         std::vector<int64_t> offsets(static_cast<size_t>(taps * kChunk)), rows(static_cast<size_t>(taps * kChunk));
         std::vector<int64_t> valid(static_cast<size_t>(taps));
         std::vector<char> row_ok(static_cast<size_t>(taps));
         std::vector<float> gpanel;
-        for (int64_t p0 = 0; p0 < pixels; p0 += kChunk) {
-            const int64_t count = std::min(kChunk, pixels - p0);
-            const bool last_chunk = p0 + kChunk >= pixels;
+        for (int64_t p0 = pix_begin; p0 < pix_end; p0 += kChunk) {
+            const int64_t count = std::min(kChunk, pix_end - p0);
+            const bool last_chunk = p0 + kChunk >= pix_end;
             // Both groups build the same tables for every chunk, so they are built cheaply: the
             // grid position advances without divisions, and a tap's row test is made once per grid
             // row (they cost a fifth of a 64-channel layer's weight gradient).
@@ -586,7 +602,7 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
             }
             // The next chunk's gradient rows and centre-tap sources, fetched while this one computes.
             const int64_t next = p0 + kChunk;
-            const int64_t ncount = std::min(kChunk, pixels - next);
+            const int64_t ncount = std::min(kChunk, pix_end - next);
             const int64_t my_tiles = t_end - t_begin;
             const int64_t per_tile = my_tiles > 0 ? (ncount + my_tiles - 1) / my_tiles : 0;
             const float* gchunk = g + p0 * cout;
@@ -637,7 +653,7 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
                 const int mr = static_cast<int>(std::min<int64_t>(MR, cin - ci0));
                 const int64_t co_count = std::min<int64_t>(kBlockCo, cout - co0);
                 const int nv = static_cast<int>((co_count + L - 1) / L);
-                float* dst = dwt + (t * cin + ci0) * cout;
+                float* dst = sums + (t * cin + ci0) * cout;
                 // The running totals this tile folds into at its end: fetched now, used after
                 // the chunk's arithmetic (dwt is megabytes for deep layers, far from L1).
                 for (int i = 0; i < mr; ++i)
@@ -649,11 +665,11 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
                 const int64_t gstride = pack ? kBlockCo : cout;
                 const int64_t gco0 = pack ? 0 : co0;
                 switch (nv) {
-                    case 1: weight_grad_dispatch_mr<1>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == 0); break;
-                    case 2: weight_grad_dispatch_mr<2>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == 0); break;
+                    case 1: weight_grad_dispatch_mr<1>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == pix_begin); break;
+                    case 2: weight_grad_dispatch_mr<2>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == pix_begin); break;
 #if defined(__AVX512F__)
-                    case 3: weight_grad_dispatch_mr<3>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == 0); break;
-                    case 4: weight_grad_dispatch_mr<4>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == 0); break;
+                    case 3: weight_grad_dispatch_mr<3>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == pix_begin); break;
+                    case 4: weight_grad_dispatch_mr<4>(mr, dst, cout, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co0, co_count, p0 == pix_begin); break;
 #endif
                     default: PIN_CHECK(false, "tap_weight_gradient: unexpected vector count ", nv);
                 }
@@ -668,6 +684,16 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
             }
         }
     });
+    if (sliced) {
+        const int64_t total = taps * cin * cout;
+        constexpr int64_t kBlock = 1 << 14;
+        parallel_for((total + kBlock - 1) / kBlock, [&](int64_t blk) {
+            for (int64_t sl = 1; sl < slices; ++sl) {
+                const float* part = slice_sums.data() + (sl - 1) * total;
+                for (int64_t i = blk * kBlock; i < std::min(total, (blk + 1) * kBlock); ++i) dwt[i] += part[i];
+            }
+        });
+    }
     if (out && !direct) {
         // dwt [t][ci][co] -> out [co][ci][t], in parallel over blocks of 16 co. The innermost loop
         // runs over co, so each read takes a whole cache line of dwt (16 co of one (t, ci)): with
