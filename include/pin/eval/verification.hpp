@@ -38,6 +38,12 @@
 
 namespace pin::eval {
 
+namespace detail {
+// FNV-1a, one value at a time: the cache files' names (which data, defense, attack and pairs).
+constexpr uint64_t kFnv1aOffset = 1469598103934665603ull;
+constexpr uint64_t fnv1a(uint64_t h, uint64_t v) { return (h ^ v) * 1099511628211ull; }
+}  // namespace detail
+
 enum class Protocol { Offline, Online };
 inline Protocol parse_protocol(const std::string& s) {
     if (s == "offline") return Protocol::Offline;
@@ -262,8 +268,8 @@ private:
 
     // ---- cache: clean embeddings per defense and of the bare recognizer, offline-attacked faces ----
     std::string cache_file(const std::string& kind, const std::string& key) const {
-        uint64_t h = 1469598103934665603ull;  // FNV-1a
-        for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+        uint64_t h = detail::kFnv1aOffset;
+        for (unsigned char c : key) h = detail::fnv1a(h, c);
         char name[40];
         std::snprintf(name, sizeof name, "-%016llx.safetensors", static_cast<unsigned long long>(h));
         return (std::filesystem::path(opt_.cache_dir) / (kind + name)).string();
@@ -476,8 +482,8 @@ private:
         std::snprintf(buf, sizeof buf, "|attack %d eps %.9g it %d seed %llu os %.9g mom %.9g div %.9g q %d step %.9g|pairs %lld",
                       static_cast<int>(a.kind), a.intensity, a.iterations, static_cast<unsigned long long>(a.seed), a.overshoot, a.momentum,
                       a.diversity, a.queries, a.sticker_step, static_cast<long long>(opt_.max_pairs));
-        uint64_t h = 1469598103934665603ull;  // which pairs: the selection rule may change, the key must follow
-        for (int64_t k : selected_) h = (h ^ static_cast<uint64_t>(k)) * 1099511628211ull;
+        uint64_t h = detail::kFnv1aOffset;  // which pairs: the selection rule may change, the key must follow
+        for (int64_t k : selected_) h = detail::fnv1a(h, static_cast<uint64_t>(k));
         return data_key() + buf + "|selected " + std::to_string(h);
     }
 
