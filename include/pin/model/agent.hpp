@@ -23,18 +23,20 @@ public:
     Tensor forward(const Tensor& x) { return head_.forward(esn_.forward(dae_.forward(x))); }
 
     // d loss / d x given d loss / d p for the batch x (the attacks that differentiate through the
-    // agent). The ESN and head run once more in training mode for their caches; the DAE recomputes its
-    // passes (DenoisingAutoencoder::input_gradient). Parameter gradients accumulate as a side effect.
+    // agent). The ESN and head run once more in training mode for their caches; the DAE runs each
+    // pass once more in training mode before its backward (DenoisingAutoencoder::input_gradient).
+    // Parameter gradients accumulate as a side effect.
     Tensor input_gradient(const Tensor& x, const Tensor& dp) {
         const bool was_training = esn_.training();
-        const Tensor features = dae_.forward(x);
+        const std::vector<Tensor> passes = dae_.forward_passes(x);
+        const Tensor& features = passes.back();
         esn_.set_training(true);
         head_.set_training(true);
         head_.forward(esn_.forward(features));
         const Tensor d_features = esn_.backward(head_.backward(dp));
         esn_.set_training(was_training);
         head_.set_training(was_training);
-        return dae_.input_gradient(x, d_features);
+        return dae_.input_gradient(x, d_features, &passes);
     }
 
     DenoisingAutoencoder& dae() { return dae_; }

@@ -36,13 +36,24 @@ public:
         return h;
     }
     Tensor backward(const Tensor& dy) override { return encoder_.backward(decoder_.backward(dy)); }
+    // The input of every pass and the output (passes + 1 tensors), in inference mode: what
+    // input_gradient needs besides the output, so a caller that also wants DAE(x) runs the passes once.
+    std::vector<Tensor> forward_passes(const Tensor& x) {
+        std::vector<Tensor> h{x};
+        for (int p = 0; p < passes_; ++p) h.push_back(decoder_.forward(encoder_.forward(h.back())));
+        return h;
+    }
     // d loss / d x of the frozen (inference-mode) DAE given d loss / d DAE(x): each pass is run again
     // in training mode right before its backward, so only one pass's activations are held at a time
     // (the attacks need this; parameter gradients accumulate as a side effect and are not used).
-    Tensor input_gradient(const Tensor& x, const Tensor& dy) {
+    // `passes`: forward_passes(x) when the caller has it (the inputs of passes 2.. are not recomputed).
+    Tensor input_gradient(const Tensor& x, const Tensor& dy, const std::vector<Tensor>* passes = nullptr) {
         PIN_CHECK(!training_, "DenoisingAutoencoder::input_gradient: for the frozen (inference-mode) DAE");
+        PIN_CHECK(!passes || static_cast<int>(passes->size()) > passes_ - 1,
+                  "DenoisingAutoencoder::input_gradient: ", passes_, " pass inputs expected, got ", passes ? passes->size() : 0);
         std::vector<Tensor> inputs{x};
-        for (int p = 1; p < passes_; ++p) inputs.push_back(decoder_.forward(encoder_.forward(inputs.back())));
+        for (int p = 1; p < passes_; ++p)
+            inputs.push_back(passes ? (*passes)[static_cast<size_t>(p)] : decoder_.forward(encoder_.forward(inputs.back())));
         encoder_.set_training(true);
         decoder_.set_training(true);
         Tensor d = dy;
