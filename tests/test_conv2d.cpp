@@ -46,6 +46,18 @@ void run_case(const Case& c, uint64_t seed) {
     cpu::conv2d_backward_input(dy, w, dx, p);
     require_close(dx, reference::conv2d_backward_input(dyd, wd, rs),
                   reference::conv2d_backward_input(abs_of(dyd), abs_of(wd), rs), 2e-5, "conv2d_backward_input");
+    // Accumulating into a gradient already there (a residual block's shortcut): base + dx, with the
+    // sub-pixel classes no tap reaches (1x1 and stride 3 cases) left as they were.
+    const Tensor base = random_tensor(x.shape(), seed + 3, 1.0f, Layout::NHWC);
+    Tensor dx_acc = base.clone();
+    cpu::conv2d_backward_input(dy, w, dx_acc, p, true);
+    DVec expected = reference::conv2d_backward_input(dyd, wd, rs), scale = reference::conv2d_backward_input(abs_of(dyd), abs_of(wd), rs);
+    const DVec based = to_nchw_doubles(base);
+    for (size_t i = 0; i < expected.size(); ++i) {
+        expected[i] += based[i];
+        scale[i] += std::abs(based[i]);
+    }
+    require_close(dx_acc, expected, scale, 2e-5, "conv2d_backward_input (accumulate)");
 
     Tensor dw = Tensor::empty(w.shape());
     cpu::conv2d_backward_weight(x, dy, dw, p);

@@ -94,6 +94,9 @@ void conv2d_input_gradient(const float* dy, int64_t batch, int64_t out_h, int64_
             g.dst_row0 = a;
             g.dst_col0 = b;
             if (g.grid_h == 0 || g.grid_w == 0) continue;
+            // No tap reaches this class (a 1 x 1 stride-2 kernel reaches one class of four): its
+            // outputs are act(0) = 0, nothing to add when accumulating.
+            if (g.taps() == 0 && ep.accumulate && !ep.bias) continue;
             geos.push_back(std::move(g));
             khs.push_back(std::move(kh_list));
             kws.push_back(std::move(kw_list));
@@ -144,8 +147,9 @@ inline void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& y, const Co
         epilogue);
 }
 
-// dx = d(loss)/dx given dy = d(loss)/dy, overwriting dx (N, Cin, H, W) NHWC.
-inline void conv2d_backward_input(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dParams& p) {
+// dx = d(loss)/dx given dy = d(loss)/dy, overwriting dx (N, Cin, H, W) NHWC, or with accumulate adding to it.
+inline void conv2d_backward_input(const Tensor& dy, const Tensor& w, Tensor& dx, const Conv2dParams& p,
+                                  bool accumulate = false) {
     detail::check_conv_args(dx, w, p, "conv2d_backward_input");
     const int64_t N = dx.n(), cin = dx.c(), cout = w.dim(0);
     PIN_CHECK(w.dim(1) == cin, "conv2d_backward_input: weight/input channel mismatch");
@@ -156,7 +160,8 @@ inline void conv2d_backward_input(const Tensor& dy, const Tensor& w, Tensor& dx,
     const float* wd = w.data();
     detail::conv2d_input_gradient(
         dy.data(), N, dy.h(), dy.w(), cout, dx.data(), dx.h(), dx.w(), cin, p,
-        [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[((co * cin + ci) * k + kh) * k + kw]; }, {});
+        [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[((co * cin + ci) * k + kh) * k + kw]; },
+        ConvEpilogue{nullptr, accumulate, nullptr});
 }
 
 // dw = d(loss)/dw (Cout, Cin, k, k), overwritten.

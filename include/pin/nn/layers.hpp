@@ -32,13 +32,21 @@ public:
         return y;
     }
     Tensor backward(const Tensor& dy) override {
+        Tensor dx = Tensor::empty(input_.shape(), Layout::NHWC);
+        backward_into(dy, dx, false);
+        return dx;
+    }
+    // backward() writing the input gradient into dx, or adding it there (accumulate): a residual
+    // block's shortcut adds its share straight into the block's input gradient, and with stride 2
+    // touches only the positions it reads (a quarter of them) instead of writing a full tensor of
+    // mostly zeros and adding that.
+    void backward_into(const Tensor& dy, Tensor& dx, bool accumulate) {
         require_cached(input_, "Conv2d");
+        check_shape(dx, input_.shape(), "Conv2d::backward_into dx");
         Tensor dw = Tensor::empty(weight_.value.shape());
         cpu::conv2d_backward_weight(input_, dy, dw, params_);
         cpu::add_inplace(weight_.grad, dw);
-        Tensor dx = Tensor::empty(input_.shape(), Layout::NHWC);
-        cpu::conv2d_backward_input(dy, weight_.value, dx, params_);
-        return dx;
+        cpu::conv2d_backward_input(dy, weight_.value, dx, params_, accumulate);
     }
     void collect_parameters(const std::string& prefix, std::vector<NamedParameter>& out) override {
         out.push_back({prefix + "weight", &weight_});

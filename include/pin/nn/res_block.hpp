@@ -46,7 +46,7 @@ public:
 
     Tensor backward(const Tensor& dy) override {
         Tensor dx = conv1_.backward(prelu1_.backward(conv2_.backward(prelu2_.backward(dy))));
-        if (shortcut_) cpu::add_inplace(dx, shortcut_->backward(dy));
+        if (shortcut_) shortcut_->backward_into(dy, dx, true);
         return dx;
     }
 
