@@ -421,10 +421,12 @@ namespace detail {
 
 // MR input channels x NV vectors of output channels, summed over `count` pixels. kFull: all
 // NV*kLanes output channels exist (no masking), a compile-time choice so that the loop has one
-// straight path and the compiler keeps all MR*NV accumulators in registers.
+// straight path and the compiler keeps all MR*NV accumulators in registers. The sums go to (or, after
+// the first chunk, are added to) out + i * out_stride for input channel ci0 + i; g and out start at
+// the tile's first output channel.
 template <int MR, int NV, bool kFull>
 void weight_grad_tile(float* out, int64_t out_stride, const float* src, const int64_t* offsets, const int64_t* rows,
-                      const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co0, int64_t co_count, bool first) {
+                      const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co_count, bool first) {
     constexpr int L = VecF::kLanes;
     VecF acc[MR][NV];
     for (int i = 0; i < MR; ++i)
@@ -455,7 +457,7 @@ void weight_grad_tile(float* out, int64_t out_stride, const float* src, const in
     // fixed, so is the result.
     for (int i = 0; i < MR; ++i)
         for (int v = 0; v < NV; ++v) {
-            float* o = out + i * out_stride + co0 + v * L;
+            float* o = out + i * out_stride + v * L;
             if (first) {
                 if (lanes[v] == L) acc[i][v].store(o);
                 else if (lanes[v] > 0) acc[i][v].store_partial(o, lanes[v]);
@@ -470,11 +472,11 @@ void weight_grad_tile(float* out, int64_t out_stride, const float* src, const in
 template <int MR, int NV>
 void weight_grad_tile_any(float* out, int64_t out_stride, const float* src, const int64_t* offsets,
                           const int64_t* rows, const float* g, int64_t g_stride, int64_t count, int64_t ci0,
-                          int64_t co0, int64_t co_count, bool first) {
+                          int64_t co_count, bool first) {
     if (co_count == NV * VecF::kLanes)
-        weight_grad_tile<MR, NV, true>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co0, co_count, first);
+        weight_grad_tile<MR, NV, true>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first);
     else
-        weight_grad_tile<MR, NV, false>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co0, co_count, first);
+        weight_grad_tile<MR, NV, false>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first);
 }
 
 constexpr int kWeightGradMR = VecF::kLanes == 16 ? 6 : 4;
@@ -483,9 +485,9 @@ constexpr int64_t kWeightGradChunk = 128;  // pixels per chunk of tap_weight_gra
 template <int NV>
 void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float* src, const int64_t* offsets,
                              const int64_t* rows, const float* g, int64_t g_stride, int64_t count, int64_t ci0,
-                             int64_t co0, int64_t co_count, bool first) {
+                             int64_t co_count, bool first) {
 #define PIN_WG_CASE(M) \
-    case M: weight_grad_tile_any<M, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co0, co_count, first); break;
+    case M: weight_grad_tile_any<M, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first); break;
     switch (mr) {
 #if defined(__AVX512F__)
         PIN_WG_CASE(6)
@@ -494,7 +496,7 @@ void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float
         PIN_WG_CASE(4)
         PIN_WG_CASE(3)
         PIN_WG_CASE(2)
-        default: weight_grad_tile_any<1, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co0, co_count, first); break;
+        default: weight_grad_tile_any<1, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first); break;
     }
 #undef PIN_WG_CASE
 }
@@ -506,8 +508,9 @@ void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float
 // grid_w, dst_channels); the destination fields of the geometry are not used.
 // With `out`, the result is also written there in PyTorch's weight layout out[co][ci][t], and dwt
 // is scratch space (on the direct path it is not written at all): each unit (input-channel block,
-// output-channel block) sums into a contiguous piece of its own and moves it, still in L1, into out. A separate transposition of the whole gradient
-// afterwards costs 13 % of a 512 x 512 x 3 x 3 weight gradient (it moves 9.4 MB at memory speed).
+// output-channel block) sums into a contiguous piece of its own and moves it, still in L1, into
+// out. A separate transposition of the whole gradient afterwards costs 13 % of a 512 x 512 x 3 x 3
+// weight gradient (it moves 9.4 MB at memory speed).
 inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo, const float* g, float* dwt,
                                 float* out = nullptr) {
     using namespace detail;
@@ -674,11 +677,11 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
                 const int64_t gstride = pack ? kBlockCo : cout;
                 const int64_t gco0 = pack ? 0 : co0;
                 switch (nv) {
-                    case 1: weight_grad_dispatch_mr<1>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, 0, co_count, p0 == pix_begin); break;
-                    case 2: weight_grad_dispatch_mr<2>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, 0, co_count, p0 == pix_begin); break;
+                    case 1: weight_grad_dispatch_mr<1>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
+                    case 2: weight_grad_dispatch_mr<2>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
 #if defined(__AVX512F__)
-                    case 3: weight_grad_dispatch_mr<3>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, 0, co_count, p0 == pix_begin); break;
-                    case 4: weight_grad_dispatch_mr<4>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, 0, co_count, p0 == pix_begin); break;
+                    case 3: weight_grad_dispatch_mr<3>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
+                    case 4: weight_grad_dispatch_mr<4>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
 #endif
                     default: PIN_CHECK(false, "tap_weight_gradient: unexpected vector count ", nv);
                 }

@@ -32,6 +32,7 @@ public:
         return y;
     }
     Tensor backward(const Tensor& dy) override {
+        require_cached(input_, "Conv2d");
         Tensor dx = Tensor::empty(input_.shape(), Layout::NHWC);
         backward_into(dy, dx, false);
         return dx;
