@@ -38,6 +38,7 @@ struct Args {
     bool json = false;
     bool backward = false;
     std::string filter;
+    std::string algorithm = "auto";
 };
 
 void usage(std::FILE* f) {
@@ -59,6 +60,7 @@ void usage(std::FILE* f) {
                  "  --rounds R           layers: sweep all layers R times, keep each cell's best time and\n"
                  "                       the highest peak of the run (a shared machine's slow moments)\n"
                  "  --filter TEXT        layers: only the layers whose name contains TEXT\n"
+                 "  --algorithm A        layers: 3x3 kernels through auto (default), direct or winograd\n"
                  "  --json               print one JSON object with the results on stdout\n"
                  "  -h, --help           this text\n");
 }
@@ -102,6 +104,13 @@ Args parse(int argc, char** argv) {
                 std::exit(2);
             }
             a.filter = argv[++i];
+        } else if (s == "--algorithm") {
+            if (i + 1 >= argc || (std::string(argv[i + 1]) != "auto" && std::string(argv[i + 1]) != "direct" &&
+                                  std::string(argv[i + 1]) != "winograd")) {
+                std::fprintf(stderr, "pin-bench: --algorithm needs one of auto, direct, winograd\n");
+                std::exit(2);
+            }
+            a.algorithm = argv[++i];
         }
         else if (a.command.empty() && s[0] != '-') a.command = s;
         else {
@@ -266,8 +275,9 @@ struct PairedCell {
 int cmd_layers(const Args& a) {
     set_num_threads(a.threads);
     double peak = measure_peak(a.threads);
-    std::fprintf(stderr, "FMA peak: %.1f GFLOP/s (%s, %d threads); batch %d; %d round%s of %d\n", peak, simd::VecF::kName,
-                 a.threads, a.batch, a.rounds, a.rounds > 1 ? "s" : "", a.iters);
+    std::fprintf(stderr, "FMA peak: %.1f GFLOP/s (%s, %d threads); batch %d; %d round%s of %d; 3x3 kernels: %s\n", peak,
+                 simd::VecF::kName, a.threads, a.batch, a.rounds, a.rounds > 1 ? "s" : "", a.iters, a.algorithm.c_str());
+    std::fprintf(stderr, "GFLOP/s count the direct convolution's multiply-adds whatever the algorithm\n");
     // Rounds sweep all layers again minutes later, so one slow phase does not decide a cell.
     struct Cell {
         PairedCell f, i, w;
@@ -296,8 +306,12 @@ int cmd_layers(const Args& a) {
             const Tensor w = random_tensor(l.transposed ? Shape{l.cin, l.cout, l.kernel, l.kernel} : Shape{l.cout, l.cin, l.kernel, l.kernel},
                                            seed++, 0.05f);
             Tensor dw = Tensor::empty(w.shape());
-            const cpu::ConvTranspose2dParams tp{l.kernel, 2, 1, 1};
-            const cpu::Conv2dParams cp{l.kernel, l.stride, l.kernel / 2};
+            // A forced algorithm applies to the 3x3 kernels (the 1x1 shortcuts have one form).
+            const cpu::ConvAlgorithm algo = l.kernel != 3 || a.algorithm == "auto" ? cpu::ConvAlgorithm::automatic
+                                            : a.algorithm == "direct"              ? cpu::ConvAlgorithm::direct
+                                                                                   : cpu::ConvAlgorithm::winograd;
+            const cpu::ConvTranspose2dParams tp{l.kernel, 2, 1, 1, algo};
+            const cpu::Conv2dParams cp{l.kernel, l.stride, l.kernel / 2, algo};
             c.f.time(a.iters, flops, a.threads, [&] {
                 l.transposed ? cpu::conv_transpose2d_forward(x, w, y, tp) : cpu::conv2d_forward(x, w, y, cp);
             });
@@ -365,6 +379,7 @@ int cmd_layers(const Args& a) {
     if (a.json)
         std::cout << nlohmann::json{{"threads", a.threads}, {"batch", a.batch}, {"simd", simd::VecF::kName},
                                     {"rounds", a.rounds}, {"iters", a.iters}, {"peak_gflops", peak},
+                                    {"algorithm", a.algorithm},
                                     {"peak_fraction_method", "median over calls of GFLOP/s / FMA peak measured just before the call"},
                                     {"layers", rows},
                                     {"bar_60_percent", {{"cells", bar_cells}, {"below_by_paired_median", below_paired},

@@ -29,8 +29,10 @@ const Case kCases[] = {
     {2, 20, 20, 22, 70, 3, 1, 1},  // 880 pixels, 8 units
 };
 
-void run_case(const Case& c, uint64_t seed) {
-    const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+bool winograd_covers(const Case& c) { return c.k == 3 && c.pad == 1 && (c.stride == 1 || c.stride == 2); }
+
+void run_case(const Case& c, uint64_t seed, cpu::ConvAlgorithm algorithm = cpu::ConvAlgorithm::automatic) {
+    const cpu::Conv2dParams p{c.k, c.stride, c.pad, algorithm};
     const reference::ConvShape rs{c.n, c.cin, c.h, c.w, c.cout, c.k, c.stride, c.pad};
     const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, seed, 1.0f, Layout::NHWC);
     const Tensor w = random_tensor({c.cout, c.cin, c.k, c.k}, seed + 1, 0.3f);
@@ -77,6 +79,54 @@ TEST_CASE("conv2d matches the float64 reference on odd shapes", "[conv2d]") {
     }
 }
 
+
+TEST_CASE("conv2d's direct and Winograd forms each match the float64 reference", "[conv2d][winograd]") {
+    // Every case above through both kernels, whatever the automatic choice would be.
+    uint64_t seed = 300;
+    for (const Case& c : kCases) {
+        INFO("case n=" << c.n << " cin=" << c.cin << " " << c.h << "x" << c.w << " cout=" << c.cout << " k=" << c.k
+                       << " s=" << c.stride << " p=" << c.pad);
+        {
+            INFO("direct");
+            run_case(c, seed, cpu::ConvAlgorithm::direct);
+        }
+        if (winograd_covers(c)) {
+            INFO("winograd");
+            run_case(c, seed, cpu::ConvAlgorithm::winograd);
+        }
+        seed += 10;
+    }
+}
+
+TEST_CASE("conv2d Winograd forms on tile edges, channel tails and both weight-gradient schedules", "[conv2d][winograd]") {
+    const Case cases[] = {
+        {1, 7, 1, 1, 5, 3, 1, 1},       // one pixel: a single tile, mostly padding
+        {1, 33, 1, 2, 65, 3, 2, 1},     // stride 2 on a 1 x 2 input
+        {2, 40, 5, 7, 48, 3, 1, 1},     // odd sizes: half-empty border tiles
+        {1, 40, 7, 5, 48, 3, 2, 1},     // stride 2, odd sizes
+        {3, 17, 11, 9, 19, 3, 2, 1},    // channel counts off the vector width
+        {2, 24, 31, 29, 36, 3, 1, 1},   // 240 tiles: the sliced weight gradient (several slices)
+        {2, 24, 33, 30, 20, 3, 2, 1},   // 136 tiles at stride 2: sliced, two slices
+        {1, 260, 3, 5, 260, 3, 1, 1},   // large gradient: the chunked schedule, co blocks past 256
+        {2, 200, 6, 5, 150, 3, 2, 1},   // large gradient at stride 2, partial output block
+    };
+    uint64_t seed = 500;
+    for (const Case& c : cases) {
+        INFO("case n=" << c.n << " cin=" << c.cin << " " << c.h << "x" << c.w << " cout=" << c.cout
+                       << " s=" << c.stride);
+        run_case(c, seed, cpu::ConvAlgorithm::winograd);
+        seed += 10;
+    }
+}
+
+TEST_CASE("conv2d refuses a forced Winograd form on a geometry it does not cover", "[conv2d][winograd][errors]") {
+    const Tensor x = random_tensor({1, 4, 8, 8}, 1, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({4, 4, 5, 5}, 2);
+    Tensor y = Tensor::empty({1, 4, 8, 8}, Layout::NHWC);
+    REQUIRE_THROWS_WITH(cpu::conv2d_forward(x, w, y, {5, 1, 2, cpu::ConvAlgorithm::winograd}),
+                        Catch::Contains("Winograd form covers 3x3"));
+}
+
 TEST_CASE("conv2d fused PReLU and accumulate epilogue", "[conv2d]") {
     const Case c{2, 16, 9, 9, 32, 3, 1, 1};
     const cpu::Conv2dParams p{c.k, c.stride, c.pad};
@@ -99,9 +149,13 @@ TEST_CASE("conv2d results are identical for 1 and 2 threads", "[conv2d][threads]
     // The second case has 21 channel-block units: the weight gradient takes its direct path on one
     // thread (>= 16 units) and transposes afterwards on two (< 32); the bits must not differ. The
     // third sums two pixel slices (on one thread one after the other).
+    // The Winograd forms: the sliced weight gradient (the 1->2 thread change alters which task
+    // sums which slice, not the order) and the chunked one (260 channels).
     const Case c = GENERATE(Case{2, 64, 14, 14, 64, 3, 2, 1}, Case{2, 40, 12, 11, 150, 3, 1, 1},
-                            Case{2, 20, 20, 22, 70, 3, 1, 1});
-    const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+                            Case{2, 20, 20, 22, 70, 3, 1, 1}, Case{2, 24, 31, 29, 36, 3, 1, 1},
+                            Case{1, 260, 5, 5, 260, 3, 2, 1});
+    const auto algorithm = GENERATE(cpu::ConvAlgorithm::direct, cpu::ConvAlgorithm::winograd);
+    const cpu::Conv2dParams p{c.k, c.stride, c.pad, algorithm};
     const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 11, 1.0f, Layout::NHWC);
     const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, 12, 0.1f);
     const int64_t oh = cpu::conv2d_output_size(c.h, p), ow = cpu::conv2d_output_size(c.w, p);
@@ -132,8 +186,10 @@ TEST_CASE("conv2d rejects mismatched shapes with a message", "[conv2d][errors]")
 }
 
 TEST_CASE("conv2d backward passes agree with finite differences", "[conv2d][gradcheck]") {
+    const auto algorithm = GENERATE(cpu::ConvAlgorithm::direct, cpu::ConvAlgorithm::winograd);
     for (const Case c : {Case{2, 5, 9, 8, 7, 3, 1, 1}, Case{1, 6, 9, 7, 5, 3, 2, 1}, Case{2, 4, 6, 6, 3, 1, 2, 0}}) {
-        const cpu::Conv2dParams p{c.k, c.stride, c.pad};
+        if (algorithm == cpu::ConvAlgorithm::winograd && !winograd_covers(c)) continue;
+        const cpu::Conv2dParams p{c.k, c.stride, c.pad, algorithm};
         const int64_t oh = cpu::conv2d_output_size(c.h, p), ow = cpu::conv2d_output_size(c.w, p);
         Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 61, 1.0f, Layout::NHWC);
         Tensor w = random_tensor({c.cout, c.cin, c.k, c.k}, 62, 0.3f);

@@ -23,17 +23,18 @@ cpu::ConvTranspose2dParams params_of(const reference::ConvTransposeShape& s) {
 }
 }  // namespace
 
-TEST_CASE("conv_transpose2d matches the float64 reference on odd shapes", "[conv_transpose2d]") {
-    uint64_t seed = 300;
-    for (const auto& s : kCases) {
+namespace {
+bool winograd_covers(const reference::ConvTransposeShape& s) { return s.k == 3 && s.stride == 2 && s.pad == 1; }
+
+void run_case(const reference::ConvTransposeShape& s, uint64_t seed, cpu::ConvAlgorithm algorithm) {
         INFO("case n=" << s.n << " cin=" << s.cin << " " << s.h << "x" << s.w << " cout=" << s.cout << " k=" << s.k
                        << " s=" << s.stride << " p=" << s.pad << " op=" << s.out_pad);
-        const auto p = params_of(s);
+        auto p = params_of(s);
+        p.algorithm = algorithm;
         const Tensor x = random_tensor({s.n, s.cin, s.h, s.w}, seed, 1.0f, Layout::NHWC);
         const Tensor w = random_tensor({s.cin, s.cout, s.k, s.k}, seed + 1, 0.3f);
         const Tensor dy = random_tensor({s.n, s.cout, s.oh(), s.ow()}, seed + 2, 1.0f, Layout::NHWC);
         const DVec xd = to_nchw_doubles(x), wd = to_nchw_doubles(w), dyd = to_nchw_doubles(dy);
-        seed += 10;
 
         Tensor y = Tensor::empty(dy.shape(), Layout::NHWC);
         cpu::conv_transpose2d_forward(x, w, y, p);
@@ -47,12 +48,37 @@ TEST_CASE("conv_transpose2d matches the float64 reference on odd shapes", "[conv
         cpu::conv_transpose2d_backward_weight(x, dy, dw, p);
         require_close(dw, reference::conv_transpose2d_backward_weight(xd, dyd, s),
                       reference::conv_transpose2d_backward_weight(abs_of(xd), abs_of(dyd), s), 2e-5, "backward_weight");
+}
+}  // namespace
+
+TEST_CASE("conv_transpose2d matches the float64 reference on odd shapes", "[conv_transpose2d]") {
+    uint64_t seed = 300;
+    for (const auto& s : kCases) {
+        run_case(s, seed, cpu::ConvAlgorithm::automatic);
+        run_case(s, seed, cpu::ConvAlgorithm::direct);
+        if (winograd_covers(s)) run_case(s, seed, cpu::ConvAlgorithm::winograd);
+        seed += 10;
+    }
+}
+
+TEST_CASE("conv_transpose2d Winograd form on odd sizes and both weight-gradient schedules", "[conv_transpose2d][winograd]") {
+    const reference::ConvTransposeShape cases[] = {
+        {1, 5, 1, 1, 7, 3, 2, 1, 1},      // one input pixel
+        {2, 19, 5, 3, 33, 3, 2, 1, 0},    // no output padding: odd output sizes, partial tiles
+        {1, 24, 17, 16, 20, 3, 2, 1, 1},  // 272 input pixels -> 136 tiles: the sliced weight gradient
+        {1, 150, 3, 4, 210, 3, 2, 1, 1},  // large gradient: the chunked schedule
+    };
+    uint64_t seed = 700;
+    for (const auto& s : cases) {
+        run_case(s, seed, cpu::ConvAlgorithm::winograd);
+        seed += 10;
     }
 }
 
 TEST_CASE("conv_transpose2d backward passes agree with finite differences", "[conv_transpose2d][gradcheck]") {
     const reference::ConvTransposeShape s{2, 6, 5, 4, 7, 3, 2, 1, 1};
-    const auto p = params_of(s);
+    auto p = params_of(s);
+    p.algorithm = GENERATE(cpu::ConvAlgorithm::direct, cpu::ConvAlgorithm::winograd);
     Tensor x = random_tensor({s.n, s.cin, s.h, s.w}, 41, 1.0f, Layout::NHWC);
     Tensor w = random_tensor({s.cin, s.cout, 3, 3}, 42, 0.3f);
     const Tensor dy = random_tensor({s.n, s.cout, s.oh(), s.ow()}, 43, 1.0f, Layout::NHWC);
@@ -70,7 +96,8 @@ TEST_CASE("conv_transpose2d backward passes agree with finite differences", "[co
 
 TEST_CASE("conv_transpose2d is identical for 1 and 2 threads", "[conv_transpose2d][threads]") {
     const reference::ConvTransposeShape s{2, 64, 9, 9, 64, 3, 2, 1, 1};
-    const auto p = params_of(s);
+    auto p = params_of(s);
+    p.algorithm = GENERATE(cpu::ConvAlgorithm::direct, cpu::ConvAlgorithm::winograd);
     const Tensor x = random_tensor({s.n, s.cin, s.h, s.w}, 51, 1.0f, Layout::NHWC);
     const Tensor w = random_tensor({s.cin, s.cout, 3, 3}, 52, 0.1f);
     const Tensor dy = random_tensor({s.n, s.cout, s.oh(), s.ow()}, 53, 1.0f, Layout::NHWC);

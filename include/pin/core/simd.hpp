@@ -34,6 +34,7 @@ struct VecF {
     }
     friend PIN_FORCEINLINE VecF fma(VecF a, VecF b, VecF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
     friend PIN_FORCEINLINE VecF operator+(VecF a, VecF b) { return {_mm512_add_ps(a.v, b.v)}; }
+    friend PIN_FORCEINLINE VecF operator-(VecF a, VecF b) { return {_mm512_sub_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF max(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF min(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
@@ -58,6 +59,7 @@ struct VecF {
     PIN_FORCEINLINE void store_partial(float* p, int n) const { _mm256_maskstore_ps(p, tail_mask(n), v); }
     friend PIN_FORCEINLINE VecF fma(VecF a, VecF b, VecF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
     friend PIN_FORCEINLINE VecF operator+(VecF a, VecF b) { return {_mm256_add_ps(a.v, b.v)}; }
+    friend PIN_FORCEINLINE VecF operator-(VecF a, VecF b) { return {_mm256_sub_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF max(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF min(VecF a, VecF b) { return {_mm256_min_ps(a.v, b.v)}; }
@@ -102,6 +104,10 @@ struct VecF {
     }
     friend VecF operator+(VecF a, VecF b) {
         for (int i = 0; i < 8; ++i) a.v[i] += b.v[i];
+        return a;
+    }
+    friend VecF operator-(VecF a, VecF b) {
+        for (int i = 0; i < 8; ++i) a.v[i] -= b.v[i];
         return a;
     }
     friend VecF operator*(VecF a, VecF b) {

@@ -2,7 +2,9 @@
 //
 // Tensors: activations are rank 4, shapes in NCHW order, stored channels-last (Layout::NHWC);
 // weights are (out_channels, in_channels, k, k) in PyTorch's order, stored NCHW.
-// All three passes are gather convolutions (conv_kernels.hpp):
+// 3x3 kernels with padding 1 at stride 1 or 2 (every 3x3 layer of PIN) run through the Winograd
+// forms of winograd.hpp when both channel counts are at least kWinogradMinChannels; everything
+// else, and any call with ConvAlgorithm::direct, runs as gather convolutions (conv_kernels.hpp):
 //   forward          taps (kh - pad, kw - pad) at stride s over the output grid
 //   backward_input   for each of the s*s sub-pixel classes (a, b) of the input, the taps with
 //                    (a + pad - kh) divisible by s, at stride 1: no zero-stuffing, no col2im scatter
@@ -12,6 +14,7 @@
 
 #include "pin/core/tensor.hpp"
 #include "pin/cpu/conv_kernels.hpp"
+#include "pin/cpu/winograd.hpp"
 
 namespace pin::cpu {
 
@@ -19,7 +22,33 @@ struct Conv2dParams {
     int64_t kernel = 3;
     int64_t stride = 1;
     int64_t padding = 1;
+    ConvAlgorithm algorithm = ConvAlgorithm::automatic;
 };
+
+// Below this many input or output channels the transforms cost more than the products save (the
+// first layer has one input channel, the last one output channel).
+constexpr int64_t kWinogradMinChannels = 32;
+
+// Whether a convolution pass with these channel counts runs through winograd.hpp. The automatic
+// choice follows `pin-bench layers --backward --algorithm direct|winograd` on the Xeon of
+// docs/benchmarks.md (best GF/s, direct-convolution FLOPs):
+//   stride 1: Winograd for all three passes (forward 1.6-1.9x the direct speed), except the
+//             weight gradient of 512 x 512 channels (7 x 7 grid: a quarter of its tiles is padding);
+//   stride 2: Winograd for the forward and input gradient up to 256 x 256 channels (1.05-1.15x),
+//             direct for 512 x 512 (its 26 MB of transformed weights) and for every weight
+//             gradient (the direct one is 1.2-1.3x faster there).
+// ConvAlgorithm::winograd on a geometry the forms do not cover (not 3x3, padding 1, stride 1 or 2)
+// is an error, not a silent fallback.
+inline bool conv2d_uses_winograd(const Conv2dParams& p, int64_t cin, int64_t cout, bool weight_gradient = false) {
+    const bool covered = p.kernel == 3 && p.padding == 1 && (p.stride == 1 || p.stride == 2);
+    PIN_CHECK(covered || p.algorithm != ConvAlgorithm::winograd, "conv2d: the Winograd form covers 3x3 kernels with ",
+              "padding 1 at stride 1 or 2, not kernel ", p.kernel, " stride ", p.stride, " padding ", p.padding);
+    if (!covered || p.algorithm == ConvAlgorithm::direct) return false;
+    if (p.algorithm == ConvAlgorithm::winograd) return true;
+    if (cin < kWinogradMinChannels || cout < kWinogradMinChannels) return false;
+    if (p.stride == 1) return !weight_gradient || cin * cout < 512 * 512;
+    return !weight_gradient && cin * cout <= 256 * 256;
+}
 
 inline int64_t conv2d_output_size(int64_t in, const Conv2dParams& p) {
     return (in + 2 * p.padding - p.kernel) / p.stride + 1;
@@ -142,6 +171,13 @@ inline void conv2d_forward(const Tensor& x, const Tensor& w, Tensor& y, const Co
     PIN_CHECK(y.layout() == Layout::NHWC, "conv2d_forward: output must be NHWC");
     const int64_t kk = p.kernel * p.kernel;
     const float* wd = w.data();
+    if (conv2d_uses_winograd(p, cin, cout)) {
+        const auto weight = [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[(co * cin + ci) * 9 + kh * 3 + kw]; };
+        const winograd::Nhwc s{N, x.h(), x.w(), cin}, o{N, g.grid_h, g.grid_w, cout};
+        if (p.stride == 1) winograd::convolve<winograd::Stride1>(x.data(), s, y.data(), o, weight, epilogue);
+        else winograd::convolve<winograd::Stride2>(x.data(), s, y.data(), o, weight, epilogue);
+        return;
+    }
     gather_conv(
         x.data(), g, [&](int64_t co, int64_t ci, int64_t t) { return wd[(co * cin + ci) * kk + t]; }, y.data(),
         epilogue);
@@ -158,6 +194,22 @@ inline void conv2d_backward_input(const Tensor& dy, const Tensor& w, Tensor& dx,
     PIN_CHECK(dy.layout() == Layout::NHWC, "conv2d_backward_input: gradient must be NHWC");
     const int64_t k = p.kernel;
     const float* wd = w.data();
+    if (conv2d_uses_winograd(p, cin, cout)) {
+        // Read as an operation from dy (cout channels) to dx (cin channels): at stride 1 the
+        // convolution with the kernel turned by 180 degrees, at stride 2 Stride2Transposed, which
+        // takes the taps in the convolution's own order.
+        const winograd::Nhwc s{N, dy.h(), dy.w(), cout}, o{N, dx.h(), dx.w(), cin};
+        const ConvEpilogue ep{nullptr, accumulate, nullptr};
+        if (p.stride == 1)
+            winograd::convolve<winograd::Stride1>(
+                dy.data(), s, dx.data(), o,
+                [&](int64_t a, int64_t b, int64_t kh, int64_t kw) { return wd[(b * cin + a) * 9 + (2 - kh) * 3 + (2 - kw)]; }, ep);
+        else
+            winograd::convolve<winograd::Stride2Transposed>(
+                dy.data(), s, dx.data(), o,
+                [&](int64_t a, int64_t b, int64_t kh, int64_t kw) { return wd[(b * cin + a) * 9 + kh * 3 + kw]; }, ep);
+        return;
+    }
     detail::conv2d_input_gradient(
         dy.data(), N, dy.h(), dy.w(), cout, dx.data(), dx.h(), dx.w(), cin, p,
         [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[((co * cin + ci) * k + kh) * k + kw]; },
@@ -172,6 +224,14 @@ inline void conv2d_backward_weight(const Tensor& x, const Tensor& dy, Tensor& dw
     GatherConvGeometry g = detail::conv2d_forward_geometry(N, x.h(), x.w(), cin, cout, p);
     check_shape(dy, {N, cout, g.grid_h, g.grid_w}, "conv2d_backward_weight output gradient");
     PIN_CHECK(dy.layout() == Layout::NHWC, "conv2d_backward_weight: gradient must be NHWC");
+    if (conv2d_uses_winograd(p, cin, cout, true)) {
+        float* o = dw.data();
+        const auto store = [o, cin](int64_t co, int64_t ci, int64_t kh, int64_t kw, float v) { o[(co * cin + ci) * 9 + kh * 3 + kw] = v; };
+        const winograd::Nhwc s{N, x.h(), x.w(), cin}, go{N, g.grid_h, g.grid_w, cout};
+        if (p.stride == 1) winograd::weight_gradient<winograd::Stride1>(x.data(), s, dy.data(), go, store);
+        else winograd::weight_gradient<winograd::Stride2>(x.data(), s, dy.data(), go, store);
+        return;
+    }
     const int64_t kk = p.kernel * p.kernel;
     Tensor dwt = Tensor::empty({kk, cin, cout});
     tap_weight_gradient(x.data(), g, dy.data(), dwt.data(), dw.data());  // dw: (co, ci, k, k)

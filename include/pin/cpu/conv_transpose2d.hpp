@@ -14,7 +14,8 @@ struct ConvTranspose2dParams {
     int64_t stride = 2;
     int64_t padding = 1;
     int64_t output_padding = 1;
-    Conv2dParams as_conv() const { return {kernel, stride, padding}; }
+    ConvAlgorithm algorithm = ConvAlgorithm::automatic;
+    Conv2dParams as_conv() const { return {kernel, stride, padding, algorithm}; }
 };
 
 inline int64_t conv_transpose2d_output_size(int64_t in, const ConvTranspose2dParams& p) {
@@ -43,6 +44,13 @@ inline void conv_transpose2d_forward(const Tensor& x, const Tensor& w, Tensor& y
     detail::check_conv_transpose_args(x, w, y, p, "conv_transpose2d_forward");
     const int64_t cin = x.c(), cout = w.dim(1), k = p.kernel;
     const float* wd = w.data();
+    if (p.stride == 2 && conv2d_uses_winograd(p.as_conv(), cin, cout)) {
+        winograd::convolve<winograd::Stride2Transposed>(
+            x.data(), {x.n(), x.h(), x.w(), cin}, y.data(), {y.n(), y.h(), y.w(), cout},
+            [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[(ci * cout + co) * 9 + kh * 3 + kw]; },
+            epilogue);
+        return;
+    }
     // Read as a convolution weight Wc[co = cin][ci = cout]: the same memory.
     detail::conv2d_input_gradient(
         x.data(), x.n(), x.h(), x.w(), cin, y.data(), y.h(), y.w(), cout, p.as_conv(),
@@ -56,6 +64,13 @@ inline void conv_transpose2d_backward_input(const Tensor& dy, const Tensor& w, T
     detail::check_conv_transpose_args(dx, w, dy, p, "conv_transpose2d_backward_input");
     const int64_t cin = dx.c(), cout = w.dim(1);
     const Conv2dParams cp = p.as_conv();
+    if (p.stride == 2 && conv2d_uses_winograd(cp, cin, cout)) {
+        const float* wd = w.data();
+        winograd::convolve<winograd::Stride2>(
+            dy.data(), {dy.n(), dy.h(), dy.w(), cout}, dx.data(), {dx.n(), dx.h(), dx.w(), cin},
+            [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[(co * cout + ci) * 9 + kh * 3 + kw]; });
+        return;
+    }
     GatherConvGeometry g = detail::conv2d_forward_geometry(dy.n(), dy.h(), dy.w(), cout, cin, cp);
     // The output padding rows of dy are read by no input pixel, so the grid is exactly dx.
     g.grid_h = g.dst_h = dx.h();
@@ -71,6 +86,13 @@ inline void conv_transpose2d_backward_weight(const Tensor& x, const Tensor& dy, 
                                              const ConvTranspose2dParams& p) {
     detail::check_conv_transpose_args(x, dw, dy, p, "conv_transpose2d_backward_weight");
     const int64_t cin = x.c(), cout = dw.dim(1), kk = p.kernel * p.kernel;
+    if (p.stride == 2 && conv2d_uses_winograd(p.as_conv(), cin, cout, true)) {
+        float* o = dw.data();
+        winograd::weight_gradient<winograd::Stride2Transposed>(
+            x.data(), {x.n(), x.h(), x.w(), cin}, dy.data(), {dy.n(), dy.h(), dy.w(), cout},
+            [o, cout](int64_t co, int64_t ci, int64_t kh, int64_t kw, float v) { o[(ci * cout + co) * 9 + kh * 3 + kw] = v; });
+        return;
+    }
     GatherConvGeometry g = detail::conv2d_forward_geometry(x.n(), dy.h(), dy.w(), cout, cin, p.as_conv());
     g.grid_h = x.h();
     g.grid_w = x.w();
