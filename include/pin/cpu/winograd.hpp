@@ -108,12 +108,40 @@ TileGrid tile_grid(const Nhwc& out) {
     return {out.n, (out.h + Alg::kOut - 1) / Alg::kOut, (out.w + Alg::kOut - 1) / Alg::kOut};
 }
 
+// One channel vector of a source patch (rows[p][q]: the pixel, or null in the padding) -> the
+// kAlpha^2 values of V. Column by column, so that only one column of the patch is live at a time
+// (the whole 5 x 5 patch and its transforms at once spilled most of them to the stack).
+template <typename Alg, bool kChecked>
+PIN_FORCEINLINE void transform_patch(const float* const (&rows)[Alg::kIn][Alg::kIn], int64_t ch, int lanes, float* v,
+                                     int64_t xi_stride) {
+    constexpr int A = Alg::kAlpha, I = Alg::kIn, L = VecF::kLanes;
+    VecF t[A][I];
+    for (int q = 0; q < I; ++q) {
+        VecF col[I];
+        for (int p = 0; p < I; ++p) {
+            if (!kChecked) col[p] = VecF::load(rows[p][q] + ch);
+            else if (!rows[p][q]) col[p] = VecF::zero();
+            else col[p] = lanes == L ? VecF::load(rows[p][q] + ch) : VecF::load_partial(rows[p][q] + ch, lanes);
+        }
+        apply(Alg::BT, col, 1, &t[0][q], I);  // columns: t = BT d
+    }
+    for (int a = 0; a < A; ++a) {
+        VecF u[A];
+        apply(Alg::BT, &t[a][0], 1, u, 1);  // rows: u = t B
+        for (int b = 0; b < A; ++b) {
+            float* o = v + (a * A + b) * xi_stride + ch;
+            if (!kChecked || lanes == L) u[b].store(o);
+            else u[b].store_partial(o, lanes);
+        }
+    }
+}
+
 // V[xi][row][c] = (BT D B)[xi] for source tile `tile`, channels [0, src.c): xi_stride floats
 // between the kAlpha^2 planes, row already applied to v.
 template <typename Alg>
 void transform_input_tile(const float* src, const Nhwc& s, const TileGrid& tg, int64_t tile, float* v,
                           int64_t xi_stride) {
-    constexpr int A = Alg::kAlpha, I = Alg::kIn, L = VecF::kLanes;
+    constexpr int I = Alg::kIn, L = VecF::kLanes;
     const int64_t n = tile / (tg.th * tg.tw), ty = (tile / tg.tw) % tg.th, tx = tile % tg.tw;
     const int64_t r0 = ty * Alg::kStep + Alg::kOffset, c0 = tx * Alg::kStep + Alg::kOffset;
     const float* rows[I][I];
@@ -122,21 +150,14 @@ void transform_input_tile(const float* src, const Nhwc& s, const TileGrid& tg, i
             const int64_t r = r0 + p, c = c0 + q;
             rows[p][q] = (r >= 0 && r < s.h && c >= 0 && c < s.w) ? src + ((n * s.h + r) * s.w + c) * s.c : nullptr;
         }
+    bool interior = true;
+    for (int p = 0; p < I; ++p)
+        for (int q = 0; q < I; ++q) interior = interior && rows[p][q] != nullptr;
     for (int64_t ch = 0; ch < s.c; ch += L) {
         const int lanes = static_cast<int>(std::min<int64_t>(L, s.c - ch));
-        VecF d[I][I], t[A][I], u[A][A];
-        for (int p = 0; p < I; ++p)
-            for (int q = 0; q < I; ++q)
-                d[p][q] = rows[p][q] ? (lanes == L ? VecF::load(rows[p][q] + ch) : VecF::load_partial(rows[p][q] + ch, lanes))
-                                     : VecF::zero();
-        for (int q = 0; q < I; ++q) apply(Alg::BT, &d[0][q], I, &t[0][q], I);  // columns: t = BT d
-        for (int a = 0; a < A; ++a) apply(Alg::BT, &t[a][0], 1, &u[a][0], 1);  // rows: u = t B
-        for (int a = 0; a < A; ++a)
-            for (int b = 0; b < A; ++b) {
-                float* o = v + (a * A + b) * xi_stride + ch;
-                if (lanes == L) u[a][b].store(o);
-                else u[a][b].store_partial(o, lanes);
-            }
+        // Most tiles lie inside the image with whole vectors: a path without per-value tests.
+        if (interior && lanes == L) transform_patch<Alg, false>(rows, ch, L, v, xi_stride);
+        else transform_patch<Alg, true>(rows, ch, lanes, v, xi_stride);
     }
 }
 
