@@ -305,6 +305,15 @@ void transform_output_tiles(const float* m, int64_t m_xi_stride, int64_t rows, i
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Floats between the kAlpha^2 planes of a transform buffer. A transform writes one vector to
+// every plane; planes a multiple of 4 KiB apart (96 tiles x 64 channels is 24 KiB) put all of
+// them in one L1 set and alias the next loads, so the stride is a whole number of cache lines
+// plus one.
+inline int64_t plane_stride(int64_t floats) {
+    const int64_t s = round_up(floats, 16);
+    return s % 1024 == 0 ? s + 16 : s;
+}
+
 // Tiles per task: enough rows that a block of weights (read from L2 or L3 once per task) serves
 // many, few enough that both threads get work.
 // The tasks are a multiple of the thread count, so that every thread gets the same number (three
@@ -324,14 +333,15 @@ void forward_task(const float* src, const Nhwc& s, const float* u, float* dst, c
     const int64_t rows_pad = round_up(rows, 24);  // a multiple of every MR (12, 8, 6, 4)
     const int64_t co_blocks = (o.c + kBlockCo - 1) / kBlockCo;
     thread_local std::vector<float> vbuf, mbuf;
-    vbuf.resize(static_cast<size_t>(A2 * rows * cs_pad));
-    mbuf.resize(static_cast<size_t>(A2 * rows_pad * kBlockCo));
+    const int64_t v_xi = plane_stride(rows * cs_pad), m_xi = plane_stride(rows_pad * kBlockCo);
+    vbuf.resize(static_cast<size_t>(A2 * v_xi));
+    mbuf.resize(static_cast<size_t>(A2 * m_xi));
     for (int64_t row = 0; row < rows; ++row)
-        transform_input_tile<Alg>(src, s, tg, tile0 + row, vbuf.data() + row * cs_pad, rows * cs_pad);
+        transform_input_tile<Alg>(src, s, tg, tile0 + row, vbuf.data() + row * cs_pad, v_xi);
     for (int64_t cb = 0; cb < co_blocks; ++cb) {
         const int64_t co0 = cb * kBlockCo, co_count = std::min<int64_t>(kBlockCo, o.c - co0);
         const float* ub = u + cb * s.c * kBlockCo;
-        const int64_t u_xi = co_blocks * s.c * kBlockCo, m_xi = rows_pad * kBlockCo, v_xi = rows * cs_pad;
+        const int64_t u_xi = co_blocks * s.c * kBlockCo;
         // The last block of a layer whose cout is not a multiple of kBlockCo needs fewer vectors.
         switch ((co_count + L - 1) / L) {
             case 1: products<A2, 1>(vbuf.data(), v_xi, cs_pad, rows, s.c, ub, u_xi, mbuf.data(), m_xi); break;
@@ -342,7 +352,7 @@ void forward_task(const float* src, const Nhwc& s, const float* u, float* dst, c
 #endif
             default: PIN_CHECK(false, "winograd: unexpected vector count");
         }
-        transform_output_tiles<Alg>(mbuf.data(), rows_pad * kBlockCo, rows, tile0, tg, dst, o, co0, co_count, ep);
+        transform_output_tiles<Alg>(mbuf.data(), m_xi, rows, tile0, tg, dst, o, co0, co_count, ep);
     }
 }
 
@@ -460,15 +470,16 @@ void weight_gradient(const float* src, const Nhwc& s, const float* dy, const Nhw
             float* dus = sl == 0 ? du.data() : parts.data() + (sl - 1) * du_floats;
             const int64_t t_begin = tiles * sl / slices, t_end = tiles * (sl + 1) / slices;
             thread_local std::vector<float> vbuf, mbuf;
-            vbuf.resize(static_cast<size_t>(A2 * kRun * cs_pad));
-            mbuf.resize(static_cast<size_t>(A2 * kRun * co_pad));
+            const int64_t v_xi = plane_stride(kRun * cs_pad), m_xi = plane_stride(kRun * co_pad);
+            vbuf.resize(static_cast<size_t>(A2 * v_xi));
+            mbuf.resize(static_cast<size_t>(A2 * m_xi));
             for (int64_t t0 = t_begin; t0 < t_end; t0 += kRun) {
                 const int64_t rows = std::min(kRun, t_end - t0);
                 for (int64_t r = 0; r < rows; ++r) {
-                    transform_input_tile<Alg>(src, s, tg, t0 + r, vbuf.data() + r * cs_pad, rows * cs_pad);
-                    transform_gradient_tile<Alg>(dy, o, tg, t0 + r, mbuf.data() + r * co_pad, rows * co_pad, co_pad);
+                    transform_input_tile<Alg>(src, s, tg, t0 + r, vbuf.data() + r * cs_pad, v_xi);
+                    transform_gradient_tile<Alg>(dy, o, tg, t0 + r, mbuf.data() + r * co_pad, m_xi, co_pad);
                 }
-                gradient_block(dus, cin, co_pad, vbuf.data(), rows * cs_pad, cs_pad, mbuf.data(), rows * co_pad, rows, 0,
+                gradient_block(dus, cin, co_pad, vbuf.data(), v_xi, cs_pad, mbuf.data(), m_xi, rows, 0,
                                A2 * co_blocks, t0 == t_begin);
             }
         });
@@ -484,17 +495,18 @@ void weight_gradient(const float* src, const Nhwc& s, const float* dy, const Nhw
         // Chunks of tiles whose transforms take at most ~64 MB, in order.
         const int64_t per_tile = A2 * (cs_pad + co_pad) * 4;
         const int64_t chunk = std::min(tiles, std::max(kRun, (int64_t{64} << 20) / per_tile));
-        Tensor vbuf = Tensor::empty({A2 * chunk * cs_pad}), mbuf = Tensor::empty({A2 * chunk * co_pad});
+        const int64_t v_xi = plane_stride(chunk * cs_pad), m_xi = plane_stride(chunk * co_pad);
+        Tensor vbuf = Tensor::empty({A2 * v_xi}), mbuf = Tensor::empty({A2 * m_xi});
         for (int64_t t0 = 0; t0 < tiles; t0 += chunk) {
             const int64_t rows = std::min(chunk, tiles - t0);
             parallel_for((rows + 15) / 16, [&](int64_t b) {
                 for (int64_t r = b * 16; r < std::min(rows, b * 16 + 16); ++r) {
-                    transform_input_tile<Alg>(src, s, tg, t0 + r, vbuf.data() + r * cs_pad, rows * cs_pad);
-                    transform_gradient_tile<Alg>(dy, o, tg, t0 + r, mbuf.data() + r * co_pad, rows * co_pad, co_pad);
+                    transform_input_tile<Alg>(src, s, tg, t0 + r, vbuf.data() + r * cs_pad, v_xi);
+                    transform_gradient_tile<Alg>(dy, o, tg, t0 + r, mbuf.data() + r * co_pad, m_xi, co_pad);
                 }
             });
             parallel_for(A2 * co_blocks, [&](int64_t pair) {
-                gradient_block(du.data(), cin, co_pad, vbuf.data(), rows * cs_pad, cs_pad, mbuf.data(), rows * co_pad,
+                gradient_block(du.data(), cin, co_pad, vbuf.data(), v_xi, cs_pad, mbuf.data(), m_xi,
                                rows, pair, pair + 1, t0 == 0);
             });
         }
