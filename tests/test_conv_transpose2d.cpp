@@ -125,3 +125,13 @@ TEST_CASE("conv_transpose2d rejects bad arguments with a message", "[conv_transp
     Tensor y2 = Tensor::empty({1, 3, 10, 10}, Layout::NHWC);
     REQUIRE_THROWS_WITH(cpu::conv_transpose2d_forward(x, w, y2, {3, 2, 1, 2}), Catch::Contains("output_padding"));
 }
+
+TEST_CASE("conv_transpose2d refuses a forced Winograd form off stride 2", "[conv_transpose2d][winograd][errors]") {
+    const reference::ConvTransposeShape s{1, 4, 5, 4, 3, 3, 1, 1, 0};
+    auto p = params_of(s);
+    p.algorithm = cpu::ConvAlgorithm::winograd;
+    const Tensor x = random_tensor({s.n, s.cin, s.h, s.w}, 81, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({s.cin, s.cout, 3, 3}, 82);
+    Tensor y = Tensor::empty({s.n, s.cout, s.oh(), s.ow()}, Layout::NHWC);
+    REQUIRE_THROWS_WITH(cpu::conv_transpose2d_forward(x, w, y, p), Catch::Contains("stride 2 and padding 1"));
+}

@@ -36,7 +36,7 @@ constexpr int64_t kWinogradMinChannels = 32;
 //             weight gradient of 512 x 512 channels (7 x 7 grid: a quarter of its tiles is padding);
 //   stride 2: Winograd for the forward and input gradient up to 256 x 256 channels (1.05-1.15x),
 //             direct for 512 x 512 (its 26 MB of transformed weights) and for every weight
-//             gradient (the direct one is 1.2-1.3x faster there).
+//             gradient (the direct one was 1.1-1.35x faster there in every measured case).
 // ConvAlgorithm::winograd on a geometry the forms do not cover (not 3x3, padding 1, stride 1 or 2)
 // is an error, not a silent fallback.
 inline bool conv2d_uses_winograd(const Conv2dParams& p, int64_t cin, int64_t cout, bool weight_gradient = false) {

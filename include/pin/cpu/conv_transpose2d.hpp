@@ -18,6 +18,16 @@ struct ConvTranspose2dParams {
     Conv2dParams as_conv() const { return {kernel, stride, padding, algorithm}; }
 };
 
+// Whether a pass runs through winograd.hpp's Stride2Transposed / Stride2 forms (stride 2 only;
+// ConvAlgorithm::winograd on any other geometry is an error, as for conv2d).
+inline bool conv_transpose2d_uses_winograd(const ConvTranspose2dParams& p, int64_t cin, int64_t cout,
+                                           bool weight_gradient = false) {
+    PIN_CHECK(p.algorithm != ConvAlgorithm::winograd || (p.kernel == 3 && p.stride == 2 && p.padding == 1),
+              "conv_transpose2d: the Winograd form covers 3x3 kernels with stride 2 and padding 1, not kernel ",
+              p.kernel, " stride ", p.stride, " padding ", p.padding);
+    return p.stride == 2 && conv2d_uses_winograd(p.as_conv(), cin, cout, weight_gradient);
+}
+
 inline int64_t conv_transpose2d_output_size(int64_t in, const ConvTranspose2dParams& p) {
     return (in - 1) * p.stride - 2 * p.padding + p.kernel + p.output_padding;
 }
@@ -44,7 +54,7 @@ inline void conv_transpose2d_forward(const Tensor& x, const Tensor& w, Tensor& y
     detail::check_conv_transpose_args(x, w, y, p, "conv_transpose2d_forward");
     const int64_t cin = x.c(), cout = w.dim(1), k = p.kernel;
     const float* wd = w.data();
-    if (p.stride == 2 && conv2d_uses_winograd(p.as_conv(), cin, cout)) {
+    if (conv_transpose2d_uses_winograd(p, cin, cout)) {
         winograd::convolve<winograd::Stride2Transposed>(
             x.data(), {x.n(), x.h(), x.w(), cin}, y.data(), {y.n(), y.h(), y.w(), cout},
             [&](int64_t co, int64_t ci, int64_t kh, int64_t kw) { return wd[(ci * cout + co) * 9 + kh * 3 + kw]; },
@@ -64,7 +74,7 @@ inline void conv_transpose2d_backward_input(const Tensor& dy, const Tensor& w, T
     detail::check_conv_transpose_args(dx, w, dy, p, "conv_transpose2d_backward_input");
     const int64_t cin = dx.c(), cout = w.dim(1);
     const Conv2dParams cp = p.as_conv();
-    if (p.stride == 2 && conv2d_uses_winograd(cp, cin, cout)) {
+    if (conv_transpose2d_uses_winograd(p, cin, cout)) {
         const float* wd = w.data();
         winograd::convolve<winograd::Stride2>(
             dy.data(), {dy.n(), dy.h(), dy.w(), cout}, dx.data(), {dx.n(), dx.h(), dx.w(), cin},
@@ -86,7 +96,7 @@ inline void conv_transpose2d_backward_weight(const Tensor& x, const Tensor& dy, 
                                              const ConvTranspose2dParams& p) {
     detail::check_conv_transpose_args(x, dw, dy, p, "conv_transpose2d_backward_weight");
     const int64_t cin = x.c(), cout = dw.dim(1), kk = p.kernel * p.kernel;
-    if (p.stride == 2 && conv2d_uses_winograd(p.as_conv(), cin, cout, true)) {
+    if (conv_transpose2d_uses_winograd(p, cin, cout, true)) {
         float* o = dw.data();
         winograd::weight_gradient<winograd::Stride2Transposed>(
             x.data(), {x.n(), x.h(), x.w(), cin}, dy.data(), {dy.n(), dy.h(), dy.w(), cout},
