@@ -80,8 +80,8 @@ using pin::cpu::detail::mr_for_nv;
 
 // out[r * os] = sum_c m[r][c] * in[c * is] for every r. Called with constant tables inside fully
 // unrolled loops, so the zero coefficients drop out and +-1 become additions.
-template <int R, int C, typename T>
-PIN_FORCEINLINE void apply(const T (&m)[R][C], const VecF* in, int is, VecF* out, int os) {
+template <int R, int C>
+PIN_FORCEINLINE void apply(const float (&m)[R][C], const VecF* in, int is, VecF* out, int os) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
         VecF acc = VecF::zero();
@@ -97,6 +97,20 @@ PIN_FORCEINLINE void apply(const T (&m)[R][C], const VecF* in, int is, VecF* out
         }
         out[r * os] = acc;
     }
+}
+
+// A constant table and the transpose of one (A from AT, G^T from G), built at compile time so
+// that apply() still sees constants.
+template <int R, int C>
+struct Matrix {
+    float m[R][C];
+};
+template <int R, int C>
+constexpr Matrix<C, R> transposed(const float (&t)[R][C]) {
+    Matrix<C, R> out{};
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) out.m[c][r] = t[r][c];
+    return out;
 }
 
 // The tiles of an output plane set.
@@ -169,15 +183,7 @@ void transform_gradient_tile(const float* dy, const Nhwc& g, const TileGrid& tg,
                              int64_t xi_stride, int64_t co_pad) {
     constexpr int A = Alg::kAlpha, O = Alg::kOut, L = VecF::kLanes;
     // A = AT transposed, as a table for apply().
-    struct Table {
-        float a[A][O];
-    };
-    static constexpr Table At = [] {
-        Table t{};
-        for (int i = 0; i < A; ++i)
-            for (int j = 0; j < O; ++j) t.a[i][j] = Alg::AT[j][i];
-        return t;
-    }();
+    static constexpr Matrix<A, O> At = transposed(Alg::AT);
     const int64_t n = tile / (tg.th * tg.tw), ty = (tile / tg.tw) % tg.th, tx = tile % tg.tw;
     const float* rows[O][O];
     for (int p = 0; p < O; ++p)
@@ -193,8 +199,8 @@ void transform_gradient_tile(const float* dy, const Nhwc& g, const TileGrid& tg,
                 d[p][q] = rows[p][q] && lanes > 0
                               ? (lanes == L ? VecF::load(rows[p][q] + ch) : VecF::load_partial(rows[p][q] + ch, lanes))
                               : VecF::zero();
-        for (int q = 0; q < O; ++q) apply(At.a, &d[0][q], O, &t[0][q], O);
-        for (int a = 0; a < A; ++a) apply(At.a, &t[a][0], 1, &u[a][0], 1);
+        for (int q = 0; q < O; ++q) apply(At.m, &d[0][q], O, &t[0][q], O);
+        for (int a = 0; a < A; ++a) apply(At.m, &t[a][0], 1, &u[a][0], 1);
         for (int a = 0; a < A; ++a)
             for (int b = 0; b < A; ++b) u[a][b].store(m + (a * A + b) * xi_stride + ch);
     }
@@ -513,22 +519,14 @@ void weight_gradient(const float* src, const Nhwc& s, const float* dy, const Nhw
         }
     }
     // dW[co][ci] = G^T dU[.][ci][co] G, vectorised over output channels.
-    struct Table {
-        float g[3][A];
-    };
-    static constexpr Table Gt = [] {
-        Table tb{};
-        for (int k = 0; k < 3; ++k)
-            for (int a = 0; a < A; ++a) tb.g[k][a] = Alg::G[a][k];
-        return tb;
-    }();
+    static constexpr Matrix<3, A> Gt = transposed(Alg::G);
     parallel_for(cin, [&](int64_t ci) {
         for (int64_t c0 = 0; c0 < cout; c0 += L) {
             VecF m[A][A], t[3][A], w[3][3];
             for (int a = 0; a < A; ++a)
                 for (int b = 0; b < A; ++b) m[a][b] = VecF::load(du.data() + ((a * A + b) * cin + ci) * co_pad + c0);
-            for (int b = 0; b < A; ++b) apply(Gt.g, &m[0][b], A, &t[0][b], A);
-            for (int k = 0; k < 3; ++k) apply(Gt.g, &t[k][0], 1, &w[k][0], 1);
+            for (int b = 0; b < A; ++b) apply(Gt.m, &m[0][b], A, &t[0][b], A);
+            for (int k = 0; k < 3; ++k) apply(Gt.m, &t[k][0], 1, &w[k][0], 1);
             const int lanes = static_cast<int>(std::min<int64_t>(L, cout - c0));
             for (int kh = 0; kh < 3; ++kh)
                 for (int kw = 0; kw < 3; ++kw) {

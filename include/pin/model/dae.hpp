@@ -49,7 +49,7 @@ public:
     // `passes`: forward_passes(x) when the caller has it (the inputs of passes 2.. are not recomputed).
     Tensor input_gradient(const Tensor& x, const Tensor& dy, const std::vector<Tensor>* passes = nullptr) {
         PIN_CHECK(!training_, "DenoisingAutoencoder::input_gradient: for the frozen (inference-mode) DAE");
-        PIN_CHECK(!passes || static_cast<int>(passes->size()) > passes_ - 1,
+        PIN_CHECK(!passes || static_cast<int>(passes->size()) >= passes_,
                   "DenoisingAutoencoder::input_gradient: ", passes_, " pass inputs expected, got ", passes ? passes->size() : 0);
         std::vector<Tensor> inputs{x};
         for (int p = 1; p < passes_; ++p)
