@@ -32,16 +32,30 @@ const float* GpuDefense::w(const std::string& name) const {
     return it->second.data();
 }
 
+const float* GpuDefense::packed(const std::string& name, const ConvShape& s, bool transposed) {
+    auto it = packed_.find(name);
+    if (it == packed_.end())
+        it = packed_.emplace(name, transposed ? pack_conv_transpose2d_forward_weight(w(name), s) : pack_conv2d_forward_weight(w(name), s))
+                 .first;
+    return it->second.data();
+}
+
 DeviceBuffer GpuDefense::res_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
                                    const std::string& prefix, bool shortcut) {
     const ConvShape s1{B, H, W, cin, cout, 3, 1, 1};
     DeviceBuffer y1(static_cast<size_t>(B * H * W * cout));
-    conv2d_forward(x, w(prefix + "conv1.weight"), y1.data(), s1, nullptr, w(prefix + "nolinear1.weight"));
+    conv2d_forward(x, w(prefix + "conv1.weight"), y1.data(), s1, nullptr, w(prefix + "nolinear1.weight"), false,
+                   packed(prefix + "conv1.weight", s1, false));
     const ConvShape s2{B, H, W, cout, cout, 3, stride, 1};
     const int64_t Ho = conv2d_out(s2, H), Wo = conv2d_out(s2, W);
     DeviceBuffer out(static_cast<size_t>(B * Ho * Wo * cout));
-    if (shortcut) conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out.data(), ConvShape{B, H, W, cin, cout, 1, stride, 0});
-    conv2d_forward(y1.data(), w(prefix + "conv2.weight"), out.data(), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut);
+    if (shortcut) {
+        const ConvShape ss{B, H, W, cin, cout, 1, stride, 0};
+        conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out.data(), ss, nullptr, nullptr, false,
+                       packed(prefix + "shortcut_layer.0.weight", ss, false));
+    }
+    conv2d_forward(y1.data(), w(prefix + "conv2.weight"), out.data(), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut,
+                   packed(prefix + "conv2.weight", s2, false));
     H = Ho;
     W = Wo;
     return out;
@@ -52,10 +66,12 @@ DeviceBuffer GpuDefense::up_block(const float* x, int64_t B, int64_t& H, int64_t
     const ConvShape st{B, H, W, cin, cin, 3, 2, 1, 1};
     const int64_t Ho = conv_transpose2d_out(st, H), Wo = conv_transpose2d_out(st, W);
     DeviceBuffer y(static_cast<size_t>(B * Ho * Wo * cin));
-    conv_transpose2d_forward(x, w(prefix + "conv1.weight"), y.data(), st, w(prefix + "nolinear1.weight"));
+    conv_transpose2d_forward(x, w(prefix + "conv1.weight"), y.data(), st, w(prefix + "nolinear1.weight"),
+                             packed(prefix + "conv1.weight", st, true));
     DeviceBuffer out(static_cast<size_t>(B * Ho * Wo * cout));
-    conv2d_forward(y.data(), w(prefix + "conv2.weight"), out.data(), ConvShape{B, Ho, Wo, cin, cout, 3, 1, 1}, nullptr,
-                   last ? nullptr : w(prefix + "nolinear2.weight"));
+    const ConvShape s2{B, Ho, Wo, cin, cout, 3, 1, 1};
+    conv2d_forward(y.data(), w(prefix + "conv2.weight"), out.data(), s2, nullptr, last ? nullptr : w(prefix + "nolinear2.weight"), false,
+                   packed(prefix + "conv2.weight", s2, false));
     if (last) tanh_forward(out.data(), out.data(), B * Ho * Wo * cout);
     H = Ho;
     W = Wo;
@@ -81,7 +97,9 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
     if (dae) copy(in, dae, B * d_);
     // ESN.
     DeviceBuffer f(static_cast<size_t>(B * H * W * 64));
-    conv2d_forward(in, w("esn.in_layer.0.weight"), f.data(), ConvShape{B, H, W, 1, 64, 3, 1, 1}, nullptr, w("esn.in_layer.1.weight"));
+    const ConvShape sin{B, H, W, 1, 64, 3, 1, 1};
+    conv2d_forward(in, w("esn.in_layer.0.weight"), f.data(), sin, nullptr, w("esn.in_layer.1.weight"), false,
+                   packed("esn.in_layer.0.weight", sin, false));
     const int64_t spec[8][3] = {{64, 64, 2}, {64, 64, 1}, {64, 128, 2}, {128, 128, 1}, {128, 256, 2}, {256, 256, 1}, {256, 512, 2}, {512, 512, 1}};
     for (int i = 0; i < 8; ++i) f = res_block(f.data(), B, H, W, spec[i][0], spec[i][1], spec[i][2], "esn.block" + std::to_string(i + 1) + ".", true);
     // Head: flatten in PyTorch's (c, h, w) order, fc1 + PReLU, fc2 + sigmoid.
@@ -97,6 +115,27 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
     DeviceBuffer c(static_cast<size_t>(B * n_));
     project_coefficients(basis_.data(), mean_.data(), x, c.data(), B, d_, n_);
     reconstruct(basis_t_.data(), mean_.data(), c.data(), q, y, B, d_, n_);
+}
+
+model::Defense::Accelerator make_accelerator(const model::Defense& defense) {
+    PIN_CHECK(defense.kind() == model::DefenseKind::PIN && defense.agent() && defense.basis(),
+              "cuda::make_accelerator: the GPU runs the PIN defense only");
+    auto gpu = std::make_shared<GpuDefense>(*defense.agent(), *defense.basis());
+    return [gpu](const Tensor& x, uint64_t seed, uint64_t first_image) {
+        const int64_t B = x.n(), D = x.h() * x.w(), N = gpu->eigenvectors();
+        DeviceBuffer gx(static_cast<size_t>(B * D)), gp(static_cast<size_t>(B * N)), gq(static_cast<size_t>(B * N)),
+            gy(static_cast<size_t>(B * D));
+        gx.upload(x.data(), static_cast<size_t>(B * D));
+        gpu->forward(gx.data(), B, seed, first_image, gp.data(), gq.data(), gy.data());
+        model::DefenseOutput out;
+        out.defended = Tensor::empty(x.shape(), Layout::NHWC);
+        out.p = Tensor::empty({B, N});
+        out.q = Tensor::empty({B, N});
+        gy.download(out.defended.data(), static_cast<size_t>(B * D));
+        gp.download(out.p.data(), static_cast<size_t>(B * N));
+        gq.download(out.q.data(), static_cast<size_t>(B * N));
+        return out;
+    };
 }
 
 }  // namespace pin::cuda

@@ -8,6 +8,7 @@
 
 #include "ops.cuh"
 #include "pin/model/agent.hpp"
+#include "pin/model/defense.hpp"
 #include "pin/model/eigenbasis.hpp"
 
 namespace pin::cuda {
@@ -23,13 +24,23 @@ public:
 
 private:
     const float* w(const std::string& name) const;
+    // Weight `name` in the GEMM layout of a forward convolution of shape s (packed on first use:
+    // repacking 22 weights on every batch cost launches and memory traffic for nothing).
+    const float* packed(const std::string& name, const ConvShape& s, bool transposed);
     DeviceBuffer res_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
                            const std::string& prefix, bool shortcut);
     DeviceBuffer up_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
                           const std::string& prefix);
-    std::map<std::string, DeviceBuffer> weights_;
+    std::map<std::string, DeviceBuffer> weights_, packed_;
     DeviceBuffer basis_, basis_t_, mean_;
     int64_t n_ = 0, d_ = 0;
 };
+
+// A model::Defense::Accelerator running `defense`'s PIN forward on the GPU: its weights are copied
+// to the device now, once; each call uploads the batch and downloads defended, p and q. The masks
+// are the CPU's (same seed and image numbers); the faces agree to float rounding. Later changes to
+// the CPU agent's weights are not seen (make a new one).
+// `defense` must be a PIN defense; check device_available() (rng.cuh) first.
+model::Defense::Accelerator make_accelerator(const model::Defense& defense);
 
 }  // namespace pin::cuda

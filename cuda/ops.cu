@@ -519,12 +519,20 @@ int64_t conv_transpose2d_out(const ConvShape& s, int64_t in) {
     return (in - 1) * s.stride - 2 * s.padding + s.kernel + s.output_padding;
 }
 
+DeviceBuffer pack_conv2d_forward_weight(const float* w, const ConvShape& s) {
+    return pack_weight(w, s.out_c, s.in_c, s.kernel, true, "pack conv2d weight");
+}
+DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShape& s) {
+    return pack_weight(w, s.out_c, s.in_c, s.kernel, false, "pack conv_transpose2d weight");
+}
+
 void conv2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* bias, const float* prelu_slope,
-                    bool accumulate) {
+                    bool accumulate, const float* packed) {
     const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
-    const DeviceBuffer wp = pack_weight(w, s.out_c, s.in_c, K, true, "pack conv2d weight");
+    const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv2d_forward_weight(w, s);
     launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
-                       Gather<false>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.out_c},
+                       Gather<false>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
+                       RowMajor{packed ? packed : wp.data(), s.out_c},
                        ConvStore{y, s.out_c, bias, prelu_slope, accumulate}, "conv2d_forward", shape_of(s));
 }
 
@@ -545,12 +553,14 @@ void conv2d_backward_weight(const float* x, const float* dy, float* dw, const Co
                       "conv2d_backward_weight", shape_of(s));
 }
 
-void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope) {
+void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope,
+                              const float* packed) {
     const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
     // y[(b, oh, ow), co] = sum over (kh, kw, ci) of x[b, (oh + p - kh) / s, ...][ci] w[ci, co, kh, kw]
-    const DeviceBuffer wp = pack_weight(w, s.out_c, s.in_c, K, false, "pack conv_transpose2d weight");
+    const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv_transpose2d_forward_weight(w, s);
     launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
-                       Gather<true>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.out_c},
+                       Gather<true>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
+                       RowMajor{packed ? packed : wp.data(), s.out_c},
                        ConvStore{y, s.out_c, nullptr, prelu_slope, false}, "conv_transpose2d_forward", shape_of(s));
 }
 

@@ -51,12 +51,17 @@ int64_t conv2d_out(const ConvShape& s, int64_t in);            // (in + 2p - k) 
 int64_t conv_transpose2d_out(const ConvShape& s, int64_t in);  // (in - 1) s - 2p + k + op
 
 // y = act(conv(x) + bias) (+ y when accumulate); bias and prelu_slope may be null (prelu_slope
-// all zeros = ReLU).
+// all zeros = ReLU). The forward passes repack w into the GEMM's layout on every call unless given
+// `packed`, from pack_conv2d_forward_weight / pack_conv_transpose2d_forward_weight with the same
+// shape (an inference model packs each weight once).
 void conv2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* bias = nullptr,
-                    const float* prelu_slope = nullptr, bool accumulate = false);
+                    const float* prelu_slope = nullptr, bool accumulate = false, const float* packed = nullptr);
+DeviceBuffer pack_conv2d_forward_weight(const float* w, const ConvShape& s);
+DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShape& s);
 void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
-void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope = nullptr);
+void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope = nullptr,
+                              const float* packed = nullptr);
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
 void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
 

@@ -24,10 +24,7 @@
 #include "pin/model/eigenbasis.hpp"
 #include "pin/pin.hpp"
 #include "cli/options.hpp"
-#if defined(PIN_HAVE_CUDA)
-#include "gpu_defense.hpp"
-#include "rng.cuh"
-#endif
+#include "cli/device.hpp"
 #include "cli/train_commands.hpp"
 #include "cli/eval_commands.hpp"
 #include "cli/align_commands.hpp"
@@ -102,6 +99,8 @@ void usage(std::FILE* f) {
                  "              --json FILE     eer, auc, tar_at_far, pairs, scores, roc, ... (written atomically)\n"
                  "              --examples DIR  PNGs of a few pairs' first faces: clean, attacked, defended\n"
                  "              --recognizer MANIFEST  face-api weights manifest (default: weights/face-api/, from setup.sh)\n"
+                 "              --device D      cpu (default) | cuda (the PIN defense's forward, --mode sample; the\n"
+                 "                              recognizer and the attacks stay on the CPU)\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "  align       find, landmark and align the faces of photos (face-api tiny face detector + 68 landmarks)\n"
                  "              --in PHOTO|DIR  photos (searched recursively)   --out DIR  one gray 112x112 PNG per face,\n"
@@ -267,10 +266,9 @@ int cmd_defend(const Options& o) {
     const std::string in = o.values.at("in"), out_dir = o.values.at("out");
     const std::string defense_name = o.values.count("defense") ? o.values.at("defense") : "pin";
     const int64_t batch = int_option(o, "batch", 16, 1, 4096);
-    const pin::model::SamplingMode mode =
-        pin::model::parse_sampling_mode(o.values.count("mode") ? o.values.at("mode") : "sample");
+    (void)pin::model::parse_sampling_mode(o.get("mode", "sample"));  // a bad --mode fails for every defense
 
-    const pin::model::Defense defense = cli::load_defense(o, PIN_DEFAULT_MODEL_DIR, "pin");
+    pin::model::Defense defense = cli::load_defense(o, PIN_DEFAULT_MODEL_DIR, "pin");
 
     // The inputs: one file, or every image under a folder (sorted; outputs mirror the tree).
     std::vector<fs::path> inputs;
@@ -296,43 +294,8 @@ int cmd_defend(const Options& o) {
     const int64_t n = static_cast<int64_t>(inputs.size());
     pin::check_batch_memory(std::min(batch, n), 30e6, "pin defend");  // the agent's activations per face
 
-    // --device cuda: the same model, its weights copied to the GPU once; the same Philox masks.
-    const std::string device = o.values.count("device") ? o.values.at("device") : "cpu";
-    if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
-    std::function<pin::model::DefenseOutput(const pin::Tensor&, uint64_t)> run_defense = [&](const pin::Tensor& x, uint64_t first) {
-        return defense.inactivate(x, first);
-    };
-#if defined(PIN_HAVE_CUDA)
-    std::unique_ptr<pin::cuda::GpuDefense> gpu;
-#endif
-    if (device == "cuda") {
-        if (defense_name != "pin" || mode != pin::model::SamplingMode::Bernoulli)
-            fail_usage("--device cuda runs the PIN defense with --mode sample (others run on the CPU)");
-#if defined(PIN_HAVE_CUDA)
-        std::string reason;
-        if (!pin::cuda::device_available(&reason)) {
-            std::fprintf(stderr, "pin defend: --device cuda: no usable CUDA device (%s)\n", reason.c_str());
-            return 1;
-        }
-        gpu = std::make_unique<pin::cuda::GpuDefense>(*defense.agent(), *defense.basis());
-        run_defense = [&](const pin::Tensor& x, uint64_t first) {
-            const int64_t bn = x.n(), N = gpu->eigenvectors();
-            pin::cuda::DeviceBuffer gx(static_cast<size_t>(bn * D)), gp(static_cast<size_t>(bn * N)), gq(static_cast<size_t>(bn * N)),
-                gy(static_cast<size_t>(bn * D));
-            gx.upload(x.data(), static_cast<size_t>(bn * D));
-            gpu->forward(gx.data(), bn, defense.seed(), first, gp.data(), gq.data(), gy.data());
-            pin::model::DefenseOutput out;
-            out.defended = pin::Tensor::empty({bn, 1, kSize, kSize}, pin::Layout::NHWC);
-            out.q = pin::Tensor::empty({bn, N});
-            gy.download(out.defended.data(), static_cast<size_t>(bn * D));
-            gq.download(out.q.data(), static_cast<size_t>(bn * N));
-            return out;
-        };
-#else
-        std::fprintf(stderr, "pin defend: --device cuda: this build has no CUDA kernels (nvcc was not found, or PIN_CUDA=OFF)\n");
-        return 1;
-#endif
-    }
+    // --device cuda: the PIN forward on the GPU, its weights copied there once; the same Philox masks.
+    if (!cli::apply_device(o, defense, "defend")) return 1;
     int64_t failures = 0, resized = 0, coloured = 0;
     double kept = 0;
     pin::ProgressBar bar("defending", n, "faces");
@@ -351,7 +314,7 @@ int cmd_defend(const Options& o) {
                 errors[static_cast<size_t>(i)] = e.what();
             }
         });
-        const pin::model::DefenseOutput res = run_defense(x, static_cast<uint64_t>(b0));
+        const pin::model::DefenseOutput res = defense.inactivate(x, static_cast<uint64_t>(b0));
         if (res.q.defined()) kept += pin::cpu::reduce_sum(res.q);
         pin::parallel_for(bn, [&](int64_t i) {
             if (!errors[static_cast<size_t>(i)].empty()) return;
@@ -437,6 +400,9 @@ int main(int argc, char** argv) {
     const Options o = cli::parse(argc, argv, usage);
     try {
         if (o.values.count("threads")) pin::set_num_threads(static_cast<int>(int_option(o, "threads", 1, 1, 1024)));
+        if (o.has("device") && o.command != "defend" && o.command != "eval" && o.get("device", "") != "cpu")
+            fail_usage("--device " + o.get("device", "") + ": only defend and eval run on a GPU (the PIN defense); " + o.command +
+                       " runs on the CPU");
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);
         if (o.command == "defend") return cmd_defend(o);

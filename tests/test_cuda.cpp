@@ -136,6 +136,13 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
         require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), name + " forward");
         require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), name + " input gradient");
         require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), name + " weight gradient");
+        {  // Weights packed once beforehand: the same bits as packing inside the call.
+            const pin::cuda::DeviceBuffer wp = pin::cuda::pack_conv2d_forward_weight(gw.data(), s);
+            pin::cuda::DeviceBuffer gy2(y.numel());
+            pin::cuda::conv2d_forward(gx.data(), gw.data(), gy2.data(), s, gb.data(), gs.data(), false, wp.data());
+            const std::vector<float> a = from_gpu(gy, y.numel()), b = from_gpu(gy2, y.numel());
+            REQUIRE(a == b);
+        }
         // Accumulating epilogue: y += conv(x).
         pin::cuda::conv2d_forward(gx.data(), gw.data(), gy.data(), s, gb.data(), gs.data(), true);
         std::vector<float> twice(static_cast<size_t>(y.numel()));
@@ -165,6 +172,10 @@ TEST_CASE("GPU transposed convolutions match the CPU", "[cuda][conv]") {
         require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), "transposed forward");
         require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), "transposed input gradient");
         require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), "transposed weight gradient");
+        const pin::cuda::DeviceBuffer wp = pin::cuda::pack_conv_transpose2d_forward_weight(gw.data(), s);
+        pin::cuda::DeviceBuffer gy2(y.numel());
+        pin::cuda::conv_transpose2d_forward(gx.data(), gw.data(), gy2.data(), s, nullptr, wp.data());
+        REQUIRE(from_gpu(gy, y.numel()) == from_gpu(gy2, y.numel()));  // packed once: the same bits
     }
 }
 
@@ -303,6 +314,28 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense]") 
     if (differ == 0)
         require_matches(from_gpu(gy, 3 * 12544), ref.defended.data(), 3 * 12544, tf32 ? "[tf32] defended faces" : "[fp32] defended faces",
                         tf32 ? 5e-3 : 1e-4);
+}
+
+TEST_CASE("a Defense with the GPU accelerator matches the CPU defense", "[cuda][defense]") {
+    if (!gpu_or_skip()) return;
+    auto agent = std::make_shared<model::Agent>(60);
+    agent->reset_parameters(4);
+    auto basis = std::make_shared<model::EigenBasis>(
+        model::EigenBasis::from_tensors(rnd({12544, 60}, 23, Layout::NCHW), rnd({12544}, 24, Layout::NCHW)));
+    const model::Defense cpu = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 3);
+    model::Defense gpu = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 3);
+    gpu.set_accelerator(pin::cuda::make_accelerator(gpu));
+    REQUIRE(gpu.accelerated());
+    Tensor x = Tensor::empty({2, 1, 112, 112}, Layout::NHWC);
+    for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = std::cos(0.0007f * i) * 0.7f;
+    const model::DefenseOutput a = cpu.inactivate(x, 11), b = gpu.inactivate(x, 11);
+    require_matches(std::vector<float>(b.p.data(), b.p.data() + 120), a.p.data(), 120, "accelerated defense p", 1e-3);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < 120; ++i) differ += a.q.data()[i] != b.q.data()[i];
+    REQUIRE(differ <= 1);
+    if (differ == 0)
+        require_matches(std::vector<float>(b.defended.data(), b.defended.data() + 2 * 12544), a.defended.data(), 2 * 12544,
+                        "accelerated defended faces", 1e-4);
 }
 
 TEST_CASE("the fused GPU local-expectation gradient matches the CPU estimator", "[cuda][pin][estimator]") {

@@ -74,3 +74,47 @@ TEST_CASE("PIN defense from a model folder: deterministic, batching-independent,
     REQUIRE_THROWS_WITH(model::Defense::load_pin(dir), Catch::Contains("not a PIN model"));
     fs::remove_all(dir);
 }
+
+TEST_CASE("Defense accelerator: used for PIN Bernoulli masks only, with the defense's seed; shapes checked",
+          "[defense]") {
+    const Tensor faces = random_tensor({30, 112 * 112}, 4, 0.3f);
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(faces, 12));
+    auto agent = std::make_shared<model::Agent>(12);
+    agent->reset_parameters(5);
+    model::Defense d = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 21);
+    const Tensor x = random_tensor({2, 1, 112, 112}, 6, 0.5f, Layout::NHWC);
+    const model::DefenseOutput cpu = d.inactivate(x, 9);
+    // A stand-in backend that runs the CPU path itself and marks its output: the defense must
+    // return the backend's result and pass it the seed and image numbers it was given.
+    int calls = 0;
+    uint64_t seen_seed = 0, seen_first = 0;
+    const model::Defense plain = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 21);
+    d.set_accelerator([&](const Tensor& batch, uint64_t seed, uint64_t first) {
+        ++calls;
+        seen_seed = seed;
+        seen_first = first;
+        model::DefenseOutput out = plain.inactivate(batch, first);
+        out.defended.data()[0] = 1234.5f;
+        return out;
+    });
+    REQUIRE(d.accelerated());
+    const model::DefenseOutput acc = d.inactivate(x, 9);
+    REQUIRE(calls == 1);
+    REQUIRE(seen_seed == 21);
+    REQUIRE(seen_first == 9);
+    REQUIRE(acc.defended.data()[0] == 1234.5f);
+    for (int64_t i = 0; i < cpu.q.numel(); ++i) REQUIRE(acc.q.data()[i] == cpu.q.data()[i]);
+    // Other modes run on the CPU.
+    d.set_sampling(model::SamplingMode::Threshold, 21);
+    REQUIRE(!d.accelerated());
+    (void)d.inactivate(x, 9);
+    REQUIRE(calls == 1);
+    // A backend returning the wrong shapes is an error naming them.
+    d.set_sampling(model::SamplingMode::Bernoulli, 21);
+    d.set_accelerator([](const Tensor&, uint64_t, uint64_t) { return model::DefenseOutput{}; });
+    REQUIRE_THROWS_WITH(d.inactivate(x, 0), Catch::Matchers::Contains("accelerator returned wrong shapes"));
+    // Only PIN takes one.
+    model::Defense none = model::Defense::none();
+    REQUIRE_THROWS_WITH(none.set_accelerator([](const Tensor&, uint64_t, uint64_t) { return model::DefenseOutput{}; }),
+                        Catch::Matchers::Contains("only the PIN defense"));
+}

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli/device.hpp"
 #include "cli/options.hpp"
 #include "pin/core/allocator.hpp"
 #include "pin/eval/verification.hpp"
@@ -133,13 +134,15 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     vo.identities = int_option(o, "identities", 1000, 1, INT64_MAX);
     vo.cache_dir = o.get("cache", "");
     vo.defense_tag = o.get("defense", "none") + " model " + o.get("model", default_model_dir) + " basis " + o.get("basis", "") +
-                     " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0");
+                     " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0") +
+                     (o.get("device", "cpu") == "cpu" ? "" : " device " + o.get("device", ""));
     vo.batch = int_option(o, "batch", 32, 1, 4096);
     pin::check_batch_memory(vo.batch, 40e6, "pin eval");  // the agent's activations and the attack's caches
     vo.progress = !o.has("no-progress");
     // The pairs first: a bad data folder fails before any model is loaded.
     (void)pin::eval::load_pairs(o.get("data", ""), vo.folds);
-    const pin::model::Defense defense = load_defense(o, default_model_dir);
+    pin::model::Defense defense = load_defense(o, default_model_dir);
+    if (!apply_device(o, defense, "eval")) return 1;
     const std::unique_ptr<pin::recognizer::FaceRecognizer> rec = load_recognizer(o);
     const auto t0 = std::chrono::steady_clock::now();
     pin::eval::VerificationRun run(o.get("data", ""), *rec, defense, vo);
@@ -154,6 +157,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["defense"] = o.get("defense", "none");
     j["attack"] = o.get("attack", "none");
     j["protocol"] = o.get("protocol", "offline");
+    j["device"] = o.get("device", "cpu");
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
     if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset (half from each class when an even spread misses one)";

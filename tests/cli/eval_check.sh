@@ -59,6 +59,31 @@ import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert b["accuracy"] <= a["accuracy"], (a["accuracy"], b["accuracy"])
 PY
+# --device cuda: the PIN defense's forward on the GPU gives the CPU's scores (same masks, faces
+# within float rounding); without a GPU a message saying why and exit 1; a defense the GPU does not
+# run, or another command, is a usage error (exit 2).
+"$pin" eval $q --defense pin --model "$work/model" --seed 3 --json "$work/pin_cpu.json" >/dev/null 2>&1 || fail "eval through PIN (cpu)"
+if "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --json "$work/pin_gpu.json" > "$work/gpu.log" 2>&1; then
+  python3 - "$work/pin_cpu.json" "$work/pin_gpu.json" <<'PY' || fail "pin eval --device cuda differs from the CPU"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+assert b["device"] == "cuda" and a["device"] == "cpu"
+assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 1e-3, (a["scores"], b["scores"])
+PY
+  echo "pin eval --device cuda matches the CPU"
+else
+  [ $? = 1 ] || fail "pin eval --device cuda without a GPU: expected exit 1"
+  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
+  echo "pin eval --device cuda: $(tail -1 "$work/gpu.log") (GPU comparison skipped)"
+fi
+set +e
+"$pin" eval $q --defense jpeg-50 --device cuda > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q "runs the PIN defense" "$work/msg" || { cat "$work/msg"; fail "--device cuda with JPEG: expected a usage error"; }
+set +e
+"$pin" embed --in "$work/data/images" --out "$work/e.safetensors" --device cuda > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q "only defend and eval run on a GPU" "$work/msg" || { cat "$work/msg"; fail "embed --device cuda: expected a usage error"; }
 # The newer attacks and defenses end to end, with their JSON fields.
 for spec in "deepfool:offline:none" "di2-fgsm:offline:none" "random-search:offline:jpeg-50" "deepfool:online:bits-4" \
             "pgd:online:dae" "fgsm:online:jpeg-50"; do

@@ -11,6 +11,7 @@
 // batch size or thread count.
 #pragma once
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -125,6 +126,18 @@ public:
         seed_ = seed;
     }
 
+    // Another backend for the PIN forward (agent -> Bernoulli mask -> projection): given the
+    // checked batch, the mask seed and first_image, it returns what the CPU path would (defended,
+    // p, q), with the same masks for the same seed and image numbers. cuda/gpu_defense.hpp makes one that runs on
+    // the GPU. Used only by PIN defenses with SamplingMode::Bernoulli; other kinds and modes, and an
+    // empty function (the default), run on the CPU. Copies of this Defense share it.
+    using Accelerator = std::function<DefenseOutput(const Tensor& batch, uint64_t seed, uint64_t first_image)>;
+    void set_accelerator(Accelerator accelerator) {
+        PIN_CHECK(!accelerator || kind_ == DefenseKind::PIN, "Defense::set_accelerator: only the PIN defense has one");
+        accelerator_ = std::make_shared<const Accelerator>(std::move(accelerator));
+    }
+    bool accelerated() const { return accelerator_ && *accelerator_ && mode_ == SamplingMode::Bernoulli; }
+
     // batch: (B, 1, 112, 112), NHWC or NCHW (one channel: the same memory), values in [-1, 1].
     DefenseOutput inactivate(const Tensor& batch, uint64_t first_image = 0) const {
         PIN_CHECK(batch.rank() == 4 && batch.c() == 1, "Defense::inactivate: expects (batch, 1, H, W) gray faces, got ",
@@ -153,6 +166,14 @@ public:
             return out;
         }
         const Tensor x = batch.reshape(batch.shape(), Layout::NHWC);
+        if (kind_ == DefenseKind::PIN && accelerated()) {
+            out = (*accelerator_)(x, seed_, first_image);
+            PIN_CHECK(out.defended.numel() == batch.numel() && out.q.numel() == B * basis_->count() &&
+                          out.p.numel() == B * basis_->count(),
+                      "Defense::inactivate: the accelerator returned wrong shapes (defended ", shape_to_string(out.defended.shape()),
+                      ", p ", shape_to_string(out.p.shape()), ", q ", shape_to_string(out.q.shape()), ")");
+            return out;
+        }
         if (kind_ == DefenseKind::DAE) {
             out.defended = agent_->dae().forward(x);
             return out;
@@ -172,6 +193,7 @@ private:
     SamplingMode mode_ = SamplingMode::Bernoulli;
     uint64_t seed_ = 0;
     int level_ = 0;
+    std::shared_ptr<const Accelerator> accelerator_;
 };
 
 }  // namespace pin::model
