@@ -79,10 +79,14 @@ int main(int argc, char** argv) {
         for (int64_t i = 0; i < basis.numel(); ++i) basis.data()[i] = 0.01f * rng.normal(static_cast<uint64_t>(i));
         const pin::model::EigenBasis eig = pin::model::EigenBasis::from_tensors(basis, mean);
         pin::cuda::GpuDefense defense(*agent, eig);
+        for (const pin::cuda::GatherMode gmode : {pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows})
         for (const pin::cuda::MathMode mode : {pin::cuda::MathMode::FP32, pin::cuda::MathMode::TF32}) {
             pin::cuda::set_math_mode(mode);
+            pin::cuda::set_gather_mode(gmode);
             const char* math = mode == pin::cuda::MathMode::TF32 ? "tf32" : "fp32";
-            table.push_back(std::string(math) + (mode == pin::cuda::MathMode::TF32 ? " (tensor cores):" : " (CUDA cores):"));
+            const char* gather = gmode == pin::cuda::GatherMode::Rows ? "rows" : "generic";
+            table.push_back(std::string(math) + (mode == pin::cuda::MathMode::TF32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " +
+                            gather + ":");
             for (const Layer& l : layers) {
                 const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, l.k, l.s, 1};
                 const int64_t Ho = pin::cuda::conv2d_out(s, l.h);
@@ -94,9 +98,9 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                std::printf("{\"math\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, \"backward_input_tflops\": %.2f, "
-                            "\"backward_weight_tflops\": %.2f}\n",
-                            math, l.name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
+                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f}\n",
+                            math, gather, l.name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
                 char row[160];
                 std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", l.name, static_cast<long long>(B0),
                               gflop / f, gflop / bi, gflop / bw);
@@ -106,14 +110,15 @@ int main(int argc, char** argv) {
                 auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                 pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                 const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                std::printf("{\"math\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"ms\": %.2f, \"images_per_second\": %.0f}\n",
-                            math, static_cast<long long>(B), ms, B * 1000.0 / ms);
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"ms\": %.2f, "
+                            "\"images_per_second\": %.0f}\n",
+                            math, gather, static_cast<long long>(B), ms, B * 1000.0 / ms);
                 char row[160];
                 std::snprintf(row, sizeof row, "defense forward        b%-5lld %9.0f images/s (%.1f ms)", static_cast<long long>(B), B * 1000.0 / ms, ms);
                 table.push_back(row);
             } catch (const std::exception& e) {  // one failing batch size must not hide the others
-                std::printf("{\"math\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"error\": \"%s\"}\n", math,
-                            static_cast<long long>(B), e.what());
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"error\": \"%s\"}\n",
+                            math, gather, static_cast<long long>(B), e.what());
             }
         }
         std::printf("\n%s:\n", pin::cuda::device_name().c_str());

@@ -50,7 +50,8 @@ ours, torch = {}, {}
 for line in open(out + "/bench.txt"):
     if line.startswith("{") and '"defense_forward"' in line:
         j = json.loads(line)
-        if "images_per_second" in j: ours[(j["math"], j["batch"])] = j["images_per_second"]
+        # The faster of the two gather modes (ops.cuh GatherMode; both are tested above).
+        if "images_per_second" in j: ours[(j["math"], j["batch"])] = max(ours.get((j["math"], j["batch"]), 0), j["images_per_second"])
 for line in open(out + "/torch.jsonl"):
     j = json.loads(line)
     if "error" not in j: torch[("tf32" if j["tf32"] in ("on", True) else "fp32", j["batch"])] = j["images_per_second"]

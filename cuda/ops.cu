@@ -57,6 +57,40 @@ std::multimap<size_t, float*>& pool() {
 // ---- the GEMM --------------------------------------------------------------------------------------
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 
+// GatherMode::Rows (see ops.cuh): an A operand that gathers convolution input can decode each of a
+// thread's rows (pixels) once per launch and each K slice's tap once, instead of four integer
+// divisions per element. A slice of 16 k lies in one tap when the channel count is a multiple of 16
+// (launch_gemm sets `rows` only then); both GEMMs load A with 16-deep slices at multiples of 16.
+template <bool kTransposed>
+struct Gather;
+struct GatherRow {
+    int b = 0, y = 0, x = 0;  // image; first source row / column (direct) or oh + pad, ow + pad (transposed)
+    bool valid = false;       // the row exists (m < M)
+};
+template <class T>
+struct IsGather {
+    static constexpr bool value = false;
+};
+template <bool kTransposed>
+struct IsGather<Gather<kTransposed>> {
+    static constexpr bool value = true;
+};
+// The rows tid / 16 + 16 i (i < N) of a 16-deep A slice, as both GEMMs lay out their A loads.
+template <int N, class LoadA>
+__device__ void decode_rows(const LoadA& la, int64_t m0, int64_t M, int tid, GatherRow (&rows)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) rows[i] = la.row(m0 + (tid + i * 256) / 16, M);
+}
+// out[i] = A(row i, k0 + tid % 16): one tap decode for the slice, none per element.
+template <int N, class LoadA>
+__device__ void gather_rows(const LoadA& la, const GatherRow (&rows)[N], int64_t k0, int64_t kend, int tid, float (&out)[N]) {
+    int kh, kw, c;
+    la.slice(k0, tid % 16, kh, kw, c);
+    const bool in_k = k0 + tid % 16 < kend;
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = in_k ? la.at(rows[i], kh, kw, c) : 0.0f;
+}
+
 // C[m, n] = sum_k A(m, k) B(k, n) over k in this block's K chunk; store(z, m, n, value).
 // kAMFast: A is read with m varying fastest across threads (coalesced when A is (k, m) in memory).
 template <bool kAMFast, class LoadA, class LoadB, class Store>
@@ -68,14 +102,31 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM, n0 = static_cast<int64_t>(blockIdx.y) * BN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
     float acc[4][4] = {};
+    constexpr bool kRowGather = !kAMFast && IsGather<LoadA>::value;
+    static_assert(THREADS == 256 && BK == 16, "decode_rows / gather_rows assume 256 threads and 16-deep slices");
+    GatherRow rows[4];  // this thread's A rows when la.rows
+    if constexpr (kRowGather) {
+        if (la.rows) decode_rows(la, m0, M, tid, rows);
+    }
     for (int64_t k0 = kbeg; k0 < kend; k0 += BK) {
+        bool loaded = false;
+        if constexpr (kRowGather) {
+            if (la.rows) {
+                float v[4];
+                gather_rows(la, rows, k0, kend, tid, v);
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int idx = tid + i * THREADS;
-            const int mm = kAMFast ? idx % BM : idx / BK, kk = kAMFast ? idx / BM : idx % BK;
-            const int64_t m = m0 + mm, k = k0 + kk;
-            As[kk][mm] = (m < M && k < kend) ? la(m, k) : 0.0f;
+                for (int i = 0; i < 4; ++i) As[tid % BK][(tid + i * THREADS) / BK] = v[i];
+                loaded = true;
+            }
         }
+        if (!loaded)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int idx = tid + i * THREADS;
+                const int mm = kAMFast ? idx % BM : idx / BK, kk = kAMFast ? idx / BM : idx % BK;
+                const int64_t m = m0 + mm, k = k0 + kk;
+                As[kk][mm] = (m < M && k < kend) ? la(m, k) : 0.0f;
+            }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             const int idx = tid + i * THREADS;
@@ -126,14 +177,28 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tf32_kernel(int64_t M, int64_
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * TBM, n0 = static_cast<int64_t>(blockIdx.y) * TBN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
     float ra[T_A_PER_THREAD], rb[T_B_PER_THREAD];
+    constexpr bool kRowGather = !kAMFast && IsGather<LoadA>::value;
+    static_assert(THREADS == 256 && TBK == 16, "decode_rows / gather_rows assume 256 threads and 16-deep slices");
+    GatherRow rows[T_A_PER_THREAD];  // this thread's A rows when la.rows
+    if constexpr (kRowGather) {
+        if (la.rows) decode_rows(la, m0, M, tid, rows);
+    }
     auto fetch = [&](int64_t k0) {
-#pragma unroll
-        for (int i = 0; i < T_A_PER_THREAD; ++i) {
-            const int idx = tid + i * THREADS;
-            const int mm = kAMFast ? idx % TBM : idx / TBK, kk = kAMFast ? idx / TBM : idx % TBK;
-            const int64_t m = m0 + mm, k = k0 + kk;
-            ra[i] = (m < M && k < kend) ? la(m, k) : 0.0f;
+        bool loaded = false;
+        if constexpr (kRowGather) {
+            if (la.rows) {
+                gather_rows(la, rows, k0, kend, tid, ra);
+                loaded = true;
+            }
         }
+        if (!loaded)
+#pragma unroll
+            for (int i = 0; i < T_A_PER_THREAD; ++i) {
+                const int idx = tid + i * THREADS;
+                const int mm = kAMFast ? idx % TBM : idx / TBK, kk = kAMFast ? idx / TBM : idx % TBK;
+                const int64_t m = m0 + mm, k = k0 + kk;
+                ra[i] = (m < M && k < kend) ? la(m, k) : 0.0f;
+            }
 #pragma unroll
         for (int i = 0; i < T_B_PER_THREAD; ++i) {
             const int idx = tid + i * THREADS;
@@ -195,6 +260,10 @@ std::atomic<int>& math_mode_flag() {
     static std::atomic<int> mode{static_cast<int>(MathMode::FP32)};
     return mode;
 }
+std::atomic<int>& gather_mode_flag() {
+    static std::atomic<int> mode{static_cast<int>(GatherMode::Generic)};
+    return mode;
+}
 
 // M tiles go on grid.x (up to 2^31 - 1 blocks; grid.y stops at 65535, which batch 1024 at 112 x 112
 // exceeded), N tiles on y, K chunks on z. The gathers index in 32 bits: refuse larger problems.
@@ -207,6 +276,8 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
                                    "); use a smaller batch");
     const bool tf32 = math_mode() == MathMode::TF32;
     const int bk = tf32 ? TBK : BK, bm = tf32 ? TBM : BM, bn = tf32 ? TBN : BN;
+    if constexpr (!kAMFast && IsGather<LoadA>::value)
+        la.rows = gather_mode() == GatherMode::Rows && la.C % 16 == 0 && BK == 16 && TBK == 16;
     const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     const dim3 grid(static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z));
@@ -231,6 +302,50 @@ template <bool kTransposed>
 struct Gather {
     const float* src;
     int64_t Ho, Wo, H, W, C, K, stride, pad;
+    bool rows = false;  // GatherMode::Rows applies (set by launch_gemm)
+    // Row m's image and source origin, decoded once per launch.
+    __device__ GatherRow row(int64_t m64, int64_t M) const {
+        GatherRow r;
+        r.valid = m64 < M;
+        if (!r.valid) return r;
+        const unsigned m = static_cast<unsigned>(m64), uWo = static_cast<unsigned>(Wo), uHo = static_cast<unsigned>(Ho);
+        const unsigned t = m / uWo, ow = m - t * uWo, b = t / uHo, oh = t - b * uHo;
+        r.b = static_cast<int>(b);
+        if (kTransposed) {
+            r.y = static_cast<int>(oh) + static_cast<int>(pad);
+            r.x = static_cast<int>(ow) + static_cast<int>(pad);
+        } else {
+            r.y = static_cast<int>(oh * stride) - static_cast<int>(pad);
+            r.x = static_cast<int>(ow * stride) - static_cast<int>(pad);
+        }
+        return r;
+    }
+    // The tap (kh, kw) of the 16-deep slice starting at k0 (C a multiple of 16) and the channel of kk.
+    __device__ void slice(int64_t k0, int kk, int& kh, int& kw, int& c) const {
+        const unsigned k = static_cast<unsigned>(k0), uC = static_cast<unsigned>(C), uK = static_cast<unsigned>(K);
+        const unsigned tap = k / uC, ukh = tap / uK;
+        kh = static_cast<int>(ukh);
+        kw = static_cast<int>(tap - ukh * uK);
+        c = static_cast<int>(k - tap * uC) + kk;
+    }
+    // The same value as operator()(m, k) for the row and tap decoded above.
+    __device__ float at(const GatherRow& r, int kh, int kw, int c) const {
+        if (!r.valid) return 0.0f;
+        int ih, iw;
+        if (kTransposed) {
+            const int y = r.y - kh, x = r.x - kw;
+            if (y < 0 || x < 0) return 0.0f;
+            const int s = static_cast<int>(stride), qy = y / s, qx = x / s;
+            if (qy * s != y || qx * s != x) return 0.0f;
+            ih = qy;
+            iw = qx;
+        } else {
+            ih = r.y + kh;
+            iw = r.x + kw;
+        }
+        if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.0f;
+        return src[((static_cast<int64_t>(r.b) * H + ih) * W + iw) * C + c];
+    }
     // 32-bit unsigned index arithmetic: 64-bit division is emulated and dominated the kernel
     // (launch_gemm refuses M or K >= 2^31).
     __device__ float operator()(int64_t m64, int64_t k64) const {
@@ -457,6 +572,8 @@ __global__ void local_gradient_kernel(const float* p, const float* g, const doub
 
 void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
 MathMode math_mode() { return static_cast<MathMode>(math_mode_flag().load()); }
+void set_gather_mode(GatherMode mode) { gather_mode_flag() = static_cast<int>(mode); }
+GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 
 // ---- DeviceBuffer ----------------------------------------------------------------------------------
 DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats) {

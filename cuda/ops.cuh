@@ -43,6 +43,17 @@ enum class MathMode { FP32, TF32 };
 void set_math_mode(MathMode mode);
 MathMode math_mode();
 
+// How the convolutions' implicit GEMM reads its gathered operand. Generic: every element decodes
+// its pixel and tap from the flat GEMM indices (four 32-bit integer divisions, most of the
+// kernel's instructions). Rows: each thread decodes its rows' pixels once per launch and each
+// 16-deep K slice's tap once, for the forward and input-gradient passes of layers whose gathered
+// channel count is a multiple of 16; the same values in the same order, so the same results.
+// Process-wide. Generic unless set: Rows has not yet run on a GPU (bench/gpu_check.sh tests and
+// times both; make Rows the default once it has passed there).
+enum class GatherMode { Generic, Rows };
+void set_gather_mode(GatherMode mode);
+GatherMode gather_mode();
+
 // ---- convolutions (NHWC activations) -------------------------------------------------------------
 struct ConvShape {
     int64_t batch, in_h, in_w, in_c, out_c, kernel, stride, padding, output_padding = 0;

@@ -44,6 +44,11 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
     const pin::cuda::MathMode mode = GENERATE(pin::cuda::MathMode::FP32, pin::cuda::MathMode::TF32);           \
     pin::cuda::set_math_mode(mode);                                                                            \
     (void)mode
+// The convolution tests also run both ways of reading the gathered operand (ops.cuh GatherMode).
+#define PIN_EACH_GATHER_MODE()                                                                                 \
+    const pin::cuda::GatherMode gather = GENERATE(pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows); \
+    pin::cuda::set_gather_mode(gather);                                                                        \
+    INFO("gather mode " << (gather == pin::cuda::GatherMode::Rows ? "rows" : "generic"))
 #include "gpu_defense.hpp"
 #include "ops.cuh"
 #include "pin/cpu/activations.hpp"
@@ -107,11 +112,13 @@ Tensor rnd(const Shape& s, uint64_t seed, Layout l = Layout::NHWC) { return pin:
 TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
+    PIN_EACH_GATHER_MODE();
     struct Case {
         int64_t b, h, w, cin, cout, k, s, p;
     };
     for (const Case c : {Case{2, 13, 11, 5, 7, 3, 1, 1}, Case{1, 17, 9, 3, 70, 3, 2, 1}, Case{3, 8, 8, 33, 65, 1, 2, 0},
-                         Case{2, 15, 15, 1, 64, 3, 1, 1}, Case{1, 12, 10, 6, 5, 7, 2, 0}}) {
+                         Case{2, 15, 15, 1, 64, 3, 1, 1}, Case{1, 12, 10, 6, 5, 7, 2, 0}, Case{2, 9, 11, 32, 48, 3, 1, 1},
+                         Case{1, 14, 13, 64, 64, 3, 2, 1}}) {
         const cpu::Conv2dParams p{c.k, c.s, c.p};
         const int64_t Ho = cpu::conv2d_output_size(c.h, p), Wo = cpu::conv2d_output_size(c.w, p);
         const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 1), w = rnd({c.cout, c.cin, c.k, c.k}, 2, Layout::NCHW), dy = rnd({c.b, c.cout, Ho, Wo}, 3);
@@ -154,6 +161,7 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
 TEST_CASE("GPU transposed convolutions match the CPU", "[cuda][conv]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
+    PIN_EACH_GATHER_MODE();
     for (const auto& c : std::vector<std::array<int64_t, 4>>{{2, 7, 5, 6}, {1, 9, 64, 64}, {3, 4, 33, 1}}) {
         const int64_t b = c[0], h = c[1], cin = c[2], cout = c[3];
         const cpu::ConvTranspose2dParams p{3, 2, 1, 1};
@@ -290,6 +298,7 @@ TEST_CASE("GPU masks, projection and O(N) mask costs match the CPU", "[cuda][pin
 TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
+    PIN_EACH_GATHER_MODE();
     auto agent = std::make_shared<model::Agent>(60);
     agent->reset_parameters(3);
     const Tensor bm = rnd({12544, 60}, 19, Layout::NCHW);
@@ -318,6 +327,8 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense]") 
 
 TEST_CASE("a Defense with the GPU accelerator matches the CPU defense", "[cuda][defense]") {
     if (!gpu_or_skip()) return;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Generic);
     auto agent = std::make_shared<model::Agent>(60);
     agent->reset_parameters(4);
     auto basis = std::make_shared<model::EigenBasis>(
