@@ -75,18 +75,18 @@ template <bool kTransposed>
 struct IsGather<Gather<kTransposed>> {
     static constexpr bool value = true;
 };
-// The rows tid / 16 + 16 i (i < N) of a 16-deep A slice, as both GEMMs lay out their A loads.
+// The rows tid / BK + 16 i (i < N) of a BK-deep A slice, as both GEMMs lay out their A loads.
 template <int N, class LoadA>
 __device__ void decode_rows(const LoadA& la, int64_t m0, int64_t M, int tid, GatherRow (&rows)[N]) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) rows[i] = la.row(m0 + (tid + i * 256) / 16, M);
+    for (int i = 0; i < N; ++i) rows[i] = la.row(m0 + (tid + i * THREADS) / BK, M);
 }
-// out[i] = A(row i, k0 + tid % 16): one tap decode for the slice, none per element.
+// out[i] = A(row i, k0 + tid % BK): one tap decode for the slice, none per element.
 template <int N, class LoadA>
 __device__ void gather_rows(const LoadA& la, const GatherRow (&rows)[N], int64_t k0, int64_t kend, int tid, float (&out)[N]) {
     int kh, kw, c;
-    la.slice(k0, tid % 16, kh, kw, c);
-    const bool in_k = k0 + tid % 16 < kend;
+    la.slice(k0, tid % BK, kh, kw, c);
+    const bool in_k = k0 + tid % BK < kend;
 #pragma unroll
     for (int i = 0; i < N; ++i) out[i] = in_k ? la.at(rows[i], kh, kw, c) : 0.0f;
 }
@@ -277,7 +277,7 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     const bool tf32 = math_mode() == MathMode::TF32;
     const int bk = tf32 ? TBK : BK, bm = tf32 ? TBM : BM, bn = tf32 ? TBN : BN;
     if constexpr (!kAMFast && IsGather<LoadA>::value)
-        la.rows = gather_mode() == GatherMode::Rows && la.C % 16 == 0 && BK == 16 && TBK == 16;
+        la.rows = gather_mode() == GatherMode::Rows && la.C % 16 == 0;  // the kernels assert 16-deep slices
     const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     const dim3 grid(static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z));

@@ -18,8 +18,9 @@
 // Costs: the transforms (a few additions per value, vectorised over channels) and the
 // transformed tiles, kAlpha^2 values per kOut^2 outputs, which each task of the forward (and of a
 // small weight gradient) keeps in a buffer of its own sized for L2; a deep layer's weight gradient
-// transforms chunks of tiles into shared buffers first. Accuracy: the transforms use the coefficients 0, +-1 and +-1/2 only; against
-// the float64 reference the error stays within the direct convolution's 2e-5 test bound.
+// transforms chunks of tiles into shared buffers first. Accuracy: the transforms use the
+// coefficients 0, +-1 and +-1/2 only; against the float64 reference the error stays within the
+// direct convolution's 2e-5 test bound.
 // Every output (forward) and every weight-gradient sum is reduced in an order fixed by the shape,
 // so results are bit-identical for any thread count.
 #pragma once
