@@ -85,6 +85,18 @@ public:
         return t;
     }
 
+    // A non-owning view of `count(shape)` floats at `data` (host memory the caller keeps alive): lets
+    // code that holds raw buffers (the backend-generic trainer's CPU backend) call the Tensor API.
+    static Tensor borrow(float* data, const Shape& shape, Layout layout = Layout::NCHW) {
+        PIN_CHECK(data != nullptr, "Tensor::borrow: null data for shape ", shape_to_string(shape));
+        for (int64_t d : shape) PIN_CHECK(d >= 0, "negative dimension in shape ", shape_to_string(shape));
+        Tensor t;
+        t.shape_ = shape;
+        t.layout_ = shape.size() == 4 ? layout : Layout::NCHW;
+        t.data_ = data;
+        return t;
+    }
+
     bool defined() const { return data_ != nullptr; }
     const Shape& shape() const { return shape_; }
     int rank() const { return static_cast<int>(shape_.size()); }

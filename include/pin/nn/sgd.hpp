@@ -41,6 +41,7 @@ public:
     int64_t steps() const { return steps_; }
     // Momentum buffers, in parameter order (checkpoints save and restore them).
     std::vector<Tensor>& velocity() { return velocity_; }
+    const std::vector<Tensor>& velocity() const { return velocity_; }
     void set_steps(int64_t steps) { steps_ = steps; }
 
 private:

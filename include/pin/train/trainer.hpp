@@ -43,6 +43,26 @@ struct StepStats {
     double grad_norm = 0;  // before clipping
 };
 
+// The estimator's d loss / d z for a batch: x clean and xn noisy faces (B, 1, 112, 112), p (B, N)
+// the agent's probabilities for xn. Mask costs in O(N) from c = B^T (xn - m), d = B^T (x - m).
+inline BatchGradient batch_gradient(const model::EigenBasis& basis, const Tensor& x, const Tensor& xn, const std::vector<float>& p,
+                                    const TrainerOptions& opt, uint64_t first_image) {
+    const int64_t B = x.n(), D = basis.pixels(), N = basis.count();
+    std::vector<float> c(static_cast<size_t>(B * N)), d(static_cast<size_t>(B * N));
+    cpu::project_coefficients(basis.basis().data(), basis.mean().data(), D, N, xn.data(), B, c.data());
+    cpu::project_coefficients(basis.basis().data(), basis.mean().data(), D, N, x.data(), B, d.data());
+    std::vector<MaskCostTerms> terms;
+    for (int64_t b = 0; b < B; ++b) {
+        double y2 = 0;
+        for (int64_t i = 0; i < D; ++i) {
+            const double y = static_cast<double>(x.data()[b * D + i]) - basis.mean().data()[i];
+            y2 += y * y;
+        }
+        terms.push_back(mask_cost_terms(c.data() + b * N, d.data() + b * N, N, y2, D));
+    }
+    return estimate_gradient(p, terms, opt.masks, opt.estimator, opt.cost, opt.lambda, opt.seed, first_image);
+}
+
 class PolicyGradientTrainer {
 public:
     PolicyGradientTrainer(std::shared_ptr<model::Agent> agent, std::shared_ptr<const model::EigenBasis> basis,
@@ -62,7 +82,7 @@ public:
     // One step on a batch x (B, 1, 112, 112) in [-1, 1]; `first_image` numbers the batch's images
     // in the run (masks and noise are drawn from Philox streams keyed by it).
     StepStats step(const Tensor& x, uint64_t first_image) {
-        const int64_t B = x.n(), D = basis_->pixels(), N = basis_->count();
+        const int64_t B = x.n(), N = basis_->count();
         check_shape(x, {B, 1, 112, 112}, "PolicyGradientTrainer::step input");
         const Tensor xn = noisy(x, first_image);
         // Agent forward: DAE frozen, ESN and head recording for backward.
@@ -73,21 +93,7 @@ public:
         const Tensor logits = agent_->head().forward_logits(features);
         std::vector<float> p(static_cast<size_t>(B * N));
         for (int64_t i = 0; i < B * N; ++i) p[static_cast<size_t>(i)] = cpu::sigmoid(logits.data()[i]);
-        // O(N) cost terms per image.
-        std::vector<float> c(static_cast<size_t>(B * N)), d(static_cast<size_t>(B * N));
-        cpu::project_coefficients(basis_->basis().data(), basis_->mean().data(), D, N, xn.data(), B, c.data());
-        cpu::project_coefficients(basis_->basis().data(), basis_->mean().data(), D, N, x.data(), B, d.data());
-        std::vector<MaskCostTerms> terms;
-        for (int64_t b = 0; b < B; ++b) {
-            double y2 = 0;
-            for (int64_t i = 0; i < D; ++i) {
-                const double y = static_cast<double>(x.data()[b * D + i]) - basis_->mean().data()[i];
-                y2 += y * y;
-            }
-            terms.push_back(mask_cost_terms(c.data() + b * N, d.data() + b * N, N, y2, D));
-        }
-        const BatchGradient g =
-            estimate_gradient(p, terms, opt_.masks, opt_.estimator, opt_.cost, opt_.lambda, opt_.seed, first_image);
+        const BatchGradient g = batch_gradient(*basis_, x, xn, p, opt_, first_image);
         // Backward and update.
         Tensor dz = Tensor::empty({B, N});
         for (int64_t i = 0; i < B * N; ++i) dz.data()[i] = static_cast<float>(g.dz[static_cast<size_t>(i)]);
