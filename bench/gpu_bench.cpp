@@ -1,7 +1,9 @@
-// pin-bench-gpu - times the CUDA kernels on the layer shapes of PIN and the whole defense forward.
+// pin-bench-gpu - times the CUDA kernels on the layer shapes of PIN, the whole defense forward and
+// the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
+// backward, 30 masks per image, the estimator, clipping, SGD).
 //   pin-bench-gpu [--batches 64,256,1024] [--iters 5]
 // Prints one JSON line per measurement, then a short table. Random weights and inputs (speed only;
-// correctness is tests/test_cuda.cpp). The policy-gradient training step is not on the GPU yet.
+// correctness is tests/test_cuda.cpp).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -11,6 +13,7 @@
 #include <vector>
 
 #include "gpu_defense.hpp"
+#include "gpu_trainer.hpp"
 #include "ops.cuh"
 #include "pin/core/rng.hpp"
 #include "rng.cuh"
@@ -77,7 +80,8 @@ int main(int argc, char** argv) {
         pin::Tensor basis = pin::Tensor::empty({12544, 2500}), mean = pin::Tensor::zeros({12544});
         const pin::PhiloxStream rng(4, 4);
         for (int64_t i = 0; i < basis.numel(); ++i) basis.data()[i] = 0.01f * rng.normal(static_cast<uint64_t>(i));
-        const pin::model::EigenBasis eig = pin::model::EigenBasis::from_tensors(basis, mean);
+        const auto eig_ptr = std::make_shared<const pin::model::EigenBasis>(pin::model::EigenBasis::from_tensors(basis, mean));
+        const pin::model::EigenBasis& eig = *eig_ptr;
         pin::cuda::GpuDefense defense(*agent, eig);
         for (const pin::cuda::GatherMode gmode : {pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows})
         for (const pin::cuda::MathMode mode : {pin::cuda::MathMode::FP32, pin::cuda::MathMode::TF32}) {
@@ -118,6 +122,29 @@ int main(int argc, char** argv) {
                 table.push_back(row);
             } catch (const std::exception& e) {  // one failing batch size must not hide the others
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"error\": \"%s\"}\n",
+                            math, gather, static_cast<long long>(B), e.what());
+            }
+            // The training step (pin train's defaults: local estimator, 30 masks, L2 cost, clip 1), on
+            // faces kept in host memory as pin train has them (the upload is part of the step).
+            for (const int64_t B : batches) try {
+                pin::train::TrainerOptions to;
+                to.estimator = pin::train::Estimator::LocalExpectation;
+                to.clip_norm = 1;
+                pin::train::PolicyGradientTrainer holder(agent, eig_ptr, to);
+                pin::cuda::GpuTrainingBackend backend(*agent, eig, to);
+                pin::cuda::GpuTrainer trainer(backend, *agent, holder.optimizer(), to);
+                pin::Tensor x = pin::Tensor::empty({B, 1, 112, 112}, pin::Layout::NHWC);
+                for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = 0.5f * rng.normal(static_cast<uint64_t>(i) + 7);
+                uint64_t first = 0;
+                const double ms = time_ms(std::max(1, iters / 2), [&] { trainer.step(x, first += static_cast<uint64_t>(B)); });
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step\", \"batch\": %lld, \"ms\": %.2f, "
+                            "\"images_per_second\": %.0f}\n",
+                            math, gather, static_cast<long long>(B), ms, B * 1000.0 / ms);
+                char row[160];
+                std::snprintf(row, sizeof row, "training step          b%-5lld %9.0f images/s (%.1f ms)", static_cast<long long>(B), B * 1000.0 / ms, ms);
+                table.push_back(row);
+            } catch (const std::exception& e) {
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step\", \"batch\": %lld, \"error\": \"%s\"}\n",
                             math, gather, static_cast<long long>(B), e.what());
             }
         }

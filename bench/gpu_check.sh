@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # bench/gpu_check.sh - the one script for a lent GPU machine (an H200 here): builds the CUDA kernels
-# and the GPU tests, runs every CPU-vs-GPU comparison, times the kernels on PIN's layer shapes and
-# the whole defense forward at batch 64/256/1024, runs the PyTorch+cuDNN peer on the same network
-# (fp32, and TF32 for reference), and prints a short table last. Finishes within 8 minutes.
+# and the GPU tests, runs every CPU-vs-GPU comparison, times the kernels on PIN's layer shapes, the
+# whole defense forward and the whole training step at batch 64/256/1024, runs the PyTorch+cuDNN
+# peer on the same network (fp32, and TF32 for reference; its training step at batch 256), and
+# prints a short table last. Finishes within 8 minutes.
 #
 #   bench/gpu_check.sh [OUT_DIR]     (default: $OUT on the device machine, else /tmp/pin-gpu-check)
 #
@@ -31,8 +32,8 @@ tests_rc=$?
 grep -E "^match|passed|failed|FAILED|SKIPPED|s: " "$out/tests.txt" | head -60
 tail -3 "$out/tests.txt" | tee -a "$out/summary.txt"
 
-log "kernel and defense-forward timings"
-timeout 180 build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 > "$out/bench.txt" 2>&1
+log "kernel, defense-forward and training-step timings"
+timeout 240 build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 > "$out/bench.txt" 2>&1
 cat "$out/bench.txt"
 
 log "PyTorch + cuDNN peer (same network, random weights)"
@@ -43,6 +44,28 @@ for tf32 in off on; do
       || echo "{\"error\": \"torch peer failed at batch $b tf32 $tf32\"}" >> "$out/torch.jsonl"
   done
 done
+: > "$out/torch_train.jsonl"
+for tf32 in off on; do
+  timeout 90 python3 bench/peers/torch_train.py --device cuda --batch 256 --masks 30 --iters 3 --tf32 $tf32 >> "$out/torch_train.jsonl" \
+    2>>"$out/torch.err" || echo "{\"error\": \"torch training peer failed, tf32 $tf32\"}" >> "$out/torch_train.jsonl"
+done
+python3 - "$out" <<'PY'
+import json, sys
+out = sys.argv[1]
+train, torch_train = {}, {}
+for line in open(out + "/bench.txt"):
+    if line.startswith("{") and '"training_step"' in line:
+        j = json.loads(line)
+        if "images_per_second" in j: train[(j["math"], j["batch"])] = max(train.get((j["math"], j["batch"]), 0), j["images_per_second"])
+for line in open(out + "/torch_train.jsonl"):
+    j = json.loads(line)
+    if "error" not in j: torch_train[("tf32" if j["tf32"] == "on" else "fp32", j["batch"])] = j["images_per_second"]
+rows = ["batch   pin fp32   pin tf32 | PyTorch+cuDNN fp32   tf32   (training step, images/s; bar 3,000)"]
+for b in sorted({k[1] for k in list(train) + list(torch_train)}):
+    g = lambda d, m: d.get((m, b), 0)
+    rows.append("%5d %10.0f %10.0f | %18.0f %6.0f" % (b, g(train, "fp32"), g(train, "tf32"), g(torch_train, "fp32"), g(torch_train, "tf32")))
+open(out + "/train_table.txt", "w").write("\n".join(rows) + "\n")
+PY
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
@@ -67,5 +90,8 @@ log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc"
 echo
 echo "Defense forward (DAE x2, ESN, head, masks, projection), images/s:"
 cat "$out/table.txt"
+echo
+echo "Training step (noise, DAE, ESN + head forward and backward, 30 masks, estimator, SGD):"
+cat "$out/train_table.txt"
 grep -E "^  " "$out/bench.txt"
 exit $tests_rc

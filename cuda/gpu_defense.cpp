@@ -78,9 +78,8 @@ DeviceBuffer GpuDefense::up_block(const float* x, int64_t B, int64_t& H, int64_t
     return out;
 }
 
-void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t first_image, float* p, float* q, float* y, float* dae) {
-    // DAE: the same encoder/decoder twice.
-    DeviceBuffer h;
+const float* GpuDefense::dae_forward(const float* x, int64_t B, DeviceBuffer& h) {
+    // The same encoder/decoder twice.
     const float* in = x;
     int64_t H = 112, W = 112;
     for (int pass = 0; pass < 2; ++pass) {
@@ -94,6 +93,18 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
             in = h.data();
         }
     }
+    return in;
+}
+
+void GpuDefense::dae_forward(const float* x, int64_t B, float* out) {
+    DeviceBuffer h;
+    copy(dae_forward(x, B, h), out, B * d_);
+}
+
+void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t first_image, float* p, float* q, float* y, float* dae) {
+    DeviceBuffer h;
+    const float* in = dae_forward(x, B, h);
+    int64_t H = 112, W = 112;
     if (dae) copy(in, dae, B * d_);
     // ESN.
     DeviceBuffer f(static_cast<size_t>(B * H * W * 64));

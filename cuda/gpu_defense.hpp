@@ -20,10 +20,16 @@ public:
     // dae (B, 112, 112) optional. Masks: PhiloxStream(seed, first_image + b), as model::Defense.
     void forward(const float* x, int64_t batch, uint64_t seed, uint64_t first_image, float* p, float* q, float* y,
                  float* dae = nullptr);
+    // The frozen DAE alone (both passes): x, out (B, 112, 112), device pointers.
+    void dae_forward(const float* x, int64_t batch, float* out);
     int64_t eigenvectors() const { return n_; }
+    // The eigenbasis on the device: basis (D, N) row-major and the mean face (D).
+    const float* basis() const { return basis_.data(); }
+    const float* mean() const { return mean_.data(); }
 
 private:
     const float* w(const std::string& name) const;
+    const float* dae_forward(const float* x, int64_t batch, DeviceBuffer& scratch);  // result in scratch
     // Weight `name` in the GEMM layout of a forward convolution of shape s (packed on first use:
     // repacking 22 weights on every batch cost launches and memory traffic for nothing).
     const float* packed(const std::string& name, const ConvShape& s, bool transposed);

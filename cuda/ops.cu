@@ -568,6 +568,35 @@ __global__ void local_gradient_kernel(const float* p, const float* g, const doub
     }
 }
 
+// Fixed-size partial sums of squares: block i covers elements i * 256 + t, stepping by the grid.
+constexpr unsigned kSumBlocks = 512;
+__global__ void sum_squares_kernel(const float* x, int64_t n, double* partial) {
+    __shared__ double a[256], b[256];
+    double s = 0;
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; i < n; i += static_cast<int64_t>(kSumBlocks) * 256)
+        s += static_cast<double>(x[i]) * x[i];
+    block_sum_pair(a, b, s, 0.0);
+    if (threadIdx.x == 0) partial[blockIdx.x] = a[0];
+}
+
+// One block per image: g for its N coefficients, and ||x - m||^2 by a fixed tree.
+__global__ void mask_cost_terms_kernel(const float* c, const float* d, const float* x, const float* mean, float* g, double* y2,
+                                       int64_t n, int64_t pixels) {
+    __shared__ double a[256], b[256];
+    const int64_t img = blockIdx.x;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+        const double cj = c[img * n + j], dj = d[img * n + j];
+        g[img * n + j] = static_cast<float>(cj * cj - 2.0 * cj * dj);
+    }
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < pixels; i += blockDim.x) {
+        const double y = static_cast<double>(x[img * pixels + i]) - mean[i];
+        s += y * y;
+    }
+    block_sum_pair(a, b, s, 0.0);
+    if (threadIdx.x == 0) y2[img] = a[0];
+}
+
 }  // namespace
 
 void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
@@ -762,6 +791,12 @@ void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t s
 void copy(const float* src, float* dst, int64_t n) {
     if (n > 0) check(cudaMemcpy(dst, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToDevice), "copy", "(" + std::to_string(n) + " floats)");
 }
+void copy_to_device(const float* host, float* dst, int64_t n) {
+    if (n > 0) check(cudaMemcpy(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice), "copy_to_device", "(" + std::to_string(n) + " floats)");
+}
+void copy_to_host(const float* src, float* host, int64_t n) {
+    if (n > 0) check(cudaMemcpy(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost), "copy_to_host", "(" + std::to_string(n) + " floats)");
+}
 void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
     const int64_t P = h * w;
     launch_map(batch * channels * P, [=] __device__(int64_t i) {
@@ -804,6 +839,61 @@ void local_gradient(const float* p, const float* g, const double* y2, double* dz
     local_gradient_kernel<<<static_cast<unsigned>(batch), 256>>>(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
                                                                  first_image);
     check(cudaGetLastError(), "local_gradient", dims(batch, n, k));
+}
+
+// ---- training step ------------------------------------------------------------------------------------
+void nchw_to_nhwc(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
+    const int64_t P = h * w;
+    launch_map(batch * channels * P, [=] __device__(int64_t i) {
+        const int64_t c = i % channels, pix = (i / channels) % P, b = i / (P * channels);
+        y[i] = x[(b * channels + c) * P + pix];
+    }, "nchw_to_nhwc");
+}
+double sum_squares(const float* x, int64_t n) {
+    if (n <= 0) return 0.0;
+    DeviceBuffer partial(2 * kSumBlocks);  // doubles
+    double* part = reinterpret_cast<double*>(partial.data());
+    sum_squares_kernel<<<kSumBlocks, 256>>>(x, n, part);
+    check(cudaGetLastError(), "sum_squares", "(" + std::to_string(n) + " elements)");
+    std::vector<double> host(kSumBlocks);
+    check(cudaMemcpy(host.data(), part, kSumBlocks * sizeof(double), cudaMemcpyDeviceToHost), "sum_squares (download)",
+          "(" + std::to_string(n) + " elements)");
+    double s = 0;
+    for (double v : host) s += v;
+    return s;
+}
+void scale(float* x, int64_t n, float s) {
+    launch_map(n, [=] __device__(int64_t i) { x[i] *= s; }, "scale");
+}
+void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float momentum, bool first) {
+    launch_map(n, [=] __device__(int64_t i) {
+        const float vi = first ? g[i] : momentum * v[i] + g[i];
+        v[i] = vi;
+        w[i] -= lr * vi;
+    }, "sgd_step");
+}
+void mask_cost_terms(const float* c, const float* d, const float* x, const float* mean, float* g, double* y2, int64_t batch,
+                     int64_t n, int64_t pixels) {
+    if (batch <= 0) return;
+    mask_cost_terms_kernel<<<static_cast<unsigned>(batch), 256>>>(c, d, x, mean, g, y2, n, pixels);
+    check(cudaGetLastError(), "mask_cost_terms", dims(batch, n, pixels));
+}
+void policy_gradient(const float* p, const double* advantage, float* dz, int64_t batch, int64_t n, int64_t k, uint64_t seed,
+                     uint64_t first_image) {
+    launch_map(batch * n, [=] __device__(int64_t i) {
+        const int64_t b = i / n, j = i % n;
+        const float pj = p[i];
+        double s = 0;
+        for (int64_t m = 0; m < k; ++m) {
+            const PhiloxStream rng(seed, (first_image + static_cast<uint64_t>(b)) * static_cast<uint64_t>(k) + static_cast<uint64_t>(m));
+            const float q = rng.bernoulli(static_cast<uint64_t>(j), pj);
+            s += advantage[b * k + m] * static_cast<double>(q - pj);  // (q - p) in float, as the CPU
+        }
+        dz[i] = static_cast<float>(s);
+    }, "policy_gradient");
+}
+void to_float(const double* x, float* y, int64_t n) {
+    launch_map(n, [=] __device__(int64_t i) { y[i] = static_cast<float>(x[i]); }, "to_float");
 }
 
 }  // namespace pin::cuda

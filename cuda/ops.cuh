@@ -113,6 +113,24 @@ void mask_costs(const float* p, const float* g, const double* y2, double* cost, 
 void local_gradient(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept, int64_t batch,
                     int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image);
 
+// ---- the training step's remaining pieces (cuda/gpu_trainer.hpp) ----------------------------------
+// x (B, C, H, W) in NHWC order from y in NCHW order: the head's flatten, backwards.
+void nchw_to_nhwc(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w);
+// sum of x[i]^2 in double, in a fixed order (the same value on every run and every GPU).
+double sum_squares(const float* x, int64_t n);
+void scale(float* x, int64_t n, float s);
+// SGD with momentum (PyTorch's rule, no weight decay): v = first ? g : momentum v + g; w -= lr v.
+void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float momentum, bool first);
+// g (B, N) = c^2 - 2 c d (in double, stored as float) and y2 (B) = ||x_b - mean||^2 in double: the
+// O(N) mask-cost terms (train/mask_cost.hpp) from c = (xn - m) B, d = (x - m) B and x (B, D).
+void mask_cost_terms(const float* c, const float* d, const float* x, const float* mean, float* g, double* y2, int64_t batch,
+                     int64_t n, int64_t pixels);
+// REINFORCE / RLOO from per-mask advantages (train/estimators.hpp): dz[b, j] = sum over s of
+// adv[b k + s] (q_bsj - p_bj), with q_bs drawn as mask_costs draws it; summed in s order in double.
+void policy_gradient(const float* p, const double* advantage, float* dz, int64_t batch, int64_t n, int64_t k, uint64_t seed,
+                     uint64_t first_image);
+void to_float(const double* x, float* y, int64_t n);
+
 // The GPU's name and its measured bandwidth-free facts, for reports.
 std::string device_name();
 
@@ -125,4 +143,6 @@ void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int
 
 namespace pin::cuda {
 void copy(const float* src, float* dst, int64_t n);  // device to device
+void copy_to_device(const float* host, float* dst, int64_t n);
+void copy_to_host(const float* src, float* host, int64_t n);
 }  // namespace pin::cuda

@@ -77,6 +77,8 @@ void usage(std::FILE* f) {
                  "              --features-lr-scale F  lr multiplier for all but the head's output bias (1)\n"
                  "              --head-init-scale S  output layer weights x S and bias 0 at the start (0.01;\n"
                  "                              1 = PyTorch's default, which saturates most sigmoids)\n"
+                 "              --device D      cpu (default) | cuda (the whole step on the GPU; checkpoints are the\n"
+                 "                              same format, so a run may resume on either device)\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
@@ -400,8 +402,8 @@ int main(int argc, char** argv) {
     const Options o = cli::parse(argc, argv, usage);
     try {
         if (o.values.count("threads")) pin::set_num_threads(static_cast<int>(int_option(o, "threads", 1, 1, 1024)));
-        if (o.has("device") && o.command != "defend" && o.command != "eval" && o.get("device", "") != "cpu")
-            fail_usage("--device " + o.get("device", "") + ": only defend and eval run on a GPU (the PIN defense); " + o.command +
+        if (o.has("device") && o.command != "defend" && o.command != "eval" && o.command != "train" && o.get("device", "") != "cpu")
+            fail_usage("--device " + o.get("device", "") + ": only defend, eval and train run on a GPU; " + o.command +
                        " runs on the CPU");
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);

@@ -50,6 +50,7 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
     pin::cuda::set_gather_mode(gather);                                                                        \
     INFO("gather mode " << (gather == pin::cuda::GatherMode::Rows ? "rows" : "generic"))
 #include "gpu_defense.hpp"
+#include "gpu_trainer.hpp"
 #include "ops.cuh"
 #include "pin/cpu/activations.hpp"
 #include "pin/cpu/conv2d.hpp"
@@ -59,6 +60,7 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
 #include "pin/model/defense.hpp"
 #include "pin/train/estimators.hpp"
 #include "pin/train/mask_cost.hpp"
+#include "pin/train/trainer.hpp"
 
 namespace {
 bool gpu_or_skip() {
@@ -389,4 +391,130 @@ TEST_CASE("the fused GPU local-expectation gradient matches the CPU estimator", 
         REQUIRE(mean_kept == cpu.mean_kept);
     }
 }
+
+TEST_CASE("GPU training-step kernels match the CPU", "[cuda][train]") {
+    if (!gpu_or_skip()) return;
+    // Flatten backwards: NCHW -> NHWC, odd sizes.
+    const Tensor nchw = rnd({3, 5, 7, 9}, 41, Layout::NCHW);
+    const Tensor nhwc = nchw.to_layout(Layout::NHWC);
+    auto gx = to_gpu(nchw);
+    pin::cuda::DeviceBuffer gy(static_cast<size_t>(nchw.numel()));
+    pin::cuda::nchw_to_nhwc(gx.data(), gy.data(), 3, 5, 7, 9);
+    REQUIRE(from_gpu(gy, nchw.numel()) == std::vector<float>(nhwc.data(), nhwc.data() + nhwc.numel()));
+    // Sum of squares in double, fixed order: equal to a double sum to rounding, and run to run.
+    const Tensor v = rnd({1000003}, 42, Layout::NCHW);
+    double ref = 0;
+    for (int64_t i = 0; i < v.numel(); ++i) ref += static_cast<double>(v.data()[i]) * v.data()[i];
+    auto gv = to_gpu(v);
+    const double s1 = pin::cuda::sum_squares(gv.data(), v.numel()), s2 = pin::cuda::sum_squares(gv.data(), v.numel());
+    REQUIRE(s1 == Approx(ref).epsilon(1e-12));
+    REQUIRE(s1 == s2);
+    // SGD with momentum and scale against nn::SGD's rule.
+    const int64_t n = 5003;
+    const Tensor w0 = rnd({n}, 43, Layout::NCHW), g = rnd({n}, 44, Layout::NCHW), v0 = rnd({n}, 45, Layout::NCHW);
+    for (const bool first : {true, false}) {
+        auto gw = to_gpu(w0), gg = to_gpu(g), gvel = to_gpu(v0);
+        pin::cuda::scale(gg.data(), n, 0.5f);
+        pin::cuda::sgd_step(gw.data(), gg.data(), gvel.data(), n, 0.03f, 0.9f, first);
+        std::vector<float> w(w0.data(), w0.data() + n), vel(v0.data(), v0.data() + n);
+        for (int64_t i = 0; i < n; ++i) {
+            const float gi = g.data()[i] * 0.5f;
+            vel[i] = first ? gi : 0.9f * vel[i] + gi;
+            w[i] -= 0.03f * vel[i];
+        }
+        require_matches(from_gpu(gw, n), w.data(), n, first ? "sgd_step (first)" : "sgd_step", 1e-6);
+        require_matches(from_gpu(gvel, n), vel.data(), n, first ? "sgd velocity (first)" : "sgd velocity", 1e-6);
+    }
+}
+
+TEST_CASE("the GPU estimators match the CPU's batch gradient", "[cuda][train][estimator]") {
+    if (!gpu_or_skip()) return;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
+    const int64_t B = 3, N = 50;
+    auto agent = std::make_shared<model::Agent>(N);
+    agent->reset_parameters(6);
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(rnd({60, 12544}, 46, Layout::NCHW), N));
+    const Tensor x = pin::test::random_tensor({B, 1, 112, 112}, 47, 0.5f, Layout::NHWC);
+    const Tensor xn = train::add_relative_noise(x, 0.04, 3, 10);
+    std::vector<float> p(static_cast<size_t>(B * N));
+    for (size_t i = 0; i < p.size(); ++i) p[i] = 0.03f + 0.94f * static_cast<float>((i * 37) % 101) / 100.0f;
+    auto gp = to_gpu(p), gx = to_gpu(x), gxn = to_gpu(xn);
+    for (const auto estimator : {train::Estimator::Reinforce, train::Estimator::Rloo, train::Estimator::LocalExpectation})
+        for (const auto cost : {train::CostType::L2, train::CostType::MSE}) {
+            train::TrainerOptions opt;
+            opt.estimator = estimator;
+            opt.cost = cost;
+            opt.masks = 6;
+            opt.seed = 3;
+            const std::string what = std::string(train::estimator_name(estimator)) + (cost == train::CostType::L2 ? " l2" : " mse");
+            INFO(what);
+            const train::BatchGradient cpu = train::batch_gradient(*basis, x, xn, p, opt, 10);
+            pin::cuda::GpuTrainingBackend backend(*agent, *basis, opt);
+            pin::cuda::DeviceBuffer gdz(static_cast<size_t>(B * N));
+            const train::EstimatorResult r = backend.estimate(gp.data(), gx.data(), gxn.data(), gdz.data(), B, 10);
+            std::vector<float> dz_cpu(cpu.dz.begin(), cpu.dz.end());
+            require_matches(from_gpu(gdz, B * N), dz_cpu.data(), B * N, "estimator dz (" + what + ")", 1e-4);
+            REQUIRE(r.mean_cost == Approx(cpu.mean_cost).epsilon(1e-5));
+            REQUIRE(r.mean_kept == cpu.mean_kept);  // the same masks
+        }
+}
+
+TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train]") {
+    if (!gpu_or_skip()) return;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Generic);
+    const int64_t N = 40;
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(rnd({50, 12544}, 48, Layout::NCHW), N));
+    const Tensor x0 = pin::test::random_tensor({2, 1, 112, 112}, 49, 0.5f, Layout::NHWC);
+    const Tensor x1 = pin::test::random_tensor({3, 1, 112, 112}, 50, 0.5f, Layout::NHWC);
+    auto make_agent = [&] {
+        auto a = std::make_shared<model::Agent>(N);
+        a->reset_parameters(7);
+        a->head().scale_output_layer(0.5f);
+        return a;
+    };
+    for (const auto estimator : {train::Estimator::Reinforce, train::Estimator::LocalExpectation}) {
+        INFO("estimator " << train::estimator_name(estimator));
+        train::TrainerOptions opt;
+        opt.estimator = estimator;
+        opt.masks = 5;
+        opt.lr = 0.02f;
+        opt.clip_norm = 1;
+        opt.features_lr_scale = 0.5f;
+        opt.seed = 4;
+        auto ref_agent = make_agent();
+        train::PolicyGradientTrainer ref(ref_agent, basis, opt);
+        const train::StepStats c0 = ref.step(x0, 0), c1 = ref.step(x1, 2);
+        auto agent = make_agent();
+        train::PolicyGradientTrainer holder(agent, basis, opt);
+        pin::cuda::GpuTrainingBackend backend(*agent, *basis, opt);
+        pin::cuda::GpuTrainer gpu(backend, *agent, holder.optimizer(), opt);
+        const train::StepStats b0 = gpu.step(x0, 0), b1 = gpu.step(x1, 2);
+        std::printf("gpu training step (%s): grad norms %.6g %.6g, cpu %.6g %.6g; mean costs %.6g %.6g, cpu %.6g %.6g\n",
+                    train::estimator_name(estimator), b0.grad_norm, b1.grad_norm, c0.grad_norm, c1.grad_norm, b0.mean_cost,
+                    b1.mean_cost, c0.mean_cost, c1.mean_cost);
+        REQUIRE(b0.grad_norm == Approx(c0.grad_norm).epsilon(1e-3));
+        REQUIRE(b1.grad_norm == Approx(c1.grad_norm).epsilon(1e-3));
+        REQUIRE(b0.mean_cost == Approx(c0.mean_cost).epsilon(1e-4));
+        REQUIRE(b1.mean_cost == Approx(c1.mean_cost).epsilon(1e-4));
+        gpu.download(*agent, holder.optimizer());
+        // The change of every parameter over the two steps, and the momentum (the gradients' sum).
+        auto init = make_agent();
+        train::PolicyGradientTrainer init_holder(init, basis, opt);
+        const auto got = holder.trained_parameters(), want = ref.trained_parameters(), start = init_holder.trained_parameters();
+        for (size_t k = 0; k < got.size(); ++k) {
+            const Tensor& a = got[k].param->value;
+            const Tensor& b = want[k].param->value;
+            const Tensor& a0 = start[k].param->value;
+            std::vector<float> da(static_cast<size_t>(a.numel())), db(static_cast<size_t>(a.numel()));
+            for (int64_t i = 0; i < a.numel(); ++i) da[i] = a.data()[i] - a0.data()[i], db[i] = b.data()[i] - a0.data()[i];
+            require_matches(da, db.data(), b.numel(), std::string("step ") + train::estimator_name(estimator) + " " + got[k].name, 2e-3);
+            const Tensor& va = holder.optimizer().velocity()[k];
+            const Tensor& vb = ref.optimizer().velocity()[k];
+            require_matches(std::vector<float>(va.data(), va.data() + va.numel()), vb.data(), vb.numel(),
+                            std::string("momentum ") + got[k].name, 2e-3);
+        }
+    }
+}
 #endif
+

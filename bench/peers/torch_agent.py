@@ -84,6 +84,15 @@ class Head(nn.Module):
         return self.fc2(self.fc1(x))
 
 
+def configure_device(device, tf32):
+    """The torch device, and a function that waits for it. On cuda: cuDNN autotuning, TF32 as asked."""
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = tf32 == "on"
+        torch.backends.cuda.matmul.allow_tf32 = tf32 == "on"
+    return torch.device(device), (torch.cuda.synchronize if device == "cuda" else (lambda: None))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=16)
@@ -94,12 +103,7 @@ def main():
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    dev = torch.device(a.device)
-    if a.device == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cudnn.allow_tf32 = a.tf32 == "on"
-        torch.backends.cuda.matmul.allow_tf32 = a.tf32 == "on"
-    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    dev, sync = configure_device(a.device, a.tf32)
     dae, esn, head = DAE().eval().to(dev), ESN().eval().to(dev), Head().eval().to(dev)
     D, N = 112 * 112, 2500
     basis = torch.randn(D, N, device=dev) * 0.01

@@ -8,6 +8,7 @@ inputs. Two ways to cost a mask:
                         computed on its own (two matrix-vector products with B per mask and image).
 Prints one JSON object with images_per_second.
 Usage: torch_train.py [--batch 8] [--masks 30] [--threads 2] [--iters 3] [--cost-mode o_n|released]
+                      [--device cpu|cuda] [--tf32 on|off]
 """
 import argparse
 import json
@@ -18,7 +19,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     import torch
-    from torch_agent import DAE, ESN, Head
+    from torch_agent import DAE, ESN, Head, configure_device
 except ImportError:
     print(json.dumps({"error": "PyTorch is not installed (Debian: apt-get install python3-torch)"}))
     sys.exit(3)
@@ -31,15 +32,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--cost-mode", default="o_n", choices=["o_n", "released"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--tf32", default="off", choices=["on", "off"])
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    dae, esn, head = DAE().eval(), ESN().train(), Head().train()
+    dev, sync = configure_device(a.device, a.tf32)
+    dae, esn, head = DAE().eval().to(dev), ESN().train().to(dev), Head().train().to(dev)
     opt = torch.optim.SGD(list(esn.parameters()) + list(head.parameters()), lr=0.01, momentum=0.9)
     D, N, B, k, lam = 112 * 112, 2500, a.batch, a.masks, 0.015
-    basis = torch.linalg.qr(torch.randn(D, N))[0]
-    mean = torch.randn(D) * 0.1
-    x = torch.rand(B, 1, 112, 112) * 2 - 1
+    basis = torch.linalg.qr(torch.randn(D, N, device=dev))[0]
+    mean = torch.randn(D, device=dev) * 0.1
+    x = torch.rand(B, 1, 112, 112, device=dev) * 2 - 1
 
     def step():
         eta = torch.randn_like(x)
@@ -47,7 +51,7 @@ def main():
         with torch.no_grad():
             d_out = dae(xn)
         p = head(esn(d_out)).clamp(1e-6, 1 - 1e-6)
-        q = (torch.rand(B, k, N) < p.detach().unsqueeze(1)).float()
+        q = (torch.rand(B, k, N, device=dev) < p.detach().unsqueeze(1)).float()
         with torch.no_grad():
             y = (x.reshape(B, D) - mean)
             c = (xn.reshape(B, D) - mean) @ basis
@@ -57,7 +61,7 @@ def main():
                 S = (q * g.unsqueeze(1)).sum(-1) + (y * y).sum(-1, keepdim=True)
                 err = S.clamp_min(0).sqrt()
             else:
-                err = torch.empty(B, k)
+                err = torch.empty(B, k, device=dev)
                 for b in range(B):
                     for s in range(k):
                         cb = basis.t() @ (xn[b].reshape(D) - mean)
@@ -72,12 +76,14 @@ def main():
         opt.step()
 
     step()
+    sync()
     t0 = time.perf_counter()
     for _ in range(a.iters):
         step()
+    sync()
     t = time.perf_counter() - t0
     print(json.dumps({"peer": "pytorch", "torch_version": torch.__version__, "batch": B, "masks": k, "threads": a.threads,
-                      "cost_mode": a.cost_mode, "images_per_second": B * a.iters / t}))
+                      "cost_mode": a.cost_mode, "device": a.device, "tf32": a.tf32, "images_per_second": B * a.iters / t}))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +19,10 @@
 #include "pin/train/dae_pretrainer.hpp"
 #include "pin/train/trainer.hpp"
 #include "pin/train/training_loop.hpp"
+#if defined(PIN_HAVE_CUDA)
+#include "gpu_trainer.hpp"
+#include "rng.cuh"
+#endif
 
 namespace cli {
 
@@ -150,11 +155,26 @@ inline int cmd_train(const Options& o) {
     namespace fs = std::filesystem;
     if (!o.has("dae")) fail_usage("train needs --dae FILE (the frozen denoising autoencoder, from `pin pretrain-dae`)");
     if (!o.has("basis")) fail_usage("train needs --basis FILE (eigenfaces, from `pin eigen`)");
+    const std::string device = o.get("device", "cpu");
+    if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
+    if (device == "cuda") {
+#if defined(PIN_HAVE_CUDA)
+        std::string reason;
+        if (!pin::cuda::device_available(&reason)) {
+            std::fprintf(stderr, "pin train: --device cuda: no usable CUDA device (%s)\n", reason.c_str());
+            return 1;
+        }
+#else
+        std::fprintf(stderr, "pin train: --device cuda: this build has no CUDA kernels (nvcc was not found, or PIN_CUDA=OFF)\n");
+        return 1;
+#endif
+    }
     const std::vector<std::string> files = detail::training_files(o, "train");
     const std::string out = detail::prepare_out_dir(o, "train");
     pin::train::FaceBatchOptions bo;
     bo.batch = int_option(o, "batch", 20, 1, 4096);
-    pin::check_batch_memory(bo.batch, 160e6, "pin train");  // ~160 MB of activations and caches per face
+    // ~160 MB of activations and caches per face, in host memory on the CPU (on the GPU: its own).
+    if (device == "cpu") pin::check_batch_memory(bo.batch, 160e6, "pin train");
     bo.flip = o.has("flip");
     bo.seed = static_cast<uint64_t>(int_option(o, "seed", 0, 0, INT64_MAX));
     pin::train::FaceBatchLoader loader(files, bo);
@@ -199,14 +219,38 @@ inline int cmd_train(const Options& o) {
     if (!fs::exists(basis_copy) || !fs::equivalent(basis_copy, o.get("basis", ""), ec))
         basis->save(basis_copy.string());
     const std::string weights = (fs::path(out) / "agent.safetensors").string();
+    // --device cuda: the step runs on the GPU from the (possibly resumed) weights and momentum; they
+    // are copied back into `agent` and the CPU optimizer before every checkpoint.
+    std::function<pin::train::StepStats(const pin::Tensor&, uint64_t)> step = [&](const pin::Tensor& x, uint64_t first) {
+        return trainer.step(x, first);
+    };
+    std::function<void()> sync = [] {};
+    std::function<void(float)> set_gpu_lr = [](float) {};
+#if defined(PIN_HAVE_CUDA)
+    std::unique_ptr<pin::cuda::GpuTrainingBackend> gpu_backend;
+    std::unique_ptr<pin::cuda::GpuTrainer> gpu;
+    if (device == "cuda") {
+        gpu_backend = std::make_unique<pin::cuda::GpuTrainingBackend>(*agent, *basis, to);
+        gpu = std::make_unique<pin::cuda::GpuTrainer>(*gpu_backend, *agent, trainer.optimizer(), to);
+        gpu->set_lr(trainer.optimizer().lr());
+        std::fprintf(stderr, "pin train: the training step runs on %s\n", pin::cuda::device_name().c_str());
+        step = [&](const pin::Tensor& x, uint64_t first) { return gpu->step(x, first); };
+        sync = [&] { gpu->download(*agent, trainer.optimizer()); };
+        set_gpu_lr = [&](float lr) { gpu->set_lr(lr); };
+    }
+#endif
     pin::train::LoopCallbacks cb;
     cb.step = [&](const pin::Tensor& x, uint64_t first) {
-        const pin::train::StepStats s = trainer.step(x, first);
+        const pin::train::StepStats s = step(x, first);
         return pin::train::StepResult{s.mean_cost, s.mean_kept, s.grad_norm};
     };
-    cb.set_lr = [&](float lr) { trainer.optimizer().set_lr(lr); };
+    cb.set_lr = [&](float lr) {
+        trainer.optimizer().set_lr(lr);
+        set_gpu_lr(lr);
+    };
     pin::train::TrainingPosition last = start;
     cb.save_checkpoint = [&](const pin::train::TrainingPosition& at) {
+        sync();
         last = at;
         pin::train::save_checkpoint(lo.checkpoint_path, {"agent", at, 0, config}, agent->parameters(), trainer.trained_parameters(),
                                     trainer.optimizer());

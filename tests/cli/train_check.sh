@@ -102,6 +102,32 @@ else
   grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
   echo "pin defend --device cuda: $(tail -1 "$work/gpu.log") (GPU comparison skipped)"
 fi
+# pin train --device cuda: the whole step on the GPU. With a GPU its log follows the CPU run's (same
+# masks; costs, kept counts and gradient norms within float rounding) and a run resumed on the GPU
+# equals the uninterrupted GPU run byte for byte; without one, a message saying why and exit 1.
+tr="$pin train --data $work/faces --split all --dae $work/dae_a/checkpoint.safetensors --basis $work/basis.safetensors
+    --batch 4 --masks 6 --estimator local --lambda 0.01 --epochs 2 --flip $q"
+if $tr --out "$work/agent_gpu_c" --device cuda > "$work/gputrain.log" 2>&1; then
+  $tr --out "$work/agent_gpu_b" --steps 1 --device cuda >/dev/null 2>&1 || fail "train --device cuda (first part)"
+  $tr --out "$work/agent_gpu_b" --resume --device cuda >/dev/null 2>&1 || fail "train --device cuda --resume"
+  cmp -s "$work/agent_gpu_b/checkpoint.safetensors" "$work/agent_gpu_c/checkpoint.safetensors" || fail "resumed GPU training run differs"
+  python3 - "$work/agent_c_local/log.csv" "$work/agent_gpu_c/log.csv" <<'PY' || fail "pin train --device cuda does not follow the CPU run"
+import csv, sys
+a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
+assert len(a) == len(b) > 0, (len(a), len(b))
+for ra, rb in zip(a, b):
+    for col, tol in (("mean_cost", 1e-3), ("mean_kept", 1e-9), ("grad_norm", 1e-2)):
+        x, y = float(ra[col]), float(rb[col])
+        assert abs(x - y) <= tol * max(abs(x), 1e-12), (ra["step"], col, x, y)
+print("pin train --device cuda follows the CPU run over", len(a), "steps")
+PY
+else
+  [ $? = 1 ] || fail "pin train --device cuda without a GPU: expected exit 1"
+  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gputrain.log" || fail "train --device cuda failed without saying why: $(cat "$work/gputrain.log")"
+  echo "pin train --device cuda: $(tail -1 "$work/gputrain.log") (GPU comparison skipped)"
+fi
+$tr --out "$work/bad_dev" --device tpu >"$work/msg" 2>&1 && fail "--device tpu accepted"
+grep -q "must be cpu or cuda" "$work/msg" || { cat "$work/msg"; fail "no message for --device tpu"; }
 
 # SIGINT mid-run: checkpoint, exit 130, resume finishes with the weights of the uninterrupted run.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/dae.safetensors --basis $work/basis.safetensors

@@ -43,6 +43,31 @@ struct BatchGradient {
     double mean_kept = 0;            // mean ||q||_0
 };
 
+// The weight of mask s of image b in the score-function estimators, costs (B * k) in mask order:
+// dL/dz_j = sum_s adv[b k + s] (q_j - p_j). REINFORCE: (cost - batch mean) / B; RLOO: (cost - mean
+// of the image's other masks) / (B k). (The GPU trainer computes these on the host too.)
+inline std::vector<double> advantages(const std::vector<double>& costs, int64_t B, int64_t k, Estimator estimator) {
+    PIN_CHECK(estimator != Estimator::LocalExpectation, "advantages: the local-expectation estimator has none");
+    PIN_CHECK(static_cast<int64_t>(costs.size()) == B * k, "advantages: ", costs.size(), " costs for ", B, " x ", k, " masks");
+    std::vector<double> adv(costs.size());
+    if (estimator == Estimator::Reinforce) {
+        double total = 0;
+        for (double c : costs) total += c;
+        const double baseline = total / static_cast<double>(costs.size());
+        for (size_t i = 0; i < costs.size(); ++i) adv[i] = (costs[i] - baseline) / static_cast<double>(B);
+        return adv;
+    }
+    for (int64_t b = 0; b < B; ++b) {
+        double sum = 0;
+        for (int64_t s = 0; s < k; ++s) sum += costs[static_cast<size_t>(b * k + s)];
+        for (int64_t s = 0; s < k; ++s) {
+            const double cost = costs[static_cast<size_t>(b * k + s)];
+            adv[static_cast<size_t>(b * k + s)] = (cost - (sum - cost) / static_cast<double>(k - 1)) / static_cast<double>(B * k);
+        }
+    }
+    return adv;
+}
+
 // p: (B, N) probabilities; terms: per image. Draws k masks per image.
 inline BatchGradient estimate_gradient(const std::vector<float>& p, const std::vector<MaskCostTerms>& terms, int64_t k,
                                        Estimator estimator, CostType type, double lambda, uint64_t seed,
@@ -87,27 +112,14 @@ inline BatchGradient estimate_gradient(const std::vector<float>& p, const std::v
     }
     out.mean_cost = total / static_cast<double>(costs.size());
     out.mean_kept = total_kept / static_cast<double>(costs.size());
-    if (estimator == Estimator::Reinforce) {
-        const double baseline = out.mean_cost;
+    if (estimator != Estimator::LocalExpectation) {
+        const std::vector<double> adv = advantages(costs, B, k, estimator);
         parallel_for(B, [&](int64_t b) {
             const float* pb = p.data() + b * N;
             for (int64_t s = 0; s < k; ++s) {
-                const double adv = (costs[static_cast<size_t>(b * k + s)] - baseline) / static_cast<double>(B);
+                const double a = adv[static_cast<size_t>(b * k + s)];
                 const float* q = masks.data() + (b * k + s) * N;
-                for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] += adv * (q[j] - pb[j]);
-            }
-        });
-    }
-    if (estimator == Estimator::Rloo) {
-        parallel_for(B, [&](int64_t b) {
-            const float* pb = p.data() + b * N;
-            double sum = 0;
-            for (int64_t s = 0; s < k; ++s) sum += costs[static_cast<size_t>(b * k + s)];
-            for (int64_t s = 0; s < k; ++s) {
-                const double cost = costs[static_cast<size_t>(b * k + s)];
-                const double adv = (cost - (sum - cost) / static_cast<double>(k - 1)) / static_cast<double>(B * k);
-                const float* q = masks.data() + (b * k + s) * N;
-                for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] += adv * (q[j] - pb[j]);
+                for (int64_t j = 0; j < N; ++j) out.dz[static_cast<size_t>(b * N + j)] += a * (q[j] - pb[j]);
             }
         });
     }

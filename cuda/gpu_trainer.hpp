@@ -1,0 +1,65 @@
+// cuda/gpu_trainer.hpp - the policy-gradient training step on the GPU: BackendTrainer
+// (pin/train/backend_trainer.hpp, the composition the CPU backend checks against
+// PolicyGradientTrainer in every CI run) over the kernels of cuda/ops.cuh.
+//
+// The frozen DAE runs as in GpuDefense; the estimator runs on the device: projections and the O(N)
+// cost terms, then the fused local-expectation kernel, or the k masks' costs, their advantages
+// (train::advantages, on the host: B k numbers) and the score-function kernel. Noise is drawn on the
+// host (train::add_relative_noise) so it is the CPU trainer's, and the batch is uploaded each step.
+#pragma once
+#include <cstdint>
+#include <memory>
+
+#include "gpu_defense.hpp"
+#include "ops.cuh"
+#include "pin/train/backend_trainer.hpp"
+
+namespace pin::cuda {
+
+class GpuTrainingBackend {
+public:
+    using Buffer = DeviceBuffer;
+    // Copies the DAE's weights and the eigenbasis to the device (the agent's ESN and head are
+    // BackendTrainer's to copy).
+    GpuTrainingBackend(model::Agent& agent, const model::EigenBasis& basis, const train::TrainerOptions& options);
+
+    Buffer alloc(int64_t n) { return Buffer(static_cast<size_t>(n)); }
+    void upload(const float* host, float* dst, int64_t n) { copy_to_device(host, dst, n); }
+    void download(const float* src, float* host, int64_t n) { copy_to_host(src, host, n); }
+    void conv2d_forward(const float* x, const float* w, float* y, const train::ConvGeometry& g);
+    void conv2d_backward_input(const float* dy, const float* w, float* dx, const train::ConvGeometry& g, bool accumulate);
+    void conv2d_backward_weight(const float* x, const float* dy, float* dw, const train::ConvGeometry& g);
+    void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t c) { cuda::prelu_forward(x, slope, y, n, c); }
+    void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* ds, int64_t n, int64_t c) {
+        cuda::prelu_backward(x, slope, dy, dx, ds, n, c);
+    }
+    void add(const float* a, const float* b, float* y, int64_t n) { cuda::add(a, b, y, n); }
+    void nhwc_to_nchw(const float* x, float* y, int64_t B, int64_t C, int64_t H, int64_t W) { cuda::nhwc_to_nchw(x, y, B, C, H, W); }
+    void nchw_to_nhwc(const float* x, float* y, int64_t B, int64_t C, int64_t H, int64_t W) { cuda::nchw_to_nhwc(x, y, B, C, H, W); }
+    void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t B, int64_t in, int64_t out) {
+        cuda::linear_forward(x, w, b, y, B, in, out);
+    }
+    void linear_backward_input(const float* dy, const float* w, float* dx, int64_t B, int64_t in, int64_t out) {
+        cuda::linear_backward_input(dy, w, dx, B, in, out);
+    }
+    void linear_backward_params(const float* x, const float* dy, float* dw, float* db, int64_t B, int64_t in, int64_t out) {
+        cuda::linear_backward_params(x, dy, dw, db, B, in, out);
+    }
+    void sigmoid_forward(const float* x, float* y, int64_t n) { cuda::sigmoid_forward(x, y, n); }
+    double sum_squares(const float* x, int64_t n) { return cuda::sum_squares(x, n); }
+    void scale(float* x, int64_t n, float s) { cuda::scale(x, n, s); }
+    void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float momentum, bool first) {
+        cuda::sgd_step(w, g, v, n, lr, momentum, first);
+    }
+    void dae_forward(const float* x, float* y, int64_t B) { defense_->dae_forward(x, B, y); }
+    train::EstimatorResult estimate(const float* p, const float* x, const float* xn, float* dz, int64_t B, uint64_t first_image);
+
+private:
+    std::unique_ptr<GpuDefense> defense_;  // the DAE's weights and the eigenbasis, on the device
+    train::TrainerOptions opt_;
+    int64_t n_ = 0, d_ = 0;
+};
+
+using GpuTrainer = train::BackendTrainer<GpuTrainingBackend>;
+
+}  // namespace pin::cuda
