@@ -10,6 +10,7 @@
 #include "ops.cuh"
 
 #include <cuda_runtime.h>
+#include <cuda_bf16.h>
 #include <mma.h>
 
 #include <atomic>
@@ -158,21 +159,41 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int
         }
 }
 
-// The tensor-core variant (MathMode::TF32): the same gathers and epilogues, 128 x 64 tiles, eight
-// warps of 32 x 32 each built from 16 x 16 x 8 TF32 WMMA products (inputs rounded to TF32's 10-bit
-// mantissa, sums in fp32). The next K slice is fetched into registers while the tensor cores work on
-// the current one. The accumulators go through shared memory so the epilogue sees (m, n) pairs.
+// The tensor-core variants (MathMode::TF32, MathMode::BF16): the same gathers and epilogues,
+// 128 x 64 tiles, eight warps of 32 x 32 each built from 16 x 16 WMMA products, sums in fp32. The
+// operands are rounded when they are written to shared memory: to TF32 (10-bit mantissa, kept in a
+// float, 16 x 16 x 8 products) or to bfloat16 (8-bit mantissa, half the shared memory, 16 x 16 x 16
+// products at twice TF32's rate on sm_80+). The next K slice is fetched into registers while the
+// tensor cores work on the current one. The accumulators go through shared memory so the epilogue
+// sees (m, n) pairs.
 constexpr int TBM = 128, TBN = 64, TBK = 16, TPAD = 4;
 constexpr int T_A_PER_THREAD = TBM * TBK / THREADS, T_B_PER_THREAD = TBK * TBN / THREADS;
-template <bool kAMFast, class LoadA, class LoadB, class Store>
-__global__ void __launch_bounds__(THREADS, 2) gemm_tf32_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la, LoadB lb,
-                                                            Store st) {
+struct Tf32Mma {
+    using Elem = float;
+    using Precision = nvcuda::wmma::precision::tf32;
+    static constexpr int kK = 8, kPad = 4;  // WMMA's ldm: a multiple of 16 bytes
+    __device__ static float convert(float v) { return nvcuda::wmma::__float_to_tf32(v); }
+};
+struct Bf16Mma {
+    using Elem = __nv_bfloat16;
+    using Precision = __nv_bfloat16;
+    static constexpr int kK = 16, kPad = 8;
+    __device__ static __nv_bfloat16 convert(float v) { return __float2bfloat16_rn(v); }
+};
+template <class Mma, bool kAMFast, class LoadA, class LoadB, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la,
+                                                                   LoadB lb, Store st) {
     using namespace nvcuda;
-    constexpr int A_FLOATS = TBM * (TBK + TPAD), B_FLOATS = TBK * (TBN + TPAD), C_FLOATS = TBM * (TBN + TPAD);
-    constexpr int SMEM = (A_FLOATS + B_FLOATS) > C_FLOATS ? (A_FLOATS + B_FLOATS) : C_FLOATS;
-    __shared__ __align__(128) float smem[SMEM];
-    float* As = smem;             // [TBM][TBK + TPAD], row-major m x k
-    float* Bs = smem + A_FLOATS;  // [TBK][TBN + TPAD], row-major k x n
+    using Elem = typename Mma::Elem;
+    constexpr int LA = TBK + Mma::kPad, LB = TBN + Mma::kPad, LC = TBN + TPAD;
+    constexpr int A_ELEMS = TBM * LA, B_ELEMS = TBK * LB;
+    constexpr int AB_BYTES = (A_ELEMS + B_ELEMS) * static_cast<int>(sizeof(Elem)), C_BYTES = TBM * LC * static_cast<int>(sizeof(float));
+    // WMMA loads and stores need 32-byte aligned tile pointers: every offset below is a multiple.
+    static_assert((A_ELEMS * sizeof(Elem)) % 32 == 0 && (16 * LA * sizeof(Elem)) % 32 == 0 && (16 * LB * sizeof(Elem)) % 32 == 0,
+                  "tile rows must keep 32-byte alignment");
+    __shared__ __align__(128) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
+    Elem* As = reinterpret_cast<Elem*>(smem);  // [TBM][LA], row-major m x k
+    Elem* Bs = As + A_ELEMS;                   // [TBK][LB], row-major k x n
     const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * TBM, n0 = static_cast<int64_t>(blockIdx.y) * TBN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
@@ -207,7 +228,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tf32_kernel(int64_t M, int64_
             rb[i] = (n < N && k < kend) ? lb(k, n) : 0.0f;
         }
     };
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[2][2];
+    wmma::fragment<wmma::accumulator, 16, 16, Mma::kK, float> acc[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -218,23 +239,23 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tf32_kernel(int64_t M, int64_
         for (int i = 0; i < T_A_PER_THREAD; ++i) {
             const int idx = tid + i * THREADS;
             const int mm = kAMFast ? idx % TBM : idx / TBK, kk = kAMFast ? idx / TBM : idx % TBK;
-            As[mm * (TBK + TPAD) + kk] = wmma::__float_to_tf32(ra[i]);
+            As[mm * LA + kk] = Mma::convert(ra[i]);
         }
 #pragma unroll
         for (int i = 0; i < T_B_PER_THREAD; ++i) {
             const int idx = tid + i * THREADS;
-            Bs[(idx / TBN) * (TBN + TPAD) + idx % TBN] = wmma::__float_to_tf32(rb[i]);
+            Bs[(idx / TBN) * LB + idx % TBN] = Mma::convert(rb[i]);
         }
         __syncthreads();
         if (k0 + TBK < kend) fetch(k0 + TBK);  // global loads in flight during the products below
 #pragma unroll
-        for (int ks = 0; ks < TBK; ks += 8) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b[2];
+        for (int ks = 0; ks < TBK; ks += Mma::kK) {
+            wmma::fragment<wmma::matrix_a, 16, 16, Mma::kK, typename Mma::Precision, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, Mma::kK, typename Mma::Precision, wmma::row_major> b[2];
 #pragma unroll
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * (TBK + TPAD) + ks, TBK + TPAD);
+            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * LA + ks, LA);
 #pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * (TBN + TPAD) + wn * 32 + j * 16, TBN + TPAD);
+            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * LB + wn * 32 + j * 16, LB);
 #pragma unroll
             for (int i = 0; i < 2; ++i)
 #pragma unroll
@@ -242,17 +263,17 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tf32_kernel(int64_t M, int64_
         }
         __syncthreads();
     }
-    float* Cs = smem;  // [TBM][TBN + TPAD]; the operand tiles are no longer needed
+    float* Cs = reinterpret_cast<float*>(smem);  // [TBM][LC]; the operand tiles are no longer needed
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * (TBN + TPAD) + wn * 32 + j * 16, acc[i][j], TBN + TPAD, wmma::mem_row_major);
+            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LC + wn * 32 + j * 16, acc[i][j], LC, wmma::mem_row_major);
     __syncthreads();
     for (int idx = tid; idx < TBM * TBN; idx += THREADS) {
         const int mm = idx / TBN, nn = idx % TBN;
         const int64_t m = m0 + mm, n = n0 + nn;
-        if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * (TBN + TPAD) + nn]);
+        if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * LC + nn]);
     }
 }
 
@@ -274,16 +295,19 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
-    const bool tf32 = math_mode() == MathMode::TF32;
-    const int bk = tf32 ? TBK : BK, bm = tf32 ? TBM : BM, bn = tf32 ? TBN : BN;
+    const MathMode mode = math_mode();
+    const bool tc = mode != MathMode::FP32;
+    const int bk = tc ? TBK : BK, bm = tc ? TBM : BM, bn = tc ? TBN : BN;
     if constexpr (!kAMFast && IsGather<LoadA>::value)
         la.rows = gather_mode() == GatherMode::Rows && la.C % 16 == 0;  // the kernels assert 16-deep slices
     const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     const dim3 grid(static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z));
     if (grid.y > 65535 || grid.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
-    if (tf32)
-        gemm_tf32_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+    if (mode == MathMode::TF32)
+        gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+    else if (mode == MathMode::BF16)
+        gemm_tensor_core_kernel<Bf16Mma, kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
     else
         gemm_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
     check(cudaGetLastError(), name, shape);
@@ -455,7 +479,7 @@ template <class LoadA, class LoadB, class Map>
 void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
                        const std::string& shape) {
     const int64_t splits = split_for(M, N, K);
-    const int bk = math_mode() == MathMode::TF32 ? TBK : BK;  // as launch_gemm chunks K
+    const int bk = math_mode() != MathMode::FP32 ? TBK : BK;  // as launch_gemm chunks K
     const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     DeviceBuffer partial(static_cast<size_t>(z * M * N));

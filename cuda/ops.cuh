@@ -38,8 +38,10 @@ void synchronize(const char* what);
 // ---- arithmetic of the GEMMs ----------------------------------------------------------------------
 // FP32: CUDA-core FMAs, results within ~1e-6 of the CPU engine's (relative to each output's scale).
 // TF32: tensor cores; GEMM inputs rounded to 10 mantissa bits, sums in fp32: about 1e-3 relative
-// (tests/test_cuda.cpp checks 5e-3). Process-wide; FP32 unless set.
-enum class MathMode { FP32, TF32 };
+// (tests/test_cuda.cpp checks 5e-3). BF16: tensor cores, inputs rounded to bfloat16 (8 mantissa
+// bits), sums in fp32: about 4x TF32's error (checked at 2e-2), twice its tensor-core rate.
+// Process-wide; FP32 unless set.
+enum class MathMode { FP32, TF32, BF16 };
 void set_math_mode(MathMode mode);
 MathMode math_mode();
 
