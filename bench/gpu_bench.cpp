@@ -1,7 +1,9 @@
 // pin-bench-gpu - times the CUDA kernels on the layer shapes of PIN, the whole defense forward and
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
-//   pin-bench-gpu [--batches 64,256,1024] [--iters 5]
+//   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32]
+// --config runs one gather x arithmetic configuration (bench/gpu_check.sh runs each in its own
+// process, so a kernel fault in one cannot hide the others' timings).
 // Prints one JSON line per measurement, then a short table. Random weights and inputs (speed only;
 // correctness is tests/test_cuda.cpp).
 #include <chrono>
@@ -43,10 +45,13 @@ pin::cuda::DeviceBuffer random_buffer(size_t n, uint64_t seed, float scale = 1.0
 int main(int argc, char** argv) {
     std::vector<int64_t> batches = {64, 256, 1024};
     int iters = 5;
+    std::string only = "all";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--iters" && i + 1 < argc) {
             iters = std::atoi(argv[++i]);
+        } else if (a == "--config" && i + 1 < argc) {
+            only = argv[++i];
         } else if (a == "--batches" && i + 1 < argc) {
             batches.clear();
             for (char* s = argv[++i]; *s;) {
@@ -54,7 +59,8 @@ int main(int argc, char** argv) {
                 if (*s == ',') ++s;
             }
         } else {
-            std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5]\n");
+            std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
+                        "generic-bf16|rows-fp32|rows-tf32]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
     }
@@ -91,11 +97,14 @@ int main(int argc, char** argv) {
         const std::pair<GatherMode, MathMode> configs[] = {{GatherMode::Generic, MathMode::FP32}, {GatherMode::Generic, MathMode::TF32},
                                                            {GatherMode::Generic, MathMode::BF16}, {GatherMode::Rows, MathMode::FP32},
                                                            {GatherMode::Rows, MathMode::TF32}};
+        bool known = only == "all";
         for (const auto& [gmode, mode] : configs) {
-            pin::cuda::set_math_mode(mode);
-            pin::cuda::set_gather_mode(gmode);
             const char* math = mode == MathMode::BF16 ? "bf16" : mode == MathMode::TF32 ? "tf32" : "fp32";
             const char* gather = gmode == GatherMode::Rows ? "rows" : "generic";
+            if (only != "all" && only != std::string(gather) + "-" + math) continue;
+            known = true;
+            pin::cuda::set_math_mode(mode);
+            pin::cuda::set_gather_mode(gmode);
             table.push_back(std::string(math) + (mode != MathMode::FP32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " + gather + ":");
             for (const Layer& l : layers) {
                 const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, l.k, l.s, 1};
@@ -153,10 +162,34 @@ int main(int argc, char** argv) {
                 char row[160];
                 std::snprintf(row, sizeof row, "training step          b%-5lld %9.0f images/s (%.1f ms)", static_cast<long long>(B), B * 1000.0 / ms, ms);
                 table.push_back(row);
+                if (B == B0) {  // where the step's time goes: one more step, every op synchronized and timed
+                    backend.set_profiling(true);
+                    const auto t0 = Clock::now();
+                    trainer.step(x, first += static_cast<uint64_t>(B));
+                    const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+                    backend.set_profiling(false);
+                    std::string parts;
+                    double ops = 0;
+                    for (const auto& [op, t] : backend.profile_ms()) {
+                        parts += (parts.empty() ? "" : ", ") + ("\"" + op + "\": " + std::to_string(t));
+                        ops += t;
+                        std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", op.c_str(), t, 100.0 * t / total);
+                        table.push_back(row);
+                    }
+                    std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", "host (noise, bookkeeping)", total - ops, 100.0 * (total - ops) / total);
+                    table.push_back(row);
+                    std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step_profile\", \"batch\": %lld, "
+                                "\"total_ms\": %.2f, \"ops_ms\": {%s}}\n",
+                                math, gather, static_cast<long long>(B), total, parts.c_str());
+                }
             } catch (const std::exception& e) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step\", \"batch\": %lld, \"error\": \"%s\"}\n",
                             math, gather, static_cast<long long>(B), e.what());
             }
+        }
+        if (!known) {
+            std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());
+            return 2;
         }
         std::printf("\n%s:\n", pin::cuda::device_name().c_str());
         for (const auto& r : table) std::printf("  %s\n", r.c_str());

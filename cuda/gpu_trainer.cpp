@@ -26,54 +26,58 @@ GpuTrainingBackend::GpuTrainingBackend(model::Agent& agent, const model::EigenBa
 }
 
 void GpuTrainingBackend::conv2d_forward(const float* x, const float* w, float* y, const train::ConvGeometry& g) {
-    cuda::conv2d_forward(x, w, y, shape_of(g));
+    timed("conv2d_forward", [&] { cuda::conv2d_forward(x, w, y, shape_of(g)); });
 }
 void GpuTrainingBackend::conv2d_backward_input(const float* dy, const float* w, float* dx, const train::ConvGeometry& g,
                                                bool accumulate) {
-    if (!accumulate) return cuda::conv2d_backward_input(dy, w, dx, shape_of(g));
-    const int64_t n = g.batch * g.in_h * g.in_w * g.in_c;
-    DeviceBuffer t(static_cast<size_t>(n));
-    cuda::conv2d_backward_input(dy, w, t.data(), shape_of(g));
-    cuda::add(dx, t.data(), dx, n);
+    timed("conv2d_backward_input", [&] {
+        if (!accumulate) return cuda::conv2d_backward_input(dy, w, dx, shape_of(g));
+        const int64_t n = g.batch * g.in_h * g.in_w * g.in_c;
+        DeviceBuffer t(static_cast<size_t>(n));
+        cuda::conv2d_backward_input(dy, w, t.data(), shape_of(g));
+        cuda::add(dx, t.data(), dx, n);
+    });
 }
 void GpuTrainingBackend::conv2d_backward_weight(const float* x, const float* dy, float* dw, const train::ConvGeometry& g) {
-    cuda::conv2d_backward_weight(x, dy, dw, shape_of(g));
+    timed("conv2d_backward_weight", [&] { cuda::conv2d_backward_weight(x, dy, dw, shape_of(g)); });
 }
 
 train::EstimatorResult GpuTrainingBackend::estimate(const float* p, const float* x, const float* xn, float* dz, int64_t B,
                                                     uint64_t first_image) {
-    const int64_t N = n_, D = d_, k = opt_.masks;
-    DeviceBuffer c(static_cast<size_t>(B * N)), d(static_cast<size_t>(B * N)), g(static_cast<size_t>(B * N)),
-        y2(static_cast<size_t>(2 * B)), cost(static_cast<size_t>(2 * B * k)), kept(static_cast<size_t>(2 * B * k));
-    project_coefficients(defense_->basis(), defense_->mean(), xn, c.data(), B, D, N);
-    project_coefficients(defense_->basis(), defense_->mean(), x, d.data(), B, D, N);
-    double* y2d = reinterpret_cast<double*>(y2.data());
-    double* costd = reinterpret_cast<double*>(cost.data());
-    double* keptd = reinterpret_cast<double*>(kept.data());
-    mask_cost_terms(c.data(), d.data(), x, defense_->mean(), g.data(), y2d, B, N, D);
-    const bool l2 = opt_.cost == train::CostType::L2;
-    if (opt_.estimator == train::Estimator::LocalExpectation) {
-        DeviceBuffer dzd(static_cast<size_t>(2 * B * N));
-        local_gradient(p, g.data(), y2d, reinterpret_cast<double*>(dzd.data()), costd, keptd, B, N, k, l2, opt_.lambda, D, opt_.seed,
-                       first_image);
-        to_float(reinterpret_cast<const double*>(dzd.data()), dz, B * N);
-    } else {
-        mask_costs(p, g.data(), y2d, costd, keptd, B, N, k, l2, opt_.lambda, D, opt_.seed, first_image);
-    }
-    const std::vector<double> costs = download_doubles(cost, B * k), kepts = download_doubles(kept, B * k);
-    if (opt_.estimator != train::Estimator::LocalExpectation) {
-        const std::vector<double> adv = train::advantages(costs, B, k, opt_.estimator);
-        DeviceBuffer a(static_cast<size_t>(2 * B * k));
-        a.upload(reinterpret_cast<const float*>(adv.data()), static_cast<size_t>(2 * B * k));
-        policy_gradient(p, reinterpret_cast<const double*>(a.data()), dz, B, N, k, opt_.seed, first_image);
-    }
     train::EstimatorResult r;
-    for (size_t i = 0; i < costs.size(); ++i) {
-        r.mean_cost += costs[i];
-        r.mean_kept += kepts[i];
-    }
-    r.mean_cost /= static_cast<double>(costs.size());
-    r.mean_kept /= static_cast<double>(costs.size());
+    timed("estimator", [&] {
+        const int64_t N = n_, D = d_, k = opt_.masks;
+        DeviceBuffer c(static_cast<size_t>(B * N)), d(static_cast<size_t>(B * N)), g(static_cast<size_t>(B * N)),
+            y2(static_cast<size_t>(2 * B)), cost(static_cast<size_t>(2 * B * k)), kept(static_cast<size_t>(2 * B * k));
+        project_coefficients(defense_->basis(), defense_->mean(), xn, c.data(), B, D, N);
+        project_coefficients(defense_->basis(), defense_->mean(), x, d.data(), B, D, N);
+        double* y2d = reinterpret_cast<double*>(y2.data());
+        double* costd = reinterpret_cast<double*>(cost.data());
+        double* keptd = reinterpret_cast<double*>(kept.data());
+        mask_cost_terms(c.data(), d.data(), x, defense_->mean(), g.data(), y2d, B, N, D);
+        const bool l2 = opt_.cost == train::CostType::L2;
+        if (opt_.estimator == train::Estimator::LocalExpectation) {
+            DeviceBuffer dzd(static_cast<size_t>(2 * B * N));
+            local_gradient(p, g.data(), y2d, reinterpret_cast<double*>(dzd.data()), costd, keptd, B, N, k, l2, opt_.lambda, D, opt_.seed,
+                           first_image);
+            to_float(reinterpret_cast<const double*>(dzd.data()), dz, B * N);
+        } else {
+            mask_costs(p, g.data(), y2d, costd, keptd, B, N, k, l2, opt_.lambda, D, opt_.seed, first_image);
+        }
+        const std::vector<double> costs = download_doubles(cost, B * k), kepts = download_doubles(kept, B * k);
+        if (opt_.estimator != train::Estimator::LocalExpectation) {
+            const std::vector<double> adv = train::advantages(costs, B, k, opt_.estimator);
+            DeviceBuffer a(static_cast<size_t>(2 * B * k));
+            a.upload(reinterpret_cast<const float*>(adv.data()), static_cast<size_t>(2 * B * k));
+            policy_gradient(p, reinterpret_cast<const double*>(a.data()), dz, B, N, k, opt_.seed, first_image);
+        }
+        for (size_t i = 0; i < costs.size(); ++i) {
+            r.mean_cost += costs[i];
+            r.mean_kept += kepts[i];
+        }
+        r.mean_cost /= static_cast<double>(costs.size());
+        r.mean_kept /= static_cast<double>(costs.size());
+    });
     return r;
 }
 

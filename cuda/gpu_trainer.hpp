@@ -7,8 +7,11 @@
 // (train::advantages, on the host: B k numbers) and the score-function kernel. Noise is drawn on the
 // host (train::add_relative_noise) so it is the CPU trainer's, and the batch is uploaded each step.
 #pragma once
+#include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <string>
 
 #include "gpu_defense.hpp"
 #include "ops.cuh"
@@ -24,40 +27,79 @@ public:
     GpuTrainingBackend(model::Agent& agent, const model::EigenBasis& basis, const train::TrainerOptions& options);
 
     Buffer alloc(int64_t n) { return Buffer(static_cast<size_t>(n)); }
-    void upload(const float* host, float* dst, int64_t n) { copy_to_device(host, dst, n); }
-    void download(const float* src, float* host, int64_t n) { copy_to_host(src, host, n); }
+    void upload(const float* host, float* dst, int64_t n) {
+        timed("upload", [&] { copy_to_device(host, dst, n); });
+    }
+    void download(const float* src, float* host, int64_t n) {
+        timed("download", [&] { copy_to_host(src, host, n); });
+    }
     void conv2d_forward(const float* x, const float* w, float* y, const train::ConvGeometry& g);
     void conv2d_backward_input(const float* dy, const float* w, float* dx, const train::ConvGeometry& g, bool accumulate);
     void conv2d_backward_weight(const float* x, const float* dy, float* dw, const train::ConvGeometry& g);
-    void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t c) { cuda::prelu_forward(x, slope, y, n, c); }
-    void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* ds, int64_t n, int64_t c) {
-        cuda::prelu_backward(x, slope, dy, dx, ds, n, c);
+    void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t c) {
+        timed("prelu_forward", [&] { cuda::prelu_forward(x, slope, y, n, c); });
     }
-    void add(const float* a, const float* b, float* y, int64_t n) { cuda::add(a, b, y, n); }
-    void nhwc_to_nchw(const float* x, float* y, int64_t B, int64_t C, int64_t H, int64_t W) { cuda::nhwc_to_nchw(x, y, B, C, H, W); }
-    void nchw_to_nhwc(const float* x, float* y, int64_t B, int64_t C, int64_t H, int64_t W) { cuda::nchw_to_nhwc(x, y, B, C, H, W); }
+    void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* ds, int64_t n, int64_t c) {
+        timed("prelu_backward", [&] { cuda::prelu_backward(x, slope, dy, dx, ds, n, c); });
+    }
+    void add(const float* a, const float* b, float* y, int64_t n) {
+        timed("add", [&] { cuda::add(a, b, y, n); });
+    }
+    void nhwc_to_nchw(const float* x, float* y, int64_t B, int64_t C, int64_t H, int64_t W) {
+        timed("layout", [&] { cuda::nhwc_to_nchw(x, y, B, C, H, W); });
+    }
+    void nchw_to_nhwc(const float* x, float* y, int64_t B, int64_t C, int64_t H, int64_t W) {
+        timed("layout", [&] { cuda::nchw_to_nhwc(x, y, B, C, H, W); });
+    }
     void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t B, int64_t in, int64_t out) {
-        cuda::linear_forward(x, w, b, y, B, in, out);
+        timed("linear_forward", [&] { cuda::linear_forward(x, w, b, y, B, in, out); });
     }
     void linear_backward_input(const float* dy, const float* w, float* dx, int64_t B, int64_t in, int64_t out) {
-        cuda::linear_backward_input(dy, w, dx, B, in, out);
+        timed("linear_backward_input", [&] { cuda::linear_backward_input(dy, w, dx, B, in, out); });
     }
     void linear_backward_params(const float* x, const float* dy, float* dw, float* db, int64_t B, int64_t in, int64_t out) {
-        cuda::linear_backward_params(x, dy, dw, db, B, in, out);
+        timed("linear_backward_params", [&] { cuda::linear_backward_params(x, dy, dw, db, B, in, out); });
     }
-    void sigmoid_forward(const float* x, float* y, int64_t n) { cuda::sigmoid_forward(x, y, n); }
-    double sum_squares(const float* x, int64_t n) { return cuda::sum_squares(x, n); }
-    void scale(float* x, int64_t n, float s) { cuda::scale(x, n, s); }
+    void sigmoid_forward(const float* x, float* y, int64_t n) {
+        timed("sigmoid_forward", [&] { cuda::sigmoid_forward(x, y, n); });
+    }
+    double sum_squares(const float* x, int64_t n) {
+        double s = 0;
+        timed("clip (sum_squares, scale)", [&] { s = cuda::sum_squares(x, n); });
+        return s;
+    }
+    void scale(float* x, int64_t n, float s) {
+        timed("clip (sum_squares, scale)", [&] { cuda::scale(x, n, s); });
+    }
     void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float momentum, bool first) {
-        cuda::sgd_step(w, g, v, n, lr, momentum, first);
+        timed("sgd_step", [&] { cuda::sgd_step(w, g, v, n, lr, momentum, first); });
     }
-    void dae_forward(const float* x, float* y, int64_t B) { defense_->dae_forward(x, B, y); }
+    void dae_forward(const float* x, float* y, int64_t B) {
+        timed("dae_forward", [&] { defense_->dae_forward(x, B, y); });
+    }
     train::EstimatorResult estimate(const float* p, const float* x, const float* xn, float* dz, int64_t B, uint64_t first_image);
 
+    // Profiling: when on, every op synchronizes the device before and after it and adds its wall
+    // time to a per-op total (for pin-bench-gpu's breakdown of a step; slower, off by default).
+    void set_profiling(bool on) { profiling_ = on; }
+    const std::map<std::string, double>& profile_ms() const { return profile_ms_; }
+    void clear_profile() { profile_ms_.clear(); }
+
 private:
+    template <class F>
+    void timed(const char* op, F&& f) {
+        if (!profiling_) return f();
+        synchronize(op);
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        synchronize(op);
+        profile_ms_[op] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    }
     std::unique_ptr<GpuDefense> defense_;  // the DAE's weights and the eigenbasis, on the device
     train::TrainerOptions opt_;
     int64_t n_ = 0, d_ = 0;
+    bool profiling_ = false;
+    std::map<std::string, double> profile_ms_;
 };
 
 using GpuTrainer = train::BackendTrainer<GpuTrainingBackend>;

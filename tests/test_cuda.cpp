@@ -464,7 +464,7 @@ TEST_CASE("the GPU estimators match the CPU's batch gradient", "[cuda][train][es
             pin::cuda::DeviceBuffer gdz(static_cast<size_t>(B * N));
             const train::EstimatorResult r = backend.estimate(gp.data(), gx.data(), gxn.data(), gdz.data(), B, 10);
             std::vector<float> dz_cpu(cpu.dz.begin(), cpu.dz.end());
-            require_matches(from_gpu(gdz, B * N), dz_cpu.data(), B * N, "estimator dz (" + what + ")", 1e-4);
+            require_matches(from_gpu(gdz, B * N), dz_cpu.data(), B * N, "estimator dz (" + what + ")", 1e-3);  // c, d from GEMMs in another order
             REQUIRE(r.mean_cost == Approx(cpu.mean_cost).epsilon(1e-5));
             REQUIRE(r.mean_kept == cpu.mean_kept);  // the same masks
         }

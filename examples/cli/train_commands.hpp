@@ -10,6 +10,7 @@
 #include <memory>
 #include <string>
 
+#include "cli/device.hpp"
 #include "cli/options.hpp"
 #include "pin/core/allocator.hpp"
 #include "pin/io/face_dataset.hpp"
@@ -157,6 +158,7 @@ inline int cmd_train(const Options& o) {
     if (!o.has("basis")) fail_usage("train needs --basis FILE (eigenfaces, from `pin eigen`)");
     const std::string device = o.get("device", "cpu");
     if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
+    apply_gpu_math(o, device);
     if (device == "cuda") {
 #if defined(PIN_HAVE_CUDA)
         std::string reason;

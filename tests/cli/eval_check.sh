@@ -84,6 +84,14 @@ set +e
 "$pin" embed --in "$work/data/images" --out "$work/e.safetensors" --device cuda > "$work/msg" 2>&1; rc=$?
 set -e
 [ $rc = 2 ] && grep -q "only defend, eval and train run on a GPU" "$work/msg" || { cat "$work/msg"; fail "embed --device cuda: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --gpu-math bf16 > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q "needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "--gpu-math without --device cuda: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --device cuda --gpu-math fp16 > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q "fp32, tf32 or bf16" "$work/msg" || { cat "$work/msg"; fail "--gpu-math fp16: expected a usage error"; }
 # The newer attacks and defenses end to end, with their JSON fields.
 for spec in "deepfool:offline:none" "di2-fgsm:offline:none" "random-search:offline:jpeg-50" "deepfool:online:bits-4" \
             "pgd:online:dae" "fgsm:online:jpeg-50"; do
