@@ -24,6 +24,7 @@ GpuDefense::GpuDefense(model::Agent& agent, const model::EigenBasis& basis) {
     mean_ = upload(basis.mean());
     basis_t_ = DeviceBuffer(static_cast<size_t>(n_ * d_));
     transpose(basis_.data(), basis_t_.data(), d_, n_);
+    synchronize_stream("GpuDefense: copying the weights");  // other threads' streams read them next
 }
 
 const float* GpuDefense::w(const std::string& name) const {
@@ -33,10 +34,15 @@ const float* GpuDefense::w(const std::string& name) const {
 }
 
 const float* GpuDefense::packed(const std::string& name, const ConvShape& s, bool transposed) {
+    // Calls may come from several threads, each on its own stream: pack under the lock and let the
+    // packing finish before another stream can read the result.
+    std::lock_guard<std::mutex> lock(packed_mutex_);
     auto it = packed_.find(name);
-    if (it == packed_.end())
-        it = packed_.emplace(name, transposed ? pack_conv_transpose2d_forward_weight(w(name), s) : pack_conv2d_forward_weight(w(name), s))
-                 .first;
+    if (it == packed_.end()) {
+        DeviceBuffer b = transposed ? pack_conv_transpose2d_forward_weight(w(name), s) : pack_conv2d_forward_weight(w(name), s);
+        synchronize_stream("GpuDefense: packing a weight");
+        it = packed_.emplace(name, std::move(b)).first;
+    }
     return it->second.data();
 }
 
@@ -133,6 +139,10 @@ model::Defense::Accelerator make_accelerator(const model::Defense& defense) {
               "cuda::make_accelerator: the GPU runs the PIN defense only");
     auto gpu = std::make_shared<GpuDefense>(*defense.agent(), *defense.basis());
     return [gpu](const Tensor& x, uint64_t seed, uint64_t first_image) {
+        // Each calling thread works on its own stream, so defenses called from several threads
+        // overlap on the GPU (the weights are shared, read-only).
+        thread_local Stream stream;
+        const StreamScope scope(stream);
         const int64_t B = x.n(), D = x.h() * x.w(), N = gpu->eigenvectors();
         DeviceBuffer gx(static_cast<size_t>(B * D)), gp(static_cast<size_t>(B * N)), gq(static_cast<size_t>(B * N)),
             gy(static_cast<size_t>(B * D));

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <string>
 
 #include "ops.cuh"
@@ -18,6 +19,7 @@ public:
     GpuDefense(model::Agent& agent, const model::EigenBasis& basis);
     // Device pointers: x (B, 112, 112) in [-1, 1]; p, q (B, N); y (B, 112, 112) the defended faces;
     // dae (B, 112, 112) optional. Masks: PhiloxStream(seed, first_image + b), as model::Defense.
+    // Runs on the calling thread's current stream (ops.cuh); several threads may call it at once.
     void forward(const float* x, int64_t batch, uint64_t seed, uint64_t first_image, float* p, float* q, float* y,
                  float* dae = nullptr);
     // The frozen DAE alone (both passes): x, out (B, 112, 112), device pointers.
@@ -38,6 +40,7 @@ private:
     DeviceBuffer up_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
                           const std::string& prefix);
     std::map<std::string, DeviceBuffer> weights_, packed_;
+    std::mutex packed_mutex_;
     DeviceBuffer basis_, basis_t_, mean_;
     int64_t n_ = 0, d_ = 0;
 };
@@ -46,7 +49,8 @@ private:
 // to the device now, once; each call uploads the batch and downloads defended, p and q. The masks
 // are the CPU's (same seed and image numbers); the faces agree to float rounding. Later changes to
 // the CPU agent's weights are not seen (make a new one).
-// `defense` must be a PIN defense; check device_available() (rng.cuh) first.
+// `defense` must be a PIN defense; check device_available() (rng.cuh) first. Thread-safe: each
+// calling thread runs on its own stream.
 model::Defense::Accelerator make_accelerator(const model::Defense& defense);
 
 }  // namespace pin::cuda

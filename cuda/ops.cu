@@ -45,13 +45,26 @@ std::string dims(int64_t a, int64_t b, int64_t c = -1) {
 }
 #define PIN_LAUNCH_CHECK(name, shape) check(cudaGetLastError(), "launch " name, shape)
 
+// ---- streams -------------------------------------------------------------------------------------
+// The calling thread's current stream (nullptr: the legacy default stream). Every launch and copy
+// below goes there.
+thread_local cudaStream_t g_stream = nullptr;
+cudaStream_t cur() { return g_stream; }
+// Copies host <-> device on the current stream, complete when they return (as cudaMemcpy).
+void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* what, const std::string& shape) {
+    check(cudaMemcpyAsync(dst, src, bytes, kind, cur()), what, shape);
+    check(cudaStreamSynchronize(cur()), what, shape);
+}
+
 // ---- caching allocator ---------------------------------------------------------------------------
+// Freed blocks are cached per (stream they were allocated on, size): a block is handed out again
+// only to work on the same stream, which runs after everything already queued there that used it.
 std::mutex& pool_mutex() {
     static std::mutex m;
     return m;
 }
-std::multimap<size_t, float*>& pool() {
-    static std::multimap<size_t, float*> p;
+std::multimap<std::pair<void*, size_t>, float*>& pool() {
+    static std::multimap<std::pair<void*, size_t>, float*> p;
     return p;
 }
 
@@ -305,11 +318,11 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     const dim3 grid(static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z));
     if (grid.y > 65535 || grid.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     if (mode == MathMode::TF32)
-        gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+        gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, chunk, la, lb, st);
     else if (mode == MathMode::BF16)
-        gemm_tensor_core_kernel<Bf16Mma, kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+        gemm_tensor_core_kernel<Bf16Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, chunk, la, lb, st);
     else
-        gemm_kernel<kAMFast><<<grid, THREADS>>>(M, N, K, chunk, la, lb, st);
+        gemm_kernel<kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, chunk, la, lb, st);
     check(cudaGetLastError(), name, shape);
 }
 // How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
@@ -448,7 +461,7 @@ __global__ void pack_weight_kernel(const float* w, float* out, int64_t Cn, int64
 DeviceBuffer pack_weight(const float* w, int64_t Cn, int64_t Ck, int64_t K, bool n_outer, const char* name) {
     DeviceBuffer out(static_cast<size_t>(Cn * Ck * K * K));
     const int64_t total = Cn * Ck * K * K;
-    pack_weight_kernel<<<static_cast<unsigned>((total + 255) / 256), 256>>>(w, out.data(), Cn, Ck, K, n_outer);
+    pack_weight_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, cur()>>>(w, out.data(), Cn, Ck, K, n_outer);
     check(cudaGetLastError(), name, dims(Cn, Ck, K));
     return out;
 }
@@ -484,7 +497,7 @@ void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map 
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     DeviceBuffer partial(static_cast<size_t>(z * M * N));
     launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
-    reduce_partials_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256>>>(partial.data(), z, M, N, map, dst);
+    reduce_partials_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256, 0, cur()>>>(partial.data(), z, M, N, map, dst);
     check(cudaGetLastError(), "reduce_partials", shape);
 }
 
@@ -498,7 +511,7 @@ template <class F>
 void launch_map(int64_t n, F f, const char* name) {
     if (n <= 0) return;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-    map_kernel<<<blocks, 256>>>(n, f);
+    map_kernel<<<blocks, 256, 0, cur()>>>(n, f);
     check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
 }
 
@@ -629,11 +642,11 @@ void set_gather_mode(GatherMode mode) { gather_mode_flag() = static_cast<int>(mo
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 
 // ---- DeviceBuffer ----------------------------------------------------------------------------------
-DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats) {
+DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats), stream_(cur()) {
     if (floats == 0) return;
     {
         std::lock_guard<std::mutex> lock(pool_mutex());
-        auto it = pool().find(floats);
+        auto it = pool().find({stream_, floats});
         if (it != pool().end()) {
             ptr_ = it->second;
             pool().erase(it);
@@ -653,13 +666,14 @@ DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats) {
 DeviceBuffer::~DeviceBuffer() {
     if (!ptr_) return;
     std::lock_guard<std::mutex> lock(pool_mutex());
-    pool().emplace(floats_, ptr_);
+    pool().emplace(std::make_pair(stream_, floats_), ptr_);
 }
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
         DeviceBuffer tmp(std::move(*this));
         ptr_ = o.ptr_;
         floats_ = o.floats_;
+        stream_ = o.stream_;
         o.ptr_ = nullptr;
         o.floats_ = 0;
     }
@@ -667,15 +681,30 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
 }
 void DeviceBuffer::upload(const float* host, size_t floats) {
     PIN_CHECK(floats <= floats_, "DeviceBuffer::upload: ", floats, " floats into a buffer of ", floats_);
-    check(cudaMemcpy(ptr_, host, floats * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy to device",
-          "(" + std::to_string(floats) + " floats)");
+    copy_sync(ptr_, host, floats * sizeof(float), cudaMemcpyHostToDevice, "cudaMemcpy to device", "(" + std::to_string(floats) + " floats)");
 }
 void DeviceBuffer::download(float* host, size_t floats) const {
     PIN_CHECK(floats <= floats_, "DeviceBuffer::download: ", floats, " floats from a buffer of ", floats_);
-    check(cudaMemcpy(host, ptr_, floats * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy to host",
-          "(" + std::to_string(floats) + " floats)");
+    copy_sync(host, ptr_, floats * sizeof(float), cudaMemcpyDeviceToHost, "cudaMemcpy to host", "(" + std::to_string(floats) + " floats)");
 }
 void synchronize(const char* what) { check(cudaDeviceSynchronize(), what, ""); }
+
+Stream::Stream() {
+    cudaStream_t s = nullptr;
+    check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate", "");
+    handle_ = s;
+}
+Stream::~Stream() {
+    // Finish the stream's work first: its cached blocks may be handed to a later stream that
+    // happens to get the same handle.
+    if (!handle_) return;
+    (void)cudaStreamSynchronize(static_cast<cudaStream_t>(handle_));
+    (void)cudaStreamDestroy(static_cast<cudaStream_t>(handle_));
+}
+void Stream::synchronize() const { check(cudaStreamSynchronize(static_cast<cudaStream_t>(handle_)), "cudaStreamSynchronize", ""); }
+StreamScope::StreamScope(const Stream& s) : previous_(g_stream) { g_stream = static_cast<cudaStream_t>(s.handle()); }
+StreamScope::~StreamScope() { g_stream = static_cast<cudaStream_t>(previous_); }
+void synchronize_stream(const char* what) { check(cudaStreamSynchronize(cur()), what, ""); }
 
 std::string device_name() {
     cudaDeviceProp prop{};
@@ -766,7 +795,7 @@ void linear_backward_params(const float* x, const float* dy, float* dw, float* d
     gemm_split_reduce(out, in, batch, ColMajor{dy, out}, RowMajor{x, in}, IdentityMap{in}, dw, "linear_backward_params",
                       dims(batch, in, out));
     const float* d = dy;
-    channel_sum_kernel<<<static_cast<unsigned>(out), 256>>>(batch, out, [d] __device__(int64_t i) { return static_cast<double>(d[i]); }, db);
+    channel_sum_kernel<<<static_cast<unsigned>(out), 256, 0, cur()>>>(batch, out, [d] __device__(int64_t i) { return static_cast<double>(d[i]); }, db);
     check(cudaGetLastError(), "linear_backward_params (bias)", dims(batch, in, out));
 }
 
@@ -776,7 +805,7 @@ void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int6
 }
 void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* dslope, int64_t n, int64_t channels) {
     launch_map(n, [=] __device__(int64_t i) { dx[i] = x[i] > 0.0f ? dy[i] : slope[i % channels] * dy[i]; }, "prelu_backward");
-    channel_sum_kernel<<<static_cast<unsigned>(channels), 256>>>(
+    channel_sum_kernel<<<static_cast<unsigned>(channels), 256, 0, cur()>>>(
         n / channels, channels, [=] __device__(int64_t i) { return x[i] > 0.0f ? 0.0 : static_cast<double>(x[i]) * dy[i]; }, dslope);
     check(cudaGetLastError(), "prelu_backward (slope)", dims(n / channels, channels));
 }
@@ -813,13 +842,15 @@ void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t s
     }, "sample_masks");
 }
 void copy(const float* src, float* dst, int64_t n) {
-    if (n > 0) check(cudaMemcpy(dst, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToDevice), "copy", "(" + std::to_string(n) + " floats)");
+    if (n > 0)
+        check(cudaMemcpyAsync(dst, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToDevice, cur()), "copy",
+              "(" + std::to_string(n) + " floats)");
 }
 void copy_to_device(const float* host, float* dst, int64_t n) {
-    if (n > 0) check(cudaMemcpy(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice), "copy_to_device", "(" + std::to_string(n) + " floats)");
+    if (n > 0) copy_sync(dst, host, static_cast<size_t>(n) * sizeof(float), cudaMemcpyHostToDevice, "copy_to_device", "(" + std::to_string(n) + " floats)");
 }
 void copy_to_host(const float* src, float* host, int64_t n) {
-    if (n > 0) check(cudaMemcpy(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost), "copy_to_host", "(" + std::to_string(n) + " floats)");
+    if (n > 0) copy_sync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, "copy_to_host", "(" + std::to_string(n) + " floats)");
 }
 void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
     const int64_t P = h * w;
@@ -853,14 +884,14 @@ void reconstruct(const float* basis_t, const float* mean, const float* c, const 
 void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,
                 bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     if (batch * k <= 0) return;
-    mask_cost_kernel<<<static_cast<unsigned>(batch * k), 256>>>(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
+    mask_cost_kernel<<<static_cast<unsigned>(batch * k), 256, 0, cur()>>>(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
     check(cudaGetLastError(), "mask_costs", dims(batch, n, k));
 }
 
 void local_gradient(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept, int64_t batch,
                     int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     if (batch * k <= 0) return;
-    local_gradient_kernel<<<static_cast<unsigned>(batch), 256>>>(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
+    local_gradient_kernel<<<static_cast<unsigned>(batch), 256, 0, cur()>>>(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
                                                                  first_image);
     check(cudaGetLastError(), "local_gradient", dims(batch, n, k));
 }
@@ -877,10 +908,10 @@ double sum_squares(const float* x, int64_t n) {
     if (n <= 0) return 0.0;
     DeviceBuffer partial(2 * kSumBlocks);  // doubles
     double* part = reinterpret_cast<double*>(partial.data());
-    sum_squares_kernel<<<kSumBlocks, 256>>>(x, n, part);
+    sum_squares_kernel<<<kSumBlocks, 256, 0, cur()>>>(x, n, part);
     check(cudaGetLastError(), "sum_squares", "(" + std::to_string(n) + " elements)");
     std::vector<double> host(kSumBlocks);
-    check(cudaMemcpy(host.data(), part, kSumBlocks * sizeof(double), cudaMemcpyDeviceToHost), "sum_squares (download)",
+    copy_sync(host.data(), part, kSumBlocks * sizeof(double), cudaMemcpyDeviceToHost, "sum_squares (download)",
           "(" + std::to_string(n) + " elements)");
     double s = 0;
     for (double v : host) s += v;
@@ -899,7 +930,7 @@ void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float mom
 void mask_cost_terms(const float* c, const float* d, const float* x, const float* mean, float* g, double* y2, int64_t batch,
                      int64_t n, int64_t pixels) {
     if (batch <= 0) return;
-    mask_cost_terms_kernel<<<static_cast<unsigned>(batch), 256>>>(c, d, x, mean, g, y2, n, pixels);
+    mask_cost_terms_kernel<<<static_cast<unsigned>(batch), 256, 0, cur()>>>(c, d, x, mean, g, y2, n, pixels);
     check(cudaGetLastError(), "mask_cost_terms", dims(batch, n, pixels));
 }
 void policy_gradient(const float* p, const double* advantage, float* dz, int64_t batch, int64_t n, int64_t k, uint64_t seed,

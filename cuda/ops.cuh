@@ -20,7 +20,7 @@ public:
     DeviceBuffer() = default;
     explicit DeviceBuffer(size_t floats);
     ~DeviceBuffer();
-    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), floats_(o.floats_) { o.ptr_ = nullptr, o.floats_ = 0; }
+    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), floats_(o.floats_), stream_(o.stream_) { o.ptr_ = nullptr, o.floats_ = 0; }
     DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
     DeviceBuffer(const DeviceBuffer&) = delete;
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;
@@ -32,8 +32,39 @@ public:
 private:
     float* ptr_ = nullptr;
     size_t floats_ = 0;
+    void* stream_ = nullptr;  // the stream current at allocation: its cache gets the block back
 };
-void synchronize(const char* what);
+void synchronize(const char* what);  // the whole device
+
+// ---- streams -------------------------------------------------------------------------------------
+// Every kernel and copy of pin::cuda runs on the calling thread's current stream: the legacy
+// default stream, unless a StreamScope is alive on that thread. Copies to and from the host are
+// complete when they return. DeviceBuffers go back to the cache of the stream that was current when
+// they were allocated, so a block is reused only by work queued after its last use there; using one
+// buffer from two streams is the caller's to order (synchronize), as with any CUDA stream.
+class Stream {
+public:
+    Stream();   // a non-blocking stream (not ordered with the legacy default stream)
+    ~Stream();  // waits for its work, then destroys it
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
+    void synchronize() const;
+    void* handle() const { return handle_; }  // the cudaStream_t
+
+private:
+    void* handle_ = nullptr;
+};
+class StreamScope {
+public:
+    explicit StreamScope(const Stream& s);
+    ~StreamScope();
+    StreamScope(const StreamScope&) = delete;
+    StreamScope& operator=(const StreamScope&) = delete;
+
+private:
+    void* previous_;
+};
+void synchronize_stream(const char* what);  // the calling thread's current stream
 
 // ---- arithmetic of the GEMMs ----------------------------------------------------------------------
 // FP32: CUDA-core FMAs, results within ~1e-6 of the CPU engine's (relative to each output's scale).

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "helpers.hpp"
@@ -525,6 +526,55 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train]"
             require_matches(std::vector<float>(va.data(), va.data() + va.numel()), vb.data(), vb.numel(),
                             std::string("momentum ") + got[k].name, 2e-3);
         }
+    }
+}
+
+TEST_CASE("GPU work on separate streams gives the default stream's results, also from several threads", "[cuda][defense][stream]") {
+    if (!gpu_or_skip()) return;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Generic);
+    // One convolution on a stream of its own: the same bits as on the default stream.
+    const pin::cuda::ConvShape s{3, 17, 19, 32, 48, 3, 1, 1};
+    const Tensor x = rnd({3, 32, 17, 19}, 61), w = rnd({48, 32, 3, 3}, 62, Layout::NCHW);
+    auto gx = to_gpu(x), gw = to_gpu(w);
+    const int64_t ny = 3 * 17 * 19 * 48;
+    pin::cuda::DeviceBuffer y0(static_cast<size_t>(ny));
+    pin::cuda::conv2d_forward(gx.data(), gw.data(), y0.data(), s);
+    std::vector<float> on_stream;
+    {
+        pin::cuda::Stream stream;
+        const pin::cuda::StreamScope scope(stream);
+        pin::cuda::DeviceBuffer y1(static_cast<size_t>(ny));
+        pin::cuda::conv2d_forward(gx.data(), gw.data(), y1.data(), s);
+        on_stream = from_gpu(y1, ny);  // the download waits for the stream
+    }
+    REQUIRE(on_stream == from_gpu(y0, ny));
+    // A Defense with the GPU accelerator called from four threads at once (each on its own stream):
+    // every thread's result equals the one computed alone.
+    auto agent = std::make_shared<model::Agent>(60);
+    agent->reset_parameters(8);
+    auto basis = std::make_shared<model::EigenBasis>(
+        model::EigenBasis::from_tensors(rnd({12544, 60}, 63, Layout::NCHW), rnd({12544}, 64, Layout::NCHW)));
+    model::Defense gpu = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 5);
+    gpu.set_accelerator(pin::cuda::make_accelerator(gpu));
+    std::vector<Tensor> inputs, alone(4), together(4);
+    for (int t = 0; t < 4; ++t) inputs.push_back(pin::test::random_tensor({2, 1, 112, 112}, 70 + t, 0.6f, Layout::NHWC));
+    for (int t = 0; t < 4; ++t) alone[t] = gpu.inactivate(inputs[t], 10 * t).defended;
+    std::vector<std::thread> threads;
+    std::vector<std::string> errors(4);
+    for (int t = 0; t < 4; ++t)
+        threads.emplace_back([&, t] {
+            try {
+                together[t] = gpu.inactivate(inputs[t], 10 * t).defended;
+            } catch (const std::exception& e) {
+                errors[t] = e.what();
+            }
+        });
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < 4; ++t) {
+        INFO("thread " << t << ": " << errors[t]);
+        REQUIRE(errors[t].empty());
+        REQUIRE(pin::test::bitwise_equal(together[t], alone[t]));
     }
 }
 #endif
