@@ -81,6 +81,12 @@ TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", 
             REQUIRE(b.grad_norm == Approx(c.grad_norm).epsilon(1e-5));
         }
         REQUIRE(c0.grad_norm > opt.clip_norm);  // the clip acted
+        // The last step's (clipped) gradients, parameter by parameter.
+        for (const auto& p : ref2.trained_parameters()) {
+            INFO("gradient of " << p.name);
+            const std::vector<float> g = trainer.gradient(p.name);
+            REQUIRE(max_relative_difference(Tensor::from(p.param->grad.shape(), g), p.param->grad.to_layout(Layout::NCHW)) <= 1e-5);
+        }
         trainer.download(*agent, holder.optimizer());
         REQUIRE(holder.optimizer().steps() == 2);
         const double worst = worst_difference(holder, ref2);
