@@ -1,0 +1,109 @@
+// The GPU convolutions' gathered operand (cuda/gather.cuh) checked on the CPU, where it compiles as
+// plain host code: the generic per-element decode against an im2col written out here, and
+// GatherMode::Rows (each thread's rows decoded once, each slice's tap once) against the generic
+// decode for every element of every A tile the fp32 (64-row) and tensor-core (128-row) kernels load,
+// on direct and transposed geometries, strides 1 and 2, odd sizes, K chunks ending mid-slice.
+#include <cstring>
+#include <vector>
+
+#include "gather.cuh"
+#include "helpers.hpp"
+
+using namespace pin;
+
+namespace {
+struct Geometry {
+    bool transposed;
+    int64_t B, Ho, Wo, H, W, C, K, stride, pad;
+};
+
+// A(m, k) written out: m = (b, oh, ow) over Ho x Wo, k = (kh, kw, c).
+float im2col(const Geometry& g, const std::vector<float>& src, int64_t m, int64_t k) {
+    const int64_t c = k % g.C, tap = k / g.C, kh = tap / g.K, kw = tap % g.K;
+    const int64_t ow = m % g.Wo, oh = (m / g.Wo) % g.Ho, b = m / (g.Wo * g.Ho);
+    int64_t ih, iw;
+    if (!g.transposed) {
+        ih = oh * g.stride - g.pad + kh;
+        iw = ow * g.stride - g.pad + kw;
+    } else {
+        const int64_t y = oh + g.pad - kh, x = ow + g.pad - kw;
+        if (y < 0 || x < 0 || y % g.stride || x % g.stride) return 0.0f;
+        ih = y / g.stride;
+        iw = x / g.stride;
+    }
+    if (ih < 0 || iw < 0 || ih >= g.H || iw >= g.W) return 0.0f;
+    return src[static_cast<size_t>(((b * g.H + ih) * g.W + iw) * g.C + c)];
+}
+
+bool same_bits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
+
+// Every A tile of `rows_per_tile` rows, for K chunks of `chunk`: the row gather's values equal the
+// generic ones at the same (m, k), for each thread of the block. Returns the number of mismatches.
+template <int N, class G>
+int64_t compare_tiles(const G& la, int64_t M, int64_t Kdim, int64_t chunk) {
+    constexpr int rows_per_tile = N * cuda::kGatherThreads / cuda::kGatherDepth;
+    int64_t bad = 0;
+    for (int64_t m0 = 0; m0 < M; m0 += rows_per_tile)
+        for (int64_t kbeg = 0; kbeg < Kdim; kbeg += chunk) {
+            const int64_t kend = std::min(Kdim, kbeg + chunk);
+            for (int tid = 0; tid < cuda::kGatherThreads; ++tid) {
+                cuda::GatherRow rows[N];
+                cuda::decode_rows(la, m0, M, tid, rows);
+                for (int64_t k0 = kbeg; k0 < kend; k0 += cuda::kGatherDepth) {
+                    float v[N];
+                    cuda::gather_rows(la, rows, k0, kend, tid, v);
+                    for (int i = 0; i < N; ++i) {
+                        const int idx = tid + i * cuda::kGatherThreads;
+                        const int64_t m = m0 + idx / cuda::kGatherDepth, k = k0 + idx % cuda::kGatherDepth;
+                        const float want = (m < M && k < kend) ? la(m, k) : 0.0f;
+                        bad += !same_bits(v[i], want);
+                    }
+                }
+            }
+        }
+    return bad;
+}
+
+template <bool kTransposed>
+void check_geometry(const Geometry& g) {
+    INFO((g.transposed ? "transposed" : "direct") << " B " << g.B << " grid " << g.Ho << "x" << g.Wo << " source " << g.H << "x"
+                                                  << g.W << " C " << g.C << " k" << g.K << " s" << g.stride << " p" << g.pad);
+    const Tensor t = test::random_tensor({g.B * g.H * g.W * g.C}, 7 + static_cast<uint64_t>(g.C + g.H), 1.0f);
+    const std::vector<float> src(t.data(), t.data() + t.numel());
+    const cuda::Gather<kTransposed> la{src.data(), g.Ho, g.Wo, g.H, g.W, g.C, g.K, g.stride, g.pad};
+    const int64_t M = g.B * g.Ho * g.Wo, Kdim = g.K * g.K * g.C;
+    // The generic decode is the im2col matrix.
+    int64_t bad = 0, nonzero = 0;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < Kdim; ++k) {
+            const float want = im2col(g, src, m, k);
+            bad += !same_bits(la(m, k), want);
+            nonzero += want != 0.0f;
+        }
+    REQUIRE(bad == 0);
+    REQUIRE(nonzero > 0);
+    // The row gather reads the same, in the 64-row (fp32) and 128-row (tensor-core) tiles, with the
+    // whole K as one chunk and with chunks of 48 (a slice boundary inside a tap's channels).
+    for (const int64_t chunk : {Kdim, int64_t{48}}) {
+        INFO("chunk " << chunk);
+        REQUIRE(compare_tiles<4>(la, M, Kdim, chunk) == 0);
+        REQUIRE(compare_tiles<8>(la, M, Kdim, chunk) == 0);
+    }
+}
+}  // namespace
+
+TEST_CASE("the GPU gather matches im2col, and the row gather matches the generic one", "[gather]") {
+    // Direct (forward convolutions, weight gradients): grid = conv output of the source.
+    for (const auto& [H, W, C, K, s, p] : std::vector<std::array<int64_t, 6>>{
+             {9, 11, 16, 3, 1, 1}, {13, 7, 32, 3, 2, 1}, {10, 10, 48, 1, 2, 0}, {7, 9, 16, 3, 1, 0}}) {
+        const int64_t Ho = (H + 2 * p - K) / s + 1, Wo = (W + 2 * p - K) / s + 1;
+        check_geometry<false>({false, 3, Ho, Wo, H, W, C, K, s, p});
+    }
+    // Transposed (input gradients of a convolution in -> out): rows over the input grid, the source
+    // is the output gradient.
+    for (const auto& [H, W, C, K, s, p] : std::vector<std::array<int64_t, 6>>{
+             {9, 11, 16, 3, 1, 1}, {13, 7, 32, 3, 2, 1}, {10, 10, 48, 1, 2, 0}, {12, 12, 16, 3, 2, 1}}) {
+        const int64_t Ho = (H + 2 * p - K) / s + 1, Wo = (W + 2 * p - K) / s + 1;
+        check_geometry<true>({true, 2, H, W, Ho, Wo, C, K, s, p});
+    }
+}
