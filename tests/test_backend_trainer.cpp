@@ -45,8 +45,9 @@ double worst_difference(train::PolicyGradientTrainer& a, train::PolicyGradientTr
 
 TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", "[train][backend]") {
     const auto basis = basis40();
-    const Tensor x0 = random_tensor({2, 1, 112, 112}, 21, 0.5f, Layout::NHWC);
-    const Tensor x1 = random_tensor({3, 1, 112, 112}, 22, 0.5f, Layout::NHWC);  // batch sizes may change
+    // Small batches: the test runs the whole ESN at 112 x 112, and again under the sanitizers in CI.
+    const Tensor x0 = random_tensor({1, 1, 112, 112}, 21, 0.5f, Layout::NHWC);
+    const Tensor x1 = random_tensor({2, 1, 112, 112}, 22, 0.5f, Layout::NHWC);  // batch sizes may change
     for (const train::Estimator estimator :
          {train::Estimator::Reinforce, train::Estimator::Rloo, train::Estimator::LocalExpectation}) {
         INFO("estimator " << train::estimator_name(estimator));
@@ -57,12 +58,8 @@ TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", 
         opt.momentum = 0.9f;
         opt.features_lr_scale = 0.5f;
         opt.seed = 9;
-        // The reference: two CPU steps (the clip is set from the first step's norm so it acts).
-        auto ref_agent = agent40();
-        train::PolicyGradientTrainer ref(ref_agent, basis, opt);
-        const train::StepStats r0 = ref.step(x0, 0);
-        REQUIRE(r0.grad_norm > 0);
-        opt.clip_norm = r0.grad_norm / 3;
+        opt.clip_norm = 1e-3;  // below every gradient norm of these steps (checked below): the clip acts
+        // The reference: two CPU steps.
         auto ref2_agent = agent40();
         train::PolicyGradientTrainer ref2(ref2_agent, basis, opt);
         const train::StepStats c0 = ref2.step(x0, 0);
@@ -81,6 +78,7 @@ TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", 
             REQUIRE(b.grad_norm == Approx(c.grad_norm).epsilon(1e-5));
         }
         REQUIRE(c0.grad_norm > opt.clip_norm);  // the clip acted
+        REQUIRE(c1.grad_norm > opt.clip_norm);
         // The last step's (clipped) gradients, parameter by parameter.
         for (const auto& p : ref2.trained_parameters()) {
             INFO("gradient of " << p.name);
@@ -92,23 +90,22 @@ TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", 
         const double worst = worst_difference(holder, ref2);
         INFO("worst relative difference of parameters and momentum: " << worst);
         REQUIRE(worst <= 1e-5);
-        // Parameters that were trained moved (the comparison is not between two untouched copies).
-        auto fresh = agent40();
-        std::vector<nn::NamedParameter> moved;
-        fresh->esn().collect_parameters("esn.", moved);
-        fresh->head().collect_parameters("head.", moved);
+        // Every parameter received a gradient (the comparison is not between two untouched copies).
         const auto trained = holder.trained_parameters();
-        for (size_t k = 0; k < moved.size(); ++k) {
+        for (size_t k = 0; k < trained.size(); ++k) {
             INFO(trained[k].name);
-            REQUIRE(max_relative_difference(trained[k].param->value, moved[k].param->value) > 1e-7);
+            const Tensor& v = holder.optimizer().velocity()[k];
+            double largest = 0;
+            for (int64_t i = 0; i < v.numel(); ++i) largest = std::max(largest, std::fabs(static_cast<double>(v.data()[i])));
+            REQUIRE(largest > 0);
         }
     }
 }
 
 TEST_CASE("BackendTrainer resumes from an optimizer's momentum and step count", "[train][backend]") {
     const auto basis = basis40();
-    const Tensor x0 = random_tensor({2, 1, 112, 112}, 31, 0.5f, Layout::NHWC);
-    const Tensor x1 = random_tensor({2, 1, 112, 112}, 32, 0.5f, Layout::NHWC);
+    const Tensor x0 = random_tensor({1, 1, 112, 112}, 31, 0.5f, Layout::NHWC);
+    const Tensor x1 = random_tensor({1, 1, 112, 112}, 32, 0.5f, Layout::NHWC);
     train::TrainerOptions opt;
     opt.estimator = train::Estimator::LocalExpectation;
     opt.masks = 3;
