@@ -105,6 +105,19 @@ int main(int argc, char** argv) {
             known = true;
             pin::cuda::set_math_mode(mode);
             pin::cuda::set_gather_mode(gmode);
+            // One JSON line and one table row per whole-network measurement (or its error).
+            auto report = [&](const char* stage, const char* label, int64_t B, double ms) {
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"%s\", \"batch\": %lld, \"ms\": %.2f, "
+                            "\"images_per_second\": %.0f}\n",
+                            math, gather, stage, static_cast<long long>(B), ms, B * 1000.0 / ms);
+                char line[160];
+                std::snprintf(line, sizeof line, "%-22s b%-5lld %9.0f images/s (%.1f ms)", label, static_cast<long long>(B), B * 1000.0 / ms, ms);
+                table.push_back(line);
+            };
+            auto report_error = [&](const char* stage, int64_t B, const std::exception& e) {
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"%s\", \"batch\": %lld, \"error\": \"%s\"}\n",
+                            math, gather, stage, static_cast<long long>(B), e.what());
+            };
             table.push_back(std::string(math) + (mode != MathMode::FP32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " + gather + ":");
             for (const Layer& l : layers) {
                 const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, l.k, l.s, 1};
@@ -129,15 +142,9 @@ int main(int argc, char** argv) {
                 auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                 pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                 const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"ms\": %.2f, "
-                            "\"images_per_second\": %.0f}\n",
-                            math, gather, static_cast<long long>(B), ms, B * 1000.0 / ms);
-                char row[160];
-                std::snprintf(row, sizeof row, "defense forward        b%-5lld %9.0f images/s (%.1f ms)", static_cast<long long>(B), B * 1000.0 / ms, ms);
-                table.push_back(row);
+                report("defense_forward", "defense forward", B, ms);
             } catch (const std::exception& e) {  // one failing batch size must not hide the others
-                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"defense_forward\", \"batch\": %lld, \"error\": \"%s\"}\n",
-                            math, gather, static_cast<long long>(B), e.what());
+                report_error("defense_forward", B, e);
             }
             // The training step (pin train's defaults: local estimator, 30 masks, L2 cost, clip 1), on
             // faces kept in host memory as pin train has them (the upload is part of the step); with
@@ -156,12 +163,7 @@ int main(int argc, char** argv) {
                 // One timed step after the warm-up: the step is seconds long at batch 1024 in fp32, and the
                 // whole of gpu_check.sh has 8 minutes.
                 const double ms = time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B)); });
-                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step\", \"batch\": %lld, \"ms\": %.2f, "
-                            "\"images_per_second\": %.0f}\n",
-                            math, gather, static_cast<long long>(B), ms, B * 1000.0 / ms);
-                char row[160];
-                std::snprintf(row, sizeof row, "training step          b%-5lld %9.0f images/s (%.1f ms)", static_cast<long long>(B), B * 1000.0 / ms, ms);
-                table.push_back(row);
+                report("training_step", "training step", B, ms);
                 if (B == B0) {  // where the step's time goes: one more step, every op synchronized and timed
                     backend.set_profiling(true);
                     const auto t0 = Clock::now();
@@ -170,6 +172,7 @@ int main(int argc, char** argv) {
                     backend.set_profiling(false);
                     std::string parts;
                     double ops = 0;
+                    char row[160];
                     for (const auto& [op, t] : backend.profile_ms()) {
                         parts += (parts.empty() ? "" : ", ") + ("\"" + op + "\": " + std::to_string(t));
                         ops += t;
@@ -183,8 +186,7 @@ int main(int argc, char** argv) {
                                 math, gather, static_cast<long long>(B), total, parts.c_str());
                 }
             } catch (const std::exception& e) {
-                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step\", \"batch\": %lld, \"error\": \"%s\"}\n",
-                            math, gather, static_cast<long long>(B), e.what());
+                report_error("training_step", B, e);
             }
         }
         if (!known) {

@@ -70,41 +70,40 @@ grep -v "^{" "$out/bench.txt"
 python3 - "$out" <<'PY'
 import json, sys
 out = sys.argv[1]
-train, torch_train = {}, {}
-for line in open(out + "/bench.txt"):
-    if line.startswith("{") and '"training_step"' in line:
+
+def best_by_math_batch(path, keep):
+    """The highest images/s per (arithmetic, batch) over the JSON lines of `path` that `keep` accepts
+    (for pin: the faster of the two gather modes, ops.cuh GatherMode; both are tested above)."""
+    best = {}
+    for line in open(path):
+        if not line.startswith("{"):
+            continue
         j = json.loads(line)
-        if "images_per_second" in j: train[(j["math"], j["batch"])] = max(train.get((j["math"], j["batch"]), 0), j["images_per_second"])
-for line in open(out + "/torch_train.jsonl"):
-    j = json.loads(line)
-    if "error" not in j: torch_train[("tf32" if j["tf32"] == "on" else "fp32", j["batch"])] = j["images_per_second"]
-rows = ["batch   pin fp32   pin tf32   pin bf16 | PyTorch+cuDNN fp32   tf32   (training step, images/s; bar 3,000)"]
-for b in sorted({k[1] for k in list(train) + list(torch_train)}):
-    g = lambda d, m: d.get((m, b), 0)
-    rows.append("%5d %10.0f %10.0f %10.0f | %18.0f %6.0f" % (b, g(train, "fp32"), g(train, "tf32"), g(train, "bf16"),
-                g(torch_train, "fp32"), g(torch_train, "tf32")))
-open(out + "/train_table.txt", "w").write("\n".join(rows) + "\n")
-PY
-python3 - "$out" <<'PY'
-import json, sys
-out = sys.argv[1]
-ours, torch = {}, {}
-for line in open(out + "/bench.txt"):
-    if line.startswith("{") and '"defense_forward"' in line:
-        j = json.loads(line)
-        # The faster of the two gather modes (ops.cuh GatherMode; both are tested above).
-        if "images_per_second" in j: ours[(j["math"], j["batch"])] = max(ours.get((j["math"], j["batch"]), 0), j["images_per_second"])
-for line in open(out + "/torch.jsonl"):
-    j = json.loads(line)
-    if "error" not in j: torch[("tf32" if j["tf32"] in ("on", True) else "fp32", j["batch"])] = j["images_per_second"]
+        if "images_per_second" not in j or not keep(j):
+            continue
+        math = j.get("math") or ("tf32" if j.get("tf32") in ("on", True) else "fp32")
+        best[(math, j["batch"])] = max(best.get((math, j["batch"]), 0), j["images_per_second"])
+    return best
+
+ours = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") == "defense_forward")
+torch = best_by_math_batch(out + "/torch.jsonl", lambda j: True)
+train = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") == "training_step")
+torch_train = best_by_math_batch(out + "/torch_train.jsonl", lambda j: True)
+g = lambda d, m, b: d.get((m, b), 0)
+r = lambda a, c: "%.2f" % (a / c) if c else "-"
+
 rows = ["batch   pin fp32   pin tf32   pin bf16 | PyTorch+cuDNN fp32   tf32 | best pin / PyTorch fp32   best pin / PyTorch tf32"]
 for b in sorted({k[1] for k in list(ours) + list(torch)}):
-    g = lambda d, m: d.get((m, b), 0)
-    r = lambda a, c: "%.2f" % (a / c) if c else "-"
-    best = max(g(ours, "fp32"), g(ours, "tf32"), g(ours, "bf16"))
-    rows.append("%5d %10.0f %10.0f %10.0f | %18.0f %6.0f | %23s %24s" % (b, g(ours, "fp32"), g(ours, "tf32"), g(ours, "bf16"),
-                g(torch, "fp32"), g(torch, "tf32"), r(best, g(torch, "fp32")), r(best, g(torch, "tf32"))))
+    best = max(g(ours, "fp32", b), g(ours, "tf32", b), g(ours, "bf16", b))
+    rows.append("%5d %10.0f %10.0f %10.0f | %18.0f %6.0f | %23s %24s" % (b, g(ours, "fp32", b), g(ours, "tf32", b), g(ours, "bf16", b),
+                g(torch, "fp32", b), g(torch, "tf32", b), r(best, g(torch, "fp32", b)), r(best, g(torch, "tf32", b))))
 open(out + "/table.txt", "w").write("\n".join(rows) + "\n")
+
+rows = ["batch   pin fp32   pin tf32   pin bf16 | PyTorch+cuDNN fp32   tf32   (training step, images/s; bar 3,000)"]
+for b in sorted({k[1] for k in list(train) + list(torch_train)}):
+    rows.append("%5d %10.0f %10.0f %10.0f | %18.0f %6.0f" % (b, g(train, "fp32", b), g(train, "tf32", b), g(train, "bf16", b),
+                g(torch_train, "fp32", b), g(torch_train, "tf32", b)))
+open(out + "/train_table.txt", "w").write("\n".join(rows) + "\n")
 PY
 log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc"
 echo
