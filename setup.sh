@@ -94,11 +94,14 @@ if [ "$mode" = test ]; then
   # The unit tests again under AddressSanitizer + UndefinedBehaviorSanitizer (clang), when present.
   if command -v clang++ >/dev/null 2>&1; then
     echo "setup.sh: unit tests under ASan + UBSan (clang)"
+    # Line tables are all a sanitizer report needs (file:line in every frame); full debug info
+    # made the compile 13 % slower. Each test case runs in its own process, $jobs at a time.
     CC=clang CXX=clang++ cmake -S . -B "$build_dir-sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPIN_SANITIZE=ON \
+      "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O2 -gline-tables-only -DNDEBUG" \
       -DPIN_CUDA=OFF -DPIN_BUILD_BENCH=OFF -DPIN_BUILD_EXAMPLES=OFF >/dev/null
     cmake --build "$build_dir-sanitize" -j "$jobs" --target pin_tests
     ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-      "$build_dir-sanitize/bin/pin_tests"
+      tests/run_cases.sh "$build_dir-sanitize/bin/pin_tests" "$jobs"
     # Every parser under libFuzzer for a few seconds (the long runs are in docs/reliability.md).
     echo "setup.sh: fuzzing the parsers (fixed seed and input count, about 10 s each)"
     tests/fuzz/run.sh --ci "$build_dir-fuzz-work" "$build_dir-fuzz"
