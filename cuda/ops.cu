@@ -407,21 +407,53 @@ void launch_map(int64_t n, F f, const char* name) {
     check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
 }
 
-// Per-channel sums of f(i) over i = channel + j * channels, one block per channel, tree reduction in
-// a fixed order.
+// Per-channel sums of f(i) over i = r * channels + c (rows x channels, channels fastest: NHWC
+// activations, a batch of linear outputs), in two passes of a fixed order, so results repeat run to
+// run. Pass 1: a block of 32 channels x 8 row lanes reads 32 consecutive floats of a row (one line
+// per warp) and sums one chunk of rows into partial[chunk][channel]; pass 2: a thread per channel
+// adds its chunks in order. (The first form, one block per channel, read one float every `channels`
+// floats and launched only `channels` blocks: 64 for a 64-channel layer, on a 132-SM GPU.)
+constexpr int kChannelSumLanes = 32, kChannelSumRowLanes = 8;
 template <class F>
-__global__ void channel_sum_kernel(int64_t rows, int64_t channels, F f, float* out) {
-    __shared__ double part[256];
-    const int64_t c = blockIdx.x;
+__global__ void channel_sum_partial_kernel(int64_t rows, int64_t channels, int64_t rows_per_chunk, F f, double* partial) {
+    __shared__ double part[kChannelSumRowLanes][kChannelSumLanes];
+    const int64_t c = static_cast<int64_t>(blockIdx.y) * kChannelSumLanes + threadIdx.x;
+    const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_chunk, r1 = min(rows, r0 + rows_per_chunk);
     double s = 0;
-    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += f(r * channels + c);
-    part[threadIdx.x] = s;
+    if (c < channels)
+        for (int64_t r = r0 + threadIdx.y; r < r1; r += kChannelSumRowLanes) s += f(r * channels + c);
+    part[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
-    for (int w = 128; w > 0; w >>= 1) {
-        if (threadIdx.x < w) part[threadIdx.x] += part[threadIdx.x + w];
-        __syncthreads();
+    if (threadIdx.y == 0 && c < channels) {
+        double t = 0;
+        for (int y = 0; y < kChannelSumRowLanes; ++y) t += part[y][threadIdx.x];
+        partial[blockIdx.x * channels + c] = t;
     }
-    if (threadIdx.x == 0) out[c] = static_cast<float>(part[0]);
+}
+__global__ void channel_sum_final_kernel(int64_t chunks, int64_t channels, const double* partial, float* out) {
+    const int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (c >= channels) return;
+    double s = 0;
+    for (int64_t k = 0; k < chunks; ++k) s += partial[k * channels + c];
+    out[c] = static_cast<float>(s);
+}
+// out[c] = sum over r of f(r * channels + c), c < channels (zeros when rows is 0).
+template <class F>
+void channel_sum(int64_t rows, int64_t channels, F f, float* out, const char* name, const std::string& shape) {
+    if (channels <= 0) return;
+    // The chunking is a function of the shape alone (at most 1024 chunks of at least 64 rows), so the
+    // order of the additions does not depend on the GPU.
+    const int64_t rows_per_chunk = std::max<int64_t>(64, (rows + 1023) / 1024);
+    const int64_t chunks = std::max<int64_t>(1, (rows + rows_per_chunk - 1) / rows_per_chunk);
+    const int64_t channel_blocks = (channels + kChannelSumLanes - 1) / kChannelSumLanes;
+    PIN_CHECK(channel_blocks <= 65535, name, ": ", channels, " channels are more than the channel sum's grid allows");
+    DeviceBuffer partial(static_cast<size_t>(2 * chunks * channels));  // doubles
+    double* part = reinterpret_cast<double*>(partial.data());
+    channel_sum_partial_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(channel_blocks)),
+                                 dim3(kChannelSumLanes, kChannelSumRowLanes), 0, cur()>>>(rows, channels, rows_per_chunk, f, part);
+    check(cudaGetLastError(), name, shape);
+    channel_sum_final_kernel<<<static_cast<unsigned>((channels + 255) / 256), 256, 0, cur()>>>(chunks, channels, part, out);
+    check(cudaGetLastError(), name, shape);
 }
 
 // Block-wide sums of two per-thread values (256 threads) in a fixed tree order: totals in a[0], b[0].
@@ -687,8 +719,8 @@ void linear_backward_params(const float* x, const float* dy, float* dw, float* d
     gemm_split_reduce(out, in, batch, ColMajor{dy, out}, RowMajor{x, in}, IdentityMap{in}, dw, "linear_backward_params",
                       dims(batch, in, out));
     const float* d = dy;
-    channel_sum_kernel<<<static_cast<unsigned>(out), 256, 0, cur()>>>(batch, out, [d] __device__(int64_t i) { return static_cast<double>(d[i]); }, db);
-    check(cudaGetLastError(), "linear_backward_params (bias)", dims(batch, in, out));
+    channel_sum(batch, out, [d] __device__(int64_t i) { return static_cast<double>(d[i]); }, db, "linear_backward_params (bias)",
+                dims(batch, in, out));
 }
 
 // ---- element-wise ----------------------------------------------------------------------------------------
@@ -697,9 +729,8 @@ void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int6
 }
 void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* dslope, int64_t n, int64_t channels) {
     launch_map(n, [=] __device__(int64_t i) { dx[i] = x[i] > 0.0f ? dy[i] : slope[i % channels] * dy[i]; }, "prelu_backward");
-    channel_sum_kernel<<<static_cast<unsigned>(channels), 256, 0, cur()>>>(
-        n / channels, channels, [=] __device__(int64_t i) { return x[i] > 0.0f ? 0.0 : static_cast<double>(x[i]) * dy[i]; }, dslope);
-    check(cudaGetLastError(), "prelu_backward (slope)", dims(n / channels, channels));
+    channel_sum(n / channels, channels, [=] __device__(int64_t i) { return x[i] > 0.0f ? 0.0 : static_cast<double>(x[i]) * dy[i]; },
+                dslope, "prelu_backward (slope)", dims(n / channels, channels));
 }
 void tanh_forward(const float* x, float* y, int64_t n) {
     launch_map(n, [=] __device__(int64_t i) { y[i] = tanhf(x[i]); }, "tanh_forward");

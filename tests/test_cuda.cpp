@@ -231,6 +231,18 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
     pin::cuda::prelu_backward(ga.data(), gsl.data(), gg.data(), o2.data(), o3.data(), n, 13);
     require_matches(from_gpu(o2, n), c2.data(), n, "prelu input gradient", 1e-6);
     require_matches(from_gpu(o3, 13), c3.data(), 13, "prelu slope gradient", 1e-6);
+    {
+        // The slope gradient's reduction over many row chunks (70,221 rows: chunks of 69 rows, not a
+        // multiple of the 8 row lanes) and a channel count off the 32-channel blocks.
+        const Tensor a2 = rnd({1, 45, 263, 267}, 14), g2 = rnd({1, 45, 263, 267}, 15), s2 = rnd({45}, 16, Layout::NCHW);
+        const int64_t n2 = a2.numel();
+        auto ga2 = to_gpu(a2), gg2 = to_gpu(g2), gs2 = to_gpu(s2);
+        pin::cuda::DeviceBuffer dx2(n2), ds2(45);
+        Tensor cdx = Tensor::empty(a2.shape(), Layout::NHWC), cds = Tensor::empty({45});
+        cpu::prelu_backward(a2, s2, g2, cdx, cds);
+        pin::cuda::prelu_backward(ga2.data(), gs2.data(), gg2.data(), dx2.data(), ds2.data(), n2, 45);
+        require_matches(from_gpu(ds2, 45), cds.data(), 45, "prelu slope gradient (long reduction)", 1e-5);
+    }
     cpu::tanh_forward(a, c1);
     pin::cuda::tanh_forward(ga.data(), o1.data(), n);
     require_matches(from_gpu(o1, n), c1.data(), n, "tanh forward", 1e-6);
