@@ -275,7 +275,7 @@ TEST_CASE("DAE input gradient (both passes, recomputed) matches finite differenc
     REQUIRE(std::fabs(analytic) > 1.0);
 }
 
-TEST_CASE("agent input gradient (head, ESN, recomputed DAE) matches finite differences", "[defense][agent][gradient]") {
+TEST_CASE("agent input gradient (head, ESN, recomputed DAE) matches finite differences", "[defense][agent][gradient][slow]") {
     // The shipped agent's sigmoids are saturated (dp/dx ~ 0); a freshly initialised ESN and head on
     // the shipped DAE give probabilities that move.
     const std::string model = std::string(PIN_SOURCE_DIR) + "/weights/pin-default";

@@ -43,7 +43,7 @@ double worst_difference(train::PolicyGradientTrainer& a, train::PolicyGradientTr
 }
 }  // namespace
 
-TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", "[train][backend]") {
+TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", "[train][backend][slow]") {
     const auto basis = basis40();
     // Small batches: the test runs the whole ESN at 112 x 112, and again under the sanitizers in CI.
     const Tensor x0 = random_tensor({1, 1, 112, 112}, 21, 0.5f, Layout::NHWC);
@@ -102,7 +102,7 @@ TEST_CASE("BackendTrainer on the CPU backend reproduces PolicyGradientTrainer", 
     }
 }
 
-TEST_CASE("BackendTrainer resumes from an optimizer's momentum and step count", "[train][backend]") {
+TEST_CASE("BackendTrainer resumes from an optimizer's momentum and step count", "[train][backend][slow]") {
     const auto basis = basis40();
     const Tensor x0 = random_tensor({1, 1, 112, 112}, 31, 0.5f, Layout::NHWC);
     const Tensor x1 = random_tensor({1, 1, 112, 112}, 32, 0.5f, Layout::NHWC);

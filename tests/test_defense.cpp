@@ -10,7 +10,7 @@
 using namespace pin;
 using namespace pin::test;
 
-TEST_CASE("PIN defense from a model folder: deterministic, batching-independent, modes", "[defense]") {
+TEST_CASE("PIN defense from a model folder: deterministic, batching-independent, modes", "[defense][slow]") {
     namespace fs = std::filesystem;
     const std::string dir = "/tmp/pin_defense_" + std::to_string(::getpid());
     fs::create_directories(dir);

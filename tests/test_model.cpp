@@ -33,7 +33,7 @@ struct RefNet {
 };
 }  // namespace
 
-TEST_CASE("the full ESN forward on one image matches the float64 reference composition", "[model][esn]") {
+TEST_CASE("the full ESN forward on one image matches the float64 reference composition", "[model][esn][slow]") {
     model::EigenvectorSelectionNetwork esn;
     esn.reset_parameters(7);
     RefNet ref;

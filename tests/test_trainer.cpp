@@ -56,7 +56,7 @@ std::vector<Tensor> snapshot(train::PolicyGradientTrainer& trainer) {
 }
 }  // namespace
 
-TEST_CASE("a training step lowers the exact expected cost and is thread-count independent", "[train][trainer]") {
+TEST_CASE("a training step lowers the exact expected cost and is thread-count independent", "[train][trainer][slow]") {
     const auto basis = small_basis();
     const Tensor x = small_batch();
     train::TrainerOptions opt = local_options(0.05f, 0.0f);
@@ -81,7 +81,7 @@ TEST_CASE("a training step lowers the exact expected cost and is thread-count in
     REQUIRE(bitwise_equal(weights[0], weights[1]));
 }
 
-TEST_CASE("gradient clipping rescales the whole update to the stated norm", "[train][trainer]") {
+TEST_CASE("gradient clipping rescales the whole update to the stated norm", "[train][trainer][slow]") {
     const auto basis = small_basis();
     const Tensor x = small_batch();
     train::TrainerOptions opt = local_options(0.01f, 0.0f);
