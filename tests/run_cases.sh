@@ -24,9 +24,10 @@ list -f "$work/specs" | sort > "$work/selected"
 cmp -s "$work/names" "$work/selected" || { echo "run_cases.sh: the escaped names do not select the cases one for one" >&2; exit 2; }
 
 export BIN="$bin" WORK="$work"
-# Each case: output to a file, a line per result; a failure keeps its output for the summary.
+# Case n (a line of specs): output to a file, a line per result; a failure keeps its output.
 run_one() {
-  local n=$1 spec=$2 start=$SECONDS
+  local n=$1 spec start=$SECONDS
+  spec=$(sed -n "${n}p" "$WORK/specs")
   if "$BIN" "$spec" > "$WORK/out.$n" 2>&1; then
     echo "passed $((SECONDS - start)) s: ${spec//\\/}"
     grep -h -A2 "SKIPPED:" "$WORK/out.$n" | grep -v -e "^--$" -e "^ *$" -e "^===" | sed "s/^/    /" || true
@@ -37,7 +38,7 @@ run_one() {
 }
 export -f run_one
 start=$SECONDS
-nl -ba -w1 -s$'\t' "$work/specs" | xargs -d '\n' -P "$jobs" -I{} bash -c 'IFS=$'"'"'\t'"'"' read -r n spec <<< "$1"; run_one "$n" "$spec"' _ {}
+seq 1 "$total" | xargs -P "$jobs" -I{} bash -c 'run_one {}'
 failed=$(find "$work" -name 'failed.*' | wc -l)
 if [ "$failed" -gt 0 ]; then
   for f in "$work"/failed.*; do
