@@ -1,4 +1,6 @@
 // conv2d forward/backward against the float64 reference, odd shapes, batch 1, strides, thread counts.
+#include <tuple>
+
 #include "helpers.hpp"
 #include "pin/core/parallel.hpp"
 #include "pin/cpu/conv2d.hpp"
@@ -204,5 +206,30 @@ TEST_CASE("conv2d backward passes agree with finite differences", "[conv2d][grad
         };
         require_directional_derivative(x, dx, loss, 64, 1e-3, "dx");
         require_directional_derivative(w, dw, loss, 65, 1e-3, "dw");
+    }
+}
+
+TEST_CASE("pack_gather_weights writes every weight where the kernels read it and zeros past the last output channel",
+          "[conv2d]") {
+    // Layout [block][tap][ci][kBlockCo]. Every element is checked, so a tile of the packing that writes the wrong place, misses a
+    // place or leaves garbage in the padding fails; sizes cross the 16 x 16 tiles and the block.
+    using cpu::detail::kBlockCo;
+    for (const auto& [cout, cin, taps] : {std::tuple<int64_t, int64_t, int64_t>{70, 19, 9}, {5, 33, 1}, {130, 16, 4},
+                                         {64, 1, 9}}) {
+        const auto value = [](int64_t co, int64_t ci, int64_t t) { return static_cast<float>(co * 1000 + ci * 10 + t) + 0.5f; };
+        const Tensor packed = cpu::detail::pack_gather_weights(cout, cin, taps, value);
+        const int64_t blocks = (cout + kBlockCo - 1) / kBlockCo;
+        REQUIRE(packed.numel() == blocks * taps * cin * kBlockCo);
+        int64_t wrong = 0;
+        for (int64_t b = 0; b < blocks; ++b)
+            for (int64_t t = 0; t < taps; ++t)
+                for (int64_t ci = 0; ci < cin; ++ci)
+                    for (int64_t j = 0; j < kBlockCo; ++j) {
+                        const int64_t co = b * kBlockCo + j;
+                        const float want = co < cout ? value(co, ci, t) : 0.0f;
+                        wrong += packed.data()[((b * taps + t) * cin + ci) * kBlockCo + j] != want;
+                    }
+        INFO("cout " << cout << " cin " << cin << " taps " << taps);
+        CHECK(wrong == 0);
     }
 }
