@@ -71,6 +71,7 @@ constexpr int mr_for_nv(int nv) { return std::min(12, (VecF::kRegisters - 8) / n
 template <typename WeightFn>
 Tensor pack_gather_weights(int64_t out_channels, int64_t in_channels, int64_t taps, WeightFn weight) {
     constexpr int64_t kPackCi = 16, kPackCo = 16;
+    static_assert(kBlockCo % kPackCo == 0, "a block is a whole number of packing tiles");
     const int64_t blocks = (out_channels + kBlockCo - 1) / kBlockCo;
     const int64_t ci_groups = (in_channels + kPackCi - 1) / kPackCi;
     Tensor packed = Tensor::empty({blocks * taps * in_channels * kBlockCo});
