@@ -81,12 +81,12 @@ Tensor pack_gather_weights(int64_t out_channels, int64_t in_channels, int64_t ta
         const int64_t ci1 = std::min(in_channels, ci0 + kPackCi);
         const int64_t co_end = std::min<int64_t>(kBlockCo, out_channels - b * kBlockCo);
         for (int64_t j0 = 0; j0 < kBlockCo; j0 += kPackCo) {
-            const int64_t j1 = std::min(co_end, j0 + kPackCo);
+            const int64_t j1 = std::clamp(co_end, j0, j0 + kPackCo);  // weights in [j0, j1), zeros after
             for (int64_t t = 0; t < taps; ++t)
                 for (int64_t ci = ci0; ci < ci1; ++ci) {
                     float* row = base + ((b * taps + t) * in_channels + ci) * kBlockCo;
                     for (int64_t j = j0; j < j1; ++j) row[j] = weight(b * kBlockCo + j, ci, t);
-                    for (int64_t j = std::max(j0, j1); j < j0 + kPackCo; ++j) row[j] = 0.0f;
+                    std::fill(row + j1, row + j0 + kPackCo, 0.0f);
                 }
         }
     });
