@@ -1,7 +1,7 @@
 // pin-bench-gpu - times the CUDA kernels on the layer shapes of PIN, the whole defense forward and
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
-//   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32]
+//   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32|vector-bf16]
 // --config runs one gather x arithmetic configuration (bench/gpu_check.sh runs each in its own
 // process, so a kernel fault in one cannot hide the others' timings).
 // Prints one JSON line per measurement, then a short table. Random weights and inputs (speed only;
@@ -60,7 +60,7 @@ int main(int argc, char** argv) {
             }
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
-                        "generic-bf16|rows-fp32|rows-tf32]\n");
+                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
     }
@@ -92,15 +92,16 @@ int main(int argc, char** argv) {
         pin::cuda::GpuDefense defense(*agent, eig);
         using pin::cuda::GatherMode;
         using pin::cuda::MathMode;
-        // Five configurations: each arithmetic with the generic gather, fp32 and tf32 with the row
-        // gather too (BF16 x rows is left out to keep gpu_check.sh inside its 8 minutes).
+        // Six configurations: each arithmetic with the generic gather, fp32 and tf32 with the row
+        // gather, bf16 with the vector gather (the wide kernel). BF16 x rows is left out to keep
+        // gpu_check.sh inside its 8 minutes.
         const std::pair<GatherMode, MathMode> configs[] = {{GatherMode::Generic, MathMode::FP32}, {GatherMode::Generic, MathMode::TF32},
                                                            {GatherMode::Generic, MathMode::BF16}, {GatherMode::Rows, MathMode::FP32},
-                                                           {GatherMode::Rows, MathMode::TF32}};
+                                                           {GatherMode::Rows, MathMode::TF32},    {GatherMode::Vector, MathMode::BF16}};
         bool known = only == "all";
         for (const auto& [gmode, mode] : configs) {
             const char* math = mode == MathMode::BF16 ? "bf16" : mode == MathMode::TF32 ? "tf32" : "fp32";
-            const char* gather = gmode == GatherMode::Rows ? "rows" : "generic";
+            const char* gather = gmode == GatherMode::Vector ? "vector" : gmode == GatherMode::Rows ? "rows" : "generic";
             if (only != "all" && only != std::string(gather) + "-" + math) continue;
             known = true;
             pin::cuda::set_math_mode(mode);

@@ -42,14 +42,15 @@ done
 grep -E "^match|failed|FAILED|SKIPPED|differ" "$out/tests.txt" | head -80
 
 # Timings, the most needed first (the 450 s budget skips whatever is left at the end): pin's three
-# arithmetics with the generic gather, then the PyTorch peers, then the row gather.
+# arithmetics with the generic gather and bf16 in the wide kernel (the vector gather), then the
+# PyTorch peers, then the row gather.
 bench() {
   timeout "$(budget 80)" build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 --config "$1" >> "$out/bench.txt" 2>&1 \
     || echo "{\"config\": \"$1\", \"error\": \"pin-bench-gpu exited $? (or the budget ran out)\"}" | tee -a "$out/bench.txt"
 }
 log "kernel, defense-forward and training-step timings"
 : > "$out/bench.txt"
-for config in generic-fp32 generic-tf32 generic-bf16; do bench $config; done
+for config in generic-fp32 generic-tf32 generic-bf16 vector-bf16; do bench $config; done
 
 log "PyTorch + cuDNN peer (same network, random weights)"
 : > "$out/torch.jsonl"
@@ -73,7 +74,7 @@ out = sys.argv[1]
 
 def best_by_math_batch(path, keep):
     """The highest images/s per (arithmetic, batch) over the JSON lines of `path` that `keep` accepts
-    (for pin: the faster of the two gather modes, ops.cuh GatherMode; both are tested above)."""
+    (for pin: the fastest of the gather modes, ops.cuh GatherMode; all are tested above)."""
     best = {}
     for line in open(path):
         if not line.startswith("{"):

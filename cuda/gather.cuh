@@ -55,6 +55,33 @@ PIN_HD void gather_rows(const LoadA& la, const GatherRow (&rows)[N], int64_t k0,
     for (int i = 0; i < N; ++i) out[i] = in_k ? la.at(rows[i], kh, kw, c) : 0.0f;
 }
 
+// GatherMode::Vector with MathMode::BF16: the wide tensor-core kernel (ops.cu) loads 128 x 32 A
+// slices and 32 x 64 B slices of 4-float vectors. Thread t of 256 loads A rows t / 8 + 32 i (i < 4),
+// columns 4 (t % 8) .. + 3, and B rows t / 16 + 16 j (j < 2), columns 4 (t % 16) .. + 3: a warp reads
+// 4 rows x 32 consecutive channels (128 bytes each) of A and 2 rows x 64 columns of B. A 32-deep
+// slice lies in one tap when the gathered channel count is a multiple of 32 (the launch checks).
+constexpr int kWideRows = 128, kWideDepth = 32, kWideCols = 64;
+constexpr int kWideARows = kWideRows * kWideDepth / 4 / kGatherThreads;  // A vectors per thread
+constexpr int kWideBRows = kWideDepth * kWideCols / 4 / kGatherThreads;  // B vectors per thread
+static_assert(kWideARows == 4 && kWideBRows == 2, "the wide kernel's thread layout");
+PIN_HD inline int wide_a_row(int tid, int i) { return tid / 8 + 32 * i; }
+PIN_HD inline int wide_a_col(int tid) { return (tid % 8) * 4; }
+PIN_HD inline int wide_b_row(int tid, int j) { return tid / 16 + 16 * j; }
+PIN_HD inline int wide_b_col(int tid) { return (tid % 16) * 4; }
+template <class LoadA>
+PIN_HD void decode_wide_rows(const LoadA& la, int64_t m0, int64_t M, int tid, GatherRow (&rows)[kWideARows]) {
+    PIN_UNROLL
+    for (int i = 0; i < kWideARows; ++i) rows[i] = la.row(m0 + wide_a_row(tid, i), M);
+}
+// v[i][0..3] = A(row i, k0 + wide_a_col(tid) + 0..3): one tap decode per slice, one vector per row.
+template <class LoadA>
+PIN_HD void gather_wide(const LoadA& la, const GatherRow (&rows)[kWideARows], int64_t k0, int tid, float (&v)[kWideARows][4]) {
+    int kh, kw, c;
+    la.slice(k0, wide_a_col(tid), kh, kw, c);
+    PIN_UNROLL
+    for (int i = 0; i < kWideARows; ++i) la.at4(rows[i], kh, kw, c, v[i]);
+}
+
 // ---- gathers from NHWC sources ----------------------------------------------------------------------
 // Row m = (b, oh, ow) of a grid Ho x Wo; column k = (kh, kw, c). Direct: the source pixel is
 // (oh s - p + kh, ow s - p + kw) (forward convolution). Transposed: it is ((oh + p - kh) / s, ...)
@@ -64,6 +91,7 @@ struct Gather {
     const float* src;
     int64_t Ho, Wo, H, W, C, K, stride, pad;
     bool rows = false;  // GatherMode::Rows applies (set by launch_gemm)
+    static constexpr bool kIsTransposed = kTransposed;
     // Row m's image and source origin, decoded once per launch.
     PIN_HD GatherRow row(int64_t m64, int64_t M) const {
         GatherRow r;
@@ -89,23 +117,44 @@ struct Gather {
         kw = static_cast<int>(tap - ukh * uK);
         c = static_cast<int>(k - tap * uC) + kk;
     }
-    // The same value as operator()(m, k) for the row and tap decoded above.
-    PIN_HD float at(const GatherRow& r, int kh, int kw, int c) const {
-        if (!r.valid) return 0.0f;
+    // Where the row's source pixel for tap (kh, kw) starts in src (its channel 0), or -1 when the
+    // tap falls outside the source or between its pixels (a zero of the GEMM matrix).
+    PIN_HD int64_t pixel_offset(const GatherRow& r, int kh, int kw) const {
+        if (!r.valid) return -1;
         int ih, iw;
         if (kTransposed) {
             const int y = r.y - kh, x = r.x - kw;
-            if (y < 0 || x < 0) return 0.0f;
+            if (y < 0 || x < 0) return -1;
             const int s = static_cast<int>(stride), qy = y / s, qx = x / s;
-            if (qy * s != y || qx * s != x) return 0.0f;
+            if (qy * s != y || qx * s != x) return -1;
             ih = qy;
             iw = qx;
         } else {
             ih = r.y + kh;
             iw = r.x + kw;
         }
-        if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.0f;
-        return src[((static_cast<int64_t>(r.b) * H + ih) * W + iw) * C + c];
+        if (ih < 0 || iw < 0 || ih >= H || iw >= W) return -1;
+        return ((static_cast<int64_t>(r.b) * H + ih) * W + iw) * C;
+    }
+    // The same value as operator()(m, k) for the row and tap decoded above.
+    PIN_HD float at(const GatherRow& r, int kh, int kw, int c) const {
+        const int64_t o = pixel_offset(r, kh, kw);
+        return o < 0 ? 0.0f : src[o + c];
+    }
+    // Channels c .. c + 3 of the same pixel, one 16-byte load on the GPU: c is a multiple of 4 and
+    // src 16-byte aligned (the wide kernel's launch checks both).
+    PIN_HD void at4(const GatherRow& r, int kh, int kw, int c, float (&v)[4]) const {
+        const int64_t o = pixel_offset(r, kh, kw);
+        if (o < 0) {
+            v[0] = v[1] = v[2] = v[3] = 0.0f;
+            return;
+        }
+#if defined(__CUDA_ARCH__)
+        const float4 q = __ldg(reinterpret_cast<const float4*>(src + o + c));
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+#else
+        for (int j = 0; j < 4; ++j) v[j] = src[o + c + j];
+#endif
     }
     // 32-bit unsigned index arithmetic: 64-bit division is emulated and dominated the kernel
     // (launch_gemm refuses M or K >= 2^31).

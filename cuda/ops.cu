@@ -15,6 +15,8 @@
 #include <mma.h>
 
 #include <atomic>
+#include <cstdint>
+#include <type_traits>
 
 #include <map>
 #include <mutex>
@@ -70,6 +72,12 @@ std::multimap<std::pair<void*, size_t>, float*>& pool() {
 }
 
 // ---- the GEMM --------------------------------------------------------------------------------------
+// Row-major matrix reads: (i, j) -> a[i * ld + j]; the wide kernel reads it in 4-float vectors.
+struct RowMajor {
+    const float* a;
+    int64_t ld;
+    __device__ float operator()(int64_t i, int64_t j) const { return a[i * ld + j]; }
+};
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 static_assert(THREADS == kGatherThreads && BK == kGatherDepth, "the row gather (gather.cuh) assumes these");
 
@@ -161,6 +169,25 @@ struct Bf16Mma {
     static constexpr int kK = 16, kPad = 8;
     __device__ static __nv_bfloat16 convert(float v) { return __float2bfloat16_rn(v); }
 };
+// The tensor-core kernels' epilogue: each warp's 2 x 2 accumulator tiles (warp w at rows 32 (w % 4),
+// columns 32 (w / 4) of the block tile) go through shared memory Cs [TM][LC], so that the store
+// functor sees (m, n) pairs; then st(K chunk, m, n, value) for each element inside the matrix.
+template <int TM, int TN, int LC, class Frag, class Store>
+__device__ void store_warp_tiles(float* Cs, Frag (&acc)[2][2], int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
+    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+            nvcuda::wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LC + wn * 32 + j * 16, acc[i][j], LC, nvcuda::wmma::mem_row_major);
+    __syncthreads();
+    for (int idx = tid; idx < TM * TN; idx += THREADS) {
+        const int mm = idx / TN, nn = idx % TN;
+        const int64_t m = m0 + mm, n = n0 + nn;
+        if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * LC + nn]);
+    }
+}
+
 template <class Mma, bool kAMFast, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la,
                                                                    LoadB lb, Store st) {
@@ -244,18 +271,102 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M,
         }
         __syncthreads();
     }
-    float* Cs = reinterpret_cast<float*>(smem);  // [TBM][LC]; the operand tiles are no longer needed
+    // The operand tiles are no longer needed: their memory holds the accumulators.
+    store_warp_tiles<TBM, TBN, LC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
+}
+
+// The wide tensor-core kernel (GatherMode::Vector with MathMode::BF16) for the convolutions whose
+// gathered channel count is a multiple of 32 and whose weight operand is a packed row-major (k, n)
+// matrix with n a multiple of 4: the forward passes and the input gradients of every layer but the
+// 1-channel ones. What it changes against gemm_tensor_core_kernel, each a known cost of that one:
+// 16-byte vector loads (rows and taps decoded once, gather.cuh gather_wide) instead of one float
+// per load with its own bounds test; 32-deep K slices (eight WMMA products per warp per slice
+// instead of four); two shared-memory stages, so one barrier per slice instead of two, the next
+// slice's global loads in flight during the products. 128 x 64 tiles, eight warps of 32 x 32, rows
+// padded by 8 bfloat16 (16 bytes), which keeps the tensor cores' 8 x 16-byte row reads on distinct
+// banks. Sums in fp32; one K chunk (no split), so the epilogue is the final store.
+constexpr int WLA = kWideDepth + 8, WLB = kWideCols + 8, WLC = kWideCols + 4;
+constexpr int W_STAGE = kWideRows * WLA + kWideDepth * WLB;  // bfloat16 elements per stage
+constexpr int W_OPERAND_BYTES = 2 * W_STAGE * 2, W_C_BYTES = kWideRows * WLC * 4;
+constexpr int W_SMEM_BYTES = W_OPERAND_BYTES > W_C_BYTES ? W_OPERAND_BYTES : W_C_BYTES;
+static_assert((kWideRows * WLA * 2) % 32 == 0 && (W_STAGE * 2) % 32 == 0 && (16 * WLA * 2) % 32 == 0 && (16 * WLB * 2) % 32 == 0 &&
+                  (16 * WLC * 4) % 32 == 0,
+              "WMMA tile pointers must stay 32-byte aligned");
+static_assert(W_SMEM_BYTES <= 48 * 1024, "static shared memory");
+
+__device__ inline void store_bf16x4(__nv_bfloat16* p, const float (&v)[4]) {
+    // p is 4-byte aligned (even element offsets): two paired stores.
+    reinterpret_cast<__nv_bfloat162*>(p)[0] = __floats2bfloat162_rn(v[0], v[1]);
+    reinterpret_cast<__nv_bfloat162*>(p)[1] = __floats2bfloat162_rn(v[2], v[3]);
+}
+
+template <bool kTransposed, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_t N, int64_t K, Gather<kTransposed> la,
+                                                               const float* __restrict__ b, Store st) {
+    using namespace nvcuda;
+    __shared__ __align__(128) unsigned char smem[W_SMEM_BYTES];
+    __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
+    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
+    GatherRow rows[kWideARows];
+    decode_wide_rows(la, m0, M, tid, rows);
+    float ra[kWideARows][4], rb[kWideBRows][4];
+    const int64_t bn = n0 + wide_b_col(tid);  // N % 4 == 0: a vector is all inside or all outside
+    auto fetch = [&](int64_t k0) {
+        gather_wide(la, rows, k0, tid, ra);
+#pragma unroll
+        for (int j = 0; j < kWideBRows; ++j) {
+            if (bn < N) {
+                const float4 q = __ldg(reinterpret_cast<const float4*>(b + (k0 + wide_b_row(tid, j)) * N + bn));
+                rb[j][0] = q.x, rb[j][1] = q.y, rb[j][2] = q.z, rb[j][3] = q.w;
+            } else {
+                rb[j][0] = rb[j][1] = rb[j][2] = rb[j][3] = 0.0f;
+            }
+        }
+    };
+    auto store = [&](int stage) {
+        __nv_bfloat16* As = stages + stage * W_STAGE;  // [kWideRows][WLA], m x k
+        __nv_bfloat16* Bs = As + kWideRows * WLA;      // [kWideDepth][WLB], k x n
+#pragma unroll
+        for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + wide_a_row(tid, i) * WLA + wide_a_col(tid), ra[i]);
+#pragma unroll
+        for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), rb[j]);
+    };
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 #pragma unroll
     for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j)
-            wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LC + wn * 32 + j * 16, acc[i][j], LC, wmma::mem_row_major);
+        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    fetch(0);
+    store(0);
     __syncthreads();
-    for (int idx = tid; idx < TBM * TBN; idx += THREADS) {
-        const int mm = idx / TBN, nn = idx % TBN;
-        const int64_t m = m0 + mm, n = n0 + nn;
-        if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * LC + nn]);
+    int stage = 0;
+    for (int64_t k0 = 0; k0 < K; k0 += kWideDepth) {
+        const bool more = k0 + kWideDepth < K;
+        if (more) fetch(k0 + kWideDepth);  // in flight during the products
+        const __nv_bfloat16* As = stages + stage * W_STAGE;
+        const __nv_bfloat16* Bs = As + kWideRows * WLA;
+#pragma unroll
+        for (int ks = 0; ks < kWideDepth; ks += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bf[2];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * WLA + ks, WLA);
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], Bs + ks * WLB + wn * 32 + j * 16, WLB);
+#pragma unroll
+            for (int i = 0; i < 2; ++i)
+#pragma unroll
+                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], bf[j], acc[i][j]);
+        }
+        // The other stage was last read before the previous barrier: free to fill. The barrier below
+        // publishes it and ends this stage's reads before the next slice overwrites it.
+        if (more) store(stage ^ 1);
+        __syncthreads();
+        stage ^= 1;
     }
+    // Every operand read ended at the last barrier: their memory holds the accumulators.
+    store_warp_tiles<kWideRows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
 }
 
 std::atomic<int>& math_mode_flag() {
@@ -277,10 +388,22 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
     const MathMode mode = math_mode();
+    const GatherMode gmode = gather_mode();
+    if constexpr (!kAMFast && IsGather<LoadA>::value && std::is_same<LoadB, RowMajor>::value) {
+        const auto aligned16 = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+        if (mode == MathMode::BF16 && gmode == GatherMode::Vector && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 &&
+            lb.ld == N && aligned16(la.src) && aligned16(lb.a)) {
+            const dim3 grid(static_cast<unsigned>((M + kWideRows - 1) / kWideRows), static_cast<unsigned>((N + kWideCols - 1) / kWideCols));
+            if (grid.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+            gemm_wide_kernel<LoadA::kIsTransposed><<<grid, THREADS, 0, cur()>>>(M, N, K, la, lb.a, st);
+            check(cudaGetLastError(), name, shape);
+            return;
+        }
+    }
     const bool tc = mode != MathMode::FP32;
     const int bk = tc ? TBK : BK, bm = tc ? TBM : BM, bn = tc ? TBN : BN;
-    if constexpr (!kAMFast && IsGather<LoadA>::value)
-        la.rows = gather_mode() == GatherMode::Rows && la.C % 16 == 0;  // the kernels assert 16-deep slices
+    if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector falls back to Rows where the wide kernel does not apply
+        la.rows = gmode != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
     const int64_t chunk = std::max<int64_t>(bk, ((K + splits - 1) / splits + bk - 1) / bk * bk);
     const int64_t z = std::max<int64_t>(1, (K + chunk - 1) / chunk);
     const dim3 grid(static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z));
@@ -299,12 +422,7 @@ int64_t split_for(int64_t M, int64_t N, int64_t K) {
     return std::max<int64_t>(1, std::min<int64_t>((528 + tiles - 1) / tiles, K / 1024));
 }
 
-// Row-major matrix reads: (i, j) -> a[i * ld + j], and its transposed view.
-struct RowMajor {
-    const float* a;
-    int64_t ld;
-    __device__ float operator()(int64_t i, int64_t j) const { return a[i * ld + j]; }
-};
+// The transposed view of a row-major matrix (RowMajor is above the GEMMs).
 struct ColMajor {
     const float* a;
     int64_t ld;

@@ -83,7 +83,11 @@ MathMode math_mode();
 // channel count is a multiple of 16; the same values in the same order, so the same results.
 // Process-wide. Generic unless set: Rows has not yet run on a GPU (bench/gpu_check.sh tests and
 // times both; make Rows the default once it has passed there).
-enum class GatherMode { Generic, Rows };
+// Vector: with MathMode::BF16, the wide tensor-core kernel (16-byte vector gathers, 32-deep slices,
+// two shared-memory stages; ops.cu gemm_wide_kernel) for the forward and input-gradient passes of
+// layers whose gathered channel count is a multiple of 32 and output channel count a multiple of 4;
+// everywhere else it reads as Rows. Not yet run on a GPU either.
+enum class GatherMode { Generic, Rows, Vector };
 void set_gather_mode(GatherMode mode);
 GatherMode gather_mode();
 

@@ -46,11 +46,13 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
         GENERATE(pin::cuda::MathMode::FP32, pin::cuda::MathMode::TF32, pin::cuda::MathMode::BF16);             \
     pin::cuda::set_math_mode(mode);                                                                            \
     (void)mode
-// The convolution tests also run both ways of reading the gathered operand (ops.cuh GatherMode).
+// The convolution tests also run every way of reading the gathered operand (ops.cuh GatherMode;
+// Vector with BF16 is the wide kernel, with FP32 and TF32 it reads as Rows).
 #define PIN_EACH_GATHER_MODE()                                                                                 \
-    const pin::cuda::GatherMode gather = GENERATE(pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows); \
+    const pin::cuda::GatherMode gather =                                                                       \
+        GENERATE(pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows, pin::cuda::GatherMode::Vector);  \
     pin::cuda::set_gather_mode(gather);                                                                        \
-    INFO("gather mode " << (gather == pin::cuda::GatherMode::Rows ? "rows" : "generic"))
+    INFO("gather mode " << (gather == pin::cuda::GatherMode::Vector ? "vector" : gather == pin::cuda::GatherMode::Rows ? "rows" : "generic"))
 #include "gpu_defense.hpp"
 #include "gpu_trainer.hpp"
 #include "ops.cuh"
@@ -130,7 +132,7 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
     };
     for (const Case c : {Case{2, 13, 11, 5, 7, 3, 1, 1}, Case{1, 17, 9, 3, 70, 3, 2, 1}, Case{3, 8, 8, 33, 65, 1, 2, 0},
                          Case{2, 15, 15, 1, 64, 3, 1, 1}, Case{1, 12, 10, 6, 5, 7, 2, 0}, Case{2, 9, 11, 32, 48, 3, 1, 1},
-                         Case{1, 14, 13, 64, 64, 3, 2, 1}}) {
+                         Case{1, 14, 13, 64, 64, 3, 2, 1}, Case{3, 10, 7, 64, 100, 3, 1, 1}, Case{1, 9, 8, 96, 32, 1, 1, 0}}) {
         const cpu::Conv2dParams p{c.k, c.s, c.p};
         const int64_t Ho = cpu::conv2d_output_size(c.h, p), Wo = cpu::conv2d_output_size(c.w, p);
         const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 1), w = rnd({c.cout, c.cin, c.k, c.k}, 2, Layout::NCHW), dy = rnd({c.b, c.cout, Ho, Wo}, 3);

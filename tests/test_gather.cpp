@@ -2,7 +2,8 @@
 // plain host code: the generic per-element decode against an im2col written out here, and
 // GatherMode::Rows (each thread's rows decoded once, each slice's tap once) against the generic
 // decode for every element of every A tile the fp32 (64-row) and tensor-core (128-row) kernels load,
-// on direct and transposed geometries, strides 1 and 2, odd sizes, K chunks ending mid-slice.
+// on direct and transposed geometries, strides 1 and 2, odd sizes, K chunks ending mid-slice; and
+// the wide kernel's 4-float vector loads (GatherMode::Vector) against the same generic decode.
 #include <cstring>
 #include <vector>
 
@@ -64,6 +65,38 @@ int64_t compare_tiles(const G& la, int64_t M, int64_t Kdim, int64_t chunk) {
     return bad;
 }
 
+// The wide kernel's loads (GatherMode::Vector): for every 128-row tile and 32-deep slice, the 256
+// threads' vectors cover each element of the A tile exactly once with the generic decode's value
+// (zero past the last row). Returns the number of wrong or missing elements.
+template <class G>
+int64_t compare_wide_tiles(const G& la, int64_t M, int64_t Kdim) {
+    int64_t bad = 0;
+    for (int64_t m0 = 0; m0 < M; m0 += cuda::kWideRows)
+        for (int64_t k0 = 0; k0 < Kdim; k0 += cuda::kWideDepth) {
+            std::vector<float> tile(cuda::kWideRows * cuda::kWideDepth, 0.0f);
+            std::vector<int> writes(tile.size(), 0);
+            for (int tid = 0; tid < cuda::kGatherThreads; ++tid) {
+                cuda::GatherRow rows[cuda::kWideARows];
+                cuda::decode_wide_rows(la, m0, M, tid, rows);
+                float v[cuda::kWideARows][4];
+                cuda::gather_wide(la, rows, k0, tid, v);
+                for (int i = 0; i < cuda::kWideARows; ++i)
+                    for (int j = 0; j < 4; ++j) {
+                        const size_t at = static_cast<size_t>(cuda::wide_a_row(tid, i) * cuda::kWideDepth + cuda::wide_a_col(tid) + j);
+                        tile[at] = v[i][j];
+                        ++writes[at];
+                    }
+            }
+            for (int r = 0; r < cuda::kWideRows; ++r)
+                for (int c = 0; c < cuda::kWideDepth; ++c) {
+                    const size_t at = static_cast<size_t>(r * cuda::kWideDepth + c);
+                    const float want = m0 + r < M ? la(m0 + r, k0 + c) : 0.0f;
+                    bad += writes[at] != 1 || !same_bits(tile[at], want);
+                }
+        }
+    return bad;
+}
+
 template <bool kTransposed>
 void check_geometry(const Geometry& g) {
     INFO((g.transposed ? "transposed" : "direct") << " B " << g.B << " grid " << g.Ho << "x" << g.Wo << " source " << g.H << "x"
@@ -89,20 +122,31 @@ void check_geometry(const Geometry& g) {
         REQUIRE(compare_tiles<4>(la, M, Kdim, chunk) == 0);
         REQUIRE(compare_tiles<8>(la, M, Kdim, chunk) == 0);
     }
+    if (g.C % cuda::kWideDepth == 0) REQUIRE(compare_wide_tiles(la, M, Kdim) == 0);
 }
 }  // namespace
+
+TEST_CASE("the wide kernel's B loads cover its 32 x 64 slice once each", "[gather]") {
+    std::vector<int> writes(cuda::kWideDepth * cuda::kWideCols, 0);
+    for (int tid = 0; tid < cuda::kGatherThreads; ++tid)
+        for (int j = 0; j < cuda::kWideBRows; ++j) {
+            REQUIRE(cuda::wide_b_col(tid) % 4 == 0);  // whole 16-byte vectors of a row-major (k, n) matrix
+            for (int e = 0; e < 4; ++e) ++writes[static_cast<size_t>(cuda::wide_b_row(tid, j) * cuda::kWideCols + cuda::wide_b_col(tid) + e)];
+        }
+    for (int w : writes) REQUIRE(w == 1);
+}
 
 TEST_CASE("the GPU gather matches im2col, and the row gather matches the generic one", "[gather]") {
     // Direct (forward convolutions, weight gradients): grid = conv output of the source.
     for (const auto& [H, W, C, K, s, p] : std::vector<std::array<int64_t, 6>>{
-             {9, 11, 16, 3, 1, 1}, {13, 7, 32, 3, 2, 1}, {10, 10, 48, 1, 2, 0}, {7, 9, 16, 3, 1, 0}}) {
+             {9, 11, 16, 3, 1, 1}, {13, 7, 32, 3, 2, 1}, {10, 10, 48, 1, 2, 0}, {7, 9, 16, 3, 1, 0}, {11, 9, 64, 3, 1, 1}}) {
         const int64_t Ho = (H + 2 * p - K) / s + 1, Wo = (W + 2 * p - K) / s + 1;
         check_geometry<false>({false, 3, Ho, Wo, H, W, C, K, s, p});
     }
     // Transposed (input gradients of a convolution in -> out): rows over the input grid, the source
     // is the output gradient.
     for (const auto& [H, W, C, K, s, p] : std::vector<std::array<int64_t, 6>>{
-             {9, 11, 16, 3, 1, 1}, {13, 7, 32, 3, 2, 1}, {10, 10, 48, 1, 2, 0}, {12, 12, 16, 3, 2, 1}}) {
+             {9, 11, 16, 3, 1, 1}, {13, 7, 32, 3, 2, 1}, {10, 10, 48, 1, 2, 0}, {12, 12, 16, 3, 2, 1}, {10, 13, 64, 3, 1, 1}}) {
         const int64_t Ho = (H + 2 * p - K) / s + 1, Wo = (W + 2 * p - K) / s + 1;
         check_geometry<true>({true, 2, H, W, Ho, Wo, C, K, s, p});
     }
