@@ -82,6 +82,45 @@ PIN_HD void gather_wide(const LoadA& la, const GatherRow (&rows)[kWideARows], in
     for (int i = 0; i < kWideARows; ++i) la.at4(rows[i], kh, kw, c, v[i]);
 }
 
+// p[0..3]: one 16-byte load on the GPU (p 16-byte aligned), four loads on the host.
+PIN_HD inline void load4(const float* p, float (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+    const float4 q = __ldg(reinterpret_cast<const float4*>(p));
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+#else
+    for (int j = 0; j < 4; ++j) v[j] = p[j];
+#endif
+}
+
+// Row m of the GEMM matrix times a vector w of its K = k^2 C entries ((kh, kw, c) order, as the
+// packed weights): a convolution with one output channel (the DAE's last layer), which the GEMM
+// kernels would compute in 1 of their 64 columns. vec: C % 4 == 0 and src, w 16-byte aligned, so
+// 4 channels per load. Taps in order, channels in order within a tap.
+template <class G>
+PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool vec) {
+    const GatherRow r = la.row(m, M);
+    const int C = static_cast<int>(la.C), k = static_cast<int>(la.K);
+    float s = 0.0f;
+    for (int kh = 0; kh < k; ++kh)
+        for (int kw = 0; kw < k; ++kw) {
+            const int64_t o = la.pixel_offset(r, kh, kw);
+            if (o < 0) continue;
+            const float* x = la.src + o;
+            const float* wt = w + (kh * k + kw) * C;
+            if (vec) {
+                for (int c = 0; c < C; c += 4) {
+                    float a[4], b[4];
+                    load4(x + c, a);
+                    load4(wt + c, b);
+                    s += a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
+                }
+            } else {
+                for (int c = 0; c < C; ++c) s += x[c] * wt[c];
+            }
+        }
+    return s;
+}
+
 // ---- gathers from NHWC sources ----------------------------------------------------------------------
 // Row m = (b, oh, ow) of a grid Ho x Wo; column k = (kh, kw, c). Direct: the source pixel is
 // (oh s - p + kh, ow s - p + kw) (forward convolution). Transposed: it is ((oh + p - kh) / s, ...)
@@ -149,12 +188,7 @@ struct Gather {
             v[0] = v[1] = v[2] = v[3] = 0.0f;
             return;
         }
-#if defined(__CUDA_ARCH__)
-        const float4 q = __ldg(reinterpret_cast<const float4*>(src + o + c));
-        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-#else
-        for (int j = 0; j < 4; ++j) v[j] = src[o + c + j];
-#endif
+        load4(src + o + c, v);
     }
     // 32-bit unsigned index arithmetic: 64-bit division is emulated and dominated the kernel
     // (launch_gemm refuses M or K >= 2^31).

@@ -169,6 +169,26 @@ struct Bf16Mma {
     static constexpr int kK = 16, kPad = 8;
     __device__ static __nv_bfloat16 convert(float v) { return __float2bfloat16_rn(v); }
 };
+// One K slice of the tensor-core kernels on a warp's 2 x 2 tiles of 16 x 16 (warp w at rows 32 (w % 4),
+// columns 32 (w / 4)): As is the slice's [rows][LA] m x k tile, Bs its [depth][LB] k x n tile.
+template <class Precision, int kK, int kDepth, int LA, int LB, class Elem, class Frag>
+__device__ void warp_products(const Elem* As, const Elem* Bs, Frag (&acc)[2][2]) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
+#pragma unroll
+    for (int ks = 0; ks < kDepth; ks += kK) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, Precision, wmma::row_major> a[2];
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, Precision, wmma::row_major> b[2];
+#pragma unroll
+        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * LA + ks, LA);
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * LB + wn * 32 + j * 16, LB);
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+    }
+}
 // The tensor-core kernels' epilogue: each warp's 2 x 2 accumulator tiles (warp w at rows 32 (w % 4),
 // columns 32 (w / 4) of the block tile) go through shared memory Cs [TM][LC], so that the store
 // functor sees (m, n) pairs; then st(K chunk, m, n, value) for each element inside the matrix.
@@ -202,7 +222,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M,
     __shared__ __align__(128) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
     Elem* As = reinterpret_cast<Elem*>(smem);  // [TBM][LA], row-major m x k
     Elem* Bs = As + A_ELEMS;                   // [TBK][LB], row-major k x n
-    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
+    const int tid = threadIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * TBM, n0 = static_cast<int64_t>(blockIdx.y) * TBN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = min(K, kbeg + chunk);
     float ra[T_A_PER_THREAD], rb[T_B_PER_THREAD];
@@ -256,19 +276,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M,
         }
         __syncthreads();
         if (k0 + TBK < kend) fetch(k0 + TBK);  // global loads in flight during the products below
-#pragma unroll
-        for (int ks = 0; ks < TBK; ks += Mma::kK) {
-            wmma::fragment<wmma::matrix_a, 16, 16, Mma::kK, typename Mma::Precision, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, Mma::kK, typename Mma::Precision, wmma::row_major> b[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * LA + ks, LA);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * LB + wn * 32 + j * 16, LB);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
-        }
+        warp_products<typename Mma::Precision, Mma::kK, TBK, LA, LB>(As, Bs, acc);
         __syncthreads();
     }
     // The operand tiles are no longer needed: their memory holds the accumulators.
@@ -306,7 +314,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
     using namespace nvcuda;
     __shared__ __align__(128) unsigned char smem[W_SMEM_BYTES];
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
-    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
+    const int tid = threadIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
     GatherRow rows[kWideARows];
     decode_wide_rows(la, m0, M, tid, rows);
@@ -346,19 +354,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
         if (more) fetch(k0 + kWideDepth);  // in flight during the products
         const __nv_bfloat16* As = stages + stage * W_STAGE;
         const __nv_bfloat16* Bs = As + kWideRows * WLA;
-#pragma unroll
-        for (int ks = 0; ks < kWideDepth; ks += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bf[2];
-#pragma unroll
-            for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * WLA + ks, WLA);
-#pragma unroll
-            for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(bf[j], Bs + ks * WLB + wn * 32 + j * 16, WLB);
-#pragma unroll
-            for (int i = 0; i < 2; ++i)
-#pragma unroll
-                for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], bf[j], acc[i][j]);
-        }
+        warp_products<__nv_bfloat16, 16, kWideDepth, WLA, WLB>(As, Bs, acc);
         // The other stage was last read before the previous barrier: free to fill. The barrier below
         // publishes it and ends this stage's reads before the next slice overwrites it.
         if (more) store(stage ^ 1);
@@ -367,6 +363,15 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
     }
     // Every operand read ended at the last barrier: their memory holds the accumulators.
     store_warp_tiles<kWideRows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
+}
+
+// Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): a thread
+// per output pixel, fp32 sums in every math mode. The GEMM kernels would fill 1 of their 64 columns
+// (the DAE's last layer, 64 -> 1 at 112 x 112, twice per forward).
+template <bool kTransposed, class Store>
+__global__ void conv_one_output_kernel(int64_t M, Gather<kTransposed> la, const float* w, bool vec, Store st) {
+    const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (m < M) st(0, m, 0, gather_dot(la, w, m, M, vec));
 }
 
 std::atomic<int>& math_mode_flag() {
@@ -391,6 +396,13 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     const GatherMode gmode = gather_mode();
     if constexpr (!kAMFast && IsGather<LoadA>::value && std::is_same<LoadB, RowMajor>::value) {
         const auto aligned16 = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+        if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) {
+            const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
+            conv_one_output_kernel<LoadA::kIsTransposed><<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(
+                M, la, lb.a, vec, st);
+            check(cudaGetLastError(), name, shape);
+            return;
+        }
         if (mode == MathMode::BF16 && gmode == GatherMode::Vector && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 &&
             lb.ld == N && aligned16(la.src) && aligned16(lb.a)) {
             const dim3 grid(static_cast<unsigned>((M + kWideRows - 1) / kWideRows), static_cast<unsigned>((N + kWideCols - 1) / kWideCols));

@@ -80,13 +80,15 @@ MathMode math_mode();
 // its pixel and tap from the flat GEMM indices (four 32-bit integer divisions, most of the
 // kernel's instructions). Rows: each thread decodes its rows' pixels once per launch and each
 // 16-deep K slice's tap once, for the forward and input-gradient passes of layers whose gathered
-// channel count is a multiple of 16; the same values in the same order, so the same results.
-// Process-wide. Generic unless set: Rows has not yet run on a GPU (bench/gpu_check.sh tests and
-// times both; make Rows the default once it has passed there).
-// Vector: with MathMode::BF16, the wide tensor-core kernel (16-byte vector gathers, 32-deep slices,
-// two shared-memory stages; ops.cu gemm_wide_kernel) for the forward and input-gradient passes of
-// layers whose gathered channel count is a multiple of 32 and output channel count a multiple of 4;
-// everywhere else it reads as Rows. Not yet run on a GPU either.
+// channel count is a multiple of 16 (the same values in the same order as Generic); and
+// convolutions with one output channel run as a per-pixel dot product (fp32 in every math mode,
+// sums in another order) instead of a GEMM that would fill 1 of its tile's 64 columns.
+// Vector: as Rows, and with MathMode::BF16 the wide tensor-core kernel (16-byte vector gathers,
+// 32-deep slices, two shared-memory stages; ops.cu gemm_wide_kernel) for the forward and
+// input-gradient passes of layers whose gathered channel count is a multiple of 32 and output
+// channel count a multiple of 4.
+// Process-wide. Generic unless set: Rows and Vector have not yet run on a GPU (bench/gpu_check.sh
+// tests and times them; make the fastest that passes there the default).
 enum class GatherMode { Generic, Rows, Vector };
 void set_gather_mode(GatherMode mode);
 GatherMode gather_mode();

@@ -132,7 +132,8 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
     };
     for (const Case c : {Case{2, 13, 11, 5, 7, 3, 1, 1}, Case{1, 17, 9, 3, 70, 3, 2, 1}, Case{3, 8, 8, 33, 65, 1, 2, 0},
                          Case{2, 15, 15, 1, 64, 3, 1, 1}, Case{1, 12, 10, 6, 5, 7, 2, 0}, Case{2, 9, 11, 32, 48, 3, 1, 1},
-                         Case{1, 14, 13, 64, 64, 3, 2, 1}, Case{3, 10, 7, 64, 100, 3, 1, 1}, Case{1, 9, 8, 96, 32, 1, 1, 0}}) {
+                         Case{1, 14, 13, 64, 64, 3, 2, 1}, Case{3, 10, 7, 64, 100, 3, 1, 1}, Case{1, 9, 8, 96, 32, 1, 1, 0},
+                         Case{2, 11, 9, 64, 1, 3, 1, 1}}) {
         const cpu::Conv2dParams p{c.k, c.s, c.p};
         const int64_t Ho = cpu::conv2d_output_size(c.h, p), Wo = cpu::conv2d_output_size(c.w, p);
         const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 1), w = rnd({c.cout, c.cin, c.k, c.k}, 2, Layout::NCHW), dy = rnd({c.b, c.cout, Ho, Wo}, 3);

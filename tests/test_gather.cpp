@@ -4,6 +4,7 @@
 // decode for every element of every A tile the fp32 (64-row) and tensor-core (128-row) kernels load,
 // on direct and transposed geometries, strides 1 and 2, odd sizes, K chunks ending mid-slice; and
 // the wide kernel's 4-float vector loads (GatherMode::Vector) against the same generic decode.
+#include <cmath>
 #include <cstring>
 #include <vector>
 
@@ -134,6 +135,40 @@ TEST_CASE("the wide kernel's B loads cover its 32 x 64 slice once each", "[gathe
             for (int e = 0; e < 4; ++e) ++writes[static_cast<size_t>(cuda::wide_b_row(tid, j) * cuda::kWideCols + cuda::wide_b_col(tid) + e)];
         }
     for (int w : writes) REQUIRE(w == 1);
+}
+
+// The one-output-channel convolution's per-pixel dot product (gather_dot): against a float64 dot
+// of the im2col row with the weights, with and without 4-channel vectors.
+template <bool kTransposed>
+void check_gather_dot(const Geometry& g) {
+    INFO((g.transposed ? "transposed" : "direct") << " C " << g.C << " k" << g.K << " s" << g.stride << " p" << g.pad);
+    const Tensor t = test::random_tensor({g.B * g.H * g.W * g.C}, 11 + static_cast<uint64_t>(g.C), 1.0f);
+    const Tensor wt = test::random_tensor({g.K * g.K * g.C}, 12, 1.0f);
+    const std::vector<float> src(t.data(), t.data() + t.numel());
+    const cuda::Gather<kTransposed> la{src.data(), g.Ho, g.Wo, g.H, g.W, g.C, g.K, g.stride, g.pad};
+    const int64_t M = g.B * g.Ho * g.Wo, Kdim = g.K * g.K * g.C;
+    double worst = 0, scale = 0;
+    for (int64_t m = 0; m < M; ++m) {
+        double want = 0, mag = 0;
+        for (int64_t k = 0; k < Kdim; ++k) {
+            want += static_cast<double>(im2col(g, src, m, k)) * wt.data()[k];
+            mag += std::fabs(static_cast<double>(im2col(g, src, m, k)) * wt.data()[k]);
+        }
+        for (const bool vec : {false, true}) {
+            if (vec && g.C % 4 != 0) continue;
+            worst = std::max(worst, std::fabs(cuda::gather_dot(la, wt.data(), m, M, vec) - want) / std::max(mag, 1e-30));
+        }
+        scale = std::max(scale, std::fabs(want));
+    }
+    REQUIRE(scale > 0);
+    REQUIRE(worst < 1e-5);  // fp32 sums of up to 576 products, relative to the sum of their magnitudes
+    REQUIRE(cuda::gather_dot(la, wt.data(), M, M, true) == 0.0f);  // past the last row
+}
+
+TEST_CASE("the one-output-channel convolution's dot product matches im2col in float64", "[gather]") {
+    check_gather_dot<false>({false, 2, 11, 9, 11, 9, 64, 3, 1, 1});    // the DAE's last layer, smaller
+    check_gather_dot<false>({false, 1, 5, 4, 10, 8, 6, 3, 2, 1});      // stride 2, C not a multiple of 4
+    check_gather_dot<true>({true, 2, 9, 7, 5, 4, 8, 3, 2, 1});         // transposed (an input gradient)
 }
 
 TEST_CASE("the GPU gather matches im2col, and the row gather matches the generic one", "[gather]") {
