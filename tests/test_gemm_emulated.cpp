@@ -1,0 +1,211 @@
+// The GPU's GEMM kernels (cuda/gemm_kernels.cuh) run on the CPU under tests/cuda_emulation.hpp,
+// against a float64 product of the same operands rounded as each kernel rounds them (none for fp32,
+// TF32 or bfloat16 for the tensor cores), so the only differences left are fp32 sums in another
+// order: checked at 2e-5 of the sum of the products' magnitudes. A wrong tile offset, a stage read
+// before it is written, a fragment at the wrong place or a misaligned WMMA pointer fails it; every
+// output must be stored exactly once. Geometries: odd sizes, partial tiles in M and N, K not a
+// multiple of the slice, direct and transposed gathers, strides 1 and 2, 1 x 1, K split in chunks.
+#include "cuda_emulation.hpp"  // first: gemm_kernels.cuh checks for it on the host
+
+#include <atomic>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "gemm_kernels.cuh"
+#include "helpers.hpp"
+
+using namespace pin;
+namespace gemm = pin::cuda::gemm;
+
+namespace {
+enum class Rounding { None, Tf32, Bf16 };
+float rounded(float x, Rounding r) {
+    if (r == Rounding::Tf32) return nvcuda::wmma::__float_to_tf32(x);
+    if (r == Rounding::Bf16) return __bfloat162float(__float2bfloat16_rn(x));
+    return x;
+}
+
+// out[(z M + m) N + n] = v, counting the writes of each element.
+struct HostStore {
+    float* out;
+    std::atomic<int>* writes;
+    int64_t M, N;
+    void operator()(int64_t z, int64_t m, int64_t n, float v) const {
+        const size_t i = static_cast<size_t>((z * M + m) * N + n);
+        out[i] = v;
+        writes[i].fetch_add(1, std::memory_order_relaxed);
+    }
+};
+
+struct Result {
+    std::vector<float> out;  // z chunks of M x N
+    std::unique_ptr<std::atomic<int>[]> writes;
+    int64_t z, M, N;
+    Result(int64_t z_, int64_t M_, int64_t N_)
+        : out(static_cast<size_t>(z_ * M_ * N_), 0.0f), writes(new std::atomic<int>[static_cast<size_t>(z_ * M_ * N_)]()), z(z_), M(M_), N(N_) {}
+    HostStore store() { return HostStore{out.data(), writes.get(), M, N}; }
+};
+
+// Every output stored once, and the chunks' sum within 2e-5 of the magnitudes' sum of float64 A B.
+template <class LoadA, class LoadB>
+void require_product(Result& r, int64_t K, const LoadA& a, const LoadB& b, Rounding rounding, const std::string& what) {
+    INFO(what << ": M " << r.M << " N " << r.N << " K " << K << " chunks " << r.z);
+    int64_t missing = 0, worst_at = -1;
+    double worst = 0, largest = 0;
+    for (int64_t m = 0; m < r.M; ++m)
+        for (int64_t n = 0; n < r.N; ++n) {
+            double ref = 0, mag = 0, got = 0;
+            for (int64_t k = 0; k < K; ++k) {
+                const double p = static_cast<double>(rounded(a(m, k), rounding)) * rounded(b(k, n), rounding);
+                ref += p;
+                mag += std::fabs(p);
+            }
+            for (int64_t z = 0; z < r.z; ++z) {
+                const size_t i = static_cast<size_t>((z * r.M + m) * r.N + n);
+                missing += r.writes[i].load() != 1;
+                got += r.out[i];
+            }
+            const double err = std::fabs(got - ref) / std::max(mag, 1e-30);
+            if (err > worst) worst = err, worst_at = m * r.N + n;
+            largest = std::max(largest, std::fabs(ref));
+        }
+    INFO("worst relative error " << worst << " at output " << worst_at);
+    REQUIRE(largest > 0);  // the operands are not all zeros
+    REQUIRE(missing == 0);
+    REQUIRE(worst < 2e-5);
+}
+
+struct ConvGeometry {
+    int64_t B, H, W, C, N, k, stride, pad;
+    int64_t Ho() const { return (H + 2 * pad - k) / stride + 1; }
+    int64_t Wo() const { return (W + 2 * pad - k) / stride + 1; }
+};
+std::vector<float> random_vector(int64_t n, uint64_t seed) {
+    const Tensor t = test::random_tensor({n}, seed, 1.0f);
+    return std::vector<float>(t.data(), t.data() + n);
+}
+
+// A forward (direct) or input-gradient (transposed) convolution as the GEMM launch_gemm makes of
+// it: rows over the output (or input) grid, K = k^2 C gathered, weights row-major (K, N).
+template <bool kTransposed>
+struct ConvProblem {
+    std::vector<float> src, w;
+    cuda::Gather<kTransposed> la;
+    gemm::RowMajor lb;
+    int64_t M, N, K;
+    explicit ConvProblem(const ConvGeometry& g, uint64_t seed) {
+        // Direct: the source is the input (H x W), rows the output grid. Transposed: the source is
+        // the output gradient (Ho x Wo), rows the input grid.
+        const int64_t sh = kTransposed ? g.Ho() : g.H, sw = kTransposed ? g.Wo() : g.W;
+        const int64_t rh = kTransposed ? g.H : g.Ho(), rw = kTransposed ? g.W : g.Wo();
+        src = random_vector(g.B * sh * sw * g.C, seed);
+        K = g.k * g.k * g.C;
+        N = g.N;
+        M = g.B * rh * rw;
+        w = random_vector(K * N, seed + 1);
+        la = cuda::Gather<kTransposed>{src.data(), rh, rw, sh, sw, g.C, g.k, g.stride, g.pad};
+        lb = gemm::RowMajor{w.data(), N};
+    }
+};
+
+template <class Launch>
+void emulate(const gemm::GemmGrid& g, Launch launch) {
+    pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch);
+}
+}  // namespace
+
+TEST_CASE("emulated: the wide BF16 kernel (GatherMode::Vector) computes the convolution GEMMs", "[gather][emulated]") {
+    struct Case {
+        bool transposed;
+        ConvGeometry g;
+    };
+    for (const Case& c : {Case{false, {2, 9, 11, 64, 48, 3, 1, 1}}, Case{false, {1, 13, 10, 32, 100, 3, 2, 1}},
+                          Case{true, {2, 12, 9, 64, 36, 3, 2, 1}}, Case{false, {1, 7, 9, 96, 68, 1, 1, 0}}}) {
+        auto run = [&](auto&& problem, const char* name) {
+            Result r(1, problem.M, problem.N);
+            const HostStore st = r.store();
+            const gemm::GemmGrid grid{static_cast<unsigned>((problem.M + cuda::kWideRows - 1) / cuda::kWideRows),
+                                      static_cast<unsigned>((problem.N + cuda::kWideCols - 1) / cuda::kWideCols), 1, problem.K};
+            emulate(grid, [&] { gemm::gemm_wide_kernel(problem.M, problem.N, problem.K, problem.la, problem.w.data(), st); });
+            require_product(r, problem.K, problem.la, problem.lb, Rounding::Bf16, name);
+        };
+        if (c.transposed)
+            run(ConvProblem<true>(c.g, 21), "wide, transposed gather");
+        else
+            run(ConvProblem<false>(c.g, 22), "wide, direct gather");
+    }
+}
+
+TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convolution GEMMs", "[gather][emulated]") {
+    // C = 48: the row gather applies (a multiple of 16) but not the wide kernel; C = 5: generic only.
+    const ConvGeometry direct{2, 7, 9, 48, 70, 3, 1, 1}, strided{1, 11, 8, 5, 7, 3, 2, 1}, transposed{1, 10, 9, 32, 20, 3, 2, 1};
+    for (const bool rows : {false, true}) {
+        INFO("row gather " << rows);
+        {
+            ConvProblem<false> p(direct, 31);
+            p.la.rows = rows;
+            for (const int mode : {0, 1, 2}) {
+                const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, mode != 0);
+                Result r(grid.z, p.M, p.N);
+                const HostStore st = r.store();
+                if (mode == 0)
+                    emulate(grid, [&] { gemm::gemm_kernel<false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+                else if (mode == 1)
+                    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+                else
+                    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+                const Rounding rounding[3] = {Rounding::None, Rounding::Tf32, Rounding::Bf16};
+                require_product(r, p.K, p.la, p.lb, rounding[mode], "direct 3x3, 48 -> 70, math mode " + std::to_string(mode));
+            }
+        }
+        {
+            ConvProblem<true> p(transposed, 32);
+            p.la.rows = rows;
+            const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, true);
+            Result r(grid.z, p.M, p.N);
+            const HostStore st = r.store();
+            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+            require_product(r, p.K, p.la, p.lb, Rounding::Bf16, "transposed gather, stride 2, 32 -> 20, bf16");
+        }
+    }
+    ConvProblem<false> p(strided, 33);  // 5 channels: generic decode, K = 45 ends inside a slice
+    const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, false);
+    Result r(grid.z, p.M, p.N);
+    const HostStore st = r.store();
+    emulate(grid, [&] { gemm::gemm_kernel<false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+    require_product(r, p.K, p.la, p.lb, Rounding::None, "direct stride 2, 5 -> 7, fp32");
+}
+
+TEST_CASE("emulated: the weight-gradient and linear GEMMs (A read m-fastest, K in chunks)", "[gather][emulated]") {
+    // Weight gradient of a 3x3 stride-2 convolution 16 -> 24: A = dy^T (24 x pixels, ColMajor),
+    // B = the gathered input (pixels x 9 * 16), K = pixels split in 3 chunks summed afterwards.
+    const ConvGeometry g{2, 11, 9, 16, 24, 3, 2, 1};
+    const std::vector<float> x = random_vector(g.B * g.H * g.W * g.C, 41), dy = random_vector(g.B * g.Ho() * g.Wo() * g.N, 42);
+    const cuda::Gather<false> gathered{x.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
+    const gemm::ColMajor dyT{dy.data(), g.N};
+    const int64_t M = g.N, N = g.k * g.k * g.C, K = g.B * g.Ho() * g.Wo();
+    for (const int mode : {0, 1, 2}) {
+        const gemm::GemmGrid grid = gemm::gemm_grid(M, N, K, 3, mode != 0);
+        REQUIRE(grid.z > 1);
+        Result r(grid.z, M, N);
+        const HostStore st = r.store();
+        if (mode == 0)
+            emulate(grid, [&] { gemm::gemm_kernel<true>(M, N, K, grid.chunk, dyT, gathered, st); });
+        else if (mode == 1)
+            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, true>(M, N, K, grid.chunk, dyT, gathered, st); });
+        else
+            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, true>(M, N, K, grid.chunk, dyT, gathered, st); });
+        const Rounding rounding[3] = {Rounding::None, Rounding::Tf32, Rounding::Bf16};
+        require_product(r, K, dyT, gathered, rounding[mode], "weight gradient, math mode " + std::to_string(mode));
+    }
+    // A linear layer: row-major x (37 x 70) times w^T (70 x 45), K = 70 not a multiple of 16.
+    const std::vector<float> xs = random_vector(37 * 70, 43), wt = random_vector(70 * 45, 44);
+    const gemm::RowMajor a{xs.data(), 70}, b{wt.data(), 45};
+    const gemm::GemmGrid grid = gemm::gemm_grid(37, 45, 70, 1, true);
+    Result r(grid.z, 37, 45);
+    const HostStore st = r.store();
+    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(37, 45, 70, grid.chunk, a, b, st); });
+    require_product(r, 70, a, b, Rounding::Tf32, "linear, tf32");
+}
