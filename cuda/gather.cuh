@@ -214,4 +214,89 @@ struct Gather {
         return src[((static_cast<int64_t>(b) * H + ih) * W + iw) * C + c];
     }
 };
+
+// ---- sub-pixel classes of a strided transposed gather -------------------------------------------
+// Output pixel (oh, ow) of a transposed gather with stride s takes tap kh only when s divides
+// oh + p - kh: the rows with (oh + p) % s == ry take the taps kh = ry, ry + s, ... < k. One GEMM per
+// class (ry, rx), over its pixels and its taps only, gives every output the same sum without the
+// products with zeros that the whole gather's GEMM computes ((s^2 - 1) / s^2 of them: 3/4 at
+// stride 2). The classes partition the output pixels, and each pixel's taps outside its class read
+// zeros in the whole gather (tests/test_gather.cpp checks both).
+struct SubpixelClass {
+    int ry = 0, rx = 0;           // (oh + p) % s and (ow + p) % s of the class
+    int oh0 = 0, ow0 = 0;         // its first output row and column
+    int rows_h = 0, rows_w = 0;   // its output rows and columns
+    int taps_h = 0, taps_w = 0;   // its taps: kh = ry + s i (i < taps_h), kw = rx + s j (j < taps_w)
+};
+PIN_HD inline SubpixelClass subpixel_class(int ry, int rx, int64_t Ho, int64_t Wo, int k, int s, int p) {
+    SubpixelClass c;
+    c.ry = ry;
+    c.rx = rx;
+    c.oh0 = ((ry - p) % s + s) % s;
+    c.ow0 = ((rx - p) % s + s) % s;
+    c.rows_h = Ho > c.oh0 ? static_cast<int>((Ho - c.oh0 + s - 1) / s) : 0;
+    c.rows_w = Wo > c.ow0 ? static_cast<int>((Wo - c.ow0 + s - 1) / s) : 0;
+    c.taps_h = ry < k ? (k - ry + s - 1) / s : 0;
+    c.taps_w = rx < k ? (k - rx + s - 1) / s : 0;
+    return c;
+}
+
+// The GEMM matrix of one class: row m = (image, i, j) is output pixel (oh0 + s i, ow0 + s j), column
+// k = (class tap t, channel c) is tap (ry + s (t / taps_w), rx + s (t % taps_w)). Reads through the
+// whole gather (its at / at4 / pixel_offset), so the same values; row() and slice() decode the class.
+struct SubpixelGather : Gather<true> {
+    SubpixelClass cls;
+    PIN_HD GatherRow row(int64_t m64, int64_t M) const {
+        GatherRow r;
+        r.valid = m64 < M;
+        if (!r.valid) return r;
+        const unsigned m = static_cast<unsigned>(m64), w = static_cast<unsigned>(cls.rows_w), h = static_cast<unsigned>(cls.rows_h);
+        const unsigned t = m / w, j = m - t * w, b = t / h, i = t - b * h;
+        r.b = static_cast<int>(b);
+        r.y = cls.oh0 + static_cast<int>(i * static_cast<unsigned>(stride)) + static_cast<int>(pad);
+        r.x = cls.ow0 + static_cast<int>(j * static_cast<unsigned>(stride)) + static_cast<int>(pad);
+        return r;
+    }
+    // The row of the whole output (b, oh, ow) that class row m is.
+    PIN_HD int64_t out_row(int64_t m64) const {
+        const unsigned m = static_cast<unsigned>(m64), w = static_cast<unsigned>(cls.rows_w), h = static_cast<unsigned>(cls.rows_h);
+        const unsigned t = m / w, j = m - t * w, b = t / h, i = t - b * h;
+        return (static_cast<int64_t>(b) * Ho + cls.oh0 + i * stride) * Wo + cls.ow0 + j * stride;
+    }
+    // The whole gather's tap of class column k (t = k / C).
+    PIN_HD void tap(int64_t k, int& kh, int& kw) const {
+        const int t = static_cast<int>(static_cast<unsigned>(k) / static_cast<unsigned>(C));
+        kh = cls.ry + (t / cls.taps_w) * static_cast<int>(stride);
+        kw = cls.rx + (t % cls.taps_w) * static_cast<int>(stride);
+    }
+    // As Gather::slice: the tap of the slice at k0 (inside one tap: C a multiple of the slice) and
+    // the channel of kk.
+    PIN_HD void slice(int64_t k0, int kk, int& kh, int& kw, int& c) const {
+        tap(k0, kh, kw);
+        c = static_cast<int>(k0 % C) + kk;
+    }
+    PIN_HD float operator()(int64_t m, int64_t k) const {
+        int kh, kw, c;
+        slice(k, 0, kh, kw, c);
+        return at(row(m, m + 1), kh, kw, c);
+    }
+    // The row of the whole gather's packed weights ((kh k + kw) C + c, n) that class column k uses.
+    PIN_HD int64_t weight_row(int64_t k) const {
+        int kh, kw;
+        tap(k, kh, kw);
+        return (static_cast<int64_t>(kh) * K + kw) * C + k % C;
+    }
+    PIN_HD int64_t rows_per_image() const { return static_cast<int64_t>(cls.rows_h) * cls.rows_w; }
+    PIN_HD int64_t depth() const { return static_cast<int64_t>(cls.taps_h) * cls.taps_w * C; }
+};
+template <>
+struct IsGather<SubpixelGather> {
+    static constexpr bool value = true;
+};
+inline SubpixelGather subpixel_gather(const Gather<true>& g, int ry, int rx) {
+    SubpixelGather sg;
+    static_cast<Gather<true>&>(sg) = g;
+    sg.cls = subpixel_class(ry, rx, g.Ho, g.Wo, static_cast<int>(g.K), static_cast<int>(g.stride), static_cast<int>(g.pad));
+    return sg;
+}
 }  // namespace pin::cuda

@@ -27,12 +27,42 @@ struct RowMajor {
     const float* a;
     int64_t ld;
     __device__ float operator()(int64_t i, int64_t j) const { return a[i * ld + j]; }
+    __device__ const float* row_ptr(int64_t i) const { return a + i * ld; }
 };
 // Its transposed view: (i, j) -> a[j * ld + i].
 struct ColMajor {
     const float* a;
     int64_t ld;
     __device__ float operator()(int64_t i, int64_t j) const { return a[j * ld + i]; }
+};
+// The packed weights (rows (kh k + kw) C + c) of a transposed gather read by one sub-pixel class's
+// GEMM (gather.cuh SubpixelGather): class column k is row g.weight_row(k).
+struct SubpixelWeights {
+    const float* a;
+    int64_t ld;
+    SubpixelGather g;
+    __device__ float operator()(int64_t k, int64_t n) const { return a[g.weight_row(k) * ld + n]; }
+    __device__ const float* row_ptr(int64_t k) const { return a + g.weight_row(k) * ld; }
+};
+// An epilogue for a sub-pixel class: class row m is row g.out_row(m) of the whole output.
+template <class Store>
+struct RowMappedStore {
+    Store st;
+    SubpixelGather g;
+    __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { st(z, g.out_row(m), n, v); }
+};
+// B operands the wide kernel reads by rows (row_ptr(k): the address of B(k, 0), rows contiguous).
+template <class T>
+struct IsRowAddressable {
+    static constexpr bool value = false;
+};
+template <>
+struct IsRowAddressable<RowMajor> {
+    static constexpr bool value = true;
+};
+template <>
+struct IsRowAddressable<SubpixelWeights> {
+    static constexpr bool value = true;
 };
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 static_assert(THREADS == kGatherThreads && BK == kGatherDepth, "the row gather (gather.cuh) assumes these");
@@ -240,9 +270,9 @@ PIN_UNROLL
 }
 
 // The wide tensor-core kernel (GatherMode::Vector with MathMode::BF16) for the convolutions whose
-// gathered channel count is a multiple of 32 and whose weight operand is a packed row-major (k, n)
-// matrix with n a multiple of 4: the forward passes and the input gradients of every layer but the
-// 1-channel ones. What it changes against gemm_tensor_core_kernel, each a known cost of that one:
+// gathered channel count is a multiple of 32 and whose weight operand is read by rows (RowMajor, or
+// a sub-pixel class's SubpixelWeights) with n a multiple of 4: the forward passes and the input
+// gradients of every layer but the 1-channel ones. What it changes against gemm_tensor_core_kernel, each a known cost of that one:
 // 16-byte vector loads (rows and taps decoded once, gather.cuh gather_wide) instead of one float
 // per load with its own bounds test; 32-deep K slices (eight WMMA products per warp per slice
 // instead of four); two shared-memory stages, so one barrier per slice instead of two, the next
@@ -264,9 +294,8 @@ __device__ inline void store_bf16x4(__nv_bfloat16* p, const float (&v)[4]) {
     reinterpret_cast<__nv_bfloat162*>(p)[1] = __floats2bfloat162_rn(v[2], v[3]);
 }
 
-template <bool kTransposed, class Store>
-__global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_t N, int64_t K, Gather<kTransposed> la,
-                                                               const float* __restrict__ b, Store st) {
+template <class LoadA, class LoadB, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Store st) {
     using namespace nvcuda;
     __shared__ __align__(128) unsigned char smem[W_SMEM_BYTES];
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
@@ -281,7 +310,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
 PIN_UNROLL
         for (int j = 0; j < kWideBRows; ++j) {
             if (bn < N) {
-                load4(b + (k0 + wide_b_row(tid, j)) * N + bn, rb[j]);
+                load4(lb.row_ptr(k0 + wide_b_row(tid, j)) + bn, rb[j]);
             } else {
                 rb[j][0] = rb[j][1] = rb[j][2] = rb[j][3] = 0.0f;
             }

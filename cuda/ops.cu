@@ -102,20 +102,22 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
                                    "); use a smaller batch");
     const MathMode mode = math_mode();
     const GatherMode gmode = gather_mode();
-    if constexpr (!kAMFast && IsGather<LoadA>::value && std::is_same<LoadB, RowMajor>::value) {
+    if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value) {
         const auto aligned16 = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-        if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) {
-            const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
-            conv_one_output_kernel<LoadA::kIsTransposed><<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(
-                M, la, lb.a, vec, st);
-            check(cudaGetLastError(), name, shape);
-            return;
+        if constexpr (std::is_same<LoadB, RowMajor>::value && std::is_same<LoadA, Gather<LoadA::kIsTransposed>>::value) {
+            if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) {
+                const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
+                conv_one_output_kernel<LoadA::kIsTransposed><<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(
+                    M, la, lb.a, vec, st);
+                check(cudaGetLastError(), name, shape);
+                return;
+            }
         }
         if (mode == MathMode::BF16 && gmode == GatherMode::Vector && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 &&
             lb.ld == N && aligned16(la.src) && aligned16(lb.a)) {
             const dim3 grid(static_cast<unsigned>((M + kWideRows - 1) / kWideRows), static_cast<unsigned>((N + kWideCols - 1) / kWideCols));
             if (grid.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
-            gemm_wide_kernel<LoadA::kIsTransposed><<<grid, THREADS, 0, cur()>>>(M, N, K, la, lb.a, st);
+            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, la, lb, st);
             check(cudaGetLastError(), name, shape);
             return;
         }
@@ -132,6 +134,27 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     else
         gemm_kernel<kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
     check(cudaGetLastError(), name, shape);
+}
+// A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
+// gradient) with the weights packed as rows (kh k + kw) C + c: with GatherMode Rows or Vector and
+// a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
+// own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
+// over the whole gather.
+template <class Store>
+void launch_transposed_gemm(const Gather<true>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
+                            const std::string& shape) {
+    const int64_t M = batch * g.Ho * g.Wo, K = g.K * g.K * g.C;
+    if (gather_mode() == GatherMode::Generic || g.stride == 1 || g.K < g.stride) {
+        launch_gemm<false>(M, N, K, 1, g, RowMajor{w, N}, st, name, shape);
+        return;
+    }
+    for (int ry = 0; ry < g.stride; ++ry)
+        for (int rx = 0; rx < g.stride; ++rx) {
+            const SubpixelGather sg = subpixel_gather(g, ry, rx);
+            if (sg.rows_per_image() == 0) continue;
+            launch_gemm<false>(batch * sg.rows_per_image(), N, sg.depth(), 1, sg, SubpixelWeights{w, N, sg}, RowMappedStore<Store>{st, sg}, name,
+                               shape);
+        }
 }
 // How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
 int64_t split_for(int64_t M, int64_t N, int64_t K) {
@@ -490,9 +513,8 @@ void conv2d_backward_input(const float* dy, const float* w, float* dx, const Con
     const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
     // dx[(b, ih, iw), ci] = sum over (kh, kw, co) of dy[b, (ih + p - kh) / s, ...][co] w[co, ci, kh, kw]
     const DeviceBuffer wp = pack_weight(w, s.in_c, s.out_c, K, false, "pack conv2d weight (input gradient)");
-    launch_gemm<false>(s.batch * s.in_h * s.in_w, s.in_c, K * K * s.out_c, 1,
-                       Gather<true>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.in_c},
-                       ConvStore{dx, s.in_c, nullptr, nullptr, false}, "conv2d_backward_input", shape_of(s));
+    launch_transposed_gemm(Gather<true>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, s.batch, wp.data(), s.in_c,
+                           ConvStore{dx, s.in_c, nullptr, nullptr, false}, "conv2d_backward_input", shape_of(s));
 }
 
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {
@@ -508,10 +530,8 @@ void conv_transpose2d_forward(const float* x, const float* w, float* y, const Co
     const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
     // y[(b, oh, ow), co] = sum over (kh, kw, ci) of x[b, (oh + p - kh) / s, ...][ci] w[ci, co, kh, kw]
     const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv_transpose2d_forward_weight(w, s);
-    launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
-                       Gather<true>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
-                       RowMajor{packed ? packed : wp.data(), s.out_c},
-                       ConvStore{y, s.out_c, nullptr, prelu_slope, false}, "conv_transpose2d_forward", shape_of(s));
+    launch_transposed_gemm(Gather<true>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, s.batch, packed ? packed : wp.data(),
+                           s.out_c, ConvStore{y, s.out_c, nullptr, prelu_slope, false}, "conv_transpose2d_forward", shape_of(s));
 }
 
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {

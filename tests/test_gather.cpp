@@ -171,6 +171,59 @@ TEST_CASE("the one-output-channel convolution's dot product matches im2col in fl
     check_gather_dot<true>({true, 2, 9, 7, 5, 4, 8, 3, 2, 1});         // transposed (an input gradient)
 }
 
+// The sub-pixel classes of a transposed gather (SubpixelGather): they partition the output pixels;
+// each class element is the whole gather's element at (out_row(m), weight_row(k)); the taps outside
+// a pixel's class read zeros there; and the row and wide loads of a class read its generic values.
+void check_subpixel(const Geometry& g) {
+    INFO("transposed B " << g.B << " grid " << g.Ho << "x" << g.Wo << " source " << g.H << "x" << g.W << " C " << g.C << " k" << g.K
+                         << " s" << g.stride << " p" << g.pad);
+    const Tensor t = test::random_tensor({g.B * g.H * g.W * g.C}, 13 + static_cast<uint64_t>(g.C), 1.0f);
+    const std::vector<float> src(t.data(), t.data() + t.numel());
+    const cuda::Gather<true> whole{src.data(), g.Ho, g.Wo, g.H, g.W, g.C, g.K, g.stride, g.pad};
+    const int64_t rows = g.B * g.Ho * g.Wo, Kdim = g.K * g.K * g.C;
+    std::vector<int> covered(static_cast<size_t>(rows), 0);
+    int64_t bad = 0, lost = 0, taps = 0;
+    for (int ry = 0; ry < g.stride; ++ry)
+        for (int rx = 0; rx < g.stride; ++rx) {
+            const cuda::SubpixelGather sg = cuda::subpixel_gather(whole, ry, rx);
+            const int64_t M = g.B * sg.rows_per_image(), depth = sg.depth();
+            taps += sg.cls.taps_h * sg.cls.taps_w;
+            for (int64_t m = 0; m < M; ++m) {
+                const int64_t out = sg.out_row(m);
+                REQUIRE(out >= 0);
+                REQUIRE(out < rows);
+                ++covered[static_cast<size_t>(out)];
+                std::vector<char> used(static_cast<size_t>(Kdim), 0);
+                for (int64_t k = 0; k < depth; ++k) {
+                    const int64_t wk = sg.weight_row(k);
+                    used[static_cast<size_t>(wk)] = 1;
+                    bad += !same_bits(sg(m, k), whole(out, wk));
+                }
+                for (int64_t k = 0; k < Kdim; ++k) lost += !used[static_cast<size_t>(k)] && whole(out, k) != 0.0f;
+            }
+            if (M > 0 && g.C % cuda::kGatherDepth == 0) {
+                REQUIRE(compare_tiles<4>(sg, M, depth, depth) == 0);
+                REQUIRE(compare_tiles<8>(sg, M, depth, depth) == 0);
+            }
+            if (M > 0 && g.C % cuda::kWideDepth == 0) REQUIRE(compare_wide_tiles(sg, M, depth) == 0);
+        }
+    REQUIRE(taps == g.K * g.K);  // every tap in exactly one class
+    REQUIRE(bad == 0);
+    REQUIRE(lost == 0);
+    for (int c : covered) REQUIRE(c == 1);
+}
+
+TEST_CASE("the sub-pixel classes of a transposed gather cover it exactly", "[gather]") {
+    // The DAE decoder's transposed convolutions (3x3, stride 2, pad 1, output padding 1): rows over
+    // the output (2 H), source the input.
+    check_subpixel({true, 2, 14, 12, 7, 6, 64, 3, 2, 1});
+    check_subpixel({true, 1, 9, 11, 5, 6, 16, 3, 2, 1});    // no output padding: odd output sizes
+    // An input gradient of a 3x3 stride-2 convolution: rows over the input grid (13 x 9), source
+    // the output gradient (7 x 5).
+    check_subpixel({true, 2, 13, 9, 7, 5, 32, 3, 2, 1});
+    check_subpixel({true, 1, 10, 8, 4, 3, 5, 4, 3, 2});     // 4x4 kernel, stride 3: classes of 1 or 2 taps a side
+}
+
 TEST_CASE("the GPU gather matches im2col, and the row gather matches the generic one", "[gather]") {
     // Direct (forward convolutions, weight gradients): grid = conv output of the source.
     for (const auto& [H, W, C, K, s, p] : std::vector<std::array<int64_t, 6>>{

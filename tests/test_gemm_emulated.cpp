@@ -128,7 +128,7 @@ TEST_CASE("emulated: the wide BF16 kernel (GatherMode::Vector) computes the conv
             const HostStore st = r.store();
             const gemm::GemmGrid grid{static_cast<unsigned>((problem.M + cuda::kWideRows - 1) / cuda::kWideRows),
                                       static_cast<unsigned>((problem.N + cuda::kWideCols - 1) / cuda::kWideCols), 1, problem.K};
-            emulate(grid, [&] { gemm::gemm_wide_kernel(problem.M, problem.N, problem.K, problem.la, problem.w.data(), st); });
+            emulate(grid, [&] { gemm::gemm_wide_kernel(problem.M, problem.N, problem.K, problem.la, problem.lb, st); });
             require_product(r, problem.K, problem.la, problem.lb, Rounding::Bf16, name);
         };
         if (c.transposed)
@@ -208,4 +208,43 @@ TEST_CASE("emulated: the weight-gradient and linear GEMMs (A read m-fastest, K i
     const HostStore st = r.store();
     emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(37, 45, 70, grid.chunk, a, b, st); });
     require_product(r, 70, a, b, Rounding::Tf32, "linear, tf32");
+}
+
+TEST_CASE("emulated: transposed gathers by sub-pixel class give the whole transposed GEMM", "[gather][emulated]") {
+    // As ops.cu launch_transposed_gemm: one GEMM per class over its pixels and taps (SubpixelGather,
+    // SubpixelWeights), stored through RowMappedStore into the whole output; every output stored
+    // once, the sums those of the whole gather's GEMM (its zeros included) in float64.
+    struct Case {
+        int64_t B, Ho, Wo, H, W, C, N;
+        int kernel;  // 0: wide bf16, 1: fp32 with the row gather, 2: tf32 tensor cores
+    };
+    for (const Case& c : {Case{2, 14, 12, 7, 6, 64, 36, 0}, Case{1, 13, 9, 7, 5, 32, 20, 0}, Case{1, 14, 10, 7, 5, 16, 24, 1},
+                          Case{1, 9, 11, 5, 6, 48, 20, 2}}) {
+        const std::vector<float> src = random_vector(c.B * c.H * c.W * c.C, 51), w = random_vector(9 * c.C * c.N, 52);
+        const cuda::Gather<true> whole{src.data(), c.Ho, c.Wo, c.H, c.W, c.C, 3, 2, 1};
+        const int64_t M = c.B * c.Ho * c.Wo, K = 9 * c.C;
+        Result r(1, M, c.N);
+        for (int ry = 0; ry < 2; ++ry)
+            for (int rx = 0; rx < 2; ++rx) {
+                cuda::SubpixelGather sg = cuda::subpixel_gather(whole, ry, rx);
+                sg.rows = c.kernel == 1;
+                const int64_t Mc = c.B * sg.rows_per_image(), Kc = sg.depth();
+                const gemm::SubpixelWeights lb{w.data(), c.N, sg};
+                const gemm::RowMappedStore<HostStore> st{r.store(), sg};
+                if (c.kernel == 0) {
+                    const gemm::GemmGrid grid{static_cast<unsigned>((Mc + cuda::kWideRows - 1) / cuda::kWideRows),
+                                              static_cast<unsigned>((c.N + cuda::kWideCols - 1) / cuda::kWideCols), 1, Kc};
+                    emulate(grid, [&] { gemm::gemm_wide_kernel(Mc, c.N, Kc, sg, lb, st); });
+                } else {
+                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, c.N, Kc, 1, c.kernel == 2);
+                    if (c.kernel == 1)
+                        emulate(grid, [&] { gemm::gemm_kernel<false>(Mc, c.N, Kc, grid.chunk, sg, lb, st); });
+                    else
+                        emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(Mc, c.N, Kc, grid.chunk, sg, lb, st); });
+                }
+            }
+        const Rounding rounding[3] = {Rounding::Bf16, Rounding::None, Rounding::Tf32};
+        require_product(r, K, whole, gemm::RowMajor{w.data(), c.N}, rounding[c.kernel],
+                        "sub-pixel classes, kernel " + std::to_string(c.kernel) + ", C " + std::to_string(c.C));
+    }
 }
