@@ -9,6 +9,7 @@
 // and fragment offsets are checked in every CI run, GPU or not.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
@@ -157,16 +158,19 @@ struct Bf16Mma {
 };
 // One K slice of the tensor-core kernels on a warp's 2 x 2 tiles of 16 x 16 (warp w at rows 32 (w % 4),
 // columns 32 (w / 4)): As is the slice's [rows][LA] m x k tile, Bs its [depth][LB] k x n tile.
-template <class Precision, int kK, int kDepth, int LA, int LB, class Elem, class Frag>
+// kAColMajor: As is [depth][LA], k x m (the weight-gradient form, whose A arrives m-contiguous).
+template <class Precision, int kK, int kDepth, int LA, int LB, bool kAColMajor = false, class Elem, class Frag>
 __device__ void warp_products(const Elem* As, const Elem* Bs, Frag (&acc)[2][2]) {
     using namespace nvcuda;
+    using ALayout = typename std::conditional<kAColMajor, wmma::col_major, wmma::row_major>::type;
     const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
 PIN_UNROLL
     for (int ks = 0; ks < kDepth; ks += kK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, kK, Precision, wmma::row_major> a[2];
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, Precision, ALayout> a[2];
         wmma::fragment<wmma::matrix_b, 16, 16, kK, Precision, wmma::row_major> b[2];
 PIN_UNROLL
-        for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(a[i], As + (wm * 32 + i * 16) * LA + ks, LA);
+        for (int i = 0; i < 2; ++i)
+            wmma::load_matrix_sync(a[i], kAColMajor ? As + ks * LA + wm * 32 + i * 16 : As + (wm * 32 + i * 16) * LA + ks, LA);
 PIN_UNROLL
         for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * LB + wn * 32 + j * 16, LB);
 PIN_UNROLL
@@ -269,22 +273,23 @@ PIN_UNROLL
     store_warp_tiles<TBM, TBN, LC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
 }
 
-// The wide tensor-core kernel (GatherMode::Vector with MathMode::BF16) for the convolutions whose
-// gathered channel count is a multiple of 32 and whose weight operand is read by rows (RowMajor, or
-// a sub-pixel class's SubpixelWeights) with n a multiple of 4: the forward passes and the input
-// gradients of every layer but the 1-channel ones. What it changes against gemm_tensor_core_kernel, each a known cost of that one:
-// 16-byte vector loads (rows and taps decoded once, gather.cuh gather_wide) instead of one float
-// per load with its own bounds test; 32-deep K slices (eight WMMA products per warp per slice
-// instead of four); two shared-memory stages, so one barrier per slice instead of two, the next
-// slice's global loads in flight during the products. 128 x 64 tiles, eight warps of 32 x 32, rows
-// padded by 8 bfloat16 (16 bytes), which keeps the tensor cores' 8 x 16-byte row reads on distinct
-// banks. Sums in fp32; one K chunk (no split), so the epilogue is the final store.
-constexpr int WLA = kWideDepth + 8, WLB = kWideCols + 8, WLC = kWideCols + 4;
-constexpr int W_STAGE = kWideRows * WLA + kWideDepth * WLB;  // bfloat16 elements per stage
+// The wide tensor-core kernel (GatherMode::Vector with MathMode::BF16), for the GEMMs that carry
+// most of the FLOPs: the convolutions' forward passes and input gradients whose gathered channel
+// count is a multiple of 32 (WideConvOperands) and the weight gradients with channel counts that
+// are multiples of 4 (WideWeightGradOperands). What it changes against gemm_tensor_core_kernel,
+// each a known cost of that one: 16-byte vector loads, their rows and taps decoded once per slice
+// or launch, instead of one float per load with its own bounds test; 32-deep K slices (eight WMMA
+// products per warp per slice instead of four); two shared-memory stages, so one barrier per slice
+// instead of two, the next slice's global loads in flight during the products. 128 x 64 tiles,
+// eight warps of 32 x 32, shared rows padded by 8 bfloat16 (16 bytes), which keeps the tensor
+// cores' 8 x 16-byte row reads on distinct banks. Sums in fp32; K in chunks of `chunk` (blockIdx.z).
+constexpr int WLA = kWideDepth + 8, WLAT = kWideRows + 8, WLB = kWideCols + 8, WLC = kWideCols + 4;
+constexpr int W_A_ELEMS = kWideRows * WLA > kWideDepth * WLAT ? kWideRows * WLA : kWideDepth * WLAT;
+constexpr int W_STAGE = W_A_ELEMS + kWideDepth * WLB;  // bfloat16 elements per stage
 constexpr int W_OPERAND_BYTES = 2 * W_STAGE * 2, W_C_BYTES = kWideRows * WLC * 4;
 constexpr int W_SMEM_BYTES = W_OPERAND_BYTES > W_C_BYTES ? W_OPERAND_BYTES : W_C_BYTES;
-static_assert((kWideRows * WLA * 2) % 32 == 0 && (W_STAGE * 2) % 32 == 0 && (16 * WLA * 2) % 32 == 0 && (16 * WLB * 2) % 32 == 0 &&
-                  (16 * WLC * 4) % 32 == 0,
+static_assert((W_A_ELEMS * 2) % 32 == 0 && (W_STAGE * 2) % 32 == 0 && (16 * WLA * 2) % 32 == 0 && (16 * WLAT * 2) % 32 == 0 &&
+                  (16 * WLB * 2) % 32 == 0 && (16 * WLC * 4) % 32 == 0,
               "WMMA tile pointers must stay 32-byte aligned");
 static_assert(W_SMEM_BYTES <= 48 * 1024, "static shared memory");
 
@@ -293,55 +298,127 @@ __device__ inline void store_bf16x4(__nv_bfloat16* p, const float (&v)[4]) {
     reinterpret_cast<__nv_bfloat162*>(p)[0] = __floats2bfloat162_rn(v[0], v[1]);
     reinterpret_cast<__nv_bfloat162*>(p)[1] = __floats2bfloat162_rn(v[2], v[3]);
 }
+__device__ inline void zero4(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.0f; }
 
-template <class LoadA, class LoadB, class Store>
-__global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Store st) {
+// The convolution GEMMs: A gathered by rows (Gather, SubpixelGather), B read by rows (RowMajor,
+// SubpixelWeights); the gathered channel count a multiple of 32 (a slice lies in one tap), N a
+// multiple of 4, both sources 16-byte aligned (launch_gemm checks).
+template <class LoadA, class LoadB>
+struct WideConvOperands {
+    static constexpr bool kAColMajor = false;
+    static constexpr int kALd = WLA;  // As is [kWideRows][WLA], m x k
+    LoadA la;
+    LoadB lb;
+    struct Regs {
+        GatherRow rows[kWideARows];
+        float a[kWideARows][4], b[kWideBRows][4];
+        int64_t n;  // this thread's B column (N % 4 == 0: a vector is all inside or all outside)
+    };
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int tid) const {
+        decode_wide_rows(la, m0, M, tid, r.rows);
+        r.n = n0 + wide_b_col(tid);
+    }
+    __device__ void fetch(Regs& r, int64_t k0, int64_t, int64_t, int64_t N, int tid) const {
+        gather_wide(la, r.rows, k0, tid, r.a);
+PIN_UNROLL
+        for (int j = 0; j < kWideBRows; ++j) {
+            if (r.n < N)
+                load4(lb.row_ptr(k0 + wide_b_row(tid, j)) + r.n, r.b[j]);
+            else
+                zero4(r.b[j]);
+        }
+    }
+    __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
+PIN_UNROLL
+        for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + wide_a_row(tid, i) * WLA + wide_a_col(tid), r.a[i]);
+PIN_UNROLL
+        for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), r.b[j]);
+    }
+};
+
+// The weight gradients: A(m, k) = a[k ld + m] (ColMajor: the output gradient, m = channel, k =
+// pixel), read 4 channels at a time along m; B(k, n) the gathered input (Gather, k = pixel, n = (tap,
+// channel)) or a row-major matrix (linear layers). Thread t loads A rows k = t / 32 + 8 i (i < 4),
+// channels 4 (t % 32) .. + 3 (a warp reads 512 contiguous bytes) and stores them k-major; its B
+// vectors are those of the convolution form. M, ld and N multiples of 4, sources 16-byte aligned.
+template <class LoadB>
+struct WideWeightGradOperands {
+    static constexpr bool kAColMajor = true;
+    static constexpr int kALd = WLAT;  // As is [kWideDepth][WLAT], k x m
+    ColMajor la;
+    LoadB lb;
+    struct Regs {
+        float a[kWideARows][4], b[kWideBRows][4];
+        int64_t m, n;    // this thread's A channel and B column
+        int kh, kw, c;   // the tap and channel of column n (gathered B)
+    };
+    __device__ static int a_row(int tid, int i) { return tid / 32 + 8 * i; }
+    __device__ static int a_col(int tid) { return (tid % 32) * 4; }
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t, int tid) const {
+        r.m = m0 + a_col(tid);
+        r.n = n0 + wide_b_col(tid);
+        r.kh = r.kw = r.c = 0;
+        if constexpr (IsGather<LoadB>::value) lb.slice(r.n, 0, r.kh, r.kw, r.c);  // any n: C % 4 == 0 keeps the vector in one tap
+    }
+    __device__ void fetch(Regs& r, int64_t k0, int64_t kend, int64_t M, int64_t N, int tid) const {
+PIN_UNROLL
+        for (int i = 0; i < kWideARows; ++i) {
+            const int64_t k = k0 + a_row(tid, i);
+            if (k < kend && r.m < M)
+                load4(la.a + k * la.ld + r.m, r.a[i]);
+            else
+                zero4(r.a[i]);
+        }
+PIN_UNROLL
+        for (int j = 0; j < kWideBRows; ++j) {
+            const int64_t k = k0 + wide_b_row(tid, j);
+            if (r.n >= N || k >= kend) {
+                zero4(r.b[j]);
+            } else if constexpr (IsGather<LoadB>::value) {
+                lb.at4(lb.row(k, kend), r.kh, r.kw, r.c, r.b[j]);
+            } else {
+                load4(lb.row_ptr(k) + r.n, r.b[j]);
+            }
+        }
+    }
+    __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
+PIN_UNROLL
+        for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + a_row(tid, i) * WLAT + a_col(tid), r.a[i]);
+PIN_UNROLL
+        for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), r.b[j]);
+    }
+};
+
+template <class Operands, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, Operands ops,
+                                                               Store st) {
     using namespace nvcuda;
     __shared__ __align__(128) unsigned char smem[W_SMEM_BYTES];
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
     const int tid = threadIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
-    GatherRow rows[kWideARows];
-    decode_wide_rows(la, m0, M, tid, rows);
-    float ra[kWideARows][4], rb[kWideBRows][4];
-    const int64_t bn = n0 + wide_b_col(tid);  // N % 4 == 0: a vector is all inside or all outside
-    auto fetch = [&](int64_t k0) {
-        gather_wide(la, rows, k0, tid, ra);
-PIN_UNROLL
-        for (int j = 0; j < kWideBRows; ++j) {
-            if (bn < N) {
-                load4(lb.row_ptr(k0 + wide_b_row(tid, j)) + bn, rb[j]);
-            } else {
-                rb[j][0] = rb[j][1] = rb[j][2] = rb[j][3] = 0.0f;
-            }
-        }
-    };
-    auto store = [&](int stage) {
-        __nv_bfloat16* As = stages + stage * W_STAGE;  // [kWideRows][WLA], m x k
-        __nv_bfloat16* Bs = As + kWideRows * WLA;      // [kWideDepth][WLB], k x n
-PIN_UNROLL
-        for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + wide_a_row(tid, i) * WLA + wide_a_col(tid), ra[i]);
-PIN_UNROLL
-        for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), rb[j]);
-    };
+    const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = kbeg + chunk < K ? kbeg + chunk : K;
+    typename Operands::Regs r;
+    ops.begin(r, m0, n0, M, tid);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
 PIN_UNROLL
     for (int i = 0; i < 2; ++i)
 PIN_UNROLL
         for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-    fetch(0);
-    store(0);
+    if (kbeg < kend) {
+        ops.fetch(r, kbeg, kend, M, N, tid);
+        ops.store(r, stages, stages + W_A_ELEMS, tid);
+    }
     __syncthreads();
     int stage = 0;
-    for (int64_t k0 = 0; k0 < K; k0 += kWideDepth) {
-        const bool more = k0 + kWideDepth < K;
-        if (more) fetch(k0 + kWideDepth);  // in flight during the products
+    for (int64_t k0 = kbeg; k0 < kend; k0 += kWideDepth) {
+        const bool more = k0 + kWideDepth < kend;
+        if (more) ops.fetch(r, k0 + kWideDepth, kend, M, N, tid);  // in flight during the products
         const __nv_bfloat16* As = stages + stage * W_STAGE;
-        const __nv_bfloat16* Bs = As + kWideRows * WLA;
-        warp_products<__nv_bfloat16, 16, kWideDepth, WLA, WLB>(As, Bs, acc);
+        warp_products<__nv_bfloat16, 16, kWideDepth, Operands::kALd, WLB, Operands::kAColMajor>(As, As + W_A_ELEMS, acc);
         // The other stage was last read before the previous barrier: free to fill. The barrier below
         // publishes it and ends this stage's reads before the next slice overwrites it.
-        if (more) store(stage ^ 1);
+        if (more) ops.store(r, stages + (stage ^ 1) * W_STAGE, stages + (stage ^ 1) * W_STAGE + W_A_ELEMS, tid);
         __syncthreads();
         stage ^= 1;
     }
@@ -349,19 +426,22 @@ PIN_UNROLL
     store_warp_tiles<kWideRows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
 }
 
-// The grid of gemm_kernel (tensor_cores false) or gemm_tensor_core_kernel: M tiles on x (up to
-// 2^31 - 1; y and z stop at 65535), N tiles on y, K in z chunks of `chunk` (a multiple of the K
-// slice) for `splits` requested.
+// A kernel's output tile and K slice, and the grid that covers an M x N x K GEMM with it: M tiles on
+// x (up to 2^31 - 1; y and z stop at 65535), N tiles on y, K in z chunks of `chunk` (a multiple of
+// the slice) for `splits` requested.
+struct Tile {
+    int m, n, k;
+};
+constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth};
 struct GemmGrid {
     unsigned x, y, z;
     int64_t chunk;
 };
-inline GemmGrid gemm_grid(int64_t M, int64_t N, int64_t K, int64_t splits, bool tensor_cores) {
-    const int64_t bk = tensor_cores ? TBK : BK, bm = tensor_cores ? TBM : BM, bn = tensor_cores ? TBN : BN;
-    const int64_t per_split = ((K + splits - 1) / splits + bk - 1) / bk * bk;
-    const int64_t chunk = per_split > bk ? per_split : bk;
+inline GemmGrid gemm_grid(int64_t M, int64_t N, int64_t K, int64_t splits, Tile t) {
+    const int64_t per_split = ((K + splits - 1) / splits + t.k - 1) / t.k * t.k;
+    const int64_t chunk = per_split > t.k ? per_split : t.k;
     const int64_t z = (K + chunk - 1) / chunk;
-    return {static_cast<unsigned>((M + bm - 1) / bm), static_cast<unsigned>((N + bn - 1) / bn), static_cast<unsigned>(z > 1 ? z : 1),
+    return {static_cast<unsigned>((M + t.m - 1) / t.m), static_cast<unsigned>((N + t.n - 1) / t.n), static_cast<unsigned>(z > 1 ? z : 1),
             chunk};
 }
 

@@ -91,6 +91,33 @@ std::atomic<int>& gather_mode_flag() {
     return mode;
 }
 
+// Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput };
+bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+template <bool kAMFast, class LoadA, class LoadB>
+GemmKernel choose_kernel(int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
+    const MathMode mode = math_mode();
+    const GatherMode gmode = gather_mode();
+    const bool wide = mode == MathMode::BF16 && gmode == GatherMode::Vector;
+    if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value) {
+        if constexpr (std::is_same<LoadB, RowMajor>::value && std::is_same<LoadA, Gather<LoadA::kIsTransposed>>::value)
+            if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) return GemmKernel::OneOutput;
+        if (wide && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 && lb.ld == N && aligned16(la.src) &&
+            aligned16(lb.a))
+            return GemmKernel::Wide;
+    }
+    if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value)) {
+        bool fits = wide && la.ld % 4 == 0 && aligned16(la.a) && N % 4 == 0;
+        if constexpr (IsGather<LoadB>::value)
+            fits = fits && lb.C % 4 == 0 && aligned16(lb.src);
+        else
+            fits = fits && lb.ld == N && aligned16(lb.a);
+        if (fits) return GemmKernel::Wide;
+    }
+    return mode == MathMode::FP32 ? GemmKernel::Fp32 : GemmKernel::TensorCore;
+}
+Tile tile_of(GemmKernel k) { return k == GemmKernel::Wide ? kWideTile : k == GemmKernel::TensorCore ? kTensorCoreTile : kFp32Tile; }
+
 // M tiles go on grid.x (up to 2^31 - 1 blocks; grid.y stops at 65535, which batch 1024 at 112 x 112
 // exceeded), N tiles on y, K chunks on z. The gathers index in 32 bits: refuse larger problems.
 template <bool kAMFast, class LoadA, class LoadB, class Store>
@@ -100,39 +127,30 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
-    const MathMode mode = math_mode();
-    const GatherMode gmode = gather_mode();
-    if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value) {
-        const auto aligned16 = [](const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
-        if constexpr (std::is_same<LoadB, RowMajor>::value && std::is_same<LoadA, Gather<LoadA::kIsTransposed>>::value) {
-            if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) {
-                const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
-                conv_one_output_kernel<LoadA::kIsTransposed><<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(
-                    M, la, lb.a, vec, st);
-                check(cudaGetLastError(), name, shape);
-                return;
-            }
-        }
-        if (mode == MathMode::BF16 && gmode == GatherMode::Vector && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 &&
-            lb.ld == N && aligned16(la.src) && aligned16(lb.a)) {
-            const dim3 grid(static_cast<unsigned>((M + kWideRows - 1) / kWideRows), static_cast<unsigned>((N + kWideCols - 1) / kWideCols));
-            if (grid.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
-            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, la, lb, st);
-            check(cudaGetLastError(), name, shape);
-            return;
-        }
-    }
-    if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector falls back to Rows where the wide kernel does not apply
-        la.rows = gmode != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
-    const GemmGrid g = gemm_grid(M, N, K, splits, mode != MathMode::FP32);
+    const GemmKernel kernel = choose_kernel<kAMFast>(N, K, splits, la, lb);
+    if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
+        la.rows = gather_mode() != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
+    const GemmGrid g = gemm_grid(M, N, K, splits, tile_of(kernel));
     const dim3 grid(g.x, g.y, g.z);
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
-    if (mode == MathMode::TF32)
-        gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
-    else if (mode == MathMode::BF16)
-        gemm_tensor_core_kernel<Bf16Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
-    else
+    if (kernel == GemmKernel::OneOutput) {
+        if constexpr (!kAMFast && std::is_same<LoadB, RowMajor>::value && IsGather<LoadA>::value) {
+            const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
+            conv_one_output_kernel<<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(M, la, lb.a, vec, st);
+        }
+    } else if (kernel == GemmKernel::Wide) {
+        if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
+            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideConvOperands<LoadA, LoadB>{la, lb}, st);
+        else if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value))
+            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideWeightGradOperands<LoadB>{la, lb}, st);
+    } else if (kernel == GemmKernel::TensorCore) {
+        if (math_mode() == MathMode::TF32)
+            gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
+        else
+            gemm_tensor_core_kernel<Bf16Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
+    } else {
         gemm_kernel<kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
+    }
     check(cudaGetLastError(), name, shape);
 }
 // A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
@@ -236,7 +254,7 @@ template <class LoadA, class LoadB, class Map>
 void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
                        const std::string& shape) {
     const int64_t splits = split_for(M, N, K);
-    const int64_t z = gemm_grid(M, N, K, splits, math_mode() != MathMode::FP32).z;  // as launch_gemm chunks K
+    const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(N, K, splits, la, lb))).z;  // as launch_gemm chunks K
     DeviceBuffer partial(static_cast<size_t>(z * M * N));
     launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
     reduce_partials_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256, 0, cur()>>>(partial.data(), z, M, N, map, dst);

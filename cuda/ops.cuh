@@ -83,10 +83,12 @@ MathMode math_mode();
 // channel count is a multiple of 16 (the same values in the same order as Generic); and
 // convolutions with one output channel run as a per-pixel dot product (fp32 in every math mode,
 // sums in another order) instead of a GEMM that would fill 1 of its tile's 64 columns.
-// Vector: as Rows, and with MathMode::BF16 the wide tensor-core kernel (16-byte vector gathers,
-// 32-deep slices, two shared-memory stages; ops.cu gemm_wide_kernel) for the forward and
+// Rows and Vector also split strided transposed gathers (transposed convolutions, input gradients
+// of strided convolutions) into sub-pixel classes, each a GEMM over its own taps only.
+// Vector: as Rows, and with MathMode::BF16 the wide tensor-core kernel (16-byte vector loads,
+// 32-deep slices, two shared-memory stages; gemm_kernels.cuh gemm_wide_kernel) for the forward and
 // input-gradient passes of layers whose gathered channel count is a multiple of 32 and output
-// channel count a multiple of 4.
+// channel count a multiple of 4, and for weight gradients whose channel counts are multiples of 4.
 // Process-wide. Generic unless set: Rows and Vector have not yet run on a GPU (bench/gpu_check.sh
 // tests and times them; make the fastest that passes there the default).
 enum class GatherMode { Generic, Rows, Vector };

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <functional>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "gemm_kernels.cuh"
@@ -126,9 +127,10 @@ TEST_CASE("emulated: the wide BF16 kernel (GatherMode::Vector) computes the conv
         auto run = [&](auto&& problem, const char* name) {
             Result r(1, problem.M, problem.N);
             const HostStore st = r.store();
-            const gemm::GemmGrid grid{static_cast<unsigned>((problem.M + cuda::kWideRows - 1) / cuda::kWideRows),
-                                      static_cast<unsigned>((problem.N + cuda::kWideCols - 1) / cuda::kWideCols), 1, problem.K};
-            emulate(grid, [&] { gemm::gemm_wide_kernel(problem.M, problem.N, problem.K, problem.la, problem.lb, st); });
+            const gemm::GemmGrid grid = gemm::gemm_grid(problem.M, problem.N, problem.K, 1, gemm::kWideTile);
+            using P = std::decay_t<decltype(problem)>;
+            const gemm::WideConvOperands<decltype(P::la), gemm::RowMajor> ops{problem.la, problem.lb};
+            emulate(grid, [&] { gemm::gemm_wide_kernel(problem.M, problem.N, problem.K, grid.chunk, ops, st); });
             require_product(r, problem.K, problem.la, problem.lb, Rounding::Bf16, name);
         };
         if (c.transposed)
@@ -147,7 +149,7 @@ TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convoluti
             ConvProblem<false> p(direct, 31);
             p.la.rows = rows;
             for (const int mode : {0, 1, 2}) {
-                const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, mode != 0);
+                const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, mode != 0 ? gemm::kTensorCoreTile : gemm::kFp32Tile);
                 Result r(grid.z, p.M, p.N);
                 const HostStore st = r.store();
                 if (mode == 0)
@@ -163,7 +165,7 @@ TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convoluti
         {
             ConvProblem<true> p(transposed, 32);
             p.la.rows = rows;
-            const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, true);
+            const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, gemm::kTensorCoreTile);
             Result r(grid.z, p.M, p.N);
             const HostStore st = r.store();
             emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
@@ -171,7 +173,7 @@ TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convoluti
         }
     }
     ConvProblem<false> p(strided, 33);  // 5 channels: generic decode, K = 45 ends inside a slice
-    const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, false);
+    const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, gemm::kFp32Tile);
     Result r(grid.z, p.M, p.N);
     const HostStore st = r.store();
     emulate(grid, [&] { gemm::gemm_kernel<false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
@@ -187,7 +189,7 @@ TEST_CASE("emulated: the weight-gradient and linear GEMMs (A read m-fastest, K i
     const gemm::ColMajor dyT{dy.data(), g.N};
     const int64_t M = g.N, N = g.k * g.k * g.C, K = g.B * g.Ho() * g.Wo();
     for (const int mode : {0, 1, 2}) {
-        const gemm::GemmGrid grid = gemm::gemm_grid(M, N, K, 3, mode != 0);
+        const gemm::GemmGrid grid = gemm::gemm_grid(M, N, K, 3, mode != 0 ? gemm::kTensorCoreTile : gemm::kFp32Tile);
         REQUIRE(grid.z > 1);
         Result r(grid.z, M, N);
         const HostStore st = r.store();
@@ -200,10 +202,38 @@ TEST_CASE("emulated: the weight-gradient and linear GEMMs (A read m-fastest, K i
         const Rounding rounding[3] = {Rounding::None, Rounding::Tf32, Rounding::Bf16};
         require_product(r, K, dyT, gathered, rounding[mode], "weight gradient, math mode " + std::to_string(mode));
     }
+    // The wide kernel's weight-gradient form (GatherMode::Vector, BF16): the same gradient, and
+    // 100 output channels x 20 input channels (a partial 128-row tile, N = 180: a partial 64-column
+    // tile), K in chunks of 32 pixels ending inside a slice.
+    for (const ConvGeometry& w : {g, ConvGeometry{1, 13, 10, 20, 100, 3, 1, 1}}) {
+        const std::vector<float> xw = random_vector(w.B * w.H * w.W * w.C, 45), dyw = random_vector(w.B * w.Ho() * w.Wo() * w.N, 46);
+        const cuda::Gather<false> gw{xw.data(), w.Ho(), w.Wo(), w.H, w.W, w.C, w.k, w.stride, w.pad};
+        const gemm::ColMajor aw{dyw.data(), w.N};
+        const int64_t Mw = w.N, Nw = w.k * w.k * w.C, Kw = w.B * w.Ho() * w.Wo();
+        const gemm::GemmGrid grid = gemm::gemm_grid(Mw, Nw, Kw, 3, gemm::kWideTile);
+        REQUIRE(grid.z > 1);
+        REQUIRE(Kw % 32 != 0);
+        Result r(grid.z, Mw, Nw);
+        const HostStore st = r.store();
+        const gemm::WideWeightGradOperands<cuda::Gather<false>> ops{aw, gw};
+        emulate(grid, [&] { gemm::gemm_wide_kernel(Mw, Nw, Kw, grid.chunk, ops, st); });
+        require_product(r, Kw, aw, gw, Rounding::Bf16, "wide weight gradient, " + std::to_string(w.C) + " -> " + std::to_string(w.N));
+    }
+    {  // ... and a linear layer's weight gradient: dW (24 x 36) = dy^T (24 x 50) x (50 x 36), B row-major.
+        const std::vector<float> dyl = random_vector(50 * 24, 47), xl = random_vector(50 * 36, 48);
+        const gemm::ColMajor al{dyl.data(), 24};
+        const gemm::RowMajor bl{xl.data(), 36};
+        const gemm::GemmGrid grid = gemm::gemm_grid(24, 36, 50, 1, gemm::kWideTile);
+        Result r(grid.z, 24, 36);
+        const HostStore st = r.store();
+        const gemm::WideWeightGradOperands<gemm::RowMajor> ops{al, bl};
+        emulate(grid, [&] { gemm::gemm_wide_kernel(int64_t{24}, int64_t{36}, int64_t{50}, grid.chunk, ops, st); });
+        require_product(r, 50, al, bl, Rounding::Bf16, "wide linear weight gradient");
+    }
     // A linear layer: row-major x (37 x 70) times w^T (70 x 45), K = 70 not a multiple of 16.
     const std::vector<float> xs = random_vector(37 * 70, 43), wt = random_vector(70 * 45, 44);
     const gemm::RowMajor a{xs.data(), 70}, b{wt.data(), 45};
-    const gemm::GemmGrid grid = gemm::gemm_grid(37, 45, 70, 1, true);
+    const gemm::GemmGrid grid = gemm::gemm_grid(37, 45, 70, 1, gemm::kTensorCoreTile);
     Result r(grid.z, 37, 45);
     const HostStore st = r.store();
     emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(37, 45, 70, grid.chunk, a, b, st); });
@@ -232,11 +262,11 @@ TEST_CASE("emulated: transposed gathers by sub-pixel class give the whole transp
                 const gemm::SubpixelWeights lb{w.data(), c.N, sg};
                 const gemm::RowMappedStore<HostStore> st{r.store(), sg};
                 if (c.kernel == 0) {
-                    const gemm::GemmGrid grid{static_cast<unsigned>((Mc + cuda::kWideRows - 1) / cuda::kWideRows),
-                                              static_cast<unsigned>((c.N + cuda::kWideCols - 1) / cuda::kWideCols), 1, Kc};
-                    emulate(grid, [&] { gemm::gemm_wide_kernel(Mc, c.N, Kc, sg, lb, st); });
+                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, c.N, Kc, 1, gemm::kWideTile);
+                    const gemm::WideConvOperands<cuda::SubpixelGather, gemm::SubpixelWeights> ops{sg, lb};
+                    emulate(grid, [&] { gemm::gemm_wide_kernel(Mc, c.N, Kc, grid.chunk, ops, st); });
                 } else {
-                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, c.N, Kc, 1, c.kernel == 2);
+                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, c.N, Kc, 1, c.kernel == 2 ? gemm::kTensorCoreTile : gemm::kFp32Tile);
                     if (c.kernel == 1)
                         emulate(grid, [&] { gemm::gemm_kernel<false>(Mc, c.N, Kc, grid.chunk, sg, lb, st); });
                     else
