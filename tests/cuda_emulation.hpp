@@ -2,8 +2,9 @@
 // the CPU, so that their tiling, pipelines and WMMA fragment offsets are tested in every CI run
 // although CI has no GPU (tests/test_gemm_emulated.cpp).
 //
-// A launch runs the grid's blocks one after another; a block is `threads` std::threads sharing the
-// kernel's function-local statics (its __shared__ arrays) and a barrier (__syncthreads). WMMA
+// A launch runs the grid's blocks one after another; a block is std::threads sharing the kernel's
+// function-local statics (its __shared__ arrays) and a barrier (__syncthreads). A thread that
+// returns early must not be awaited by a later __syncthreads of its block (as the kernels here). WMMA
 // follows the CUDA C++ Programming Guide's description of nvcuda::wmma: a fragment is the whole
 // tile, warp-collective operations are done once (by lane 0, the only lane whose fragments are
 // observed, since only it stores) and every lane's pointer and leading dimension are checked
@@ -18,7 +19,7 @@
 #include <cuda_bf16.h>
 #include <vector_types.h>
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <mutex>
@@ -37,26 +38,24 @@
 #endif
 
 namespace pin_emulation {
-// A reusable barrier for the threads of one block.
+// A reusable barrier for the threads of one block. Waiters yield rather than sleep: a block is 256
+// threads on a couple of cores, and a sleeping barrier spent most of its time waking them.
 class Barrier {
 public:
     explicit Barrier(unsigned n) : n_(n) {}
     void wait() {
-        std::unique_lock<std::mutex> lock(m_);
-        const unsigned gen = generation_;
-        if (++waiting_ == n_) {
-            waiting_ = 0;
-            ++generation_;
-            cv_.notify_all();
+        const unsigned gen = generation_.load(std::memory_order_acquire);
+        if (waiting_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+            waiting_.store(0, std::memory_order_relaxed);
+            generation_.store(gen + 1, std::memory_order_release);
         } else {
-            cv_.wait(lock, [&] { return generation_ != gen; });
+            while (generation_.load(std::memory_order_acquire) == gen) std::this_thread::yield();
         }
     }
 
 private:
-    std::mutex m_;
-    std::condition_variable cv_;
-    unsigned n_, waiting_ = 0, generation_ = 0;
+    const unsigned n_;
+    std::atomic<unsigned> waiting_{0}, generation_{0};
 };
 inline thread_local Barrier* tl_barrier = nullptr;
 
@@ -80,29 +79,36 @@ inline thread_local dim3 blockDim, gridDim;
 inline void __syncthreads() { pin_emulation::tl_barrier->wait(); }
 
 namespace pin_emulation {
-// Runs kernel() as every thread of every block of `grid` (blocks of `threads`, x only); throws if
-// a WMMA rule was broken.
+// Runs kernel() as every thread of every block of `grid`, blocks of `block` threads; throws if a
+// WMMA rule was broken. The block's threads are made once and walk the blocks together: a barrier
+// ends each block, so a block's shared memory is not touched by the next one before it is done.
+template <class Kernel>
+void launch(dim3 grid, dim3 block, Kernel kernel) {
+    violation().clear();
+    const unsigned threads = block.x * block.y * block.z;
+    Barrier barrier(threads);
+    std::vector<std::thread> pool;
+    pool.reserve(threads);
+    for (unsigned t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+            blockDim = block;
+            gridDim = grid;
+            tl_barrier = &barrier;
+            for (unsigned z = 0; z < grid.z; ++z)
+                for (unsigned y = 0; y < grid.y; ++y)
+                    for (unsigned x = 0; x < grid.x; ++x) {
+                        blockIdx = uint3{x, y, z};
+                        kernel();
+                        barrier.wait();
+                    }
+        });
+    for (std::thread& th : pool) th.join();
+    if (!violation().empty()) throw std::runtime_error("emulated kernel broke a WMMA rule: " + violation());
+}
 template <class Kernel>
 void launch(dim3 grid, unsigned threads, Kernel kernel) {
-    violation().clear();
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                Barrier barrier(threads);
-                std::vector<std::thread> block;
-                block.reserve(threads);
-                for (unsigned t = 0; t < threads; ++t)
-                    block.emplace_back([&, t] {
-                        threadIdx = uint3{t, 0, 0};
-                        blockIdx = uint3{x, y, z};
-                        blockDim = dim3(threads, 1, 1);
-                        gridDim = grid;
-                        tl_barrier = &barrier;
-                        kernel();
-                    });
-                for (std::thread& th : block) th.join();
-            }
-    if (!violation().empty()) throw std::runtime_error("emulated kernel broke a WMMA rule: " + violation());
+    launch(grid, dim3(threads, 1, 1), kernel);
 }
 }  // namespace pin_emulation
 

@@ -53,6 +53,7 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
         GENERATE(pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows, pin::cuda::GatherMode::Vector);  \
     pin::cuda::set_gather_mode(gather);                                                                        \
     INFO("gather mode " << (gather == pin::cuda::GatherMode::Vector ? "vector" : gather == pin::cuda::GatherMode::Rows ? "rows" : "generic"))
+#include "estimator_checks.hpp"
 #include "gpu_defense.hpp"
 #include "gpu_trainer.hpp"
 #include "ops.cuh"
@@ -405,17 +406,7 @@ TEST_CASE("the fused GPU local-expectation gradient matches the CPU estimator", 
         gdz.download(reinterpret_cast<float*>(dz.data()), 2 * B * N);
         gcost.download(reinterpret_cast<float*>(cost.data()), 2 * B * k);
         gkept.download(reinterpret_cast<float*>(kept.data()), 2 * B * k);
-        double worst = 0, scale = 0, mean_cost = 0, mean_kept = 0;
-        for (size_t i = 0; i < dz.size(); ++i) {
-            worst = std::max(worst, std::fabs(dz[i] - cpu.dz[i]));
-            scale = std::max(scale, std::fabs(cpu.dz[i]));
-        }
-        for (size_t i = 0; i < cost.size(); ++i) mean_cost += cost[i] / cost.size(), mean_kept += kept[i] / kept.size();
-        std::printf("match %-40s worst |gpu - cpu| / max|cpu| = %.3g (tolerance 1e-9)\n", l2 ? "local gradient (L2 cost)" : "local gradient (MSE cost)",
-                    worst / scale);
-        REQUIRE(worst <= 1e-9 * scale);
-        REQUIRE(mean_cost == Approx(cpu.mean_cost).epsilon(1e-12));
-        REQUIRE(mean_kept == cpu.mean_kept);
+        pin::test::require_estimator_matches(dz, cost, kept, cpu, l2 ? "local gradient (L2 cost)" : "local gradient (MSE cost)");
     }
 }
 
