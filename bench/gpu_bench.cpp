@@ -139,6 +139,28 @@ int main(int argc, char** argv) {
                               gflop / f, gflop / bi, gflop / bw);
                 table.push_back(row);
             }
+            // The DAE decoder's transposed convolutions (3x3, stride 2, output padding 1), at their real
+            // FLOPs (each input pixel times 9 taps): the sub-pixel classes of the Rows and Vector gathers
+            // skip the products with zeros that the generic gather computes (3/4 of them).
+            for (const Layer& l : {Layer{"convT 256->256 s2 @14", 14, 256, 256, 3, 2}, Layer{"convT 64->64 s2 @56", 56, 64, 64, 3, 2}}) {
+                const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, 3, 2, 1, 1};
+                const int64_t Ho = pin::cuda::conv_transpose2d_out(s, l.h);
+                auto x = random_buffer(static_cast<size_t>(B0 * l.h * l.h * l.cin), 1), w = random_buffer(static_cast<size_t>(l.cout * l.cin * 9), 2, 0.05f);
+                auto dy = random_buffer(static_cast<size_t>(B0 * Ho * Ho * l.cout), 3);
+                pin::cuda::DeviceBuffer y(static_cast<size_t>(B0 * Ho * Ho * l.cout)), dx(static_cast<size_t>(B0 * l.h * l.h * l.cin)),
+                    dw(static_cast<size_t>(l.cout * l.cin * 9));
+                const double gflop = 2.0 * B0 * l.h * l.h * l.cout * l.cin * 9 / 1e9;
+                const double f = time_ms(iters, [&] { pin::cuda::conv_transpose2d_forward(x.data(), w.data(), y.data(), s); });
+                const double bi = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_input(dy.data(), w.data(), dx.data(), s); });
+                const double bw = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
+                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f}\n",
+                            math, gather, l.name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
+                char row[160];
+                std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", l.name, static_cast<long long>(B0),
+                              gflop / f, gflop / bi, gflop / bw);
+                table.push_back(row);
+            }
             for (const int64_t B : batches) try {
                 auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                 pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
@@ -149,8 +171,8 @@ int main(int argc, char** argv) {
             }
             // The training step (pin train's defaults: local estimator, 30 masks, L2 cost, clip 1), on
             // faces kept in host memory as pin train has them (the upload is part of the step); with
-            // the generic gather only (time).
-            if (gmode == GatherMode::Generic)
+            // the generic and the vector gathers only (time).
+            if (gmode != GatherMode::Rows)
             for (const int64_t B : batches) try {
                 pin::train::TrainerOptions to;
                 to.estimator = pin::train::Estimator::LocalExpectation;
