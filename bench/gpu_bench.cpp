@@ -119,6 +119,16 @@ int main(int argc, char** argv) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"%s\", \"batch\": %lld, \"error\": \"%s\"}\n",
                             math, gather, stage, static_cast<long long>(B), e.what());
             };
+            // One JSON line and one table row per layer: the three passes' times as TFLOP/s of `gflop`.
+            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw) {
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
+                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f}\n",
+                            math, gather, name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
+                char row[160];
+                std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name, static_cast<long long>(B0),
+                              gflop / f, gflop / bi, gflop / bw);
+                table.push_back(row);
+            };
             table.push_back(std::string(math) + (mode != MathMode::FP32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " + gather + ":");
             for (const Layer& l : layers) {
                 const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, l.k, l.s, 1};
@@ -131,13 +141,7 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
-                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f}\n",
-                            math, gather, l.name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
-                char row[160];
-                std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", l.name, static_cast<long long>(B0),
-                              gflop / f, gflop / bi, gflop / bw);
-                table.push_back(row);
+                report_layer(l.name, gflop, f, bi, bw);
             }
             // The DAE decoder's transposed convolutions (3x3, stride 2, output padding 1), at their real
             // FLOPs (each input pixel times 9 taps): the sub-pixel classes of the Rows and Vector gathers
@@ -153,13 +157,7 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv_transpose2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
-                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f}\n",
-                            math, gather, l.name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
-                char row[160];
-                std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", l.name, static_cast<long long>(B0),
-                              gflop / f, gflop / bi, gflop / bw);
-                table.push_back(row);
+                report_layer(l.name, gflop, f, bi, bw);
             }
             for (const int64_t B : batches) try {
                 auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
