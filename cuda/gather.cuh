@@ -121,6 +121,26 @@ PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool 
     return s;
 }
 
+// Output channels n .. n + 3 of row m for a gather with one channel (C = 1: the stems, which see the
+// 1-channel face): sum over the taps of the tap's pixel times w[tap N + n ..], w the packed weights
+// (K^2 rows of N), N a multiple of 4, w 16-byte aligned. The GEMM kernels would spend a whole K
+// slice of 16 or 32 on these 9 (or 1) products per output.
+template <class G>
+PIN_HD void gather_one_input(const G& la, const float* w, int64_t N, int64_t m, int64_t M, int64_t n, float (&v)[4]) {
+    const GatherRow r = la.row(m, M);
+    const int k = static_cast<int>(la.K);
+    v[0] = v[1] = v[2] = v[3] = 0.0f;
+    for (int kh = 0; kh < k; ++kh)
+        for (int kw = 0; kw < k; ++kw) {
+            const int64_t o = la.pixel_offset(r, kh, kw);
+            if (o < 0) continue;
+            const float x = la.src[o];
+            float u[4];
+            load4(w + (kh * k + kw) * N + n, u);
+            for (int j = 0; j < 4; ++j) v[j] += x * u[j];
+        }
+}
+
 // ---- gathers from NHWC sources ----------------------------------------------------------------------
 // Row m = (b, oh, ow) of a grid Ho x Wo; column k = (kh, kw, c). Direct: the source pixel is
 // (oh s - p + kh, ow s - p + kw) (forward convolution). Transposed: it is ((oh + p - kh) / s, ...)

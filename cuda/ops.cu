@@ -93,17 +93,35 @@ std::atomic<int>& gather_mode_flag() {
     return mode;
 }
 
+// Convolutions with one input channel (the stems; GatherMode Rows or Vector; gather.cuh
+// gather_one_input): a thread per (output pixel, 4 output channels), fp32 in every math mode; a
+// warp writes 2 pixels' 64 channels, 512 contiguous bytes. total = M N / 4 < 2^32 - 256 (the launch
+// checks).
+template <bool kTransposed, class Store>
+__global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, Gather<kTransposed> la, const float* w, Store st) {
+    const unsigned idx = blockIdx.x * blockDim.x + threadIdx.x, groups = static_cast<unsigned>(N / 4);
+    if (idx >= total) return;
+    const unsigned m = idx / groups, n = (idx - m * groups) * 4;
+    float v[4];
+    gather_one_input(la, w, N, m, M, n, v);
+    for (int j = 0; j < 4; ++j) st(0, m, n + j, v[j]);
+}
+
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
-enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput };
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput };
 bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 template <bool kAMFast, class LoadA, class LoadB>
-GemmKernel choose_kernel(int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
+GemmKernel choose_kernel(int64_t M, int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
     const MathMode mode = math_mode();
     const GatherMode gmode = gather_mode();
     const bool wide = mode == MathMode::BF16 && gmode == GatherMode::Vector;
     if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value) {
-        if constexpr (std::is_same<LoadB, RowMajor>::value && std::is_same<LoadA, Gather<LoadA::kIsTransposed>>::value)
+        if constexpr (std::is_same<LoadB, RowMajor>::value && std::is_same<LoadA, Gather<LoadA::kIsTransposed>>::value) {
             if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) return GemmKernel::OneOutput;
+            if (gmode != GatherMode::Generic && la.C == 1 && N % 4 == 0 && lb.ld == N && splits == 1 && aligned16(lb.a) &&
+                M * (N / 4) < (int64_t{1} << 32) - THREADS)
+                return GemmKernel::OneInput;
+        }
         if (wide && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 && lb.ld == N && aligned16(la.src) &&
             aligned16(lb.a))
             return GemmKernel::Wide;
@@ -129,16 +147,21 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
-    const GemmKernel kernel = choose_kernel<kAMFast>(N, K, splits, la, lb);
+    const GemmKernel kernel = choose_kernel<kAMFast>(M, N, K, splits, la, lb);
     if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
         la.rows = gather_mode() != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
     const GemmGrid g = gemm_grid(M, N, K, splits, tile_of(kernel));
     const dim3 grid(g.x, g.y, g.z);
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
-    if (kernel == GemmKernel::OneOutput) {
+    if (kernel == GemmKernel::OneOutput || kernel == GemmKernel::OneInput) {
         if constexpr (!kAMFast && std::is_same<LoadB, RowMajor>::value && IsGather<LoadA>::value) {
-            const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
-            conv_one_output_kernel<<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(M, la, lb.a, vec, st);
+            if (kernel == GemmKernel::OneOutput) {
+                const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
+                conv_one_output_kernel<<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(M, la, lb.a, vec, st);
+            } else {
+                const unsigned total = static_cast<unsigned>(M * (N / 4));
+                conv_one_input_kernel<<<(total + THREADS - 1) / THREADS, THREADS, 0, cur()>>>(total, M, N, la, lb.a, st);
+            }
         }
     } else if (kernel == GemmKernel::Wide) {
         if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
@@ -256,7 +279,7 @@ template <class LoadA, class LoadB, class Map>
 void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
                        const std::string& shape) {
     const int64_t splits = split_for(M, N, K);
-    const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(N, K, splits, la, lb))).z;  // as launch_gemm chunks K
+    const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(M, N, K, splits, la, lb))).z;  // as launch_gemm chunks K
     DeviceBuffer partial(static_cast<size_t>(z * M * N));
     launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
     reduce_partials_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256, 0, cur()>>>(partial.data(), z, M, N, map, dst);

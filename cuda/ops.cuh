@@ -81,8 +81,10 @@ MathMode math_mode();
 // kernel's instructions). Rows: each thread decodes its rows' pixels once per launch and each
 // 16-deep K slice's tap once, for the forward and input-gradient passes of layers whose gathered
 // channel count is a multiple of 16 (the same values in the same order as Generic); and
-// convolutions with one output channel run as a per-pixel dot product (fp32 in every math mode,
-// sums in another order) instead of a GEMM that would fill 1 of its tile's 64 columns.
+// convolutions with one output channel run as a per-pixel dot product, and those with one input
+// channel as a per-pixel, per-4-channels sum of their taps (fp32 in every math mode, sums in
+// another order), instead of a GEMM that would fill 1 of its tile's 64 columns or spend a 16-deep
+// K slice on 9 products.
 // Rows and Vector also split strided transposed gathers (transposed convolutions, input gradients
 // of strided convolutions) into sub-pixel classes, each a GEMM over its own taps only.
 // Vector: as Rows, and with MathMode::BF16 the wide tensor-core kernel (16-byte vector loads,

@@ -165,6 +165,42 @@ void check_gather_dot(const Geometry& g) {
     REQUIRE(cuda::gather_dot(la, wt.data(), M, M, true) == 0.0f);  // past the last row
 }
 
+// The one-input-channel convolution (gather_one_input): 4 output channels of a row against float64
+// sums of im2col times the packed weights (taps x N).
+void check_gather_one_input(const Geometry& g, int64_t N) {
+    INFO("C 1 -> " << N << " k" << g.K << " s" << g.stride << " p" << g.pad);
+    REQUIRE(g.C == 1);
+    const Tensor t = test::random_tensor({g.B * g.H * g.W}, 14, 1.0f), wt = test::random_tensor({g.K * g.K * N}, 15, 1.0f);
+    const std::vector<float> src(t.data(), t.data() + t.numel());
+    const cuda::Gather<false> la{src.data(), g.Ho, g.Wo, g.H, g.W, 1, g.K, g.stride, g.pad};
+    const int64_t M = g.B * g.Ho * g.Wo;
+    double worst = 0, largest = 0;
+    for (int64_t m = 0; m <= M; ++m)  // m == M: past the last row, zeros
+        for (int64_t n = 0; n < N; n += 4) {
+            float v[4];
+            cuda::gather_one_input(la, wt.data(), N, m, M, n, v);
+            for (int j = 0; j < 4; ++j) {
+                double want = 0, mag = 0;
+                for (int64_t k = 0; m < M && k < g.K * g.K; ++k) {
+                    const double p = static_cast<double>(im2col(g, src, m, k)) * wt.data()[k * N + n + j];
+                    want += p;
+                    mag += std::fabs(p);
+                }
+                worst = std::max(worst, std::fabs(v[j] - want) / std::max(mag, 1e-30));
+                largest = std::max(largest, std::fabs(want));
+                if (m == M) REQUIRE(v[j] == 0.0f);
+            }
+        }
+    REQUIRE(largest > 0);
+    REQUIRE(worst < 1e-6);
+}
+
+TEST_CASE("the one-input-channel convolution matches im2col in float64", "[gather]") {
+    check_gather_one_input({false, 2, 13, 11, 13, 11, 1, 3, 1, 1}, 64);  // the stems: 3x3, 1 -> 64
+    check_gather_one_input({false, 1, 7, 6, 13, 11, 1, 1, 2, 0}, 20);    // the first block's 1x1 stride-2 shortcut
+    check_gather_one_input({false, 1, 7, 6, 13, 11, 1, 3, 2, 1}, 8);     // 3x3 stride 2
+}
+
 TEST_CASE("the one-output-channel convolution's dot product matches im2col in float64", "[gather]") {
     check_gather_dot<false>({false, 2, 11, 9, 11, 9, 64, 3, 1, 1});    // the DAE's last layer, smaller
     check_gather_dot<false>({false, 1, 5, 4, 10, 8, 6, 3, 2, 1});      // stride 2, C not a multiple of 4
