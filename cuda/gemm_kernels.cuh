@@ -29,6 +29,57 @@ struct RowMajor {
     int64_t ld;
     __device__ float operator()(int64_t i, int64_t j) const { return a[i * ld + j]; }
     __device__ const float* row_ptr(int64_t i) const { return a + i * ld; }
+    // A(i, j .. j + 3), for the wide kernel (j a multiple of 4, vectors_aligned()).
+    __device__ void vec4(int64_t i, int64_t j, float (&v)[4]) const { load4(a + i * ld + j, v); }
+    bool vectors_aligned() const { return reinterpret_cast<uintptr_t>(a) % 16 == 0 && ld % 4 == 0; }
+};
+// A = x - mean, row-major (B, D): the faces centred for the projection onto the eigenfaces.
+struct Centered {
+    const float* x;
+    const float* mean;
+    int64_t D;
+    __device__ float operator()(int64_t b, int64_t d) const { return x[b * D + d] - mean[d]; }
+    __device__ void vec4(int64_t b, int64_t d, float (&v)[4]) const {
+        float m[4];
+        load4(x + b * D + d, v);
+        load4(mean + d, m);
+        for (int j = 0; j < 4; ++j) v[j] -= m[j];
+    }
+    bool vectors_aligned() const { return reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(mean) % 16 == 0 && D % 4 == 0; }
+};
+// A = q .* c, row-major (B, N) (q null: c): the masked coefficients of the reconstruction.
+struct MaskedCoefficients {
+    const float* c;
+    const float* q;
+    int64_t N;
+    __device__ float operator()(int64_t b, int64_t j) const { return q ? q[b * N + j] * c[b * N + j] : c[b * N + j]; }
+    __device__ void vec4(int64_t b, int64_t j, float (&v)[4]) const {
+        load4(c + b * N + j, v);
+        if (!q) return;
+        float m[4];
+        load4(q + b * N + j, m);
+        for (int e = 0; e < 4; ++e) v[e] = m[e] * v[e];
+    }
+    bool vectors_aligned() const {
+        return reinterpret_cast<uintptr_t>(c) % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && N % 4 == 0;
+    }
+};
+// Row-major A operands the wide kernel reads 4 k at a time (vec4).
+template <class T>
+struct IsRowVectors {
+    static constexpr bool value = false;
+};
+template <>
+struct IsRowVectors<RowMajor> {
+    static constexpr bool value = true;
+};
+template <>
+struct IsRowVectors<Centered> {
+    static constexpr bool value = true;
+};
+template <>
+struct IsRowVectors<MaskedCoefficients> {
+    static constexpr bool value = true;
 };
 // Its transposed view: (i, j) -> a[j * ld + i].
 struct ColMajor {
@@ -299,6 +350,15 @@ __device__ inline void store_bf16x4(__nv_bfloat16* p, const float (&v)[4]) {
     reinterpret_cast<__nv_bfloat162*>(p)[1] = __floats2bfloat162_rn(v[2], v[3]);
 }
 __device__ inline void zero4(float (&v)[4]) { v[0] = v[1] = v[2] = v[3] = 0.0f; }
+// A slice's registers into a stage, A m x k ([kWideRows][WLA]) and B k x n, in the thread layout of
+// gather.cuh (wide_a_row, wide_b_row, ...).
+__device__ inline void store_row_major_a(const float (&a)[kWideARows][4], const float (&b)[kWideBRows][4], __nv_bfloat16* As,
+                                         __nv_bfloat16* Bs, int tid) {
+PIN_UNROLL
+    for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + wide_a_row(tid, i) * WLA + wide_a_col(tid), a[i]);
+PIN_UNROLL
+    for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), b[j]);
+}
 
 // The convolution GEMMs: A gathered by rows (Gather, SubpixelGather), B read by rows (RowMajor,
 // SubpixelWeights); the gathered channel count a multiple of 32 (a slice lies in one tap), N a
@@ -328,12 +388,46 @@ PIN_UNROLL
                 zero4(r.b[j]);
         }
     }
-    __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
-PIN_UNROLL
-        for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + wide_a_row(tid, i) * WLA + wide_a_col(tid), r.a[i]);
-PIN_UNROLL
-        for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), r.b[j]);
+    __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const { store_row_major_a(r.a, r.b, As, Bs, tid); }
+};
+
+// Row-major A operands (linear layers, the projection onto the eigenfaces and back): A read by the
+// convolution form's thread layout, 4 consecutive k per vector (vec4); K, N and the leading
+// dimensions multiples of 4 (a vector is all inside or all outside K), sources 16-byte aligned.
+template <class LoadA, class LoadB>
+struct WideRowOperands {
+    static constexpr bool kAColMajor = false;
+    static constexpr int kALd = WLA;  // As is [kWideRows][WLA], m x k
+    LoadA la;
+    LoadB lb;
+    struct Regs {
+        float a[kWideARows][4], b[kWideBRows][4];
+        int64_t m0, n;
+    };
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t, int tid) const {
+        r.m0 = m0;
+        r.n = n0 + wide_b_col(tid);
     }
+    __device__ void fetch(Regs& r, int64_t k0, int64_t kend, int64_t M, int64_t N, int tid) const {
+        const int64_t k = k0 + wide_a_col(tid);
+PIN_UNROLL
+        for (int i = 0; i < kWideARows; ++i) {
+            const int64_t m = r.m0 + wide_a_row(tid, i);
+            if (m < M && k < kend)
+                la.vec4(m, k, r.a[i]);
+            else
+                zero4(r.a[i]);
+        }
+PIN_UNROLL
+        for (int j = 0; j < kWideBRows; ++j) {
+            const int64_t kb = k0 + wide_b_row(tid, j);
+            if (kb < kend && r.n < N)
+                load4(lb.row_ptr(kb) + r.n, r.b[j]);
+            else
+                zero4(r.b[j]);
+        }
+    }
+    __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const { store_row_major_a(r.a, r.b, As, Bs, tid); }
 };
 
 // The weight gradients: A(m, k) = a[k ld + m] (ColMajor: the output gradient, m = channel, k =

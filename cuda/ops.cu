@@ -126,6 +126,9 @@ GemmKernel choose_kernel(int64_t M, int64_t N, int64_t K, int64_t splits, const 
             aligned16(lb.a))
             return GemmKernel::Wide;
     }
+    if constexpr (!kAMFast && IsRowVectors<LoadA>::value && IsRowAddressable<LoadB>::value) {
+        if (wide && K % 4 == 0 && N % 4 == 0 && la.vectors_aligned() && lb.ld == N && aligned16(lb.a)) return GemmKernel::Wide;
+    }
     if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value)) {
         bool fits = wide && la.ld % 4 == 0 && aligned16(la.a) && N % 4 == 0;
         if constexpr (IsGather<LoadB>::value)
@@ -166,6 +169,8 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     } else if (kernel == GemmKernel::Wide) {
         if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
             gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideConvOperands<LoadA, LoadB>{la, lb}, st);
+        else if constexpr (!kAMFast && IsRowVectors<LoadA>::value && IsRowAddressable<LoadB>::value)
+            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideRowOperands<LoadA, LoadB>{la, lb}, st);
         else if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value))
             gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideWeightGradOperands<LoadB>{la, lb}, st);
     } else if (kernel == GemmKernel::TensorCore) {
@@ -205,13 +210,6 @@ int64_t split_for(int64_t M, int64_t N, int64_t K) {
     return std::max<int64_t>(1, std::min<int64_t>((528 + tiles - 1) / tiles, K / 1024));
 }
 
-// A = x - mean, row-major (B, D).
-struct Centered {
-    const float* x;
-    const float* mean;
-    int64_t D;
-    __device__ float operator()(int64_t b, int64_t d) const { return x[b * D + d] - mean[d]; }
-};
 
 // Epilogue of the forward convolutions: act(acc + bias) (+ existing).
 struct ConvStore {
@@ -548,12 +546,6 @@ void project_coefficients(const float* basis, const float* mean, const float* x,
     launch_gemm<false>(batch, N, D, 1, Centered{x, mean, D}, RowMajor{basis, N}, ConvStore{c, N, nullptr, nullptr, false},
                        "project_coefficients", dims(batch, D, N));
 }
-struct MaskedCoefficients {
-    const float* c;
-    const float* q;
-    int64_t N;
-    __device__ float operator()(int64_t b, int64_t j) const { return q ? q[b * N + j] * c[b * N + j] : c[b * N + j]; }
-};
 void reconstruct(const float* basis_t, const float* mean, const float* c, const float* q, float* y, int64_t batch, int64_t D,
                  int64_t N) {
     // y = (q .* c) B^T + mean: the mean enters as a per-column "bias".

@@ -90,7 +90,8 @@ MathMode math_mode();
 // Vector: as Rows, and with MathMode::BF16 the wide tensor-core kernel (16-byte vector loads,
 // 32-deep slices, two shared-memory stages; gemm_kernels.cuh gemm_wide_kernel) for the forward and
 // input-gradient passes of layers whose gathered channel count is a multiple of 32 and output
-// channel count a multiple of 4, and for weight gradients whose channel counts are multiples of 4.
+// channel count a multiple of 4, for weight gradients whose channel counts are multiples of 4, and
+// for the linear layers and the eigenface projection when their sizes are multiples of 4.
 // Process-wide. Generic unless set: Rows and Vector have not yet run on a GPU (bench/gpu_check.sh
 // tests and times them; make the fastest that passes there the default).
 enum class GatherMode { Generic, Rows, Vector };

@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "helpers.hpp"
@@ -206,7 +207,10 @@ TEST_CASE("GPU transposed convolutions match the CPU", "[cuda][conv]") {
 TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][elementwise]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
-    const int64_t B = 5, in = 333, out = 77;
+    PIN_EACH_GATHER_MODE();
+    // Odd sizes, and multiples of 4, which the wide kernel takes (Vector + BF16).
+    const std::pair<int64_t, int64_t> io = GENERATE(std::make_pair<int64_t, int64_t>(333, 77), std::make_pair<int64_t, int64_t>(336, 76));
+    const int64_t B = 5, in = io.first, out = io.second;
     const Tensor x = rnd({B, in}, 7, Layout::NCHW), w = rnd({out, in}, 8, Layout::NCHW), b = rnd({out}, 9, Layout::NCHW),
                  dy = rnd({B, out}, 10, Layout::NCHW);
     Tensor y = Tensor::empty({B, out}), dx = Tensor::empty({B, in}), dw = Tensor::empty({out, in}), db = Tensor::empty({out});
@@ -267,7 +271,8 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
 TEST_CASE("GPU masks, projection and O(N) mask costs match the CPU", "[cuda][pin]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
-    const int64_t B = 3, D = 12544, N = 37;
+    PIN_EACH_GATHER_MODE();
+    const int64_t B = 3, D = 12544, N = GENERATE(37, 40);  // 40: the wide kernel's row-major form (Vector + BF16)
     const Tensor basis = rnd({D, N}, 14, Layout::NCHW), mean = rnd({D}, 15, Layout::NCHW), x = rnd({B, D}, 16, Layout::NCHW);
     std::vector<float> p(static_cast<size_t>(B * N));
     for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<float>((i * 37) % 101) / 100.0f;

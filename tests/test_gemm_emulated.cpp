@@ -278,3 +278,29 @@ TEST_CASE("emulated: transposed gathers by sub-pixel class give the whole transp
                         "sub-pixel classes, kernel " + std::to_string(c.kernel) + ", C " + std::to_string(c.C));
     }
 }
+
+TEST_CASE("emulated: the wide kernel's row-major form (linear layers, the eigenface projection)", "[gather][emulated]") {
+    // Projection: c (B x N) = (x - mean) (B x D) times the basis (D x N); D = 100 ends inside a slice.
+    const int64_t B = 5, D = 100, N = 68;
+    const std::vector<float> x = random_vector(B * D, 71), mean = random_vector(D, 72), basis = random_vector(D * N, 73);
+    const gemm::Centered centered{x.data(), mean.data(), D};
+    const gemm::RowMajor bm{basis.data(), N};
+    auto run = [&](const auto& la, const gemm::RowMajor& lb, int64_t M, int64_t n, int64_t K, const char* what) {
+        const gemm::GemmGrid grid = gemm::gemm_grid(M, n, K, 1, gemm::kWideTile);
+        Result r(grid.z, M, n);
+        const HostStore st = r.store();
+        const gemm::WideRowOperands<std::decay_t<decltype(la)>, gemm::RowMajor> ops{la, lb};
+        emulate(grid, [&] { gemm::gemm_wide_kernel(M, n, K, grid.chunk, ops, st); });
+        require_product(r, K, la, lb, Rounding::Bf16, what);
+    };
+    run(centered, bm, B, N, D, "projection (x - mean) B");
+    // Reconstruction: (q .* c) (B x N) times B^T (N x D), with and without masks; K = 68.
+    const std::vector<float> c = random_vector(B * N, 74), bt = random_vector(N * D, 75);
+    std::vector<float> q(static_cast<size_t>(B * N));
+    for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>((i * 7) % 3 != 0);
+    run(gemm::MaskedCoefficients{c.data(), q.data(), N}, gemm::RowMajor{bt.data(), D}, B, D, N, "masked reconstruction");
+    run(gemm::MaskedCoefficients{c.data(), nullptr, N}, gemm::RowMajor{bt.data(), D}, B, D, N, "reconstruction without masks");
+    // A linear layer with 2 row tiles: x (131 x 36) times w^T (36 x 20).
+    const std::vector<float> xl = random_vector(131 * 36, 76), wl = random_vector(36 * 20, 77);
+    run(gemm::RowMajor{xl.data(), 36}, gemm::RowMajor{wl.data(), 20}, 131, 20, 36, "linear");
+}
