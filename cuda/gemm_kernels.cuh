@@ -22,7 +22,7 @@
 
 namespace pin::cuda::gemm {
 
-// ---- the GEMM --------------------------------------------------------------------------------------
+// ---- operands --------------------------------------------------------------------------------------
 // Row-major matrix reads: (i, j) -> a[i * ld + j]; the wide kernel reads it in 4-float vectors.
 struct RowMajor {
     const float* a;
@@ -81,7 +81,7 @@ template <>
 struct IsRowVectors<MaskedCoefficients> {
     static constexpr bool value = true;
 };
-// Its transposed view: (i, j) -> a[j * ld + i].
+// The transposed view of a row-major matrix: (i, j) -> a[j * ld + i].
 struct ColMajor {
     const float* a;
     int64_t ld;
