@@ -130,7 +130,7 @@ GemmKernel choose_kernel(int64_t M, int64_t N, int64_t K, int64_t splits, const 
         if (wide && K % 4 == 0 && N % 4 == 0 && la.vectors_aligned() && lb.ld == N && aligned16(lb.a)) return GemmKernel::Wide;
     }
     if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value)) {
-        bool fits = wide && la.ld % 4 == 0 && aligned16(la.a) && N % 4 == 0;
+        bool fits = wide && M % 4 == 0 && la.ld % 4 == 0 && aligned16(la.a) && N % 4 == 0;
         if constexpr (IsGather<LoadB>::value)
             fits = fits && lb.C % 4 == 0 && aligned16(lb.src);
         else
