@@ -1,9 +1,10 @@
 // cuda/gather.cuh - the implicit GEMM's gathered operand: a convolution's input (or output
 // gradient) in NHWC read as the GEMM matrix A(m, k), m = (image, output row, output column),
-// k = (kh, kw, channel), with no im2col buffer. Host and device code (PIN_HD): the GPU kernels use
-// it, and tests/test_gather.cpp checks on the CPU that GatherMode::Rows (a thread's rows decoded once,
-// a slice's tap once) reads exactly what the generic per-element decode reads, for every GEMM
-// element a thread block loads.
+// k = (kh, kw, channel), with no im2col buffer; the row and vector loads of the GEMM kernels
+// (GatherMode Rows, Vector), the sub-pixel classes of strided transposed gathers, and the per-pixel
+// sums of the 1-channel layers. Host and device code (PIN_HD): the GPU kernels use it, and
+// tests/test_gather.cpp checks on the CPU that every form reads exactly what the generic
+// per-element decode (an im2col written out there) reads.
 #pragma once
 #include <cstdint>
 
@@ -55,7 +56,7 @@ PIN_HD void gather_rows(const LoadA& la, const GatherRow (&rows)[N], int64_t k0,
     for (int i = 0; i < N; ++i) out[i] = in_k ? la.at(rows[i], kh, kw, c) : 0.0f;
 }
 
-// GatherMode::Vector with MathMode::BF16: the wide tensor-core kernel (ops.cu) loads 128 x 32 A
+// GatherMode::Vector with MathMode::BF16: the wide tensor-core kernel (gemm_kernels.cuh) loads 128 x 32 A
 // slices and 32 x 64 B slices of 4-float vectors. Thread t of 256 loads A rows t / 8 + 32 i (i < 4),
 // columns 4 (t % 8) .. + 3, and B rows t / 16 + 16 j (j < 2), columns 4 (t % 16) .. + 3: a warp reads
 // 4 rows x 32 consecutive channels (128 bytes each) of A and 2 rows x 64 columns of B. A 32-deep
