@@ -56,8 +56,8 @@ PIN_HD void gather_rows(const LoadA& la, const GatherRow (&rows)[N], int64_t k0,
     for (int i = 0; i < N; ++i) out[i] = in_k ? la.at(rows[i], kh, kw, c) : 0.0f;
 }
 
-// GatherMode::Vector with MathMode::BF16: the wide tensor-core kernel (gemm_kernels.cuh) loads 128 x 32 A
-// slices and 32 x 64 B slices of 4-float vectors. Thread t of 256 loads A rows t / 8 + 32 i (i < 4),
+// GatherMode::Vector with MathMode::BF16: the wide tensor-core kernel (gemm_kernels.cuh) loads
+// 128 x 32 A slices and 32 x 64 B slices of 4-float vectors. Thread t of 256 loads A rows t / 8 + 32 i (i < 4),
 // columns 4 (t % 8) .. + 3, and B rows t / 16 + 16 j (j < 2), columns 4 (t % 16) .. + 3: a warp reads
 // 4 rows x 32 consecutive channels (128 bytes each) of A and 2 rows x 64 columns of B. A 32-deep
 // slice lies in one tap when the gathered channel count is a multiple of 32 (the launch checks).
