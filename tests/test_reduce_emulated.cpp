@@ -32,7 +32,10 @@ TEST_CASE("emulated: per-channel sums and sums of squares in a fixed order", "[e
     // 6,421 rows (100 chunks of 64 and one of 21) of 45 channels (a partial 32-channel block).
     const int64_t rows = 6421, channels = 45;
     const std::vector<float> x = random_vector(rows * channels, 61), dy = random_vector(rows * channels, 62);
-    const auto f = [&](int64_t i) { return x[static_cast<size_t>(i)] > 0.0f ? 0.0 : static_cast<double>(x[static_cast<size_t>(i)]) * dy[static_cast<size_t>(i)]; };
+    const auto f = [&](int64_t i) {  // the PReLU slope gradient's terms
+        const size_t e = static_cast<size_t>(i);
+        return x[e] > 0.0f ? 0.0 : static_cast<double>(x[e]) * dy[e];
+    };
     const kernels::ChannelSumChunks ch = kernels::channel_sum_chunks(rows);
     REQUIRE(ch.chunks == 101);
     std::vector<double> partial(static_cast<size_t>(ch.chunks * channels));
@@ -97,7 +100,8 @@ TEST_CASE("emulated: mask-cost terms, per-mask costs and the fused local-expecta
                 const PhiloxStream rng(5, (20 + static_cast<uint64_t>(b)) * k + static_cast<uint64_t>(s));
                 std::vector<float> m(static_cast<size_t>(N));
                 double nk = 0;
-                for (int64_t j = 0; j < N; ++j) nk += m[static_cast<size_t>(j)] = rng.bernoulli(static_cast<uint64_t>(j), p[static_cast<size_t>(b * N + j)]);
+                for (int64_t j = 0; j < N; ++j)
+                    nk += m[static_cast<size_t>(j)] = rng.bernoulli(static_cast<uint64_t>(j), p[static_cast<size_t>(b * N + j)]);
                 REQUIRE(kept[static_cast<size_t>(b * k + s)] == nk);
                 REQUIRE(cost[static_cast<size_t>(b * k + s)] == Approx(train::mask_cost(terms[static_cast<size_t>(b)], m.data(), type, 0.015)).epsilon(1e-12));
             }
