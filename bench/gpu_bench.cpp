@@ -209,6 +209,13 @@ int main(int argc, char** argv) {
             } catch (const std::exception& e) {
                 report_error("training_step", B, e);
             }
+            // Which kernels this configuration's GEMMs ran on (counts since the process started:
+            // gpu_check.sh runs one configuration per process).
+            const pin::cuda::KernelLaunches kl = pin::cuda::kernel_launches();
+            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
+                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld}}\n",
+                        math, gather, static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
+                        static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input));
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

@@ -114,4 +114,7 @@ echo
 echo "Training step (noise, DAE, ESN + head forward and backward, 30 masks, estimator, SGD):"
 cat "$out/train_table.txt"
 grep -E "^  " "$out/bench.txt"
+echo
+echo "GEMM launches by kernel, per configuration:"
+grep '"gemm_launches"' "$out/bench.txt"
 exit $tests_rc

@@ -109,6 +109,7 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, Gath
 
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
 enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput };
+std::atomic<int64_t> g_launches[5];  // by GemmKernel
 bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 template <bool kAMFast, class LoadA, class LoadB>
 GemmKernel choose_kernel(int64_t M, int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
@@ -151,6 +152,7 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
     const GemmKernel kernel = choose_kernel<kAMFast>(M, N, K, splits, la, lb);
+    g_launches[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
     if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
         la.rows = gather_mode() != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
     const GemmGrid g = gemm_grid(M, N, K, splits, tile_of(kernel));
@@ -165,6 +167,8 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
                 const unsigned total = static_cast<unsigned>(M * (N / 4));
                 conv_one_input_kernel<<<(total + THREADS - 1) / THREADS, THREADS, 0, cur()>>>(total, M, N, la, lb.a, st);
             }
+        } else {
+            ::pin::detail::throw_error("CUDA ", name, " ", shape, ": no per-pixel kernel for these operands");
         }
     } else if (kernel == GemmKernel::Wide) {
         if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
@@ -173,6 +177,8 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
             gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideRowOperands<LoadA, LoadB>{la, lb}, st);
         else if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value))
             gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideWeightGradOperands<LoadB>{la, lb}, st);
+        else
+            ::pin::detail::throw_error("CUDA ", name, " ", shape, ": no wide kernel for these operands");  // choose_kernel mirrors the above
     } else if (kernel == GemmKernel::TensorCore) {
         if (math_mode() == MathMode::TF32)
             gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
@@ -320,6 +326,15 @@ void channel_sum(int64_t rows, int64_t channels, F f, float* out, const char* na
 void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
 MathMode math_mode() { return static_cast<MathMode>(math_mode_flag().load()); }
 void set_gather_mode(GatherMode mode) { gather_mode_flag() = static_cast<int>(mode); }
+KernelLaunches kernel_launches() {
+    KernelLaunches k;
+    k.fp32 = g_launches[static_cast<int>(GemmKernel::Fp32)].load();
+    k.tensor_core = g_launches[static_cast<int>(GemmKernel::TensorCore)].load();
+    k.wide = g_launches[static_cast<int>(GemmKernel::Wide)].load();
+    k.one_output = g_launches[static_cast<int>(GemmKernel::OneOutput)].load();
+    k.one_input = g_launches[static_cast<int>(GemmKernel::OneInput)].load();
+    return k;
+}
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 
 // ---- DeviceBuffer ----------------------------------------------------------------------------------

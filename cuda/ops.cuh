@@ -98,6 +98,13 @@ enum class GatherMode { Generic, Rows, Vector };
 void set_gather_mode(GatherMode mode);
 GatherMode gather_mode();
 
+// How many GEMM launches each kernel has had in this process (tests check that a configuration
+// reaches the kernel it is meant for; pin-bench-gpu reports them).
+struct KernelLaunches {
+    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0;
+};
+KernelLaunches kernel_launches();
+
 // ---- convolutions (NHWC activations) -------------------------------------------------------------
 struct ConvShape {
     int64_t batch, in_h, in_w, in_c, out_c, kernel, stride, padding, output_padding = 0;

@@ -152,9 +152,19 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
         const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p};
         auto gx = to_gpu(x), gw = to_gpu(w), gdy = to_gpu(dy), gb = to_gpu(bias), gs = to_gpu(slope);
         pin::cuda::DeviceBuffer gy(y.numel()), gdx(dx.numel()), gdw(dw.numel());
+        const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
         pin::cuda::conv2d_forward(gx.data(), gw.data(), gy.data(), s, gb.data(), gs.data());
+        const pin::cuda::KernelLaunches after = pin::cuda::kernel_launches();
+        // The forward reaches the kernel its configuration is for (ops.cuh GatherMode).
+        const bool special = gather != pin::cuda::GatherMode::Generic;
+        if (special && c.cout == 1) REQUIRE(after.one_output > before.one_output);
+        if (special && c.cin == 1 && c.cout % 4 == 0) REQUIRE(after.one_input > before.one_input);
+        if (gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 32 == 0 && c.cout % 4 == 0)
+            REQUIRE(after.wide > before.wide);
         pin::cuda::conv2d_backward_input(gdy.data(), gw.data(), gdx.data(), s);
         pin::cuda::conv2d_backward_weight(gx.data(), gdy.data(), gdw.data(), s);
+        if (gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 4 == 0 && c.cout % 4 == 0)
+            REQUIRE(pin::cuda::kernel_launches().wide > after.wide);  // the weight gradient at least
         const std::string name = "conv k" + std::to_string(c.k) + " s" + std::to_string(c.s) + " " + std::to_string(c.cin) + "->" +
                                  std::to_string(c.cout);
         require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), name + " forward");
