@@ -43,6 +43,9 @@ pin::cuda::DeviceBuffer random_buffer(size_t n, uint64_t seed, float scale = 1.0
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Line-buffered even into a file: gpu_check.sh ends a configuration that overruns its time with
+    // `timeout`, and the lines measured until then must not die in the buffer with it.
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
     std::vector<int64_t> batches = {64, 256, 1024};
     int iters = 5;
     std::string only = "all";
