@@ -267,22 +267,29 @@ PIN_HD inline SubpixelClass subpixel_class(int ry, int rx, int64_t Ho, int64_t W
 // whole gather (its at / at4 / pixel_offset), so the same values; row() and slice() decode the class.
 struct SubpixelGather : Gather<true> {
     SubpixelClass cls;
+    // Class row m as (image b, output row oh, output column ow) of the whole output.
+    PIN_HD void pixel(int64_t m64, int& b, int& oh, int& ow) const {
+        const unsigned m = static_cast<unsigned>(m64), w = static_cast<unsigned>(cls.rows_w), h = static_cast<unsigned>(cls.rows_h);
+        const unsigned t = m / w, j = m - t * w, ub = t / h, i = t - ub * h, s = static_cast<unsigned>(stride);
+        b = static_cast<int>(ub);
+        oh = cls.oh0 + static_cast<int>(i * s);
+        ow = cls.ow0 + static_cast<int>(j * s);
+    }
     PIN_HD GatherRow row(int64_t m64, int64_t M) const {
         GatherRow r;
         r.valid = m64 < M;
         if (!r.valid) return r;
-        const unsigned m = static_cast<unsigned>(m64), w = static_cast<unsigned>(cls.rows_w), h = static_cast<unsigned>(cls.rows_h);
-        const unsigned t = m / w, j = m - t * w, b = t / h, i = t - b * h;
-        r.b = static_cast<int>(b);
-        r.y = cls.oh0 + static_cast<int>(i * static_cast<unsigned>(stride)) + static_cast<int>(pad);
-        r.x = cls.ow0 + static_cast<int>(j * static_cast<unsigned>(stride)) + static_cast<int>(pad);
+        int oh, ow;
+        pixel(m64, r.b, oh, ow);
+        r.y = oh + static_cast<int>(pad);
+        r.x = ow + static_cast<int>(pad);
         return r;
     }
     // The row of the whole output (b, oh, ow) that class row m is.
     PIN_HD int64_t out_row(int64_t m64) const {
-        const unsigned m = static_cast<unsigned>(m64), w = static_cast<unsigned>(cls.rows_w), h = static_cast<unsigned>(cls.rows_h);
-        const unsigned t = m / w, j = m - t * w, b = t / h, i = t - b * h;
-        return (static_cast<int64_t>(b) * Ho + cls.oh0 + i * stride) * Wo + cls.ow0 + j * stride;
+        int b, oh, ow;
+        pixel(m64, b, oh, ow);
+        return (static_cast<int64_t>(b) * Ho + oh) * Wo + ow;
     }
     // The whole gather's tap of class column k (t = k / C).
     PIN_HD void tap(int64_t k, int& kh, int& kw) const {

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstdint>
 #include <type_traits>
+#include <utility>
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
@@ -22,6 +23,8 @@
 
 namespace pin::cuda::gemm {
 
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 // ---- operands --------------------------------------------------------------------------------------
 // Row-major matrix reads: (i, j) -> a[i * ld + j]; the wide kernel reads it in 4-float vectors.
 struct RowMajor {
@@ -31,7 +34,7 @@ struct RowMajor {
     __device__ const float* row_ptr(int64_t i) const { return a + i * ld; }
     // A(i, j .. j + 3), for the wide kernel (j a multiple of 4, vectors_aligned()).
     __device__ void vec4(int64_t i, int64_t j, float (&v)[4]) const { load4(a + i * ld + j, v); }
-    bool vectors_aligned() const { return reinterpret_cast<uintptr_t>(a) % 16 == 0 && ld % 4 == 0; }
+    bool vectors_aligned() const { return aligned16(a) && ld % 4 == 0; }
 };
 // A = x - mean, row-major (B, D): the faces centred for the projection onto the eigenfaces.
 struct Centered {
@@ -45,7 +48,7 @@ struct Centered {
         load4(mean + d, m);
         for (int j = 0; j < 4; ++j) v[j] -= m[j];
     }
-    bool vectors_aligned() const { return reinterpret_cast<uintptr_t>(x) % 16 == 0 && reinterpret_cast<uintptr_t>(mean) % 16 == 0 && D % 4 == 0; }
+    bool vectors_aligned() const { return aligned16(x) && aligned16(mean) && D % 4 == 0; }
 };
 // A = q .* c, row-major (B, N) (q null: c): the masked coefficients of the reconstruction.
 struct MaskedCoefficients {
@@ -60,27 +63,14 @@ struct MaskedCoefficients {
         load4(q + b * N + j, m);
         for (int e = 0; e < 4; ++e) v[e] = m[e] * v[e];
     }
-    bool vectors_aligned() const {
-        return reinterpret_cast<uintptr_t>(c) % 16 == 0 && reinterpret_cast<uintptr_t>(q) % 16 == 0 && N % 4 == 0;
-    }
+    bool vectors_aligned() const { return aligned16(c) && aligned16(q) && N % 4 == 0; }
 };
-// Row-major A operands the wide kernel reads 4 k at a time (vec4).
+// Row-major A operands the wide kernel reads 4 k at a time: those with vec4 (RowMajor, Centered,
+// MaskedCoefficients).
+template <class T, class = void>
+struct IsRowVectors : std::false_type {};
 template <class T>
-struct IsRowVectors {
-    static constexpr bool value = false;
-};
-template <>
-struct IsRowVectors<RowMajor> {
-    static constexpr bool value = true;
-};
-template <>
-struct IsRowVectors<Centered> {
-    static constexpr bool value = true;
-};
-template <>
-struct IsRowVectors<MaskedCoefficients> {
-    static constexpr bool value = true;
-};
+struct IsRowVectors<T, std::void_t<decltype(std::declval<const T&>().vec4(0, 0, std::declval<float (&)[4]>()))>> : std::true_type {};
 // The transposed view of a row-major matrix: (i, j) -> a[j * ld + i].
 struct ColMajor {
     const float* a;
@@ -103,19 +93,12 @@ struct RowMappedStore {
     SubpixelGather g;
     __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { st(z, g.out_row(m), n, v); }
 };
-// B operands the wide kernel reads by rows (row_ptr(k): the address of B(k, 0), rows contiguous).
+// B operands the wide kernel reads by rows: those with row_ptr(k), the address of B(k, 0), rows
+// contiguous (RowMajor, SubpixelWeights).
+template <class T, class = void>
+struct IsRowAddressable : std::false_type {};
 template <class T>
-struct IsRowAddressable {
-    static constexpr bool value = false;
-};
-template <>
-struct IsRowAddressable<RowMajor> {
-    static constexpr bool value = true;
-};
-template <>
-struct IsRowAddressable<SubpixelWeights> {
-    static constexpr bool value = true;
-};
+struct IsRowAddressable<T, std::void_t<decltype(std::declval<const T&>().row_ptr(0))>> : std::true_type {};
 constexpr int BM = 64, BN = 64, BK = 16, THREADS = 256;
 static_assert(THREADS == kGatherThreads && BK == kGatherDepth, "the row gather (gather.cuh) assumes these");
 
@@ -360,9 +343,23 @@ PIN_UNROLL
     for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), b[j]);
 }
 
+// B vectors of a slice from a row-addressable B (RowMajor, SubpixelWeights): rows k0 + wide_b_row,
+// columns n .. n + 3; zeros past K's end or N's (N % 4 == 0: a vector is all inside or all outside).
+template <class LoadB>
+__device__ void fetch_b_rows(const LoadB& lb, int64_t k0, int64_t kend, int64_t n, int64_t N, int tid, float (&b)[kWideBRows][4]) {
+PIN_UNROLL
+    for (int j = 0; j < kWideBRows; ++j) {
+        const int64_t k = k0 + wide_b_row(tid, j);
+        if (k < kend && n < N)
+            load4(lb.row_ptr(k) + n, b[j]);
+        else
+            zero4(b[j]);
+    }
+}
+
 // The convolution GEMMs: A gathered by rows (Gather, SubpixelGather), B read by rows (RowMajor,
 // SubpixelWeights); the gathered channel count a multiple of 32 (a slice lies in one tap), N a
-// multiple of 4, both sources 16-byte aligned (launch_gemm checks).
+// multiple of 4, both sources 16-byte aligned (fits() says whether they are).
 template <class LoadA, class LoadB>
 struct WideConvOperands {
     static constexpr bool kAColMajor = false;
@@ -378,22 +375,21 @@ struct WideConvOperands {
         decode_wide_rows(la, m0, M, tid, r.rows);
         r.n = n0 + wide_b_col(tid);
     }
-    __device__ void fetch(Regs& r, int64_t k0, int64_t, int64_t, int64_t N, int tid) const {
+    __device__ void fetch(Regs& r, int64_t k0, int64_t kend, int64_t, int64_t N, int tid) const {
         gather_wide(la, r.rows, k0, tid, r.a);
-PIN_UNROLL
-        for (int j = 0; j < kWideBRows; ++j) {
-            if (r.n < N)
-                load4(lb.row_ptr(k0 + wide_b_row(tid, j)) + r.n, r.b[j]);
-            else
-                zero4(r.b[j]);
-        }
+        fetch_b_rows(lb, k0, kend, r.n, N, tid, r.b);
     }
     __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const { store_row_major_a(r.a, r.b, As, Bs, tid); }
+    bool fits(int64_t, int64_t N, int64_t K, int64_t splits) const {
+        return splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 && lb.ld == N && aligned16(la.src) &&
+               aligned16(lb.a);
+    }
 };
 
 // Row-major A operands (linear layers, the projection onto the eigenfaces and back): A read by the
 // convolution form's thread layout, 4 consecutive k per vector (vec4); K, N and the leading
-// dimensions multiples of 4 (a vector is all inside or all outside K), sources 16-byte aligned.
+// dimensions multiples of 4 (a vector is all inside or all outside K), sources 16-byte aligned
+// (fits()).
 template <class LoadA, class LoadB>
 struct WideRowOperands {
     static constexpr bool kAColMajor = false;
@@ -418,23 +414,20 @@ PIN_UNROLL
             else
                 zero4(r.a[i]);
         }
-PIN_UNROLL
-        for (int j = 0; j < kWideBRows; ++j) {
-            const int64_t kb = k0 + wide_b_row(tid, j);
-            if (kb < kend && r.n < N)
-                load4(lb.row_ptr(kb) + r.n, r.b[j]);
-            else
-                zero4(r.b[j]);
-        }
+        fetch_b_rows(lb, k0, kend, r.n, N, tid, r.b);
     }
     __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const { store_row_major_a(r.a, r.b, As, Bs, tid); }
+    bool fits(int64_t, int64_t N, int64_t K, int64_t) const {
+        return K % 4 == 0 && N % 4 == 0 && la.vectors_aligned() && lb.ld == N && aligned16(lb.a);
+    }
 };
 
 // The weight gradients: A(m, k) = a[k ld + m] (ColMajor: the output gradient, m = channel, k =
 // pixel), read 4 channels at a time along m; B(k, n) the gathered input (Gather, k = pixel, n = (tap,
 // channel)) or a row-major matrix (linear layers). Thread t loads A rows k = t / 32 + 8 i (i < 4),
 // channels 4 (t % 32) .. + 3 (a warp reads 512 contiguous bytes) and stores them k-major; its B
-// vectors are those of the convolution form. M, ld and N multiples of 4, sources 16-byte aligned.
+// vectors are those of the convolution form. M, ld and N multiples of 4, sources 16-byte aligned
+// (fits()).
 template <class LoadB>
 struct WideWeightGradOperands {
     static constexpr bool kAColMajor = true;
@@ -463,16 +456,17 @@ PIN_UNROLL
             else
                 zero4(r.a[i]);
         }
+        if constexpr (IsGather<LoadB>::value) {
 PIN_UNROLL
-        for (int j = 0; j < kWideBRows; ++j) {
-            const int64_t k = k0 + wide_b_row(tid, j);
-            if (r.n >= N || k >= kend) {
-                zero4(r.b[j]);
-            } else if constexpr (IsGather<LoadB>::value) {
-                lb.at4(lb.row(k, kend), r.kh, r.kw, r.c, r.b[j]);
-            } else {
-                load4(lb.row_ptr(k) + r.n, r.b[j]);
+            for (int j = 0; j < kWideBRows; ++j) {
+                const int64_t k = k0 + wide_b_row(tid, j);
+                if (r.n < N && k < kend)
+                    lb.at4(lb.row(k, kend), r.kh, r.kw, r.c, r.b[j]);
+                else
+                    zero4(r.b[j]);
             }
+        } else {
+            fetch_b_rows(lb, k0, kend, r.n, N, tid, r.b);
         }
     }
     __device__ void store(const Regs& r, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
@@ -480,6 +474,13 @@ PIN_UNROLL
         for (int i = 0; i < kWideARows; ++i) store_bf16x4(As + a_row(tid, i) * WLAT + a_col(tid), r.a[i]);
 PIN_UNROLL
         for (int j = 0; j < kWideBRows; ++j) store_bf16x4(Bs + wide_b_row(tid, j) * WLB + wide_b_col(tid), r.b[j]);
+    }
+    bool fits(int64_t M, int64_t N, int64_t, int64_t) const {
+        bool ok = M % 4 == 0 && la.ld % 4 == 0 && aligned16(la.a) && N % 4 == 0;
+        if constexpr (IsGather<LoadB>::value)
+            return ok && lb.C % 4 == 0 && aligned16(lb.src);
+        else
+            return ok && lb.ld == N && aligned16(lb.a);
     }
 };
 

@@ -110,33 +110,41 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, Gath
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
 enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput };
 std::atomic<int64_t> g_launches[5];  // by GemmKernel
-bool aligned16(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+// The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
+template <class T>
+struct IsPlainGather : std::false_type {};
+template <bool kTransposed>
+struct IsPlainGather<Gather<kTransposed>> : std::true_type {};
+template <bool kAMFast, class LoadA, class LoadB>
+constexpr bool kPerPixelForm = !kAMFast && IsPlainGather<LoadA>::value && std::is_same<LoadB, RowMajor>::value;
+// The wide kernel's operand form for these operands (gemm_kernels.cuh), NoWideForm if none: the one
+// place that decides, for choose_kernel and launch_gemm alike.
+struct NoWideForm {};
+template <bool kAMFast, class LoadA, class LoadB>
+auto wide_form(const LoadA& la, const LoadB& lb) {
+    if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
+        return WideConvOperands<LoadA, LoadB>{la, lb};
+    else if constexpr (!kAMFast && IsRowVectors<LoadA>::value && IsRowAddressable<LoadB>::value)
+        return WideRowOperands<LoadA, LoadB>{la, lb};
+    else if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value))
+        return WideWeightGradOperands<LoadB>{la, lb};
+    else
+        return NoWideForm{};
+}
 template <bool kAMFast, class LoadA, class LoadB>
 GemmKernel choose_kernel(int64_t M, int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
     const MathMode mode = math_mode();
     const GatherMode gmode = gather_mode();
-    const bool wide = mode == MathMode::BF16 && gmode == GatherMode::Vector;
-    if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value) {
-        if constexpr (std::is_same<LoadB, RowMajor>::value && std::is_same<LoadA, Gather<LoadA::kIsTransposed>>::value) {
-            if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) return GemmKernel::OneOutput;
-            if (gmode != GatherMode::Generic && la.C == 1 && N % 4 == 0 && lb.ld == N && splits == 1 && aligned16(lb.a) &&
-                M * (N / 4) < (int64_t{1} << 32) - THREADS)
-                return GemmKernel::OneInput;
-        }
-        if (wide && splits == 1 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 4 == 0 && lb.ld == N && aligned16(la.src) &&
-            aligned16(lb.a))
+    if constexpr (kPerPixelForm<kAMFast, LoadA, LoadB>) {
+        if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) return GemmKernel::OneOutput;
+        if (gmode != GatherMode::Generic && la.C == 1 && N % 4 == 0 && lb.ld == N && splits == 1 && aligned16(lb.a) &&
+            M * (N / 4) < (int64_t{1} << 32) - THREADS)
+            return GemmKernel::OneInput;
+    }
+    using Form = decltype(wide_form<kAMFast>(la, lb));
+    if constexpr (!std::is_same<Form, NoWideForm>::value) {
+        if (mode == MathMode::BF16 && gmode == GatherMode::Vector && wide_form<kAMFast>(la, lb).fits(M, N, K, splits))
             return GemmKernel::Wide;
-    }
-    if constexpr (!kAMFast && IsRowVectors<LoadA>::value && IsRowAddressable<LoadB>::value) {
-        if (wide && K % 4 == 0 && N % 4 == 0 && la.vectors_aligned() && lb.ld == N && aligned16(lb.a)) return GemmKernel::Wide;
-    }
-    if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value)) {
-        bool fits = wide && M % 4 == 0 && la.ld % 4 == 0 && aligned16(la.a) && N % 4 == 0;
-        if constexpr (IsGather<LoadB>::value)
-            fits = fits && lb.C % 4 == 0 && aligned16(lb.src);
-        else
-            fits = fits && lb.ld == N && aligned16(lb.a);
-        if (fits) return GemmKernel::Wide;
     }
     return mode == MathMode::FP32 ? GemmKernel::Fp32 : GemmKernel::TensorCore;
 }
@@ -159,7 +167,7 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     const dim3 grid(g.x, g.y, g.z);
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     if (kernel == GemmKernel::OneOutput || kernel == GemmKernel::OneInput) {
-        if constexpr (!kAMFast && std::is_same<LoadB, RowMajor>::value && IsGather<LoadA>::value) {
+        if constexpr (kPerPixelForm<kAMFast, LoadA, LoadB>) {
             if (kernel == GemmKernel::OneOutput) {
                 const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
                 conv_one_output_kernel<<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(M, la, lb.a, vec, st);
@@ -167,18 +175,10 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
                 const unsigned total = static_cast<unsigned>(M * (N / 4));
                 conv_one_input_kernel<<<(total + THREADS - 1) / THREADS, THREADS, 0, cur()>>>(total, M, N, la, lb.a, st);
             }
-        } else {
-            ::pin::detail::throw_error("CUDA ", name, " ", shape, ": no per-pixel kernel for these operands");
         }
     } else if (kernel == GemmKernel::Wide) {
-        if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
-            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideConvOperands<LoadA, LoadB>{la, lb}, st);
-        else if constexpr (!kAMFast && IsRowVectors<LoadA>::value && IsRowAddressable<LoadB>::value)
-            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideRowOperands<LoadA, LoadB>{la, lb}, st);
-        else if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value))
-            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, WideWeightGradOperands<LoadB>{la, lb}, st);
-        else
-            ::pin::detail::throw_error("CUDA ", name, " ", shape, ": no wide kernel for these operands");  // choose_kernel mirrors the above
+        if constexpr (!std::is_same<decltype(wide_form<kAMFast>(la, lb)), NoWideForm>::value)
+            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, wide_form<kAMFast>(la, lb), st);
     } else if (kernel == GemmKernel::TensorCore) {
         if (math_mode() == MathMode::TF32)
             gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
