@@ -102,6 +102,16 @@ if [ "$mode" = test ]; then
     cmake --build "$build_dir-sanitize" -j "$jobs" --target pin_tests
     ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
       tests/run_cases.sh "$build_dir-sanitize/bin/pin_tests" "$jobs"
+    # The GPU tests on the CPU emulation of CUDA (needs only the Toolkit's headers): ASan sees every
+    # kernel's reads and writes, as compute-sanitizer would on a GPU. The cases that run the whole
+    # 112 x 112 network in every mode ([network]) ran in the Release build above.
+    if grep -q '^PIN_CUDA_HEADERS:PATH=/' "$build_dir-sanitize/CMakeCache.txt"; then
+      cmake --build "$build_dir-sanitize" -j "$jobs" --target pin_tests_cuda_emulated
+      ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+        tests/run_cases.sh "$build_dir-sanitize/bin/pin_tests_cuda_emulated" "$jobs" "~[network]"
+    else
+      echo "setup.sh: no CUDA Toolkit headers, skipping the emulated GPU tests under the sanitizers"
+    fi
     # Every parser under libFuzzer for a few seconds (the long runs are in docs/reliability.md).
     echo "setup.sh: fuzzing the parsers (fixed seed and input count, about 10 s each)"
     tests/fuzz/run.sh --ci "$build_dir-fuzz-work" "$build_dir-fuzz"

@@ -95,6 +95,25 @@ int main(int argc, char** argv) {
         pin::cuda::GpuDefense defense(*agent, eig);
         using pin::cuda::GatherMode;
         using pin::cuda::MathMode;
+        // The two mask samplers (ops.cuh MaskSampler: the same bits from pin's Philox or cuRAND's), at
+        // the largest batch: memory-bound, 8 bytes per mask bit (p in, q out).
+        if (only == "all" || only == "generic-fp32") {
+            const int64_t B = batches.back(), n = 2500;
+            auto p = random_buffer(static_cast<size_t>(B * n), 9, 0.5f);
+            pin::cuda::DeviceBuffer q(static_cast<size_t>(B * n));
+            for (const auto sampler : {pin::cuda::MaskSampler::Pin, pin::cuda::MaskSampler::CuRand}) {
+                const char* name = sampler == pin::cuda::MaskSampler::CuRand ? "curand" : "pin";
+                pin::cuda::set_mask_sampler(sampler);
+                const double ms = time_ms(4 * iters, [&] { pin::cuda::sample_masks(p.data(), q.data(), B, n, 7, 0); });
+                const double gbs = 8.0 * B * n / ms / 1e6;
+                std::printf("{\"stage\": \"sample_masks\", \"sampler\": \"%s\", \"batch\": %lld, \"ms\": %.4f, \"gb_per_s\": %.0f}\n", name,
+                            static_cast<long long>(B), ms, gbs);
+                char row[160];
+                std::snprintf(row, sizeof row, "masks (%-6s sampler) b%-5lld %9.3f ms (%.0f GB/s)", name, static_cast<long long>(B), ms, gbs);
+                table.push_back(row);
+            }
+            pin::cuda::set_mask_sampler(pin::cuda::MaskSampler::Pin);
+        }
         // Six configurations: each arithmetic with the generic gather, fp32 and tf32 with the row
         // gather, bf16 with the vector gather (the wide kernel). BF16 x rows is left out to keep
         // gpu_check.sh inside its 8 minutes.

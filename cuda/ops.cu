@@ -10,10 +10,12 @@
 #include "ops.cuh"
 #include "gather.cuh"
 #include "gemm_kernels.cuh"
+#include "launch.cuh"
 #include "reduce_kernels.cuh"
 
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+#include <curand_kernel.h>  // host code too: the emulated backend draws with the same source
 #include <mma.h>
 
 #include <atomic>
@@ -50,7 +52,6 @@ std::string dims(int64_t a, int64_t b, int64_t c = -1) {
     os << ")";
     return os.str();
 }
-#define PIN_LAUNCH_CHECK(name, shape) check(cudaGetLastError(), "launch " name, shape)
 
 // ---- streams -------------------------------------------------------------------------------------
 // The calling thread's current stream (nullptr: the legacy default stream). Every launch and copy
@@ -66,13 +67,15 @@ void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, co
 // ---- caching allocator ---------------------------------------------------------------------------
 // Freed blocks are cached per (stream they were allocated on, size): a block is handed out again
 // only to work on the same stream, which runs after everything already queued there that used it.
+// Never destroyed: a DeviceBuffer destroyed after main (in a static) still returns its block, and
+// the cached blocks stay reachable to the end (to leak checkers as well; the driver frees them).
 std::mutex& pool_mutex() {
-    static std::mutex m;
-    return m;
+    static std::mutex* m = new std::mutex;
+    return *m;
 }
 std::multimap<std::pair<void*, size_t>, float*>& pool() {
-    static std::multimap<std::pair<void*, size_t>, float*> p;
-    return p;
+    static auto* p = new std::multimap<std::pair<void*, size_t>, float*>;
+    return *p;
 }
 
 // Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): a thread
@@ -91,6 +94,10 @@ std::atomic<int>& math_mode_flag() {
 std::atomic<int>& gather_mode_flag() {
     static std::atomic<int> mode{static_cast<int>(GatherMode::Generic)};
     return mode;
+}
+std::atomic<int>& mask_sampler_flag() {
+    static std::atomic<int> sampler{static_cast<int>(MaskSampler::Pin)};
+    return sampler;
 }
 
 // Convolutions with one input channel (the stems; GatherMode Rows or Vector; gather.cuh
@@ -170,22 +177,22 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
         if constexpr (kPerPixelForm<kAMFast, LoadA, LoadB>) {
             if (kernel == GemmKernel::OneOutput) {
                 const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
-                conv_one_output_kernel<<<static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, 0, cur()>>>(M, la, lb.a, vec, st);
+                PIN_LAUNCH(static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, cur(), conv_one_output_kernel)(M, la, lb.a, vec, st);
             } else {
                 const unsigned total = static_cast<unsigned>(M * (N / 4));
-                conv_one_input_kernel<<<(total + THREADS - 1) / THREADS, THREADS, 0, cur()>>>(total, M, N, la, lb.a, st);
+                PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel)(total, M, N, la, lb.a, st);
             }
         }
     } else if (kernel == GemmKernel::Wide) {
         if constexpr (!std::is_same<decltype(wide_form<kAMFast>(la, lb)), NoWideForm>::value)
-            gemm_wide_kernel<<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, wide_form<kAMFast>(la, lb), st);
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_wide_kernel)(M, N, K, g.chunk, wide_form<kAMFast>(la, lb), st);
     } else if (kernel == GemmKernel::TensorCore) {
         if (math_mode() == MathMode::TF32)
-            gemm_tensor_core_kernel<Tf32Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Tf32Mma, kAMFast>)(M, N, K, g.chunk, la, lb, st);
         else
-            gemm_tensor_core_kernel<Bf16Mma, kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Bf16Mma, kAMFast>)(M, N, K, g.chunk, la, lb, st);
     } else {
-        gemm_kernel<kAMFast><<<grid, THREADS, 0, cur()>>>(M, N, K, g.chunk, la, lb, st);
+        PIN_LAUNCH(grid, THREADS, cur(), gemm_kernel<kAMFast>)(M, N, K, g.chunk, la, lb, st);
     }
     check(cudaGetLastError(), name, shape);
 }
@@ -252,7 +259,7 @@ __global__ void pack_weight_kernel(const float* w, float* out, int64_t Cn, int64
 DeviceBuffer pack_weight(const float* w, int64_t Cn, int64_t Ck, int64_t K, bool n_outer, const char* name) {
     DeviceBuffer out(static_cast<size_t>(Cn * Ck * K * K));
     const int64_t total = Cn * Ck * K * K;
-    pack_weight_kernel<<<static_cast<unsigned>((total + 255) / 256), 256, 0, cur()>>>(w, out.data(), Cn, Ck, K, n_outer);
+    PIN_LAUNCH(static_cast<unsigned>((total + 255) / 256), 256, cur(), pack_weight_kernel)(w, out.data(), Cn, Ck, K, n_outer);
     check(cudaGetLastError(), name, dims(Cn, Ck, K));
     return out;
 }
@@ -286,7 +293,7 @@ void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map 
     const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(M, N, K, splits, la, lb))).z;  // as launch_gemm chunks K
     DeviceBuffer partial(static_cast<size_t>(z * M * N));
     launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
-    reduce_partials_kernel<<<static_cast<unsigned>((M * N + 255) / 256), 256, 0, cur()>>>(partial.data(), z, M, N, map, dst);
+    PIN_LAUNCH(static_cast<unsigned>((M * N + 255) / 256), 256, cur(), reduce_partials_kernel)(partial.data(), z, M, N, map, dst);
     check(cudaGetLastError(), "reduce_partials", shape);
 }
 
@@ -300,7 +307,7 @@ template <class F>
 void launch_map(int64_t n, F f, const char* name) {
     if (n <= 0) return;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-    map_kernel<<<blocks, 256, 0, cur()>>>(n, f);
+    PIN_LAUNCH(blocks, 256, cur(), map_kernel)(n, f);
     check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
 }
 
@@ -314,10 +321,9 @@ void channel_sum(int64_t rows, int64_t channels, F f, float* out, const char* na
     PIN_CHECK(channel_blocks <= 65535, name, ": ", channels, " channels are more than the channel sum's grid allows");
     DeviceBuffer partial(static_cast<size_t>(2 * chunks * channels));  // doubles
     double* part = reinterpret_cast<double*>(partial.data());
-    channel_sum_partial_kernel<<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(channel_blocks)),
-                                 dim3(kChannelSumLanes, kChannelSumRowLanes), 0, cur()>>>(rows, channels, rows_per_chunk, f, part);
+    PIN_LAUNCH(dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(channel_blocks)), dim3(kChannelSumLanes, kChannelSumRowLanes), cur(), channel_sum_partial_kernel)(rows, channels, rows_per_chunk, f, part);
     check(cudaGetLastError(), name, shape);
-    channel_sum_final_kernel<<<static_cast<unsigned>((channels + 255) / 256), 256, 0, cur()>>>(chunks, channels, part, out);
+    PIN_LAUNCH(static_cast<unsigned>((channels + 255) / 256), 256, cur(), channel_sum_final_kernel)(chunks, channels, part, out);
     check(cudaGetLastError(), name, shape);
 }
 
@@ -336,6 +342,8 @@ KernelLaunches kernel_launches() {
     return k;
 }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
+void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }
+MaskSampler mask_sampler() { return static_cast<MaskSampler>(mask_sampler_flag().load()); }
 
 // ---- DeviceBuffer ----------------------------------------------------------------------------------
 DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats), stream_(cur()) {
@@ -527,7 +535,32 @@ void add(const float* a, const float* b, float* y, int64_t n) {
 }
 
 // ---- PIN ------------------------------------------------------------------------------------------------
+namespace {
+// MaskSampler::CuRand: a thread per 4 consecutive j of one image, one cuRAND Philox block (curand4)
+// at counter j / 4 of subsequence first_image + b; the words become uniforms as PhiloxStream's do.
+__global__ void curand_masks_kernel(const float* p, float* q, int64_t batch, int64_t n, uint64_t seed, uint64_t first_image) {
+    const int64_t groups = (n + 3) / 4, t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= batch * groups) return;
+    const int64_t b = t / groups, j0 = (t - b * groups) * 4;
+    curandStatePhilox4_32_10_t state;
+    curand_init(seed, first_image + static_cast<uint64_t>(b), static_cast<uint64_t>(j0), &state);
+    const uint4 r = curand4(&state);
+    const uint32_t words[4] = {r.x, r.y, r.z, r.w};
+    for (int64_t i = 0; i < 4 && j0 + i < n; ++i) {
+        const int64_t at = b * n + j0 + i;
+        q[at] = p[at] > uint_to_unit_float(words[i]) ? 1.0f : 0.0f;  // PhiloxStream::bernoulli's rule
+    }
+}
+}  // namespace
+
 void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t seed, uint64_t first_image) {
+    if (mask_sampler() == MaskSampler::CuRand) {
+        const int64_t threads = batch * ((n + 3) / 4);
+        if (threads <= 0) return;
+        PIN_LAUNCH(static_cast<unsigned>((threads + 255) / 256), 256, cur(), curand_masks_kernel)(p, q, batch, n, seed, first_image);
+        check(cudaGetLastError(), "sample_masks (cuRAND)", dims(batch, n));
+        return;
+    }
     launch_map(batch * n, [=] __device__(int64_t i) {
         const int64_t b = i / n, j = i % n;
         q[i] = PhiloxStream(seed, first_image + static_cast<uint64_t>(b)).bernoulli(static_cast<uint64_t>(j), p[i]);
@@ -570,14 +603,14 @@ void reconstruct(const float* basis_t, const float* mean, const float* c, const 
 void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,
                 bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     if (batch * k <= 0) return;
-    mask_cost_kernel<<<static_cast<unsigned>(batch * k), 256, 0, cur()>>>(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
+    PIN_LAUNCH(static_cast<unsigned>(batch * k), 256, cur(), mask_cost_kernel)(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
     check(cudaGetLastError(), "mask_costs", dims(batch, n, k));
 }
 
 void local_gradient(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept, int64_t batch,
                     int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     if (batch * k <= 0) return;
-    local_gradient_kernel<<<static_cast<unsigned>(batch), 256, 0, cur()>>>(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
+    PIN_LAUNCH(static_cast<unsigned>(batch), 256, cur(), local_gradient_kernel)(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
                                                                  first_image);
     check(cudaGetLastError(), "local_gradient", dims(batch, n, k));
 }
@@ -594,7 +627,7 @@ double sum_squares(const float* x, int64_t n) {
     if (n <= 0) return 0.0;
     DeviceBuffer partial(2 * kSumBlocks);  // doubles
     double* part = reinterpret_cast<double*>(partial.data());
-    sum_squares_kernel<<<kSumBlocks, 256, 0, cur()>>>(x, n, part);
+    PIN_LAUNCH(kSumBlocks, 256, cur(), sum_squares_kernel)(x, n, part);
     check(cudaGetLastError(), "sum_squares", "(" + std::to_string(n) + " elements)");
     std::vector<double> host(kSumBlocks);
     copy_sync(host.data(), part, kSumBlocks * sizeof(double), cudaMemcpyDeviceToHost, "sum_squares (download)",
@@ -616,7 +649,7 @@ void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float mom
 void mask_cost_terms(const float* c, const float* d, const float* x, const float* mean, float* g, double* y2, int64_t batch,
                      int64_t n, int64_t pixels) {
     if (batch <= 0) return;
-    mask_cost_terms_kernel<<<static_cast<unsigned>(batch), 256, 0, cur()>>>(c, d, x, mean, g, y2, n, pixels);
+    PIN_LAUNCH(static_cast<unsigned>(batch), 256, cur(), mask_cost_terms_kernel)(c, d, x, mean, g, y2, n, pixels);
     check(cudaGetLastError(), "mask_cost_terms", dims(batch, n, pixels));
 }
 void policy_gradient(const float* p, const double* advantage, float* dz, int64_t batch, int64_t n, int64_t k, uint64_t seed,

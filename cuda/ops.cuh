@@ -143,6 +143,14 @@ void add(const float* a, const float* b, float* y, int64_t n);
 
 // ---- PIN: masks, projection, mask costs ---------------------------------------------------------------
 // q[b, j] = PhiloxStream(seed, first_image + b).bernoulli(j, p[b, j]): the CPU Defense's masks.
+// Two generators draw them, with the same bits: pin's own Philox4x32-10 (pin/core/rng.hpp), or
+// cuRAND's (curand_kernel.h, curandStatePhilox4_32_10_t), whose curand_init(seed, subsequence,
+// offset) puts the key and counter where PhiloxStream(seed, subsequence) puts them for element
+// `offset`. The masks of the fused cost and gradient kernels are drawn with pin's. Process-wide;
+// Pin unless set.
+enum class MaskSampler { Pin, CuRand };
+void set_mask_sampler(MaskSampler sampler);
+MaskSampler mask_sampler();
 void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t seed, uint64_t first_image);
 // basis (D, N) row-major as EigenBasis; basis_t (N, D) its transpose (see transpose()).
 // c (B, N) = (x - mean) B.

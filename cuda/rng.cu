@@ -1,5 +1,6 @@
 // cuda/rng.cu - Philox uniform and Bernoulli kernels sharing pin/core/rng.hpp with the CPU.
 #include "rng.cuh"
+#include "launch.cuh"
 
 #include <cuda_runtime.h>
 
@@ -42,7 +43,7 @@ void philox_uniform(uint64_t seed, uint64_t stream, uint64_t offset, int64_t cou
     check(cudaMalloc(&d, static_cast<size_t>(count) * sizeof(float)), "cudaMalloc philox_uniform", count);
     const int threads = 256;
     const int blocks = static_cast<int>((count + threads - 1) / threads);
-    philox_uniform_kernel<<<blocks, threads>>>(seed, stream, offset, count, d);
+    PIN_LAUNCH(blocks, threads, nullptr, philox_uniform_kernel)(seed, stream, offset, count, d);
     check(cudaGetLastError(), "launch philox_uniform_kernel", count);
     check(cudaMemcpy(out, d, static_cast<size_t>(count) * sizeof(float), cudaMemcpyDeviceToHost),
           "copy philox_uniform", count);
@@ -58,7 +59,7 @@ void philox_bernoulli(uint64_t seed, uint64_t stream, uint64_t offset, const flo
     check(cudaMemcpy(dp, p, bytes, cudaMemcpyHostToDevice), "copy p philox_bernoulli", count);
     const int threads = 256;
     const int blocks = static_cast<int>((count + threads - 1) / threads);
-    philox_bernoulli_kernel<<<blocks, threads>>>(seed, stream, offset, dp, count, dq);
+    PIN_LAUNCH(blocks, threads, nullptr, philox_bernoulli_kernel)(seed, stream, offset, dp, count, dq);
     check(cudaGetLastError(), "launch philox_bernoulli_kernel", count);
     check(cudaMemcpy(q, dq, bytes, cudaMemcpyDeviceToHost), "copy q philox_bernoulli", count);
     cudaFree(dp);

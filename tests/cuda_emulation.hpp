@@ -1,11 +1,20 @@
-// tests/cuda_emulation.hpp - just enough CUDA to run the GEMM kernels of cuda/gemm_kernels.cuh on
-// the CPU, so that their tiling, pipelines and WMMA fragment offsets are tested in every CI run
-// although CI has no GPU (tests/test_gemm_emulated.cpp).
+// tests/cuda_emulation.hpp - just enough CUDA to run pin's GPU kernels on the CPU, so that their
+// tiling, pipelines, WMMA fragment offsets and all of cuda/'s host code are tested in every CI run
+// although CI has no GPU (tests/test_gemm_emulated.cpp, test_reduce_emulated.cpp, and
+// pin_tests_cuda_emulated: tests/test_cuda.cpp against the backend built for this emulation).
 //
-// A launch runs the grid's blocks one after another; a block is std::threads sharing the kernel's
-// function-local statics (its __shared__ arrays) and a barrier (__syncthreads). A thread that
-// returns early must not be awaited by a later __syncthreads of its block (as the kernels here). WMMA
-// follows the CUDA C++ Programming Guide's description of nvcuda::wmma: a fragment is the whole
+// A launch runs the grid's blocks one after another on the calling thread. A block's threads are
+// fibers on that one OS thread: each runs until its next __syncthreads (or its end), then the next
+// one runs; when every thread that has not returned has reached the barrier, they all go on. The
+// order alternates (thread 0 first, then thread 255 first), so a missing barrier shows in either
+// direction: a thread reads shared memory before or after all the others wrote it, never "mostly
+// in time". __shared__ arrays are function-local thread_local statics: one copy per OS thread,
+// shared by its fibers, so launches from several threads (streams) do not share them. A thread that
+// returns early is not awaited by later barriers (as sm_70+ and the kernels here assume). A fiber
+// switch is a few instructions (x86-64: callee-saved registers and the stack pointer; elsewhere
+// POSIX ucontext), not a system call: a 256-thread barrier costs microseconds.
+//
+// WMMA follows the CUDA C++ Programming Guide's description of nvcuda::wmma: a fragment is the whole
 // tile, warp-collective operations are done once (by lane 0, the only lane whose fragments are
 // observed, since only it stores) and every lane's pointer and leading dimension are checked
 // against WMMA's rules (256-bit aligned pointers, ldm a multiple of 16 bytes); a violation fails the
@@ -18,97 +27,293 @@
 
 #include <cuda_bf16.h>
 #include <vector_types.h>
+// cuRAND's device API is host code too (cuda/ops.cu's MaskSampler::CuRand runs its Philox here); its
+// MTGP generator declares `extern const uint3 threadIdx` for host callers, which would clash with
+// the per-thread built-ins below: renamed while it is read (MTGP is not used).
+#define threadIdx pin_emulation_curand_threadIdx
+#define blockDim pin_emulation_curand_blockDim
+#include <curand_kernel.h>
+#undef threadIdx
+#undef blockDim
 
-#include <atomic>
+#include <math.h>  // CUDA device code calls fmaf, expf, tanhf unqualified
+
+#include <sys/mman.h>
+// The x86-64 switch below, or POSIX ucontext (elsewhere, or with PIN_EMULATION_UCONTEXT defined).
+#if defined(__x86_64__) && !defined(PIN_EMULATION_UCONTEXT)
+#define PIN_EMULATION_ASM_SWITCH 1
+#include <xmmintrin.h>
+#else
+#include <ucontext.h>
+#endif
+#if defined(__SANITIZE_ADDRESS__)
+#define PIN_EMULATION_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PIN_EMULATION_ASAN 1
+#endif
+#endif
+#if defined(PIN_EMULATION_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#endif
+
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <mutex>
+#include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 // The Toolkit's host_defines.h makes __shared__ empty for host compilers: here it is a
-// function-local static, one copy shared by the block's threads (blocks run one at a time).
+// function-local static per OS thread, one copy shared by the block's fibers.
 #undef __shared__
-#define __shared__ static
+#define __shared__ static thread_local
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
 
+#if defined(PIN_EMULATION_ASM_SWITCH)
+// pin_emulation_switch(&save, load): pushes the callee-saved registers (System V: rbx, rbp,
+// r12-r15, and the SSE and x87 control words) on the current stack, stores its pointer in *save,
+// continues on the stack `load` saved. A new fiber's stack holds such a frame whose return address
+// is pin_emulation_start, which calls r12(rbx) (fiber_main(fiber)). Weak: every translation unit
+// that includes this header defines them; the linker keeps one.
+extern "C" void pin_emulation_switch(void** save, void* load);
+extern "C" void pin_emulation_start();
+__asm__(
+    ".text\n"
+    ".weak pin_emulation_switch\n"
+    ".type pin_emulation_switch, @function\n"
+    "pin_emulation_switch:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size pin_emulation_switch, .-pin_emulation_switch\n"
+    ".weak pin_emulation_start\n"
+    ".type pin_emulation_start, @function\n"
+    "pin_emulation_start:\n"
+    "  movq %rbx, %rdi\n"
+    "  callq *%r12\n"
+    "  ud2\n"
+    ".size pin_emulation_start, .-pin_emulation_start\n");
+#endif
+
 namespace pin_emulation {
-// A reusable barrier for the threads of one block. Waiters yield rather than sleep: a block is 256
-// threads on a couple of cores, and a sleeping barrier spent most of its time waking them.
-class Barrier {
-public:
-    explicit Barrier(unsigned n) : n_(n) {}
-    void wait() {
-        const unsigned gen = generation_.load(std::memory_order_acquire);
-        if (waiting_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
-            waiting_.store(0, std::memory_order_relaxed);
-            generation_.store(gen + 1, std::memory_order_release);
-        } else {
-            while (generation_.load(std::memory_order_acquire) == gen) std::this_thread::yield();
-        }
-    }
-
-private:
-    const unsigned n_;
-    std::atomic<unsigned> waiting_{0}, generation_{0};
+// A suspended context: its stack pointer (the x86-64 switch), or a ucontext.
+#if defined(PIN_EMULATION_ASM_SWITCH)
+using Context = void*;
+#else
+using Context = ucontext_t;
+#endif
+struct Scheduler;
+// One thread of a block. Suspended at a barrier, at the end of a block, or not yet started.
+struct Fiber {
+    Scheduler* scheduler = nullptr;
+    uint3 index{};
+    bool done = false;  // returned from the kernel for the current block
+    char* stack = nullptr;
+    size_t stack_size = 0;
+    Context context{};
 };
-inline thread_local Barrier* tl_barrier = nullptr;
+// A launch on one OS thread: its fibers, the scheduler's own context, what went wrong.
+struct Scheduler {
+    std::vector<Fiber>* fibers = nullptr;
+    Fiber* current = nullptr;
+    void (*body)(void*) = nullptr;  // runs the kernel once, as the current fiber
+    void* kernel = nullptr;
+    std::string violation;  // the first broken WMMA rule (empty: none)
+    std::exception_ptr error;
+    const void* stack_bottom = nullptr;  // the scheduler's (the OS thread's) stack, for ASan
+    size_t stack_size = 0;
+    Context context{};
+};
+inline thread_local Scheduler* tl_scheduler = nullptr;
 
-// The first broken WMMA rule of the current launch (empty: none).
-inline std::mutex& violation_mutex() {
-    static std::mutex m;
-    return m;
-}
-inline std::string& violation() {
-    static std::string v;
-    return v;
-}
 inline void report(const std::string& what) {
-    std::lock_guard<std::mutex> lock(violation_mutex());
-    if (violation().empty()) violation() = what;
+    if (tl_scheduler->violation.empty()) tl_scheduler->violation = what;
+}
+
+// Stacks of 256 KB below a guard page (an overflow faults rather than corrupts), reserved once per
+// OS thread and reused by every launch there; pages are committed as they are touched.
+constexpr size_t kStackSize = 256 * 1024, kGuard = 4096;
+struct StackPool {
+    std::vector<char*> stacks;
+    ~StackPool() {
+        for (char* s : stacks) munmap(s - kGuard, kStackSize + kGuard);
+    }
+    char* get(size_t i) {
+        while (stacks.size() <= i) {
+            void* m = mmap(nullptr, kStackSize + kGuard, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (m == MAP_FAILED) throw std::runtime_error("cuda emulation: cannot map a fiber stack");
+            mprotect(m, kGuard, PROT_NONE);
+            stacks.push_back(static_cast<char*>(m) + kGuard);
+        }
+        return stacks[i];
+    }
+};
+inline thread_local StackPool tl_stacks;
+
+// Suspends the running context into `from` and resumes `to`, whose stack is [stack, stack + size);
+// ASan is told about the change of stack. From the scheduler to a fiber (enter) and back (leave).
+inline void switch_to(Context& from, Context& to, const void* stack, size_t size) {
+#if defined(PIN_EMULATION_ASAN)
+    void* fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, stack, size);
+#else
+    (void)stack, (void)size;
+#endif
+#if defined(PIN_EMULATION_ASM_SWITCH)
+    pin_emulation_switch(&from, to);
+#else
+    swapcontext(&from, &to);
+#endif
+#if defined(PIN_EMULATION_ASAN)
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+}
+inline void enter(Scheduler& s, Fiber& f) {
+    s.current = &f;
+    switch_to(s.context, f.context, f.stack, f.stack_size);
+}
+inline void leave(Fiber& f) {
+    Scheduler& s = *f.scheduler;
+    switch_to(f.context, s.context, s.stack_bottom, s.stack_size);
+}
+// A fiber's life: run the kernel for each block the scheduler resumes it for.
+inline void fiber_main(Fiber* f) {
+#if defined(PIN_EMULATION_ASAN)
+    __sanitizer_finish_switch_fiber(nullptr, &f->scheduler->stack_bottom, &f->scheduler->stack_size);
+#endif
+    for (;;) {
+        Scheduler& s = *f->scheduler;
+        try {
+            s.body(s.kernel);
+        } catch (...) {
+            if (!s.error) s.error = std::current_exception();
+        }
+        f->done = true;
+        leave(*f);
+    }
+}
+#if !defined(PIN_EMULATION_ASM_SWITCH)
+inline void fiber_entry(unsigned lo, unsigned hi) {
+    fiber_main(reinterpret_cast<Fiber*>((static_cast<uintptr_t>(hi) << 32) | lo));
+}
+#endif
+// A fresh start for fiber f on its stack.
+inline void prepare(Fiber& f) {
+#if defined(PIN_EMULATION_ASM_SWITCH)
+    // The frame pin_emulation_switch pops: control words, r15..r12, rbx, rbp, return address.
+    uint64_t* top = reinterpret_cast<uint64_t*>(f.stack + f.stack_size);  // 16-byte aligned
+    uint64_t* sp = top - 8;  // after the final ret, rsp = top: aligned for the call in pin_emulation_start
+    const uint32_t control = _mm_getcsr();
+    const uint16_t x87 = 0x037f;  // the System V default
+    std::memcpy(&sp[0], &control, 4);
+    std::memcpy(reinterpret_cast<char*>(&sp[0]) + 4, &x87, 2);
+    sp[1] = 0;                                               // r15
+    sp[2] = 0;                                               // r14
+    sp[3] = 0;                                               // r13
+    sp[4] = reinterpret_cast<uint64_t>(&fiber_main);         // r12
+    sp[5] = reinterpret_cast<uint64_t>(&f);                  // rbx
+    sp[6] = 0;                                               // rbp
+    sp[7] = reinterpret_cast<uint64_t>(&pin_emulation_start);  // return address
+    f.context = sp;
+#else
+    getcontext(&f.context);
+    f.context.uc_stack.ss_sp = f.stack;
+    f.context.uc_stack.ss_size = f.stack_size;
+    f.context.uc_link = nullptr;
+    const uintptr_t p = reinterpret_cast<uintptr_t>(&f);
+    makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_entry), 2, static_cast<unsigned>(p), static_cast<unsigned>(p >> 32));
+#endif
 }
 }  // namespace pin_emulation
 
 inline thread_local uint3 threadIdx, blockIdx;
 inline thread_local dim3 blockDim, gridDim;
-inline void __syncthreads() { pin_emulation::tl_barrier->wait(); }
+inline void __syncthreads() { pin_emulation::leave(*pin_emulation::tl_scheduler->current); }
 
 namespace pin_emulation {
-// Runs kernel() as every thread of every block of `grid`, blocks of `block` threads; throws if a
-// WMMA rule was broken. The block's threads are made once and walk the blocks together: a barrier
-// ends each block, so a block's shared memory is not touched by the next one before it is done.
+// Runs kernel() as every thread of every block of `grid`, blocks of `block` threads (at most 1024),
+// on the calling thread; throws if a WMMA rule was broken or the kernel threw.
 template <class Kernel>
 void launch(dim3 grid, dim3 block, Kernel kernel) {
-    violation().clear();
     const unsigned threads = block.x * block.y * block.z;
-    Barrier barrier(threads);
-    std::vector<std::thread> pool;
-    pool.reserve(threads);
-    for (unsigned t = 0; t < threads; ++t)
-        pool.emplace_back([&, t] {
-            threadIdx = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
-            blockDim = block;
-            gridDim = grid;
-            tl_barrier = &barrier;
-            for (unsigned z = 0; z < grid.z; ++z)
-                for (unsigned y = 0; y < grid.y; ++y)
-                    for (unsigned x = 0; x < grid.x; ++x) {
-                        blockIdx = uint3{x, y, z};
-                        kernel();
-                        barrier.wait();
+    if (threads == 0 || threads > 1024) throw std::runtime_error("cuda emulation: a block of " + std::to_string(threads) + " threads");
+    Scheduler s;
+    std::vector<Fiber> fibers(threads);
+    s.fibers = &fibers;
+    s.kernel = &kernel;
+    s.body = [](void* k) { (*static_cast<Kernel*>(k))(); };
+    for (unsigned t = 0; t < threads; ++t) {
+        Fiber& f = fibers[t];
+        f.scheduler = &s;
+        f.index = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+        f.stack = tl_stacks.get(t);
+        f.stack_size = kStackSize;
+        prepare(f);
+    }
+    Scheduler* const outer = tl_scheduler;
+    tl_scheduler = &s;
+    blockDim = block;
+    gridDim = grid;
+    for (unsigned z = 0; z < grid.z; ++z)
+        for (unsigned y = 0; y < grid.y; ++y)
+            for (unsigned x = 0; x < grid.x; ++x) {
+                blockIdx = uint3{x, y, z};
+                for (Fiber& f : fibers) f.done = false;
+                // Phases between barriers, every live thread once per phase, alternating order.
+                for (unsigned phase = 0;; ++phase) {
+                    unsigned waiting = 0;
+                    for (unsigned i = 0; i < threads; ++i) {
+                        Fiber& f = fibers[phase % 2 ? threads - 1 - i : i];
+                        if (f.done) continue;
+                        threadIdx = f.index;
+                        enter(s, f);
+                        waiting += !f.done;
                     }
-        });
-    for (std::thread& th : pool) th.join();
-    if (!violation().empty()) throw std::runtime_error("emulated kernel broke a WMMA rule: " + violation());
+                    if (waiting == 0) break;
+                }
+            }
+    tl_scheduler = outer;
+    if (s.error) std::rethrow_exception(s.error);
+    if (!s.violation.empty()) throw std::runtime_error("emulated kernel broke a WMMA rule: " + s.violation);
 }
-template <class Kernel>
-void launch(dim3 grid, unsigned threads, Kernel kernel) {
-    launch(grid, dim3(threads, 1, 1), kernel);
+// PIN_LAUNCH(grid, block, stream, kernel)(args...) (cuda/launch.cuh): every thread calls the kernel
+// with its own copies of the arguments, as the kernel's by-value parameters are per thread on a GPU.
+template <class Call>
+struct Launch {
+    dim3 grid, block;
+    Call call;
+    template <class... Args>
+    void operator()(Args&&... args) const {
+        launch(grid, block, [&] { call(args...); });
+    }
+};
+template <class Call>
+Launch<Call> make_launch(dim3 grid, dim3 block, Call call) {
+    return Launch<Call>{grid, block, call};
 }
 }  // namespace pin_emulation
 

@@ -40,6 +40,9 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
 }
 
 // ---- every GPU kernel against the CPU engine, on random inputs with odd sizes -----------------------
+// [network]: the cases that run the whole 112 x 112 network (in every mode, or from four threads):
+// minutes under the CPU emulation of CUDA (pin_tests_cuda_emulated), so the sanitizer run leaves
+// them to the Release build's.
 #if defined(PIN_HAVE_CUDA)
 // Each GEMM test runs three times: CUDA-core FP32, TF32 and BF16 tensor cores (Catch2 sections).
 #define PIN_EACH_MATH_MODE()                                                                                   \
@@ -338,7 +341,35 @@ TEST_CASE("GPU masks, projection and O(N) mask costs match the CPU", "[cuda][pin
     }
 }
 
-TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense]") {
+TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][rng][pin]") {
+    if (!gpu_or_skip()) return;
+    // Sizes off the 4-word blocks, streams past 2^32 (the counter's high words) and a 64-bit seed.
+    for (const auto& c : std::vector<std::array<uint64_t, 4>>{{3, 37, 99, 1000}, {2, 4101, 0x9e3779b97f4a7c15ull, (uint64_t{1} << 32) + 7},
+                                                               {5, 2, 1, (uint64_t{1} << 63) + 3}}) {
+        const int64_t B = static_cast<int64_t>(c[0]), N = static_cast<int64_t>(c[1]);
+        std::vector<float> p(static_cast<size_t>(B * N));
+        for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<float>((i * 29) % 103) / 102.0f;
+        auto gp = to_gpu(p);
+        pin::cuda::DeviceBuffer gq(static_cast<size_t>(B * N));
+        pin::cuda::set_mask_sampler(pin::cuda::MaskSampler::CuRand);
+        pin::cuda::sample_masks(gp.data(), gq.data(), B, N, c[2], c[3]);
+        pin::cuda::set_mask_sampler(pin::cuda::MaskSampler::Pin);
+        const std::vector<float> q = from_gpu(gq, B * N);
+        int64_t ones = 0, differ = 0;
+        for (int64_t b = 0; b < B; ++b) {
+            const PhiloxStream rng(c[2], c[3] + static_cast<uint64_t>(b));
+            for (int64_t j = 0; j < N; ++j) {
+                differ += q[b * N + j] != rng.bernoulli(static_cast<uint64_t>(j), p[b * N + j]);
+                ones += q[b * N + j] == 1.0f;
+            }
+        }
+        INFO("batch " << B << ", n " << N << ", seed " << c[2] << ", first image " << c[3]);
+        REQUIRE(differ == 0);
+        if (B * N > 100) REQUIRE((ones > 0 && ones < B * N));  // p spans [0, 1]: both values drawn
+    }
+}
+
+TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][network]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
     PIN_EACH_GATHER_MODE();
@@ -492,7 +523,7 @@ TEST_CASE("the GPU estimators match the CPU's batch gradient", "[cuda][train][es
         }
 }
 
-TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train]") {
+TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][network]") {
     if (!gpu_or_skip()) return;
     pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Generic);
@@ -531,7 +562,11 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train]"
         REQUIRE(b0.mean_cost == Approx(c0.mean_cost).epsilon(1e-4));
         REQUIRE(b1.mean_cost == Approx(c1.mean_cost).epsilon(1e-4));
         gpu.download(*agent, holder.optimizer());
-        // The change of every parameter over the two steps, and the momentum (the gradients' sum).
+        // The change of every parameter over the two steps, and the momentum (the gradients' sum), to
+        // 1e-2 of each tensor's largest: both sides sum in fp32 in different orders, and REINFORCE's
+        // advantages cancel. Measured under the emulation (tests/cuda_emulation.hpp): up to 2.9e-3,
+        // and 3.5e-3 with the weight gradients' K split removed (summation order alone moved it by
+        // 1.7e-3); a wrong mask or a misplaced gradient is off by O(1).
         auto init = make_agent();
         train::PolicyGradientTrainer init_holder(init, basis, opt);
         const auto got = holder.trained_parameters(), want = ref.trained_parameters(), start = init_holder.trained_parameters();
@@ -541,16 +576,16 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train]"
             const Tensor& a0 = start[k].param->value;
             std::vector<float> da(static_cast<size_t>(a.numel())), db(static_cast<size_t>(a.numel()));
             for (int64_t i = 0; i < a.numel(); ++i) da[i] = a.data()[i] - a0.data()[i], db[i] = b.data()[i] - a0.data()[i];
-            require_matches(da, db.data(), b.numel(), std::string("step ") + train::estimator_name(estimator) + " " + got[k].name, 2e-3);
+            require_matches(da, db.data(), b.numel(), std::string("step ") + train::estimator_name(estimator) + " " + got[k].name, 1e-2);
             const Tensor& va = holder.optimizer().velocity()[k];
             const Tensor& vb = ref.optimizer().velocity()[k];
             require_matches(std::vector<float>(va.data(), va.data() + va.numel()), vb.data(), vb.numel(),
-                            std::string("momentum ") + got[k].name, 2e-3);
+                            std::string("momentum ") + got[k].name, 1e-2);
         }
     }
 }
 
-TEST_CASE("GPU work on separate streams gives the default stream's results, also from several threads", "[cuda][defense][stream]") {
+TEST_CASE("GPU work on separate streams gives the default stream's results, also from several threads", "[cuda][defense][stream][network]") {
     if (!gpu_or_skip()) return;
     pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Generic);

@@ -1,0 +1,15 @@
+// cuda/launch.cuh - how pin::cuda launches its kernels: PIN_LAUNCH(grid, block, stream, kernel)(args...)
+// is kernel<<<grid, block, 0, stream>>>(args...) under nvcc. Under tests/cuda_emulation.hpp (host
+// compiler, PIN_CUDA_EMULATION) the same kernel runs on the CPU, every thread of every block, at
+// once (the emulation has no streams: every launch and copy completes before it returns), so the
+// whole backend, host code included, runs in CI, which has no GPU (tests/emulated_backend.cpp).
+#pragma once
+
+#if defined(PIN_CUDA_EMULATION)
+// The kernel goes last because a template-id may hold commas; a generic lambda wraps it so that its
+// template arguments are deduced per launch, as at a <<<>>> launch.
+#define PIN_LAUNCH(grid, block, stream, ...) \
+    ::pin_emulation::make_launch(grid, block, [](auto&... pin_launch_args) { __VA_ARGS__(pin_launch_args...); })
+#else
+#define PIN_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
+#endif

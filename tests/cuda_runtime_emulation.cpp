@@ -1,0 +1,120 @@
+// tests/cuda_runtime_emulation.cpp - the CUDA runtime calls pin::cuda makes, for the emulated backend
+// (tests/emulated_backend.cpp): "device" memory is host memory, streams are names, every copy and
+// launch completes before it returns. Declared by the Toolkit's own cuda_runtime_api.h, so the
+// signatures are the real ones; this program links no libcudart.
+//
+// What it checks that a GPU would not report as plainly: every copy must lie inside one live device
+// allocation on its device side and outside all of them on its host side (cudaMemcpyKind says which
+// is which); freeing a pointer that cudaMalloc did not return fails. New device memory is filled
+// with NaNs (all bits set), so a kernel that reads memory nothing wrote gives NaNs, not the zeros
+// a fresh host page would. Allocations are exact-sized heap blocks: in the sanitizer build, ASan
+// reports a kernel that reads or writes past the end of one.
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+struct CUstream_st {
+    int id;
+};
+
+namespace {
+std::mutex& table_mutex() {
+    static std::mutex m;
+    return m;
+}
+std::map<uintptr_t, size_t>& allocations() {  // start -> bytes
+    static std::map<uintptr_t, size_t> a;
+    return a;
+}
+// Whether [p, p + bytes) lies inside one live allocation (inside = true) or touches none (false).
+bool inside_one(const void* p, size_t bytes) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    std::lock_guard<std::mutex> lock(table_mutex());
+    auto it = allocations().upper_bound(a);
+    if (it == allocations().begin()) return false;
+    --it;
+    return a >= it->first && a + bytes <= it->first + it->second;
+}
+bool touches_none(const void* p, size_t bytes) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    std::lock_guard<std::mutex> lock(table_mutex());
+    auto it = allocations().lower_bound(a);
+    if (it != allocations().end() && it->first < a + bytes) return false;
+    if (it == allocations().begin()) return true;
+    --it;
+    return it->first + it->second <= a;
+}
+bool copy_ok(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (bytes == 0) return true;
+    switch (kind) {
+        case cudaMemcpyHostToDevice: return inside_one(dst, bytes) && touches_none(src, bytes);
+        case cudaMemcpyDeviceToHost: return inside_one(src, bytes) && touches_none(dst, bytes);
+        case cudaMemcpyDeviceToDevice: return inside_one(src, bytes) && inside_one(dst, bytes);
+        default: return false;  // pin::cuda always says which way it copies
+    }
+}
+}  // namespace
+
+cudaError_t cudaMalloc(void** ptr, size_t bytes) {
+    void* p = nullptr;
+    if (bytes == 0 || posix_memalign(&p, 256, bytes) != 0) return cudaErrorMemoryAllocation;  // 256: cudaMalloc's alignment
+    std::memset(p, 0xff, bytes);
+    {
+        std::lock_guard<std::mutex> lock(table_mutex());
+        allocations()[reinterpret_cast<uintptr_t>(p)] = bytes;
+    }
+    *ptr = p;
+    return cudaSuccess;
+}
+cudaError_t cudaFree(void* ptr) {
+    if (!ptr) return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> lock(table_mutex());
+        if (allocations().erase(reinterpret_cast<uintptr_t>(ptr)) == 0) return cudaErrorInvalidValue;
+    }
+    std::free(ptr);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+    if (!copy_ok(dst, src, bytes, kind)) return cudaErrorInvalidValue;
+    if (bytes) std::memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t) {
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int) {
+    static std::atomic<int> next{1};
+    *stream = new CUstream_st{next++};
+    return cudaSuccess;
+}
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    delete stream;
+    return cudaSuccess;
+}
+cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaGetLastError() { return cudaSuccess; }  // a failed emulated launch throws instead
+const char* cudaGetErrorString(cudaError_t e) {
+    switch (e) {
+        case cudaSuccess: return "no error";
+        case cudaErrorMemoryAllocation: return "out of memory (emulated device)";
+        case cudaErrorInvalidValue: return "invalid argument (emulated device: a copy outside device allocations, or a bad free)";
+        default: return "error (emulated device)";
+    }
+}
+cudaError_t cudaGetDeviceCount(int* count) {
+    *count = 1;
+    return cudaSuccess;
+}
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+    if (device != 0) return cudaErrorInvalidDevice;
+    *prop = cudaDeviceProp{};
+    std::strncpy(prop->name, "CPU emulation of CUDA (tests/cuda_emulation.hpp)", sizeof prop->name - 1);
+    return cudaSuccess;
+}
