@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include <map>
@@ -354,6 +355,11 @@ DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats), stream_(cur()) {
         if (it != pool().end()) {
             ptr_ = it->second;
             pool().erase(it);
+#if defined(PIN_CUDA_EMULATION)
+            // As new memory in the emulated runtime: NaNs, so a kernel that reads what nothing wrote
+            // fails its test instead of finding the last user's values.
+            std::memset(ptr_, 0xff, floats * sizeof(float));
+#endif
             return;
         }
     }
