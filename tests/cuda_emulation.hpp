@@ -6,9 +6,9 @@
 // A launch runs the grid's blocks one after another on the calling thread. A block's threads are
 // fibers on that one OS thread: each runs until its next __syncthreads (or its end), then the next
 // one runs; when every thread that has not returned has reached the barrier, they all go on. The
-// order alternates (thread 0 first, then thread 255 first), so a missing barrier shows in either
-// direction: a thread reads shared memory before or after all the others wrote it, never "mostly
-// in time". __shared__ arrays are function-local thread_local statics: one copy per OS thread,
+// order alternates (thread 0 first, then thread 255 first; from block to block and from barrier to
+// barrier), so a missing barrier shows in either direction: a thread reads shared memory before or
+// after all the others wrote it, never "mostly in time". __shared__ arrays are function-local thread_local statics: one copy per OS thread,
 // shared by its fibers, so launches from several threads (streams) do not share them. A thread that
 // returns early is not awaited by later barriers (as sm_70+ and the kernels here assume). A fiber
 // switch is a few instructions (x86-64: callee-saved registers and the stack pointer; elsewhere
@@ -283,11 +283,13 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = uint3{x, y, z};
                 for (Fiber& f : fibers) f.done = false;
-                // Phases between barriers, every live thread once per phase, alternating order.
+                // Phases between barriers, every live thread once per phase, in alternating order
+                // (odd blocks start with the last thread, so a kernel without barriers meets both).
+                const unsigned first_order = x + y + z;
                 for (unsigned phase = 0;; ++phase) {
                     unsigned waiting = 0;
                     for (unsigned i = 0; i < threads; ++i) {
-                        Fiber& f = fibers[phase % 2 ? threads - 1 - i : i];
+                        Fiber& f = fibers[(first_order + phase) % 2 ? threads - 1 - i : i];
                         if (f.done) continue;
                         threadIdx = f.index;
                         enter(s, f);

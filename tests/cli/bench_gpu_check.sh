@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# pin-bench-gpu, built for the CPU emulation of CUDA, at batch 1: every stage that bench/gpu_check.sh
+# times on a lent GPU must run and print its JSON line (no "error"), and the vector-bf16
+# configuration must reach the kernels it exists for. The times themselves mean nothing here.
+# Bad arguments exit 2 with the usage line.
+set -euo pipefail
+bench=${1:?usage: bench_gpu_check.sh PATH_TO_PIN_BENCH_GPU_EMULATED}
+fail() { echo "FAIL: $*" >&2; exit 1; }
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+for config in generic-fp32 vector-bf16; do
+  "$bench" --batches 1 --iters 1 --config $config > "$out/$config.txt" 2>&1 || { cat "$out/$config.txt"; fail "pin-bench-gpu --config $config"; }
+done
+python3 - "$out" <<'PY' || fail "pin-bench-gpu JSON lines"
+import json, sys
+out = sys.argv[1]
+def lines(config):
+    return [json.loads(l) for l in open(f"{out}/{config}.txt") if l.startswith("{")]
+for config in ("generic-fp32", "vector-bf16"):
+    js = lines(config)
+    errors = [j for j in js if "error" in j]
+    assert not errors, errors
+    assert "device" in js[0], js[0]
+    layers = [j for j in js if "layer" in j]
+    assert len(layers) == 9, [j["layer"] for j in layers]  # 7 convolutions, 2 transposed
+    for j in layers:  # TFLOP/s print as 0.00 at the emulation's speed
+        assert j["forward_ms"] > 0 and all(j[k] >= 0 for k in ("forward_tflops", "backward_input_tflops", "backward_weight_tflops")), j
+    stages = {j["stage"]: j for j in js if "stage" in j}
+    for stage in ("defense_forward", "training_step"):
+        assert stages[stage]["ms"] > 0 and stages[stage]["images_per_second"] >= 0 and stages[stage]["batch"] == 1, stages.get(stage)
+    assert stages["training_step_profile"]["total_ms"] > 0 and stages["training_step_profile"]["ops_ms"], stages["training_step_profile"]
+    launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
+    assert len(launches) == 1, launches
+    if config == "vector-bf16":  # the wide kernel and both per-pixel kernels reached
+        assert all(launches[0][k] > 0 for k in ("wide", "one_output", "one_input")), launches
+    else:  # the generic fp32 configuration runs every GEMM on the fp32 kernel
+        assert launches[0]["fp32"] > 0 and all(launches[0][k] == 0 for k in ("tensor_core", "wide", "one_output", "one_input")), launches
+samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
+assert samplers == ["curand", "pin"], samplers
+PY
+grep -q "defense forward" "$out/vector-bf16.txt" || fail "no table at the end of the output"
+set +e
+"$bench" --config no-such-config > "$out/bad.txt" 2>&1; rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "unknown --config" "$out/bad.txt" || fail "an unknown --config exits $rc, not 2 with a message"
+"$bench" --help | grep -q "^usage: pin-bench-gpu" || fail "--help"
+echo "bench_gpu_check.sh: passed"

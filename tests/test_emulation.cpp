@@ -1,0 +1,132 @@
+// The CPU emulation of CUDA (tests/cuda_emulation.hpp) that the emulated kernel tests and
+// pin_tests_cuda_emulated rely on: barriers, early returns, shared memory per block and per OS
+// thread, both orders of a race, errors reported from inside a kernel.
+#include "cuda_emulation.hpp"  // first: it defines __shared__ and the built-ins
+
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "helpers.hpp"
+
+namespace {
+// Each thread writes its value to shared memory and, after the barrier (when `sync`), reads its
+// neighbour's (t + step, wrapping) into out[block * n + t].
+void neighbour_kernel(const int* in, int* out, int n, int step, bool sync) {
+    __shared__ int s[256];
+    const int t = static_cast<int>(threadIdx.x), b = static_cast<int>(blockIdx.x);
+    s[t] = in[b * n + t];
+    if (sync) __syncthreads();
+    out[b * n + t] = s[(t + step + n) % n];
+}
+struct Neighbours {
+    std::vector<int> in, out;
+    int n, blocks;
+    Neighbours(int n_, int blocks_) : in(static_cast<size_t>(n_ * blocks_)), out(in.size(), -1), n(n_), blocks(blocks_) {
+        for (size_t i = 0; i < in.size(); ++i) in[i] = static_cast<int>(i * 7 + 3);
+    }
+    void run(int step, bool sync) {
+        pin_emulation::launch(dim3(static_cast<unsigned>(blocks)), dim3(static_cast<unsigned>(n)),
+                              [&] { neighbour_kernel(in.data(), out.data(), n, step, sync); });
+    }
+    // How many threads read a wrong value (with `wrap` false, only those whose neighbour is not
+    // across the block's end).
+    int wrong(int step, bool wrap = true) const {
+        int w = 0;
+        for (int b = 0; b < blocks; ++b)
+            for (int t = 0; t < n; ++t)
+                if (wrap || (t + step >= 0 && t + step < n)) w += out[b * n + t] != in[b * n + (t + step + n) % n];
+        return w;
+    }
+};
+}  // namespace
+
+TEST_CASE("emulation: a barrier publishes every thread's shared-memory writes, block by block", "[emulated][emulation]") {
+    for (const int n : {256, 96, 33}) {
+        Neighbours k(n, 5);
+        for (const int step : {1, -1, 17}) {
+            k.run(step, true);
+            INFO("block of " << n << ", neighbour " << step);
+            REQUIRE(k.wrong(step) == 0);
+        }
+    }
+}
+
+TEST_CASE("emulation: a missing barrier is seen in both directions", "[emulated][emulation]") {
+    // Without the barrier a thread reads its neighbour's slot before or after the neighbour wrote
+    // it, depending on the order the threads run in: reading ahead (+1) and behind (-1), away from
+    // the block's ends, must each give wrong values in a 2-block launch (one order per block; a
+    // single order would see only one of the two).
+    for (const int step : {1, -1}) {
+        Neighbours k(64, 2);
+        k.run(step, false);
+        INFO("neighbour " << step);
+        REQUIRE(k.wrong(step, false) > 0);
+        REQUIRE(k.wrong(step, false) < 64);  // the other block's order reads them in time
+    }
+}
+
+TEST_CASE("emulation: threads that return early are not awaited by later barriers", "[emulated][emulation]") {
+    std::vector<int> out(256, 0);
+    pin_emulation::launch(dim3(3), dim3(256), [&] {
+        __shared__ int count[1];
+        const unsigned t = threadIdx.x;
+        if (t == 0) count[0] = 0;
+        __syncthreads();
+        if (t >= 100) return;
+        __syncthreads();  // 100 threads arrive; the other 156 have returned
+        if (t == 0) count[0] = 100;
+        __syncthreads();
+        out[t] += count[0];
+    });
+    for (int t = 0; t < 256; ++t) REQUIRE(out[static_cast<size_t>(t)] == (t < 100 ? 300 : 0));
+}
+
+TEST_CASE("emulation: 2D blocks number their threads x fastest, and grids visit every block once", "[emulated][emulation]") {
+    std::vector<int> seen(static_cast<size_t>(4 * 3 * 2 * 32 * 8), 0);
+    pin_emulation::launch(dim3(4, 3, 2), dim3(32, 8), [&] {
+        const unsigned block = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+        const unsigned thread = threadIdx.y * blockDim.x + threadIdx.x;
+        seen[block * 256 + thread] += 1;
+    });
+    for (const int s : seen) REQUIRE(s == 1);
+}
+
+TEST_CASE("emulation: launches from several OS threads at once keep their shared memory apart", "[emulated][emulation]") {
+    // As the GPU stream test does: each OS thread runs its own launches; a shared array common to
+    // all of them would mix their blocks' values.
+    std::vector<int> wrong(4, -1);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 4; ++i)
+        threads.emplace_back([&, i] {
+            Neighbours k(128, 20 + i);
+            int w = 0;
+            for (int r = 0; r < 5; ++r) {
+                k.run(3 + i, true);
+                w += k.wrong(3 + i);
+            }
+            wrong[static_cast<size_t>(i)] = w;
+        });
+    for (auto& t : threads) t.join();
+    for (const int w : wrong) REQUIRE(w == 0);
+}
+
+TEST_CASE("emulation: an exception or a broken WMMA rule inside a kernel fails the launch", "[emulated][emulation]") {
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(2), dim3(64),
+                                              [] {
+                                                  __syncthreads();
+                                                  if (blockIdx.x == 1 && threadIdx.x == 5) throw std::runtime_error("thread 5 failed");
+                                              }),
+                        "thread 5 failed");
+    alignas(32) static float tile[16 * 17];
+    nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float> acc;
+    nvcuda::wmma::fill_fragment(acc, 1.0f);
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] { nvcuda::wmma::store_matrix_sync(tile + 1, acc, 16, nvcuda::wmma::mem_row_major); }),
+                        Catch::Contains("not 256-bit aligned"));
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] { nvcuda::wmma::store_matrix_sync(tile, acc, 17, nvcuda::wmma::mem_row_major); }),
+                        Catch::Contains("not a multiple of 16 bytes"));
+    // The emulation is usable after a failed launch.
+    pin_emulation::launch(dim3(1), dim3(32), [&] { nvcuda::wmma::store_matrix_sync(tile, acc, 16, nvcuda::wmma::mem_row_major); });
+    REQUIRE(tile[255] == 1.0f);
+}
