@@ -1,7 +1,7 @@
 // cuda/launch.cuh - how pin::cuda launches its kernels: PIN_LAUNCH(grid, block, stream, kernel)(args...)
 // is kernel<<<grid, block, 0, stream>>>(args...) under nvcc. Under tests/cuda_emulation.hpp (host
-// compiler, PIN_CUDA_EMULATION) the same kernel runs on the CPU, every thread of every block, at
-// once (the emulation has no streams: every launch and copy completes before it returns), so the
+// compiler, PIN_CUDA_EMULATION) the same kernel runs on the CPU, every thread of every block, before
+// the launch returns (the emulation has no streams: every launch and copy is synchronous), so the
 // whole backend, host code included, runs in CI, which has no GPU (tests/emulated_backend.cpp).
 #pragma once
 

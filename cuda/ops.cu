@@ -322,7 +322,8 @@ void channel_sum(int64_t rows, int64_t channels, F f, float* out, const char* na
     PIN_CHECK(channel_blocks <= 65535, name, ": ", channels, " channels are more than the channel sum's grid allows");
     DeviceBuffer partial(static_cast<size_t>(2 * chunks * channels));  // doubles
     double* part = reinterpret_cast<double*>(partial.data());
-    PIN_LAUNCH(dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(channel_blocks)), dim3(kChannelSumLanes, kChannelSumRowLanes), cur(), channel_sum_partial_kernel)(rows, channels, rows_per_chunk, f, part);
+    const dim3 grid(static_cast<unsigned>(chunks), static_cast<unsigned>(channel_blocks)), block(kChannelSumLanes, kChannelSumRowLanes);
+    PIN_LAUNCH(grid, block, cur(), channel_sum_partial_kernel)(rows, channels, rows_per_chunk, f, part);
     check(cudaGetLastError(), name, shape);
     PIN_LAUNCH(static_cast<unsigned>((channels + 255) / 256), 256, cur(), channel_sum_final_kernel)(chunks, channels, part, out);
     check(cudaGetLastError(), name, shape);
@@ -609,15 +610,16 @@ void reconstruct(const float* basis_t, const float* mean, const float* c, const 
 void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,
                 bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     if (batch * k <= 0) return;
-    PIN_LAUNCH(static_cast<unsigned>(batch * k), 256, cur(), mask_cost_kernel)(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed, first_image);
+    PIN_LAUNCH(static_cast<unsigned>(batch * k), 256, cur(), mask_cost_kernel)(p, g, y2, cost, kept, n, k, l2, lambda, pixels, seed,
+                                                                               first_image);
     check(cudaGetLastError(), "mask_costs", dims(batch, n, k));
 }
 
 void local_gradient(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept, int64_t batch,
                     int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
     if (batch * k <= 0) return;
-    PIN_LAUNCH(static_cast<unsigned>(batch), 256, cur(), local_gradient_kernel)(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels, seed,
-                                                                 first_image);
+    PIN_LAUNCH(static_cast<unsigned>(batch), 256, cur(), local_gradient_kernel)(p, g, y2, dz, cost, kept, batch, n, k, l2, lambda, pixels,
+                                                                               seed, first_image);
     check(cudaGetLastError(), "local_gradient", dims(batch, n, k));
 }
 

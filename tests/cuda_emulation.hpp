@@ -138,7 +138,6 @@ struct Fiber {
 };
 // A launch on one OS thread: its fibers, the scheduler's own context, what went wrong.
 struct Scheduler {
-    std::vector<Fiber>* fibers = nullptr;
     Fiber* current = nullptr;
     void (*body)(void*) = nullptr;  // runs the kernel once, as the current fiber
     void* kernel = nullptr;
@@ -263,7 +262,6 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
     if (threads == 0 || threads > 1024) throw std::runtime_error("cuda emulation: a block of " + std::to_string(threads) + " threads");
     Scheduler s;
     std::vector<Fiber> fibers(threads);
-    s.fibers = &fibers;
     s.kernel = &kernel;
     s.body = [](void* k) { (*static_cast<Kernel*>(k))(); };
     for (unsigned t = 0; t < threads; ++t) {
