@@ -31,7 +31,7 @@ std::map<uintptr_t, size_t>& allocations() {  // start -> bytes
     static std::map<uintptr_t, size_t> a;
     return a;
 }
-// Whether [p, p + bytes) lies inside one live allocation (inside = true) or touches none (false).
+// Whether [p, p + bytes) lies inside one live allocation (inside_one), or touches none (touches_none).
 bool inside_one(const void* p, size_t bytes) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     std::lock_guard<std::mutex> lock(table_mutex());
