@@ -20,6 +20,7 @@
 #endif
 
 #include "gather.cuh"
+#include "launch.cuh"
 
 namespace pin::cuda::gemm {
 
@@ -109,6 +110,8 @@ __global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int
                                                        Store st) {
     __shared__ float As[BK][BM + 4];
     __shared__ float Bs[BK][BN + 4];
+    shared_contents_undefined(As);
+    shared_contents_undefined(Bs);
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM, n0 = static_cast<int64_t>(blockIdx.y) * BN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = (kbeg + chunk < K ? kbeg + chunk : K);
@@ -244,6 +247,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M,
     static_assert((A_ELEMS * sizeof(Elem)) % 32 == 0 && (16 * LA * sizeof(Elem)) % 32 == 0 && (16 * LB * sizeof(Elem)) % 32 == 0,
                   "tile rows must keep 32-byte alignment");
     __shared__ __align__(128) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
+    shared_contents_undefined(smem);
     Elem* As = reinterpret_cast<Elem*>(smem);  // [TBM][LA], row-major m x k
     Elem* Bs = As + A_ELEMS;                   // [TBK][LB], row-major k x n
     const int tid = threadIdx.x;
@@ -489,6 +493,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
                                                                Store st) {
     using namespace nvcuda;
     __shared__ __align__(128) unsigned char smem[W_SMEM_BYTES];
+    shared_contents_undefined(smem);
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
     const int tid = threadIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;

@@ -13,3 +13,19 @@
 #else
 #define PIN_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>
 #endif
+
+namespace pin::cuda {
+// Every kernel calls this on its __shared__ arrays, right after declaring them. On a GPU it does
+// nothing (shared memory starts undefined in each block). Under the emulation, whose arrays would
+// keep the previous block's values, it fills them with 0xFF bytes once per block (NaN as float,
+// double and bfloat16), so a read of an element the block never wrote spoils the result there as
+// it may on a GPU, instead of finding a stale or zero value that happens to work.
+template <class T>
+__device__ inline void shared_contents_undefined(T& array) {
+#if defined(PIN_CUDA_EMULATION)
+    ::pin_emulation::poison_shared(&array, sizeof(T));
+#else
+    (void)array;
+#endif
+}
+}  // namespace pin::cuda

@@ -149,6 +149,30 @@ struct Scheduler {
 };
 inline thread_local Scheduler* tl_scheduler = nullptr;
 
+// Shared memory starts undefined in every block of a GPU launch; here a block's __shared__ arrays
+// would keep the previous block's values (zeros in the first block), which hides a read of an
+// element the block never wrote. So the first of a block's threads to declare an array
+// (pin::cuda::shared_contents_undefined, cuda/launch.cuh) fills it with 0xFF bytes: NaN as float,
+// double and bfloat16, -1 as an integer. tl_block numbers the blocks run on this OS thread.
+inline thread_local uint64_t tl_block = 0;
+struct PoisonedArray {
+    const void* at;
+    uint64_t block;  // the block that last filled it
+};
+inline thread_local std::vector<PoisonedArray> tl_poisoned;
+inline void poison_shared(void* at, size_t bytes) {
+    for (PoisonedArray& e : tl_poisoned)
+        if (e.at == at) {
+            if (e.block != tl_block) {
+                e.block = tl_block;
+                std::memset(at, 0xff, bytes);
+            }
+            return;
+        }
+    tl_poisoned.push_back(PoisonedArray{at, tl_block});
+    std::memset(at, 0xff, bytes);
+}
+
 inline void report(const std::string& what) {
     if (tl_scheduler->violation.empty()) tl_scheduler->violation = what;
 }
@@ -280,6 +304,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
         for (unsigned y = 0; y < grid.y; ++y)
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = uint3{x, y, z};
+                ++tl_block;
                 for (Fiber& f : fibers) f.done = false;
                 // Phases between barriers, every live thread once per phase, in alternating order
                 // (odd blocks start with the last thread, so a kernel without barriers meets both).

@@ -3,12 +3,14 @@
 // thread, both orders of a race, errors reported from inside a kernel.
 #include "cuda_emulation.hpp"  // first: it defines __shared__ and the built-ins
 
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "helpers.hpp"
+#include "launch.cuh"
 
 namespace {
 // Each thread writes its value to shared memory and, after the barrier (when `sync`), reads its
@@ -64,6 +66,45 @@ TEST_CASE("emulation: a missing barrier is seen in both directions", "[emulated]
         INFO("neighbour " << step);
         REQUIRE(k.wrong(step, false) > 0);
         REQUIRE(k.wrong(step, false) < 64);  // the other block's order reads them in time
+    }
+}
+
+TEST_CASE("emulation: shared memory starts undefined in every block", "[emulated][emulation]") {
+    // Every thread but the last writes its slot; after the barrier thread t reads slot t. The last
+    // slot, which no thread of the block wrote, must read as the fill (-1 as int, NaN as float) in
+    // every block, the first one and those after a block that wrote it; the written slots must keep
+    // what the block wrote (only the first thread to declare the arrays fills them, whichever order
+    // the threads run in).
+    constexpr unsigned kThreads = 64, kBlocks = 4;
+    std::vector<int> ints(kThreads * kBlocks, 0);
+    std::vector<float> floats(kThreads * kBlocks, 0.0f);
+    for (int launch = 0; launch < 2; ++launch) {
+        pin_emulation::launch(dim3(kBlocks), dim3(kThreads), [&] {
+            __shared__ int si[kThreads];
+            __shared__ float sf[kThreads];
+            pin::cuda::shared_contents_undefined(si);
+            pin::cuda::shared_contents_undefined(sf);
+            const unsigned t = threadIdx.x, b = blockIdx.x;
+            // The last slot is written in odd blocks only, so the even block after it finds it stale.
+            if (t + 1 < kThreads || b % 2 == 1) {
+                si[t] = static_cast<int>(t + 1000 * b);
+                sf[t] = 0.5f * static_cast<float>(t) + static_cast<float>(b);
+            }
+            __syncthreads();
+            ints[b * kThreads + t] = si[t];
+            floats[b * kThreads + t] = sf[t];
+        });
+        for (unsigned b = 0; b < kBlocks; ++b)
+            for (unsigned t = 0; t < kThreads; ++t) {
+                INFO("launch " << launch << ", block " << b << ", thread " << t);
+                if (t + 1 < kThreads || b % 2 == 1) {
+                    REQUIRE(ints[b * kThreads + t] == static_cast<int>(t + 1000 * b));
+                    REQUIRE(floats[b * kThreads + t] == 0.5f * static_cast<float>(t) + static_cast<float>(b));
+                } else {
+                    REQUIRE(ints[b * kThreads + t] == -1);
+                    REQUIRE(std::isnan(floats[b * kThreads + t]));
+                }
+            }
     }
 }
 
