@@ -181,14 +181,22 @@ int main(int argc, char** argv) {
                 const double bw = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
                 report_layer(l.name, gflop, f, bi, bw);
             }
-            for (const int64_t B : batches) try {
-                auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
-                pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
-                const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                report("defense_forward", "defense forward", B, ms);
-            } catch (const std::exception& e) {  // one failing batch size must not hide the others
-                report_error("defense_forward", B, e);
+            // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh
+            // ActivationStorage; JSON stage defense_forward_bf16_storage).
+            for (const bool bf16_storage : {false, true}) {
+                if (bf16_storage && mode != MathMode::BF16) continue;
+                pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
+                const char* stage = bf16_storage ? "defense_forward_bf16_storage" : "defense_forward";
+                for (const int64_t B : batches) try {
+                    auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
+                    pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
+                    const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
+                    report(stage, bf16_storage ? "defense fwd, bf16 act" : "defense forward", B, ms);
+                } catch (const std::exception& e) {  // one failing batch size must not hide the others
+                    report_error(stage, B, e);
+                }
             }
+            pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
             // The training step (pin train's defaults: local estimator, 30 masks, L2 cost, clip 1), on
             // faces kept in host memory as pin train has them (the upload is part of the step); with
             // the generic and the vector gathers only (time).

@@ -86,7 +86,7 @@ def best_by_math_batch(path, keep):
         best[(math, j["batch"])] = max(best.get((math, j["batch"]), 0), j["images_per_second"])
     return best
 
-ours = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") == "defense_forward")
+ours = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") in ("defense_forward", "defense_forward_bf16_storage"))
 torch = best_by_math_batch(out + "/torch.jsonl", lambda j: True)
 train = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") == "training_step")
 torch_train = best_by_math_batch(out + "/torch_train.jsonl", lambda j: True)

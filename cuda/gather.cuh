@@ -8,13 +8,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define PIN_HD __host__ __device__
-#define PIN_UNROLL _Pragma("unroll")
-#else
-#define PIN_HD
-#define PIN_UNROLL
-#endif
+#include "bfloat16.cuh"  // PIN_HD, PIN_UNROLL, load4; sources stored as float or bfloat16
 
 namespace pin::cuda {
 
@@ -25,7 +19,7 @@ constexpr int kGatherThreads = 256, kGatherDepth = 16;
 // thread's rows (pixels) once per launch and each K slice's tap once, instead of four integer
 // divisions per element. A slice of 16 k lies in one tap when the channel count is a multiple of 16
 // (launch_gemm sets `rows` only then); both GEMMs load A with 16-deep slices at multiples of 16.
-template <bool kTransposed>
+template <bool kTransposed, class Src = float>
 struct Gather;
 struct GatherRow {
     int b = 0, y = 0, x = 0;  // image; first source row / column (direct) or oh + pad, ow + pad (transposed)
@@ -35,8 +29,8 @@ template <class T>
 struct IsGather {
     static constexpr bool value = false;
 };
-template <bool kTransposed>
-struct IsGather<Gather<kTransposed>> {
+template <bool kTransposed, class Src>
+struct IsGather<Gather<kTransposed, Src>> {
     static constexpr bool value = true;
 };
 // The rows (tid + i kGatherThreads) / kGatherDepth (i < N) of an A slice, as both GEMMs lay out
@@ -83,16 +77,6 @@ PIN_HD void gather_wide(const LoadA& la, const GatherRow (&rows)[kWideARows], in
     for (int i = 0; i < kWideARows; ++i) la.at4(rows[i], kh, kw, c, v[i]);
 }
 
-// p[0..3]: one 16-byte load on the GPU (p 16-byte aligned), four loads on the host.
-PIN_HD inline void load4(const float* p, float (&v)[4]) {
-#if defined(__CUDA_ARCH__)
-    const float4 q = __ldg(reinterpret_cast<const float4*>(p));
-    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
-#else
-    for (int j = 0; j < 4; ++j) v[j] = p[j];
-#endif
-}
-
 // Row m of the GEMM matrix times a vector w of its K = k^2 C entries ((kh, kw, c) order, as the
 // packed weights): a convolution with one output channel (the DAE's last layer), which the GEMM
 // kernels would compute in 1 of their 64 columns. vec: C % 4 == 0 and src, w 16-byte aligned, so
@@ -106,7 +90,7 @@ PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool 
         for (int kw = 0; kw < k; ++kw) {
             const int64_t o = la.pixel_offset(r, kh, kw);
             if (o < 0) continue;
-            const float* x = la.src + o;
+            const auto* x = la.src + o;
             const float* wt = w + (kh * k + kw) * C;
             if (vec) {
                 for (int c = 0; c < C; c += 4) {
@@ -116,7 +100,7 @@ PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool 
                     s += a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
                 }
             } else {
-                for (int c = 0; c < C; ++c) s += x[c] * wt[c];
+                for (int c = 0; c < C; ++c) s += to_float(x[c]) * wt[c];
             }
         }
     return s;
@@ -135,7 +119,7 @@ PIN_HD void gather_one_input(const G& la, const float* w, int64_t N, int64_t m, 
         for (int kw = 0; kw < k; ++kw) {
             const int64_t o = la.pixel_offset(r, kh, kw);
             if (o < 0) continue;
-            const float x = la.src[o];
+            const float x = to_float(la.src[o]);
             float u[4];
             load4(w + (kh * k + kw) * N + n, u);
             for (int j = 0; j < 4; ++j) v[j] += x * u[j];
@@ -146,9 +130,12 @@ PIN_HD void gather_one_input(const G& la, const float* w, int64_t N, int64_t m, 
 // Row m = (b, oh, ow) of a grid Ho x Wo; column k = (kh, kw, c). Direct: the source pixel is
 // (oh s - p + kh, ow s - p + kw) (forward convolution). Transposed: it is ((oh + p - kh) / s, ...)
 // when that divides exactly (transposed convolution, convolution input gradient).
-template <bool kTransposed>
+// Src: how the source is stored (float, or Bf16 with ActivationStorage::BF16); values are read as
+// float either way.
+template <bool kTransposed, class Src>
 struct Gather {
-    const float* src;
+    using Source = Src;
+    const Src* src;
     int64_t Ho, Wo, H, W, C, K, stride, pad;
     bool rows = false;  // GatherMode::Rows applies (set by launch_gemm)
     static constexpr bool kIsTransposed = kTransposed;
@@ -199,10 +186,10 @@ struct Gather {
     // The same value as operator()(m, k) for the row and tap decoded above.
     PIN_HD float at(const GatherRow& r, int kh, int kw, int c) const {
         const int64_t o = pixel_offset(r, kh, kw);
-        return o < 0 ? 0.0f : src[o + c];
+        return o < 0 ? 0.0f : to_float(src[o + c]);
     }
-    // Channels c .. c + 3 of the same pixel, one 16-byte load on the GPU: c is a multiple of 4 and
-    // src 16-byte aligned (the wide kernel's launch checks both).
+    // Channels c .. c + 3 of the same pixel, one 16-byte load on the GPU (8 bytes from bfloat16): c
+    // is a multiple of 4 and src 16-byte aligned (the wide kernel's launch checks both).
     PIN_HD void at4(const GatherRow& r, int kh, int kw, int c, float (&v)[4]) const {
         const int64_t o = pixel_offset(r, kh, kw);
         if (o < 0) {
@@ -232,7 +219,7 @@ struct Gather {
             iw = static_cast<int>(ow * stride + kw) - static_cast<int>(pad);
         }
         if (ih < 0 || iw < 0 || ih >= H || iw >= W) return 0.0f;
-        return src[((static_cast<int64_t>(b) * H + ih) * W + iw) * C + c];
+        return to_float(src[((static_cast<int64_t>(b) * H + ih) * W + iw) * C + c]);
     }
 };
 
@@ -265,7 +252,15 @@ PIN_HD inline SubpixelClass subpixel_class(int ry, int rx, int64_t Ho, int64_t W
 // The GEMM matrix of one class: row m = (image, i, j) is output pixel (oh0 + s i, ow0 + s j), column
 // k = (class tap t, channel c) is tap (ry + s (t / taps_w), rx + s (t % taps_w)). Reads through the
 // whole gather (its at / at4 / pixel_offset), so the same values; row() and slice() decode the class.
-struct SubpixelGather : Gather<true> {
+template <class Src = float>
+struct SubpixelGather : Gather<true, Src> {
+    using G = Gather<true, Src>;
+    using G::C;
+    using G::Ho;
+    using G::K;
+    using G::pad;
+    using G::stride;
+    using G::Wo;
     SubpixelClass cls;
     // Class row m as (image b, output row oh, output column ow) of the whole output.
     PIN_HD void pixel(int64_t m64, int& b, int& oh, int& ow) const {
@@ -306,7 +301,7 @@ struct SubpixelGather : Gather<true> {
     PIN_HD float operator()(int64_t m, int64_t k) const {
         int kh, kw, c;
         slice(k, 0, kh, kw, c);
-        return at(row(m, m + 1), kh, kw, c);
+        return G::at(row(m, m + 1), kh, kw, c);
     }
     // The row of the whole gather's packed weights ((kh k + kw) C + c, n) that class column k uses.
     PIN_HD int64_t weight_row(int64_t k) const {
@@ -317,13 +312,14 @@ struct SubpixelGather : Gather<true> {
     PIN_HD int64_t rows_per_image() const { return static_cast<int64_t>(cls.rows_h) * cls.rows_w; }
     PIN_HD int64_t depth() const { return static_cast<int64_t>(cls.taps_h) * cls.taps_w * C; }
 };
-template <>
-struct IsGather<SubpixelGather> {
+template <class Src>
+struct IsGather<SubpixelGather<Src>> {
     static constexpr bool value = true;
 };
-inline SubpixelGather subpixel_gather(const Gather<true>& g, int ry, int rx) {
-    SubpixelGather sg;
-    static_cast<Gather<true>&>(sg) = g;
+template <class Src>
+SubpixelGather<Src> subpixel_gather(const Gather<true, Src>& g, int ry, int rx) {
+    SubpixelGather<Src> sg;
+    static_cast<Gather<true, Src>&>(sg) = g;
     sg.cls = subpixel_class(ry, rx, g.Ho, g.Wo, static_cast<int>(g.K), static_cast<int>(g.stride), static_cast<int>(g.pad));
     return sg;
 }

@@ -80,18 +80,19 @@ struct ColMajor {
 };
 // The packed weights (rows (kh k + kw) C + c) of a transposed gather read by one sub-pixel class's
 // GEMM (gather.cuh SubpixelGather): class column k is row g.weight_row(k).
+template <class G = SubpixelGather<>>
 struct SubpixelWeights {
     const float* a;
     int64_t ld;
-    SubpixelGather g;
+    G g;
     __device__ float operator()(int64_t k, int64_t n) const { return a[g.weight_row(k) * ld + n]; }
     __device__ const float* row_ptr(int64_t k) const { return a + g.weight_row(k) * ld; }
 };
 // An epilogue for a sub-pixel class: class row m is row g.out_row(m) of the whole output.
-template <class Store>
+template <class Store, class G = SubpixelGather<>>
 struct RowMappedStore {
     Store st;
-    SubpixelGather g;
+    G g;
     __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { st(z, g.out_row(m), n, v); }
 };
 // B operands the wide kernel reads by rows: those with row_ptr(k), the address of B(k, 0), rows

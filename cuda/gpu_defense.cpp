@@ -13,6 +13,16 @@ DeviceBuffer upload(const Tensor& t) {
     b.upload(c.data(), static_cast<size_t>(c.numel()));
     return b;
 }
+// n activations stored as bfloat16 (two per float of the buffer) or fp32, and views of them.
+DeviceBuffer activations(int64_t n, bool bf16) { return DeviceBuffer(static_cast<size_t>(bf16 ? (n + 1) / 2 : n)); }
+Activations out(const DeviceBuffer& b, bool bf16) {
+    if (bf16) return reinterpret_cast<Bf16*>(b.data());
+    return b.data();
+}
+ConstActivations in(const DeviceBuffer& b, bool bf16) {
+    if (bf16) return reinterpret_cast<const Bf16*>(b.data());
+    return static_cast<const float*>(b.data());
+}
 }  // namespace
 
 GpuDefense::GpuDefense(model::Agent& agent, const model::EigenBasis& basis) {
@@ -46,83 +56,86 @@ const float* GpuDefense::packed(const std::string& name, const ConvShape& s, boo
     return it->second.data();
 }
 
-DeviceBuffer GpuDefense::res_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
-                                   const std::string& prefix, bool shortcut) {
+DeviceBuffer GpuDefense::res_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
+                                   const std::string& prefix, bool shortcut, bool bf16) {
     const ConvShape s1{B, H, W, cin, cout, 3, 1, 1};
-    DeviceBuffer y1(static_cast<size_t>(B * H * W * cout));
-    conv2d_forward(x, w(prefix + "conv1.weight"), y1.data(), s1, nullptr, w(prefix + "nolinear1.weight"), false,
+    const DeviceBuffer y1 = activations(B * H * W * cout, bf16);
+    conv2d_forward(x, w(prefix + "conv1.weight"), out(y1, bf16), s1, nullptr, w(prefix + "nolinear1.weight"), false,
                    packed(prefix + "conv1.weight", s1, false));
     const ConvShape s2{B, H, W, cout, cout, 3, stride, 1};
     const int64_t Ho = conv2d_out(s2, H), Wo = conv2d_out(s2, W);
-    DeviceBuffer out(static_cast<size_t>(B * Ho * Wo * cout));
+    DeviceBuffer y = activations(B * Ho * Wo * cout, bf16);
     if (shortcut) {
         const ConvShape ss{B, H, W, cin, cout, 1, stride, 0};
-        conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out.data(), ss, nullptr, nullptr, false,
+        conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out(y, bf16), ss, nullptr, nullptr, false,
                        packed(prefix + "shortcut_layer.0.weight", ss, false));
     }
-    conv2d_forward(y1.data(), w(prefix + "conv2.weight"), out.data(), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut,
+    conv2d_forward(in(y1, bf16), w(prefix + "conv2.weight"), out(y, bf16), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut,
                    packed(prefix + "conv2.weight", s2, false));
     H = Ho;
     W = Wo;
-    return out;
+    return y;
 }
 
-DeviceBuffer GpuDefense::up_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
-                                  const std::string& prefix) {
+DeviceBuffer GpuDefense::up_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
+                                  const std::string& prefix, bool bf16) {
     const ConvShape st{B, H, W, cin, cin, 3, 2, 1, 1};
     const int64_t Ho = conv_transpose2d_out(st, H), Wo = conv_transpose2d_out(st, W);
-    DeviceBuffer y(static_cast<size_t>(B * Ho * Wo * cin));
-    conv_transpose2d_forward(x, w(prefix + "conv1.weight"), y.data(), st, w(prefix + "nolinear1.weight"),
+    const DeviceBuffer y = activations(B * Ho * Wo * cin, bf16);
+    conv_transpose2d_forward(x, w(prefix + "conv1.weight"), out(y, bf16), st, w(prefix + "nolinear1.weight"),
                              packed(prefix + "conv1.weight", st, true));
-    DeviceBuffer out(static_cast<size_t>(B * Ho * Wo * cout));
+    const bool out_bf16 = bf16 && !last;  // the DAE's output (tanh, then the ESN stem's and the caller's input) is fp32
+    DeviceBuffer result = activations(B * Ho * Wo * cout, out_bf16);
     const ConvShape s2{B, Ho, Wo, cin, cout, 3, 1, 1};
-    conv2d_forward(y.data(), w(prefix + "conv2.weight"), out.data(), s2, nullptr, last ? nullptr : w(prefix + "nolinear2.weight"), false,
-                   packed(prefix + "conv2.weight", s2, false));
-    if (last) tanh_forward(out.data(), out.data(), B * Ho * Wo * cout);
+    conv2d_forward(in(y, bf16), w(prefix + "conv2.weight"), out(result, out_bf16), s2, nullptr,
+                   last ? nullptr : w(prefix + "nolinear2.weight"), false, packed(prefix + "conv2.weight", s2, false));
+    if (last) tanh_forward(result.data(), result.data(), B * Ho * Wo * cout);
     H = Ho;
     W = Wo;
-    return out;
+    return result;
 }
 
-const float* GpuDefense::dae_forward(const float* x, int64_t B, DeviceBuffer& h) {
-    // The same encoder/decoder twice.
-    const float* in = x;
+const float* GpuDefense::dae_forward(const float* x, int64_t B, bool bf16, DeviceBuffer& h) {
+    // The same encoder/decoder twice; each pass starts from and ends with fp32 faces.
+    ConstActivations a = x;
     int64_t H = 112, W = 112;
     for (int pass = 0; pass < 2; ++pass) {
         const int64_t enc[3][2] = {{1, 64}, {64, 128}, {128, 256}}, dec[3][2] = {{256, 128}, {128, 64}, {64, 1}};
         for (int i = 0; i < 3; ++i) {
-            h = res_block(in, B, H, W, enc[i][0], enc[i][1], 2, "dae.encoder1." + std::to_string(i) + ".", false);
-            in = h.data();
+            h = res_block(a, B, H, W, enc[i][0], enc[i][1], 2, "dae.encoder1." + std::to_string(i) + ".", false, bf16);
+            a = in(h, bf16);
         }
         for (int i = 0; i < 3; ++i) {
-            h = up_block(in, B, H, W, dec[i][0], dec[i][1], i == 2, "dae.decoder1." + std::to_string(i) + ".");
-            in = h.data();
+            h = up_block(a, B, H, W, dec[i][0], dec[i][1], i == 2, "dae.decoder1." + std::to_string(i) + ".", bf16);
+            a = in(h, bf16 && i < 2);
         }
     }
-    return in;
+    return h.data();
 }
 
 void GpuDefense::dae_forward(const float* x, int64_t B, float* out) {
     DeviceBuffer h;
-    copy(dae_forward(x, B, h), out, B * d_);
+    copy(dae_forward(x, B, activation_storage() == ActivationStorage::BF16, h), out, B * d_);
 }
 
 void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t first_image, float* p, float* q, float* y, float* dae) {
+    const bool bf16 = activation_storage() == ActivationStorage::BF16;
     DeviceBuffer h;
-    const float* in = dae_forward(x, B, h);
+    const float* denoised = dae_forward(x, B, bf16, h);
     int64_t H = 112, W = 112;
-    if (dae) copy(in, dae, B * d_);
+    if (dae) copy(denoised, dae, B * d_);
     // ESN.
-    DeviceBuffer f(static_cast<size_t>(B * H * W * 64));
+    DeviceBuffer f = activations(B * H * W * 64, bf16);
     const ConvShape sin{B, H, W, 1, 64, 3, 1, 1};
-    conv2d_forward(in, w("esn.in_layer.0.weight"), f.data(), sin, nullptr, w("esn.in_layer.1.weight"), false,
+    conv2d_forward(denoised, w("esn.in_layer.0.weight"), out(f, bf16), sin, nullptr, w("esn.in_layer.1.weight"), false,
                    packed("esn.in_layer.0.weight", sin, false));
     const int64_t spec[8][3] = {{64, 64, 2}, {64, 64, 1}, {64, 128, 2}, {128, 128, 1}, {128, 256, 2}, {256, 256, 1}, {256, 512, 2}, {512, 512, 1}};
-    for (int i = 0; i < 8; ++i) f = res_block(f.data(), B, H, W, spec[i][0], spec[i][1], spec[i][2], "esn.block" + std::to_string(i + 1) + ".", true);
+    for (int i = 0; i < 8; ++i)
+        f = res_block(in(f, bf16), B, H, W, spec[i][0], spec[i][1], spec[i][2], "esn.block" + std::to_string(i + 1) + ".", true, bf16);
     // Head: flatten in PyTorch's (c, h, w) order, fc1 + PReLU, fc2 + sigmoid.
     const int64_t features = 512 * H * W;
     DeviceBuffer flat(static_cast<size_t>(B * features)), hidden(static_cast<size_t>(B * 512));
-    nhwc_to_nchw(f.data(), flat.data(), B, 512, H, W);
+    nhwc_to_nchw(in(f, bf16), flat.data(), B, 512, H, W);
     linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512);
     prelu_forward(hidden.data(), w("head.fc1.2.weight"), hidden.data(), B * 512, 512);
     linear_forward(hidden.data(), w("head.fc2.0.weight"), w("head.fc2.0.bias"), p, B, 512, n_);

@@ -20,6 +20,7 @@ public:
     // Device pointers: x (B, 112, 112) in [-1, 1]; p, q (B, N); y (B, 112, 112) the defended faces;
     // dae (B, 112, 112) optional. Masks: PhiloxStream(seed, first_image + b), as model::Defense.
     // Runs on the calling thread's current stream (ops.cuh); several threads may call it at once.
+    // The convolutions' activations are stored as activation_storage() says (ops.cuh).
     void forward(const float* x, int64_t batch, uint64_t seed, uint64_t first_image, float* p, float* q, float* y,
                  float* dae = nullptr);
     // The frozen DAE alone (both passes): x, out (B, 112, 112), device pointers.
@@ -31,14 +32,15 @@ public:
 
 private:
     const float* w(const std::string& name) const;
-    const float* dae_forward(const float* x, int64_t batch, DeviceBuffer& scratch);  // result in scratch
+    const float* dae_forward(const float* x, int64_t batch, bool bf16, DeviceBuffer& scratch);  // result (fp32) in scratch
     // Weight `name` in the GEMM layout of a forward convolution of shape s (packed on first use:
     // repacking 22 weights on every batch cost launches and memory traffic for nothing).
     const float* packed(const std::string& name, const ConvShape& s, bool transposed);
-    DeviceBuffer res_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
-                           const std::string& prefix, bool shortcut);
-    DeviceBuffer up_block(const float* x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
-                          const std::string& prefix);
+    // Blocks whose outputs are stored as bfloat16 when `bf16` (up_block's last: fp32 always).
+    DeviceBuffer res_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
+                           const std::string& prefix, bool shortcut, bool bf16);
+    DeviceBuffer up_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, bool last,
+                          const std::string& prefix, bool bf16);
     std::map<std::string, DeviceBuffer> weights_, packed_;
     std::mutex packed_mutex_;
     DeviceBuffer basis_, basis_t_, mean_;

@@ -8,6 +8,7 @@
 // Long reductions (weight gradients sum over every pixel of the batch) are split along K into
 // fixed chunks written to a scratch buffer and summed in chunk order: deterministic, unlike atomics.
 #include "ops.cuh"
+#include "bfloat16.cuh"
 #include "gather.cuh"
 #include "gemm_kernels.cuh"
 #include "launch.cuh"
@@ -82,8 +83,8 @@ std::multimap<std::pair<void*, size_t>, float*>& pool() {
 // Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): a thread
 // per output pixel, fp32 sums in every math mode. The GEMM kernels would fill 1 of their 64 columns
 // (the DAE's last layer, 64 -> 1 at 112 x 112, twice per forward).
-template <bool kTransposed, class Store>
-__global__ void conv_one_output_kernel(int64_t M, Gather<kTransposed> la, const float* w, bool vec, Store st) {
+template <class G, class Store>
+__global__ void conv_one_output_kernel(int64_t M, G la, const float* w, bool vec, Store st) {
     const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
     if (m < M) st(0, m, 0, gather_dot(la, w, m, M, vec));
 }
@@ -96,6 +97,10 @@ std::atomic<int>& gather_mode_flag() {
     static std::atomic<int> mode{static_cast<int>(GatherMode::Generic)};
     return mode;
 }
+std::atomic<int>& activation_storage_flag() {
+    static std::atomic<int> storage{static_cast<int>(ActivationStorage::FP32)};
+    return storage;
+}
 std::atomic<int>& mask_sampler_flag() {
     static std::atomic<int> sampler{static_cast<int>(MaskSampler::Pin)};
     return sampler;
@@ -105,8 +110,8 @@ std::atomic<int>& mask_sampler_flag() {
 // gather_one_input): a thread per (output pixel, 4 output channels), fp32 in every math mode; a
 // warp writes 2 pixels' 64 channels, 512 contiguous bytes. total = M N / 4 < 2^32 - 256 (the launch
 // checks).
-template <bool kTransposed, class Store>
-__global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, Gather<kTransposed> la, const float* w, Store st) {
+template <class G, class Store>
+__global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la, const float* w, Store st) {
     const unsigned idx = blockIdx.x * blockDim.x + threadIdx.x, groups = static_cast<unsigned>(N / 4);
     if (idx >= total) return;
     const unsigned m = idx / groups, n = (idx - m * groups) * 4;
@@ -121,8 +126,8 @@ std::atomic<int64_t> g_launches[5];  // by GemmKernel
 // The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
 template <class T>
 struct IsPlainGather : std::false_type {};
-template <bool kTransposed>
-struct IsPlainGather<Gather<kTransposed>> : std::true_type {};
+template <bool kTransposed, class Src>
+struct IsPlainGather<Gather<kTransposed, Src>> : std::true_type {};
 template <bool kAMFast, class LoadA, class LoadB>
 constexpr bool kPerPixelForm = !kAMFast && IsPlainGather<LoadA>::value && std::is_same<LoadB, RowMajor>::value;
 // The wide kernel's operand form for these operands (gemm_kernels.cuh), NoWideForm if none: the one
@@ -202,8 +207,8 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
 // a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
 // own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
 // over the whole gather.
-template <class Store>
-void launch_transposed_gemm(const Gather<true>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
+template <class Src, class Store>
+void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
                             const std::string& shape) {
     const int64_t M = batch * g.Ho * g.Wo, K = g.K * g.K * g.C;
     if (gather_mode() == GatherMode::Generic || g.stride == 1 || g.K < g.stride) {
@@ -212,10 +217,10 @@ void launch_transposed_gemm(const Gather<true>& g, int64_t batch, const float* w
     }
     for (int ry = 0; ry < g.stride; ++ry)
         for (int rx = 0; rx < g.stride; ++rx) {
-            const SubpixelGather sg = subpixel_gather(g, ry, rx);
+            const SubpixelGather<Src> sg = subpixel_gather(g, ry, rx);
             if (sg.rows_per_image() == 0) continue;
-            launch_gemm<false>(batch * sg.rows_per_image(), N, sg.depth(), 1, sg, SubpixelWeights{w, N, sg}, RowMappedStore<Store>{st, sg}, name,
-                               shape);
+            launch_gemm<false>(batch * sg.rows_per_image(), N, sg.depth(), 1, sg, SubpixelWeights<SubpixelGather<Src>>{w, N, sg},
+                               RowMappedStore<Store, SubpixelGather<Src>>{st, sg}, name, shape);
         }
 }
 // How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
@@ -225,9 +230,11 @@ int64_t split_for(int64_t M, int64_t N, int64_t K) {
 }
 
 
-// Epilogue of the forward convolutions: act(acc + bias) (+ existing).
+// Epilogue of the forward convolutions: act(acc + bias) (+ existing), stored as Y (float, or Bf16
+// rounded once, after the sum).
+template <class Y = float>
 struct ConvStore {
-    float* y;
+    Y* y;
     int64_t N;
     const float* bias;
     const float* slope;
@@ -235,10 +242,27 @@ struct ConvStore {
     __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
         if (bias) v += bias[n];
         if (slope && v < 0.0f) v *= slope[n];
-        float* o = y + m * N + n;
-        *o = accumulate ? *o + v : v;
+        Y* o = y + m * N + n;
+        *o = from_float<Y>(accumulate ? to_float(*o) + v : v);
     }
 };
+// Calls f(x, y) with the activations' pointers as their storage types.
+template <class F>
+void with_storage(ConstActivations x, Activations y, F f) {
+    if (x.bf16) {
+        const Bf16* xs = static_cast<const Bf16*>(x.data);
+        if (y.bf16)
+            f(xs, static_cast<Bf16*>(y.data));
+        else
+            f(xs, static_cast<float*>(y.data));
+    } else {
+        const float* xs = static_cast<const float*>(x.data);
+        if (y.bf16)
+            f(xs, static_cast<Bf16*>(y.data));
+        else
+            f(xs, static_cast<float*>(y.data));
+    }
+}
 struct PartialStore {
     float* partial;
     int64_t M, N;
@@ -344,6 +368,8 @@ KernelLaunches kernel_launches() {
     return k;
 }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
+void set_activation_storage(ActivationStorage storage) { activation_storage_flag() = static_cast<int>(storage); }
+ActivationStorage activation_storage() { return static_cast<ActivationStorage>(activation_storage_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }
 MaskSampler mask_sampler() { return static_cast<MaskSampler>(mask_sampler_flag().load()); }
 
@@ -436,14 +462,18 @@ DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShap
     return pack_weight(w, s.out_c, s.in_c, s.kernel, false, "pack conv_transpose2d weight");
 }
 
-void conv2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* bias, const float* prelu_slope,
+void conv2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* bias, const float* prelu_slope,
                     bool accumulate, const float* packed) {
     const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
     const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv2d_forward_weight(w, s);
-    launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
-                       Gather<false>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
-                       RowMajor{packed ? packed : wp.data(), s.out_c},
-                       ConvStore{y, s.out_c, bias, prelu_slope, accumulate}, "conv2d_forward", shape_of(s));
+    with_storage(x, y, [&](auto xs, auto ys) {
+        using Src = std::remove_const_t<std::remove_pointer_t<decltype(xs)>>;
+        using Y = std::remove_pointer_t<decltype(ys)>;
+        launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
+                           Gather<false, Src>{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
+                           RowMajor{packed ? packed : wp.data(), s.out_c},
+                           ConvStore<Y>{ys, s.out_c, bias, prelu_slope, accumulate}, "conv2d_forward", shape_of(s));
+    });
 }
 
 void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
@@ -451,7 +481,7 @@ void conv2d_backward_input(const float* dy, const float* w, float* dx, const Con
     // dx[(b, ih, iw), ci] = sum over (kh, kw, co) of dy[b, (ih + p - kh) / s, ...][co] w[co, ci, kh, kw]
     const DeviceBuffer wp = pack_weight(w, s.in_c, s.out_c, K, false, "pack conv2d weight (input gradient)");
     launch_transposed_gemm(Gather<true>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, s.batch, wp.data(), s.in_c,
-                           ConvStore{dx, s.in_c, nullptr, nullptr, false}, "conv2d_backward_input", shape_of(s));
+                           ConvStore<>{dx, s.in_c, nullptr, nullptr, false}, "conv2d_backward_input", shape_of(s));
 }
 
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {
@@ -462,13 +492,18 @@ void conv2d_backward_weight(const float* x, const float* dy, float* dw, const Co
                       "conv2d_backward_weight", shape_of(s));
 }
 
-void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope,
+void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* prelu_slope,
                               const float* packed) {
     const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
     // y[(b, oh, ow), co] = sum over (kh, kw, ci) of x[b, (oh + p - kh) / s, ...][ci] w[ci, co, kh, kw]
     const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv_transpose2d_forward_weight(w, s);
-    launch_transposed_gemm(Gather<true>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, s.batch, packed ? packed : wp.data(),
-                           s.out_c, ConvStore{y, s.out_c, nullptr, prelu_slope, false}, "conv_transpose2d_forward", shape_of(s));
+    with_storage(x, y, [&](auto xs, auto ys) {
+        using Src = std::remove_const_t<std::remove_pointer_t<decltype(xs)>>;
+        using Y = std::remove_pointer_t<decltype(ys)>;
+        launch_transposed_gemm(Gather<true, Src>{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, s.batch,
+                               packed ? packed : wp.data(), s.out_c, ConvStore<Y>{ys, s.out_c, nullptr, prelu_slope, false},
+                               "conv_transpose2d_forward", shape_of(s));
+    });
 }
 
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
@@ -477,7 +512,7 @@ void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx,
     const DeviceBuffer wp = pack_weight(w, s.in_c, s.out_c, K, true, "pack conv_transpose2d weight (input gradient)");
     launch_gemm<false>(s.batch * s.in_h * s.in_w, s.in_c, K * K * s.out_c, 1,
                        Gather<false>{dy, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, RowMajor{wp.data(), s.in_c},
-                       ConvStore{dx, s.in_c, nullptr, nullptr, false}, "conv_transpose2d_backward_input", shape_of(s));
+                       ConvStore<>{dx, s.in_c, nullptr, nullptr, false}, "conv_transpose2d_backward_input", shape_of(s));
 }
 
 void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {
@@ -492,11 +527,11 @@ void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw
 void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out) {
     DeviceBuffer wt(static_cast<size_t>(in * out));
     transpose(w, wt.data(), out, in);
-    launch_gemm<false>(batch, out, in, 1, RowMajor{x, in}, RowMajor{wt.data(), out}, ConvStore{y, out, b, nullptr, false},
+    launch_gemm<false>(batch, out, in, 1, RowMajor{x, in}, RowMajor{wt.data(), out}, ConvStore<>{y, out, b, nullptr, false},
                        "linear_forward", dims(batch, in, out));
 }
 void linear_backward_input(const float* dy, const float* w, float* dx, int64_t batch, int64_t in, int64_t out) {
-    launch_gemm<false>(batch, in, out, 1, RowMajor{dy, out}, RowMajor{w, in}, ConvStore{dx, in, nullptr, nullptr, false},
+    launch_gemm<false>(batch, in, out, 1, RowMajor{dy, out}, RowMajor{w, in}, ConvStore<>{dx, in, nullptr, nullptr, false},
                        "linear_backward_input", dims(batch, in, out));
 }
 void linear_backward_params(const float* x, const float* dy, float* dw, float* db, int64_t batch, int64_t in, int64_t out) {
@@ -584,12 +619,21 @@ void copy_to_device(const float* host, float* dst, int64_t n) {
 void copy_to_host(const float* src, float* host, int64_t n) {
     if (n > 0) copy_sync(host, src, static_cast<size_t>(n) * sizeof(float), cudaMemcpyDeviceToHost, "copy_to_host", "(" + std::to_string(n) + " floats)");
 }
-void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
+namespace {
+template <class Src>
+void nhwc_to_nchw_from(const Src* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
     const int64_t P = h * w;
     launch_map(batch * channels * P, [=] __device__(int64_t i) {
         const int64_t pix = i % P, c = (i / P) % channels, b = i / (P * channels);
-        y[i] = x[(b * P + pix) * channels + c];
+        y[i] = to_float(x[(b * P + pix) * channels + c]);
     }, "nhwc_to_nchw");
+}
+}  // namespace
+void nhwc_to_nchw(ConstActivations x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w) {
+    if (x.bf16)
+        nhwc_to_nchw_from(static_cast<const Bf16*>(x.data), y, batch, channels, h, w);
+    else
+        nhwc_to_nchw_from(static_cast<const float*>(x.data), y, batch, channels, h, w);
 }
 void transpose(const float* a, float* at, int64_t rows, int64_t cols) {
     launch_map(rows * cols, [=] __device__(int64_t i) {
@@ -598,13 +642,13 @@ void transpose(const float* a, float* at, int64_t rows, int64_t cols) {
     }, "transpose");
 }
 void project_coefficients(const float* basis, const float* mean, const float* x, float* c, int64_t batch, int64_t D, int64_t N) {
-    launch_gemm<false>(batch, N, D, 1, Centered{x, mean, D}, RowMajor{basis, N}, ConvStore{c, N, nullptr, nullptr, false},
+    launch_gemm<false>(batch, N, D, 1, Centered{x, mean, D}, RowMajor{basis, N}, ConvStore<>{c, N, nullptr, nullptr, false},
                        "project_coefficients", dims(batch, D, N));
 }
 void reconstruct(const float* basis_t, const float* mean, const float* c, const float* q, float* y, int64_t batch, int64_t D,
                  int64_t N) {
     // y = (q .* c) B^T + mean: the mean enters as a per-column "bias".
-    launch_gemm<false>(batch, D, N, 1, MaskedCoefficients{c, q, N}, RowMajor{basis_t, D}, ConvStore{y, D, mean, nullptr, false},
+    launch_gemm<false>(batch, D, N, 1, MaskedCoefficients{c, q, N}, RowMajor{basis_t, D}, ConvStore<>{y, D, mean, nullptr, false},
                        "reconstruct", dims(batch, D, N));
 }
 void mask_costs(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t batch, int64_t n, int64_t k,

@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 
+#include "bfloat16.cuh"
+
 namespace pin::cuda {
 
 // ---- memory --------------------------------------------------------------------------------------
@@ -98,6 +100,31 @@ enum class GatherMode { Generic, Rows, Vector };
 void set_gather_mode(GatherMode mode);
 GatherMode gather_mode();
 
+// How GpuDefense stores the activations between its layers. FP32, or BF16: bfloat16, half the bytes
+// that every layer writes and the next reads (at batch 256 a 64-channel 112 x 112 tensor is 0.8 GB
+// in fp32). With MathMode::BF16 the tensor cores round their operands to bfloat16 anyway; what BF16
+// storage adds is the rounding of what the epilogues store (the residual sums and PReLU outputs)
+// and of the inputs of the fp32 per-pixel kernels. The DAE's output and everything after the ESN
+// stay fp32. Process-wide; FP32 unless set.
+enum class ActivationStorage { FP32, BF16 };
+void set_activation_storage(ActivationStorage storage);
+ActivationStorage activation_storage();
+
+// A device pointer to NHWC activations stored either way (conv2d_forward,
+// conv_transpose2d_forward and nhwc_to_nchw read and write both).
+struct ConstActivations {
+    const void* data;
+    bool bf16;
+    ConstActivations(const float* p) : data(p), bf16(false) {}  // NOLINT: implicit, as a float* argument
+    ConstActivations(const Bf16* p) : data(p), bf16(true) {}    // NOLINT
+};
+struct Activations {
+    void* data;
+    bool bf16;
+    Activations(float* p) : data(p), bf16(false) {}  // NOLINT
+    Activations(Bf16* p) : data(p), bf16(true) {}    // NOLINT
+};
+
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
 // reaches the kernel it is meant for; pin-bench-gpu reports them).
 struct KernelLaunches {
@@ -115,14 +142,14 @@ int64_t conv_transpose2d_out(const ConvShape& s, int64_t in);  // (in - 1) s - 2
 // y = act(conv(x) + bias) (+ y when accumulate); bias and prelu_slope may be null (prelu_slope
 // all zeros = ReLU). The forward passes repack w into the GEMM's layout on every call unless given
 // `packed`, from pack_conv2d_forward_weight / pack_conv_transpose2d_forward_weight with the same
-// shape (an inference model packs each weight once).
-void conv2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* bias = nullptr,
+// shape (an inference model packs each weight once). x and y may each be fp32 or bfloat16.
+void conv2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* bias = nullptr,
                     const float* prelu_slope = nullptr, bool accumulate = false, const float* packed = nullptr);
 DeviceBuffer pack_conv2d_forward_weight(const float* w, const ConvShape& s);
 DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShape& s);
 void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
-void conv_transpose2d_forward(const float* x, const float* w, float* y, const ConvShape& s, const float* prelu_slope = nullptr,
+void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* prelu_slope = nullptr,
                               const float* packed = nullptr);
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
 void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
@@ -197,7 +224,7 @@ std::string device_name();
 
 namespace pin::cuda {
 // y (B, C, H, W) in NCHW order from x in NHWC order (the head flattens like PyTorch).
-void nhwc_to_nchw(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w);
+void nhwc_to_nchw(ConstActivations x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w);
 }  // namespace pin::cuda
 
 namespace pin::cuda {

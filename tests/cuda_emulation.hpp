@@ -9,7 +9,9 @@
 // order alternates (thread 0 first, then thread 255 first; from block to block and from barrier to
 // barrier), so a missing barrier shows in either direction: a thread reads shared memory before or
 // after all the others wrote it, never "mostly in time". __shared__ arrays are function-local thread_local statics: one copy per OS thread,
-// shared by its fibers, so launches from several threads (streams) do not share them. A thread that
+// shared by its fibers, so launches from several threads (streams) do not share them; each block
+// starts with them filled with 0xFF bytes (NaN) where the kernel declares them undefined
+// (pin::cuda::shared_contents_undefined), as a GPU block starts with garbage there. A thread that
 // returns early is not awaited by later barriers (as sm_70+ and the kernels here assume). A fiber
 // switch is a few instructions (x86-64: callee-saved registers and the stack pointer; elsewhere
 // POSIX ucontext), not a system call: a 256-thread barrier costs microseconds.

@@ -217,6 +217,104 @@ TEST_CASE("GPU transposed convolutions match the CPU", "[cuda][conv]") {
     }
 }
 
+// Activations stored as bfloat16 (ops.cuh ActivationStorage, what GpuDefense does with it): every
+// kernel that a forward convolution can run on reads a bfloat16 x and writes a bfloat16 or fp32 y.
+// The CPU computes on the same bfloat16 values in fp32, so an fp32 y differs by the GEMM's own error
+// only; a bfloat16 y adds its rounding to 8 significant bits (at most 2^-8 of each value: 4e-3 of
+// the output's scale on top of the GEMM's tolerance).
+namespace {
+struct Bf16Upload {
+    pin::cuda::DeviceBuffer buffer;
+    Tensor rounded;  // the values the GPU reads, as fp32
+};
+Bf16Upload to_gpu_bf16(const Tensor& t) {
+    const int64_t n = t.numel();
+    std::vector<pin::cuda::Bf16> bits(static_cast<size_t>(n + 1), pin::cuda::Bf16{0});
+    Bf16Upload u{pin::cuda::DeviceBuffer(static_cast<size_t>((n + 1) / 2)), t.clone()};
+    for (int64_t i = 0; i < n; ++i) {
+        bits[static_cast<size_t>(i)] = pin::cuda::to_bf16(t.data()[i]);
+        u.rounded.data()[i] = pin::cuda::to_float(bits[static_cast<size_t>(i)]);
+    }
+    u.buffer.upload(reinterpret_cast<const float*>(bits.data()), static_cast<size_t>((n + 1) / 2));
+    return u;
+}
+std::vector<float> from_gpu_bf16(const pin::cuda::DeviceBuffer& b, int64_t n) {
+    std::vector<pin::cuda::Bf16> bits(static_cast<size_t>(n + 1));
+    b.download(reinterpret_cast<float*>(bits.data()), static_cast<size_t>((n + 1) / 2));
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = pin::cuda::to_float(bits[static_cast<size_t>(i)]);
+    return v;
+}
+pin::cuda::Bf16* bf16_view(const pin::cuda::DeviceBuffer& b) { return reinterpret_cast<pin::cuda::Bf16*>(b.data()); }
+}  // namespace
+
+TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][bf16]") {
+    if (!gpu_or_skip()) return;
+    PIN_EACH_MATH_MODE();
+    PIN_EACH_GATHER_MODE();
+    struct Case {
+        int64_t b, h, w, cin, cout, k, s, p;
+        bool transposed;
+    };
+    // Odd sizes (generic and tensor-core kernels), the stem (1 -> 64, fp32 x) and the DAE's last layer
+    // (64 -> 1, fp32 y), 64 -> 64 (the wide kernel), a strided transposed one (sub-pixel classes).
+    for (const Case& c : {Case{2, 9, 7, 5, 7, 3, 1, 1, false}, Case{2, 15, 13, 1, 64, 3, 1, 1, false}, Case{2, 11, 9, 64, 1, 3, 1, 1, false},
+                         Case{1, 14, 13, 64, 64, 3, 2, 1, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 33, 20, 3, 2, 1, true}}) {
+        const std::string name = std::string(c.transposed ? "transposed " : "conv ") + std::to_string(c.cin) + "->" + std::to_string(c.cout);
+        const int64_t Ho = c.transposed ? (c.h - 1) * c.s - 2 * c.p + c.k + 1 : (c.h + 2 * c.p - c.k) / c.s + 1;
+        const int64_t Wo = c.transposed ? (c.w - 1) * c.s - 2 * c.p + c.k + 1 : (c.w + 2 * c.p - c.k) / c.s + 1;
+        const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 31);
+        const Tensor w = c.transposed ? rnd({c.cin, c.cout, c.k, c.k}, 32, Layout::NCHW) : rnd({c.cout, c.cin, c.k, c.k}, 32, Layout::NCHW);
+        std::vector<float> slope(static_cast<size_t>(c.cout));
+        for (int64_t i = 0; i < c.cout; ++i) slope[i] = 0.05f * (i % 5);
+        const bool x_bf16 = c.cin != 1;  // the stems read the fp32 face
+        const Bf16Upload ux = to_gpu_bf16(x);
+        const pin::cuda::DeviceBuffer gx32 = to_gpu(x), gw = to_gpu(w), gs = to_gpu(slope);
+        Tensor y = Tensor::empty({c.b, c.cout, Ho, Wo}, Layout::NHWC);
+        const Tensor& xin = x_bf16 ? ux.rounded : x;
+        pin::cuda::ConstActivations gx = x_bf16 ? pin::cuda::ConstActivations(bf16_view(ux.buffer)) : pin::cuda::ConstActivations(gx32.data());
+        auto run = [&](pin::cuda::Activations gy, bool accumulate) {
+            if (c.transposed)
+                pin::cuda::conv_transpose2d_forward(gx, gw.data(), gy, {c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, 1}, gs.data());
+            else
+                pin::cuda::conv2d_forward(gx, gw.data(), gy, {c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p}, nullptr, gs.data(), accumulate);
+        };
+        if (c.transposed) {
+            cpu::conv_transpose2d_forward(xin, w, y, cpu::ConvTranspose2dParams{c.k, c.s, c.p, 1});
+        } else {
+            cpu::ConvEpilogue ep;
+            ep.prelu_slope = slope.data();
+            cpu::conv2d_forward(xin, w, y, cpu::Conv2dParams{c.k, c.s, c.p}, ep);
+        }
+        if (c.transposed)  // the CPU's transposed forward has no epilogue: PReLU here
+            for (int64_t i = 0; i < y.numel(); ++i) {
+                float& v = y.data()[i];
+                if (v < 0) v *= slope[static_cast<size_t>(i % c.cout)];
+            }
+        const int64_t n = y.numel();
+        const double tol = gemm_tolerance() + 4e-3;
+        {  // bfloat16 y
+            pin::cuda::DeviceBuffer gy(static_cast<size_t>((n + 1) / 2));
+            const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+            run(bf16_view(gy), false);
+            if (gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 32 == 0 && c.cout % 4 == 0)
+                REQUIRE(pin::cuda::kernel_launches().wide > before.wide);
+            require_matches(from_gpu_bf16(gy, n), y.data(), n, std::string(math_tag()) + name + " bf16 -> bf16", tol);
+            if (!c.transposed) {  // accumulate: y = round(y + conv), twice the values, rounded twice
+                run(bf16_view(gy), true);
+                std::vector<float> twice(static_cast<size_t>(n));
+                for (int64_t i = 0; i < n; ++i) twice[static_cast<size_t>(i)] = 2 * y.data()[i];
+                require_matches(from_gpu_bf16(gy, n), twice.data(), n, std::string(math_tag()) + name + " bf16 accumulate", 2 * tol);
+            }
+        }
+        {  // fp32 y: the GEMM's error only
+            pin::cuda::DeviceBuffer gy(static_cast<size_t>(n));
+            run(gy.data(), false);
+            require_matches(from_gpu(gy, n), y.data(), n, name + " bf16 -> fp32");
+        }
+    }
+}
+
 TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][elementwise]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
@@ -384,21 +482,25 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
     const model::DefenseOutput ref = cpu_defense.inactivate(x, 40);
     pin::cuda::GpuDefense gpu(*agent, *basis);
     auto gx = to_gpu(x);
+    // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh ActivationStorage).
+    const bool bf16_storage = mode == pin::cuda::MathMode::BF16 && GENERATE(false, true);
+    pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
+    const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "");
     pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
     gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());
+    pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
     // p passes through the whole network (DAE twice, ten convolution layers, two FC layers): the
     // tensor-core modes' rounding accumulates (BF16's bounds are first guesses, to be measured).
     const int m = mode == pin::cuda::MathMode::BF16 ? 2 : mode == pin::cuda::MathMode::TF32 ? 1 : 0;
     const double p_tol[3] = {1e-3, 2e-2, 8e-2}, face_tol[3] = {1e-4, 5e-3, 2e-2};
     const int64_t max_differ[3] = {1, 9, 36};
-    require_matches(from_gpu(gp, 180), ref.p.data(), 180, std::string(math_tag()) + "defense p", p_tol[m]);
+    require_matches(from_gpu(gp, 180), ref.p.data(), 180, tag + "defense p", p_tol[m]);
     const std::vector<float> q = from_gpu(gq, 180);
     int64_t differ = 0;
     for (int64_t i = 0; i < 180; ++i) differ += q[i] != ref.q.data()[i];
-    std::printf("defense masks %s: %lld of 180 bits differ from the CPU's\n", math_tag(), static_cast<long long>(differ));
+    std::printf("defense masks %s: %lld of 180 bits differ from the CPU's\n", tag.c_str(), static_cast<long long>(differ));
     REQUIRE(differ <= max_differ[m]);  // a p within rounding of a uniform draw may flip a bit
-    if (differ == 0)
-        require_matches(from_gpu(gy, 3 * 12544), ref.defended.data(), 3 * 12544, std::string(math_tag()) + "defended faces", face_tol[m]);
+    if (differ == 0) require_matches(from_gpu(gy, 3 * 12544), ref.defended.data(), 3 * 12544, tag + "defended faces", face_tol[m]);
 }
 
 TEST_CASE("a Defense with the GPU accelerator matches the CPU defense", "[cuda][defense]") {

@@ -10,6 +10,7 @@
 
 #include "gather.cuh"
 #include "helpers.hpp"
+#include "pin/core/rng.hpp"
 
 using namespace pin;
 
@@ -221,7 +222,7 @@ void check_subpixel(const Geometry& g) {
     int64_t bad = 0, lost = 0, taps = 0;
     for (int ry = 0; ry < g.stride; ++ry)
         for (int rx = 0; rx < g.stride; ++rx) {
-            const cuda::SubpixelGather sg = cuda::subpixel_gather(whole, ry, rx);
+            const cuda::SubpixelGather<> sg = cuda::subpixel_gather(whole, ry, rx);
             const int64_t M = g.B * sg.rows_per_image(), depth = sg.depth();
             taps += sg.cls.taps_h * sg.cls.taps_w;
             for (int64_t m = 0; m < M; ++m) {
@@ -274,4 +275,86 @@ TEST_CASE("the GPU gather matches im2col, and the row gather matches the generic
         const int64_t Ho = (H + 2 * p - K) / s + 1, Wo = (W + 2 * p - K) / s + 1;
         check_geometry<true>({true, 2, H, W, Ho, Wo, C, K, s, p});
     }
+}
+
+TEST_CASE("bfloat16 conversions round to nearest even, as CUDA's __float2bfloat16_rn", "[gather][bf16]") {
+    // Exact values, ties both ways, the largest finite, overflow to infinity, NaN, signed zero.
+    const struct {
+        float in;
+        uint16_t bits;
+    } cases[] = {{1.0f, 0x3f80}, {-2.5f, 0xc020}, {1.00390625f, 0x3f80}, {1.01171875f, 0x3f82}, {1.0078125f, 0x3f81},
+                 {3.3895313892515355e38f, 0x7f7f}, {3.4028234e38f, 0x7f80}, {-0.0f, 0x8000}, {1e-40f, 0x0001}};
+    for (const auto& c : cases) {
+        INFO("value " << c.in);
+        REQUIRE(pin::cuda::to_bf16(c.in).bits == c.bits);
+    }
+    REQUIRE(std::isnan(pin::cuda::to_float(pin::cuda::to_bf16(std::nanf("")))));
+    const PhiloxStream rng(77, 0);
+    for (uint64_t i = 0; i < 10000; ++i) {
+        const float x = 2000.0f * rng.uniform(i) - 1000.0f, r = pin::cuda::to_float(pin::cuda::to_bf16(x));
+        REQUIRE(std::fabs(r - x) <= std::ldexp(1.0f, std::ilogb(x) - 8));  // half a unit in the last of 8 significant bits
+        REQUIRE(pin::cuda::to_float(pin::cuda::to_bf16(r)) == r);   // representable values are kept
+    }
+}
+
+// ActivationStorage::BF16: a gather from a bfloat16 source reads, in every form (per element, the
+// row and wide loads, the per-pixel dot products and sums, sub-pixel classes), exactly the values
+// a float source holding the same (rounded) values gives.
+template <bool kTransposed>
+void check_bf16_source(const Geometry& g) {
+    INFO((g.transposed ? "transposed" : "direct") << " C " << g.C << " k" << g.K << " s" << g.stride << " p" << g.pad);
+    const Tensor t = test::random_tensor({g.B * g.H * g.W * g.C}, 21 + static_cast<uint64_t>(g.C), 1.0f);
+    std::vector<cuda::Bf16> bits(static_cast<size_t>(t.numel()));
+    std::vector<float> rounded(bits.size());
+    int64_t changed = 0;
+    for (size_t i = 0; i < bits.size(); ++i) {
+        bits[i] = cuda::to_bf16(t.data()[i]);
+        rounded[i] = cuda::to_float(bits[i]);
+        changed += rounded[i] != t.data()[i];
+    }
+    REQUIRE(changed > 0);  // the rounding happened: a source read as float would differ
+    const cuda::Gather<kTransposed, cuda::Bf16> lb{bits.data(), g.Ho, g.Wo, g.H, g.W, g.C, g.K, g.stride, g.pad};
+    const cuda::Gather<kTransposed> lf{rounded.data(), g.Ho, g.Wo, g.H, g.W, g.C, g.K, g.stride, g.pad};
+    const int64_t M = g.B * g.Ho * g.Wo, Kdim = g.K * g.K * g.C;
+    int64_t bad = 0;
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t k = 0; k < Kdim; ++k) bad += !same_bits(lb(m, k), lf(m, k));
+    REQUIRE(bad == 0);
+    if (g.C % cuda::kGatherDepth == 0) REQUIRE(compare_tiles<8>(lb, M, Kdim, Kdim) == 0);
+    if (g.C % cuda::kWideDepth == 0) REQUIRE(compare_wide_tiles(lb, M, Kdim) == 0);
+    // The per-pixel sums: the same products in the same order (the host compiler may contract them
+    // into FMAs differently in the two instantiations, hence 1e-6 rather than the same bits).
+    const Tensor wt = test::random_tensor({Kdim * 4}, 22, 1.0f);
+    auto close = [](float a, float b) { return std::fabs(a - b) <= 1e-6f * (1.0f + std::fabs(b)); };
+    for (int64_t m = 0; m <= M; ++m) {
+        for (const bool vec : {false, true})
+            if (!vec || g.C % 4 == 0) bad += !close(cuda::gather_dot(lb, wt.data(), m, M, vec), cuda::gather_dot(lf, wt.data(), m, M, vec));
+        if (g.C == 1) {
+            float a[4], b[4];
+            cuda::gather_one_input(lb, wt.data(), 4, m, M, 0, a);
+            cuda::gather_one_input(lf, wt.data(), 4, m, M, 0, b);
+            for (int j = 0; j < 4; ++j) bad += !close(a[j], b[j]);
+        }
+    }
+    REQUIRE(bad == 0);
+    if constexpr (kTransposed) {
+        for (int ry = 0; ry < g.stride; ++ry)
+            for (int rx = 0; rx < g.stride; ++rx) {
+                const cuda::SubpixelGather<cuda::Bf16> sb = cuda::subpixel_gather(lb, ry, rx);
+                const cuda::SubpixelGather<> sf = cuda::subpixel_gather(lf, ry, rx);
+                const int64_t Ms = g.B * sb.rows_per_image(), depth = sb.depth();
+                for (int64_t m = 0; m < Ms; ++m)
+                    for (int64_t k = 0; k < depth; ++k) bad += !same_bits(sb(m, k), sf(m, k));
+                if (Ms > 0 && g.C % cuda::kWideDepth == 0) REQUIRE(compare_wide_tiles(sb, Ms, depth) == 0);
+            }
+        REQUIRE(bad == 0);
+    }
+}
+
+TEST_CASE("a bfloat16 source is gathered as the float source of the same values", "[gather][bf16]") {
+    check_bf16_source<false>({false, 2, 7, 6, 13, 11, 32, 3, 2, 1});   // wide loads, stride 2
+    check_bf16_source<false>({false, 2, 9, 8, 9, 8, 1, 3, 1, 1});      // a stem (one input channel)
+    check_bf16_source<false>({false, 1, 6, 5, 6, 5, 20, 3, 1, 1});     // C % 4 == 0, not 16
+    check_bf16_source<true>({true, 2, 12, 10, 6, 5, 64, 3, 2, 1});     // the decoder's transposed gathers
+    check_bf16_source<true>({true, 1, 9, 7, 5, 4, 6, 3, 2, 1});
 }

@@ -256,14 +256,14 @@ TEST_CASE("emulated: transposed gathers by sub-pixel class give the whole transp
         Result r(1, M, c.N);
         for (int ry = 0; ry < 2; ++ry)
             for (int rx = 0; rx < 2; ++rx) {
-                cuda::SubpixelGather sg = cuda::subpixel_gather(whole, ry, rx);
+                cuda::SubpixelGather<> sg = cuda::subpixel_gather(whole, ry, rx);
                 sg.rows = c.kernel == 1;
                 const int64_t Mc = c.B * sg.rows_per_image(), Kc = sg.depth();
-                const gemm::SubpixelWeights lb{w.data(), c.N, sg};
+                const gemm::SubpixelWeights<> lb{w.data(), c.N, sg};
                 const gemm::RowMappedStore<HostStore> st{r.store(), sg};
                 if (c.kernel == 0) {
                     const gemm::GemmGrid grid = gemm::gemm_grid(Mc, c.N, Kc, 1, gemm::kWideTile);
-                    const gemm::WideConvOperands<cuda::SubpixelGather, gemm::SubpixelWeights> ops{sg, lb};
+                    const gemm::WideConvOperands<cuda::SubpixelGather<>, gemm::SubpixelWeights<>> ops{sg, lb};
                     emulate(grid, [&] { gemm::gemm_wide_kernel(Mc, c.N, Kc, grid.chunk, ops, st); });
                 } else {
                     const gemm::GemmGrid grid = gemm::gemm_grid(Mc, c.N, Kc, 1, c.kernel == 2 ? gemm::kTensorCoreTile : gemm::kFp32Tile);

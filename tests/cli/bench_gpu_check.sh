@@ -32,6 +32,11 @@ for config in ("generic-fp32", "vector-bf16"):
     assert stages["training_step_profile"]["total_ms"] > 0 and stages["training_step_profile"]["ops_ms"], stages["training_step_profile"]
     launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
     assert len(launches) == 1, launches
+    if config == "vector-bf16":  # the defense also with bfloat16 activations
+        storage = stages["defense_forward_bf16_storage"]
+        assert storage["ms"] > 0 and storage["batch"] == 1, storage
+    else:
+        assert "defense_forward_bf16_storage" not in stages, stages
     if config == "vector-bf16":  # the wide kernel and both per-pixel kernels reached
         assert all(launches[0][k] > 0 for k in ("wide", "one_output", "one_input")), launches
     else:  # the generic fp32 configuration runs every GEMM on the fp32 kernel
