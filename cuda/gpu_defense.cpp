@@ -43,17 +43,25 @@ const float* GpuDefense::w(const std::string& name) const {
     return it->second.data();
 }
 
-const float* GpuDefense::packed(const std::string& name, const ConvShape& s, bool transposed) {
+const float* GpuDefense::packed_once(const std::string& name, const std::function<DeviceBuffer()>& pack) {
     // Calls may come from several threads, each on its own stream: pack under the lock and let the
     // packing finish before another stream can read the result.
     std::lock_guard<std::mutex> lock(packed_mutex_);
     auto it = packed_.find(name);
     if (it == packed_.end()) {
-        DeviceBuffer b = transposed ? pack_conv_transpose2d_forward_weight(w(name), s) : pack_conv2d_forward_weight(w(name), s);
+        DeviceBuffer b = pack();
         synchronize_stream("GpuDefense: packing a weight");
         it = packed_.emplace(name, std::move(b)).first;
     }
     return it->second.data();
+}
+const float* GpuDefense::packed(const std::string& name, const ConvShape& s, bool transposed) {
+    return packed_once(name, [&] {
+        return transposed ? pack_conv_transpose2d_forward_weight(w(name), s) : pack_conv2d_forward_weight(w(name), s);
+    });
+}
+const float* GpuDefense::packed_linear(const std::string& name, int64_t in, int64_t out) {
+    return packed_once(name, [&] { return pack_linear_forward_weight(w(name), in, out); });
 }
 
 DeviceBuffer GpuDefense::res_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
@@ -136,9 +144,10 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
     const int64_t features = 512 * H * W;
     DeviceBuffer flat(static_cast<size_t>(B * features)), hidden(static_cast<size_t>(B * 512));
     nhwc_to_nchw(in(f, bf16), flat.data(), B, 512, H, W);
-    linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512);
+    linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512,
+                   packed_linear("head.fc1.1.weight", features, 512));
     prelu_forward(hidden.data(), w("head.fc1.2.weight"), hidden.data(), B * 512, 512);
-    linear_forward(hidden.data(), w("head.fc2.0.weight"), w("head.fc2.0.bias"), p, B, 512, n_);
+    linear_forward(hidden.data(), w("head.fc2.0.weight"), w("head.fc2.0.bias"), p, B, 512, n_, packed_linear("head.fc2.0.weight", 512, n_));
     sigmoid_forward(p, p, B * n_);
     // Masks and projection of the input face.
     sample_masks(p, q, B, n_, seed, first_image);

@@ -3,6 +3,7 @@
 // Weights are copied from a CPU Agent and EigenBasis once, explicitly, at construction.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <string>
@@ -36,6 +37,9 @@ private:
     // Weight `name` in the GEMM layout of a forward convolution of shape s (packed on first use:
     // repacking 22 weights on every batch cost launches and memory traffic for nothing).
     const float* packed(const std::string& name, const ConvShape& s, bool transposed);
+    // A linear layer's weight `name` (out, in), transposed for the GEMM on first use.
+    const float* packed_linear(const std::string& name, int64_t in, int64_t out);
+    const float* packed_once(const std::string& name, const std::function<DeviceBuffer()>& pack);
     // Blocks whose outputs are stored as bfloat16 when `bf16` (up_block's last: fp32 always).
     DeviceBuffer res_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
                            const std::string& prefix, bool shortcut, bool bf16);

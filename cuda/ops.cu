@@ -524,10 +524,15 @@ void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw
 }
 
 // ---- linear --------------------------------------------------------------------------------------------
-void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out) {
+DeviceBuffer pack_linear_forward_weight(const float* w, int64_t in, int64_t out) {
     DeviceBuffer wt(static_cast<size_t>(in * out));
     transpose(w, wt.data(), out, in);
-    launch_gemm<false>(batch, out, in, 1, RowMajor{x, in}, RowMajor{wt.data(), out}, ConvStore<>{y, out, b, nullptr, false},
+    return wt;
+}
+void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out,
+                    const float* packed) {
+    const DeviceBuffer wt = packed ? DeviceBuffer() : pack_linear_forward_weight(w, in, out);
+    launch_gemm<false>(batch, out, in, 1, RowMajor{x, in}, RowMajor{packed ? packed : wt.data(), out}, ConvStore<>{y, out, b, nullptr, false},
                        "linear_forward", dims(batch, in, out));
 }
 void linear_backward_input(const float* dy, const float* w, float* dx, int64_t batch, int64_t in, int64_t out) {

@@ -155,7 +155,12 @@ void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx,
 void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
 
 // ---- linear: y (B, out) = x (B, in) W^T + b ---------------------------------------------------------
-void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out);
+// The forward pass transposes w into the GEMM's (in, out) layout on every call unless given
+// `packed`, from pack_linear_forward_weight (an inference model packs each weight once: the head's
+// first layer is 25,088 x 512).
+void linear_forward(const float* x, const float* w, const float* b, float* y, int64_t batch, int64_t in, int64_t out,
+                    const float* packed = nullptr);
+DeviceBuffer pack_linear_forward_weight(const float* w, int64_t in, int64_t out);
 void linear_backward_input(const float* dy, const float* w, float* dx, int64_t batch, int64_t in, int64_t out);
 void linear_backward_params(const float* x, const float* dy, float* dw, float* db, int64_t batch, int64_t in, int64_t out);
 

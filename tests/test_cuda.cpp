@@ -337,6 +337,12 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
     require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), "linear input gradient");
     require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), "linear weight gradient");
     require_matches(from_gpu(gdb, db.numel()), db.data(), db.numel(), "linear bias gradient");
+    {  // The weight transposed once beforehand: the same bits as transposing inside the call.
+        const pin::cuda::DeviceBuffer wt = pin::cuda::pack_linear_forward_weight(gw.data(), in, out);
+        pin::cuda::DeviceBuffer gy2(y.numel());
+        pin::cuda::linear_forward(gx.data(), gw.data(), gb.data(), gy2.data(), B, in, out, wt.data());
+        REQUIRE(from_gpu(gy, y.numel()) == from_gpu(gy2, y.numel()));
+    }
 
     const Tensor a = rnd({3, 13, 7, 5}, 11), g = rnd({3, 13, 7, 5}, 12), slope = rnd({13}, 13, Layout::NCHW);
     const int64_t n = a.numel();
