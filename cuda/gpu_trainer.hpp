@@ -74,6 +74,9 @@ public:
     void sgd_step(float* w, const float* g, float* v, int64_t n, float lr, float momentum, bool first) {
         timed("sgd_step", [&] { cuda::sgd_step(w, g, v, n, lr, momentum, first); });
     }
+    void relative_noise(const float* x, float* xn, int64_t B, int64_t D, double intensity, uint64_t seed, uint64_t first_image) {
+        timed("noise", [&] { cuda::relative_noise(x, xn, B, D, intensity, seed, first_image); });
+    }
     void dae_forward(const float* x, float* y, int64_t B) {
         timed("dae_forward", [&] { defense_->dae_forward(x, B, y); });
     }

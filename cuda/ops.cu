@@ -723,6 +723,11 @@ void policy_gradient(const float* p, const double* advantage, float* dz, int64_t
         dz[i] = static_cast<float>(s);
     }, "policy_gradient");
 }
+void relative_noise(const float* x, float* xn, int64_t batch, int64_t pixels, double intensity, uint64_t seed, uint64_t first_image) {
+    if (batch <= 0) return;
+    PIN_LAUNCH(static_cast<unsigned>(batch), 256, cur(), relative_noise_kernel)(x, xn, pixels, intensity, seed, first_image);
+    check(cudaGetLastError(), "relative_noise", dims(batch, pixels));
+}
 void to_float(const double* x, float* y, int64_t n) {
     launch_map(n, [=] __device__(int64_t i) { y[i] = static_cast<float>(x[i]); }, "to_float");
 }

@@ -205,6 +205,9 @@ void local_gradient(const float* p, const float* g, const double* y2, double* dz
                     int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image);
 
 // ---- the training step's remaining pieces (cuda/gpu_trainer.hpp) ----------------------------------
+// xn = x + eta for B images of `pixels` values, as train::add_relative_noise (the same Philox
+// normals; ||eta|| = intensity ||x|| per image; float rounding may differ in the last bit).
+void relative_noise(const float* x, float* xn, int64_t batch, int64_t pixels, double intensity, uint64_t seed, uint64_t first_image);
 // x (B, C, H, W) in NHWC order from y in NCHW order: the head's flatten, backwards.
 void nchw_to_nhwc(const float* x, float* y, int64_t batch, int64_t channels, int64_t h, int64_t w);
 // sum of x[i]^2 in double, in a fixed order (the same value on every run and every GPU).

@@ -13,6 +13,7 @@
 
 #include "launch.cuh"
 #include "pin/core/rng.hpp"
+#include "pin/train/noise_stream.hpp"
 
 // The kernels below that are not templates are defined here, once per program: include this header
 // from one translation unit only (ops.cu; the emulated test).
@@ -173,6 +174,29 @@ __global__ void mask_cost_terms_kernel(const float* c, const float* d, const flo
     }
     block_sum_pair(a, b, s, 0.0);
     if (threadIdx.x == 0) y2[img] = a[0];
+}
+
+// The training noise (train/noise.hpp) of image blockIdx.x, on the GPU rather than on the host
+// (which drew 3.2 million normals per batch of 256 and uploaded them): xn = x + s eta, eta the
+// image's Philox normals (train::noise_stream), s = intensity ||x|| / ||eta|| from double sums in the
+// fixed tree; eta is drawn again for the second pass instead of stored. 256 threads.
+__global__ void relative_noise_kernel(const float* x, float* xn, int64_t D, double intensity, uint64_t seed, uint64_t first_image) {
+    __shared__ double a[256], b[256];
+    shared_contents_undefined(a);
+    shared_contents_undefined(b);
+    const int64_t img = blockIdx.x;
+    const PhiloxStream rng = train::noise_stream(seed, first_image + static_cast<uint64_t>(img));
+    const float* xb = x + img * D;
+    float* nb = xn + img * D;
+    double xs = 0, es = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+        const double e = rng.normal(static_cast<uint64_t>(i));
+        xs += static_cast<double>(xb[i]) * xb[i];
+        es += e * e;
+    }
+    block_sum_pair(a, b, xs, es);
+    const float scale = b[0] > 0 ? static_cast<float>(intensity * sqrt(a[0] / b[0])) : 0.0f;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) nb[i] = xb[i] + scale * rng.normal(static_cast<uint64_t>(i));
 }
 
 }  // namespace pin::cuda::kernels

@@ -69,6 +69,7 @@ TEST_CASE("Philox uniforms and Bernoulli masks are identical on the GPU and the 
 #include "pin/model/defense.hpp"
 #include "pin/train/estimators.hpp"
 #include "pin/train/mask_cost.hpp"
+#include "pin/train/noise.hpp"
 #include "pin/train/trainer.hpp"
 
 namespace {
@@ -597,6 +598,18 @@ TEST_CASE("GPU training-step kernels match the CPU", "[cuda][train]") {
         require_matches(from_gpu(gw, n), w.data(), n, first ? "sgd_step (first)" : "sgd_step", 1e-6);
         require_matches(from_gpu(gvel, n), vel.data(), n, first ? "sgd velocity (first)" : "sgd velocity", 1e-6);
     }
+    // The training noise, drawn on the GPU: train::add_relative_noise's normals and per-image scale
+    // (the device's logf / cosf may differ from the host's in the last bit). Images of 1,001 values
+    // (not a multiple of the block), image numbers past 2^32.
+    const Tensor faces = rnd({3, 1, 7, 143}, 46);
+    const Tensor noisy = train::add_relative_noise(faces, 0.3, 99, (uint64_t{1} << 32) + 5);
+    auto gfaces = to_gpu(faces);
+    pin::cuda::DeviceBuffer gnoisy(static_cast<size_t>(faces.numel()));
+    pin::cuda::relative_noise(gfaces.data(), gnoisy.data(), 3, 1001, 0.3, 99, (uint64_t{1} << 32) + 5);
+    const std::vector<float> got = from_gpu(gnoisy, faces.numel());
+    std::vector<float> eta_gpu(got.size()), eta_cpu(got.size());
+    for (size_t i = 0; i < got.size(); ++i) eta_gpu[i] = got[i] - faces.data()[i], eta_cpu[i] = noisy.data()[i] - faces.data()[i];
+    require_matches(eta_gpu, eta_cpu.data(), faces.numel(), "relative noise", 1e-5);
 }
 
 TEST_CASE("the GPU estimators match the CPU's batch gradient", "[cuda][train][estimator]") {

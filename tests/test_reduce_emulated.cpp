@@ -12,6 +12,7 @@
 #include "helpers.hpp"
 #include "pin/train/estimators.hpp"
 #include "pin/train/mask_cost.hpp"
+#include "pin/train/noise.hpp"
 #include "reduce_kernels.cuh"
 
 using namespace pin;
@@ -113,4 +114,29 @@ TEST_CASE("emulated: mask-cost terms, per-mask costs and the fused local-expecta
         });
         test::require_estimator_matches(dz, lcost, lkept, cpu, l2 ? "emulated local gradient (L2 cost)" : "emulated local gradient (MSE cost)");
     }
+}
+
+TEST_CASE("emulated: the training noise drawn by the GPU kernel is the CPU's", "[emulated][reduce]") {
+    // 4 images of 12,544 + 3 values (not a multiple of the block), image numbers from 7: the same
+    // normals (the same source, here compiled for the host) and the same per-image scale (double
+    // sums in another order); the noise's norm is intensity ||x|| per image.
+    const int64_t B = 4, D = 12547;
+    const std::vector<float> x = random_vector(B * D, 71);
+    std::vector<float> want(x.size()), got(x.size(), -1.0f);
+    train::add_relative_noise(x.data(), want.data(), B, D, 0.25, 5, 7);
+    pin_emulation::launch(dim3(static_cast<unsigned>(B)), 256, [&] { kernels::relative_noise_kernel(x.data(), got.data(), D, 0.25, 5, 7); });
+    double worst = 0;
+    for (int64_t b = 0; b < B; ++b) {
+        double xs = 0, es = 0;
+        for (int64_t i = b * D; i < (b + 1) * D; ++i) {
+            const size_t e = static_cast<size_t>(i);
+            worst = std::max(worst, std::fabs(static_cast<double>(got[e]) - want[e]));
+            const double eta = static_cast<double>(got[e]) - x[e];
+            xs += static_cast<double>(x[e]) * x[e];
+            es += eta * eta;
+        }
+        INFO("image " << b);
+        REQUIRE(std::sqrt(es / xs) == Approx(0.25).epsilon(1e-4));
+    }
+    REQUIRE(worst <= 1e-6);
 }

@@ -17,6 +17,7 @@
 //   linear_forward(x, w, b, y, B, in, out), linear_backward_input(dy, w, dx, B, in, out),
 //   linear_backward_params(x, dy, dw, db, B, in, out), sigmoid_forward(x, y, n)
 //   double sum_squares(x, n), scale(x, n, s), sgd_step(w, g, v, n, lr, momentum, first)
+//   relative_noise(x, xn, B, D, intensity, seed, first_image)   the training noise (train/noise.hpp)
 //   dae_forward(x, y, B)              the frozen DAE's inference pass, (B, 112, 112) -> (B, 112, 112)
 //   EstimatorResult estimate(p, x, xn, dz, B, first_image)   d loss / d z for the batch (TrainerOptions)
 #pragma once
@@ -82,10 +83,9 @@ public:
     StepStats step(const Tensor& x, uint64_t first_image) {
         const int64_t B = x.n();
         check_shape(x, {B, 1, 112, 112}, "BackendTrainer::step input");
-        const Tensor xn = add_relative_noise(x, opt_.noise, opt_.seed, first_image);
         Buffer gx = be_.alloc(B * kPixels), gxn = be_.alloc(B * kPixels), dae = be_.alloc(B * kPixels);
         be_.upload(x.data(), gx.data(), B * kPixels);
-        be_.upload(xn.data(), gxn.data(), B * kPixels);
+        be_.relative_noise(gx.data(), gxn.data(), B, kPixels, opt_.noise, opt_.seed, first_image);  // on the backend: no upload
         be_.dae_forward(gxn.data(), dae.data(), B);
 
         Forward f = forward(dae.data(), B);

@@ -15,6 +15,7 @@
 #include "pin/model/dae.hpp"
 #include "pin/model/eigenbasis.hpp"
 #include "pin/train/backend_trainer.hpp"
+#include "pin/train/noise.hpp"
 
 namespace pin::train {
 
@@ -38,6 +39,9 @@ public:
     void upload(const float* host, float* dst, int64_t n) { std::copy(host, host + n, dst); }
     void download(const float* src, float* host, int64_t n) { std::copy(src, src + n, host); }
 
+    void relative_noise(const float* x, float* xn, int64_t B, int64_t D, double intensity, uint64_t seed, uint64_t first_image) {
+        add_relative_noise(x, xn, B, D, intensity, seed, first_image);
+    }
     void conv2d_forward(const float* x, const float* w, float* y, const ConvGeometry& g) {
         Tensor tx = image(x, g.batch, g.in_c, g.in_h, g.in_w), ty = image(y, g.batch, g.out_c, g.out_h(), g.out_w());
         cpu::conv2d_forward(tx, weight(w, g), ty, params(g), {});
