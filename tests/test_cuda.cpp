@@ -262,8 +262,9 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
     for (const Case& c : {Case{2, 9, 7, 5, 7, 3, 1, 1, false}, Case{2, 15, 13, 1, 64, 3, 1, 1, false}, Case{2, 11, 9, 64, 1, 3, 1, 1, false},
                          Case{1, 14, 13, 64, 64, 3, 2, 1, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 33, 20, 3, 2, 1, true}}) {
         const std::string name = std::string(c.transposed ? "transposed " : "conv ") + std::to_string(c.cin) + "->" + std::to_string(c.cout);
-        const int64_t Ho = c.transposed ? (c.h - 1) * c.s - 2 * c.p + c.k + 1 : (c.h + 2 * c.p - c.k) / c.s + 1;
-        const int64_t Wo = c.transposed ? (c.w - 1) * c.s - 2 * c.p + c.k + 1 : (c.w + 2 * c.p - c.k) / c.s + 1;
+        const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, c.transposed ? 1 : 0};
+        const int64_t Ho = c.transposed ? pin::cuda::conv_transpose2d_out(s, c.h) : pin::cuda::conv2d_out(s, c.h);
+        const int64_t Wo = c.transposed ? pin::cuda::conv_transpose2d_out(s, c.w) : pin::cuda::conv2d_out(s, c.w);
         const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 31);
         const Tensor w = c.transposed ? rnd({c.cin, c.cout, c.k, c.k}, 32, Layout::NCHW) : rnd({c.cout, c.cin, c.k, c.k}, 32, Layout::NCHW);
         std::vector<float> slope(static_cast<size_t>(c.cout));
@@ -276,22 +277,21 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
         pin::cuda::ConstActivations gx = x_bf16 ? pin::cuda::ConstActivations(bf16_view(ux.buffer)) : pin::cuda::ConstActivations(gx32.data());
         auto run = [&](pin::cuda::Activations gy, bool accumulate) {
             if (c.transposed)
-                pin::cuda::conv_transpose2d_forward(gx, gw.data(), gy, {c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, 1}, gs.data());
+                pin::cuda::conv_transpose2d_forward(gx, gw.data(), gy, s, gs.data());
             else
-                pin::cuda::conv2d_forward(gx, gw.data(), gy, {c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p}, nullptr, gs.data(), accumulate);
+                pin::cuda::conv2d_forward(gx, gw.data(), gy, s, nullptr, gs.data(), accumulate);
         };
-        if (c.transposed) {
+        if (c.transposed) {  // the CPU's transposed forward has no epilogue: PReLU here
             cpu::conv_transpose2d_forward(xin, w, y, cpu::ConvTranspose2dParams{c.k, c.s, c.p, 1});
+            for (int64_t i = 0; i < y.numel(); ++i) {
+                float& v = y.data()[i];
+                if (v < 0) v *= slope[static_cast<size_t>(i % c.cout)];
+            }
         } else {
             cpu::ConvEpilogue ep;
             ep.prelu_slope = slope.data();
             cpu::conv2d_forward(xin, w, y, cpu::Conv2dParams{c.k, c.s, c.p}, ep);
         }
-        if (c.transposed)  // the CPU's transposed forward has no epilogue: PReLU here
-            for (int64_t i = 0; i < y.numel(); ++i) {
-                float& v = y.data()[i];
-                if (v < 0) v *= slope[static_cast<size_t>(i % c.cout)];
-            }
         const int64_t n = y.numel();
         const double tol = gemm_tolerance() + 4e-3;
         {  // bfloat16 y
