@@ -323,4 +323,43 @@ SubpixelGather<Src> subpixel_gather(const Gather<true, Src>& g, int ry, int rx) 
     sg.cls = subpixel_class(ry, rx, g.Ho, g.Wo, static_cast<int>(g.K), static_cast<int>(g.stride), static_cast<int>(g.pad));
     return sg;
 }
+
+// ---- the asynchronous-copy kernel's walk over the taps ----------------------------------------------
+// gemm_kernels.cuh AsyncConvOperands copies each K slice (32 channels of one tap) without decoding
+// it: a row's origin pixel (y, x) is found once per launch (tap_origin), and tap t of the GEMM's K
+// (t = k / C) once per tap (tap_step): the row reads the source pixel (y + dy, x + dx), and the
+// packed weights' rows w_tap C + c. Direct gathers: tap t = (kh, kw), (dy, dx) = (kh, kw), origin
+// (oh s - p, ow s - p). Transposed at stride 1: (dy, dx) = (-kh, -kw), origin (oh + p, ow + p).
+// Sub-pixel classes: the class's tap (ry + s i, rx + s j) gives (-i, -j) and the whole gather's
+// weight rows, origin ((oh + p - ry) / s, (ow + p - rx) / s), exact within the class.
+// tests/test_gather.cpp checks that these read what the generic decode reads.
+struct TapStep {
+    int dy, dx, w_tap;
+};
+template <class Src>
+PIN_HD TapStep tap_step(const Gather<false, Src>& g, int t) {
+    const int k = static_cast<int>(g.K), kh = t / k;
+    return {kh, t - kh * k, t};
+}
+template <class Src>
+PIN_HD TapStep tap_step(const Gather<true, Src>& g, int t) {  // stride 1
+    const int k = static_cast<int>(g.K), kh = t / k;
+    return {-kh, kh * k - t, t};
+}
+template <class Src>
+PIN_HD TapStep tap_step(const SubpixelGather<Src>& g, int t) {
+    const int i = t / g.cls.taps_w, j = t - i * g.cls.taps_w, s = static_cast<int>(g.stride);
+    return {-i, -j, (g.cls.ry + s * i) * static_cast<int>(g.K) + g.cls.rx + s * j};
+}
+template <bool kTransposed, class Src>
+PIN_HD void tap_origin(const Gather<kTransposed, Src>&, const GatherRow& r, int& y, int& x) {
+    y = r.y;
+    x = r.x;
+}
+template <class Src>
+PIN_HD void tap_origin(const SubpixelGather<Src>& g, const GatherRow& r, int& y, int& x) {
+    const int s = static_cast<int>(g.stride);
+    y = (r.y - g.cls.ry) / s;
+    x = (r.x - g.cls.rx) / s;
+}
 }  // namespace pin::cuda

@@ -19,6 +19,7 @@
 #error "gemm_kernels.cuh: compile with nvcc, or include tests/cuda_emulation.hpp first"
 #endif
 
+#include "async_copy.cuh"
 #include "gather.cuh"
 #include "launch.cuh"
 
@@ -217,6 +218,13 @@ PIN_UNROLL
             for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
 }
+template <class Frag>
+__device__ void zero_accumulators(Frag (&acc)[2][2]) {
+PIN_UNROLL
+    for (int i = 0; i < 2; ++i)
+PIN_UNROLL
+        for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+}
 // The tensor-core kernels' epilogue: each warp's 2 x 2 accumulator tiles (warp w at rows 32 (w % 4),
 // columns 32 (w / 4) of the block tile) go through shared memory Cs [TM][LC], so that the store
 // functor sees (m, n) pairs; then st(K chunk, m, n, value) for each element inside the matrix.
@@ -286,10 +294,7 @@ PIN_UNROLL
         }
     };
     wmma::fragment<wmma::accumulator, 16, 16, Mma::kK, float> acc[2][2];
-PIN_UNROLL
-    for (int i = 0; i < 2; ++i)
-PIN_UNROLL
-        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    zero_accumulators(acc);
     if (kbeg < kend) fetch(kbeg);
     for (int64_t k0 = kbeg; k0 < kend; k0 += TBK) {
 PIN_UNROLL
@@ -502,10 +507,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
     typename Operands::Regs r;
     ops.begin(r, m0, n0, M, tid);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-PIN_UNROLL
-    for (int i = 0; i < 2; ++i)
-PIN_UNROLL
-        for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    zero_accumulators(acc);
     if (kbeg < kend) {
         ops.fetch(r, kbeg, kend, M, N, tid);
         ops.store(r, stages, stages + W_A_ELEMS, tid);
@@ -524,6 +526,126 @@ PIN_UNROLL
         stage ^= 1;
     }
     // Every operand read ended at the last barrier: their memory holds the accumulators.
+    store_warp_tiles<kWideRows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
+}
+
+// The asynchronous-copy kernel (GatherMode::Vector with MathMode::BF16, where both operands are
+// bfloat16 in memory: ActivationStorage::BF16 and the weights packed in bfloat16, as GpuDefense runs
+// its convolutions). The wide kernel above loads each slice into registers, converts it and stores
+// it to shared memory: on the H200 that is about 300 instructions per thread per 32-deep slice
+// (cuda/ops.cu's PTX) for the 8 WMMA products (16 tensor-core instructions) of each warp, so the
+// issue slots, not the tensor cores, would bound it. Here each thread issues three 16-byte cp.async
+// per slice (two A rows of 8 channels, one B row of 8 columns), decoded from rows and a tap computed
+// once per launch and once per slice; the copies of the next two slices are in flight while the tensor
+// cores work on the current one (three stages). Same tiles, warps and epilogue as the wide kernel.
+// Requires (fits()): the gathered channel count and K multiples of 32 (a slice lies in one tap),
+// N and the weights' leading dimension multiples of 8, both sources 16-byte aligned, no K split.
+constexpr int kAsyncStages = 3;
+constexpr int AS_A_ELEMS = kWideRows * WLA, AS_STAGE = AS_A_ELEMS + kWideDepth * WLB;  // bfloat16 elements
+constexpr int AS_SMEM_BYTES = kAsyncStages * AS_STAGE * 2 > W_C_BYTES ? kAsyncStages * AS_STAGE * 2 : W_C_BYTES;
+static_assert((AS_A_ELEMS * 2) % 128 == 0 && (AS_STAGE * 2) % 128 == 0, "stages keep WMMA's and cp.async's alignment");
+static_assert(AS_SMEM_BYTES <= 48 * 1024, "static shared memory");
+// Thread t copies A rows t / 4 + 64 i (i < 2), channels 8 (t % 4) .. + 7 of the slice (a warp: 8 rows
+// x 64 contiguous bytes), and B row t / 8, columns 8 (t % 8) .. + 7 (a warp: 4 rows x 128 bytes).
+constexpr int kAsyncARows = 2;
+PIN_HD inline int async_a_row(int tid, int i) { return tid / 4 + 64 * i; }
+PIN_HD inline int async_a_col(int tid) { return (tid % 4) * 8; }
+PIN_HD inline int async_b_row(int tid) { return tid / 8; }
+PIN_HD inline int async_b_col(int tid) { return (tid % 8) * 8; }
+static_assert(kAsyncARows * THREADS * 8 == kWideRows * kWideDepth && THREADS * 8 == kWideDepth * kWideCols,
+              "every element of a slice is copied once");
+
+// LoadA: a gather over bfloat16 (Gather<false, Bf16>, Gather<true, Bf16> at stride 1,
+// SubpixelGather<Bf16>); w: the whole gather's packed weights as bfloat16, rows (tap C + c), ld = N.
+// Each issue() copies the next slice and moves on: the rows' origins are decoded once per launch,
+// the tap once per tap (gather.cuh tap_step), so a slice costs a few additions and compares per copy.
+template <class LoadA>
+struct AsyncConvOperands {
+    LoadA la;
+    const Bf16* w;
+    int64_t ld;
+    struct Regs {
+        int64_t base[kAsyncARows];  // source offset of each row's origin pixel, channel 0
+        int y[kAsyncARows], x[kAsyncARows];  // the origin (y far negative: no such row)
+        int64_t n;                  // this thread's B columns start here (N % 8 == 0: all inside or all outside)
+        int t, c0;                  // the next slice: its tap and first channel
+        TapStep tap;
+    };
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int tid) const {
+PIN_UNROLL
+        for (int i = 0; i < kAsyncARows; ++i) {
+            const GatherRow g = la.row(m0 + async_a_row(tid, i), M);
+            tap_origin(la, g, r.y[i], r.x[i]);
+            r.base[i] = ((static_cast<int64_t>(g.b) * la.H + r.y[i]) * la.W + r.x[i]) * la.C;
+            if (!g.valid) r.y[i] = -(1 << 30);
+        }
+        r.n = n0 + async_b_col(tid);
+        r.t = 0;
+        r.c0 = 0;
+        r.tap = tap_step(la, 0);
+    }
+    // The next slice into a stage: As [kWideRows][WLA], Bs [kWideDepth][WLB].
+    __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
+        const int64_t delta = (static_cast<int64_t>(r.tap.dy) * la.W + r.tap.dx) * la.C + r.c0 + async_a_col(tid);
+PIN_UNROLL
+        for (int i = 0; i < kAsyncARows; ++i) {
+            const bool valid = static_cast<unsigned>(r.y[i] + r.tap.dy) < static_cast<unsigned>(la.H) &&
+                               static_cast<unsigned>(r.x[i] + r.tap.dx) < static_cast<unsigned>(la.W);
+            async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), valid ? la.src + r.base[i] + delta : la.src, valid);
+        }
+        const bool valid = r.n < N;
+        const int64_t row = static_cast<int64_t>(r.tap.w_tap) * la.C + r.c0 + async_b_row(tid);
+        async_copy16(Bs + async_b_row(tid) * WLB + async_b_col(tid), valid ? w + row * ld + r.n : w, valid);
+        r.c0 += kWideDepth;
+        if (r.c0 == la.C) {  // C % 32 == 0: the next slice starts the next tap
+            r.c0 = 0;
+            r.tap = tap_step(la, ++r.t);
+        }
+    }
+    bool fits(int64_t, int64_t N, int64_t K, int64_t splits) const {
+        bool stride_ok = true;
+        if constexpr (std::is_same<LoadA, Gather<true, typename LoadA::Source>>::value) stride_ok = la.stride == 1;
+        return stride_ok && splits == 1 && K > 0 && la.C % kWideDepth == 0 && K % kWideDepth == 0 && N % 8 == 0 && ld == N &&
+               aligned16(la.src) && aligned16(w);
+    }
+};
+
+template <class Operands, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_async_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
+    using namespace nvcuda;
+    __shared__ __align__(128) unsigned char smem[AS_SMEM_BYTES];
+    shared_contents_undefined(smem);
+    __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
+    const int tid = threadIdx.x;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
+    typename Operands::Regs r;
+    ops.begin(r, m0, n0, M, tid);
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    zero_accumulators(acc);
+    const int slices = static_cast<int>(K / kWideDepth);  // K < 2^31 (launch_async_gemm)
+    auto next = [](int s) { return s + 1 == kAsyncStages ? 0 : s + 1; };
+    // One group per slice, empty past the last, so that async_wait counts slices. The stage written
+    // is always kAsyncStages - 1 slices ahead of the one read.
+    int write = 0, read = 0;
+PIN_UNROLL
+    for (int s = 0; s < kAsyncStages - 1; ++s) {
+        if (s < slices) ops.issue(r, N, stages + write * AS_STAGE, stages + write * AS_STAGE + AS_A_ELEMS, tid);
+        async_commit();
+        write = next(write);
+    }
+    for (int t = 0; t < slices; ++t) {
+        async_wait<kAsyncStages - 2>();  // this thread's copies of slice t have landed
+        // Everyone's have; and every warp is done with slice t - 1, whose stage the copies below refill.
+        __syncthreads();
+        if (t + kAsyncStages - 1 < slices) ops.issue(r, N, stages + write * AS_STAGE, stages + write * AS_STAGE + AS_A_ELEMS, tid);
+        async_commit();
+        write = next(write);
+        const __nv_bfloat16* As = stages + read * AS_STAGE;
+        warp_products<__nv_bfloat16, 16, kWideDepth, WLA, WLB>(As, As + AS_A_ELEMS, acc);
+        read = next(read);
+    }
+    async_wait<0>();
+    __syncthreads();  // every product read its stage: the memory holds the accumulators
     store_warp_tiles<kWideRows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
 }
 

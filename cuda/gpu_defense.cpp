@@ -55,10 +55,16 @@ const float* GpuDefense::packed_once(const std::string& name, const std::functio
     }
     return it->second.data();
 }
-const float* GpuDefense::packed(const std::string& name, const ConvShape& s, bool transposed) {
-    return packed_once(name, [&] {
+PackedWeight GpuDefense::packed(const std::string& name, const ConvShape& s, bool transposed) {
+    const float* fp32 = packed_once(name, [&] {
         return transposed ? pack_conv_transpose2d_forward_weight(w(name), s) : pack_conv2d_forward_weight(w(name), s);
     });
+    // The bfloat16 copy lets the convolutions with bfloat16 activations copy both operands straight
+    // to shared memory (ops.cuh PackedWeight); made only where that kernel can run.
+    if (activation_storage() != ActivationStorage::BF16 || math_mode() != MathMode::BF16 || gather_mode() != GatherMode::Vector)
+        return fp32;
+    const float* bf16 = packed_once(name + " (bfloat16)", [&] { return pack_bf16(fp32, s.kernel * s.kernel * s.in_c * s.out_c); });
+    return PackedWeight(fp32, reinterpret_cast<const Bf16*>(bf16));
 }
 const float* GpuDefense::packed_linear(const std::string& name, int64_t in, int64_t out) {
     return packed_once(name, [&] { return pack_linear_forward_weight(w(name), in, out); });

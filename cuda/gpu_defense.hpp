@@ -36,7 +36,7 @@ private:
     const float* dae_forward(const float* x, int64_t batch, bool bf16, DeviceBuffer& scratch);  // result (fp32) in scratch
     // Weight `name` in the GEMM layout of a forward convolution of shape s (packed on first use:
     // repacking 22 weights on every batch cost launches and memory traffic for nothing).
-    const float* packed(const std::string& name, const ConvShape& s, bool transposed);
+    PackedWeight packed(const std::string& name, const ConvShape& s, bool transposed);
     // A linear layer's weight `name` (out, in), transposed for the GEMM on first use.
     const float* packed_linear(const std::string& name, int64_t in, int64_t out);
     const float* packed_once(const std::string& name, const std::function<DeviceBuffer()>& pack);

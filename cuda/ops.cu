@@ -121,8 +121,8 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la
 }
 
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
-enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput };
-std::atomic<int64_t> g_launches[5];  // by GemmKernel
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async };
+std::atomic<int64_t> g_launches[6];  // by GemmKernel
 // The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
 template <class T>
 struct IsPlainGather : std::false_type {};
@@ -165,13 +165,16 @@ Tile tile_of(GemmKernel k) { return k == GemmKernel::Wide ? kWideTile : k == Gem
 
 // M tiles go on grid.x (up to 2^31 - 1 blocks; grid.y stops at 65535, which batch 1024 at 112 x 112
 // exceeded), N tiles on y, K chunks on z. The gathers index in 32 bits: refuse larger problems.
+void check_gemm_size(int64_t M, int64_t N, int64_t K, const char* name, const std::string& shape) {
+    if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
+        ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
+                                   "); use a smaller batch");
+}
 template <bool kAMFast, class LoadA, class LoadB, class Store>
 void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, LoadB lb, Store st, const char* name,
                  const std::string& shape) {
     if (M <= 0 || N <= 0) return;
-    if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
-        ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
-                                   "); use a smaller batch");
+    check_gemm_size(M, N, K, name, shape);
     const GemmKernel kernel = choose_kernel<kAMFast>(M, N, K, splits, la, lb);
     g_launches[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
     if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
@@ -202,16 +205,41 @@ void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, Load
     }
     check(cudaGetLastError(), name, shape);
 }
+// The asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) for a GEMM whose operands are
+// both bfloat16 in memory, where it applies: MathMode::BF16, GatherMode::Vector, and what fits()
+// accepts. Returns whether it ran the GEMM (if not, the caller launches it otherwise).
+// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
+template <class LoadA, class Store>
+bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
+                       const std::string& shape) {
+    const AsyncConvOperands<LoadA> ops{la, w, N};
+    if (math_mode() != MathMode::BF16 || gather_mode() != GatherMode::Vector || !ops.fits(M, N, K, 1)) return false;
+    if (M <= 0 || N <= 0) return true;
+    check_gemm_size(M, N, K, name, shape);
+    const GemmGrid g = gemm_grid(M, N, K, 1, kWideTile);
+    if (g.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+    g_launches[static_cast<int>(GemmKernel::Async)].fetch_add(1, std::memory_order_relaxed);
+    PIN_LAUNCH(dim3(g.x, g.y, 1), THREADS, cur(), gemm_async_kernel)(M, N, K, ops, st);
+    check(cudaGetLastError(), name, shape);
+    return true;
+}
+
 // A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
 // gradient) with the weights packed as rows (kh k + kw) C + c: with GatherMode Rows or Vector and
 // a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
 // own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
 // over the whole gather.
+// wb: the same weights as bfloat16, or null; with a bfloat16 source they let each GEMM run on the
+// asynchronous-copy kernel where it applies.
 template <class Src, class Store>
 void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
-                            const std::string& shape) {
+                            const std::string& shape, const Bf16* wb = nullptr) {
+    constexpr bool kBf16 = std::is_same<Src, Bf16>::value;
     const int64_t M = batch * g.Ho * g.Wo, K = g.K * g.K * g.C;
     if (gather_mode() == GatherMode::Generic || g.stride == 1 || g.K < g.stride) {
+        if constexpr (kBf16) {
+            if (wb && launch_async_gemm(M, N, K, g, wb, st, name, shape)) return;
+        }
         launch_gemm<false>(M, N, K, 1, g, RowMajor{w, N}, st, name, shape);
         return;
     }
@@ -219,8 +247,12 @@ void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const flo
         for (int rx = 0; rx < g.stride; ++rx) {
             const SubpixelGather<Src> sg = subpixel_gather(g, ry, rx);
             if (sg.rows_per_image() == 0) continue;
-            launch_gemm<false>(batch * sg.rows_per_image(), N, sg.depth(), 1, sg, SubpixelWeights<SubpixelGather<Src>>{w, N, sg},
-                               RowMappedStore<Store, SubpixelGather<Src>>{st, sg}, name, shape);
+            const int64_t Mc = batch * sg.rows_per_image();
+            const RowMappedStore<Store, SubpixelGather<Src>> mapped{st, sg};
+            if constexpr (kBf16) {
+                if (wb && launch_async_gemm(Mc, N, sg.depth(), sg, wb, mapped, name, shape)) continue;
+            }
+            launch_gemm<false>(Mc, N, sg.depth(), 1, sg, SubpixelWeights<SubpixelGather<Src>>{w, N, sg}, mapped, name, shape);
         }
 }
 // How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
@@ -365,6 +397,7 @@ KernelLaunches kernel_launches() {
     k.wide = g_launches[static_cast<int>(GemmKernel::Wide)].load();
     k.one_output = g_launches[static_cast<int>(GemmKernel::OneOutput)].load();
     k.one_input = g_launches[static_cast<int>(GemmKernel::OneInput)].load();
+    k.async = g_launches[static_cast<int>(GemmKernel::Async)].load();
     return k;
 }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
@@ -455,6 +488,12 @@ int64_t conv_transpose2d_out(const ConvShape& s, int64_t in) {
     return (in - 1) * s.stride - 2 * s.padding + s.kernel + s.output_padding;
 }
 
+DeviceBuffer pack_bf16(const float* x, int64_t n) {
+    DeviceBuffer out(static_cast<size_t>((n + 1) / 2));
+    Bf16* const o = reinterpret_cast<Bf16*>(out.data());
+    launch_map(n, [=] __device__(int64_t i) { o[i] = to_bf16(x[i]); }, "pack_bf16");
+    return out;
+}
 DeviceBuffer pack_conv2d_forward_weight(const float* w, const ConvShape& s) {
     return pack_weight(w, s.out_c, s.in_c, s.kernel, true, "pack conv2d weight");
 }
@@ -463,16 +502,20 @@ DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShap
 }
 
 void conv2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* bias, const float* prelu_slope,
-                    bool accumulate, const float* packed) {
+                    bool accumulate, PackedWeight packed) {
     const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
-    const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv2d_forward_weight(w, s);
     with_storage(x, y, [&](auto xs, auto ys) {
         using Src = std::remove_const_t<std::remove_pointer_t<decltype(xs)>>;
         using Y = std::remove_pointer_t<decltype(ys)>;
-        launch_gemm<false>(s.batch * Ho * Wo, s.out_c, K * K * s.in_c, 1,
-                           Gather<false, Src>{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
-                           RowMajor{packed ? packed : wp.data(), s.out_c},
-                           ConvStore<Y>{ys, s.out_c, bias, prelu_slope, accumulate}, "conv2d_forward", shape_of(s));
+        const int64_t M = s.batch * Ho * Wo, Kg = K * K * s.in_c;
+        const Gather<false, Src> g{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding};
+        const ConvStore<Y> st{ys, s.out_c, bias, prelu_slope, accumulate};
+        if constexpr (std::is_same<Src, Bf16>::value) {
+            if (packed.bf16 && launch_async_gemm(M, s.out_c, Kg, g, packed.bf16, st, "conv2d_forward", shape_of(s))) return;
+        }
+        const DeviceBuffer wp = packed.fp32 ? DeviceBuffer() : pack_conv2d_forward_weight(w, s);
+        launch_gemm<false>(M, s.out_c, Kg, 1, g, RowMajor{packed.fp32 ? packed.fp32 : wp.data(), s.out_c}, st, "conv2d_forward",
+                           shape_of(s));
     });
 }
 
@@ -493,16 +536,16 @@ void conv2d_backward_weight(const float* x, const float* dy, float* dw, const Co
 }
 
 void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* prelu_slope,
-                              const float* packed) {
+                              PackedWeight packed) {
     const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;
     // y[(b, oh, ow), co] = sum over (kh, kw, ci) of x[b, (oh + p - kh) / s, ...][ci] w[ci, co, kh, kw]
-    const DeviceBuffer wp = packed ? DeviceBuffer() : pack_conv_transpose2d_forward_weight(w, s);
+    const DeviceBuffer wp = packed.fp32 ? DeviceBuffer() : pack_conv_transpose2d_forward_weight(w, s);
     with_storage(x, y, [&](auto xs, auto ys) {
         using Src = std::remove_const_t<std::remove_pointer_t<decltype(xs)>>;
         using Y = std::remove_pointer_t<decltype(ys)>;
         launch_transposed_gemm(Gather<true, Src>{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, s.batch,
-                               packed ? packed : wp.data(), s.out_c, ConvStore<Y>{ys, s.out_c, nullptr, prelu_slope, false},
-                               "conv_transpose2d_forward", shape_of(s));
+                               packed.fp32 ? packed.fp32 : wp.data(), s.out_c, ConvStore<Y>{ys, s.out_c, nullptr, prelu_slope, false},
+                               "conv_transpose2d_forward", shape_of(s), packed.bf16);
     });
 }
 

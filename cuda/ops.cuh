@@ -128,7 +128,7 @@ struct Activations {
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
 // reaches the kernel it is meant for; pin-bench-gpu reports them).
 struct KernelLaunches {
-    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0;
+    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
 };
 KernelLaunches kernel_launches();
 
@@ -139,18 +139,34 @@ struct ConvShape {
 int64_t conv2d_out(const ConvShape& s, int64_t in);            // (in + 2p - k) / s + 1
 int64_t conv_transpose2d_out(const ConvShape& s, int64_t in);  // (in - 1) s - 2p + k + op
 
+// A forward convolution's weight already in the GEMM's layout (pack_conv2d_forward_weight,
+// pack_conv_transpose2d_forward_weight), and optionally the same as bfloat16 (pack_bf16 of it).
+// With both operands bfloat16 in memory (a bfloat16 x and `bf16`), MathMode::BF16 and
+// GatherMode::Vector, the convolution runs on the asynchronous-copy kernel (gemm_kernels.cuh
+// gemm_async_kernel: global to shared memory without the registers), where its shape allows:
+// the input channel count a multiple of 32, the output channel count a multiple of 8.
+struct PackedWeight {
+    const float* fp32 = nullptr;
+    const Bf16* bf16 = nullptr;
+    PackedWeight() = default;
+    PackedWeight(const float* p) : fp32(p) {}  // NOLINT: implicit, as the plain packed pointer it extends
+    PackedWeight(const float* p, const Bf16* b) : fp32(p), bf16(b) {}
+};
 // y = act(conv(x) + bias) (+ y when accumulate); bias and prelu_slope may be null (prelu_slope
 // all zeros = ReLU). The forward passes repack w into the GEMM's layout on every call unless given
-// `packed`, from pack_conv2d_forward_weight / pack_conv_transpose2d_forward_weight with the same
-// shape (an inference model packs each weight once). x and y may each be fp32 or bfloat16.
+// `packed` with the same shape (an inference model packs each weight once). x and y may each be
+// fp32 or bfloat16.
 void conv2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* bias = nullptr,
-                    const float* prelu_slope = nullptr, bool accumulate = false, const float* packed = nullptr);
+                    const float* prelu_slope = nullptr, bool accumulate = false, PackedWeight packed = {});
 DeviceBuffer pack_conv2d_forward_weight(const float* w, const ConvShape& s);
 DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShape& s);
+// n floats as n bfloat16 (rounded to nearest even), in a buffer of (n + 1) / 2 floats' bytes.
+DeviceBuffer pack_bf16(const float* x, int64_t n);
+inline const Bf16* bf16_data(const DeviceBuffer& b) { return reinterpret_cast<const Bf16*>(b.data()); }
 void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
 void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* prelu_slope = nullptr,
-                              const float* packed = nullptr);
+                              PackedWeight packed = {});
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
 void conv_transpose2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
 

@@ -62,6 +62,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <exception>
 #include <memory>
 #include <stdexcept>
@@ -129,11 +130,19 @@ using Context = void*;
 using Context = ucontext_t;
 #endif
 struct Scheduler;
+// A 16-byte copy to shared memory issued with cp.async (cuda/async_copy.cuh): the bytes are read at
+// issue and written at the wait that covers their group.
+struct AsyncCopy {
+    void* dst;
+    unsigned char bytes[16];
+};
 // One thread of a block. Suspended at a barrier, at the end of a block, or not yet started.
 struct Fiber {
     Scheduler* scheduler = nullptr;
     uint3 index{};
     bool done = false;  // returned from the kernel for the current block
+    std::vector<AsyncCopy> open_copies;             // issued since the last commit
+    std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, not yet landed (oldest first)
     char* stack = nullptr;
     size_t stack_size = 0;
     Context context{};
@@ -177,6 +186,31 @@ inline void poison_shared(void* at, size_t bytes) {
 
 inline void report(const std::string& what) {
     if (tl_scheduler->violation.empty()) tl_scheduler->violation = what;
+}
+
+// cp.async, as cuda/async_copy.cuh uses it: both addresses 16-byte aligned (else a violation, as a
+// misaligned cp.async faults on a GPU); !valid writes zeros and reads nothing. The copy lands only
+// when async_wait completes its group, so reading the destination earlier finds what was there (the
+// block's undefined shared memory), never the copied bytes.
+inline void async_copy16(void* dst, const void* src, bool valid) {
+    if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0))
+        report("cp.async with an address that is not 16-byte aligned");
+    AsyncCopy c{dst, {}};
+    if (valid) std::memcpy(c.bytes, src, 16);
+    tl_scheduler->current->open_copies.push_back(c);
+}
+inline void async_commit() {
+    Fiber& f = *tl_scheduler->current;
+    f.copy_groups.push_back(std::move(f.open_copies));
+    f.open_copies.clear();
+}
+// Lands every committed group but the newest `pending`; copies not yet committed stay in flight.
+inline void async_wait(int pending) {
+    Fiber& f = *tl_scheduler->current;
+    while (static_cast<int>(f.copy_groups.size()) > pending) {
+        for (const AsyncCopy& c : f.copy_groups.front()) std::memcpy(c.dst, c.bytes, 16);
+        f.copy_groups.pop_front();
+    }
 }
 
 // Stacks of 256 KB below a guard page (an overflow faults rather than corrupts), reserved once per
@@ -307,7 +341,11 @@ void launch(dim3 grid, dim3 block, Kernel kernel) {
             for (unsigned x = 0; x < grid.x; ++x) {
                 blockIdx = uint3{x, y, z};
                 ++tl_block;
-                for (Fiber& f : fibers) f.done = false;
+                for (Fiber& f : fibers) {  // copies a thread left in flight at its end never land in a later block
+                    f.done = false;
+                    f.open_copies.clear();
+                    f.copy_groups.clear();
+                }
                 // Phases between barriers, every live thread once per phase, in alternating order
                 // (odd blocks start with the last thread, so a kernel without barriers meets both).
                 const unsigned first_order = x + y + z;

@@ -258,9 +258,12 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
         bool transposed;
     };
     // Odd sizes (generic and tensor-core kernels), the stem (1 -> 64, fp32 x) and the DAE's last layer
-    // (64 -> 1, fp32 y), 64 -> 64 (the wide kernel), a strided transposed one (sub-pixel classes).
+    // (64 -> 1, fp32 y), 64 -> 64 (the wide kernel), a strided transposed one (sub-pixel classes), and
+    // with bfloat16 packed weights too the asynchronous-copy kernel (64 -> 64 both ways, 32 -> 72 1 x 1:
+    // two column tiles, one K slice).
     for (const Case& c : {Case{2, 9, 7, 5, 7, 3, 1, 1, false}, Case{2, 15, 13, 1, 64, 3, 1, 1, false}, Case{2, 11, 9, 64, 1, 3, 1, 1, false},
-                         Case{1, 14, 13, 64, 64, 3, 2, 1, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 33, 20, 3, 2, 1, true}}) {
+                         Case{1, 14, 13, 64, 64, 3, 2, 1, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 33, 20, 3, 2, 1, true},
+                         Case{2, 7, 6, 32, 72, 1, 1, 0, false}}) {
         const std::string name = std::string(c.transposed ? "transposed " : "conv ") + std::to_string(c.cin) + "->" + std::to_string(c.cout);
         const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, c.transposed ? 1 : 0};
         const int64_t Ho = c.transposed ? pin::cuda::conv_transpose2d_out(s, c.h) : pin::cuda::conv2d_out(s, c.h);
@@ -312,6 +315,28 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
             pin::cuda::DeviceBuffer gy(static_cast<size_t>(n));
             run(gy.data(), false);
             require_matches(from_gpu(gy, n), y.data(), n, name + " bf16 -> fp32");
+        }
+        if (x_bf16) {  // the weights packed once, also as bfloat16: both operands copied as they are where the kernel applies
+            const pin::cuda::DeviceBuffer wp =
+                c.transposed ? pin::cuda::pack_conv_transpose2d_forward_weight(gw.data(), s) : pin::cuda::pack_conv2d_forward_weight(gw.data(), s);
+            const pin::cuda::DeviceBuffer wb = pin::cuda::pack_bf16(wp.data(), c.k * c.k * c.cin * c.cout);
+            const pin::cuda::PackedWeight pw(wp.data(), pin::cuda::bf16_data(wb));
+            const bool async = gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 32 == 0 && c.cout % 8 == 0;
+            for (const bool y_bf16 : {true, false}) {
+                pin::cuda::DeviceBuffer gy(static_cast<size_t>(y_bf16 ? (n + 1) / 2 : n));
+                const pin::cuda::Activations out = y_bf16 ? pin::cuda::Activations(bf16_view(gy)) : pin::cuda::Activations(gy.data());
+                const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+                if (c.transposed)
+                    pin::cuda::conv_transpose2d_forward(gx, gw.data(), out, s, gs.data(), pw);
+                else
+                    pin::cuda::conv2d_forward(gx, gw.data(), out, s, nullptr, gs.data(), false, pw);
+                REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
+                const std::string what = name + (async ? " (asynchronous copies)" : "") + " packed bf16 weights";
+                if (y_bf16)
+                    require_matches(from_gpu_bf16(gy, n), y.data(), n, std::string(math_tag()) + what + " -> bf16", tol);
+                else
+                    require_matches(from_gpu(gy, n), y.data(), n, what + " -> fp32");
+            }
         }
     }
 }
@@ -494,8 +519,12 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
     pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
     const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "");
     pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
+    const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
     gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());
     pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
+    // bfloat16 storage with the vector gather: the convolutions between bfloat16 activations copy
+    // their operands as they are (the asynchronous-copy kernel), and nothing else does.
+    REQUIRE((pin::cuda::kernel_launches().async > before.async) == (bf16_storage && gather == pin::cuda::GatherMode::Vector));
     // p passes through the whole network (DAE twice, ten convolution layers, two FC layers): the
     // tensor-core modes' rounding accumulates (BF16's bounds are first guesses, to be measured).
     const int m = mode == pin::cuda::MathMode::BF16 ? 2 : mode == pin::cuda::MathMode::TF32 ? 1 : 0;

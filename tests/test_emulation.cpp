@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "helpers.hpp"
+#include "async_copy.cuh"
 #include "launch.cuh"
 
 namespace {
@@ -151,6 +152,53 @@ TEST_CASE("emulation: launches from several OS threads at once keep their shared
         });
     for (auto& t : threads) t.join();
     for (const int w : wrong) REQUIRE(w == 0);
+}
+
+TEST_CASE("emulation: cp.async copies land at the wait that covers their group", "[emulated][emulation]") {
+    // Each thread copies two 16-byte rows of a source (group 1: row t, group 2: row n + t, or zeros
+    // for odd t) into shared memory and reads its destinations before any wait, after waiting for
+    // all but the newest group, and after waiting for all. Only landed copies may be seen; the rest
+    // is the undefined fill. A misaligned address fails the launch.
+    constexpr unsigned kThreads = 32;
+    alignas(16) static float src[2 * kThreads * 4];
+    for (unsigned i = 0; i < 2 * kThreads * 4; ++i) src[i] = static_cast<float>(i) + 0.5f;
+    std::vector<float> seen(3 * 2 * kThreads * 4, 0.0f);
+    pin_emulation::launch(dim3(2), dim3(kThreads), [&] {
+        __shared__ __align__(16) float dst[2 * kThreads * 4];
+        pin::cuda::shared_contents_undefined(dst);
+        const unsigned t = threadIdx.x;
+        pin::cuda::async_copy16(dst + 4 * t, src + 4 * t, true);
+        pin::cuda::async_commit();
+        pin::cuda::async_copy16(dst + 4 * (kThreads + t), src + 4 * (kThreads + t), t % 2 == 0);
+        pin::cuda::async_commit();
+        auto record = [&](int when) {
+            for (unsigned row : {t, kThreads + t})
+                for (unsigned j = 0; j < 4; ++j) seen[(when * 2 * kThreads + row) * 4 + j] = dst[4 * row + j];
+        };
+        record(0);
+        pin::cuda::async_wait<1>();
+        record(1);
+        pin::cuda::async_wait<0>();
+        record(2);
+    });
+    for (unsigned t = 0; t < kThreads; ++t)
+        for (unsigned j = 0; j < 4; ++j) {
+            INFO("thread " << t << ", element " << j);
+            const unsigned first = 4 * t + j, second = 4 * (kThreads + t) + j;
+            const float second_value = t % 2 == 0 ? src[second] : 0.0f;
+            REQUIRE(std::isnan(seen[first]));  // nothing has landed before the first wait
+            REQUIRE(std::isnan(seen[second]));
+            REQUIRE(seen[2 * kThreads * 4 + first] == src[first]);  // the older group has
+            REQUIRE(std::isnan(seen[2 * kThreads * 4 + second]));    // the newest has not
+            REQUIRE(seen[4 * kThreads * 4 + first] == src[first]);  // after waiting for all, both
+            REQUIRE(seen[4 * kThreads * 4 + second] == second_value);
+        }
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(1),
+                                              [&] {
+                                                  __shared__ __align__(16) float d[8];
+                                                  pin::cuda::async_copy16(d + 1, src, true);
+                                              }),
+                        Catch::Contains("not 16-byte aligned"));
 }
 
 TEST_CASE("emulation: an exception or a broken WMMA rule inside a kernel fails the launch", "[emulated][emulation]") {

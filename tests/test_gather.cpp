@@ -4,8 +4,10 @@
 // decode for every element of every A tile the fp32 (64-row) and tensor-core (128-row) kernels load,
 // on direct and transposed geometries, strides 1 and 2, odd sizes, K chunks ending mid-slice; and
 // the wide kernel's 4-float vector loads (GatherMode::Vector) against the same generic decode.
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "gather.cuh"
@@ -259,6 +261,65 @@ TEST_CASE("the sub-pixel classes of a transposed gather cover it exactly", "[gat
     // the output gradient (7 x 5).
     check_subpixel({true, 2, 13, 9, 7, 5, 32, 3, 2, 1});
     check_subpixel({true, 1, 10, 8, 4, 3, 5, 4, 3, 2});     // 4x4 kernel, stride 3: classes of 1 or 2 taps a side
+}
+
+namespace {
+std::vector<float> random_floats(int64_t n, uint64_t seed) {
+    const Tensor t = test::random_tensor({n}, seed, 1.0f);
+    return std::vector<float>(t.data(), t.data() + n);
+}
+// The asynchronous-copy kernel's walk (gather.cuh tap_origin, tap_step): for every row, tap and
+// channel, the pixel it reads (zero outside the source) is the generic decode's value, and its
+// weight row is the GEMM's (k itself, or the sub-pixel class's weight_row). Returns the mismatches.
+template <class G>
+int64_t check_tap_walk(const G& la, int64_t M, int64_t Kdim, const std::vector<float>& src) {
+    int64_t bad = 0;
+    for (int64_t m = 0; m < M; ++m) {
+        const cuda::GatherRow r = la.row(m, M);
+        int y, x;
+        cuda::tap_origin(la, r, y, x);
+        for (int t = 0; t < Kdim / la.C; ++t) {
+            const cuda::TapStep step = cuda::tap_step(la, t);
+            const int iy = y + step.dy, ix = x + step.dx;
+            const bool inside = iy >= 0 && ix >= 0 && iy < la.H && ix < la.W;
+            for (int64_t c = 0; c < la.C; ++c) {
+                const int64_t k = t * la.C + c;
+                const float v = inside ? src[static_cast<size_t>(((r.b * la.H + iy) * la.W + ix) * la.C + c)] : 0.0f;
+                int64_t row = k;
+                if constexpr (std::is_same<G, cuda::SubpixelGather<>>::value) row = la.weight_row(k);
+                bad += !same_bits(v, la(m, k)) || row != step.w_tap * la.C + c;
+            }
+        }
+    }
+    return bad;
+}
+}  // namespace
+
+TEST_CASE("the asynchronous-copy kernel's tap walk reads what the generic gather reads", "[gather]") {
+    // Direct gathers, strides 1 and 2, 1 x 1 and 3 x 3, padding; a transposed gather at stride 1.
+    for (const auto& [H, W, C, K, s, p] : std::vector<std::array<int64_t, 6>>{{9, 11, 3, 3, 1, 1}, {13, 7, 2, 3, 2, 1}, {10, 9, 4, 1, 2, 0}}) {
+        const int64_t Ho = (H + 2 * p - K) / s + 1, Wo = (W + 2 * p - K) / s + 1, B = 2;
+        const std::vector<float> src = random_floats(B * H * W * C, 71);
+        const cuda::Gather<false> la{src.data(), Ho, Wo, H, W, C, K, s, p};
+        INFO("direct " << H << "x" << W << " k " << K << " stride " << s);
+        REQUIRE(check_tap_walk(la, B * Ho * Wo, K * K * C, src) == 0);
+    }
+    {
+        const std::vector<float> src = random_floats(2 * 8 * 9 * 3, 72);
+        const cuda::Gather<true> la{src.data(), 8, 9, 8, 9, 3, 3, 1, 1};
+        REQUIRE(check_tap_walk(la, 2 * 8 * 9, 27, src) == 0);
+    }
+    // Sub-pixel classes: the DAE decoder's geometry (3x3, stride 2, output padding) and a 4x4 stride-3 one.
+    for (const Geometry& g : {Geometry{true, 2, 14, 12, 7, 6, 3, 3, 2, 1}, Geometry{true, 1, 10, 8, 4, 3, 2, 4, 3, 2}}) {
+        const std::vector<float> src = random_floats(g.B * g.H * g.W * g.C, 73);
+        const cuda::Gather<true> whole{src.data(), g.Ho, g.Wo, g.H, g.W, g.C, g.K, g.stride, g.pad};
+        for (int ry = 0; ry < g.stride; ++ry)
+            for (int rx = 0; rx < g.stride; ++rx) {
+                const cuda::SubpixelGather<> sg = cuda::subpixel_gather(whole, ry, rx);
+                INFO("class " << ry << ", " << rx << " of a " << g.K << "x" << g.K << " stride-" << g.stride << " gather");
+                REQUIRE(check_tap_walk(sg, g.B * sg.rows_per_image(), sg.depth(), src) == 0);
+            }
+    }
 }
 
 TEST_CASE("the GPU gather matches im2col, and the row gather matches the generic one", "[gather]") {

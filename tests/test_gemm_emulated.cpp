@@ -69,7 +69,7 @@ void require_product(Result& r, int64_t K, const LoadA& a, const LoadB& b, Round
                 got += r.out[i];
             }
             const double err = std::fabs(got - ref) / std::max(mag, 1e-30);
-            if (err > worst) worst = err, worst_at = m * r.N + n;
+            if (!(err <= worst)) worst = std::isnan(err) ? HUGE_VAL : err, worst_at = m * r.N + n;  // NaN (a read of undefined shared memory) fails
             largest = std::max(largest, std::fabs(ref));
         }
     INFO("worst relative error " << worst << " at output " << worst_at);
@@ -111,6 +111,13 @@ struct ConvProblem {
     }
 };
 
+// Row-major bfloat16 weights read as floats: the reference for the asynchronous-copy kernel's B.
+struct Bf16Rows {
+    const cuda::Bf16* a;
+    int64_t ld;
+    float operator()(int64_t k, int64_t n) const { return cuda::to_float(a[k * ld + n]); }
+};
+
 template <class Launch>
 void emulate(const gemm::GemmGrid& g, Launch launch) {
     pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch);
@@ -137,6 +144,72 @@ TEST_CASE("emulated: the wide BF16 kernel (GatherMode::Vector) computes the conv
             run(ConvProblem<true>(c.g, 21), "wide, transposed gather");
         else
             run(ConvProblem<false>(c.g, 22), "wide, direct gather");
+    }
+}
+
+TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs from bfloat16 operands", "[gather][emulated]") {
+    // Both operands bfloat16 in memory, copied to shared memory as they are (cp.async, which the
+    // emulation lands only at the wait that covers it): the product of those values, fp32 sums.
+    auto bf16_vector = [](int64_t n, uint64_t seed) {
+        const std::vector<float> f = random_vector(n, seed);
+        std::vector<cuda::Bf16> v(f.size());
+        for (size_t i = 0; i < f.size(); ++i) v[i] = cuda::to_bf16(f[i]);
+        return v;
+    };
+    struct Case {
+        ConvGeometry g;
+        bool transposed;  // an input-gradient (transposed) gather: at stride 2 one GEMM per sub-pixel class
+    };
+    // Partial tiles in M and N; 1, 2 and 9 taps; K of 1, 2 and 18 slices (one slice: fewer than the
+    // pipeline's stages); two column tiles.
+    for (const Case& c : {Case{{2, 9, 11, 64, 48, 3, 1, 1}, false}, Case{{1, 13, 10, 32, 104, 3, 2, 1}, false},
+                          Case{{1, 7, 9, 32, 72, 1, 1, 0}, false}, Case{{2, 5, 6, 64, 40, 1, 2, 0}, false},
+                          Case{{2, 7, 6, 64, 40, 3, 2, 1}, true}, Case{{1, 9, 10, 32, 24, 3, 1, 1}, true}}) {
+        const ConvGeometry& g = c.g;
+        INFO("C " << g.C << " N " << g.N << " k " << g.k << " stride " << g.stride << (c.transposed ? " transposed" : ""));
+        const int64_t K = g.k * g.k * g.C;
+        const std::vector<cuda::Bf16> w = bf16_vector(K * g.N, 62);
+        if (!c.transposed) {
+            const std::vector<cuda::Bf16> src = bf16_vector(g.B * g.H * g.W * g.C, 61);
+            const cuda::Gather<false, cuda::Bf16> la{src.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
+            const Bf16Rows lb{w.data(), g.N};
+            const int64_t M = g.B * g.Ho() * g.Wo();
+            Result r(1, M, g.N);
+            const HostStore st = r.store();
+            const gemm::AsyncConvOperands<decltype(la)> ops{la, w.data(), g.N};
+            REQUIRE(ops.fits(M, g.N, K, 1));
+            const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kWideTile);
+            emulate(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
+            require_product(r, K, la, lb, Rounding::None, "asynchronous copies, direct gather");
+        } else {
+            // The input gradient's geometry of a stride-2 convolution: the source is Ho x Wo.
+            const std::vector<cuda::Bf16> src = bf16_vector(g.B * g.Ho() * g.Wo() * g.C, 63);
+            const cuda::Gather<true, cuda::Bf16> whole{src.data(), g.H, g.W, g.Ho(), g.Wo(), g.C, g.k, g.stride, g.pad};
+            const int64_t M = g.B * g.H * g.W;
+            Result r(1, M, g.N);
+            if (g.stride == 1) {  // one GEMM over the whole gather
+                const gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>> ops{whole, w.data(), g.N};
+                REQUIRE(ops.fits(M, g.N, K, 1));
+                const HostStore st = r.store();
+                const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kWideTile);
+                emulate(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
+                require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, transposed gather");
+                continue;
+            }
+            // A whole transposed gather at stride 2 would read between source pixels: refused.
+            REQUIRE_FALSE(gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>>{whole, w.data(), g.N}.fits(M, g.N, K, 1));
+            for (int ry = 0; ry < 2; ++ry)
+                for (int rx = 0; rx < 2; ++rx) {
+                    const cuda::SubpixelGather<cuda::Bf16> sg = cuda::subpixel_gather(whole, ry, rx);
+                    const int64_t Mc = g.B * sg.rows_per_image(), Kc = sg.depth();
+                    const gemm::AsyncConvOperands<cuda::SubpixelGather<cuda::Bf16>> ops{sg, w.data(), g.N};
+                    REQUIRE(ops.fits(Mc, g.N, Kc, 1));
+                    const gemm::RowMappedStore<HostStore, cuda::SubpixelGather<cuda::Bf16>> st{r.store(), sg};
+                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, g.N, Kc, 1, gemm::kWideTile);
+                    emulate(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, ops, st); });
+                }
+            require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, sub-pixel classes");
+        }
     }
 }
 
