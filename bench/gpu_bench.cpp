@@ -142,14 +142,30 @@ int main(int argc, char** argv) {
                             math, gather, stage, static_cast<long long>(B), e.what());
             };
             // One JSON line and one table row per layer: the three passes' times as TFLOP/s of `gflop`.
-            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw) {
+            // fa: the forward pass from bfloat16 activations and bfloat16 packed weights (the
+            // asynchronous-copy kernel), in ms; 0 where not timed.
+            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, double fa) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
-                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f}\n",
+                            "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f",
                             math, gather, name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
-                char row[160];
-                std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name, static_cast<long long>(B0),
-                              gflop / f, gflop / bi, gflop / bw);
+                if (fa > 0) std::printf(", \"forward_bf16_async_ms\": %.3f, \"forward_bf16_async_tflops\": %.2f", fa, gflop / fa);
+                std::printf("}\n");
+                char row[200];
+                int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
+                                         static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
+                if (fa > 0 && used > 0) std::snprintf(row + used, sizeof row - used, "  fwd bf16-async %6.2f", gflop / fa);
                 table.push_back(row);
+            };
+            // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
+            // GpuDefense runs it with ActivationStorage::BF16: where the vector gather and BF16
+            // arithmetic apply, the asynchronous-copy kernel.
+            const bool time_async = gmode == GatherMode::Vector && mode == MathMode::BF16;
+            auto time_bf16_forward = [&](const pin::cuda::DeviceBuffer& x, int64_t nx, const pin::cuda::DeviceBuffer& packed, int64_t nw,
+                                         int64_t ny, auto forward) {
+                const pin::cuda::DeviceBuffer xb = pin::cuda::pack_bf16(x.data(), nx), wb = pin::cuda::pack_bf16(packed.data(), nw);
+                pin::cuda::DeviceBuffer yb(static_cast<size_t>((ny + 1) / 2));
+                const pin::cuda::PackedWeight pw(packed.data(), pin::cuda::bf16_data(wb));
+                return time_ms(iters, [&] { forward(pin::cuda::bf16_data(xb), reinterpret_cast<pin::cuda::Bf16*>(yb.data()), pw); });
             };
             table.push_back(std::string(math) + (mode != MathMode::FP32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " + gather + ":");
             for (const Layer& l : layers) {
@@ -163,7 +179,15 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                report_layer(l.name, gflop, f, bi, bw);
+                double fa = 0;
+                if (time_async && l.cin % 32 == 0) {
+                    const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv2d_forward_weight(w.data(), s);
+                    fa = time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
+                                           [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
+                                               pin::cuda::conv2d_forward(xb, w.data(), yb, s, nullptr, nullptr, false, pw);
+                                           });
+                }
+                report_layer(l.name, gflop, f, bi, bw, fa);
             }
             // The DAE decoder's transposed convolutions (3x3, stride 2, output padding 1), at their real
             // FLOPs (each input pixel times 9 taps): the sub-pixel classes of the Rows and Vector gathers
@@ -179,7 +203,15 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv_transpose2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                report_layer(l.name, gflop, f, bi, bw);
+                double fa = 0;
+                if (time_async) {
+                    const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv_transpose2d_forward_weight(w.data(), s);
+                    fa = time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
+                                           [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
+                                               pin::cuda::conv_transpose2d_forward(xb, w.data(), yb, s, nullptr, pw);
+                                           });
+                }
+                report_layer(l.name, gflop, f, bi, bw, fa);
             }
             // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh
             // ActivationStorage; JSON stage defense_forward_bf16_storage).
@@ -243,9 +275,9 @@ int main(int argc, char** argv) {
             // gpu_check.sh runs one configuration per process).
             const pin::cuda::KernelLaunches kl = pin::cuda::kernel_launches();
             std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
-                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld}}\n",
+                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld}}\n",
                         math, gather, static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
-                        static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input));
+                        static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input), static_cast<long long>(kl.async));
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

@@ -1,6 +1,7 @@
 // cuda/gemm_kernels.cuh - the GEMM kernels behind every convolution direction, the linear layer and
-// the projection (ops.cu launches them): the fp32 CUDA-core kernel, the TF32/BF16 tensor-core kernel
-// and the wide BF16 kernel (GatherMode::Vector). Their operands are functors (gather.cuh for the
+// the projection (ops.cu launches them): the fp32 CUDA-core kernel, the TF32/BF16 tensor-core kernel,
+// the wide BF16 kernel (GatherMode::Vector) and the asynchronous-copy BF16 kernel (both operands
+// stored as bfloat16). Their operands are functors (gather.cuh for the
 // convolutions), their epilogues store functors.
 //
 // Compiled by nvcc for the GPU, and by the host compiler for tests/test_gemm_emulated.cpp, which runs

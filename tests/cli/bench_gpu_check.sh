@@ -26,6 +26,11 @@ for config in ("generic-fp32", "vector-bf16"):
     assert len(layers) == 9, [j["layer"] for j in layers]  # 7 convolutions, 2 transposed
     for j in layers:  # TFLOP/s print as 0.00 at the emulation's speed
         assert j["forward_ms"] > 0 and all(j[k] >= 0 for k in ("forward_tflops", "backward_input_tflops", "backward_weight_tflops")), j
+    # bfloat16 activations and weights (the asynchronous-copy kernel): every layer with 32k input
+    # channels in the vector-bf16 configuration (all but the stem), none elsewhere.
+    timed = [j["layer"] for j in layers if "forward_bf16_async_ms" in j]
+    assert len(timed) == (8 if config == "vector-bf16" else 0), timed
+    assert all(j["forward_bf16_async_ms"] > 0 for j in layers if "forward_bf16_async_ms" in j), layers
     stages = {j["stage"]: j for j in js if "stage" in j}
     for stage in ("defense_forward", "training_step"):
         assert stages[stage]["ms"] > 0 and stages[stage]["images_per_second"] >= 0 and stages[stage]["batch"] == 1, stages.get(stage)
@@ -37,10 +42,10 @@ for config in ("generic-fp32", "vector-bf16"):
         assert storage["ms"] > 0 and storage["batch"] == 1, storage
     else:
         assert "defense_forward_bf16_storage" not in stages, stages
-    if config == "vector-bf16":  # the wide kernel and both per-pixel kernels reached
-        assert all(launches[0][k] > 0 for k in ("wide", "one_output", "one_input")), launches
+    if config == "vector-bf16":  # the wide, asynchronous-copy and both per-pixel kernels reached
+        assert all(launches[0][k] > 0 for k in ("wide", "async", "one_output", "one_input")), launches
     else:  # the generic fp32 configuration runs every GEMM on the fp32 kernel
-        assert launches[0]["fp32"] > 0 and all(launches[0][k] == 0 for k in ("tensor_core", "wide", "one_output", "one_input")), launches
+        assert launches[0]["fp32"] > 0 and all(launches[0][k] == 0 for k in ("tensor_core", "wide", "one_output", "one_input", "async")), launches
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
 assert samplers == ["curand", "pin"], samplers
 PY
