@@ -356,13 +356,17 @@ PIN_UNROLL
 
 // B vectors of a slice from a row-addressable B (RowMajor, SubpixelWeights): rows k0 + wide_b_row,
 // columns n .. n + 3; zeros past K's end or N's (N % 4 == 0: a vector is all inside or all outside).
+// A slice's rows are consecutive rows of B (RowMajor: always; SubpixelWeights: the slice lies in one
+// tap, which WideConvOperands requires), so the row is decoded once per slice (the sub-pixel weight
+// row takes divisions).
 template <class LoadB>
 __device__ void fetch_b_rows(const LoadB& lb, int64_t k0, int64_t kend, int64_t n, int64_t N, int tid, float (&b)[kWideBRows][4]) {
+    const float* first = lb.row_ptr(k0) + n;
 PIN_UNROLL
     for (int j = 0; j < kWideBRows; ++j) {
         const int64_t k = k0 + wide_b_row(tid, j);
         if (k < kend && n < N)
-            load4(lb.row_ptr(k) + n, b[j]);
+            load4(first + wide_b_row(tid, j) * lb.ld, b[j]);
         else
             zero4(b[j]);
     }
