@@ -196,47 +196,51 @@ struct Bf16Mma {
     static constexpr int kK = 16, kPad = 8;
     __device__ static __nv_bfloat16 convert(float v) { return __float2bfloat16_rn(v); }
 };
-// One K slice of the tensor-core kernels on a warp's 2 x 2 tiles of 16 x 16 (warp w at rows 32 (w % 4),
-// columns 32 (w / 4)): As is the slice's [rows][LA] m x k tile, Bs its [depth][LB] k x n tile.
+// One K slice of the tensor-core kernels on a warp's FM x FN tiles of 16 x 16 (the eight warps as
+// 4 x 2: warp w at rows 16 FM (w % 4), columns 16 FN (w / 4); 2 x 2 tiles make a 128 x 64 block
+// tile, 4 x 2 a 256 x 64 one): As is the slice's [rows][LA] m x k tile, Bs its [depth][LB] k x n tile.
 // kAColMajor: As is [depth][LA], k x m (the weight-gradient form, whose A arrives m-contiguous).
-template <class Precision, int kK, int kDepth, int LA, int LB, bool kAColMajor = false, class Elem, class Frag>
-__device__ void warp_products(const Elem* As, const Elem* Bs, Frag (&acc)[2][2]) {
+template <class Precision, int kK, int kDepth, int LA, int LB, bool kAColMajor = false, class Elem, class Frag, int FM, int FN>
+__device__ void warp_products(const Elem* As, const Elem* Bs, Frag (&acc)[FM][FN]) {
     using namespace nvcuda;
     using ALayout = typename std::conditional<kAColMajor, wmma::col_major, wmma::row_major>::type;
     const int warp = threadIdx.x / 32, wm = warp % 4, wn = warp / 4;
 PIN_UNROLL
     for (int ks = 0; ks < kDepth; ks += kK) {
-        wmma::fragment<wmma::matrix_a, 16, 16, kK, Precision, ALayout> a[2];
-        wmma::fragment<wmma::matrix_b, 16, 16, kK, Precision, wmma::row_major> b[2];
+        wmma::fragment<wmma::matrix_a, 16, 16, kK, Precision, ALayout> a[FM];
+        wmma::fragment<wmma::matrix_b, 16, 16, kK, Precision, wmma::row_major> b[FN];
 PIN_UNROLL
-        for (int i = 0; i < 2; ++i)
-            wmma::load_matrix_sync(a[i], kAColMajor ? As + ks * LA + wm * 32 + i * 16 : As + (wm * 32 + i * 16) * LA + ks, LA);
+        for (int i = 0; i < FM; ++i) {
+            const int row = (wm * FM + i) * 16;
+            wmma::load_matrix_sync(a[i], kAColMajor ? As + ks * LA + row : As + row * LA + ks, LA);
+        }
 PIN_UNROLL
-        for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(b[j], Bs + ks * LB + wn * 32 + j * 16, LB);
+        for (int j = 0; j < FN; ++j) wmma::load_matrix_sync(b[j], Bs + ks * LB + (wn * FN + j) * 16, LB);
 PIN_UNROLL
-        for (int i = 0; i < 2; ++i)
+        for (int i = 0; i < FM; ++i)
 PIN_UNROLL
-            for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
+            for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
 }
-template <class Frag>
-__device__ void zero_accumulators(Frag (&acc)[2][2]) {
+template <class Frag, int FM, int FN>
+__device__ void zero_accumulators(Frag (&acc)[FM][FN]) {
 PIN_UNROLL
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < FM; ++i)
 PIN_UNROLL
-        for (int j = 0; j < 2; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
+        for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
 }
-// The tensor-core kernels' epilogue: each warp's 2 x 2 accumulator tiles (warp w at rows 32 (w % 4),
-// columns 32 (w / 4) of the block tile) go through shared memory Cs [TM][LC], so that the store
-// functor sees (m, n) pairs; then st(K chunk, m, n, value) for each element inside the matrix.
-template <int TM, int TN, int LC, class Frag, class Store>
-__device__ void store_warp_tiles(float* Cs, Frag (&acc)[2][2], int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
+// The tensor-core kernels' epilogue: each warp's FM x FN accumulator tiles (placed as in
+// warp_products) go through shared memory Cs [TM][LC], so that the store functor sees (m, n) pairs;
+// then st(K chunk, m, n, value) for each element inside the matrix.
+template <int TM, int TN, int LC, class Frag, int FM, int FN, class Store>
+__device__ void store_warp_tiles(float* Cs, Frag (&acc)[FM][FN], int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
+    static_assert(TM == 4 * 16 * FM && TN == 2 * 16 * FN, "eight warps as 4 x 2");
     const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
 PIN_UNROLL
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < FM; ++i)
 PIN_UNROLL
-        for (int j = 0; j < 2; ++j)
-            nvcuda::wmma::store_matrix_sync(Cs + (wm * 32 + i * 16) * LC + wn * 32 + j * 16, acc[i][j], LC, nvcuda::wmma::mem_row_major);
+        for (int j = 0; j < FN; ++j)
+            nvcuda::wmma::store_matrix_sync(Cs + (wm * FM + i) * 16 * LC + (wn * FN + j) * 16, acc[i][j], LC, nvcuda::wmma::mem_row_major);
     __syncthreads();
     for (int idx = tid; idx < TM * TN; idx += THREADS) {
         const int mm = idx / TN, nn = idx % TN;
@@ -537,48 +541,56 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
 // The asynchronous-copy kernel (GatherMode::Vector with MathMode::BF16, where both operands are
 // bfloat16 in memory: ActivationStorage::BF16 and the weights packed in bfloat16, as GpuDefense runs
 // its convolutions). The wide kernel above loads each slice into registers, converts it and stores
-// it to shared memory: on the H200 that is about 300 instructions per thread per 32-deep slice
-// (cuda/ops.cu's PTX) for the 8 WMMA products (16 tensor-core instructions) of each warp, so the
-// issue slots, not the tensor cores, would bound it. Here each thread issues three 16-byte cp.async
-// per slice (two A rows of 8 channels, one B row of 8 columns), decoded from rows and a tap computed
-// once per launch and once per slice; the copies of the next two slices are in flight while the tensor
-// cores work on the current one (three stages). Same tiles, warps and epilogue as the wide kernel.
+// it to shared memory: about 230-260 PTX instructions per thread per 32-deep slice on the forward
+// convolutions (bench/ptx_loop_count.py) for the 8 WMMA products (16 tensor-core instructions) of
+// each warp, so the issue slots, not the tensor cores, would bound it. Here each thread issues
+// 16-byte cp.async copies (8 channels each) whose addresses come from rows decoded once per launch
+// and a tap decoded once per tap, with two slices in flight while the tensor cores work on the
+// current one (three stages, one barrier per slice); and each warp computes 64 x 32 of a 256 x 64
+// block tile (4 x 2 WMMA tiles: twice the products per slice of the wide kernel's 32 x 32, for the
+// same B fragments). Shared memory is dynamic (75,264 bytes: three stages of A [256][40] and
+// B [32][72] bfloat16; the epilogue reuses it for C [256][68] fp32), two blocks per SM.
 // Requires (fits()): the gathered channel count and K multiples of 32 (a slice lies in one tap),
 // N and the weights' leading dimension multiples of 8, both sources 16-byte aligned, no K split.
 constexpr int kAsyncStages = 3;
-constexpr int AS_A_ELEMS = kWideRows * WLA, AS_STAGE = AS_A_ELEMS + kWideDepth * WLB;  // bfloat16 elements
-constexpr int AS_SMEM_BYTES = kAsyncStages * AS_STAGE * 2 > W_C_BYTES ? kAsyncStages * AS_STAGE * 2 : W_C_BYTES;
-static_assert((AS_A_ELEMS * 2) % 128 == 0 && (AS_STAGE * 2) % 128 == 0, "stages keep WMMA's and cp.async's alignment");
-static_assert(AS_SMEM_BYTES <= 48 * 1024, "static shared memory");
-// Thread t copies A rows t / 4 + 64 i (i < 2), channels 8 (t % 4) .. + 7 of the slice (a warp: 8 rows
-// x 64 contiguous bytes), and B row t / 8, columns 8 (t % 8) .. + 7 (a warp: 4 rows x 128 bytes).
-constexpr int kAsyncARows = 2;
+template <int kRows>
+struct AsyncTile {
+    static_assert(kRows % 64 == 0, "eight warps as 4 x 2, 16-row WMMA tiles");
+    static constexpr int rows = kRows, frags_m = kRows / 64;
+    static constexpr int a_copies = kRows * kWideDepth / 8 / THREADS;  // 16-byte A copies per thread and slice
+    static constexpr int a_elems = kRows * WLA, stage = a_elems + kWideDepth * WLB;  // bfloat16 elements
+    static constexpr int operand_bytes = kAsyncStages * stage * 2, c_bytes = kRows * WLC * 4;
+    static constexpr int smem_bytes = operand_bytes > c_bytes ? operand_bytes : c_bytes;
+    static_assert((a_elems * 2) % 128 == 0 && (stage * 2) % 128 == 0, "stages keep WMMA's and cp.async's alignment");
+    static_assert(kWideDepth * kWideCols == 8 * THREADS, "one 16-byte B copy per thread and slice");
+};
+using AsyncTileUsed = AsyncTile<256>;  // the tile ops.cu launches
+// Thread t copies A rows t / 4 + 64 i, channels 8 (t % 4) .. + 7 of the slice (a warp: 8 rows x 64
+// contiguous bytes), and B row t / 8, columns 8 (t % 8) .. + 7 (a warp: 4 rows x 128 bytes).
 PIN_HD inline int async_a_row(int tid, int i) { return tid / 4 + 64 * i; }
 PIN_HD inline int async_a_col(int tid) { return (tid % 4) * 8; }
 PIN_HD inline int async_b_row(int tid) { return tid / 8; }
 PIN_HD inline int async_b_col(int tid) { return (tid % 8) * 8; }
-static_assert(kAsyncARows * THREADS * 8 == kWideRows * kWideDepth && THREADS * 8 == kWideDepth * kWideCols,
-              "every element of a slice is copied once");
 
 // LoadA: a gather over bfloat16 (Gather<false, Bf16>, Gather<true, Bf16> at stride 1,
 // SubpixelGather<Bf16>); w: the whole gather's packed weights as bfloat16, rows (tap C + c), ld = N.
 // Each issue() copies the next slice and moves on: the rows' origins are decoded once per launch,
 // the tap once per tap (gather.cuh tap_step), so a slice costs a few additions and compares per copy.
-template <class LoadA>
+template <class LoadA, class T = AsyncTileUsed>
 struct AsyncConvOperands {
     LoadA la;
     const Bf16* w;
     int64_t ld;
     struct Regs {
-        int64_t base[kAsyncARows];  // source offset of each row's origin pixel, channel 0
-        int y[kAsyncARows], x[kAsyncARows];  // the origin (y far negative: no such row)
-        int64_t n;                  // this thread's B columns start here (N % 8 == 0: all inside or all outside)
-        int t, c0;                  // the next slice: its tap and first channel
+        int64_t base[T::a_copies];        // source offset of each row's origin pixel, channel 0
+        int y[T::a_copies], x[T::a_copies];  // the origin (y far negative: no such row)
+        int64_t n;                        // this thread's B columns start here (N % 8 == 0: all inside or all outside)
+        int t, c0;                        // the next slice: its tap and first channel
         TapStep tap;
     };
     __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int tid) const {
 PIN_UNROLL
-        for (int i = 0; i < kAsyncARows; ++i) {
+        for (int i = 0; i < T::a_copies; ++i) {
             const GatherRow g = la.row(m0 + async_a_row(tid, i), M);
             tap_origin(la, g, r.y[i], r.x[i]);
             r.base[i] = ((static_cast<int64_t>(g.b) * la.H + r.y[i]) * la.W + r.x[i]) * la.C;
@@ -589,11 +601,11 @@ PIN_UNROLL
         r.c0 = 0;
         r.tap = tap_step(la, 0);
     }
-    // The next slice into a stage: As [kWideRows][WLA], Bs [kWideDepth][WLB].
+    // The next slice into a stage: As [rows][WLA], Bs [kWideDepth][WLB].
     __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
         const int64_t delta = (static_cast<int64_t>(r.tap.dy) * la.W + r.tap.dx) * la.C + r.c0 + async_a_col(tid);
 PIN_UNROLL
-        for (int i = 0; i < kAsyncARows; ++i) {
+        for (int i = 0; i < T::a_copies; ++i) {
             const bool valid = static_cast<unsigned>(r.y[i] + r.tap.dy) < static_cast<unsigned>(la.H) &&
                                static_cast<unsigned>(r.x[i] + r.tap.dx) < static_cast<unsigned>(la.W);
             async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), valid ? la.src + r.base[i] + delta : la.src, valid);
@@ -615,17 +627,18 @@ PIN_UNROLL
     }
 };
 
-template <class Operands, class Store>
+// Launched with T::smem_bytes of dynamic shared memory (PIN_LAUNCH_SHARED), a grid of T::rows x
+// kWideCols tiles.
+template <class Operands, class Store, class T = AsyncTileUsed>
 __global__ void __launch_bounds__(THREADS, 2) gemm_async_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
     using namespace nvcuda;
-    __shared__ __align__(128) unsigned char smem[AS_SMEM_BYTES];
-    shared_contents_undefined(smem);
+    PIN_DYNAMIC_SHARED(smem);
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
     const int tid = threadIdx.x;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * T::rows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
     typename Operands::Regs r;
     ops.begin(r, m0, n0, M, tid);
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[T::frags_m][2];
     zero_accumulators(acc);
     const int slices = static_cast<int>(K / kWideDepth);  // K < 2^31 (launch_async_gemm)
     auto next = [](int s) { return s + 1 == kAsyncStages ? 0 : s + 1; };
@@ -634,7 +647,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_async_kernel(int64_t M, int64
     int write = 0, read = 0;
 PIN_UNROLL
     for (int s = 0; s < kAsyncStages - 1; ++s) {
-        if (s < slices) ops.issue(r, N, stages + write * AS_STAGE, stages + write * AS_STAGE + AS_A_ELEMS, tid);
+        if (s < slices) ops.issue(r, N, stages + write * T::stage, stages + write * T::stage + T::a_elems, tid);
         async_commit();
         write = next(write);
     }
@@ -642,16 +655,16 @@ PIN_UNROLL
         async_wait<kAsyncStages - 2>();  // this thread's copies of slice t have landed
         // Everyone's have; and every warp is done with slice t - 1, whose stage the copies below refill.
         __syncthreads();
-        if (t + kAsyncStages - 1 < slices) ops.issue(r, N, stages + write * AS_STAGE, stages + write * AS_STAGE + AS_A_ELEMS, tid);
+        if (t + kAsyncStages - 1 < slices) ops.issue(r, N, stages + write * T::stage, stages + write * T::stage + T::a_elems, tid);
         async_commit();
         write = next(write);
-        const __nv_bfloat16* As = stages + read * AS_STAGE;
-        warp_products<__nv_bfloat16, 16, kWideDepth, WLA, WLB>(As, As + AS_A_ELEMS, acc);
+        const __nv_bfloat16* As = stages + read * T::stage;
+        warp_products<__nv_bfloat16, 16, kWideDepth, WLA, WLB>(As, As + T::a_elems, acc);
         read = next(read);
     }
     async_wait<0>();
     __syncthreads();  // every product read its stage: the memory holds the accumulators
-    store_warp_tiles<kWideRows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
+    store_warp_tiles<T::rows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
 }
 
 // A kernel's output tile and K slice, and the grid that covers an M x N x K GEMM with it: M tiles on
@@ -660,7 +673,8 @@ PIN_UNROLL
 struct Tile {
     int m, n, k;
 };
-constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth};
+constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth},
+    kAsyncTile{AsyncTileUsed::rows, kWideCols, kWideDepth};
 struct GemmGrid {
     unsigned x, y, z;
     int64_t chunk;

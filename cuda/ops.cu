@@ -216,10 +216,15 @@ bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const B
     if (math_mode() != MathMode::BF16 || gather_mode() != GatherMode::Vector || !ops.fits(M, N, K, 1)) return false;
     if (M <= 0 || N <= 0) return true;
     check_gemm_size(M, N, K, name, shape);
-    const GemmGrid g = gemm_grid(M, N, K, 1, kWideTile);
+    const GemmGrid g = gemm_grid(M, N, K, 1, kAsyncTile);
     if (g.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+    // Its shared memory is over the 48 KB a kernel gets without asking: ask once per instantiation.
+    constexpr int bytes = AsyncTileUsed::smem_bytes;
+    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_async_kernel<AsyncConvOperands<LoadA>, Store>),
+                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    check(allowed, name, shape);
     g_launches[static_cast<int>(GemmKernel::Async)].fetch_add(1, std::memory_order_relaxed);
-    PIN_LAUNCH(dim3(g.x, g.y, 1), THREADS, cur(), gemm_async_kernel)(M, N, K, ops, st);
+    PIN_LAUNCH_SHARED(dim3(g.x, g.y, 1), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, ops, st);
     check(cudaGetLastError(), name, shape);
     return true;
 }

@@ -65,6 +65,7 @@
 #include <deque>
 #include <exception>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -182,6 +183,24 @@ inline void poison_shared(void* at, size_t bytes) {
         }
     tl_poisoned.push_back(PoisonedArray{at, tl_block});
     std::memset(at, 0xff, bytes);
+}
+
+// Dynamic shared memory (PIN_LAUNCH_SHARED, PIN_DYNAMIC_SHARED in cuda/launch.cuh): one buffer of
+// the launch's size per OS thread, exactly that size (so ASan sees an overrun), 128-byte aligned,
+// filled with 0xFF bytes at the start of every block as the static arrays are.
+struct DynamicShared {
+    unsigned char* data = nullptr;
+    size_t bytes = 0;
+    uint64_t block = 0;  // the block that last filled it
+};
+inline thread_local DynamicShared tl_dynamic;
+inline unsigned char* dynamic_shared() {
+    if (tl_dynamic.bytes == 0) throw std::runtime_error("cuda emulation: a kernel uses dynamic shared memory, launched without any");
+    if (tl_dynamic.block != tl_block) {
+        tl_dynamic.block = tl_block;
+        std::memset(tl_dynamic.data, 0xff, tl_dynamic.bytes);
+    }
+    return tl_dynamic.data;
 }
 
 inline void report(const std::string& what) {
@@ -317,9 +336,23 @@ namespace pin_emulation {
 // Runs kernel() as every thread of every block of `grid`, blocks of `block` threads (at most 1024),
 // on the calling thread; throws if a WMMA rule was broken or the kernel threw.
 template <class Kernel>
-void launch(dim3 grid, dim3 block, Kernel kernel) {
+void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 0) {
     const unsigned threads = block.x * block.y * block.z;
     if (threads == 0 || threads > 1024) throw std::runtime_error("cuda emulation: a block of " + std::to_string(threads) + " threads");
+    // This launch's dynamic shared memory; the previous one's is restored at the end.
+    struct DynamicScope {
+        DynamicShared saved = tl_dynamic;
+        explicit DynamicScope(size_t bytes) {
+            tl_dynamic = DynamicShared{};
+            if (bytes == 0) return;
+            tl_dynamic.data = static_cast<unsigned char*>(::operator new(bytes, std::align_val_t{128}));
+            tl_dynamic.bytes = bytes;
+        }
+        ~DynamicScope() {
+            if (tl_dynamic.data) ::operator delete(tl_dynamic.data, std::align_val_t{128});
+            tl_dynamic = saved;
+        }
+    } dynamic_scope(dynamic_shared_bytes);
     Scheduler s;
     std::vector<Fiber> fibers(threads);
     s.kernel = &kernel;
@@ -371,14 +404,15 @@ template <class Call>
 struct Launch {
     dim3 grid, block;
     Call call;
+    size_t dynamic_shared_bytes;
     template <class... Args>
     void operator()(Args&&... args) const {
-        launch(grid, block, [&] { call(args...); });
+        launch(grid, block, [&] { call(args...); }, dynamic_shared_bytes);
     }
 };
 template <class Call>
-Launch<Call> make_launch(dim3 grid, dim3 block, Call call) {
-    return Launch<Call>{grid, block, call};
+Launch<Call> make_launch(dim3 grid, dim3 block, Call call, size_t dynamic_shared_bytes = 0) {
+    return Launch<Call>{grid, block, call, dynamic_shared_bytes};
 }
 }  // namespace pin_emulation
 

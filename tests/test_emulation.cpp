@@ -201,6 +201,30 @@ TEST_CASE("emulation: cp.async copies land at the wait that covers their group",
                         Catch::Contains("not 16-byte aligned"));
 }
 
+TEST_CASE("emulation: dynamic shared memory is the launch's size, per block undefined", "[emulated][emulation]") {
+    // Each block's threads write their slot (all but the last) and read all after the barrier: the
+    // unwritten slot reads as the fill in every block; a kernel launched without dynamic shared
+    // memory that asks for it fails the launch.
+    constexpr unsigned kThreads = 32;
+    std::vector<int> seen(2 * kThreads, 0);
+    pin_emulation::launch(
+        dim3(2), dim3(kThreads),
+        [&] {
+            PIN_DYNAMIC_SHARED(smem);
+            int* slots = reinterpret_cast<int*>(smem);
+            const unsigned t = threadIdx.x;
+            REQUIRE(reinterpret_cast<uintptr_t>(smem) % 128 == 0);
+            if (t + 1 < kThreads) slots[t] = static_cast<int>(t + 100 * blockIdx.x);
+            __syncthreads();
+            seen[blockIdx.x * kThreads + t] = slots[t];
+        },
+        kThreads * sizeof(int));
+    for (unsigned b = 0; b < 2; ++b)
+        for (unsigned t = 0; t < kThreads; ++t) REQUIRE(seen[b * kThreads + t] == (t + 1 < kThreads ? static_cast<int>(t + 100 * b) : -1));
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(1), [] { PIN_DYNAMIC_SHARED(smem); (void)smem; }),
+                        Catch::Contains("without any"));
+}
+
 TEST_CASE("emulation: an exception or a broken WMMA rule inside a kernel fails the launch", "[emulated][emulation]") {
     REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(2), dim3(64),
                                               [] {

@@ -122,6 +122,11 @@ template <class Launch>
 void emulate(const gemm::GemmGrid& g, Launch launch) {
     pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch);
 }
+// The asynchronous-copy kernel, with its dynamic shared memory.
+template <class Launch>
+void emulate_async(const gemm::GemmGrid& g, Launch launch) {
+    pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch, gemm::AsyncTileUsed::smem_bytes);
+}
 }  // namespace
 
 TEST_CASE("emulated: the wide BF16 kernel (GatherMode::Vector) computes the convolution GEMMs", "[gather][emulated]") {
@@ -160,9 +165,9 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
         ConvGeometry g;
         bool transposed;  // an input-gradient (transposed) gather: at stride 2 one GEMM per sub-pixel class
     };
-    // Partial tiles in M and N; 1, 2 and 9 taps; K of 1, 2 and 18 slices (one slice: fewer than the
-    // pipeline's stages); two column tiles.
-    for (const Case& c : {Case{{2, 9, 11, 64, 48, 3, 1, 1}, false}, Case{{1, 13, 10, 32, 104, 3, 2, 1}, false},
+    // Partial tiles in M and N, two row tiles (286 rows); 1, 2 and 9 taps; K of 1, 2 and 18 slices
+    // (one slice: fewer than the pipeline's stages); two column tiles.
+    for (const Case& c : {Case{{2, 13, 11, 64, 48, 3, 1, 1}, false}, Case{{1, 13, 10, 32, 104, 3, 2, 1}, false},
                           Case{{1, 7, 9, 32, 72, 1, 1, 0}, false}, Case{{2, 5, 6, 64, 40, 1, 2, 0}, false},
                           Case{{2, 7, 6, 64, 40, 3, 2, 1}, true}, Case{{1, 9, 10, 32, 24, 3, 1, 1}, true}}) {
         const ConvGeometry& g = c.g;
@@ -178,8 +183,8 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
             const HostStore st = r.store();
             const gemm::AsyncConvOperands<decltype(la)> ops{la, w.data(), g.N};
             REQUIRE(ops.fits(M, g.N, K, 1));
-            const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kWideTile);
-            emulate(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
+            const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kAsyncTile);
+            emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
             require_product(r, K, la, lb, Rounding::None, "asynchronous copies, direct gather");
         } else {
             // The input gradient's geometry of a stride-2 convolution: the source is Ho x Wo.
@@ -191,8 +196,8 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
                 const gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>> ops{whole, w.data(), g.N};
                 REQUIRE(ops.fits(M, g.N, K, 1));
                 const HostStore st = r.store();
-                const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kWideTile);
-                emulate(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
+                const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kAsyncTile);
+                emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
                 require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, transposed gather");
                 continue;
             }
@@ -205,8 +210,8 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
                     const gemm::AsyncConvOperands<cuda::SubpixelGather<cuda::Bf16>> ops{sg, w.data(), g.N};
                     REQUIRE(ops.fits(Mc, g.N, Kc, 1));
                     const gemm::RowMappedStore<HostStore, cuda::SubpixelGather<cuda::Bf16>> st{r.store(), sg};
-                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, g.N, Kc, 1, gemm::kWideTile);
-                    emulate(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, ops, st); });
+                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, g.N, Kc, 1, gemm::kAsyncTile);
+                    emulate_async(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, ops, st); });
                 }
             require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, sub-pixel classes");
         }
