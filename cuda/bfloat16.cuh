@@ -76,4 +76,26 @@ PIN_HD inline void load4(const Bf16* p, float (&v)[4]) {
 #endif
 }
 
+// p[0..3] = v: one 16-byte store on the GPU (p 16-byte aligned), four stores on the host.
+PIN_HD inline void store4(float* p, const float (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+    *reinterpret_cast<float4*>(p) = float4{v[0], v[1], v[2], v[3]};
+#else
+    for (int j = 0; j < 4; ++j) p[j] = v[j];
+#endif
+}
+// The same as bfloat16, rounded to nearest even: one 8-byte store on the GPU (p 8-byte aligned).
+PIN_HD inline void store4(Bf16* p, const float (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+    const uint32_t lo = static_cast<uint32_t>(to_bf16(v[0]).bits) | static_cast<uint32_t>(to_bf16(v[1]).bits) << 16;
+    const uint32_t hi = static_cast<uint32_t>(to_bf16(v[2]).bits) | static_cast<uint32_t>(to_bf16(v[3]).bits) << 16;
+    *reinterpret_cast<uint2*>(p) = uint2{lo, hi};
+#else
+    for (int j = 0; j < 4; ++j) p[j] = to_bf16(v[j]);
+#endif
+}
+// Whether p suits load4 / store4 of its type.
+PIN_HD inline bool vector_aligned(const float* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+PIN_HD inline bool vector_aligned(const Bf16* p) { return reinterpret_cast<uintptr_t>(p) % 8 == 0; }
+
 }  // namespace pin::cuda

@@ -90,12 +90,28 @@ struct SubpixelWeights {
     __device__ float operator()(int64_t k, int64_t n) const { return a[g.weight_row(k) * ld + n]; }
     __device__ const float* row_ptr(int64_t k) const { return a + g.weight_row(k) * ld; }
 };
+// Epilogues that can also store 4 consecutive columns at once: st.store4(z, m, n, v[4]) for
+// n % 4 == 0 and N % 4 == 0, where st.vectors_ok() (their pointers' alignment; the tensor-core
+// kernels' epilogue uses it then, one vector load from shared memory and one store per 4 outputs).
+template <class T, class = void>
+struct HasStore4 : std::false_type {};
+template <class T>
+struct HasStore4<T, std::void_t<decltype(std::declval<const T&>().store4(0, 0, 0, std::declval<const float (&)[4]>()))>>
+    : std::true_type {};
 // An epilogue for a sub-pixel class: class row m is row g.out_row(m) of the whole output.
 template <class Store, class G = SubpixelGather<>>
 struct RowMappedStore {
     Store st;
     G g;
     __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { st(z, g.out_row(m), n, v); }
+    template <class S = Store, class = std::enable_if_t<HasStore4<S>::value>>
+    __device__ void store4(int64_t z, int64_t m, int64_t n, const float (&v)[4]) const {
+        st.store4(z, g.out_row(m), n, v);
+    }
+    template <class S = Store, class = std::enable_if_t<HasStore4<S>::value>>
+    __device__ bool vectors_ok() const {
+        return st.vectors_ok();
+    }
 };
 // B operands the wide kernel reads by rows: those with row_ptr(k), the address of B(k, 0), rows
 // contiguous (RowMajor, SubpixelWeights).
@@ -222,6 +238,15 @@ PIN_UNROLL
             for (int j = 0; j < FN; ++j) wmma::mma_sync(acc[i][j], a[i], b[j], acc[i][j]);
     }
 }
+// p[0..3] from shared memory (16-byte aligned): one vector load on the GPU.
+__device__ inline void load4_shared(const float* p, float (&v)[4]) {
+#if defined(__CUDA_ARCH__)
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+#else
+    for (int j = 0; j < 4; ++j) v[j] = p[j];
+#endif
+}
 template <class Frag, int FM, int FN>
 __device__ void zero_accumulators(Frag (&acc)[FM][FN]) {
 PIN_UNROLL
@@ -242,6 +267,20 @@ PIN_UNROLL
         for (int j = 0; j < FN; ++j)
             nvcuda::wmma::store_matrix_sync(Cs + (wm * FM + i) * 16 * LC + (wn * FN + j) * 16, acc[i][j], LC, nvcuda::wmma::mem_row_major);
     __syncthreads();
+    if constexpr (HasStore4<Store>::value) {
+        static_assert(TN % 4 == 0 && LC % 4 == 0, "whole 16-byte vectors of Cs");
+        if (N % 4 == 0 && st.vectors_ok()) {  // a vector is all inside N or all outside
+            for (int idx = tid; idx < TM * TN / 4; idx += THREADS) {
+                const int mm = idx / (TN / 4), nn = idx % (TN / 4) * 4;
+                const int64_t m = m0 + mm, n = n0 + nn;
+                if (m >= M || n >= N) continue;
+                float v[4];
+                load4_shared(Cs + mm * LC + nn, v);
+                st.store4(static_cast<int64_t>(blockIdx.z), m, n, v);
+            }
+            return;
+        }
+    }
     for (int idx = tid; idx < TM * TN; idx += THREADS) {
         const int mm = idx / TN, nn = idx % TN;
         const int64_t m = m0 + mm, n = n0 + nn;

@@ -282,6 +282,20 @@ struct ConvStore {
         Y* o = y + m * N + n;
         *o = from_float<Y>(accumulate ? to_float(*o) + v : v);
     }
+    // Columns n .. n + 3 at once (the same values as four calls above).
+    __device__ void store4(int64_t, int64_t m, int64_t n, const float (&v)[4]) const {
+        float r[4] = {v[0], v[1], v[2], v[3]}, old[4];
+        Y* o = y + m * N + n;
+        if (accumulate) load4(o, old);
+PIN_UNROLL
+        for (int j = 0; j < 4; ++j) {
+            if (bias) r[j] += bias[n + j];
+            if (slope && r[j] < 0.0f) r[j] *= slope[n + j];
+            if (accumulate) r[j] = old[j] + r[j];
+        }
+        pin::cuda::store4(o, r);  // the free function, not this member
+    }
+    __device__ bool vectors_ok() const { return vector_aligned(y) && N % 4 == 0; }
 };
 // Calls f(x, y) with the activations' pointers as their storage types.
 template <class F>
@@ -304,6 +318,8 @@ struct PartialStore {
     float* partial;
     int64_t M, N;
     __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { partial[(z * M + m) * N + n] = v; }
+    __device__ void store4(int64_t z, int64_t m, int64_t n, const float (&v)[4]) const { pin::cuda::store4(partial + (z * M + m) * N + n, v); }
+    __device__ bool vectors_ok() const { return vector_aligned(partial) && N % 4 == 0; }
 };
 
 // Packs a convolution weight into the GEMM's (k = (kh, kw, c_in_k), n) layout:

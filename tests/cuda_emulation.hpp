@@ -56,6 +56,7 @@
 #endif
 #endif
 #if defined(PIN_EMULATION_ASAN)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #endif
 
@@ -301,6 +302,12 @@ inline void fiber_entry(unsigned lo, unsigned hi) {
 #endif
 // A fresh start for fiber f on its stack.
 inline void prepare(Fiber& f) {
+#if defined(PIN_EMULATION_ASAN)
+    // The stack is reused from earlier launches, whose fibers never returned from fiber_main: clear
+    // the redzones their frames left, or ASan's own runtime (which is not instrumented) trips over
+    // them when a kernel throws.
+    __asan_unpoison_memory_region(f.stack, f.stack_size);
+#endif
 #if defined(PIN_EMULATION_ASM_SWITCH)
     // The frame pin_emulation_switch pops: control words, r15..r12, rbx, rbp, return address.
     uint64_t* top = reinterpret_cast<uint64_t*>(f.stack + f.stack_size);  // 16-byte aligned
