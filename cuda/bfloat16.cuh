@@ -8,6 +8,7 @@
 #include <cstring>
 
 #if defined(__CUDACC__)
+#include <cuda_bf16.h>  // device code converts with the hardware's instructions
 #define PIN_HD __host__ __device__
 #define PIN_UNROLL _Pragma("unroll")
 #else
@@ -32,17 +33,18 @@ PIN_HD inline float to_float(Bf16 x) {
     return f;
 #endif
 }
-// Round to nearest, ties to even; NaN stays a (quiet) NaN.
+// Round to nearest, ties to even; NaN stays a NaN. On the GPU the conversion instruction itself
+// (one instruction, against about six of integer arithmetic; the same bits for every non-NaN value).
 PIN_HD inline Bf16 to_bf16(float f) {
-    uint32_t u;
 #if defined(__CUDA_ARCH__)
-    u = __float_as_uint(f);
+    return Bf16{__bfloat16_as_ushort(__float2bfloat16_rn(f))};
 #else
+    uint32_t u;
     std::memcpy(&u, &f, 4);
-#endif
     if ((u & 0x7fffffffu) > 0x7f800000u) return Bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};
     u += 0x7fffu + ((u >> 16) & 1u);
     return Bf16{static_cast<uint16_t>(u >> 16)};
+#endif
 }
 // A value as storage type T.
 template <class T>
@@ -87,9 +89,8 @@ PIN_HD inline void store4(float* p, const float (&v)[4]) {
 // The same as bfloat16, rounded to nearest even: one 8-byte store on the GPU (p 8-byte aligned).
 PIN_HD inline void store4(Bf16* p, const float (&v)[4]) {
 #if defined(__CUDA_ARCH__)
-    const uint32_t lo = static_cast<uint32_t>(to_bf16(v[0]).bits) | static_cast<uint32_t>(to_bf16(v[1]).bits) << 16;
-    const uint32_t hi = static_cast<uint32_t>(to_bf16(v[2]).bits) | static_cast<uint32_t>(to_bf16(v[3]).bits) << 16;
-    *reinterpret_cast<uint2*>(p) = uint2{lo, hi};
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);  // .x the lower half
+    *reinterpret_cast<uint2*>(p) = uint2{*reinterpret_cast<const uint32_t*>(&lo), *reinterpret_cast<const uint32_t*>(&hi)};
 #else
     for (int j = 0; j < 4; ++j) p[j] = to_bf16(v[j]);
 #endif
