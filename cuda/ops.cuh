@@ -93,7 +93,8 @@ MathMode math_mode();
 // 32-deep slices, two shared-memory stages; gemm_kernels.cuh gemm_wide_kernel) for the forward and
 // input-gradient passes of layers whose gathered channel count is a multiple of 32 and output
 // channel count a multiple of 4, for weight gradients whose channel counts are multiples of 4, and
-// for the linear layers and the eigenface projection when their sizes are multiples of 4.
+// for the linear layers and the eigenface projection when their sizes are multiples of 4; and
+// where both operands are bfloat16 in memory (see PackedWeight), the asynchronous-copy kernel.
 // Process-wide. Generic unless set: Rows and Vector have not yet run on a GPU (bench/gpu_check.sh
 // tests and times them; make the fastest that passes there the default).
 enum class GatherMode { Generic, Rows, Vector };

@@ -16,6 +16,11 @@
 // switch is a few instructions (x86-64: callee-saved registers and the stack pointer; elsewhere
 // POSIX ucontext), not a system call: a 256-thread barrier costs microseconds.
 //
+// Dynamic shared memory (cuda/launch.cuh PIN_LAUNCH_SHARED) is a buffer of exactly the launch's
+// size, filled the same way per block. cp.async (cuda/async_copy.cuh) copies land only at the
+// async_wait that covers their group, so a kernel that reads a stage before waiting for it reads
+// the fill.
+//
 // WMMA follows the CUDA C++ Programming Guide's description of nvcuda::wmma: a fragment is the whole
 // tile, warp-collective operations are done once (by lane 0, the only lane whose fragments are
 // observed, since only it stores) and every lane's pointer and leading dimension are checked
