@@ -299,9 +299,15 @@ struct SubpixelGather : Gather<true, Src> {
     }
     // The whole gather's tap of class column k (t = k / C).
     PIN_HD void tap(int64_t k, int& kh, int& kw) const {
-        const int t = static_cast<int>(static_cast<unsigned>(k) / static_cast<unsigned>(C));
-        kh = cls.ry + (t / cls.taps_w) * static_cast<int>(stride);
-        kw = cls.rx + (t % cls.taps_w) * static_cast<int>(stride);
+        int i, j;
+        class_tap(static_cast<int>(static_cast<unsigned>(k) / static_cast<unsigned>(C)), i, j, kh, kw);
+    }
+    // The class's tap number t as (i, j) within the class and (kh, kw) of the whole gather.
+    PIN_HD void class_tap(int t, int& i, int& j, int& kh, int& kw) const {
+        i = t / cls.taps_w;
+        j = t - i * cls.taps_w;
+        kh = cls.ry + i * static_cast<int>(stride);
+        kw = cls.rx + j * static_cast<int>(stride);
     }
     // As Gather::slice: the tap of the slice at k0 (inside one tap: C a multiple of the slice) and
     // the channel of kk.
@@ -359,8 +365,9 @@ PIN_HD TapStep tap_step(const Gather<true, Src>& g, int t) {  // stride 1
 }
 template <class Src>
 PIN_HD TapStep tap_step(const SubpixelGather<Src>& g, int t) {
-    const int i = t / g.cls.taps_w, j = t - i * g.cls.taps_w, s = static_cast<int>(g.stride);
-    return {-i, -j, (g.cls.ry + s * i) * static_cast<int>(g.K) + g.cls.rx + s * j};
+    int i, j, kh, kw;
+    g.class_tap(t, i, j, kh, kw);
+    return {-i, -j, kh * static_cast<int>(g.K) + kw};
 }
 template <bool kTransposed, class Src>
 PIN_HD void tap_origin(const Gather<kTransposed, Src>&, const GatherRow& r, int& y, int& x) {

@@ -276,23 +276,24 @@ struct ConvStore {
     const float* bias;
     const float* slope;
     bool accumulate;
-    __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
+    // act(v + bias) of column n, before any accumulation.
+    __device__ float activated(int64_t n, float v) const {
         if (bias) v += bias[n];
         if (slope && v < 0.0f) v *= slope[n];
+        return v;
+    }
+    __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
+        v = activated(n, v);
         Y* o = y + m * N + n;
         *o = from_float<Y>(accumulate ? to_float(*o) + v : v);
     }
     // Columns n .. n + 3 at once (the same values as four calls above).
     __device__ void store4(int64_t, int64_t m, int64_t n, const float (&v)[4]) const {
-        float r[4] = {v[0], v[1], v[2], v[3]}, old[4];
+        float r[4], old[4];
         Y* o = y + m * N + n;
         if (accumulate) load4(o, old);
 PIN_UNROLL
-        for (int j = 0; j < 4; ++j) {
-            if (bias) r[j] += bias[n + j];
-            if (slope && r[j] < 0.0f) r[j] *= slope[n + j];
-            if (accumulate) r[j] = old[j] + r[j];
-        }
+        for (int j = 0; j < 4; ++j) r[j] = accumulate ? old[j] + activated(n + j, v[j]) : activated(n + j, v[j]);
         pin::cuda::store4(o, r);  // the free function, not this member
     }
     __device__ bool vectors_ok() const { return vector_aligned(y) && N % 4 == 0; }
