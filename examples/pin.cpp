@@ -60,6 +60,9 @@ void usage(std::FILE* f) {
                  "              --batch B       faces per batch (default 16)\n"
                  "              --device D      cpu (default) | cuda (PIN, --mode sample; same masks as the CPU)\n"
                  "              --gpu-math M    with cuda: fp32 (default) | tf32 | bf16 tensor cores\n"
+                 "              --gpu-gather G  with cuda: generic (default) | rows | vector (with bf16 math: the\n"
+                 "                              wide and asynchronous-copy tensor-core kernels)\n"
+                 "              --gpu-storage S with cuda: fp32 (default) | bf16 activations between convolutions\n"
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
@@ -81,6 +84,9 @@ void usage(std::FILE* f) {
                  "              --device D      cpu (default) | cuda (the whole step on the GPU; checkpoints are the\n"
                  "                              same format, so a run may resume on either device)\n"
                  "              --gpu-math M    with cuda: fp32 (default) | tf32 | bf16 tensor cores\n"
+                 "              --gpu-gather G  with cuda: generic (default) | rows | vector (with bf16 math: the\n"
+                 "                              wide tensor-core kernel)\n"
+                 "              --gpu-storage S with cuda: fp32 (default) | bf16 activations in the frozen DAE\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
@@ -106,6 +112,9 @@ void usage(std::FILE* f) {
                  "              --device D      cpu (default) | cuda (the PIN defense's forward, --mode sample; the\n"
                  "                              recognizer and the attacks stay on the CPU)\n"
                  "              --gpu-math M    with cuda: fp32 (default) | tf32 | bf16 tensor cores\n"
+                 "              --gpu-gather G  with cuda: generic (default) | rows | vector (with bf16 math: the\n"
+                 "                              wide and asynchronous-copy tensor-core kernels)\n"
+                 "              --gpu-storage S with cuda: fp32 (default) | bf16 activations between convolutions\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "  align       find, landmark and align the faces of photos (face-api tiny face detector + 68 landmarks)\n"
                  "              --in PHOTO|DIR  photos (searched recursively)   --out DIR  one gray 112x112 PNG per face,\n"
@@ -408,6 +417,9 @@ int main(int argc, char** argv) {
         if (o.has("device") && o.command != "defend" && o.command != "eval" && o.command != "train" && o.get("device", "") != "cpu")
             fail_usage("--device " + o.get("device", "") + ": only defend, eval and train run on a GPU; " + o.command +
                        " runs on the CPU");
+        const bool gpu_command = o.command == "defend" || o.command == "eval" || o.command == "train";
+        for (const cli::GpuSetting& s : cli::gpu_settings())
+            if (o.has(s.flag) && !gpu_command) fail_usage(std::string("--") + s.flag + ": " + o.command + " runs on the CPU");
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);
         if (o.command == "defend") return cmd_defend(o);

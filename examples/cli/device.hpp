@@ -4,8 +4,10 @@
 // same seed, everything else (other defenses, other mask modes, recognizers, attacks) stays on the
 // CPU.
 #pragma once
+#include <algorithm>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "cli/options.hpp"
 #include "pin/model/defense.hpp"
@@ -17,16 +19,53 @@
 
 namespace cli {
 
-// --gpu-math fp32|tf32|bf16: the arithmetic of the GPU's GEMMs (cuda/ops.cuh MathMode). Only with
-// --device cuda; fp32 (the default) matches the CPU to ~1e-6, tf32 ~1e-3, bf16 ~1e-2.
-inline void apply_gpu_math(const Options& o, const std::string& device) {
-    if (!o.has("gpu-math")) return;
-    const std::string m = o.get("gpu-math", "fp32");
-    if (m != "fp32" && m != "tf32" && m != "bf16") fail_usage("--gpu-math must be fp32, tf32 or bf16, got '" + m + "'");
-    if (device != "cuda") fail_usage("--gpu-math " + m + " needs --device cuda");
+// The GPU's settings, each only with --device cuda (cuda/ops.cuh):
+//   --gpu-math fp32|tf32|bf16   the GEMMs' arithmetic (MathMode); fp32 (the default) matches the CPU
+//                               to ~1e-6, tf32 ~1e-3, bf16 ~1e-2
+//   --gpu-gather generic|rows|vector  how the convolutions read their gathered operand (GatherMode);
+//                               vector with bf16 math runs the wide and asynchronous-copy kernels
+//   --gpu-storage fp32|bf16     the defense's activations between convolutions (ActivationStorage)
+// They are library settings made command-line options so that a GPU's user can run the fast
+// configuration (bf16 / vector / bf16) without recompiling; the defaults stay the measured fp32
+// baseline until a GPU run has chosen others (docs/gpu.md).
+struct GpuSetting {
+    const char* flag;
+    std::vector<std::string> values;  // the first is the default
+};
+inline const std::vector<GpuSetting>& gpu_settings() {
+    static const std::vector<GpuSetting> s = {
+        {"gpu-math", {"fp32", "tf32", "bf16"}}, {"gpu-gather", {"generic", "rows", "vector"}}, {"gpu-storage", {"fp32", "bf16"}}};
+    return s;
+}
+// Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
+// them. Only with --device cuda.
+inline void apply_gpu_settings(const Options& o, const std::string& device) {
+    for (const GpuSetting& s : gpu_settings()) {
+        if (!o.has(s.flag)) continue;
+        const std::string v = o.get(s.flag, s.values[0]);
+        if (std::find(s.values.begin(), s.values.end(), v) == s.values.end()) {
+            std::string choices;
+            for (size_t i = 0; i < s.values.size(); ++i) choices += (i == 0 ? "" : i + 1 == s.values.size() ? " or " : ", ") + s.values[i];
+            fail_usage(std::string("--") + s.flag + " must be " + choices + ", got '" + v + "'");
+        }
+        if (device != "cuda") fail_usage(std::string("--") + s.flag + " " + v + " needs --device cuda");
+    }
 #if defined(PIN_HAVE_CUDA)
-    pin::cuda::set_math_mode(m == "bf16" ? pin::cuda::MathMode::BF16 : m == "tf32" ? pin::cuda::MathMode::TF32 : pin::cuda::MathMode::FP32);
+    if (device != "cuda") return;
+    namespace pc = pin::cuda;
+    const std::string m = o.get("gpu-math", "fp32"), g = o.get("gpu-gather", "generic"), st = o.get("gpu-storage", "fp32");
+    pc::set_math_mode(m == "bf16" ? pc::MathMode::BF16 : m == "tf32" ? pc::MathMode::TF32 : pc::MathMode::FP32);
+    pc::set_gather_mode(g == "vector" ? pc::GatherMode::Vector : g == "rows" ? pc::GatherMode::Rows : pc::GatherMode::Generic);
+    pc::set_activation_storage(st == "bf16" ? pc::ActivationStorage::BF16 : pc::ActivationStorage::FP32);
 #endif
+}
+// "math M gather G storage S" with the defaults filled in: results depend on all three (caches
+// key on it, the eval JSON records it).
+inline std::string gpu_settings_tag(const Options& o) {
+    std::string tag;
+    for (const GpuSetting& s : gpu_settings())
+        tag += std::string(tag.empty() ? "" : " ") + (s.flag + 4) + " " + o.get(s.flag, s.values[0]);
+    return tag;
 }
 
 // Applies --device to `defense`. A bad value or a defense the GPU does not run is a usage error;
@@ -34,7 +73,7 @@ inline void apply_gpu_math(const Options& o, const std::string& device) {
 inline bool apply_device(const Options& o, pin::model::Defense& defense, const char* command) {
     const std::string device = o.get("device", "cpu");
     if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
-    apply_gpu_math(o, device);
+    apply_gpu_settings(o, device);
     if (device == "cpu") return true;
     if (defense.kind() != pin::model::DefenseKind::PIN)
         fail_usage("--device cuda runs the PIN defense (--defense pin); this run's defense runs on the CPU without --device");

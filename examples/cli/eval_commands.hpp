@@ -135,7 +135,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     vo.cache_dir = o.get("cache", "");
     vo.defense_tag = o.get("defense", "none") + " model " + o.get("model", default_model_dir) + " basis " + o.get("basis", "") +
                      " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0") +
-                     (o.get("device", "cpu") == "cpu" ? "" : " device " + o.get("device", "") + " math " + o.get("gpu-math", "fp32"));
+                     (o.get("device", "cpu") == "cpu" ? "" : " device " + o.get("device", "") + " " + gpu_settings_tag(o));
     vo.batch = int_option(o, "batch", 32, 1, 4096);
     pin::check_batch_memory(vo.batch, 40e6, "pin eval");  // the agent's activations and the attack's caches
     vo.progress = !o.has("no-progress");
@@ -158,7 +158,11 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["attack"] = o.get("attack", "none");
     j["protocol"] = o.get("protocol", "offline");
     j["device"] = o.get("device", "cpu");
-    if (o.get("device", "cpu") == "cuda") j["gpu_math"] = o.get("gpu-math", "fp32");
+    if (o.get("device", "cpu") == "cuda") {
+        j["gpu_math"] = o.get("gpu-math", "fp32");
+        j["gpu_gather"] = o.get("gpu-gather", "generic");
+        j["gpu_storage"] = o.get("gpu-storage", "fp32");
+    }
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
     if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset (half from each class when an even spread misses one)";

@@ -158,7 +158,7 @@ inline int cmd_train(const Options& o) {
     if (!o.has("basis")) fail_usage("train needs --basis FILE (eigenfaces, from `pin eigen`)");
     const std::string device = o.get("device", "cpu");
     if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
-    apply_gpu_math(o, device);
+    apply_gpu_settings(o, device);
     if (device == "cuda") {
 #if defined(PIN_HAVE_CUDA)
         std::string reason;
