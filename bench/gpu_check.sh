@@ -22,10 +22,10 @@ budget() { local left=$(( 450 - ($(date +%s) - start) )); [ "$left" -lt "$1" ] &
 nvidia-smi -L 2>&1 | tee -a "$out/summary.txt"
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr")
-log "configure + build (pin_tests_cuda, pin-bench-gpu)"
+log "configure + build (gpu_check_programs: pin_tests_cuda, pin-bench-gpu)"
 timeout 300 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DPIN_CUDA=ON -DPIN_BUILD_EXAMPLES=OFF "${prefix[@]}" \
   > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-timeout 300 cmake --build build-gpu -j "$(nproc)" --target pin_tests_cuda pin-bench-gpu >> "$out/build.log" 2>&1 \
+timeout 300 cmake --build build-gpu -j "$(nproc)" --target gpu_check_programs >> "$out/build.log" 2>&1 \
   || { grep -E "error" -A3 "$out/build.log" | head -40; exit 1; }
 log "built in $(( $(date +%s) - start )) s"
 

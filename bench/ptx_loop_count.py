@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Instructions per K slice of the tensor-core GEMM kernels' main loops, read from the PTX that nvcc
-makes of cuda/ops.cu: a proxy, measurable without a GPU, for the issue slots a kernel spends beside
+makes of cuda/ops_*.cu (the GEMMs' translation units): a proxy, measurable without a GPU, for the issue slots a kernel spends beside
 its tensor-core products (PTX is not the final machine code: ptxas may add or remove instructions,
 and one PTX division is about twenty machine instructions).
 
@@ -8,8 +8,10 @@ For every instantiation of gemm_wide_kernel and gemm_async_kernel, the loop that
 products (from its label to the branch back) is counted: instructions, WMMA products, integer
 divisions or remainders.
 
-usage: nvcc -std=c++17 -O3 --extended-lambda -arch=sm_90 -Iinclude -Icuda -ptx cuda/ops.cu -o /tmp/ops.ptx
-       python3 bench/ptx_loop_count.py /tmp/ops.ptx
+usage: for f in conv_forward conv_backward linear; do
+         nvcc -std=c++17 -O3 --extended-lambda -arch=sm_90 -Iinclude -Icuda -ptx cuda/ops_$f.cu -o /tmp/ops_$f.ptx
+       done
+       python3 bench/ptx_loop_count.py /tmp/ops_*.ptx
 """
 import re
 import sys
@@ -47,10 +49,10 @@ def describe(name):
 
 
 def main():
-    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if len(sys.argv) == 2 else 2)
-    ptx = open(sys.argv[1]).read()
+    ptx = "\n".join(open(f).read() for f in sys.argv[1:])
     rows = set()
     for entry in re.split(r"\n(?=\.(?:visible )?\.?entry )", ptx):
         m = re.match(r"\.(?:visible )?\.?entry (\S+?)\(", entry)

@@ -4,8 +4,11 @@
 //
 // The frozen DAE runs as in GpuDefense; the estimator runs on the device: projections and the O(N)
 // cost terms, then the fused local-expectation kernel, or the k masks' costs, their advantages
-// (train::advantages, on the host: B k numbers) and the score-function kernel. Noise is drawn on the
-// host (train::add_relative_noise) so it is the CPU trainer's, and the batch is uploaded each step.
+// (train::advantages, on the host: B k numbers) and the score-function kernel. The batch is uploaded
+// each step and its noise drawn on the device (relative_noise: the CPU trainer's normals,
+// train::add_relative_noise). With MathMode::BF16 and GatherMode::Vector the 3 x 3 convolutions'
+// forward and input-gradient GEMMs take their gathered operand converted to bfloat16, for the
+// asynchronous-copy kernel (gpu_trainer.cpp); the caches and gradients stay fp32.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -89,6 +92,9 @@ public:
     void clear_profile() { profile_ms_.clear(); }
 
 private:
+    // Whether a convolution's GEMM takes its gathered operand (gathered_c channels) as bfloat16 (see
+    // gpu_trainer.cpp).
+    bool bf16_operands(const train::ConvGeometry& g, int64_t gathered_c, int64_t out_c) const;
     template <class F>
     void timed(const char* op, F&& f) {
         if (!profiling_) return f();

@@ -164,7 +164,12 @@ DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShap
 // n floats as n bfloat16 (rounded to nearest even), in a buffer of (n + 1) / 2 floats' bytes.
 DeviceBuffer pack_bf16(const float* x, int64_t n);
 inline const Bf16* bf16_data(const DeviceBuffer& b) { return reinterpret_cast<const Bf16*>(b.data()); }
-void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);
+// dx = (or, with `accumulate`, +=) the input gradient of conv2d_forward for dy. dy may be fp32 or
+// bfloat16; from bfloat16, with MathMode::BF16 and GatherMode::Vector, the weight is packed as
+// bfloat16 too and the GEMMs run on the asynchronous-copy kernel where the shape allows (the
+// output channel count, which the gather reads, a multiple of 32; the input channel count a
+// multiple of 8).
+void conv2d_backward_input(ConstActivations dy, const float* w, float* dx, const ConvShape& s, bool accumulate = false);
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
 void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* prelu_slope = nullptr,
                               PackedWeight packed = {});

@@ -1,4 +1,5 @@
-// The CUDA backend's kernels and host code (cuda/ops.cu) compiled by the host compiler, to run on the
+// The CUDA backend's kernels and host code (cuda/ops.cu; the GEMMs in emulated_conv_*.cpp and
+// emulated_linear.cpp, one per translation unit of cuda/) compiled by the host compiler, to run on the
 // CPU under tests/cuda_emulation.hpp: pin_tests_cuda_emulated is tests/test_cuda.cpp against it,
 // the GPU tests in every CI run although CI has no GPU. See cuda/launch.cuh.
 #include "cuda_emulation.hpp"  // first: the kernels' headers check for it

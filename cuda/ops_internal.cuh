@@ -1,0 +1,367 @@
+// cuda/ops_internal.cuh - what the translation units of the GPU backend share (ops.cu, ops_conv_forward.cu,
+// ops_conv_backward.cu, ops_linear.cu): error checks, the GEMM dispatch (which kernel runs a GEMM,
+// and its launch), the convolution epilogues, the split-K reduction, element-wise launches. Not a
+// public header: include it only from those files (and the emulated backend's, tests/emulated_*.cpp).
+//
+// Why several translation units: nvcc compiles each on one core, and the GEMM instantiations of the
+// convolutions (every kernel x gather x storage type) took most of a minute in one; split, a
+// machine with more cores builds them side by side (bench/gpu_check.sh's build on a lent GPU
+// counts against its time).
+//
+// Everything below the `internal` declarations is in an unnamed namespace: each translation unit
+// gets its own copy of these templates and kernels (their instantiations never meet at link time).
+// The state they share (the current stream, the launch counters) is defined once, in ops.cu.
+#pragma once
+#include "ops.cuh"
+#include "bfloat16.cuh"
+#include "gather.cuh"
+#include "gemm_kernels.cuh"
+#include "launch.cuh"
+
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <type_traits>
+
+#include "pin/core/error.hpp"
+
+namespace pin::cuda {
+
+namespace internal {  // defined in ops.cu
+// The calling thread's current stream (nullptr: the legacy default stream). Every launch and copy
+// goes there.
+cudaStream_t cur();
+// GEMM launches so far, by GemmKernel (kernel_launches()).
+std::atomic<int64_t>* gemm_launches();
+// out[c] = sum over r < rows of x[r * channels + c], in a fixed order (the reductions' kernels are
+// defined in ops.cu's translation unit only: reduce_kernels.cuh).
+void channel_sum_floats(const float* x, int64_t rows, int64_t channels, float* out, const char* name, const std::string& shape);
+}  // namespace internal
+
+namespace {
+using namespace gemm;
+using namespace internal;
+
+inline void check(cudaError_t e, const char* what, const std::string& shape) {
+    if (e != cudaSuccess) ::pin::detail::throw_error("CUDA error in ", what, " ", shape, ": ", cudaGetErrorString(e));
+}
+inline std::string shape_of(const ConvShape& s) {
+    std::ostringstream os;
+    os << "(batch " << s.batch << ", " << s.in_h << "x" << s.in_w << "x" << s.in_c << " -> " << s.out_c << ", k" << s.kernel
+       << " s" << s.stride << " p" << s.padding << ")";
+    return os.str();
+}
+inline std::string dims(int64_t a, int64_t b, int64_t c = -1) {
+    std::ostringstream os;
+    os << "(" << a << ", " << b;
+    if (c >= 0) os << ", " << c;
+    os << ")";
+    return os.str();
+}
+
+// Copies host <-> device on the current stream, complete when they return (as cudaMemcpy).
+inline void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* what, const std::string& shape) {
+    check(cudaMemcpyAsync(dst, src, bytes, kind, cur()), what, shape);
+    check(cudaStreamSynchronize(cur()), what, shape);
+}
+
+// Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): a thread
+// per output pixel, fp32 sums in every math mode. The GEMM kernels would fill 1 of their 64 columns
+// (the DAE's last layer, 64 -> 1 at 112 x 112, twice per forward).
+template <class G, class Store>
+__global__ void conv_one_output_kernel(int64_t M, G la, const float* w, bool vec, Store st) {
+    const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (m < M) st(0, m, 0, gather_dot(la, w, m, M, vec));
+}
+
+// Convolutions with one input channel (the stems; GatherMode Rows or Vector; gather.cuh
+// gather_one_input): a thread per (output pixel, 4 output channels), fp32 in every math mode; a
+// warp writes 2 pixels' 64 channels, 512 contiguous bytes. total = M N / 4 < 2^32 - 256 (the launch
+// checks).
+template <class G, class Store>
+__global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la, const float* w, Store st) {
+    const unsigned idx = blockIdx.x * blockDim.x + threadIdx.x, groups = static_cast<unsigned>(N / 4);
+    if (idx >= total) return;
+    const unsigned m = idx / groups, n = (idx - m * groups) * 4;
+    float v[4];
+    gather_one_input(la, w, N, m, M, n, v);
+    for (int j = 0; j < 4; ++j) st(0, m, n + j, v[j]);
+}
+
+// Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async };
+// The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
+template <class T>
+struct IsPlainGather : std::false_type {};
+template <bool kTransposed, class Src>
+struct IsPlainGather<Gather<kTransposed, Src>> : std::true_type {};
+template <bool kAMFast, class LoadA, class LoadB>
+constexpr bool kPerPixelForm = !kAMFast && IsPlainGather<LoadA>::value && std::is_same<LoadB, RowMajor>::value;
+// The wide kernel's operand form for these operands (gemm_kernels.cuh), NoWideForm if none: the one
+// place that decides, for choose_kernel and launch_gemm alike.
+struct NoWideForm {};
+template <bool kAMFast, class LoadA, class LoadB>
+auto wide_form(const LoadA& la, const LoadB& lb) {
+    if constexpr (!kAMFast && IsGather<LoadA>::value && IsRowAddressable<LoadB>::value)
+        return WideConvOperands<LoadA, LoadB>{la, lb};
+    else if constexpr (!kAMFast && IsRowVectors<LoadA>::value && IsRowAddressable<LoadB>::value)
+        return WideRowOperands<LoadA, LoadB>{la, lb};
+    else if constexpr (kAMFast && std::is_same<LoadA, ColMajor>::value && (IsGather<LoadB>::value || std::is_same<LoadB, RowMajor>::value))
+        return WideWeightGradOperands<LoadB>{la, lb};
+    else
+        return NoWideForm{};
+}
+template <bool kAMFast, class LoadA, class LoadB>
+inline GemmKernel choose_kernel(int64_t M, int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
+    const MathMode mode = math_mode();
+    const GatherMode gmode = gather_mode();
+    if constexpr (kPerPixelForm<kAMFast, LoadA, LoadB>) {
+        if (gmode != GatherMode::Generic && N == 1 && lb.ld == 1 && splits == 1) return GemmKernel::OneOutput;
+        if (gmode != GatherMode::Generic && la.C == 1 && N % 4 == 0 && lb.ld == N && splits == 1 && aligned16(lb.a) &&
+            M * (N / 4) < (int64_t{1} << 32) - THREADS)
+            return GemmKernel::OneInput;
+    }
+    using Form = decltype(wide_form<kAMFast>(la, lb));
+    if constexpr (!std::is_same<Form, NoWideForm>::value) {
+        if (mode == MathMode::BF16 && gmode == GatherMode::Vector && wide_form<kAMFast>(la, lb).fits(M, N, K, splits))
+            return GemmKernel::Wide;
+    }
+    return mode == MathMode::FP32 ? GemmKernel::Fp32 : GemmKernel::TensorCore;
+}
+inline Tile tile_of(GemmKernel k) { return k == GemmKernel::Wide ? kWideTile : k == GemmKernel::TensorCore ? kTensorCoreTile : kFp32Tile; }
+
+// M tiles go on grid.x (up to 2^31 - 1 blocks; grid.y stops at 65535, which batch 1024 at 112 x 112
+// exceeded), N tiles on y, K chunks on z. The gathers index in 32 bits: refuse larger problems.
+inline void check_gemm_size(int64_t M, int64_t N, int64_t K, const char* name, const std::string& shape) {
+    if (M >= (int64_t{1} << 31) || N >= (int64_t{1} << 31) || K >= (int64_t{1} << 31))
+        ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
+                                   "); use a smaller batch");
+}
+template <bool kAMFast, class LoadA, class LoadB, class Store>
+inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, LoadB lb, Store st, const char* name,
+                 const std::string& shape) {
+    if (M <= 0 || N <= 0) return;
+    check_gemm_size(M, N, K, name, shape);
+    const GemmKernel kernel = choose_kernel<kAMFast>(M, N, K, splits, la, lb);
+    gemm_launches()[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
+    if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
+        la.rows = gather_mode() != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
+    const GemmGrid g = gemm_grid(M, N, K, splits, tile_of(kernel));
+    const dim3 grid(g.x, g.y, g.z);
+    if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
+    if (kernel == GemmKernel::OneOutput || kernel == GemmKernel::OneInput) {
+        if constexpr (kPerPixelForm<kAMFast, LoadA, LoadB>) {
+            if (kernel == GemmKernel::OneOutput) {
+                const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
+                PIN_LAUNCH(static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, cur(), conv_one_output_kernel)(M, la, lb.a, vec, st);
+            } else {
+                const unsigned total = static_cast<unsigned>(M * (N / 4));
+                PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel)(total, M, N, la, lb.a, st);
+            }
+        }
+    } else if (kernel == GemmKernel::Wide) {
+        if constexpr (!std::is_same<decltype(wide_form<kAMFast>(la, lb)), NoWideForm>::value)
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_wide_kernel)(M, N, K, g.chunk, wide_form<kAMFast>(la, lb), st);
+    } else if (kernel == GemmKernel::TensorCore) {
+        if (math_mode() == MathMode::TF32)
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Tf32Mma, kAMFast>)(M, N, K, g.chunk, la, lb, st);
+        else
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Bf16Mma, kAMFast>)(M, N, K, g.chunk, la, lb, st);
+    } else {
+        PIN_LAUNCH(grid, THREADS, cur(), gemm_kernel<kAMFast>)(M, N, K, g.chunk, la, lb, st);
+    }
+    check(cudaGetLastError(), name, shape);
+}
+// The asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) for a GEMM whose operands are
+// both bfloat16 in memory, where it applies: MathMode::BF16, GatherMode::Vector, and what fits()
+// accepts. Returns whether it ran the GEMM (if not, the caller launches it otherwise).
+// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
+template <class LoadA, class Store>
+inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
+                       const std::string& shape) {
+    const AsyncConvOperands<LoadA> ops{la, w, N};
+    if (math_mode() != MathMode::BF16 || gather_mode() != GatherMode::Vector || !ops.fits(M, N, K, 1)) return false;
+    if (M <= 0 || N <= 0) return true;
+    check_gemm_size(M, N, K, name, shape);
+    const GemmGrid g = gemm_grid(M, N, K, 1, kAsyncTile);
+    if (g.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+    // Its shared memory is over the 48 KB a kernel gets without asking: ask once per instantiation.
+    constexpr int bytes = AsyncTileUsed::smem_bytes;
+    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_async_kernel<AsyncConvOperands<LoadA>, Store>),
+                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    check(allowed, name, shape);
+    gemm_launches()[static_cast<int>(GemmKernel::Async)].fetch_add(1, std::memory_order_relaxed);
+    PIN_LAUNCH_SHARED(dim3(g.x, g.y, 1), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, ops, st);
+    check(cudaGetLastError(), name, shape);
+    return true;
+}
+
+// A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
+// gradient) with the weights packed as rows (kh k + kw) C + c: with GatherMode Rows or Vector and
+// a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
+// own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
+// over the whole gather.
+// wb: the same weights as bfloat16, or null; with a bfloat16 source they let each GEMM run on the
+// asynchronous-copy kernel where it applies.
+template <class Src, class Store>
+inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
+                            const std::string& shape, const Bf16* wb = nullptr) {
+    constexpr bool kBf16 = std::is_same<Src, Bf16>::value;
+    const int64_t M = batch * g.Ho * g.Wo, K = g.K * g.K * g.C;
+    if (gather_mode() == GatherMode::Generic || g.stride == 1 || g.K < g.stride) {
+        if constexpr (kBf16) {
+            if (wb && launch_async_gemm(M, N, K, g, wb, st, name, shape)) return;
+        }
+        launch_gemm<false>(M, N, K, 1, g, RowMajor{w, N}, st, name, shape);
+        return;
+    }
+    for (int ry = 0; ry < g.stride; ++ry)
+        for (int rx = 0; rx < g.stride; ++rx) {
+            const SubpixelGather<Src> sg = subpixel_gather(g, ry, rx);
+            if (sg.rows_per_image() == 0) continue;
+            const int64_t Mc = batch * sg.rows_per_image();
+            const RowMappedStore<Store, SubpixelGather<Src>> mapped{st, sg};
+            if constexpr (kBf16) {
+                if (wb && launch_async_gemm(Mc, N, sg.depth(), sg, wb, mapped, name, shape)) continue;
+            }
+            launch_gemm<false>(Mc, N, sg.depth(), 1, sg, SubpixelWeights<SubpixelGather<Src>>{w, N, sg}, mapped, name, shape);
+        }
+}
+// How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
+inline int64_t split_for(int64_t M, int64_t N, int64_t K) {
+    const int64_t tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
+    return std::max<int64_t>(1, std::min<int64_t>((528 + tiles - 1) / tiles, K / 1024));
+}
+
+
+// Epilogue of the forward convolutions: act(acc + bias) (+ existing), stored as Y (float, or Bf16
+// rounded once, after the sum).
+template <class Y = float>
+struct ConvStore {
+    Y* y;
+    int64_t N;
+    const float* bias;
+    const float* slope;
+    bool accumulate;
+    // act(v + bias) of column n, before any accumulation.
+    __device__ float activated(int64_t n, float v) const {
+        if (bias) v += bias[n];
+        if (slope && v < 0.0f) v *= slope[n];
+        return v;
+    }
+    __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
+        v = activated(n, v);
+        Y* o = y + m * N + n;
+        *o = from_float<Y>(accumulate ? to_float(*o) + v : v);
+    }
+    // Columns n .. n + 3 at once (the same values as four calls above).
+    __device__ void store4(int64_t, int64_t m, int64_t n, const float (&v)[4]) const {
+        float r[4], old[4];
+        Y* o = y + m * N + n;
+        if (accumulate) load4(o, old);
+PIN_UNROLL
+        for (int j = 0; j < 4; ++j) r[j] = accumulate ? old[j] + activated(n + j, v[j]) : activated(n + j, v[j]);
+        pin::cuda::store4(o, r);  // the free function, not this member
+    }
+    __device__ bool vectors_ok() const { return vector_aligned(y) && N % 4 == 0; }
+};
+// Calls f(x, y) with the activations' pointers as their storage types.
+template <class F>
+inline void with_storage(ConstActivations x, Activations y, F f) {
+    if (x.bf16) {
+        const Bf16* xs = static_cast<const Bf16*>(x.data);
+        if (y.bf16)
+            f(xs, static_cast<Bf16*>(y.data));
+        else
+            f(xs, static_cast<float*>(y.data));
+    } else {
+        const float* xs = static_cast<const float*>(x.data);
+        if (y.bf16)
+            f(xs, static_cast<Bf16*>(y.data));
+        else
+            f(xs, static_cast<float*>(y.data));
+    }
+}
+struct PartialStore {
+    float* partial;
+    int64_t M, N;
+    __device__ void operator()(int64_t z, int64_t m, int64_t n, float v) const { partial[(z * M + m) * N + n] = v; }
+    __device__ void store4(int64_t z, int64_t m, int64_t n, const float (&v)[4]) const { pin::cuda::store4(partial + (z * M + m) * N + n, v); }
+    __device__ bool vectors_ok() const { return vector_aligned(partial) && N % 4 == 0; }
+};
+
+// Packs a convolution weight into the GEMM's (k = (kh, kw, c_in_k), n) layout:
+// out[((kh * K + kw) * Ck + ck) * Cn + cn] = w[...] where the source index is given by
+// (cn, ck) -> w[(first * second + ...)]: `n_outer` says whether n is w's leading dimension.
+__global__ void pack_weight_kernel(const float* w, float* out, int64_t Cn, int64_t Ck, int64_t K, bool n_outer) {
+    const int64_t total = Cn * Ck * K * K;
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= total) return;
+    const int64_t cn = i % Cn, t = i / Cn, ck = t % Ck, tap = t / Ck;
+    // w is (lead, second, K, K); lead = cn when n_outer, else ck.
+    const int64_t lead = n_outer ? cn : ck, second = n_outer ? ck : cn, second_count = n_outer ? Ck : Cn;
+    out[i] = w[(lead * second_count + second) * K * K + tap];
+}
+inline DeviceBuffer pack_weight(const float* w, int64_t Cn, int64_t Ck, int64_t K, bool n_outer, const char* name) {
+    DeviceBuffer out(static_cast<size_t>(Cn * Ck * K * K));
+    const int64_t total = Cn * Ck * K * K;
+    PIN_LAUNCH(static_cast<unsigned>((total + 255) / 256), 256, cur(), pack_weight_kernel)(w, out.data(), Cn, Ck, K, n_outer);
+    check(cudaGetLastError(), name, dims(Cn, Ck, K));
+    return out;
+}
+
+// Sums the split-K partials in chunk order and scatters them: dst[map(m, n)] (= or +=).
+template <class Map>
+__global__ void reduce_partials_kernel(const float* partial, int64_t z, int64_t M, int64_t N, Map map, float* dst) {
+    const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (i >= M * N) return;
+    float s = 0.0f;
+    for (int64_t c = 0; c < z; ++c) s += partial[c * M * N + i];
+    dst[map(i / N, i % N)] = s;
+}
+// (m = out channel of the weight's first dim, n = (kh, kw, c)) -> w[(m, c, kh, kw)].
+struct WeightMap {
+    int64_t C, K;
+    __device__ int64_t operator()(int64_t m, int64_t n) const {
+        const int64_t c = n % C, tap = n / C;
+        return (m * C + c) * K * K + tap;
+    }
+};
+struct IdentityMap {
+    int64_t N;
+    __device__ int64_t operator()(int64_t m, int64_t n) const { return m * N + n; }
+};
+
+template <class LoadA, class LoadB, class Map>
+inline void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
+                       const std::string& shape) {
+    const int64_t splits = split_for(M, N, K);
+    const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(M, N, K, splits, la, lb))).z;  // as launch_gemm chunks K
+    DeviceBuffer partial(static_cast<size_t>(z * M * N));
+    launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
+    PIN_LAUNCH(static_cast<unsigned>((M * N + 255) / 256), 256, cur(), reduce_partials_kernel)(partial.data(), z, M, N, map, dst);
+    check(cudaGetLastError(), "reduce_partials", shape);
+}
+
+// ---- element-wise --------------------------------------------------------------------------------
+template <class F>
+__global__ void map_kernel(int64_t n, F f) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        f(i);
+}
+template <class F>
+inline void launch_map(int64_t n, F f, const char* name) {
+    if (n <= 0) return;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+    PIN_LAUNCH(blocks, 256, cur(), map_kernel)(n, f);
+    check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
+}
+
+}  // namespace
+}  // namespace pin::cuda
