@@ -1,0 +1,140 @@
+// tests/cuda_test_support.hpp - what the GPU test files (test_cuda.cpp: the ops; test_cuda_network.cpp:
+// the defense, the estimators and the training step) share: uploads and downloads, the per-math-mode
+// tolerances and comparisons, the Catch2 generators over the math and gather modes, bfloat16 uploads.
+// Only with PIN_HAVE_CUDA (against a GPU, or the CPU emulation of CUDA).
+#pragma once
+#if defined(PIN_HAVE_CUDA)
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "helpers.hpp"
+#include "rng.cuh"
+
+using namespace pin;  // the test files' convention
+
+// Each GEMM test runs three times: CUDA-core FP32, TF32 and BF16 tensor cores (Catch2 sections).
+#define PIN_EACH_MATH_MODE()                                                                                   \
+    const pin::cuda::MathMode mode =                                                                           \
+        GENERATE(pin::cuda::MathMode::FP32, pin::cuda::MathMode::TF32, pin::cuda::MathMode::BF16);             \
+    pin::cuda::set_math_mode(mode);                                                                            \
+    (void)mode
+// The convolution tests also run every way of reading the gathered operand (ops.cuh GatherMode;
+// Vector with BF16 is the wide kernel, with FP32 and TF32 it reads as Rows).
+#define PIN_EACH_GATHER_MODE()                                                                                 \
+    const pin::cuda::GatherMode gather =                                                                       \
+        GENERATE(pin::cuda::GatherMode::Generic, pin::cuda::GatherMode::Rows, pin::cuda::GatherMode::Vector);  \
+    pin::cuda::set_gather_mode(gather);                                                                        \
+    INFO("gather mode " << (gather == pin::cuda::GatherMode::Vector ? "vector" : gather == pin::cuda::GatherMode::Rows ? "rows" : "generic"))
+#include "estimator_checks.hpp"
+#include "gpu_defense.hpp"
+#include "gpu_trainer.hpp"
+#include "ops.cuh"
+#include "pin/cpu/activations.hpp"
+#include "pin/cpu/conv2d.hpp"
+#include "pin/cpu/conv_transpose2d.hpp"
+#include "pin/cpu/linear.hpp"
+#include "pin/cpu/projection.hpp"
+#include "pin/model/defense.hpp"
+#include "pin/train/estimators.hpp"
+#include "pin/train/mask_cost.hpp"
+#include "pin/train/noise.hpp"
+#include "pin/train/trainer.hpp"
+
+namespace {
+inline bool gpu_or_skip() {
+    std::string reason;
+    if (pin::cuda::device_available(&reason)) return true;
+    WARN("SKIPPED: no usable CUDA device: " << reason);
+    return false;
+}
+inline pin::cuda::DeviceBuffer to_gpu(const Tensor& t) {
+    pin::cuda::DeviceBuffer b(static_cast<size_t>(t.numel()));
+    b.upload(t.data(), static_cast<size_t>(t.numel()));
+    return b;
+}
+inline pin::cuda::DeviceBuffer to_gpu(const std::vector<float>& v) {
+    pin::cuda::DeviceBuffer b(v.size());
+    b.upload(v.data(), v.size());
+    return b;
+}
+inline std::vector<float> from_gpu(const pin::cuda::DeviceBuffer& b, int64_t n) {
+    std::vector<float> v(static_cast<size_t>(n));
+    b.download(v.data(), v.size());
+    return v;
+}
+// GEMM results: fp32 sums in another order agree to 1e-4 of the output's scale; TF32 rounds every
+// operand to 10 mantissa bits (2^-11 relative), which leaves about 1e-3: checked at 5e-3.
+// BF16 keeps 8 mantissa bits (2^-9 relative per operand): about 4x TF32's error, checked at 2e-2.
+inline double gemm_tolerance() {
+    const pin::cuda::MathMode m = pin::cuda::math_mode();
+    return m == pin::cuda::MathMode::BF16 ? 2e-2 : m == pin::cuda::MathMode::TF32 ? 5e-3 : 1e-4;
+}
+inline const char* math_tag() {
+    const pin::cuda::MathMode m = pin::cuda::math_mode();
+    return m == pin::cuda::MathMode::BF16 ? "[bf16] " : m == pin::cuda::MathMode::TF32 ? "[tf32] " : "[fp32] ";
+}
+// max |gpu - cpu| <= tol * max |cpu|; tol < 0 means gemm_tolerance().
+inline void require_matches(const std::vector<float>& gpu, const float* cpu, int64_t n, std::string what, double tol = -1) {
+    if (tol < 0) {
+        tol = gemm_tolerance();
+        what = math_tag() + what;
+    }
+    double worst = 0, scale = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        scale = std::max(scale, std::fabs(static_cast<double>(cpu[i])));
+        const double d = std::fabs(static_cast<double>(gpu[static_cast<size_t>(i)]) - cpu[i]);
+        if (!(d <= worst)) {
+            worst = d;
+            at = i;
+        }
+    }
+    // Printed on success too: docs/gpu.md records how close each op came, not only that it passed.
+    std::printf("match %-40s worst |gpu - cpu| / max|cpu| = %.3g (tolerance %.1g)\n", what.c_str(), scale > 0 ? worst / scale : worst, tol);
+    INFO(what << ": worst element " << at << " gpu " << gpu[static_cast<size_t>(at)] << " cpu " << cpu[at] << ", scale " << scale);
+    REQUIRE(worst <= tol * scale + 1e-7);
+}
+// ||gpu - cpu|| / ||cpu|| <= tol (L2 norms, in double): for results whose every element carries
+// bfloat16's rounding through a long chain (a training step's gradients), where single elements near
+// zero may be off by much of the largest while the tensor as a whole is close.
+inline void require_relative_l2(const std::vector<float>& gpu, const float* cpu, int64_t n, const std::string& what, double tol) {
+    double diff = 0, norm = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double d = static_cast<double>(gpu[static_cast<size_t>(i)]) - cpu[i];
+        diff += d * d;
+        norm += static_cast<double>(cpu[i]) * cpu[i];
+    }
+    const double rel = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+    std::printf("match %-40s ||gpu - cpu|| / ||cpu|| = %.3g (tolerance %.1g)\n", what.c_str(), rel, tol);
+    INFO(what << ": ||gpu - cpu|| " << std::sqrt(diff) << ", ||cpu|| " << std::sqrt(norm));
+    REQUIRE(rel <= tol);
+}
+inline Tensor rnd(const Shape& s, uint64_t seed, Layout l = Layout::NHWC) { return pin::test::random_tensor(s, seed, 1.0f, l); }
+
+struct Bf16Upload {
+    pin::cuda::DeviceBuffer buffer;
+    Tensor rounded;  // the values the GPU reads, as fp32
+};
+inline Bf16Upload to_gpu_bf16(const Tensor& t) {
+    const int64_t n = t.numel();
+    std::vector<pin::cuda::Bf16> bits(static_cast<size_t>(n + 1), pin::cuda::Bf16{0});
+    Bf16Upload u{pin::cuda::DeviceBuffer(static_cast<size_t>((n + 1) / 2)), t.clone()};
+    for (int64_t i = 0; i < n; ++i) {
+        bits[static_cast<size_t>(i)] = pin::cuda::to_bf16(t.data()[i]);
+        u.rounded.data()[i] = pin::cuda::to_float(bits[static_cast<size_t>(i)]);
+    }
+    u.buffer.upload(reinterpret_cast<const float*>(bits.data()), static_cast<size_t>((n + 1) / 2));
+    return u;
+}
+inline std::vector<float> from_gpu_bf16(const pin::cuda::DeviceBuffer& b, int64_t n) {
+    std::vector<pin::cuda::Bf16> bits(static_cast<size_t>(n + 1));
+    b.download(reinterpret_cast<float*>(bits.data()), static_cast<size_t>((n + 1) / 2));
+    std::vector<float> v(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) v[static_cast<size_t>(i)] = pin::cuda::to_float(bits[static_cast<size_t>(i)]);
+    return v;
+}
+inline pin::cuda::Bf16* bf16_view(const pin::cuda::DeviceBuffer& b) { return reinterpret_cast<pin::cuda::Bf16*>(b.data()); }
+}  // namespace
+#endif
