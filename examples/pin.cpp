@@ -144,6 +144,11 @@ int cmd_info() {
     std::printf("  CPU threads      %d\n", pin::num_threads());
 #if defined(PIN_HAVE_CUDA)
     std::printf("  CUDA kernels     built\n");
+    std::string reason;
+    if (pin::cuda::device_available(&reason))
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage)\n", pin::cuda::device_name().c_str());
+    else
+        std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else
     std::printf("  CUDA kernels     not linked into this program\n");
 #endif

@@ -59,6 +59,12 @@ import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert b["accuracy"] <= a["accuracy"], (a["accuracy"], b["accuracy"])
 PY
+# pin info says whether this build has CUDA kernels and, if so, which device they would run on or
+# why none is usable.
+"$pin" info > "$work/info" 2>&1 || fail "pin info"
+if grep -q "CUDA kernels     built" "$work/info"; then
+  grep -qE "^  CUDA device      (none usable: .+|.+ \(--device cuda)" "$work/info" || { cat "$work/info"; fail "pin info: no CUDA device line"; }
+fi
 # --device cuda: the PIN defense's forward on the GPU gives the CPU's scores (same masks, faces
 # within float rounding); without a GPU a message saying why and exit 1; a defense the GPU does not
 # run, or another command, is a usage error (exit 2).
