@@ -10,15 +10,14 @@ void conv2d_backward_input(ConstActivations dy, const float* w, float* dx, const
     // dx[(b, ih, iw), ci] = sum over (kh, kw, co) of dy[b, (ih + p - kh) / s, ...][co] w[co, ci, kh, kw]
     const DeviceBuffer wp = pack_weight(w, s.in_c, s.out_c, K, false, "pack conv2d weight (input gradient)");
     const ConvStore<> st{dx, s.in_c, nullptr, nullptr, accumulate};
-    if (dy.bf16) {
-        const bool async = math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector;
-        const DeviceBuffer wb = async ? pack_bf16(wp.data(), K * K * s.in_c * s.out_c) : DeviceBuffer();
-        launch_transposed_gemm(Gather<true, Bf16>{static_cast<const Bf16*>(dy.data), s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding},
-                               s.batch, wp.data(), s.in_c, st, "conv2d_backward_input", shape_of(s), async ? bf16_data(wb) : nullptr);
-        return;
-    }
-    launch_transposed_gemm(Gather<true>{static_cast<const float*>(dy.data), s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding},
-                           s.batch, wp.data(), s.in_c, st, "conv2d_backward_input", shape_of(s));
+    with_storage(dy, dx, [&](auto dys, auto) {  // dx is always fp32
+        using Src = std::remove_const_t<std::remove_pointer_t<decltype(dys)>>;
+        // From bfloat16, the weight as bfloat16 too: launch_transposed_gemm decides whether the
+        // asynchronous-copy kernel runs.
+        const DeviceBuffer wb = std::is_same<Src, Bf16>::value ? pack_bf16(wp.data(), K * K * s.in_c * s.out_c) : DeviceBuffer();
+        launch_transposed_gemm(Gather<true, Src>{dys, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, s.batch, wp.data(), s.in_c,
+                               st, "conv2d_backward_input", shape_of(s), bf16_data(wb));
+    });
 }
 
 void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {

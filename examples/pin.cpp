@@ -419,10 +419,10 @@ int main(int argc, char** argv) {
     const Options o = cli::parse(argc, argv, usage);
     try {
         if (o.values.count("threads")) pin::set_num_threads(static_cast<int>(int_option(o, "threads", 1, 1, 1024)));
-        if (o.has("device") && o.command != "defend" && o.command != "eval" && o.command != "train" && o.get("device", "") != "cpu")
+        const bool gpu_command = o.command == "defend" || o.command == "eval" || o.command == "train";
+        if (o.has("device") && !gpu_command && o.get("device", "") != "cpu")
             fail_usage("--device " + o.get("device", "") + ": only defend, eval and train run on a GPU; " + o.command +
                        " runs on the CPU");
-        const bool gpu_command = o.command == "defend" || o.command == "eval" || o.command == "train";
         for (const cli::GpuSetting& s : cli::gpu_settings())
             if (o.has(s.flag) && !gpu_command) fail_usage(std::string("--") + s.flag + ": " + o.command + " runs on the CPU");
         if (o.command == "info") return cmd_info();
