@@ -143,17 +143,20 @@ int main(int argc, char** argv) {
             };
             // One JSON line and one table row per layer: the three passes' times as TFLOP/s of `gflop`.
             // fa: the forward pass from bfloat16 activations and bfloat16 packed weights (the
-            // asynchronous-copy kernel), in ms; 0 where not timed.
-            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, double fa) {
+            // asynchronous-copy kernel), wa: the weight gradient from bfloat16 x and dy (the same
+            // kernel's weight-gradient form, as the training step runs it), in ms; 0 where not timed.
+            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, double fa, double wa) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
                             "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f",
                             math, gather, name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
                 if (fa > 0) std::printf(", \"forward_bf16_async_ms\": %.3f, \"forward_bf16_async_tflops\": %.2f", fa, gflop / fa);
+                if (wa > 0) std::printf(", \"backward_weight_bf16_async_ms\": %.3f, \"backward_weight_bf16_async_tflops\": %.2f", wa, gflop / wa);
                 std::printf("}\n");
-                char row[200];
+                char row[240];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
-                if (fa > 0 && used > 0) std::snprintf(row + used, sizeof row - used, "  fwd bf16-async %6.2f", gflop / fa);
+                if (fa > 0 && used > 0) used += std::snprintf(row + used, sizeof row - used, "  fwd bf16-async %6.2f", gflop / fa);
+                if (wa > 0 && used > 0) std::snprintf(row + used, sizeof row - used, "  bwd-w bf16-async %6.2f", gflop / wa);
                 table.push_back(row);
             };
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -179,15 +182,18 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                double fa = 0;
+                double fa = 0, wa = 0;
                 if (time_async && l.cin % 32 == 0) {
                     const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv2d_forward_weight(w.data(), s);
                     fa = time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
                                            [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
                                                pin::cuda::conv2d_forward(xb, w.data(), yb, s, nullptr, nullptr, false, pw);
                                            });
+                    const pin::cuda::DeviceBuffer xb = pin::cuda::pack_bf16(x.data(), B0 * l.h * l.h * l.cin),
+                                                  dyb = pin::cuda::pack_bf16(dy.data(), B0 * Ho * Ho * l.cout);
+                    wa = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(pin::cuda::bf16_data(xb), pin::cuda::bf16_data(dyb), dw.data(), s); });
                 }
-                report_layer(l.name, gflop, f, bi, bw, fa);
+                report_layer(l.name, gflop, f, bi, bw, fa, wa);
             }
             // The DAE decoder's transposed convolutions (3x3, stride 2, output padding 1), at their real
             // FLOPs (each input pixel times 9 taps): the sub-pixel classes of the Rows and Vector gathers
@@ -211,7 +217,7 @@ int main(int argc, char** argv) {
                                                pin::cuda::conv_transpose2d_forward(xb, w.data(), yb, s, nullptr, pw);
                                            });
                 }
-                report_layer(l.name, gflop, f, bi, bw, fa);
+                report_layer(l.name, gflop, f, bi, bw, fa, 0);
             }
             // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh
             // ActivationStorage; JSON stage defense_forward_bf16_storage).

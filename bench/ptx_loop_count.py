@@ -34,8 +34,8 @@ def main_loop(lines):
 
 def describe(name):
     kernel = "wide" if "gemm_wide_kernel" in name else "async"
-    for key, what in (("SubpixelGather", "sub-pixel gather"), ("GatherILb1", "transposed gather"), ("GatherILb0", "direct gather"),
-                      ("WideWeightGrad", "weight gradient"), ("WideRowOperands", "row-major A")):
+    for key, what in (("WeightGrad", "weight gradient"), ("SubpixelGather", "sub-pixel gather"), ("GatherILb1", "transposed gather"),
+                      ("GatherILb0", "direct gather"), ("WideRowOperands", "row-major A")):
         if key in name:
             operand = what
             break
@@ -44,6 +44,8 @@ def describe(name):
     source = "bf16 source" if re.search(r"Gather(ILb[01]E)?(I)?NS0_4Bf16", name) else "fp32 source"
     if "WideWeightGrad" in name or "WideRowOperands" in name:
         source = "fp32 source"
+    if "AsyncWeightGrad" in name:
+        source = "bf16 source"
     out = "bf16 out" if re.search(r"ConvStoreI(S\d_|NS0_4Bf16)", name) else "fp32 out"
     return "%-5s %-17s %-11s %s" % (kernel, operand, source, out)
 

@@ -592,18 +592,24 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
 // Requires (fits()): the gathered channel count and K multiples of 32 (a slice lies in one tap),
 // N and the weights' leading dimension multiples of 8, both sources 16-byte aligned, no K split.
 constexpr int kAsyncStages = 3;
-template <int kRows>
+// kKMajorA: A arrives contiguous along m (the weight gradients' gathered input), so a stage holds it
+// k-major, [kWideDepth][kRows + 8], for column-major WMMA loads; else m-major, [kRows][WLA].
+template <int kRows, bool kKMajorA = false>
 struct AsyncTile {
     static_assert(kRows % 64 == 0, "eight warps as 4 x 2, 16-row WMMA tiles");
     static constexpr int rows = kRows, frags_m = kRows / 64;
+    static constexpr bool a_col_major = kKMajorA;
     static constexpr int a_copies = kRows * kWideDepth / 8 / THREADS;  // 16-byte A copies per thread and slice
-    static constexpr int a_elems = kRows * WLA, stage = a_elems + kWideDepth * WLB;  // bfloat16 elements
+    static constexpr int a_ld = kKMajorA ? kRows + 8 : WLA;           // + 16 bytes: distinct banks for ldmatrix's rows
+    static constexpr int a_elems = kKMajorA ? kWideDepth * a_ld : kRows * WLA, stage = a_elems + kWideDepth * WLB;  // bfloat16 elements
     static constexpr int operand_bytes = kAsyncStages * stage * 2, c_bytes = kRows * WLC * 4;
     static constexpr int smem_bytes = operand_bytes > c_bytes ? operand_bytes : c_bytes;
     static_assert((a_elems * 2) % 128 == 0 && (stage * 2) % 128 == 0, "stages keep WMMA's and cp.async's alignment");
+    static_assert((16 * a_ld * 2) % 32 == 0, "WMMA tile pointers stay 32-byte aligned");
     static_assert(kWideDepth * kWideCols == 8 * THREADS, "one 16-byte B copy per thread and slice");
 };
-using AsyncTileUsed = AsyncTile<256>;  // the tile ops.cu launches
+using AsyncTileUsed = AsyncTile<256>;               // the tile ops.cu launches for the convolutions
+using AsyncWeightGradTile = AsyncTile<256, true>;   // and for the weight gradients
 // Thread t copies A rows t / 4 + 64 i, channels 8 (t % 4) .. + 7 of the slice (a warp: 8 rows x 64
 // contiguous bytes), and B row t / 8, columns 8 (t % 8) .. + 7 (a warp: 4 rows x 128 bytes).
 PIN_HD inline int async_a_row(int tid, int i) { return tid / 4 + 64 * i; }
@@ -617,6 +623,7 @@ PIN_HD inline int async_b_col(int tid) { return (tid % 8) * 8; }
 // the tap once per tap (gather.cuh tap_step), so a slice costs a few additions and compares per copy.
 template <class LoadA, class T = AsyncTileUsed>
 struct AsyncConvOperands {
+    using Tile = T;
     LoadA la;
     const Bf16* w;
     int64_t ld;
@@ -627,7 +634,7 @@ struct AsyncConvOperands {
         int t, c0;                        // the next slice: its tap and first channel
         TapStep tap;
     };
-    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int tid) const {
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t, int64_t, int tid) const {  // K is never split
 PIN_UNROLL
         for (int i = 0; i < T::a_copies; ++i) {
             const GatherRow g = la.row(m0 + async_a_row(tid, i), M);
@@ -666,20 +673,106 @@ PIN_UNROLL
     }
 };
 
+// The weight gradients of the 3 x 3 convolutions from bfloat16 operands (the training step's x and
+// output gradient, converted once; gpu_trainer.cpp), as the GEMM dw^T = X^T dY: rows m = (tap,
+// input channel), columns n = output channel, K = the batch's output pixels, split in chunks
+// (blockIdx.z) whose partial sums are added in chunk order afterwards (ops_internal.cuh). Both
+// operands arrive contiguous along m or n for a fixed pixel k: A(m, k) = x at pixel k's tap
+// (kh, kw), channel c (the gathered input, 8 channels per 16-byte copy, stored k-major for
+// column-major WMMA loads), B(k, n) = dy[k N + n] (as the forward's weights). Thread t copies, for
+// pixel k0 + t / 8 of the slice, A rows 8 (t % 8) + 64 i (i < 4) and B columns 8 (t % 8) .. + 7: its
+// four rows' taps and channels are fixed for the launch (decoded once), and its pixel moves by 32
+// per slice (a carry instead of a division), so a slice costs a few additions and compares per
+// copy, as in AsyncConvOperands. Requires (fits()): the input channel count and N multiples of 8,
+// M = k^2 C, dy's leading dimension N, both sources 16-byte aligned, tap offsets under 2^31.
+template <class T = AsyncWeightGradTile>
+struct AsyncWeightGradOperands {
+    using Tile = T;
+    static_assert(T::a_col_major && T::a_copies == T::rows / 64, "k-major A, thread t's copies 64 rows apart");
+    Gather<false, Bf16> la;  // rows: output pixels (as the forward's gather); la.C the input channels
+    const Bf16* dy;          // [pixels][N]
+    struct Regs {
+        // (kh W + kw) C + c of each A row (m past M: never valid). 32-bit (< k^2 W C): with 64-bit
+        // offsets ptxas spilled 24 bytes at the launch bound's 128 registers; with these, none.
+        int tap_offset[T::a_copies];
+        int kh[T::a_copies], kw[T::a_copies];
+        int b, oh, ow;  // this thread's pixel in the next slice
+        int64_t k, kend, n;
+        int step_h, step_w;  // 32 pixels as whole output rows and columns
+    };
+    __device__ static int a_row(int tid, int i) { return (tid % 8) * 8 + 64 * i; }
+    __device__ static int k_row(int tid) { return tid / 8; }
+    __device__ static int b_col(int tid) { return (tid % 8) * 8; }
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t kbeg, int64_t kend, int tid) const {
+        const unsigned uC = static_cast<unsigned>(la.C), uK = static_cast<unsigned>(la.K);
+PIN_UNROLL
+        for (int i = 0; i < T::a_copies; ++i) {
+            const int64_t m = m0 + a_row(tid, i);
+            const unsigned um = static_cast<unsigned>(m), tap = um / uC, c = um - tap * uC, kh = tap / uK;
+            r.kh[i] = m < M ? static_cast<int>(kh) : -(1 << 30);  // far outside: no pixel has it
+            r.kw[i] = static_cast<int>(tap - kh * uK);
+            r.tap_offset[i] = static_cast<int>((kh * la.W + r.kw[i]) * la.C + c);
+        }
+        r.k = kbeg + k_row(tid);
+        r.kend = kend;
+        r.n = n0 + b_col(tid);
+        const unsigned uWo = static_cast<unsigned>(la.Wo), uHo = static_cast<unsigned>(la.Ho), k = static_cast<unsigned>(r.k);
+        const unsigned t = k / uWo, b = t / uHo;
+        r.ow = static_cast<int>(k - t * uWo);
+        r.oh = static_cast<int>(t - b * uHo);
+        r.b = static_cast<int>(b);
+        r.step_h = static_cast<int>(static_cast<unsigned>(kWideDepth) / uWo);
+        r.step_w = static_cast<int>(static_cast<unsigned>(kWideDepth) - static_cast<unsigned>(r.step_h) * uWo);
+    }
+    // The next slice (pixels k .. k + 31 of the block's chunk) into a stage: As [kWideDepth][a_ld]
+    // (k x m), Bs [kWideDepth][WLB].
+    __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
+        const bool in_k = r.k < r.kend;
+        const int y = r.oh * static_cast<int>(la.stride) - static_cast<int>(la.pad), x = r.ow * static_cast<int>(la.stride) - static_cast<int>(la.pad);
+        const int64_t origin = ((static_cast<int64_t>(r.b) * la.H + y) * la.W + x) * la.C;
+PIN_UNROLL
+        for (int i = 0; i < T::a_copies; ++i) {
+            const bool valid = in_k && static_cast<unsigned>(y + r.kh[i]) < static_cast<unsigned>(la.H) &&
+                               static_cast<unsigned>(x + r.kw[i]) < static_cast<unsigned>(la.W);
+            async_copy16(As + k_row(tid) * T::a_ld + a_row(tid, i), valid ? la.src + origin + r.tap_offset[i] : la.src, valid);
+        }
+        const bool valid = in_k && r.n < N;
+        async_copy16(Bs + k_row(tid) * WLB + b_col(tid), valid ? dy + r.k * N + r.n : dy, valid);
+        r.k += kWideDepth;  // the same pixel walk: ow by 32, carried into rows and images
+        r.ow += r.step_w;
+        r.oh += r.step_h;
+        if (r.ow >= la.Wo) {
+            r.ow -= static_cast<int>(la.Wo);
+            ++r.oh;
+        }
+        while (r.oh >= la.Ho) {  // once per slice at most when an image has >= 32 pixels (every PIN layer)
+            r.oh -= static_cast<int>(la.Ho);
+            ++r.b;
+        }
+    }
+    bool fits(int64_t M, int64_t N, int64_t, int64_t) const {
+        return la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 && la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) &&
+               aligned16(dy);
+    }
+};
+
 // Launched with T::smem_bytes of dynamic shared memory (PIN_LAUNCH_SHARED), a grid of T::rows x
-// kWideCols tiles.
-template <class Operands, class Store, class T = AsyncTileUsed>
-__global__ void __launch_bounds__(THREADS, 2) gemm_async_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
+// kWideCols tiles and K chunks of `chunk` (a multiple of kWideDepth; one chunk unless the operands
+// take a split K: AsyncWeightGradOperands) on z.
+template <class Operands, class Store>
+__global__ void __launch_bounds__(THREADS, 2) gemm_async_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, Operands ops, Store st) {
     using namespace nvcuda;
+    using T = typename Operands::Tile;
     PIN_DYNAMIC_SHARED(smem);
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
     const int tid = threadIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * T::rows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
+    const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = kbeg + chunk < K ? kbeg + chunk : K;
     typename Operands::Regs r;
-    ops.begin(r, m0, n0, M, tid);
+    ops.begin(r, m0, n0, M, kbeg, kend, tid);
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[T::frags_m][2];
     zero_accumulators(acc);
-    const int slices = static_cast<int>(K / kWideDepth);  // K < 2^31 (launch_async_gemm)
+    const int slices = kbeg < kend ? static_cast<int>((kend - kbeg + kWideDepth - 1) / kWideDepth) : 0;  // K < 2^31 (the launch checks)
     auto next = [](int s) { return s + 1 == kAsyncStages ? 0 : s + 1; };
     // One group per slice, empty past the last, so that async_wait counts slices. The stage written
     // is always kAsyncStages - 1 slices ahead of the one read.
@@ -698,7 +791,7 @@ PIN_UNROLL
         async_commit();
         write = next(write);
         const __nv_bfloat16* As = stages + read * T::stage;
-        warp_products<__nv_bfloat16, 16, kWideDepth, WLA, WLB>(As, As + T::a_elems, acc);
+        warp_products<__nv_bfloat16, 16, kWideDepth, T::a_ld, WLB, T::a_col_major>(As, As + T::a_elems, acc);
         read = next(read);
     }
     async_wait<0>();
@@ -713,7 +806,7 @@ struct Tile {
     int m, n, k;
 };
 constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth},
-    kAsyncTile{AsyncTileUsed::rows, kWideCols, kWideDepth};
+    kAsyncTile{AsyncTileUsed::rows, kWideCols, kWideDepth}, kAsyncWeightGradTile{AsyncWeightGradTile::rows, kWideCols, kWideDepth};
 struct GemmGrid {
     unsigned x, y, z;
     int64_t chunk;

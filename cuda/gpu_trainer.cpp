@@ -26,36 +26,42 @@ GpuTrainingBackend::GpuTrainingBackend(model::Agent& agent, const model::EigenBa
 }
 
 // With MathMode::BF16 and GatherMode::Vector the tensor cores round every convolution operand to
-// bfloat16 anyway; converting a 3 x 3 convolution's gathered operand to bfloat16 first (one pass over
-// it) lets its GEMM copy both operands into shared memory as they are, on the asynchronous-copy
-// kernel (about 13 PTX instructions per tensor-core product against 30-47 on the wide kernel, which
-// converts in registers; docs/gpu.md). The same operands, summed in another order. The 1 x 1
-// shortcuts keep the wide kernel: two or three K slices, and at stride 2 they read a quarter of
-// their input, so a conversion pass would cost more than it saves.
-bool GpuTrainingBackend::bf16_operands(const train::ConvGeometry& g, int64_t gathered_c, int64_t out_c) const {
-    return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector && g.kernel > 1 && gathered_c % 32 == 0 &&
-           out_c % 8 == 0;
+// bfloat16 anyway; converting a 3 x 3 convolution's operands to bfloat16 first (one pass over each)
+// lets its GEMMs copy both operands into shared memory as they are, on the asynchronous-copy kernel
+// (about 13 PTX instructions per tensor-core product against 21-47 on the wide kernel, which
+// converts in registers; docs/gpu.md): the forward pass from a bfloat16 x, and the backward pass's
+// weight gradient from bfloat16 x and dy and input gradient from the same bfloat16 dy (converted
+// once for both). The same operands, summed in another order. The 1 x 1 shortcuts keep the wide
+// kernel: two or three K slices, and at stride 2 they read a quarter of their input, so a
+// conversion pass would cost more than it saves.
+bool GpuTrainingBackend::bf16_operands(const train::ConvGeometry& g) const {
+    return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector && g.kernel > 1 && g.in_c % 32 == 0 && g.out_c % 32 == 0;
 }
 
 void GpuTrainingBackend::conv2d_forward(const float* x, const float* w, float* y, const train::ConvGeometry& g) {
     timed("conv2d_forward", [&] {
         const ConvShape s = shape_of(g);
-        if (!bf16_operands(g, g.in_c, g.out_c)) return cuda::conv2d_forward(x, w, y, s);
+        if (!bf16_operands(g)) return cuda::conv2d_forward(x, w, y, s);
         const DeviceBuffer xb = pack_bf16(x, g.batch * g.in_h * g.in_w * g.in_c), wp = pack_conv2d_forward_weight(w, s);
         const DeviceBuffer wb = pack_bf16(wp.data(), g.kernel * g.kernel * g.in_c * g.out_c);
         cuda::conv2d_forward(bf16_data(xb), w, y, s, nullptr, nullptr, false, PackedWeight(wp.data(), bf16_data(wb)));
     });
 }
-void GpuTrainingBackend::conv2d_backward_input(const float* dy, const float* w, float* dx, const train::ConvGeometry& g,
-                                               bool accumulate) {
-    timed("conv2d_backward_input", [&] {
-        if (!bf16_operands(g, g.out_c, g.in_c)) return cuda::conv2d_backward_input(dy, w, dx, shape_of(g), accumulate);
-        const DeviceBuffer dyb = pack_bf16(dy, g.batch * g.out_h() * g.out_w() * g.out_c);
-        cuda::conv2d_backward_input(bf16_data(dyb), w, dx, shape_of(g), accumulate);
+void GpuTrainingBackend::conv2d_backward(const float* x, const float* dy, const float* w, float* dx, float* dw,
+                                         const train::ConvGeometry& g, bool accumulate) {
+    const ConvShape s = shape_of(g);
+    if (!bf16_operands(g)) {
+        timed("conv2d_backward_weight", [&] { cuda::conv2d_backward_weight(x, dy, dw, s); });
+        if (dx) timed("conv2d_backward_input", [&] { cuda::conv2d_backward_input(dy, w, dx, s, accumulate); });
+        return;
+    }
+    DeviceBuffer dyb;
+    timed("conv2d_backward_weight", [&] {  // with both conversions
+        const DeviceBuffer xb = pack_bf16(x, g.batch * g.in_h * g.in_w * g.in_c);
+        dyb = pack_bf16(dy, g.batch * g.out_h() * g.out_w() * g.out_c);
+        cuda::conv2d_backward_weight(bf16_data(xb), bf16_data(dyb), dw, s);
     });
-}
-void GpuTrainingBackend::conv2d_backward_weight(const float* x, const float* dy, float* dw, const train::ConvGeometry& g) {
-    timed("conv2d_backward_weight", [&] { cuda::conv2d_backward_weight(x, dy, dw, shape_of(g)); });
+    if (dx) timed("conv2d_backward_input", [&] { cuda::conv2d_backward_input(bf16_data(dyb), w, dx, s, accumulate); });
 }
 
 train::EstimatorResult GpuTrainingBackend::estimate(const float* p, const float* x, const float* xn, float* dz, int64_t B,

@@ -7,7 +7,7 @@
 // (train::advantages, on the host: B k numbers) and the score-function kernel. The batch is uploaded
 // each step and its noise drawn on the device (relative_noise: the CPU trainer's normals,
 // train::add_relative_noise). With MathMode::BF16 and GatherMode::Vector the 3 x 3 convolutions'
-// forward and input-gradient GEMMs take their gathered operand converted to bfloat16, for the
+// GEMMs (forward, input and weight gradients) take their operands converted to bfloat16, for the
 // asynchronous-copy kernel (gpu_trainer.cpp); the caches and gradients stay fp32.
 #pragma once
 #include <chrono>
@@ -37,8 +37,8 @@ public:
         timed("download", [&] { copy_to_host(src, host, n); });
     }
     void conv2d_forward(const float* x, const float* w, float* y, const train::ConvGeometry& g);
-    void conv2d_backward_input(const float* dy, const float* w, float* dx, const train::ConvGeometry& g, bool accumulate);
-    void conv2d_backward_weight(const float* x, const float* dy, float* dw, const train::ConvGeometry& g);
+    void conv2d_backward(const float* x, const float* dy, const float* w, float* dx, float* dw, const train::ConvGeometry& g,
+                         bool accumulate);
     void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t c) {
         timed("prelu_forward", [&] { cuda::prelu_forward(x, slope, y, n, c); });
     }
@@ -92,9 +92,8 @@ public:
     void clear_profile() { profile_ms_.clear(); }
 
 private:
-    // Whether a convolution's GEMM takes its gathered operand (gathered_c channels) as bfloat16 (see
-    // gpu_trainer.cpp).
-    bool bf16_operands(const train::ConvGeometry& g, int64_t gathered_c, int64_t out_c) const;
+    // Whether a convolution's GEMMs take their operands converted to bfloat16 (see gpu_trainer.cpp).
+    bool bf16_operands(const train::ConvGeometry& g) const;
     template <class F>
     void timed(const char* op, F&& f) {
         if (!profiling_) return f();

@@ -170,7 +170,10 @@ inline const Bf16* bf16_data(const DeviceBuffer& b) { return reinterpret_cast<co
 // output channel count, which the gather reads, a multiple of 32; the input channel count a
 // multiple of 8).
 void conv2d_backward_input(ConstActivations dy, const float* w, float* dx, const ConvShape& s, bool accumulate = false);
-void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s);
+// dw = the weight gradient of conv2d_forward for x and dy, each fp32 or bfloat16. Both bfloat16, with
+// MathMode::BF16 and GatherMode::Vector: on the asynchronous-copy kernel where the shape allows (the
+// input and output channel counts multiples of 8); elsewhere bfloat16 operands are widened to fp32.
+void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, const ConvShape& s);
 void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y, const ConvShape& s, const float* prelu_slope = nullptr,
                               PackedWeight packed = {});
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s);

@@ -20,12 +20,46 @@ void conv2d_backward_input(ConstActivations dy, const float* w, float* dx, const
     });
 }
 
-void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvShape& s) {
-    const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel;
+namespace {
+// n bfloat16 values as floats, in a new buffer (the weight gradient's operands outside the
+// asynchronous-copy kernel are fp32).
+struct Widen {
+    const Bf16* x;
+    float* out;
+    __device__ void operator()(int64_t i) const { out[i] = to_float(x[i]); }
+};
+DeviceBuffer widened(const Bf16* x, int64_t n) {
+    DeviceBuffer out(static_cast<size_t>(n));
+    launch_map(n, Widen{x, out.data()}, "conv2d_backward_weight (bfloat16 to fp32)");
+    return out;
+}
+}  // namespace
+
+void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, const ConvShape& s) {
+    const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel, P = s.batch * Ho * Wo;
+    if (x.bf16 && dy.bf16) {
+        // dw^T[(kh, kw, ci), co] = sum over output pixels of x_gather(pix, (kh, kw, ci)) dy[pix, co], on
+        // the asynchronous-copy kernel with K split along the pixels, then summed in chunk order.
+        const AsyncWeightGradOperands<> ops{
+            Gather<false, Bf16>{static_cast<const Bf16*>(x.data), Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
+            static_cast<const Bf16*>(dy.data)};
+        const int64_t M = K * K * s.in_c, N = s.out_c;
+        if (async_mode() && ops.fits(M, N, P, 1)) {
+            const int64_t splits = split_for(M, N, P, kAsyncWeightGradTile), z = gemm_grid(M, N, P, splits, kAsyncWeightGradTile).z;
+            DeviceBuffer partial = partial_buffer(z, M, N);
+            launch_async(M, N, P, splits, ops, PartialStore{partial.data(), M, N}, "conv2d_backward_weight", shape_of(s));
+            reduce_partials(partial, z, M, N, TransposedWeightMap{s.in_c, K}, dw, shape_of(s));
+            return;
+        }
+    }
+    // Elsewhere in fp32 (bfloat16 operands widened first):
     // dw[co, (kh, kw, ci)] = sum over output pixels of dy[pix, co] x_gather(pix, (kh, kw, ci))
-    gemm_split_reduce(s.out_c, K * K * s.in_c, s.batch * Ho * Wo, ColMajor{dy, s.out_c},
-                      Gather<false>{x, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, WeightMap{s.in_c, K}, dw,
-                      "conv2d_backward_weight", shape_of(s));
+    const DeviceBuffer xw = x.bf16 ? widened(static_cast<const Bf16*>(x.data), s.batch * s.in_h * s.in_w * s.in_c) : DeviceBuffer();
+    const DeviceBuffer dyw = dy.bf16 ? widened(static_cast<const Bf16*>(dy.data), P * s.out_c) : DeviceBuffer();
+    const float* xs = x.bf16 ? xw.data() : static_cast<const float*>(x.data);
+    const float* dys = dy.bf16 ? dyw.data() : static_cast<const float*>(dy.data);
+    gemm_split_reduce(s.out_c, K * K * s.in_c, P, ColMajor{dys, s.out_c}, Gather<false>{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
+                      WeightMap{s.in_c, K}, dw, "conv2d_backward_weight", shape_of(s));
 }
 void conv_transpose2d_backward_input(const float* dy, const float* w, float* dx, const ConvShape& s) {
     const int64_t Ho = conv_transpose2d_out(s, s.in_h), Wo = conv_transpose2d_out(s, s.in_w), K = s.kernel;

@@ -178,27 +178,35 @@ inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA l
     }
     check(cudaGetLastError(), name, shape);
 }
-// The asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) for a GEMM whose operands are
-// both bfloat16 in memory, where it applies: MathMode::BF16, GatherMode::Vector, and what fits()
-// accepts. Returns whether it ran the GEMM (if not, the caller launches it otherwise).
-// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
-template <class LoadA, class Store>
-inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
-                       const std::string& shape) {
-    const AsyncConvOperands<LoadA> ops{la, w, N};
-    if (math_mode() != MathMode::BF16 || gather_mode() != GatherMode::Vector || !ops.fits(M, N, K, 1)) return false;
-    if (M <= 0 || N <= 0) return true;
+// Launches the asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) on any of its operand
+// forms (Operands::Tile), K in `splits` chunks; the caller has checked that the form fits.
+template <class Operands, class Store>
+inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const Operands& ops, const Store& st, const char* name,
+                         const std::string& shape) {
+    using T = typename Operands::Tile;
     check_gemm_size(M, N, K, name, shape);
-    const GemmGrid g = gemm_grid(M, N, K, 1, kAsyncTile);
-    if (g.y > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+    const GemmGrid g = gemm_grid(M, N, K, splits, Tile{T::rows, kWideCols, kWideDepth});
+    if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     // Its shared memory is over the 48 KB a kernel gets without asking: ask once per instantiation.
-    constexpr int bytes = AsyncTileUsed::smem_bytes;
-    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_async_kernel<AsyncConvOperands<LoadA>, Store>),
+    constexpr int bytes = T::smem_bytes;
+    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_async_kernel<Operands, Store>),
                                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     check(allowed, name, shape);
     gemm_launches()[static_cast<int>(GemmKernel::Async)].fetch_add(1, std::memory_order_relaxed);
-    PIN_LAUNCH_SHARED(dim3(g.x, g.y, 1), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, ops, st);
+    PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
+}
+inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
+// The asynchronous-copy kernel for a convolution GEMM whose operands are both bfloat16 in memory,
+// where it applies: MathMode::BF16, GatherMode::Vector, and what fits() accepts. Returns whether it
+// ran the GEMM (if not, the caller launches it otherwise).
+// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
+template <class LoadA, class Store>
+inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
+                              const std::string& shape) {
+    const AsyncConvOperands<LoadA> ops{la, w, N};
+    if (!async_mode() || !ops.fits(M, N, K, 1)) return false;
+    if (M > 0 && N > 0) launch_async(M, N, K, 1, ops, st, name, shape);
     return true;
 }
 
@@ -234,8 +242,8 @@ inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, co
         }
 }
 // How many K chunks a weight gradient uses: enough blocks to fill the GPU, chunks of >= 1024.
-inline int64_t split_for(int64_t M, int64_t N, int64_t K) {
-    const int64_t tiles = ((M + BM - 1) / BM) * ((N + BN - 1) / BN);
+inline int64_t split_for(int64_t M, int64_t N, int64_t K, Tile t = kFp32Tile) {
+    const int64_t tiles = ((M + t.m - 1) / t.m) * ((N + t.n - 1) / t.n);
     return std::max<int64_t>(1, std::min<int64_t>((528 + tiles - 1) / tiles, K / 1024));
 }
 
@@ -333,20 +341,34 @@ struct WeightMap {
         return (m * C + c) * K * K + tap;
     }
 };
+// The asynchronous-copy kernel's weight-gradient form: (m = (kh, kw, c), n = out channel) -> w[(n, c, kh, kw)].
+struct TransposedWeightMap {
+    int64_t C, K;
+    __device__ int64_t operator()(int64_t m, int64_t n) const {
+        const int64_t c = m % C, tap = m / C;
+        return (n * C + c) * K * K + tap;
+    }
+};
 struct IdentityMap {
     int64_t N;
     __device__ int64_t operator()(int64_t m, int64_t n) const { return m * N + n; }
 };
 
+// The split-K partials of a weight gradient: z chunks of M x N.
+inline DeviceBuffer partial_buffer(int64_t z, int64_t M, int64_t N) { return DeviceBuffer(static_cast<size_t>(z * M * N)); }
+template <class Map>
+inline void reduce_partials(const DeviceBuffer& partial, int64_t z, int64_t M, int64_t N, Map map, float* dst, const std::string& shape) {
+    PIN_LAUNCH(static_cast<unsigned>((M * N + 255) / 256), 256, cur(), reduce_partials_kernel)(partial.data(), z, M, N, map, dst);
+    check(cudaGetLastError(), "reduce_partials", shape);
+}
 template <class LoadA, class LoadB, class Map>
 inline void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
                        const std::string& shape) {
     const int64_t splits = split_for(M, N, K);
     const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(M, N, K, splits, la, lb))).z;  // as launch_gemm chunks K
-    DeviceBuffer partial(static_cast<size_t>(z * M * N));
+    DeviceBuffer partial = partial_buffer(z, M, N);
     launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
-    PIN_LAUNCH(static_cast<unsigned>((M * N + 255) / 256), 256, cur(), reduce_partials_kernel)(partial.data(), z, M, N, map, dst);
-    check(cudaGetLastError(), "reduce_partials", shape);
+    reduce_partials(partial, z, M, N, map, dst, shape);
 }
 
 // ---- element-wise --------------------------------------------------------------------------------

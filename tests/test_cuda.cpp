@@ -231,6 +231,20 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
             std::vector<float> twice(static_cast<size_t>(dx.numel()));
             for (int64_t i = 0; i < dx.numel(); ++i) twice[static_cast<size_t>(i)] = 2 * dx.data()[i];
             require_matches(from_gpu(gdx, dx.numel()), twice.data(), dx.numel(), what + " accumulate");
+            // The weight gradient from the same bfloat16 dy and x (bfloat16 but for the stem's): both
+            // bfloat16, the asynchronous-copy kernel exactly where it applies, whose products of
+            // bfloat16 values are exact in fp32 (so only the summation order differs from the CPU's);
+            // elsewhere the bfloat16 operands widened to fp32.
+            Tensor dw = Tensor::empty(w.shape(), Layout::NCHW);
+            cpu::conv2d_backward_weight(xin, udy.rounded, dw, cpu::Conv2dParams{c.k, c.s, c.p});
+            pin::cuda::DeviceBuffer gdw(static_cast<size_t>(dw.numel()));
+            const pin::cuda::KernelLaunches before_w = pin::cuda::kernel_launches();
+            pin::cuda::conv2d_backward_weight(gx, bf16_view(udy.buffer), gdw.data(), s);
+            const bool async_w = x_bf16 && gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 8 == 0 &&
+                                 c.cout % 8 == 0;
+            REQUIRE((pin::cuda::kernel_launches().async > before_w.async) == async_w);
+            require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(),
+                            name + " weight gradient from bf16 dy" + (async_w ? " and x (asynchronous copies)" : ""), async_w ? 1e-3 : -1);
         }
         if (x_bf16) {  // the weights packed once, also as bfloat16: both operands copied as they are where the kernel applies
             const pin::cuda::DeviceBuffer wp =

@@ -88,6 +88,13 @@ std::vector<float> random_vector(int64_t n, uint64_t seed) {
     return std::vector<float>(t.data(), t.data() + n);
 }
 
+std::vector<cuda::Bf16> bf16_vector(int64_t n, uint64_t seed) {
+    const std::vector<float> f = random_vector(n, seed);
+    std::vector<cuda::Bf16> v(f.size());
+    for (size_t i = 0; i < f.size(); ++i) v[i] = cuda::to_bf16(f[i]);
+    return v;
+}
+
 // A forward (direct) or input-gradient (transposed) convolution as the GEMM launch_gemm makes of
 // it: rows over the output (or input) grid, K = k^2 C gathered, weights row-major (K, N).
 template <bool kTransposed>
@@ -155,12 +162,6 @@ TEST_CASE("emulated: the wide BF16 kernel (GatherMode::Vector) computes the conv
 TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs from bfloat16 operands", "[gather][emulated]") {
     // Both operands bfloat16 in memory, copied to shared memory as they are (cp.async, which the
     // emulation lands only at the wait that covers it): the product of those values, fp32 sums.
-    auto bf16_vector = [](int64_t n, uint64_t seed) {
-        const std::vector<float> f = random_vector(n, seed);
-        std::vector<cuda::Bf16> v(f.size());
-        for (size_t i = 0; i < f.size(); ++i) v[i] = cuda::to_bf16(f[i]);
-        return v;
-    };
     struct Case {
         ConvGeometry g;
         bool transposed;  // an input-gradient (transposed) gather: at stride 2 one GEMM per sub-pixel class
@@ -184,7 +185,7 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
             const gemm::AsyncConvOperands<decltype(la)> ops{la, w.data(), g.N};
             REQUIRE(ops.fits(M, g.N, K, 1));
             const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kAsyncTile);
-            emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
+            emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, grid.chunk, ops, st); });
             require_product(r, K, la, lb, Rounding::None, "asynchronous copies, direct gather");
         } else {
             // The input gradient's geometry of a stride-2 convolution: the source is Ho x Wo.
@@ -197,7 +198,7 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
                 REQUIRE(ops.fits(M, g.N, K, 1));
                 const HostStore st = r.store();
                 const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kAsyncTile);
-                emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, ops, st); });
+                emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, grid.chunk, ops, st); });
                 require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, transposed gather");
                 continue;
             }
@@ -211,11 +212,48 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
                     REQUIRE(ops.fits(Mc, g.N, Kc, 1));
                     const gemm::RowMappedStore<HostStore, cuda::SubpixelGather<cuda::Bf16>> st{r.store(), sg};
                     const gemm::GemmGrid grid = gemm::gemm_grid(Mc, g.N, Kc, 1, gemm::kAsyncTile);
-                    emulate_async(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, ops, st); });
+                    emulate_async(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, grid.chunk, ops, st); });
                 }
             require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, sub-pixel classes");
         }
     }
+}
+
+TEST_CASE("emulated: the asynchronous-copy kernel computes the weight gradients from bfloat16 operands", "[gather][emulated]") {
+    // dw^T = X^T dY: rows (tap, input channel), columns output channels, K the output pixels split in
+    // chunks (blockIdx.z), each thread's pixel walked by 32 per slice with carries into rows and
+    // images. Cases: a partial row tile (M = 9 * 8 = 72, one image smaller than a slice: 3 x 4
+    // output pixels, so a slice spans several images), stride 2 with a pixel count off the slice and
+    // two column tiles (N = 72), three row tiles with a partial last (M = 9 * 64 = 576) in 1, 3 and 7
+    // chunks, a 1 x 1 stride-2 layer.
+    struct Case {
+        ConvGeometry g;  // C input channels, N output channels
+        int64_t splits;
+    };
+    for (const Case& c : {Case{{5, 3, 4, 8, 16, 3, 1, 1}, 1}, Case{{2, 13, 11, 16, 72, 3, 2, 1}, 2}, Case{{2, 9, 7, 64, 24, 3, 1, 1}, 1},
+                          Case{{2, 9, 7, 64, 24, 3, 1, 1}, 3}, Case{{3, 10, 9, 64, 8, 3, 1, 1}, 7}, Case{{2, 9, 11, 24, 40, 1, 2, 0}, 2}}) {
+        const ConvGeometry& g = c.g;
+        INFO("C " << g.C << " N " << g.N << " k " << g.k << " stride " << g.stride << " splits " << c.splits);
+        const std::vector<cuda::Bf16> x = bf16_vector(g.B * g.H * g.W * g.C, 71), dy = bf16_vector(g.B * g.Ho() * g.Wo() * g.N, 72);
+        const cuda::Gather<false, cuda::Bf16> gathered{x.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
+        const int64_t M = g.k * g.k * g.C, P = g.B * g.Ho() * g.Wo();
+        const gemm::AsyncWeightGradOperands<> ops{gathered, dy.data()};
+        REQUIRE(ops.fits(M, g.N, P, c.splits));
+        const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, P, c.splits, gemm::kAsyncWeightGradTile);
+        REQUIRE((grid.z > 1) == (c.splits > 1));
+        Result r(grid.z, M, g.N);
+        const HostStore st = r.store();
+        pin_emulation::launch(dim3(grid.x, grid.y, grid.z), gemm::THREADS, [&] { gemm::gemm_async_kernel(M, g.N, P, grid.chunk, ops, st); },
+                              gemm::AsyncWeightGradTile::smem_bytes);
+        // A(m, k) = the gathered input at pixel k, column m; B(k, n) = dy[k N + n].
+        const auto a = [&](int64_t m, int64_t k) { return gathered(k, m); };
+        require_product(r, P, a, Bf16Rows{dy.data(), g.N}, Rounding::None, "asynchronous copies, weight gradient");
+    }
+    // A channel count off the 16-byte copies, or M other than k^2 C, is refused.
+    const std::vector<cuda::Bf16> x(2 * 5 * 5 * 12), dy(2 * 5 * 5 * 8);
+    REQUIRE_FALSE(gemm::AsyncWeightGradOperands<>{{x.data(), 5, 5, 5, 5, 12, 3, 1, 1}, dy.data()}.fits(108, 8, 50, 1));
+    REQUIRE_FALSE(gemm::AsyncWeightGradOperands<>{{x.data(), 5, 5, 5, 5, 8, 3, 1, 1}, dy.data()}.fits(64, 8, 50, 1));
+    REQUIRE_FALSE(gemm::AsyncWeightGradOperands<>{{x.data(), 5, 5, 5, 5, 8, 3, 1, 1}, dy.data()}.fits(72, 12, 50, 1));
 }
 
 TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convolution GEMMs", "[gather][emulated]") {

@@ -31,6 +31,10 @@ for config in ("generic-fp32", "vector-bf16"):
     timed = [j["layer"] for j in layers if "forward_bf16_async_ms" in j]
     assert len(timed) == (8 if config == "vector-bf16" else 0), timed
     assert all(j["forward_bf16_async_ms"] > 0 for j in layers if "forward_bf16_async_ms" in j), layers
+    # and the weight gradients from bfloat16 x and dy: the same layers but the transposed ones.
+    timed = [j["layer"] for j in layers if "backward_weight_bf16_async_ms" in j]
+    assert len(timed) == (6 if config == "vector-bf16" else 0) and not any("convT" in t for t in timed), timed
+    assert all(j["backward_weight_bf16_async_ms"] > 0 for j in layers if "backward_weight_bf16_async_ms" in j), layers
     stages = {j["stage"]: j for j in js if "stage" in j}
     for stage in ("defense_forward", "training_step"):
         assert stages[stage]["ms"] > 0 and stages[stage]["images_per_second"] >= 0 and stages[stage]["batch"] == 1, stages.get(stage)

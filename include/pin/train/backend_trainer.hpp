@@ -11,7 +11,8 @@
 // A Backend provides (pointers in its memory; n counts floats):
 //   using Buffer (movable, float* data()), Buffer alloc(n), upload(host, dst, n), download(src, host, n)
 //   conv2d_forward(x, w, y, ConvGeometry)           (no activation: the caches keep pre-activations)
-//   conv2d_backward_input(dy, w, dx, ConvGeometry, accumulate), conv2d_backward_weight(x, dy, dw, g)
+//   conv2d_backward(x, dy, w, dx, dw, ConvGeometry, accumulate)   both gradients of one convolution:
+//                                     dw, and dx (= or += with accumulate; dx null: none)
 //   prelu_forward(x, slope, y, n, C), prelu_backward(x, slope, dy, dx, dslope, n, C), add(a, b, y, n)
 //   nhwc_to_nchw(x, y, B, C, H, W), nchw_to_nhwc(x, y, B, C, H, W)
 //   linear_forward(x, w, b, y, B, in, out), linear_backward_input(dy, w, dx, B, in, out),
@@ -231,15 +232,14 @@ private:
             Buffer da2 = be_.alloc(n2), dy1 = be_.alloc(n1), da1 = be_.alloc(n1), dh = be_.alloc(B * c.g1.in_h * c.g1.in_w * c.g1.in_c);
             be_.prelu_backward(c.a2.data(), w(c.prefix + "nolinear2.weight"), dout.data(), da2.data(),
                                grad(c.prefix + "nolinear2.weight"), n2, cout);
-            be_.conv2d_backward_weight(c.y1.data(), da2.data(), grad(c.prefix + "conv2.weight"), c.g2);
-            be_.conv2d_backward_input(da2.data(), w(c.prefix + "conv2.weight"), dy1.data(), c.g2, false);
+            be_.conv2d_backward(c.y1.data(), da2.data(), w(c.prefix + "conv2.weight"), dy1.data(), grad(c.prefix + "conv2.weight"), c.g2,
+                                false);
             be_.prelu_backward(c.a1.data(), w(c.prefix + "nolinear1.weight"), dy1.data(), da1.data(),
                                grad(c.prefix + "nolinear1.weight"), n1, cout);
-            be_.conv2d_backward_weight(c.in, da1.data(), grad(c.prefix + "conv1.weight"), c.g1);
-            be_.conv2d_backward_input(da1.data(), w(c.prefix + "conv1.weight"), dh.data(), c.g1, false);
+            be_.conv2d_backward(c.in, da1.data(), w(c.prefix + "conv1.weight"), dh.data(), grad(c.prefix + "conv1.weight"), c.g1, false);
             // The shortcut sees the block's output gradient directly.
-            be_.conv2d_backward_weight(c.in, dout.data(), grad(c.prefix + "shortcut_layer.0.weight"), c.gs);
-            be_.conv2d_backward_input(dout.data(), w(c.prefix + "shortcut_layer.0.weight"), dh.data(), c.gs, true);
+            be_.conv2d_backward(c.in, dout.data(), w(c.prefix + "shortcut_layer.0.weight"), dh.data(),
+                                grad(c.prefix + "shortcut_layer.0.weight"), c.gs, true);
             dout = std::move(dh);
             // This block's caches are no longer needed: free them early (the largest are the first blocks').
             c.a1 = Buffer();
@@ -251,7 +251,7 @@ private:
         const int64_t n0 = B * kPixels * 64;
         Buffer da0 = be_.alloc(n0);
         be_.prelu_backward(f.a0.data(), w("esn.in_layer.1.weight"), dout.data(), da0.data(), grad("esn.in_layer.1.weight"), n0, 64);
-        be_.conv2d_backward_weight(f.x, da0.data(), grad("esn.in_layer.0.weight"), f.g0);
+        be_.conv2d_backward(f.x, da0.data(), w("esn.in_layer.0.weight"), nullptr, grad("esn.in_layer.0.weight"), f.g0, false);
     }
 
     // Global L2 norm of the gradients (double), clipped to clip_norm as PolicyGradientTrainer does.

@@ -46,14 +46,14 @@ public:
         Tensor tx = image(x, g.batch, g.in_c, g.in_h, g.in_w), ty = image(y, g.batch, g.out_c, g.out_h(), g.out_w());
         cpu::conv2d_forward(tx, weight(w, g), ty, params(g), {});
     }
-    void conv2d_backward_input(const float* dy, const float* w, float* dx, const ConvGeometry& g, bool accumulate) {
-        Tensor tdy = image(dy, g.batch, g.out_c, g.out_h(), g.out_w()), tdx = image(dx, g.batch, g.in_c, g.in_h, g.in_w);
-        cpu::conv2d_backward_input(tdy, weight(w, g), tdx, params(g), accumulate);
-    }
-    void conv2d_backward_weight(const float* x, const float* dy, float* dw, const ConvGeometry& g) {
+    // Both gradients of one convolution: dw, then dx (= or += with `accumulate`; none when null).
+    void conv2d_backward(const float* x, const float* dy, const float* w, float* dx, float* dw, const ConvGeometry& g, bool accumulate) {
+        const Tensor tdy = image(dy, g.batch, g.out_c, g.out_h(), g.out_w());
         Tensor tdw = weight(dw, g);
-        cpu::conv2d_backward_weight(image(x, g.batch, g.in_c, g.in_h, g.in_w), image(dy, g.batch, g.out_c, g.out_h(), g.out_w()), tdw,
-                                    params(g));
+        cpu::conv2d_backward_weight(image(x, g.batch, g.in_c, g.in_h, g.in_w), tdy, tdw, params(g));
+        if (!dx) return;
+        Tensor tdx = image(dx, g.batch, g.in_c, g.in_h, g.in_w);
+        cpu::conv2d_backward_input(tdy, weight(w, g), tdx, params(g), accumulate);
     }
     void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int64_t channels) {
         Tensor ty = rows(y, n, channels);
