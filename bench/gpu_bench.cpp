@@ -142,22 +142,39 @@ int main(int argc, char** argv) {
                             math, gather, stage, static_cast<long long>(B), e.what());
             };
             // One JSON line and one table row per layer: the three passes' times as TFLOP/s of `gflop`.
-            // fa: the forward pass from bfloat16 activations and bfloat16 packed weights (the
-            // asynchronous-copy kernel), wa: the weight gradient from bfloat16 x and dy (the same
-            // kernel's weight-gradient form, as the training step runs it), in ms; 0 where not timed.
-            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, double fa, double wa) {
+            // AsyncTimes (ms; 0 where not timed): the forward pass from bfloat16 activations and
+            // bfloat16 packed weights (the asynchronous-copy kernel) and the weight gradient from
+            // bfloat16 x and dy (its weight-gradient form, as the training step runs it), with the
+            // 256 x 64 tile and, where the output channels are a multiple of 128, the 256 x 128 one
+            // (ops.cuh AsyncTileShape).
+            struct AsyncTimes {
+                double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0;
+            };
+            auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
                             "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f",
                             math, gather, name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
-                if (fa > 0) std::printf(", \"forward_bf16_async_ms\": %.3f, \"forward_bf16_async_tflops\": %.2f", fa, gflop / fa);
-                if (wa > 0) std::printf(", \"backward_weight_bf16_async_ms\": %.3f, \"backward_weight_bf16_async_tflops\": %.2f", wa, gflop / wa);
+                const std::pair<const char*, double> timed[] = {{"forward_bf16_async", a.fwd}, {"backward_weight_bf16_async", a.wgrad},
+                                                                {"forward_bf16_async128", a.fwd128}, {"backward_weight_bf16_async128", a.wgrad128}};
+                for (const auto& [key, ms] : timed)
+                    if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
-                char row[240];
+                char row[320];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
-                if (fa > 0 && used > 0) used += std::snprintf(row + used, sizeof row - used, "  fwd bf16-async %6.2f", gflop / fa);
-                if (wa > 0 && used > 0) std::snprintf(row + used, sizeof row - used, "  bwd-w bf16-async %6.2f", gflop / wa);
+                const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
+                                                                  {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}};
+                for (const auto& [label, ms] : columns)
+                    if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
+                        used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
+            };
+            // Runs f with the asynchronous-copy kernel's 256 x 128 tile, then back to the default.
+            auto with_tile128 = [&](auto f) {
+                pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols128);
+                const double ms = f();
+                pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
+                return ms;
             };
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
             // GpuDefense runs it with ActivationStorage::BF16: where the vector gather and BF16
@@ -182,18 +199,28 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                double fa = 0, wa = 0;
+                AsyncTimes a;
                 if (time_async && l.cin % 32 == 0) {
                     const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv2d_forward_weight(w.data(), s);
-                    fa = time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
-                                           [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
-                                               pin::cuda::conv2d_forward(xb, w.data(), yb, s, nullptr, nullptr, false, pw);
-                                           });
+                    auto forward = [&] {
+                        return time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
+                                                 [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
+                                                     pin::cuda::conv2d_forward(xb, w.data(), yb, s, nullptr, nullptr, false, pw);
+                                                 });
+                    };
                     const pin::cuda::DeviceBuffer xb = pin::cuda::pack_bf16(x.data(), B0 * l.h * l.h * l.cin),
                                                   dyb = pin::cuda::pack_bf16(dy.data(), B0 * Ho * Ho * l.cout);
-                    wa = time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(pin::cuda::bf16_data(xb), pin::cuda::bf16_data(dyb), dw.data(), s); });
+                    auto weight_gradient = [&] {
+                        return time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(pin::cuda::bf16_data(xb), pin::cuda::bf16_data(dyb), dw.data(), s); });
+                    };
+                    a.fwd = forward();
+                    a.wgrad = weight_gradient();
+                    if (l.cout % 128 == 0) {
+                        a.fwd128 = with_tile128(forward);
+                        a.wgrad128 = with_tile128(weight_gradient);
+                    }
                 }
-                report_layer(l.name, gflop, f, bi, bw, fa, wa);
+                report_layer(l.name, gflop, f, bi, bw, a);
             }
             // The DAE decoder's transposed convolutions (3x3, stride 2, output padding 1), at their real
             // FLOPs (each input pixel times 9 taps): the sub-pixel classes of the Rows and Vector gathers
@@ -209,37 +236,45 @@ int main(int argc, char** argv) {
                 const double f = time_ms(iters, [&] { pin::cuda::conv_transpose2d_forward(x.data(), w.data(), y.data(), s); });
                 const double bi = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_input(dy.data(), w.data(), dx.data(), s); });
                 const double bw = time_ms(iters, [&] { pin::cuda::conv_transpose2d_backward_weight(x.data(), dy.data(), dw.data(), s); });
-                double fa = 0;
+                AsyncTimes a;
                 if (time_async) {
                     const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv_transpose2d_forward_weight(w.data(), s);
-                    fa = time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
-                                           [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
-                                               pin::cuda::conv_transpose2d_forward(xb, w.data(), yb, s, nullptr, pw);
-                                           });
+                    auto forward = [&] {
+                        return time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
+                                                 [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
+                                                     pin::cuda::conv_transpose2d_forward(xb, w.data(), yb, s, nullptr, pw);
+                                                 });
+                    };
+                    a.fwd = forward();
+                    if (l.cout % 128 == 0) a.fwd128 = with_tile128(forward);
                 }
-                report_layer(l.name, gflop, f, bi, bw, fa, 0);
+                report_layer(l.name, gflop, f, bi, bw, a);
             }
             // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh
-            // ActivationStorage; JSON stage defense_forward_bf16_storage).
-            for (const bool bf16_storage : {false, true}) {
-                if (bf16_storage && mode != MathMode::BF16) continue;
+            // ActivationStorage; JSON stage defense_forward_bf16_storage), and there, with the vector
+            // gather, also with the asynchronous-copy kernel's 256 x 128 tile (stage
+            // defense_forward_bf16_storage_cols128).
+            for (const int variant : {0, 1, 2}) {
+                const bool bf16_storage = variant > 0, tile128 = variant == 2;
+                if ((bf16_storage && mode != MathMode::BF16) || (tile128 && !time_async)) continue;
                 pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
-                const char* stage = bf16_storage ? "defense_forward_bf16_storage" : "defense_forward";
+                pin::cuda::set_async_tile(tile128 ? pin::cuda::AsyncTileShape::Cols128 : pin::cuda::AsyncTileShape::Cols64);
+                const char* stage = tile128 ? "defense_forward_bf16_storage_cols128" : bf16_storage ? "defense_forward_bf16_storage" : "defense_forward";
                 for (const int64_t B : batches) try {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                     const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                    report(stage, bf16_storage ? "defense fwd, bf16 act" : "defense forward", B, ms);
+                    report(stage, tile128 ? "defense fwd, bf16, x128" : bf16_storage ? "defense fwd, bf16 act" : "defense forward", B, ms);
                 } catch (const std::exception& e) {  // one failing batch size must not hide the others
                     report_error(stage, B, e);
                 }
             }
             pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
-            // The training step (pin train's defaults: local estimator, 30 masks, L2 cost, clip 1), on
-            // faces kept in host memory as pin train has them (the upload is part of the step); with
-            // the generic and the vector gathers only (time).
-            if (gmode != GatherMode::Rows)
-            for (const int64_t B : batches) try {
+            pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
+            // f(backend, trainer, x) with a fresh trainer (pin train's defaults: local estimator, 30
+            // masks, L2 cost, clip 1) and a batch of B random faces kept in host memory as pin train
+            // has them (the upload is part of the step).
+            auto with_trainer = [&](int64_t B, auto f) {
                 pin::train::TrainerOptions to;
                 to.estimator = pin::train::Estimator::LocalExpectation;
                 to.clip_norm = 1;
@@ -248,42 +283,63 @@ int main(int argc, char** argv) {
                 pin::cuda::GpuTrainer trainer(backend, *agent, holder.optimizer(), to);
                 pin::Tensor x = pin::Tensor::empty({B, 1, 112, 112}, pin::Layout::NHWC);
                 for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = 0.5f * rng.normal(static_cast<uint64_t>(i) + 7);
-                uint64_t first = 0;
-                // One timed step after the warm-up: the step is seconds long at batch 1024 in fp32, and the
-                // whole of gpu_check.sh has 8 minutes.
-                const double ms = time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B)); });
-                report("training_step", "training step", B, ms);
-                if (B == B0) {  // where the step's time goes: one more step, every op synchronized and timed
-                    backend.set_profiling(true);
-                    const auto t0 = Clock::now();
-                    trainer.step(x, first += static_cast<uint64_t>(B));
-                    const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-                    backend.set_profiling(false);
-                    std::string parts;
-                    double ops = 0;
-                    char row[160];
-                    for (const auto& [op, t] : backend.profile_ms()) {
-                        parts += (parts.empty() ? "" : ", ") + ("\"" + op + "\": " + std::to_string(t));
-                        ops += t;
-                        std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", op.c_str(), t, 100.0 * t / total);
+                f(backend, trainer, x);
+            };
+            // The training step with the generic and the vector gathers only (time).
+            if (gmode != GatherMode::Rows)
+            for (const int64_t B : batches) try {
+                with_trainer(B, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
+                    uint64_t first = 0;
+                    // One timed step after the warm-up: the step is seconds long at batch 1024 in fp32, and the
+                    // whole of gpu_check.sh has 8 minutes.
+                    const double ms = time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B)); });
+                    report("training_step", "training step", B, ms);
+                    if (B == B0) {  // where the step's time goes: one more step, every op synchronized and timed
+                        backend.set_profiling(true);
+                        const auto t0 = Clock::now();
+                        trainer.step(x, first += static_cast<uint64_t>(B));
+                        const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+                        backend.set_profiling(false);
+                        std::string parts;
+                        double ops = 0;
+                        char row[160];
+                        for (const auto& [op, t] : backend.profile_ms()) {
+                            parts += (parts.empty() ? "" : ", ") + ("\"" + op + "\": " + std::to_string(t));
+                            ops += t;
+                            std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", op.c_str(), t, 100.0 * t / total);
+                            table.push_back(row);
+                        }
+                        std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", "host (noise, bookkeeping)", total - ops, 100.0 * (total - ops) / total);
                         table.push_back(row);
+                        std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step_profile\", \"batch\": %lld, "
+                                    "\"total_ms\": %.2f, \"ops_ms\": {%s}}\n",
+                                    math, gather, static_cast<long long>(B), total, parts.c_str());
                     }
-                    std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", "host (noise, bookkeeping)", total - ops, 100.0 * (total - ops) / total);
-                    table.push_back(row);
-                    std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step_profile\", \"batch\": %lld, "
-                                "\"total_ms\": %.2f, \"ops_ms\": {%s}}\n",
-                                math, gather, static_cast<long long>(B), total, parts.c_str());
-                }
+                });
             } catch (const std::exception& e) {
                 report_error("training_step", B, e);
+            }
+            // With the vector gather and BF16, one more step at the middle batch with the
+            // asynchronous-copy kernel's 256 x 128 tile (stage training_step_cols128).
+            if (time_async) try {
+                with_trainer(B0, [&](pin::cuda::GpuTrainingBackend&, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
+                    uint64_t first = 0;
+                    const double ms =
+                        with_tile128([&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); });
+                    report("training_step_cols128", "training step, x128", B0, ms);
+                });
+            } catch (const std::exception& e) {
+                pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
+                report_error("training_step_cols128", B0, e);
             }
             // Which kernels this configuration's GEMMs ran on (counts since the process started:
             // gpu_check.sh runs one configuration per process).
             const pin::cuda::KernelLaunches kl = pin::cuda::kernel_launches();
             std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
-                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld}}\n",
+                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld, \"async_cols128\": %lld}}\n",
                         math, gather, static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
-                        static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input), static_cast<long long>(kl.async));
+                        static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input), static_cast<long long>(kl.async),
+                        static_cast<long long>(kl.async_cols128));
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

@@ -87,9 +87,10 @@ def best_by_math_batch(path, keep):
         best[(math, j["batch"])] = max(best.get((math, j["batch"]), 0), j["images_per_second"])
     return best
 
-ours = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") in ("defense_forward", "defense_forward_bf16_storage"))
+ours = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") in ("defense_forward", "defense_forward_bf16_storage",
+                                                                          "defense_forward_bf16_storage_cols128"))
 torch = best_by_math_batch(out + "/torch.jsonl", lambda j: True)
-train = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") == "training_step")
+train = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") in ("training_step", "training_step_cols128"))
 torch_train = best_by_math_batch(out + "/torch_train.jsonl", lambda j: True)
 g = lambda d, m, b: d.get((m, b), 0)
 r = lambda a, c: "%.2f" % (a / c) if c else "-"

@@ -33,7 +33,7 @@ def main_loop(lines):
 
 
 def describe(name):
-    kernel = "wide" if "gemm_wide_kernel" in name else "async"
+    kernel = "wide" if "gemm_wide_kernel" in name else "async128" if "ELi128EE" in name else "async"  # AsyncTile<256, _, 128>
     for key, what in (("WeightGrad", "weight gradient"), ("SubpixelGather", "sub-pixel gather"), ("GatherILb1", "transposed gather"),
                       ("GatherILb0", "direct gather"), ("WideRowOperands", "row-major A")):
         if key in name:
@@ -47,7 +47,7 @@ def describe(name):
     if "AsyncWeightGrad" in name:
         source = "bf16 source"
     out = "bf16 out" if re.search(r"ConvStoreI(S\d_|NS0_4Bf16)", name) else "fp32 out"
-    return "%-5s %-17s %-11s %s" % (kernel, operand, source, out)
+    return "%-8s %-17s %-11s %s" % (kernel, operand, source, out)
 
 
 def main():

@@ -589,33 +589,48 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_
 // block tile (4 x 2 WMMA tiles: twice the products per slice of the wide kernel's 32 x 32, for the
 // same B fragments). Shared memory is dynamic (75,264 bytes: three stages of A [256][40] and
 // B [32][72] bfloat16; the epilogue reuses it for C [256][68] fp32), two blocks per SM.
+// A second tile, 256 x 128 (AsyncTileShape::Cols128, for N a multiple of 128), gives each warp
+// 64 x 64 (4 x 4 WMMA tiles): per slice the block's shared-memory traffic (cp.async writes and
+// fragment reads) is 88 KB for 2 MFLOP against 68 KB for 1 MFLOP, which at an SM's 128 bytes per
+// clock bounds the 256 x 64 tile at about half of the tensor cores' dense BF16 rate; the price is
+// 128 accumulator registers per thread, so one block per SM (eight warps) and 135 KB of shared
+// memory. Which is faster on the H200 is for a measurement to say (pin-bench-gpu times both).
 // Requires (fits()): the gathered channel count and K multiples of 32 (a slice lies in one tap),
 // N and the weights' leading dimension multiples of 8, both sources 16-byte aligned, no K split.
 constexpr int kAsyncStages = 3;
 // kKMajorA: A arrives contiguous along m (the weight gradients' gathered input), so a stage holds it
 // k-major, [kWideDepth][kRows + 8], for column-major WMMA loads; else m-major, [kRows][WLA].
-template <int kRows, bool kKMajorA = false>
+template <int kRows, bool kKMajorA = false, int kCols = kWideCols>
 struct AsyncTile {
-    static_assert(kRows % 64 == 0, "eight warps as 4 x 2, 16-row WMMA tiles");
-    static constexpr int rows = kRows, frags_m = kRows / 64;
+    static_assert(kRows % 64 == 0 && (kCols == 64 || kCols == 128), "eight warps as 4 x 2, 16 x 16 WMMA tiles");
+    static constexpr int rows = kRows, cols = kCols, frags_m = kRows / 64, frags_n = kCols / 32;
     static constexpr bool a_col_major = kKMajorA;
     static constexpr int a_copies = kRows * kWideDepth / 8 / THREADS;  // 16-byte A copies per thread and slice
+    static constexpr int b_copies = kCols * kWideDepth / 8 / THREADS;  // and B copies
     static constexpr int a_ld = kKMajorA ? kRows + 8 : WLA;           // + 16 bytes: distinct banks for ldmatrix's rows
-    static constexpr int a_elems = kKMajorA ? kWideDepth * a_ld : kRows * WLA, stage = a_elems + kWideDepth * WLB;  // bfloat16 elements
-    static constexpr int operand_bytes = kAsyncStages * stage * 2, c_bytes = kRows * WLC * 4;
+    static constexpr int b_ld = kCols + 8, c_ld = kCols + 4;
+    static constexpr int a_elems = kKMajorA ? kWideDepth * a_ld : kRows * WLA, stage = a_elems + kWideDepth * b_ld;  // bfloat16 elements
+    static constexpr int operand_bytes = kAsyncStages * stage * 2, c_bytes = kRows * c_ld * 4;
     static constexpr int smem_bytes = operand_bytes > c_bytes ? operand_bytes : c_bytes;
+    // Two blocks per SM with 64 accumulators per thread; one with 128 (the registers' limit).
+    static constexpr int min_blocks = frags_m * frags_n * 8 > 64 ? 1 : 2;
     static_assert((a_elems * 2) % 128 == 0 && (stage * 2) % 128 == 0, "stages keep WMMA's and cp.async's alignment");
-    static_assert((16 * a_ld * 2) % 32 == 0, "WMMA tile pointers stay 32-byte aligned");
-    static_assert(kWideDepth * kWideCols == 8 * THREADS, "one 16-byte B copy per thread and slice");
+    static_assert((16 * a_ld * 2) % 32 == 0 && (16 * b_ld * 2) % 32 == 0 && (16 * c_ld * 4) % 32 == 0,
+                  "WMMA tile pointers stay 32-byte aligned");
+    static_assert(b_copies * 8 * THREADS == kCols * kWideDepth, "whole 16-byte B copies per thread and slice");
+    // Thread t copies B row async_b_row(t, j), columns async_b_col(t) .. + 7 (a warp: whole rows of
+    // 128 or 256 contiguous bytes).
+    PIN_HD static int b_row(int tid, int j) { return tid / (kCols / 8) + j * (THREADS / (kCols / 8)); }
+    PIN_HD static int b_col(int tid) { return (tid % (kCols / 8)) * 8; }
 };
-using AsyncTileUsed = AsyncTile<256>;               // the tile ops.cu launches for the convolutions
-using AsyncWeightGradTile = AsyncTile<256, true>;   // and for the weight gradients
+using AsyncTileUsed = AsyncTile<256>;                        // the tiles ops.cu launches for the convolutions
+using AsyncTileCols128 = AsyncTile<256, false, 128>;
+using AsyncWeightGradTile = AsyncTile<256, true>;            // and for the weight gradients
+using AsyncWeightGradTileCols128 = AsyncTile<256, true, 128>;
 // Thread t copies A rows t / 4 + 64 i, channels 8 (t % 4) .. + 7 of the slice (a warp: 8 rows x 64
-// contiguous bytes), and B row t / 8, columns 8 (t % 8) .. + 7 (a warp: 4 rows x 128 bytes).
+// contiguous bytes).
 PIN_HD inline int async_a_row(int tid, int i) { return tid / 4 + 64 * i; }
 PIN_HD inline int async_a_col(int tid) { return (tid % 4) * 8; }
-PIN_HD inline int async_b_row(int tid) { return tid / 8; }
-PIN_HD inline int async_b_col(int tid) { return (tid % 8) * 8; }
 
 // LoadA: a gather over bfloat16 (Gather<false, Bf16>, Gather<true, Bf16> at stride 1,
 // SubpixelGather<Bf16>); w: the whole gather's packed weights as bfloat16, rows (tap C + c), ld = N.
@@ -642,12 +657,12 @@ PIN_UNROLL
             r.base[i] = ((static_cast<int64_t>(g.b) * la.H + r.y[i]) * la.W + r.x[i]) * la.C;
             if (!g.valid) r.y[i] = -(1 << 30);
         }
-        r.n = n0 + async_b_col(tid);
+        r.n = n0 + T::b_col(tid);
         r.t = 0;
         r.c0 = 0;
         r.tap = tap_step(la, 0);
     }
-    // The next slice into a stage: As [rows][WLA], Bs [kWideDepth][WLB].
+    // The next slice into a stage: As [rows][WLA], Bs [kWideDepth][b_ld].
     __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
         const int64_t delta = (static_cast<int64_t>(r.tap.dy) * la.W + r.tap.dx) * la.C + r.c0 + async_a_col(tid);
 PIN_UNROLL
@@ -656,9 +671,11 @@ PIN_UNROLL
                                static_cast<unsigned>(r.x[i] + r.tap.dx) < static_cast<unsigned>(la.W);
             async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), valid ? la.src + r.base[i] + delta : la.src, valid);
         }
-        const bool valid = r.n < N;
-        const int64_t row = static_cast<int64_t>(r.tap.w_tap) * la.C + r.c0 + async_b_row(tid);
-        async_copy16(Bs + async_b_row(tid) * WLB + async_b_col(tid), valid ? w + row * ld + r.n : w, valid);
+        const bool valid = r.n < N;  // N % 8 == 0: a copy is all inside or all outside
+        const int64_t first = static_cast<int64_t>(r.tap.w_tap) * la.C + r.c0;
+PIN_UNROLL
+        for (int j = 0; j < T::b_copies; ++j)
+            async_copy16(Bs + T::b_row(tid, j) * T::b_ld + T::b_col(tid), valid ? w + (first + T::b_row(tid, j)) * ld + r.n : w, valid);
         r.c0 += kWideDepth;
         if (r.c0 == la.C) {  // C % 32 == 0: the next slice starts the next tap
             r.c0 = 0;
@@ -680,7 +697,7 @@ PIN_UNROLL
 // operands arrive contiguous along m or n for a fixed pixel k: A(m, k) = x at pixel k's tap
 // (kh, kw), channel c (the gathered input, 8 channels per 16-byte copy, stored k-major for
 // column-major WMMA loads), B(k, n) = dy[k N + n] (as the forward's weights). Thread t copies, for
-// pixel k0 + t / 8 of the slice, A rows 8 (t % 8) + 64 i (i < 4) and B columns 8 (t % 8) .. + 7: its
+// pixel k0 + t / 8 of the slice, A rows 8 (t % 8) + 64 i (i < 4) and B columns 8 (t % 8) + 64 j .. + 7: its
 // four rows' taps and channels are fixed for the launch (decoded once), and its pixel moves by 32
 // per slice (a carry instead of a division), so a slice costs a few additions and compares per
 // copy, as in AsyncConvOperands. Requires (fits()): the input channel count and N multiples of 8,
@@ -689,6 +706,7 @@ template <class T = AsyncWeightGradTile>
 struct AsyncWeightGradOperands {
     using Tile = T;
     static_assert(T::a_col_major && T::a_copies == T::rows / 64, "k-major A, thread t's copies 64 rows apart");
+    static_assert(T::b_copies * 64 == T::cols, "thread t's B copies 64 columns apart, in its own pixel's row");
     Gather<false, Bf16> la;  // rows: output pixels (as the forward's gather); la.C the input channels
     const Bf16* dy;          // [pixels][N]
     struct Regs {
@@ -725,7 +743,7 @@ PIN_UNROLL
         r.step_w = static_cast<int>(static_cast<unsigned>(kWideDepth) - static_cast<unsigned>(r.step_h) * uWo);
     }
     // The next slice (pixels k .. k + 31 of the block's chunk) into a stage: As [kWideDepth][a_ld]
-    // (k x m), Bs [kWideDepth][WLB].
+    // (k x m), Bs [kWideDepth][b_ld].
     __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
         const bool in_k = r.k < r.kend;
         const int y = r.oh * static_cast<int>(la.stride) - static_cast<int>(la.pad), x = r.ow * static_cast<int>(la.stride) - static_cast<int>(la.pad);
@@ -736,8 +754,11 @@ PIN_UNROLL
                                static_cast<unsigned>(x + r.kw[i]) < static_cast<unsigned>(la.W);
             async_copy16(As + k_row(tid) * T::a_ld + a_row(tid, i), valid ? la.src + origin + r.tap_offset[i] : la.src, valid);
         }
-        const bool valid = in_k && r.n < N;
-        async_copy16(Bs + k_row(tid) * WLB + b_col(tid), valid ? dy + r.k * N + r.n : dy, valid);
+PIN_UNROLL
+        for (int j = 0; j < T::b_copies; ++j) {
+            const bool valid = in_k && r.n + 64 * j < N;  // N % 8 == 0: a copy is all inside or all outside
+            async_copy16(Bs + k_row(tid) * T::b_ld + b_col(tid) + 64 * j, valid ? dy + r.k * N + r.n + 64 * j : dy, valid);
+        }
         r.k += kWideDepth;  // the same pixel walk: ow by 32, carried into rows and images
         r.ow += r.step_w;
         r.oh += r.step_h;
@@ -757,20 +778,21 @@ PIN_UNROLL
 };
 
 // Launched with T::smem_bytes of dynamic shared memory (PIN_LAUNCH_SHARED), a grid of T::rows x
-// kWideCols tiles and K chunks of `chunk` (a multiple of kWideDepth; one chunk unless the operands
+// T::cols tiles and K chunks of `chunk` (a multiple of kWideDepth; one chunk unless the operands
 // take a split K: AsyncWeightGradOperands) on z.
 template <class Operands, class Store>
-__global__ void __launch_bounds__(THREADS, 2) gemm_async_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, Operands ops, Store st) {
+__global__ void __launch_bounds__(THREADS, Operands::Tile::min_blocks)
+    gemm_async_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, Operands ops, Store st) {
     using namespace nvcuda;
     using T = typename Operands::Tile;
     PIN_DYNAMIC_SHARED(smem);
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
     const int tid = threadIdx.x;
-    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * T::rows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * T::rows, n0 = static_cast<int64_t>(blockIdx.y) * T::cols;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = kbeg + chunk < K ? kbeg + chunk : K;
     typename Operands::Regs r;
     ops.begin(r, m0, n0, M, kbeg, kend, tid);
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[T::frags_m][2];
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[T::frags_m][T::frags_n];
     zero_accumulators(acc);
     const int slices = kbeg < kend ? static_cast<int>((kend - kbeg + kWideDepth - 1) / kWideDepth) : 0;  // K < 2^31 (the launch checks)
     auto next = [](int s) { return s + 1 == kAsyncStages ? 0 : s + 1; };
@@ -791,12 +813,12 @@ PIN_UNROLL
         async_commit();
         write = next(write);
         const __nv_bfloat16* As = stages + read * T::stage;
-        warp_products<__nv_bfloat16, 16, kWideDepth, T::a_ld, WLB, T::a_col_major>(As, As + T::a_elems, acc);
+        warp_products<__nv_bfloat16, 16, kWideDepth, T::a_ld, T::b_ld, T::a_col_major>(As, As + T::a_elems, acc);
         read = next(read);
     }
     async_wait<0>();
     __syncthreads();  // every product read its stage: the memory holds the accumulators
-    store_warp_tiles<T::rows, kWideCols, WLC>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
+    store_warp_tiles<T::rows, T::cols, T::c_ld>(reinterpret_cast<float*>(smem), acc, m0, n0, M, N, st);
 }
 
 // A kernel's output tile and K slice, and the grid that covers an M x N x K GEMM with it: M tiles on
@@ -807,6 +829,8 @@ struct Tile {
 };
 constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth},
     kAsyncTile{AsyncTileUsed::rows, kWideCols, kWideDepth}, kAsyncWeightGradTile{AsyncWeightGradTile::rows, kWideCols, kWideDepth};
+template <class T>
+constexpr Tile tile_of_async() { return {T::rows, T::cols, kWideDepth}; }
 struct GemmGrid {
     unsigned x, y, z;
     int64_t chunk;

@@ -28,7 +28,7 @@ namespace internal {
 thread_local cudaStream_t g_stream = nullptr;
 cudaStream_t cur() { return g_stream; }
 std::atomic<int64_t>* gemm_launches() {
-    static std::atomic<int64_t> counts[6];  // by GemmKernel
+    static std::atomic<int64_t> counts[7];  // by GemmKernel
     return counts;
 }
 }  // namespace internal
@@ -61,6 +61,10 @@ std::atomic<int>& gather_mode_flag() {
 std::atomic<int>& activation_storage_flag() {
     static std::atomic<int> storage{static_cast<int>(ActivationStorage::FP32)};
     return storage;
+}
+std::atomic<int>& async_tile_flag() {
+    static std::atomic<int> shape{static_cast<int>(AsyncTileShape::Cols64)};
+    return shape;
 }
 std::atomic<int>& mask_sampler_flag() {
     static std::atomic<int> sampler{static_cast<int>(MaskSampler::Pin)};
@@ -101,11 +105,14 @@ KernelLaunches kernel_launches() {
     k.one_output = gemm_launches()[static_cast<int>(GemmKernel::OneOutput)].load();
     k.one_input = gemm_launches()[static_cast<int>(GemmKernel::OneInput)].load();
     k.async = gemm_launches()[static_cast<int>(GemmKernel::Async)].load();
+    k.async_cols128 = gemm_launches()[static_cast<int>(GemmKernel::AsyncCols128)].load();
     return k;
 }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 void set_activation_storage(ActivationStorage storage) { activation_storage_flag() = static_cast<int>(storage); }
 ActivationStorage activation_storage() { return static_cast<ActivationStorage>(activation_storage_flag().load()); }
+void set_async_tile(AsyncTileShape shape) { async_tile_flag() = static_cast<int>(shape); }
+AsyncTileShape async_tile() { return static_cast<AsyncTileShape>(async_tile_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }
 MaskSampler mask_sampler() { return static_cast<MaskSampler>(mask_sampler_flag().load()); }
 

@@ -111,6 +111,15 @@ enum class ActivationStorage { FP32, BF16 };
 void set_activation_storage(ActivationStorage storage);
 ActivationStorage activation_storage();
 
+// The asynchronous-copy kernel's block tile (gemm_kernels.cuh AsyncTile): 256 x 64, two blocks per
+// SM, or, for the GEMMs whose N (output channels) is a multiple of 128, 256 x 128: one block per SM
+// (128 accumulator registers per thread), half the shared-memory traffic per tensor-core product.
+// Process-wide; Cols64 unless set: neither has run on a GPU (pin-bench-gpu times both; make the
+// faster the default).
+enum class AsyncTileShape { Cols64, Cols128 };
+void set_async_tile(AsyncTileShape shape);
+AsyncTileShape async_tile();
+
 // A device pointer to NHWC activations stored either way (conv2d_forward,
 // conv_transpose2d_forward and nhwc_to_nchw read and write both).
 struct ConstActivations {
@@ -130,6 +139,7 @@ struct Activations {
 // reaches the kernel it is meant for; pin-bench-gpu reports them).
 struct KernelLaunches {
     int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
+    int64_t async_cols128 = 0;  // of the async launches, those with the 256 x 128 tile
 };
 KernelLaunches kernel_launches();
 

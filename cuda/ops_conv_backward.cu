@@ -45,10 +45,17 @@ void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, 
             static_cast<const Bf16*>(dy.data)};
         const int64_t M = K * K * s.in_c, N = s.out_c;
         if (async_mode() && ops.fits(M, N, P, 1)) {
-            const int64_t splits = split_for(M, N, P, kAsyncWeightGradTile), z = gemm_grid(M, N, P, splits, kAsyncWeightGradTile).z;
-            DeviceBuffer partial = partial_buffer(z, M, N);
-            launch_async(M, N, P, splits, ops, PartialStore{partial.data(), M, N}, "conv2d_backward_weight", shape_of(s));
-            reduce_partials(partial, z, M, N, TransposedWeightMap{s.in_c, K}, dw, shape_of(s));
+            auto run = [&](auto form) {
+                constexpr Tile t = tile_of_async<typename decltype(form)::Tile>();
+                const int64_t splits = split_for(M, N, P, t), z = gemm_grid(M, N, P, splits, t).z;
+                DeviceBuffer partial = partial_buffer(z, M, N);
+                launch_async(M, N, P, splits, form, PartialStore{partial.data(), M, N}, "conv2d_backward_weight", shape_of(s));
+                reduce_partials(partial, z, M, N, TransposedWeightMap{s.in_c, K}, dw, shape_of(s));
+            };
+            if (async_cols128(N))
+                run(AsyncWeightGradOperands<AsyncWeightGradTileCols128>{ops.la, ops.dy});
+            else
+                run(ops);
             return;
         }
     }

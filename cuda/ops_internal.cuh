@@ -95,7 +95,8 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la
 }
 
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
-enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async };
+// AsyncCols128 counts the Async launches with the 256 x 128 tile (both counters grow).
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128 };
 // The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
 template <class T>
 struct IsPlainGather : std::false_type {};
@@ -185,7 +186,7 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
                          const std::string& shape) {
     using T = typename Operands::Tile;
     check_gemm_size(M, N, K, name, shape);
-    const GemmGrid g = gemm_grid(M, N, K, splits, Tile{T::rows, kWideCols, kWideDepth});
+    const GemmGrid g = gemm_grid(M, N, K, splits, tile_of_async<T>());
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     // Its shared memory is over the 48 KB a kernel gets without asking: ask once per instantiation.
     constexpr int bytes = T::smem_bytes;
@@ -193,6 +194,7 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
                                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     check(allowed, name, shape);
     gemm_launches()[static_cast<int>(GemmKernel::Async)].fetch_add(1, std::memory_order_relaxed);
+    if (T::cols == 128) gemm_launches()[static_cast<int>(GemmKernel::AsyncCols128)].fetch_add(1, std::memory_order_relaxed);
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
 }
@@ -201,12 +203,18 @@ inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode()
 // where it applies: MathMode::BF16, GatherMode::Vector, and what fits() accepts. Returns whether it
 // ran the GEMM (if not, the caller launches it otherwise).
 // w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
+// Whether the 256 x 128 tile runs a GEMM with N columns (AsyncTileShape).
+inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
 template <class LoadA, class Store>
 inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
                               const std::string& shape) {
     const AsyncConvOperands<LoadA> ops{la, w, N};
     if (!async_mode() || !ops.fits(M, N, K, 1)) return false;
-    if (M > 0 && N > 0) launch_async(M, N, K, 1, ops, st, name, shape);
+    if (M <= 0 || N <= 0) return true;
+    if (async_cols128(N))
+        launch_async(M, N, K, 1, AsyncConvOperands<LoadA, AsyncTileCols128>{la, w, N}, st, name, shape);
+    else
+        launch_async(M, N, K, 1, ops, st, name, shape);
     return true;
 }
 

@@ -43,6 +43,17 @@ using namespace pin;  // the test files' convention
 #include "pin/train/trainer.hpp"
 
 namespace {
+// Both tiles of the asynchronous-copy kernel (ops.cuh AsyncTileShape; the 256 x 128 one where N is a
+// multiple of 128), back to the default when the test ends.
+struct AsyncTileReset {
+    ~AsyncTileReset() { pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64); }
+};
+#define PIN_EACH_ASYNC_TILE()                                                                                  \
+    const pin::cuda::AsyncTileShape async_shape =                                                              \
+        GENERATE(pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128);                       \
+    pin::cuda::set_async_tile(async_shape);                                                                    \
+    const AsyncTileReset async_tile_reset;                                                                     \
+    INFO("asynchronous-copy tile 256 x " << (async_shape == pin::cuda::AsyncTileShape::Cols128 ? 128 : 64))
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

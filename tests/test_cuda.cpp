@@ -150,6 +150,10 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
     PIN_EACH_GATHER_MODE();
+    PIN_EACH_ASYNC_TILE();
+    // The 256 x 128 tile runs an asynchronous-copy GEMM with n columns exactly when it is chosen and
+    // n is a multiple of 128.
+    auto cols128 = [&](bool async, int64_t n) { return async && async_shape == pin::cuda::AsyncTileShape::Cols128 && n % 128 == 0; };
     struct Case {
         int64_t b, h, w, cin, cout, k, s, p;
         bool transposed;
@@ -157,10 +161,12 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
     // Odd sizes (generic and tensor-core kernels), the stem (1 -> 64, fp32 x) and the DAE's last layer
     // (64 -> 1, fp32 y), 64 -> 64 (the wide kernel), a strided transposed one (sub-pixel classes), and
     // with bfloat16 packed weights too the asynchronous-copy kernel (64 -> 64 both ways, 32 -> 72 1 x 1:
-    // two column tiles, one K slice; 64 -> 32, whose input gradient reaches it at stride 1).
+    // two column tiles, one K slice; 64 -> 32, whose input gradient reaches it at stride 1; 64 -> 128 and
+    // 128 -> 64 stride 2, whose forward and weight gradient or input gradient have 128 columns).
     for (const Case& c : {Case{2, 9, 7, 5, 7, 3, 1, 1, false}, Case{2, 15, 13, 1, 64, 3, 1, 1, false}, Case{2, 11, 9, 64, 1, 3, 1, 1, false},
                          Case{1, 14, 13, 64, 64, 3, 2, 1, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 33, 20, 3, 2, 1, true},
-                         Case{2, 7, 6, 32, 72, 1, 1, 0, false}, Case{2, 8, 9, 64, 32, 3, 1, 1, false}}) {
+                         Case{2, 7, 6, 32, 72, 1, 1, 0, false}, Case{2, 8, 9, 64, 32, 3, 1, 1, false}, Case{2, 7, 6, 64, 128, 3, 1, 1, false},
+                         Case{1, 6, 5, 128, 64, 3, 2, 1, false}}) {
         const std::string name = std::string(c.transposed ? "transposed " : "conv ") + std::to_string(c.cin) + "->" + std::to_string(c.cout);
         const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, c.transposed ? 1 : 0};
         const int64_t Ho = c.transposed ? pin::cuda::conv_transpose2d_out(s, c.h) : pin::cuda::conv2d_out(s, c.h);
@@ -225,6 +231,7 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
             pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
             const bool async = gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cout % 32 == 0 && c.cin % 8 == 0;
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
+            REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == cols128(async, c.cin));
             const std::string what = name + " input gradient from bf16 dy" + (async ? " (asynchronous copies)" : "");
             require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), what);
             pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s, true);
@@ -243,6 +250,7 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
             const bool async_w = x_bf16 && gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 8 == 0 &&
                                  c.cout % 8 == 0;
             REQUIRE((pin::cuda::kernel_launches().async > before_w.async) == async_w);
+            REQUIRE((pin::cuda::kernel_launches().async_cols128 > before_w.async_cols128) == cols128(async_w, c.cout));
             require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(),
                             name + " weight gradient from bf16 dy" + (async_w ? " and x (asynchronous copies)" : ""), async_w ? 1e-3 : -1);
         }
@@ -261,6 +269,7 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
                 else
                     pin::cuda::conv2d_forward(gx, gw.data(), out, s, nullptr, gs.data(), false, pw);
                 REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
+                REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == cols128(async, c.cout));
                 const std::string what = name + (async ? " (asynchronous copies)" : "") + " packed bf16 weights";
                 if (y_bf16)
                     require_matches(from_gpu_bf16(gy, n), y.data(), n, std::string(math_tag()) + what + " -> bf16", tol);

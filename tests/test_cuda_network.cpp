@@ -30,7 +30,11 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
     // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh ActivationStorage).
     const bool bf16_storage = mode == pin::cuda::MathMode::BF16 && GENERATE(false, true);
     pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
-    const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "");
+    // And there, with the vector gather, both tiles of the asynchronous-copy kernel (ops.cuh AsyncTileShape).
+    const bool tile128 = bf16_storage && gather == pin::cuda::GatherMode::Vector && GENERATE(false, true);
+    pin::cuda::set_async_tile(tile128 ? pin::cuda::AsyncTileShape::Cols128 : pin::cuda::AsyncTileShape::Cols64);
+    const AsyncTileReset async_tile_reset;
+    const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "") + (tile128 ? "[256 x 128 tile] " : "");
     pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
     const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
     gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());
@@ -38,6 +42,7 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
     // bfloat16 storage with the vector gather: the convolutions between bfloat16 activations copy
     // their operands as they are (the asynchronous-copy kernel), and nothing else does.
     REQUIRE((pin::cuda::kernel_launches().async > before.async) == (bf16_storage && gather == pin::cuda::GatherMode::Vector));
+    REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == tile128);
     // p passes through the whole network (DAE twice, ten convolution layers, two FC layers): the
     // tensor-core modes' rounding accumulates (BF16's bounds are first guesses, to be measured).
     const int m = mode == pin::cuda::MathMode::BF16 ? 2 : mode == pin::cuda::MathMode::TF32 ? 1 : 0;

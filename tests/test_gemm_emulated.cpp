@@ -129,10 +129,23 @@ template <class Launch>
 void emulate(const gemm::GemmGrid& g, Launch launch) {
     pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch);
 }
-// The asynchronous-copy kernel, with its dynamic shared memory.
-template <class Launch>
+// The asynchronous-copy kernel with tile T, with its dynamic shared memory.
+template <class T, class Launch>
 void emulate_async(const gemm::GemmGrid& g, Launch launch) {
-    pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch, gemm::AsyncTileUsed::smem_bytes);
+    pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch, T::smem_bytes);
+}
+// f(tile) for both tiles of the asynchronous-copy kernel (ops.cuh AsyncTileShape): 256 x 64 and
+// 256 x 128 (whose warps compute 64 x 64 each).
+template <class Tile64, class Tile128, class F>
+void for_each_async_tile(F f) {
+    {
+        INFO("tile 256 x 64");
+        f(Tile64{});
+    }
+    {
+        INFO("tile 256 x 128");
+        f(Tile128{});
+    }
 }
 }  // namespace
 
@@ -167,55 +180,60 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the convolution GEMMs
         bool transposed;  // an input-gradient (transposed) gather: at stride 2 one GEMM per sub-pixel class
     };
     // Partial tiles in M and N, two row tiles (286 rows); 1, 2 and 9 taps; K of 1, 2 and 18 slices
-    // (one slice: fewer than the pipeline's stages); two column tiles.
+    // (one slice: fewer than the pipeline's stages); two column tiles (three of 64 columns).
     for (const Case& c : {Case{{2, 13, 11, 64, 48, 3, 1, 1}, false}, Case{{1, 13, 10, 32, 104, 3, 2, 1}, false},
-                          Case{{1, 7, 9, 32, 72, 1, 1, 0}, false}, Case{{2, 5, 6, 64, 40, 1, 2, 0}, false},
-                          Case{{2, 7, 6, 64, 40, 3, 2, 1}, true}, Case{{1, 9, 10, 32, 24, 3, 1, 1}, true}}) {
+                          Case{{1, 7, 9, 32, 72, 1, 1, 0}, false}, Case{{1, 7, 9, 32, 136, 1, 1, 0}, false},
+                          Case{{2, 5, 6, 64, 40, 1, 2, 0}, false}, Case{{2, 7, 6, 64, 40, 3, 2, 1}, true},
+                          Case{{1, 9, 10, 32, 24, 3, 1, 1}, true}}) {
         const ConvGeometry& g = c.g;
         INFO("C " << g.C << " N " << g.N << " k " << g.k << " stride " << g.stride << (c.transposed ? " transposed" : ""));
-        const int64_t K = g.k * g.k * g.C;
-        const std::vector<cuda::Bf16> w = bf16_vector(K * g.N, 62);
-        if (!c.transposed) {
-            const std::vector<cuda::Bf16> src = bf16_vector(g.B * g.H * g.W * g.C, 61);
-            const cuda::Gather<false, cuda::Bf16> la{src.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
-            const Bf16Rows lb{w.data(), g.N};
-            const int64_t M = g.B * g.Ho() * g.Wo();
-            Result r(1, M, g.N);
-            const HostStore st = r.store();
-            const gemm::AsyncConvOperands<decltype(la)> ops{la, w.data(), g.N};
-            REQUIRE(ops.fits(M, g.N, K, 1));
-            const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kAsyncTile);
-            emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, grid.chunk, ops, st); });
-            require_product(r, K, la, lb, Rounding::None, "asynchronous copies, direct gather");
-        } else {
+        for_each_async_tile<gemm::AsyncTileUsed, gemm::AsyncTileCols128>([&](auto tile) {
+            using T = decltype(tile);
+            constexpr gemm::Tile t = gemm::tile_of_async<T>();
+            const int64_t K = g.k * g.k * g.C;
+            const std::vector<cuda::Bf16> w = bf16_vector(K * g.N, 62);
+            if (!c.transposed) {
+                const std::vector<cuda::Bf16> src = bf16_vector(g.B * g.H * g.W * g.C, 61);
+                const cuda::Gather<false, cuda::Bf16> la{src.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
+                const Bf16Rows lb{w.data(), g.N};
+                const int64_t M = g.B * g.Ho() * g.Wo();
+                Result r(1, M, g.N);
+                const HostStore st = r.store();
+                const gemm::AsyncConvOperands<decltype(la), T> ops{la, w.data(), g.N};
+                REQUIRE(ops.fits(M, g.N, K, 1));
+                const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, t);
+                emulate_async<T>(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, grid.chunk, ops, st); });
+                require_product(r, K, la, lb, Rounding::None, "asynchronous copies, direct gather");
+                return;
+            }
             // The input gradient's geometry of a stride-2 convolution: the source is Ho x Wo.
             const std::vector<cuda::Bf16> src = bf16_vector(g.B * g.Ho() * g.Wo() * g.C, 63);
             const cuda::Gather<true, cuda::Bf16> whole{src.data(), g.H, g.W, g.Ho(), g.Wo(), g.C, g.k, g.stride, g.pad};
             const int64_t M = g.B * g.H * g.W;
             Result r(1, M, g.N);
             if (g.stride == 1) {  // one GEMM over the whole gather
-                const gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>> ops{whole, w.data(), g.N};
+                const gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>, T> ops{whole, w.data(), g.N};
                 REQUIRE(ops.fits(M, g.N, K, 1));
                 const HostStore st = r.store();
-                const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, gemm::kAsyncTile);
-                emulate_async(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, grid.chunk, ops, st); });
+                const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, K, 1, t);
+                emulate_async<T>(grid, [&] { gemm::gemm_async_kernel(M, g.N, K, grid.chunk, ops, st); });
                 require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, transposed gather");
-                continue;
+                return;
             }
             // A whole transposed gather at stride 2 would read between source pixels: refused.
-            REQUIRE_FALSE(gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>>{whole, w.data(), g.N}.fits(M, g.N, K, 1));
+            REQUIRE_FALSE(gemm::AsyncConvOperands<cuda::Gather<true, cuda::Bf16>, T>{whole, w.data(), g.N}.fits(M, g.N, K, 1));
             for (int ry = 0; ry < 2; ++ry)
                 for (int rx = 0; rx < 2; ++rx) {
                     const cuda::SubpixelGather<cuda::Bf16> sg = cuda::subpixel_gather(whole, ry, rx);
                     const int64_t Mc = g.B * sg.rows_per_image(), Kc = sg.depth();
-                    const gemm::AsyncConvOperands<cuda::SubpixelGather<cuda::Bf16>> ops{sg, w.data(), g.N};
+                    const gemm::AsyncConvOperands<cuda::SubpixelGather<cuda::Bf16>, T> ops{sg, w.data(), g.N};
                     REQUIRE(ops.fits(Mc, g.N, Kc, 1));
                     const gemm::RowMappedStore<HostStore, cuda::SubpixelGather<cuda::Bf16>> st{r.store(), sg};
-                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, g.N, Kc, 1, gemm::kAsyncTile);
-                    emulate_async(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, grid.chunk, ops, st); });
+                    const gemm::GemmGrid grid = gemm::gemm_grid(Mc, g.N, Kc, 1, t);
+                    emulate_async<T>(grid, [&] { gemm::gemm_async_kernel(Mc, g.N, Kc, grid.chunk, ops, st); });
                 }
             require_product(r, K, whole, Bf16Rows{w.data(), g.N}, Rounding::None, "asynchronous copies, sub-pixel classes");
-        }
+        });
     }
 }
 
@@ -225,29 +243,32 @@ TEST_CASE("emulated: the asynchronous-copy kernel computes the weight gradients 
     // images. Cases: a partial row tile (M = 9 * 8 = 72, one image smaller than a slice: 3 x 4
     // output pixels, so a slice spans several images), stride 2 with a pixel count off the slice and
     // two column tiles (N = 72), three row tiles with a partial last (M = 9 * 64 = 576) in 1, 3 and 7
-    // chunks, a 1 x 1 stride-2 layer.
+    // chunks, a 1 x 1 stride-2 layer, N = 136 (two column tiles of the 256 x 128 tile). Both tiles.
     struct Case {
         ConvGeometry g;  // C input channels, N output channels
         int64_t splits;
     };
     for (const Case& c : {Case{{5, 3, 4, 8, 16, 3, 1, 1}, 1}, Case{{2, 13, 11, 16, 72, 3, 2, 1}, 2}, Case{{2, 9, 7, 64, 24, 3, 1, 1}, 1},
-                          Case{{2, 9, 7, 64, 24, 3, 1, 1}, 3}, Case{{3, 10, 9, 64, 8, 3, 1, 1}, 7}, Case{{2, 9, 11, 24, 40, 1, 2, 0}, 2}}) {
+                          Case{{2, 9, 7, 64, 24, 3, 1, 1}, 3}, Case{{3, 10, 9, 64, 8, 3, 1, 1}, 7}, Case{{2, 9, 11, 24, 40, 1, 2, 0}, 2},
+                          Case{{1, 6, 7, 16, 136, 3, 1, 1}, 2}}) {
         const ConvGeometry& g = c.g;
         INFO("C " << g.C << " N " << g.N << " k " << g.k << " stride " << g.stride << " splits " << c.splits);
-        const std::vector<cuda::Bf16> x = bf16_vector(g.B * g.H * g.W * g.C, 71), dy = bf16_vector(g.B * g.Ho() * g.Wo() * g.N, 72);
-        const cuda::Gather<false, cuda::Bf16> gathered{x.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
-        const int64_t M = g.k * g.k * g.C, P = g.B * g.Ho() * g.Wo();
-        const gemm::AsyncWeightGradOperands<> ops{gathered, dy.data()};
-        REQUIRE(ops.fits(M, g.N, P, c.splits));
-        const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, P, c.splits, gemm::kAsyncWeightGradTile);
-        REQUIRE((grid.z > 1) == (c.splits > 1));
-        Result r(grid.z, M, g.N);
-        const HostStore st = r.store();
-        pin_emulation::launch(dim3(grid.x, grid.y, grid.z), gemm::THREADS, [&] { gemm::gemm_async_kernel(M, g.N, P, grid.chunk, ops, st); },
-                              gemm::AsyncWeightGradTile::smem_bytes);
-        // A(m, k) = the gathered input at pixel k, column m; B(k, n) = dy[k N + n].
-        const auto a = [&](int64_t m, int64_t k) { return gathered(k, m); };
-        require_product(r, P, a, Bf16Rows{dy.data(), g.N}, Rounding::None, "asynchronous copies, weight gradient");
+        for_each_async_tile<gemm::AsyncWeightGradTile, gemm::AsyncWeightGradTileCols128>([&](auto tile) {
+            using T = decltype(tile);
+            const std::vector<cuda::Bf16> x = bf16_vector(g.B * g.H * g.W * g.C, 71), dy = bf16_vector(g.B * g.Ho() * g.Wo() * g.N, 72);
+            const cuda::Gather<false, cuda::Bf16> gathered{x.data(), g.Ho(), g.Wo(), g.H, g.W, g.C, g.k, g.stride, g.pad};
+            const int64_t M = g.k * g.k * g.C, P = g.B * g.Ho() * g.Wo();
+            const gemm::AsyncWeightGradOperands<T> ops{gathered, dy.data()};
+            REQUIRE(ops.fits(M, g.N, P, c.splits));
+            const gemm::GemmGrid grid = gemm::gemm_grid(M, g.N, P, c.splits, gemm::tile_of_async<T>());
+            REQUIRE((grid.z > 1) == (c.splits > 1));
+            Result r(grid.z, M, g.N);
+            const HostStore st = r.store();
+            emulate_async<T>(grid, [&] { gemm::gemm_async_kernel(M, g.N, P, grid.chunk, ops, st); });
+            // A(m, k) = the gathered input at pixel k, column m; B(k, n) = dy[k N + n].
+            const auto a = [&](int64_t m, int64_t k) { return gathered(k, m); };
+            require_product(r, P, a, Bf16Rows{dy.data(), g.N}, Rounding::None, "asynchronous copies, weight gradient");
+        });
     }
     // A channel count off the 16-byte copies, or M other than k^2 C, is refused.
     const std::vector<cuda::Bf16> x(2 * 5 * 5 * 12), dy(2 * 5 * 5 * 8);

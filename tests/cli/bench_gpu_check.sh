@@ -41,13 +41,19 @@ for config in ("generic-fp32", "vector-bf16"):
     assert stages["training_step_profile"]["total_ms"] > 0 and stages["training_step_profile"]["ops_ms"], stages["training_step_profile"]
     launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
     assert len(launches) == 1, launches
-    if config == "vector-bf16":  # the defense also with bfloat16 activations
-        storage = stages["defense_forward_bf16_storage"]
-        assert storage["ms"] > 0 and storage["batch"] == 1, storage
+    # The defense also with bfloat16 activations, with both tiles of the asynchronous-copy kernel, and
+    # the training step with its 256 x 128 tile (ops.cuh AsyncTileShape): the vector-bf16 configuration only.
+    fast = ("defense_forward_bf16_storage", "defense_forward_bf16_storage_cols128", "training_step_cols128")
+    if config == "vector-bf16":
+        for stage in fast:
+            assert stages[stage]["ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
     else:
-        assert "defense_forward_bf16_storage" not in stages, stages
-    if config == "vector-bf16":  # the wide, asynchronous-copy and both per-pixel kernels reached
-        assert all(launches[0][k] > 0 for k in ("wide", "async", "one_output", "one_input")), launches
+        assert not any(stage in stages for stage in fast), stages
+    if config == "vector-bf16":  # the wide, asynchronous-copy (both tiles) and both per-pixel kernels reached
+        assert all(launches[0][k] > 0 for k in ("wide", "async", "async_cols128", "one_output", "one_input")), launches
+        x128 = [j["layer"] for j in layers if "forward_bf16_async128_ms" in j]  # layers with 128k output channels
+        assert x128 == [j["layer"] for j in layers if "backward_weight_bf16_async128_ms" in j or j["layer"] == "convT 256->256 s2 @14"], x128
+        assert len(x128) == 5, x128
     else:  # the generic fp32 configuration runs every GEMM on the fp32 kernel
         assert launches[0]["fp32"] > 0 and all(launches[0][k] == 0 for k in ("tensor_core", "wide", "one_output", "one_input", "async")), launches
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
