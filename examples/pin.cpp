@@ -63,6 +63,8 @@ void usage(std::FILE* f) {
                  "              --gpu-gather G  with cuda: generic (default) | rows | vector (with bf16 math: the\n"
                  "                              wide and asynchronous-copy tensor-core kernels)\n"
                  "              --gpu-storage S with cuda: fp32 (default) | bf16 activations between convolutions\n"
+                 "              --gpu-tile T    with cuda: 64 (default) | 128, the asynchronous-copy kernel's tile\n"
+                 "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
@@ -85,8 +87,10 @@ void usage(std::FILE* f) {
                  "                              same format, so a run may resume on either device)\n"
                  "              --gpu-math M    with cuda: fp32 (default) | tf32 | bf16 tensor cores\n"
                  "              --gpu-gather G  with cuda: generic (default) | rows | vector (with bf16 math: the\n"
-                 "                              wide tensor-core kernel)\n"
+                 "                              wide and asynchronous-copy tensor-core kernels)\n"
                  "              --gpu-storage S with cuda: fp32 (default) | bf16 activations in the frozen DAE\n"
+                 "              --gpu-tile T    with cuda: 64 (default) | 128, the asynchronous-copy kernel's tile\n"
+                 "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
@@ -115,6 +119,8 @@ void usage(std::FILE* f) {
                  "              --gpu-gather G  with cuda: generic (default) | rows | vector (with bf16 math: the\n"
                  "                              wide and asynchronous-copy tensor-core kernels)\n"
                  "              --gpu-storage S with cuda: fp32 (default) | bf16 activations between convolutions\n"
+                 "              --gpu-tile T    with cuda: 64 (default) | 128, the asynchronous-copy kernel's tile\n"
+                 "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "  align       find, landmark and align the faces of photos (face-api tiny face detector + 68 landmarks)\n"
                  "              --in PHOTO|DIR  photos (searched recursively)   --out DIR  one gray 112x112 PNG per face,\n"
@@ -146,7 +152,7 @@ int cmd_info() {
     std::printf("  CUDA kernels     built\n");
     std::string reason;
     if (pin::cuda::device_available(&reason))
-        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage)\n", pin::cuda::device_name().c_str());
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile)\n", pin::cuda::device_name().c_str());
     else
         std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else

@@ -25,16 +25,19 @@ namespace cli {
 //   --gpu-gather generic|rows|vector  how the convolutions read their gathered operand (GatherMode);
 //                               vector with bf16 math runs the wide and asynchronous-copy kernels
 //   --gpu-storage fp32|bf16     the defense's activations between convolutions (ActivationStorage)
+//   --gpu-tile 64|128           the asynchronous-copy kernel's block tile, 256 x 64 or 256 x 128
+//                               (AsyncTileShape; the wider where the output channels allow)
 // They are library settings made command-line options so that a GPU's user can run the fast
-// configuration (bf16 / vector / bf16) without recompiling; the defaults stay the measured fp32
-// baseline until a GPU run has chosen others (docs/gpu.md).
+// configuration (bf16 / vector / bf16, either tile) without recompiling; the defaults stay the
+// measured fp32 baseline until a GPU run has chosen others (docs/gpu.md).
 struct GpuSetting {
     const char* flag;
     std::vector<std::string> values;  // the first is the default
 };
 inline const std::vector<GpuSetting>& gpu_settings() {
     static const std::vector<GpuSetting> s = {
-        {"gpu-math", {"fp32", "tf32", "bf16"}}, {"gpu-gather", {"generic", "rows", "vector"}}, {"gpu-storage", {"fp32", "bf16"}}};
+        {"gpu-math", {"fp32", "tf32", "bf16"}}, {"gpu-gather", {"generic", "rows", "vector"}}, {"gpu-storage", {"fp32", "bf16"}},
+        {"gpu-tile", {"64", "128"}}};
     return s;
 }
 // Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
@@ -53,14 +56,16 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
 #if defined(PIN_HAVE_CUDA)
     if (device != "cuda") return;
     namespace pc = pin::cuda;
-    const std::string m = o.get("gpu-math", "fp32"), g = o.get("gpu-gather", "generic"), st = o.get("gpu-storage", "fp32");
+    const std::string m = o.get("gpu-math", "fp32"), g = o.get("gpu-gather", "generic"), st = o.get("gpu-storage", "fp32"),
+                      t = o.get("gpu-tile", "64");
     pc::set_math_mode(m == "bf16" ? pc::MathMode::BF16 : m == "tf32" ? pc::MathMode::TF32 : pc::MathMode::FP32);
     pc::set_gather_mode(g == "vector" ? pc::GatherMode::Vector : g == "rows" ? pc::GatherMode::Rows : pc::GatherMode::Generic);
     pc::set_activation_storage(st == "bf16" ? pc::ActivationStorage::BF16 : pc::ActivationStorage::FP32);
+    pc::set_async_tile(t == "128" ? pc::AsyncTileShape::Cols128 : pc::AsyncTileShape::Cols64);
 #endif
 }
-// "math M gather G storage S" with the defaults filled in: results depend on all three (caches
-// key on it, the eval JSON records it).
+// "math M gather G storage S tile T" with the defaults filled in: results depend on them (caches
+// key on it, the eval JSON records each).
 inline std::string gpu_settings_tag(const Options& o) {
     std::string tag;
     for (const GpuSetting& s : gpu_settings())

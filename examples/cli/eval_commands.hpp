@@ -162,6 +162,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
         j["gpu_math"] = o.get("gpu-math", "fp32");
         j["gpu_gather"] = o.get("gpu-gather", "generic");
         j["gpu_storage"] = o.get("gpu-storage", "fp32");
+        j["gpu_tile"] = o.get("gpu-tile", "64");
     }
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;

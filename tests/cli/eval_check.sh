@@ -80,15 +80,15 @@ PY
   # The fast settings (bfloat16 operands and activations, the vector kernels): the same pairs, scores
   # within bfloat16's rounding of the defended faces, the settings in the JSON.
   "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 \
-    --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings"; }
+    --gpu-tile 128 --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings"; }
   python3 - "$work/pin_cpu.json" "$work/pin_gpu_bf16.json" <<'PY' || fail "pin eval --device cuda (bf16, vector) differs from the CPU"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
-assert (b["gpu_math"], b["gpu_gather"], b["gpu_storage"]) == ("bf16", "vector", "bf16"), b
+assert (b["gpu_math"], b["gpu_gather"], b["gpu_storage"], b["gpu_tile"]) == ("bf16", "vector", "bf16", "128"), b
 assert len(a["scores"]) == len(b["scores"])
 assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 3e-2, (a["scores"], b["scores"])
 PY
-  echo "pin eval --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 follows the CPU"
+  echo "pin eval --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile 128 follows the CPU"
 else
   [ $? = 1 ] || fail "pin eval --device cuda without a GPU: expected exit 1"
   grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
@@ -118,6 +118,14 @@ set +e
 "$pin" eval $q --defense pin --model "$work/model" --gpu-storage bf16 > "$work/msg" 2>&1; rc=$?
 set -e
 [ $rc = 2 ] && grep -q -- "--gpu-storage bf16 needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "--gpu-storage without --device cuda: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --device cuda --gpu-tile 96 > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q -- "--gpu-tile must be 64 or 128, got '96'" "$work/msg" || { cat "$work/msg"; fail "--gpu-tile 96: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --gpu-tile 128 > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q -- "--gpu-tile 128 needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "--gpu-tile without --device cuda: expected a usage error"; }
 set +e
 "$pin" embed --in "$work/data/images" --out "$work/e.safetensors" --gpu-gather vector > "$work/msg" 2>&1; rc=$?
 set -e

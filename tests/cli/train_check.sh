@@ -120,9 +120,11 @@ for ra, rb in zip(a, b):
         assert abs(x - y) <= tol * max(abs(x), 1e-12), (ra["step"], col, x, y)
 print("pin train --device cuda follows the CPU run over", len(a), "steps")
 PY
-  # The fast settings: bfloat16 operands (p, so a few masks, differ by bfloat16's rounding) and
-  # the frozen DAE's activations in bfloat16; the run follows the CPU's within a few per cent.
-  $tr --out "$work/agent_gpu_bf16" --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 > "$work/gputrain.log" 2>&1 \
+  # The fast settings: bfloat16 operands (p, so a few masks, differ by bfloat16's rounding), the
+  # frozen DAE's activations in bfloat16, the asynchronous-copy kernel's 256 x 128 tile where it
+  # applies; the run follows the CPU's within a few per cent.
+  $tr --out "$work/agent_gpu_bf16" --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile 128 \
+    > "$work/gputrain.log" 2>&1 \
     || { cat "$work/gputrain.log"; fail "train --device cuda with the bf16 settings"; }
   python3 - "$work/agent_c_local/log.csv" "$work/agent_gpu_bf16/log.csv" <<'PY' || fail "pin train --device cuda (bf16) does not follow the CPU run"
 import csv, sys
@@ -143,6 +145,8 @@ $tr --out "$work/bad_dev" --device tpu >"$work/msg" 2>&1 && fail "--device tpu a
 grep -q "must be cpu or cuda" "$work/msg" || { cat "$work/msg"; fail "no message for --device tpu"; }
 $tr --out "$work/bad_dev" --device cuda --gpu-storage fp16 >"$work/msg" 2>&1 && fail "--gpu-storage fp16 accepted"
 grep -q -- "--gpu-storage must be fp32 or bf16, got 'fp16'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-storage fp16"; }
+$tr --out "$work/bad_dev" --device cuda --gpu-tile 32 >"$work/msg" 2>&1 && fail "--gpu-tile 32 accepted"
+grep -q -- "--gpu-tile must be 64 or 128, got '32'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-tile 32"; }
 
 # SIGINT mid-run: checkpoint, exit 130, resume finishes with the weights of the uninterrupted run.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/dae.safetensors --basis $work/basis.safetensors
