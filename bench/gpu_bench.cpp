@@ -264,7 +264,7 @@ int main(int argc, char** argv) {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                     const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                    report(stage, tile128 ? "defense fwd, bf16, x128" : bf16_storage ? "defense fwd, bf16 act" : "defense forward", B, ms);
+                    report(stage, tile128 ? "defense fwd, bf16 x128" : bf16_storage ? "defense fwd, bf16 act" : "defense forward", B, ms);
                 } catch (const std::exception& e) {  // one failing batch size must not hide the others
                     report_error(stage, B, e);
                 }

@@ -618,12 +618,12 @@ struct AsyncTile {
     static_assert((16 * a_ld * 2) % 32 == 0 && (16 * b_ld * 2) % 32 == 0 && (16 * c_ld * 4) % 32 == 0,
                   "WMMA tile pointers stay 32-byte aligned");
     static_assert(b_copies * 8 * THREADS == kCols * kWideDepth, "whole 16-byte B copies per thread and slice");
-    // Thread t copies B row async_b_row(t, j), columns async_b_col(t) .. + 7 (a warp: whole rows of
-    // 128 or 256 contiguous bytes).
+    // Thread t copies B row b_row(t, j), columns b_col(t) .. + 7 (a warp: whole rows of 128 or 256
+    // contiguous bytes).
     PIN_HD static int b_row(int tid, int j) { return tid / (kCols / 8) + j * (THREADS / (kCols / 8)); }
     PIN_HD static int b_col(int tid) { return (tid % (kCols / 8)) * 8; }
 };
-using AsyncTileUsed = AsyncTile<256>;                        // the tiles ops.cu launches for the convolutions
+using AsyncTileUsed = AsyncTile<256>;                        // the tiles launched for the convolutions
 using AsyncTileCols128 = AsyncTile<256, false, 128>;
 using AsyncWeightGradTile = AsyncTile<256, true>;            // and for the weight gradients
 using AsyncWeightGradTileCols128 = AsyncTile<256, true, 128>;
@@ -710,7 +710,7 @@ struct AsyncWeightGradOperands {
     Gather<false, Bf16> la;  // rows: output pixels (as the forward's gather); la.C the input channels
     const Bf16* dy;          // [pixels][N]
     struct Regs {
-        // (kh W + kw) C + c of each A row (m past M: never valid). 32-bit (< k^2 W C): with 64-bit
+        // (kh W + kw) C + c of each A row (m past M: never valid). 32-bit (< k W C): with 64-bit
         // offsets ptxas spilled 24 bytes at the launch bound's 128 registers; with these, none.
         int tap_offset[T::a_copies];
         int kh[T::a_copies], kw[T::a_copies];
@@ -827,9 +827,8 @@ PIN_UNROLL
 struct Tile {
     int m, n, k;
 };
-constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth},
-    kAsyncTile{AsyncTileUsed::rows, kWideCols, kWideDepth}, kAsyncWeightGradTile{AsyncWeightGradTile::rows, kWideCols, kWideDepth};
-template <class T>
+constexpr Tile kFp32Tile{BM, BN, BK}, kTensorCoreTile{TBM, TBN, TBK}, kWideTile{kWideRows, kWideCols, kWideDepth};
+template <class T>  // an AsyncTile
 constexpr Tile tile_of_async() { return {T::rows, T::cols, kWideDepth}; }
 struct GemmGrid {
     unsigned x, y, z;

@@ -28,7 +28,7 @@ GpuTrainingBackend::GpuTrainingBackend(model::Agent& agent, const model::EigenBa
 // With MathMode::BF16 and GatherMode::Vector the tensor cores round every convolution operand to
 // bfloat16 anyway; converting a 3 x 3 convolution's operands to bfloat16 first (one pass over each)
 // lets its GEMMs copy both operands into shared memory as they are, on the asynchronous-copy kernel
-// (about 13 PTX instructions per tensor-core product against 21-47 on the wide kernel, which
+// (about 13 PTX instructions per tensor-core product against 30-51 on the wide kernel, which
 // converts in registers; docs/gpu.md): the forward pass from a bfloat16 x, and the backward pass's
 // weight gradient from bfloat16 x and dy and input gradient from the same bfloat16 dy (converted
 // once for both). The same operands, summed in another order. The 1 x 1 shortcuts keep the wide

@@ -198,13 +198,14 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
 }
+// Whether the asynchronous-copy kernel may run (MathMode::BF16 with GatherMode::Vector), and with the
+// 256 x 128 tile a GEMM with N columns (AsyncTileShape).
 inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
-// The asynchronous-copy kernel for a convolution GEMM whose operands are both bfloat16 in memory,
-// where it applies: MathMode::BF16, GatherMode::Vector, and what fits() accepts. Returns whether it
-// ran the GEMM (if not, the caller launches it otherwise).
-// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
-// Whether the 256 x 128 tile runs a GEMM with N columns (AsyncTileShape).
 inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
+// The asynchronous-copy kernel for a convolution GEMM whose operands are both bfloat16 in memory,
+// where it applies: async_mode() and what fits() accepts. Returns whether it ran the GEMM (if not,
+// the caller launches it otherwise).
+// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
 template <class LoadA, class Store>
 inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
                               const std::string& shape) {

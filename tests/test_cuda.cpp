@@ -284,8 +284,11 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
     PIN_EACH_GATHER_MODE();
-    // Odd sizes, and multiples of 4, which the wide kernel takes (Vector + BF16).
-    const std::pair<int64_t, int64_t> io = GENERATE(std::make_pair<int64_t, int64_t>(333, 77), std::make_pair<int64_t, int64_t>(336, 76));
+    // Odd sizes, and multiples of 4, which the wide kernel takes (Vector + BF16); 4,100 inputs: a long
+    // K with one output tile, which the forward pass splits in two chunks (ops_internal.cuh
+    // launch_gemm_bias; the projection test below splits K = 12,544 in six).
+    const std::pair<int64_t, int64_t> io = GENERATE(std::make_pair<int64_t, int64_t>(333, 77), std::make_pair<int64_t, int64_t>(336, 76),
+                                                    std::make_pair<int64_t, int64_t>(4100, 36));
     const int64_t B = 5, in = io.first, out = io.second;
     const Tensor x = rnd({B, in}, 7, Layout::NCHW), w = rnd({out, in}, 8, Layout::NCHW), b = rnd({out}, 9, Layout::NCHW),
                  dy = rnd({B, out}, 10, Layout::NCHW);

@@ -204,14 +204,15 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][
         return a;
     };
     // fp32 with both estimators; and the fast configuration (bfloat16 tensor cores, the vector gather,
-    // the 3 x 3 convolutions' operands converted to bfloat16 for the asynchronous-copy kernel) with
-    // the local-expectation estimator, whose gradient has no cancelling advantages to amplify
-    // bfloat16's rounding.
+    // the 3 x 3 convolutions' operands converted to bfloat16 for the asynchronous-copy kernel, with
+    // either of its tiles) with the local-expectation estimator, whose gradient has no cancelling
+    // advantages to amplify bfloat16's rounding.
     struct Config {
         pin::cuda::MathMode math;
         pin::cuda::GatherMode gather;
         train::Estimator estimator;
         double norm_tol, cost_tol, param_tol;
+        bool tile128 = false;
     };
     // fp32 tolerances: both sides sum in fp32 in different orders, and REINFORCE's advantages cancel.
     // Measured under the emulation (tests/cuda_emulation.hpp): parameter changes and momentum within
@@ -228,11 +229,14 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][
         {pin::cuda::MathMode::FP32, pin::cuda::GatherMode::Generic, train::Estimator::Reinforce, 1e-3, 1e-4, 1e-2},
         {pin::cuda::MathMode::FP32, pin::cuda::GatherMode::Generic, train::Estimator::LocalExpectation, 1e-3, 1e-4, 1e-2},
         {pin::cuda::MathMode::BF16, pin::cuda::GatherMode::Vector, train::Estimator::LocalExpectation, 1e-2, 1e-4, 0.3},
+        {pin::cuda::MathMode::BF16, pin::cuda::GatherMode::Vector, train::Estimator::LocalExpectation, 1e-2, 1e-4, 0.3, true},
     };
+    const AsyncTileReset async_tile_reset;
     for (const Config& cfg : configs) {
         pin::cuda::set_math_mode(cfg.math);
         pin::cuda::set_gather_mode(cfg.gather);
-        const std::string tag = std::string(math_tag()) + train::estimator_name(cfg.estimator);
+        pin::cuda::set_async_tile(cfg.tile128 ? pin::cuda::AsyncTileShape::Cols128 : pin::cuda::AsyncTileShape::Cols64);
+        const std::string tag = std::string(math_tag()) + train::estimator_name(cfg.estimator) + (cfg.tile128 ? " 256x128" : "");
         INFO("configuration " << tag);
         train::TrainerOptions opt;
         opt.estimator = cfg.estimator;
@@ -251,6 +255,7 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][
         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
         const train::StepStats b0 = gpu.step(x0, 0), b1 = gpu.step(x1, 2);
         if (cfg.math == pin::cuda::MathMode::BF16) REQUIRE(pin::cuda::kernel_launches().async > before.async);
+        REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == cfg.tile128);
         std::printf("gpu training step (%s): grad norms %.6g %.6g, cpu %.6g %.6g; mean costs %.6g %.6g, cpu %.6g %.6g\n", tag.c_str(),
                     b0.grad_norm, b1.grad_norm, c0.grad_norm, c1.grad_norm, b0.mean_cost, b1.mean_cost, c0.mean_cost, c1.mean_cost);
         REQUIRE(b0.grad_norm == Approx(c0.grad_norm).epsilon(cfg.norm_tol));
