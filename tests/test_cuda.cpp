@@ -285,7 +285,7 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
     PIN_EACH_MATH_MODE();
     PIN_EACH_GATHER_MODE();
     // Odd sizes, and multiples of 4, which the wide kernel takes (Vector + BF16); 4,100 inputs: a long
-    // K with one output tile, which the forward pass splits in two chunks (ops_internal.cuh
+    // K with one output tile, which the forward pass splits in two chunks (ops_linear.cu
     // launch_gemm_bias; the projection test below splits K = 12,544 in six).
     const std::pair<int64_t, int64_t> io = GENERATE(std::make_pair<int64_t, int64_t>(333, 77), std::make_pair<int64_t, int64_t>(336, 76),
                                                     std::make_pair<int64_t, int64_t>(4100, 36));
