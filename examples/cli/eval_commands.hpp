@@ -158,12 +158,8 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["attack"] = o.get("attack", "none");
     j["protocol"] = o.get("protocol", "offline");
     j["device"] = o.get("device", "cpu");
-    if (o.get("device", "cpu") == "cuda") {
-        j["gpu_math"] = o.get("gpu-math", "fp32");
-        j["gpu_gather"] = o.get("gpu-gather", "generic");
-        j["gpu_storage"] = o.get("gpu-storage", "fp32");
-        j["gpu_tile"] = o.get("gpu-tile", "64");
-    }
+    if (o.get("device", "cpu") == "cuda")  // gpu_math, gpu_gather, gpu_storage, gpu_tile (defaults filled in)
+        for (const GpuSetting& s : gpu_settings()) j[std::string("gpu_") + (s.flag + 4)] = o.get(s.flag, s.values[0]);
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
     if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset (half from each class when an even spread misses one)";
