@@ -614,6 +614,11 @@ struct AsyncTile {
     static constexpr int smem_bytes = operand_bytes > c_bytes ? operand_bytes : c_bytes;
     // Two blocks per SM with 64 accumulators per thread; one with 128 (the registers' limit).
     static constexpr int min_blocks = frags_m * frags_n * 8 > 64 ? 1 : 2;
+    // sm_90's shared memory: at most 227 KB a block, 228 KB an SM, of which each resident block takes
+    // 1 KB for the system. A tile over them would fail every launch, or get fewer blocks per SM than
+    // __launch_bounds__ promises ptxas (which then spends registers for occupancy it never gets).
+    static_assert(smem_bytes <= 227 * 1024, "a block's shared memory fits sm_90");
+    static_assert(min_blocks * (smem_bytes + 1024) <= 228 * 1024, "min_blocks blocks fit an sm_90 SM's shared memory");
     static_assert((a_elems * 2) % 128 == 0 && (stage * 2) % 128 == 0, "stages keep WMMA's and cp.async's alignment");
     static_assert((16 * a_ld * 2) % 32 == 0 && (16 * b_ld * 2) % 32 == 0 && (16 * c_ld * 4) % 32 == 0,
                   "WMMA tile pointers stay 32-byte aligned");

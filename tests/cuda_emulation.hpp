@@ -3,7 +3,8 @@
 // although CI has no GPU (tests/test_gemm_emulated.cpp, test_reduce_emulated.cpp, and
 // pin_tests_cuda_emulated: tests/test_cuda.cpp against the backend built for this emulation).
 //
-// A launch runs the grid's blocks one after another on the calling thread. A block's threads are
+// A launch runs the grid's blocks one after another on the calling thread, in index order on even
+// launches and in reverse order on odd ones. A block's threads are
 // fibers on that one OS thread: each runs until its next __syncthreads (or its end), then the next
 // one runs; when every thread that has not returned has reached the barrier, they all go on. The
 // order alternates (thread 0 first, then thread 255 first; from block to block and from barrier to
@@ -173,6 +174,8 @@ inline thread_local Scheduler* tl_scheduler = nullptr;
 // (pin::cuda::shared_contents_undefined, cuda/launch.cuh) fills it with 0xFF bytes: NaN as float,
 // double and bfloat16, -1 as an integer. tl_block numbers the blocks run on this OS thread.
 inline thread_local uint64_t tl_block = 0;
+// Launches made on this OS thread (pin_emulation::launch alternates the blocks' order by it).
+inline thread_local uint64_t tl_launches = 0;
 struct PoisonedArray {
     const void* at;
     uint64_t block;  // the block that last filled it
@@ -381,31 +384,38 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
     tl_scheduler = &s;
     blockDim = block;
     gridDim = grid;
-    for (unsigned z = 0; z < grid.z; ++z)
-        for (unsigned y = 0; y < grid.y; ++y)
-            for (unsigned x = 0; x < grid.x; ++x) {
-                blockIdx = uint3{x, y, z};
-                ++tl_block;
-                for (Fiber& f : fibers) {  // copies a thread left in flight at its end never land in a later block
-                    f.done = false;
-                    f.open_copies.clear();
-                    f.copy_groups.clear();
-                }
-                // Phases between barriers, every live thread once per phase, in alternating order
-                // (odd blocks start with the last thread, so a kernel without barriers meets both).
-                const unsigned first_order = x + y + z;
-                for (unsigned phase = 0;; ++phase) {
-                    unsigned waiting = 0;
-                    for (unsigned i = 0; i < threads; ++i) {
-                        Fiber& f = fibers[(first_order + phase) % 2 ? threads - 1 - i : i];
-                        if (f.done) continue;
-                        threadIdx = f.index;
-                        enter(s, f);
-                        waiting += !f.done;
-                    }
-                    if (waiting == 0) break;
-                }
+    // A GPU runs a grid's blocks in no set order, many at once: a kernel whose block reads what
+    // another block of the same launch writes is wrong there, whatever order hides it here. So the
+    // blocks go in index order on even launches of this OS thread and in reverse order on odd ones,
+    // and such a dependence fails one of the two.
+    const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
+    const bool reverse = tl_launches++ % 2 == 1;
+    for (uint64_t b = 0; b < blocks; ++b) {
+        const uint64_t linear = reverse ? blocks - 1 - b : b;
+        const unsigned x = static_cast<unsigned>(linear % grid.x), y = static_cast<unsigned>(linear / grid.x % grid.y),
+                       z = static_cast<unsigned>(linear / grid.x / grid.y);
+        blockIdx = uint3{x, y, z};
+        ++tl_block;
+        for (Fiber& f : fibers) {  // copies a thread left in flight at its end never land in a later block
+            f.done = false;
+            f.open_copies.clear();
+            f.copy_groups.clear();
+        }
+        // Phases between barriers, every live thread once per phase, in alternating order
+        // (odd blocks start with the last thread, so a kernel without barriers meets both).
+        const unsigned first_order = x + y + z;
+        for (unsigned phase = 0;; ++phase) {
+            unsigned waiting = 0;
+            for (unsigned i = 0; i < threads; ++i) {
+                Fiber& f = fibers[(first_order + phase) % 2 ? threads - 1 - i : i];
+                if (f.done) continue;
+                threadIdx = f.index;
+                enter(s, f);
+                waiting += !f.done;
             }
+            if (waiting == 0) break;
+        }
+    }
     tl_scheduler = outer;
     if (s.error) std::rethrow_exception(s.error);
     if (!s.violation.empty()) throw std::runtime_error("emulated kernel broke a WMMA rule: " + s.violation);

@@ -70,6 +70,36 @@ TEST_CASE("emulation: a missing barrier is seen in both directions", "[emulated]
     }
 }
 
+// Block b of a 3D grid counts itself and, as a chain, writes one more than its predecessor's value
+// (which it reads from the same launch: a dependence no GPU honours).
+void chain_kernel(int* chain, int* runs) {
+    if (threadIdx.x != 0) return;
+    const unsigned b = (blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+    ++runs[b];
+    chain[b] = (b == 0 ? 0 : chain[b - 1]) + 1;
+}
+
+TEST_CASE("emulation: a launch's blocks run in both orders, each exactly once", "[emulated][emulation]") {
+    // A kernel whose blocks read what other blocks of the same launch write must fail in one of
+    // two consecutive launches: the chain is whole (1, 2, 3, ...) in index order and broken in
+    // the reverse order. Every block of a 3D grid runs once per launch either way.
+    const dim3 grid(3, 2, 5);
+    const unsigned blocks = grid.x * grid.y * grid.z;
+    int whole = 0;
+    for (int launch = 0; launch < 2; ++launch) {
+        std::vector<int> chain(blocks, 0), runs(blocks, 0);
+        pin_emulation::launch(grid, dim3(32), [&] { chain_kernel(chain.data(), runs.data()); });
+        bool in_order = true;
+        for (unsigned b = 0; b < blocks; ++b) {
+            INFO("launch " << launch << ", block " << b);
+            REQUIRE(runs[b] == 1);
+            in_order = in_order && chain[b] == static_cast<int>(b) + 1;
+        }
+        whole += in_order;
+    }
+    REQUIRE(whole == 1);
+}
+
 TEST_CASE("emulation: shared memory starts undefined in every block", "[emulated][emulation]") {
     // Every thread but the last writes its slot; after the barrier thread t reads slot t. The last
     // slot, which no thread of the block wrote, must read as the fill (-1 as int, NaN as float) in
