@@ -34,7 +34,7 @@ log "GPU tests against the CPU"
 # cannot hide the results of the others.
 tests_rc=0
 : > "$out/tests.txt"
-for tag in rng conv elementwise pin defense train; do
+for tag in rng conv elementwise pin wgmma defense train; do
   echo "---- [cuda][$tag]" >> "$out/tests.txt"
   timeout "$(budget $([ $tag = conv ] && echo 150 || echo 60))" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 || { tests_rc=1; echo "[cuda][$tag] FAILED"; }
   tail -2 "$out/tests.txt" | head -1 | sed "s/^/[cuda][$tag] /" | tee -a "$out/summary.txt"
@@ -65,6 +65,23 @@ for tf32 in off on; do
   timeout "$(budget 60)" python3 bench/peers/torch_train.py --device cuda --batch 256 --masks 30 --iters 3 --tf32 $tf32 >> "$out/torch_train.jsonl" \
     2>>"$out/torch.err" || echo "{\"error\": \"torch training peer failed, tf32 $tf32\"}" >> "$out/torch_train.jsonl"
 done
+
+# cuBLAS (through PyTorch) on the square bfloat16 GEMM that pin-bench-gpu times the wgmma probe on
+# (cuda/wgmma_gemm.cuh): what this machine's dense BF16 rate is in practice.
+timeout "$(budget 40)" python3 - >> "$out/bench.txt" 2>>"$out/torch.err" <<'PY' || echo '{"stage": "torch_matmul_bf16", "error": "failed or out of time"}' >> "$out/bench.txt"
+import time, torch
+a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+for _ in range(3):
+    c = a @ b.t()
+torch.cuda.synchronize()
+t = time.perf_counter()
+for _ in range(10):
+    c = a @ b.t()
+torch.cuda.synchronize()
+ms = (time.perf_counter() - t) / 10 * 1e3
+print('{"stage": "torch_matmul_bf16", "m": 8192, "n": 8192, "k": 8192, "ms": %.4f, "tflops": %.1f}' % (ms, 2 * 8192**3 / ms / 1e9))
+PY
 
 log "the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
 for config in generic-tf32 generic-bf16 rows-fp32 rows-tf32; do bench $config; done
@@ -119,4 +136,7 @@ grep -E "^  " "$out/bench.txt"
 echo
 echo "GEMM launches by kernel, per configuration:"
 grep '"gemm_launches"' "$out/bench.txt"
+echo
+echo "bfloat16 GEMMs: the warpgroup-MMA probe (pin) and cuBLAS (PyTorch):"
+grep -E '"stage": "(wgmma_gemm|torch_matmul_bf16)"' "$out/bench.txt"
 exit $tests_rc

@@ -263,6 +263,13 @@ void to_float(const double* x, float* y, int64_t n);
 // The GPU's name and its measured bandwidth-free facts, for reports.
 std::string device_name();
 
+// ---- sm_90a's warpgroup MMA (cuda/wgmma_gemm.cuh): a probe, not yet behind any layer ----------------
+// c (M x N, fp32, row-major) = a b^T, a (M x K) and b (N x K) bfloat16 with K contiguous; K a multiple
+// of 8, a and b 16-byte aligned. Throws (naming the shape) where the device cannot run it.
+void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t N, int64_t K);
+// Whether this device runs the sm_90a kernels (compute capability 9.0: H100, H200); `reason` says why not.
+bool wgmma_supported(std::string* reason = nullptr);
+
 }  // namespace pin::cuda
 
 namespace pin::cuda {

@@ -22,6 +22,13 @@
 // async_wait that covers their group, so a kernel that reads a stage before waiting for it reads
 // the fill.
 //
+// wgmma (cuda/wgmma.cuh) follows the PTX ISA: each thread's share of the accumulators is computed
+// from shared memory through the descriptors (no-swizzle K-major bfloat16 only) when the wgmma_wait
+// that covers its group completes, so reading the accumulators earlier, or overwriting the operands'
+// shared memory before that wait, gives wrong results here as on a GPU; a missing wgmma_fence, a
+// block that is not whole warpgroups, a descriptor outside the dynamic shared memory and a thread
+// ending with an MMA in flight fail the launch.
+//
 // WMMA follows the CUDA C++ Programming Guide's description of nvcuda::wmma: a fragment is the whole
 // tile, warp-collective operations are done once (by lane 0, the only lane whose fragments are
 // observed, since only it stores) and every lane's pointer and leading dimension are checked
@@ -144,13 +151,27 @@ struct AsyncCopy {
     void* dst;
     unsigned char bytes[16];
 };
+// A wgmma.mma_async (cuda/wgmma.cuh) issued by one thread: its accumulators and descriptors, and the
+// operands' bits as they were at the issue. The accumulators are written when wgmma_wait completes
+// its group, from the shared memory as it is then, which must still hold those bits.
+struct WgmmaOp {
+    float* d;
+    int n;  // the instruction's N
+    uint64_t a, b;
+    bool accumulate;
+    std::vector<uint16_t> issued;  // A (64 x 16), then B (n x 16), row by row
+};
 // One thread of a block. Suspended at a barrier, at the end of a block, or not yet started.
 struct Fiber {
     Scheduler* scheduler = nullptr;
     uint3 index{};
+    unsigned linear = 0;  // threadIdx as one number
     bool done = false;  // returned from the kernel for the current block
     std::vector<AsyncCopy> open_copies;             // issued since the last commit
     std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, not yet landed (oldest first)
+    std::vector<WgmmaOp> open_mma;                   // wgmma issued since the last commit
+    std::deque<std::vector<WgmmaOp>> mma_groups;     // committed, not yet done
+    bool mma_fenced = false;                         // a wgmma_fence since the last wait (or the start)
     char* stack = nullptr;
     size_t stack_size = 0;
     Context context{};
@@ -158,6 +179,7 @@ struct Fiber {
 // A launch on one OS thread: its fibers, the scheduler's own context, what went wrong.
 struct Scheduler {
     Fiber* current = nullptr;
+    unsigned threads = 0;  // a block's
     void (*body)(void*) = nullptr;  // runs the kernel once, as the current fiber
     void* kernel = nullptr;
     std::string violation;  // the first broken WMMA rule (empty: none)
@@ -217,15 +239,17 @@ inline void report(const std::string& what) {
 }
 
 // cp.async, as cuda/async_copy.cuh uses it: both addresses 16-byte aligned (else a violation, as a
-// misaligned cp.async faults on a GPU); !valid writes zeros and reads nothing. The copy lands only
-// when async_wait completes its group, so reading the destination earlier finds what was there (the
-// block's undefined shared memory), never the copied bytes.
+// misaligned cp.async faults on a GPU); !valid writes zeros and reads nothing. The destination is
+// undefined from the issue (filled with 0xFF bytes: NaN) until async_wait completes the copy's group,
+// so a read before the wait, or a reader of the previous contents still at work after the issue (a
+// wgmma in flight), never finds the copied bytes or the old ones.
 inline void async_copy16(void* dst, const void* src, bool valid) {
     if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0))
         report("cp.async with an address that is not 16-byte aligned");
     AsyncCopy c{dst, {}};
     if (valid) std::memcpy(c.bytes, src, 16);
     tl_scheduler->current->open_copies.push_back(c);
+    std::memset(dst, 0xff, 16);  // undefined while the copy is in flight (a reader meets NaN)
 }
 inline void async_commit() {
     Fiber& f = *tl_scheduler->current;
@@ -239,6 +263,82 @@ inline void async_wait(int pending) {
         for (const AsyncCopy& c : f.copy_groups.front()) std::memcpy(c.dst, c.bytes, 16);
         f.copy_groups.pop_front();
     }
+}
+
+// wgmma (cuda/wgmma.cuh) as the PTX ISA describes it, for bfloat16 operands in the no-swizzle K-major
+// layout. Its descriptors hold shared-memory addresses: here offsets into the launch's dynamic shared
+// memory (the only kind the kernels give wgmma).
+inline uint32_t shared_address(const void* p) {
+    const auto* c = static_cast<const unsigned char*>(p);
+    if (!tl_dynamic.data || c < tl_dynamic.data || c >= tl_dynamic.data + tl_dynamic.bytes) {
+        report("a shared-memory address outside the launch's dynamic shared memory");
+        return 0;
+    }
+    return static_cast<uint32_t>(c - tl_dynamic.data);
+}
+inline void wgmma_fence() { tl_scheduler->current->mma_fenced = true; }
+// The bits of rows r < `rows`, k < 16 of a K-major bfloat16 operand at descriptor desc, appended to out.
+inline void wgmma_operand(uint64_t desc, int rows, std::vector<uint16_t>& out) {
+    const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+    if ((desc >> 49 & 7) != 0 || (desc >> 62) != 0) report("a wgmma descriptor with a base offset or a swizzle (not emulated)");
+    for (int r = 0; r < rows; ++r)
+        for (int k = 0; k < 16; ++k) {
+            const size_t at = start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
+            uint16_t bits = 0xFFFF;
+            if (at + 2 > tl_dynamic.bytes)
+                report("a wgmma operand outside the launch's dynamic shared memory");
+            else
+                std::memcpy(&bits, tl_dynamic.data + at, 2);
+            out.push_back(bits);
+        }
+}
+inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate) {
+    Fiber& f = *tl_scheduler->current;
+    if (tl_scheduler->threads % 128 != 0) report("wgmma in a block that is not whole warpgroups (128 threads)");
+    if (!f.mma_fenced) report("wgmma.mma_async without a wgmma.fence since the accumulators were last accessed");
+    WgmmaOp op{d, n, a, b, accumulate, {}};
+    wgmma_operand(a, 64, op.issued);
+    wgmma_operand(b, n, op.issued);
+    f.open_mma.push_back(std::move(op));
+}
+inline void wgmma_commit() {
+    Fiber& f = *tl_scheduler->current;
+    f.mma_groups.push_back(std::move(f.open_mma));
+    f.open_mma.clear();
+}
+// Finishes one thread's share of an m64nNk16: rows 16 w + l / 4 and + 8, columns 8 j + 2 (l % 4) and + 1
+// (w, l: the thread's warp in its warpgroup and its lane), products summed in fp32 in k order. On a
+// GPU the tensor cores read the operands somewhere between the issue and the wait: shared memory
+// that changed in between (not yet written by every thread at the issue, or overwritten before the
+// wait) gives a wrong result there, so here it is a violation.
+inline void wgmma_apply(const WgmmaOp& op, unsigned thread) {
+    std::vector<uint16_t> now;
+    now.reserve(op.issued.size());
+    wgmma_operand(op.a, 64, now);
+    wgmma_operand(op.b, op.n, now);
+    if (now != op.issued) report("the shared memory a wgmma reads changed between its issue and its wait");
+    const auto value = [&](size_t i) {
+        const uint32_t u = static_cast<uint32_t>(now[i]) << 16;
+        float v;
+        std::memcpy(&v, &u, 4);
+        return v;
+    };
+    const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32);
+    for (int j = 0; j < op.n / 8; ++j)
+        for (int e = 0; e < 4; ++e) {
+            const int r = 16 * w + l / 4 + (e / 2) * 8, c = 8 * j + 2 * (l % 4) + e % 2;
+            float sum = 0;
+            for (int k = 0; k < 16; ++k) sum += value(static_cast<size_t>(r * 16 + k)) * value(static_cast<size_t>((64 + c) * 16 + k));
+            op.d[4 * j + e] = (op.accumulate ? op.d[4 * j + e] : 0.0f) + sum;
+        }
+}
+inline void wgmma_wait(int pending) {
+    Fiber& f = *tl_scheduler->current;
+    while (static_cast<int>(f.mma_groups.size()) > pending) {
+        for (const WgmmaOp& op : f.mma_groups.front()) wgmma_apply(op, f.linear);
+        f.mma_groups.pop_front();
+    }
+    f.mma_fenced = false;
 }
 
 // Stacks of 256 KB below a guard page (an overflow faults rather than corrupts), reserved once per
@@ -369,6 +469,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
         }
     } dynamic_scope(dynamic_shared_bytes);
     Scheduler s;
+    s.threads = threads;
     std::vector<Fiber> fibers(threads);
     s.kernel = &kernel;
     s.body = [](void* k) { (*static_cast<Kernel*>(k))(); };
@@ -376,6 +477,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
         Fiber& f = fibers[t];
         f.scheduler = &s;
         f.index = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+        f.linear = t;
         f.stack = tl_stacks.get(t);
         f.stack_size = kStackSize;
         prepare(f);
@@ -396,10 +498,13 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
                        z = static_cast<unsigned>(linear / grid.x / grid.y);
         blockIdx = uint3{x, y, z};
         ++tl_block;
-        for (Fiber& f : fibers) {  // copies a thread left in flight at its end never land in a later block
+        for (Fiber& f : fibers) {  // copies or MMAs a thread left in flight at its end never land in a later block
             f.done = false;
             f.open_copies.clear();
             f.copy_groups.clear();
+            f.open_mma.clear();
+            f.mma_groups.clear();
+            f.mma_fenced = false;
         }
         // Phases between barriers, every live thread once per phase, in alternating order
         // (odd blocks start with the last thread, so a kernel without barriers meets both).
@@ -415,10 +520,12 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
             }
             if (waiting == 0) break;
         }
+        for (const Fiber& f : fibers)
+            if (!f.open_mma.empty() || !f.mma_groups.empty()) report("a thread ended with a wgmma it did not wait for");
     }
     tl_scheduler = outer;
     if (s.error) std::rethrow_exception(s.error);
-    if (!s.violation.empty()) throw std::runtime_error("emulated kernel broke a WMMA rule: " + s.violation);
+    if (!s.violation.empty()) throw std::runtime_error("emulated kernel broke a WMMA / wgmma rule: " + s.violation);
 }
 // PIN_LAUNCH(grid, block, stream, kernel)(args...) (cuda/launch.cuh): every thread calls the kernel
 // with its own copies of the arguments, as the kernel's by-value parameters are per thread on a GPU.

@@ -441,4 +441,38 @@ TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][
     }
 }
 
+TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
+    if (!gpu_or_skip()) return;
+    std::string why;
+    if (!pin::cuda::wgmma_supported(&why)) {
+        WARN("SKIPPED: " << why);
+        return;
+    }
+    // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
+    // copy, off the 64-deep slice, and several slices (three stages wrap around).
+    struct Dims {
+        int64_t M, N, K;
+    };
+    for (const Dims d : {Dims{200, 136, 72}, Dims{77, 9, 8}, Dims{129, 257, 200}, Dims{256, 128, 1024}}) {
+        const Bf16Upload a = to_gpu_bf16(rnd({d.M, d.K}, 11, Layout::NCHW)), b = to_gpu_bf16(rnd({d.N, d.K}, 12, Layout::NCHW));
+        std::vector<float> want(static_cast<size_t>(d.M * d.N));
+        for (int64_t m = 0; m < d.M; ++m)
+            for (int64_t n = 0; n < d.N; ++n) {
+                double sum = 0;
+                for (int64_t k = 0; k < d.K; ++k)
+                    sum += static_cast<double>(a.rounded.data()[m * d.K + k]) * b.rounded.data()[n * d.K + k];
+                want[static_cast<size_t>(m * d.N + n)] = static_cast<float>(sum);
+            }
+        pin::cuda::DeviceBuffer c(static_cast<size_t>(d.M * d.N));
+        pin::cuda::gemm_bf16_wgmma(bf16_view(a.buffer), bf16_view(b.buffer), c.data(), d.M, d.N, d.K);
+        // Products of bfloat16 values are exact in fp32: only the fp32 sums' order differs.
+        require_matches(from_gpu(c, d.M * d.N), want.data(), d.M * d.N,
+                        "wgmma GEMM " + std::to_string(d.M) + "x" + std::to_string(d.N) + "x" + std::to_string(d.K), 1e-5);
+    }
+    const Bf16Upload a = to_gpu_bf16(rnd({4, 12}, 13, Layout::NCHW));
+    pin::cuda::DeviceBuffer c(16);
+    REQUIRE_THROWS_WITH(pin::cuda::gemm_bf16_wgmma(bf16_view(a.buffer), bf16_view(a.buffer), c.data(), 4, 4, 12),
+                        Catch::Contains("K a positive multiple of 8"));
+}
+
 #endif

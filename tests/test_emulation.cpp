@@ -1,23 +1,29 @@
 // The CPU emulation of CUDA (tests/cuda_emulation.hpp) that the emulated kernel tests and
 // pin_tests_cuda_emulated rely on: barriers, early returns, shared memory per block and per OS
-// thread, both orders of a race, errors reported from inside a kernel.
+// thread, both orders of a race and of a launch's blocks, cp.async, wgmma, errors reported from
+// inside a kernel.
 #include "cuda_emulation.hpp"  // first: it defines __shared__ and the built-ins
 
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "helpers.hpp"
 #include "async_copy.cuh"
+#include "bfloat16.cuh"
 #include "launch.cuh"
+#include "wgmma.cuh"
 
 namespace {
 // Each thread writes its value to shared memory and, after the barrier (when `sync`), reads its
 // neighbour's (t + step, wrapping) into out[block * n + t].
 void neighbour_kernel(const int* in, int* out, int n, int step, bool sync) {
     __shared__ int s[256];
+    pin::cuda::shared_contents_undefined(s);  // a slot read before its thread wrote it holds -1, not a stale value that may fit
     const int t = static_cast<int>(threadIdx.x), b = static_cast<int>(blockIdx.x);
     s[t] = in[b * n + t];
     if (sync) __syncthreads();
@@ -277,4 +283,62 @@ TEST_CASE("emulation: an exception or a broken WMMA rule inside a kernel fails t
     // The emulation is usable after a failed launch.
     pin_emulation::launch(dim3(1), dim3(32), [&] { nvcuda::wmma::store_matrix_sync(tile, acc, 16, nvcuda::wmma::mem_row_major); });
     REQUIRE(tile[255] == 1.0f);
+}
+
+namespace {
+// One m64n128k16 by one warpgroup from operands that thread 0 stores in the no-swizzle K-major layout
+// (core matrices 128 bytes apart along K, 256 along M / N; A at byte 0, B at 2048), each thread's 64
+// accumulators written to out (64 x 128) where cuda/wgmma.cuh says they belong. `broken` leaves out
+// one rule: 1 the fence, 2 the operands stay put until the wait, 3 the wait.
+enum WgmmaBreak { kNone, kNoFence, kOperandChanged, kNoWait };
+float wgmma_a(int r, int k) { return static_cast<float>(r % 5 - 2 + k % 3); }
+float wgmma_b(int n, int k) { return static_cast<float>((n % 7 - 3) * (k % 2 ? 1 : -2)); }
+void wgmma_kernel(float* out, WgmmaBreak broken) {
+    PIN_DYNAMIC_SHARED(smem);
+    auto put = [&](int at, float v) {
+        const uint16_t bits = pin::cuda::to_bf16(v).bits;
+        std::memcpy(smem + at, &bits, 2);
+    };
+    const auto offset = [](int r, int k) { return (r / 8) * 256 + (k / 8) * 128 + (r % 8) * 16 + (k % 8) * 2; };
+    const int t = static_cast<int>(threadIdx.x);
+    if (t == 0)
+        for (int k = 0; k < 16; ++k) {
+            for (int r = 0; r < 64; ++r) put(offset(r, k), wgmma_a(r, k));
+            for (int n = 0; n < 128; ++n) put(2048 + offset(n, k), wgmma_b(n, k));
+        }
+    __syncthreads();
+    float d[64];
+    for (float& v : d) v = 0.0f;
+    if (broken != kNoFence) pin::cuda::wgmma_fence();
+    const uint32_t base = pin::cuda::shared_address(smem);
+    pin::cuda::wgmma_m64n128k16(d, pin::cuda::wgmma_descriptor(base, 128, 256), pin::cuda::wgmma_descriptor(base + 2048, 128, 256), false);
+    pin::cuda::wgmma_commit();
+    if (broken == kOperandChanged && t == 0) put(offset(3, 5), 100.0f);
+    if (broken == kNoWait) return;
+    pin::cuda::wgmma_wait<0>();
+    const int w = t / 32, l = t % 32;
+    for (int j = 0; j < 16; ++j)
+        for (int e = 0; e < 4; ++e) out[(16 * w + l / 4 + 8 * (e / 2)) * 128 + 8 * j + 2 * (l % 4) + e % 2] = d[4 * j + e];
+}
+}  // namespace
+
+TEST_CASE("emulation: wgmma reads its operands through the descriptors, accumulators where the PTX ISA puts them", "[emulated][emulation]") {
+    std::vector<float> out(64 * 128, std::nanf(""));
+    pin_emulation::launch(dim3(1), dim3(128), [&] { wgmma_kernel(out.data(), kNone); }, 6144);
+    int wrong = 0;
+    for (int r = 0; r < 64; ++r)
+        for (int n = 0; n < 128; ++n) {
+            double want = 0;
+            for (int k = 0; k < 16; ++k) want += static_cast<double>(wgmma_a(r, k)) * wgmma_b(n, k);
+            wrong += !(out[static_cast<size_t>(r * 128 + n)] == want);  // small integers: exact; NaN: never written
+        }
+    REQUIRE(wrong == 0);
+    const std::pair<WgmmaBreak, const char*> rules[] = {{kNoFence, "without a wgmma.fence"},
+                                                        {kOperandChanged, "changed between its issue and its wait"},
+                                                        {kNoWait, "did not wait for"}};
+    for (const auto& [broken, message] : rules)
+        REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(128), [&, b = broken] { wgmma_kernel(out.data(), b); }, 6144),
+                            Catch::Contains(message));
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(64), [&] { wgmma_kernel(out.data(), kNone); }, 6144),
+                        Catch::Contains("not whole warpgroups"));
 }

@@ -47,8 +47,10 @@ for config in ("generic-fp32", "vector-bf16"):
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
+        # the warpgroup-MMA probe (cuda/wgmma_gemm.cuh), a 128-cube at batch 1
+        assert stages["wgmma_gemm"]["ms"] > 0 and stages["wgmma_gemm"]["k"] == 128, stages.get("wgmma_gemm")
     else:
-        assert not any(stage in stages for stage in fast), stages
+        assert not any(stage in stages for stage in fast + ("wgmma_gemm",)), stages
     if config == "vector-bf16":  # the wide, asynchronous-copy (both tiles) and both per-pixel kernels reached
         assert all(launches[0][k] > 0 for k in ("wide", "async", "async_cols128", "one_output", "one_input")), launches
         x128 = [j["layer"] for j in layers if "forward_bf16_async128_ms" in j]  # layers with 128k output channels

@@ -1,0 +1,126 @@
+// cuda/wgmma.cuh - sm_90a's asynchronous warpgroup matrix multiply (wgmma.mma_async), bfloat16 in,
+// fp32 accumulators, both operands read from shared memory through matrix descriptors: the
+// instructions a Hopper GPU's tensor cores reach their dense rate with (WMMA's mma.sync reaches only
+// part of it). Compiled into SASS only for sm_90a (cuda/CMakeLists.txt: pin_cuda_sm90a); under
+// tests/cuda_emulation.hpp the same calls run on the CPU as the PTX ISA describes them, so the
+// kernels built on them (wgmma_gemm.cuh) are tested in CI.
+//
+// The shared-memory layout used here is the PTX ISA's "no swizzle" canonical layout for K-major
+// operands: the matrix is cut into core matrices of 8 rows x 8 bfloat16 (16 bytes a row), each
+// stored as 128 contiguous bytes, row after row; the descriptor's leading-dimension byte offset
+// (LBO) is the distance between core matrices next to each other along K, the stride-dimension byte
+// offset (SBO) between those next to each other along M (or N). Element (r, k) of an operand whose
+// descriptor starts at byte s is at s + (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2.
+//
+// Usage within a warpgroup (128 consecutive threads, all of them): wgmma_fence() before the first
+// wgmma_m64n128k16 and whenever the accumulators were touched by other instructions; then any
+// number of wgmma_m64n128k16 on the same accumulators; wgmma_commit() closes them into a group;
+// wgmma_wait<N>() waits until at most N groups are in flight, after which the accumulators may be
+// read and the shared memory the finished groups read may be overwritten. Shared memory written by
+// ordinary stores or cp.async must be made visible to the tensor cores' (asynchronous) proxy with
+// fence_proxy_async() by the writing threads, before the barrier after which a wgmma reads it.
+#pragma once
+
+#include <cstdint>
+
+#if defined(PIN_CUDA_EMULATION)
+#elif defined(__CUDACC__)
+#include <cuda_runtime.h>
+#endif
+
+// Defined where the wgmma instructions exist: nvcc's pass for sm_90a (arch-specific features).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define PIN_WGMMA_DEVICE 1
+#endif
+
+namespace pin::cuda {
+
+// The shared-memory address of p (dynamic shared memory), as the descriptors and PTX take it.
+__device__ inline uint32_t shared_address(const void* p) {
+#if defined(PIN_CUDA_EMULATION)
+    return ::pin_emulation::shared_address(p);
+#elif defined(__CUDA_ARCH__)
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#else
+    (void)p;
+    return 0;
+#endif
+}
+
+// A matrix descriptor: start address, LBO and SBO in bytes (multiples of 16, under 256 KB), no
+// swizzle, base offset 0 (bits 0-13, 16-29, 32-45 hold them divided by 16; bits 62-63 the swizzle).
+__host__ __device__ constexpr uint64_t wgmma_descriptor(uint32_t address, uint32_t lbo, uint32_t sbo) {
+    return static_cast<uint64_t>((address >> 4) & 0x3FFF) | static_cast<uint64_t>((lbo >> 4) & 0x3FFF) << 16 |
+           static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32;
+}
+
+__device__ inline void wgmma_fence() {
+#if defined(PIN_CUDA_EMULATION)
+    ::pin_emulation::wgmma_fence();
+#elif defined(PIN_WGMMA_DEVICE)
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#endif
+}
+__device__ inline void wgmma_commit() {
+#if defined(PIN_CUDA_EMULATION)
+    ::pin_emulation::wgmma_commit();
+#elif defined(PIN_WGMMA_DEVICE)
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+#endif
+}
+template <int kPending>
+__device__ inline void wgmma_wait() {
+#if defined(PIN_CUDA_EMULATION)
+    ::pin_emulation::wgmma_wait(kPending);
+#elif defined(PIN_WGMMA_DEVICE)
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+#endif
+}
+// Orders this thread's earlier shared-memory writes (stores, landed cp.async copies) before later
+// reads by the asynchronous proxy (wgmma), once a barrier has passed them on to the other threads.
+__device__ inline void fence_proxy_async() {
+#if defined(PIN_WGMMA_DEVICE)
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
+}
+// Keeps the compiler from moving accesses of an accumulator across the asynchronous MMA that owns
+// it (the instructions above do not name the registers they wait for).
+__device__ inline void wgmma_hold(float& r) {
+#if defined(PIN_WGMMA_DEVICE)
+    asm volatile("" : "+f"(r)::"memory");
+#else
+    (void)r;
+#endif
+}
+
+// D (64 x 128 per warpgroup, this thread's 64 values) = A (64 x 16, descriptor a) B^T (B: 128 x 16,
+// descriptor b) + (accumulate ? D : 0). Thread t of the warpgroup holds, for j < 16, rows
+// 16 (t / 32) + (t % 32) / 4 (d[4j], d[4j + 1]) and that + 8 (d[4j + 2], d[4j + 3]), columns
+// 8 j + 2 (t % 4) and + 1.
+__device__ inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b, bool accumulate) {
+#if defined(PIN_CUDA_EMULATION)
+    ::pin_emulation::wgmma_bf16(d, 128, a, b, accumulate);
+#elif defined(PIN_WGMMA_DEVICE)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+#else
+    (void)d, (void)a, (void)b, (void)accumulate;
+#endif
+}
+
+}  // namespace pin::cuda
