@@ -6,7 +6,9 @@
 // process, so a kernel fault in one cannot hide the others' timings).
 // Prints one JSON line per measurement, then a short table. Random weights and inputs (speed only;
 // correctness is tests/test_cuda.cpp).
+#include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -114,34 +116,78 @@ int main(int argc, char** argv) {
             }
             pin::cuda::set_mask_sampler(pin::cuda::MaskSampler::Pin);
         }
-        // The warpgroup-MMA probe (cuda/wgmma_gemm.cuh): a square GEMM the size cuBLAS is usually quoted
-        // at (gpu_check.sh times PyTorch's on the same machine) and the 128 -> 128 @ 56 layer's GEMM
-        // shape (its im2col matrix already in memory), against that layer's asynchronous-copy
-        // convolution above. At batch 1 (the emulation's run) a 128-cube only.
+        // The warpgroup-MMA probe (cuda/wgmma_gemm.cuh) against our asynchronous-copy WMMA kernel on the
+        // same bfloat16 GEMM, as a 1 x 1 convolution (x: M pixels of K channels = the probe's A; the
+        // weight (N, K) = its B), with both tiles: a square the size cuBLAS is usually quoted at
+        // (gpu_check.sh times PyTorch's on the same machine) and the 128 -> 128 @ 56 layer's GEMM
+        // shape. Each line says how far the kernel's C is from the probe's (max |diff| / max |C|),
+        // which checks the probe on hardware at full size too. At batch 1 (the emulation's run) a
+        // 128-cube only.
         if (only == "all" || only == "vector-bf16") {
+            pin::cuda::set_math_mode(MathMode::BF16);
+            pin::cuda::set_gather_mode(GatherMode::Vector);
             struct Gemm {
-                int64_t m, n, k;
+                int64_t batch, h, w, k, n;  // M = batch h w
             };
-            std::vector<Gemm> shapes = {B0 >= 64 ? Gemm{8192, 8192, 8192} : Gemm{128, 128, 128}};
-            if (B0 >= 64) shapes.push_back(Gemm{B0 * 56 * 56, 128, 9 * 128});
+            std::vector<Gemm> shapes = {B0 >= 64 ? Gemm{1, 64, 128, 8192, 8192} : Gemm{1, 1, 128, 128, 128}};
+            if (B0 >= 64) shapes.push_back(Gemm{B0, 56, 56, 9 * 128, 128});
             for (const Gemm& g : shapes) {
-                try {
-                    const pin::cuda::DeviceBuffer a = pin::cuda::pack_bf16(random_buffer(static_cast<size_t>(g.m * g.k), 21).data(), g.m * g.k),
-                                                  b = pin::cuda::pack_bf16(random_buffer(static_cast<size_t>(g.n * g.k), 22).data(), g.n * g.k);
-                    pin::cuda::DeviceBuffer c(static_cast<size_t>(g.m * g.n));
-                    const double ms = time_ms(iters, [&] {
-                        pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(a), pin::cuda::bf16_data(b), c.data(), g.m, g.n, g.k);
-                    });
-                    const double tflops = 2.0 * g.m * g.n * g.k / ms / 1e9;
-                    std::printf("{\"stage\": \"wgmma_gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, \"tflops\": %.1f}\n",
-                                static_cast<long long>(g.m), static_cast<long long>(g.n), static_cast<long long>(g.k), ms, tflops);
+                const int64_t M = g.batch * g.h * g.w, N = g.n, K = g.k;
+                const double gflop = 2.0 * M * N * K / 1e9;
+                auto line = [&](const char* kernel, double ms, const std::string& extra) {
+                    std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"%s\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"ms\": %.4f, "
+                                "\"tflops\": %.1f%s}\n",
+                                kernel, static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), ms, gflop / ms,
+                                extra.c_str());
                     char row[160];
-                    std::snprintf(row, sizeof row, "wgmma GEMM %lldx%lldx%lld %9.3f ms (%.1f TFLOP/s)", static_cast<long long>(g.m),
-                                  static_cast<long long>(g.n), static_cast<long long>(g.k), ms, tflops);
+                    std::snprintf(row, sizeof row, "GEMM %lldx%lldx%lld bf16, %-9s %9.3f ms (%.1f TFLOP/s)", static_cast<long long>(M),
+                                  static_cast<long long>(N), static_cast<long long>(K), kernel, ms, gflop / ms);
                     table.push_back(row);
+                };
+                try {
+                    const pin::cuda::DeviceBuffer x = pin::cuda::pack_bf16(random_buffer(static_cast<size_t>(M * K), 21).data(), M * K);
+                    const pin::cuda::DeviceBuffer w = random_buffer(static_cast<size_t>(N * K), 22, 0.05f), wb = pin::cuda::pack_bf16(w.data(), N * K);
+                    const pin::cuda::ConvShape cs{g.batch, g.h, g.w, K, N, 1, 1, 0};
+                    const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv2d_forward_weight(w.data(), cs),
+                                                  packed_bf16 = pin::cuda::pack_bf16(packed.data(), K * N);
+                    pin::cuda::DeviceBuffer c(static_cast<size_t>(M * N)), y(static_cast<size_t>(M * N));
+                    std::vector<float> hc(static_cast<size_t>(M * N)), hy(hc.size());
+                    double ms = 0;
+                    try {
+                        ms = time_ms(iters, [&] { pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), c.data(), M, N, K); });
+                        c.download(hc.data(), hc.size());
+                        line("wgmma", ms, "");
+                    } catch (const std::exception& e) {
+                        std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"wgmma\", \"m\": %lld, \"error\": \"%s\"}\n",
+                                    static_cast<long long>(M), e.what());
+                    }
+                    for (const auto tile : {pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128}) {
+                        pin::cuda::set_async_tile(tile);
+                        const int64_t before = pin::cuda::kernel_launches().async;
+                        const double t = time_ms(iters, [&] {
+                            pin::cuda::conv2d_forward(pin::cuda::bf16_data(x), w.data(), y.data(), cs, nullptr, nullptr, false,
+                                                      pin::cuda::PackedWeight(packed.data(), pin::cuda::bf16_data(packed_bf16)));
+                        });
+                        const bool on_async = pin::cuda::kernel_launches().async > before;
+                        pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
+                        y.download(hy.data(), hy.size());
+                        double diff = 0, scale = 0;
+                        bool nan = false;
+                        for (size_t i = 0; i < hy.size(); ++i) {
+                            scale = std::max(scale, std::fabs(static_cast<double>(hy[i])));
+                            diff = std::max(diff, std::fabs(static_cast<double>(hy[i]) - hc[i]));
+                            nan = nan || hy[i] != hy[i] || hc[i] != hc[i];
+                        }
+                        // null where the probe did not run or either result holds a NaN
+                        char rel[32] = "null";
+                        if (ms > 0 && !nan) std::snprintf(rel, sizeof rel, "%.3g", scale > 0 ? diff / scale : diff);
+                        char extra[96];
+                        std::snprintf(extra, sizeof extra, ", \"on_async_kernel\": %s, \"max_rel_diff_vs_wgmma\": %s", on_async ? "true" : "false", rel);
+                        line(tile == pin::cuda::AsyncTileShape::Cols128 ? "async128" : "async64", t, extra);
+                    }
                 } catch (const std::exception& e) {
-                    std::printf("{\"stage\": \"wgmma_gemm\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"error\": \"%s\"}\n",
-                                static_cast<long long>(g.m), static_cast<long long>(g.n), static_cast<long long>(g.k), e.what());
+                    std::printf("{\"stage\": \"gemm_bf16\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"error\": \"%s\"}\n",
+                                static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), e.what());
                 }
             }
         }
