@@ -66,8 +66,10 @@ for tf32 in off on; do
     2>>"$out/torch.err" || echo "{\"error\": \"torch training peer failed, tf32 $tf32\"}" >> "$out/torch_train.jsonl"
 done
 
-# cuBLAS (through PyTorch) on the square bfloat16 GEMM that pin-bench-gpu times the wgmma probe
-# (cuda/wgmma_gemm.cuh) and the asynchronous-copy kernel on: this machine's dense BF16 rate in practice.
+# The wgmma probe (cuda/wgmma_gemm.cuh) and the asynchronous-copy kernel on the same bfloat16 GEMMs,
+# in a process of their own, and cuBLAS (through PyTorch) on the square one: this machine's dense
+# BF16 rate in practice.
+bench gemm-bf16
 timeout "$(budget 40)" python3 - >> "$out/bench.txt" 2>>"$out/torch.err" <<'PY' || echo '{"stage": "torch_matmul_bf16", "error": "failed or out of time"}' >> "$out/bench.txt"
 import time, torch
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)

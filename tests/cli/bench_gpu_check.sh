@@ -9,7 +9,7 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-for config in generic-fp32 vector-bf16; do
+for config in generic-fp32 vector-bf16 gemm-bf16; do
   "$bench" --batches 1 --iters 1 --config $config > "$out/$config.txt" 2>&1 || { cat "$out/$config.txt"; fail "pin-bench-gpu --config $config"; }
 done
 python3 - "$out" <<'PY' || fail "pin-bench-gpu JSON lines"
@@ -47,14 +47,9 @@ for config in ("generic-fp32", "vector-bf16"):
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
-        # the warpgroup-MMA probe (cuda/wgmma_gemm.cuh) and the asynchronous-copy kernel with both
-        # tiles on the same GEMM (a 128-cube at batch 1), each within 1e-5 of the probe's result
-        gemms = {j["kernel"]: j for j in js if j.get("stage") == "gemm_bf16"}
-        assert sorted(gemms) == ["async128", "async64", "wgmma"], gemms
-        assert all(j["ms"] > 0 and j["k"] == 128 for j in gemms.values()), gemms
-        assert all(gemms[k]["on_async_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("async64", "async128")), gemms
     else:
-        assert not any(stage in stages for stage in fast + ("gemm_bf16",)), stages
+        assert not any(stage in stages for stage in fast), stages
+    assert "gemm_bf16" not in stages, stages
     if config == "vector-bf16":  # the wide, asynchronous-copy (both tiles) and both per-pixel kernels reached
         assert all(launches[0][k] > 0 for k in ("wide", "async", "async_cols128", "one_output", "one_input")), launches
         x128 = [j["layer"] for j in layers if "forward_bf16_async128_ms" in j]  # layers with 128k output channels
@@ -62,6 +57,15 @@ for config in ("generic-fp32", "vector-bf16"):
         assert len(x128) == 5, x128
     else:  # the generic fp32 configuration runs every GEMM on the fp32 kernel
         assert launches[0]["fp32"] > 0 and all(launches[0][k] == 0 for k in ("tensor_core", "wide", "one_output", "one_input", "async")), launches
+# The bfloat16 GEMMs alone (--config gemm-bf16): the warpgroup-MMA probe (cuda/wgmma_gemm.cuh) and
+# the asynchronous-copy kernel with both tiles on the same GEMM (a 128 cube at batch 1), each within
+# 1e-5 of the probe's result; nothing else.
+js = lines("gemm-bf16")
+gemms = {j["kernel"]: j for j in js if j.get("stage") == "gemm_bf16"}
+assert sorted(gemms) == ["async128", "async64", "wgmma"], js
+assert all("error" not in j and j["ms"] > 0 and j["k"] == 128 for j in gemms.values()), gemms
+assert all(gemms[k]["on_async_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("async64", "async128")), gemms
+assert not any("layer" in j or j.get("stage") not in (None, "gemm_bf16") for j in js), js
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
 assert samplers == ["curand", "pin"], samplers
 PY
