@@ -121,11 +121,11 @@ int main(int argc, char** argv) {
         // same bfloat16 GEMM, as a 1 x 1 convolution (x: M pixels of K channels = the probe's A; the
         // weight (N, K) = its B), with both tiles: a square the size cuBLAS is usually quoted at
         // (gpu_check.sh times PyTorch's on the same machine) and the 128 -> 128 @ 56 layer's GEMM
-        // shape at batch 32 (its operands are drawn on the host). Each line says how far the kernel's C is from the probe's (max |diff| / max |C|),
-        // which checks the probe on hardware at full size too. At batch 1 (the emulation's run) a
-        // 128-cube only. A configuration of its own (gemm-bf16), run in its own process by gpu_check.sh:
-        // should the probe fault on hardware, the CUDA context it spoils is not the one that times
-        // the network.
+        // shape at batch 32 (its operands are drawn on the host). Each line says how far the
+        // kernel's C is from the probe's (max |diff| / max |C|), which checks the probe on hardware
+        // at full size too. At batch 1 (the emulation's run) a 128 cube only. A configuration of its
+        // own (gemm-bf16), run in its own process by gpu_check.sh: should the probe fault on
+        // hardware, the CUDA context it spoils is not the one that times the network.
         if (only == "all" || only == "gemm-bf16") {
             pin::cuda::set_math_mode(MathMode::BF16);
             pin::cuda::set_gather_mode(GatherMode::Vector);
