@@ -254,19 +254,12 @@ PIN_UNROLL
 PIN_UNROLL
         for (int j = 0; j < FN; ++j) nvcuda::wmma::fill_fragment(acc[i][j], 0.0f);
 }
-// The tensor-core kernels' epilogue: each warp's FM x FN accumulator tiles (placed as in
-// warp_products) go through shared memory Cs [TM][LC], so that the store functor sees (m, n) pairs;
-// then st(K chunk, m, n, value) for each element inside the matrix.
-template <int TM, int TN, int LC, class Frag, int FM, int FN, class Store>
-__device__ void store_warp_tiles(float* Cs, Frag (&acc)[FM][FN], int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
-    static_assert(TM == 4 * 16 * FM && TN == 2 * 16 * FN, "eight warps as 4 x 2");
-    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
-PIN_UNROLL
-    for (int i = 0; i < FM; ++i)
-PIN_UNROLL
-        for (int j = 0; j < FN; ++j)
-            nvcuda::wmma::store_matrix_sync(Cs + (wm * FM + i) * 16 * LC + (wn * FN + j) * 16, acc[i][j], LC, nvcuda::wmma::mem_row_major);
-    __syncthreads();
+// The tensor-core kernels' epilogue, second half: the block's TM x TN results in shared memory
+// Cs [TM][LC] (every thread's writes done: after a barrier) go to st(K chunk, m, n, value) for each
+// element inside the matrix, four columns at a time where the store takes vectors.
+template <int TM, int TN, int LC, class Store>
+__device__ void store_shared_tile(const float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
+    const int tid = threadIdx.x;
     if constexpr (HasStore4<Store>::value) {
         static_assert(TN % 4 == 0 && LC % 4 == 0, "whole 16-byte vectors of Cs");
         if (N % 4 == 0 && st.vectors_ok()) {  // a vector is all inside N or all outside
@@ -286,6 +279,20 @@ PIN_UNROLL
         const int64_t m = m0 + mm, n = n0 + nn;
         if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * LC + nn]);
     }
+}
+// The WMMA kernels' epilogue: each warp's FM x FN accumulator tiles (placed as in warp_products)
+// go through shared memory Cs [TM][LC], so that the store functor sees (m, n) pairs.
+template <int TM, int TN, int LC, class Frag, int FM, int FN, class Store>
+__device__ void store_warp_tiles(float* Cs, Frag (&acc)[FM][FN], int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
+    static_assert(TM == 4 * 16 * FM && TN == 2 * 16 * FN, "eight warps as 4 x 2");
+    const int tid = threadIdx.x, warp = tid / 32, wm = warp % 4, wn = warp / 4;
+PIN_UNROLL
+    for (int i = 0; i < FM; ++i)
+PIN_UNROLL
+        for (int j = 0; j < FN; ++j)
+            nvcuda::wmma::store_matrix_sync(Cs + (wm * FM + i) * 16 * LC + (wn * FN + j) * 16, acc[i][j], LC, nvcuda::wmma::mem_row_major);
+    __syncthreads();
+    store_shared_tile<TM, TN, LC>(Cs, m0, n0, M, N, st);
 }
 
 template <class Mma, bool kAMFast, class LoadA, class LoadB, class Store>
@@ -637,6 +644,17 @@ using AsyncWeightGradTileCols128 = AsyncTile<256, true, 128>;
 PIN_HD inline int async_a_row(int tid, int i) { return tid / 4 + 64 * i; }
 PIN_HD inline int async_a_col(int tid) { return (tid % 4) * 8; }
 
+// The origin pixel (y, x) of a gather's row m (tap_origin) and the source offset of its channel 0
+// there; y far negative (no tap inside the image) for a row past M.
+template <class LoadA>
+PIN_HD int64_t gather_row_origin(const LoadA& la, int64_t m, int64_t M, int& y, int& x) {
+    const GatherRow g = la.row(m, M);
+    tap_origin(la, g, y, x);
+    const int64_t base = ((static_cast<int64_t>(g.b) * la.H + y) * la.W + x) * la.C;
+    if (!g.valid) y = -(1 << 30);
+    return base;
+}
+
 // LoadA: a gather over bfloat16 (Gather<false, Bf16>, Gather<true, Bf16> at stride 1,
 // SubpixelGather<Bf16>); w: the whole gather's packed weights as bfloat16, rows (tap C + c), ld = N.
 // Each issue() copies the next slice and moves on: the rows' origins are decoded once per launch,
@@ -656,12 +674,7 @@ struct AsyncConvOperands {
     };
     __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t, int64_t, int tid) const {  // K is never split
 PIN_UNROLL
-        for (int i = 0; i < T::a_copies; ++i) {
-            const GatherRow g = la.row(m0 + async_a_row(tid, i), M);
-            tap_origin(la, g, r.y[i], r.x[i]);
-            r.base[i] = ((static_cast<int64_t>(g.b) * la.H + r.y[i]) * la.W + r.x[i]) * la.C;
-            if (!g.valid) r.y[i] = -(1 << 30);
-        }
+        for (int i = 0; i < T::a_copies; ++i) r.base[i] = gather_row_origin(la, m0 + async_a_row(tid, i), M, r.y[i], r.x[i]);
         r.n = n0 + T::b_col(tid);
         r.t = 0;
         r.c0 = 0;

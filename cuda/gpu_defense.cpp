@@ -63,8 +63,12 @@ PackedWeight GpuDefense::packed(const std::string& name, const ConvShape& s, boo
     // to shared memory (ops.cuh PackedWeight); made only where that kernel can run.
     if (activation_storage() != ActivationStorage::BF16 || math_mode() != MathMode::BF16 || gather_mode() != GatherMode::Vector)
         return fp32;
-    const float* bf16 = packed_once(name + " (bfloat16)", [&] { return pack_bf16(fp32, s.kernel * s.kernel * s.in_c * s.out_c); });
-    return PackedWeight(fp32, reinterpret_cast<const Bf16*>(bf16));
+    const int64_t K = s.kernel * s.kernel * s.in_c;
+    const float* bf16 = packed_once(name + " (bfloat16)", [&] { return pack_bf16(fp32, K * s.out_c); });
+    // And K-major for the warpgroup-MMA kernel, where it is asked for and can run.
+    if (async_tile() != AsyncTileShape::Wgmma || !wgmma_supported()) return PackedWeight(fp32, reinterpret_cast<const Bf16*>(bf16));
+    const float* kmajor = packed_once(name + " (bfloat16, K-major)", [&] { return pack_bf16_kmajor(fp32, K, s.out_c); });
+    return PackedWeight(fp32, reinterpret_cast<const Bf16*>(bf16), reinterpret_cast<const Bf16*>(kmajor));
 }
 const float* GpuDefense::packed_linear(const std::string& name, int64_t in, int64_t out) {
     return packed_once(name, [&] { return pack_linear_forward_weight(w(name), in, out); });

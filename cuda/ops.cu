@@ -28,7 +28,7 @@ namespace internal {
 thread_local cudaStream_t g_stream = nullptr;
 cudaStream_t cur() { return g_stream; }
 std::atomic<int64_t>* gemm_launches() {
-    static std::atomic<int64_t> counts[7];  // by GemmKernel
+    static std::atomic<int64_t> counts[kGemmKernels];  // by GemmKernel
     return counts;
 }
 }  // namespace internal
@@ -106,6 +106,7 @@ KernelLaunches kernel_launches() {
     k.one_input = gemm_launches()[static_cast<int>(GemmKernel::OneInput)].load();
     k.async = gemm_launches()[static_cast<int>(GemmKernel::Async)].load();
     k.async_cols128 = gemm_launches()[static_cast<int>(GemmKernel::AsyncCols128)].load();
+    k.wgmma = gemm_launches()[static_cast<int>(GemmKernel::Wgmma)].load();
     return k;
 }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }

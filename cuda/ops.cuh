@@ -114,9 +114,13 @@ ActivationStorage activation_storage();
 // The asynchronous-copy kernel's block tile (gemm_kernels.cuh AsyncTile): 256 x 64, two blocks per
 // SM, or, for the GEMMs whose N (output channels) is a multiple of 128, 256 x 128: one block per SM
 // (128 accumulator registers per thread), half the shared-memory traffic per tensor-core product.
-// Process-wide; Cols64 unless set: neither has run on a GPU (pin-bench-gpu times both; make the
-// faster the default).
-enum class AsyncTileShape { Cols64, Cols128 };
+// Wgmma: the forward convolutions given K-major bfloat16 weights (PackedWeight::bf16_kmajor) run
+// on sm_90a's warpgroup MMA instead (wgmma_gemm.cuh: both operands read by the tensor cores from
+// shared memory, 128 x 128 tiles, 128 x 64 where N is not a multiple of 128), where the device is
+// compute capability 9.0 and the gathered channel count a multiple of 64; every other GEMM of the
+// kernel as with Cols64. Process-wide; Cols64 unless set: none has run on a GPU (pin-bench-gpu
+// times them; make the fastest that passes the GPU tests the default).
+enum class AsyncTileShape { Cols64, Cols128, Wgmma };
 void set_async_tile(AsyncTileShape shape);
 AsyncTileShape async_tile();
 
@@ -140,6 +144,7 @@ struct Activations {
 struct KernelLaunches {
     int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
     int64_t async_cols128 = 0;  // of the async launches, those with the 256 x 128 tile
+    int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
 };
 KernelLaunches kernel_launches();
 
@@ -156,12 +161,15 @@ int64_t conv_transpose2d_out(const ConvShape& s, int64_t in);  // (in - 1) s - 2
 // GatherMode::Vector, the convolution runs on the asynchronous-copy kernel (gemm_kernels.cuh
 // gemm_async_kernel: global to shared memory without the registers), where its shape allows:
 // the input channel count a multiple of 32, the output channel count a multiple of 8.
+// bf16_kmajor: the same weights as bfloat16 transposed (pack_bf16_kmajor: row n holds output
+// channel n's K values), which the warpgroup-MMA kernel reads (AsyncTileShape::Wgmma).
 struct PackedWeight {
     const float* fp32 = nullptr;
     const Bf16* bf16 = nullptr;
+    const Bf16* bf16_kmajor = nullptr;
     PackedWeight() = default;
     PackedWeight(const float* p) : fp32(p) {}  // NOLINT: implicit, as the plain packed pointer it extends
-    PackedWeight(const float* p, const Bf16* b) : fp32(p), bf16(b) {}
+    PackedWeight(const float* p, const Bf16* b, const Bf16* k = nullptr) : fp32(p), bf16(b), bf16_kmajor(k) {}
 };
 // y = act(conv(x) + bias) (+ y when accumulate); bias and prelu_slope may be null (prelu_slope
 // all zeros = ReLU). The forward passes repack w into the GEMM's layout on every call unless given
@@ -174,6 +182,9 @@ DeviceBuffer pack_conv_transpose2d_forward_weight(const float* w, const ConvShap
 // n floats as n bfloat16 (rounded to nearest even), in a buffer of (n + 1) / 2 floats' bytes.
 DeviceBuffer pack_bf16(const float* x, int64_t n);
 inline const Bf16* bf16_data(const DeviceBuffer& b) { return reinterpret_cast<const Bf16*>(b.data()); }
+// A packed forward weight (K rows x N columns, fp32) as bfloat16, transposed: out[n K + k] =
+// packed[k N + n] rounded (PackedWeight::bf16_kmajor).
+DeviceBuffer pack_bf16_kmajor(const float* packed, int64_t K, int64_t N);
 // dx = (or, with `accumulate`, +=) the input gradient of conv2d_forward for dy. dy may be fp32 or
 // bfloat16; from bfloat16, with MathMode::BF16 and GatherMode::Vector, the weight is packed as
 // bfloat16 too and the GEMMs run on the asynchronous-copy kernel where the shape allows (the
@@ -263,7 +274,7 @@ void to_float(const double* x, float* y, int64_t n);
 // The GPU's name and its measured bandwidth-free facts, for reports.
 std::string device_name();
 
-// ---- sm_90a's warpgroup MMA (cuda/wgmma_gemm.cuh): a probe, not yet behind any layer ----------------
+// ---- sm_90a's warpgroup MMA (cuda/wgmma_gemm.cuh): the dense GEMM it is probed with ----------------
 // c (M x N, fp32, row-major) = a b^T, a (M x K) and b (N x K) bfloat16 with K contiguous; K a multiple
 // of 8, a and b 16-byte aligned. Throws (naming the shape) where the device cannot run it.
 void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t N, int64_t K);

@@ -1,6 +1,7 @@
 // cuda/ops_conv_forward.cu - the forward convolutions of cuda/ops.cuh (direct and transposed, from fp32
 // or bfloat16 activations) and their weight packing: implicit GEMMs through ops_internal.cuh's
-// dispatch, the asynchronous-copy kernel where both operands are bfloat16.
+// dispatch, the asynchronous-copy kernel (or the warpgroup-MMA kernel, ops_wgmma.cu) where both
+// operands are bfloat16.
 #include "ops_internal.cuh"
 
 namespace pin::cuda {
@@ -13,6 +14,13 @@ DeviceBuffer pack_bf16(const float* x, int64_t n) {
     DeviceBuffer out(static_cast<size_t>((n + 1) / 2));
     Bf16* const o = reinterpret_cast<Bf16*>(out.data());
     launch_map(n, [=] __device__(int64_t i) { o[i] = to_bf16(x[i]); }, "pack_bf16");
+    return out;
+}
+DeviceBuffer pack_bf16_kmajor(const float* packed, int64_t K, int64_t N) {
+    DeviceBuffer out(static_cast<size_t>((K * N + 1) / 2));
+    Bf16* const o = reinterpret_cast<Bf16*>(out.data());
+    // One thread per output element: consecutive threads write consecutive K values of a row.
+    launch_map(K * N, [=] __device__(int64_t i) { o[i] = to_bf16(packed[(i % K) * N + i / K]); }, "pack_bf16_kmajor");
     return out;
 }
 DeviceBuffer pack_conv2d_forward_weight(const float* w, const ConvShape& s) {
@@ -31,7 +39,8 @@ void conv2d_forward(ConstActivations x, const float* w, Activations y, const Con
         const Gather<false, Src> g{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding};
         const ConvStore<Y> st{ys, s.out_c, bias, prelu_slope, accumulate};
         if constexpr (std::is_same<Src, Bf16>::value) {
-            if (packed.bf16 && launch_async_gemm(M, s.out_c, Kg, g, packed.bf16, st, "conv2d_forward", shape_of(s))) return;
+            if (packed.bf16 && launch_async_gemm(M, s.out_c, Kg, g, packed.bf16, st, "conv2d_forward", shape_of(s), packed.bf16_kmajor, Kg))
+                return;
         }
         const DeviceBuffer wp = packed.fp32 ? DeviceBuffer() : pack_conv2d_forward_weight(w, s);
         launch_gemm<false>(M, s.out_c, Kg, 1, g, RowMajor{packed.fp32 ? packed.fp32 : wp.data(), s.out_c}, st, "conv2d_forward",
@@ -48,7 +57,7 @@ void conv_transpose2d_forward(ConstActivations x, const float* w, Activations y,
         using Y = std::remove_pointer_t<decltype(ys)>;
         launch_transposed_gemm(Gather<true, Src>{xs, Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding}, s.batch,
                                packed.fp32 ? packed.fp32 : wp.data(), s.out_c, ConvStore<Y>{ys, s.out_c, nullptr, prelu_slope, false},
-                               "conv_transpose2d_forward", shape_of(s), packed.bf16);
+                               "conv_transpose2d_forward", shape_of(s), packed.bf16, packed.bf16_kmajor);
     });
 }
 

@@ -42,6 +42,27 @@ std::atomic<int64_t>* gemm_launches();
 // out[c] = sum over r < rows of x[r * channels + c], in a fixed order (the reductions' kernels are
 // defined in ops.cu's translation unit only: reduce_kernels.cuh).
 void channel_sum_floats(const float* x, int64_t rows, int64_t channels, float* out, const char* name, const std::string& shape);
+// The forward convolutions on sm_90a's warpgroup MMA (wgmma_gemm.cuh WgmmaConvOperands), defined in
+// ops_wgmma.cu, the only translation unit compiled for sm_90a. The epilogue is ConvStore's, given
+// by its fields (ConvStore is in each translation unit's unnamed namespace, see above); for a sub-pixel
+// class the rows map to the whole output's (RowMappedStore). wk: the whole gather's weights as
+// bfloat16, K-major, rows ldk apart (pack_bf16_kmajor). Each runs the GEMM and returns true where
+// the kernel applies (WgmmaConvOperands::fits) and the device runs sm_90a code; else returns false
+// having done nothing.
+struct ConvOutput {
+    void* y;
+    bool bf16;  // y holds bfloat16, else fp32
+    int64_t N;
+    const float* bias;
+    const float* slope;
+    bool accumulate;
+};
+bool conv_wgmma(const Gather<false, Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
+                const char* name, const std::string& shape);
+bool conv_wgmma(const Gather<true, Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
+                const char* name, const std::string& shape);
+bool conv_wgmma(const SubpixelGather<Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
+                const char* name, const std::string& shape);
 }  // namespace internal
 
 namespace {
@@ -71,6 +92,54 @@ inline void copy_sync(void* dst, const void* src, size_t bytes, cudaMemcpyKind k
     check(cudaStreamSynchronize(cur()), what, shape);
 }
 
+// Epilogue of the forward convolutions: act(acc + bias) (+ existing), stored as Y (float, or Bf16
+// rounded once, after the sum).
+template <class Y = float>
+struct ConvStore {
+    Y* y;
+    int64_t N;
+    const float* bias;
+    const float* slope;
+    bool accumulate;
+    // act(v + bias) of column n, before any accumulation.
+    __device__ float activated(int64_t n, float v) const {
+        if (bias) v += bias[n];
+        if (slope && v < 0.0f) v *= slope[n];
+        return v;
+    }
+    __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
+        v = activated(n, v);
+        Y* o = y + m * N + n;
+        *o = from_float<Y>(accumulate ? to_float(*o) + v : v);
+    }
+    // Columns n .. n + 3 at once (the same values as four calls above).
+    __device__ void store4(int64_t, int64_t m, int64_t n, const float (&v)[4]) const {
+        float r[4], old[4];
+        Y* o = y + m * N + n;
+        if (accumulate) load4(o, old);
+PIN_UNROLL
+        for (int j = 0; j < 4; ++j) r[j] = accumulate ? old[j] + activated(n + j, v[j]) : activated(n + j, v[j]);
+        pin::cuda::store4(o, r);  // the free function, not this member
+    }
+    __device__ bool vectors_ok() const { return vector_aligned(y) && N % 4 == 0; }
+};
+// Calls f(x, y) with the activations' pointers as their storage types.
+template <class F>
+inline void with_storage(ConstActivations x, Activations y, F f) {
+    if (x.bf16) {
+        const Bf16* xs = static_cast<const Bf16*>(x.data);
+        if (y.bf16)
+            f(xs, static_cast<Bf16*>(y.data));
+        else
+            f(xs, static_cast<float*>(y.data));
+    } else {
+        const float* xs = static_cast<const float*>(x.data);
+        if (y.bf16)
+            f(xs, static_cast<Bf16*>(y.data));
+        else
+            f(xs, static_cast<float*>(y.data));
+    }
+}
 // Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): a thread
 // per output pixel, fp32 sums in every math mode. The GEMM kernels would fill 1 of their 64 columns
 // (the DAE's last layer, 64 -> 1 at 112 x 112, twice per forward).
@@ -95,8 +164,10 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la
 }
 
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
-// AsyncCols128 counts the Async launches with the 256 x 128 tile (both counters grow).
-enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128 };
+// AsyncCols128 counts the Async launches with the 256 x 128 tile (both counters grow); Wgmma the
+// warpgroup-MMA kernel's (ops_wgmma.cu).
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128, Wgmma };
+constexpr int kGemmKernels = 8;
 // The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
 template <class T>
 struct IsPlainGather : std::false_type {};
@@ -202,13 +273,41 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
 // 256 x 128 tile a GEMM with N columns (AsyncTileShape).
 inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
 inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
+template <class T>
+struct IsConvStore : std::false_type {};
+template <class Y>
+struct IsConvStore<ConvStore<Y>> : std::true_type {};
+template <class Y>
+internal::ConvOutput conv_output(const ConvStore<Y>& st) {
+    return {st.y, std::is_same<Y, Bf16>::value, st.N, st.bias, st.slope, st.accumulate};
+}
+// The warpgroup-MMA kernel for a forward convolution's GEMM (internal::conv_wgmma), where
+// AsyncTileShape::Wgmma asks for it, K-major weights are given and it applies. Returns whether it
+// ran the GEMM.
+template <class LoadA, class Store>
+inline bool launch_wgmma_conv(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* wk, int64_t ldk, const Store& st,
+                              const char* name, const std::string& shape) {
+    if (!wk || !async_mode() || async_tile() != AsyncTileShape::Wgmma) return false;
+    constexpr bool kSubpixel = std::is_same<LoadA, SubpixelGather<Bf16>>::value;
+    if constexpr (!kSubpixel && IsConvStore<Store>::value)
+        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(st), name, shape);
+    else if constexpr (kSubpixel && std::is_same<Store, RowMappedStore<ConvStore<float>, LoadA>>::value)
+        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(st.st), name, shape);
+    else if constexpr (kSubpixel && std::is_same<Store, RowMappedStore<ConvStore<Bf16>, LoadA>>::value)
+        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(st.st), name, shape);
+    else
+        return false;
+}
 // The asynchronous-copy kernel for a convolution GEMM whose operands are both bfloat16 in memory,
-// where it applies: async_mode() and what fits() accepts. Returns whether it ran the GEMM (if not,
-// the caller launches it otherwise).
-// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns).
+// where it applies: async_mode() and what fits() accepts; before it, where they apply, the
+// warpgroup-MMA kernel (launch_wgmma_conv). Returns whether it ran the GEMM (if not, the caller
+// launches it otherwise).
+// w: the whole gather's packed weights as bfloat16 (rows (tap C + c), N columns); wk: the same
+// K-major (rows ldk apart), or null.
 template <class LoadA, class Store>
 inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
-                              const std::string& shape) {
+                              const std::string& shape, const Bf16* wk = nullptr, int64_t ldk = 0) {
+    if (launch_wgmma_conv(M, N, K, la, wk, ldk, st, name, shape)) return true;
     const AsyncConvOperands<LoadA> ops{la, w, N};
     if (!async_mode() || !ops.fits(M, N, K, 1)) return false;
     if (M <= 0 || N <= 0) return true;
@@ -225,15 +324,15 @@ inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, 
 // own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
 // over the whole gather.
 // wb: the same weights as bfloat16, or null; with a bfloat16 source they let each GEMM run on the
-// asynchronous-copy kernel where it applies.
+// asynchronous-copy kernel where it applies; wk: also K-major, or null (launch_async_gemm).
 template <class Src, class Store>
 inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
-                            const std::string& shape, const Bf16* wb = nullptr) {
+                            const std::string& shape, const Bf16* wb = nullptr, const Bf16* wk = nullptr) {
     constexpr bool kBf16 = std::is_same<Src, Bf16>::value;
     const int64_t M = batch * g.Ho * g.Wo, K = g.K * g.K * g.C;
     if (gather_mode() == GatherMode::Generic || g.stride == 1 || g.K < g.stride) {
         if constexpr (kBf16) {
-            if (wb && launch_async_gemm(M, N, K, g, wb, st, name, shape)) return;
+            if (wb && launch_async_gemm(M, N, K, g, wb, st, name, shape, wk, K)) return;
         }
         launch_gemm<false>(M, N, K, 1, g, RowMajor{w, N}, st, name, shape);
         return;
@@ -245,7 +344,7 @@ inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, co
             const int64_t Mc = batch * sg.rows_per_image();
             const RowMappedStore<Store, SubpixelGather<Src>> mapped{st, sg};
             if constexpr (kBf16) {
-                if (wb && launch_async_gemm(Mc, N, sg.depth(), sg, wb, mapped, name, shape)) continue;
+                if (wb && launch_async_gemm(Mc, N, sg.depth(), sg, wb, mapped, name, shape, wk, K)) continue;
             }
             launch_gemm<false>(Mc, N, sg.depth(), 1, sg, SubpixelWeights<SubpixelGather<Src>>{w, N, sg}, mapped, name, shape);
         }
@@ -257,54 +356,6 @@ inline int64_t split_for(int64_t M, int64_t N, int64_t K, Tile t = kFp32Tile) {
 }
 
 
-// Epilogue of the forward convolutions: act(acc + bias) (+ existing), stored as Y (float, or Bf16
-// rounded once, after the sum).
-template <class Y = float>
-struct ConvStore {
-    Y* y;
-    int64_t N;
-    const float* bias;
-    const float* slope;
-    bool accumulate;
-    // act(v + bias) of column n, before any accumulation.
-    __device__ float activated(int64_t n, float v) const {
-        if (bias) v += bias[n];
-        if (slope && v < 0.0f) v *= slope[n];
-        return v;
-    }
-    __device__ void operator()(int64_t, int64_t m, int64_t n, float v) const {
-        v = activated(n, v);
-        Y* o = y + m * N + n;
-        *o = from_float<Y>(accumulate ? to_float(*o) + v : v);
-    }
-    // Columns n .. n + 3 at once (the same values as four calls above).
-    __device__ void store4(int64_t, int64_t m, int64_t n, const float (&v)[4]) const {
-        float r[4], old[4];
-        Y* o = y + m * N + n;
-        if (accumulate) load4(o, old);
-PIN_UNROLL
-        for (int j = 0; j < 4; ++j) r[j] = accumulate ? old[j] + activated(n + j, v[j]) : activated(n + j, v[j]);
-        pin::cuda::store4(o, r);  // the free function, not this member
-    }
-    __device__ bool vectors_ok() const { return vector_aligned(y) && N % 4 == 0; }
-};
-// Calls f(x, y) with the activations' pointers as their storage types.
-template <class F>
-inline void with_storage(ConstActivations x, Activations y, F f) {
-    if (x.bf16) {
-        const Bf16* xs = static_cast<const Bf16*>(x.data);
-        if (y.bf16)
-            f(xs, static_cast<Bf16*>(y.data));
-        else
-            f(xs, static_cast<float*>(y.data));
-    } else {
-        const float* xs = static_cast<const float*>(x.data);
-        if (y.bf16)
-            f(xs, static_cast<Bf16*>(y.data));
-        else
-            f(xs, static_cast<float*>(y.data));
-    }
-}
 struct PartialStore {
     float* partial;
     int64_t M, N;

@@ -1,44 +1,116 @@
-// cuda/ops_wgmma.cu - the host side of the sm_90a kernels (wgmma_gemm.cuh). A translation unit of its
-// own because it is the only one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the
-// wgmma instructions exist only there, and an sm_90a cubin runs only on compute capability 9.0.
+// cuda/ops_wgmma.cu - the host side of the sm_90a kernels (wgmma_gemm.cuh): the dense GEMM it is
+// probed with and the forward convolutions (internal::conv_wgmma, which ops_conv_forward.cu reaches
+// through ops_internal.cuh launch_async_gemm). A translation unit of its own because it is the only
+// one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the wgmma instructions exist only
+// there, and an sm_90a cubin runs only on compute capability 9.0.
+#include <atomic>
+
 #include "ops_internal.cuh"
 #include "wgmma_gemm.cuh"
 
 namespace pin::cuda {
 
-bool wgmma_supported(std::string* reason) {
+namespace {
+// Whether the current device runs sm_90a code, asked of the runtime once per device (the
+// convolutions ask on every launch).
+bool device_runs_sm90a(std::string* reason) {
 #if defined(PIN_CUDA_EMULATION)
     (void)reason;
     return true;  // the CPU emulation runs wgmma as the PTX ISA describes it
 #else
+    constexpr int kDevices = 64;
+    static std::atomic<int> capability[kDevices];  // 10 major + minor + 1; 0: not asked yet
     int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    if (cudaGetDevice(&device) != cudaSuccess) {
         if (reason) *reason = "no usable CUDA device";
         return false;
     }
-    if (major == 9 && minor == 0) return true;
-    if (reason) *reason = "compute capability " + std::to_string(major) + "." + std::to_string(minor) + " (the wgmma kernels are built for sm_90a only)";
+    int known = device < kDevices ? capability[device].load() : 0;
+    if (known == 0) {
+        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+            if (reason) *reason = "no usable CUDA device";
+            return false;
+        }
+        known = 10 * major + minor + 1;
+        if (device < kDevices) capability[device] = known;
+    }
+    if (known == 91) return true;
+    if (reason)
+        *reason = "compute capability " + std::to_string((known - 1) / 10) + "." + std::to_string((known - 1) % 10) +
+                  " (the wgmma kernels are built for sm_90a only)";
     return false;
 #endif
 }
+
+template <class Operands, class Store>
+void launch_wgmma(int64_t M, int64_t N, int64_t K, const Operands& ops, const Store& st, const char* name, const std::string& shape) {
+    using T = typename Operands::Tile;
+    check_gemm_size(M, N, K, name, shape);
+    const int64_t gx = (M + T::rows - 1) / T::rows, gy = (N + T::cols - 1) / T::cols;
+    if (gy > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+    // Over the 48 KB a kernel gets without asking: ask once per instantiation.
+    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_wgmma_kernel<Operands, Store>),
+                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
+    check(allowed, name, shape);
+    gemm_launches()[static_cast<int>(GemmKernel::Wgmma)].fetch_add(1, std::memory_order_relaxed);
+    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), T::threads, T::smem_bytes, cur(), gemm_wgmma_kernel)(
+        M, N, K, ops, st);
+    check(cudaGetLastError(), name, shape);
+}
+
+// A convolution's GEMM on the 128 x 128 tile where N is a multiple of 128, else on the 128 x 64 one
+// (a 64-channel layer would leave half of the wider tile's columns empty).
+template <class LoadA, class Store>
+bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
+                   const std::string& shape) {
+    const WgmmaConvOperands<LoadA, WgmmaTile<64>> narrow{la, wk, ldk};
+    if (!narrow.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
+    if (N % 128 == 0)
+        launch_wgmma(M, N, K, WgmmaConvOperands<LoadA, WgmmaTile<128>>{la, wk, ldk}, st, name, shape);
+    else
+        launch_wgmma(M, N, K, narrow, st, name, shape);
+    return true;
+}
+// The epilogue for y's storage type; wrap(store) maps a sub-pixel class's rows (or not).
+template <class LoadA, class Wrap>
+bool conv_wgmma_to(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const internal::ConvOutput& out,
+                   const char* name, const std::string& shape, Wrap wrap) {
+    if (out.bf16)
+        return conv_on_wgmma(la, M, N, K, wk, ldk, wrap(ConvStore<Bf16>{static_cast<Bf16*>(out.y), out.N, out.bias, out.slope, out.accumulate}),
+                             name, shape);
+    return conv_on_wgmma(la, M, N, K, wk, ldk, wrap(ConvStore<float>{static_cast<float*>(out.y), out.N, out.bias, out.slope, out.accumulate}),
+                         name, shape);
+}
+constexpr auto kUnmapped = [](const auto& store) { return store; };
+}  // namespace
+
+namespace internal {
+bool conv_wgmma(const Gather<false, Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
+                const char* name, const std::string& shape) {
+    return conv_wgmma_to(la, M, N, K, wk, ldk, out, name, shape, kUnmapped);
+}
+bool conv_wgmma(const Gather<true, Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
+                const char* name, const std::string& shape) {
+    return conv_wgmma_to(la, M, N, K, wk, ldk, out, name, shape, kUnmapped);
+}
+bool conv_wgmma(const SubpixelGather<Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
+                const char* name, const std::string& shape) {
+    return conv_wgmma_to(la, M, N, K, wk, ldk, out, name, shape, [&](const auto& store) {
+        return RowMappedStore<std::decay_t<decltype(store)>, SubpixelGather<Bf16>>{store, la};
+    });
+}
+}  // namespace internal
+
+bool wgmma_supported(std::string* reason) { return device_runs_sm90a(reason); }
 
 void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t N, int64_t K) {
     const std::string shape = "(M " + std::to_string(M) + ", N " + std::to_string(N) + ", K " + std::to_string(K) + ")";
     if (M <= 0 || N <= 0 || K <= 0 || K % 8 != 0 || !aligned16(a) || !aligned16(b))
         ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": needs M, N > 0, K a positive multiple of 8 and 16-byte aligned operands");
-    check_gemm_size(M, N, K, "gemm_bf16_wgmma", shape);
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
-    using T = WgmmaGemmTile;
-    const int64_t gx = (M + T::rows - 1) / T::rows, gy = (N + T::cols - 1) / T::cols;
-    if (gy > 65535) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": too many column tiles");
-    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_bf16_wgmma_kernel),
-                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
-    check(allowed, "gemm_bf16_wgmma", shape);
-    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), T::threads, T::smem_bytes, cur(), gemm_bf16_wgmma_kernel)(
-        M, N, K, a, b, c);
-    check(cudaGetLastError(), "gemm_bf16_wgmma", shape);
+    launch_wgmma(M, N, K, WgmmaDenseOperands<>{a, b, K}, PartialStore{c, M, N}, "gemm_bf16_wgmma", shape);
 }
 
 }  // namespace pin::cuda

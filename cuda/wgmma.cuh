@@ -13,8 +13,8 @@
 // descriptor starts at byte s is at s + (r / 8) SBO + (k / 8) LBO + (r % 8) 16 + (k % 8) 2.
 //
 // Usage within a warpgroup (128 consecutive threads, all of them): wgmma_fence() before the first
-// wgmma_m64n128k16 and whenever the accumulators were touched by other instructions; then any
-// number of wgmma_m64n128k16 on the same accumulators; wgmma_commit() closes them into a group;
+// wgmma_bf16 and whenever the accumulators were touched by other instructions; then any
+// number of wgmma_bf16 on the same accumulators; wgmma_commit() closes them into a group;
 // wgmma_wait<N>() waits until at most N groups are in flight, after which the accumulators may be
 // read and the shared memory the finished groups read may be overwritten. Shared memory written by
 // ordinary stores or cp.async must be made visible to the tensor cores' (asynchronous) proxy with
@@ -93,34 +93,45 @@ __device__ inline void wgmma_hold(float& r) {
 #endif
 }
 
-// D (64 x 128 per warpgroup, this thread's 64 values) = A (64 x 16, descriptor a) B^T (B: 128 x 16,
-// descriptor b) + (accumulate ? D : 0). Thread t of the warpgroup holds, for j < 16, rows
-// 16 (t / 32) + (t % 32) / 4 (d[4j], d[4j + 1]) and that + 8 (d[4j + 2], d[4j + 3]), columns
-// 8 j + 2 (t % 4) and + 1.
-__device__ inline void wgmma_m64n128k16(float (&d)[64], uint64_t a, uint64_t b, bool accumulate) {
+// Eight of the accumulators as operands of the inline PTX below (read and written).
+#define PIN_WGMMA_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+
+// D (64 x kN per warpgroup, this thread's kN / 2 values) = A (64 x 16, descriptor a) B^T (B: kN x 16,
+// descriptor b) + (accumulate ? D : 0), kN = 64 or 128. Thread t of the warpgroup holds, for
+// j < kN / 8, rows 16 (t / 32) + (t % 32) / 4 (d[4j], d[4j + 1]) and that + 8 (d[4j + 2], d[4j + 3]),
+// columns 8 j + 2 (t % 4) and + 1.
+template <int kN>
+__device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
+    static_assert(kN == 64 || kN == 128, "the instantiated shapes: m64n64k16 and m64n128k16");
 #if defined(PIN_CUDA_EMULATION)
-    ::pin_emulation::wgmma_bf16(d, 128, a, b, accumulate);
+    ::pin_emulation::wgmma_bf16(d, kN, a, b, accumulate);
 #elif defined(PIN_WGMMA_DEVICE)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "%64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+    if constexpr (kN == 128) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+            "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+            "%64, %65, p, 1, 1, 0, 0;\n}\n"
+            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40),
+              PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56)
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+    } else {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+            "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+            "%32, %33, p, 1, 1, 0, 0;\n}\n"
+            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24)
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+    }
 #else
     (void)d, (void)a, (void)b, (void)accumulate;
 #endif
 }
+#undef PIN_WGMMA_ACC8
 
 }  // namespace pin::cuda

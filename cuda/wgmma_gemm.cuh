@@ -1,19 +1,21 @@
-// cuda/wgmma_gemm.cuh - a plain GEMM on sm_90a's warpgroup MMA (wgmma.cuh): C = A B^T, A (M x K) and
-// B (N x K) bfloat16 with K contiguous, C fp32 (M x N, row-major). It is the probe for the
-// question the WMMA kernels (gemm_kernels.cuh) cannot answer without a GPU: how much of the H200's
-// dense BF16 rate a kernel of ours reaches with the instructions that rate is specified for, and
-// whether our reading of the PTX ISA's descriptors and layouts holds on hardware (the GPU test
-// compares it with the CPU; pin-bench-gpu times it against the same GEMM in PyTorch). If it does,
-// the convolutions' asynchronous-copy operand forms can feed it (their copies are already 16-byte
-// cp.async copies of 8 channels: one row of a core matrix).
+// cuda/wgmma_gemm.cuh - GEMMs on sm_90a's warpgroup MMA (wgmma.cuh), bfloat16 operands, fp32 sums: C =
+// A B^T with A (M x K) and B (N x K) read K-contiguous, in two operand forms: dense matrices (the
+// probe, gemm_bf16_wgmma: how much of the H200's dense BF16 rate a kernel of ours reaches with the
+// instructions that rate is specified for, and whether our reading of the PTX ISA's descriptors and
+// layouts holds on hardware) and the forward convolutions (A the gathered bfloat16 input, 8 channels
+// per 16-byte cp.async copy, as gemm_kernels.cuh AsyncConvOperands; B the weights packed K-major,
+// pack_bf16_kmajor). The tensor cores read both operands from shared memory: unlike WMMA, no
+// fragment loads through the registers, and one instruction per warpgroup covers 64 x 128 x 16.
 //
-// A block is two warpgroups (256 threads) and a 128 x 128 tile of C; warpgroup g computes rows
-// 64 g .. 64 g + 63 with one m64n128k16 per 16-deep step. K goes in slices of 64 through three
-// shared-memory stages filled by cp.async (two slices in flight while the tensor cores work on one).
-// Shared memory is the no-swizzle K-major layout (wgmma.cuh) with core matrices 144 bytes apart
-// along K (LBO = 128 + 16): the 8 copies a quarter-warp issues for one row (its 64 K values, 128
-// contiguous bytes of global memory) then land on 8 different 16-byte bank groups, where 128 would
-// put all 8 on the same one. 110,592 bytes a block, two blocks an SM.
+// A block is two warpgroups (256 threads) and a 128 x kCols tile of C (kCols 128, or 64 for layers
+// with 64 output channels, which 128 would half waste); warpgroup g computes rows 64 g .. 64 g + 63
+// with one m64n{kCols}k16 per 16-deep step. K goes in slices of 64 through three shared-memory
+// stages filled by cp.async (two slices in flight while the tensor cores work on one). Shared
+// memory is the no-swizzle K-major layout (wgmma.cuh) with core matrices 144 bytes apart along K
+// (LBO = 128 + 16): the 8 copies a quarter-warp issues for one row (its 64 K values, 128 contiguous
+// bytes of global memory) then land on 8 different 16-byte bank groups, where 128 would put all 8
+// on the same one. The accumulators go through shared memory to the store functor (the
+// convolutions' bias, PReLU and accumulation: gemm_kernels.cuh store_shared_tile).
 #pragma once
 #include <cstdint>
 
@@ -23,55 +25,154 @@
 
 #include "async_copy.cuh"
 #include "bfloat16.cuh"
+#include "gather.cuh"
+#include "gemm_kernels.cuh"
 #include "launch.cuh"
 #include "wgmma.cuh"
 
 namespace pin::cuda::gemm {
 
-struct WgmmaGemmTile {
-    static constexpr int threads = 256, rows = 128, cols = 128, depth = 64, stages = 3;
+template <int kCols>
+struct WgmmaTile {
+    static_assert(kCols == 64 || kCols == 128, "the wgmma shapes wgmma.cuh instantiates");
+    static constexpr int threads = 256, rows = 128, cols = kCols, depth = 64, stages = 3;
+    static_assert(threads == THREADS, "store_shared_tile strides by THREADS");
     static constexpr int chunks = depth / 8;                          // 16-byte copies per row and slice
     static constexpr int lbo = 128 + 16, sbo = chunks * lbo;          // bytes between core matrices along K, along M / N
     static constexpr int a_bytes = rows / 8 * sbo, b_bytes = cols / 8 * sbo, stage_bytes = a_bytes + b_bytes;
-    static constexpr int smem_bytes = stages * stage_bytes;
-    static constexpr int copies = rows * chunks / threads;            // per operand, thread and slice (rows == cols)
-    static_assert(rows == cols && rows * chunks % threads == 0, "whole copies per thread");
-    static_assert(smem_bytes <= 227 * 1024 && 2 * (smem_bytes + 1024) <= 228 * 1024, "two blocks fit an sm_90 SM");
+    // The epilogue's C [rows][c_ld] fp32 over the stages: + 8 so that the row pairs a quad writes
+    // fall on distinct banks.
+    static constexpr int c_ld = cols + 8;
+    static constexpr int operand_bytes = stages * stage_bytes, c_bytes = rows * c_ld * 4;
+    static constexpr int smem_bytes = operand_bytes > c_bytes ? operand_bytes : c_bytes;
+    static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;  // per thread and slice
+    static constexpr int min_blocks = 2;
+    static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
+    static_assert(smem_bytes <= 227 * 1024 && min_blocks * (smem_bytes + 1024) <= 228 * 1024, "two blocks fit an sm_90 SM");
     // Byte offset of element (r, k) in an operand's tile.
     __host__ __device__ static constexpr int offset(int r, int k) { return (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2; }
-    // Thread t copies rows t / 8 + 32 i (i < copies), K values 8 (t % 8) .. + 7 of each.
-    __host__ __device__ static constexpr int copy_row(int t, int i) { return t / 8 + (threads / chunks) * i; }
+    // Thread t copies rows t / 8 + 32 i of each operand, K values 8 (t % 8) .. + 7 of the slice (a
+    // warp: 4 rows x 128 contiguous bytes).
+    __host__ __device__ static constexpr int copy_row(int t, int i) { return t / chunks + (threads / chunks) * i; }
     __host__ __device__ static constexpr int copy_k(int t) { return (t % chunks) * 8; }
 };
+using WgmmaGemmTile = WgmmaTile<128>;
 
-// Grid: (ceil(M / 128), ceil(N / 128)); WgmmaGemmTile::smem_bytes of dynamic shared memory.
-// Requires K % 8 == 0 and a, b 16-byte aligned (every copy is 16 bytes, whole or zero-filled).
-__global__ void __launch_bounds__(256, 2)
-    gemm_bf16_wgmma_kernel(int64_t M, int64_t N, int64_t K, const Bf16* a, const Bf16* b, float* c) {
-    using T = WgmmaGemmTile;
+// Dense operands: A (M x K) and B (N x K) row-major bfloat16; K % 8 == 0, both 16-byte aligned
+// (every copy is 16 bytes, whole or zero-filled).
+template <class T = WgmmaGemmTile>
+struct WgmmaDenseOperands {
+    using Tile = T;
+    const Bf16* a;
+    const Bf16* b;
+    int64_t K;
+    struct Regs {
+        const Bf16* a_row[T::a_copies];  // this thread's rows (null: outside the matrix), at its K offset
+        const Bf16* b_row[T::b_copies];
+        int64_t k;  // its next slice's first K value
+    };
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int tid) const {
+        for (int i = 0; i < T::a_copies; ++i) {
+            const int64_t m = m0 + T::copy_row(tid, i);
+            r.a_row[i] = m < M ? a + m * K + T::copy_k(tid) : nullptr;
+        }
+        for (int j = 0; j < T::b_copies; ++j) {
+            const int64_t n = n0 + T::copy_row(tid, j);
+            r.b_row[j] = n < N ? b + n * K + T::copy_k(tid) : nullptr;
+        }
+        r.k = T::copy_k(tid);
+    }
+    __device__ void issue(Regs& r, unsigned char* stage, int tid) const {
+        const bool k_in = r.k < K;  // K % 8 == 0: a copy is all inside or all outside
+        const int64_t step = r.k - T::copy_k(tid);
+        for (int i = 0; i < T::a_copies; ++i) {
+            const bool in = k_in && r.a_row[i];
+            async_copy16(stage + T::offset(T::copy_row(tid, i), T::copy_k(tid)), in ? r.a_row[i] + step : a, in);
+        }
+        for (int j = 0; j < T::b_copies; ++j) {
+            const bool in = k_in && r.b_row[j];
+            async_copy16(stage + T::a_bytes + T::offset(T::copy_row(tid, j), T::copy_k(tid)), in ? r.b_row[j] + step : b, in);
+        }
+        r.k += T::depth;
+    }
+};
+
+// The forward convolutions: A the gather over bfloat16 activations (Gather<false, Bf16>,
+// Gather<true, Bf16> at stride 1, SubpixelGather<Bf16>: rows decoded once per launch, the tap once
+// per tap, as AsyncConvOperands), B the weights K-major: row n (output channel) holds the whole
+// gather's K = taps x C values at ldk apart (pack_bf16_kmajor), of which a sub-pixel class reads its
+// taps' (TapStep::w_tap). Requires (fits()): C and K multiples of 64 (a slice lies in one tap),
+// ldk a multiple of 8, both sources 16-byte aligned.
+template <class LoadA, class T>
+struct WgmmaConvOperands {
+    using Tile = T;
+    LoadA la;
+    const Bf16* w;
+    int64_t ldk;
+    struct Regs {
+        int64_t base[T::a_copies];           // source offset of each row's origin pixel, channel 0
+        int y[T::a_copies], x[T::a_copies];  // the origin (y far negative: no such row)
+        const Bf16* w_row[T::b_copies];      // this thread's weight rows at its K offset (null: past N)
+        int t, c0;                           // the next slice: its tap and first channel
+        TapStep tap;
+    };
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int tid) const {
+        for (int i = 0; i < T::a_copies; ++i)
+            r.base[i] = gather_row_origin(la, m0 + T::copy_row(tid, i), M, r.y[i], r.x[i]) + T::copy_k(tid);
+        for (int j = 0; j < T::b_copies; ++j) {
+            const int64_t n = n0 + T::copy_row(tid, j);
+            r.w_row[j] = n < N ? w + n * ldk + T::copy_k(tid) : nullptr;
+        }
+        r.t = 0;
+        r.c0 = 0;
+        r.tap = tap_step(la, 0);
+    }
+    __device__ void issue(Regs& r, unsigned char* stage, int tid) const {
+        const int64_t delta = (static_cast<int64_t>(r.tap.dy) * la.W + r.tap.dx) * la.C + r.c0;
+        for (int i = 0; i < T::a_copies; ++i) {
+            const bool valid = static_cast<unsigned>(r.y[i] + r.tap.dy) < static_cast<unsigned>(la.H) &&
+                               static_cast<unsigned>(r.x[i] + r.tap.dx) < static_cast<unsigned>(la.W);
+            async_copy16(stage + T::offset(T::copy_row(tid, i), T::copy_k(tid)), valid ? la.src + r.base[i] + delta : la.src, valid);
+        }
+        const int64_t first = static_cast<int64_t>(r.tap.w_tap) * la.C + r.c0;
+        for (int j = 0; j < T::b_copies; ++j)
+            async_copy16(stage + T::a_bytes + T::offset(T::copy_row(tid, j), T::copy_k(tid)), r.w_row[j] ? r.w_row[j] + first : w,
+                         r.w_row[j] != nullptr);
+        r.c0 += T::depth;
+        if (r.c0 == la.C) {  // C % 64 == 0: the next slice starts the next tap
+            r.c0 = 0;
+            r.tap = tap_step(la, ++r.t);
+        }
+    }
+    bool fits(int64_t M, int64_t N, int64_t K) const {
+        bool stride_ok = true;
+        if constexpr (std::is_same<LoadA, Gather<true, typename LoadA::Source>>::value) stride_ok = la.stride == 1;
+        return stride_ok && M > 0 && N > 0 && K > 0 && la.C % T::depth == 0 && K % T::depth == 0 && ldk % 8 == 0 && aligned16(la.src) &&
+               aligned16(w);
+    }
+};
+
+// Grid: (ceil(M / 128), ceil(N / kCols)); Tile::smem_bytes of dynamic shared memory. st(0, m, n, v)
+// receives every element of C inside M x N.
+template <class Operands, class Store>
+__global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
+    gemm_wgmma_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
+    using T = typename Operands::Tile;
     PIN_DYNAMIC_SHARED(smem);
     const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * T::rows, n0 = static_cast<int64_t>(blockIdx.y) * T::cols;
     const int64_t slices = (K + T::depth - 1) / T::depth;
-    // The next slice's copies into its stage, then a commit (possibly of nothing: the waits below
-    // count groups, so every slice index has one).
+    typename Operands::Regs r;
+    ops.begin(r, m0, n0, M, N, tid);
+    // The next slice's copies into its stage (the slices are issued in order), then a commit
+    // (possibly of nothing: the waits below count groups, so every slice index has one).
     auto issue = [&](int64_t s) {
-        if (s < slices) {
-            unsigned char* stage = smem + (s % T::stages) * T::stage_bytes;
-            const int64_t k = s * T::depth + T::copy_k(tid);
-            const bool k_in = k < K;  // K % 8 == 0: a copy is all inside or all outside
-            for (int i = 0; i < T::copies; ++i) {
-                const int r = T::copy_row(tid, i);
-                const bool a_in = k_in && m0 + r < M, b_in = k_in && n0 + r < N;
-                async_copy16(stage + T::offset(r, T::copy_k(tid)), a_in ? a + (m0 + r) * K + k : a, a_in);
-                async_copy16(stage + T::a_bytes + T::offset(r, T::copy_k(tid)), b_in ? b + (n0 + r) * K + k : b, b_in);
-            }
-        }
+        if (s < slices) ops.issue(r, smem + (s % T::stages) * T::stage_bytes, tid);
         async_commit();
     };
     issue(0);
     issue(1);
-    float d[64];
+    float d[T::cols / 2];
     for (float& v : d) v = 0.0f;
     for (int64_t s = 0; s < slices; ++s) {
         async_wait<1>();      // this thread's copies of slice s have landed (s + 1's may be in flight)
@@ -83,24 +184,26 @@ __global__ void __launch_bounds__(256, 2)
         for (float& v : d) wgmma_hold(v);
         wgmma_fence();
         for (int k = 0; k < T::depth / 16; ++k)  // 16 K values = 2 core matrices along K
-            wgmma_m64n128k16(d, wgmma_descriptor(a_tile + 2 * k * T::lbo, T::lbo, T::sbo),
-                             wgmma_descriptor(b_tile + 2 * k * T::lbo, T::lbo, T::sbo), true);
+            wgmma_bf16<T::cols>(d, wgmma_descriptor(a_tile + 2 * k * T::lbo, T::lbo, T::sbo),
+                                wgmma_descriptor(b_tile + 2 * k * T::lbo, T::lbo, T::sbo), true);
         wgmma_commit();
         wgmma_wait<0>();
         for (float& v : d) wgmma_hold(v);
     }
+    async_wait<0>();  // nothing in flight (the last commits were empty) ...
+    __syncthreads();  // ... and every warpgroup's MMAs are done: the stages hold C now
     // Thread t of warpgroup g: rows 64 g + 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), where
     // w = (t % 128) / 32 and l = t % 32 (wgmma.cuh).
+    float* const Cs = reinterpret_cast<float*>(smem);
     const int w = (tid % 128) / 32, l = tid % 32;
-    for (int h = 0; h < 2; ++h) {
-        const int64_t m = m0 + group * 64 + 16 * w + l / 4 + 8 * h;
-        if (m >= M) continue;
-        for (int j = 0; j < 16; ++j) {
-            const int64_t n = n0 + 8 * j + 2 * (l % 4);
-            if (n < N) c[m * N + n] = d[4 * j + 2 * h];
-            if (n + 1 < N) c[m * N + n + 1] = d[4 * j + 2 * h + 1];
+    for (int j = 0; j < T::cols / 8; ++j)
+        for (int h = 0; h < 2; ++h) {
+            float* const c = Cs + (group * 64 + 16 * w + l / 4 + 8 * h) * T::c_ld + 8 * j + 2 * (l % 4);
+            c[0] = d[4 * j + 2 * h];
+            c[1] = d[4 * j + 2 * h + 1];
         }
-    }
+    __syncthreads();
+    store_shared_tile<T::rows, T::cols, T::c_ld>(Cs, m0, n0, M, N, st);
 }
 
 }  // namespace pin::cuda::gemm

@@ -146,6 +146,24 @@ TEST_CASE("GPU transposed convolutions match the CPU", "[cuda][conv]") {
 // only; a bfloat16 y adds its rounding to 8 significant bits (at most 2^-8 of each value: 4e-3 of
 // the output's scale on top of the GEMM's tolerance).
 
+// The CPU's forward convolution (direct or transposed, s's kernel, stride, padding and output
+// padding) with the GPU's epilogue: bias (direct only; may be null), then PReLU.
+static void cpu_conv_forward(const Tensor& x, const Tensor& w, Tensor& y, const pin::cuda::ConvShape& s, bool transposed,
+                      const std::vector<float>& slope, const float* bias = nullptr) {
+    if (transposed) {  // the CPU's transposed forward has no epilogue: PReLU here
+        cpu::conv_transpose2d_forward(x, w, y, cpu::ConvTranspose2dParams{s.kernel, s.stride, s.padding, s.output_padding});
+        for (int64_t i = 0; i < y.numel(); ++i) {
+            float& v = y.data()[i];
+            if (v < 0) v *= slope[static_cast<size_t>(i % s.out_c)];
+        }
+    } else {
+        cpu::ConvEpilogue ep;
+        ep.prelu_slope = slope.data();
+        ep.bias = bias;
+        cpu::conv2d_forward(x, w, y, cpu::Conv2dParams{s.kernel, s.stride, s.padding}, ep);
+    }
+}
+
 TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][bf16]") {
     if (!gpu_or_skip()) return;
     PIN_EACH_MATH_MODE();
@@ -187,17 +205,7 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
             else
                 pin::cuda::conv2d_forward(gx, gw.data(), gy, s, nullptr, gs.data(), accumulate);
         };
-        if (c.transposed) {  // the CPU's transposed forward has no epilogue: PReLU here
-            cpu::conv_transpose2d_forward(xin, w, y, cpu::ConvTranspose2dParams{c.k, c.s, c.p, 1});
-            for (int64_t i = 0; i < y.numel(); ++i) {
-                float& v = y.data()[i];
-                if (v < 0) v *= slope[static_cast<size_t>(i % c.cout)];
-            }
-        } else {
-            cpu::ConvEpilogue ep;
-            ep.prelu_slope = slope.data();
-            cpu::conv2d_forward(xin, w, y, cpu::Conv2dParams{c.k, c.s, c.p}, ep);
-        }
+        cpu_conv_forward(xin, w, y, s, c.transposed, slope);
         const int64_t n = y.numel();
         const double tol = gemm_tolerance() + 4e-3;
         {  // bfloat16 y
@@ -473,6 +481,88 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
     pin::cuda::DeviceBuffer c(16);
     REQUIRE_THROWS_WITH(pin::cuda::gemm_bf16_wgmma(bf16_view(a.buffer), bf16_view(a.buffer), c.data(), 4, 4, 12),
                         Catch::Contains("K a positive multiple of 8"));
+}
+
+// The forward convolutions on the warpgroup-MMA kernel (ops.cuh AsyncTileShape::Wgmma): given the
+// K-major bfloat16 weights, exactly the layers whose gathered channel count is a multiple of 64 run
+// there (the rest on the asynchronous-copy kernel), and match the CPU's convolution of the same
+// bfloat16 values (exact products in fp32: only the order of the fp32 sums differs) with the
+// epilogue's bias, PReLU and accumulation.
+TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma][conv]") {
+    if (!gpu_or_skip()) return;
+    std::string why;
+    if (!pin::cuda::wgmma_supported(&why)) {
+        WARN("SKIPPED: " << why);
+        return;
+    }
+    pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
+    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);
+    const AsyncTileReset async_tile_reset;
+    struct Case {
+        int64_t b, h, w, cin, cout, k, s, p;
+        bool transposed;
+    };
+    // 64 -> 64 (the 128 x 64 tile, a partial row tile), 64 -> 128 stride 2 (128 x 128), a 1 x 1
+    // stride-2 shortcut 128 -> 192 (two slices a tap; three 64-column tiles), a strided transposed
+    // one (sub-pixel classes, each its own taps of the whole gather's K-major weights), a transposed
+    // one at stride 1 (one gather, taps walked backwards), and 32 -> 64, which does not fit.
+    for (const Case& c : {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 13, 10, 64, 128, 3, 2, 1, false},
+                         Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
+                         Case{2, 8, 7, 32, 64, 3, 1, 1, false}}) {
+        const std::string name = std::string(c.transposed ? "wgmma transposed " : "wgmma conv ") + std::to_string(c.cin) + "->" +
+                                 std::to_string(c.cout) + " s" + std::to_string(c.s);
+        INFO(name);
+        const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, c.transposed && c.s == 2 ? 1 : 0};
+        const int64_t Ho = c.transposed ? pin::cuda::conv_transpose2d_out(s, c.h) : pin::cuda::conv2d_out(s, c.h);
+        const int64_t Wo = c.transposed ? pin::cuda::conv_transpose2d_out(s, c.w) : pin::cuda::conv2d_out(s, c.w);
+        const Bf16Upload ux = to_gpu_bf16(rnd({c.b, c.cin, c.h, c.w}, 41));
+        const Bf16Upload uw = to_gpu_bf16(c.transposed ? rnd({c.cin, c.cout, c.k, c.k}, 42, Layout::NCHW)
+                                                       : rnd({c.cout, c.cin, c.k, c.k}, 42, Layout::NCHW));
+        std::vector<float> slope(static_cast<size_t>(c.cout)), bias(static_cast<size_t>(c.cout));
+        for (int64_t i = 0; i < c.cout; ++i) slope[i] = 0.05f * (i % 5), bias[i] = 0.1f * (i % 7) - 0.3f;
+        Tensor y = Tensor::empty({c.b, c.cout, Ho, Wo}, Layout::NHWC);
+        cpu_conv_forward(ux.rounded, uw.rounded, y, s, c.transposed, slope, c.transposed ? nullptr : bias.data());
+        const pin::cuda::DeviceBuffer gw = to_gpu(uw.rounded), gs = to_gpu(slope), gb = to_gpu(bias);
+        const int64_t K = c.k * c.k * c.cin;
+        const pin::cuda::DeviceBuffer wp =
+            c.transposed ? pin::cuda::pack_conv_transpose2d_forward_weight(gw.data(), s) : pin::cuda::pack_conv2d_forward_weight(gw.data(), s);
+        const pin::cuda::DeviceBuffer wb = pin::cuda::pack_bf16(wp.data(), K * c.cout), wk = pin::cuda::pack_bf16_kmajor(wp.data(), K, c.cout);
+        {  // the K-major pack is the row-major one transposed
+            const std::vector<float> packed = from_gpu(wp, K * c.cout), kmajor = from_gpu_bf16(wk, K * c.cout);
+            int64_t wrong = 0;
+            for (int64_t k = 0; k < K; ++k)
+                for (int64_t n = 0; n < c.cout; ++n) wrong += kmajor[static_cast<size_t>(n * K + k)] != packed[static_cast<size_t>(k * c.cout + n)];
+            REQUIRE(wrong == 0);
+        }
+        const pin::cuda::PackedWeight pw(wp.data(), pin::cuda::bf16_data(wb), pin::cuda::bf16_data(wk));
+        const bool fits = c.cin % 64 == 0;
+        const int64_t n = y.numel();
+        for (const bool y_bf16 : {false, true}) {
+            pin::cuda::DeviceBuffer gy(static_cast<size_t>(y_bf16 ? (n + 1) / 2 : n));
+            const pin::cuda::Activations out = y_bf16 ? pin::cuda::Activations(bf16_view(gy)) : pin::cuda::Activations(gy.data());
+            auto run = [&](bool accumulate) {
+                if (c.transposed)
+                    pin::cuda::conv_transpose2d_forward(bf16_view(ux.buffer), gw.data(), out, s, gs.data(), pw);
+                else
+                    pin::cuda::conv2d_forward(bf16_view(ux.buffer), gw.data(), out, s, gb.data(), gs.data(), accumulate, pw);
+            };
+            const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+            run(false);
+            REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == fits);
+            REQUIRE((pin::cuda::kernel_launches().async > before.async) == !fits);
+            const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
+            // fp32 y: the sums' order only; bfloat16 y: and its rounding to 8 significant bits (2^-8 of each value).
+            const double tol = y_bf16 ? 4e-3 : 1e-5;
+            require_matches(y_bf16 ? from_gpu_bf16(gy, n) : from_gpu(gy, n), y.data(), n, what, tol);
+            if (!c.transposed) {  // accumulate: y + conv, twice the values
+                run(true);
+                std::vector<float> twice(static_cast<size_t>(n));
+                for (int64_t i = 0; i < n; ++i) twice[static_cast<size_t>(i)] = 2 * y.data()[i];
+                require_matches(y_bf16 ? from_gpu_bf16(gy, n) : from_gpu(gy, n), twice.data(), n, what + " accumulate", 2 * tol);
+            }
+        }
+    }
 }
 
 #endif

@@ -311,7 +311,7 @@ void wgmma_kernel(float* out, WgmmaBreak broken) {
     for (float& v : d) v = 0.0f;
     if (broken != kNoFence) pin::cuda::wgmma_fence();
     const uint32_t base = pin::cuda::shared_address(smem);
-    pin::cuda::wgmma_m64n128k16(d, pin::cuda::wgmma_descriptor(base, 128, 256), pin::cuda::wgmma_descriptor(base + 2048, 128, 256), false);
+    pin::cuda::wgmma_bf16<128>(d, pin::cuda::wgmma_descriptor(base, 128, 256), pin::cuda::wgmma_descriptor(base + 2048, 128, 256), false);
     pin::cuda::wgmma_commit();
     if (broken == kOperandChanged && t == 0) put(offset(3, 5), 100.0f);
     if (broken == kNoWait) return;
