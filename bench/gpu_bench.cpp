@@ -2,6 +2,7 @@
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
 //   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16]
+//                 [--no-wgmma]
 // --config runs one gather x arithmetic configuration, or (gemm-bf16) the bfloat16 GEMMs of the wgmma
 // probe alone (bench/gpu_check.sh runs each in its own process, so a kernel fault in one cannot hide
 // the others' timings).
@@ -52,10 +53,15 @@ int main(int argc, char** argv) {
     std::vector<int64_t> batches = {64, 256, 1024};
     int iters = 5;
     std::string only = "all";
+    // --no-wgmma: leave the warpgroup-MMA kernels out (gpu_check.sh passes it when their GPU tests
+    // failed: a kernel that faults would end the process, and the timings after it with it).
+    bool no_wgmma = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--iters" && i + 1 < argc) {
             iters = std::atoi(argv[++i]);
+        } else if (a == "--no-wgmma") {
+            no_wgmma = true;
         } else if (a == "--config" && i + 1 < argc) {
             only = argv[++i];
         } else if (a == "--batches" && i + 1 < argc) {
@@ -66,7 +72,7 @@ int main(int argc, char** argv) {
             }
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
-                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16]\n");
+                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--no-wgmma]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
     }
@@ -153,7 +159,8 @@ int main(int argc, char** argv) {
                     const pin::cuda::DeviceBuffer w = random_buffer(static_cast<size_t>(N * K), 22, 0.05f), wb = pin::cuda::pack_bf16(w.data(), N * K);
                     const pin::cuda::ConvShape cs{g.batch, g.h, g.w, K, N, 1, 1, 0};
                     const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv2d_forward_weight(w.data(), cs),
-                                                  packed_bf16 = pin::cuda::pack_bf16(packed.data(), K * N);
+                                                  packed_bf16 = pin::cuda::pack_bf16(packed.data(), K * N),
+                                                  packed_kmajor = pin::cuda::pack_bf16_kmajor(packed.data(), K, N);
                     pin::cuda::DeviceBuffer c(static_cast<size_t>(M * N)), y(static_cast<size_t>(M * N));
                     std::vector<float> hc(static_cast<size_t>(M * N)), hy(hc.size());
                     double ms = 0;
@@ -165,14 +172,20 @@ int main(int argc, char** argv) {
                         std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"wgmma\", \"m\": %lld, \"error\": \"%s\"}\n",
                                     static_cast<long long>(M), e.what());
                     }
-                    for (const auto tile : {pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128}) {
+                    // The convolution also on the warpgroup-MMA kernel (AsyncTileShape::Wgmma, with the
+                    // K-major weights): the probe's pipeline with the convolution's operand form.
+                    for (const auto tile : {pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128, pin::cuda::AsyncTileShape::Wgmma}) {
+                        const bool on_wgmma = tile == pin::cuda::AsyncTileShape::Wgmma;
+                        if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
                         pin::cuda::set_async_tile(tile);
-                        const int64_t before = pin::cuda::kernel_launches().async;
+                        const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
                         const double t = time_ms(reps, [&] {
                             pin::cuda::conv2d_forward(pin::cuda::bf16_data(x), w.data(), y.data(), cs, nullptr, nullptr, false,
-                                                      pin::cuda::PackedWeight(packed.data(), pin::cuda::bf16_data(packed_bf16)));
+                                                      pin::cuda::PackedWeight(packed.data(), pin::cuda::bf16_data(packed_bf16),
+                                                                              pin::cuda::bf16_data(packed_kmajor)));
                         });
-                        const bool on_async = pin::cuda::kernel_launches().async > before;
+                        const bool on_kernel = on_wgmma ? pin::cuda::kernel_launches().wgmma > before.wgmma
+                                                        : pin::cuda::kernel_launches().async > before.async;
                         pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
                         y.download(hy.data(), hy.size());
                         double diff = 0, scale = 0;
@@ -185,9 +198,10 @@ int main(int argc, char** argv) {
                         // null where the probe did not run or either result holds a NaN
                         char rel[32] = "null";
                         if (ms > 0 && !nan) std::snprintf(rel, sizeof rel, "%.3g", scale > 0 ? diff / scale : diff);
-                        char extra[96];
-                        std::snprintf(extra, sizeof extra, ", \"on_async_kernel\": %s, \"max_rel_diff_vs_wgmma\": %s", on_async ? "true" : "false", rel);
-                        line(tile == pin::cuda::AsyncTileShape::Cols128 ? "async128" : "async64", t, extra);
+                        char extra[112];
+                        std::snprintf(extra, sizeof extra, ", \"on_%s_kernel\": %s, \"max_rel_diff_vs_wgmma\": %s", on_wgmma ? "wgmma" : "async",
+                                      on_kernel ? "true" : "false", rel);
+                        line(on_wgmma ? "wgmma_conv" : tile == pin::cuda::AsyncTileShape::Cols128 ? "async128" : "async64", t, extra);
                     }
                 } catch (const std::exception& e) {
                     std::printf("{\"stage\": \"gemm_bf16\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"error\": \"%s\"}\n",
@@ -228,15 +242,18 @@ int main(int argc, char** argv) {
             // bfloat16 x and dy (its weight-gradient form, as the training step runs it), with the
             // 256 x 64 tile and, where the output channels are a multiple of 128, the 256 x 128 one
             // (ops.cuh AsyncTileShape).
+            // And the forward pass on the warpgroup-MMA kernel (AsyncTileShape::Wgmma), where the device
+            // runs it and the input channels are a multiple of 64.
             struct AsyncTimes {
-                double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0;
+                double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
                             "\"backward_input_tflops\": %.2f, \"backward_weight_tflops\": %.2f",
                             math, gather, name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> timed[] = {{"forward_bf16_async", a.fwd}, {"backward_weight_bf16_async", a.wgrad},
-                                                                {"forward_bf16_async128", a.fwd128}, {"backward_weight_bf16_async128", a.wgrad128}};
+                                                                {"forward_bf16_async128", a.fwd128}, {"backward_weight_bf16_async128", a.wgrad128},
+                                                                {"forward_bf16_wgmma", a.fwd_wgmma}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
@@ -244,28 +261,31 @@ int main(int argc, char** argv) {
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
-                                                                  {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}};
+                                                                  {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}, {"wgmma fwd", a.fwd_wgmma}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
             };
-            // Runs f with the asynchronous-copy kernel's 256 x 128 tile, then back to the default.
-            auto with_tile128 = [&](auto f) {
-                pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols128);
+            // Runs f with another tile (ops.cuh AsyncTileShape), then back to the default.
+            auto with_tile = [&](pin::cuda::AsyncTileShape tile, auto f) {
+                pin::cuda::set_async_tile(tile);
                 const double ms = f();
                 pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
                 return ms;
             };
+            auto with_tile128 = [&](auto f) { return with_tile(pin::cuda::AsyncTileShape::Cols128, f); };
+            const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
             // GpuDefense runs it with ActivationStorage::BF16: where the vector gather and BF16
             // arithmetic apply, the asynchronous-copy kernel.
             const bool time_async = gmode == GatherMode::Vector && mode == MathMode::BF16;
             auto time_bf16_forward = [&](const pin::cuda::DeviceBuffer& x, int64_t nx, const pin::cuda::DeviceBuffer& packed, int64_t nw,
-                                         int64_t ny, auto forward) {
-                const pin::cuda::DeviceBuffer xb = pin::cuda::pack_bf16(x.data(), nx), wb = pin::cuda::pack_bf16(packed.data(), nw);
+                                         int64_t n_out, int64_t ny, auto forward) {
+                const pin::cuda::DeviceBuffer xb = pin::cuda::pack_bf16(x.data(), nx), wb = pin::cuda::pack_bf16(packed.data(), nw),
+                                              wk = pin::cuda::pack_bf16_kmajor(packed.data(), nw / n_out, n_out);
                 pin::cuda::DeviceBuffer yb(static_cast<size_t>((ny + 1) / 2));
-                const pin::cuda::PackedWeight pw(packed.data(), pin::cuda::bf16_data(wb));
+                const pin::cuda::PackedWeight pw(packed.data(), pin::cuda::bf16_data(wb), pin::cuda::bf16_data(wk));
                 return time_ms(iters, [&] { forward(pin::cuda::bf16_data(xb), reinterpret_cast<pin::cuda::Bf16*>(yb.data()), pw); });
             };
             table.push_back(std::string(math) + (mode != MathMode::FP32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " + gather + ":");
@@ -284,7 +304,7 @@ int main(int argc, char** argv) {
                 if (time_async && l.cin % 32 == 0) {
                     const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv2d_forward_weight(w.data(), s);
                     auto forward = [&] {
-                        return time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
+                        return time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, l.cout, B0 * Ho * Ho * l.cout,
                                                  [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
                                                      pin::cuda::conv2d_forward(xb, w.data(), yb, s, nullptr, nullptr, false, pw);
                                                  });
@@ -300,6 +320,7 @@ int main(int argc, char** argv) {
                         a.fwd128 = with_tile128(forward);
                         a.wgrad128 = with_tile128(weight_gradient);
                     }
+                    if (wgmma && l.cin % 64 == 0) a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, forward);
                 }
                 report_layer(l.name, gflop, f, bi, bw, a);
             }
@@ -321,31 +342,43 @@ int main(int argc, char** argv) {
                 if (time_async) {
                     const pin::cuda::DeviceBuffer packed = pin::cuda::pack_conv_transpose2d_forward_weight(w.data(), s);
                     auto forward = [&] {
-                        return time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, B0 * Ho * Ho * l.cout,
+                        return time_bf16_forward(x, B0 * l.h * l.h * l.cin, packed, l.cout * l.cin * 9, l.cout, B0 * Ho * Ho * l.cout,
                                                  [&](const pin::cuda::Bf16* xb, pin::cuda::Bf16* yb, const pin::cuda::PackedWeight& pw) {
                                                      pin::cuda::conv_transpose2d_forward(xb, w.data(), yb, s, nullptr, pw);
                                                  });
                     };
                     a.fwd = forward();
                     if (l.cout % 128 == 0) a.fwd128 = with_tile128(forward);
+                    if (wgmma && l.cin % 64 == 0) a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, forward);
                 }
                 report_layer(l.name, gflop, f, bi, bw, a);
             }
             // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh
             // ActivationStorage; JSON stage defense_forward_bf16_storage), and there, with the vector
             // gather, also with the asynchronous-copy kernel's 256 x 128 tile (stage
-            // defense_forward_bf16_storage_cols128).
-            for (const int variant : {0, 1, 2}) {
-                const bool bf16_storage = variant > 0, tile128 = variant == 2;
-                if ((bf16_storage && mode != MathMode::BF16) || (tile128 && !time_async)) continue;
+            // defense_forward_bf16_storage_cols128) and, where the device runs it, the warpgroup-MMA
+            // kernel (defense_forward_bf16_storage_wgmma).
+            for (const int variant : {0, 1, 2, 3}) {
+                const bool bf16_storage = variant > 0, tile128 = variant == 2, on_wgmma = variant == 3;
+                if ((bf16_storage && mode != MathMode::BF16) || ((tile128 || on_wgmma) && !time_async) || (on_wgmma && !wgmma)) continue;
                 pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
-                pin::cuda::set_async_tile(tile128 ? pin::cuda::AsyncTileShape::Cols128 : pin::cuda::AsyncTileShape::Cols64);
-                const char* stage = tile128 ? "defense_forward_bf16_storage_cols128" : bf16_storage ? "defense_forward_bf16_storage" : "defense_forward";
+                pin::cuda::set_async_tile(on_wgmma  ? pin::cuda::AsyncTileShape::Wgmma
+                                          : tile128 ? pin::cuda::AsyncTileShape::Cols128
+                                                    : pin::cuda::AsyncTileShape::Cols64);
+                const char* stage = on_wgmma ? "defense_forward_bf16_storage_wgmma"
+                                    : tile128 ? "defense_forward_bf16_storage_cols128"
+                                    : bf16_storage ? "defense_forward_bf16_storage"
+                                                   : "defense_forward";
                 for (const int64_t B : batches) try {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                     const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                    report(stage, tile128 ? "defense fwd, bf16 x128" : bf16_storage ? "defense fwd, bf16 act" : "defense forward", B, ms);
+                    report(stage,
+                           on_wgmma  ? "defense fwd, bf16 wgmma"
+                           : tile128 ? "defense fwd, bf16 x128"
+                           : bf16_storage ? "defense fwd, bf16 act"
+                                          : "defense forward",
+                           B, ms);
                 } catch (const std::exception& e) {  // one failing batch size must not hide the others
                     report_error(stage, B, e);
                 }
@@ -401,26 +434,32 @@ int main(int argc, char** argv) {
                 report_error("training_step", B, e);
             }
             // With the vector gather and BF16, one more step at the middle batch with the
-            // asynchronous-copy kernel's 256 x 128 tile (stage training_step_cols128).
-            if (time_async) try {
-                with_trainer(B0, [&](pin::cuda::GpuTrainingBackend&, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
-                    uint64_t first = 0;
-                    const double ms =
-                        with_tile128([&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); });
-                    report("training_step_cols128", "training step, x128", B0, ms);
-                });
-            } catch (const std::exception& e) {
-                pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
-                report_error("training_step_cols128", B0, e);
+            // asynchronous-copy kernel's 256 x 128 tile (stage training_step_cols128) and, where the
+            // device runs it, one with the forward convolutions on the warpgroup MMA (training_step_wgmma).
+            for (const auto tile : {pin::cuda::AsyncTileShape::Cols128, pin::cuda::AsyncTileShape::Wgmma}) {
+                const bool on_wgmma = tile == pin::cuda::AsyncTileShape::Wgmma;
+                const char* stage = on_wgmma ? "training_step_wgmma" : "training_step_cols128";
+                if (!time_async || (on_wgmma && !wgmma)) continue;
+                try {
+                    with_trainer(B0, [&](pin::cuda::GpuTrainingBackend&, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
+                        uint64_t first = 0;
+                        const double ms =
+                            with_tile(tile, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); });
+                        report(stage, on_wgmma ? "training step, wgmma" : "training step, x128", B0, ms);
+                    });
+                } catch (const std::exception& e) {
+                    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
+                    report_error(stage, B0, e);
+                }
             }
             // Which kernels this configuration's GEMMs ran on (counts since the process started:
             // gpu_check.sh runs one configuration per process).
             const pin::cuda::KernelLaunches kl = pin::cuda::kernel_launches();
             std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
-                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld, \"async_cols128\": %lld}}\n",
+                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld, \"async_cols128\": %lld, \"wgmma\": %lld}}\n",
                         math, gather, static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
                         static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input), static_cast<long long>(kl.async),
-                        static_cast<long long>(kl.async_cols128));
+                        static_cast<long long>(kl.async_cols128), static_cast<long long>(kl.wgmma));
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

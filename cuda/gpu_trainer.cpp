@@ -43,8 +43,13 @@ void GpuTrainingBackend::conv2d_forward(const float* x, const float* w, float* y
         const ConvShape s = shape_of(g);
         if (!bf16_operands(g)) return cuda::conv2d_forward(x, w, y, s);
         const DeviceBuffer xb = pack_bf16(x, g.batch * g.in_h * g.in_w * g.in_c), wp = pack_conv2d_forward_weight(w, s);
-        const DeviceBuffer wb = pack_bf16(wp.data(), g.kernel * g.kernel * g.in_c * g.out_c);
-        cuda::conv2d_forward(bf16_data(xb), w, y, s, nullptr, nullptr, false, PackedWeight(wp.data(), bf16_data(wb)));
+        const int64_t K = g.kernel * g.kernel * g.in_c;
+        const DeviceBuffer wb = pack_bf16(wp.data(), K * g.out_c);
+        // And K-major for the warpgroup-MMA kernel, where it is asked for and can run (ops.cuh AsyncTileShape).
+        const bool kmajor = async_tile() == AsyncTileShape::Wgmma && wgmma_supported();
+        const DeviceBuffer wk = kmajor ? pack_bf16_kmajor(wp.data(), K, g.out_c) : DeviceBuffer();
+        cuda::conv2d_forward(bf16_data(xb), w, y, s, nullptr, nullptr, false,
+                             PackedWeight(wp.data(), bf16_data(wb), kmajor ? bf16_data(wk) : nullptr));
     });
 }
 void GpuTrainingBackend::conv2d_backward(const float* x, const float* dy, const float* w, float* dx, float* dw,

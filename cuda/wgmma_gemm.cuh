@@ -102,7 +102,8 @@ struct WgmmaDenseOperands {
 // per tap, as AsyncConvOperands), B the weights K-major: row n (output channel) holds the whole
 // gather's K = taps x C values at ldk apart (pack_bf16_kmajor), of which a sub-pixel class reads its
 // taps' (TapStep::w_tap). Requires (fits()): C and K multiples of 64 (a slice lies in one tap),
-// ldk a multiple of 8, both sources 16-byte aligned.
+// N and ldk multiples of 8 (N = 1, the DAE's last layer, belongs to the per-pixel kernel), both
+// sources 16-byte aligned.
 template <class LoadA, class T>
 struct WgmmaConvOperands {
     using Tile = T;
@@ -147,8 +148,8 @@ struct WgmmaConvOperands {
     bool fits(int64_t M, int64_t N, int64_t K) const {
         bool stride_ok = true;
         if constexpr (std::is_same<LoadA, Gather<true, typename LoadA::Source>>::value) stride_ok = la.stride == 1;
-        return stride_ok && M > 0 && N > 0 && K > 0 && la.C % T::depth == 0 && K % T::depth == 0 && ldk % 8 == 0 && aligned16(la.src) &&
-               aligned16(w);
+        return stride_ok && M > 0 && N > 0 && N % 8 == 0 && K > 0 && la.C % T::depth == 0 && K % T::depth == 0 && ldk % 8 == 0 &&
+               aligned16(la.src) && aligned16(w);
     }
 };
 

@@ -73,6 +73,7 @@
 #include <sanitizer/common_interface_defs.h>
 #endif
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -151,15 +152,16 @@ struct AsyncCopy {
     void* dst;
     unsigned char bytes[16];
 };
-// A wgmma.mma_async (cuda/wgmma.cuh) issued by one thread: its accumulators and descriptors, and the
-// operands' bits as they were at the issue. The accumulators are written when wgmma_wait completes
-// its group, from the shared memory as it is then, which must still hold those bits.
+// A wgmma.mma_async (cuda/wgmma.cuh) issued by one thread: its accumulators and descriptors, and a
+// hash of the operands' bits as they were at the issue. The accumulators are written when
+// wgmma_wait completes its group, from the shared memory as it is then, which must still hold those
+// bits (a 64-bit FNV-1a hash: a change that kept it would be a chance of about 2^-64).
 struct WgmmaOp {
     float* d;
     int n;  // the instruction's N
     uint64_t a, b;
     bool accumulate;
-    std::vector<uint16_t> issued;  // A (64 x 16), then B (n x 16), row by row
+    uint64_t issued;
 };
 // One thread of a block. Suspended at a barrier, at the end of a block, or not yet started.
 struct Fiber {
@@ -277,29 +279,53 @@ inline uint32_t shared_address(const void* p) {
     return static_cast<uint32_t>(c - tl_dynamic.data);
 }
 inline void wgmma_fence() { tl_scheduler->current->mma_fenced = true; }
-// The bits of rows r < `rows`, k < 16 of a K-major bfloat16 operand at descriptor desc, appended to out.
-inline void wgmma_operand(uint64_t desc, int rows, std::vector<uint16_t>& out) {
+// The bits of rows r < `rows`, k < 16 of a K-major bfloat16 operand at descriptor desc, into
+// out[r * 16 + k], a core-matrix row (8 values, 16 contiguous bytes) at a time.
+inline void wgmma_operand(uint64_t desc, int rows, uint16_t* out) {
     const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
     if ((desc >> 49 & 7) != 0 || (desc >> 62) != 0) report("a wgmma descriptor with a base offset or a swizzle (not emulated)");
     for (int r = 0; r < rows; ++r)
-        for (int k = 0; k < 16; ++k) {
-            const size_t at = start + (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
-            uint16_t bits = 0xFFFF;
-            if (at + 2 > tl_dynamic.bytes)
+        for (int h = 0; h < 2; ++h) {
+            const size_t at = start + (r / 8) * sbo + h * lbo + (r % 8) * 16;
+            uint16_t* const o = out + r * 16 + h * 8;
+            if (at + 16 > tl_dynamic.bytes) {
                 report("a wgmma operand outside the launch's dynamic shared memory");
-            else
-                std::memcpy(&bits, tl_dynamic.data + at, 2);
-            out.push_back(bits);
+                std::fill(o, o + 8, uint16_t{0xFFFF});
+            } else {
+                std::memcpy(o, tl_dynamic.data + at, 16);
+            }
         }
+}
+// Both operands of an m64nNk16 (A's 64 rows, then B's n) into a buffer of this OS thread (no fiber
+// switches in between), and the hash of their bits.
+constexpr int kWgmmaMaxN = 256;
+inline const uint16_t* wgmma_operands(uint64_t a, uint64_t b, int n, uint64_t& hash) {
+    thread_local uint16_t bits[(64 + kWgmmaMaxN) * 16];
+    if (n <= 0 || n > kWgmmaMaxN || n % 8 != 0) report("a wgmma with an N the emulation does not take");
+    n = std::min(std::max(n, 0), kWgmmaMaxN);
+    wgmma_operand(a, 64, bits);
+    wgmma_operand(b, n, bits + 64 * 16);
+    // FNV-1a over 8-byte words in four independent lanes (a serial chain over 2-byte values took
+    // most of the emulated kernels' time), then the lanes combined.
+    uint64_t lane[4] = {1469598103934665603ull, 1469598103934665603ull ^ 1, 1469598103934665603ull ^ 2, 1469598103934665603ull ^ 3};
+    const int words = (64 + n) * 16 / 4;  // (64 + n) * 16 values, 4 to a word; a multiple of 4 words
+    for (int i = 0; i < words; i += 4)
+        for (int j = 0; j < 4; ++j) {
+            uint64_t word;
+            std::memcpy(&word, bits + 4 * (i + j), 8);
+            lane[j] = (lane[j] ^ word) * 1099511628211ull;
+        }
+    hash = lane[0];
+    for (int j = 1; j < 4; ++j) hash = (hash ^ lane[j]) * 1099511628211ull;
+    return bits;
 }
 inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate) {
     Fiber& f = *tl_scheduler->current;
     if (tl_scheduler->threads % 128 != 0) report("wgmma in a block that is not whole warpgroups (128 threads)");
     if (!f.mma_fenced) report("wgmma.mma_async without a wgmma.fence since the accumulators were last accessed");
-    WgmmaOp op{d, n, a, b, accumulate, {}};
-    wgmma_operand(a, 64, op.issued);
-    wgmma_operand(b, n, op.issued);
-    f.open_mma.push_back(std::move(op));
+    WgmmaOp op{d, n, a, b, accumulate, 0};
+    wgmma_operands(a, b, n, op.issued);
+    f.open_mma.push_back(op);
 }
 inline void wgmma_commit() {
     Fiber& f = *tl_scheduler->current;
@@ -312,23 +338,24 @@ inline void wgmma_commit() {
 // that changed in between (not yet written by every thread at the issue, or overwritten before the
 // wait) gives a wrong result there, so here it is a violation.
 inline void wgmma_apply(const WgmmaOp& op, unsigned thread) {
-    std::vector<uint16_t> now;
-    now.reserve(op.issued.size());
-    wgmma_operand(op.a, 64, now);
-    wgmma_operand(op.b, op.n, now);
+    uint64_t now = 0;
+    const uint16_t* const bits = wgmma_operands(op.a, op.b, op.n, now);
     if (now != op.issued) report("the shared memory a wgmma reads changed between its issue and its wait");
-    const auto value = [&](size_t i) {
-        const uint32_t u = static_cast<uint32_t>(now[i]) << 16;
+    const auto value = [&](int i) {
+        const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
         float v;
         std::memcpy(&v, &u, 4);
         return v;
     };
-    const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32);
-    for (int j = 0; j < op.n / 8; ++j)
+    const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32), n = std::min(op.n, kWgmmaMaxN);
+    float rows[2][16];  // this thread's two rows of A
+    for (int h = 0; h < 2; ++h)
+        for (int k = 0; k < 16; ++k) rows[h][k] = value((16 * w + l / 4 + 8 * h) * 16 + k);
+    for (int j = 0; j < n / 8; ++j)
         for (int e = 0; e < 4; ++e) {
-            const int r = 16 * w + l / 4 + (e / 2) * 8, c = 8 * j + 2 * (l % 4) + e % 2;
+            const int c = 8 * j + 2 * (l % 4) + e % 2;
             float sum = 0;
-            for (int k = 0; k < 16; ++k) sum += value(static_cast<size_t>(r * 16 + k)) * value(static_cast<size_t>((64 + c) * 16 + k));
+            for (int k = 0; k < 16; ++k) sum += rows[e / 2][k] * value((64 + c) * 16 + k);
             op.d[4 * j + e] = (op.accumulate ? op.d[4 * j + e] : 0.0f) + sum;
         }
 }

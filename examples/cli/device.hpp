@@ -25,8 +25,9 @@ namespace cli {
 //   --gpu-gather generic|rows|vector  how the convolutions read their gathered operand (GatherMode);
 //                               vector with bf16 math runs the wide and asynchronous-copy kernels
 //   --gpu-storage fp32|bf16     the defense's activations between convolutions (ActivationStorage)
-//   --gpu-tile 64|128           the asynchronous-copy kernel's block tile, 256 x 64 or 256 x 128
-//                               (AsyncTileShape; the wider where the output channels allow)
+//   --gpu-tile 64|128|wgmma     the asynchronous-copy kernel's block tile, 256 x 64 or 256 x 128
+//                               (AsyncTileShape; the wider where the output channels allow), or
+//                               the forward convolutions on sm_90a's warpgroup MMA (H100 / H200)
 // They are library settings made command-line options so that a GPU's user can run the fast
 // configuration (bf16 / vector / bf16, either tile) without recompiling; the defaults stay the
 // measured fp32 baseline until a GPU run has chosen others (docs/gpu.md).
@@ -37,7 +38,7 @@ struct GpuSetting {
 inline const std::vector<GpuSetting>& gpu_settings() {
     static const std::vector<GpuSetting> s = {
         {"gpu-math", {"fp32", "tf32", "bf16"}}, {"gpu-gather", {"generic", "rows", "vector"}}, {"gpu-storage", {"fp32", "bf16"}},
-        {"gpu-tile", {"64", "128"}}};
+        {"gpu-tile", {"64", "128", "wgmma"}}};
     return s;
 }
 // Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
@@ -61,7 +62,7 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
     pc::set_math_mode(m == "bf16" ? pc::MathMode::BF16 : m == "tf32" ? pc::MathMode::TF32 : pc::MathMode::FP32);
     pc::set_gather_mode(g == "vector" ? pc::GatherMode::Vector : g == "rows" ? pc::GatherMode::Rows : pc::GatherMode::Generic);
     pc::set_activation_storage(st == "bf16" ? pc::ActivationStorage::BF16 : pc::ActivationStorage::FP32);
-    pc::set_async_tile(t == "128" ? pc::AsyncTileShape::Cols128 : pc::AsyncTileShape::Cols64);
+    pc::set_async_tile(t == "wgmma" ? pc::AsyncTileShape::Wgmma : t == "128" ? pc::AsyncTileShape::Cols128 : pc::AsyncTileShape::Cols64);
 #endif
 }
 // "math M gather G storage S tile T" with the defaults filled in: results depend on them (caches

@@ -79,16 +79,20 @@ PY
   echo "pin eval --device cuda matches the CPU"
   # The fast settings (bfloat16 operands and activations, the vector kernels): the same pairs, scores
   # within bfloat16's rounding of the defended faces, the settings in the JSON.
-  "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 \
-    --gpu-tile 128 --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings"; }
-  python3 - "$work/pin_cpu.json" "$work/pin_gpu_bf16.json" <<'PY' || fail "pin eval --device cuda (bf16, vector) differs from the CPU"
+  # Both wider tiles: 256 x 128, and the warpgroup-MMA kernel (on an H100 / H200; elsewhere the
+  # 256 x 64 tile runs in its place).
+  for tile in 128 wgmma; do
+    "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 \
+      --gpu-tile $tile --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings, tile $tile"; }
+    python3 - "$work/pin_cpu.json" "$work/pin_gpu_bf16.json" "$tile" <<'PY' || fail "pin eval --device cuda (bf16, vector, tile $tile) differs from the CPU"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
-assert (b["gpu_math"], b["gpu_gather"], b["gpu_storage"], b["gpu_tile"]) == ("bf16", "vector", "bf16", "128"), b
+assert (b["gpu_math"], b["gpu_gather"], b["gpu_storage"], b["gpu_tile"]) == ("bf16", "vector", "bf16", sys.argv[3]), b
 assert len(a["scores"]) == len(b["scores"])
 assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 3e-2, (a["scores"], b["scores"])
 PY
-  echo "pin eval --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile 128 follows the CPU"
+    echo "pin eval --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile $tile follows the CPU"
+  done
 else
   [ $? = 1 ] || fail "pin eval --device cuda without a GPU: expected exit 1"
   grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
@@ -121,7 +125,7 @@ set -e
 set +e
 "$pin" eval $q --defense pin --model "$work/model" --device cuda --gpu-tile 96 > "$work/msg" 2>&1; rc=$?
 set -e
-[ $rc = 2 ] && grep -q -- "--gpu-tile must be 64 or 128, got '96'" "$work/msg" || { cat "$work/msg"; fail "--gpu-tile 96: expected a usage error"; }
+[ $rc = 2 ] && grep -q -- "--gpu-tile must be 64, 128 or wgmma, got '96'" "$work/msg" || { cat "$work/msg"; fail "--gpu-tile 96: expected a usage error"; }
 set +e
 "$pin" eval $q --defense pin --model "$work/model" --gpu-tile 128 > "$work/msg" 2>&1; rc=$?
 set -e
