@@ -655,6 +655,47 @@ PIN_HD int64_t gather_row_origin(const LoadA& la, int64_t m, int64_t M, int& y, 
     return base;
 }
 
+// A thread's walk through a gather's K in slices of kDepth channels, tap after tap (the gathered
+// channel count a multiple of kDepth, so a slice lies in one tap), for the kRows rows it copies:
+// each row's origin is decoded once per launch and the tap once per tap (gather.cuh tap_step), so a
+// slice costs a few additions and compares per copy. Shared by the asynchronous-copy and the
+// warpgroup-MMA kernels' convolution operands.
+template <int kRows, int kDepth>
+struct GatherSliceWalk {
+    int64_t base[kRows];           // source offset of each row's origin pixel, at the thread's channel offset
+    int y[kRows], x[kRows];        // the origin (y far negative: no such row)
+    int t, c0;                     // the next slice: its tap and first channel
+    TapStep tap;
+    // row(i): the gather row of this thread's copy i; channel: the thread's channel within a slice.
+    template <class LoadA, class Row>
+    __device__ void begin(const LoadA& la, int64_t M, Row row, int channel) {
+PIN_UNROLL
+        for (int i = 0; i < kRows; ++i) base[i] = gather_row_origin(la, row(i), M, y[i], x[i]) + channel;
+        t = 0;
+        c0 = 0;
+        tap = tap_step(la, 0);
+    }
+    // The source of copy i in the current slice, or null where its pixel lies outside the image
+    // (zero padding) or its row past M.
+    template <class LoadA>
+    __device__ const typename LoadA::Source* source(const LoadA& la, int i) const {
+        const bool inside = static_cast<unsigned>(y[i] + tap.dy) < static_cast<unsigned>(la.H) &&
+                            static_cast<unsigned>(x[i] + tap.dx) < static_cast<unsigned>(la.W);
+        return inside ? la.src + base[i] + (static_cast<int64_t>(tap.dy) * la.W + tap.dx) * la.C + c0 : nullptr;
+    }
+    // The current slice's first row of the whole gather's packed weights (tap C + c).
+    template <class LoadA>
+    __device__ int64_t weight_row(const LoadA& la) const { return static_cast<int64_t>(tap.w_tap) * la.C + c0; }
+    template <class LoadA>
+    __device__ void next(const LoadA& la) {
+        c0 += kDepth;
+        if (c0 == la.C) {
+            c0 = 0;
+            tap = tap_step(la, ++t);
+        }
+    }
+};
+
 // LoadA: a gather over bfloat16 (Gather<false, Bf16>, Gather<true, Bf16> at stride 1,
 // SubpixelGather<Bf16>); w: the whole gather's packed weights as bfloat16, rows (tap C + c), ld = N.
 // Each issue() copies the next slice and moves on: the rows' origins are decoded once per launch,
@@ -666,39 +707,26 @@ struct AsyncConvOperands {
     const Bf16* w;
     int64_t ld;
     struct Regs {
-        int64_t base[T::a_copies];        // source offset of each row's origin pixel, channel 0
-        int y[T::a_copies], x[T::a_copies];  // the origin (y far negative: no such row)
-        int64_t n;                        // this thread's B columns start here (N % 8 == 0: all inside or all outside)
-        int t, c0;                        // the next slice: its tap and first channel
-        TapStep tap;
+        GatherSliceWalk<T::a_copies, kWideDepth> walk;
+        int64_t n;  // this thread's B columns start here (N % 8 == 0: all inside or all outside)
     };
     __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t, int64_t, int tid) const {  // K is never split
-PIN_UNROLL
-        for (int i = 0; i < T::a_copies; ++i) r.base[i] = gather_row_origin(la, m0 + async_a_row(tid, i), M, r.y[i], r.x[i]);
+        r.walk.begin(la, M, [&](int i) { return m0 + async_a_row(tid, i); }, async_a_col(tid));
         r.n = n0 + T::b_col(tid);
-        r.t = 0;
-        r.c0 = 0;
-        r.tap = tap_step(la, 0);
     }
     // The next slice into a stage: As [rows][WLA], Bs [kWideDepth][b_ld].
     __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
-        const int64_t delta = (static_cast<int64_t>(r.tap.dy) * la.W + r.tap.dx) * la.C + r.c0 + async_a_col(tid);
 PIN_UNROLL
         for (int i = 0; i < T::a_copies; ++i) {
-            const bool valid = static_cast<unsigned>(r.y[i] + r.tap.dy) < static_cast<unsigned>(la.H) &&
-                               static_cast<unsigned>(r.x[i] + r.tap.dx) < static_cast<unsigned>(la.W);
-            async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), valid ? la.src + r.base[i] + delta : la.src, valid);
+            const Bf16* src = r.walk.source(la, i);
+            async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), src ? src : la.src, src != nullptr);
         }
         const bool valid = r.n < N;  // N % 8 == 0: a copy is all inside or all outside
-        const int64_t first = static_cast<int64_t>(r.tap.w_tap) * la.C + r.c0;
+        const int64_t first = r.walk.weight_row(la);
 PIN_UNROLL
         for (int j = 0; j < T::b_copies; ++j)
             async_copy16(Bs + T::b_row(tid, j) * T::b_ld + T::b_col(tid), valid ? w + (first + T::b_row(tid, j)) * ld + r.n : w, valid);
-        r.c0 += kWideDepth;
-        if (r.c0 == la.C) {  // C % 32 == 0: the next slice starts the next tap
-            r.c0 = 0;
-            r.tap = tap_step(la, ++r.t);
-        }
+        r.walk.next(la);
     }
     bool fits(int64_t, int64_t N, int64_t K, int64_t splits) const {
         bool stride_ok = true;

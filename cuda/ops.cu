@@ -66,6 +66,10 @@ std::atomic<int>& async_tile_flag() {
     static std::atomic<int> shape{static_cast<int>(AsyncTileShape::Cols64)};
     return shape;
 }
+std::atomic<int>& wgmma_pipeline_flag() {
+    static std::atomic<int> pipeline{static_cast<int>(WgmmaPipeline::WaitEachSlice)};
+    return pipeline;
+}
 std::atomic<int>& mask_sampler_flag() {
     static std::atomic<int> sampler{static_cast<int>(MaskSampler::Pin)};
     return sampler;
@@ -114,6 +118,8 @@ void set_activation_storage(ActivationStorage storage) { activation_storage_flag
 ActivationStorage activation_storage() { return static_cast<ActivationStorage>(activation_storage_flag().load()); }
 void set_async_tile(AsyncTileShape shape) { async_tile_flag() = static_cast<int>(shape); }
 AsyncTileShape async_tile() { return static_cast<AsyncTileShape>(async_tile_flag().load()); }
+void set_wgmma_pipeline(WgmmaPipeline pipeline) { wgmma_pipeline_flag() = static_cast<int>(pipeline); }
+WgmmaPipeline wgmma_pipeline() { return static_cast<WgmmaPipeline>(wgmma_pipeline_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }
 MaskSampler mask_sampler() { return static_cast<MaskSampler>(mask_sampler_flag().load()); }
 

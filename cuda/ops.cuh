@@ -124,6 +124,16 @@ enum class AsyncTileShape { Cols64, Cols128, Wgmma };
 void set_async_tile(AsyncTileShape shape);
 AsyncTileShape async_tile();
 
+// How the warpgroup-MMA kernel (AsyncTileShape::Wgmma, gemm_bf16_wgmma) waits for its MMAs: each
+// warpgroup after every 64-deep slice (WaitEachSlice: one barrier per slice; the tensor cores idle
+// between a slice's last MMA and the next slice's first unless the SM's other block fills the gap),
+// or one slice's MMAs left running while the next slice's are issued (OneSliceInFlight: a second
+// barrier per slice, before the copies into the stage they read). Process-wide; WaitEachSlice
+// unless set: neither has run on a GPU (pin-bench-gpu times both).
+enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight };
+void set_wgmma_pipeline(WgmmaPipeline pipeline);
+WgmmaPipeline wgmma_pipeline();
+
 // A device pointer to NHWC activations stored either way (conv2d_forward,
 // conv_transpose2d_forward and nhwc_to_nchw read and write both).
 struct ConstActivations {

@@ -273,10 +273,21 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
 // 256 x 128 tile a GEMM with N columns (AsyncTileShape).
 inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
 inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
-template <class T>
-struct IsConvStore : std::false_type {};
+// The convolution epilogue behind a GEMM's store, if it has one the warpgroup-MMA kernel can take:
+// a ConvStore itself (direct and stride-1 transposed gathers) or one behind the sub-pixel classes'
+// row mapping.
+template <class Store, class LoadA>
+struct WgmmaEpilogue : std::false_type {};
+template <class Y, class LoadA>
+struct WgmmaEpilogue<ConvStore<Y>, LoadA> : std::true_type {
+    static const ConvStore<Y>& of(const ConvStore<Y>& st) { return st; }
+};
+template <class Y>  // a sub-pixel class's rows are not the output's: only through the row mapping
+struct WgmmaEpilogue<ConvStore<Y>, SubpixelGather<Bf16>> : std::false_type {};
 template <class Y>
-struct IsConvStore<ConvStore<Y>> : std::true_type {};
+struct WgmmaEpilogue<RowMappedStore<ConvStore<Y>, SubpixelGather<Bf16>>, SubpixelGather<Bf16>> : std::true_type {
+    static const ConvStore<Y>& of(const RowMappedStore<ConvStore<Y>, SubpixelGather<Bf16>>& st) { return st.st; }
+};
 template <class Y>
 internal::ConvOutput conv_output(const ConvStore<Y>& st) {
     return {st.y, std::is_same<Y, Bf16>::value, st.N, st.bias, st.slope, st.accumulate};
@@ -288,13 +299,8 @@ template <class LoadA, class Store>
 inline bool launch_wgmma_conv(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* wk, int64_t ldk, const Store& st,
                               const char* name, const std::string& shape) {
     if (!wk || !async_mode() || async_tile() != AsyncTileShape::Wgmma) return false;
-    constexpr bool kSubpixel = std::is_same<LoadA, SubpixelGather<Bf16>>::value;
-    if constexpr (!kSubpixel && IsConvStore<Store>::value)
-        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(st), name, shape);
-    else if constexpr (kSubpixel && std::is_same<Store, RowMappedStore<ConvStore<float>, LoadA>>::value)
-        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(st.st), name, shape);
-    else if constexpr (kSubpixel && std::is_same<Store, RowMappedStore<ConvStore<Bf16>, LoadA>>::value)
-        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(st.st), name, shape);
+    if constexpr (WgmmaEpilogue<Store, LoadA>::value)
+        return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(WgmmaEpilogue<Store, LoadA>::of(st)), name, shape);
     else
         return false;
 }

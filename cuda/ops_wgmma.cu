@@ -64,12 +64,15 @@ void launch_wgmma(int64_t M, int64_t N, int64_t K, const Operands& ops, const St
 template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
-    const WgmmaConvOperands<LoadA, WgmmaTile<64>> narrow{la, wk, ldk};
-    if (!narrow.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
+    if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
+    const auto run = [&](auto tile) {
+        launch_wgmma(M, N, K, WgmmaConvOperands<LoadA, decltype(tile)>{la, wk, ldk}, st, name, shape);
+    };
+    const bool overlap = wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight;
     if (N % 128 == 0)
-        launch_wgmma(M, N, K, WgmmaConvOperands<LoadA, WgmmaTile<128>>{la, wk, ldk}, st, name, shape);
+        overlap ? run(WgmmaTile<128, 1>{}) : run(WgmmaTile<128>{});
     else
-        launch_wgmma(M, N, K, narrow, st, name, shape);
+        overlap ? run(WgmmaTile<64, 1>{}) : run(WgmmaTile<64>{});
     return true;
 }
 // The epilogue for y's storage type; wrap(store) maps a sub-pixel class's rows (or not).
@@ -110,7 +113,11 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
         ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": needs M, N > 0, K a positive multiple of 8 and 16-byte aligned operands");
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
-    launch_wgmma(M, N, K, WgmmaDenseOperands<>{a, b, K}, PartialStore{c, M, N}, "gemm_bf16_wgmma", shape);
+    const PartialStore st{c, M, N};
+    if (wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight)
+        launch_wgmma(M, N, K, WgmmaDenseOperands<WgmmaTile<128, 1>>{a, b, K}, st, "gemm_bf16_wgmma", shape);
+    else
+        launch_wgmma(M, N, K, WgmmaDenseOperands<>{a, b, K}, st, "gemm_bf16_wgmma", shape);
 }
 
 }  // namespace pin::cuda

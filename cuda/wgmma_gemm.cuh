@@ -10,7 +10,9 @@
 // A block is two warpgroups (256 threads) and a 128 x kCols tile of C (kCols 128, or 64 for layers
 // with 64 output channels, which 128 would half waste); warpgroup g computes rows 64 g .. 64 g + 63
 // with one m64n{kCols}k16 per 16-deep step. K goes in slices of 64 through three shared-memory
-// stages filled by cp.async (two slices in flight while the tensor cores work on one). Shared
+// stages filled by cp.async (two slices in flight while the tensor cores work on one; or, with
+// WgmmaTile's kInFlight = 1, one slice's copies and the previous slice's MMAs in flight while the
+// next slice's MMAs are issued: which is faster is for the GPU to say). Shared
 // memory is the no-swizzle K-major layout (wgmma.cuh) with core matrices 144 bytes apart along K
 // (LBO = 128 + 16): the 8 copies a quarter-warp issues for one row (its 64 K values, 128 contiguous
 // bytes of global memory) then land on 8 different 16-byte bank groups, where 128 would put all 8
@@ -32,10 +34,15 @@
 
 namespace pin::cuda::gemm {
 
-template <int kCols>
+// kInFlight: how many slices' MMAs a warpgroup leaves running when it goes on to the next slice:
+// 0 waits for each slice's before the next barrier (the stage it read is free at once); 1 lets them
+// run under the next slice's issue, and a second barrier per slice tells the copies when the stage
+// the slice before read is free (ops.cuh WgmmaPipeline).
+template <int kCols, int kInFlight = 0>
 struct WgmmaTile {
     static_assert(kCols == 64 || kCols == 128, "the wgmma shapes wgmma.cuh instantiates");
-    static constexpr int threads = 256, rows = 128, cols = kCols, depth = 64, stages = 3;
+    static_assert(kInFlight == 0 || kInFlight == 1, "three stages: one being copied, one being read, one in flight");
+    static constexpr int threads = 256, rows = 128, cols = kCols, depth = 64, stages = 3, in_flight = kInFlight;
     static_assert(threads == THREADS, "store_shared_tile strides by THREADS");
     static constexpr int chunks = depth / 8;                          // 16-byte copies per row and slice
     static constexpr int lbo = 128 + 16, sbo = chunks * lbo;          // bytes between core matrices along K, along M / N
@@ -111,39 +118,26 @@ struct WgmmaConvOperands {
     const Bf16* w;
     int64_t ldk;
     struct Regs {
-        int64_t base[T::a_copies];           // source offset of each row's origin pixel, channel 0
-        int y[T::a_copies], x[T::a_copies];  // the origin (y far negative: no such row)
-        const Bf16* w_row[T::b_copies];      // this thread's weight rows at its K offset (null: past N)
-        int t, c0;                           // the next slice: its tap and first channel
-        TapStep tap;
+        GatherSliceWalk<T::a_copies, T::depth> walk;
+        const Bf16* w_row[T::b_copies];  // this thread's weight rows at its K offset (null: past N)
     };
     __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int tid) const {
-        for (int i = 0; i < T::a_copies; ++i)
-            r.base[i] = gather_row_origin(la, m0 + T::copy_row(tid, i), M, r.y[i], r.x[i]) + T::copy_k(tid);
+        r.walk.begin(la, M, [&](int i) { return m0 + T::copy_row(tid, i); }, T::copy_k(tid));
         for (int j = 0; j < T::b_copies; ++j) {
             const int64_t n = n0 + T::copy_row(tid, j);
             r.w_row[j] = n < N ? w + n * ldk + T::copy_k(tid) : nullptr;
         }
-        r.t = 0;
-        r.c0 = 0;
-        r.tap = tap_step(la, 0);
     }
     __device__ void issue(Regs& r, unsigned char* stage, int tid) const {
-        const int64_t delta = (static_cast<int64_t>(r.tap.dy) * la.W + r.tap.dx) * la.C + r.c0;
         for (int i = 0; i < T::a_copies; ++i) {
-            const bool valid = static_cast<unsigned>(r.y[i] + r.tap.dy) < static_cast<unsigned>(la.H) &&
-                               static_cast<unsigned>(r.x[i] + r.tap.dx) < static_cast<unsigned>(la.W);
-            async_copy16(stage + T::offset(T::copy_row(tid, i), T::copy_k(tid)), valid ? la.src + r.base[i] + delta : la.src, valid);
+            const Bf16* src = r.walk.source(la, i);
+            async_copy16(stage + T::offset(T::copy_row(tid, i), T::copy_k(tid)), src ? src : la.src, src != nullptr);
         }
-        const int64_t first = static_cast<int64_t>(r.tap.w_tap) * la.C + r.c0;
+        const int64_t first = r.walk.weight_row(la);
         for (int j = 0; j < T::b_copies; ++j)
             async_copy16(stage + T::a_bytes + T::offset(T::copy_row(tid, j), T::copy_k(tid)), r.w_row[j] ? r.w_row[j] + first : w,
                          r.w_row[j] != nullptr);
-        r.c0 += T::depth;
-        if (r.c0 == la.C) {  // C % 64 == 0: the next slice starts the next tap
-            r.c0 = 0;
-            r.tap = tap_step(la, ++r.t);
-        }
+        r.walk.next(la);
     }
     bool fits(int64_t M, int64_t N, int64_t K) const {
         bool stride_ok = true;
@@ -178,8 +172,8 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
     for (int64_t s = 0; s < slices; ++s) {
         async_wait<1>();      // this thread's copies of slice s have landed (s + 1's may be in flight)
         fence_proxy_async();  // ... and are visible to the tensor cores' proxy once the barrier passes them on
-        __syncthreads();      // every thread's copies of slice s; every wgmma of slice s - 1 is done
-        issue(s + 2);         // into the stage slice s - 1 used
+        __syncthreads();      // every thread's copies of slice s (in_flight 0: every wgmma of slice s - 1 is done)
+        if constexpr (T::in_flight == 0) issue(s + 2);  // into the stage slice s - 1 used
         const uint32_t stage = shared_address(smem + (s % T::stages) * T::stage_bytes);
         const uint32_t a_tile = stage + group * (64 / 8) * T::sbo, b_tile = stage + T::a_bytes;
         for (float& v : d) wgmma_hold(v);
@@ -188,9 +182,15 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
             wgmma_bf16<T::cols>(d, wgmma_descriptor(a_tile + 2 * k * T::lbo, T::lbo, T::sbo),
                                 wgmma_descriptor(b_tile + 2 * k * T::lbo, T::lbo, T::sbo), true);
         wgmma_commit();
-        wgmma_wait<0>();
+        wgmma_wait<T::in_flight>();  // in_flight 1: this warpgroup's MMAs of slice s - 1 are done, s's may run on
         for (float& v : d) wgmma_hold(v);
+        if constexpr (T::in_flight == 1) {
+            __syncthreads();  // both warpgroups' MMAs of slice s - 1 are done ...
+            issue(s + 2);     // ... so the stage it used takes slice s + 2
+        }
     }
+    wgmma_wait<0>();  // the last slice's MMAs (in_flight 1) have written the accumulators
+    for (float& v : d) wgmma_hold(v);
     async_wait<0>();  // nothing in flight (the last commits were empty) ...
     __syncthreads();  // ... and every warpgroup's MMAs are done: the stages hold C now
     // Thread t of warpgroup g: rows 64 g + 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), where

@@ -54,10 +54,29 @@ struct AsyncTileReset {
     pin::cuda::set_async_tile(async_shape);                                                                    \
     const AsyncTileReset async_tile_reset;                                                                     \
     INFO("asynchronous-copy tile 256 x " << (async_shape == pin::cuda::AsyncTileShape::Cols128 ? 128 : 64))
+// Both pipelines of the warpgroup-MMA kernel (ops.cuh WgmmaPipeline), back to the default when the
+// test ends.
+struct WgmmaPipelineReset {
+    ~WgmmaPipelineReset() { pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice); }
+};
+#define PIN_EACH_WGMMA_PIPELINE()                                                                              \
+    const pin::cuda::WgmmaPipeline wgmma_pipeline_used =                                                       \
+        GENERATE(pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight);         \
+    pin::cuda::set_wgmma_pipeline(wgmma_pipeline_used);                                                        \
+    const WgmmaPipelineReset wgmma_pipeline_reset;                                                             \
+    INFO("wgmma pipeline: " << (wgmma_pipeline_used == pin::cuda::WgmmaPipeline::OneSliceInFlight ? "one slice in flight" : "wait each slice"))
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;
     WARN("SKIPPED: no usable CUDA device: " << reason);
+    return false;
+}
+// gpu_or_skip, and also sm_90a's warpgroup MMA (cuda::wgmma_supported).
+inline bool wgmma_or_skip() {
+    if (!gpu_or_skip()) return false;
+    std::string reason;
+    if (pin::cuda::wgmma_supported(&reason)) return true;
+    WARN("SKIPPED: " << reason);
     return false;
 }
 inline pin::cuda::DeviceBuffer to_gpu(const Tensor& t) {

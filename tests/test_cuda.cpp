@@ -450,12 +450,8 @@ TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][
 }
 
 TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
-    if (!gpu_or_skip()) return;
-    std::string why;
-    if (!pin::cuda::wgmma_supported(&why)) {
-        WARN("SKIPPED: " << why);
-        return;
-    }
+    if (!wgmma_or_skip()) return;
+    PIN_EACH_WGMMA_PIPELINE();
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around).
     struct Dims {
@@ -489,12 +485,8 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
 // bfloat16 values (exact products in fp32: only the order of the fp32 sums differs) with the
 // epilogue's bias, PReLU and accumulation.
 TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
-    if (!gpu_or_skip()) return;
-    std::string why;
-    if (!pin::cuda::wgmma_supported(&why)) {
-        WARN("SKIPPED: " << why);
-        return;
-    }
+    if (!wgmma_or_skip()) return;
+    PIN_EACH_WGMMA_PIPELINE();
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);
