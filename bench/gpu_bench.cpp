@@ -163,21 +163,64 @@ int main(int argc, char** argv) {
                                                   packed_kmajor = pin::cuda::pack_bf16_kmajor(packed.data(), K, N);
                     pin::cuda::DeviceBuffer c(static_cast<size_t>(M * N)), y(static_cast<size_t>(M * N));
                     std::vector<float> hc(static_cast<size_t>(M * N)), hy(hc.size());
+                    // max |v - the probe's C| / max |v| as JSON: null where the probe did not run or either holds a NaN.
                     double ms = 0;
-                    try {
-                        ms = time_ms(reps, [&] { pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), c.data(), M, N, K); });
-                        c.download(hc.data(), hc.size());
-                        line("wgmma", ms, "");
-                    } catch (const std::exception& e) {
-                        std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"wgmma\", \"m\": %lld, \"error\": \"%s\"}\n",
-                                    static_cast<long long>(M), e.what());
+                    auto rel_to_probe = [&](const std::vector<float>& v) {
+                        double diff = 0, scale = 0;
+                        bool nan = false;
+                        for (size_t i = 0; i < v.size(); ++i) {
+                            scale = std::max(scale, std::fabs(static_cast<double>(v[i])));
+                            diff = std::max(diff, std::fabs(static_cast<double>(v[i]) - hc[i]));
+                            nan = nan || v[i] != v[i] || hc[i] != hc[i];
+                        }
+                        char rel[32] = "null";
+                        if (ms > 0 && !nan) std::snprintf(rel, sizeof rel, "%.3g", scale > 0 ? diff / scale : diff);
+                        return std::string(rel);
+                    };
+                    // The probe with each of the kernel's pipelines (ops.cuh WgmmaPipeline): wgmma waits
+                    // for each slice's MMAs, wgmma_inflight leaves one slice's running.
+                    for (const auto pipeline : {pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight}) {
+                        const bool inflight = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight;
+                        const char* kernel = inflight ? "wgmma_inflight" : "wgmma";
+                        if (inflight && ms <= 0) continue;  // the probe failed: nothing to compare with
+                        try {
+                            pin::cuda::set_wgmma_pipeline(pipeline);
+                            pin::cuda::DeviceBuffer& out = inflight ? y : c;
+                            const double t = time_ms(reps, [&] {
+                                pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), out.data(), M, N, K);
+                            });
+                            pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
+                            if (inflight) {
+                                y.download(hy.data(), hy.size());
+                                line(kernel, t, ", \"max_rel_diff_vs_wgmma\": " + rel_to_probe(hy));
+                            } else {
+                                ms = t;
+                                c.download(hc.data(), hc.size());
+                                line(kernel, t, "");
+                            }
+                        } catch (const std::exception& e) {
+                            pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
+                            std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"%s\", \"m\": %lld, \"error\": \"%s\"}\n", kernel,
+                                        static_cast<long long>(M), e.what());
+                        }
                     }
-                    // The convolution also on the warpgroup-MMA kernel (AsyncTileShape::Wgmma, with the
-                    // K-major weights): the probe's pipeline with the convolution's operand form.
-                    for (const auto tile : {pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128, pin::cuda::AsyncTileShape::Wgmma}) {
-                        const bool on_wgmma = tile == pin::cuda::AsyncTileShape::Wgmma;
+                    // The convolution on the asynchronous-copy kernel's two tiles and on the warpgroup-MMA
+                    // kernel (AsyncTileShape::Wgmma, with the K-major weights: the probe's pipeline with
+                    // the convolution's operand form), there with both pipelines.
+                    struct ConvRun {
+                        pin::cuda::AsyncTileShape tile;
+                        pin::cuda::WgmmaPipeline pipeline;
+                        const char* kernel;
+                    };
+                    for (const ConvRun run : {ConvRun{pin::cuda::AsyncTileShape::Cols64, pin::cuda::WgmmaPipeline::WaitEachSlice, "async64"},
+                                              ConvRun{pin::cuda::AsyncTileShape::Cols128, pin::cuda::WgmmaPipeline::WaitEachSlice, "async128"},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WaitEachSlice, "wgmma_conv"},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::OneSliceInFlight,
+                                                      "wgmma_conv_inflight"}}) {
+                        const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
-                        pin::cuda::set_async_tile(tile);
+                        pin::cuda::set_async_tile(run.tile);
+                        pin::cuda::set_wgmma_pipeline(run.pipeline);
                         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
                         const double t = time_ms(reps, [&] {
                             pin::cuda::conv2d_forward(pin::cuda::bf16_data(x), w.data(), y.data(), cs, nullptr, nullptr, false,
@@ -187,21 +230,12 @@ int main(int argc, char** argv) {
                         const bool on_kernel = on_wgmma ? pin::cuda::kernel_launches().wgmma > before.wgmma
                                                         : pin::cuda::kernel_launches().async > before.async;
                         pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
+                        pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
                         y.download(hy.data(), hy.size());
-                        double diff = 0, scale = 0;
-                        bool nan = false;
-                        for (size_t i = 0; i < hy.size(); ++i) {
-                            scale = std::max(scale, std::fabs(static_cast<double>(hy[i])));
-                            diff = std::max(diff, std::fabs(static_cast<double>(hy[i]) - hc[i]));
-                            nan = nan || hy[i] != hy[i] || hc[i] != hc[i];
-                        }
-                        // null where the probe did not run or either result holds a NaN
-                        char rel[32] = "null";
-                        if (ms > 0 && !nan) std::snprintf(rel, sizeof rel, "%.3g", scale > 0 ? diff / scale : diff);
                         char extra[112];
                         std::snprintf(extra, sizeof extra, ", \"on_%s_kernel\": %s, \"max_rel_diff_vs_wgmma\": %s", on_wgmma ? "wgmma" : "async",
-                                      on_kernel ? "true" : "false", rel);
-                        line(on_wgmma ? "wgmma_conv" : tile == pin::cuda::AsyncTileShape::Cols128 ? "async128" : "async64", t, extra);
+                                      on_kernel ? "true" : "false", rel_to_probe(hy).c_str());
+                        line(run.kernel, t, extra);
                     }
                 } catch (const std::exception& e) {
                     std::printf("{\"stage\": \"gemm_bf16\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"error\": \"%s\"}\n",
@@ -243,9 +277,12 @@ int main(int argc, char** argv) {
             // 256 x 64 tile and, where the output channels are a multiple of 128, the 256 x 128 one
             // (ops.cuh AsyncTileShape).
             // And the forward pass on the warpgroup-MMA kernel (AsyncTileShape::Wgmma), where the device
-            // runs it and the input channels are a multiple of 64.
+            // runs it and the input channels are a multiple of 64, with each of its pipelines (ops.cuh
+            // WgmmaPipeline).
+            // And the input gradient from a bfloat16 dy (the training step's), on the asynchronous-copy
+            // kernel and on the warpgroup-MMA kernel.
             struct AsyncTimes {
-                double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0;
+                double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0, fwd_wgmma_inflight = 0, din = 0, din_wgmma = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -253,15 +290,18 @@ int main(int argc, char** argv) {
                             math, gather, name, static_cast<long long>(B0), f, gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> timed[] = {{"forward_bf16_async", a.fwd}, {"backward_weight_bf16_async", a.wgrad},
                                                                 {"forward_bf16_async128", a.fwd128}, {"backward_weight_bf16_async128", a.wgrad128},
-                                                                {"forward_bf16_wgmma", a.fwd_wgmma}};
+                                                                {"forward_bf16_wgmma", a.fwd_wgmma}, {"forward_bf16_wgmma_inflight", a.fwd_wgmma_inflight},
+                                                                {"backward_input_bf16_async", a.din}, {"backward_input_bf16_wgmma", a.din_wgmma}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
-                char row[320];
+                char row[400];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
-                                                                  {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}, {"wgmma fwd", a.fwd_wgmma}};
+                                                                  {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}, {"wgmma fwd", a.fwd_wgmma},
+                                                                  {"inflight", a.fwd_wgmma_inflight}, {"bwd-in bf16-async", a.din},
+                                                                  {"wgmma bwd-in", a.din_wgmma}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
@@ -275,6 +315,13 @@ int main(int argc, char** argv) {
                 return ms;
             };
             auto with_tile128 = [&](auto f) { return with_tile(pin::cuda::AsyncTileShape::Cols128, f); };
+            // The forward pass on the warpgroup-MMA kernel with each pipeline.
+            auto time_wgmma = [&](AsyncTimes& a, auto f) {
+                a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
+                pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::OneSliceInFlight);
+                a.fwd_wgmma_inflight = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
+                pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
+            };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
             // GpuDefense runs it with ActivationStorage::BF16: where the vector gather and BF16
@@ -314,13 +361,18 @@ int main(int argc, char** argv) {
                     auto weight_gradient = [&] {
                         return time_ms(iters, [&] { pin::cuda::conv2d_backward_weight(pin::cuda::bf16_data(xb), pin::cuda::bf16_data(dyb), dw.data(), s); });
                     };
+                    auto input_gradient = [&] {
+                        return time_ms(iters, [&] { pin::cuda::conv2d_backward_input(pin::cuda::bf16_data(dyb), w.data(), dx.data(), s); });
+                    };
                     a.fwd = forward();
                     a.wgrad = weight_gradient();
+                    a.din = input_gradient();
+                    if (wgmma && l.cout % 64 == 0) a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
                     if (l.cout % 128 == 0) {
                         a.fwd128 = with_tile128(forward);
                         a.wgrad128 = with_tile128(weight_gradient);
                     }
-                    if (wgmma && l.cin % 64 == 0) a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, forward);
+                    if (wgmma && l.cin % 64 == 0) time_wgmma(a, forward);
                 }
                 report_layer(l.name, gflop, f, bi, bw, a);
             }
@@ -349,7 +401,7 @@ int main(int argc, char** argv) {
                     };
                     a.fwd = forward();
                     if (l.cout % 128 == 0) a.fwd128 = with_tile128(forward);
-                    if (wgmma && l.cin % 64 == 0) a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, forward);
+                    if (wgmma && l.cin % 64 == 0) time_wgmma(a, forward);
                 }
                 report_layer(l.name, gflop, f, bi, bw, a);
             }
@@ -357,15 +409,17 @@ int main(int argc, char** argv) {
             // ActivationStorage; JSON stage defense_forward_bf16_storage), and there, with the vector
             // gather, also with the asynchronous-copy kernel's 256 x 128 tile (stage
             // defense_forward_bf16_storage_cols128) and, where the device runs it, the warpgroup-MMA
-            // kernel (defense_forward_bf16_storage_wgmma).
-            for (const int variant : {0, 1, 2, 3}) {
-                const bool bf16_storage = variant > 0, tile128 = variant == 2, on_wgmma = variant == 3;
+            // kernel with each of its pipelines (defense_forward_bf16_storage_wgmma, ..._wgmma_inflight).
+            for (const int variant : {0, 1, 2, 3, 4}) {
+                const bool bf16_storage = variant > 0, tile128 = variant == 2, on_wgmma = variant >= 3, inflight = variant == 4;
                 if ((bf16_storage && mode != MathMode::BF16) || ((tile128 || on_wgmma) && !time_async) || (on_wgmma && !wgmma)) continue;
                 pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
                 pin::cuda::set_async_tile(on_wgmma  ? pin::cuda::AsyncTileShape::Wgmma
                                           : tile128 ? pin::cuda::AsyncTileShape::Cols128
                                                     : pin::cuda::AsyncTileShape::Cols64);
-                const char* stage = on_wgmma ? "defense_forward_bf16_storage_wgmma"
+                pin::cuda::set_wgmma_pipeline(inflight ? pin::cuda::WgmmaPipeline::OneSliceInFlight : pin::cuda::WgmmaPipeline::WaitEachSlice);
+                const char* stage = inflight ? "defense_forward_bf16_storage_wgmma_inflight"
+                                    : on_wgmma ? "defense_forward_bf16_storage_wgmma"
                                     : tile128 ? "defense_forward_bf16_storage_cols128"
                                     : bf16_storage ? "defense_forward_bf16_storage"
                                                    : "defense_forward";
@@ -374,7 +428,8 @@ int main(int argc, char** argv) {
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                     const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
                     report(stage,
-                           on_wgmma  ? "defense fwd, bf16 wgmma"
+                           inflight ? "defense wgmma inflight"
+                           : on_wgmma  ? "defense fwd, bf16 wgmma"
                            : tile128 ? "defense fwd, bf16 x128"
                            : bf16_storage ? "defense fwd, bf16 act"
                                           : "defense forward",
@@ -383,6 +438,7 @@ int main(int argc, char** argv) {
                     report_error(stage, B, e);
                 }
             }
+            pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
             pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
             pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
             // f(backend, trainer, x) with a fresh trainer (pin train's defaults: local estimator, 30

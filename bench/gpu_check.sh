@@ -68,7 +68,8 @@ for tf32 in off on; do
     2>>"$out/torch.err" || echo "{\"error\": \"torch training peer failed, tf32 $tf32\"}" >> "$out/torch_train.jsonl"
 done
 
-# The wgmma probe (cuda/wgmma_gemm.cuh), the asynchronous-copy kernel and the wgmma convolution on the same bfloat16 GEMMs,
+# The wgmma probe (cuda/wgmma_gemm.cuh), the asynchronous-copy kernel and the wgmma convolution (each wgmma with both of its
+# pipelines, ops.cuh WgmmaPipeline) on the same bfloat16 GEMMs,
 # in a process of their own, and cuBLAS (through PyTorch) on the square one: this machine's dense
 # BF16 rate in practice.
 bench gemm-bf16
@@ -110,7 +111,8 @@ def best_by_math_batch(path, keep):
 
 ours = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") in ("defense_forward", "defense_forward_bf16_storage",
                                                                           "defense_forward_bf16_storage_cols128",
-                                                                          "defense_forward_bf16_storage_wgmma"))
+                                                                          "defense_forward_bf16_storage_wgmma",
+                                                                          "defense_forward_bf16_storage_wgmma_inflight"))
 torch = best_by_math_batch(out + "/torch.jsonl", lambda j: True)
 train = best_by_math_batch(out + "/bench.txt", lambda j: j.get("stage") in ("training_step", "training_step_cols128", "training_step_wgmma"))
 torch_train = best_by_math_batch(out + "/torch_train.jsonl", lambda j: True)

@@ -114,8 +114,9 @@ ActivationStorage activation_storage();
 // The asynchronous-copy kernel's block tile (gemm_kernels.cuh AsyncTile): 256 x 64, two blocks per
 // SM, or, for the GEMMs whose N (output channels) is a multiple of 128, 256 x 128: one block per SM
 // (128 accumulator registers per thread), half the shared-memory traffic per tensor-core product.
-// Wgmma: the forward convolutions given K-major bfloat16 weights (PackedWeight::bf16_kmajor) run
-// on sm_90a's warpgroup MMA instead (wgmma_gemm.cuh: both operands read by the tensor cores from
+// Wgmma: the forward convolutions given K-major bfloat16 weights (PackedWeight::bf16_kmajor), and
+// the input gradients from a bfloat16 dy (conv2d_backward_input packs them), run on sm_90a's
+// warpgroup MMA instead (wgmma_gemm.cuh: both operands read by the tensor cores from
 // shared memory, 128 x 128 tiles, 128 x 64 where N is not a multiple of 128), where the device is
 // compute capability 9.0 and the gathered channel count a multiple of 64; every other GEMM of the
 // kernel as with Cols64. Process-wide; Cols64 unless set: none has run on a GPU (pin-bench-gpu

@@ -12,11 +12,16 @@ void conv2d_backward_input(ConstActivations dy, const float* w, float* dx, const
     const ConvStore<> st{dx, s.in_c, nullptr, nullptr, accumulate};
     with_storage(dy, dx, [&](auto dys, auto) {  // dx is always fp32
         using Src = std::remove_const_t<std::remove_pointer_t<decltype(dys)>>;
-        // From bfloat16, the weight as bfloat16 too: launch_transposed_gemm decides whether the
-        // asynchronous-copy kernel runs.
-        const DeviceBuffer wb = std::is_same<Src, Bf16>::value ? pack_bf16(wp.data(), K * K * s.in_c * s.out_c) : DeviceBuffer();
+        // From bfloat16, the weight as bfloat16 too, and K-major where the warpgroup-MMA kernel is
+        // asked for and can run (ops.cuh AsyncTileShape::Wgmma): launch_transposed_gemm decides
+        // whether the asynchronous-copy or the warpgroup-MMA kernel runs.
+        constexpr bool kBf16 = std::is_same<Src, Bf16>::value;
+        const int64_t rows = K * K * s.out_c;
+        const bool kmajor = kBf16 && async_tile() == AsyncTileShape::Wgmma && wgmma_supported();
+        const DeviceBuffer wb = kBf16 ? pack_bf16(wp.data(), rows * s.in_c) : DeviceBuffer(),
+                           wk = kmajor ? pack_bf16_kmajor(wp.data(), rows, s.in_c) : DeviceBuffer();
         launch_transposed_gemm(Gather<true, Src>{dys, s.in_h, s.in_w, Ho, Wo, s.out_c, K, s.stride, s.padding}, s.batch, wp.data(), s.in_c,
-                               st, "conv2d_backward_input", shape_of(s), bf16_data(wb));
+                               st, "conv2d_backward_input", shape_of(s), bf16_data(wb), kmajor ? bf16_data(wk) : nullptr);
     });
 }
 

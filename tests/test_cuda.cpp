@@ -483,7 +483,8 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
 // K-major bfloat16 weights, exactly the layers whose gathered channel count is a multiple of 64 run
 // there (the rest on the asynchronous-copy kernel), and match the CPU's convolution of the same
 // bfloat16 values (exact products in fp32: only the order of the fp32 sums differs) with the
-// epilogue's bias, PReLU and accumulation.
+// epilogue's bias, PReLU and accumulation. And the input gradients from bfloat16 dy (which pack
+// their K-major weights themselves).
 TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
     PIN_EACH_WGMMA_PIPELINE();
@@ -554,6 +555,26 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
                 for (int64_t i = 0; i < n; ++i) twice[static_cast<size_t>(i)] = 2 * y.data()[i];
                 require_matches(y_bf16 ? from_gpu_bf16(gy, n) : from_gpu(gy, n), twice.data(), n, what + " accumulate", 2 * tol);
             }
+        }
+        if (!c.transposed && c.cout != 1) {
+            // The input gradient from a bfloat16 dy (the training step's): a transposed gather over dy
+            // whose gathered channels are the output channels, on the warpgroup-MMA kernel where they
+            // are a multiple of 64 and the taps cover the stride (sub-pixel classes; a 1 x 1 stride-2
+            // gather is one GEMM over a strided transposed gather, which the kernel does not take).
+            const Bf16Upload udy = to_gpu_bf16(rnd({c.b, c.cout, Ho, Wo}, 43));
+            Tensor dx = Tensor::empty({c.b, c.cin, c.h, c.w}, Layout::NHWC);
+            cpu::conv2d_backward_input(udy.rounded, uw.rounded, dx, cpu::Conv2dParams{c.k, c.s, c.p});
+            pin::cuda::DeviceBuffer gdx(static_cast<size_t>(dx.numel()));
+            const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+            pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
+            const bool on_wgmma = c.cout % 64 == 0 && c.cin % 8 == 0 && (c.s == 1 || c.k >= c.s);
+            REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == on_wgmma);
+            const std::string what = name + " input gradient";
+            require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), what, 1e-5);
+            pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s, true);
+            std::vector<float> twice(static_cast<size_t>(dx.numel()));
+            for (int64_t i = 0; i < dx.numel(); ++i) twice[static_cast<size_t>(i)] = 2 * dx.data()[i];
+            require_matches(from_gpu(gdx, dx.numel()), twice.data(), dx.numel(), what + " accumulate", 2e-5);
         }
     }
 }

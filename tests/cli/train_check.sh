@@ -121,12 +121,14 @@ for ra, rb in zip(a, b):
 print("pin train --device cuda follows the CPU run over", len(a), "steps")
 PY
   # The fast settings: bfloat16 operands (p, so a few masks, differ by bfloat16's rounding), the
-  # frozen DAE's activations in bfloat16, the asynchronous-copy kernel's 256 x 128 tile where it
-  # applies; the run follows the CPU's within a few per cent.
-  $tr --out "$work/agent_gpu_bf16" --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile 128 \
-    > "$work/gputrain.log" 2>&1 \
-    || { cat "$work/gputrain.log"; fail "train --device cuda with the bf16 settings"; }
-  python3 - "$work/agent_c_local/log.csv" "$work/agent_gpu_bf16/log.csv" <<'PY' || fail "pin train --device cuda (bf16) does not follow the CPU run"
+  # frozen DAE's activations in bfloat16, with both wider tiles where they apply (256 x 128, and
+  # the warpgroup-MMA kernel on an H100 / H200, elsewhere the 256 x 64 tile in its place); the run
+  # follows the CPU's within a few per cent.
+  for tile in 128 wgmma; do
+    $tr --out "$work/agent_gpu_bf16_$tile" --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile $tile \
+      > "$work/gputrain.log" 2>&1 \
+      || { cat "$work/gputrain.log"; fail "train --device cuda with the bf16 settings, tile $tile"; }
+    python3 - "$work/agent_c_local/log.csv" "$work/agent_gpu_bf16_$tile/log.csv" "$tile" <<'PY' || fail "pin train --device cuda (bf16, tile $tile) does not follow the CPU run"
 import csv, sys
 a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
 assert len(a) == len(b) > 0, (len(a), len(b))
@@ -134,8 +136,9 @@ for ra, rb in zip(a, b):
     for col in ("mean_cost", "mean_kept"):
         x, y = float(ra[col]), float(rb[col])
         assert abs(x - y) <= 5e-2 * max(abs(x), 1e-12), (ra["step"], col, x, y)
-print("pin train --device cuda (bf16, vector) follows the CPU run over", len(a), "steps")
+print("pin train --device cuda (bf16, vector, tile", sys.argv[3] + ") follows the CPU run over", len(a), "steps")
 PY
+  done
 else
   [ $? = 1 ] || fail "pin train --device cuda without a GPU: expected exit 1"
   grep -qE "no usable CUDA device|no CUDA kernels" "$work/gputrain.log" || fail "train --device cuda failed without saying why: $(cat "$work/gputrain.log")"
