@@ -184,12 +184,12 @@ int main(int argc, char** argv) {
                         const char* kernel = inflight ? "wgmma_inflight" : "wgmma";
                         if (inflight && ms <= 0) continue;  // the probe failed: nothing to compare with
                         try {
+                            const pin::cuda::KernelSettingsScope settings_scope;
                             pin::cuda::set_wgmma_pipeline(pipeline);
                             pin::cuda::DeviceBuffer& out = inflight ? y : c;
                             const double t = time_ms(reps, [&] {
                                 pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), out.data(), M, N, K);
                             });
-                            pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
                             if (inflight) {
                                 y.download(hy.data(), hy.size());
                                 line(kernel, t, ", \"max_rel_diff_vs_wgmma\": " + rel_to_probe(hy));
@@ -199,7 +199,6 @@ int main(int argc, char** argv) {
                                 line(kernel, t, "");
                             }
                         } catch (const std::exception& e) {
-                            pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
                             std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"%s\", \"m\": %lld, \"error\": \"%s\"}\n", kernel,
                                         static_cast<long long>(M), e.what());
                         }
@@ -219,6 +218,7 @@ int main(int argc, char** argv) {
                                                       "wgmma_conv_inflight"}}) {
                         const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
+                        const pin::cuda::KernelSettingsScope settings_scope;
                         pin::cuda::set_async_tile(run.tile);
                         pin::cuda::set_wgmma_pipeline(run.pipeline);
                         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
@@ -229,8 +229,6 @@ int main(int argc, char** argv) {
                         });
                         const bool on_kernel = on_wgmma ? pin::cuda::kernel_launches().wgmma > before.wgmma
                                                         : pin::cuda::kernel_launches().async > before.async;
-                        pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
-                        pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
                         y.download(hy.data(), hy.size());
                         char extra[112];
                         std::snprintf(extra, sizeof extra, ", \"on_%s_kernel\": %s, \"max_rel_diff_vs_wgmma\": %s", on_wgmma ? "wgmma" : "async",
@@ -281,8 +279,11 @@ int main(int argc, char** argv) {
             // WgmmaPipeline).
             // And the input gradient from a bfloat16 dy (the training step's), on the asynchronous-copy
             // kernel and on the warpgroup-MMA kernel.
+            // And with the gathered copies cached in L1 too (ops.cuh GatherCaching::L1): the forward
+            // pass and the weight gradient on the asynchronous-copy kernel, the forward on wgmma.
             struct AsyncTimes {
                 double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0, fwd_wgmma_inflight = 0, din = 0, din_wgmma = 0;
+                double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -291,7 +292,9 @@ int main(int argc, char** argv) {
                 const std::pair<const char*, double> timed[] = {{"forward_bf16_async", a.fwd}, {"backward_weight_bf16_async", a.wgrad},
                                                                 {"forward_bf16_async128", a.fwd128}, {"backward_weight_bf16_async128", a.wgrad128},
                                                                 {"forward_bf16_wgmma", a.fwd_wgmma}, {"forward_bf16_wgmma_inflight", a.fwd_wgmma_inflight},
-                                                                {"backward_input_bf16_async", a.din}, {"backward_input_bf16_wgmma", a.din_wgmma}};
+                                                                {"backward_input_bf16_async", a.din}, {"backward_input_bf16_wgmma", a.din_wgmma},
+                                                                {"forward_bf16_async_l1", a.fwd_l1}, {"backward_weight_bf16_async_l1", a.wgrad_l1},
+                                                                {"forward_bf16_wgmma_l1", a.fwd_wgmma_l1}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
@@ -301,26 +304,32 @@ int main(int argc, char** argv) {
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
                                                                   {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}, {"wgmma fwd", a.fwd_wgmma},
                                                                   {"inflight", a.fwd_wgmma_inflight}, {"bwd-in bf16-async", a.din},
-                                                                  {"wgmma bwd-in", a.din_wgmma}};
+                                                                  {"wgmma bwd-in", a.din_wgmma}, {"L1: fwd", a.fwd_l1},
+                                                                  {"bwd-w", a.wgrad_l1}, {"wgmma fwd", a.fwd_wgmma_l1}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
             };
-            // Runs f with another tile (ops.cuh AsyncTileShape), then back to the default.
-            auto with_tile = [&](pin::cuda::AsyncTileShape tile, auto f) {
+            // f() with another tile (ops.cuh AsyncTileShape), wgmma pipeline and gather caching; the
+            // settings before come back afterwards, also when f throws.
+            auto with_tile = [&](pin::cuda::AsyncTileShape tile, auto f,
+                                 pin::cuda::WgmmaPipeline pipeline = pin::cuda::WgmmaPipeline::WaitEachSlice,
+                                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2) {
+                const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_async_tile(tile);
-                const double ms = f();
-                pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
-                return ms;
+                pin::cuda::set_wgmma_pipeline(pipeline);
+                pin::cuda::set_gather_caching(caching);
+                return f();
             };
+            constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice;
+            constexpr auto kL1 = pin::cuda::GatherCaching::L1;
             auto with_tile128 = [&](auto f) { return with_tile(pin::cuda::AsyncTileShape::Cols128, f); };
-            // The forward pass on the warpgroup-MMA kernel with each pipeline.
+            // The forward pass on the warpgroup-MMA kernel with each pipeline, and with L1 caching.
             auto time_wgmma = [&](AsyncTimes& a, auto f) {
                 a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
-                pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::OneSliceInFlight);
-                a.fwd_wgmma_inflight = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
-                pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
+                a.fwd_wgmma_inflight = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::OneSliceInFlight);
+                a.fwd_wgmma_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, kWait, kL1);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -367,6 +376,8 @@ int main(int argc, char** argv) {
                     a.fwd = forward();
                     a.wgrad = weight_gradient();
                     a.din = input_gradient();
+                    a.fwd_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, forward, kWait, kL1);
+                    a.wgrad_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, weight_gradient, kWait, kL1);
                     if (wgmma && l.cout % 64 == 0) a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
                     if (l.cout % 128 == 0) {
                         a.fwd128 = with_tile128(forward);
@@ -406,41 +417,47 @@ int main(int argc, char** argv) {
                 report_layer(l.name, gflop, f, bi, bw, a);
             }
             // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh
-            // ActivationStorage; JSON stage defense_forward_bf16_storage), and there, with the vector
-            // gather, also with the asynchronous-copy kernel's 256 x 128 tile (stage
-            // defense_forward_bf16_storage_cols128) and, where the device runs it, the warpgroup-MMA
-            // kernel with each of its pipelines (defense_forward_bf16_storage_wgmma, ..._wgmma_inflight).
-            for (const int variant : {0, 1, 2, 3, 4}) {
-                const bool bf16_storage = variant > 0, tile128 = variant == 2, on_wgmma = variant >= 3, inflight = variant == 4;
-                if ((bf16_storage && mode != MathMode::BF16) || ((tile128 || on_wgmma) && !time_async) || (on_wgmma && !wgmma)) continue;
-                pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
-                pin::cuda::set_async_tile(on_wgmma  ? pin::cuda::AsyncTileShape::Wgmma
-                                          : tile128 ? pin::cuda::AsyncTileShape::Cols128
-                                                    : pin::cuda::AsyncTileShape::Cols64);
-                pin::cuda::set_wgmma_pipeline(inflight ? pin::cuda::WgmmaPipeline::OneSliceInFlight : pin::cuda::WgmmaPipeline::WaitEachSlice);
-                const char* stage = inflight ? "defense_forward_bf16_storage_wgmma_inflight"
-                                    : on_wgmma ? "defense_forward_bf16_storage_wgmma"
-                                    : tile128 ? "defense_forward_bf16_storage_cols128"
-                                    : bf16_storage ? "defense_forward_bf16_storage"
-                                                   : "defense_forward";
+            // ActivationStorage), and there, with the vector gather (the asynchronous-copy kernel), also
+            // with its gathered copies cached in L1 (GatherCaching), its 256 x 128 tile, and, where the
+            // device runs it, the warpgroup-MMA kernel with each of its pipelines and with L1 caching.
+            struct DefenseVariant {
+                const char* stage;
+                const char* label;
+                pin::cuda::ActivationStorage storage;
+                pin::cuda::AsyncTileShape tile;
+                pin::cuda::WgmmaPipeline pipeline;
+                pin::cuda::GatherCaching caching;
+            };
+            using Storage = pin::cuda::ActivationStorage;
+            using TileShape = pin::cuda::AsyncTileShape;
+            constexpr auto kL2 = pin::cuda::GatherCaching::L2;
+            constexpr auto kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
+            const DefenseVariant variants[] = {
+                {"defense_forward", "defense forward", Storage::FP32, TileShape::Cols64, kWait, kL2},
+                {"defense_forward_bf16_storage", "defense fwd, bf16 act", Storage::BF16, TileShape::Cols64, kWait, kL2},
+                {"defense_forward_bf16_storage_l1", "defense fwd, bf16 L1", Storage::BF16, TileShape::Cols64, kWait, kL1},
+                {"defense_forward_bf16_storage_cols128", "defense fwd, bf16 x128", Storage::BF16, TileShape::Cols128, kWait, kL2},
+                {"defense_forward_bf16_storage_wgmma", "defense fwd, bf16 wgmma", Storage::BF16, TileShape::Wgmma, kWait, kL2},
+                {"defense_forward_bf16_storage_wgmma_inflight", "defense wgmma inflight", Storage::BF16, TileShape::Wgmma, kInFlight, kL2},
+                {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, TileShape::Wgmma, kWait, kL1},
+            };
+            for (const DefenseVariant& v : variants) {
+                const bool bf16_storage = v.storage == Storage::BF16, fast = v.tile != TileShape::Cols64 || v.caching == kL1;
+                if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.tile == TileShape::Wgmma && !wgmma)) continue;
+                const pin::cuda::KernelSettingsScope settings_scope;
+                pin::cuda::set_activation_storage(v.storage);
+                pin::cuda::set_async_tile(v.tile);
+                pin::cuda::set_wgmma_pipeline(v.pipeline);
+                pin::cuda::set_gather_caching(v.caching);
                 for (const int64_t B : batches) try {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                     const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
-                    report(stage,
-                           inflight ? "defense wgmma inflight"
-                           : on_wgmma  ? "defense fwd, bf16 wgmma"
-                           : tile128 ? "defense fwd, bf16 x128"
-                           : bf16_storage ? "defense fwd, bf16 act"
-                                          : "defense forward",
-                           B, ms);
+                    report(v.stage, v.label, B, ms);
                 } catch (const std::exception& e) {  // one failing batch size must not hide the others
-                    report_error(stage, B, e);
+                    report_error(v.stage, B, e);
                 }
             }
-            pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice);
-            pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
-            pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
             // f(backend, trainer, x) with a fresh trainer (pin train's defaults: local estimator, 30
             // masks, L2 cost, clip 1) and a batch of B random faces kept in host memory as pin train
             // has them (the upload is part of the step).
@@ -491,20 +508,28 @@ int main(int argc, char** argv) {
             }
             // With the vector gather and BF16, one more step at the middle batch with the
             // asynchronous-copy kernel's 256 x 128 tile (stage training_step_cols128) and, where the
-            // device runs it, one with the forward convolutions on the warpgroup MMA (training_step_wgmma).
-            for (const auto tile : {pin::cuda::AsyncTileShape::Cols128, pin::cuda::AsyncTileShape::Wgmma}) {
-                const bool on_wgmma = tile == pin::cuda::AsyncTileShape::Wgmma;
-                const char* stage = on_wgmma ? "training_step_wgmma" : "training_step_cols128";
-                if (!time_async || (on_wgmma && !wgmma)) continue;
+            // device runs it, with the forward convolutions and input gradients on the warpgroup MMA
+            // (training_step_wgmma), and so with the gathered copies cached in L1 (training_step_wgmma_l1).
+            struct TrainingVariant {
+                const char* stage;
+                const char* label;
+                pin::cuda::AsyncTileShape tile;
+                pin::cuda::GatherCaching caching;
+            };
+            for (const TrainingVariant& v : {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kL2},
+                                             TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kL2},
+                                             TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kL1}}) {
+                const char* stage = v.stage;
+                if (!time_async || (v.tile == TileShape::Wgmma && !wgmma)) continue;
                 try {
                     with_trainer(B0, [&](pin::cuda::GpuTrainingBackend&, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
                         uint64_t first = 0;
-                        const double ms =
-                            with_tile(tile, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); });
-                        report(stage, on_wgmma ? "training step, wgmma" : "training step, x128", B0, ms);
+                        const double ms = with_tile(
+                            v.tile, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); },
+                            kWait, v.caching);
+                        report(stage, v.label, B0, ms);
                     });
                 } catch (const std::exception& e) {
-                    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64);
                     report_error(stage, B0, e);
                 }
             }

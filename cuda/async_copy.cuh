@@ -18,13 +18,20 @@ namespace pin::cuda {
 
 // Copies the 16 bytes at src to dst (both 16-byte aligned; dst in shared memory), or, when !valid,
 // writes 16 zero bytes there and reads nothing (src must still be a valid address: pass the
-// tensor's base).
-__device__ inline void async_copy16(void* dst, const void* src, bool valid) {
+// tensor's base). The bytes are cached on their way in L2 only (cp.async.cg), or with cache_l1
+// also in the SM's L1 (cp.async.ca), where this SM's next copies of the same bytes may find them
+// (ops.cuh GatherCaching: the gathered activations, copied once per tap).
+__device__ inline void async_copy16(void* dst, const void* src, bool valid, bool cache_l1 = false) {
 #if defined(PIN_CUDA_EMULATION)
-    ::pin_emulation::async_copy16(dst, src, valid);
+    ::pin_emulation::async_copy16(dst, src, valid, cache_l1);
 #elif defined(__CUDA_ARCH__)
     const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+    if (cache_l1)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+    else
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(src), "r"(valid ? 16 : 0) : "memory");
+#else
+    (void)cache_l1;
 #endif
 }
 // Closes this thread's copies issued since the last commit into a group (possibly empty).

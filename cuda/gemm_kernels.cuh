@@ -706,6 +706,7 @@ struct AsyncConvOperands {
     LoadA la;
     const Bf16* w;
     int64_t ld;
+    bool cache_l1 = false;  // the gathered copies also through L1 (ops.cuh GatherCaching)
     struct Regs {
         GatherSliceWalk<T::a_copies, kWideDepth> walk;
         int64_t n;  // this thread's B columns start here (N % 8 == 0: all inside or all outside)
@@ -719,7 +720,7 @@ struct AsyncConvOperands {
 PIN_UNROLL
         for (int i = 0; i < T::a_copies; ++i) {
             const Bf16* src = r.walk.source(la, i);
-            async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), src ? src : la.src, src != nullptr);
+            async_copy16(As + async_a_row(tid, i) * WLA + async_a_col(tid), src ? src : la.src, src != nullptr, cache_l1);
         }
         const bool valid = r.n < N;  // N % 8 == 0: a copy is all inside or all outside
         const int64_t first = r.walk.weight_row(la);
@@ -755,6 +756,7 @@ struct AsyncWeightGradOperands {
     static_assert(T::b_copies * 64 == T::cols, "thread t's B copies 64 columns apart, in its own pixel's row");
     Gather<false, Bf16> la;  // rows: output pixels (as the forward's gather); la.C the input channels
     const Bf16* dy;          // [pixels][N]
+    bool cache_l1 = false;   // the gathered copies also through L1 (ops.cuh GatherCaching)
     struct Regs {
         // (kh W + kw) C + c of each A row (m past M: never valid). 32-bit (< k W C): with 64-bit
         // offsets ptxas spilled 24 bytes at the launch bound's 128 registers; with these, none.
@@ -798,7 +800,7 @@ PIN_UNROLL
         for (int i = 0; i < T::a_copies; ++i) {
             const bool valid = in_k && static_cast<unsigned>(y + r.kh[i]) < static_cast<unsigned>(la.H) &&
                                static_cast<unsigned>(x + r.kw[i]) < static_cast<unsigned>(la.W);
-            async_copy16(As + k_row(tid) * T::a_ld + a_row(tid, i), valid ? la.src + origin + r.tap_offset[i] : la.src, valid);
+            async_copy16(As + k_row(tid) * T::a_ld + a_row(tid, i), valid ? la.src + origin + r.tap_offset[i] : la.src, valid, cache_l1);
         }
 PIN_UNROLL
         for (int j = 0; j < T::b_copies; ++j) {

@@ -70,6 +70,10 @@ std::atomic<int>& wgmma_pipeline_flag() {
     static std::atomic<int> pipeline{static_cast<int>(WgmmaPipeline::WaitEachSlice)};
     return pipeline;
 }
+std::atomic<int>& gather_caching_flag() {
+    static std::atomic<int> caching{static_cast<int>(GatherCaching::L2)};
+    return caching;
+}
 std::atomic<int>& mask_sampler_flag() {
     static std::atomic<int> sampler{static_cast<int>(MaskSampler::Pin)};
     return sampler;
@@ -101,6 +105,7 @@ void internal::channel_sum_floats(const float* x, int64_t rows, int64_t channels
 void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
 MathMode math_mode() { return static_cast<MathMode>(math_mode_flag().load()); }
 void set_gather_mode(GatherMode mode) { gather_mode_flag() = static_cast<int>(mode); }
+GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 KernelLaunches kernel_launches() {
     KernelLaunches k;
     k.fp32 = gemm_launches()[static_cast<int>(GemmKernel::Fp32)].load();
@@ -113,13 +118,14 @@ KernelLaunches kernel_launches() {
     k.wgmma = gemm_launches()[static_cast<int>(GemmKernel::Wgmma)].load();
     return k;
 }
-GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 void set_activation_storage(ActivationStorage storage) { activation_storage_flag() = static_cast<int>(storage); }
 ActivationStorage activation_storage() { return static_cast<ActivationStorage>(activation_storage_flag().load()); }
 void set_async_tile(AsyncTileShape shape) { async_tile_flag() = static_cast<int>(shape); }
 AsyncTileShape async_tile() { return static_cast<AsyncTileShape>(async_tile_flag().load()); }
 void set_wgmma_pipeline(WgmmaPipeline pipeline) { wgmma_pipeline_flag() = static_cast<int>(pipeline); }
 WgmmaPipeline wgmma_pipeline() { return static_cast<WgmmaPipeline>(wgmma_pipeline_flag().load()); }
+void set_gather_caching(GatherCaching caching) { gather_caching_flag() = static_cast<int>(caching); }
+GatherCaching gather_caching() { return static_cast<GatherCaching>(gather_caching_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }
 MaskSampler mask_sampler() { return static_cast<MaskSampler>(mask_sampler_flag().load()); }
 

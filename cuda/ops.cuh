@@ -135,6 +135,19 @@ enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight };
 void set_wgmma_pipeline(WgmmaPipeline pipeline);
 WgmmaPipeline wgmma_pipeline();
 
+// Where the asynchronous-copy and warpgroup-MMA kernels' copies of a gathered bfloat16 operand (the
+// activations of a convolution's implicit GEMM, all three passes) are cached on their way to shared
+// memory: in L2 only (L2: cp.async.cg), or also in the SM's L1 (L1: cp.async.ca). A 3 x 3
+// convolution copies every activation once per tap, nine times, and a block copies the taps of
+// neighbouring pixels close together in time, so L1 could serve most of those copies where L2 must
+// serve them all (a 64-channel layer at 300 TFLOP/s asks about 4.7 TB/s of it). But L1 shares each
+// SM's 256 KB with the kernels' shared memory (192 KB for two wgmma blocks): how much it keeps, and
+// whether it helps, only a GPU can tell. The same values either way. Process-wide; L2 unless set
+// (pin-bench-gpu times both).
+enum class GatherCaching { L2, L1 };
+void set_gather_caching(GatherCaching caching);
+GatherCaching gather_caching();
+
 // A device pointer to NHWC activations stored either way (conv2d_forward,
 // conv_transpose2d_forward and nhwc_to_nchw read and write both).
 struct ConstActivations {
@@ -240,6 +253,38 @@ void add(const float* a, const float* b, float* y, int64_t n);
 enum class MaskSampler { Pin, CuRand };
 void set_mask_sampler(MaskSampler sampler);
 MaskSampler mask_sampler();
+
+// The process-wide choices of this header (math, gather, activation storage, tile, wgmma pipeline,
+// gather caching, mask sampler) as one value: current() reads them, apply() sets them all.
+struct KernelSettings {
+    MathMode math = MathMode::FP32;
+    GatherMode gather = GatherMode::Generic;
+    ActivationStorage storage = ActivationStorage::FP32;
+    AsyncTileShape tile = AsyncTileShape::Cols64;
+    WgmmaPipeline pipeline = WgmmaPipeline::WaitEachSlice;
+    GatherCaching caching = GatherCaching::L2;
+    MaskSampler sampler = MaskSampler::Pin;
+    static KernelSettings current() {
+        return {math_mode(), gather_mode(), activation_storage(), async_tile(), wgmma_pipeline(), gather_caching(), mask_sampler()};
+    }
+    void apply() const {
+        set_math_mode(math), set_gather_mode(gather), set_activation_storage(storage), set_async_tile(tile);
+        set_wgmma_pipeline(pipeline), set_gather_caching(caching), set_mask_sampler(sampler);
+    }
+};
+// Puts back the settings in force when it was made as it goes out of scope, an exception included:
+// for code that tries other settings for a while (the benchmark, the tests) without leaking them
+// into what runs after it.
+class KernelSettingsScope {
+public:
+    KernelSettingsScope() : saved_(KernelSettings::current()) {}
+    ~KernelSettingsScope() { saved_.apply(); }
+    KernelSettingsScope(const KernelSettingsScope&) = delete;
+    KernelSettingsScope& operator=(const KernelSettingsScope&) = delete;
+
+private:
+    KernelSettings saved_;
+};
 void sample_masks(const float* p, float* q, int64_t batch, int64_t n, uint64_t seed, uint64_t first_image);
 // basis (D, N) row-major as EigenBasis; basis_t (N, D) its transpose (see transpose()).
 // c (B, N) = (x - mean) B.

@@ -47,7 +47,7 @@ void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, 
         // the asynchronous-copy kernel with K split along the pixels, then summed in chunk order.
         const AsyncWeightGradOperands<> ops{
             Gather<false, Bf16>{static_cast<const Bf16*>(x.data), Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
-            static_cast<const Bf16*>(dy.data)};
+            static_cast<const Bf16*>(dy.data), gather_caching() == GatherCaching::L1};
         const int64_t M = K * K * s.in_c, N = s.out_c;
         if (async_mode() && ops.fits(M, N, P, 1)) {
             auto run = [&](auto form) {
@@ -58,7 +58,7 @@ void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, 
                 reduce_partials(partial, z, M, N, TransposedWeightMap{s.in_c, K}, dw, shape_of(s));
             };
             if (async_cols128(N))
-                run(AsyncWeightGradOperands<AsyncWeightGradTileCols128>{ops.la, ops.dy});
+                run(AsyncWeightGradOperands<AsyncWeightGradTileCols128>{ops.la, ops.dy, ops.cache_l1});
             else
                 run(ops);
             return;

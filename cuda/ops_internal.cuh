@@ -1,7 +1,8 @@
-// cuda/ops_internal.cuh - what the translation units of the GPU backend share (ops.cu, ops_conv_forward.cu,
-// ops_conv_backward.cu, ops_linear.cu): error checks, the GEMM dispatch (which kernel runs a GEMM,
-// and its launch), the convolution epilogues, the split-K reduction, element-wise launches. Not a
-// public header: include it only from those files (and the emulated backend's, tests/emulated_*.cpp).
+// cuda/ops_internal.cuh - what the translation units of the GPU backend share (ops.cu,
+// ops_conv_forward.cu, ops_conv_backward.cu, ops_linear.cu, ops_wgmma.cu, rng.cu): error checks, the
+// GEMM dispatch (which kernel runs a GEMM, and its launch), the convolution epilogues, the split-K
+// reduction, element-wise launches. Not a public header: include it only from those files (and the
+// emulated backend's, tests/emulated_*.cpp).
 //
 // Why several translation units: nvcc compiles each on one core, and the GEMM instantiations of the
 // convolutions (every kernel x gather x storage type) took most of a minute in one; split, a
@@ -215,16 +216,28 @@ inline void check_gemm_size(int64_t M, int64_t N, int64_t K, const char* name, c
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
 }
+// Which kernel runs a GEMM and its grid, decided once: a caller that sizes split-K scratch memory
+// by grid.z launches with the same plan, so a setting changed meanwhile by another thread
+// (set_math_mode is process-wide) cannot launch more chunks than it allocated.
+struct GemmPlan {
+    GemmKernel kernel;
+    GemmGrid grid;
+};
+template <bool kAMFast, class LoadA, class LoadB>
+inline GemmPlan plan_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, const LoadA& la, const LoadB& lb) {
+    const GemmKernel kernel = choose_kernel<kAMFast>(M, N, K, splits, la, lb);
+    return {kernel, gemm_grid(M, N, K, splits, tile_of(kernel))};
+}
 template <bool kAMFast, class LoadA, class LoadB, class Store>
-inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, LoadB lb, Store st, const char* name,
-                 const std::string& shape) {
+inline void launch_gemm(const GemmPlan& plan, int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Store st, const char* name,
+                        const std::string& shape) {
     if (M <= 0 || N <= 0) return;
     check_gemm_size(M, N, K, name, shape);
-    const GemmKernel kernel = choose_kernel<kAMFast>(M, N, K, splits, la, lb);
+    const GemmKernel kernel = plan.kernel;
     gemm_launches()[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
     if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
         la.rows = gather_mode() != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
-    const GemmGrid g = gemm_grid(M, N, K, splits, tile_of(kernel));
+    const GemmGrid g = plan.grid;
     const dim3 grid(g.x, g.y, g.z);
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     if (kernel == GemmKernel::OneOutput || kernel == GemmKernel::OneInput) {
@@ -249,6 +262,11 @@ inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA l
         PIN_LAUNCH(grid, THREADS, cur(), gemm_kernel<kAMFast>)(M, N, K, g.chunk, la, lb, st);
     }
     check(cudaGetLastError(), name, shape);
+}
+template <bool kAMFast, class LoadA, class LoadB, class Store>
+inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA la, LoadB lb, Store st, const char* name,
+                        const std::string& shape) {
+    launch_gemm<kAMFast>(plan_gemm<kAMFast>(M, N, K, splits, la, lb), M, N, K, la, lb, st, name, shape);
 }
 // Launches the asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) on any of its operand
 // forms (Operands::Tile), K in `splits` chunks; the caller has checked that the form fits.
@@ -314,11 +332,12 @@ template <class LoadA, class Store>
 inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
                               const std::string& shape, const Bf16* wk = nullptr, int64_t ldk = 0) {
     if (launch_wgmma_conv(M, N, K, la, wk, ldk, st, name, shape)) return true;
-    const AsyncConvOperands<LoadA> ops{la, w, N};
+    const bool l1 = gather_caching() == GatherCaching::L1;
+    const AsyncConvOperands<LoadA> ops{la, w, N, l1};
     if (!async_mode() || !ops.fits(M, N, K, 1)) return false;
     if (M <= 0 || N <= 0) return true;
     if (async_cols128(N))
-        launch_async(M, N, K, 1, AsyncConvOperands<LoadA, AsyncTileCols128>{la, w, N}, st, name, shape);
+        launch_async(M, N, K, 1, AsyncConvOperands<LoadA, AsyncTileCols128>{la, w, N, l1}, st, name, shape);
     else
         launch_async(M, N, K, 1, ops, st, name, shape);
     return true;
@@ -430,10 +449,10 @@ inline void reduce_partials(const DeviceBuffer& partial, int64_t z, int64_t M, i
 template <class LoadA, class LoadB, class Map>
 inline void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB lb, Map map, float* dst, const char* name,
                        const std::string& shape) {
-    const int64_t splits = split_for(M, N, K);
-    const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<true>(M, N, K, splits, la, lb))).z;  // as launch_gemm chunks K
+    const GemmPlan plan = plan_gemm<true>(M, N, K, split_for(M, N, K), la, lb);
+    const int64_t z = plan.grid.z;
     DeviceBuffer partial = partial_buffer(z, M, N);
-    launch_gemm<true>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
+    launch_gemm<true>(plan, M, N, K, la, lb, PartialStore{partial.data(), M, N}, name, shape);
     reduce_partials(partial, z, M, N, map, dst, shape);
 }
 

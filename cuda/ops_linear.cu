@@ -28,9 +28,10 @@ inline void launch_gemm_bias(int64_t M, int64_t N, int64_t K, const LoadA& la, c
         launch_gemm<false>(M, N, K, 1, la, lb, ConvStore<>{y, N, bias, nullptr, false}, name, shape);
         return;
     }
-    const int64_t z = gemm_grid(M, N, K, splits, tile_of(choose_kernel<false>(M, N, K, splits, la, lb))).z;  // as launch_gemm chunks K
+    const GemmPlan plan = plan_gemm<false>(M, N, K, splits, la, lb);
+    const int64_t z = plan.grid.z;
     DeviceBuffer partial = partial_buffer(z, M, N);
-    launch_gemm<false>(M, N, K, splits, la, lb, PartialStore{partial.data(), M, N}, name, shape);
+    launch_gemm<false>(plan, M, N, K, la, lb, PartialStore{partial.data(), M, N}, name, shape);
     PIN_LAUNCH(static_cast<unsigned>((M * N + 255) / 256), 256, cur(), reduce_partials_bias_kernel)(partial.data(), z, M, N, bias, y);
     check(cudaGetLastError(), "reduce_partials (bias)", shape);
 }

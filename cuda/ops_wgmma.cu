@@ -59,20 +59,28 @@ void launch_wgmma(int64_t M, int64_t N, int64_t K, const Operands& ops, const St
     check(cudaGetLastError(), name, shape);
 }
 
+// run(tile) with the kCols-column tile of the pipeline wgmma_pipeline() names.
+template <int kCols, class Run>
+void with_pipelined_tile(const Run& run) {
+    if (wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight)
+        run(WgmmaTile<kCols, 1>{});
+    else
+        run(WgmmaTile<kCols>{});
+}
 // A convolution's GEMM on the 128 x 128 tile where N is a multiple of 128, else on the 128 x 64 one
 // (a 64-channel layer would leave half of the wider tile's columns empty).
 template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
     if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
+    const bool l1 = gather_caching() == GatherCaching::L1;
     const auto run = [&](auto tile) {
-        launch_wgmma(M, N, K, WgmmaConvOperands<LoadA, decltype(tile)>{la, wk, ldk}, st, name, shape);
+        launch_wgmma(M, N, K, WgmmaConvOperands<LoadA, decltype(tile)>{la, wk, ldk, l1}, st, name, shape);
     };
-    const bool overlap = wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight;
     if (N % 128 == 0)
-        overlap ? run(WgmmaTile<128, 1>{}) : run(WgmmaTile<128>{});
+        with_pipelined_tile<128>(run);
     else
-        overlap ? run(WgmmaTile<64, 1>{}) : run(WgmmaTile<64>{});
+        with_pipelined_tile<64>(run);
     return true;
 }
 // The epilogue for y's storage type; wrap(store) maps a sub-pixel class's rows (or not).
@@ -114,10 +122,9 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
     const PartialStore st{c, M, N};
-    if (wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight)
-        launch_wgmma(M, N, K, WgmmaDenseOperands<WgmmaTile<128, 1>>{a, b, K}, st, "gemm_bf16_wgmma", shape);
-    else
-        launch_wgmma(M, N, K, WgmmaDenseOperands<>{a, b, K}, st, "gemm_bf16_wgmma", shape);
+    with_pipelined_tile<128>([&](auto tile) {
+        launch_wgmma(M, N, K, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);
+    });
 }
 
 }  // namespace pin::cuda

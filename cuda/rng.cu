@@ -1,8 +1,7 @@
 // cuda/rng.cu - Philox uniform and Bernoulli kernels sharing pin/core/rng.hpp with the CPU.
 #include "rng.cuh"
-#include "launch.cuh"
 
-#include <cuda_runtime.h>
+#include "ops_internal.cuh"  // DeviceBuffer, the current stream, PIN_LAUNCH
 
 #include "pin/core/error.hpp"
 #include "pin/core/rng.hpp"
@@ -10,6 +9,8 @@
 namespace pin::cuda {
 
 namespace {
+constexpr int kThreads = 256;
+unsigned blocks_for(int64_t count) { return static_cast<unsigned>((count + kThreads - 1) / kThreads); }
 void check(cudaError_t e, const char* what, int64_t count) {
     if (e != cudaSuccess)
         ::pin::detail::throw_error("CUDA error in ", what, " (", count, " elements): ", cudaGetErrorString(e));
@@ -37,33 +38,23 @@ bool device_available(std::string* reason) {
     return true;
 }
 
+// Both go through DeviceBuffer (the caching allocator, freed also when a launch fails) on the
+// calling thread's current stream, as every other op does.
 void philox_uniform(uint64_t seed, uint64_t stream, uint64_t offset, int64_t count, float* out) {
     if (count <= 0) return;
-    float* d = nullptr;
-    check(cudaMalloc(&d, static_cast<size_t>(count) * sizeof(float)), "cudaMalloc philox_uniform", count);
-    const int threads = 256;
-    const int blocks = static_cast<int>((count + threads - 1) / threads);
-    PIN_LAUNCH(blocks, threads, nullptr, philox_uniform_kernel)(seed, stream, offset, count, d);
+    DeviceBuffer d(static_cast<size_t>(count));
+    PIN_LAUNCH(blocks_for(count), kThreads, internal::cur(), philox_uniform_kernel)(seed, stream, offset, count, d.data());
     check(cudaGetLastError(), "launch philox_uniform_kernel", count);
-    check(cudaMemcpy(out, d, static_cast<size_t>(count) * sizeof(float), cudaMemcpyDeviceToHost),
-          "copy philox_uniform", count);
-    cudaFree(d);
+    d.download(out, static_cast<size_t>(count));
 }
 
 void philox_bernoulli(uint64_t seed, uint64_t stream, uint64_t offset, const float* p, int64_t count, float* q) {
     if (count <= 0) return;
-    float *dp = nullptr, *dq = nullptr;
-    const size_t bytes = static_cast<size_t>(count) * sizeof(float);
-    check(cudaMalloc(&dp, bytes), "cudaMalloc philox_bernoulli", count);
-    check(cudaMalloc(&dq, bytes), "cudaMalloc philox_bernoulli", count);
-    check(cudaMemcpy(dp, p, bytes, cudaMemcpyHostToDevice), "copy p philox_bernoulli", count);
-    const int threads = 256;
-    const int blocks = static_cast<int>((count + threads - 1) / threads);
-    PIN_LAUNCH(blocks, threads, nullptr, philox_bernoulli_kernel)(seed, stream, offset, dp, count, dq);
+    DeviceBuffer dp(static_cast<size_t>(count)), dq(static_cast<size_t>(count));
+    dp.upload(p, static_cast<size_t>(count));
+    PIN_LAUNCH(blocks_for(count), kThreads, internal::cur(), philox_bernoulli_kernel)(seed, stream, offset, dp.data(), count, dq.data());
     check(cudaGetLastError(), "launch philox_bernoulli_kernel", count);
-    check(cudaMemcpy(q, dq, bytes, cudaMemcpyDeviceToHost), "copy q philox_bernoulli", count);
-    cudaFree(dp);
-    cudaFree(dq);
+    dq.download(q, static_cast<size_t>(count));
 }
 
 }  // namespace pin::cuda

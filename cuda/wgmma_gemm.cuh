@@ -117,6 +117,7 @@ struct WgmmaConvOperands {
     LoadA la;
     const Bf16* w;
     int64_t ldk;
+    bool cache_l1 = false;  // the gathered copies also through L1 (ops.cuh GatherCaching)
     struct Regs {
         GatherSliceWalk<T::a_copies, T::depth> walk;
         const Bf16* w_row[T::b_copies];  // this thread's weight rows at its K offset (null: past N)
@@ -131,7 +132,7 @@ struct WgmmaConvOperands {
     __device__ void issue(Regs& r, unsigned char* stage, int tid) const {
         for (int i = 0; i < T::a_copies; ++i) {
             const Bf16* src = r.walk.source(la, i);
-            async_copy16(stage + T::offset(T::copy_row(tid, i), T::copy_k(tid)), src ? src : la.src, src != nullptr);
+            async_copy16(stage + T::offset(T::copy_row(tid, i), T::copy_k(tid)), src ? src : la.src, src != nullptr, cache_l1);
         }
         const int64_t first = r.walk.weight_row(la);
         for (int j = 0; j < T::b_copies; ++j)

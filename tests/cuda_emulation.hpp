@@ -74,6 +74,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -244,10 +245,17 @@ inline void report(const std::string& what) {
 // misaligned cp.async faults on a GPU); !valid writes zeros and reads nothing. The destination is
 // undefined from the issue (filled with 0xFF bytes: NaN) until async_wait completes the copy's group,
 // so a read before the wait, or a reader of the previous contents still at work after the issue (a
-// wgmma in flight), never finds the copied bytes or the old ones.
-inline void async_copy16(void* dst, const void* src, bool valid) {
+// wgmma in flight), never finds the copied bytes or the old ones. The cache hint (cache_l1:
+// cp.async.ca rather than .cg) changes nothing here but a count, which the tests read to see that a
+// setting reached the copies (l1_cached_copies).
+inline std::atomic<int64_t>& l1_cached_copies() {
+    static std::atomic<int64_t> count{0};
+    return count;
+}
+inline void async_copy16(void* dst, const void* src, bool valid, bool cache_l1) {
     if (reinterpret_cast<uintptr_t>(dst) % 16 != 0 || (valid && reinterpret_cast<uintptr_t>(src) % 16 != 0))
         report("cp.async with an address that is not 16-byte aligned");
+    if (cache_l1) l1_cached_copies().fetch_add(1, std::memory_order_relaxed);
     AsyncCopy c{dst, {}};
     if (valid) std::memcpy(c.bytes, src, 16);
     tl_scheduler->current->open_copies.push_back(c);

@@ -44,26 +44,20 @@ using namespace pin;  // the test files' convention
 
 namespace {
 // Both tiles of the asynchronous-copy kernel (ops.cuh AsyncTileShape; the 256 x 128 one where N is a
-// multiple of 128), back to the default when the test ends.
-struct AsyncTileReset {
-    ~AsyncTileReset() { pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols64); }
-};
+// multiple of 128); the settings before it come back when the test ends.
 #define PIN_EACH_ASYNC_TILE()                                                                                  \
+    const pin::cuda::KernelSettingsScope async_tile_scope;                                                     \
     const pin::cuda::AsyncTileShape async_shape =                                                              \
         GENERATE(pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128);                       \
     pin::cuda::set_async_tile(async_shape);                                                                    \
-    const AsyncTileReset async_tile_reset;                                                                     \
     INFO("asynchronous-copy tile 256 x " << (async_shape == pin::cuda::AsyncTileShape::Cols128 ? 128 : 64))
-// Both pipelines of the warpgroup-MMA kernel (ops.cuh WgmmaPipeline), back to the default when the
-// test ends.
-struct WgmmaPipelineReset {
-    ~WgmmaPipelineReset() { pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::WaitEachSlice); }
-};
+// Both pipelines of the warpgroup-MMA kernel (ops.cuh WgmmaPipeline); the settings before it come
+// back when the test ends.
 #define PIN_EACH_WGMMA_PIPELINE()                                                                              \
+    const pin::cuda::KernelSettingsScope wgmma_pipeline_scope;                                                 \
     const pin::cuda::WgmmaPipeline wgmma_pipeline_used =                                                       \
         GENERATE(pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight);         \
     pin::cuda::set_wgmma_pipeline(wgmma_pipeline_used);                                                        \
-    const WgmmaPipelineReset wgmma_pipeline_reset;                                                             \
     INFO("wgmma pipeline: " << (wgmma_pipeline_used == pin::cuda::WgmmaPipeline::OneSliceInFlight ? "one slice in flight" : "wait each slice"))
 inline bool gpu_or_skip() {
     std::string reason;

@@ -5,3 +5,7 @@
 #include "cuda_emulation.hpp"  // first: the kernels' headers check for it
 
 #include "ops.cu"
+
+// What only the emulation can count, for the tests (tests/test_cuda.cpp, PIN_TESTS_ON_EMULATION):
+// the cp.async copies issued with the L1 hint so far.
+int64_t pin_emulation_l1_cached_copies() { return ::pin_emulation::l1_cached_copies().load(); }

@@ -4,6 +4,7 @@
 // step: test_cuda_network.cpp. Skips with a printed reason when pin was built without CUDA or no
 // GPU is present.
 #include <cstdio>
+#include <cstring>
 #include <array>
 #include <cmath>
 #include <memory>
@@ -490,8 +491,7 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
     PIN_EACH_WGMMA_PIPELINE();
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
-    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);
-    const AsyncTileReset async_tile_reset;
+    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
     struct Case {
         int64_t b, h, w, cin, cout, k, s, p;
         bool transposed;
@@ -577,6 +577,97 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
             require_matches(from_gpu(gdx, dx.numel()), twice.data(), dx.numel(), what + " accumulate", 2e-5);
         }
     }
+}
+
+// ops.cuh GatherCaching: L1 changes only the cache hint of the gathered operand's copies
+// (cp.async.ca for .cg), so every kernel that copies one (the asynchronous-copy kernel in all three
+// passes, the warpgroup-MMA kernel's forward and input gradient) gives the same bits either way.
+// Under the emulation the hint is also counted, so there the test sees that the setting reaches
+// the copies of every pass, and only with L1.
+#if defined(PIN_TESTS_ON_EMULATION)
+int64_t pin_emulation_l1_cached_copies();  // tests/emulated_backend.cpp
+#endif
+namespace {
+// Copies made with the L1 hint so far (the emulation counts them; a GPU cannot).
+int64_t l1_cached_copies() {
+#if defined(PIN_TESTS_ON_EMULATION)
+    return pin_emulation_l1_cached_copies();
+#else
+    return 0;
+#endif
+}
+// The three passes of a 3 x 3 convolution 64 -> 128 from bfloat16 activations, weights and dy with
+// the current settings: y (fp32), dx and dw, one after the other; cached[i]: pass i's copies with
+// the L1 hint.
+std::vector<float> bf16_conv_passes(bool kmajor, int64_t (&cached)[3]) {
+    const pin::cuda::ConvShape s{2, 9, 7, 64, 128, 3, 1, 1, 0};
+    const int64_t K = 9 * 64, n = 2 * 9 * 7 * 128, nx = 2 * 9 * 7 * 64;
+    const Bf16Upload ux = to_gpu_bf16(rnd({2, 64, 9, 7}, 51)), udy = to_gpu_bf16(rnd({2, 128, 9, 7}, 53));
+    const pin::cuda::DeviceBuffer gw = to_gpu(to_gpu_bf16(rnd({128, 64, 3, 3}, 52, Layout::NCHW)).rounded);
+    const pin::cuda::DeviceBuffer wp = pin::cuda::pack_conv2d_forward_weight(gw.data(), s), wb = pin::cuda::pack_bf16(wp.data(), K * 128),
+                                  wk = pin::cuda::pack_bf16_kmajor(wp.data(), K, 128);
+    pin::cuda::DeviceBuffer gy(static_cast<size_t>(n)), gdx(static_cast<size_t>(nx)), gdw(static_cast<size_t>(K * 128));
+    int64_t count = l1_cached_copies();
+    auto counted = [&](int pass) {
+        const int64_t now = l1_cached_copies();
+        cached[pass] = now - count, count = now;
+    };
+    pin::cuda::conv2d_forward(bf16_view(ux.buffer), gw.data(), gy.data(), s, nullptr, nullptr, false,
+                              pin::cuda::PackedWeight(wp.data(), pin::cuda::bf16_data(wb), kmajor ? pin::cuda::bf16_data(wk) : nullptr));
+    counted(0);
+    pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
+    counted(1);
+    pin::cuda::conv2d_backward_weight(bf16_view(ux.buffer), bf16_view(udy.buffer), gdw.data(), s);
+    counted(2);
+    std::vector<float> all = from_gpu(gy, n);
+    for (const std::vector<float>& v : {from_gpu(gdx, nx), from_gpu(gdw, K * 128)}) all.insert(all.end(), v.begin(), v.end());
+    return all;
+}
+void require_gather_caching_changes_no_bit(pin::cuda::AsyncTileShape tile) {
+    const pin::cuda::KernelSettingsScope settings_scope;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
+    pin::cuda::set_async_tile(tile);
+    std::vector<float> got[2];
+    for (const pin::cuda::GatherCaching caching : {pin::cuda::GatherCaching::L2, pin::cuda::GatherCaching::L1}) {
+        const bool l1 = caching == pin::cuda::GatherCaching::L1;
+        INFO("gather caching " << (l1 ? "L1" : "L2"));
+        pin::cuda::set_gather_caching(caching);
+        const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+        int64_t cached[3] = {};
+        got[l1] = bf16_conv_passes(tile == pin::cuda::AsyncTileShape::Wgmma, cached);
+        const pin::cuda::KernelLaunches after = pin::cuda::kernel_launches();
+        // The weight gradient is on the asynchronous-copy kernel either way; with the wgmma tile the
+        // forward and input gradient (64 and 128 gathered channels) on the warpgroup MMA.
+        REQUIRE(after.async - before.async == (tile == pin::cuda::AsyncTileShape::Wgmma ? 1 : 3));
+        REQUIRE(after.wgmma - before.wgmma == (tile == pin::cuda::AsyncTileShape::Wgmma ? 2 : 0));
+#if defined(PIN_TESTS_ON_EMULATION)
+        // Each pass copies its gathered operand with the hint exactly when L1 is set: at least the
+        // whole operand once (126 pixels x 9 taps x 64 or 128 channels, 8 a copy; more where
+        // several column tiles copy the same rows or a tile's rows run past the pixels).
+        for (int pass = 0; pass < 3; ++pass) {
+            INFO("pass " << pass << ": " << cached[pass] << " copies with the L1 hint");
+            REQUIRE(cached[pass] >= (l1 ? 126 * 9 * (pass == 1 ? 128 : 64) / 8 : 0));
+            if (!l1) REQUIRE(cached[pass] == 0);
+        }
+#else
+        (void)cached;
+#endif
+    }
+    REQUIRE(got[0].size() == got[1].size());
+    int64_t differ = 0;
+    for (size_t i = 0; i < got[0].size(); ++i) differ += std::memcmp(&got[0][i], &got[1][i], sizeof(float)) != 0;
+    REQUIRE(differ == 0);
+}
+}  // namespace
+
+TEST_CASE("GatherCaching::L1 gives the asynchronous-copy kernel's bits in all three passes", "[cuda][conv][bf16]") {
+    if (!gpu_or_skip()) return;
+    require_gather_caching_changes_no_bit(pin::cuda::AsyncTileShape::Cols64);
+}
+TEST_CASE("GatherCaching::L1 gives the warpgroup-MMA kernel's bits", "[cuda][wgmma]") {
+    if (!wgmma_or_skip()) return;
+    require_gather_caching_changes_no_bit(pin::cuda::AsyncTileShape::Wgmma);
 }
 
 #endif

@@ -14,6 +14,7 @@
 
 TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][network]") {
     if (!gpu_or_skip()) return;
+    const pin::cuda::KernelSettingsScope settings_scope;
     PIN_EACH_MATH_MODE();
     PIN_EACH_GATHER_MODE();
     auto agent = std::make_shared<model::Agent>(60);
@@ -38,13 +39,11 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
              : pin::cuda::AsyncTileShape::Cols64;
     const bool tile128 = tile == pin::cuda::AsyncTileShape::Cols128, wgmma = tile == pin::cuda::AsyncTileShape::Wgmma && pin::cuda::wgmma_supported();
     pin::cuda::set_async_tile(tile);
-    const AsyncTileReset async_tile_reset;
     const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "") + (tile128 ? "[256 x 128 tile] " : "") +
                             (tile == pin::cuda::AsyncTileShape::Wgmma ? "[wgmma] " : "");
     pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
     const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
     gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());
-    pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::FP32);
     // bfloat16 storage with the vector gather: the convolutions between bfloat16 activations copy
     // their operands as they are (the asynchronous-copy kernel), and nothing else does.
     // Where the warpgroup-MMA kernel runs, it takes all of them instead (every such layer has 64
@@ -244,7 +243,7 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][
         {pin::cuda::MathMode::BF16, pin::cuda::GatherMode::Vector, train::Estimator::LocalExpectation, 1e-2, 1e-4, 0.3, true},
         {pin::cuda::MathMode::BF16, pin::cuda::GatherMode::Vector, train::Estimator::LocalExpectation, 1e-2, 1e-4, 0.3, false, true},
     };
-    const AsyncTileReset async_tile_reset;
+    const pin::cuda::KernelSettingsScope settings_scope;
     for (const Config& cfg : configs) {
         pin::cuda::set_math_mode(cfg.math);
         pin::cuda::set_gather_mode(cfg.gather);
@@ -303,8 +302,6 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][
             }
         }
     }
-    pin::cuda::set_math_mode(pin::cuda::MathMode::FP32);
-    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Generic);
 }
 
 TEST_CASE("GPU work on separate streams gives the default stream's results, also from several threads", "[cuda][defense][stream][network]") {

@@ -36,16 +36,20 @@ for config in ("generic-fp32", "vector-bf16"):
     assert len(timed) == (6 if config == "vector-bf16" else 0) and not any("convT" in t for t in timed), timed
     assert all(j["backward_weight_bf16_async_ms"] > 0 for j in layers if "backward_weight_bf16_async_ms" in j), layers
     # and the forward on the warpgroup-MMA kernel (the emulation runs it as an H200 would): the layers
-    # with 64k input channels, here the same as the asynchronous-copy kernel's, with both pipelines.
-    for key in ("forward_bf16_wgmma_ms", "forward_bf16_wgmma_inflight_ms"):
+    # with 64k input channels, here the same as the asynchronous-copy kernel's, with both pipelines and L1 caching.
+    for key in ("forward_bf16_wgmma_ms", "forward_bf16_wgmma_inflight_ms", "forward_bf16_wgmma_l1_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == ([j["layer"] for j in layers if "forward_bf16_async_ms" in j] if config == "vector-bf16" else []), (key, timed)
     # and the input gradient from a bfloat16 dy, on the asynchronous-copy and the warpgroup-MMA
     # kernels: the weight gradient's layers (every output channel count there a multiple of 64).
-    for key in ("backward_input_bf16_async_ms", "backward_input_bf16_wgmma_ms"):
+    # And with the gathered copies cached in L1 (ops.cuh GatherCaching): the forward pass and the
+    # weight gradient on the asynchronous-copy kernel (above, forward_bf16_wgmma_l1 on wgmma).
+    for key in ("backward_input_bf16_async_ms", "backward_input_bf16_wgmma_ms", "backward_weight_bf16_async_l1_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == [j["layer"] for j in layers if "backward_weight_bf16_async_ms" in j], (key, timed)
         assert all(j[key] > 0 for j in layers if key in j), (key, layers)
+    timed = [j["layer"] for j in layers if "forward_bf16_async_l1_ms" in j]
+    assert timed == [j["layer"] for j in layers if "backward_weight_bf16_async_ms" in j], timed  # the 3 x 3 convolutions
     stages = {j["stage"]: j for j in js if "stage" in j}
     for stage in ("defense_forward", "training_step"):
         assert stages[stage]["ms"] > 0 and stages[stage]["images_per_second"] >= 0 and stages[stage]["batch"] == 1, stages.get(stage)
@@ -56,7 +60,8 @@ for config in ("generic-fp32", "vector-bf16"):
     # the warpgroup-MMA kernel (both pipelines), and the training step with the 256 x 128 tile and the
     # warpgroup-MMA kernel (ops.cuh AsyncTileShape): the vector-bf16 configuration only.
     fast = ("defense_forward_bf16_storage", "defense_forward_bf16_storage_cols128", "defense_forward_bf16_storage_wgmma",
-            "defense_forward_bf16_storage_wgmma_inflight", "training_step_cols128", "training_step_wgmma")
+            "defense_forward_bf16_storage_wgmma_inflight", "defense_forward_bf16_storage_l1", "defense_forward_bf16_storage_wgmma_l1",
+            "training_step_cols128", "training_step_wgmma", "training_step_wgmma_l1")
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
