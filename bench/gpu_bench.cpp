@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
     // --no-wgmma: leave the warpgroup-MMA kernels out (gpu_check.sh passes it when their GPU tests
     // failed: a kernel that faults would end the process, and the timings after it with it).
     bool no_wgmma = false;
+    // --parts: which of a network configuration's measurements to make (layers, defense, training;
+    // all by default). gpu_check.sh runs the fast configuration's parts as processes of their own,
+    // each with its own time limit, so that a slow or faulting part cannot cost the others theirs.
+    std::string parts = "layers,defense,training";
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--iters" && i + 1 < argc) {
@@ -64,6 +68,8 @@ int main(int argc, char** argv) {
             no_wgmma = true;
         } else if (a == "--config" && i + 1 < argc) {
             only = argv[++i];
+        } else if (a == "--parts" && i + 1 < argc) {
+            parts = argv[++i];
         } else if (a == "--batches" && i + 1 < argc) {
             batches.clear();
             for (char* s = argv[++i]; *s;) {
@@ -72,9 +78,19 @@ int main(int argc, char** argv) {
             }
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
-                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--no-wgmma]\n");
+                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--parts layers,defense,training] [--no-wgmma]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
+    }
+    const auto want = [&](const std::string& part) { return ("," + parts + ",").find("," + part + ",") != std::string::npos; };
+    for (size_t at = 0; at <= parts.size();) {
+        const size_t end = std::min(parts.find(',', at), parts.size());
+        const std::string part = parts.substr(at, end - at);
+        if (part != "layers" && part != "defense" && part != "training") {
+            std::fprintf(stderr, "pin-bench-gpu: unknown part '%s' in --parts (layers, defense, training)\n", part.c_str());
+            return 2;
+        }
+        at = end + 1;
     }
     std::string reason;
     if (!pin::cuda::device_available(&reason)) {
@@ -345,6 +361,7 @@ int main(int argc, char** argv) {
                 return time_ms(iters, [&] { forward(pin::cuda::bf16_data(xb), reinterpret_cast<pin::cuda::Bf16*>(yb.data()), pw); });
             };
             table.push_back(std::string(math) + (mode != MathMode::FP32 ? " (tensor cores)" : " (CUDA cores)") + ", gather " + gather + ":");
+            if (want("layers"))
             for (const Layer& l : layers) {
                 const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, l.k, l.s, 1};
                 const int64_t Ho = pin::cuda::conv2d_out(s, l.h);
@@ -390,6 +407,7 @@ int main(int argc, char** argv) {
             // The DAE decoder's transposed convolutions (3x3, stride 2, output padding 1), at their real
             // FLOPs (each input pixel times 9 taps): the sub-pixel classes of the Rows and Vector gathers
             // skip the products with zeros that the generic gather computes (3/4 of them).
+            if (want("layers"))
             for (const Layer& l : {Layer{"convT 256->256 s2 @14", 14, 256, 256, 3, 2}, Layer{"convT 64->64 s2 @56", 56, 64, 64, 3, 2}}) {
                 const pin::cuda::ConvShape s{B0, l.h, l.h, l.cin, l.cout, 3, 2, 1, 1};
                 const int64_t Ho = pin::cuda::conv_transpose2d_out(s, l.h);
@@ -441,6 +459,7 @@ int main(int argc, char** argv) {
                 {"defense_forward_bf16_storage_wgmma_inflight", "defense wgmma inflight", Storage::BF16, TileShape::Wgmma, kInFlight, kL2},
                 {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, TileShape::Wgmma, kWait, kL1},
             };
+            if (want("defense"))
             for (const DefenseVariant& v : variants) {
                 const bool bf16_storage = v.storage == Storage::BF16, fast = v.tile != TileShape::Cols64 || v.caching == kL1;
                 if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.tile == TileShape::Wgmma && !wgmma)) continue;
@@ -473,7 +492,7 @@ int main(int argc, char** argv) {
                 f(backend, trainer, x);
             };
             // The training step with the generic and the vector gathers only (time).
-            if (gmode != GatherMode::Rows)
+            if (gmode != GatherMode::Rows && want("training"))
             for (const int64_t B : batches) try {
                 with_trainer(B, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
                     uint64_t first = 0;
@@ -516,6 +535,7 @@ int main(int argc, char** argv) {
                 pin::cuda::AsyncTileShape tile;
                 pin::cuda::GatherCaching caching;
             };
+            if (want("training"))
             for (const TrainingVariant& v : {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kL2},
                                              TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kL2},
                                              TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kL1}}) {
@@ -536,9 +556,9 @@ int main(int argc, char** argv) {
             // Which kernels this configuration's GEMMs ran on (counts since the process started:
             // gpu_check.sh runs one configuration per process).
             const pin::cuda::KernelLaunches kl = pin::cuda::kernel_launches();
-            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
+            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
                         "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld, \"async_cols128\": %lld, \"wgmma\": %lld}}\n",
-                        math, gather, static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
+                        math, gather, parts.c_str(), static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
                         static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input), static_cast<long long>(kl.async),
                         static_cast<long long>(kl.async_cols128), static_cast<long long>(kl.wgmma));
         }

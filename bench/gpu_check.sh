@@ -12,7 +12,7 @@
 set -uo pipefail
 out=${1:-${OUT:-/tmp/pin-gpu-check}}
 mkdir -p "$out"
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PATH="$PATH:/usr/local/cuda/bin"
 log() { echo "== $*" | tee -a "$out/summary.txt"; }
 start=$(date +%s)
@@ -37,7 +37,7 @@ wgmma_flag=()  # --no-wgmma for the timings below when the warpgroup-MMA kernels
 : > "$out/tests.txt"
 for tag in rng conv elementwise pin wgmma defense train; do
   echo "---- [cuda][$tag]" >> "$out/tests.txt"
-  timeout "$(budget $([ $tag = conv ] && echo 150 || echo 60))" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 \
+  timeout "$(budget "$([ $tag = conv ] && echo 150 || echo 60)")" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 \
     || { tests_rc=1; echo "[cuda][$tag] FAILED"; [ $tag = wgmma ] && wgmma_flag=(--no-wgmma); }
   tail -2 "$out/tests.txt" | head -1 | sed "s/^/[cuda][$tag] /" | tee -a "$out/summary.txt"
 done
@@ -47,13 +47,21 @@ grep -E "^match|failed|FAILED|SKIPPED|differ" "$out/tests.txt" | head -80
 # configuration meant for the speed bars (bf16 with the vector gather: the wide and
 # asynchronous-copy kernels, bfloat16 activations), the generic fp32 baseline, the PyTorch peers,
 # then the other arithmetics and the row gather.
+# bench CONFIG [SECONDS [PARTS]]: one pin-bench-gpu process (at most SECONDS, default 80; PARTS of
+# the configuration, default all: layers, defense, training).
 bench() {
-  timeout "$(budget 80)" build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 --config "$1" "${wgmma_flag[@]}" >> "$out/bench.txt" 2>&1 \
-    || echo "{\"config\": \"$1\", \"error\": \"pin-bench-gpu exited $? (or the budget ran out)\"}" | tee -a "$out/bench.txt"
+  local parts=${3:-layers,defense,training}
+  timeout "$(budget "${2:-80}")" build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 --config "$1" --parts "$parts" \
+    "${wgmma_flag[@]}" >> "$out/bench.txt" 2>&1 \
+    || echo "{\"config\": \"$1\", \"parts\": \"$parts\", \"error\": \"pin-bench-gpu exited $? (or the budget ran out)\"}" | tee -a "$out/bench.txt"
 }
-log "kernel, defense-forward and training-step timings"
+log "defense-forward and training-step timings"
 : > "$out/bench.txt"
-for config in vector-bf16 generic-fp32; do bench $config; done
+# The fast configuration's parts each in a process (and time limit) of its own; its per-layer
+# timings after the peers, with the diagnostics.
+bench vector-bf16 80 defense
+bench vector-bf16 80 training
+bench generic-fp32
 
 log "PyTorch + cuDNN peer (same network, random weights)"
 : > "$out/torch.jsonl"
@@ -88,7 +96,8 @@ ms = (time.perf_counter() - t) / 10 * 1e3
 print('{"stage": "torch_matmul_bf16", "m": 8192, "n": 8192, "k": 8192, "ms": %.4f, "tflops": %.1f}' % (ms, 2 * 8192**3 / ms / 1e9))
 PY
 
-log "the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
+log "per-layer timings of the fast configuration; the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
+bench vector-bf16 60 layers
 for config in generic-tf32 generic-bf16 rows-fp32 rows-tf32; do bench $config; done
 grep -v "^{" "$out/bench.txt"
 python3 - "$out" <<'PY'

@@ -12,6 +12,8 @@ trap 'rm -rf "$out"' EXIT
 for config in generic-fp32 vector-bf16 gemm-bf16; do
   "$bench" --batches 1 --iters 1 --config $config > "$out/$config.txt" 2>&1 || { cat "$out/$config.txt"; fail "pin-bench-gpu --config $config"; }
 done
+# One part of a configuration alone (gpu_check.sh runs the fast one's parts as separate processes).
+"$bench" --batches 1 --iters 1 --config generic-fp32 --parts defense > "$out/part.txt" 2>&1 || { cat "$out/part.txt"; fail "--parts defense"; }
 python3 - "$out" <<'PY' || fail "pin-bench-gpu JSON lines"
 import json, sys
 out = sys.argv[1]
@@ -89,11 +91,22 @@ assert gemms["wgmma_inflight"]["max_rel_diff_vs_wgmma"] <= 1e-5, gemms
 assert not any("layer" in j or j.get("stage") not in (None, "gemm_bf16") for j in js), js
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
 assert samplers == ["curand", "pin"], samplers
+# --parts defense: the whole-network defense forward and nothing else of the configuration (the
+# configuration-independent stages before it stay: the mask samplers).
+js = lines("part")
+assert [j["stage"] for j in js if j.get("stage", "").startswith(("defense", "training"))] == ["defense_forward"], js
+assert not any("layer" in j or "error" in j for j in js), js
+assert [j["parts"] for j in js if "gemm_launches" in j] == ["defense"], js
+assert all(j["parts"] == "layers,defense,training" for j in lines("vector-bf16") if "gemm_launches" in j)
 PY
 grep -q "defense forward" "$out/vector-bf16.txt" || fail "no table at the end of the output"
 set +e
 "$bench" --config no-such-config > "$out/bad.txt" 2>&1; rc=$?
 set -e
 [ $rc -eq 2 ] && grep -q "unknown --config" "$out/bad.txt" || fail "an unknown --config exits $rc, not 2 with a message"
+set +e
+"$bench" --config generic-fp32 --parts defense,everything > "$out/bad.txt" 2>&1; rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "unknown part 'everything'" "$out/bad.txt" || fail "an unknown --parts exits $rc, not 2 with a message"
 "$bench" --help | grep -q "^usage: pin-bench-gpu" || fail "--help"
 echo "bench_gpu_check.sh: passed"
