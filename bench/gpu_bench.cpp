@@ -297,9 +297,10 @@ int main(int argc, char** argv) {
             // kernel and on the warpgroup-MMA kernel.
             // And with the gathered copies cached in L1 too (ops.cuh GatherCaching::L1): the forward
             // pass and the weight gradient on the asynchronous-copy kernel, the forward on wgmma.
+            // And the weight gradient on the warpgroup-MMA kernel (M/N-major operands) with each pipeline.
             struct AsyncTimes {
                 double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0, fwd_wgmma_inflight = 0, din = 0, din_wgmma = 0;
-                double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0;
+                double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0, wgrad_wgmma = 0, wgrad_wgmma_inflight = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -310,18 +311,20 @@ int main(int argc, char** argv) {
                                                                 {"forward_bf16_wgmma", a.fwd_wgmma}, {"forward_bf16_wgmma_inflight", a.fwd_wgmma_inflight},
                                                                 {"backward_input_bf16_async", a.din}, {"backward_input_bf16_wgmma", a.din_wgmma},
                                                                 {"forward_bf16_async_l1", a.fwd_l1}, {"backward_weight_bf16_async_l1", a.wgrad_l1},
-                                                                {"forward_bf16_wgmma_l1", a.fwd_wgmma_l1}};
+                                                                {"forward_bf16_wgmma_l1", a.fwd_wgmma_l1}, {"backward_weight_bf16_wgmma", a.wgrad_wgmma},
+                                                                {"backward_weight_bf16_wgmma_inflight", a.wgrad_wgmma_inflight}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
-                char row[400];
+                char row[512];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
                                                                   {"x128: fwd", a.fwd128}, {"bwd-w", a.wgrad128}, {"wgmma fwd", a.fwd_wgmma},
                                                                   {"inflight", a.fwd_wgmma_inflight}, {"bwd-in bf16-async", a.din},
                                                                   {"wgmma bwd-in", a.din_wgmma}, {"L1: fwd", a.fwd_l1},
-                                                                  {"bwd-w", a.wgrad_l1}, {"wgmma fwd", a.fwd_wgmma_l1}};
+                                                                  {"bwd-w", a.wgrad_l1}, {"wgmma-fwd", a.fwd_wgmma_l1},
+                                                                  {"wgmma bwd-w", a.wgrad_wgmma}, {"inflight", a.wgrad_wgmma_inflight}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
@@ -396,6 +399,11 @@ int main(int argc, char** argv) {
                     a.fwd_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, forward, kWait, kL1);
                     a.wgrad_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, weight_gradient, kWait, kL1);
                     if (wgmma && l.cout % 64 == 0) a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
+                    if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) {
+                        a.wgrad_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, weight_gradient);
+                        a.wgrad_wgmma_inflight =
+                            with_tile(pin::cuda::AsyncTileShape::Wgmma, weight_gradient, pin::cuda::WgmmaPipeline::OneSliceInFlight);
+                    }
                     if (l.cout % 128 == 0) {
                         a.fwd128 = with_tile128(forward);
                         a.wgrad128 = with_tile128(weight_gradient);

@@ -749,6 +749,55 @@ PIN_UNROLL
 // per slice (a carry instead of a division), so a slice costs a few additions and compares per
 // copy, as in AsyncConvOperands. Requires (fits()): the input channel count and N multiples of 8,
 // M = k^2 C, dy's leading dimension N, both sources 16-byte aligned, tap offsets under 2^31.
+// The weight gradients' per-thread walk over the gather (AsyncWeightGradOperands here,
+// WgmmaWeightGradOperands in wgmma_gemm.cuh): a row m = (kh, kw, c) decoded once per launch into
+// its tap and offset, and an output pixel that moves by a whole slice each time.
+struct WeightGradRow {
+    int tap_offset;  // (kh W + kw) C + c: 32-bit (< k W C, the operands' fits() bound it); with
+                     // 64-bit offsets ptxas spilled at the launch bounds' 128 registers
+    int kh, kw;      // kh far outside (no pixel has it) for m past M
+    __device__ void decode(const Gather<false, Bf16>& la, int64_t m, int64_t M) {
+        const unsigned uC = static_cast<unsigned>(la.C), uK = static_cast<unsigned>(la.K);
+        const unsigned um = static_cast<unsigned>(m), tap = um / uC, c = um - tap * uC, h = tap / uK;
+        kh = m < M ? static_cast<int>(h) : -(1 << 30);
+        kw = static_cast<int>(tap - h * uK);
+        tap_offset = static_cast<int>((h * la.W + kw) * la.C + c);
+    }
+    // Whether the row's tap of the pixel whose top-left input is (y, x) lies inside the input.
+    __device__ bool inside(const Gather<false, Bf16>& la, int y, int x) const {
+        return static_cast<unsigned>(y + kh) < static_cast<unsigned>(la.H) && static_cast<unsigned>(x + kw) < static_cast<unsigned>(la.W);
+    }
+};
+struct OutputPixelWalk {
+    int b, oh, ow;       // the pixel
+    int step_h, step_w;  // a step of `step` pixels as whole output rows and columns
+    __device__ void begin(const Gather<false, Bf16>& la, int64_t k, int step) {
+        const unsigned uWo = static_cast<unsigned>(la.Wo), uHo = static_cast<unsigned>(la.Ho), uk = static_cast<unsigned>(k);
+        const unsigned t = uk / uWo, ub = t / uHo;
+        ow = static_cast<int>(uk - t * uWo);
+        oh = static_cast<int>(t - ub * uHo);
+        b = static_cast<int>(ub);
+        step_h = static_cast<int>(static_cast<unsigned>(step) / uWo);
+        step_w = static_cast<int>(static_cast<unsigned>(step) - static_cast<unsigned>(step_h) * uWo);
+    }
+    // The pixel's top-left input position (y, x) and the offset of (b, y, x, 0) in the input.
+    __device__ int y(const Gather<false, Bf16>& la) const { return oh * static_cast<int>(la.stride) - static_cast<int>(la.pad); }
+    __device__ int x(const Gather<false, Bf16>& la) const { return ow * static_cast<int>(la.stride) - static_cast<int>(la.pad); }
+    __device__ int64_t origin(const Gather<false, Bf16>& la) const { return ((static_cast<int64_t>(b) * la.H + y(la)) * la.W + x(la)) * la.C; }
+    __device__ void advance(const Gather<false, Bf16>& la) {  // by `step`, carried into rows and images
+        ow += step_w;
+        oh += step_h;
+        if (ow >= la.Wo) {
+            ow -= static_cast<int>(la.Wo);
+            ++oh;
+        }
+        while (oh >= la.Ho) {  // once per step at most when an image has at least `step` pixels (every PIN layer)
+            oh -= static_cast<int>(la.Ho);
+            ++b;
+        }
+    }
+};
+
 template <class T = AsyncWeightGradTile>
 struct AsyncWeightGradOperands {
     using Tile = T;
@@ -758,49 +807,31 @@ struct AsyncWeightGradOperands {
     const Bf16* dy;          // [pixels][N]
     bool cache_l1 = false;   // the gathered copies also through L1 (ops.cuh GatherCaching)
     struct Regs {
-        // (kh W + kw) C + c of each A row (m past M: never valid). 32-bit (< k W C): with 64-bit
-        // offsets ptxas spilled 24 bytes at the launch bound's 128 registers; with these, none.
-        int tap_offset[T::a_copies];
-        int kh[T::a_copies], kw[T::a_copies];
-        int b, oh, ow;  // this thread's pixel in the next slice
+        WeightGradRow row[T::a_copies];
+        OutputPixelWalk pixel;  // this thread's pixel in the next slice
         int64_t k, kend, n;
-        int step_h, step_w;  // 32 pixels as whole output rows and columns
     };
     __device__ static int a_row(int tid, int i) { return (tid % 8) * 8 + 64 * i; }
     __device__ static int k_row(int tid) { return tid / 8; }
     __device__ static int b_col(int tid) { return (tid % 8) * 8; }
     __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t kbeg, int64_t kend, int tid) const {
-        const unsigned uC = static_cast<unsigned>(la.C), uK = static_cast<unsigned>(la.K);
 PIN_UNROLL
-        for (int i = 0; i < T::a_copies; ++i) {
-            const int64_t m = m0 + a_row(tid, i);
-            const unsigned um = static_cast<unsigned>(m), tap = um / uC, c = um - tap * uC, kh = tap / uK;
-            r.kh[i] = m < M ? static_cast<int>(kh) : -(1 << 30);  // far outside: no pixel has it
-            r.kw[i] = static_cast<int>(tap - kh * uK);
-            r.tap_offset[i] = static_cast<int>((kh * la.W + r.kw[i]) * la.C + c);
-        }
+        for (int i = 0; i < T::a_copies; ++i) r.row[i].decode(la, m0 + a_row(tid, i), M);
         r.k = kbeg + k_row(tid);
         r.kend = kend;
         r.n = n0 + b_col(tid);
-        const unsigned uWo = static_cast<unsigned>(la.Wo), uHo = static_cast<unsigned>(la.Ho), k = static_cast<unsigned>(r.k);
-        const unsigned t = k / uWo, b = t / uHo;
-        r.ow = static_cast<int>(k - t * uWo);
-        r.oh = static_cast<int>(t - b * uHo);
-        r.b = static_cast<int>(b);
-        r.step_h = static_cast<int>(static_cast<unsigned>(kWideDepth) / uWo);
-        r.step_w = static_cast<int>(static_cast<unsigned>(kWideDepth) - static_cast<unsigned>(r.step_h) * uWo);
+        r.pixel.begin(la, r.k, kWideDepth);
     }
     // The next slice (pixels k .. k + 31 of the block's chunk) into a stage: As [kWideDepth][a_ld]
     // (k x m), Bs [kWideDepth][b_ld].
     __device__ void issue(Regs& r, int64_t N, __nv_bfloat16* As, __nv_bfloat16* Bs, int tid) const {
         const bool in_k = r.k < r.kend;
-        const int y = r.oh * static_cast<int>(la.stride) - static_cast<int>(la.pad), x = r.ow * static_cast<int>(la.stride) - static_cast<int>(la.pad);
-        const int64_t origin = ((static_cast<int64_t>(r.b) * la.H + y) * la.W + x) * la.C;
+        const int y = r.pixel.y(la), x = r.pixel.x(la);
+        const int64_t origin = r.pixel.origin(la);
 PIN_UNROLL
         for (int i = 0; i < T::a_copies; ++i) {
-            const bool valid = in_k && static_cast<unsigned>(y + r.kh[i]) < static_cast<unsigned>(la.H) &&
-                               static_cast<unsigned>(x + r.kw[i]) < static_cast<unsigned>(la.W);
-            async_copy16(As + k_row(tid) * T::a_ld + a_row(tid, i), valid ? la.src + origin + r.tap_offset[i] : la.src, valid, cache_l1);
+            const bool valid = in_k && r.row[i].inside(la, y, x);
+            async_copy16(As + k_row(tid) * T::a_ld + a_row(tid, i), valid ? la.src + origin + r.row[i].tap_offset : la.src, valid, cache_l1);
         }
 PIN_UNROLL
         for (int j = 0; j < T::b_copies; ++j) {
@@ -808,16 +839,7 @@ PIN_UNROLL
             async_copy16(Bs + k_row(tid) * T::b_ld + b_col(tid) + 64 * j, valid ? dy + r.k * N + r.n + 64 * j : dy, valid);
         }
         r.k += kWideDepth;  // the same pixel walk: ow by 32, carried into rows and images
-        r.ow += r.step_w;
-        r.oh += r.step_h;
-        if (r.ow >= la.Wo) {
-            r.ow -= static_cast<int>(la.Wo);
-            ++r.oh;
-        }
-        while (r.oh >= la.Ho) {  // once per slice at most when an image has >= 32 pixels (every PIN layer)
-            r.oh -= static_cast<int>(la.Ho);
-            ++r.b;
-        }
+        r.pixel.advance(la);
     }
     bool fits(int64_t M, int64_t N, int64_t, int64_t) const {
         return la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 && la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) &&

@@ -43,11 +43,15 @@ DeviceBuffer widened(const Bf16* x, int64_t n) {
 void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, const ConvShape& s) {
     const int64_t Ho = conv2d_out(s, s.in_h), Wo = conv2d_out(s, s.in_w), K = s.kernel, P = s.batch * Ho * Wo;
     if (x.bf16 && dy.bf16) {
-        // dw^T[(kh, kw, ci), co] = sum over output pixels of x_gather(pix, (kh, kw, ci)) dy[pix, co], on
-        // the asynchronous-copy kernel with K split along the pixels, then summed in chunk order.
-        const AsyncWeightGradOperands<> ops{
-            Gather<false, Bf16>{static_cast<const Bf16*>(x.data), Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding},
-            static_cast<const Bf16*>(dy.data), gather_caching() == GatherCaching::L1};
+        // dw^T[(kh, kw, ci), co] = sum over output pixels of x_gather(pix, (kh, kw, ci)) dy[pix, co],
+        // with K split along the pixels, then summed in chunk order: on the warpgroup-MMA kernel where
+        // AsyncTileShape::Wgmma asks for it and it applies, else on the asynchronous-copy kernel.
+        const Gather<false, Bf16> gx{static_cast<const Bf16*>(x.data), Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding};
+        const Bf16* const dyb = static_cast<const Bf16*>(dy.data);
+        if (async_mode() && async_tile() == AsyncTileShape::Wgmma &&
+            internal::conv_weight_grad_wgmma(gx, dyb, s.out_c, P, dw, "conv2d_backward_weight", shape_of(s)))
+            return;
+        const AsyncWeightGradOperands<> ops{gx, dyb, gather_l1()};
         const int64_t M = K * K * s.in_c, N = s.out_c;
         if (async_mode() && ops.fits(M, N, P, 1)) {
             auto run = [&](auto form) {

@@ -64,6 +64,13 @@ bool conv_wgmma(const Gather<true, Bf16>& la, int64_t M, int64_t N, int64_t K, c
                 const char* name, const std::string& shape);
 bool conv_wgmma(const SubpixelGather<Bf16>& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const ConvOutput& out,
                 const char* name, const std::string& shape);
+// A convolution's weight gradient on the warpgroup-MMA kernel (wgmma_gemm.cuh
+// WgmmaWeightGradOperands): dw (PyTorch layout, overwritten) from the forward's gather over bfloat16
+// x and bfloat16 dy [pixels][N], K split along the pixels and summed in chunk order. Runs it and
+// returns true where the operands fit and the device runs sm_90a code; else returns false having
+// done nothing.
+bool conv_weight_grad_wgmma(const Gather<false, Bf16>& la, const Bf16* dy, int64_t N, int64_t pixels, float* dw, const char* name,
+                            const std::string& shape);
 }  // namespace internal
 
 namespace {
@@ -291,6 +298,8 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
 // 256 x 128 tile a GEMM with N columns (AsyncTileShape).
 inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
 inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
+// Whether the gathered operands' copies go through L1 too (ops.cuh GatherCaching).
+inline bool gather_l1() { return gather_caching() == GatherCaching::L1; }
 // The convolution epilogue behind a GEMM's store, if it has one the warpgroup-MMA kernel can take:
 // a ConvStore itself (direct and stride-1 transposed gathers) or one behind the sub-pixel classes'
 // row mapping.
@@ -332,7 +341,7 @@ template <class LoadA, class Store>
 inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* w, const Store& st, const char* name,
                               const std::string& shape, const Bf16* wk = nullptr, int64_t ldk = 0) {
     if (launch_wgmma_conv(M, N, K, la, wk, ldk, st, name, shape)) return true;
-    const bool l1 = gather_caching() == GatherCaching::L1;
+    const bool l1 = gather_l1();
     const AsyncConvOperands<LoadA> ops{la, w, N, l1};
     if (!async_mode() || !ops.fits(M, N, K, 1)) return false;
     if (M <= 0 || N <= 0) return true;

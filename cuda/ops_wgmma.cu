@@ -1,6 +1,7 @@
 // cuda/ops_wgmma.cu - the host side of the sm_90a kernels (wgmma_gemm.cuh): the dense GEMM it is
-// probed with and the forward convolutions (internal::conv_wgmma, which ops_conv_forward.cu reaches
-// through ops_internal.cuh launch_async_gemm). A translation unit of its own because it is the only
+// probed with, the forward convolutions and input gradients (internal::conv_wgmma, which
+// ops_conv_forward.cu and ops_conv_backward.cu reach through ops_internal.cuh launch_async_gemm) and
+// the weight gradients (internal::conv_weight_grad_wgmma). A translation unit of its own because it is the only
 // one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the wgmma instructions exist only
 // there, and an sm_90a cubin runs only on compute capability 9.0.
 #include <atomic>
@@ -43,29 +44,33 @@ bool device_runs_sm90a(std::string* reason) {
 #endif
 }
 
+template <class T>
+constexpr Tile tile_of_wgmma() { return {T::rows, T::cols, T::depth}; }
+// K in `splits` chunks (only WgmmaWeightGradOperands takes more than one).
 template <class Operands, class Store>
-void launch_wgmma(int64_t M, int64_t N, int64_t K, const Operands& ops, const Store& st, const char* name, const std::string& shape) {
+void launch_wgmma(int64_t M, int64_t N, int64_t K, int64_t splits, const Operands& ops, const Store& st, const char* name,
+                  const std::string& shape) {
     using T = typename Operands::Tile;
     check_gemm_size(M, N, K, name, shape);
-    const int64_t gx = (M + T::rows - 1) / T::rows, gy = (N + T::cols - 1) / T::cols;
-    if (gy > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles");
+    const GemmGrid g = gemm_grid(M, N, K, splits, tile_of_wgmma<T>());
+    if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     // Over the 48 KB a kernel gets without asking: ask once per instantiation.
     static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_wgmma_kernel<Operands, Store>),
                                                             cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
     check(allowed, name, shape);
     gemm_launches()[static_cast<int>(GemmKernel::Wgmma)].fetch_add(1, std::memory_order_relaxed);
-    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy)), T::threads, T::smem_bytes, cur(), gemm_wgmma_kernel)(
-        M, N, K, ops, st);
+    PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), T::threads, T::smem_bytes, cur(), gemm_wgmma_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
 }
 
-// run(tile) with the kCols-column tile of the pipeline wgmma_pipeline() names.
-template <int kCols, class Run>
+// run(tile) with the kCols-column tile (WgmmaTile, or WgmmaMnMajorTile) of the pipeline
+// wgmma_pipeline() names.
+template <int kCols, template <int, int> class TileOf = WgmmaTile, class Run>
 void with_pipelined_tile(const Run& run) {
     if (wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight)
-        run(WgmmaTile<kCols, 1>{});
+        run(TileOf<kCols, 1>{});
     else
-        run(WgmmaTile<kCols>{});
+        run(TileOf<kCols, 0>{});
 }
 // A convolution's GEMM on the 128 x 128 tile where N is a multiple of 128, else on the 128 x 64 one
 // (a 64-channel layer would leave half of the wider tile's columns empty).
@@ -73,9 +78,8 @@ template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
     if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
-    const bool l1 = gather_caching() == GatherCaching::L1;
     const auto run = [&](auto tile) {
-        launch_wgmma(M, N, K, WgmmaConvOperands<LoadA, decltype(tile)>{la, wk, ldk, l1}, st, name, shape);
+        launch_wgmma(M, N, K, 1, WgmmaConvOperands<LoadA, decltype(tile)>{la, wk, ldk, gather_l1()}, st, name, shape);
     };
     if (N % 128 == 0)
         with_pipelined_tile<128>(run);
@@ -111,6 +115,23 @@ bool conv_wgmma(const SubpixelGather<Bf16>& la, int64_t M, int64_t N, int64_t K,
         return RowMappedStore<std::decay_t<decltype(store)>, SubpixelGather<Bf16>>{store, la};
     });
 }
+bool conv_weight_grad_wgmma(const Gather<false, Bf16>& la, const Bf16* dy, int64_t N, int64_t pixels, float* dw, const char* name,
+                            const std::string& shape) {
+    const int64_t M = la.K * la.K * la.C;
+    if (!WgmmaWeightGradOperands<WgmmaMnMajorTile<64>>{la, dy}.fits(M, N, pixels) || !device_runs_sm90a(nullptr)) return false;
+    const auto run = [&](auto tile) {
+        using T = decltype(tile);
+        const int64_t splits = split_for(M, N, pixels, tile_of_wgmma<T>()), z = gemm_grid(M, N, pixels, splits, tile_of_wgmma<T>()).z;
+        DeviceBuffer partial = partial_buffer(z, M, N);
+        launch_wgmma(M, N, pixels, splits, WgmmaWeightGradOperands<T>{la, dy, gather_l1()}, PartialStore{partial.data(), M, N}, name, shape);
+        reduce_partials(partial, z, M, N, TransposedWeightMap{la.C, la.K}, dw, shape);
+    };
+    if (N % 128 == 0)
+        with_pipelined_tile<128, WgmmaMnMajorTile>(run);
+    else
+        with_pipelined_tile<64, WgmmaMnMajorTile>(run);
+    return true;
+}
 }  // namespace internal
 
 bool wgmma_supported(std::string* reason) { return device_runs_sm90a(reason); }
@@ -123,7 +144,7 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
     const PartialStore st{c, M, N};
     with_pipelined_tile<128>([&](auto tile) {
-        launch_wgmma(M, N, K, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);
+        launch_wgmma(M, N, K, 1, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);
     });
 }
 

@@ -100,11 +100,18 @@ __device__ inline void wgmma_hold(float& r) {
 // descriptor b) + (accumulate ? D : 0), kN = 64 or 128. Thread t of the warpgroup holds, for
 // j < kN / 8, rows 16 (t / 32) + (t % 32) / 4 (d[4j], d[4j + 1]) and that + 8 (d[4j + 2], d[4j + 3]),
 // columns 8 j + 2 (t % 4) and + 1.
-template <int kN>
+// kMnMajor: both operands in the no-swizzle M/N-major layout instead (the instruction's transpose
+// immediates, which 16-bit types allow): each core matrix is the K-major one transposed, 8 rows
+// along K of 8 consecutive M (or N) values, so element (r, k) is at s + (r / 8) SBO + (k / 8) LBO +
+// (k % 8) 16 + (r % 8) 2 (the PTX ISA's no-swizzle M/N-major canonical layout; SBO is still the
+// stride along M / N). The weight gradients' operands arrive contiguous along M and N (wgmma_gemm.cuh).
+template <int kN, bool kMnMajor = false>
 __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
     static_assert(kN == 64 || kN == 128, "the instantiated shapes: m64n64k16 and m64n128k16");
+    constexpr int transpose = kMnMajor ? 1 : 0;
 #if defined(PIN_CUDA_EMULATION)
-    ::pin_emulation::wgmma_bf16(d, kN, a, b, accumulate);
+    (void)transpose;
+    ::pin_emulation::wgmma_bf16(d, kN, a, b, accumulate, kMnMajor);
 #elif defined(PIN_WGMMA_DEVICE)
     if constexpr (kN == 128) {
         asm volatile(
@@ -114,22 +121,22 @@ __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bo
             "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
             "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
             "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-            "%64, %65, p, 1, 1, 0, 0;\n}\n"
+            "%64, %65, p, 1, 1, %67, %67;\n}\n"
             : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40),
               PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
     } else {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
             "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
             "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
             "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, p, 1, 1, 0, 0;\n}\n"
+            "%32, %33, p, 1, 1, %35, %35;\n}\n"
             : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
     }
 #else
-    (void)d, (void)a, (void)b, (void)accumulate;
+    (void)d, (void)a, (void)b, (void)accumulate, (void)transpose;
 #endif
 }
 #undef PIN_WGMMA_ACC8

@@ -1,11 +1,13 @@
 // cuda/wgmma_gemm.cuh - GEMMs on sm_90a's warpgroup MMA (wgmma.cuh), bfloat16 operands, fp32 sums: C =
-// A B^T with A (M x K) and B (N x K) read K-contiguous, in two operand forms: dense matrices (the
+// A B^T with A (M x K) and B (N x K), in three operand forms: read K-contiguous, dense matrices (the
 // probe, gemm_bf16_wgmma: how much of the H200's dense BF16 rate a kernel of ours reaches with the
 // instructions that rate is specified for, and whether our reading of the PTX ISA's descriptors and
 // layouts holds on hardware) and the forward convolutions (A the gathered bfloat16 input, 8 channels
 // per 16-byte cp.async copy, as gemm_kernels.cuh AsyncConvOperands; B the weights packed K-major,
-// pack_bf16_kmajor). The tensor cores read both operands from shared memory: unlike WMMA, no
-// fragment loads through the registers, and one instruction per warpgroup covers 64 x 128 x 16.
+// pack_bf16_kmajor); read M- and N-contiguous, the convolutions' weight gradients
+// (WgmmaWeightGradOperands, WgmmaMnMajorTile, K split into chunks). The tensor cores read both
+// operands from shared memory: unlike WMMA, no fragment loads through the registers, and one
+// instruction per warpgroup covers 64 x 128 x 16.
 //
 // A block is two warpgroups (256 threads) and a 128 x kCols tile of C (kCols 128, or 64 for layers
 // with 64 output channels, which 128 would half waste); warpgroup g computes rows 64 g .. 64 g + 63
@@ -34,36 +36,57 @@
 
 namespace pin::cuda::gemm {
 
+// What the tiles below share: a block of two warpgroups computing a 128 x kCols tile of C, K in
+// slices of 64 through three stages of both operands, core matrices kLbo bytes apart along K and
+// kSbo along M / N (kMnMajor: wgmma.cuh's M/N-major layout, else K-major).
 // kInFlight: how many slices' MMAs a warpgroup leaves running when it goes on to the next slice:
 // 0 waits for each slice's before the next barrier (the stage it read is free at once); 1 lets them
 // run under the next slice's issue, and a second barrier per slice tells the copies when the stage
 // the slice before read is free (ops.cuh WgmmaPipeline).
-template <int kCols, int kInFlight = 0>
-struct WgmmaTile {
+template <int kCols, int kInFlight, bool kMnMajor, int kLbo, int kSbo>
+struct WgmmaStages {
     static_assert(kCols == 64 || kCols == 128, "the wgmma shapes wgmma.cuh instantiates");
     static_assert(kInFlight == 0 || kInFlight == 1, "three stages: one being copied, one being read, one in flight");
     static constexpr int threads = 256, rows = 128, cols = kCols, depth = 64, stages = 3, in_flight = kInFlight;
+    static constexpr bool mn_major = kMnMajor;
     static_assert(threads == THREADS, "store_shared_tile strides by THREADS");
-    static constexpr int chunks = depth / 8;                          // 16-byte copies per row and slice
-    static constexpr int lbo = 128 + 16, sbo = chunks * lbo;          // bytes between core matrices along K, along M / N
+    static constexpr int lbo = kLbo, sbo = kSbo;  // bytes between core matrices along K, along M / N
     static constexpr int a_bytes = rows / 8 * sbo, b_bytes = cols / 8 * sbo, stage_bytes = a_bytes + b_bytes;
     // The epilogue's C [rows][c_ld] fp32 over the stages: + 8 so that the row pairs a quad writes
     // fall on distinct banks.
     static constexpr int c_ld = cols + 8;
     static constexpr int operand_bytes = stages * stage_bytes, c_bytes = rows * c_ld * 4;
     static constexpr int smem_bytes = operand_bytes > c_bytes ? operand_bytes : c_bytes;
-    static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;  // per thread and slice
+    static constexpr int a_copies = rows * depth / 8 / threads, b_copies = cols * depth / 8 / threads;  // 16-byte copies per thread and slice
     static constexpr int min_blocks = 2;
-    static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
+    static_assert(rows * depth / 8 % threads == 0 && cols * depth / 8 % threads == 0, "whole copies per thread");
     static_assert(smem_bytes <= 227 * 1024 && min_blocks * (smem_bytes + 1024) <= 228 * 1024, "two blocks fit an sm_90 SM");
     // Byte offset of element (r, k) in an operand's tile.
-    __host__ __device__ static constexpr int offset(int r, int k) { return (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2; }
+    __host__ __device__ static constexpr int offset(int r, int k) {
+        return (r / 8) * sbo + (k / 8) * lbo + (kMnMajor ? (k % 8) * 16 + (r % 8) * 2 : (r % 8) * 16 + (k % 8) * 2);
+    }
+};
+
+// K-major operands, core matrices 144 bytes apart along K (see the top of this file).
+template <int kCols, int kInFlight = 0>
+struct WgmmaTile : WgmmaStages<kCols, kInFlight, false, 128 + 16, 64 / 8 * (128 + 16)> {
+    using Base = WgmmaStages<kCols, kInFlight, false, 128 + 16, 64 / 8 * (128 + 16)>;
+    static constexpr int chunks = Base::depth / 8;  // 16-byte copies per row and slice
     // Thread t copies rows t / 8 + 32 i of each operand, K values 8 (t % 8) .. + 7 of the slice (a
     // warp: 4 rows x 128 contiguous bytes).
-    __host__ __device__ static constexpr int copy_row(int t, int i) { return t / chunks + (threads / chunks) * i; }
+    __host__ __device__ static constexpr int copy_row(int t, int i) { return t / chunks + (Base::threads / chunks) * i; }
     __host__ __device__ static constexpr int copy_k(int t) { return (t % chunks) * 8; }
 };
 using WgmmaGemmTile = WgmmaTile<128>;
+
+// Both operands M/N-major (wgmma.cuh kMnMajor), for operands contiguous along M and N at each k (the
+// weight gradients': x's channels at a tap, dy's output channels at a pixel): a 16-byte copy is 8
+// consecutive rows at one k, a core-matrix row as it is. Core matrices are 128 bytes apart along K
+// (LBO), 8 x 128 + 32 along M / N (SBO): the copies of 8 threads, (4 chunks of rows) x (2 values of
+// k) as WgmmaWeightGradOperands issues them, then land on 8 different 16-byte bank groups
+// ((2 chunk + k) mod 8).
+template <int kCols, int kInFlight = 0>
+struct WgmmaMnMajorTile : WgmmaStages<kCols, kInFlight, true, 128, 64 / 8 * 128 + 32> {};
 
 // Dense operands: A (M x K) and B (N x K) row-major bfloat16; K % 8 == 0, both 16-byte aligned
 // (every copy is 16 bytes, whole or zero-filled).
@@ -78,7 +101,8 @@ struct WgmmaDenseOperands {
         const Bf16* b_row[T::b_copies];
         int64_t k;  // its next slice's first K value
     };
-    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int tid) const {
+    // One K chunk (kbeg 0, kend K): launched unsplit.
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int64_t, int64_t, int tid) const {
         for (int i = 0; i < T::a_copies; ++i) {
             const int64_t m = m0 + T::copy_row(tid, i);
             r.a_row[i] = m < M ? a + m * K + T::copy_k(tid) : nullptr;
@@ -122,7 +146,8 @@ struct WgmmaConvOperands {
         GatherSliceWalk<T::a_copies, T::depth> walk;
         const Bf16* w_row[T::b_copies];  // this thread's weight rows at its K offset (null: past N)
     };
-    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int tid) const {
+    // One K chunk (kbeg 0, kend K): launched unsplit.
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int64_t, int64_t, int tid) const {
         r.walk.begin(la, M, [&](int i) { return m0 + T::copy_row(tid, i); }, T::copy_k(tid));
         for (int j = 0; j < T::b_copies; ++j) {
             const int64_t n = n0 + T::copy_row(tid, j);
@@ -148,18 +173,75 @@ struct WgmmaConvOperands {
     }
 };
 
-// Grid: (ceil(M / 128), ceil(N / kCols)); Tile::smem_bytes of dynamic shared memory. st(0, m, n, v)
-// receives every element of C inside M x N.
+// The weight gradient of a convolution, dw^T[(kh, kw, ci), co] = sum over output pixels of
+// x_gather(pixel, (kh, kw, ci)) dy[pixel, co] (as gemm_kernels.cuh AsyncWeightGradOperands): M the
+// gather's taps x channels, N the output channels, K the pixels, split into chunks on blockIdx.z.
+// Both operands are contiguous along M and N at a pixel, so they go to shared memory M/N-major
+// (WgmmaMnMajorTile) in 16-byte copies of 8 channels. Thread t copies for pixel t / 4 of each slice
+// the row chunks t % 4 + 4 i of A (its taps and channels fixed for the launch) and the column chunks
+// t % 4 + 4 j of B (a warp: 8 pixels x 64 contiguous bytes of each operand), and walks its pixel by
+// 64 a slice with carries into rows and images instead of a division. Requires (fits()): C and N
+// multiples of 8, both sources 16-byte aligned.
+template <class T>
+struct WgmmaWeightGradOperands {
+    using Tile = T;
+    static_assert(T::mn_major && T::a_copies * 32 == T::rows && T::b_copies * 32 == T::cols && T::depth * 4 == T::threads,
+                  "thread t: pixel t / 4, chunks t % 4 + 4 i");
+    Gather<false, Bf16> la;  // rows: output pixels (as the forward's gather); la.C the input channels
+    const Bf16* dy;          // [pixels][N]
+    bool cache_l1 = false;   // the gathered copies also through L1 (ops.cuh GatherCaching)
+    struct Regs {
+        WeightGradRow row[T::a_copies];  // the A chunks' rows (gemm_kernels.cuh)
+        OutputPixelWalk pixel;           // this thread's pixel in the next slice
+        int64_t k, kend, n, n_end;       // n: its first B chunk's column; n_end: N
+    };
+    __host__ __device__ static constexpr int chunk(int tid, int i) { return tid % 4 + 4 * i; }
+    __host__ __device__ static constexpr int pixel(int tid) { return tid / 4; }
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t M, int64_t N, int64_t kbeg, int64_t kend, int tid) const {
+        for (int i = 0; i < T::a_copies; ++i) r.row[i].decode(la, m0 + 8 * chunk(tid, i), M);
+        r.k = kbeg + pixel(tid);
+        r.kend = kend;
+        r.n = n0 + 8 * chunk(tid, 0);
+        r.n_end = N;
+        r.pixel.begin(la, r.k, T::depth);
+    }
+    __device__ void issue(Regs& r, unsigned char* stage, int tid) const {
+        const bool in_k = r.k < r.kend;
+        const int y = r.pixel.y(la), x = r.pixel.x(la);
+        const int64_t origin = r.pixel.origin(la);
+        for (int i = 0; i < T::a_copies; ++i) {
+            const bool valid = in_k && r.row[i].inside(la, y, x);
+            async_copy16(stage + T::offset(8 * chunk(tid, i), pixel(tid)), valid ? la.src + origin + r.row[i].tap_offset : la.src, valid,
+                         cache_l1);
+        }
+        for (int j = 0; j < T::b_copies; ++j) {
+            const int64_t n = r.n + 32 * j;
+            const bool valid = in_k && n < r.n_end;  // N % 8 == 0: a copy is all inside or all outside
+            async_copy16(stage + T::a_bytes + T::offset(8 * chunk(tid, j), pixel(tid)), valid ? dy + r.k * r.n_end + n : dy, valid);
+        }
+        r.k += T::depth;
+        r.pixel.advance(la);
+    }
+    bool fits(int64_t M, int64_t N, int64_t K) const {
+        return M > 0 && N > 0 && K > 0 && la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 &&
+               la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) && aligned16(dy);
+    }
+};
+
+// Grid: (ceil(M / 128), ceil(N / kCols), K chunks); Tile::smem_bytes of dynamic shared memory. Block
+// z sums K values z chunk .. (z + 1) chunk - 1 (Operands other than WgmmaWeightGradOperands: one
+// chunk); st(z, m, n, v) receives every element of its C inside M x N.
 template <class Operands, class Store>
 __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
-    gemm_wgmma_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
+    gemm_wgmma_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, Operands ops, Store st) {
     using T = typename Operands::Tile;
     PIN_DYNAMIC_SHARED(smem);
     const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * T::rows, n0 = static_cast<int64_t>(blockIdx.y) * T::cols;
-    const int64_t slices = (K + T::depth - 1) / T::depth;
+    const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = kbeg + chunk < K ? kbeg + chunk : K;
+    const int64_t slices = (kend - kbeg + T::depth - 1) / T::depth;
     typename Operands::Regs r;
-    ops.begin(r, m0, n0, M, N, tid);
+    ops.begin(r, m0, n0, M, N, kbeg, kend, tid);
     // The next slice's copies into its stage (the slices are issued in order), then a commit
     // (possibly of nothing: the waits below count groups, so every slice index has one).
     auto issue = [&](int64_t s) {
@@ -180,7 +262,7 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
         for (float& v : d) wgmma_hold(v);
         wgmma_fence();
         for (int k = 0; k < T::depth / 16; ++k)  // 16 K values = 2 core matrices along K
-            wgmma_bf16<T::cols>(d, wgmma_descriptor(a_tile + 2 * k * T::lbo, T::lbo, T::sbo),
+            wgmma_bf16<T::cols, T::mn_major>(d, wgmma_descriptor(a_tile + 2 * k * T::lbo, T::lbo, T::sbo),
                                 wgmma_descriptor(b_tile + 2 * k * T::lbo, T::lbo, T::sbo), true);
         wgmma_commit();
         wgmma_wait<T::in_flight>();  // in_flight 1: this warpgroup's MMAs of slice s - 1 are done, s's may run on

@@ -23,7 +23,7 @@
 // the fill.
 //
 // wgmma (cuda/wgmma.cuh) follows the PTX ISA: each thread's share of the accumulators is computed
-// from shared memory through the descriptors (no-swizzle K-major bfloat16 only) when the wgmma_wait
+// from shared memory through the descriptors (no-swizzle bfloat16, K-major or M/N-major) when the wgmma_wait
 // that covers its group completes, so reading the accumulators earlier, or overwriting the operands'
 // shared memory before that wait, gives wrong results here as on a GPU; a missing wgmma_fence, a
 // block that is not whole warpgroups, a descriptor outside the dynamic shared memory and a thread
@@ -162,6 +162,7 @@ struct WgmmaOp {
     int n;  // the instruction's N
     uint64_t a, b;
     bool accumulate;
+    bool mn_major;  // both operands M/N-major (the transpose immediates)
     uint64_t issued;
 };
 // One thread of a block. Suspended at a barrier, at the end of a block, or not yet started.
@@ -276,7 +277,7 @@ inline void async_wait(int pending) {
 }
 
 // wgmma (cuda/wgmma.cuh) as the PTX ISA describes it, for bfloat16 operands in the no-swizzle K-major
-// layout. Its descriptors hold shared-memory addresses: here offsets into the launch's dynamic shared
+// or M/N-major layout. Its descriptors hold shared-memory addresses: here offsets into the launch's dynamic shared
 // memory (the only kind the kernels give wgmma).
 inline uint32_t shared_address(const void* p) {
     const auto* c = static_cast<const unsigned char*>(p);
@@ -287,32 +288,39 @@ inline uint32_t shared_address(const void* p) {
     return static_cast<uint32_t>(c - tl_dynamic.data);
 }
 inline void wgmma_fence() { tl_scheduler->current->mma_fenced = true; }
-// The bits of rows r < `rows`, k < 16 of a K-major bfloat16 operand at descriptor desc, into
-// out[r * 16 + k], a core-matrix row (8 values, 16 contiguous bytes) at a time.
-inline void wgmma_operand(uint64_t desc, int rows, uint16_t* out) {
+// The bits of rows r < `rows`, k < 16 of a bfloat16 operand at descriptor desc, into
+// out[r * 16 + k], a core-matrix row (8 values, 16 contiguous bytes) at a time. K-major: the
+// 16 bytes at (r / 8) SBO + (k / 8) LBO + (r % 8) 16 are row r's k .. k + 7; M/N-major (mn_major):
+// the 16 bytes at (r / 8) SBO + (k / 8) LBO + (k % 8) 16 are rows r .. r + 7 at k.
+inline void wgmma_operand(uint64_t desc, int rows, bool mn_major, uint16_t* out) {
     const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
     if ((desc >> 49 & 7) != 0 || (desc >> 62) != 0) report("a wgmma descriptor with a base offset or a swizzle (not emulated)");
-    for (int r = 0; r < rows; ++r)
-        for (int h = 0; h < 2; ++h) {
-            const size_t at = start + (r / 8) * sbo + h * lbo + (r % 8) * 16;
-            uint16_t* const o = out + r * 16 + h * 8;
-            if (at + 16 > tl_dynamic.bytes) {
-                report("a wgmma operand outside the launch's dynamic shared memory");
-                std::fill(o, o + 8, uint16_t{0xFFFF});
-            } else {
-                std::memcpy(o, tl_dynamic.data + at, 16);
+    uint16_t row[8];
+    for (int c = 0; c < rows / 8; ++c)  // a core matrix: 8 rows x 8 K values
+        for (int h = 0; h < 2; ++h)
+            for (int i = 0; i < 8; ++i) {
+                const size_t at = start + c * sbo + h * lbo + i * 16;
+                if (at + 16 > tl_dynamic.bytes) {
+                    report("a wgmma operand outside the launch's dynamic shared memory");
+                    std::fill(row, row + 8, uint16_t{0xFFFF});
+                } else {
+                    std::memcpy(row, tl_dynamic.data + at, 16);
+                }
+                for (int j = 0; j < 8; ++j) {
+                    const int r = 8 * c + (mn_major ? j : i), k = 8 * h + (mn_major ? i : j);
+                    out[r * 16 + k] = row[j];
+                }
             }
-        }
 }
 // Both operands of an m64nNk16 (A's 64 rows, then B's n) into a buffer of this OS thread (no fiber
 // switches in between), and the hash of their bits.
 constexpr int kWgmmaMaxN = 256;
-inline const uint16_t* wgmma_operands(uint64_t a, uint64_t b, int n, uint64_t& hash) {
+inline const uint16_t* wgmma_operands(uint64_t a, uint64_t b, int n, bool mn_major, uint64_t& hash) {
     thread_local uint16_t bits[(64 + kWgmmaMaxN) * 16];
     if (n <= 0 || n > kWgmmaMaxN || n % 8 != 0) report("a wgmma with an N the emulation does not take");
     n = std::min(std::max(n, 0), kWgmmaMaxN);
-    wgmma_operand(a, 64, bits);
-    wgmma_operand(b, n, bits + 64 * 16);
+    wgmma_operand(a, 64, mn_major, bits);
+    wgmma_operand(b, n, mn_major, bits + 64 * 16);
     // FNV-1a over 8-byte words in four independent lanes (a serial chain over 2-byte values took
     // most of the emulated kernels' time), then the lanes combined.
     uint64_t lane[4] = {1469598103934665603ull, 1469598103934665603ull ^ 1, 1469598103934665603ull ^ 2, 1469598103934665603ull ^ 3};
@@ -327,12 +335,12 @@ inline const uint16_t* wgmma_operands(uint64_t a, uint64_t b, int n, uint64_t& h
     for (int j = 1; j < 4; ++j) hash = (hash ^ lane[j]) * 1099511628211ull;
     return bits;
 }
-inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate) {
+inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate, bool mn_major) {
     Fiber& f = *tl_scheduler->current;
     if (tl_scheduler->threads % 128 != 0) report("wgmma in a block that is not whole warpgroups (128 threads)");
     if (!f.mma_fenced) report("wgmma.mma_async without a wgmma.fence since the accumulators were last accessed");
-    WgmmaOp op{d, n, a, b, accumulate, 0};
-    wgmma_operands(a, b, n, op.issued);
+    WgmmaOp op{d, n, a, b, accumulate, mn_major, 0};
+    wgmma_operands(a, b, n, mn_major, op.issued);
     f.open_mma.push_back(op);
 }
 inline void wgmma_commit() {
@@ -347,7 +355,7 @@ inline void wgmma_commit() {
 // wait) gives a wrong result there, so here it is a violation.
 inline void wgmma_apply(const WgmmaOp& op, unsigned thread) {
     uint64_t now = 0;
-    const uint16_t* const bits = wgmma_operands(op.a, op.b, op.n, now);
+    const uint16_t* const bits = wgmma_operands(op.a, op.b, op.n, op.mn_major, now);
     if (now != op.issued) report("the shared memory a wgmma reads changed between its issue and its wait");
     const auto value = [&](int i) {
         const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;

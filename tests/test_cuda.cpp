@@ -575,7 +575,48 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
             std::vector<float> twice(static_cast<size_t>(dx.numel()));
             for (int64_t i = 0; i < dx.numel(); ++i) twice[static_cast<size_t>(i)] = 2 * dx.data()[i];
             require_matches(from_gpu(gdx, dx.numel()), twice.data(), dx.numel(), what + " accumulate", 2e-5);
+            // The weight gradient from bfloat16 x and dy: on the warpgroup-MMA kernel wherever the
+            // channel counts are multiples of 8 (M/N-major operands, K split along the pixels).
+            Tensor dw = Tensor::empty(uw.rounded.shape(), Layout::NCHW);
+            cpu::conv2d_backward_weight(ux.rounded, udy.rounded, dw, cpu::Conv2dParams{c.k, c.s, c.p});
+            pin::cuda::DeviceBuffer gdw(static_cast<size_t>(dw.numel()));
+            const pin::cuda::KernelLaunches before_dw = pin::cuda::kernel_launches();
+            pin::cuda::conv2d_backward_weight(bf16_view(ux.buffer), bf16_view(udy.buffer), gdw.data(), s);
+            const pin::cuda::KernelLaunches after_dw = pin::cuda::kernel_launches();
+            REQUIRE(after_dw.wgmma > before_dw.wgmma);  // every case here has both channel counts multiples of 8
+            REQUIRE(after_dw.async == before_dw.async);
+            require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), name + " weight gradient", 1e-5);
         }
+    }
+}
+
+// The weight gradients on the warpgroup-MMA kernel (M/N-major operands), beyond the shapes above:
+// K split along the pixels (64 -> 64 over 4 x 23 x 23 = 2116 pixels: 5 row tiles, so split_for
+// gives 2 chunks of 1088, the second ending mid-slice), the fewest channels it takes with a stride
+// and a partial column tile (8 -> 24, stride 2), and the 128-column tile (128 -> 128).
+TEST_CASE("The warpgroup-MMA weight gradients match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
+    if (!wgmma_or_skip()) return;
+    PIN_EACH_WGMMA_PIPELINE();
+    pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
+    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);
+    struct Case {
+        int64_t b, h, w, cin, cout, k, s, p;
+    };
+    for (const Case& c : {Case{4, 23, 23, 64, 64, 3, 1, 1}, Case{3, 10, 9, 8, 24, 3, 2, 1}, Case{2, 12, 11, 128, 128, 3, 1, 1}}) {
+        const std::string name = "wgmma weight gradient " + std::to_string(c.cin) + "->" + std::to_string(c.cout) + " s" + std::to_string(c.s) +
+                                 " over " + std::to_string(c.b) + "x" + std::to_string(c.h) + "x" + std::to_string(c.w);
+        INFO(name);
+        const pin::cuda::ConvShape s{c.b, c.h, c.w, c.cin, c.cout, c.k, c.s, c.p, 0};
+        const int64_t Ho = pin::cuda::conv2d_out(s, c.h), Wo = pin::cuda::conv2d_out(s, c.w);
+        const Bf16Upload ux = to_gpu_bf16(rnd({c.b, c.cin, c.h, c.w}, 61)), udy = to_gpu_bf16(rnd({c.b, c.cout, Ho, Wo}, 62));
+        Tensor dw = Tensor::empty({c.cout, c.cin, c.k, c.k}, Layout::NCHW);
+        cpu::conv2d_backward_weight(ux.rounded, udy.rounded, dw, cpu::Conv2dParams{c.k, c.s, c.p});
+        pin::cuda::DeviceBuffer gdw(static_cast<size_t>(dw.numel()));
+        const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+        pin::cuda::conv2d_backward_weight(bf16_view(ux.buffer), bf16_view(udy.buffer), gdw.data(), s);
+        REQUIRE(pin::cuda::kernel_launches().wgmma == before.wgmma + 1);
+        require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), name, 1e-5);
     }
 }
 
@@ -637,10 +678,10 @@ void require_gather_caching_changes_no_bit(pin::cuda::AsyncTileShape tile) {
         int64_t cached[3] = {};
         got[l1] = bf16_conv_passes(tile == pin::cuda::AsyncTileShape::Wgmma, cached);
         const pin::cuda::KernelLaunches after = pin::cuda::kernel_launches();
-        // The weight gradient is on the asynchronous-copy kernel either way; with the wgmma tile the
-        // forward and input gradient (64 and 128 gathered channels) on the warpgroup MMA.
-        REQUIRE(after.async - before.async == (tile == pin::cuda::AsyncTileShape::Wgmma ? 1 : 3));
-        REQUIRE(after.wgmma - before.wgmma == (tile == pin::cuda::AsyncTileShape::Wgmma ? 2 : 0));
+        // With the wgmma tile all three passes on the warpgroup MMA (64 and 128 gathered channels;
+        // the weight gradient's 64 and 128 channels multiples of 8), else on the asynchronous-copy kernel.
+        REQUIRE(after.async - before.async == (tile == pin::cuda::AsyncTileShape::Wgmma ? 0 : 3));
+        REQUIRE(after.wgmma - before.wgmma == (tile == pin::cuda::AsyncTileShape::Wgmma ? 3 : 0));
 #if defined(PIN_TESTS_ON_EMULATION)
         // Each pass copies its gathered operand with the hint exactly when L1 is set: at least the
         // whole operand once (126 pixels x 9 taps x 64 or 128 channels, 8 a copy; more where

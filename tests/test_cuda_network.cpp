@@ -269,9 +269,12 @@ TEST_CASE("the GPU training step matches PolicyGradientTrainer", "[cuda][train][
         pin::cuda::GpuTrainer gpu(backend, *agent, holder.optimizer(), opt);
         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
         const train::StepStats b0 = gpu.step(x0, 0), b1 = gpu.step(x1, 2);
-        if (cfg.math == pin::cuda::MathMode::BF16) REQUIRE(pin::cuda::kernel_launches().async > before.async);
+        // BF16: the 3 x 3 convolutions' passes between bfloat16 operands on the asynchronous-copy
+        // kernel, or with the wgmma tile (where the device runs it) all of them on the warpgroup MMA.
+        const bool on_wgmma = cfg.wgmma && pin::cuda::wgmma_supported();
+        if (cfg.math == pin::cuda::MathMode::BF16) REQUIRE((pin::cuda::kernel_launches().async > before.async) == !on_wgmma);
         REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == cfg.tile128);
-        REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == (cfg.wgmma && pin::cuda::wgmma_supported()));
+        REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == on_wgmma);
         std::printf("gpu training step (%s): grad norms %.6g %.6g, cpu %.6g %.6g; mean costs %.6g %.6g, cpu %.6g %.6g\n", tag.c_str(),
                     b0.grad_norm, b1.grad_norm, c0.grad_norm, c1.grad_norm, b0.mean_cost, b1.mean_cost, c0.mean_cost, c1.mean_cost);
         REQUIRE(b0.grad_norm == Approx(c0.grad_norm).epsilon(cfg.norm_tol));

@@ -287,19 +287,23 @@ TEST_CASE("emulation: an exception or a broken WMMA rule inside a kernel fails t
 
 namespace {
 // One m64n128k16 by one warpgroup from operands that thread 0 stores in the no-swizzle K-major layout
-// (core matrices 128 bytes apart along K, 256 along M / N; A at byte 0, B at 2048), each thread's 64
-// accumulators written to out (64 x 128) where cuda/wgmma.cuh says they belong. `broken` leaves out
-// one rule: 1 the fence, 2 the operands stay put until the wait, 3 the wait.
+// (core matrices 128 bytes apart along K, 256 along M / N; A at byte 0, B at 2048), or with
+// store_mn_major in the M/N-major one (each core matrix transposed), each thread's 64 accumulators
+// written to out (64 x 128) where cuda/wgmma.cuh says they belong; read_mn_major: the instruction's
+// transpose immediates. `broken` leaves out one rule: 1 the fence, 2 the operands stay put until
+// the wait, 3 the wait.
 enum WgmmaBreak { kNone, kNoFence, kOperandChanged, kNoWait };
 float wgmma_a(int r, int k) { return static_cast<float>(r % 5 - 2 + k % 3); }
 float wgmma_b(int n, int k) { return static_cast<float>((n % 7 - 3) * (k % 2 ? 1 : -2)); }
-void wgmma_kernel(float* out, WgmmaBreak broken) {
+void wgmma_kernel(float* out, WgmmaBreak broken, bool store_mn_major = false, bool read_mn_major = false) {
     PIN_DYNAMIC_SHARED(smem);
     auto put = [&](int at, float v) {
         const uint16_t bits = pin::cuda::to_bf16(v).bits;
         std::memcpy(smem + at, &bits, 2);
     };
-    const auto offset = [](int r, int k) { return (r / 8) * 256 + (k / 8) * 128 + (r % 8) * 16 + (k % 8) * 2; };
+    const auto offset = [&](int r, int k) {
+        return (r / 8) * 256 + (k / 8) * 128 + (store_mn_major ? (k % 8) * 16 + (r % 8) * 2 : (r % 8) * 16 + (k % 8) * 2);
+    };
     const int t = static_cast<int>(threadIdx.x);
     if (t == 0)
         for (int k = 0; k < 16; ++k) {
@@ -311,7 +315,11 @@ void wgmma_kernel(float* out, WgmmaBreak broken) {
     for (float& v : d) v = 0.0f;
     if (broken != kNoFence) pin::cuda::wgmma_fence();
     const uint32_t base = pin::cuda::shared_address(smem);
-    pin::cuda::wgmma_bf16<128>(d, pin::cuda::wgmma_descriptor(base, 128, 256), pin::cuda::wgmma_descriptor(base + 2048, 128, 256), false);
+    const uint64_t a = pin::cuda::wgmma_descriptor(base, 128, 256), b = pin::cuda::wgmma_descriptor(base + 2048, 128, 256);
+    if (read_mn_major)
+        pin::cuda::wgmma_bf16<128, true>(d, a, b, false);
+    else
+        pin::cuda::wgmma_bf16<128>(d, a, b, false);
     pin::cuda::wgmma_commit();
     if (broken == kOperandChanged && t == 0) put(offset(3, 5), 100.0f);
     if (broken == kNoWait) return;
@@ -324,15 +332,24 @@ void wgmma_kernel(float* out, WgmmaBreak broken) {
 
 TEST_CASE("emulation: wgmma reads its operands through the descriptors, accumulators where the PTX ISA puts them", "[emulated][emulation]") {
     std::vector<float> out(64 * 128, std::nanf(""));
-    pin_emulation::launch(dim3(1), dim3(128), [&] { wgmma_kernel(out.data(), kNone); }, 6144);
-    int wrong = 0;
-    for (int r = 0; r < 64; ++r)
-        for (int n = 0; n < 128; ++n) {
-            double want = 0;
-            for (int k = 0; k < 16; ++k) want += static_cast<double>(wgmma_a(r, k)) * wgmma_b(n, k);
-            wrong += !(out[static_cast<size_t>(r * 128 + n)] == want);  // small integers: exact; NaN: never written
-        }
-    REQUIRE(wrong == 0);
+    // Both layouts, read as stored (the product), and the M/N-major store read as K-major and the
+    // reverse (not the product: the immediates change what the instruction reads).
+    for (const auto& [stored, read] : {std::pair{false, false}, std::pair{true, true}, std::pair{true, false}, std::pair{false, true}}) {
+        INFO("stored " << (stored ? "M/N-major" : "K-major") << ", read " << (read ? "M/N-major" : "K-major"));
+        std::fill(out.begin(), out.end(), std::nanf(""));
+        pin_emulation::launch(dim3(1), dim3(128), [&, s = stored, r = read] { wgmma_kernel(out.data(), kNone, s, r); }, 6144);
+        int wrong = 0;
+        for (int r = 0; r < 64; ++r)
+            for (int n = 0; n < 128; ++n) {
+                double want = 0;
+                for (int k = 0; k < 16; ++k) want += static_cast<double>(wgmma_a(r, k)) * wgmma_b(n, k);
+                wrong += !(out[static_cast<size_t>(r * 128 + n)] == want);  // small integers: exact; NaN: never written
+            }
+        if (stored == read)
+            REQUIRE(wrong == 0);
+        else
+            REQUIRE(wrong > 64 * 128 / 2);
+    }
     const std::pair<WgmmaBreak, const char*> rules[] = {{kNoFence, "without a wgmma.fence"},
                                                         {kOperandChanged, "changed between its issue and its wait"},
                                                         {kNoWait, "did not wait for"}};

@@ -46,7 +46,9 @@ for config in ("generic-fp32", "vector-bf16"):
     # kernels: the weight gradient's layers (every output channel count there a multiple of 64).
     # And with the gathered copies cached in L1 (ops.cuh GatherCaching): the forward pass and the
     # weight gradient on the asynchronous-copy kernel (above, forward_bf16_wgmma_l1 on wgmma).
-    for key in ("backward_input_bf16_async_ms", "backward_input_bf16_wgmma_ms", "backward_weight_bf16_async_l1_ms"):
+    # And the weight gradient on the warpgroup-MMA kernel, with both pipelines: the same layers.
+    for key in ("backward_input_bf16_async_ms", "backward_input_bf16_wgmma_ms", "backward_weight_bf16_async_l1_ms",
+                "backward_weight_bf16_wgmma_ms", "backward_weight_bf16_wgmma_inflight_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == [j["layer"] for j in layers if "backward_weight_bf16_async_ms" in j], (key, timed)
         assert all(j[key] > 0 for j in layers if key in j), (key, layers)
