@@ -65,6 +65,10 @@ void usage(std::FILE* f) {
                  "              --gpu-storage S with cuda: fp32 (default) | bf16 activations between convolutions\n"
                  "              --gpu-tile T    with cuda: 64 (default) | 128 | wgmma, the tensor-core tile\n"
                  "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
+                 "              --gpu-pipeline P with wgmma: wait (default) | inflight (one slice's MMAs in flight)\n"
+                 "              --gpu-gather-cache C\n"
+                 "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
+                 "                              through L1 too)\n"
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
@@ -91,6 +95,10 @@ void usage(std::FILE* f) {
                  "              --gpu-storage S with cuda: fp32 (default) | bf16 activations in the frozen DAE\n"
                  "              --gpu-tile T    with cuda: 64 (default) | 128 | wgmma, the tensor-core tile\n"
                  "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
+                 "              --gpu-pipeline P with wgmma: wait (default) | inflight (one slice's MMAs in flight)\n"
+                 "              --gpu-gather-cache C\n"
+                 "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
+                 "                              through L1 too)\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
@@ -121,6 +129,10 @@ void usage(std::FILE* f) {
                  "              --gpu-storage S with cuda: fp32 (default) | bf16 activations between convolutions\n"
                  "              --gpu-tile T    with cuda: 64 (default) | 128 | wgmma, the tensor-core tile\n"
                  "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
+                 "              --gpu-pipeline P with wgmma: wait (default) | inflight (one slice's MMAs in flight)\n"
+                 "              --gpu-gather-cache C\n"
+                 "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
+                 "                              through L1 too)\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "  align       find, landmark and align the faces of photos (face-api tiny face detector + 68 landmarks)\n"
                  "              --in PHOTO|DIR  photos (searched recursively)   --out DIR  one gray 112x112 PNG per face,\n"
@@ -152,7 +164,7 @@ int cmd_info() {
     std::printf("  CUDA kernels     built\n");
     std::string reason;
     if (pin::cuda::device_available(&reason))
-        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile)\n", pin::cuda::device_name().c_str());
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-gather-cache)\n", pin::cuda::device_name().c_str());
     else
         std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else

@@ -27,7 +27,11 @@ namespace cli {
 //   --gpu-storage fp32|bf16     the defense's activations between convolutions (ActivationStorage)
 //   --gpu-tile 64|128|wgmma     the asynchronous-copy kernel's block tile, 256 x 64 or 256 x 128
 //                               (AsyncTileShape; the wider where the output channels allow), or
-//                               the forward convolutions on sm_90a's warpgroup MMA (H100 / H200)
+//                               the convolutions' three passes on sm_90a's warpgroup MMA (H100 / H200)
+//   --gpu-pipeline wait|inflight  with wgmma: wait for each slice's MMAs, or leave one slice's in
+//                               flight while the next is issued (WgmmaPipeline)
+//   --gpu-gather-cache l2|l1    the gathered activations' asynchronous copies through L2 only, or
+//                               L1 too (GatherCaching; the asynchronous-copy and wgmma kernels)
 // They are library settings made command-line options so that a GPU's user can run the fast
 // configuration (bf16 / vector / bf16, either tile) without recompiling; the defaults stay the
 // measured fp32 baseline until a GPU run has chosen others (docs/gpu.md).
@@ -38,7 +42,8 @@ struct GpuSetting {
 inline const std::vector<GpuSetting>& gpu_settings() {
     static const std::vector<GpuSetting> s = {
         {"gpu-math", {"fp32", "tf32", "bf16"}}, {"gpu-gather", {"generic", "rows", "vector"}}, {"gpu-storage", {"fp32", "bf16"}},
-        {"gpu-tile", {"64", "128", "wgmma"}}};
+        {"gpu-tile", {"64", "128", "wgmma"}},   {"gpu-pipeline", {"wait", "inflight"}},
+        {"gpu-gather-cache", {"l2", "l1"}}};
     return s;
 }
 // Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
@@ -58,14 +63,16 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
     if (device != "cuda") return;
     namespace pc = pin::cuda;
     const std::string m = o.get("gpu-math", "fp32"), g = o.get("gpu-gather", "generic"), st = o.get("gpu-storage", "fp32"),
-                      t = o.get("gpu-tile", "64");
+                      t = o.get("gpu-tile", "64"), pl = o.get("gpu-pipeline", "wait"), gc = o.get("gpu-gather-cache", "l2");
     pc::set_math_mode(m == "bf16" ? pc::MathMode::BF16 : m == "tf32" ? pc::MathMode::TF32 : pc::MathMode::FP32);
     pc::set_gather_mode(g == "vector" ? pc::GatherMode::Vector : g == "rows" ? pc::GatherMode::Rows : pc::GatherMode::Generic);
     pc::set_activation_storage(st == "bf16" ? pc::ActivationStorage::BF16 : pc::ActivationStorage::FP32);
     pc::set_async_tile(t == "wgmma" ? pc::AsyncTileShape::Wgmma : t == "128" ? pc::AsyncTileShape::Cols128 : pc::AsyncTileShape::Cols64);
+    pc::set_wgmma_pipeline(pl == "inflight" ? pc::WgmmaPipeline::OneSliceInFlight : pc::WgmmaPipeline::WaitEachSlice);
+    pc::set_gather_caching(gc == "l1" ? pc::GatherCaching::L1 : pc::GatherCaching::L2);
 #endif
 }
-// "math M gather G storage S tile T" with the defaults filled in: results depend on them (caches
+// "math M gather G storage S tile T pipeline P gather-cache C" with the defaults filled in: results depend on them (caches
 // key on it, the eval JSON records each).
 inline std::string gpu_settings_tag(const Options& o) {
     std::string tag;

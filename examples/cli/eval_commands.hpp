@@ -1,6 +1,7 @@
 // examples/cli/eval_commands.hpp - `pin eval` (verification on LFW-style pairs, with a defense and
 // optionally an attack; JSON out) and `pin embed` (recognizer embeddings of faces, safetensors out).
 #pragma once
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -158,8 +159,12 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["attack"] = o.get("attack", "none");
     j["protocol"] = o.get("protocol", "offline");
     j["device"] = o.get("device", "cpu");
-    if (o.get("device", "cpu") == "cuda")  // gpu_math, gpu_gather, gpu_storage, gpu_tile (defaults filled in)
-        for (const GpuSetting& s : gpu_settings()) j[std::string("gpu_") + (s.flag + 4)] = o.get(s.flag, s.values[0]);
+    if (o.get("device", "cpu") == "cuda")  // gpu_math, gpu_gather, ..., gpu_gather_cache (defaults filled in)
+        for (const GpuSetting& s : gpu_settings()) {
+            std::string key = std::string("gpu_") + (s.flag + 4);
+            std::replace(key.begin(), key.end(), '-', '_');
+            j[key] = o.get(s.flag, s.values[0]);
+        }
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
     if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset (half from each class when an even spread misses one)";

@@ -80,14 +80,20 @@ PY
   # The fast settings (bfloat16 operands and activations, the vector kernels): the same pairs, scores
   # within bfloat16's rounding of the defended faces, the settings in the JSON.
   # Both wider tiles: 256 x 128, and the warpgroup-MMA kernel (on an H100 / H200; elsewhere the
-  # 256 x 64 tile runs in its place).
+  # 256 x 64 tile runs in its place), there with its other pipeline and the gathered copies
+  # through L1.
   for tile in 128 wgmma; do
+    extra=""
+    [ $tile = wgmma ] && extra="--gpu-pipeline inflight --gpu-gather-cache l1"
+    # shellcheck disable=SC2086  # $extra: two options or none
     "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 \
-      --gpu-tile $tile --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings, tile $tile"; }
+      --gpu-tile $tile $extra --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings, tile $tile"; }
     python3 - "$work/pin_cpu.json" "$work/pin_gpu_bf16.json" "$tile" <<'PY' || fail "pin eval --device cuda (bf16, vector, tile $tile) differs from the CPU"
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
 assert (b["gpu_math"], b["gpu_gather"], b["gpu_storage"], b["gpu_tile"]) == ("bf16", "vector", "bf16", sys.argv[3]), b
+wgmma = sys.argv[3] == "wgmma"
+assert (b["gpu_pipeline"], b["gpu_gather_cache"]) == (("inflight", "l1") if wgmma else ("wait", "l2")), b
 assert len(a["scores"]) == len(b["scores"])
 assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 3e-2, (a["scores"], b["scores"])
 PY
@@ -130,6 +136,14 @@ set +e
 "$pin" eval $q --defense pin --model "$work/model" --gpu-tile 128 > "$work/msg" 2>&1; rc=$?
 set -e
 [ $rc = 2 ] && grep -q -- "--gpu-tile 128 needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "--gpu-tile without --device cuda: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --device cuda --gpu-pipeline fast > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q -- "--gpu-pipeline must be wait or inflight, got 'fast'" "$work/msg" || { cat "$work/msg"; fail "--gpu-pipeline fast: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --gpu-gather-cache l1 > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q -- "--gpu-gather-cache l1 needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "--gpu-gather-cache without --device cuda: expected a usage error"; }
 set +e
 "$pin" embed --in "$work/data/images" --out "$work/e.safetensors" --gpu-gather vector > "$work/msg" 2>&1; rc=$?
 set -e
