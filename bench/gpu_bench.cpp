@@ -535,18 +535,22 @@ int main(int argc, char** argv) {
             }
             // With the vector gather and BF16, one more step at the middle batch with the
             // asynchronous-copy kernel's 256 x 128 tile (stage training_step_cols128) and, where the
-            // device runs it, with the forward convolutions and input gradients on the warpgroup MMA
-            // (training_step_wgmma), and so with the gathered copies cached in L1 (training_step_wgmma_l1).
+            // device runs it, with the convolutions' three passes on the warpgroup MMA
+            // (training_step_wgmma), there with its other pipeline (training_step_wgmma_inflight) and
+            // with the gathered copies cached in L1 (training_step_wgmma_l1).
             struct TrainingVariant {
                 const char* stage;
                 const char* label;
                 pin::cuda::AsyncTileShape tile;
+                pin::cuda::WgmmaPipeline pipeline;
                 pin::cuda::GatherCaching caching;
             };
             if (want("training"))
-            for (const TrainingVariant& v : {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kL2},
-                                             TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kL2},
-                                             TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kL1}}) {
+            for (const TrainingVariant& v :
+                 {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kWait, kL2},
+                  TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kWait, kL2},
+                  TrainingVariant{"training_step_wgmma_inflight", "training wgmma inflight", TileShape::Wgmma, kInFlight, kL2},
+                  TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kWait, kL1}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.tile == TileShape::Wgmma && !wgmma)) continue;
                 try {
@@ -554,7 +558,7 @@ int main(int argc, char** argv) {
                         uint64_t first = 0;
                         const double ms = with_tile(
                             v.tile, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); },
-                            kWait, v.caching);
+                            v.pipeline, v.caching);
                         report(stage, v.label, B0, ms);
                     });
                 } catch (const std::exception& e) {

@@ -1,9 +1,9 @@
 // cuda/ops_wgmma.cu - the host side of the sm_90a kernels (wgmma_gemm.cuh): the dense GEMM it is
 // probed with, the forward convolutions and input gradients (internal::conv_wgmma, which
 // ops_conv_forward.cu and ops_conv_backward.cu reach through ops_internal.cuh launch_async_gemm) and
-// the weight gradients (internal::conv_weight_grad_wgmma). A translation unit of its own because it is the only
-// one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the wgmma instructions exist only
-// there, and an sm_90a cubin runs only on compute capability 9.0.
+// the weight gradients (internal::conv_weight_grad_wgmma). A translation unit of its own because it
+// is the only one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the wgmma instructions
+// exist only there, and an sm_90a cubin runs only on compute capability 9.0.
 #include <atomic>
 
 #include "ops_internal.cuh"

@@ -288,60 +288,85 @@ inline uint32_t shared_address(const void* p) {
     return static_cast<uint32_t>(c - tl_dynamic.data);
 }
 inline void wgmma_fence() { tl_scheduler->current->mma_fenced = true; }
-// The bits of rows r < `rows`, k < 16 of a bfloat16 operand at descriptor desc, into
-// out[r * 16 + k], a core-matrix row (8 values, 16 contiguous bytes) at a time. K-major: the
-// 16 bytes at (r / 8) SBO + (k / 8) LBO + (r % 8) 16 are row r's k .. k + 7; M/N-major (mn_major):
-// the 16 bytes at (r / 8) SBO + (k / 8) LBO + (k % 8) 16 are rows r .. r + 7 at k.
-inline void wgmma_operand(uint64_t desc, int rows, bool mn_major, uint16_t* out) {
-    const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
-    if ((desc >> 49 & 7) != 0 || (desc >> 62) != 0) report("a wgmma descriptor with a base offset or a swizzle (not emulated)");
-    uint16_t row[8];
-    for (int c = 0; c < rows / 8; ++c)  // a core matrix: 8 rows x 8 K values
-        for (int h = 0; h < 2; ++h)
-            for (int i = 0; i < 8; ++i) {
-                const size_t at = start + c * sbo + h * lbo + i * 16;
-                if (at + 16 > tl_dynamic.bytes) {
-                    report("a wgmma operand outside the launch's dynamic shared memory");
-                    std::fill(row, row + 8, uint16_t{0xFFFF});
-                } else {
-                    std::memcpy(row, tl_dynamic.data + at, 16);
-                }
-                for (int j = 0; j < 8; ++j) {
-                    const int r = 8 * c + (mn_major ? j : i), k = 8 * h + (mn_major ? i : j);
-                    out[r * 16 + k] = row[j];
-                }
-            }
-}
-// Both operands of an m64nNk16 (A's 64 rows, then B's n) into a buffer of this OS thread (no fiber
-// switches in between), and the hash of their bits.
+// An m64nNk16's operands as the tensor cores read them: for each descriptor, the core matrices of
+// its rows (64 for A, N for B; 8 rows x 16 K values each, 8 rows of 16 contiguous bytes at
+// (r / 8) SBO + (k / 8) LBO + row i of 16 bytes) . K-major, the 16 bytes of row i are row r = 8 c + i's
+// k .. k + 7; M/N-major (mn_major), rows r .. r + 7 at k = 8 h + i. Both layouts read the same
+// 16-byte rows: only their meaning differs.
 constexpr int kWgmmaMaxN = 256;
-inline const uint16_t* wgmma_operands(uint64_t a, uint64_t b, int n, bool mn_major, uint64_t& hash) {
-    thread_local uint16_t bits[(64 + kWgmmaMaxN) * 16];
-    if (n <= 0 || n > kWgmmaMaxN || n % 8 != 0) report("a wgmma with an N the emulation does not take");
-    n = std::min(std::max(n, 0), kWgmmaMaxN);
-    wgmma_operand(a, 64, mn_major, bits);
-    wgmma_operand(b, n, mn_major, bits + 64 * 16);
-    // FNV-1a over 8-byte words in four independent lanes (a serial chain over 2-byte values took
-    // most of the emulated kernels' time), then the lanes combined.
+template <class RowFn>  // row(operand 0 or 1, core matrix c, K half h, row i, 16 bytes or null outside)
+inline void wgmma_rows(uint64_t a, uint64_t b, int n, RowFn row) {
+    for (int operand = 0; operand < 2; ++operand) {
+        const uint64_t desc = operand == 0 ? a : b;
+        const int rows = operand == 0 ? 64 : n;
+        const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
+        if ((desc >> 49 & 7) != 0 || (desc >> 62) != 0) report("a wgmma descriptor with a base offset or a swizzle (not emulated)");
+        for (int c = 0; c < rows / 8; ++c)
+            for (int h = 0; h < 2; ++h)
+                for (int i = 0; i < 8; ++i) {
+                    const size_t at = start + c * sbo + h * lbo + i * 16;
+                    const bool inside = at + 16 <= tl_dynamic.bytes;
+                    if (!inside) report("a wgmma operand outside the launch's dynamic shared memory");
+                    row(operand, c, h, i, inside ? tl_dynamic.data + at : nullptr);
+                }
+    }
+}
+// A hash of the operands' bits as they are now (FNV-1a over 8-byte words in four independent
+// lanes, then combined: a serial chain over 2-byte values took most of the emulated kernels' time).
+inline uint64_t wgmma_operands_hash(uint64_t a, uint64_t b, int n) {
     uint64_t lane[4] = {1469598103934665603ull, 1469598103934665603ull ^ 1, 1469598103934665603ull ^ 2, 1469598103934665603ull ^ 3};
-    const int words = (64 + n) * 16 / 4;  // (64 + n) * 16 values, 4 to a word; a multiple of 4 words
-    for (int i = 0; i < words; i += 4)
-        for (int j = 0; j < 4; ++j) {
-            uint64_t word;
-            std::memcpy(&word, bits + 4 * (i + j), 8);
-            lane[j] = (lane[j] ^ word) * 1099511628211ull;
+    int word = 0;
+    wgmma_rows(a, b, n, [&](int, int, int, int, const unsigned char* bytes) {
+        for (int half = 0; half < 2; ++half, ++word) {
+            uint64_t w = ~uint64_t{0};
+            if (bytes) std::memcpy(&w, bytes + 8 * half, 8);
+            lane[word % 4] = (lane[word % 4] ^ w) * 1099511628211ull;
         }
-    hash = lane[0];
+    });
+    uint64_t hash = lane[0];
     for (int j = 1; j < 4; ++j) hash = (hash ^ lane[j]) * 1099511628211ull;
-    return bits;
+    return hash;
+}
+// The operands as floats, A's 64 rows then B's n, each row's 16 K values, for the bits whose hash is
+// `hash`. Every thread of a warpgroup finishes the same instructions, so the decoded operands of the
+// last few are kept (per OS thread) and decoded once, not once per thread.
+struct WgmmaDecoded {
+    uint64_t a = 0, b = 0, hash = 0;
+    int n = 0;
+    bool mn_major = false, filled = false;
+    float values[(64 + kWgmmaMaxN) * 16];
+};
+inline const float* wgmma_decoded(uint64_t a, uint64_t b, int n, bool mn_major, uint64_t hash) {
+    constexpr int kKept = 8;
+    thread_local std::vector<WgmmaDecoded> kept(kKept);
+    thread_local int next = 0;
+    for (const WgmmaDecoded& d : kept)
+        if (d.filled && d.hash == hash && d.a == a && d.b == b && d.n == n && d.mn_major == mn_major) return d.values;
+    WgmmaDecoded& d = kept[static_cast<size_t>(next)];
+    next = (next + 1) % kKept;
+    d.a = a, d.b = b, d.n = n, d.hash = hash, d.mn_major = mn_major, d.filled = true;
+    wgmma_rows(a, b, n, [&](int operand, int c, int h, int i, const unsigned char* bytes) {
+        uint16_t bits[8];
+        if (bytes)
+            std::memcpy(bits, bytes, 16);
+        else
+            std::fill(bits, bits + 8, uint16_t{0xFFFF});
+        float* const out = d.values + (operand == 0 ? 0 : 64 * 16);
+        for (int j = 0; j < 8; ++j) {
+            const int r = 8 * c + (mn_major ? j : i), k = 8 * h + (mn_major ? i : j);
+            const uint32_t u = static_cast<uint32_t>(bits[j]) << 16;
+            std::memcpy(&out[r * 16 + k], &u, 4);
+        }
+    });
+    return d.values;
 }
 inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate, bool mn_major) {
     Fiber& f = *tl_scheduler->current;
     if (tl_scheduler->threads % 128 != 0) report("wgmma in a block that is not whole warpgroups (128 threads)");
     if (!f.mma_fenced) report("wgmma.mma_async without a wgmma.fence since the accumulators were last accessed");
-    WgmmaOp op{d, n, a, b, accumulate, mn_major, 0};
-    wgmma_operands(a, b, n, mn_major, op.issued);
-    f.open_mma.push_back(op);
+    if (n <= 0 || n > kWgmmaMaxN || n % 8 != 0) report("a wgmma with an N the emulation does not take");
+    n = std::min(std::max(n / 8 * 8, 8), kWgmmaMaxN);
+    f.open_mma.push_back(WgmmaOp{d, n, a, b, accumulate, mn_major, wgmma_operands_hash(a, b, n)});
 }
 inline void wgmma_commit() {
     Fiber& f = *tl_scheduler->current;
@@ -354,24 +379,16 @@ inline void wgmma_commit() {
 // that changed in between (not yet written by every thread at the issue, or overwritten before the
 // wait) gives a wrong result there, so here it is a violation.
 inline void wgmma_apply(const WgmmaOp& op, unsigned thread) {
-    uint64_t now = 0;
-    const uint16_t* const bits = wgmma_operands(op.a, op.b, op.n, op.mn_major, now);
+    const uint64_t now = wgmma_operands_hash(op.a, op.b, op.n);
     if (now != op.issued) report("the shared memory a wgmma reads changed between its issue and its wait");
-    const auto value = [&](int i) {
-        const uint32_t u = static_cast<uint32_t>(bits[i]) << 16;
-        float v;
-        std::memcpy(&v, &u, 4);
-        return v;
-    };
-    const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32), n = std::min(op.n, kWgmmaMaxN);
-    float rows[2][16];  // this thread's two rows of A
-    for (int h = 0; h < 2; ++h)
-        for (int k = 0; k < 16; ++k) rows[h][k] = value((16 * w + l / 4 + 8 * h) * 16 + k);
-    for (int j = 0; j < n / 8; ++j)
+    const float* const v = wgmma_decoded(op.a, op.b, op.n, op.mn_major, now);
+    const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32);
+    const float* const rows[2] = {v + (16 * w + l / 4) * 16, v + (16 * w + l / 4 + 8) * 16};  // this thread's two rows of A
+    for (int j = 0; j < op.n / 8; ++j)
         for (int e = 0; e < 4; ++e) {
-            const int c = 8 * j + 2 * (l % 4) + e % 2;
+            const float* const col = v + (64 + 8 * j + 2 * (l % 4) + e % 2) * 16;
             float sum = 0;
-            for (int k = 0; k < 16; ++k) sum += rows[e / 2][k] * value((64 + c) * 16 + k);
+            for (int k = 0; k < 16; ++k) sum += rows[e / 2][k] * col[k];
             op.d[4 * j + e] = (op.accumulate ? op.d[4 * j + e] : 0.0f) + sum;
         }
 }

@@ -62,10 +62,10 @@ for config in ("generic-fp32", "vector-bf16"):
     assert len(launches) == 1, launches
     # The defense also with bfloat16 activations, with both tiles of the asynchronous-copy kernel and
     # the warpgroup-MMA kernel (both pipelines), and the training step with the 256 x 128 tile and the
-    # warpgroup-MMA kernel (ops.cuh AsyncTileShape): the vector-bf16 configuration only.
+    # warpgroup-MMA kernel (both pipelines; ops.cuh AsyncTileShape): the vector-bf16 configuration only.
     fast = ("defense_forward_bf16_storage", "defense_forward_bf16_storage_cols128", "defense_forward_bf16_storage_wgmma",
             "defense_forward_bf16_storage_wgmma_inflight", "defense_forward_bf16_storage_l1", "defense_forward_bf16_storage_wgmma_l1",
-            "training_step_cols128", "training_step_wgmma", "training_step_wgmma_l1")
+            "training_step_cols128", "training_step_wgmma", "training_step_wgmma_inflight", "training_step_wgmma_l1")
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
