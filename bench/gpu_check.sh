@@ -138,7 +138,21 @@ rows = ["batch   pin fp32   pin tf32   pin bf16 | PyTorch+cuDNN fp32   tf32   (t
 for b in sorted({k[1] for k in list(train) + list(torch_train)}):
     rows.append("%5d %10.0f %10.0f %10.0f | %18.0f %6.0f" % (b, g(train, "fp32", b), g(train, "tf32", b), g(train, "bf16", b),
                 g(torch_train, "fp32", b), g(torch_train, "tf32", b)))
+
+def fastest(path, prefix):
+    """Per batch, the stage of `prefix` with the most images/s, and its configuration: the settings
+    to make the defaults (stage names say storage, tile, pipeline and caching; docs/gpu.md)."""
+    best = {}
+    for line in open(path):
+        if line.startswith("{"):
+            j = json.loads(line)
+            if j.get("stage", "").startswith(prefix) and "images_per_second" in j and j["images_per_second"] > best.get(j["batch"], (0,))[0]:
+                best[j["batch"]] = (j["images_per_second"], "%s-%s %s" % (j.get("gather"), j.get("math"), j["stage"]))
+    return ["fastest at batch %d: %s (%.0f images/s)" % (b, best[b][1], best[b][0]) for b in sorted(best)]
+rows += fastest(out + "/bench.txt", "training_step")
 open(out + "/train_table.txt", "w").write("\n".join(rows) + "\n")
+with open(out + "/table.txt", "a") as t:
+    t.write("\n".join(fastest(out + "/bench.txt", "defense_forward")) + "\n")
 PY
 log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc"
 echo
