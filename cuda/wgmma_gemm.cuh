@@ -179,7 +179,8 @@ struct WgmmaConvOperands {
 // Both operands are contiguous along M and N at a pixel, so they go to shared memory M/N-major
 // (WgmmaMnMajorTile) in 16-byte copies of 8 channels. Thread t copies for pixel t / 4 of each slice
 // the row chunks t % 4 + 4 i of A (its taps and channels fixed for the launch) and the column chunks
-// t % 4 + 4 j of B (a warp: 8 pixels x 64 contiguous bytes of each operand), and walks its pixel by
+// t % 4 + 4 j of B (a warp: 8 pixels x 64 contiguous bytes of dy, and of x where C is a multiple
+// of 32, the chunks then in one tap), and walks its pixel by
 // 64 a slice with carries into rows and images instead of a division. Requires (fits()): C and N
 // multiples of 8, both sources 16-byte aligned.
 template <class T>
