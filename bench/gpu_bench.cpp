@@ -344,10 +344,14 @@ int main(int argc, char** argv) {
             constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice;
             constexpr auto kL1 = pin::cuda::GatherCaching::L1;
             auto with_tile128 = [&](auto f) { return with_tile(pin::cuda::AsyncTileShape::Cols128, f); };
+            // A pass on the warpgroup-MMA kernel with each pipeline.
+            auto time_wgmma_pipelines = [&](auto f, double& wait, double& inflight) {
+                wait = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
+                inflight = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::OneSliceInFlight);
+            };
             // The forward pass on the warpgroup-MMA kernel with each pipeline, and with L1 caching.
             auto time_wgmma = [&](AsyncTimes& a, auto f) {
-                a.fwd_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
-                a.fwd_wgmma_inflight = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::OneSliceInFlight);
+                time_wgmma_pipelines(f, a.fwd_wgmma, a.fwd_wgmma_inflight);
                 a.fwd_wgmma_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, kWait, kL1);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
@@ -399,11 +403,7 @@ int main(int argc, char** argv) {
                     a.fwd_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, forward, kWait, kL1);
                     a.wgrad_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, weight_gradient, kWait, kL1);
                     if (wgmma && l.cout % 64 == 0) a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
-                    if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) {
-                        a.wgrad_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, weight_gradient);
-                        a.wgrad_wgmma_inflight =
-                            with_tile(pin::cuda::AsyncTileShape::Wgmma, weight_gradient, pin::cuda::WgmmaPipeline::OneSliceInFlight);
-                    }
+                    if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) time_wgmma_pipelines(weight_gradient, a.wgrad_wgmma, a.wgrad_wgmma_inflight);
                     if (l.cout % 128 == 0) {
                         a.fwd128 = with_tile128(forward);
                         a.wgrad128 = with_tile128(weight_gradient);

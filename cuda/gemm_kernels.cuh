@@ -752,6 +752,13 @@ PIN_UNROLL
 // The weight gradients' per-thread walk over the gather (AsyncWeightGradOperands here,
 // WgmmaWeightGradOperands in wgmma_gemm.cuh): a row m = (kh, kw, c) decoded once per launch into
 // its tap and offset, and an output pixel that moves by a whole slice each time.
+// What both weight-gradient operand forms require: 16-byte copies of 8 input channels (C % 8) and
+// of 8 output channels (N % 8), rows (tap, channel) exactly, 32-bit tap offsets (WeightGradRow),
+// both sources 16-byte aligned.
+inline bool weight_grad_fits(const Gather<false, Bf16>& la, const Bf16* dy, int64_t M, int64_t N) {
+    return la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 && la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) &&
+           aligned16(dy);
+}
 struct WeightGradRow {
     int tap_offset;  // (kh W + kw) C + c: 32-bit (< k W C, the operands' fits() bound it); with
                      // 64-bit offsets ptxas spilled at the launch bounds' 128 registers
@@ -841,10 +848,7 @@ PIN_UNROLL
         r.k += kWideDepth;  // the same pixel walk: ow by 32, carried into rows and images
         r.pixel.advance(la);
     }
-    bool fits(int64_t M, int64_t N, int64_t, int64_t) const {
-        return la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 && la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) &&
-               aligned16(dy);
-    }
+    bool fits(int64_t M, int64_t N, int64_t, int64_t) const { return weight_grad_fits(la, dy, M, N); }
 };
 
 // Launched with T::smem_bytes of dynamic shared memory (PIN_LAUNCH_SHARED), a grid of T::rows x

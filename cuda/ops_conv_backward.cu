@@ -48,8 +48,7 @@ void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, 
         // AsyncTileShape::Wgmma asks for it and it applies, else on the asynchronous-copy kernel.
         const Gather<false, Bf16> gx{static_cast<const Bf16*>(x.data), Ho, Wo, s.in_h, s.in_w, s.in_c, K, s.stride, s.padding};
         const Bf16* const dyb = static_cast<const Bf16*>(dy.data);
-        if (async_mode() && async_tile() == AsyncTileShape::Wgmma &&
-            internal::conv_weight_grad_wgmma(gx, dyb, s.out_c, P, dw, "conv2d_backward_weight", shape_of(s)))
+        if (wgmma_requested() && internal::conv_weight_grad_wgmma(gx, dyb, s.out_c, P, dw, "conv2d_backward_weight", shape_of(s)))
             return;
         const AsyncWeightGradOperands<> ops{gx, dyb, gather_l1()};
         const int64_t M = K * K * s.in_c, N = s.out_c;

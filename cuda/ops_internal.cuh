@@ -300,6 +300,9 @@ inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode()
 inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
 // Whether the gathered operands' copies go through L1 too (ops.cuh GatherCaching).
 inline bool gather_l1() { return gather_caching() == GatherCaching::L1; }
+// Whether the warpgroup-MMA kernel is asked for (AsyncTileShape::Wgmma, in the asynchronous-copy
+// kernel's modes); whether it can run on this device and these operands, its launchers decide.
+inline bool wgmma_requested() { return async_mode() && async_tile() == AsyncTileShape::Wgmma; }
 // The convolution epilogue behind a GEMM's store, if it has one the warpgroup-MMA kernel can take:
 // a ConvStore itself (direct and stride-1 transposed gathers) or one behind the sub-pixel classes'
 // row mapping.
@@ -325,7 +328,7 @@ internal::ConvOutput conv_output(const ConvStore<Y>& st) {
 template <class LoadA, class Store>
 inline bool launch_wgmma_conv(int64_t M, int64_t N, int64_t K, const LoadA& la, const Bf16* wk, int64_t ldk, const Store& st,
                               const char* name, const std::string& shape) {
-    if (!wk || !async_mode() || async_tile() != AsyncTileShape::Wgmma) return false;
+    if (!wk || !wgmma_requested()) return false;
     if constexpr (WgmmaEpilogue<Store, LoadA>::value)
         return internal::conv_wgmma(la, M, N, K, wk, ldk, conv_output(WgmmaEpilogue<Store, LoadA>::of(st)), name, shape);
     else

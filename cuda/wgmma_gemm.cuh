@@ -224,8 +224,7 @@ struct WgmmaWeightGradOperands {
         r.pixel.advance(la);
     }
     bool fits(int64_t M, int64_t N, int64_t K) const {
-        return M > 0 && N > 0 && K > 0 && la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 &&
-               la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) && aligned16(dy);
+        return M > 0 && N > 0 && K > 0 && weight_grad_fits(la, dy, M, N);
     }
 };
 

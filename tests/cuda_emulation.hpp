@@ -175,6 +175,7 @@ struct Fiber {
     std::deque<std::vector<AsyncCopy>> copy_groups;  // committed, not yet landed (oldest first)
     std::vector<WgmmaOp> open_mma;                   // wgmma issued since the last commit
     std::deque<std::vector<WgmmaOp>> mma_groups;     // committed, not yet done
+    std::vector<WgmmaOp> spare_mma;                  // a finished group's storage, for the next open group
     bool mma_fenced = false;                         // a wgmma_fence since the last wait (or the start)
     char* stack = nullptr;
     size_t stack_size = 0;
@@ -371,6 +372,7 @@ inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate,
 inline void wgmma_commit() {
     Fiber& f = *tl_scheduler->current;
     f.mma_groups.push_back(std::move(f.open_mma));
+    f.open_mma = std::move(f.spare_mma);  // reuse a finished group's storage (an allocation per slice otherwise)
     f.open_mma.clear();
 }
 // Finishes one thread's share of an m64nNk16: rows 16 w + l / 4 and + 8, columns 8 j + 2 (l % 4) and + 1
@@ -396,6 +398,7 @@ inline void wgmma_wait(int pending) {
     Fiber& f = *tl_scheduler->current;
     while (static_cast<int>(f.mma_groups.size()) > pending) {
         for (const WgmmaOp& op : f.mma_groups.front()) wgmma_apply(op, f.linear);
+        f.spare_mma = std::move(f.mma_groups.front());
         f.mma_groups.pop_front();
     }
     f.mma_fenced = false;

@@ -141,14 +141,17 @@ struct Bf16Upload {
     pin::cuda::DeviceBuffer buffer;
     Tensor rounded;  // the values the GPU reads, as fp32
 };
+// t's values rounded to bfloat16 (as the GPU reads them), as fp32.
+inline Tensor bf16_rounded(const Tensor& t) {
+    Tensor r = t.clone();
+    for (int64_t i = 0; i < r.numel(); ++i) r.data()[i] = pin::cuda::to_float(pin::cuda::to_bf16(r.data()[i]));
+    return r;
+}
 inline Bf16Upload to_gpu_bf16(const Tensor& t) {
     const int64_t n = t.numel();
     std::vector<pin::cuda::Bf16> bits(static_cast<size_t>(n + 1), pin::cuda::Bf16{0});
-    Bf16Upload u{pin::cuda::DeviceBuffer(static_cast<size_t>((n + 1) / 2)), t.clone()};
-    for (int64_t i = 0; i < n; ++i) {
-        bits[static_cast<size_t>(i)] = pin::cuda::to_bf16(t.data()[i]);
-        u.rounded.data()[i] = pin::cuda::to_float(bits[static_cast<size_t>(i)]);
-    }
+    for (int64_t i = 0; i < n; ++i) bits[static_cast<size_t>(i)] = pin::cuda::to_bf16(t.data()[i]);
+    Bf16Upload u{pin::cuda::DeviceBuffer(static_cast<size_t>((n + 1) / 2)), bf16_rounded(t)};
     u.buffer.upload(reinterpret_cast<const float*>(bits.data()), static_cast<size_t>((n + 1) / 2));
     return u;
 }

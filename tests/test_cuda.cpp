@@ -644,7 +644,7 @@ std::vector<float> bf16_conv_passes(bool kmajor, int64_t (&cached)[3]) {
     const pin::cuda::ConvShape s{2, 9, 7, 64, 128, 3, 1, 1, 0};
     const int64_t K = 9 * 64, n = 2 * 9 * 7 * 128, nx = 2 * 9 * 7 * 64;
     const Bf16Upload ux = to_gpu_bf16(rnd({2, 64, 9, 7}, 51)), udy = to_gpu_bf16(rnd({2, 128, 9, 7}, 53));
-    const pin::cuda::DeviceBuffer gw = to_gpu(to_gpu_bf16(rnd({128, 64, 3, 3}, 52, Layout::NCHW)).rounded);
+    const pin::cuda::DeviceBuffer gw = to_gpu(bf16_rounded(rnd({128, 64, 3, 3}, 52, Layout::NCHW)));
     const pin::cuda::DeviceBuffer wp = pin::cuda::pack_conv2d_forward_weight(gw.data(), s), wb = pin::cuda::pack_bf16(wp.data(), K * 128),
                                   wk = pin::cuda::pack_bf16_kmajor(wp.data(), K, 128);
     pin::cuda::DeviceBuffer gy(static_cast<size_t>(n)), gdx(static_cast<size_t>(nx)), gdw(static_cast<size_t>(K * 128));

@@ -62,14 +62,25 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
 #if defined(PIN_HAVE_CUDA)
     if (device != "cuda") return;
     namespace pc = pin::cuda;
-    const std::string m = o.get("gpu-math", "fp32"), g = o.get("gpu-gather", "generic"), st = o.get("gpu-storage", "fp32"),
-                      t = o.get("gpu-tile", "64"), pl = o.get("gpu-pipeline", "wait"), gc = o.get("gpu-gather-cache", "l2");
-    pc::set_math_mode(m == "bf16" ? pc::MathMode::BF16 : m == "tf32" ? pc::MathMode::TF32 : pc::MathMode::FP32);
-    pc::set_gather_mode(g == "vector" ? pc::GatherMode::Vector : g == "rows" ? pc::GatherMode::Rows : pc::GatherMode::Generic);
-    pc::set_activation_storage(st == "bf16" ? pc::ActivationStorage::BF16 : pc::ActivationStorage::FP32);
-    pc::set_async_tile(t == "wgmma" ? pc::AsyncTileShape::Wgmma : t == "128" ? pc::AsyncTileShape::Cols128 : pc::AsyncTileShape::Cols64);
-    pc::set_wgmma_pipeline(pl == "inflight" ? pc::WgmmaPipeline::OneSliceInFlight : pc::WgmmaPipeline::WaitEachSlice);
-    pc::set_gather_caching(gc == "l1" ? pc::GatherCaching::L1 : pc::GatherCaching::L2);
+    // Each flag's value as its index in gpu_settings()'s list (checked above), and the enum values
+    // in that list's order.
+    auto choice = [&](const std::string& flag) {
+        const GpuSetting& s = *std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return g.flag == flag; });
+        const std::string v = o.get(s.flag, s.values[0]);
+        return static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin());
+    };
+    static constexpr pc::MathMode math[] = {pc::MathMode::FP32, pc::MathMode::TF32, pc::MathMode::BF16};
+    static constexpr pc::GatherMode gather[] = {pc::GatherMode::Generic, pc::GatherMode::Rows, pc::GatherMode::Vector};
+    static constexpr pc::ActivationStorage storage[] = {pc::ActivationStorage::FP32, pc::ActivationStorage::BF16};
+    static constexpr pc::AsyncTileShape tile[] = {pc::AsyncTileShape::Cols64, pc::AsyncTileShape::Cols128, pc::AsyncTileShape::Wgmma};
+    static constexpr pc::WgmmaPipeline pipeline[] = {pc::WgmmaPipeline::WaitEachSlice, pc::WgmmaPipeline::OneSliceInFlight};
+    static constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::GatherCaching::L1};
+    pc::set_math_mode(math[choice("gpu-math")]);
+    pc::set_gather_mode(gather[choice("gpu-gather")]);
+    pc::set_activation_storage(storage[choice("gpu-storage")]);
+    pc::set_async_tile(tile[choice("gpu-tile")]);
+    pc::set_wgmma_pipeline(pipeline[choice("gpu-pipeline")]);
+    pc::set_gather_caching(caching[choice("gpu-gather-cache")]);
 #endif
 }
 // "math M gather G storage S tile T pipeline P gather-cache C" with the defaults filled in: results depend on them (caches
