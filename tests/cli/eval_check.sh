@@ -10,29 +10,7 @@ manifest=${3:?usage: eval_check.sh PATH_TO_PIN WORK_DIR RECOGNIZER_MANIFEST}
 [ -f "$manifest" ] || { echo "SKIPPED: $manifest missing (./setup.sh fetches the face-api weights)"; exit 77; }
 rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-python3 - "$work/data" <<'PY'
-import math, os, random, struct, sys, zlib
-root = sys.argv[1]
-rng = random.Random(3)
-def png(path, px):
-    raw = b"".join(b"\x00" + bytes(px[y * 112:(y + 1) * 112]) for y in range(112))
-    ch = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))
-    open(path, "wb").write(b"\x89PNG\r\n\x1a\n" + ch(b"IHDR", struct.pack(">IIBBBBB", 112, 112, 8, 0, 0, 0, 0)) +
-                           ch(b"IDAT", zlib.compress(raw)) + ch(b"IEND", b""))
-people = ["Person_%c" % chr(65 + i) for i in range(8)]
-for p in people:
-    os.makedirs(os.path.join(root, "images", p))
-    a, b = rng.uniform(0.03, 0.15), rng.uniform(0, 6)
-    for k in (1, 2):
-        px = [max(0, min(255, int(128 + 70 * math.sin(a * x + b) * math.cos(a * y) + rng.gauss(0, 6)))) for y in range(112) for x in range(112)]
-        png(os.path.join(root, "images", p, "%s_%04d.png" % (p, k)), px)
-with open(os.path.join(root, "pairs.txt"), "w") as f:
-    f.write("1\t4\n")
-    for p in people[:4]:
-        f.write("%s\t1\t2\n" % p)
-    for i in range(4):
-        f.write("%s\t1\t%s\t2\n" % (people[4 + i], people[(5 + i) % 8]))
-PY
+python3 "$(dirname "$0")/make_pairs.py" "$work/data" 8
 q="--no-progress --threads 2 --recognizer $manifest --data $work/data"
 "$pin" eval $q --json "$work/none.json" > "$work/none.log" 2>&1 || { cat "$work/none.log"; fail "pin eval (clean)"; }
 python3 - "$work/none.json" <<'PY' || fail "JSON fields"
@@ -65,45 +43,8 @@ PY
 if grep -q "CUDA kernels     built" "$work/info"; then
   grep -qE "^  CUDA device      (none usable: .+|.+ \(--device cuda)" "$work/info" || { cat "$work/info"; fail "pin info: no CUDA device line"; }
 fi
-# --device cuda: the PIN defense's forward on the GPU gives the CPU's scores (same masks, faces
-# within float rounding); without a GPU a message saying why and exit 1; a defense the GPU does not
-# run, or another command, is a usage error (exit 2).
-"$pin" eval $q --defense pin --model "$work/model" --seed 3 --json "$work/pin_cpu.json" >/dev/null 2>&1 || fail "eval through PIN (cpu)"
-if "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --json "$work/pin_gpu.json" > "$work/gpu.log" 2>&1; then
-  python3 - "$work/pin_cpu.json" "$work/pin_gpu.json" <<'PY' || fail "pin eval --device cuda differs from the CPU"
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-assert b["device"] == "cuda" and a["device"] == "cpu"
-assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 1e-3, (a["scores"], b["scores"])
-PY
-  echo "pin eval --device cuda matches the CPU"
-  # The fast settings (bfloat16 operands and activations, the vector kernels): the same pairs, scores
-  # within bfloat16's rounding of the defended faces, the settings in the JSON.
-  # Both wider tiles: 256 x 128, and the warpgroup-MMA kernel (on an H100 / H200; elsewhere the
-  # 256 x 64 tile runs in its place), there with its other pipeline and the gathered copies
-  # through L1.
-  for tile in 128 wgmma; do
-    extra=""
-    [ $tile = wgmma ] && extra="--gpu-pipeline inflight --gpu-gather-cache l1"
-    # shellcheck disable=SC2086  # $extra: two options or none
-    "$pin" eval $q --defense pin --model "$work/model" --seed 3 --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 \
-      --gpu-tile $tile $extra --json "$work/pin_gpu_bf16.json" > "$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin eval --device cuda with the bf16 settings, tile $tile"; }
-    python3 - "$work/pin_cpu.json" "$work/pin_gpu_bf16.json" "$tile" <<'PY' || fail "pin eval --device cuda (bf16, vector, tile $tile) differs from the CPU"
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-assert (b["gpu_math"], b["gpu_gather"], b["gpu_storage"], b["gpu_tile"]) == ("bf16", "vector", "bf16", sys.argv[3]), b
-wgmma = sys.argv[3] == "wgmma"
-assert (b["gpu_pipeline"], b["gpu_gather_cache"]) == (("inflight", "l1") if wgmma else ("wait", "l2")), b
-assert len(a["scores"]) == len(b["scores"])
-assert max(abs(x - y) for x, y in zip(a["scores"], b["scores"])) < 3e-2, (a["scores"], b["scores"])
-PY
-    echo "pin eval --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile $tile follows the CPU"
-  done
-else
-  [ $? = 1 ] || fail "pin eval --device cuda without a GPU: expected exit 1"
-  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
-  echo "pin eval --device cuda: $(tail -1 "$work/gpu.log") (GPU comparison skipped)"
-fi
+# --device cuda end to end (the GPU's scores against the CPU's): tests/cli/gpu_cli_check.sh. Here
+# the usage errors: a defense the GPU does not run, another command, bad or misplaced --gpu-* values.
 set +e
 "$pin" eval $q --defense jpeg-50 --device cuda > "$work/msg" 2>&1; rc=$?
 set -e

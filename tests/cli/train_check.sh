@@ -46,30 +46,9 @@ done
   || fail "pin defend with the exported model"
 "$pin" defend --model "$work/agent_c_local" --mode expectation --in "$work/faces/person_00" --out "$work/def_full" $q >/dev/null 2>&1 \
   || fail "pin defend (expectation) with the trained model"
-# An 8-bit gray PNG decoder for the comparisons below (IDAT, zlib, undo each row's filter).
-cat > "$work/png_gray.py" <<'PY'
-import zlib
-def gray(path):  # an 8-bit gray PNG: IDAT, zlib, then undo each row's filter
-    data = open(path, "rb").read(); i = 8; idat = b""; width = height = 0
-    while i < len(data):
-        n = int.from_bytes(data[i:i + 4], "big"); t = data[i + 4:i + 8]
-        if t == b"IHDR": width, height = int.from_bytes(data[i + 8:i + 12], "big"), int.from_bytes(data[i + 12:i + 16], "big")
-        if t == b"IDAT": idat += data[i + 8:i + 8 + n]
-        i += 12 + n
-    raw, out, prev = zlib.decompress(idat), [], [0] * width
-    for y in range(height):
-        f, row = raw[y * (width + 1)], list(raw[y * (width + 1) + 1:(y + 1) * (width + 1)])
-        for x in range(width):
-            a, b, c = (row[x - 1] if x else 0), prev[x], (prev[x - 1] if x else 0)
-            pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
-            pred = [0, a, b, (a + b) // 2, a if pa <= pb and pa <= pc else (b if pb <= pc else c)][f]
-            row[x] = (row[x] + pred) & 255
-        out += row; prev = row
-    return out
-PY
-python3 - "$work" <<'PY' || fail "exported model: size or defended faces"
+python3 - "$work" "$(dirname "$0")" <<'PY' || fail "exported model: size or defended faces"
 import os, sys
-sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[2])
 w = sys.argv[1]
 size = lambda d: sum(os.path.getsize(os.path.join(w, d, f)) for f in ("agent.safetensors", "eigenbasis.safetensors"))
 assert size("exported") < 0.6 * size("agent_c_local"), (size("exported"), size("agent_c_local"))
@@ -81,69 +60,10 @@ for n in names:
     assert len(a) == len(b) == 112 * 112
     assert max(abs(x - y) for x, y in zip(a, b)) <= 3, (n, max(abs(x - y) for x, y in zip(a, b)))
 PY
-# --device cuda: on a machine with a GPU the same masks and faces as the CPU (within 2 gray levels);
-# without one, a message saying why and a non-zero exit.
-"$pin" defend --model "$work/agent_c_local" --in "$work/faces/person_00" --out "$work/def_cpu" --seed 5 $q >/dev/null 2>&1 \
-  || fail "pin defend (cpu, seed 5)"
-if "$pin" defend --model "$work/agent_c_local" --in "$work/faces/person_00" --out "$work/def_gpu" --seed 5 --device cuda $q \
-     > "$work/gpu.log" 2>&1; then
-  python3 - "$work" <<'PY' || fail "pin defend --device cuda differs from the CPU"
-import os, sys
-sys.path.insert(0, sys.argv[1])
-from png_gray import gray
-w = sys.argv[1]
-for n in sorted(os.listdir(os.path.join(w, "def_cpu"))):
-    a, b = gray(os.path.join(w, "def_cpu", n)), gray(os.path.join(w, "def_gpu", n))
-    assert max(abs(x - y) for x, y in zip(a, b)) <= 2, n
-PY
-  echo "pin defend --device cuda matches the CPU"
-else
-  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
-  echo "pin defend --device cuda: $(tail -1 "$work/gpu.log") (GPU comparison skipped)"
-fi
-# pin train --device cuda: the whole step on the GPU. With a GPU its log follows the CPU run's (same
-# masks; costs, kept counts and gradient norms within float rounding) and a run resumed on the GPU
-# equals the uninterrupted GPU run byte for byte; without one, a message saying why and exit 1.
+# --device cuda end to end (defend, train, eval on the GPU against the CPU): tests/cli/gpu_cli_check.sh.
+# Here only the settings a GPU run refuses before it starts.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/checkpoint.safetensors --basis $work/basis.safetensors
     --batch 4 --masks 6 --estimator local --lambda 0.01 --epochs 2 --flip $q"
-if $tr --out "$work/agent_gpu_c" --device cuda > "$work/gputrain.log" 2>&1; then
-  $tr --out "$work/agent_gpu_b" --steps 1 --device cuda >/dev/null 2>&1 || fail "train --device cuda (first part)"
-  $tr --out "$work/agent_gpu_b" --resume --device cuda >/dev/null 2>&1 || fail "train --device cuda --resume"
-  cmp -s "$work/agent_gpu_b/checkpoint.safetensors" "$work/agent_gpu_c/checkpoint.safetensors" || fail "resumed GPU training run differs"
-  python3 - "$work/agent_c_local/log.csv" "$work/agent_gpu_c/log.csv" <<'PY' || fail "pin train --device cuda does not follow the CPU run"
-import csv, sys
-a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
-assert len(a) == len(b) > 0, (len(a), len(b))
-for ra, rb in zip(a, b):
-    for col, tol in (("mean_cost", 1e-3), ("mean_kept", 1e-9), ("grad_norm", 1e-2)):
-        x, y = float(ra[col]), float(rb[col])
-        assert abs(x - y) <= tol * max(abs(x), 1e-12), (ra["step"], col, x, y)
-print("pin train --device cuda follows the CPU run over", len(a), "steps")
-PY
-  # The fast settings: bfloat16 operands (p, so a few masks, differ by bfloat16's rounding), the
-  # frozen DAE's activations in bfloat16, with both wider tiles where they apply (256 x 128, and
-  # the warpgroup-MMA kernel on an H100 / H200, elsewhere the 256 x 64 tile in its place); the run
-  # follows the CPU's within a few per cent.
-  for tile in 128 wgmma; do
-    $tr --out "$work/agent_gpu_bf16_$tile" --device cuda --gpu-math bf16 --gpu-gather vector --gpu-storage bf16 --gpu-tile $tile \
-      > "$work/gputrain.log" 2>&1 \
-      || { cat "$work/gputrain.log"; fail "train --device cuda with the bf16 settings, tile $tile"; }
-    python3 - "$work/agent_c_local/log.csv" "$work/agent_gpu_bf16_$tile/log.csv" "$tile" <<'PY' || fail "pin train --device cuda (bf16, tile $tile) does not follow the CPU run"
-import csv, sys
-a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
-assert len(a) == len(b) > 0, (len(a), len(b))
-for ra, rb in zip(a, b):
-    for col in ("mean_cost", "mean_kept"):
-        x, y = float(ra[col]), float(rb[col])
-        assert abs(x - y) <= 5e-2 * max(abs(x), 1e-12), (ra["step"], col, x, y)
-print("pin train --device cuda (bf16, vector, tile", sys.argv[3] + ") follows the CPU run over", len(a), "steps")
-PY
-  done
-else
-  [ $? = 1 ] || fail "pin train --device cuda without a GPU: expected exit 1"
-  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gputrain.log" || fail "train --device cuda failed without saying why: $(cat "$work/gputrain.log")"
-  echo "pin train --device cuda: $(tail -1 "$work/gputrain.log") (GPU comparison skipped)"
-fi
 $tr --out "$work/bad_dev" --device tpu >"$work/msg" 2>&1 && fail "--device tpu accepted"
 grep -q "must be cpu or cuda" "$work/msg" || { cat "$work/msg"; fail "no message for --device tpu"; }
 $tr --out "$work/bad_dev" --device cuda --gpu-storage fp16 >"$work/msg" 2>&1 && fail "--gpu-storage fp16 accepted"

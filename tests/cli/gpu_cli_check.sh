@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# `--device cuda` end to end: pin defend, pin train (and --resume) and pin eval on the GPU against
+# the same program on the CPU, with the default settings (fp32) and the fast ones (bfloat16
+# operands and activations, the vector gather; the 256 x 128 tile, and the warpgroup-MMA kernel with
+# each pipeline and gather caching). PIN is `pin` on a machine with a GPU (without a usable device
+# the script checks that --device cuda says why and exits 1, then skips: 77), or `pin-emulated`,
+# the same program on the CPU emulation of CUDA (every CI run: about 6 minutes, so the data are
+# tiny: 8 faces, 6 eigenfaces, batch 2, two training steps). The eval part needs the face-api
+# weights (MANIFEST; skipped without them).
+set -euo pipefail
+pin=${1:?usage: gpu_cli_check.sh PATH_TO_PIN WORK_DIR [RECOGNIZER_MANIFEST]}
+work=${2:?usage: gpu_cli_check.sh PATH_TO_PIN WORK_DIR [RECOGNIZER_MANIFEST]}
+manifest=${3:-}
+here=$(cd "$(dirname "$0")" && pwd)
+rm -rf "$work" && mkdir -p "$work"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+q="--no-progress --threads 2"
+fast="--gpu-math bf16 --gpu-gather vector --gpu-storage bf16"
+
+# A model of the real architecture from 4 people x 2 faces (CPU).
+python3 "$here/make_faces.py" "$work/faces" 4 2 11
+"$pin" eigen --data "$work/faces" --split all --count 8 --keep 6 -o "$work/basis.safetensors" >/dev/null 2>&1 || fail "pin eigen"
+"$pin" pretrain-dae --data "$work/faces" --split all --batch 2 --steps 1 --out "$work/dae" $q >/dev/null 2>&1 || fail "pin pretrain-dae"
+tr="$pin train --data $work/faces --split all --dae $work/dae/checkpoint.safetensors --basis $work/basis.safetensors
+    --batch 2 --masks 8 --estimator local --lambda 0.01 $q"
+$tr --out "$work/agent_cpu" --steps 2 >/dev/null 2>&1 || fail "pin train (cpu)"
+
+# pin defend: the GPU's masks and faces are the CPU's (within 2 gray levels) with the defaults.
+defend="$pin defend --model $work/agent_cpu --in $work/faces/person_00 --seed 5 $q"
+$defend --out "$work/def_cpu" >/dev/null 2>&1 || fail "pin defend (cpu)"
+set +e
+$defend --out "$work/def_gpu" --device cuda >"$work/gpu.log" 2>&1
+rc=$?
+set -e
+if [ $rc != 0 ]; then
+  [ $rc = 1 ] || { cat "$work/gpu.log"; fail "pin defend --device cuda without a GPU: exit $rc, expected 1"; }
+  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
+  echo "SKIPPED: $(tail -1 "$work/gpu.log")"
+  exit 77
+fi
+# Defended faces: as many as the CPU's, each within `levels` gray levels of the CPU's at `share` of
+# its pixels or more (1.0: all). With bfloat16 a few mask bits may flip (p within bfloat16 rounding
+# of a uniform draw), moving the face by a whole eigenface.
+same_faces() {  # DIR LEVELS SHARE
+  python3 - "$here" "$work/def_cpu" "$1" "$2" "$3" <<'PY'
+import os, sys
+sys.path.insert(0, sys.argv[1])
+from png_gray import gray
+cpu, gpu, levels, share = sys.argv[2], sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
+names = sorted(os.listdir(cpu))
+assert names and names == sorted(os.listdir(gpu)), (names, os.listdir(gpu))
+for n in names:
+    a, b = gray(os.path.join(cpu, n)), gray(os.path.join(gpu, n))
+    close = sum(abs(x - y) <= levels for x, y in zip(a, b)) / len(a)
+    print("  %s: %.4f of the pixels within %d gray levels of the CPU's, largest difference %d" % (n, close, levels, max(abs(x - y) for x, y in zip(a, b))))
+    assert len(a) == len(b) == 112 * 112 and close >= share, n
+PY
+}
+same_faces "$work/def_gpu" 2 1.0 || fail "pin defend --device cuda differs from the CPU"
+echo "pin defend --device cuda matches the CPU"
+# shellcheck disable=SC2086  # $fast: several options
+$defend --out "$work/def_gpu_fast" --device cuda $fast --gpu-tile 128 >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda $fast --gpu-tile 128"; }
+same_faces "$work/def_gpu_fast" 4 0.9 || fail "pin defend --device cuda $fast --gpu-tile 128 is far from the CPU"
+echo "pin defend --device cuda $fast --gpu-tile 128 follows the CPU"
+
+# pin train: the GPU run's log follows the CPU's (same masks; costs, kept counts and gradient norms
+# within float rounding), and one step + one resumed gives the two-step run's checkpoint, byte for byte.
+$tr --out "$work/agent_gpu" --steps 2 --device cuda >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda"; }
+$tr --out "$work/agent_gpu_resumed" --steps 1 --device cuda >/dev/null 2>&1 || fail "pin train --device cuda (first step)"
+$tr --out "$work/agent_gpu_resumed" --steps 1 --resume --device cuda >/dev/null 2>&1 || fail "pin train --device cuda --resume"
+cmp -s "$work/agent_gpu/checkpoint.safetensors" "$work/agent_gpu_resumed/checkpoint.safetensors" || fail "the resumed GPU training run differs"
+follows() {  # LOG COLUMN:TOLERANCE...
+  python3 - "$work/agent_cpu/log.csv" "$@" <<'PY'
+import csv, sys
+a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
+assert len(a) == len(b) == 2, (len(a), len(b))
+for ra, rb in zip(a, b):
+    for spec in sys.argv[3:]:
+        col, tol = spec.split(":")
+        x, y = float(ra[col]), float(rb[col])
+        print("  step %s %s: cpu %g gpu %g (relative tolerance %s)" % (ra["step"], col, x, y, tol))
+        assert abs(x - y) <= float(tol) * max(abs(x), 1e-12), (ra["step"], col, x, y)
+PY
+}
+follows "$work/agent_gpu/log.csv" mean_cost:1e-3 mean_kept:1e-9 grad_norm:1e-2 || fail "pin train --device cuda does not follow the CPU run"
+echo "pin train --device cuda follows the CPU run; --resume on the GPU gives the same checkpoint"
+# The fast settings on the warpgroup-MMA kernel (elsewhere than an H100 / H200 the 256 x 64 tile
+# runs in its place), its other pipeline, L1 caching: p differs by bfloat16's rounding, so a few of
+# the 16 masks' bits may flip: costs within 5 %, kept counts within 10 %.
+# shellcheck disable=SC2086
+$tr --out "$work/agent_gpu_fast" --steps 2 --device cuda $fast --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 \
+  >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda with the fast settings"; }
+follows "$work/agent_gpu_fast/log.csv" mean_cost:5e-2 mean_kept:1e-1 || fail "pin train --device cuda (fast settings) does not follow the CPU run"
+echo "pin train --device cuda $fast --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 follows the CPU run"
+
+# pin eval: the GPU's scores are the CPU's; the JSON records the device and every setting.
+if [ -z "$manifest" ] || [ ! -f "$manifest" ]; then
+  echo "gpu cli check passed (pin eval part skipped: no face-api weights at '${manifest}'; ./setup.sh fetches them)"
+  exit 0
+fi
+python3 "$here/make_pairs.py" "$work/data" 2
+ev="$pin eval $q --recognizer $manifest --data $work/data --defense pin --model $work/agent_cpu --seed 3"
+$ev --json "$work/eval_cpu.json" >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval (cpu)"; }
+$ev --json "$work/eval_gpu.json" --device cuda >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval --device cuda"; }
+# shellcheck disable=SC2086
+$ev --json "$work/eval_gpu_fast.json" --device cuda $fast --gpu-tile wgmma >"$work/eval.log" 2>&1 \
+  || { cat "$work/eval.log"; fail "pin eval --device cuda with the fast settings"; }
+python3 - "$work/eval_cpu.json" "$work/eval_gpu.json" "$work/eval_gpu_fast.json" <<'PY' || fail "pin eval --device cuda differs from the CPU"
+import json, sys
+cpu, gpu, fast = (json.load(open(p)) for p in sys.argv[1:4])
+assert cpu["device"] == "cpu" and gpu["device"] == fast["device"] == "cuda", (cpu["device"], gpu["device"], fast["device"])
+keys = ("gpu_math", "gpu_gather", "gpu_storage", "gpu_tile", "gpu_pipeline", "gpu_gather_cache")
+assert tuple(gpu[k] for k in keys) == ("fp32", "generic", "fp32", "64", "wait", "l2"), gpu
+assert tuple(fast[k] for k in keys) == ("bf16", "vector", "bf16", "wgmma", "wait", "l2"), fast
+assert len(cpu["scores"]) == len(gpu["scores"]) == len(fast["scores"]) == 2
+for run, tol in ((gpu, 1e-3), (fast, 3e-2)):
+    d = max(abs(x - y) for x, y in zip(cpu["scores"], run["scores"]))
+    print("  scores (%s): largest difference from the CPU's %.3g (tolerance %g)" % (run["gpu_math"], d, tol))
+    assert d < tol, (cpu["scores"], run["scores"])
+PY
+echo "pin eval --device cuda gives the CPU's scores; the JSON records the settings"
+echo "gpu cli check passed"
