@@ -383,6 +383,7 @@ int cmd_defend(const Options& o) {
                 static_cast<long long>(n), defense_name.c_str(), out_dir.c_str());
     if (defense.kind() == pin::model::DefenseKind::PIN) std::printf("; mean eigenfaces kept %.1f", kept / static_cast<double>(n));
     std::printf("\n");
+    if (o.get("device", "cpu") == "cuda") cli::report_gpu_gemm_launches("defend");
     if (failures) {
         std::fprintf(stderr, "pin defend: %lld faces failed (listed above)\n", static_cast<long long>(failures));
         return 1;

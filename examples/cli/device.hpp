@@ -5,8 +5,10 @@
 // CPU.
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "cli/options.hpp"
@@ -90,6 +92,35 @@ inline std::string gpu_settings_tag(const Options& o) {
     for (const GpuSetting& s : gpu_settings())
         tag += std::string(tag.empty() ? "" : " ") + (s.flag + 4) + " " + o.get(s.flag, s.values[0]);
     return tag;
+}
+
+// Which GEMM kernels this process's GPU work has reached (pin::cuda::kernel_launches), by kernel:
+// where a setting does not apply (the warpgroup-MMA kernel off compute capability 9.0, a layer
+// shape a kernel does not take) another kernel runs in its place without a word, so defend, train
+// and eval with --device cuda report them. Empty without CUDA.
+inline std::vector<std::pair<std::string, int64_t>> gpu_gemm_launches() {
+#if defined(PIN_HAVE_CUDA)
+    const pin::cuda::KernelLaunches k = pin::cuda::kernel_launches();
+    return {{"fp32", k.fp32},   {"tensor_core", k.tensor_core}, {"wide", k.wide},   {"one_output", k.one_output},
+            {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}};
+#else
+    return {};
+#endif
+}
+// Whether this device runs the warpgroup-MMA kernel (--gpu-tile wgmma).
+inline bool gpu_runs_wgmma() {
+#if defined(PIN_HAVE_CUDA)
+    return pin::cuda::wgmma_supported();
+#else
+    return false;
+#endif
+}
+// "pin COMMAND: GPU GEMM launches by kernel: fp32 0, ..., wgmma 40 (this device runs wgmma)" on stderr.
+inline void report_gpu_gemm_launches(const char* command) {
+    std::string line;
+    for (const auto& [kernel, count] : gpu_gemm_launches()) line += (line.empty() ? "" : ", ") + kernel + " " + std::to_string(count);
+    std::fprintf(stderr, "pin %s: GPU GEMM launches by kernel: %s (this device %s wgmma)\n", command, line.c_str(),
+                 gpu_runs_wgmma() ? "runs" : "does not run");
 }
 
 // Applies --device to `defense`. A bad value or a defense the GPU does not run is a usage error;

@@ -165,6 +165,10 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
             std::replace(key.begin(), key.end(), '-', '_');
             j[key] = o.get(s.flag, s.values[0]);
         }
+    if (o.get("device", "cpu") == "cuda") {  // which kernels the settings reached (report_gpu_gemm_launches)
+        for (const auto& [kernel, count] : gpu_gemm_launches()) j["gpu_gemm_launches"][kernel] = count;
+        j["gpu_runs_wgmma"] = gpu_runs_wgmma();
+    }
     j["intensity"] = vo.attack.intensity;
     j["iterations"] = vo.attack.iterations;
     if (vo.max_pairs > 0) j["pairs_selected"] = "evenly spaced subset (half from each class when an even spread misses one)";

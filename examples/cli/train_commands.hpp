@@ -260,6 +260,7 @@ inline int cmd_train(const Options& o) {
     };
     pin::train::install_stop_handlers();
     const pin::train::LoopOutcome outcome = pin::train::run_training(loader, lo, cb, start);
+    if (device == "cuda") report_gpu_gemm_launches("train");
     if (outcome == pin::train::LoopOutcome::Finished)
         std::printf("model folder: %s (agent.safetensors, eigenbasis.safetensors; log: %s)\n", out.c_str(), lo.log_path.c_str());
     return detail::report(outcome, last, lo.checkpoint_path, "train");

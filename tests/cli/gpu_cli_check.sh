@@ -38,6 +38,22 @@ if [ $rc != 0 ]; then
   echo "SKIPPED: $(tail -1 "$work/gpu.log")"
   exit 77
 fi
+# The kernels a run reached, from its "GPU GEMM launches by kernel: fp32 N, ..., wgmma N (this device
+# runs wgmma)" line: EXPRESSION over k (launches by kernel) and w (whether the device runs wgmma).
+kernels() {  # LOG EXPRESSION
+  python3 - "$@" <<'PY'
+import re, sys
+line = [l for l in open(sys.argv[1]) if "GPU GEMM launches by kernel:" in l]
+assert len(line) == 1, "no (or more than one) kernel report in " + sys.argv[1]
+k = {name: int(n) for name, n in re.findall(r"(\w+) (\d+)", line[0].split("kernel:")[1])}
+w = "(this device runs wgmma)" in line[0]
+print("  kernels:", line[0].split("kernel:")[1].strip())
+assert eval(sys.argv[2], {"k": k, "w": w}), sys.argv[2]
+PY
+}
+# The defaults: the fp32 GEMM only (generic gather, CUDA cores).
+generic_only='k["fp32"] > 0 and k["tensor_core"] == k["wide"] == k["one_output"] == k["one_input"] == k["async"] == k["wgmma"] == 0'
+kernels "$work/gpu.log" "$generic_only" || fail "pin defend --device cuda ran kernels other than the fp32 GEMM"
 # Defended faces: as many as the CPU's, each within `levels` gray levels of the CPU's at `share` of
 # its pixels or more (1.0: all). With bfloat16 a few mask bits may flip (p within bfloat16 rounding
 # of a uniform draw), moving the face by a whole eigenface.
@@ -60,6 +76,7 @@ same_faces "$work/def_gpu" 2 1.0 || fail "pin defend --device cuda differs from 
 echo "pin defend --device cuda matches the CPU"
 # shellcheck disable=SC2086  # $fast: several options
 $defend --out "$work/def_gpu_fast" --device cuda $fast --gpu-tile 128 >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda $fast --gpu-tile 128"; }
+kernels "$work/gpu.log" 'k["async_cols128"] > 0 and k["wgmma"] == 0 and k["fp32"] == 0' || fail "--gpu-tile 128 did not reach the 256 x 128 tile"
 same_faces "$work/def_gpu_fast" 4 0.9 || fail "pin defend --device cuda $fast --gpu-tile 128 is far from the CPU"
 echo "pin defend --device cuda $fast --gpu-tile 128 follows the CPU"
 
@@ -82,6 +99,7 @@ for ra, rb in zip(a, b):
         assert abs(x - y) <= float(tol) * max(abs(x), 1e-12), (ra["step"], col, x, y)
 PY
 }
+kernels "$work/gpu.log" "$generic_only" || fail "pin train --device cuda ran kernels other than the fp32 GEMM"
 follows "$work/agent_gpu/log.csv" mean_cost:1e-3 mean_kept:1e-9 grad_norm:1e-2 || fail "pin train --device cuda does not follow the CPU run"
 echo "pin train --device cuda follows the CPU run; --resume on the GPU gives the same checkpoint"
 # The fast settings on the warpgroup-MMA kernel (elsewhere than an H100 / H200 the 256 x 64 tile
@@ -90,6 +108,9 @@ echo "pin train --device cuda follows the CPU run; --resume on the GPU gives the
 # shellcheck disable=SC2086
 $tr --out "$work/agent_gpu_fast" --steps 2 --device cuda $fast --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 \
   >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda with the fast settings"; }
+# Where the device runs wgmma, every 3 x 3 convolution between bfloat16 operands goes there, none
+# to the asynchronous-copy kernel; elsewhere the reverse.
+kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["async"] > 0) == (not w)' || fail "--gpu-tile wgmma did not reach the kernels it names"
 follows "$work/agent_gpu_fast/log.csv" mean_cost:5e-2 mean_kept:1e-1 || fail "pin train --device cuda (fast settings) does not follow the CPU run"
 echo "pin train --device cuda $fast --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 follows the CPU run"
 
@@ -113,6 +134,10 @@ keys = ("gpu_math", "gpu_gather", "gpu_storage", "gpu_tile", "gpu_pipeline", "gp
 assert tuple(gpu[k] for k in keys) == ("fp32", "generic", "fp32", "64", "wait", "l2"), gpu
 assert tuple(fast[k] for k in keys) == ("bf16", "vector", "bf16", "wgmma", "wait", "l2"), fast
 assert len(cpu["scores"]) == len(gpu["scores"]) == len(fast["scores"]) == 2
+k = gpu["gpu_gemm_launches"]
+assert k["fp32"] > 0 and k["tensor_core"] == k["wide"] == k["async"] == k["wgmma"] == 0, k
+k, w = fast["gpu_gemm_launches"], fast["gpu_runs_wgmma"]
+assert (k["wgmma"] > 0) == w and (k["async"] > 0) == (not w) and k["fp32"] == 0, (k, w)
 for run, tol in ((gpu, 1e-3), (fast, 3e-2)):
     d = max(abs(x - y) for x, y in zip(cpu["scores"], run["scores"]))
     print("  scores (%s): largest difference from the CPU's %.3g (tolerance %g)" % (run["gpu_math"], d, tol))
