@@ -7,6 +7,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <iterator>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -64,12 +66,13 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
 #if defined(PIN_HAVE_CUDA)
     if (device != "cuda") return;
     namespace pc = pin::cuda;
-    // Each flag's value as its index in gpu_settings()'s list (checked above), and the enum values
-    // in that list's order.
-    auto choice = [&](const std::string& flag) {
+    // A flag's enum value: the one at its value's index in gpu_settings()'s list (checked above);
+    // `enums` lists them in that order, as many (a list out of step is a programming error).
+    auto choice = [&](const std::string& flag, const auto& enums) {
         const GpuSetting& s = *std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return g.flag == flag; });
+        if (std::size(enums) != s.values.size()) throw std::logic_error("apply_gpu_settings: --" + flag + "'s enum list is out of step");
         const std::string v = o.get(s.flag, s.values[0]);
-        return static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin());
+        return enums[static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin())];
     };
     static constexpr pc::MathMode math[] = {pc::MathMode::FP32, pc::MathMode::TF32, pc::MathMode::BF16};
     static constexpr pc::GatherMode gather[] = {pc::GatherMode::Generic, pc::GatherMode::Rows, pc::GatherMode::Vector};
@@ -77,12 +80,12 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
     static constexpr pc::AsyncTileShape tile[] = {pc::AsyncTileShape::Cols64, pc::AsyncTileShape::Cols128, pc::AsyncTileShape::Wgmma};
     static constexpr pc::WgmmaPipeline pipeline[] = {pc::WgmmaPipeline::WaitEachSlice, pc::WgmmaPipeline::OneSliceInFlight};
     static constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::GatherCaching::L1};
-    pc::set_math_mode(math[choice("gpu-math")]);
-    pc::set_gather_mode(gather[choice("gpu-gather")]);
-    pc::set_activation_storage(storage[choice("gpu-storage")]);
-    pc::set_async_tile(tile[choice("gpu-tile")]);
-    pc::set_wgmma_pipeline(pipeline[choice("gpu-pipeline")]);
-    pc::set_gather_caching(caching[choice("gpu-gather-cache")]);
+    pc::set_math_mode(choice("gpu-math", math));
+    pc::set_gather_mode(choice("gpu-gather", gather));
+    pc::set_activation_storage(choice("gpu-storage", storage));
+    pc::set_async_tile(choice("gpu-tile", tile));
+    pc::set_wgmma_pipeline(choice("gpu-pipeline", pipeline));
+    pc::set_gather_caching(choice("gpu-gather-cache", caching));
 #endif
 }
 // "math M gather G storage S tile T pipeline P gather-cache C" with the defaults filled in: results depend on them (caches
