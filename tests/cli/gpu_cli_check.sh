@@ -33,8 +33,25 @@ $defend --out "$work/def_gpu" --device cuda >"$work/gpu.log" 2>&1
 rc=$?
 set -e
 if [ $rc != 0 ]; then
-  [ $rc = 1 ] || { cat "$work/gpu.log"; fail "pin defend --device cuda without a GPU: exit $rc, expected 1"; }
-  grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "--device cuda failed without saying why: $(cat "$work/gpu.log")"
+  # No usable device: each command says why and exits 1 (eval only with the recognizer's weights).
+  says_why() {  # COMMAND EXIT_CODE
+    [ "$2" = 1 ] || { cat "$work/gpu.log"; fail "pin $1 --device cuda without a GPU: exit $2, expected 1"; }
+    grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "pin $1 --device cuda failed without saying why: $(cat "$work/gpu.log")"
+  }
+  says_why defend $rc
+  set +e
+  $tr --out "$work/agent_gpu" --steps 1 --device cuda >"$work/gpu.log" 2>&1
+  rc=$?
+  set -e
+  says_why train $rc
+  if [ -n "$manifest" ] && [ -f "$manifest" ]; then
+    python3 "$here/make_pairs.py" "$work/data" 2
+    set +e
+    "$pin" eval $q --recognizer "$manifest" --data "$work/data" --defense pin --model "$work/agent_cpu" --device cuda >"$work/gpu.log" 2>&1
+    rc=$?
+    set -e
+    says_why eval $rc
+  fi
   echo "SKIPPED: $(tail -1 "$work/gpu.log")"
   exit 77
 fi
