@@ -4,7 +4,7 @@
 # operands and activations, the vector gather; the 256 x 128 tile, and the warpgroup-MMA kernel with
 # each pipeline and gather caching). PIN is `pin` on a machine with a GPU (without a usable device
 # the script checks that --device cuda says why and exits 1, then skips: 77), or `pin-emulated`,
-# the same program on the CPU emulation of CUDA (every CI run: about 6 minutes, so the data are
+# the same program on the CPU emulation of CUDA (every CI run: about 7 minutes on 2 cores, so the data are
 # tiny: 8 faces, 6 eigenfaces, batch 2, two training steps). The eval part needs the face-api
 # weights (MANIFEST; skipped without them).
 set -euo pipefail
