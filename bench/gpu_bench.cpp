@@ -567,12 +567,11 @@ int main(int argc, char** argv) {
             }
             // Which kernels this configuration's GEMMs ran on (counts since the process started:
             // gpu_check.sh runs one configuration per process).
-            const pin::cuda::KernelLaunches kl = pin::cuda::kernel_launches();
-            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {\"fp32\": %lld, \"tensor_core\": %lld, "
-                        "\"wide\": %lld, \"one_output\": %lld, \"one_input\": %lld, \"async\": %lld, \"async_cols128\": %lld, \"wgmma\": %lld}}\n",
-                        math, gather, parts.c_str(), static_cast<long long>(kl.fp32), static_cast<long long>(kl.tensor_core), static_cast<long long>(kl.wide),
-                        static_cast<long long>(kl.one_output), static_cast<long long>(kl.one_input), static_cast<long long>(kl.async),
-                        static_cast<long long>(kl.async_cols128), static_cast<long long>(kl.wgmma));
+            std::string launches;
+            for (const auto& [kernel, count] : pin::cuda::named_counts(pin::cuda::kernel_launches()))
+                launches += std::string(launches.empty() ? "" : ", ") + "\"" + kernel + "\": " + std::to_string(count);
+            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}}\n", math, gather, parts.c_str(),
+                        launches.c_str());
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

@@ -737,21 +737,6 @@ PIN_UNROLL
     }
 };
 
-// The weight gradients of the 3 x 3 convolutions from bfloat16 operands (the training step's x and
-// output gradient, converted once; gpu_trainer.cpp), as the GEMM dw^T = X^T dY: rows m = (tap,
-// input channel), columns n = output channel, K = the batch's output pixels, split in chunks
-// (blockIdx.z) whose partial sums are added in chunk order afterwards (ops_internal.cuh). Both
-// operands arrive contiguous along m or n for a fixed pixel k: A(m, k) = x at pixel k's tap
-// (kh, kw), channel c (the gathered input, 8 channels per 16-byte copy, stored k-major for
-// column-major WMMA loads), B(k, n) = dy[k N + n] (as the forward's weights). Thread t copies, for
-// pixel k0 + t / 8 of the slice, A rows 8 (t % 8) + 64 i (i < 4) and B columns 8 (t % 8) + 64 j .. + 7: its
-// four rows' taps and channels are fixed for the launch (decoded once), and its pixel moves by 32
-// per slice (a carry instead of a division), so a slice costs a few additions and compares per
-// copy, as in AsyncConvOperands. Requires (fits()): the input channel count and N multiples of 8,
-// M = k^2 C, dy's leading dimension N, both sources 16-byte aligned, tap offsets under 2^31.
-// The weight gradients' per-thread walk over the gather (AsyncWeightGradOperands here,
-// WgmmaWeightGradOperands in wgmma_gemm.cuh): a row m = (kh, kw, c) decoded once per launch into
-// its tap and offset, and an output pixel that moves by a whole slice each time.
 // What both weight-gradient operand forms require: 16-byte copies of 8 input channels (C % 8) and
 // of 8 output channels (N % 8), rows (tap, channel) exactly, 32-bit tap offsets (WeightGradRow),
 // both sources 16-byte aligned.
@@ -759,6 +744,9 @@ inline bool weight_grad_fits(const Gather<false, Bf16>& la, const Bf16* dy, int6
     return la.C % 8 == 0 && M == la.K * la.K * la.C && N % 8 == 0 && la.K * la.W * la.C < (int64_t{1} << 31) && aligned16(la.src) &&
            aligned16(dy);
 }
+// The weight gradients' per-thread walk over the gather (AsyncWeightGradOperands here,
+// WgmmaWeightGradOperands in wgmma_gemm.cuh): a row m = (kh, kw, c) decoded once per launch into
+// its tap and offset, and an output pixel that moves by a whole slice each time.
 struct WeightGradRow {
     int tap_offset;  // (kh W + kw) C + c: 32-bit (< k W C, the operands' fits() bound it); with
                      // 64-bit offsets ptxas spilled at the launch bounds' 128 registers
@@ -805,6 +793,18 @@ struct OutputPixelWalk {
     }
 };
 
+// The weight gradients of the 3 x 3 convolutions from bfloat16 operands (the training step's x and
+// output gradient, converted once; gpu_trainer.cpp), as the GEMM dw^T = X^T dY: rows m = (tap,
+// input channel), columns n = output channel, K = the batch's output pixels, split in chunks
+// (blockIdx.z) whose partial sums are added in chunk order afterwards (ops_internal.cuh). Both
+// operands arrive contiguous along m or n for a fixed pixel k: A(m, k) = x at pixel k's tap
+// (kh, kw), channel c (the gathered input, 8 channels per 16-byte copy, stored k-major for
+// column-major WMMA loads), B(k, n) = dy[k N + n] (as the forward's weights). Thread t copies, for
+// pixel k0 + t / 8 of the slice, A rows 8 (t % 8) + 64 i (i < 4) and B columns 8 (t % 8) + 64 j .. + 7: its
+// four rows' taps and channels are fixed for the launch (decoded once), and its pixel moves by 32
+// per slice (a carry instead of a division), so a slice costs a few additions and compares per
+// copy, as in AsyncConvOperands. Requires (fits()): the input channel count and N multiples of 8,
+// M = k^2 C, dy's leading dimension N, both sources 16-byte aligned, tap offsets under 2^31.
 template <class T = AsyncWeightGradTile>
 struct AsyncWeightGradOperands {
     using Tile = T;

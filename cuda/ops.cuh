@@ -9,6 +9,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "bfloat16.cuh"
 
@@ -171,6 +173,12 @@ struct KernelLaunches {
     int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
 };
 KernelLaunches kernel_launches();
+// The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
+// struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
+inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelLaunches& k) {
+    return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
+            {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}};
+}
 
 // ---- convolutions (NHWC activations) -------------------------------------------------------------
 struct ConvShape {

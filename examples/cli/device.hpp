@@ -69,7 +69,9 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
     // A flag's enum value: the one at its value's index in gpu_settings()'s list (checked above);
     // `enums` lists them in that order, as many (a list out of step is a programming error).
     auto choice = [&](const std::string& flag, const auto& enums) {
-        const GpuSetting& s = *std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return g.flag == flag; });
+        const auto found = std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return g.flag == flag; });
+        if (found == gpu_settings().end()) throw std::logic_error("apply_gpu_settings: --" + flag + " is not in gpu_settings()");
+        const GpuSetting& s = *found;
         if (std::size(enums) != s.values.size()) throw std::logic_error("apply_gpu_settings: --" + flag + "'s enum list is out of step");
         const std::string v = o.get(s.flag, s.values[0]);
         return enums[static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin())];
@@ -103,9 +105,9 @@ inline std::string gpu_settings_tag(const Options& o) {
 // and eval with --device cuda report them. Empty without CUDA.
 inline std::vector<std::pair<std::string, int64_t>> gpu_gemm_launches() {
 #if defined(PIN_HAVE_CUDA)
-    const pin::cuda::KernelLaunches k = pin::cuda::kernel_launches();
-    return {{"fp32", k.fp32},   {"tensor_core", k.tensor_core}, {"wide", k.wide},   {"one_output", k.one_output},
-            {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}};
+    std::vector<std::pair<std::string, int64_t>> counts;
+    for (const auto& [kernel, count] : pin::cuda::named_counts(pin::cuda::kernel_launches())) counts.emplace_back(kernel, count);
+    return counts;
 #else
     return {};
 #endif

@@ -14,22 +14,28 @@ manifest=${3:-}
 here=$(cd "$(dirname "$0")" && pwd)
 rm -rf "$work" && mkdir -p "$work"
 fail() { echo "FAIL: $*" >&2; exit 1; }
-q="--no-progress --threads 2"
-fast="--gpu-math bf16 --gpu-gather vector --gpu-storage bf16"
+q=(--no-progress --threads 2)
+fast=(--gpu-math bf16 --gpu-gather vector --gpu-storage bf16)
 
 # A model of the real architecture from 4 people x 2 faces (CPU).
 python3 "$here/make_faces.py" "$work/faces" 4 2 11
 "$pin" eigen --data "$work/faces" --split all --count 8 --keep 6 -o "$work/basis.safetensors" >/dev/null 2>&1 || fail "pin eigen"
-"$pin" pretrain-dae --data "$work/faces" --split all --batch 2 --steps 1 --out "$work/dae" $q >/dev/null 2>&1 || fail "pin pretrain-dae"
-tr="$pin train --data $work/faces --split all --dae $work/dae/checkpoint.safetensors --basis $work/basis.safetensors
-    --batch 2 --masks 8 --estimator local --lambda 0.01 $q"
-$tr --out "$work/agent_cpu" --steps 2 >/dev/null 2>&1 || fail "pin train (cpu)"
+"$pin" pretrain-dae --data "$work/faces" --split all --batch 2 --steps 1 --out "$work/dae" "${q[@]}" >/dev/null 2>&1 || fail "pin pretrain-dae"
+tr=("$pin" train --data "$work/faces" --split all --dae "$work/dae/checkpoint.safetensors" --basis "$work/basis.safetensors"
+    --batch 2 --masks 8 --estimator local --lambda 0.01 "${q[@]}")
+"${tr[@]}" --out "$work/agent_cpu" --steps 2 >/dev/null 2>&1 || fail "pin train (cpu)"
 
 # pin defend: the GPU's masks and faces are the CPU's (within 2 gray levels) with the defaults.
-defend="$pin defend --model $work/agent_cpu --in $work/faces/person_00 --seed 5 $q"
-$defend --out "$work/def_cpu" >/dev/null 2>&1 || fail "pin defend (cpu)"
+defend=("$pin" defend --model "$work/agent_cpu" --in "$work/faces/person_00" --seed 5 "${q[@]}")
+"${defend[@]}" --out "$work/def_cpu" >/dev/null 2>&1 || fail "pin defend (cpu)"
+# pin eval's pairs (with the recognizer's weights only): 2 people.
+recognizer=false
+if [ -n "$manifest" ] && [ -f "$manifest" ]; then
+  recognizer=true
+  python3 "$here/make_pairs.py" "$work/data" 2
+fi
 set +e
-$defend --out "$work/def_gpu" --device cuda >"$work/gpu.log" 2>&1
+"${defend[@]}" --out "$work/def_gpu" --device cuda >"$work/gpu.log" 2>&1
 rc=$?
 set -e
 if [ $rc != 0 ]; then
@@ -40,14 +46,13 @@ if [ $rc != 0 ]; then
   }
   says_why defend $rc
   set +e
-  $tr --out "$work/agent_gpu" --steps 1 --device cuda >"$work/gpu.log" 2>&1
+  "${tr[@]}" --out "$work/agent_gpu" --steps 1 --device cuda >"$work/gpu.log" 2>&1
   rc=$?
   set -e
   says_why train $rc
-  if [ -n "$manifest" ] && [ -f "$manifest" ]; then
-    python3 "$here/make_pairs.py" "$work/data" 2
+  if $recognizer; then
     set +e
-    "$pin" eval $q --recognizer "$manifest" --data "$work/data" --defense pin --model "$work/agent_cpu" --device cuda >"$work/gpu.log" 2>&1
+    "$pin" eval "${q[@]}" --recognizer "$manifest" --data "$work/data" --defense pin --model "$work/agent_cpu" --device cuda >"$work/gpu.log" 2>&1
     rc=$?
     set -e
     says_why eval $rc
@@ -91,17 +96,17 @@ PY
 }
 same_faces "$work/def_gpu" 2 1.0 || fail "pin defend --device cuda differs from the CPU"
 echo "pin defend --device cuda matches the CPU"
-# shellcheck disable=SC2086  # $fast: several options
-$defend --out "$work/def_gpu_fast" --device cuda $fast --gpu-tile 128 >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda $fast --gpu-tile 128"; }
+"${defend[@]}" --out "$work/def_gpu_fast" --device cuda "${fast[@]}" --gpu-tile 128 >"$work/gpu.log" 2>&1 \
+  || { cat "$work/gpu.log"; fail "pin defend --device cuda ${fast[*]} --gpu-tile 128"; }
 kernels "$work/gpu.log" 'k["async_cols128"] > 0 and k["wgmma"] == 0 and k["fp32"] == 0' || fail "--gpu-tile 128 did not reach the 256 x 128 tile"
-same_faces "$work/def_gpu_fast" 4 0.9 || fail "pin defend --device cuda $fast --gpu-tile 128 is far from the CPU"
-echo "pin defend --device cuda $fast --gpu-tile 128 follows the CPU"
+same_faces "$work/def_gpu_fast" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-tile 128 is far from the CPU"
+echo "pin defend --device cuda ${fast[*]} --gpu-tile 128 follows the CPU"
 
 # pin train: the GPU run's log follows the CPU's (same masks; costs, kept counts and gradient norms
 # within float rounding), and one step + one resumed gives the two-step run's checkpoint, byte for byte.
-$tr --out "$work/agent_gpu" --steps 2 --device cuda >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda"; }
-$tr --out "$work/agent_gpu_resumed" --steps 1 --device cuda >/dev/null 2>&1 || fail "pin train --device cuda (first step)"
-$tr --out "$work/agent_gpu_resumed" --steps 1 --resume --device cuda >/dev/null 2>&1 || fail "pin train --device cuda --resume"
+"${tr[@]}" --out "$work/agent_gpu" --steps 2 --device cuda >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda"; }
+"${tr[@]}" --out "$work/agent_gpu_resumed" --steps 1 --device cuda >/dev/null 2>&1 || fail "pin train --device cuda (first step)"
+"${tr[@]}" --out "$work/agent_gpu_resumed" --steps 1 --resume --device cuda >/dev/null 2>&1 || fail "pin train --device cuda --resume"
 cmp -s "$work/agent_gpu/checkpoint.safetensors" "$work/agent_gpu_resumed/checkpoint.safetensors" || fail "the resumed GPU training run differs"
 follows() {  # LOG COLUMN:TOLERANCE...
   python3 - "$work/agent_cpu/log.csv" "$@" <<'PY'
@@ -122,26 +127,23 @@ echo "pin train --device cuda follows the CPU run; --resume on the GPU gives the
 # The fast settings on the warpgroup-MMA kernel (elsewhere than an H100 / H200 the 256 x 64 tile
 # runs in its place), its other pipeline, L1 caching: p differs by bfloat16's rounding, so a few of
 # the 16 masks' bits may flip: costs within 5 %, kept counts within 10 %.
-# shellcheck disable=SC2086
-$tr --out "$work/agent_gpu_fast" --steps 2 --device cuda $fast --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 \
+"${tr[@]}" --out "$work/agent_gpu_fast" --steps 2 --device cuda "${fast[@]}" --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 \
   >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda with the fast settings"; }
 # Where the device runs wgmma, every 3 x 3 convolution between bfloat16 operands goes there, none
 # to the asynchronous-copy kernel; elsewhere the reverse.
 kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["async"] > 0) == (not w)' || fail "--gpu-tile wgmma did not reach the kernels it names"
 follows "$work/agent_gpu_fast/log.csv" mean_cost:5e-2 mean_kept:1e-1 || fail "pin train --device cuda (fast settings) does not follow the CPU run"
-echo "pin train --device cuda $fast --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 follows the CPU run"
+echo "pin train --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline inflight --gpu-gather-cache l1 follows the CPU run"
 
 # pin eval: the GPU's scores are the CPU's; the JSON records the device and every setting.
-if [ -z "$manifest" ] || [ ! -f "$manifest" ]; then
+if ! $recognizer; then
   echo "gpu cli check passed (pin eval part skipped: no face-api weights at '${manifest}'; ./setup.sh fetches them)"
   exit 0
 fi
-python3 "$here/make_pairs.py" "$work/data" 2
-ev="$pin eval $q --recognizer $manifest --data $work/data --defense pin --model $work/agent_cpu --seed 3"
-$ev --json "$work/eval_cpu.json" >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval (cpu)"; }
-$ev --json "$work/eval_gpu.json" --device cuda >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval --device cuda"; }
-# shellcheck disable=SC2086
-$ev --json "$work/eval_gpu_fast.json" --device cuda $fast --gpu-tile wgmma >"$work/eval.log" 2>&1 \
+ev=("$pin" eval "${q[@]}" --recognizer "$manifest" --data "$work/data" --defense pin --model "$work/agent_cpu" --seed 3)
+"${ev[@]}" --json "$work/eval_cpu.json" >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval (cpu)"; }
+"${ev[@]}" --json "$work/eval_gpu.json" --device cuda >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval --device cuda"; }
+"${ev[@]}" --json "$work/eval_gpu_fast.json" --device cuda "${fast[@]}" --gpu-tile wgmma >"$work/eval.log" 2>&1 \
   || { cat "$work/eval.log"; fail "pin eval --device cuda with the fast settings"; }
 python3 - "$work/eval_cpu.json" "$work/eval_gpu.json" "$work/eval_gpu_fast.json" <<'PY' || fail "pin eval --device cuda differs from the CPU"
 import json, sys
