@@ -22,8 +22,8 @@ budget() { local left=$(( 450 - ($(date +%s) - start) )); [ "$left" -lt "$1" ] &
 nvidia-smi -L 2>&1 | tee -a "$out/summary.txt"
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr")
-log "configure + build (gpu_check_programs: pin_tests_cuda, pin-bench-gpu)"
-timeout 300 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DPIN_CUDA=ON -DPIN_BUILD_EXAMPLES=OFF "${prefix[@]}" \
+log "configure + build (gpu_check_programs: pin_tests_cuda, pin-bench-gpu, pin)"
+timeout 300 cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DPIN_CUDA=ON -DPIN_BUILD_EXAMPLES=ON "${prefix[@]}" \
   > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
 timeout 300 cmake --build build-gpu -j "$(nproc)" --target gpu_check_programs >> "$out/build.log" 2>&1 \
   || { grep -E "error" -A3 "$out/build.log" | head -40; exit 1; }
@@ -66,9 +66,9 @@ bench generic-fp32
 log "PyTorch + cuDNN peer (same network, random weights)"
 : > "$out/torch.jsonl"
 for run in "off 64" "off 256" "off 1024" "on 256"; do
-  set -- $run
-  timeout "$(budget 60)" python3 bench/peers/torch_agent.py --device cuda --batch $2 --iters 5 --tf32 $1 >> "$out/torch.jsonl" 2>>"$out/torch.err" \
-    || echo "{\"error\": \"torch peer failed at batch $2 tf32 $1\"}" >> "$out/torch.jsonl"
+  read -r tf32 batch <<< "$run"
+  timeout "$(budget 60)" python3 bench/peers/torch_agent.py --device cuda --batch "$batch" --iters 5 --tf32 "$tf32" >> "$out/torch.jsonl" 2>>"$out/torch.err" \
+    || echo "{\"error\": \"torch peer failed at batch $batch tf32 $tf32\"}" >> "$out/torch.jsonl"
 done
 : > "$out/torch_train.jsonl"
 for tf32 in off on; do
@@ -96,8 +96,31 @@ ms = (time.perf_counter() - t) / 10 * 1e3
 print('{"stage": "torch_matmul_bf16", "m": 8192, "n": 8192, "k": 8192, "ms": %.4f, "tflops": %.1f}' % (ms, 2 * 8192**3 / ms / 1e9))
 PY
 
-log "per-layer timings of the fast configuration; the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
+log "per-layer timings of the fast configuration"
 bench vector-bf16 60 layers
+
+# The pin program end to end: pin defend, pin train (and --resume) and pin eval with --device cuda
+# against the CPU, with the defaults and the fast settings (tests/cli/gpu_cli_check.sh, which CI
+# runs on the emulation). pin eval's part needs the face-api weights (carried in weights/face-api;
+# the script says when it skips it).
+log "pin --device cuda against the CPU (tests/cli/gpu_cli_check.sh)"
+if [ ! -x build-gpu/bin/pin ]; then
+  echo "pin was not built: the check did not run" | tee "$out/cli_gpu.txt"
+  tests_rc=1
+else
+  timeout "$(budget 120)" bash tests/cli/gpu_cli_check.sh build-gpu/bin/pin /tmp/pin-gpu-cli-check \
+    "$PWD/weights/face-api/face_recognition_model-weights_manifest.json" > "$out/cli_gpu.txt" 2>&1
+  cli_rc=$?
+  case $cli_rc in
+    0) ;;
+    124) echo "pin --device cuda check: out of time (not a result)" | tee -a "$out/cli_gpu.txt" ;;
+    77) echo "pin --device cuda check: skipped, pin found no usable CUDA device (as the GPU tests above say)" | tee -a "$out/cli_gpu.txt" ;;
+    *) tests_rc=1 ;;
+  esac
+  grep -E "^FAIL|passed|matches|follows|gives|skipped" "$out/cli_gpu.txt" | sed "s/^/[cli] /" | tee -a "$out/summary.txt"
+fi
+
+log "the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
 for config in generic-tf32 generic-bf16 rows-fp32 rows-tf32; do bench $config; done
 grep -v "^{" "$out/bench.txt"
 python3 - "$out" <<'PY'
