@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# bench/gpu_prepare.sh prepare|restore - the checkout's steps around a lent GPU's one call to
+# bench/gpu_check.sh (docs/gpu.md "Running the check on a lent GPU"), so that device time is not
+# spent on a forgotten one:
+#
+#   prepare   copy Debian's Catch2, nlohmann-json and stb into .devdeps (the device image lacks
+#             them; git-ignored through .git/info/exclude), check that weights/face-api is there
+#             (pin eval's part of the check), move weights/pin-default's 114 MB of tensors aside
+#             (a device call carries at most 64 MiB of working tree), and print what to carry.
+#   restore   put the tensors back (git checkout if they are gone from the aside folder).
+#
+# The aside folder is $PIN_WEIGHTS_ASIDE, default /tmp/pin-default-aside.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+aside=${PIN_WEIGHTS_ASIDE:-/tmp/pin-default-aside}
+fail() { echo "gpu_prepare.sh: $*" >&2; exit 1; }
+
+case "${1:-}" in
+prepare)
+  for need in /usr/include/catch2 /usr/include/nlohmann /usr/include/stb /usr/lib/cmake/Catch2 /usr/lib/libCatch2WithMain.a \
+              /usr/share/cmake/nlohmann_json; do
+    [ -e "$need" ] || fail "$need is missing: install catch2, nlohmann-json3-dev and libstb-dev first (./setup.sh does)"
+  done
+  [ -f weights/face-api/face_recognition_model-weights_manifest.json ] \
+    || fail "weights/face-api has no face_recognition_model-weights_manifest.json: run ./setup.sh first (it fetches face-api)"
+  grep -qx "/.devdeps/" .git/info/exclude 2>/dev/null || echo "/.devdeps/" >> .git/info/exclude
+  rm -rf .devdeps
+  mkdir -p .devdeps/usr/include .devdeps/usr/lib/cmake .devdeps/usr/share/cmake
+  cp -r /usr/include/catch2 /usr/include/nlohmann /usr/include/stb .devdeps/usr/include/
+  cp -r /usr/lib/cmake/Catch2 .devdeps/usr/lib/cmake/ && cp /usr/lib/libCatch2WithMain.a .devdeps/usr/lib/
+  cp -r /usr/share/cmake/nlohmann_json .devdeps/usr/share/cmake/
+  shopt -s nullglob
+  tensors=(weights/pin-default/*.safetensors)
+  if [ ${#tensors[@]} -gt 0 ]; then
+    mkdir -p "$aside"
+    mv "${tensors[@]}" "$aside/"
+  fi
+  # What a device call copies: tracked and untracked-but-not-ignored files, plus the carried folders.
+  bytes=$( { git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s -- 2>/dev/null;
+             find .devdeps weights/face-api -type f -printf '%s\n'; } | awk '{ s += $1 } END { print s + 0 }')
+  echo "prepared: .devdeps written, weights/pin-default's tensors in $aside"
+  echo "the call copies about $(( bytes / 1048576 )) MiB (at most 64 MiB); carry: [\".devdeps\", \"weights/face-api\"]"
+  echo "command: bash bench/gpu_check.sh \"\$OUT\"; afterwards: bash bench/gpu_prepare.sh restore"
+  [ "$bytes" -lt $(( 64 * 1048576 )) ] || fail "more than 64 MiB would travel: move other large files aside too"
+  ;;
+restore)
+  shopt -s nullglob
+  kept=("$aside"/*.safetensors)
+  [ ${#kept[@]} -gt 0 ] && mv "${kept[@]}" weights/pin-default/
+  git checkout -- weights/pin-default  # whatever was not in the aside folder
+  git diff --quiet -- weights/pin-default || fail "weights/pin-default differs from the commit after restoring"
+  echo "restored weights/pin-default"
+  ;;
+*)
+  echo "usage: bench/gpu_prepare.sh prepare|restore   (before and after a lent GPU's bench/gpu_check.sh; see the header)" >&2
+  exit 2
+  ;;
+esac
