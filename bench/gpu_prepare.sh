@@ -7,7 +7,7 @@
 #             them; git-ignored through .git/info/exclude), check that weights/face-api is there
 #             (pin eval's part of the check), move weights/pin-default's 114 MB of tensors aside
 #             (a device call carries at most 64 MiB of working tree), and print what to carry.
-#   restore   put the tensors back (git checkout if they are gone from the aside folder).
+#   restore   put the tensors back (from git those that are in neither place; nothing is overwritten).
 #
 # The aside folder is $PIN_WEIGHTS_ASIDE, default /tmp/pin-default-aside.
 set -euo pipefail
@@ -32,6 +32,8 @@ prepare)
   shopt -s nullglob
   tensors=(weights/pin-default/*.safetensors)
   if [ ${#tensors[@]} -gt 0 ]; then
+    already=("$aside"/*.safetensors)
+    [ ${#already[@]} -eq 0 ] || fail "$aside already holds tensors (an earlier prepare): run 'bash bench/gpu_prepare.sh restore' first"
     mkdir -p "$aside"
     mv "${tensors[@]}" "$aside/"
   fi
@@ -46,10 +48,15 @@ prepare)
 restore)
   shopt -s nullglob
   kept=("$aside"/*.safetensors)
-  [ ${#kept[@]} -gt 0 ] && mv "${kept[@]}" weights/pin-default/
-  git checkout -- weights/pin-default  # whatever was not in the aside folder
-  git diff --quiet -- weights/pin-default || fail "weights/pin-default differs from the commit after restoring"
-  echo "restored weights/pin-default"
+  for f in "${kept[@]}"; do
+    [ -e "weights/pin-default/$(basename "$f")" ] && fail "weights/pin-default/$(basename "$f") exists and $f too: keep one by hand"
+  done
+  [ ${#kept[@]} -eq 0 ] || mv "${kept[@]}" weights/pin-default/
+  # A tracked tensor that was in neither place comes back from the commit; tensors that differ from
+  # it (a model trained here) stay as they are.
+  git ls-files --deleted -z -- weights/pin-default | xargs -0 -r git checkout --
+  echo "restored weights/pin-default:"
+  git status --short -- weights/pin-default
   ;;
 *)
   echo "usage: bench/gpu_prepare.sh prepare|restore   (before and after a lent GPU's bench/gpu_check.sh; see the header)" >&2
