@@ -176,6 +176,7 @@ KernelLaunches kernel_launches();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
 inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelLaunches& k) {
+    static_assert(sizeof(KernelLaunches) == 8 * sizeof(int64_t), "a counter added to KernelLaunches needs its name here too");
     return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
             {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}};
 }
