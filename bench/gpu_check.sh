@@ -104,21 +104,15 @@ bench vector-bf16 60 layers
 # runs on the emulation). pin eval's part needs the face-api weights (carried in weights/face-api;
 # the script says when it skips it).
 log "pin --device cuda against the CPU (tests/cli/gpu_cli_check.sh)"
-if [ ! -x build-gpu/bin/pin ]; then
-  echo "pin was not built: the check did not run" | tee "$out/cli_gpu.txt"
-  tests_rc=1
-else
-  timeout "$(budget 120)" bash tests/cli/gpu_cli_check.sh build-gpu/bin/pin /tmp/pin-gpu-cli-check \
-    "$PWD/weights/face-api/face_recognition_model-weights_manifest.json" > "$out/cli_gpu.txt" 2>&1
-  cli_rc=$?
-  case $cli_rc in
-    0) ;;
-    124) echo "pin --device cuda check: out of time (not a result)" | tee -a "$out/cli_gpu.txt" ;;
-    77) echo "pin --device cuda check: skipped, pin found no usable CUDA device (as the GPU tests above say)" | tee -a "$out/cli_gpu.txt" ;;
-    *) tests_rc=1 ;;
-  esac
-  grep -E "^FAIL|passed|matches|follows|gives|skipped" "$out/cli_gpu.txt" | sed "s/^/[cli] /" | tee -a "$out/summary.txt"
-fi
+timeout "$(budget 120)" bash tests/cli/gpu_cli_check.sh build-gpu/bin/pin /tmp/pin-gpu-cli-check \
+  "$PWD/weights/face-api/face_recognition_model-weights_manifest.json" > "$out/cli_gpu.txt" 2>&1
+case $? in
+  0) ;;
+  124) echo "pin --device cuda check: out of time (not a result)" | tee -a "$out/cli_gpu.txt" ;;
+  77) echo "pin --device cuda check: skipped, pin found no usable CUDA device (as the GPU tests above say)" | tee -a "$out/cli_gpu.txt" ;;
+  *) tests_rc=1 ;;
+esac
+grep -E "^FAIL|passed|matches|follows|gives|skipped" "$out/cli_gpu.txt" | sed "s/^/[cli] /" | tee -a "$out/summary.txt"
 
 log "the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
 for config in generic-tf32 generic-bf16 rows-fp32 rows-tf32; do bench $config; done

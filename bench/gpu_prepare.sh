@@ -17,18 +17,18 @@ fail() { echo "gpu_prepare.sh: $*" >&2; exit 1; }
 
 case "${1:-}" in
 prepare)
-  for need in /usr/include/catch2 /usr/include/nlohmann /usr/include/stb /usr/lib/cmake/Catch2 /usr/lib/libCatch2WithMain.a \
-              /usr/share/cmake/nlohmann_json; do
-    [ -e "$need" ] || fail "$need is missing: install catch2, nlohmann-json3-dev and libstb-dev first (./setup.sh does)"
+  # Each of these under /usr goes to the same place under .devdeps/usr.
+  sources=(include/catch2 include/nlohmann include/stb lib/cmake/Catch2 lib/libCatch2WithMain.a share/cmake/nlohmann_json)
+  for need in "${sources[@]}"; do
+    [ -e "/usr/$need" ] || fail "/usr/$need is missing: install catch2, nlohmann-json3-dev and libstb-dev first (./setup.sh does)"
   done
   [ -f weights/face-api/face_recognition_model-weights_manifest.json ] \
     || fail "weights/face-api has no face_recognition_model-weights_manifest.json: run ./setup.sh first (it fetches face-api)"
   grep -qx "/.devdeps/" .git/info/exclude 2>/dev/null || echo "/.devdeps/" >> .git/info/exclude
   rm -rf .devdeps
-  mkdir -p .devdeps/usr/include .devdeps/usr/lib/cmake .devdeps/usr/share/cmake
-  cp -r /usr/include/catch2 /usr/include/nlohmann /usr/include/stb .devdeps/usr/include/
-  cp -r /usr/lib/cmake/Catch2 .devdeps/usr/lib/cmake/ && cp /usr/lib/libCatch2WithMain.a .devdeps/usr/lib/
-  cp -r /usr/share/cmake/nlohmann_json .devdeps/usr/share/cmake/
+  for need in "${sources[@]}"; do
+    mkdir -p ".devdeps/usr/$(dirname "$need")" && cp -r "/usr/$need" ".devdeps/usr/$need"
+  done
   shopt -s nullglob
   tensors=(weights/pin-default/*.safetensors)
   if [ ${#tensors[@]} -gt 0 ]; then

@@ -103,11 +103,9 @@ inline std::string gpu_settings_tag(const Options& o) {
 // where a setting does not apply (the warpgroup-MMA kernel off compute capability 9.0, a layer
 // shape a kernel does not take) another kernel runs in its place without a word, so defend, train
 // and eval with --device cuda report them. Empty without CUDA.
-inline std::vector<std::pair<std::string, int64_t>> gpu_gemm_launches() {
+inline std::vector<std::pair<const char*, int64_t>> gpu_gemm_launches() {
 #if defined(PIN_HAVE_CUDA)
-    std::vector<std::pair<std::string, int64_t>> counts;
-    for (const auto& [kernel, count] : pin::cuda::named_counts(pin::cuda::kernel_launches())) counts.emplace_back(kernel, count);
-    return counts;
+    return pin::cuda::named_counts(pin::cuda::kernel_launches());
 #else
     return {};
 #endif
@@ -123,7 +121,7 @@ inline bool gpu_runs_wgmma() {
 // "pin COMMAND: GPU GEMM launches by kernel: fp32 0, ..., wgmma 40 (this device runs wgmma)" on stderr.
 inline void report_gpu_gemm_launches(const char* command) {
     std::string line;
-    for (const auto& [kernel, count] : gpu_gemm_launches()) line += (line.empty() ? "" : ", ") + kernel + " " + std::to_string(count);
+    for (const auto& [kernel, count] : gpu_gemm_launches()) line += std::string(line.empty() ? "" : ", ") + kernel + " " + std::to_string(count);
     std::fprintf(stderr, "pin %s: GPU GEMM launches by kernel: %s (this device %s wgmma)\n", command, line.c_str(),
                  gpu_runs_wgmma() ? "runs" : "does not run");
 }
