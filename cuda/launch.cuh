@@ -8,14 +8,17 @@
 // PIN_LAUNCH_SHARED(grid, block, bytes, stream, kernel)(args...) launches with `bytes` of dynamic
 // shared memory, which the kernel declares with PIN_DYNAMIC_SHARED(name) (an unsigned char array,
 // 128-byte aligned). Above 48 KB the kernel must be allowed them first
-// (cudaFuncSetAttribute(..., cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)).
+// (cudaFuncSetAttribute(..., cudaFuncAttributeMaxDynamicSharedMemorySize, bytes)); the emulation
+// checks that, and the 227 KB limit, at the launch.
 #if defined(PIN_CUDA_EMULATION)
 // The kernel goes last because a template-id may hold commas; a generic lambda wraps it so that its
 // template arguments are deduced per launch, as at a <<<>>> launch.
 #define PIN_LAUNCH(grid, block, stream, ...) \
     ::pin_emulation::make_launch(grid, block, [](auto&... pin_launch_args) { __VA_ARGS__(pin_launch_args...); })
-#define PIN_LAUNCH_SHARED(grid, block, bytes, stream, ...) \
-    ::pin_emulation::make_launch(grid, block, [](auto&... pin_launch_args) { __VA_ARGS__(pin_launch_args...); }, bytes)
+#define PIN_LAUNCH_SHARED(grid, block, bytes, stream, ...)                                                    \
+    ::pin_emulation::make_launch(                                                                             \
+        grid, block, [](auto&... pin_launch_args) { __VA_ARGS__(pin_launch_args...); }, bytes,                \
+        [](auto&... pin_launch_args) { return ::pin_emulation::kernel_address(__VA_ARGS__, pin_launch_args...); })
 #define PIN_DYNAMIC_SHARED(name) unsigned char* const name = ::pin_emulation::dynamic_shared()
 #else
 #define PIN_LAUNCH(grid, block, stream, ...) __VA_ARGS__<<<grid, block, 0, stream>>>

@@ -80,7 +80,9 @@
 #include <cstring>
 #include <deque>
 #include <exception>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -237,6 +239,50 @@ inline unsigned char* dynamic_shared() {
         std::memset(tl_dynamic.data, 0xff, tl_dynamic.bytes);
     }
     return tl_dynamic.data;
+}
+
+// A GPU gives a kernel at most 48 KB of dynamic shared memory unless the kernel was allowed more
+// (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), which the
+// emulated runtime, tests/cuda_runtime_emulation.cpp, records here), and never more than the 227 KB
+// a block of sm_90 may have; a launch asking for more fails there with "invalid argument", after
+// the code that forgot has passed every emulated test unless the emulation checks it too: a
+// PIN_LAUNCH_SHARED launch does (Launch below), by the kernel's address.
+constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 227 * 1024;
+struct DynamicSharedAllowances {
+    std::mutex mutex;
+    std::map<const void*, size_t> bytes;  // kernel -> the most it was allowed
+};
+inline DynamicSharedAllowances& dynamic_shared_allowances() {
+    static DynamicSharedAllowances a;
+    return a;
+}
+inline void allow_dynamic_shared(const void* kernel, size_t bytes) {
+    DynamicSharedAllowances& a = dynamic_shared_allowances();
+    std::lock_guard<std::mutex> lock(a.mutex);
+    a.bytes[kernel] = bytes;
+}
+inline void check_dynamic_shared(const void* kernel, size_t bytes) {
+    if (bytes > kMaxDynamicShared)
+        throw std::runtime_error("cuda emulation: a launch with " + std::to_string(bytes) + " bytes of dynamic shared memory, over the 227 KB (" +
+                                 std::to_string(kMaxDynamicShared) + " bytes) a block of sm_90 may have");
+    if (bytes <= kDefaultDynamicShared) return;
+    size_t allowed = kDefaultDynamicShared;
+    {
+        DynamicSharedAllowances& a = dynamic_shared_allowances();
+        std::lock_guard<std::mutex> lock(a.mutex);
+        const auto it = a.bytes.find(kernel);
+        if (it != a.bytes.end()) allowed = it->second;
+    }
+    if (bytes > allowed)
+        throw std::runtime_error("cuda emulation: a launch with " + std::to_string(bytes) + " bytes of dynamic shared memory, over the " +
+                                 std::to_string(allowed) + " its kernel was allowed (cudaFuncSetAttribute(kernel, "
+                                 "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first)");
+}
+// The address of the kernel template specialisation a launch with these arguments calls: its
+// parameters are the arguments' types, by value, as pin::cuda's kernels take them.
+template <class... Args>
+const void* kernel_address(void (*kernel)(std::decay_t<Args>...), const Args&...) {
+    return reinterpret_cast<const void*>(kernel);
 }
 
 inline void report(const std::string& what) {
@@ -592,19 +638,27 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
 }
 // PIN_LAUNCH(grid, block, stream, kernel)(args...) (cuda/launch.cuh): every thread calls the kernel
 // with its own copies of the arguments, as the kernel's by-value parameters are per thread on a GPU.
-template <class Call>
+// With dynamic shared memory (PIN_LAUNCH_SHARED), `address` names the kernel, whose allowance the
+// launch checks first (check_dynamic_shared).
+template <class Call, class Address = std::nullptr_t>
 struct Launch {
     dim3 grid, block;
     Call call;
     size_t dynamic_shared_bytes;
+    Address address;
     template <class... Args>
     void operator()(Args&&... args) const {
+        if constexpr (!std::is_same_v<Address, std::nullptr_t>) check_dynamic_shared(address(args...), dynamic_shared_bytes);
         launch(grid, block, [&] { call(args...); }, dynamic_shared_bytes);
     }
 };
 template <class Call>
-Launch<Call> make_launch(dim3 grid, dim3 block, Call call, size_t dynamic_shared_bytes = 0) {
-    return Launch<Call>{grid, block, call, dynamic_shared_bytes};
+Launch<Call> make_launch(dim3 grid, dim3 block, Call call) {
+    return Launch<Call>{grid, block, call, 0, nullptr};
+}
+template <class Call, class Address>
+Launch<Call, Address> make_launch(dim3 grid, dim3 block, Call call, size_t dynamic_shared_bytes, Address address) {
+    return Launch<Call, Address>{grid, block, call, dynamic_shared_bytes, address};
 }
 }  // namespace pin_emulation
 

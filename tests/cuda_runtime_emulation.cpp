@@ -9,6 +9,8 @@
 // with NaNs (all bits set), so a kernel that reads memory nothing wrote gives NaNs, not the zeros
 // a fresh host page would. Allocations are exact-sized heap blocks: in the sanitizer build, ASan
 // reports a kernel that reads or writes past the end of one.
+#include "cuda_emulation.hpp"  // pin_emulation::allow_dynamic_shared
+
 #include <cuda_runtime_api.h>
 
 #include <atomic>
@@ -98,9 +100,11 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 // Only the attribute pin::cuda sets: a kernel's dynamic shared memory, at most the 227 KB a block of
-// sm_90 may have.
+// sm_90 may have; recorded for the launches' check (pin_emulation::check_dynamic_shared).
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
-    if (!func || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || value > 227 * 1024) return cudaErrorInvalidValue;
+    if (!func || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || static_cast<size_t>(value) > pin_emulation::kMaxDynamicShared)
+        return cudaErrorInvalidValue;
+    pin_emulation::allow_dynamic_shared(func, static_cast<size_t>(value));
     return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }

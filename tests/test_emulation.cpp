@@ -4,6 +4,7 @@
 // inside a kernel.
 #include "cuda_emulation.hpp"  // first: it defines __shared__ and the built-ins
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -264,6 +265,41 @@ TEST_CASE("emulation: dynamic shared memory is the launch's size, per block unde
                                                   (void)smem;
                                               }),
                         Catch::Contains("without any"));
+}
+
+namespace {
+// Writes its block's index to the last int of its dynamic shared memory and reads it back.
+void last_slot_kernel(int* out, int ints) {
+    PIN_DYNAMIC_SHARED(smem);
+    int* slots = reinterpret_cast<int*>(smem);
+    if (threadIdx.x == 0) slots[ints - 1] = static_cast<int>(blockIdx.x);
+    __syncthreads();
+    if (threadIdx.x == 1) out[blockIdx.x] = slots[ints - 1];
+}
+}  // namespace
+
+TEST_CASE("emulation: dynamic shared memory over 48 KB needs the kernel's allowance", "[emulated][emulation]") {
+    // As on a GPU: up to 48 KB any kernel may have; more only after cudaFuncSetAttribute allowed
+    // that kernel at least as much (the emulated runtime records it through allow_dynamic_shared),
+    // and never more than 227 KB. Another kernel's allowance does not count.
+    std::vector<int> out(3, -1);
+    int* o = out.data();
+    const auto run = [&](size_t bytes) {
+        const int ints = static_cast<int>(bytes / sizeof(int));
+        std::fill(out.begin(), out.end(), -1);
+        PIN_LAUNCH_SHARED(dim3(3), dim3(2), bytes, nullptr, last_slot_kernel)(o, ints);
+        for (int b = 0; b < 3; ++b) REQUIRE(out[static_cast<size_t>(b)] == b);
+    };
+    run(48 * 1024);
+    REQUIRE_THROWS_WITH(run(48 * 1024 + 4), Catch::Contains("cudaFuncSetAttribute") && Catch::Contains("49156"));
+    REQUIRE(out[0] == -1);  // refused before any block ran
+    pin_emulation::allow_dynamic_shared(reinterpret_cast<const void*>(&neighbour_kernel), 200 * 1024);
+    REQUIRE_THROWS_WITH(run(64 * 1024), Catch::Contains("cudaFuncSetAttribute"));
+    pin_emulation::allow_dynamic_shared(reinterpret_cast<const void*>(&last_slot_kernel), 100 * 1024);
+    run(64 * 1024);
+    run(100 * 1024);
+    REQUIRE_THROWS_WITH(run(100 * 1024 + 4), Catch::Contains("102404") && Catch::Contains("102400"));
+    REQUIRE_THROWS_WITH(run(228 * 1024), Catch::Contains("227"));
 }
 
 TEST_CASE("emulation: an exception or a broken WMMA rule inside a kernel fails the launch", "[emulated][emulation]") {
