@@ -76,6 +76,22 @@ for tf32 in off on; do
     2>>"$out/torch.err" || echo "{\"error\": \"torch training peer failed, tf32 $tf32\"}" >> "$out/torch_train.jsonl"
 done
 
+# The pin program end to end: pin defend, pin train (and --resume) and pin eval with --device cuda
+# against the CPU, with the defaults and the fast settings (tests/cli/gpu_cli_check.sh, which CI
+# runs on the emulation); before the diagnostics below, which only explain the figures, so that the
+# budget cannot leave it out. pin eval's part needs the face-api weights (carried in
+# weights/face-api; the script says when it skips it).
+log "pin --device cuda against the CPU (tests/cli/gpu_cli_check.sh)"
+timeout "$(budget 120)" bash tests/cli/gpu_cli_check.sh build-gpu/bin/pin /tmp/pin-gpu-cli-check \
+  "$PWD/weights/face-api/face_recognition_model-weights_manifest.json" > "$out/cli_gpu.txt" 2>&1
+case $? in
+  0) ;;
+  124) echo "pin --device cuda check: out of time (not a result)" | tee -a "$out/cli_gpu.txt" ;;
+  77) echo "pin --device cuda check: skipped, pin found no usable CUDA device (as the GPU tests above say)" | tee -a "$out/cli_gpu.txt" ;;
+  *) tests_rc=1 ;;
+esac
+grep -E "^FAIL|passed|matches|follows|gives|skipped" "$out/cli_gpu.txt" | sed "s/^/[cli] /" | tee -a "$out/summary.txt"
+
 # The wgmma probe (cuda/wgmma_gemm.cuh), the asynchronous-copy kernel and the wgmma convolution (each wgmma with both of its
 # pipelines, ops.cuh WgmmaPipeline) on the same bfloat16 GEMMs,
 # in a process of their own, and cuBLAS (through PyTorch) on the square one: this machine's dense
@@ -98,21 +114,6 @@ PY
 
 log "per-layer timings of the fast configuration"
 bench vector-bf16 60 layers
-
-# The pin program end to end: pin defend, pin train (and --resume) and pin eval with --device cuda
-# against the CPU, with the defaults and the fast settings (tests/cli/gpu_cli_check.sh, which CI
-# runs on the emulation). pin eval's part needs the face-api weights (carried in weights/face-api;
-# the script says when it skips it).
-log "pin --device cuda against the CPU (tests/cli/gpu_cli_check.sh)"
-timeout "$(budget 120)" bash tests/cli/gpu_cli_check.sh build-gpu/bin/pin /tmp/pin-gpu-cli-check \
-  "$PWD/weights/face-api/face_recognition_model-weights_manifest.json" > "$out/cli_gpu.txt" 2>&1
-case $? in
-  0) ;;
-  124) echo "pin --device cuda check: out of time (not a result)" | tee -a "$out/cli_gpu.txt" ;;
-  77) echo "pin --device cuda check: skipped, pin found no usable CUDA device (as the GPU tests above say)" | tee -a "$out/cli_gpu.txt" ;;
-  *) tests_rc=1 ;;
-esac
-grep -E "^FAIL|passed|matches|follows|gives|skipped" "$out/cli_gpu.txt" | sed "s/^/[cli] /" | tee -a "$out/summary.txt"
 
 log "the other arithmetics with the generic gather, and the row gather (GatherMode::Rows)"
 for config in generic-tf32 generic-bf16 rows-fp32 rows-tf32; do bench $config; done

@@ -34,27 +34,21 @@ if [ -n "$manifest" ] && [ -f "$manifest" ]; then
   recognizer=true
   python3 "$here/make_pairs.py" "$work/data" 2
 fi
-set +e
-"${defend[@]}" --out "$work/def_gpu" --device cuda >"$work/gpu.log" 2>&1
-rc=$?
-set -e
+rc=0
+"${defend[@]}" --out "$work/def_gpu" --device cuda >"$work/gpu.log" 2>&1 || rc=$?
 if [ $rc != 0 ]; then
   # No usable device: each command says why and exits 1 (eval only with the recognizer's weights).
-  says_why() {  # COMMAND EXIT_CODE
+  says_why() {  # NAME EXIT_CODE: the exit code and gpu.log of `pin NAME --device cuda`
     [ "$2" = 1 ] || { cat "$work/gpu.log"; fail "pin $1 --device cuda without a GPU: exit $2, expected 1"; }
     grep -qE "no usable CUDA device|no CUDA kernels" "$work/gpu.log" || fail "pin $1 --device cuda failed without saying why: $(cat "$work/gpu.log")"
   }
   says_why defend $rc
-  set +e
-  "${tr[@]}" --out "$work/agent_gpu" --steps 1 --device cuda >"$work/gpu.log" 2>&1
-  rc=$?
-  set -e
+  rc=0
+  "${tr[@]}" --out "$work/agent_gpu" --steps 1 --device cuda >"$work/gpu.log" 2>&1 || rc=$?
   says_why train $rc
   if $recognizer; then
-    set +e
-    "$pin" eval "${q[@]}" --recognizer "$manifest" --data "$work/data" --defense pin --model "$work/agent_cpu" --device cuda >"$work/gpu.log" 2>&1
-    rc=$?
-    set -e
+    rc=0
+    "$pin" eval "${q[@]}" --recognizer "$manifest" --data "$work/data" --defense pin --model "$work/agent_cpu" --device cuda >"$work/gpu.log" 2>&1 || rc=$?
     says_why eval $rc
   fi
   echo "SKIPPED: $(tail -1 "$work/gpu.log")"
