@@ -6,9 +6,15 @@ is a store to local memory (L1, else L2) inside the kernel: cheap once, costly i
 loop. Measurable without a GPU, from the same nvcc flags the build uses (sm_90 for cuda/'s
 translation units, sm_90a for ops_wgmma.cu).
 
-usage: python3 bench/ptxas_report.py [--jobs N] [--detail]
+usage: python3 bench/ptxas_report.py [--jobs N] [--detail] [--check] [--nvcc PATH]
        (nvcc from PATH or /usr/local/cuda/bin; --detail lists every instantiation that spills;
-       about 4 minutes with 2 jobs on 2 cores)
+       about 1.5 minutes with 2 jobs on 2 cores)
+
+--check (CTest ptxas_resources) fails on any ptxas warning or "Performance Loss" message (a
+serialised wgmma runs at a fraction of its rate and says so nowhere else: a normal build does not
+show ptxas's info lines), and on the fast configuration's GEMM kernels (FAST_KERNELS) spilling
+more than SPILL_LIMIT bytes in any instantiation: their spills sit in the main loop, once per K
+slice. At session 26 the worst was 60 B (the asynchronous-copy kernel's 256-row sub-pixel forms).
 """
 import argparse
 import collections
@@ -24,10 +30,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each translation unit and its target, as cuda/CMakeLists.txt builds them.
 UNITS = [("ops_conv_forward.cu", "sm_90"), ("ops_conv_backward.cu", "sm_90"), ("ops_linear.cu", "sm_90"), ("ops.cu", "sm_90"),
          ("rng.cu", "sm_90"), ("ops_wgmma.cu", "sm_90a")]
+FAST_KERNELS = ("gemm_wide_kernel", "gemm_async_kernel", "gemm_wgmma_kernel")
+SPILL_LIMIT = 128  # bytes of spill stores or loads per thread
 
 
-def nvcc_path():
-    found = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
+def nvcc_path(given):
+    found = given or shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     if not os.path.exists(found):
         sys.exit("ptxas_report.py: nvcc not found (not on PATH, not in /usr/local/cuda/bin)")
     return found
@@ -99,8 +107,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--detail", action="store_true", help="list every instantiation that spills")
+    ap.add_argument("--check", action="store_true", help="exit 1 on a ptxas warning or a fast kernel spilling over the limit")
+    ap.add_argument("--nvcc", help="the nvcc to use (default: PATH, then /usr/local/cuda/bin)")
     args = ap.parse_args()
-    nvcc = nvcc_path()
+    nvcc = nvcc_path(args.nvcc)
     with tempfile.TemporaryDirectory() as work, ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         reports = list(pool.map(lambda u: (u[0], u[1], compile_unit(nvcc, u[0], u[1], work)), UNITS))
     rows, warnings = [], []
@@ -127,6 +137,16 @@ def main():
     print(f"ptxas warnings: {len(warnings)}")
     for w in warnings:
         print("  " + w)
+    if args.check:
+        over = [(unit, stores, loads, name) for (template, _), ks in by_template.items() if template in FAST_KERNELS
+                for regs, stores, loads, smem, unit, name in ks if max(stores, loads) > SPILL_LIMIT]
+        for unit, stores, loads, name in over:
+            print(f"FAIL: {unit}: {stores} B spill stores / {loads} B loads (limit {SPILL_LIMIT}): {name[:300]}")
+        if warnings:
+            print(f"FAIL: {len(warnings)} ptxas warning(s), above")
+        if over or warnings:
+            sys.exit(1)
+        print(f"check passed: no ptxas warning; {', '.join(FAST_KERNELS)} spill at most {SPILL_LIMIT} B")
 
 
 if __name__ == "__main__":
