@@ -295,7 +295,11 @@ PIN_UNROLL
     store_shared_tile<TM, TN, LC>(Cs, m0, n0, M, N, st);
 }
 
-template <class Mma, bool kAMFast, class LoadA, class LoadB, class Store>
+// kRows: A comes through the row gather (gather.cuh GatherRow; the launch passes it where la.rows),
+// else through la(m, k). Two instantiations, not a runtime branch: one kernel holding both paths kept
+// the rows' 32 registers live through the generic gather's loop as well, and at the 128 registers
+// of two blocks per SM it spilled (ptxas -v: up to 292 B of stores per thread; apart, at most 32).
+template <class Mma, bool kAMFast, bool kRows, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la,
                                                                    LoadB lb, Store st) {
     using namespace nvcuda;
@@ -314,21 +318,14 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M,
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * TBM, n0 = static_cast<int64_t>(blockIdx.y) * TBN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = (kbeg + chunk < K ? kbeg + chunk : K);
     float ra[T_A_PER_THREAD], rb[T_B_PER_THREAD];
-    constexpr bool kRowGather = !kAMFast && IsGather<LoadA>::value;
+    static_assert(!kRows || (!kAMFast && IsGather<LoadA>::value), "the row gather reads a gathered A, m-major");
     static_assert(THREADS == 256 && TBK == 16, "decode_rows / gather_rows assume 256 threads and 16-deep slices");
-    GatherRow rows[T_A_PER_THREAD];  // this thread's A rows when la.rows
-    if constexpr (kRowGather) {
-        if (la.rows) decode_rows(la, m0, M, tid, rows);
-    }
+    GatherRow rows[T_A_PER_THREAD];  // this thread's A rows (kRows)
+    if constexpr (kRows) decode_rows(la, m0, M, tid, rows);
     auto fetch = [&](int64_t k0) {
-        bool loaded = false;
-        if constexpr (kRowGather) {
-            if (la.rows) {
-                gather_rows(la, rows, k0, kend, tid, ra);
-                loaded = true;
-            }
-        }
-        if (!loaded)
+        if constexpr (kRows) {
+            gather_rows(la, rows, k0, kend, tid, ra);
+        } else {
 PIN_UNROLL
             for (int i = 0; i < T_A_PER_THREAD; ++i) {
                 const int idx = tid + i * THREADS;
@@ -336,6 +333,7 @@ PIN_UNROLL
                 const int64_t m = m0 + mm, k = k0 + kk;
                 ra[i] = (m < M && k < kend) ? la(m, k) : 0.0f;
             }
+        }
 PIN_UNROLL
         for (int i = 0; i < T_B_PER_THREAD; ++i) {
             const int idx = tid + i * THREADS;

@@ -223,6 +223,18 @@ inline void check_gemm_size(int64_t M, int64_t N, int64_t K, const char* name, c
         ::pin::detail::throw_error("CUDA ", name, " ", shape, ": a GEMM dimension reaches 2^31 (M ", M, ", N ", N, ", K ", K,
                                    "); use a smaller batch");
 }
+// The tensor-core kernel with the row gather where la.rows, else with la(m, k) (its kRows).
+template <class Mma, bool kAMFast, class LoadA, class LoadB, class Store>
+inline void launch_tensor_core(dim3 grid, int64_t M, int64_t N, int64_t K, int64_t chunk, const LoadA& la, const LoadB& lb,
+                               const Store& st) {
+    if constexpr (!kAMFast && IsGather<LoadA>::value) {
+        if (la.rows) {
+            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Mma, kAMFast, true>)(M, N, K, chunk, la, lb, st);
+            return;
+        }
+    }
+    PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Mma, kAMFast, false>)(M, N, K, chunk, la, lb, st);
+}
 // Which kernel runs a GEMM and its grid, decided once: a caller that sizes split-K scratch memory
 // by grid.z launches with the same plan, so a setting changed meanwhile by another thread
 // (set_math_mode is process-wide) cannot launch more chunks than it allocated.
@@ -262,9 +274,9 @@ inline void launch_gemm(const GemmPlan& plan, int64_t M, int64_t N, int64_t K, L
             PIN_LAUNCH(grid, THREADS, cur(), gemm_wide_kernel)(M, N, K, g.chunk, wide_form<kAMFast>(la, lb), st);
     } else if (kernel == GemmKernel::TensorCore) {
         if (math_mode() == MathMode::TF32)
-            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Tf32Mma, kAMFast>)(M, N, K, g.chunk, la, lb, st);
+            launch_tensor_core<Tf32Mma, kAMFast>(grid, M, N, K, g.chunk, la, lb, st);
         else
-            PIN_LAUNCH(grid, THREADS, cur(), gemm_tensor_core_kernel<Bf16Mma, kAMFast>)(M, N, K, g.chunk, la, lb, st);
+            launch_tensor_core<Bf16Mma, kAMFast>(grid, M, N, K, g.chunk, la, lb, st);
     } else {
         PIN_LAUNCH(grid, THREADS, cur(), gemm_kernel<kAMFast>)(M, N, K, g.chunk, la, lb, st);
     }

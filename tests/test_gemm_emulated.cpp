@@ -129,6 +129,15 @@ template <class Launch>
 void emulate(const gemm::GemmGrid& g, Launch launch) {
     pin_emulation::launch(dim3(g.x, g.y, g.z), gemm::THREADS, launch);
 }
+// The tensor-core kernel as launch_tensor_core (ops_internal.cuh) picks it for a gathered A: the
+// row-gather instantiation where la.rows.
+template <class Mma, class LoadA, class LoadB, class Store>
+void emulate_tensor_core(const gemm::GemmGrid& g, int64_t M, int64_t N, int64_t K, const LoadA& la, const LoadB& lb, const Store& st) {
+    if (la.rows)
+        emulate(g, [&] { gemm::gemm_tensor_core_kernel<Mma, false, true>(M, N, K, g.chunk, la, lb, st); });
+    else
+        emulate(g, [&] { gemm::gemm_tensor_core_kernel<Mma, false, false>(M, N, K, g.chunk, la, lb, st); });
+}
 // The asynchronous-copy kernel with tile T, with its dynamic shared memory.
 template <class T, class Launch>
 void emulate_async(const gemm::GemmGrid& g, Launch launch) {
@@ -292,9 +301,9 @@ TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convoluti
                 if (mode == 0)
                     emulate(grid, [&] { gemm::gemm_kernel<false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
                 else if (mode == 1)
-                    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+                    emulate_tensor_core<gemm::Tf32Mma>(grid, p.M, p.N, p.K, p.la, p.lb, st);
                 else
-                    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+                    emulate_tensor_core<gemm::Bf16Mma>(grid, p.M, p.N, p.K, p.la, p.lb, st);
                 const Rounding rounding[3] = {Rounding::None, Rounding::Tf32, Rounding::Bf16};
                 require_product(r, p.K, p.la, p.lb, rounding[mode], "direct 3x3, 48 -> 70, math mode " + std::to_string(mode));
             }
@@ -305,7 +314,7 @@ TEST_CASE("emulated: the fp32 and tensor-core GEMM kernels compute the convoluti
             const gemm::GemmGrid grid = gemm::gemm_grid(p.M, p.N, p.K, 1, gemm::kTensorCoreTile);
             Result r(grid.z, p.M, p.N);
             const HostStore st = r.store();
-            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, false>(p.M, p.N, p.K, grid.chunk, p.la, p.lb, st); });
+            emulate_tensor_core<gemm::Bf16Mma>(grid, p.M, p.N, p.K, p.la, p.lb, st);
             require_product(r, p.K, p.la, p.lb, Rounding::Bf16, "transposed gather, stride 2, 32 -> 20, bf16");
         }
     }
@@ -333,9 +342,9 @@ TEST_CASE("emulated: the weight-gradient and linear GEMMs (A read m-fastest, K i
         if (mode == 0)
             emulate(grid, [&] { gemm::gemm_kernel<true>(M, N, K, grid.chunk, dyT, gathered, st); });
         else if (mode == 1)
-            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, true>(M, N, K, grid.chunk, dyT, gathered, st); });
+            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, true, false>(M, N, K, grid.chunk, dyT, gathered, st); });
         else
-            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, true>(M, N, K, grid.chunk, dyT, gathered, st); });
+            emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Bf16Mma, true, false>(M, N, K, grid.chunk, dyT, gathered, st); });
         const Rounding rounding[3] = {Rounding::None, Rounding::Tf32, Rounding::Bf16};
         require_product(r, K, dyT, gathered, rounding[mode], "weight gradient, math mode " + std::to_string(mode));
     }
@@ -373,7 +382,7 @@ TEST_CASE("emulated: the weight-gradient and linear GEMMs (A read m-fastest, K i
     const gemm::GemmGrid grid = gemm::gemm_grid(37, 45, 70, 1, gemm::kTensorCoreTile);
     Result r(grid.z, 37, 45);
     const HostStore st = r.store();
-    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(37, 45, 70, grid.chunk, a, b, st); });
+    emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false, false>(37, 45, 70, grid.chunk, a, b, st); });
     require_product(r, 70, a, b, Rounding::Tf32, "linear, tf32");
 }
 
@@ -407,7 +416,7 @@ TEST_CASE("emulated: transposed gathers by sub-pixel class give the whole transp
                     if (c.kernel == 1)
                         emulate(grid, [&] { gemm::gemm_kernel<false>(Mc, c.N, Kc, grid.chunk, sg, lb, st); });
                     else
-                        emulate(grid, [&] { gemm::gemm_tensor_core_kernel<gemm::Tf32Mma, false>(Mc, c.N, Kc, grid.chunk, sg, lb, st); });
+                        emulate_tensor_core<gemm::Tf32Mma>(grid, Mc, c.N, Kc, sg, lb, st);
                 }
             }
         const Rounding rounding[3] = {Rounding::Bf16, Rounding::None, Rounding::Tf32};
