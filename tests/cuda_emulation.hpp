@@ -244,9 +244,9 @@ inline unsigned char* dynamic_shared() {
 // A GPU gives a kernel at most 48 KB of dynamic shared memory unless the kernel was allowed more
 // (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), which the
 // emulated runtime, tests/cuda_runtime_emulation.cpp, records here), and never more than the 227 KB
-// a block of sm_90 may have; a launch asking for more fails there with "invalid argument", after
-// the code that forgot has passed every emulated test unless the emulation checks it too: a
-// PIN_LAUNCH_SHARED launch does (Launch below), by the kernel's address.
+// a block of sm_90 may have; a launch asking for more fails there with "invalid argument". A
+// PIN_LAUNCH_SHARED launch (Launch below) checks the same here, by the kernel's address, so code
+// that forgets the attribute fails its emulated tests rather than the first run on a GPU.
 constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 227 * 1024;
 struct DynamicSharedAllowances {
     std::mutex mutex;
