@@ -20,6 +20,9 @@ start=$(date +%s)
 # within 8 minutes even when something hangs; later steps then report that they were skipped).
 budget() { local left=$(( 450 - ($(date +%s) - start) )); [ "$left" -lt "$1" ] && echo $(( left > 1 ? left : 1 )) || echo "$1"; }
 nvidia-smi -L 2>&1 | tee -a "$out/summary.txt"
+# The toolchain the figures come from (CI compiles with its own nvcc, which may be newer).
+{ echo "toolchain: $(nvcc --version 2>&1 | grep -i release | sed 's/^.*release/nvcc release/'); $(cmake --version 2>&1 | head -1);" \
+    "driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>&1 | head -1)"; } | tee -a "$out/summary.txt"
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr")
 log "configure + build (gpu_check_programs: pin_tests_cuda, pin-bench-gpu, pin)"

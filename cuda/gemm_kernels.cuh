@@ -127,10 +127,8 @@ static_assert(THREADS == kGatherThreads && BK == kGatherDepth, "the row gather (
 template <bool kAMFast, class LoadA, class LoadB, class Store>
 __global__ void __launch_bounds__(THREADS) gemm_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, LoadA la, LoadB lb,
                                                        Store st) {
-    __shared__ float As[BK][BM + 4];
-    __shared__ float Bs[BK][BN + 4];
-    shared_contents_undefined(As);
-    shared_contents_undefined(Bs);
+    PIN_SHARED_ARRAY(float, As, [BK][BM + 4]);
+    PIN_SHARED_ARRAY(float, Bs, [BK][BN + 4]);
     const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * BM, n0 = static_cast<int64_t>(blockIdx.y) * BN;
     const int64_t kbeg = static_cast<int64_t>(blockIdx.z) * chunk, kend = (kbeg + chunk < K ? kbeg + chunk : K);
@@ -310,8 +308,7 @@ __global__ void __launch_bounds__(THREADS, 2) gemm_tensor_core_kernel(int64_t M,
     // WMMA loads and stores need 32-byte aligned tile pointers: every offset below is a multiple.
     static_assert((A_ELEMS * sizeof(Elem)) % 32 == 0 && (16 * LA * sizeof(Elem)) % 32 == 0 && (16 * LB * sizeof(Elem)) % 32 == 0,
                   "tile rows must keep 32-byte alignment");
-    __shared__ __align__(128) unsigned char smem[AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES];
-    shared_contents_undefined(smem);
+    PIN_SHARED_ARRAY_ALIGNED(128, unsigned char, smem, [(AB_BYTES > C_BYTES ? AB_BYTES : C_BYTES)]);
     Elem* As = reinterpret_cast<Elem*>(smem);  // [TBM][LA], row-major m x k
     Elem* Bs = As + A_ELEMS;                   // [TBK][LB], row-major k x n
     const int tid = threadIdx.x;
@@ -551,8 +548,7 @@ template <class Operands, class Store>
 __global__ void __launch_bounds__(THREADS, 2) gemm_wide_kernel(int64_t M, int64_t N, int64_t K, int64_t chunk, Operands ops,
                                                                Store st) {
     using namespace nvcuda;
-    __shared__ __align__(128) unsigned char smem[W_SMEM_BYTES];
-    shared_contents_undefined(smem);
+    PIN_SHARED_ARRAY_ALIGNED(128, unsigned char, smem, [W_SMEM_BYTES]);
     __nv_bfloat16* const stages = reinterpret_cast<__nv_bfloat16*>(smem);
     const int tid = threadIdx.x;
     const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kWideRows, n0 = static_cast<int64_t>(blockIdx.y) * kWideCols;

@@ -26,18 +26,23 @@
 #define PIN_DYNAMIC_SHARED(name) extern __shared__ __align__(128) unsigned char name[]
 #endif
 
-namespace pin::cuda {
-// Every kernel calls this on its __shared__ arrays, right after declaring them. On a GPU it does
-// nothing (shared memory starts undefined in each block). Under the emulation, whose arrays would
-// keep the previous block's values, it fills them with 0xFF bytes once per block (NaN as float,
-// double and bfloat16), so a read of an element the block never wrote spoils the result there as
-// it may on a GPU, instead of finding a stale or zero value that happens to work.
-template <class T>
-__device__ inline void shared_contents_undefined(T& array) {
+// PIN_SHARED_ARRAY(type, name, dims) declares a block's static shared array, `type name dims`
+// (`PIN_SHARED_ARRAY(float, tile, [16][68]);`), whose contents are undefined when the block starts,
+// as on a GPU; PIN_SHARED_ARRAY_ALIGNED(bytes, type, name, dims) the same aligned to `bytes`. Under
+// nvcc they are the plain __shared__ declarations. Under the emulation each array is a heap block of
+// exactly its size, one per OS thread (shared by the block's fibers; launches on other threads have
+// their own), filled with 0xFF bytes (NaN as float, double and bfloat16) at the start of every
+// block: a read of an element the block never wrote spoils the result there as it may on a GPU
+// (rather than finding the previous block's value, which may happen to fit), and an index past either
+// end of the array is a heap overflow AddressSanitizer reports (a GPU would read or write the
+// neighbouring shared array without a word). Kernels declare every static shared array this way:
+// under the emulation a bare __shared__ does not compile.
 #if defined(PIN_CUDA_EMULATION)
-    ::pin_emulation::poison_shared(&array, sizeof(T));
+#define PIN_SHARED_ARRAY_ALIGNED(bytes, type, name, dims)                                           \
+    static thread_local ::pin_emulation::StaticShared<type dims, bytes> pin_static_shared_##name; \
+    auto& name = pin_static_shared_##name.block_copy()
+#define PIN_SHARED_ARRAY(type, name, dims) PIN_SHARED_ARRAY_ALIGNED(alignof(type), type, name, dims)
 #else
-    (void)array;
+#define PIN_SHARED_ARRAY_ALIGNED(bytes, type, name, dims) __shared__ __align__(bytes) type name dims
+#define PIN_SHARED_ARRAY(type, name, dims) __shared__ type name dims
 #endif
-}
-}  // namespace pin::cuda

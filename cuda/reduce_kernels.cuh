@@ -42,8 +42,7 @@ inline ChannelSumChunks channel_sum_chunks(int64_t rows) {
 }
 template <class F>
 __global__ void channel_sum_partial_kernel(int64_t rows, int64_t channels, int64_t rows_per_chunk, F f, double* partial) {
-    __shared__ double part[kChannelSumRowLanes][kChannelSumLanes];
-    shared_contents_undefined(part);
+    PIN_SHARED_ARRAY(double, part, [kChannelSumRowLanes][kChannelSumLanes]);
     const int64_t c = static_cast<int64_t>(blockIdx.y) * kChannelSumLanes + threadIdx.x;
     const int64_t r0 = static_cast<int64_t>(blockIdx.x) * rows_per_chunk, r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
     double s = 0;
@@ -81,9 +80,8 @@ __device__ inline void block_sum_pair(double* a, double* b, double va, double vb
 
 __global__ void mask_cost_kernel(const float* p, const float* g, const double* y2, double* cost, double* kept, int64_t n,
                                  int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed, uint64_t first_image) {
-    __shared__ double ss[256], sk[256];
-    shared_contents_undefined(ss);
-    shared_contents_undefined(sk);
+    PIN_SHARED_ARRAY(double, ss, [256]);
+    PIN_SHARED_ARRAY(double, sk, [256]);
     const int64_t b = blockIdx.x / k, s = blockIdx.x % k;
     const PhiloxStream rng(seed, (first_image + static_cast<uint64_t>(b)) * static_cast<uint64_t>(k) + static_cast<uint64_t>(s));
     double se = 0, nk = 0;
@@ -107,9 +105,8 @@ __global__ void mask_cost_kernel(const float* p, const float* g, const double* y
 __global__ void local_gradient_kernel(const float* p, const float* g, const double* y2, double* dz, double* cost, double* kept,
                                       int64_t batch, int64_t n, int64_t k, bool l2, double lambda, int64_t pixels, uint64_t seed,
                                       uint64_t first_image) {
-    __shared__ double ss[256], sk[256];
-    shared_contents_undefined(ss);
-    shared_contents_undefined(sk);
+    PIN_SHARED_ARRAY(double, ss, [256]);
+    PIN_SHARED_ARRAY(double, sk, [256]);
     const int64_t b = blockIdx.x;
     const float* pb = p + b * n;
     const float* gb = g + b * n;
@@ -146,9 +143,8 @@ __global__ void local_gradient_kernel(const float* p, const float* g, const doub
 // (ops.cu launches a fixed kSumBlocks, so the order of the additions is fixed).
 constexpr unsigned kSumBlocks = 512;
 __global__ void sum_squares_kernel(const float* x, int64_t n, double* partial) {
-    __shared__ double a[256], b[256];
-    shared_contents_undefined(a);
-    shared_contents_undefined(b);
+    PIN_SHARED_ARRAY(double, a, [256]);
+    PIN_SHARED_ARRAY(double, b, [256]);
     double s = 0;
     for (int64_t i = static_cast<int64_t>(blockIdx.x) * 256 + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * 256)
         s += static_cast<double>(x[i]) * x[i];
@@ -159,9 +155,8 @@ __global__ void sum_squares_kernel(const float* x, int64_t n, double* partial) {
 // One block per image: g for its N coefficients, and ||x - m||^2 by a fixed tree.
 __global__ void mask_cost_terms_kernel(const float* c, const float* d, const float* x, const float* mean, float* g, double* y2,
                                        int64_t n, int64_t pixels) {
-    __shared__ double a[256], b[256];
-    shared_contents_undefined(a);
-    shared_contents_undefined(b);
+    PIN_SHARED_ARRAY(double, a, [256]);
+    PIN_SHARED_ARRAY(double, b, [256]);
     const int64_t img = blockIdx.x;
     for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
         const double cj = c[img * n + j], dj = d[img * n + j];
@@ -181,9 +176,8 @@ __global__ void mask_cost_terms_kernel(const float* c, const float* d, const flo
 // image's Philox normals (train::noise_stream), s = intensity ||x|| / ||eta|| from double sums in the
 // fixed tree; eta is drawn again for the second pass instead of stored. 256 threads.
 __global__ void relative_noise_kernel(const float* x, float* xn, int64_t D, double intensity, uint64_t seed, uint64_t first_image) {
-    __shared__ double a[256], b[256];
-    shared_contents_undefined(a);
-    shared_contents_undefined(b);
+    PIN_SHARED_ARRAY(double, a, [256]);
+    PIN_SHARED_ARRAY(double, b, [256]);
     const int64_t img = blockIdx.x;
     const PhiloxStream rng = train::noise_stream(seed, first_image + static_cast<uint64_t>(img));
     const float* xb = x + img * D;

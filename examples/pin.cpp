@@ -155,6 +155,7 @@ void usage(std::FILE* f) {
                  "  --threads T CPU threads (default: all hardware threads)\n"
                  "  --no-progress  no progress bars\n"
                  "  -h, --help  this text\n"
+                 "--device cuda runs on the first GPU CUDA makes visible; CUDA_VISIBLE_DEVICES=N picks another\n"
                  "benchmarks: pin-bench --help\n");
 }
 

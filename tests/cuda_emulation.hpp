@@ -9,10 +9,11 @@
 // one runs; when every thread that has not returned has reached the barrier, they all go on. The
 // order alternates (thread 0 first, then thread 255 first; from block to block and from barrier to
 // barrier), so a missing barrier shows in either direction: a thread reads shared memory before or
-// after all the others wrote it, never "mostly in time". __shared__ arrays are function-local thread_local statics: one copy per OS thread,
-// shared by its fibers, so launches from several threads (streams) do not share them; each block
-// starts with them filled with 0xFF bytes (NaN) where the kernel declares them undefined
-// (pin::cuda::shared_contents_undefined), as a GPU block starts with garbage there. A thread that
+// after all the others wrote it, never "mostly in time". Static shared arrays (PIN_SHARED_ARRAY,
+// cuda/launch.cuh) are heap blocks of exactly their size, one per declaration and OS thread, shared
+// by its fibers, so launches from several threads (streams) do not share them; each block starts
+// with them filled with 0xFF bytes (NaN), as a GPU block starts with garbage there, and under
+// AddressSanitizer an index past either end is reported (a bare __shared__ does not compile here). A thread that
 // returns early is not awaited by later barriers (as sm_70+ and the kernels here assume). A fiber
 // switch is a few instructions (x86-64: callee-saved registers and the stack pointer; elsewhere
 // POSIX ucontext), not a system call: a 256-thread barrier costs microseconds.
@@ -89,10 +90,10 @@
 #include <type_traits>
 #include <vector>
 
-// The Toolkit's host_defines.h makes __shared__ empty for host compilers: here it is a
-// function-local static per OS thread, one copy shared by the block's fibers.
+// The Toolkit's host_defines.h makes __shared__ empty for host compilers, which would make a shared
+// array an automatic variable of each fiber: here it fails to compile, naming the macro to use.
 #undef __shared__
-#define __shared__ static thread_local
+#define __shared__ static_assert(false, "cuda emulation: declare shared arrays with PIN_SHARED_ARRAY (cuda/launch.cuh)");
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
@@ -197,31 +198,43 @@ struct Scheduler {
 };
 inline thread_local Scheduler* tl_scheduler = nullptr;
 
-// Shared memory starts undefined in every block of a GPU launch; here a block's __shared__ arrays
+// Shared memory starts undefined in every block of a GPU launch; here a block's shared arrays
 // would keep the previous block's values (zeros in the first block), which hides a read of an
-// element the block never wrote. So the first of a block's threads to declare an array
-// (pin::cuda::shared_contents_undefined, cuda/launch.cuh) fills it with 0xFF bytes: NaN as float,
-// double and bfloat16, -1 as an integer. tl_block numbers the blocks run on this OS thread.
+// element the block never wrote. So the first of a block's threads to reach an array's declaration
+// fills it with 0xFF bytes: NaN as float, double and bfloat16, -1 as an integer. tl_block numbers
+// the blocks run on this OS thread.
 inline thread_local uint64_t tl_block = 0;
 // Launches made on this OS thread (pin_emulation::launch alternates the blocks' order by it).
 inline thread_local uint64_t tl_launches = 0;
-struct PoisonedArray {
-    const void* at;
-    uint64_t block;  // the block that last filled it
-};
-inline thread_local std::vector<PoisonedArray> tl_poisoned;
-inline void poison_shared(void* at, size_t bytes) {
-    for (PoisonedArray& e : tl_poisoned)
-        if (e.at == at) {
-            if (e.block != tl_block) {
-                e.block = tl_block;
-                std::memset(at, 0xff, bytes);
-            }
-            return;
+
+// A static shared array (PIN_SHARED_ARRAY, cuda/launch.cuh): a function-local thread_local of the
+// kernel holds one, so there is one per declaration (and kernel instantiation) and OS thread. Its
+// storage is a heap block of exactly sizeof(T) bytes, not the thread_local itself, because
+// AddressSanitizer puts no redzones around thread-local variables (nor around the function-local
+// statics of templates): past either end of the block lies a redzone, so an index out of the
+// array's bounds is reported, not silently read from or written to a neighbouring variable.
+template <class T, size_t kAlign>
+class StaticShared {
+  public:
+    static_assert(std::is_array<T>::value && std::is_trivially_copyable<T>::value, "a shared array of plain values");
+    static constexpr size_t kAlignment = kAlign < 16 ? 16 : kAlign;  // as a GPU's shared arrays (16 bytes at least)
+    StaticShared() : data_(static_cast<T*>(::operator new(sizeof(T), std::align_val_t{kAlignment}))) {}
+    ~StaticShared() { ::operator delete(data_, std::align_val_t{kAlignment}); }
+    StaticShared(const StaticShared&) = delete;
+    StaticShared& operator=(const StaticShared&) = delete;
+    // The array as the current block sees it: filled with 0xFF bytes at its first use in a block.
+    T& block_copy() {
+        if (block_ != tl_block) {
+            block_ = tl_block;
+            std::memset(static_cast<void*>(data_), 0xff, sizeof(T));
         }
-    tl_poisoned.push_back(PoisonedArray{at, tl_block});
-    std::memset(at, 0xff, bytes);
-}
+        return *data_;
+    }
+
+  private:
+    T* data_;
+    uint64_t block_ = ~uint64_t{0};  // the block that last filled it (none yet)
+};
 
 // Dynamic shared memory (PIN_LAUNCH_SHARED, PIN_DYNAMIC_SHARED in cuda/launch.cuh): one buffer of
 // the launch's size per OS thread, exactly that size (so ASan sees an overrun), 128-byte aligned,

@@ -2,10 +2,12 @@
 // pin_tests_cuda_emulated rely on: barriers, early returns, shared memory per block and per OS
 // thread, both orders of a race and of a launch's blocks, cp.async, wgmma, errors reported from
 // inside a kernel.
-#include "cuda_emulation.hpp"  // first: it defines __shared__ and the built-ins
+#include "cuda_emulation.hpp"  // first: it defines the built-ins (threadIdx, __syncthreads, ...)
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -23,8 +25,7 @@ namespace {
 // Each thread writes its value to shared memory and, after the barrier (when `sync`), reads its
 // neighbour's (t + step, wrapping) into out[block * n + t].
 void neighbour_kernel(const int* in, int* out, int n, int step, bool sync) {
-    __shared__ int s[256];
-    pin::cuda::shared_contents_undefined(s);  // a slot read before its thread wrote it holds -1, not a stale value that may fit
+    PIN_SHARED_ARRAY(int, s, [256]);  // a slot read before its thread wrote it holds -1, not a stale value that may fit
     const int t = static_cast<int>(threadIdx.x), b = static_cast<int>(blockIdx.x);
     s[t] = in[b * n + t];
     if (sync) __syncthreads();
@@ -118,10 +119,8 @@ TEST_CASE("emulation: shared memory starts undefined in every block", "[emulated
     std::vector<float> floats(kThreads * kBlocks, 0.0f);
     for (int launch = 0; launch < 2; ++launch) {
         pin_emulation::launch(dim3(kBlocks), dim3(kThreads), [&] {
-            __shared__ int si[kThreads];
-            __shared__ float sf[kThreads];
-            pin::cuda::shared_contents_undefined(si);
-            pin::cuda::shared_contents_undefined(sf);
+            PIN_SHARED_ARRAY(int, si, [kThreads]);
+            PIN_SHARED_ARRAY(float, sf, [kThreads]);
             const unsigned t = threadIdx.x, b = blockIdx.x;
             // The last slot is written in odd blocks only, so the even block after it finds it stale.
             if (t + 1 < kThreads || b % 2 == 1) {
@@ -146,10 +145,55 @@ TEST_CASE("emulation: shared memory starts undefined in every block", "[emulated
     }
 }
 
+TEST_CASE("emulation: a static shared array is a block of its own size, bounded for AddressSanitizer", "[emulated][emulation]") {
+    // Each declaration (here two, of odd sizes, one 128-byte aligned) is its own heap block, kept
+    // from launch to launch on an OS thread and another on each other thread; under
+    // AddressSanitizer the bytes just before and just after it are a redzone, so an index out of
+    // bounds is reported instead of reaching a neighbouring array (as the thread_local statics of
+    // earlier sessions, which ASan does not guard, let it).
+    struct Seen {
+        const unsigned char* a;
+        const unsigned char* b;
+    };
+    auto run = [] {
+        Seen seen{};
+        pin_emulation::launch(dim3(2), dim3(3), [&] {
+            PIN_SHARED_ARRAY(float, a, [37]);
+            PIN_SHARED_ARRAY_ALIGNED(128, double, b, [5][3]);
+            a[36] = static_cast<float>(threadIdx.x);  // the last element of each is the array's
+            b[4][2] = 1.0;
+            seen = {reinterpret_cast<const unsigned char*>(&a), reinterpret_cast<const unsigned char*>(&b)};
+        });
+        return seen;
+    };
+    const Seen first = run(), again = run();
+    Seen other{};
+    std::thread([&] { other = run(); }).join();
+    CHECK(first.a == again.a);  // one array per declaration and OS thread, as a thread_local
+    CHECK(first.b == again.b);
+    CHECK(other.a != first.a);  // another OS thread (a launch on another stream) has its own
+    CHECK(other.b != first.b);
+    CHECK(reinterpret_cast<uintptr_t>(first.b) % 128 == 0);
+    CHECK(reinterpret_cast<uintptr_t>(first.a) % 16 == 0);  // as a GPU's shared arrays, at least
+    const bool apart = first.a + 37 * sizeof(float) <= first.b || first.b + 15 * sizeof(double) <= first.a;
+    CHECK(apart);
+#if defined(PIN_EMULATION_ASAN)
+    // (This thread's arrays: the other thread's were freed when it ended.)
+    CHECK(__asan_address_is_poisoned(first.a - 1));
+    CHECK(!__asan_address_is_poisoned(first.a + 37 * sizeof(float) - 1));
+    CHECK(__asan_address_is_poisoned(first.a + 37 * sizeof(float)));  // a[37]
+    CHECK(__asan_address_is_poisoned(first.b - 1));
+    CHECK(!__asan_address_is_poisoned(first.b + 15 * sizeof(double) - 1));
+    CHECK(__asan_address_is_poisoned(first.b + 15 * sizeof(double)));  // b[5][0]
+#else
+    std::printf("note: built without AddressSanitizer; the redzones around static shared arrays are checked in the ASan build\n");
+#endif
+}
+
 TEST_CASE("emulation: threads that return early are not awaited by later barriers", "[emulated][emulation]") {
     std::vector<int> out(256, 0);
     pin_emulation::launch(dim3(3), dim3(256), [&] {
-        __shared__ int count[1];
+        PIN_SHARED_ARRAY(int, count, [1]);
         const unsigned t = threadIdx.x;
         if (t == 0) count[0] = 0;
         __syncthreads();
@@ -201,8 +245,7 @@ TEST_CASE("emulation: cp.async copies land at the wait that covers their group",
     for (unsigned i = 0; i < 2 * kThreads * 4; ++i) src[i] = static_cast<float>(i) + 0.5f;
     std::vector<float> seen(3 * 2 * kThreads * 4, 0.0f);
     pin_emulation::launch(dim3(2), dim3(kThreads), [&] {
-        __shared__ __align__(16) float dst[2 * kThreads * 4];
-        pin::cuda::shared_contents_undefined(dst);
+        PIN_SHARED_ARRAY_ALIGNED(16, float, dst, [2 * kThreads * 4]);
         const unsigned t = threadIdx.x;
         pin::cuda::async_copy16(dst + 4 * t, src + 4 * t, true);
         pin::cuda::async_commit();
@@ -232,7 +275,7 @@ TEST_CASE("emulation: cp.async copies land at the wait that covers their group",
         }
     REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(1),
                                               [&] {
-                                                  __shared__ __align__(16) float d[8];
+                                                  PIN_SHARED_ARRAY_ALIGNED(16, float, d, [8]);
                                                   pin::cuda::async_copy16(d + 1, src, true);
                                               }),
                         Catch::Contains("not 16-byte aligned"));
