@@ -570,8 +570,15 @@ int main(int argc, char** argv) {
             std::string launches;
             for (const auto& [kernel, count] : pin::cuda::named_counts(pin::cuda::kernel_launches()))
                 launches += std::string(launches.empty() ? "" : ", ") + "\"" + kernel + "\": " + std::to_string(count);
-            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}}\n", math, gather, parts.c_str(),
-                        launches.c_str());
+            // and their arithmetic (2 M N K per launch), in GFLOP: the share each kernel carries.
+            std::string gflop;
+            for (const auto& [kernel, flops] : pin::cuda::named_counts(pin::cuda::kernel_gemm_flops())) {
+                char number[32];
+                std::snprintf(number, sizeof number, "%.6g", static_cast<double>(flops) * 1e-9);
+                gflop += std::string(gflop.empty() ? "" : ", ") + "\"" + kernel + "\": " + number;
+            }
+            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}, \"gemm_gflop\": {%s}}\n", math,
+                        gather, parts.c_str(), launches.c_str(), gflop.c_str());
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

@@ -184,7 +184,7 @@ echo "Training step (noise, DAE, ESN + head forward and backward, 30 masks, esti
 cat "$out/train_table.txt"
 grep -E "^  " "$out/bench.txt"
 echo
-echo "GEMM launches by kernel, per configuration:"
+echo "GEMM launches and GFLOP (2 M N K) by kernel, per configuration:"
 grep '"gemm_launches"' "$out/bench.txt"
 echo
 echo "bfloat16 GEMMs: the warpgroup-MMA probe, the asynchronous-copy kernel and the wgmma convolution (pin), cuBLAS (PyTorch):"

@@ -31,6 +31,10 @@ std::atomic<int64_t>* gemm_launches() {
     static std::atomic<int64_t> counts[kGemmKernels];  // by GemmKernel
     return counts;
 }
+std::atomic<int64_t>* gemm_flops() {
+    static std::atomic<int64_t> flops[kGemmKernels];  // by GemmKernel: 2 M N K of each launch
+    return flops;
+}
 }  // namespace internal
 
 namespace {
@@ -106,18 +110,23 @@ void set_math_mode(MathMode mode) { math_mode_flag() = static_cast<int>(mode); }
 MathMode math_mode() { return static_cast<MathMode>(math_mode_flag().load()); }
 void set_gather_mode(GatherMode mode) { gather_mode_flag() = static_cast<int>(mode); }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
-KernelLaunches kernel_launches() {
+namespace {
+KernelLaunches counts_by_kernel(const std::atomic<int64_t>* c) {
+    auto at = [c](GemmKernel k) { return c[static_cast<int>(k)].load(); };
     KernelLaunches k;
-    k.fp32 = gemm_launches()[static_cast<int>(GemmKernel::Fp32)].load();
-    k.tensor_core = gemm_launches()[static_cast<int>(GemmKernel::TensorCore)].load();
-    k.wide = gemm_launches()[static_cast<int>(GemmKernel::Wide)].load();
-    k.one_output = gemm_launches()[static_cast<int>(GemmKernel::OneOutput)].load();
-    k.one_input = gemm_launches()[static_cast<int>(GemmKernel::OneInput)].load();
-    k.async = gemm_launches()[static_cast<int>(GemmKernel::Async)].load();
-    k.async_cols128 = gemm_launches()[static_cast<int>(GemmKernel::AsyncCols128)].load();
-    k.wgmma = gemm_launches()[static_cast<int>(GemmKernel::Wgmma)].load();
+    k.fp32 = at(GemmKernel::Fp32);
+    k.tensor_core = at(GemmKernel::TensorCore);
+    k.wide = at(GemmKernel::Wide);
+    k.one_output = at(GemmKernel::OneOutput);
+    k.one_input = at(GemmKernel::OneInput);
+    k.async = at(GemmKernel::Async);
+    k.async_cols128 = at(GemmKernel::AsyncCols128);
+    k.wgmma = at(GemmKernel::Wgmma);
     return k;
 }
+}  // namespace
+KernelLaunches kernel_launches() { return counts_by_kernel(gemm_launches()); }
+KernelFlops kernel_gemm_flops() { return counts_by_kernel(gemm_flops()); }
 void set_activation_storage(ActivationStorage storage) { activation_storage_flag() = static_cast<int>(storage); }
 ActivationStorage activation_storage() { return static_cast<ActivationStorage>(activation_storage_flag().load()); }
 void set_async_tile(AsyncTileShape shape) { async_tile_flag() = static_cast<int>(shape); }

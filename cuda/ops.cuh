@@ -173,6 +173,12 @@ struct KernelLaunches {
     int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
 };
 KernelLaunches kernel_launches();
+// The same per kernel, counting each GEMM launch's 2 M N K (multiplications and additions of the
+// products it computes, padding and zero taps included): where a run's arithmetic went, which is
+// what its speed depends on (a launch count says nothing of size). pin-bench-gpu and `pin` report
+// them beside the launches.
+using KernelFlops = KernelLaunches;
+KernelFlops kernel_gemm_flops();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
 inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelLaunches& k) {

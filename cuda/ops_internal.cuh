@@ -38,8 +38,9 @@ namespace internal {  // defined in ops.cu
 // The calling thread's current stream (nullptr: the legacy default stream). Every launch and copy
 // goes there.
 cudaStream_t cur();
-// GEMM launches so far, by GemmKernel (kernel_launches()).
+// GEMM launches so far, by GemmKernel (kernel_launches()), and their 2 M N K (kernel_gemm_flops()).
 std::atomic<int64_t>* gemm_launches();
+std::atomic<int64_t>* gemm_flops();
 // out[c] = sum over r < rows of x[r * channels + c], in a fixed order (the reductions' kernels are
 // defined in ops.cu's translation unit only: reduce_kernels.cuh).
 void channel_sum_floats(const float* x, int64_t rows, int64_t channels, float* out, const char* name, const std::string& shape);
@@ -176,6 +177,11 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la
 // warpgroup-MMA kernel's (ops_wgmma.cu).
 enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128, Wgmma };
 constexpr int kGemmKernels = 8;
+// Counts a launch of `kernel` and its M x N x K products (ops.cuh kernel_launches, kernel_gemm_flops).
+inline void count_gemm(GemmKernel kernel, int64_t M, int64_t N, int64_t K) {
+    gemm_launches()[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
+    gemm_flops()[static_cast<int>(kernel)].fetch_add(2 * M * N * K, std::memory_order_relaxed);
+}
 // The per-pixel kernels take a plain gather (not a sub-pixel class) and row-major packed weights.
 template <class T>
 struct IsPlainGather : std::false_type {};
@@ -253,7 +259,7 @@ inline void launch_gemm(const GemmPlan& plan, int64_t M, int64_t N, int64_t K, L
     if (M <= 0 || N <= 0) return;
     check_gemm_size(M, N, K, name, shape);
     const GemmKernel kernel = plan.kernel;
-    gemm_launches()[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
+    count_gemm(kernel, M, N, K);
     if constexpr (!kAMFast && IsGather<LoadA>::value)  // Vector reads as Rows where the wide kernel does not apply
         la.rows = gather_mode() != GatherMode::Generic && la.C % 16 == 0;  // the kernels assert 16-deep slices
     const GemmGrid g = plan.grid;
@@ -301,8 +307,8 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
     static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_async_kernel<Operands, Store>),
                                                             cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     check(allowed, name, shape);
-    gemm_launches()[static_cast<int>(GemmKernel::Async)].fetch_add(1, std::memory_order_relaxed);
-    if (T::cols == 128) gemm_launches()[static_cast<int>(GemmKernel::AsyncCols128)].fetch_add(1, std::memory_order_relaxed);
+    count_gemm(GemmKernel::Async, M, N, K);
+    if (T::cols == 128) count_gemm(GemmKernel::AsyncCols128, M, N, K);
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
 }

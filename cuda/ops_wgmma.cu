@@ -58,7 +58,7 @@ void launch_wgmma(int64_t M, int64_t N, int64_t K, int64_t splits, const Operand
     static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_wgmma_kernel<Operands, Store>),
                                                             cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
     check(allowed, name, shape);
-    gemm_launches()[static_cast<int>(GemmKernel::Wgmma)].fetch_add(1, std::memory_order_relaxed);
+    count_gemm(GemmKernel::Wgmma, M, N, K);
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), T::threads, T::smem_bytes, cur(), gemm_wgmma_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
 }

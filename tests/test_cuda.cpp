@@ -75,8 +75,21 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
         auto gx = to_gpu(x), gw = to_gpu(w), gdy = to_gpu(dy), gb = to_gpu(bias), gs = to_gpu(slope);
         pin::cuda::DeviceBuffer gy(y.numel()), gdx(dx.numel()), gdw(dw.numel());
         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+        const pin::cuda::KernelFlops flops_before = pin::cuda::kernel_gemm_flops();
         pin::cuda::conv2d_forward(gx.data(), gw.data(), gy.data(), s, gb.data(), gs.data());
         const pin::cuda::KernelLaunches after = pin::cuda::kernel_launches();
+        {  // Its arithmetic is counted once, 2 M N K of the convolution's GEMM, on the kernel launched.
+            const pin::cuda::KernelFlops flops = pin::cuda::kernel_gemm_flops();
+            const auto named = pin::cuda::named_counts(flops), named_before = pin::cuda::named_counts(flops_before);
+            const auto launched = pin::cuda::named_counts(after), launched_before = pin::cuda::named_counts(before);
+            int64_t added = 0;
+            for (size_t i = 0; i < named.size(); ++i) {
+                INFO(named[i].first);
+                REQUIRE((named[i].second > named_before[i].second) == (launched[i].second > launched_before[i].second));
+                if (std::string(named[i].first) != "async_cols128") added += named[i].second - named_before[i].second;  // part of async's
+            }
+            REQUIRE(added == 2 * (c.b * Ho * Wo) * c.cout * (c.k * c.k * c.cin));
+        }
         // The forward reaches the kernel its configuration is for (ops.cuh GatherMode).
         const bool special = gather != pin::cuda::GatherMode::Generic;
         if (special && c.cout == 1) REQUIRE(after.one_output > before.one_output);

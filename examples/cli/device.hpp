@@ -110,6 +110,16 @@ inline std::vector<std::pair<const char*, int64_t>> gpu_gemm_launches() {
     return {};
 #endif
 }
+// Their arithmetic (pin::cuda::kernel_gemm_flops: 2 M N K per launch), in GFLOP, by kernel in the
+// same order: the share a kernel carries is what the run's speed depends on. Empty without CUDA.
+inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
+    std::vector<std::pair<const char*, double>> gflop;
+#if defined(PIN_HAVE_CUDA)
+    for (const auto& [kernel, flops] : pin::cuda::named_counts(pin::cuda::kernel_gemm_flops()))
+        gflop.emplace_back(kernel, static_cast<double>(flops) * 1e-9);
+#endif
+    return gflop;
+}
 // Whether this device runs the warpgroup-MMA kernel (--gpu-tile wgmma).
 inline bool gpu_runs_wgmma() {
 #if defined(PIN_HAVE_CUDA)
@@ -118,12 +128,20 @@ inline bool gpu_runs_wgmma() {
     return false;
 #endif
 }
-// "pin COMMAND: GPU GEMM launches by kernel: fp32 0, ..., wgmma 40 (this device runs wgmma)" on stderr.
+// "pin COMMAND: GPU GEMM launches by kernel: fp32 0, ..., wgmma 40 (this device runs wgmma)" and
+// "pin COMMAND: GPU GEMM GFLOP by kernel: fp32 0.000, ..., wgmma 23.460" on stderr.
 inline void report_gpu_gemm_launches(const char* command) {
     std::string line;
     for (const auto& [kernel, count] : gpu_gemm_launches()) line += std::string(line.empty() ? "" : ", ") + kernel + " " + std::to_string(count);
     std::fprintf(stderr, "pin %s: GPU GEMM launches by kernel: %s (this device %s wgmma)\n", command, line.c_str(),
                  gpu_runs_wgmma() ? "runs" : "does not run");
+    line.clear();
+    for (const auto& [kernel, gflop] : gpu_gemm_gflop()) {
+        char number[32];
+        std::snprintf(number, sizeof number, "%.3f", gflop);
+        line += std::string(line.empty() ? "" : ", ") + kernel + " " + number;
+    }
+    std::fprintf(stderr, "pin %s: GPU GEMM GFLOP by kernel: %s\n", command, line.c_str());
 }
 
 // Applies --device to `defense`. A bad value or a defense the GPU does not run is a usage error;

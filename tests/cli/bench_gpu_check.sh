@@ -60,6 +60,10 @@ for config in ("generic-fp32", "vector-bf16"):
     assert stages["training_step_profile"]["total_ms"] > 0 and stages["training_step_profile"]["ops_ms"], stages["training_step_profile"]
     launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
     assert len(launches) == 1, launches
+    # Beside the launches, their arithmetic by kernel (2 M N K, GFLOP): a kernel has some exactly
+    # when it was launched.
+    gflop = [j["gemm_gflop"] for j in js if "gemm_launches" in j][0]
+    assert set(gflop) == set(launches[0]) and all((gflop[k] > 0) == (launches[0][k] > 0) for k in gflop), (gflop, launches)
     # The defense also with bfloat16 activations, with both tiles of the asynchronous-copy kernel and
     # the warpgroup-MMA kernel (both pipelines), and the training step with the 256 x 128 tile and the
     # warpgroup-MMA kernel (both pipelines; ops.cuh AsyncTileShape): the vector-bf16 configuration only.
