@@ -373,19 +373,43 @@ inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, 
     return true;
 }
 
+// ---- element-wise --------------------------------------------------------------------------------
+template <class F>
+__global__ void map_kernel(int64_t n, F f) {
+    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        f(i);
+}
+template <class F>
+inline void launch_map(int64_t n, F f, const char* name) {
+    if (n <= 0) return;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
+    PIN_LAUNCH(blocks, 256, cur(), map_kernel)(n, f);
+    check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
+}
+
 // A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
 // gradient) with the weights packed as rows (kh k + kw) C + c: with GatherMode Rows or Vector and
 // a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
 // own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
-// over the whole gather.
+// over the whole gather. A class without taps (a kernel smaller than the stride: the input gradient
+// of a 1 x 1 stride-2 convolution, whose whole gather is 3/4 zero rows) has nothing to multiply:
+// its pixels get the store of an empty sum (StoreEmptySum).
 // wb: the same weights as bfloat16, or null; with a bfloat16 source they let each GEMM run on the
 // asynchronous-copy kernel where it applies; wk: also K-major, or null (launch_async_gemm).
+// Stores the sum over no products, 0, at every (m, n) of an M x N GEMM: what its store makes of it
+// (ConvStore: act(bias) or, accumulating, the value as it was).
+template <class Store>
+struct StoreEmptySum {
+    Store st;
+    int64_t N;
+    __device__ void operator()(int64_t i) const { st(0, i / N, i % N, 0.0f); }
+};
 template <class Src, class Store>
 inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
                             const std::string& shape, const Bf16* wb = nullptr, const Bf16* wk = nullptr) {
     constexpr bool kBf16 = std::is_same<Src, Bf16>::value;
     const int64_t M = batch * g.Ho * g.Wo, K = g.K * g.K * g.C;
-    if (gather_mode() == GatherMode::Generic || g.stride == 1 || g.K < g.stride) {
+    if (gather_mode() == GatherMode::Generic || g.stride == 1) {
         if constexpr (kBf16) {
             if (wb && launch_async_gemm(M, N, K, g, wb, st, name, shape, wk, K)) return;
         }
@@ -398,6 +422,10 @@ inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, co
             if (sg.rows_per_image() == 0) continue;
             const int64_t Mc = batch * sg.rows_per_image();
             const RowMappedStore<Store, SubpixelGather<Src>> mapped{st, sg};
+            if (sg.depth() == 0) {
+                launch_map(Mc * N, StoreEmptySum<RowMappedStore<Store, SubpixelGather<Src>>>{mapped, N}, name);
+                continue;
+            }
             if constexpr (kBf16) {
                 if (wb && launch_async_gemm(Mc, N, sg.depth(), sg, wb, mapped, name, shape, wk, K)) continue;
             }
@@ -484,20 +512,6 @@ inline void gemm_split_reduce(int64_t M, int64_t N, int64_t K, LoadA la, LoadB l
     DeviceBuffer partial = partial_buffer(z, M, N);
     launch_gemm<true>(plan, M, N, K, la, lb, PartialStore{partial.data(), M, N}, name, shape);
     reduce_partials(partial, z, M, N, map, dst, shape);
-}
-
-// ---- element-wise --------------------------------------------------------------------------------
-template <class F>
-__global__ void map_kernel(int64_t n, F f) {
-    for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-        f(i);
-}
-template <class F>
-inline void launch_map(int64_t n, F f, const char* name) {
-    if (n <= 0) return;
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535));
-    PIN_LAUNCH(blocks, 256, cur(), map_kernel)(n, f);
-    check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
 }
 
 }  // namespace
