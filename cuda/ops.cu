@@ -111,9 +111,9 @@ MathMode math_mode() { return static_cast<MathMode>(math_mode_flag().load()); }
 void set_gather_mode(GatherMode mode) { gather_mode_flag() = static_cast<int>(mode); }
 GatherMode gather_mode() { return static_cast<GatherMode>(gather_mode_flag().load()); }
 namespace {
-KernelLaunches counts_by_kernel(const std::atomic<int64_t>* c) {
+KernelCounts counts_by_kernel(const std::atomic<int64_t>* c) {
     auto at = [c](GemmKernel k) { return c[static_cast<int>(k)].load(); };
-    KernelLaunches k;
+    KernelCounts k;
     k.fp32 = at(GemmKernel::Fp32);
     k.tensor_core = at(GemmKernel::TensorCore);
     k.wide = at(GemmKernel::Wide);

@@ -165,24 +165,28 @@ struct Activations {
     Activations(Bf16* p) : data(p), bf16(true) {}    // NOLINT
 };
 
+// A count per GEMM kernel: of launches (kernel_launches) or of arithmetic (kernel_gemm_flops).
+struct KernelCounts {
+    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
+    int64_t async_cols128 = 0;  // of async's, those of the 256 x 128 tile (a part of async, not beside it)
+    int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
+    // Over all kernels (async_cols128 being inside async).
+    int64_t total() const { return fp32 + tensor_core + wide + one_output + one_input + async + wgmma; }
+};
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
 // reaches the kernel it is meant for; pin-bench-gpu reports them).
-struct KernelLaunches {
-    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
-    int64_t async_cols128 = 0;  // of the async launches, those with the 256 x 128 tile
-    int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
-};
+using KernelLaunches = KernelCounts;
 KernelLaunches kernel_launches();
 // The same per kernel, counting each GEMM launch's 2 M N K (multiplications and additions of the
 // products it computes, padding and zero taps included): where a run's arithmetic went, which is
 // what its speed depends on (a launch count says nothing of size). pin-bench-gpu and `pin` report
 // them beside the launches.
-using KernelFlops = KernelLaunches;
+using KernelFlops = KernelCounts;
 KernelFlops kernel_gemm_flops();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
-inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelLaunches& k) {
-    static_assert(sizeof(KernelLaunches) == 8 * sizeof(int64_t), "a counter added to KernelLaunches needs its name here too");
+inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelCounts& k) {
+    static_assert(sizeof(KernelCounts) == 8 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
     return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
             {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}};
 }

@@ -387,15 +387,6 @@ inline void launch_map(int64_t n, F f, const char* name) {
     check(cudaGetLastError(), name, "(" + std::to_string(n) + " elements)");
 }
 
-// A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
-// gradient) with the weights packed as rows (kh k + kw) C + c: with GatherMode Rows or Vector and
-// a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
-// own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
-// over the whole gather. A class without taps (a kernel smaller than the stride: the input gradient
-// of a 1 x 1 stride-2 convolution, whose whole gather is 3/4 zero rows) has nothing to multiply:
-// its pixels get the store of an empty sum (StoreEmptySum).
-// wb: the same weights as bfloat16, or null; with a bfloat16 source they let each GEMM run on the
-// asynchronous-copy kernel where it applies; wk: also K-major, or null (launch_async_gemm).
 // Stores the sum over no products, 0, at every (m, n) of an M x N GEMM: what its store makes of it
 // (ConvStore: act(bias) or, accumulating, the value as it was).
 template <class Store>
@@ -404,6 +395,22 @@ struct StoreEmptySum {
     int64_t N;
     __device__ void operator()(int64_t i) const { st(0, i / N, i % N, 0.0f); }
 };
+// Whether that leaves the output as it was: a convolution's accumulating store without a bias
+// adds act(0) = 0 (PReLU keeps 0). Unknown stores: no.
+template <class Store>
+bool empty_sum_changes_nothing(const Store&) { return false; }
+template <class Y>
+bool empty_sum_changes_nothing(const ConvStore<Y>& st) { return st.accumulate && !st.bias; }
+
+// A GEMM whose A is a transposed gather (transposed convolution forward, convolution input
+// gradient) with the weights packed as rows (kh k + kw) C + c: with GatherMode Rows or Vector and
+// a stride that leaves some taps out of every output pixel, one GEMM per sub-pixel class over its
+// own pixels and taps (gather.cuh SubpixelGather: at stride 2 a quarter of the products), else one
+// over the whole gather. A class without taps (a kernel smaller than the stride: the input gradient
+// of a 1 x 1 stride-2 convolution, whose whole gather is 3/4 zero rows) has nothing to multiply:
+// its pixels get the store of an empty sum (StoreEmptySum), unless that changes nothing.
+// wb: the same weights as bfloat16, or null; with a bfloat16 source they let each GEMM run on the
+// asynchronous-copy kernel where it applies; wk: also K-major, or null (launch_async_gemm).
 template <class Src, class Store>
 inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, const float* w, int64_t N, Store st, const char* name,
                             const std::string& shape, const Bf16* wb = nullptr, const Bf16* wk = nullptr) {
@@ -423,7 +430,7 @@ inline void launch_transposed_gemm(const Gather<true, Src>& g, int64_t batch, co
             const int64_t Mc = batch * sg.rows_per_image();
             const RowMappedStore<Store, SubpixelGather<Src>> mapped{st, sg};
             if (sg.depth() == 0) {
-                launch_map(Mc * N, StoreEmptySum<RowMappedStore<Store, SubpixelGather<Src>>>{mapped, N}, name);
+                if (!empty_sum_changes_nothing(st)) launch_map(Mc * N, StoreEmptySum<RowMappedStore<Store, SubpixelGather<Src>>>{mapped, N}, name);
                 continue;
             }
             if constexpr (kBf16) {

@@ -89,6 +89,7 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
                 if (std::string(named[i].first) != "async_cols128") added += named[i].second - named_before[i].second;  // part of async's
             }
             REQUIRE(added == 2 * (c.b * Ho * Wo) * c.cout * (c.k * c.k * c.cin));
+            REQUIRE(flops.total() - flops_before.total() == added);  // total(): the same sum
         }
         // The forward reaches the kernel its configuration is for (ops.cuh GatherMode).
         const bool special = gather != pin::cuda::GatherMode::Generic;
@@ -263,7 +264,7 @@ TEST_CASE("GPU convolutions read and write bfloat16 activations", "[cuda][conv][
             const Bf16Upload udy = to_gpu_bf16(dy);
             Tensor dx = Tensor::empty(x.shape(), Layout::NHWC);
             cpu::conv2d_backward_input(udy.rounded, w, dx, cpu::Conv2dParams{c.k, c.s, c.p});
-            pin::cuda::DeviceBuffer gdx(static_cast<size_t>(dx.numel()));
+            const pin::cuda::DeviceBuffer gdx = to_gpu(rnd(dx.shape(), 36));  // overwritten: every value, reached or not
             const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
             pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
             const bool async = gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cout % 32 == 0 && c.cin % 8 == 0;
@@ -589,7 +590,7 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
             const Bf16Upload udy = to_gpu_bf16(rnd({c.b, c.cout, Ho, Wo}, 43));
             Tensor dx = Tensor::empty({c.b, c.cin, c.h, c.w}, Layout::NHWC);
             cpu::conv2d_backward_input(udy.rounded, uw.rounded, dx, cpu::Conv2dParams{c.k, c.s, c.p});
-            pin::cuda::DeviceBuffer gdx(static_cast<size_t>(dx.numel()));
+            const pin::cuda::DeviceBuffer gdx = to_gpu(rnd(dx.shape(), 36));  // overwritten: every value, reached or not
             const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
             pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
             const bool on_wgmma = c.cout % 64 == 0 && c.cin % 8 == 0;
