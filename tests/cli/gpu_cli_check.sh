@@ -137,7 +137,7 @@ echo "pin train --device cuda follows the CPU run; --resume on the GPU gives the
   >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda with the fast settings"; }
 # Where the device runs wgmma, every 3 x 3 convolution between bfloat16 operands goes there, none
 # to the asynchronous-copy kernel; elsewhere the reverse. Either carries nine tenths of the step's
-# arithmetic at least (emulated: 97 %; most of the rest on the wide kernel).
+# arithmetic at least (emulated: 97 %; the 1 x 1 shortcuts' three passes and the head go to the wide kernel).
 kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["async"] > 0) == (not w) and s("wgmma" if w else "async") >= 0.9' \
   || fail "--gpu-tile wgmma did not reach the kernels it names"
 follows "$work/agent_gpu_fast/log.csv" mean_cost:5e-2 mean_kept:1e-1 || fail "pin train --device cuda (fast settings) does not follow the CPU run"
