@@ -577,8 +577,11 @@ int main(int argc, char** argv) {
                 std::snprintf(number, sizeof number, "%.6g", static_cast<double>(flops) * 1e-9);
                 gflop += std::string(gflop.empty() ? "" : ", ") + "\"" + kernel + "\": " + number;
             }
-            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}, \"gemm_gflop\": {%s}}\n", math,
-                        gather, parts.c_str(), launches.c_str(), gflop.c_str());
+            // gemm_gflop_total: all of it (KernelCounts::total; async_cols128 is inside async).
+            std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}, \"gemm_gflop\": {%s}, "
+                        "\"gemm_gflop_total\": %.6g}\n",
+                        math, gather, parts.c_str(), launches.c_str(), gflop.c_str(),
+                        static_cast<double>(pin::cuda::kernel_gemm_flops().total()) * 1e-9);
         }
         if (!known) {
             std::fprintf(stderr, "pin-bench-gpu: unknown --config '%s'\n", only.c_str());

@@ -120,6 +120,15 @@ inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
 #endif
     return gflop;
 }
+// All of it, in GFLOP (pin::cuda::KernelCounts::total: async_cols128 is part of async's, not beside
+// it, so the sum of gpu_gemm_gflop() counts that tile twice). 0 without CUDA.
+inline double gpu_gemm_gflop_total() {
+#if defined(PIN_HAVE_CUDA)
+    return static_cast<double>(pin::cuda::kernel_gemm_flops().total()) * 1e-9;
+#else
+    return 0.0;
+#endif
+}
 // Whether this device runs the warpgroup-MMA kernel (--gpu-tile wgmma).
 inline bool gpu_runs_wgmma() {
 #if defined(PIN_HAVE_CUDA)
@@ -129,7 +138,7 @@ inline bool gpu_runs_wgmma() {
 #endif
 }
 // "pin COMMAND: GPU GEMM launches by kernel: fp32 0, ..., wgmma 40 (this device runs wgmma)" and
-// "pin COMMAND: GPU GEMM GFLOP by kernel: fp32 0.000, ..., wgmma 23.460" on stderr.
+// "pin COMMAND: GPU GEMM GFLOP by kernel: fp32 0.000, ..., wgmma 23.460; total 23.652" on stderr.
 inline void report_gpu_gemm_launches(const char* command) {
     std::string line;
     for (const auto& [kernel, count] : gpu_gemm_launches()) line += std::string(line.empty() ? "" : ", ") + kernel + " " + std::to_string(count);
@@ -141,7 +150,7 @@ inline void report_gpu_gemm_launches(const char* command) {
         std::snprintf(number, sizeof number, "%.3f", gflop);
         line += std::string(line.empty() ? "" : ", ") + kernel + " " + number;
     }
-    std::fprintf(stderr, "pin %s: GPU GEMM GFLOP by kernel: %s\n", command, line.c_str());
+    std::fprintf(stderr, "pin %s: GPU GEMM GFLOP by kernel: %s; total %.3f\n", command, line.c_str(), gpu_gemm_gflop_total());
 }
 
 // Applies --device to `defense`. A bad value or a defense the GPU does not run is a usage error;

@@ -168,6 +168,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     if (o.get("device", "cpu") == "cuda") {  // which kernels the settings reached (report_gpu_gemm_launches)
         for (const auto& [kernel, count] : gpu_gemm_launches()) j["gpu_gemm_launches"][kernel] = count;
         for (const auto& [kernel, gflop] : gpu_gemm_gflop()) j["gpu_gemm_gflop"][kernel] = gflop;
+        j["gpu_gemm_gflop_total"] = gpu_gemm_gflop_total();
         j["gpu_runs_wgmma"] = gpu_runs_wgmma();
     }
     j["intensity"] = vo.attack.intensity;

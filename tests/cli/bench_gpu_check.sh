@@ -61,9 +61,10 @@ for config in ("generic-fp32", "vector-bf16"):
     launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
     assert len(launches) == 1, launches
     # Beside the launches, their arithmetic by kernel (2 M N K, GFLOP): a kernel has some exactly
-    # when it was launched.
-    gflop = [j["gemm_gflop"] for j in js if "gemm_launches" in j][0]
+    # when it was launched; the total is every kernel's but async_cols128's (part of async's).
+    gflop, total = [(j["gemm_gflop"], j["gemm_gflop_total"]) for j in js if "gemm_launches" in j][0]
     assert set(gflop) == set(launches[0]) and all((gflop[k] > 0) == (launches[0][k] > 0) for k in gflop), (gflop, launches)
+    assert total > 0 and abs(total - (sum(gflop.values()) - gflop["async_cols128"])) <= 1e-5 * total, (gflop, total)
     # The defense also with bfloat16 activations, with both tiles of the asynchronous-copy kernel and
     # the warpgroup-MMA kernel (both pipelines), and the training step with the 256 x 128 tile and the
     # warpgroup-MMA kernel (both pipelines; ops.cuh AsyncTileShape): the vector-bf16 configuration only.

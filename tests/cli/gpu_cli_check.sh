@@ -55,9 +55,10 @@ if [ $rc != 0 ]; then
   exit 77
 fi
 # The kernels a run reached, from its "GPU GEMM launches by kernel: fp32 N, ..., wgmma N (this device
-# runs wgmma)" and "GPU GEMM GFLOP by kernel: fp32 X, ..., wgmma X" lines: EXPRESSION over k
+# runs wgmma)" and "GPU GEMM GFLOP by kernel: fp32 X, ..., wgmma X; total X" lines: EXPRESSION over k
 # (launches by kernel), w (whether the device runs wgmma) and s(kernel) (that kernel's share of the
-# run's GEMM arithmetic; async_cols128 is part of async's).
+# run's total GEMM arithmetic). The total is every kernel's but async_cols128's, which is part of
+# async's.
 kernels() {  # LOG EXPRESSION
   python3 - "$@" <<'PY'
 import re, sys
@@ -67,10 +68,13 @@ def report(what):
     return line[0]
 launches, gflop = report("GPU GEMM launches by kernel:"), report("GPU GEMM GFLOP by kernel:")
 k = {name: int(n) for name, n in re.findall(r"(\w+) (\d+)", launches.split("kernel:")[1])}
-f = {name: float(x) for name, x in re.findall(r"(\w+) ([0-9.]+)", gflop.split("kernel:")[1])}
-assert set(k) == set(f) and sum(f.values()) > 0, (k, f)
+by_kernel, total = gflop.split("kernel:")[1].split("; total ")
+f = {name: float(x) for name, x in re.findall(r"(\w+) ([0-9.]+)", by_kernel)}
+total = float(total)
+assert set(k) == set(f) and total > 0, (k, f)
+assert abs(total - (sum(f.values()) - f["async_cols128"])) <= 0.001 * len(f), (total, f)  # each printed to 3 decimals
 w = "(this device runs wgmma)" in launches
-s = lambda kernel: f[kernel] / (sum(f.values()) - f["async_cols128"])
+s = lambda kernel: f[kernel] / total
 print("  kernels:", launches.split("kernel:")[1].strip())
 print("  GFLOP:", gflop.split("kernel:")[1].strip())
 assert eval(sys.argv[2], {"k": k, "w": w, "s": s}), sys.argv[2]
@@ -166,7 +170,9 @@ assert k["fp32"] > 0 and k["tensor_core"] == k["wide"] == k["async"] == k["wgmma
 k, w = fast["gpu_gemm_launches"], fast["gpu_runs_wgmma"]
 assert (k["wgmma"] > 0) == w and (k["async"] > 0) == (not w) and k["fp32"] == 0, (k, w)
 f = fast["gpu_gemm_gflop"]
-assert set(f) == set(k) and f[("wgmma" if w else "async")] >= 0.95 * (sum(f.values()) - f["async_cols128"]), (f, w)
+total = fast["gpu_gemm_gflop_total"]
+assert set(f) == set(k) and abs(total - (sum(f.values()) - f["async_cols128"])) <= 1e-9 * total, (f, total)
+assert f[("wgmma" if w else "async")] >= 0.95 * total, (f, w)
 for run, tol in ((gpu, 1e-3), (fast, 3e-2)):
     d = max(abs(x - y) for x, y in zip(cpu["scores"], run["scores"]))
     print("  scores (%s): largest difference from the CPU's %.3g (tolerance %g)" % (run["gpu_math"], d, tol))
