@@ -2,19 +2,21 @@
 # bench/converge.sh - which policy-gradient estimator trains the agent: the same data, seed, learning
 # rate and number of steps for reinforce (released rule), rloo and local (per-eigenvector credit),
 # each from the same initial weights. Writes OUT/<estimator>/log.csv, OUT/converge.csv (all three),
-# OUT/converge.svg (mean cost and mean ||q||_0 against step) and prints a summary.
+# OUT/converge.svg (mean cost and mean ||q||_0 against step) and prints a summary. With --bf16 each
+# estimator also runs as ESTIMATOR-bf16 with `pin train --emulate-gpu-bf16` (the GEMM operands
+# rounded to bfloat16 as the GPU's --gpu-math bf16 rounds them), compared with its fp32 run.
 #
 #   bench/converge.sh --dae FILE --basis FILE [--data DIR] [--steps 150] [--lambda 0.002] [--lr 0.01]
-#                     [--out DIR] [--estimators "reinforce rloo local"]
+#                     [--out DIR] [--estimators "reinforce rloo local"] [--bf16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=../shared/data/lfw112; steps=150; lambda=0.002; lr=0.01; out=converge-run; dae=""; basis=""
-estimators="reinforce rloo local"
+estimators="reinforce rloo local"; bf16=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --data) data=$2; shift ;; --steps) steps=$2; shift ;; --lambda) lambda=$2; shift ;; --lr) lr=$2; shift ;;
-    --out) out=$2; shift ;; --dae) dae=$2; shift ;; --basis) basis=$2; shift ;; --estimators) estimators=$2; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --out) out=$2; shift ;; --dae) dae=$2; shift ;; --basis) basis=$2; shift ;; --estimators) estimators=$2; shift ;; --bf16) bf16=1 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "converge.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -22,16 +24,23 @@ done
 [ -n "$dae" ] && [ -n "$basis" ] || { echo "converge.sh: --dae and --basis are required" >&2; exit 2; }
 pin=${PIN:-build/bin/pin}
 mkdir -p "$out"
+runs=()
 for est in $estimators; do
-  if [ -f "$out/$est/log.csv" ] && [ "$(($(wc -l < "$out/$est/log.csv") - 1))" -ge "$steps" ]; then
-    echo "converge.sh: $est already has $steps steps in $out/$est"; continue
-  fi
-  rm -rf "${out:?}/$est"
-  echo "converge.sh: $est, $steps steps"
-  "$pin" train --data "$data" --dae "$dae" --basis "$basis" --out "$out/$est" --estimator "$est" --lambda "$lambda" \
-    --lr "$lr" --batch 20 --masks 30 --flip --steps "$steps" --epochs 1000 --no-progress
+  runs+=("$est")
+  [ "$bf16" = 1 ] && runs+=("$est-bf16")
 done
-python3 - "$out" "$steps" $estimators <<'PY'
+for run in "${runs[@]}"; do
+  if [ -f "$out/$run/log.csv" ] && [ "$(($(wc -l < "$out/$run/log.csv") - 1))" -ge "$steps" ]; then
+    echo "converge.sh: $run already has $steps steps in $out/$run"; continue
+  fi
+  rm -rf "${out:?}/$run"
+  echo "converge.sh: $run, $steps steps"
+  extra=()
+  [ "$run" != "${run%-bf16}" ] && extra=(--emulate-gpu-bf16)
+  "$pin" train --data "$data" --dae "$dae" --basis "$basis" --out "$out/$run" --estimator "${run%-bf16}" --lambda "$lambda" \
+    --lr "$lr" --batch 20 --masks 30 --flip --steps "$steps" --epochs 1000 --no-progress "${extra[@]}"
+done
+python3 - "$out" "$steps" "${runs[@]}" <<'PY'
 import csv, os, sys
 sys.path.insert(0, os.path.join(os.getcwd(), "bench"))
 from svg_plot import line_chart
@@ -63,6 +72,9 @@ for e, rows in runs.items():
     print("%-10s %13.3f %13.3f %13.1f %7.2f" % (e, sum(c[:10]) / 10, summary[e], sum(k[-20:]) / 20, t))
 if "reinforce" in summary:
     for e in summary:
-        if e != "reinforce":
+        if e != "reinforce" and not e.endswith("-bf16"):
             print("%s: last-20 mean cost %.1f %% below reinforce" % (e, 100 * (1 - summary[e] / summary["reinforce"])))
+for e in summary:  # --bf16: each bfloat16-operand run against its fp32 run
+    if e.endswith("-bf16") and e[:-5] in summary:
+        print("%s: last-20 mean cost %+.2f %% against %s (fp32)" % (e, 100 * (summary[e] / summary[e[:-5]] - 1), e[:-5]))
 PY

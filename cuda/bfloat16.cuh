@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "pin/io/half.hpp"
+
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>  // device code converts with the hardware's instructions
 #define PIN_HD __host__ __device__
@@ -39,11 +41,7 @@ PIN_HD inline Bf16 to_bf16(float f) {
 #if defined(__CUDA_ARCH__)
     return Bf16{__bfloat16_as_ushort(__float2bfloat16_rn(f))};
 #else
-    uint32_t u;
-    std::memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return Bf16{static_cast<uint16_t>((u >> 16) | 0x40u)};
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return Bf16{static_cast<uint16_t>(u >> 16)};
+    return Bf16{pin::io::float_to_bfloat16(f)};
 #endif
 }
 // A value as storage type T.

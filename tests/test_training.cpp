@@ -116,6 +116,15 @@ TEST_CASE("checkpoints restore weights and momentum exactly and refuse other set
                         Catch::Contains("a 'agent' checkpoint, this command resumes 'dae' training"));
     REQUIRE_THROWS_WITH(train::load_checkpoint(path, "agent", {{"batch", "8"}, {"lambda", "0.015"}}, b.parameters(), b.parameters(), sb),
                         Catch::Contains("batch=20 (now 8)"));
+    // A setting newer than the checkpoint: absent means its stated old value, and only that.
+    std::map<std::string, std::string> newer = config;
+    newer["emulate_gpu_bf16"] = "0";
+    REQUIRE_THROWS_WITH(train::load_checkpoint(path, "agent", newer, b.parameters(), b.parameters(), sb),
+                        Catch::Contains("emulate_gpu_bf16=(absent) (now 0)"));
+    REQUIRE_NOTHROW(train::load_checkpoint(path, "agent", newer, b.parameters(), b.parameters(), sb, {{"emulate_gpu_bf16", "0"}}));
+    newer["emulate_gpu_bf16"] = "1";
+    REQUIRE_THROWS_WITH(train::load_checkpoint(path, "agent", newer, b.parameters(), b.parameters(), sb, {{"emulate_gpu_bf16", "0"}}),
+                        Catch::Contains("emulate_gpu_bf16=0 (now 1)"));
     nn::Linear c(7, 6);
     nn::SGD sc(c.parameters(), 0.1f);
     REQUIRE_THROWS_WITH(train::load_checkpoint(path, "agent", config, c.parameters(), c.parameters(), sc),

@@ -36,7 +36,7 @@ inline const std::set<std::string>& value_flags() {
     return f;
 }
 inline const std::set<std::string>& switch_flags() {
-    static const std::set<std::string> f = {"flip", "resume", "no-progress", "color"};
+    static const std::set<std::string> f = {"flip", "resume", "no-progress", "color", "emulate-gpu-bf16"};
     return f;
 }
 

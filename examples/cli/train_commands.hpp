@@ -17,6 +17,7 @@
 #include "pin/io/state_dict.hpp"
 #include "pin/model/agent.hpp"
 #include "pin/model/eigenbasis.hpp"
+#include "pin/train/bf16_operands_backend.hpp"
 #include "pin/train/dae_pretrainer.hpp"
 #include "pin/train/trainer.hpp"
 #include "pin/train/training_loop.hpp"
@@ -159,6 +160,9 @@ inline int cmd_train(const Options& o) {
     const std::string device = o.get("device", "cpu");
     if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
     apply_gpu_settings(o, device);
+    const bool emulate_bf16 = o.has("emulate-gpu-bf16");
+    if (emulate_bf16 && device != "cpu")
+        fail_usage("--emulate-gpu-bf16 rounds the CPU step's operands as --gpu-math bf16 does; on the GPU use --gpu-math bf16");
     if (device == "cuda") {
 #if defined(PIN_HAVE_CUDA)
         std::string reason;
@@ -207,10 +211,12 @@ inline int cmd_train(const Options& o) {
         {"clip_norm", o.get("clip-norm", "1")},   {"features_lr_scale", o.get("features-lr-scale", "1")},
         {"head_init_scale", o.get("head-init-scale", "0.01")},
         {"eigenvectors", std::to_string(basis->count())}});
+    config["emulate_gpu_bf16"] = emulate_bf16 ? "1" : "0";  // a resume must keep it; older checkpoints: 0
     pin::train::TrainingPosition start;
     if (o.has("resume")) {
         const pin::train::Checkpoint ck = pin::train::load_checkpoint(lo.checkpoint_path, "agent", config, agent->parameters(),
-                                                                      trainer.trained_parameters(), trainer.optimizer());
+                                                                      trainer.trained_parameters(), trainer.optimizer(),
+                                                                      {{"emulate_gpu_bf16", "0"}});
         start = ck.position;
         std::fprintf(stderr, "pin train: resuming at epoch %lld, batch %lld (step %lld)\n", static_cast<long long>(start.epoch + 1),
                      static_cast<long long>(start.batch), static_cast<long long>(start.step));
@@ -227,7 +233,22 @@ inline int cmd_train(const Options& o) {
         return trainer.step(x, first);
     };
     std::function<void()> sync = [] {};
-    std::function<void(float)> set_gpu_lr = [](float) {};
+    std::function<void(float)> set_backend_lr = [](float) {};
+    // --emulate-gpu-bf16: the step composed as on the GPU (BackendTrainer), on the CPU engine with
+    // bfloat16 GEMM operands (train/bf16_operands_backend.hpp); weights and momentum copied back
+    // before every checkpoint, as from the GPU.
+    std::unique_ptr<pin::train::Bf16OperandsCpuBackend> bf16_backend;
+    std::unique_ptr<pin::train::BackendTrainer<pin::train::Bf16OperandsCpuBackend>> bf16;
+    if (emulate_bf16) {
+        bf16_backend = std::make_unique<pin::train::Bf16OperandsCpuBackend>(agent->dae(), basis, to);
+        bf16 = std::make_unique<pin::train::BackendTrainer<pin::train::Bf16OperandsCpuBackend>>(*bf16_backend, *agent,
+                                                                                                trainer.optimizer(), to);
+        bf16->set_lr(trainer.optimizer().lr());
+        std::fprintf(stderr, "pin train: GEMM operands rounded to bfloat16 (--emulate-gpu-bf16)\n");
+        step = [&](const pin::Tensor& x, uint64_t first) { return bf16->step(x, first); };
+        sync = [&] { bf16->download(*agent, trainer.optimizer()); };
+        set_backend_lr = [&](float lr) { bf16->set_lr(lr); };
+    }
 #if defined(PIN_HAVE_CUDA)
     std::unique_ptr<pin::cuda::GpuTrainingBackend> gpu_backend;
     std::unique_ptr<pin::cuda::GpuTrainer> gpu;
@@ -238,7 +259,7 @@ inline int cmd_train(const Options& o) {
         std::fprintf(stderr, "pin train: the training step runs on %s\n", pin::cuda::device_name().c_str());
         step = [&](const pin::Tensor& x, uint64_t first) { return gpu->step(x, first); };
         sync = [&] { gpu->download(*agent, trainer.optimizer()); };
-        set_gpu_lr = [&](float lr) { gpu->set_lr(lr); };
+        set_backend_lr = [&](float lr) { gpu->set_lr(lr); };
     }
 #endif
     pin::train::LoopCallbacks cb;
@@ -248,7 +269,7 @@ inline int cmd_train(const Options& o) {
     };
     cb.set_lr = [&](float lr) {
         trainer.optimizer().set_lr(lr);
-        set_gpu_lr(lr);
+        set_backend_lr(lr);
     };
     pin::train::TrainingPosition last = start;
     cb.save_checkpoint = [&](const pin::train::TrainingPosition& at) {

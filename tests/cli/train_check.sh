@@ -37,6 +37,26 @@ for est in local rloo reinforce; do
   cmp -s "$work/agent_b_$est/checkpoint.safetensors" "$work/agent_c_$est/checkpoint.safetensors" || fail "resumed agent run differs ($est)"
   [ -f "$work/agent_c_$est/agent.safetensors" ] && [ -f "$work/agent_c_$est/eigenbasis.safetensors" ] || fail "no model folder ($est)"
 done
+# --emulate-gpu-bf16 (the step through BackendTrainer with bfloat16 GEMM operands, on the CPU):
+# resumes bit for bit too, is not the fp32 run, starts near it (the same masks but for a rounding
+# edge), and a resume must keep it.
+$tr --out "$work/agent_b_bf16" --steps 1 --emulate-gpu-bf16 >/dev/null 2>&1 || fail "train --emulate-gpu-bf16 (first part)"
+$tr --out "$work/agent_b_bf16" --resume --emulate-gpu-bf16 >/dev/null 2>&1 || fail "train --emulate-gpu-bf16 --resume"
+$tr --out "$work/agent_c_bf16" --emulate-gpu-bf16 >/dev/null 2>&1 || fail "train --emulate-gpu-bf16 (whole)"
+cmp -s "$work/agent_b_bf16/checkpoint.safetensors" "$work/agent_c_bf16/checkpoint.safetensors" || fail "resumed --emulate-gpu-bf16 run differs"
+cmp -s "$work/agent_c_bf16/checkpoint.safetensors" "$work/agent_c_reinforce/checkpoint.safetensors" && fail "--emulate-gpu-bf16 changed nothing"
+python3 - "$work/agent_c_reinforce/log.csv" "$work/agent_c_bf16/log.csv" <<'PY' || fail "--emulate-gpu-bf16: first step's cost far from fp32's"
+import csv, sys
+a, b = (list(csv.DictReader(open(p))) for p in sys.argv[1:3])
+assert len(a) == len(b) == 8, (len(a), len(b))
+ca, cb = float(a[0]["mean_cost"]), float(b[0]["mean_cost"])
+print("  first step's mean cost: fp32 %.6g, bfloat16 operands %.6g" % (ca, cb))
+assert abs(cb - ca) <= 0.02 * abs(ca), (ca, cb)  # the masks may well be the same ones
+PY
+$tr --out "$work/agent_c_bf16" --steps 1 --resume >"$work/msg" 2>&1 && fail "resume without --emulate-gpu-bf16 was accepted"
+grep -q "emulate_gpu_bf16" "$work/msg" || { cat "$work/msg"; fail "no message naming emulate_gpu_bf16"; }
+$tr --out "$work/bad_bf16" --emulate-gpu-bf16 --device cuda >"$work/msg" 2>&1 && fail "--emulate-gpu-bf16 --device cuda accepted"
+grep -q -- "--emulate-gpu-bf16 rounds the CPU step" "$work/msg" || { cat "$work/msg"; fail "no message for --emulate-gpu-bf16 --device cuda"; }
 # The trained folder is a model folder for pin defend.
 "$pin" defend --model "$work/agent_c_local" --in "$work/faces/person_00" --out "$work/defended" $q >/dev/null 2>&1 \
   || fail "pin defend with the trained model folder"

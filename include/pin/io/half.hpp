@@ -70,4 +70,16 @@ PIN_HOST_DEVICE inline float bfloat16_to_float(uint16_t b) {
     return f;
 }
 
+// Round to nearest, ties to even, as CUDA's __float2bfloat16_rn (and a tensor core reading a float
+// operand as bfloat16); a NaN stays a (quiet) NaN, an overflow becomes an infinity.
+PIN_HOST_DEVICE inline uint16_t float_to_bfloat16(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(u >> 16);
+}
+// f as the nearest bfloat16 value (8 significant bits).
+PIN_HOST_DEVICE inline float round_to_bfloat16(float f) { return bfloat16_to_float(float_to_bfloat16(f)); }
+
 }  // namespace pin::io

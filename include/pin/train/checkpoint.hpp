@@ -65,10 +65,11 @@ inline void save_checkpoint(const std::string& path, const Checkpoint& ck, const
 }
 
 // Restores parameters and optimizer state; checks that the checkpoint is of `kind` and that its
-// configuration equals `config` (every mismatch is listed).
+// configuration equals `config` (every mismatch is listed). `added_later`: settings newer than some
+// checkpoints, with the value a checkpoint that lacks one was made with.
 inline Checkpoint load_checkpoint(const std::string& path, const std::string& kind, const std::map<std::string, std::string>& config,
                                   const std::vector<nn::NamedParameter>& model, const std::vector<nn::NamedParameter>& trained,
-                                  nn::SGD& optimizer) {
+                                  nn::SGD& optimizer, const std::map<std::string, std::string>& added_later = {}) {
     const io::SafetensorsContents contents = io::read_safetensors(path);
     auto it = contents.metadata.find("pin.checkpoint");
     PIN_CHECK(it != contents.metadata.end(), path, ": not a pin training checkpoint (no 'pin.checkpoint' metadata)");
@@ -82,7 +83,8 @@ inline Checkpoint load_checkpoint(const std::string& path, const std::string& ki
     std::string mismatches;
     for (const auto& kv : config) {
         auto m = contents.metadata.find("config." + kv.first);
-        const std::string stored = m == contents.metadata.end() ? "(absent)" : m->second;
+        const auto old = added_later.find(kv.first);
+        const std::string stored = m != contents.metadata.end() ? m->second : old != added_later.end() ? old->second : "(absent)";
         if (stored != kv.second) mismatches += " " + kv.first + "=" + stored + " (now " + kv.second + ")";
         ck.config[kv.first] = stored;
     }
