@@ -87,7 +87,7 @@ TEST_CASE("Bf16OperandsCpuBackend rounds exactly the GEMM operands", "[bf16][tra
         bf16.conv2d_forward(x.data(), w.data(), y.data(), g);
         fp32.conv2d_forward(xr.data(), wr.data(), expected.data(), g);
         fp32.conv2d_forward(x.data(), w.data(), unrounded.data(), g);
-        REQUIRE(max_abs_difference(y, expected) == 0);
+        REQUIRE(bitwise_equal(y, expected));
         REQUIRE(max_abs_difference(y, unrounded) > 1e-4);  // the rounding is there
     }
     SECTION("the 1-channel stem stays fp32 (the GPU's per-pixel kernel)") {
@@ -96,7 +96,7 @@ TEST_CASE("Bf16OperandsCpuBackend rounds exactly the GEMM operands", "[bf16][tra
         Tensor y = Tensor::empty({2 * 9 * 7 * 4}), expected = Tensor::empty({2 * 9 * 7 * 4});
         bf16.conv2d_forward(xs.data(), ws.data(), y.data(), s);
         fp32.conv2d_forward(xs.data(), ws.data(), expected.data(), s);
-        REQUIRE(max_abs_difference(y, expected) == 0);
+        REQUIRE(bitwise_equal(y, expected));
     }
     SECTION("convolution backward, plain and accumulating") {
         for (const bool accumulate : {false, true}) {
@@ -105,8 +105,8 @@ TEST_CASE("Bf16OperandsCpuBackend rounds exactly the GEMM operands", "[bf16][tra
             Tensor dx = start.clone(), dw = Tensor::empty({nw}), edx = start.clone(), edw = Tensor::empty({nw});
             bf16.conv2d_backward(x.data(), dy.data(), w.data(), dx.data(), dw.data(), g, accumulate);
             fp32.conv2d_backward(xr.data(), dyr.data(), wr.data(), edx.data(), edw.data(), g, accumulate);
-            REQUIRE(max_abs_difference(dx, edx) == 0);
-            REQUIRE(max_abs_difference(dw, edw) == 0);
+            REQUIRE(bitwise_equal(dx, edx));
+            REQUIRE(bitwise_equal(dw, edw));
             Tensor udx = start.clone(), udw = Tensor::empty({nw});
             fp32.conv2d_backward(x.data(), dy.data(), w.data(), udx.data(), udw.data(), g, accumulate);
             REQUIRE(max_abs_difference(dx, udx) > 1e-4);
@@ -121,15 +121,15 @@ TEST_CASE("Bf16OperandsCpuBackend rounds exactly the GEMM operands", "[bf16][tra
         Tensor y = Tensor::empty({B * out}), ey = Tensor::empty({B * out});
         bf16.linear_forward(lx.data(), lw.data(), lb.data(), y.data(), B, in, out);
         fp32.linear_forward(lxr.data(), lwr.data(), lb.data(), ey.data(), B, in, out);  // the bias is not rounded
-        REQUIRE(max_abs_difference(y, ey) == 0);
+        REQUIRE(bitwise_equal(y, ey));
         Tensor dx = Tensor::empty({B * in}), edx = Tensor::empty({B * in});
         bf16.linear_backward_input(ldy.data(), lw.data(), dx.data(), B, in, out);
         fp32.linear_backward_input(ldyr.data(), lwr.data(), edx.data(), B, in, out);
-        REQUIRE(max_abs_difference(dx, edx) == 0);
+        REQUIRE(bitwise_equal(dx, edx));
         Tensor dw = Tensor::empty({out * in}), db = Tensor::empty({out}), edw = Tensor::empty({out * in}), edb = Tensor::empty({out});
         bf16.linear_backward_params(lx.data(), ldy.data(), dw.data(), db.data(), B, in, out);
         fp32.linear_backward_params(lxr.data(), ldyr.data(), edw.data(), edb.data(), B, in, out);
-        REQUIRE(max_abs_difference(dw, edw) == 0);
+        REQUIRE(bitwise_equal(dw, edw));
         for (int64_t j = 0; j < out; ++j) {
             double s = 0;
             for (int64_t b = 0; b < B; ++b) s += ldy.data()[b * out + j];
