@@ -1,7 +1,9 @@
-// Linear layer against the float64 reference, finite differences, threads, errors.
+// Linear layer against the float64 reference, finite differences, threads, errors; the projection
+// coefficients (the same register tiles, here in the kernel tests of every SIMD path).
 #include "helpers.hpp"
 #include "pin/core/parallel.hpp"
 #include "pin/cpu/linear.hpp"
+#include "pin/cpu/projection.hpp"
 #include "pin/cpu/reference.hpp"
 
 using namespace pin;
@@ -67,4 +69,30 @@ TEST_CASE("linear is identical for 1 and 2 threads and checks shapes", "[linear]
     REQUIRE(bitwise_equal(dw[0], dw[1]));
     Tensor bad = Tensor::empty({16, 70});
     REQUIRE_THROWS_WITH(cpu::linear_forward(random_tensor({16, 2999}, 1), w, b, bad), Catch::Contains("x has 2999 features, W expects 3000"));
+}
+
+// Batches 1..13 put every row count of a register tile (up to 12 rows, 6 with two or four vectors)
+// at the end of the batch; N has whole column blocks (16 floats on AVX2, 64 on AVX-512) and a tail.
+TEST_CASE("project_coefficients matches the float64 reference for every tile height", "[linear][projection]") {
+    const int64_t D = 203, N = 3 * 64 + 5;
+    const Tensor basis = random_tensor({D, N}, 130, 0.1f), mean = random_tensor({D}, 131);
+    for (int64_t batch = 1; batch <= 13; ++batch) {
+        INFO("batch " << batch);
+        const Tensor x = random_tensor({batch, D}, 132 + static_cast<uint64_t>(batch));
+        Tensor c = Tensor::empty({batch, N});
+        cpu::project_coefficients(basis.data(), mean.data(), D, N, x.data(), batch, c.data());
+        DVec ref(static_cast<size_t>(batch * N)), scale(ref.size());
+        for (int64_t b = 0; b < batch; ++b)
+            for (int64_t j = 0; j < N; ++j) {
+                double s = 0, a = 0;
+                for (int64_t d = 0; d < D; ++d) {
+                    const double t = (static_cast<double>(x.data()[b * D + d]) - mean.data()[d]) * basis.data()[d * N + j];
+                    s += t;
+                    a += std::fabs(t);
+                }
+                ref[static_cast<size_t>(b * N + j)] = s;
+                scale[static_cast<size_t>(b * N + j)] = a;
+            }
+        require_close(c, ref, scale, 2e-5, "coefficients");
+    }
 }

@@ -56,7 +56,12 @@ namespace detail {
 
 constexpr int kMaxNV = VecF::kLanes == 16 ? 4 : 2;   // vectors of output channels per tile
 constexpr int kBlockCo = kMaxNV * VecF::kLanes;     // output channels per packed weight block
-constexpr int mr_for_nv(int nv) { return std::min(12, (VecF::kRegisters - 8) / nv); }
+// Rows of a register tile for nv vectors of output channels: MR x NV accumulators, NV weight
+// vectors and a broadcast must fit the register file. An FMA's result is ready some 4-5 cycles
+// later on two pipes, so a tile needs 8-10 independent accumulators to keep both busy: AVX2 (16
+// registers) takes 6 x 2 (15 registers; its old 4 x 2 kept the FMA pipes at most 80 % busy),
+// AVX-512 (32) keeps the 6 x 4 of its measured tables.
+constexpr int mr_for_nv(int nv) { return std::min(12, (VecF::kRegisters - (VecF::kRegisters == 32 ? 8 : 3)) / nv); }
 
 // Packed weights: [co_block][tap][ci][kBlockCo], zero-padded past the last output channel.
 // weight(co, ci, t) supplies the values, so every convolution direction packs from the same layout.
@@ -294,6 +299,7 @@ inline void gather_conv_packed_classes(const float* src, const GatherConvGeometr
     // gives the same bits.
     const int64_t weight_block_bytes = max_taps * g0.src_channels * kBlockCo * static_cast<int64_t>(sizeof(float));
     const int64_t kPixelBlock = weight_block_bytes > (512 << 10) ? 96 : 48;
+    static_assert(48 % mr_for_nv(1) == 0 && 48 % mr_for_nv(2) == 0 && 48 % mr_for_nv(kMaxNV) == 0, "whole tiles per block");
     const int64_t pixel_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
     parallel_for(co_blocks * pixel_blocks, [&](int64_t task) {
         const int64_t cb = task / pixel_blocks, pb = task % pixel_blocks;
@@ -492,7 +498,7 @@ void weight_grad_tile_any(float* out, int64_t out_stride, const float* src, cons
         weight_grad_tile<MR, NV, false>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first);
 }
 
-constexpr int kWeightGradMR = VecF::kLanes == 16 ? 6 : 4;
+constexpr int kWeightGradMR = 6;  // 6 x kMaxNV accumulators: 24 of 32 registers (AVX-512), 12 of 16 (AVX2)
 constexpr int64_t kWeightGradChunk = 128;  // pixels per chunk of tap_weight_gradient
 
 template <int NV>
@@ -502,10 +508,8 @@ void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float
 #define PIN_WG_CASE(M) \
     case M: weight_grad_tile_any<M, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first); break;
     switch (mr) {
-#if defined(__AVX512F__)
         PIN_WG_CASE(6)
         PIN_WG_CASE(5)
-#endif
         PIN_WG_CASE(4)
         PIN_WG_CASE(3)
         PIN_WG_CASE(2)

@@ -61,10 +61,8 @@ inline void project_coefficients(const float* basis, const float* mean, int64_t 
                     outs[i] = c + (b0 + i) * N + j0;
                 }
                 switch (mr) {
-#if defined(__AVX512F__)
                     case 6: coefficient_tile<6>(rows, d0, dlen, basis + j0, N, outs); break;
                     case 5: coefficient_tile<5>(rows, d0, dlen, basis + j0, N, outs); break;
-#endif
                     case 4: coefficient_tile<4>(rows, d0, dlen, basis + j0, N, outs); break;
                     case 3: coefficient_tile<3>(rows, d0, dlen, basis + j0, N, outs); break;
                     case 2: coefficient_tile<2>(rows, d0, dlen, basis + j0, N, outs); break;

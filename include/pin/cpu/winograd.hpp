@@ -339,6 +339,7 @@ void forward_task(const float* src, const Nhwc& s, const float* u, float* dst, c
     constexpr int A2 = Alg::kAlpha * Alg::kAlpha, L = VecF::kLanes;
     const int64_t cs_pad = round_up(s.c, L);
     const int64_t rows_pad = round_up(rows, 24);  // a multiple of every MR (12, 8, 6, 4)
+    static_assert(24 % mr_for_nv(1) == 0 && 24 % mr_for_nv(2) == 0 && 24 % mr_for_nv(pin::cpu::detail::kMaxNV) == 0, "rows_pad covers whole tiles");
     const int64_t co_blocks = (o.c + kBlockCo - 1) / kBlockCo;
     thread_local std::vector<float> vbuf, mbuf;
     const int64_t v_xi = plane_stride(rows * cs_pad), m_xi = plane_stride(rows_pad * kBlockCo);
@@ -412,10 +413,8 @@ template <int NV>
 void gradient_products_any_mr(int mr, float* du, int64_t du_stride, const float* v, int64_t v_stride, const float* m,
                               int64_t m_stride, int64_t rows, bool first) {
     switch (mr) {
-#if defined(__AVX512F__)
         case 6: gradient_products<6, NV>(du, du_stride, v, v_stride, m, m_stride, rows, first); break;
         case 5: gradient_products<5, NV>(du, du_stride, v, v_stride, m, m_stride, rows, first); break;
-#endif
         case 4: gradient_products<4, NV>(du, du_stride, v, v_stride, m, m_stride, rows, first); break;
         case 3: gradient_products<3, NV>(du, du_stride, v, v_stride, m, m_stride, rows, first); break;
         case 2: gradient_products<2, NV>(du, du_stride, v, v_stride, m, m_stride, rows, first); break;
@@ -423,7 +422,7 @@ void gradient_products_any_mr(int mr, float* du, int64_t du_stride, const float*
     }
 }
 
-constexpr int kGradMR = VecF::kLanes == 16 ? 6 : 4;
+constexpr int kGradMR = pin::cpu::detail::kWeightGradMR;
 
 // dU[xi][ci][co_pad] (+)= sum over the rows of V[xi][row][ci] dM[xi][row][co] for the (xi, output
 // block) pairs [pair0, pair1) (pair = xi * co_blocks + cb), every input channel.
