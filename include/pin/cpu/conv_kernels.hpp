@@ -445,7 +445,7 @@ namespace detail {
 // the tile's first output channel.
 template <int MR, int NV, bool kFull>
 void weight_grad_tile(float* out, int64_t out_stride, const float* src, const int64_t* offsets, const int64_t* rows,
-                      const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co_count, bool first) {
+                      const float* g, int64_t g_stride, int64_t count, int64_t ci0, int64_t co_count, bool first, bool prefetch_src) {
     constexpr int L = VecF::kLanes;
     VecF acc[MR][NV];
     for (int i = 0; i < MR; ++i)
@@ -462,7 +462,7 @@ void weight_grad_tile(float* out, int64_t out_stride, const float* src, const in
     // dense source at 100 %; 512 -> 512 at 14 -> 7 took 4-7 % less time (kAhead 8: 1-4 %).
     constexpr int64_t kAhead = 4;
     for (int64_t k = 0; k < count; ++k) {
-        prefetch_l1(src_c + offsets[std::min(k + kAhead, count - 1)]);
+        if (prefetch_src) prefetch_l1(src_c + offsets[std::min(k + kAhead, count - 1)]);
         const float* xs = src_c + offsets[k];
         const float* gp = g_c + rows[k] * g_stride;
         VecF gv[NV];
@@ -491,11 +491,11 @@ void weight_grad_tile(float* out, int64_t out_stride, const float* src, const in
 template <int MR, int NV>
 void weight_grad_tile_any(float* out, int64_t out_stride, const float* src, const int64_t* offsets,
                           const int64_t* rows, const float* g, int64_t g_stride, int64_t count, int64_t ci0,
-                          int64_t co_count, bool first) {
+                          int64_t co_count, bool first, bool prefetch_src) {
     if (co_count == NV * VecF::kLanes)
-        weight_grad_tile<MR, NV, true>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first);
+        weight_grad_tile<MR, NV, true>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first, prefetch_src);
     else
-        weight_grad_tile<MR, NV, false>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first);
+        weight_grad_tile<MR, NV, false>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first, prefetch_src);
 }
 
 constexpr int kWeightGradMR = 6;  // 6 x kMaxNV accumulators: 24 of 32 registers (AVX-512), 12 of 16 (AVX2)
@@ -504,16 +504,16 @@ constexpr int64_t kWeightGradChunk = 128;  // pixels per chunk of tap_weight_gra
 template <int NV>
 void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float* src, const int64_t* offsets,
                              const int64_t* rows, const float* g, int64_t g_stride, int64_t count, int64_t ci0,
-                             int64_t co_count, bool first) {
+                             int64_t co_count, bool first, bool prefetch_src) {
 #define PIN_WG_CASE(M) \
-    case M: weight_grad_tile_any<M, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first); break;
+    case M: weight_grad_tile_any<M, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first, prefetch_src); break;
     switch (mr) {
         PIN_WG_CASE(6)
         PIN_WG_CASE(5)
         PIN_WG_CASE(4)
         PIN_WG_CASE(3)
         PIN_WG_CASE(2)
-        default: weight_grad_tile_any<1, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first); break;
+        default: weight_grad_tile_any<1, NV>(out, out_stride, src, offsets, rows, g, g_stride, count, ci0, co_count, first, prefetch_src); break;
     }
 #undef PIN_WG_CASE
 }
@@ -578,6 +578,11 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
     // 128 -> 128 at 56 -> 28 17.6 -> 17.0; 256 and 512 channels within 2 % either way.
     constexpr int64_t kChunk = kWeightGradChunk;
     const int64_t grid_px = geo.grid_h * geo.grid_w;
+    // The tile's L1 prefetch of the source line kAhead pixels on, except on AVX2 when consecutive
+    // pixels' lines lie a multiple of 4 KiB apart (512 channels at stride 2): all of a chunk's lines
+    // then fall in one L1 set, and the 8 ways of the 32 KiB L1 of AVX2-only cores (Zen 2)
+    // evicted prefetched lines before use (512 -> 512 at 14 -> 7 took 0.79-0.81 of the time without).
+    const bool prefetch_src = VecF::kLanes == 16 || (geo.src_stride * cin * static_cast<int64_t>(sizeof(float))) % 4096 != 0;
     std::vector<int64_t> tap_delta(static_cast<size_t>(taps));  // source offset of tap t from (gh s, gw s)
     for (int64_t t = 0; t < taps; ++t)
         tap_delta[static_cast<size_t>(t)] = (geo.tap_dh[static_cast<size_t>(t)] * geo.src_w + geo.tap_dw[static_cast<size_t>(t)]) * cin;
@@ -694,11 +699,11 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
                 const int64_t gstride = pack ? kBlockCo : cout;
                 const int64_t gco0 = pack ? 0 : co0;
                 switch (nv) {
-                    case 1: weight_grad_dispatch_mr<1>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
-                    case 2: weight_grad_dispatch_mr<2>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
+                    case 1: weight_grad_dispatch_mr<1>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin, prefetch_src); break;
+                    case 2: weight_grad_dispatch_mr<2>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin, prefetch_src); break;
 #if defined(__AVX512F__)
-                    case 3: weight_grad_dispatch_mr<3>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
-                    case 4: weight_grad_dispatch_mr<4>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin); break;
+                    case 3: weight_grad_dispatch_mr<3>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin, prefetch_src); break;
+                    case 4: weight_grad_dispatch_mr<4>(mr, dst, dst_stride, src, off, row, gsrc + gco0, gstride, nvalid, ci0, co_count, p0 == pix_begin, prefetch_src); break;
 #endif
                     default: PIN_CHECK(false, "tap_weight_gradient: unexpected vector count ", nv);
                 }
