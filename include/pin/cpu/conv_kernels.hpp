@@ -581,7 +581,7 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
     // The tile's L1 prefetch of the source line kAhead pixels on, except on AVX2 when consecutive
     // pixels' lines lie a multiple of 4 KiB apart (512 channels at stride 2): all of a chunk's lines
     // then fall in one L1 set, and the 8 ways of the 32 KiB L1 of AVX2-only cores (Zen 2)
-    // evicted prefetched lines before use (512 -> 512 at 14 -> 7 took 0.79-0.81 of the time without).
+    // evicted prefetched lines before use (512 -> 512 at 14 -> 7 took 0.77 of the time without).
     const bool prefetch_src = VecF::kLanes == 16 || (geo.src_stride * cin * static_cast<int64_t>(sizeof(float))) % 4096 != 0;
     std::vector<int64_t> tap_delta(static_cast<size_t>(taps));  // source offset of tap t from (gh s, gw s)
     for (int64_t t = 0; t < taps; ++t)
