@@ -39,6 +39,44 @@ TEST_CASE("PReLU forward/backward match the reference in both layouts and rank 2
     }
 }
 
+TEST_CASE("PReLU backward over several blocks, runs cut mid-pixel, in place, matches the reference",
+          "[elementwise][prelu]") {
+    // 2 x 23 x 19 pixels: several blocks of kElementBlock. With 37 channels a block starts 30
+    // channels into a pixel (a scalar run of 7); with 100 channels 84, 68, 52 and 36 into one (runs
+    // of 16 to 64 channels, whole vectors that start mid-pixel); 64 channels never cut a pixel.
+    for (const int64_t channels : {37, 64, 100}) {
+        const Tensor slope = random_tensor({channels}, 74, 0.5f);
+        const Tensor x = random_tensor({2, channels, 23, 19}, 75, 1.0f, Layout::NHWC);
+        const Tensor dy = random_tensor(x.shape(), 76, 1.0f, Layout::NHWC);
+        REQUIRE(x.numel() > cpu::kElementBlock);
+        Tensor dx = Tensor::empty(x.shape(), Layout::NHWC), da = Tensor::empty({channels});
+        cpu::prelu_backward(x, slope, dy, dx, da);
+        DVec rdx, rda;
+        const DVec xd = to_nchw_doubles(x), dyd = to_nchw_doubles(dy);
+        reference::prelu_backward(xd, to_nchw_doubles(slope), dyd, channels, 23 * 19, rdx, rda);
+        require_close(dx, rdx, abs_of(dyd), 1e-6, "prelu dx");
+        DVec scale(static_cast<size_t>(channels), 0.0);
+        for (size_t i = 0; i < xd.size(); ++i) scale[(i / (23 * 19)) % channels] += std::fabs(xd[i] * dyd[i]);
+        require_close(da, rda, scale, 1e-7, "prelu dslope");  // double sums, rounded to float once
+
+        Tensor in_place = dy.clone(), da2 = Tensor::empty({channels});
+        cpu::prelu_backward(x, slope, in_place, in_place, da2);
+        REQUIRE(bitwise_equal(in_place, dx));
+        REQUIRE(bitwise_equal(da2, da));
+    }
+    // A NaN input reaches both gradients, in a vector lane and in a scalar tail.
+    const Tensor slope = random_tensor({37}, 77, 0.5f);
+    for (const int64_t at : {3, 35}) {
+        Tensor x = random_tensor({1, 37, 1, 1}, 78, 1.0f, Layout::NHWC);
+        x.data()[at] = std::nanf("");
+        const Tensor dy = random_tensor(x.shape(), 79, 1.0f, Layout::NHWC);
+        Tensor dx = Tensor::empty(x.shape(), Layout::NHWC), da = Tensor::empty({37});
+        cpu::prelu_backward(x, slope, dy, dx, da);
+        REQUIRE(std::isnan(da.data()[at]));
+        REQUIRE_FALSE(std::isnan(da.data()[(at + 1) % 37]));
+    }
+}
+
 TEST_CASE("PReLU, tanh and sigmoid backward agree with finite differences", "[elementwise][gradcheck]") {
     Tensor x = random_tensor({2, 16, 6, 5}, 80, 1.0f, Layout::NHWC);
     Tensor slope = random_tensor({16}, 81, 0.5f);

@@ -38,6 +38,18 @@ struct VecF {
     friend PIN_FORCEINLINE VecF operator*(VecF a, VecF b) { return {_mm512_mul_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF max(VecF a, VecF b) { return {_mm512_max_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF min(VecF a, VecF b) { return {_mm512_min_ps(a.v, b.v)}; }
+    // Lane-wise cond > 0 ? a : b (false for NaN).
+    friend PIN_FORCEINLINE VecF select_positive(VecF cond, VecF a, VecF b) {
+        return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(cond.v, _mm512_setzero_ps(), _CMP_GT_OQ), b.v, a.v)};
+    }
+    // acc[i] += double(a[i]) * double(b[i]) for every lane: exact products, double sums.
+    friend PIN_FORCEINLINE void add_products_f64(double* acc, VecF a, VecF b) {
+        const __m512d lo = _mm512_mul_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(a.v)), _mm512_cvtps_pd(_mm512_castps512_ps256(b.v)));
+        const __m512d hi = _mm512_mul_pd(_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1))),
+                                         _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b.v), 1))));
+        _mm512_storeu_pd(acc, _mm512_add_pd(_mm512_loadu_pd(acc), lo));
+        _mm512_storeu_pd(acc + 8, _mm512_add_pd(_mm512_loadu_pd(acc + 8), hi));
+    }
     PIN_FORCEINLINE float sum() const { return _mm512_reduce_add_ps(v); }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
@@ -63,6 +75,15 @@ struct VecF {
     friend PIN_FORCEINLINE VecF operator*(VecF a, VecF b) { return {_mm256_mul_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF max(VecF a, VecF b) { return {_mm256_max_ps(a.v, b.v)}; }
     friend PIN_FORCEINLINE VecF min(VecF a, VecF b) { return {_mm256_min_ps(a.v, b.v)}; }
+    friend PIN_FORCEINLINE VecF select_positive(VecF cond, VecF a, VecF b) {
+        return {_mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(cond.v, _mm256_setzero_ps(), _CMP_GT_OQ))};
+    }
+    friend PIN_FORCEINLINE void add_products_f64(double* acc, VecF a, VecF b) {
+        const __m256d lo = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(a.v)), _mm256_cvtps_pd(_mm256_castps256_ps128(b.v)));
+        const __m256d hi = _mm256_mul_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(a.v, 1)), _mm256_cvtps_pd(_mm256_extractf128_ps(b.v, 1)));
+        _mm256_storeu_pd(acc, _mm256_add_pd(_mm256_loadu_pd(acc), lo));
+        _mm256_storeu_pd(acc + 4, _mm256_add_pd(_mm256_loadu_pd(acc + 4), hi));
+    }
     PIN_FORCEINLINE float sum() const {
         alignas(32) float t[8];
         _mm256_store_ps(t, v);
@@ -121,6 +142,13 @@ struct VecF {
     friend VecF min(VecF a, VecF b) {
         for (int i = 0; i < 8; ++i) a.v[i] = a.v[i] < b.v[i] ? a.v[i] : b.v[i];
         return a;
+    }
+    friend VecF select_positive(VecF cond, VecF a, VecF b) {
+        for (int i = 0; i < 8; ++i) a.v[i] = cond.v[i] > 0.0f ? a.v[i] : b.v[i];
+        return a;
+    }
+    friend void add_products_f64(double* acc, VecF a, VecF b) {
+        for (int i = 0; i < 8; ++i) acc[i] += static_cast<double>(a.v[i]) * static_cast<double>(b.v[i]);
     }
     float sum() const {
         return ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));

@@ -5,6 +5,7 @@
 // of kElementBlock elements so reductions (the PReLU slope gradient) sum in an order that does not
 // depend on the thread count.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -83,6 +84,34 @@ inline void prelu_backward(const Tensor& x, const Tensor& slope, const Tensor& d
     float* gx = dx.data();
     detail::for_blocks(n, [&](int64_t b, int64_t i0, int64_t i1) {
         double* acc = partial.data() + b * m.channels;
+        if (m.inner == 1) {
+            // Channels innermost: walk the block as runs of consecutive channels, so the channel index
+            // is a counter rather than a division per element, and branch-free vectors replace the
+            // data-dependent branch (x > 0 is a coin flip after PReLU's input, which the predictor
+            // loses). Each channel's sum still adds its elements in index order as exact float ->
+            // double products; an element with x > 0 adds a zero product, which leaves a sum that
+            // started at +0 unchanged, so the slope gradient is the scalar loop's bit for bit.
+            constexpr int L = simd::VecF::kLanes;
+            const simd::VecF zero = simd::VecF::zero();
+            int64_t c0 = i0 % m.channels;
+            for (int64_t i = i0; i < i1;) {
+                const int64_t run = std::min(m.channels - c0, i1 - i);
+                int64_t j = 0;
+                for (; j + L <= run; j += L) {
+                    const simd::VecF v = simd::VecF::load(xd + i + j), gi = simd::VecF::load(g + i + j);
+                    add_products_f64(acc + c0 + j, gi, min(zero, v));  // min(0, NaN) is NaN, as in the tail
+                    select_positive(v, gi, simd::VecF::load(a + c0 + j) * gi).store(gx + i + j);
+                }
+                for (; j < run; ++j) {
+                    const float v = xd[i + j], gi = g[i + j];
+                    acc[c0 + j] += static_cast<double>(gi) * static_cast<double>(std::min(v, 0.0f));
+                    gx[i + j] = v > 0.0f ? gi : a[c0 + j] * gi;
+                }
+                i += run;
+                c0 = 0;
+            }
+            return;
+        }
         for (int64_t i = i0; i < i1; ++i) {
             const float v = xd[i];
             const int64_t c = m.of(i);
