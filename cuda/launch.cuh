@@ -41,8 +41,7 @@
 #define PIN_SHARED_ARRAY_ALIGNED(bytes, type, name, dims)                                           \
     static thread_local ::pin_emulation::StaticShared<type dims, bytes> pin_static_shared_##name; \
     auto& name = pin_static_shared_##name.block_copy()
-#define PIN_SHARED_ARRAY(type, name, dims) PIN_SHARED_ARRAY_ALIGNED(alignof(type), type, name, dims)
 #else
 #define PIN_SHARED_ARRAY_ALIGNED(bytes, type, name, dims) __shared__ __align__(bytes) type name dims
-#define PIN_SHARED_ARRAY(type, name, dims) __shared__ type name dims
 #endif
+#define PIN_SHARED_ARRAY(type, name, dims) PIN_SHARED_ARRAY_ALIGNED(alignof(type), type, name, dims)
