@@ -1,4 +1,5 @@
 // conv2d forward/backward against the float64 reference, odd shapes, batch 1, strides, thread counts.
+#include <algorithm>
 #include <tuple>
 
 #include "helpers.hpp"
@@ -15,6 +16,11 @@ struct Case {
 };
 const Case kCases[] = {
     {1, 1, 7, 9, 64, 3, 1, 1},     // first layer shape (cin 1), batch 1
+    // One input channel (the one-channel gather path): stride 2 and output channels that end in a
+    // partial block; one output channel, whose input gradient reads a one-channel gradient.
+    {2, 1, 13, 11, 37, 3, 2, 1},
+    {2, 1, 10, 9, 100, 3, 1, 1},
+    {1, 6, 9, 8, 1, 3, 1, 1},
     {2, 3, 11, 13, 5, 3, 1, 1},    // odd everything, cout below one vector
     {2, 64, 9, 10, 64, 3, 2, 1},   // 3x3 stride 2
     {1, 17, 8, 7, 33, 1, 2, 0},    // 1x1 stride 2 shortcut, odd channels
@@ -130,7 +136,9 @@ TEST_CASE("conv2d refuses a forced Winograd form on a geometry it does not cover
 }
 
 TEST_CASE("conv2d fused PReLU and accumulate epilogue", "[conv2d]") {
-    const Case c{2, 16, 9, 9, 32, 3, 1, 1};
+    // 16 input channels (the register-tiled path) and 1 (the one-channel path, 37 outputs: a
+    // partial last block).
+    const Case c = GENERATE(Case{2, 16, 9, 9, 32, 3, 1, 1}, Case{2, 1, 9, 9, 37, 3, 1, 1});
     const cpu::Conv2dParams p{c.k, c.stride, c.pad};
     const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 5, 1.0f, Layout::NHWC);
     const Tensor w = random_tensor({c.cout, c.cin, 3, 3}, 6, 0.3f);
@@ -144,6 +152,26 @@ TEST_CASE("conv2d fused PReLU and accumulate epilogue", "[conv2d]") {
         const float v = plain.data()[i];
         const float a = slope.data()[i % c.cout];
         REQUIRE(fused.data()[i] == Approx((v > 0 ? v : a * v) + base.data()[i]).margin(1e-6));
+    }
+}
+
+TEST_CASE("conv2d writes a destination larger than the caches as it writes a small one", "[conv2d]") {
+    // Over 32 MiB of output the kernels store with non-temporal stores; every output is the same
+    // sums either way, so the batch of two equals each image run alone, bit for bit. One input
+    // channel (the first layers' shape) and 16 (the register-tiled path).
+    const int64_t cin = GENERATE(1, 16);
+    const cpu::Conv2dParams p{3, 1, 1};
+    const Tensor x = random_tensor({2, cin, 258, 258}, 9, 1.0f, Layout::NHWC);
+    const Tensor w = random_tensor({64, cin, 3, 3}, 10, 0.3f);
+    Tensor y = Tensor::empty({2, 64, 258, 258}, Layout::NHWC);
+    REQUIRE(y.numel() * static_cast<int64_t>(sizeof(float)) > (32 << 20));
+    cpu::conv2d_forward(x, w, y, p);
+    const int64_t image = x.numel() / 2, out_image = y.numel() / 2;
+    for (int64_t n = 0; n < 2; ++n) {
+        Tensor xn = Tensor::empty({1, cin, 258, 258}, Layout::NHWC), yn = Tensor::empty({1, 64, 258, 258}, Layout::NHWC);
+        std::copy(x.data() + n * image, x.data() + (n + 1) * image, xn.data());
+        cpu::conv2d_forward(xn, w, yn, p);
+        REQUIRE(std::equal(yn.data(), yn.data() + out_image, y.data() + n * out_image));
     }
 }
 

@@ -137,6 +137,46 @@ PIN_FORCEINLINE void prefetch_l2(const float* p) { PIN_PREFETCH(p, 0, 2); }
 PIN_FORCEINLINE void prefetch_l1(const float* p) { PIN_PREFETCH(p, 0, 3); }
 PIN_FORCEINLINE void prefetch_for_write(float* p) { PIN_PREFETCH(p, 1, 3); }
 
+// A destination far larger than the caches (a 112 x 112 x 64 batch is 51 MB) is written with
+// non-temporal stores: no read-for-ownership, half the memory traffic.
+inline bool stream_destination(const GatherConvGeometry& g, const float* dst, const ConvEpilogue& ep) {
+    const int64_t dst_bytes = g.batch * g.dst_h * g.dst_w * g.dst_channels * static_cast<int64_t>(sizeof(float));
+    return !ep.accumulate && dst_bytes > (32 << 20) && g.dst_channels % VecF::kLanes == 0 &&
+           reinterpret_cast<uintptr_t>(dst) % 64 == 0;
+}
+
+// The epilogue of a finished tile: rows 0..rows-1 of `acc` go to dsts[i] + [0, co_count) (dsts[i]
+// points at the pixel's channel co0), with the bias, the activation, the residual add.
+template <int MR, int NV>
+PIN_FORCEINLINE void store_tile(const VecF (&acc)[MR][NV], int64_t rows, float* const* dsts, int64_t co0,
+                                int64_t co_count, const ConvEpilogue& ep, bool stream) {
+    constexpr int L = VecF::kLanes;
+    for (int64_t i = 0; i < rows; ++i) {
+        float* d = dsts[i];
+        for (int v = 0; v < NV; ++v) {
+            const int64_t c0 = v * L;
+            const int lanes = static_cast<int>(std::min<int64_t>(L, co_count - c0));
+            if (lanes <= 0) break;
+            VecF y = acc[i][v];
+            if (ep.bias)
+                y = y + (lanes == L ? VecF::load(ep.bias + co0 + c0) : VecF::load_partial(ep.bias + co0 + c0, lanes));
+            if (ep.prelu_slope) {
+                const VecF a = lanes == L ? VecF::load(ep.prelu_slope + co0 + c0)
+                                          : VecF::load_partial(ep.prelu_slope + co0 + c0, lanes);
+                y = max(y, VecF::zero()) + a * min(y, VecF::zero());
+            }
+            if (lanes == L) {
+                if (ep.accumulate) y = y + VecF::load(d + c0);
+                if (stream) y.stream(d + c0);
+                else y.store(d + c0);
+            } else {
+                if (ep.accumulate) y = y + VecF::load_partial(d + c0, lanes);
+                y.store_partial(d + c0, lanes);
+            }
+        }
+    }
+}
+
 template <int NV>
 void gather_conv_block(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
                        const ConvEpilogue& ep, const float* zeros, int64_t co_block, int64_t pixel_begin,
@@ -182,9 +222,7 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
     }
 
     const float* wblock = wpack + co_block * taps * cin * kBlockCo;
-    const int64_t dst_bytes = g.batch * g.dst_h * g.dst_w * g.dst_channels * static_cast<int64_t>(sizeof(float));
-    const bool stream_dst = !ep.accumulate && dst_bytes > (32 << 20) && g.dst_channels % VecF::kLanes == 0 &&
-                            reinterpret_cast<uintptr_t>(dst) % 64 == 0;
+    const bool stream_dst = stream_destination(g, dst, ep);
     // Steps of (input-channel chunk, group of taps): each step's weights (kc x kBlockCo floats
     // per tap, at most ~32 KiB) stay in L1 while every tile of the block uses them; partial sums
     // wait in `partial` between steps. Few input channels (the first layer has one) put several
@@ -235,36 +273,83 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
                 continue;
             }
             const int64_t rows = std::min<int64_t>(MR, npx - tile * MR);
-            // A destination far larger than the caches (a 112 x 112 x 64 batch is 51 MB) is written
-            // with non-temporal stores: no read-for-ownership, half the memory traffic.
-            const bool stream = stream_dst;
-            for (int64_t i = 0; i < rows; ++i) {
-                float* d = dsts[static_cast<size_t>(tile * MR + i)];
-                for (int v = 0; v < NV; ++v) {
-                    const int64_t c0 = v * L;
-                    const int lanes = static_cast<int>(std::min<int64_t>(L, co_count - c0));
-                    if (lanes <= 0) break;
-                    VecF y = acc[i][v];
-                    if (ep.bias)
-                        y = y + (lanes == L ? VecF::load(ep.bias + co0 + c0) : VecF::load_partial(ep.bias + co0 + c0, lanes));
-                    if (ep.prelu_slope) {
-                        const VecF a = lanes == L ? VecF::load(ep.prelu_slope + co0 + c0)
-                                                  : VecF::load_partial(ep.prelu_slope + co0 + c0, lanes);
-                        y = max(y, VecF::zero()) + a * min(y, VecF::zero());
-                    }
-                    if (lanes == L) {
-                        if (ep.accumulate) y = y + VecF::load(d + c0);
-                        if (stream) y.stream(d + c0);
-                        else y.store(d + c0);
-                    } else {
-                        if (ep.accumulate) y = y + VecF::load_partial(d + c0, lanes);
-                        y.store_partial(d + c0, lanes);
-                    }
-                }
-            }
+            store_tile<MR, NV>(acc, rows, dsts.data() + tile * MR, co0, co_count, ep, stream_dst);
         }
     }
     if (stream_dst) simd::store_fence();
+}
+
+// One input channel (the first convolution of the DAE and of the ESN, 1 -> 64, and the input
+// gradient of the DAE's last, 64 -> 1). gather_conv_block's tile sets up, prefetches and reads a
+// source pointer per (tap, pixel) for the single FMA row each feeds, once per block of output
+// channels: 5 % of the FMA peak measured for 1 -> 64 at 112 x 112. Here a tile's MR pixels read
+// their tap values once into `vals` (zeros in the padding) and every block of output channels
+// reduces over them with the taps in the place of input channels (one input channel's packed
+// weights, [tap][1][kBlockCo], are laid out as [ci][kBlockCo] would be). Each output is the same
+// FMAs in the same order as in gather_conv_block, so the results are the same bits.
+template <int MR, int NV>
+PIN_FORCEINLINE void one_channel_tile(const float* const* rows, int64_t taps, const float* w, int64_t count,
+                                      float* const* dsts, int64_t co0, int64_t co_count, const ConvEpilogue& ep,
+                                      bool stream) {
+    VecF acc[MR][NV];
+    for (int i = 0; i < MR; ++i)
+        for (int v = 0; v < NV; ++v) acc[i][v] = VecF::zero();
+    gather_tile<MR, NV>(acc, rows, 1, taps, w, 0);
+    float* d[MR];
+    for (int64_t i = 0; i < count; ++i) d[i] = dsts[i] + co0;
+    store_tile<MR, NV>(acc, count, d, co0, co_count, ep, stream);
+}
+
+inline void one_channel_conv_block(const float* src, const GatherConvGeometry& g, const float* wpack, float* dst,
+                                   const ConvEpilogue& ep, bool stream, int64_t p0, int64_t p1) {
+    constexpr int MR = mr_for_nv(kMaxNV);
+    constexpr int L = VecF::kLanes;
+    const int64_t taps = g.taps(), grid_px = g.grid_h * g.grid_w;
+    const int64_t co_blocks = (g.dst_channels + kBlockCo - 1) / kBlockCo;
+    thread_local std::vector<float> vals;
+    vals.resize(static_cast<size_t>(MR * taps));
+    const float* rows[MR];
+    for (int i = 0; i < MR; ++i) rows[i] = vals.data() + i * taps;
+    const int64_t* dh = g.tap_dh.data();
+    const int64_t* dw = g.tap_dw.data();
+    int64_t n = p0 / grid_px, gh = (p0 % grid_px) / g.grid_w, gw = p0 % g.grid_w;
+    for (int64_t p = p0; p < p1; p += MR) {
+        const int64_t count = std::min<int64_t>(MR, p1 - p);
+        float* dsts[MR] = {};
+        for (int64_t i = 0; i < MR; ++i) {
+            float* v = vals.data() + i * taps;
+            if (i >= count) {  // rows past the block's end: computed on zeros, never stored
+                std::fill(v, v + taps, 0.0f);
+                continue;
+            }
+            const float* img = src + n * g.src_h * g.src_w;
+            for (int64_t t = 0; t < taps; ++t) {
+                const int64_t ih = gh * g.src_stride + dh[t], iw = gw * g.src_stride + dw[t];
+                v[t] = ih >= 0 && ih < g.src_h && iw >= 0 && iw < g.src_w ? img[ih * g.src_w + iw] : 0.0f;
+            }
+            dsts[i] = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride + g.dst_col0) *
+                                g.dst_channels;
+            if (++gw == g.grid_w) {
+                gw = 0;
+                if (++gh == g.grid_h) {
+                    gh = 0;
+                    ++n;
+                }
+            }
+        }
+        for (int64_t cb = 0; cb < co_blocks; ++cb) {
+            const int64_t co0 = cb * kBlockCo, co_count = std::min<int64_t>(kBlockCo, g.dst_channels - co0);
+            const float* w = wpack + cb * taps * kBlockCo;
+            switch ((co_count + L - 1) / L) {
+                case 1: one_channel_tile<MR, 1>(rows, taps, w, count, dsts, co0, co_count, ep, stream); break;
+#if defined(__AVX512F__)
+                case 2: one_channel_tile<MR, 2>(rows, taps, w, count, dsts, co0, co_count, ep, stream); break;
+                case 3: one_channel_tile<MR, 3>(rows, taps, w, count, dsts, co0, co_count, ep, stream); break;
+#endif
+                default: one_channel_tile<MR, kMaxNV>(rows, taps, w, count, dsts, co0, co_count, ep, stream); break;
+            }
+        }
+    }
 }
 
 }  // namespace detail
@@ -288,6 +373,19 @@ inline void gather_conv_packed_classes(const float* src, const GatherConvGeometr
         max_taps = std::max(max_taps, geos[k]->taps());
     }
     const int64_t co_blocks = (g0.dst_channels + kBlockCo - 1) / kBlockCo;
+    bool every_class_has_taps = true;
+    for (int64_t k = 0; k < classes; ++k) every_class_has_taps = every_class_has_taps && geos[k]->taps() > 0;
+    if (g0.src_channels == 1 && every_class_has_taps) {
+        // 96 pixels (16 tiles of 6) per task, every block of output channels in it.
+        constexpr int64_t kBlock = 96;
+        const bool stream = stream_destination(g0, dst, ep);
+        parallel_for((pixels + kBlock - 1) / kBlock, [&](int64_t b) {
+            const int64_t p0 = b * kBlock, p1 = std::min(pixels, p0 + kBlock);
+            for (int64_t k = 0; k < classes; ++k) one_channel_conv_block(src, *geos[k], wpacks[k], dst, ep, stream, p0, p1);
+            if (stream) simd::store_fence();
+        });
+        return;
+    }
     // Input channels per step: kc x kBlockCo packed weights = 32 KiB, which stays in L1 while all
     // tiles of a pixel block use it (measured best on Zen 5 among 64/128/192/256).
     constexpr int64_t kc_max = 128;
