@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # ab_compare.sh - the convolution kernels of a git revision against the working tree, in one process.
 #
-#   bench/ab_compare.sh [REV] [--reps 30] [--threads 2] [--quick] [--pass fwd|bwd-in|bwd-w]
+#   bench/ab_compare.sh [REV] [--reps 30] [--threads 2] [--quick | --shortcuts] [--pass fwd|bwd-in|bwd-w]
 # REV (default HEAD) is the old side, the working tree's include/ the new one. For each PIN 3x3
 # layer shape at batch 16 and each pass (forward, input gradient, weight gradient) both builds run
 # interleaved in one process, --reps pairs; prints the best times, their new/old ratio, the median
 # over the pairs of new/old (steadier on a restless machine) and the largest difference of the
-# outputs. --quick: only the shapes the 2026-11-30 changes were aimed at; --pass: only that pass.
+# outputs. --quick: only the shapes the 2026-11-30 changes were aimed at; --shortcuts: the ESN's
+# 1x1 shortcut convolutions and the 1 -> 64 first layer instead; --pass: only that pass.
 # Needs g++ with -march=native; writes nothing outside a temporary folder.
 set -euo pipefail
 rev=HEAD; reps=30; threads=2; quick=0; passes="fwd bwd-in bwd-w"
@@ -15,8 +16,9 @@ while [ $# -gt 0 ]; do
     --reps) reps=$2; shift ;;
     --threads) threads=$2; shift ;;
     --quick) quick=1 ;;
+    --shortcuts) quick=2 ;;
     --pass) case "${2:-}" in fwd|bwd-in|bwd-w) passes=$2 ;; *) echo "ab_compare.sh: --pass takes fwd, bwd-in or bwd-w" >&2; exit 2 ;; esac; shift ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "ab_compare.sh: unknown option '$1'" >&2; exit 2 ;;
     *) rev=$1 ;;
   esac
@@ -32,8 +34,11 @@ g++ "${flags[@]}" -I"$tmp/include" -Dpin=pin_old -DAB_PREFIX=ab_old -c bench/ab/
 g++ "${flags[@]}" -Iinclude -DAB_PREFIX=ab_new -c bench/ab/conv_pass.cpp -o "$tmp/new.o"
 g++ "${flags[@]}" bench/ab/ab_main.cpp "$tmp/old.o" "$tmp/new.o" -o "$tmp/ab" -lpthread
 echo "== $rev (old) against the working tree (new); $reps interleaved pairs of calls, $threads threads"
-# cin size cout stride transposed
-if [ "$quick" = 1 ]; then
+# cin size cout stride transposed [kernel, default 3]
+if [ "$quick" = 2 ]; then
+  shapes=("64 112 64 2 0 1" "64 56 64 1 0 1" "64 56 128 2 0 1" "128 28 128 1 0 1" "128 28 256 2 0 1" "256 14 256 1 0 1"
+          "256 14 512 2 0 1" "512 7 512 1 0 1" "1 112 64 1 0 3")
+elif [ "$quick" = 1 ]; then
   shapes=("64 112 64 2 0" "64 56 64 2 1" "64 56 128 1 0" "128 56 128 2 0" "512 14 512 2 0" "512 7 512 1 0")
 else
   shapes=("64 112 64 2 0" "64 56 128 1 0" "128 56 128 2 0" "128 28 256 1 0" "256 28 256 2 0" "256 14 256 2 1"
@@ -42,7 +47,7 @@ else
 fi
 for s in "${shapes[@]}"; do
   for pass in $passes; do
-    read -r cin size cout stride transposed <<< "$s"
-    "$tmp/ab" 16 "$cin" "$size" "$cout" "$stride" "$transposed" "$pass" "$reps" "$threads"
+    read -r cin size cout stride transposed kernel <<< "$s"
+    "$tmp/ab" 16 "$cin" "$size" "$cout" "$stride" "$transposed" "$pass" "$reps" "$threads" "${kernel:-3}"
   done
 done

@@ -11,14 +11,14 @@
 #include <string>
 #include <vector>
 
-extern "C" void ab_old_setup(int, int, int, int, int, int, int, int);
+extern "C" void ab_old_setup(int, int, int, int, int, int, int, int, int);
 extern "C" const float* ab_old_run(long*);
-extern "C" void ab_new_setup(int, int, int, int, int, int, int, int);
+extern "C" void ab_new_setup(int, int, int, int, int, int, int, int, int);
 extern "C" const float* ab_new_run(long*);
 
 int main(int argc, char** argv) {
     if (argc < 9) {
-        std::fprintf(stderr, "usage: ab_main BATCH CIN SIZE COUT STRIDE TRANSPOSED(0|1) PASS(fwd|bwd-in|bwd-w) REPS [THREADS]\n");
+        std::fprintf(stderr, "usage: ab_main BATCH CIN SIZE COUT STRIDE TRANSPOSED(0|1) PASS(fwd|bwd-in|bwd-w) REPS [THREADS] [KERNEL]\n");
         return 2;
     }
     const int batch = std::atoi(argv[1]), cin = std::atoi(argv[2]), size = std::atoi(argv[3]), cout = std::atoi(argv[4]);
@@ -26,12 +26,13 @@ int main(int argc, char** argv) {
     const std::string pass_name = argv[7];
     const int pass = pass_name == "fwd" ? 0 : pass_name == "bwd-in" ? 1 : pass_name == "bwd-w" ? 2 : -1;
     const int reps = std::atoi(argv[8]), threads = argc > 9 ? std::atoi(argv[9]) : 2;
-    if (pass < 0 || reps < 1) {
-        std::fprintf(stderr, "ab_main: PASS must be fwd, bwd-in or bwd-w and REPS >= 1\n");
+    const int kernel = transposed || argc <= 10 ? 3 : std::atoi(argv[10]);
+    if (pass < 0 || reps < 1 || kernel < 1) {
+        std::fprintf(stderr, "ab_main: PASS must be fwd, bwd-in or bwd-w, REPS and KERNEL >= 1\n");
         return 2;
     }
-    ab_old_setup(batch, cin, size, cout, stride, transposed, pass, threads);
-    ab_new_setup(batch, cin, size, cout, stride, transposed, pass, threads);
+    ab_old_setup(batch, cin, size, cout, stride, transposed, pass, threads, kernel);
+    ab_new_setup(batch, cin, size, cout, stride, transposed, pass, threads, kernel);
     using Clock = std::chrono::steady_clock;
     double best_old = 1e30, best_new = 1e30;
     long n_old = 0, n_new = 0;
@@ -61,10 +62,10 @@ int main(int argc, char** argv) {
         diff = std::max(diff, static_cast<double>(std::fabs(o[i] - n[i])));
         scale = std::max(scale, static_cast<double>(std::fabs(o[i])));
     }
-    const int out = transposed ? 2 * size : (size + 2 - 3) / stride + 1;
-    const double flops = 2.0 * batch * (transposed ? size * size : out * out) * cin * cout * 9.0;
-    std::printf("%s%d->%d 3x3%s @%d %-6s  old %8.2f ms %6.1f GF/s | new %8.2f ms %6.1f GF/s | new/old time %.3f, paired median %.3f | max |diff| %.1e of %.1e\n",
-                transposed ? "T " : "", cin, cout, stride == 2 && !transposed ? "/2" : "", size, pass_name.c_str(),
+    const int out = transposed ? 2 * size : (size + 2 * (kernel / 2) - kernel) / stride + 1;
+    const double flops = 2.0 * batch * (transposed ? size * size : out * out) * cin * cout * kernel * kernel;
+    std::printf("%s%d->%d %dx%d%s @%d %-6s  old %8.2f ms %6.1f GF/s | new %8.2f ms %6.1f GF/s | new/old time %.3f, paired median %.3f | max |diff| %.1e of %.1e\n",
+                transposed ? "T " : "", cin, cout, kernel, kernel, stride == 2 && !transposed ? "/2" : "", size, pass_name.c_str(),
                 best_old * 1e3, flops / best_old * 1e-9, best_new * 1e3, flops / best_new * 1e-9, best_new / best_old, median_ratio, diff, scale);
     return 0;
 }

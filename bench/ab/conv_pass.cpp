@@ -18,10 +18,10 @@ pin::cpu::Conv2dParams g_conv;
 pin::cpu::ConvTranspose2dParams g_tconv;
 }  // namespace
 
-// pass: 0 forward, 1 input gradient, 2 weight gradient. x is the pass's input side (conv input or
+// pass: 0 forward, 1 input gradient, 2 weight gradient; kernel: k x k (transposed: always 3). x is the pass's input side (conv input or
 // transposed-conv input), y its output side; both filled with the same seeded values in every copy.
 extern "C" void AB_CAT(AB_PREFIX, _setup)(int batch, int cin, int size, int cout, int stride, int transposed, int pass,
-                                          int threads) {
+                                          int threads, int kernel) {
     using namespace pin;
     set_num_threads(threads);
     g_pass = pass;
@@ -32,9 +32,9 @@ extern "C" void AB_CAT(AB_PREFIX, _setup)(int batch, int cin, int size, int cout
         out = static_cast<int>(cpu::conv_transpose2d_output_size(size, g_tconv));
         g_w = std::make_unique<Tensor>(Tensor::empty({cin, cout, 3, 3}));
     } else {
-        g_conv = {3, stride, 1};
+        g_conv = {kernel, stride, kernel / 2};  // PIN's padding: 1 for 3x3, 0 for the 1x1 shortcuts
         out = static_cast<int>(cpu::conv2d_output_size(size, g_conv));
-        g_w = std::make_unique<Tensor>(Tensor::empty({cout, cin, 3, 3}));
+        g_w = std::make_unique<Tensor>(Tensor::empty({cout, cin, kernel, kernel}));
     }
     g_x = std::make_unique<Tensor>(Tensor::empty({batch, cin, size, size}, Layout::NHWC));
     g_y = std::make_unique<Tensor>(Tensor::empty({batch, cout, out, out}, Layout::NHWC));

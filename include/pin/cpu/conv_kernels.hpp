@@ -399,8 +399,7 @@ inline void gather_conv_packed_classes(const float* src, const GatherConvGeometr
     const int64_t kPixelBlock = weight_block_bytes > (512 << 10) ? 96 : 48;
     static_assert(48 % mr_for_nv(1) == 0 && 48 % mr_for_nv(2) == 0 && 48 % mr_for_nv(kMaxNV) == 0, "whole tiles per block");
     const int64_t pixel_blocks = (pixels + kPixelBlock - 1) / kPixelBlock;
-    parallel_for(co_blocks * pixel_blocks, [&](int64_t task) {
-        const int64_t cb = task / pixel_blocks, pb = task % pixel_blocks;
+    auto run_block = [&](int64_t cb, int64_t pb) {
         const int64_t p0 = pb * kPixelBlock, p1 = std::min(pixels, p0 + kPixelBlock);
         const int64_t co_left = g0.dst_channels - cb * kBlockCo;
         const int nv = static_cast<int>(std::min<int64_t>(kMaxNV, (co_left + VecF::kLanes - 1) / VecF::kLanes));
@@ -434,7 +433,19 @@ inline void gather_conv_packed_classes(const float* src, const GatherConvGeometr
                 default: PIN_CHECK(false, "gather_conv: unexpected vector count ", nv);
             }
         }
-    });
+    };
+    // When every block's packed weights together fit in L2 (the 1x1 shortcuts, layers of few
+    // channels), a task takes one block of pixels through all blocks of output channels: its
+    // source pixels come from memory once instead of once per block of output channels, and each
+    // destination line is finished while it is still in cache. Larger weights keep the block of
+    // output channels outer, so that its weights stay in L2 while the pixels stream past.
+    if (co_blocks > 1 && co_blocks * weight_block_bytes <= (256 << 10)) {
+        parallel_for(pixel_blocks, [&](int64_t pb) {
+            for (int64_t cb = 0; cb < co_blocks; ++cb) run_block(cb, pb);
+        });
+    } else {
+        parallel_for(co_blocks * pixel_blocks, [&](int64_t task) { run_block(task / pixel_blocks, task % pixel_blocks); });
+    }
 }
 
 // Runs one gather convolution over the whole grid. `wpack` comes from detail::pack_gather_weights.
