@@ -20,7 +20,12 @@ const Case kCases[] = {
     // partial block; one output channel, whose input gradient reads a one-channel gradient.
     {2, 1, 13, 11, 37, 3, 2, 1},
     {2, 1, 10, 9, 100, 3, 1, 1},
-    {1, 6, 9, 8, 1, 3, 1, 1},
+    {1, 20, 9, 8, 1, 3, 1, 1},
+    // The narrow weight gradients (one input channel, or at most 4 outputs), over more than one
+    // slice of 1024 pixels, with vector tails.
+    {2, 1, 30, 29, 20, 3, 1, 1},
+    {2, 37, 23, 25, 3, 3, 1, 1},
+    {2, 24, 31, 27, 2, 3, 2, 1},
     {2, 3, 11, 13, 5, 3, 1, 1},    // odd everything, cout below one vector
     {2, 64, 9, 10, 64, 3, 2, 1},   // 3x3 stride 2
     {1, 17, 8, 7, 33, 1, 2, 0},    // 1x1 stride 2 shortcut, odd channels
@@ -183,7 +188,9 @@ TEST_CASE("conv2d results are identical for 1 and 2 threads", "[conv2d][threads]
     // sums which slice, not the order) and the chunked one (260 channels).
     const Case c = GENERATE(Case{2, 64, 14, 14, 64, 3, 2, 1}, Case{2, 40, 12, 11, 150, 3, 1, 1},
                             Case{2, 20, 20, 22, 70, 3, 1, 1}, Case{2, 24, 31, 29, 36, 3, 1, 1},
-                            Case{1, 260, 5, 5, 260, 3, 2, 1});
+                            Case{1, 260, 5, 5, 260, 3, 2, 1},
+                            // one input channel, two outputs: the narrow weight gradients (2 slices)
+                            Case{2, 1, 30, 29, 20, 3, 1, 1}, Case{2, 24, 31, 27, 2, 3, 1, 1});
     const auto algorithm = GENERATE(cpu::ConvAlgorithm::direct, cpu::ConvAlgorithm::winograd);
     const cpu::Conv2dParams p{c.k, c.stride, c.pad, algorithm};
     const Tensor x = random_tensor({c.n, c.cin, c.h, c.w}, 11, 1.0f, Layout::NHWC);
