@@ -1,9 +1,11 @@
 // Tensor: layouts, views, errors; the caching allocator; the thread pool.
+#include <algorithm>
 #include <atomic>
 
 #include "helpers.hpp"
 #include "pin/core/allocator.hpp"
 #include "pin/core/parallel.hpp"
+#include "pin/core/rng.hpp"
 
 using namespace pin;
 using namespace pin::test;
@@ -54,6 +56,52 @@ TEST_CASE("the caching allocator hands freed blocks out again", "[tensor][alloca
     REQUIRE(again.data() == first);
     alloc.empty_cache();
     REQUIRE(alloc.cached_bytes() == 0);
+}
+
+TEST_CASE("the allocator's cache is bounded by its floor or the most bytes ever live", "[tensor][allocator]") {
+    HostAllocator& alloc = HostAllocator::instance();
+    alloc.empty_cache();
+    constexpr size_t kFloor = size_t{1} << 20;
+    constexpr int64_t kMiB = 1 << 18;  // floats
+    alloc.set_cache_limit(kFloor);
+    alloc.reset_peak();
+    const size_t live0 = alloc.live_bytes();
+    std::vector<const float*> blocks;
+    {
+        // Three MiB live at once, then all freed: the 1 MiB floor alone would keep one of them.
+        Tensor a = Tensor::empty({kMiB}), b = Tensor::empty({kMiB}), c = Tensor::empty({kMiB});
+        REQUIRE(alloc.live_bytes() == live0 + 3 * kFloor);
+        blocks = {a.data(), b.data(), c.data()};
+    }
+    REQUIRE(alloc.peak_live_bytes() >= live0 + 3 * kFloor);
+    REQUIRE(alloc.cached_bytes() == 3 * kFloor);
+    {
+        // The same three again (the next step of a training loop): all from the cache.
+        Tensor a = Tensor::empty({kMiB}), b = Tensor::empty({kMiB}), c = Tensor::empty({kMiB});
+        REQUIRE(alloc.cached_bytes() == 0);
+        for (const float* p : {a.data(), b.data(), c.data()})
+            REQUIRE(std::find(blocks.begin(), blocks.end(), p) != blocks.end());
+    }
+    // Random sizes, kept and freed at random: the cache never holds more than the bound.
+    alloc.empty_cache();
+    alloc.reset_peak();
+    const PhiloxStream rng(2024, 0);
+    std::vector<Tensor> held;
+    for (uint64_t i = 0; i < 300; ++i) {
+        const uint32_t r = rng.bits(i);
+        if (!held.empty() && r % 2 == 0) {
+            held.erase(held.begin() + static_cast<int64_t>((r >> 1) % held.size()));
+        } else {
+            held.push_back(Tensor::empty({(1 << 14) + static_cast<int64_t>((r >> 1) % 4) * (1 << 16)}));
+        }
+        REQUIRE(alloc.cached_bytes() <= std::max(kFloor, alloc.peak_live_bytes()));
+    }
+    held.clear();
+    REQUIRE(alloc.cached_bytes() <= std::max(kFloor, alloc.peak_live_bytes()));
+    REQUIRE(alloc.cached_bytes() > 0);
+    alloc.empty_cache();
+    alloc.set_cache_limit(size_t{1} << 30);
+    REQUIRE(alloc.live_bytes() == live0);
 }
 
 TEST_CASE("parallel_for runs every task once and propagates exceptions", "[threads]") {
