@@ -7,7 +7,8 @@
 # interleaved in one process, --reps pairs; prints the best times, their new/old ratio, the median
 # over the pairs of new/old (steadier on a restless machine) and the largest difference of the
 # outputs. --quick: only the shapes the 2026-11-30 changes were aimed at; --shortcuts: the ESN's
-# 1x1 shortcut convolutions and the 1 -> 64 first layer instead; --pass: only that pass.
+# 1x1 shortcut convolutions, the 1 -> 64 first layers and the DAE's 64 -> 1 last instead;
+# --pass: only that pass.
 # Needs g++ with -march=native; writes nothing outside a temporary folder.
 set -euo pipefail
 rev=HEAD; reps=30; threads=2; quick=0; passes="fwd bwd-in bwd-w"
@@ -18,7 +19,7 @@ while [ $# -gt 0 ]; do
     --quick) quick=1 ;;
     --shortcuts) quick=2 ;;
     --pass) case "${2:-}" in fwd|bwd-in|bwd-w) passes=$2 ;; *) echo "ab_compare.sh: --pass takes fwd, bwd-in or bwd-w" >&2; exit 2 ;; esac; shift ;;
-    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "ab_compare.sh: unknown option '$1'" >&2; exit 2 ;;
     *) rev=$1 ;;
   esac
@@ -37,7 +38,7 @@ echo "== $rev (old) against the working tree (new); $reps interleaved pairs of c
 # cin size cout stride transposed [kernel, default 3]
 if [ "$quick" = 2 ]; then
   shapes=("64 112 64 2 0 1" "64 56 64 1 0 1" "64 56 128 2 0 1" "128 28 128 1 0 1" "128 28 256 2 0 1" "256 14 256 1 0 1"
-          "256 14 512 2 0 1" "512 7 512 1 0 1" "1 112 64 1 0 3")
+          "256 14 512 2 0 1" "512 7 512 1 0 1" "1 112 64 1 0 3" "64 112 1 1 0 3")
 elif [ "$quick" = 1 ]; then
   shapes=("64 112 64 2 0" "64 56 64 2 1" "64 56 128 1 0" "128 56 128 2 0" "512 14 512 2 0" "512 7 512 1 0")
 else

@@ -18,8 +18,9 @@ pin::cpu::Conv2dParams g_conv;
 pin::cpu::ConvTranspose2dParams g_tconv;
 }  // namespace
 
-// pass: 0 forward, 1 input gradient, 2 weight gradient; kernel: k x k (transposed: always 3). x is the pass's input side (conv input or
-// transposed-conv input), y its output side; both filled with the same seeded values in every copy.
+// pass: 0 forward, 1 input gradient, 2 weight gradient; kernel: k x k (transposed: always 3). x is
+// the pass's input side (conv input or transposed-conv input), y its output side; both filled with
+// the same seeded values in every copy.
 extern "C" void AB_CAT(AB_PREFIX, _setup)(int batch, int cin, int size, int cout, int stride, int transposed, int pass,
                                           int threads, int kernel) {
     using namespace pin;

@@ -45,6 +45,26 @@ struct GatherConvGeometry {
     int64_t taps() const { return static_cast<int64_t>(tap_dh.size()); }
 };
 
+// The grid position (n, gh, gw) of consecutive pixels, advanced without divisions: three 64-bit
+// divisions per pixel cost more than the arithmetic of a one-channel layer.
+struct GridCursor {
+    int64_t n, gh, gw;
+    int64_t grid_h, grid_w;
+    GridCursor(const GatherConvGeometry& g, int64_t pixel)
+        : n(pixel / (g.grid_h * g.grid_w)), gh(pixel % (g.grid_h * g.grid_w) / g.grid_w), gw(pixel % g.grid_w),
+          grid_h(g.grid_h), grid_w(g.grid_w) {}
+    // To the next pixel; true when that starts a new grid row.
+    bool advance() {
+        if (++gw < grid_w) return false;
+        gw = 0;
+        if (++gh == grid_h) {
+            gh = 0;
+            ++n;
+        }
+        return true;
+    }
+};
+
 // What happens to an output tile after its sums are complete.
 struct ConvEpilogue {
     const float* prelu_slope = nullptr;  // per output channel; y = x > 0 ? x : slope * x (0: ReLU)
@@ -147,6 +167,12 @@ inline bool stream_destination(const GatherConvGeometry& g, const float* dst, co
 
 // The epilogue of a finished tile: rows 0..rows-1 of `acc` go to dsts[i] + [0, co_count) (dsts[i]
 // points at the pixel's channel co0), with the bias, the activation, the residual add.
+// The destination of the grid pixel at `at` (its first channel).
+inline float* dst_pixel(const GatherConvGeometry& g, float* dst, const GridCursor& at) {
+    const int64_t oh = at.gh * g.dst_stride + g.dst_row0, ow = at.gw * g.dst_stride + g.dst_col0;
+    return dst + ((at.n * g.dst_h + oh) * g.dst_w + ow) * g.dst_channels;
+}
+
 template <int MR, int NV>
 PIN_FORCEINLINE void store_tile(const VecF (&acc)[MR][NV], int64_t rows, float* const* dsts, int64_t co0,
                                 int64_t co_count, const ConvEpilogue& ep, bool stream) {
@@ -188,7 +214,6 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
     const int64_t cin = g.src_channels;
     const int64_t co0 = co_block * kBlockCo;
     const int64_t co_count = std::min<int64_t>(kBlockCo, g.dst_channels - co0);
-    const int64_t grid_px = g.grid_h * g.grid_w;
     const int64_t npx = pixel_end - pixel_begin;
     const int64_t ntiles = (npx + MR - 1) / MR;
 
@@ -196,29 +221,19 @@ void gather_conv_block(const float* src, const GatherConvGeometry& g, const floa
     ptrs.assign(static_cast<size_t>(ntiles * taps * MR), zeros);
     thread_local std::vector<float*> dsts;
     dsts.assign(static_cast<size_t>(ntiles * MR), nullptr);
-    // (n, gh, gw) advance incrementally: three 64-bit divisions per pixel cost more than the
-    // arithmetic of a one-channel layer.
-    int64_t n = pixel_begin / grid_px, gh = (pixel_begin % grid_px) / g.grid_w, gw = pixel_begin % g.grid_w;
+    GridCursor at(g, pixel_begin);
     const int64_t* dh = g.tap_dh.data();
     const int64_t* dw = g.tap_dw.data();
-    for (int64_t p = 0; p < npx; ++p) {
+    for (int64_t p = 0; p < npx; ++p, at.advance()) {
         const int64_t tile = p / MR, row = p % MR;
-        const float* img = src + n * g.src_h * g.src_w * cin;
+        const float* img = src + at.n * g.src_h * g.src_w * cin;
         const float** out = ptrs.data() + tile * taps * MR + row;
         for (int64_t t = 0; t < taps; ++t) {
-            const int64_t ih = gh * g.src_stride + dh[t];
-            const int64_t iw = gw * g.src_stride + dw[t];
+            const int64_t ih = at.gh * g.src_stride + dh[t];
+            const int64_t iw = at.gw * g.src_stride + dw[t];
             if (ih >= 0 && ih < g.src_h && iw >= 0 && iw < g.src_w) out[t * MR] = img + (ih * g.src_w + iw) * cin;
         }
-        const int64_t oh = gh * g.dst_stride + g.dst_row0, ow = gw * g.dst_stride + g.dst_col0;
-        dsts[static_cast<size_t>(p)] = dst + ((n * g.dst_h + oh) * g.dst_w + ow) * g.dst_channels + co0;
-        if (++gw == g.grid_w) {
-            gw = 0;
-            if (++gh == g.grid_h) {
-                gh = 0;
-                ++n;
-            }
-        }
+        dsts[static_cast<size_t>(p)] = dst_pixel(g, dst, at) + co0;
     }
 
     const float* wblock = wpack + co_block * taps * cin * kBlockCo;
@@ -304,7 +319,7 @@ inline void one_channel_conv_block(const float* src, const GatherConvGeometry& g
                                    const ConvEpilogue& ep, bool stream, int64_t p0, int64_t p1) {
     constexpr int MR = mr_for_nv(kMaxNV);
     constexpr int L = VecF::kLanes;
-    const int64_t taps = g.taps(), grid_px = g.grid_h * g.grid_w;
+    const int64_t taps = g.taps();
     const int64_t co_blocks = (g.dst_channels + kBlockCo - 1) / kBlockCo;
     thread_local std::vector<float> vals;
     vals.resize(static_cast<size_t>(MR * taps));
@@ -312,7 +327,7 @@ inline void one_channel_conv_block(const float* src, const GatherConvGeometry& g
     for (int i = 0; i < MR; ++i) rows[i] = vals.data() + i * taps;
     const int64_t* dh = g.tap_dh.data();
     const int64_t* dw = g.tap_dw.data();
-    int64_t n = p0 / grid_px, gh = (p0 % grid_px) / g.grid_w, gw = p0 % g.grid_w;
+    GridCursor at(g, p0);
     for (int64_t p = p0; p < p1; p += MR) {
         const int64_t count = std::min<int64_t>(MR, p1 - p);
         float* dsts[MR] = {};
@@ -322,20 +337,13 @@ inline void one_channel_conv_block(const float* src, const GatherConvGeometry& g
                 std::fill(v, v + taps, 0.0f);
                 continue;
             }
-            const float* img = src + n * g.src_h * g.src_w;
+            const float* img = src + at.n * g.src_h * g.src_w;
             for (int64_t t = 0; t < taps; ++t) {
-                const int64_t ih = gh * g.src_stride + dh[t], iw = gw * g.src_stride + dw[t];
+                const int64_t ih = at.gh * g.src_stride + dh[t], iw = at.gw * g.src_stride + dw[t];
                 v[t] = ih >= 0 && ih < g.src_h && iw >= 0 && iw < g.src_w ? img[ih * g.src_w + iw] : 0.0f;
             }
-            dsts[i] = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride + g.dst_col0) *
-                                g.dst_channels;
-            if (++gw == g.grid_w) {
-                gw = 0;
-                if (++gh == g.grid_h) {
-                    gh = 0;
-                    ++n;
-                }
-            }
+            dsts[i] = dst_pixel(g, dst, at);
+            at.advance();
         }
         for (int64_t cb = 0; cb < co_blocks; ++cb) {
             const int64_t co0 = cb * kBlockCo, co_count = std::min<int64_t>(kBlockCo, g.dst_channels - co0);
@@ -366,15 +374,15 @@ inline void gather_conv_packed_classes(const float* src, const GatherConvGeometr
     const int64_t pixels = g0.batch * g0.grid_h * g0.grid_w;
     if (pixels == 0 || g0.dst_channels == 0) return;
     int64_t max_taps = 0;
+    bool every_class_has_taps = true;
     for (int64_t k = 0; k < classes; ++k) {
         PIN_CHECK(geos[k]->batch * geos[k]->grid_h * geos[k]->grid_w == pixels &&
                       geos[k]->dst_channels == g0.dst_channels && geos[k]->src_channels == g0.src_channels,
                   "gather_conv_packed_classes: classes must share grid size and channels");
         max_taps = std::max(max_taps, geos[k]->taps());
+        every_class_has_taps = every_class_has_taps && geos[k]->taps() > 0;
     }
     const int64_t co_blocks = (g0.dst_channels + kBlockCo - 1) / kBlockCo;
-    bool every_class_has_taps = true;
-    for (int64_t k = 0; k < classes; ++k) every_class_has_taps = every_class_has_taps && geos[k]->taps() > 0;
     if (g0.src_channels == 1 && every_class_has_taps) {
         // 96 pixels (16 tiles of 6) per task, every block of output channels in it.
         constexpr int64_t kBlock = 96;
@@ -413,12 +421,10 @@ inline void gather_conv_packed_classes(const float* src, const GatherConvGeometr
             if (g.taps() == 0) {
                 PIN_CHECK(!ep.bias, "gather_conv: a bias on a convolution direction without taps");
                 if (ep.accumulate) continue;
-                const int64_t grid_px = g.grid_h * g.grid_w;
                 const int64_t count = std::min<int64_t>(kBlockCo, g.dst_channels - cb * kBlockCo);
-                for (int64_t pix = p0; pix < p1; ++pix) {
-                    const int64_t n = pix / grid_px, gh = (pix % grid_px) / g.grid_w, gw = pix % g.grid_w;
-                    float* d = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride +
-                                      g.dst_col0) * g.dst_channels + cb * kBlockCo;
+                GridCursor at(g, p0);
+                for (int64_t pix = p0; pix < p1; ++pix, at.advance()) {
+                    float* d = dst_pixel(g, dst, at) + cb * kBlockCo;
                     std::fill(d, d + count, 0.0f);
                 }
                 continue;
@@ -470,9 +476,9 @@ void gather_conv_narrow_block(const float* src, const GatherConvGeometry& g, con
     const int64_t cin = g.src_channels, taps = g.taps();
     const int64_t full = cin / L * L;
     const int tail = static_cast<int>(cin - full);
-    const int64_t grid_px = g.grid_h * g.grid_w;
-    for (int64_t pix = p0; pix < p1; ++pix) {
-        const int64_t n = pix / grid_px, gh = (pix % grid_px) / g.grid_w, gw = pix % g.grid_w;
+    GridCursor at(g, p0);
+    for (int64_t pix = p0; pix < p1; ++pix, at.advance()) {
+        const int64_t n = at.n, gh = at.gh, gw = at.gw;
         VecF acc[CO][kSplit];
         for (int c = 0; c < CO; ++c)
             for (int k = 0; k < kSplit; ++k) acc[c][k] = VecF::zero();
@@ -498,8 +504,7 @@ void gather_conv_narrow_block(const float* src, const GatherConvGeometry& g, con
                 for (int c = 0; c < CO; ++c) acc[c][2] = fma(x, VecF::load(w + c * cin_padded + ci), acc[c][2]);
             }
         }
-        float* d = dst + ((n * g.dst_h + gh * g.dst_stride + g.dst_row0) * g.dst_w + gw * g.dst_stride + g.dst_col0) *
-                             g.dst_channels;
+        float* d = dst_pixel(g, dst, at);
         for (int c = 0; c < CO; ++c) {
             float y = ((acc[c][0] + acc[c][1]) + (acc[c][2] + acc[c][3])).sum();
             if (ep.bias) y += ep.bias[c];
@@ -627,6 +632,49 @@ void weight_grad_dispatch_mr(int mr, float* out, int64_t out_stride, const float
 #undef PIN_WG_CASE
 }
 
+// dwt [t][ci][co] -> out [co][ci][t] (PyTorch's weight layout), in parallel over blocks of 16 co.
+// The innermost loop runs over co, so each read takes a whole cache line of dwt (16 co of one
+// (t, ci)): with co outermost every line was fetched 16 times for one float each (6.6 ms instead
+// of 2 for 9.4 MB).
+inline void tap_gradient_to_weight_layout(const float* dwt, int64_t taps, int64_t cin, int64_t cout, float* out) {
+    constexpr int64_t kB = 16;
+    parallel_for((cout + kB - 1) / kB, [&](int64_t blk) {
+        const int64_t b0 = blk * kB, b1 = std::min(cout, b0 + kB);
+        for (int64_t a = 0; a < cin; ++a)
+            for (int64_t t = 0; t < taps; ++t) {
+                const float* in = dwt + (t * cin + a) * cout;
+                float* o = out + a * taps + t;
+                for (int64_t b = b0; b < b1; ++b) o[b * cin * taps] = in[b];
+            }
+    });
+}
+
+// One (tap, narrow index j, run of wide indices from w0) of narrow_weight_gradient:
+// acc[v] = sum over the listed pixels k of b_k * x_k[v], b_k the narrow side's value j and x_k the
+// wide side's values from w0. kFull: all kVectors vectors are whole (no bounds or tail checks per
+// pixel); otherwise `width` wide values.
+template <bool kOverCi, int kVectors, bool kFull>
+PIN_FORCEINLINE void narrow_sums(VecF (&acc)[kVectors], const float* src, const float* g, const int64_t* offsets,
+                                 const int64_t* rows, int64_t valid, int64_t j, int64_t w0, int64_t width) {
+    constexpr int L = VecF::kLanes;
+    const int nvec = kFull ? kVectors : static_cast<int>((width + L - 1) / L);
+    const int tail = kFull ? L : static_cast<int>(width - (nvec - 1) * L);
+    for (int v = 0; v < kVectors; ++v) acc[v] = VecF::zero();
+    for (int64_t k = 0; k < valid; ++k) {
+        const float* x = kOverCi ? src + offsets[k] + w0 : g + rows[k] + w0;
+        const VecF b = VecF::broadcast(kOverCi ? g[rows[k] + j] : src[offsets[k] + j]);
+        for (int v = 0; v < kVectors; ++v) {
+            if (kFull) {
+                acc[v] = fma(b, VecF::load(x + v * L), acc[v]);
+                continue;
+            }
+            if (v >= nvec) break;
+            const VecF xv = v == nvec - 1 && tail < L ? VecF::load_partial(x + v * L, tail) : VecF::load(x + v * L);
+            acc[v] = fma(b, xv, acc[v]);
+        }
+    }
+}
+
 // Weight gradients with one input channel (the first layers, 1 -> 64) or few output channels (the
 // DAE's last layer, 64 -> 1). The register tile of tap_weight_gradient spans kWeightGradMR input
 // channels by vectors of output channels, so these shapes filled one row of it (1 -> 64) or one
@@ -643,7 +691,7 @@ void narrow_weight_gradient(const float* src, const GatherConvGeometry& geo, con
     constexpr int kVectors = 8;
     constexpr int64_t kSlice = 1024;
     const int64_t taps = geo.taps(), cin = geo.src_channels, cout = geo.dst_channels;
-    const int64_t pixels = geo.batch * geo.grid_h * geo.grid_w, grid_px = geo.grid_h * geo.grid_w;
+    const int64_t pixels = geo.batch * geo.grid_h * geo.grid_w;
     const int64_t wide = kOverCi ? cin : cout, narrow = kOverCi ? cout : cin;
     const int64_t total = taps * cin * cout;
     const int64_t slices = (pixels + kSlice - 1) / kSlice;
@@ -657,38 +705,23 @@ void narrow_weight_gradient(const float* src, const GatherConvGeometry& geo, con
         for (int64_t t = 0; t < taps; ++t) {
             // The slice's pixels whose tap t lies inside the source: source offset and pixel.
             int64_t valid = 0;
-            int64_t n = p0 / grid_px, gh = (p0 % grid_px) / geo.grid_w, gw = p0 % geo.grid_w;
-            for (int64_t p = 0; p < count; ++p) {
-                const int64_t ih = gh * geo.src_stride + geo.tap_dh[static_cast<size_t>(t)];
-                const int64_t iw = gw * geo.src_stride + geo.tap_dw[static_cast<size_t>(t)];
+            GridCursor at(geo, p0);
+            for (int64_t p = 0; p < count; ++p, at.advance()) {
+                const int64_t ih = at.gh * geo.src_stride + geo.tap_dh[static_cast<size_t>(t)];
+                const int64_t iw = at.gw * geo.src_stride + geo.tap_dw[static_cast<size_t>(t)];
                 if (ih >= 0 && ih < geo.src_h && iw >= 0 && iw < geo.src_w) {
-                    offsets[static_cast<size_t>(valid)] = ((n * geo.src_h + ih) * geo.src_w + iw) * cin;
+                    offsets[static_cast<size_t>(valid)] = ((at.n * geo.src_h + ih) * geo.src_w + iw) * cin;
                     rows[static_cast<size_t>(valid++)] = (p0 + p) * cout;
-                }
-                if (++gw == geo.grid_w) {
-                    gw = 0;
-                    if (++gh == geo.grid_h) {
-                        gh = 0;
-                        ++n;
-                    }
                 }
             }
             for (int64_t j = 0; j < narrow; ++j)
                 for (int64_t w0 = 0; w0 < wide; w0 += kVectors * L) {
                     const int64_t width = std::min<int64_t>(kVectors * L, wide - w0);
-                    const int nvec = static_cast<int>((width + L - 1) / L);
-                    const int tail = static_cast<int>(width - (nvec - 1) * L);
                     VecF acc[kVectors];
-                    for (int v = 0; v < kVectors; ++v) acc[v] = VecF::zero();
-                    for (int64_t k = 0; k < valid; ++k) {
-                        const float* x = kOverCi ? src + offsets[static_cast<size_t>(k)] + w0 : g + rows[static_cast<size_t>(k)] + w0;
-                        const VecF b = VecF::broadcast(kOverCi ? g[rows[static_cast<size_t>(k)] + j] : src[offsets[static_cast<size_t>(k)] + j]);
-                        for (int v = 0; v < kVectors; ++v) {
-                            if (v >= nvec) break;
-                            const VecF xv = v == nvec - 1 && tail < L ? VecF::load_partial(x + v * L, tail) : VecF::load(x + v * L);
-                            acc[v] = fma(b, xv, acc[v]);
-                        }
-                    }
+                    if (width == kVectors * L)
+                        narrow_sums<kOverCi, kVectors, true>(acc, src, g, offsets.data(), rows.data(), valid, j, w0, 0);
+                    else
+                        narrow_sums<kOverCi, kVectors, false>(acc, src, g, offsets.data(), rows.data(), valid, j, w0, width);
                     alignas(64) float lanes[kVectors * L];
                     for (int v = 0; v < kVectors; ++v) acc[v].store(lanes + v * L);
                     for (int64_t i = 0; i < width; ++i) {
@@ -705,10 +738,7 @@ void narrow_weight_gradient(const float* src, const GatherConvGeometry& geo, con
         for (int64_t sl = 1; sl < slices; ++sl)
             for (int64_t i = i0; i < i1; ++i) dwt[i] += pieces[static_cast<size_t>(sl * total + i)];
     });
-    if (out)
-        for (int64_t t = 0; t < taps; ++t)
-            for (int64_t ci = 0; ci < cin; ++ci)
-                for (int64_t co = 0; co < cout; ++co) out[(co * cin + ci) * taps + t] = dwt[(t * cin + ci) * cout + co];
+    if (out) tap_gradient_to_weight_layout(dwt, taps, cin, cout, out);
 }
 
 }  // namespace detail
@@ -772,7 +802,6 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
     // process, the variants interleaved, best of 40): 64 -> 64 at 112 -> 56 16.9 -> 15.5 ms,
     // 128 -> 128 at 56 -> 28 17.6 -> 17.0; 256 and 512 channels within 2 % either way.
     constexpr int64_t kChunk = kWeightGradChunk;
-    const int64_t grid_px = geo.grid_h * geo.grid_w;
     // The tile's L1 prefetch of the source line kAhead pixels on, except on AVX2 when consecutive
     // pixels' lines lie a multiple of 4 KiB apart (512 channels at stride 2): all of a chunk's lines
     // then fall in one L1 set, and the 8 ways of the 32 KiB L1 of AVX2-only cores (Zen 2)
@@ -799,32 +828,25 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
             // grid position advances without divisions, and a tap's row test is made once per grid
             // row (they cost a fifth of a 64-channel layer's weight gradient).
             std::fill(valid.begin(), valid.end(), 0);
-            int64_t n = p0 / grid_px, gh = (p0 % grid_px) / geo.grid_w, gw = p0 % geo.grid_w;
+            GridCursor at(geo, p0);
             auto start_row = [&] {
                 for (int64_t t = 0; t < taps; ++t) {
-                    const int64_t ih = gh * geo.src_stride + geo.tap_dh[static_cast<size_t>(t)];
+                    const int64_t ih = at.gh * geo.src_stride + geo.tap_dh[static_cast<size_t>(t)];
                     row_ok[static_cast<size_t>(t)] = ih >= 0 && ih < geo.src_h;
                 }
             };
             start_row();
             for (int64_t p = 0; p < count; ++p) {
-                const int64_t base = ((n * geo.src_h + gh * geo.src_stride) * geo.src_w + gw * geo.src_stride) * cin;
+                const int64_t base = ((at.n * geo.src_h + at.gh * geo.src_stride) * geo.src_w + at.gw * geo.src_stride) * cin;
                 for (int64_t t = 0; t < taps; ++t) {
-                    const int64_t iw = gw * geo.src_stride + geo.tap_dw[static_cast<size_t>(t)];
+                    const int64_t iw = at.gw * geo.src_stride + geo.tap_dw[static_cast<size_t>(t)];
                     if (row_ok[static_cast<size_t>(t)] && iw >= 0 && iw < geo.src_w) {
                         const size_t k = static_cast<size_t>(t * kChunk + valid[static_cast<size_t>(t)]++);
                         offsets[k] = base + tap_delta[static_cast<size_t>(t)];
                         rows[k] = p;
                     }
                 }
-                if (++gw == geo.grid_w) {
-                    gw = 0;
-                    if (++gh == geo.grid_h) {
-                        gh = 0;
-                        ++n;
-                    }
-                    start_row();
-                }
+                if (at.advance()) start_row();
             }
             // The next chunk's gradient rows and centre-tap sources, fetched while this one computes.
             const int64_t next = p0 + kChunk;
@@ -856,21 +878,20 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
                     t = tile / co_blocks / ci_blocks;
                     cib = (tile / co_blocks) % ci_blocks;
                 }
-                if (ncount > 0) {
-                    const int64_t q0 = (tile - t_begin) * per_tile, q1 = std::min(ncount, q0 + per_tile);
-                    for (int64_t q = q0; q < q1; ++q) {
+                const int64_t q0 = (tile - t_begin) * per_tile, q1 = std::min(ncount, q0 + per_tile);
+                if (q0 < q1) {
+                    GridCursor at(geo, next + q0);
+                    for (int64_t q = q0; q < q1; ++q, at.advance()) {
                         const float* gp = g + (next + q) * cout;
                         for (int64_t c = 0; c < cout; c += 16) prefetch_l2(gp + c);
-                        const int64_t pix = next + q;
-                        const int64_t n = pix / grid_px, rem = pix % grid_px;
                         // The s x s source pixels this output pixel owns (the whole source when
                         // strided: taps of a stride-2 convolution also read odd rows and columns).
-                        const int64_t ih0 = (rem / geo.grid_w) * geo.src_stride, iw0 = (rem % geo.grid_w) * geo.src_stride;
+                        const int64_t ih0 = at.gh * geo.src_stride, iw0 = at.gw * geo.src_stride;
                         for (int64_t dh = 0; dh < geo.src_stride; ++dh)
                             for (int64_t dw = 0; dw < geo.src_stride; ++dw) {
                                 const int64_t ih = ih0 + dh, iw = iw0 + dw;
                                 if (ih >= geo.src_h || iw >= geo.src_w) continue;
-                                const float* xp = src + ((n * geo.src_h + ih) * geo.src_w + iw) * cin;
+                                const float* xp = src + ((at.n * geo.src_h + ih) * geo.src_w + iw) * cin;
                                 for (int64_t c = 0; c < cin; c += 16) prefetch_l2(xp + c);
                             }
                     }
@@ -923,22 +944,7 @@ inline void tap_weight_gradient(const float* src, const GatherConvGeometry& geo,
             }
         });
     }
-    if (out && !direct) {
-        // dwt [t][ci][co] -> out [co][ci][t], in parallel over blocks of 16 co. The innermost loop
-        // runs over co, so each read takes a whole cache line of dwt (16 co of one (t, ci)): with
-        // co outermost every line was fetched 16 times for one float each (6.6 ms instead of 2
-        // for 9.4 MB).
-        constexpr int64_t kB = 16;
-        parallel_for((cout + kB - 1) / kB, [&](int64_t blk) {
-            const int64_t b0 = blk * kB, b1 = std::min(cout, b0 + kB);
-            for (int64_t a = 0; a < cin; ++a)
-                for (int64_t t = 0; t < taps; ++t) {
-                    const float* in = dwt + (t * cin + a) * cout;
-                    float* o = out + a * taps + t;
-                    for (int64_t b = b0; b < b1; ++b) o[b * cin * taps] = in[b];
-                }
-        });
-    }
+    if (out && !direct) tap_gradient_to_weight_layout(dwt, taps, cin, cout, out);
 }
 
 }  // namespace pin::cpu
