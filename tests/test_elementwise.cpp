@@ -1,4 +1,5 @@
 // PReLU, tanh, sigmoid, add and the reductions: reference values, finite differences, threads.
+#include <algorithm>
 #include <cmath>
 
 #include "helpers.hpp"
@@ -147,6 +148,33 @@ TEST_CASE("add and reductions", "[elementwise][reduce]") {
     Tensor aa = a.clone();
     require_directional_derivative(aa, g, [&] { return cpu::mse_forward_backward(aa, b, nullptr); }, 92, 1e-3, "mse");
     REQUIRE_THROWS_WITH(cpu::add_forward(a, random_tensor({3, 5, 7, 10}, 1), y), Catch::Contains("shapes differ"));
+}
+
+TEST_CASE("sums of squares: 16 double accumulators in a fixed order on every SIMD path", "[elementwise][reduce]") {
+    // Sizes around the 16-wide groups and the 16384-value blocks; values over several magnitudes so
+    // that the order of the double additions shows in the last bits.
+    for (int64_t n : {1, 7, 15, 16, 17, 33, 16383, 16384, 16385, 50001}) {
+        Tensor x = random_tensor({n}, 300 + static_cast<uint64_t>(n));
+        for (int64_t i = 0; i < n; i += 5) x.data()[i] *= 1e4f;
+        // The documented order: element i into accumulator i % 16, accumulators summed in order,
+        // blocks of 16384 summed in order.
+        double blocks = 0, plain = 0;
+        for (int64_t b0 = 0; b0 < n; b0 += 1 << 14) {
+            double acc[16] = {};
+            for (int64_t i = b0; i < std::min(n, b0 + (1 << 14)); ++i)
+                acc[(i - b0) % 16] += static_cast<double>(x.data()[i]) * x.data()[i];
+            double s = 0;
+            for (double a : acc) s += a;
+            blocks += s;
+        }
+        for (int64_t i = 0; i < n; ++i) plain += static_cast<double>(x.data()[i]) * x.data()[i];
+        INFO("n = " << n);
+        REQUIRE(cpu::reduce_sum_squares(x) == blocks);
+        REQUIRE(cpu::reduce_sum_squares(x) == Approx(plain).epsilon(1e-13));
+        if (n < (1 << 14)) REQUIRE(cpu::detail::sum_squares_f64(x.data(), n) == blocks);
+        const auto rows = cpu::reduce_rows_sum_squares(x.reshape({1, n}));
+        REQUIRE(rows[0] == Approx(plain).epsilon(1e-13));
+    }
 }
 
 TEST_CASE("element-wise ops and reductions are identical for 1 and 2 threads", "[elementwise][threads]") {

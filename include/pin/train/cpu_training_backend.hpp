@@ -12,6 +12,7 @@
 #include "pin/cpu/activations.hpp"
 #include "pin/cpu/conv2d.hpp"
 #include "pin/cpu/linear.hpp"
+#include "pin/cpu/reduce.hpp"
 #include "pin/model/dae.hpp"
 #include "pin/model/eigenbasis.hpp"
 #include "pin/train/backend_trainer.hpp"
@@ -88,11 +89,7 @@ public:
     void sigmoid_forward(const float* x, float* y, int64_t n) {
         for (int64_t i = 0; i < n; ++i) y[i] = cpu::sigmoid(x[i]);
     }
-    double sum_squares(const float* x, int64_t n) {
-        double s = 0;
-        for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
-        return s;
-    }
+    double sum_squares(const float* x, int64_t n) { return cpu::detail::blocked_sum_squares(x, n); }
     void scale(float* x, int64_t n, float s) {
         for (int64_t i = 0; i < n; ++i) x[i] *= s;
     }

@@ -12,6 +12,7 @@
 
 #include "pin/core/rng.hpp"
 #include "pin/cpu/projection.hpp"
+#include "pin/cpu/reduce.hpp"
 #include "pin/model/agent.hpp"
 #include "pin/model/eigenbasis.hpp"
 #include "pin/nn/sgd.hpp"
@@ -122,10 +123,7 @@ private:
     // The global L2 norm of the trained parameters' gradients; scaled down to clip_norm if above it.
     double clip_gradients() {
         double sq = 0;
-        for (const auto& p : params_) {
-            const float* g = p.param->grad.data();
-            for (int64_t i = 0; i < p.param->grad.numel(); ++i) sq += static_cast<double>(g[i]) * g[i];
-        }
+        for (const auto& p : params_) sq += cpu::reduce_sum_squares(p.param->grad);
         const double norm = std::sqrt(sq);
         if (opt_.clip_norm > 0 && norm > opt_.clip_norm) {
             const float scale = static_cast<float>(opt_.clip_norm / norm);
