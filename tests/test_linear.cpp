@@ -72,27 +72,29 @@ TEST_CASE("linear is identical for 1 and 2 threads and checks shapes", "[linear]
 }
 
 // Batches 1..13 put every row count of a register tile (up to 12 rows, 6 with two or four vectors)
-// at the end of the batch; N has whole column blocks (16 floats on AVX2, 64 on AVX-512) and a tail.
+// at the end of the batch. N: whole column blocks (16 floats on AVX2, 64 on AVX-512) and a tail
+// (the zero-padded panel), whole blocks only, a tail only; D over several 1024-row chunks.
 TEST_CASE("project_coefficients matches the float64 reference for every tile height", "[linear][projection]") {
-    const int64_t D = 203, N = 3 * 64 + 5;
-    const Tensor basis = random_tensor({D, N}, 130, 0.1f), mean = random_tensor({D}, 131);
-    for (int64_t batch = 1; batch <= 13; ++batch) {
-        INFO("batch " << batch);
-        const Tensor x = random_tensor({batch, D}, 132 + static_cast<uint64_t>(batch));
-        Tensor c = Tensor::empty({batch, N});
-        cpu::project_coefficients(basis.data(), mean.data(), D, N, x.data(), batch, c.data());
-        DVec ref(static_cast<size_t>(batch * N)), scale(ref.size());
-        for (int64_t b = 0; b < batch; ++b)
-            for (int64_t j = 0; j < N; ++j) {
-                double s = 0, a = 0;
-                for (int64_t d = 0; d < D; ++d) {
-                    const double t = (static_cast<double>(x.data()[b * D + d]) - mean.data()[d]) * basis.data()[d * N + j];
-                    s += t;
-                    a += std::fabs(t);
+    for (const auto& [D, N] : std::vector<std::pair<int64_t, int64_t>>{{203, 3 * 64 + 5}, {2100, 128}, {1100, 5}}) {
+        const Tensor basis = random_tensor({D, N}, 130, 0.1f), mean = random_tensor({D}, 131);
+        for (int64_t batch = 1; batch <= 13; ++batch) {
+            INFO("D " << D << ", N " << N << ", batch " << batch);
+            const Tensor x = random_tensor({batch, D}, 132 + static_cast<uint64_t>(batch));
+            Tensor c = Tensor::empty({batch, N});
+            cpu::project_coefficients(basis.data(), mean.data(), D, N, x.data(), batch, c.data());
+            DVec ref(static_cast<size_t>(batch * N)), scale(ref.size());
+            for (int64_t b = 0; b < batch; ++b)
+                for (int64_t j = 0; j < N; ++j) {
+                    double s = 0, a = 0;
+                    for (int64_t d = 0; d < D; ++d) {
+                        const double t = (static_cast<double>(x.data()[b * D + d]) - mean.data()[d]) * basis.data()[d * N + j];
+                        s += t;
+                        a += std::fabs(t);
+                    }
+                    ref[static_cast<size_t>(b * N + j)] = s;
+                    scale[static_cast<size_t>(b * N + j)] = a;
                 }
-                ref[static_cast<size_t>(b * N + j)] = s;
-                scale[static_cast<size_t>(b * N + j)] = a;
-            }
-        require_close(c, ref, scale, 2e-5, "coefficients");
+            require_close(c, ref, scale, 2e-5, "coefficients");
+        }
     }
 }

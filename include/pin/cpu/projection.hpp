@@ -8,6 +8,7 @@
 // batch rows stay in cache. Tasks own fixed column (pass 1) or row (pass 2) blocks, so the result
 // does not depend on the thread count.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -35,21 +36,20 @@ void coefficient_tile(const float* const* rows, int64_t d0, int64_t dlen, const 
 }  // namespace detail
 
 // c (batch, N) = (x - m) B. x: (batch, D) contents (any rank, batch first), mean: D, basis: D x N.
-// Register tiles of (up to) 6 images x 64 coefficients walk down D in chunks that keep a slab of
-// B in L2 while every image of the batch uses it: B is read from memory once.
+// Register tiles of (up to) 6 images x kBlockCo coefficients walk down D in chunks that keep a slab
+// of B in L2 while every image of the batch uses it: B is read from memory once.
 inline void project_coefficients(const float* basis, const float* mean, int64_t D, int64_t N, const float* x,
                                  int64_t batch, float* c) {
     using namespace detail;
     std::vector<float> centred(static_cast<size_t>(batch * D));
     for (int64_t b = 0; b < batch; ++b)
         for (int64_t d = 0; d < D; ++d) centred[static_cast<size_t>(b * D + d)] = x[b * D + d] - mean[d];
-    constexpr int64_t kCols = kBlockCo;  // full register-tile columns; the rest below
+    constexpr int64_t kCols = kBlockCo;
     constexpr int MR = mr_for_nv(kMaxNV);
-    const int64_t full_blocks = N / kCols;
     constexpr int64_t kRowsChunk = 1024;
-    parallel_for(full_blocks, [&](int64_t blk) {
-        const int64_t j0 = blk * kCols;
-        for (int64_t b = 0; b < batch; ++b) std::fill(c + b * N + j0, c + b * N + j0 + kCols, 0.0f);
+    // out[b][0, kCols) = sum over d of centred[b][d] * cols[d * ld + 0..kCols), out rows ldc apart.
+    auto column_block = [&](const float* cols, int64_t ld, float* out, int64_t ldc) {
+        for (int64_t b = 0; b < batch; ++b) std::fill(out + b * ldc, out + b * ldc + kCols, 0.0f);
         for (int64_t d0 = 0; d0 < D; d0 += kRowsChunk) {
             const int64_t dlen = std::min(kRowsChunk, D - d0);
             for (int64_t b0 = 0; b0 < batch; b0 += MR) {
@@ -58,28 +58,31 @@ inline void project_coefficients(const float* basis, const float* mean, int64_t 
                 const int mr = static_cast<int>(std::min<int64_t>(MR, batch - b0));
                 for (int i = 0; i < mr; ++i) {
                     rows[i] = centred.data() + (b0 + i) * D;
-                    outs[i] = c + (b0 + i) * N + j0;
+                    outs[i] = out + (b0 + i) * ldc;
                 }
                 switch (mr) {
-                    case 6: coefficient_tile<6>(rows, d0, dlen, basis + j0, N, outs); break;
-                    case 5: coefficient_tile<5>(rows, d0, dlen, basis + j0, N, outs); break;
-                    case 4: coefficient_tile<4>(rows, d0, dlen, basis + j0, N, outs); break;
-                    case 3: coefficient_tile<3>(rows, d0, dlen, basis + j0, N, outs); break;
-                    case 2: coefficient_tile<2>(rows, d0, dlen, basis + j0, N, outs); break;
-                    default: coefficient_tile<1>(rows, d0, dlen, basis + j0, N, outs); break;
+                    case 6: coefficient_tile<6>(rows, d0, dlen, cols, ld, outs); break;
+                    case 5: coefficient_tile<5>(rows, d0, dlen, cols, ld, outs); break;
+                    case 4: coefficient_tile<4>(rows, d0, dlen, cols, ld, outs); break;
+                    case 3: coefficient_tile<3>(rows, d0, dlen, cols, ld, outs); break;
+                    case 2: coefficient_tile<2>(rows, d0, dlen, cols, ld, outs); break;
+                    default: coefficient_tile<1>(rows, d0, dlen, cols, ld, outs); break;
                 }
             }
         }
-    });
-    // Columns past the last full block (N = 2500 leaves 4): plain dot products down the column.
-    const int64_t j_tail = full_blocks * kCols;
-    parallel_for(N - j_tail, [&](int64_t k) {
-        const int64_t j = j_tail + k;
-        for (int64_t b = 0; b < batch; ++b) {
-            float s = 0.0f;
-            for (int64_t d = 0; d < D; ++d) s += centred[static_cast<size_t>(b * D + d)] * basis[d * N + j];
-            c[b * N + j] = s;
-        }
+    };
+    // Columns past the last full block (N = 2500 leaves 4 on AVX2, 4 of 64 on AVX-512) are copied,
+    // zero-padded, into a D x kCols panel that the same tiles read. A scalar loop down those columns
+    // took a sixth of the projection's time: each value its own cache line, read again per image.
+    const int64_t full_blocks = N / kCols, tail = N - full_blocks * kCols;
+    parallel_for(full_blocks + (tail > 0 ? 1 : 0), [&](int64_t blk) {
+        const int64_t j0 = blk * kCols;
+        if (blk < full_blocks) return column_block(basis + j0, N, c + j0, N);
+        std::vector<float> panel(static_cast<size_t>(D * kCols), 0.0f), out(static_cast<size_t>(batch * kCols));
+        for (int64_t d = 0; d < D; ++d)
+            std::copy(basis + d * N + j0, basis + d * N + N, panel.data() + d * kCols);
+        column_block(panel.data(), kCols, out.data(), kCols);
+        for (int64_t b = 0; b < batch; ++b) std::copy(out.data() + b * kCols, out.data() + b * kCols + tail, c + b * N + j0);
     });
 }
 
