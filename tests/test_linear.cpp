@@ -98,3 +98,35 @@ TEST_CASE("project_coefficients matches the float64 reference for every tile hei
         }
     }
 }
+
+// Tiles of 3 (AVX2) or 4 (AVX-512) rows of B by up to 4 images: batches 1..9 end on every image
+// count, D = 203 leaves every row count at the end of a 64-row block, N with and without a
+// partial last vector; weights q and none.
+TEST_CASE("reconstruct_from_coefficients matches the float64 reference", "[linear][projection]") {
+    for (const auto& [D, N] : std::vector<std::pair<int64_t, int64_t>>{{203, 197}, {130, 64}, {67, 5}}) {
+        const Tensor basis = random_tensor({D, N}, 140, 0.1f), mean = random_tensor({D}, 141);
+        for (int64_t batch = 1; batch <= 9; ++batch)
+            for (bool weighted : {true, false}) {
+                INFO("D " << D << ", N " << N << ", batch " << batch << (weighted ? ", weighted" : ""));
+                const Tensor c = random_tensor({batch, N}, 142 + static_cast<uint64_t>(batch));
+                const Tensor q = random_tensor({batch, N}, 160 + static_cast<uint64_t>(batch));
+                Tensor out = Tensor::empty({batch, D});
+                cpu::reconstruct_from_coefficients(basis.data(), mean.data(), D, N, c.data(), weighted ? q.data() : nullptr,
+                                                   batch, out.data());
+                DVec ref(static_cast<size_t>(batch * D)), scale(ref.size());
+                for (int64_t b = 0; b < batch; ++b)
+                    for (int64_t d = 0; d < D; ++d) {
+                        double s = mean.data()[d], a = std::fabs(s);
+                        for (int64_t j = 0; j < N; ++j) {
+                            const double w = weighted ? static_cast<double>(q.data()[b * N + j]) : 1.0;
+                            const double t = static_cast<double>(basis.data()[d * N + j]) * (w * c.data()[b * N + j]);
+                            s += t;
+                            a += std::fabs(t);
+                        }
+                        ref[static_cast<size_t>(b * D + d)] = s;
+                        scale[static_cast<size_t>(b * D + d)] = a;
+                    }
+                require_close(out, ref, scale, 2e-5, "reconstruction");
+            }
+    }
+}
