@@ -11,6 +11,7 @@
 #include "pin/cpu/linear.hpp"
 #include "pin/cpu/projection.hpp"
 #include "pin/cpu/reduce.hpp"
+#include "pin/cpu/row_products.hpp"
 #include "pin/model/agent.hpp"
 #include "pin/nn/layers.hpp"
 #include "pin/nn/res_block.hpp"
