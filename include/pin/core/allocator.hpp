@@ -8,7 +8,7 @@
 // bytes ever live at once (live plus cached bytes stay within the peak plus that bound). A
 // training step at batch 20 holds ~1.5 GiB of activations: a fixed 1 GiB bound freed a third of
 // them at every step's end and the next step page-faulted them in again (23 K faults, 94 MB, per
-// step; measured 1.2 % of the step). A bound at the peak alone (cached plus live) was tried and
+// step; measured 1.3 % of the step). A bound at the peak alone (cached plus live) was tried and
 // was worse: blocks a step frees early are needed again late, and evicting them on misses
 // brought the faults back.
 #pragma once

@@ -165,14 +165,14 @@ inline bool stream_destination(const GatherConvGeometry& g, const float* dst, co
            reinterpret_cast<uintptr_t>(dst) % 64 == 0;
 }
 
-// The epilogue of a finished tile: rows 0..rows-1 of `acc` go to dsts[i] + [0, co_count) (dsts[i]
-// points at the pixel's channel co0), with the bias, the activation, the residual add.
 // The destination of the grid pixel at `at` (its first channel).
 inline float* dst_pixel(const GatherConvGeometry& g, float* dst, const GridCursor& at) {
     const int64_t oh = at.gh * g.dst_stride + g.dst_row0, ow = at.gw * g.dst_stride + g.dst_col0;
     return dst + ((at.n * g.dst_h + oh) * g.dst_w + ow) * g.dst_channels;
 }
 
+// The epilogue of a finished tile: rows 0..rows-1 of `acc` go to dsts[i] + [0, co_count) (dsts[i]
+// points at the pixel's channel co0), with the bias, the activation, the residual add.
 template <int MR, int NV>
 PIN_FORCEINLINE void store_tile(const VecF (&acc)[MR][NV], int64_t rows, float* const* dsts, int64_t co0,
                                 int64_t co_count, const ConvEpilogue& ep, bool stream) {

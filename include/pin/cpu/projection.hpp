@@ -5,16 +5,13 @@
 //   x_rec = (q o c) B^T + m (batch x D)
 // B is D x N row-major (column j = eigenvector j). At PIN's size B is 12544 x 2500 floats
 // (125 MB), so both passes are bound by reading B; each reads it exactly once per batch, and the
-// batch rows stay in cache. Tasks own fixed column (pass 1) or row (pass 2) blocks, so the result
-// does not depend on the thread count.
+// batch rows stay in cache (cpu/row_products.hpp: rows_times_matrix, row_dot_products). Every
+// output is reduced by one task in an order fixed by the shape, so the result does not depend on
+// the thread count.
 #pragma once
-#include <algorithm>
 #include <cstdint>
 #include <vector>
 
-#include "pin/core/parallel.hpp"
-#include "pin/core/simd.hpp"
-#include "pin/core/tensor.hpp"
 #include "pin/cpu/row_products.hpp"
 
 namespace pin::cpu {
