@@ -13,7 +13,9 @@ TEST_CASE("linear forward/backward match the float64 reference", "[linear]") {
     struct Case {
         int64_t batch, in, out;
     };
-    for (const Case c : {Case{1, 7, 5}, Case{3, 1029, 17}, Case{16, 2048, 33}, Case{5, 31, 2500}}) {
+    // The weight gradients of the last two cut rows into panels (out >= 192, few batch rows), the
+    // last one into two runs of columns with a tail.
+    for (const Case c : {Case{1, 7, 5}, Case{3, 1029, 17}, Case{16, 2048, 33}, Case{5, 31, 2500}, Case{3, 1500, 203}}) {
         INFO("batch " << c.batch << " in " << c.in << " out " << c.out);
         const Tensor x = random_tensor({c.batch, c.in}, 100), w = random_tensor({c.out, c.in}, 101, 0.05f),
                      b = random_tensor({c.out}, 102), dy = random_tensor({c.batch, c.out}, 103);
@@ -50,23 +52,28 @@ TEST_CASE("linear backward agrees with finite differences", "[linear][gradcheck]
 }
 
 TEST_CASE("linear is identical for 1 and 2 threads and checks shapes", "[linear][threads][errors]") {
-    const Tensor x = random_tensor({16, 3000}, 120), w = random_tensor({70, 3000}, 121, 0.02f), b = random_tensor({70}, 122);
-    const Tensor dy = random_tensor({16, 70}, 123);
-    Tensor y[2], dx[2], dw[2], db[2];
-    for (int t = 0; t < 2; ++t) {
-        set_num_threads(t + 1);
-        y[t] = Tensor::empty({16, 70});
-        dx[t] = Tensor::empty(x.shape());
-        dw[t] = Tensor::empty(w.shape());
-        db[t] = Tensor::empty(b.shape());
-        cpu::linear_forward(x, w, b, y[t]);
-        cpu::linear_backward_input(dy, w, dx[t]);
-        cpu::linear_backward_params(x, dy, dw[t], db[t]);
+    // 70 outputs: the weight gradient cut by columns; 250: by panels of rows and runs of columns.
+    for (const int64_t outputs : {70, 250}) {
+        INFO("outputs " << outputs);
+        const Tensor x = random_tensor({16, 3000}, 120), w = random_tensor({outputs, 3000}, 121, 0.02f),
+                     b = random_tensor({outputs}, 122), dy = random_tensor({16, outputs}, 123);
+        Tensor y[2], dx[2], dw[2], db[2];
+        for (int t = 0; t < 2; ++t) {
+            set_num_threads(t + 1);
+            y[t] = Tensor::empty({16, outputs});
+            dx[t] = Tensor::empty(x.shape());
+            dw[t] = Tensor::empty(w.shape());
+            db[t] = Tensor::empty(b.shape());
+            cpu::linear_forward(x, w, b, y[t]);
+            cpu::linear_backward_input(dy, w, dx[t]);
+            cpu::linear_backward_params(x, dy, dw[t], db[t]);
+        }
+        set_num_threads(2);
+        REQUIRE(bitwise_equal(y[0], y[1]));
+        REQUIRE(bitwise_equal(dx[0], dx[1]));
+        REQUIRE(bitwise_equal(dw[0], dw[1]));
     }
-    set_num_threads(2);
-    REQUIRE(bitwise_equal(y[0], y[1]));
-    REQUIRE(bitwise_equal(dx[0], dx[1]));
-    REQUIRE(bitwise_equal(dw[0], dw[1]));
+    const Tensor x = random_tensor({16, 3000}, 120), w = random_tensor({70, 3000}, 121, 0.02f), b = random_tensor({70}, 122);
     Tensor bad = Tensor::empty({16, 70});
     REQUIRE_THROWS_WITH(cpu::linear_forward(random_tensor({16, 2999}, 1), w, b, bad), Catch::Contains("x has 2999 features, W expects 3000"));
 }

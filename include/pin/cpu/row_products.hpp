@@ -22,15 +22,17 @@
 namespace pin::cpu {
 
 namespace detail {
-// out[i][0, kBlockCo) += sum over d in [d0, d0 + dlen) of rows[i][d] * cols[d * N + 0..kBlockCo)
-// for MR rows: the convolutions' register tile with M's rows in the place of input channels.
+// out[i][0, kBlockCo) (+)= sum over d in [d0, d0 + dlen) of rows[i][d] * cols[d * N + 0..kBlockCo)
+// for MR rows: the convolutions' register tile with M's rows in the place of input channels. The
+// sum starts from zero when d0 is 0 and from out's partial sums after that: one FMA chain per
+// output however D is cut.
 template <int MR>
 void rows_matrix_tile(const float* const* rows, int64_t d0, int64_t dlen, const float* cols, int64_t N,
                       float* const* out) {
     constexpr int NV = kMaxNV, L = VecF::kLanes;
     VecF acc[MR][NV];
     for (int i = 0; i < MR; ++i)
-        for (int v = 0; v < NV; ++v) acc[i][v] = VecF::load(out[i] + v * L);
+        for (int v = 0; v < NV; ++v) acc[i][v] = d0 == 0 ? VecF::zero() : VecF::load(out[i] + v * L);
     const float* shifted[MR];
     for (int i = 0; i < MR; ++i) shifted[i] = rows[i] + d0;
     gather_tile<MR, NV>(acc, shifted, 1, dlen, cols + d0 * N, 0, N);
@@ -127,16 +129,17 @@ inline void rows_times_matrix(const float* x, int64_t m, int64_t D, const float*
     using namespace detail;
     constexpr int64_t kCols = kBlockCo;
     constexpr int MR = mr_for_nv(kMaxNV);
-    // o[i][0, kCols) += sum over d in [d0, d0 + dlen) of x[i][d] * cols[d * ld + 0..kCols) for every
-    // row i of x, o's rows ldo apart.
-    auto column_rows = [&](const float* cols, int64_t ld, float* o, int64_t ldo, int64_t d0, int64_t dlen) {
-        for (int64_t i0 = 0; i0 < m; i0 += MR) {
+    // o[i - i_begin][0, kCols) (+)= sum over d in [d0, d0 + dlen) of x[i][d] * cols[d * ld + 0..kCols)
+    // for the rows i in [i_begin, i_end) of x, o's rows ldo apart.
+    auto column_rows = [&](int64_t i_begin, int64_t i_end, const float* cols, int64_t ld, float* o, int64_t ldo,
+                           int64_t d0, int64_t dlen) {
+        for (int64_t i0 = i_begin; i0 < i_end; i0 += MR) {
             const float* rows[MR];
             float* outs[MR];
-            const int mr = static_cast<int>(std::min<int64_t>(MR, m - i0));
+            const int mr = static_cast<int>(std::min<int64_t>(MR, i_end - i0));
             for (int i = 0; i < mr; ++i) {
                 rows[i] = x + (i0 + i) * D;
-                outs[i] = o + (i0 + i) * ldo;
+                outs[i] = o + (i0 - i_begin + i) * ldo;
             }
             switch (mr) {
                 case 6: rows_matrix_tile<6>(rows, d0, dlen, cols, ld, outs); break;
@@ -148,41 +151,77 @@ inline void rows_times_matrix(const float* x, int64_t m, int64_t D, const float*
             }
         }
     };
-    // Tasks own runs of whole column blocks (one per thread, more when a run's outputs would not
-    // stay in L2: the head's weight gradient has 51 MB of them) and walk D in chunks of rows whose
-    // run of M (~192 KiB) stays in L2 while every block and row of x uses it; each block prefetches
-    // its lines of the next chunk. With one 64-byte block per task, the rows of the eigenbasis lay
-    // 10 KB apart (a new page and a hardware-prefetch miss each, 12544 per block): 33 ms at batch
-    // 16 for 125 MB that memory delivers in 4 (now 12).
+    if (D == 0) {  // no terms: every sum is zero (the column cut below never writes then)
+        std::fill(out, out + m * N, 0.0f);
+        return;
+    }
     const int64_t full_blocks = N / kCols, tail = N - full_blocks * kCols;
+    // Columns past the last full block (N = 2500 leaves 4 on AVX2, 4 of 64 on AVX-512) go through a
+    // D x kCols copy of them, zero-padded, that the same tiles read. A scalar loop down those
+    // columns took a sixth of the projection's time: each value its own cache line, read again per
+    // row of x. tail_rows does rows [i_begin, i_end) of them.
+    auto tail_panel = [&] {
+        std::vector<float> panel(static_cast<size_t>(D * kCols), 0.0f);
+        for (int64_t d = 0; d < D; ++d)
+            std::copy(M + d * N + full_blocks * kCols, M + d * N + N, panel.data() + d * kCols);
+        return panel;
+    };
+    auto tail_rows = [&](const std::vector<float>& panel, int64_t i_begin, int64_t i_end) {
+        std::vector<float> o(static_cast<size_t>((i_end - i_begin) * kCols));
+        column_rows(i_begin, i_end, panel.data(), kCols, o.data(), kCols, 0, D);
+        for (int64_t i = i_begin; i < i_end; ++i)
+            std::copy_n(o.data() + (i - i_begin) * kCols, tail, out + i * N + full_blocks * kCols);
+    };
+
+    // Many rows of x, few of M (a weight gradient: dy^T times the layer's input, D = the batch):
+    // tasks own panels of 8 tiles of rows by a run of columns whose outputs (<= 256 KiB) and run of
+    // M (D x run) stay in L2, and write their outputs row by row. Cut by columns as below, the
+    // head's 512 -> 2500 weight gradient (5 MB of outputs) gave each task one or two blocks of
+    // columns down all 2500 rows, 2 KB apart: 1.17x the time of a loop over output rows.
+    if (D <= 256 && m >= 4 * 8 * MR) {
+        constexpr int64_t kPanelRows = 8 * MR;
+        const int64_t panels = (m + kPanelRows - 1) / kPanelRows;
+        const int64_t runs = std::min<int64_t>(std::max<int64_t>(full_blocks, 1),
+                                               (kPanelRows * N * 4 + (256 << 10) - 1) / (256 << 10));
+        const std::vector<float> panel = tail > 0 ? tail_panel() : std::vector<float>();
+        parallel_for(panels * runs, [&](int64_t task) {
+            const int64_t p = task / runs, r = task % runs;
+            const int64_t i_begin = p * kPanelRows, i_end = std::min(m, i_begin + kPanelRows);
+            const int64_t blk0 = full_blocks * r / runs, blk1 = full_blocks * (r + 1) / runs;
+            for (int64_t i0 = i_begin; i0 < i_end; i0 += MR)
+                for (int64_t blk = blk0; blk < blk1; ++blk)
+                    column_rows(i0, std::min(i_end, i0 + MR), M + blk * kCols, N, out + i0 * N + blk * kCols, N, 0, D);
+            if (r == runs - 1 && tail > 0) tail_rows(panel, i_begin, i_end);
+        });
+        return;
+    }
+
+    // Few rows of x (a batch) and a large M: tasks own runs of whole column blocks (one per thread,
+    // more when a run's outputs would not stay in L2: the head's input-layer weight gradient has
+    // 51 MB of them) and walk D in chunks of rows whose run of M (~192 KiB) stays in L2 while every
+    // block and row of x uses it; each block prefetches its lines of the next chunk. With one
+    // 64-byte block per task, the rows of the eigenbasis lay 10 KB apart (a new page and a
+    // hardware-prefetch miss each, 12544 per block): 33 ms at batch 16 for 125 MB that memory
+    // delivers in 4 (now 12).
     const int64_t out_runs = (m * N * 4 + (256 << 10) - 1) / (256 << 10);
     const int64_t groups = std::min<int64_t>(full_blocks, std::max<int64_t>(num_threads(), out_runs));
     parallel_for(groups + (tail > 0 ? 1 : 0), [&](int64_t g) {
-        if (g < groups) {
-            const int64_t blk0 = full_blocks * g / groups, blk1 = full_blocks * (g + 1) / groups;
-            const int64_t width = (blk1 - blk0) * kCols;
-            const int64_t chunk = std::min(D, std::clamp<int64_t>((192 << 10) / (width * 4), 8, 1024));
-            for (int64_t i = 0; i < m; ++i) std::fill(out + i * N + blk0 * kCols, out + i * N + blk1 * kCols, 0.0f);
-            for (int64_t d0 = 0; d0 < D; d0 += chunk) {
-                const int64_t dlen = std::min(chunk, D - d0), next_end = std::min(D, d0 + 2 * chunk);
-                for (int64_t blk = blk0; blk < blk1; ++blk) {
-                    const float* cols = M + blk * kCols;
-                    for (int64_t d = d0 + chunk; d < next_end; ++d)
-                        for (int64_t k = 0; k < kCols; k += 16) prefetch_l2(cols + d * N + k);
-                    column_rows(cols, N, out + blk * kCols, N, d0, dlen);
-                }
-            }
+        if (g == groups) {
+            tail_rows(tail_panel(), 0, m);
             return;
         }
-        // Columns past the last full block (N = 2500 leaves 4 on AVX2, 4 of 64 on AVX-512) are
-        // copied, zero-padded, into a D x kCols panel that the same tiles read. A scalar loop down
-        // those columns took a sixth of the projection's time: each value its own cache line, read
-        // again per row of x.
-        const int64_t j0 = full_blocks * kCols;
-        std::vector<float> panel(static_cast<size_t>(D * kCols), 0.0f), o(static_cast<size_t>(m * kCols), 0.0f);
-        for (int64_t d = 0; d < D; ++d) std::copy(M + d * N + j0, M + d * N + N, panel.data() + d * kCols);
-        column_rows(panel.data(), kCols, o.data(), kCols, 0, D);
-        for (int64_t i = 0; i < m; ++i) std::copy(o.data() + i * kCols, o.data() + i * kCols + tail, out + i * N + j0);
+        const int64_t blk0 = full_blocks * g / groups, blk1 = full_blocks * (g + 1) / groups;
+        const int64_t width = (blk1 - blk0) * kCols;
+        const int64_t chunk = std::min(D, std::clamp<int64_t>((192 << 10) / (width * 4), 8, 1024));
+        for (int64_t d0 = 0; d0 < D; d0 += chunk) {
+            const int64_t dlen = std::min(chunk, D - d0), next_end = std::min(D, d0 + 2 * chunk);
+            for (int64_t blk = blk0; blk < blk1; ++blk) {
+                const float* cols = M + blk * kCols;
+                for (int64_t d = d0 + chunk; d < next_end; ++d)
+                    for (int64_t k = 0; k < kCols; k += 16) prefetch_l2(cols + d * N + k);
+                column_rows(0, m, cols, N, out + blk * kCols, N, d0, dlen);
+            }
+        }
     });
 }
 
