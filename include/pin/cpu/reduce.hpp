@@ -14,19 +14,30 @@
 namespace pin::cpu {
 
 namespace detail {
-template <typename Term>
-double blocked_sum(int64_t n, Term term) {
+// The sum of block_sum(begin, end) over fixed blocks of 16384 elements of [0, n), the blocks on
+// all threads and their sums added in order.
+template <typename BlockSum>
+double sum_over_blocks(int64_t n, BlockSum block_sum) {
     constexpr int64_t kBlock = 1 << 14;
     const int64_t blocks = (n + kBlock - 1) / kBlock;
-    std::vector<double> partial(static_cast<size_t>(blocks), 0.0);
+    if (blocks <= 1) return block_sum(int64_t{0}, n);
+    std::vector<double> partial(static_cast<size_t>(blocks));
     parallel_for(blocks, [&](int64_t b) {
-        double s = 0.0;
-        for (int64_t i = b * kBlock; i < std::min(n, (b + 1) * kBlock); ++i) s += term(i);
-        partial[static_cast<size_t>(b)] = s;
+        partial[static_cast<size_t>(b)] = block_sum(b * kBlock, std::min(n, (b + 1) * kBlock));
     });
     double s = 0.0;
     for (double p : partial) s += p;
     return s;
+}
+
+// sum over [0, n) of term(i), one double chain per block.
+template <typename Term>
+double blocked_sum(int64_t n, Term term) {
+    return sum_over_blocks(n, [&](int64_t begin, int64_t end) {
+        double s = 0.0;
+        for (int64_t i = begin; i < end; ++i) s += term(i);
+        return s;
+    });
 }
 
 // sum of x[i]^2 over [0, n), in double, on one thread. Element i goes to accumulator i % 16 and the
@@ -49,21 +60,14 @@ inline double sum_squares_f64(const float* x, int64_t n) {
     for (double a : acc) s += a;
     return s;
 }
-
-// sum of x[i]^2 over fixed blocks of 16384 on all threads, the blocks' sums added in order.
-inline double blocked_sum_squares(const float* x, int64_t n) {
-    constexpr int64_t kBlock = 1 << 14;
-    const int64_t blocks = (n + kBlock - 1) / kBlock;
-    if (blocks <= 1) return sum_squares_f64(x, n);
-    std::vector<double> partial(static_cast<size_t>(blocks));
-    parallel_for(blocks, [&](int64_t b) {
-        partial[static_cast<size_t>(b)] = sum_squares_f64(x + b * kBlock, std::min(kBlock, n - b * kBlock));
-    });
-    double s = 0.0;
-    for (double p : partial) s += p;
-    return s;
-}
 }  // namespace detail
+
+// sum of x[i]^2 over [0, n) in double (gradient clipping's norm, noise scaled to a norm).
+inline double sum_squares(const float* x, int64_t n) {
+    return detail::sum_over_blocks(n, [x](int64_t begin, int64_t end) {
+        return detail::sum_squares_f64(x + begin, end - begin);
+    });
+}
 
 inline double reduce_sum(const Tensor& x) {
     const float* d = x.data();
@@ -73,7 +77,7 @@ inline double reduce_mean(const Tensor& x) {
     PIN_CHECK(x.numel() > 0, "reduce_mean of an empty tensor");
     return reduce_sum(x) / static_cast<double>(x.numel());
 }
-inline double reduce_sum_squares(const Tensor& x) { return detail::blocked_sum_squares(x.data(), x.numel()); }
+inline double reduce_sum_squares(const Tensor& x) { return sum_squares(x.data(), x.numel()); }
 // sum over all elements of (a - b)^2
 inline double reduce_squared_distance(const Tensor& a, const Tensor& b) {
     PIN_CHECK(a.shape() == b.shape(), "reduce_squared_distance: shapes differ ", shape_to_string(a.shape()), " vs ",

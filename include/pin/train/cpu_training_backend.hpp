@@ -89,7 +89,7 @@ public:
     void sigmoid_forward(const float* x, float* y, int64_t n) {
         for (int64_t i = 0; i < n; ++i) y[i] = cpu::sigmoid(x[i]);
     }
-    double sum_squares(const float* x, int64_t n) { return cpu::detail::blocked_sum_squares(x, n); }
+    double sum_squares(const float* x, int64_t n) { return cpu::sum_squares(x, n); }
     void scale(float* x, int64_t n, float s) {
         for (int64_t i = 0; i < n; ++i) x[i] *= s;
     }
