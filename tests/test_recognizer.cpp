@@ -254,6 +254,9 @@ TEST_CASE("dlib ResNet: the input gradient matches directional finite difference
         const double fd = (dot(net.embed(xp), de) - dot(net.embed(xm), de)) / (2 * h);
         const double analytic = dot(g, v);
         INFO("trial " << trial << ": analytic " << analytic << " finite difference " << fd);
-        REQUIRE(std::fabs(analytic - fd) <= 0.03 * std::fabs(fd) + 1e-3);
+        // The absolute term is the forward's rounding over 2h: the F(4, 3) Winograd convolutions
+        // round the embedding's dot product to about 1.5e-6 (F(2, 3) and the direct form to a few
+        // 1e-7), ~0.008 here; the kinks add 1-2 % at this step (2-5 % at 1e-3).
+        REQUIRE(std::fabs(analytic - fd) <= 0.03 * std::fabs(fd) + 1e-2);
     }
 }

@@ -7,7 +7,7 @@
 // Summed over input channels, the kAlpha^2 element-wise products become kAlpha^2 independent
 // matrix products  M_xi = V_xi (tiles x cin) * U_xi (cin x cout), which run on the same register
 // tile as the direct convolution (gather_tile), so the multiplications drop by
-//     Stride1            F(2x2, 3x3), stride 1:                     16 instead of 36 per tile (2.25x)
+//     Stride1            F(4x4, 3x3), stride 1:                     36 instead of 144 per tile (4x)
 //     Stride2            stride 2, the even/odd source phases split,
 //                        the odd one through F(2, 2):               25 instead of 36 per tile (1.44x)
 //     Stride2Transposed  the transpose of Stride2 (a stride-2 input
@@ -18,9 +18,9 @@
 // Costs: the transforms (a few additions per value, vectorised over channels) and the
 // transformed tiles, kAlpha^2 values per kOut^2 outputs, which each task of the forward (and of a
 // small weight gradient) keeps in a buffer of its own sized for L2; a deep layer's weight gradient
-// transforms chunks of tiles into shared buffers first. Accuracy: the transforms use the
-// coefficients 0, +-1 and +-1/2 only; against the float64 reference the error stays within the
-// direct convolution's 2e-5 test bound.
+// transforms chunks of tiles into shared buffers first. Accuracy: the stride-2 transforms use the
+// coefficients 0 and +-1 only, F(4, 3) small integers and 1/4, 1/6, 1/12, 1/24; against the
+// float64 reference the error stays within the direct convolution's 2e-5 test bound.
 // Every output (forward) and every weight-gradient sum is reduced in an order fixed by the shape,
 // so results are bit-identical for any thread count.
 #pragma once
@@ -45,16 +45,30 @@ namespace winograd {
 
 // Output tile t covers outputs [t * kOut, t * kOut + kOut); it reads inputs t * kStep + kOffset + p,
 // p in [0, kIn), zero outside the source. Filter taps g0, g1, g2 in the convolution weight's order.
-struct Stride1 {  // y_j = sum_k g_k d_{j+k}: a stride-1 convolution with padding 1, F(2, 3)
-    static constexpr int kAlpha = 4, kIn = 4, kOut = 2, kStep = 2, kOffset = -1;
-    static constexpr float BT[kAlpha][kIn] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
-    static constexpr float G[kAlpha][3] = {{1, 0, 0}, {0.5f, 0.5f, 0.5f}, {0.5f, -0.5f, 0.5f}, {0, 0, 1}};
-    static constexpr float AT[kOut][kAlpha] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+// kTilesPerTask: the most tiles a forward task transforms into its buffer (see tiles_per_task).
+//
+// y_j = sum_k g_k d_{j+k}: a stride-1 convolution with padding 1, through F(4, 3) at the points
+// 0, +-1, +-2 and infinity: 36 products per 4 x 4 outputs where F(2, 3) took 64, for a larger
+// rounding error (up to 4e-6 of the sum of |products| against 1e-7 on 64-512 channels, still inside
+// the direct convolution's 2e-5 test bound) and 36 planes of transformed tiles. Measured on the
+// PIN layers against F(2x2, 3x3) (docs/benchmarks.md): 1.35-1.5x faster on 28-112 pixel grids
+// on AVX-512 and AVX2 alike, on par at 14 and 7.
+struct Stride1 {
+    static constexpr int kAlpha = 6, kIn = 6, kOut = 4, kStep = 4, kOffset = -1, kTilesPerTask = 48;
+    static constexpr float BT[kAlpha][kIn] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                                              {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+    static constexpr float G[kAlpha][3] = {{1.0f / 4, 0, 0},
+                                           {-1.0f / 6, -1.0f / 6, -1.0f / 6},
+                                           {-1.0f / 6, 1.0f / 6, -1.0f / 6},
+                                           {1.0f / 24, 1.0f / 12, 1.0f / 6},
+                                           {1.0f / 24, -1.0f / 12, 1.0f / 6},
+                                           {0, 0, 1}};
+    static constexpr float AT[kOut][kAlpha] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 };
 // y_j = sum_k g_k d_{2j+k}: stride 2, padding 1. The even inputs meet g1 alone (two products);
 // the odd ones the 2-tap filter (g0, g2), through F(2, 2): (d0 - d2) g0, d2 (g0 + g2), (d4 - d2) g2.
 struct Stride2 {
-    static constexpr int kAlpha = 5, kIn = 5, kOut = 2, kStep = 4, kOffset = -1;
+    static constexpr int kAlpha = 5, kIn = 5, kOut = 2, kStep = 4, kOffset = -1, kTilesPerTask = 96;
     static constexpr float BT[kAlpha][kIn] = {
         {0, 1, 0, 0, 0}, {0, 0, 0, 1, 0}, {1, 0, -1, 0, 0}, {0, 0, 1, 0, 0}, {0, 0, -1, 0, 1}};
     static constexpr float G[kAlpha][3] = {{0, 1, 0}, {0, 1, 0}, {1, 0, 0}, {1, 0, 1}, {0, 0, 1}};
@@ -64,7 +78,7 @@ struct Stride2 {
 // padding-1 convolution (and so a transposed convolution's forward). Four outputs from three
 // inputs: z0 = g1 u0, z2 = g1 u1, and (z1, z3) = F(2, 2) of (g2, g0) over (u0, u1, u2).
 struct Stride2Transposed {
-    static constexpr int kAlpha = 5, kIn = 3, kOut = 4, kStep = 2, kOffset = 0;
+    static constexpr int kAlpha = 5, kIn = 3, kOut = 4, kStep = 2, kOffset = 0, kTilesPerTask = 96;
     static constexpr float BT[kAlpha][kIn] = {{1, 0, 0}, {0, 1, 0}, {1, -1, 0}, {0, 1, 0}, {0, -1, 1}};
     static constexpr float G[kAlpha][3] = {{0, 1, 0}, {0, 1, 0}, {0, 0, 1}, {1, 0, 1}, {1, 0, 0}};
     static constexpr float AT[kOut][kAlpha] = {{1, 0, 0, 0, 0}, {0, 0, 1, 1, 0}, {0, 1, 0, 0, 0}, {0, 0, 0, 1, 1}};
@@ -322,14 +336,14 @@ inline int64_t plane_stride(int64_t floats) {
     return s % 1024 == 0 ? s + 16 : s;
 }
 
-// Tiles per task: enough rows that a block of weights (read from L2 or L3 once per task) serves
-// many, few enough that both threads get work.
+// Tiles per task, at most max_tiles: enough rows that a block of weights (read from L2 or L3 once
+// per task) serves many, few enough that both threads get work. (F(4, 3)'s 48 and 96 ran alike on
+// the PIN layers; 48 halves its 36-plane buffer.)
 // The tasks are a multiple of the thread count, so that every thread gets the same number (three
 // tasks of 96 on two threads left one idle a third of the time on a 7 x 7 grid).
-inline int64_t tiles_per_task(int64_t tiles) {
-    constexpr int64_t kMaxTiles = 96;
+inline int64_t tiles_per_task(int64_t tiles, int64_t max_tiles) {
     const int64_t threads = std::max(1, num_threads());
-    const int64_t tasks = ((tiles + kMaxTiles - 1) / kMaxTiles + threads - 1) / threads * threads;
+    const int64_t tasks = ((tiles + max_tiles - 1) / max_tiles + threads - 1) / threads * threads;
     return std::max<int64_t>(1, (tiles + tasks - 1) / tasks);
 }
 
@@ -377,7 +391,7 @@ void convolve(const float* src, const Nhwc& s, float* dst, const Nhwc& o, Weight
     const TileGrid tg = tile_grid<Alg>(o);
     const Tensor u = transform_weights<Alg>(o.c, s.c, weight);
     const int64_t tiles = tg.count();
-    const int64_t per_task = tiles_per_task(tiles);
+    const int64_t per_task = tiles_per_task(tiles, Alg::kTilesPerTask);
     parallel_for((tiles + per_task - 1) / per_task, [&](int64_t task) {
         const int64_t t0 = task * per_task, rows = std::min(per_task, tiles - t0);
         forward_task<Alg>(src, s, u.data(), dst, o, tg, t0, rows, ep);
