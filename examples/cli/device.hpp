@@ -36,26 +36,34 @@ namespace cli {
 //                               flight while the next is issued (WgmmaPipeline)
 //   --gpu-gather-cache l2|l1    the gathered activations' asynchronous copies through L2 only, or
 //                               L1 too (GatherCaching; the asynchronous-copy and wgmma kernels)
-// They are library settings made command-line options so that a GPU's user can run the fast
-// configuration (bf16 / vector / bf16, either tile) without recompiling; the defaults stay the
-// measured fp32 baseline until a GPU run has chosen others (docs/gpu.md).
+// They are library settings made command-line options so that a GPU's user can run any
+// configuration without recompiling. The arithmetic stays fp32 by default (the CPU's results to
+// ~1e-6); with --gpu-math bf16 the others default to the configuration the H200 ran fastest, the
+// defense forward and the training step alike (docs/gpu.md, 2026-12-04: vector gather, bfloat16
+// activations, the warpgroup-MMA tile waiting for each slice, gathered copies through L1).
 struct GpuSetting {
     const char* flag;
     std::vector<std::string> values;  // the first is the default
+    std::string with_bf16 = {};       // the default with --gpu-math bf16 instead, where not empty
 };
 inline const std::vector<GpuSetting>& gpu_settings() {
     static const std::vector<GpuSetting> s = {
-        {"gpu-math", {"fp32", "tf32", "bf16"}}, {"gpu-gather", {"generic", "rows", "vector"}}, {"gpu-storage", {"fp32", "bf16"}},
-        {"gpu-tile", {"64", "128", "wgmma"}},   {"gpu-pipeline", {"wait", "inflight"}},
-        {"gpu-gather-cache", {"l2", "l1"}}};
+        {"gpu-math", {"fp32", "tf32", "bf16"}},   {"gpu-gather", {"generic", "rows", "vector"}, "vector"},
+        {"gpu-storage", {"fp32", "bf16"}, "bf16"}, {"gpu-tile", {"64", "128", "wgmma"}, "wgmma"},
+        {"gpu-pipeline", {"wait", "inflight"}},   {"gpu-gather-cache", {"l2", "l1"}, "l1"}};
     return s;
+}
+// The value of setting `s` in force: its flag's, else its default (which --gpu-math may set).
+inline std::string gpu_setting_value(const Options& o, const GpuSetting& s) {
+    const bool bf16 = o.get("gpu-math", "fp32") == "bf16";
+    return o.get(s.flag, bf16 && !s.with_bf16.empty() ? s.with_bf16 : s.values[0]);
 }
 // Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
 // them. Only with --device cuda.
 inline void apply_gpu_settings(const Options& o, const std::string& device) {
     for (const GpuSetting& s : gpu_settings()) {
         if (!o.has(s.flag)) continue;
-        const std::string v = o.get(s.flag, s.values[0]);
+        const std::string v = gpu_setting_value(o, s);
         if (std::find(s.values.begin(), s.values.end(), v) == s.values.end()) {
             std::string choices;
             for (size_t i = 0; i < s.values.size(); ++i) choices += (i == 0 ? "" : i + 1 == s.values.size() ? " or " : ", ") + s.values[i];
@@ -73,7 +81,7 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
         if (found == gpu_settings().end()) throw std::logic_error("apply_gpu_settings: --" + flag + " is not in gpu_settings()");
         const GpuSetting& s = *found;
         if (std::size(enums) != s.values.size()) throw std::logic_error("apply_gpu_settings: --" + flag + "'s enum list is out of step");
-        const std::string v = o.get(s.flag, s.values[0]);
+        const std::string v = gpu_setting_value(o, s);
         return enums[static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin())];
     };
     static constexpr pc::MathMode math[] = {pc::MathMode::FP32, pc::MathMode::TF32, pc::MathMode::BF16};
@@ -95,7 +103,7 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
 inline std::string gpu_settings_tag(const Options& o) {
     std::string tag;
     for (const GpuSetting& s : gpu_settings())
-        tag += std::string(tag.empty() ? "" : " ") + (s.flag + 4) + " " + o.get(s.flag, s.values[0]);
+        tag += std::string(tag.empty() ? "" : " ") + (s.flag + 4) + " " + gpu_setting_value(o, s);
     return tag;
 }
 

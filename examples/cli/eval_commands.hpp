@@ -163,7 +163,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
         for (const GpuSetting& s : gpu_settings()) {
             std::string key = std::string("gpu_") + (s.flag + 4);
             std::replace(key.begin(), key.end(), '-', '_');
-            j[key] = o.get(s.flag, s.values[0]);
+            j[key] = gpu_setting_value(o, s);
         }
     if (o.get("device", "cpu") == "cuda") {  // which kernels the settings reached (report_gpu_gemm_launches)
         for (const auto& [kernel, count] : gpu_gemm_launches()) j["gpu_gemm_launches"][kernel] = count;
