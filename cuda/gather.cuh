@@ -80,9 +80,12 @@ PIN_HD void gather_wide(const LoadA& la, const GatherRow (&rows)[kWideARows], in
 // Row m of the GEMM matrix times a vector w of its K = k^2 C entries ((kh, kw, c) order, as the
 // packed weights): a convolution with one output channel (the DAE's last layer), which the GEMM
 // kernels would compute in 1 of their 64 columns. vec: C % 4 == 0 and src, w 16-byte aligned, so
-// 4 channels per load. Taps in order, channels in order within a tap.
+// 4 channels per load. Taps in order, channels in order within a tap. With parts > 1, only this
+// part's share of the channels: groups of 4 (of 1 without vec) part, part + parts, ... - the
+// per-pixel kernel gives a pixel `parts` neighbouring threads, whose loads of one tap then cover a
+// contiguous run of the pixel's channels, and adds their sums.
 template <class G>
-PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool vec) {
+PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool vec, int part = 0, int parts = 1) {
     const GatherRow r = la.row(m, M);
     const int C = static_cast<int>(la.C), k = static_cast<int>(la.K);
     float s = 0.0f;
@@ -93,37 +96,52 @@ PIN_HD float gather_dot(const G& la, const float* w, int64_t m, int64_t M, bool 
             const auto* x = la.src + o;
             const float* wt = w + (kh * k + kw) * C;
             if (vec) {
-                for (int c = 0; c < C; c += 4) {
+                for (int c = 4 * part; c < C; c += 4 * parts) {
                     float a[4], b[4];
                     load4(x + c, a);
                     load4(wt + c, b);
                     s += a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3];
                 }
             } else {
-                for (int c = 0; c < C; ++c) s += to_float(x[c]) * wt[c];
+                for (int c = part; c < C; c += parts) s += to_float(x[c]) * wt[c];
             }
         }
     return s;
 }
 
-// Output channels n .. n + 3 of row m for a gather with one channel (C = 1: the stems, which see the
-// 1-channel face): sum over the taps of the tap's pixel times w[tap N + n ..], w the packed weights
-// (K^2 rows of N), N a multiple of 4, w 16-byte aligned. The GEMM kernels would spend a whole K
+// Output channels n + j step .. n + j step + 3 (j < kQuads) of row m for a gather with one channel
+// (C = 1: the stems, which see the 1-channel face): sum over the taps of the tap's pixel times
+// w[tap N + ...], w the packed weights (K^2 rows of N), N, n and step multiples of 4, w 16-byte
+// aligned. Each tap's pixel is read once for all 4 kQuads channels (the index arithmetic and the
+// bounds tests are most of the work: 9 products per output). The GEMM kernels would spend a whole K
 // slice of 16 or 32 on these 9 (or 1) products per output.
-template <class G>
-PIN_HD void gather_one_input(const G& la, const float* w, int64_t N, int64_t m, int64_t M, int64_t n, float (&v)[4]) {
+template <int kQuads, class G>
+PIN_HD void gather_one_input_quads(const G& la, const float* w, int64_t N, int64_t m, int64_t M, int64_t n, int64_t step,
+                                   float (&v)[kQuads][4]) {
     const GatherRow r = la.row(m, M);
     const int k = static_cast<int>(la.K);
-    v[0] = v[1] = v[2] = v[3] = 0.0f;
+    PIN_UNROLL
+    for (int j = 0; j < kQuads; ++j) v[j][0] = v[j][1] = v[j][2] = v[j][3] = 0.0f;
     for (int kh = 0; kh < k; ++kh)
         for (int kw = 0; kw < k; ++kw) {
             const int64_t o = la.pixel_offset(r, kh, kw);
             if (o < 0) continue;
             const float x = to_float(la.src[o]);
-            float u[4];
-            load4(w + (kh * k + kw) * N + n, u);
-            for (int j = 0; j < 4; ++j) v[j] += x * u[j];
+            const float* wt = w + (kh * k + kw) * N + n;
+            PIN_UNROLL
+            for (int j = 0; j < kQuads; ++j) {
+                float u[4];
+                load4(wt + j * step, u);
+                for (int i = 0; i < 4; ++i) v[j][i] += x * u[i];
+            }
         }
+}
+// Output channels n .. n + 3 of row m (gather_one_input_quads with one group).
+template <class G>
+PIN_HD void gather_one_input(const G& la, const float* w, int64_t N, int64_t m, int64_t M, int64_t n, float (&v)[4]) {
+    float q[1][4];
+    gather_one_input_quads<1>(la, w, N, m, M, n, 0, q);
+    for (int i = 0; i < 4; ++i) v[i] = q[0][i];
 }
 
 // ---- gathers from NHWC sources ----------------------------------------------------------------------

@@ -219,9 +219,16 @@ void prelu_forward(const float* x, const float* slope, float* y, int64_t n, int6
     launch_map(n, [=] __device__(int64_t i) { y[i] = x[i] > 0.0f ? x[i] : slope[i % channels] * x[i]; }, "prelu_forward");
 }
 void prelu_backward(const float* x, const float* slope, const float* dy, float* dx, float* dslope, int64_t n, int64_t channels) {
-    launch_map(n, [=] __device__(int64_t i) { dx[i] = x[i] > 0.0f ? dy[i] : slope[i % channels] * dy[i]; }, "prelu_backward");
-    channel_sum(n / channels, channels, [=] __device__(int64_t i) { return x[i] > 0.0f ? 0.0 : static_cast<double>(x[i]) * dy[i]; },
-                dslope, "prelu_backward (slope)", dims(n / channels, channels));
+    // dx in the slope gradient's pass: the channel sum visits each element once, so x and dy are
+    // read once for both (a separate map read them twice; 10 % of the fast training step was here).
+    channel_sum(
+        n / channels, channels,
+        [=] __device__(int64_t i) {
+            const float xi = x[i], g = dy[i];
+            dx[i] = xi > 0.0f ? g : slope[i % channels] * g;
+            return xi > 0.0f ? 0.0 : static_cast<double>(xi) * g;
+        },
+        dslope, "prelu_backward", dims(n / channels, channels));
 }
 void tanh_forward(const float* x, float* y, int64_t n) {
     launch_map(n, [=] __device__(int64_t i) { y[i] = tanhf(x[i]); }, "tanh_forward");

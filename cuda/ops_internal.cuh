@@ -149,27 +149,51 @@ inline void with_storage(ConstActivations x, Activations y, F f) {
             f(xs, static_cast<float*>(y.data));
     }
 }
-// Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): a thread
-// per output pixel, fp32 sums in every math mode. The GEMM kernels would fill 1 of their 64 columns
-// (the DAE's last layer, 64 -> 1 at 112 x 112, twice per forward).
+// Convolutions with one output channel (GatherMode Rows or Vector; gather.cuh gather_dot): the DAE's
+// last layer, 64 -> 1 at 112 x 112, twice per forward, whose single column the GEMM kernels would
+// compute in 1 of their 64. kOneOutputParts threads per output pixel, each summing every
+// kOneOutputParts-th group of 4 channels over the taps, so that one load instruction reads 4 pixels'
+// contiguous 32-channel runs (a thread per pixel read 8 or 16 bytes at the pixel's stride, a sector
+// per thread); the parts meet in shared memory. fp32 sums in every math mode.
+constexpr int kOneOutputParts = 8, kOneOutputRows = THREADS / kOneOutputParts;
 template <class G, class Store>
-__global__ void conv_one_output_kernel(int64_t M, G la, const float* w, bool vec, Store st) {
-    const int64_t m = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-    if (m < M) st(0, m, 0, gather_dot(la, w, m, M, vec));
+__global__ void __launch_bounds__(THREADS) conv_one_output_kernel(int64_t M, G la, const float* w, bool vec, Store st) {
+    PIN_SHARED_ARRAY(float, part, [kOneOutputRows][kOneOutputParts + 1]);  // + 1: the adds below read across banks
+    const int tid = threadIdx.x, row = tid / kOneOutputParts, lane = tid % kOneOutputParts;
+    const int64_t m0 = static_cast<int64_t>(blockIdx.x) * kOneOutputRows;
+    part[row][lane] = m0 + row < M ? gather_dot(la, w, m0 + row, M, vec, lane, kOneOutputParts) : 0.0f;
+    __syncthreads();
+    if (tid < kOneOutputRows && m0 + tid < M) {
+        float s = 0.0f;
+        for (int j = 0; j < kOneOutputParts; ++j) s += part[tid][j];
+        st(0, m0 + tid, 0, s);
+    }
 }
 
 // Convolutions with one input channel (the stems; GatherMode Rows or Vector; gather.cuh
-// gather_one_input): a thread per (output pixel, 4 output channels), fp32 in every math mode; a
-// warp writes 2 pixels' 64 channels, 512 contiguous bytes. total = M N / 4 < 2^32 - 256 (the launch
-// checks).
-template <class G, class Store>
-__global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la, const float* w, Store st) {
-    const unsigned idx = blockIdx.x * blockDim.x + threadIdx.x, groups = static_cast<unsigned>(N / 4);
+// gather_one_input_quads): a thread per output pixel and kQuads groups of 4 output channels, fp32 in
+// every math mode. A pixel's N / (4 kQuads) threads interleave their groups (thread g has channels
+// 4 g, 4 (g + groups), ...), so each store instruction writes whole sectors; each tap's pixel is
+// read once per kQuads groups. total = M N / (4 kQuads) < 2^32 - 256 (the launch checks). vec:
+// store4 (its outputs 16-byte aligned).
+template <int kQuads, class G, class Store>
+__global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la, const float* w, bool vec, Store st) {
+    const unsigned idx = blockIdx.x * blockDim.x + threadIdx.x, groups = static_cast<unsigned>(N / (4 * kQuads));
     if (idx >= total) return;
-    const unsigned m = idx / groups, n = (idx - m * groups) * 4;
-    float v[4];
-    gather_one_input(la, w, N, m, M, n, v);
-    for (int j = 0; j < 4; ++j) st(0, m, n + j, v[j]);
+    const unsigned m = idx / groups, g = idx - m * groups;
+    float v[kQuads][4];
+    gather_one_input_quads<kQuads>(la, w, N, m, M, 4 * g, 4 * groups, v);
+    PIN_UNROLL
+    for (int j = 0; j < kQuads; ++j) {
+        const int64_t n = 4 * (g + j * groups);
+        if constexpr (HasStore4<Store>::value) {
+            if (vec) {
+                st.store4(0, m, n, v[j]);
+                continue;
+            }
+        }
+        for (int i = 0; i < 4; ++i) st(0, m, n + i, v[j][i]);
+    }
 }
 
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
@@ -269,10 +293,18 @@ inline void launch_gemm(const GemmPlan& plan, int64_t M, int64_t N, int64_t K, L
         if constexpr (kPerPixelForm<kAMFast, LoadA, LoadB>) {
             if (kernel == GemmKernel::OneOutput) {
                 const bool vec = la.C % 4 == 0 && aligned16(la.src) && aligned16(lb.a);
-                PIN_LAUNCH(static_cast<unsigned>((M + THREADS - 1) / THREADS), THREADS, cur(), conv_one_output_kernel)(M, la, lb.a, vec, st);
+                PIN_LAUNCH(static_cast<unsigned>((M + kOneOutputRows - 1) / kOneOutputRows), THREADS, cur(), conv_one_output_kernel)(
+                    M, la, lb.a, vec, st);
             } else {
-                const unsigned total = static_cast<unsigned>(M * (N / 4));
-                PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel)(total, M, N, la, lb.a, st);
+                bool vec = false;
+                if constexpr (HasStore4<Store>::value) vec = st.vectors_ok();
+                if (N % 16 == 0) {  // the stems' 64 channels: 4 groups per thread
+                    const unsigned total = static_cast<unsigned>(M * (N / 16));
+                    PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel<4>)(total, M, N, la, lb.a, vec, st);
+                } else {
+                    const unsigned total = static_cast<unsigned>(M * (N / 4));
+                    PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel<1>)(total, M, N, la, lb.a, vec, st);
+                }
             }
         }
     } else if (kernel == GemmKernel::Wide) {

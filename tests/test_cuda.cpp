@@ -360,7 +360,7 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
     require_matches(from_gpu(o2, n), c2.data(), n, "prelu input gradient", 1e-6);
     require_matches(from_gpu(o3, 13), c3.data(), 13, "prelu slope gradient", 1e-6);
     {
-        // The slope gradient's reduction over many row chunks (70,221 rows: chunks of 69 rows, not a
+        // The slope gradient's reduction (and dx, written in its pass) over many row chunks (70,221 rows: chunks of 69 rows, not a
         // multiple of the 8 row lanes) and a channel count off the 32-channel blocks.
         const Tensor a2 = rnd({1, 45, 263, 267}, 14), g2 = rnd({1, 45, 263, 267}, 15), s2 = rnd({45}, 16, Layout::NCHW);
         const int64_t n2 = a2.numel();
@@ -370,6 +370,8 @@ TEST_CASE("GPU linear, activations and element-wise ops match the CPU", "[cuda][
         cpu::prelu_backward(a2, s2, g2, cdx, cds);
         pin::cuda::prelu_backward(ga2.data(), gs2.data(), gg2.data(), dx2.data(), ds2.data(), n2, 45);
         require_matches(from_gpu(ds2, 45), cds.data(), 45, "prelu slope gradient (long reduction)", 1e-5);
+        // dx is written by the same chunked pass: every element, across the chunks' and blocks' edges.
+        require_matches(from_gpu(dx2, n2), cdx.data(), n2, "prelu input gradient (long reduction)", 1e-6);
     }
     cpu::tanh_forward(a, c1);
     pin::cuda::tanh_forward(ga.data(), o1.data(), n);

@@ -160,6 +160,13 @@ void check_gather_dot(const Geometry& g) {
         for (const bool vec : {false, true}) {
             if (vec && g.C % 4 != 0) continue;
             worst = std::max(worst, std::fabs(cuda::gather_dot(la, wt.data(), m, M, vec) - want) / std::max(mag, 1e-30));
+            // As the per-pixel kernel sums it: 8 parts (and 3, which leaves some parts without
+            // channels where C is small), each every 8th (3rd) group of channels, added.
+            for (const int parts : {8, 3}) {
+                float sum = 0;
+                for (int part = 0; part < parts; ++part) sum += cuda::gather_dot(la, wt.data(), m, M, vec, part, parts);
+                worst = std::max(worst, std::fabs(sum - want) / std::max(mag, 1e-30));
+            }
         }
         scale = std::max(scale, std::fabs(want));
     }
@@ -196,6 +203,21 @@ void check_gather_one_input(const Geometry& g, int64_t N) {
         }
     REQUIRE(largest > 0);
     REQUIRE(worst < 1e-6);
+    // Four interleaved groups per call, as the stems' kernel takes them (N a multiple of 16): the
+    // group of thread g is channels 4 g + 4 j N / 16 + 0..3, the same sums as one group at a time.
+    if (N % 16 == 0) {
+        const int64_t groups = N / 16;
+        for (int64_t m = 0; m <= M; ++m)
+            for (int64_t g4 = 0; g4 < groups; ++g4) {
+                float v[4][4];
+                cuda::gather_one_input_quads<4>(la, wt.data(), N, m, M, 4 * g4, 4 * groups, v);
+                for (int j = 0; j < 4; ++j) {
+                    float one[4];
+                    cuda::gather_one_input(la, wt.data(), N, m, M, 4 * (g4 + j * groups), one);
+                    for (int i = 0; i < 4; ++i) REQUIRE(v[j][i] == one[i]);  // the same products in the same order
+                }
+            }
+    }
 }
 
 TEST_CASE("the one-input-channel convolution matches im2col in float64", "[gather]") {
