@@ -14,6 +14,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -284,6 +285,29 @@ int main(int argc, char** argv) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"%s\", \"batch\": %lld, \"error\": \"%s\"}\n",
                             math, gather, stage, static_cast<long long>(B), e.what());
             };
+            // A profiled run's per-op (or per-layer-kind) wall times: one JSON line, and table rows
+            // with each op's share of `total_ms`, the rest last (the host's part: for the training
+            // step its noise and bookkeeping; for the forward its allocations and copies).
+            auto print_profile = [&](const std::string& stage, int64_t B, double total_ms, const std::map<std::string, double>& ops_ms) {
+                const bool training = stage.rfind("training", 0) == 0;
+                std::string parts;
+                double ops = 0;
+                char row[160];
+                std::snprintf(row, sizeof row, "%s, batch %lld, %.1f ms:", stage.c_str(), static_cast<long long>(B), total_ms);
+                table.push_back(row);
+                for (const auto& [op, t] : ops_ms) {
+                    parts += (parts.empty() ? "" : ", ") + ("\"" + op + "\": " + std::to_string(t));
+                    ops += t;
+                    std::snprintf(row, sizeof row, "  %-32s %8.2f ms (%4.1f%%)", op.c_str(), t, 100.0 * t / total_ms);
+                    table.push_back(row);
+                }
+                std::snprintf(row, sizeof row, "  %-32s %8.2f ms (%4.1f%%)", training ? "host (noise, bookkeeping)" : "the rest (host)", total_ms - ops,
+                              100.0 * (total_ms - ops) / total_ms);
+                table.push_back(row);
+                std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"%s\", \"batch\": %lld, \"total_ms\": %.2f, "
+                            "\"ops_ms\": {%s}}\n",
+                            math, gather, stage.c_str(), static_cast<long long>(B), total_ms, parts.c_str());
+            };
             // One JSON line and one table row per layer: the three passes' times as TFLOP/s of `gflop`.
             // AsyncTimes (ms; 0 where not timed): the forward pass from bfloat16 activations and
             // bfloat16 packed weights (the asynchronous-copy kernel) and the weight gradient from
@@ -481,6 +505,18 @@ int main(int argc, char** argv) {
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
                     const double ms = time_ms(iters, [&] { defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data()); });
                     report(v.stage, v.label, B, ms);
+                    // Where the time goes, at the middle batch, for the plain forward and the
+                    // fastest measured one (wgmma, L1): one more forward, every layer synchronized.
+                    if (B == B0 && (v.storage == Storage::FP32 || (v.tile == TileShape::Wgmma && v.caching == kL1))) {
+                        defense.clear_profile();
+                        defense.set_profiling(true);
+                        const auto t0 = Clock::now();
+                        defense.forward(x.data(), B, 0, 0, p.data(), q.data(), y.data());
+                        pin::cuda::synchronize("defense profile");
+                        const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+                        defense.set_profiling(false);
+                        print_profile(std::string(v.stage) + "_profile", B, total, defense.profile_ms());
+                    }
                 } catch (const std::exception& e) {  // one failing batch size must not hide the others
                     report_error(v.stage, B, e);
                 }
@@ -514,20 +550,7 @@ int main(int argc, char** argv) {
                         trainer.step(x, first += static_cast<uint64_t>(B));
                         const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
                         backend.set_profiling(false);
-                        std::string parts;
-                        double ops = 0;
-                        char row[160];
-                        for (const auto& [op, t] : backend.profile_ms()) {
-                            parts += (parts.empty() ? "" : ", ") + ("\"" + op + "\": " + std::to_string(t));
-                            ops += t;
-                            std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", op.c_str(), t, 100.0 * t / total);
-                            table.push_back(row);
-                        }
-                        std::snprintf(row, sizeof row, "  %-30s %8.1f ms (%4.1f%%)", "host (noise, bookkeeping)", total - ops, 100.0 * (total - ops) / total);
-                        table.push_back(row);
-                        std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"training_step_profile\", \"batch\": %lld, "
-                                    "\"total_ms\": %.2f, \"ops_ms\": {%s}}\n",
-                                    math, gather, static_cast<long long>(B), total, parts.c_str());
+                        print_profile("training_step_profile", B, total, backend.profile_ms());
                     }
                 });
             } catch (const std::exception& e) {
@@ -538,28 +561,51 @@ int main(int argc, char** argv) {
             // device runs it, with the convolutions' three passes on the warpgroup MMA
             // (training_step_wgmma), there with its other pipeline (training_step_wgmma_inflight) and
             // with the gathered copies cached in L1 (training_step_wgmma_l1).
+            // The last two store the frozen DAE's activations as bfloat16 (pin train --gpu-storage bf16;
+            // the others keep them fp32), the last of all profiled as the plain step is above.
             struct TrainingVariant {
                 const char* stage;
                 const char* label;
                 pin::cuda::AsyncTileShape tile;
                 pin::cuda::WgmmaPipeline pipeline;
                 pin::cuda::GatherCaching caching;
+                pin::cuda::ActivationStorage storage;
             };
+            constexpr auto kFp32 = pin::cuda::ActivationStorage::FP32, kBf16 = pin::cuda::ActivationStorage::BF16;
             if (want("training"))
             for (const TrainingVariant& v :
-                 {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kWait, kL2},
-                  TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kWait, kL2},
-                  TrainingVariant{"training_step_wgmma_inflight", "training wgmma inflight", TileShape::Wgmma, kInFlight, kL2},
-                  TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kWait, kL1}}) {
+                 {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kWait, kL2, kFp32},
+                  TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kWait, kL2, kFp32},
+                  TrainingVariant{"training_step_wgmma_inflight", "training wgmma inflight", TileShape::Wgmma, kInFlight, kL2, kFp32},
+                  TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kWait, kL1, kFp32},
+                  TrainingVariant{"training_step_bf16_storage", "training, bf16 DAE act", TileShape::Cols64, kWait, kL2, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", TileShape::Wgmma, kWait, kL1, kBf16}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.tile == TileShape::Wgmma && !wgmma)) continue;
                 try {
-                    with_trainer(B0, [&](pin::cuda::GpuTrainingBackend&, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
+                    with_trainer(B0, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
+                        const pin::cuda::KernelSettingsScope storage_scope;
+                        pin::cuda::set_activation_storage(v.storage);
                         uint64_t first = 0;
                         const double ms = with_tile(
                             v.tile, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); },
                             v.pipeline, v.caching);
                         report(stage, v.label, B0, ms);
+                        if (v.storage == kBf16 && v.tile == TileShape::Wgmma) {
+                            with_tile(
+                                v.tile,
+                                [&] {
+                                    backend.clear_profile();
+                                    backend.set_profiling(true);
+                                    const auto t0 = Clock::now();
+                                    trainer.step(x, first += static_cast<uint64_t>(B0));
+                                    const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+                                    backend.set_profiling(false);
+                                    print_profile(std::string(stage) + "_profile", B0, total, backend.profile_ms());
+                                    return 0;
+                                },
+                                v.pipeline, v.caching);
+                        }
                     });
                 } catch (const std::exception& e) {
                     report_error(stage, B0, e);

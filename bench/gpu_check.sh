@@ -5,11 +5,17 @@
 # peer on the same network (fp32 at 64/256/1024, TF32 at 256 for reference; its training step at
 # batch 256), and prints a short table last. Finishes within 8 minutes.
 #
-#   bench/gpu_check.sh [OUT_DIR]     (default: $OUT on the device machine, else /tmp/pin-gpu-check)
+#   bench/gpu_check.sh [--quick] [OUT_DIR]   (default: $OUT on the device machine, else /tmp/pin-gpu-check)
+#
+# --quick (meant to fit about 4 minutes; for a second call after a kernel change): the build, the convolution
+# and whole-defense tests, and the fast configuration's defense forward and training
+# step with their per-layer profiles; no peers, no program check, no other configurations.
 #
 # Debian's header packages (Catch2, nlohmann-json, stb) are not on that machine's image: when a
 # folder .devdeps/usr holds copies of them (see docs/gpu.md), CMake is pointed there.
 set -uo pipefail
+quick=false
+[ "${1:-}" = --quick ] && { quick=true; shift; }
 out=${1:-${OUT:-/tmp/pin-gpu-check}}
 mkdir -p "$out"
 cd "$(dirname "$0")/.." || exit 1
@@ -38,7 +44,9 @@ log "GPU tests against the CPU"
 tests_rc=0
 wgmma_flag=()  # --no-wgmma for the timings below when the warpgroup-MMA kernels failed their tests
 : > "$out/tests.txt"
-for tag in rng conv elementwise pin wgmma defense train; do
+tags=(rng conv elementwise pin wgmma defense train)
+$quick && tags=(conv defense)
+for tag in "${tags[@]}"; do
   echo "---- [cuda][$tag]" >> "$out/tests.txt"
   timeout "$(budget "$([ $tag = conv ] && echo 150 || echo 60)")" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 \
     || { tests_rc=1; echo "[cuda][$tag] FAILED"; [ $tag = wgmma ] && wgmma_flag=(--no-wgmma); }
@@ -64,6 +72,11 @@ log "defense-forward and training-step timings"
 # timings after the peers, with the diagnostics.
 bench vector-bf16 80 defense
 bench vector-bf16 80 training
+if $quick; then
+  grep -v "^{" "$out/bench.txt"
+  log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc (--quick)"
+  exit $tests_rc
+fi
 bench generic-fp32
 
 log "PyTorch + cuDNN peer (same network, random weights)"

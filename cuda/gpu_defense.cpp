@@ -74,22 +74,37 @@ const float* GpuDefense::packed_linear(const std::string& name, int64_t in, int6
     return packed_once(name, [&] { return pack_linear_forward_weight(w(name), in, out); });
 }
 
+std::string GpuDefense::conv_kind(const std::string& name, const ConvShape& s, bool transposed) {
+    std::string kind = name.substr(0, 3) + " ";
+    if (transposed) return kind + "transposed conv 3x3/2";
+    if (s.in_c == 1) return kind + "conv, 1 input channel";
+    if (s.out_c == 1) return kind + "conv, 1 output channel";
+    if (s.kernel == 1) return kind + "conv 1x1 (shortcut)";
+    return kind + "conv 3x3/" + std::to_string(s.stride);
+}
+
 DeviceBuffer GpuDefense::res_block(ConstActivations x, int64_t B, int64_t& H, int64_t& W, int64_t cin, int64_t cout, int64_t stride,
                                    const std::string& prefix, bool shortcut, bool bf16) {
     const ConvShape s1{B, H, W, cin, cout, 3, 1, 1};
     const DeviceBuffer y1 = activations(B * H * W * cout, bf16);
-    conv2d_forward(x, w(prefix + "conv1.weight"), out(y1, bf16), s1, nullptr, w(prefix + "nolinear1.weight"), false,
-                   packed(prefix + "conv1.weight", s1, false));
+    timed(conv_kind(prefix, s1, false), [&] {
+        conv2d_forward(x, w(prefix + "conv1.weight"), out(y1, bf16), s1, nullptr, w(prefix + "nolinear1.weight"), false,
+                       packed(prefix + "conv1.weight", s1, false));
+    });
     const ConvShape s2{B, H, W, cout, cout, 3, stride, 1};
     const int64_t Ho = conv2d_out(s2, H), Wo = conv2d_out(s2, W);
     DeviceBuffer y = activations(B * Ho * Wo * cout, bf16);
     if (shortcut) {
         const ConvShape ss{B, H, W, cin, cout, 1, stride, 0};
-        conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out(y, bf16), ss, nullptr, nullptr, false,
-                       packed(prefix + "shortcut_layer.0.weight", ss, false));
+        timed(conv_kind(prefix, ss, false), [&] {
+            conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out(y, bf16), ss, nullptr, nullptr, false,
+                           packed(prefix + "shortcut_layer.0.weight", ss, false));
+        });
     }
-    conv2d_forward(in(y1, bf16), w(prefix + "conv2.weight"), out(y, bf16), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut,
-                   packed(prefix + "conv2.weight", s2, false));
+    timed(conv_kind(prefix, s2, false), [&] {
+        conv2d_forward(in(y1, bf16), w(prefix + "conv2.weight"), out(y, bf16), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut,
+                       packed(prefix + "conv2.weight", s2, false));
+    });
     H = Ho;
     W = Wo;
     return y;
@@ -100,14 +115,18 @@ DeviceBuffer GpuDefense::up_block(ConstActivations x, int64_t B, int64_t& H, int
     const ConvShape st{B, H, W, cin, cin, 3, 2, 1, 1};
     const int64_t Ho = conv_transpose2d_out(st, H), Wo = conv_transpose2d_out(st, W);
     const DeviceBuffer y = activations(B * Ho * Wo * cin, bf16);
-    conv_transpose2d_forward(x, w(prefix + "conv1.weight"), out(y, bf16), st, w(prefix + "nolinear1.weight"),
-                             packed(prefix + "conv1.weight", st, true));
+    timed(conv_kind(prefix, st, true), [&] {
+        conv_transpose2d_forward(x, w(prefix + "conv1.weight"), out(y, bf16), st, w(prefix + "nolinear1.weight"),
+                                 packed(prefix + "conv1.weight", st, true));
+    });
     const bool out_bf16 = bf16 && !last;  // the DAE's output (tanh, then the ESN stem's and the caller's input) is fp32
     DeviceBuffer result = activations(B * Ho * Wo * cout, out_bf16);
     const ConvShape s2{B, Ho, Wo, cin, cout, 3, 1, 1};
-    conv2d_forward(in(y, bf16), w(prefix + "conv2.weight"), out(result, out_bf16), s2, nullptr,
-                   last ? nullptr : w(prefix + "nolinear2.weight"), false, packed(prefix + "conv2.weight", s2, false));
-    if (last) tanh_forward(result.data(), result.data(), B * Ho * Wo * cout);
+    timed(conv_kind(prefix, s2, false), [&] {
+        conv2d_forward(in(y, bf16), w(prefix + "conv2.weight"), out(result, out_bf16), s2, nullptr,
+                       last ? nullptr : w(prefix + "nolinear2.weight"), false, packed(prefix + "conv2.weight", s2, false));
+        if (last) tanh_forward(result.data(), result.data(), B * Ho * Wo * cout);
+    });
     H = Ho;
     W = Wo;
     return result;
@@ -141,29 +160,36 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
     DeviceBuffer h;
     const float* denoised = dae_forward(x, B, bf16, h);
     int64_t H = 112, W = 112;
-    if (dae) copy(denoised, dae, B * d_);
+    if (dae) timed("copy", [&] { copy(denoised, dae, B * d_); });
     // ESN.
     DeviceBuffer f = activations(B * H * W * 64, bf16);
     const ConvShape sin{B, H, W, 1, 64, 3, 1, 1};
-    conv2d_forward(denoised, w("esn.in_layer.0.weight"), out(f, bf16), sin, nullptr, w("esn.in_layer.1.weight"), false,
-                   packed("esn.in_layer.0.weight", sin, false));
+    timed(conv_kind("esn", sin, false), [&] {
+        conv2d_forward(denoised, w("esn.in_layer.0.weight"), out(f, bf16), sin, nullptr, w("esn.in_layer.1.weight"), false,
+                       packed("esn.in_layer.0.weight", sin, false));
+    });
     const int64_t spec[8][3] = {{64, 64, 2}, {64, 64, 1}, {64, 128, 2}, {128, 128, 1}, {128, 256, 2}, {256, 256, 1}, {256, 512, 2}, {512, 512, 1}};
     for (int i = 0; i < 8; ++i)
         f = res_block(in(f, bf16), B, H, W, spec[i][0], spec[i][1], spec[i][2], "esn.block" + std::to_string(i + 1) + ".", true, bf16);
     // Head: flatten in PyTorch's (c, h, w) order, fc1 + PReLU, fc2 + sigmoid.
     const int64_t features = 512 * H * W;
     DeviceBuffer flat(static_cast<size_t>(B * features)), hidden(static_cast<size_t>(B * 512));
-    nhwc_to_nchw(in(f, bf16), flat.data(), B, 512, H, W);
-    linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512,
-                   packed_linear("head.fc1.1.weight", features, 512));
-    prelu_forward(hidden.data(), w("head.fc1.2.weight"), hidden.data(), B * 512, 512);
-    linear_forward(hidden.data(), w("head.fc2.0.weight"), w("head.fc2.0.bias"), p, B, 512, n_, packed_linear("head.fc2.0.weight", 512, n_));
-    sigmoid_forward(p, p, B * n_);
+    timed("head (flatten, fc1, fc2)", [&] {
+        nhwc_to_nchw(in(f, bf16), flat.data(), B, 512, H, W);
+        linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512,
+                       packed_linear("head.fc1.1.weight", features, 512));
+        prelu_forward(hidden.data(), w("head.fc1.2.weight"), hidden.data(), B * 512, 512);
+        linear_forward(hidden.data(), w("head.fc2.0.weight"), w("head.fc2.0.bias"), p, B, 512, n_,
+                       packed_linear("head.fc2.0.weight", 512, n_));
+        sigmoid_forward(p, p, B * n_);
+    });
     // Masks and projection of the input face.
-    sample_masks(p, q, B, n_, seed, first_image);
+    timed("masks", [&] { sample_masks(p, q, B, n_, seed, first_image); });
     DeviceBuffer c(static_cast<size_t>(B * n_));
-    project_coefficients(basis_.data(), mean_.data(), x, c.data(), B, d_, n_);
-    reconstruct(basis_t_.data(), mean_.data(), c.data(), q, y, B, d_, n_);
+    timed("projection", [&] {
+        project_coefficients(basis_.data(), mean_.data(), x, c.data(), B, d_, n_);
+        reconstruct(basis_t_.data(), mean_.data(), c.data(), q, y, B, d_, n_);
+    });
 }
 
 model::Defense::Accelerator make_accelerator(const model::Defense& defense) {

@@ -58,6 +58,14 @@ for config in ("generic-fp32", "vector-bf16"):
     for stage in ("defense_forward", "training_step"):
         assert stages[stage]["ms"] > 0 and stages[stage]["images_per_second"] >= 0 and stages[stage]["batch"] == 1, stages.get(stage)
     assert stages["training_step_profile"]["total_ms"] > 0 and stages["training_step_profile"]["ops_ms"], stages["training_step_profile"]
+    # The defense forward's profile by kind of layer: every part of the network is in it, and the
+    # parts' times add up to no more than the whole forward's.
+    prof = stages["defense_forward_profile"]
+    kinds = {"dae conv, 1 input channel", "dae conv, 1 output channel", "dae conv 3x3/1", "dae conv 3x3/2", "dae transposed conv 3x3/2",
+             "esn conv, 1 input channel", "esn conv 3x3/1", "esn conv 3x3/2", "esn conv 1x1 (shortcut)", "head (flatten, fc1, fc2)",
+             "masks", "projection"}
+    assert set(prof["ops_ms"]) == kinds, sorted(prof["ops_ms"])
+    assert 0 < sum(prof["ops_ms"].values()) <= prof["total_ms"] * 1.001, prof
     launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
     assert len(launches) == 1, launches
     # Beside the launches, their arithmetic by kernel (2 M N K, GFLOP): a kernel has some exactly
@@ -70,10 +78,12 @@ for config in ("generic-fp32", "vector-bf16"):
     # warpgroup-MMA kernel (both pipelines; ops.cuh AsyncTileShape): the vector-bf16 configuration only.
     fast = ("defense_forward_bf16_storage", "defense_forward_bf16_storage_cols128", "defense_forward_bf16_storage_wgmma",
             "defense_forward_bf16_storage_wgmma_inflight", "defense_forward_bf16_storage_l1", "defense_forward_bf16_storage_wgmma_l1",
-            "training_step_cols128", "training_step_wgmma", "training_step_wgmma_inflight", "training_step_wgmma_l1")
+            "training_step_cols128", "training_step_wgmma", "training_step_wgmma_inflight", "training_step_wgmma_l1",
+            "training_step_bf16_storage", "training_step_bf16_storage_wgmma_l1",
+            "defense_forward_bf16_storage_wgmma_l1_profile", "training_step_bf16_storage_wgmma_l1_profile")
     if config == "vector-bf16":
         for stage in fast:
-            assert stages[stage]["ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
+            assert stages[stage]["ms" if "profile" not in stage else "total_ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
     else:
         assert not any(stage in stages for stage in fast), stages
     assert "gemm_bf16" not in stages, stages
@@ -98,10 +108,10 @@ assert gemms["wgmma_inflight"]["max_rel_diff_vs_wgmma"] <= 1e-5, gemms
 assert not any("layer" in j or j.get("stage") not in (None, "gemm_bf16") for j in js), js
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
 assert samplers == ["curand", "pin"], samplers
-# --parts defense: the whole-network defense forward and nothing else of the configuration (the
-# configuration-independent stages before it stay: the mask samplers).
+# --parts defense: the whole-network defense forward (and its profile) and nothing else of the
+# configuration (the configuration-independent stages before it stay: the mask samplers).
 js = lines("part")
-assert [j["stage"] for j in js if j.get("stage", "").startswith(("defense", "training"))] == ["defense_forward"], js
+assert [j["stage"] for j in js if j.get("stage", "").startswith(("defense", "training"))] == ["defense_forward", "defense_forward_profile"], js
 assert not any("layer" in j or "error" in j for j in js), js
 assert [j["parts"] for j in js if "gemm_launches" in j] == ["defense"], js
 assert all(j["parts"] == "layers,defense,training" for j in lines("vector-bf16") if "gemm_launches" in j)
