@@ -72,8 +72,10 @@ TEST_CASE("linear is identical for 1 and 2 threads and checks shapes", "[linear]
         REQUIRE(bitwise_equal(y[0], y[1]));
         REQUIRE(bitwise_equal(dx[0], dx[1]));
         REQUIRE(bitwise_equal(dw[0], dw[1]));
+        REQUIRE(bitwise_equal(db[0], db[1]));
     }
-    const Tensor x = random_tensor({16, 3000}, 120), w = random_tensor({70, 3000}, 121, 0.02f), b = random_tensor({70}, 122);
+    // A shape error names both sizes.
+    const Tensor w = random_tensor({70, 3000}, 121, 0.02f), b = random_tensor({70}, 122);
     Tensor bad = Tensor::empty({16, 70});
     REQUIRE_THROWS_WITH(cpu::linear_forward(random_tensor({16, 2999}, 1), w, b, bad), Catch::Contains("x has 2999 features, W expects 3000"));
 }

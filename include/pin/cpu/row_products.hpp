@@ -173,6 +173,8 @@ inline void rows_times_matrix(const float* x, int64_t m, int64_t D, const float*
             std::copy_n(o.data() + (i - i_begin) * kCols, tail, out + i * N + full_blocks * kCols);
     };
 
+    // A task's outputs stay in L2 up to this many bytes (both cuts below).
+    constexpr int64_t kTaskOutputBytes = 256 << 10;
     // Many rows of x, few of M (a weight gradient: dy^T times the layer's input, D = the batch):
     // tasks own panels of 8 tiles of rows by a run of columns whose outputs (<= 256 KiB) and run of
     // M (D x run) stay in L2, and write their outputs row by row. Cut by columns as below, the
@@ -182,7 +184,7 @@ inline void rows_times_matrix(const float* x, int64_t m, int64_t D, const float*
         constexpr int64_t kPanelRows = 8 * MR;
         const int64_t panels = (m + kPanelRows - 1) / kPanelRows;
         const int64_t runs = std::min<int64_t>(std::max<int64_t>(full_blocks, 1),
-                                               (kPanelRows * N * 4 + (256 << 10) - 1) / (256 << 10));
+                                               (kPanelRows * N * 4 + kTaskOutputBytes - 1) / kTaskOutputBytes);
         const std::vector<float> panel = tail > 0 ? tail_panel() : std::vector<float>();
         parallel_for(panels * runs, [&](int64_t task) {
             const int64_t p = task / runs, r = task % runs;
@@ -203,7 +205,7 @@ inline void rows_times_matrix(const float* x, int64_t m, int64_t D, const float*
     // 64-byte block per task, the rows of the eigenbasis lay 10 KB apart (a new page and a
     // hardware-prefetch miss each, 12544 per block): 33 ms at batch 16 for 125 MB that memory
     // delivers in 4 (now 12).
-    const int64_t out_runs = (m * N * 4 + (256 << 10) - 1) / (256 << 10);
+    const int64_t out_runs = (m * N * 4 + kTaskOutputBytes - 1) / kTaskOutputBytes;
     const int64_t groups = std::min<int64_t>(full_blocks, std::max<int64_t>(num_threads(), out_runs));
     parallel_for(groups + (tail > 0 ? 1 : 0), [&](int64_t g) {
         if (g == groups) {
