@@ -7,9 +7,10 @@
 #
 #   bench/gpu_check.sh [--quick] [OUT_DIR]   (default: $OUT on the device machine, else /tmp/pin-gpu-check)
 #
-# --quick (meant to fit about 4 minutes; for a second call after a kernel change): the build, the convolution
-# and whole-defense tests, and the fast configuration's defense forward and training
-# step with their per-layer profiles; no peers, no program check, no other configurations.
+# --quick (meant to fit about 4 minutes; for a second call after a kernel change): the build, the
+# convolution, element-wise, whole-defense and training tests, and the fast configuration's
+# defense forward and training step with their profiles; no peers, no program check, no other
+# configurations.
 #
 # Debian's header packages (Catch2, nlohmann-json, stb) are not on that machine's image: when a
 # folder .devdeps/usr holds copies of them (see docs/gpu.md), CMake is pointed there.
@@ -45,7 +46,7 @@ tests_rc=0
 wgmma_flag=()  # --no-wgmma for the timings below when the warpgroup-MMA kernels failed their tests
 : > "$out/tests.txt"
 tags=(rng conv elementwise pin wgmma defense train)
-$quick && tags=(conv defense)
+$quick && tags=(conv elementwise defense train)
 for tag in "${tags[@]}"; do
   echo "---- [cuda][$tag]" >> "$out/tests.txt"
   timeout "$(budget "$([ $tag = conv ] && echo 150 || echo 60)")" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 \
