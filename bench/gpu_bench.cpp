@@ -195,10 +195,14 @@ int main(int argc, char** argv) {
                         return std::string(rel);
                     };
                     // The probe with each of the kernel's pipelines (ops.cuh WgmmaPipeline): wgmma waits
-                    // for each slice's MMAs, wgmma_inflight leaves one slice's running.
-                    for (const auto pipeline : {pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight}) {
-                        const bool inflight = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight;
-                        const char* kernel = inflight ? "wgmma_inflight" : "wgmma";
+                    // for each slice's MMAs, wgmma_inflight leaves one slice's running, wgmma_ws is the
+                    // warp-specialized kernel (persistent, mbarrier-ordered stages).
+                    for (const auto pipeline : {pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,
+                                                pin::cuda::WgmmaPipeline::WarpSpecialized}) {
+                        const bool inflight = pipeline != pin::cuda::WgmmaPipeline::WaitEachSlice;  // compared with the first
+                        const char* kernel = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight ? "wgmma_inflight"
+                                             : inflight                                              ? "wgmma_ws"
+                                                                                                     : "wgmma";
                         if (inflight && ms <= 0) continue;  // the probe failed: nothing to compare with
                         try {
                             const pin::cuda::KernelSettingsScope settings_scope;
@@ -222,7 +226,7 @@ int main(int argc, char** argv) {
                     }
                     // The convolution on the asynchronous-copy kernel's two tiles and on the warpgroup-MMA
                     // kernel (AsyncTileShape::Wgmma, with the K-major weights: the probe's pipeline with
-                    // the convolution's operand form), there with both pipelines.
+                    // the convolution's operand form), there with each pipeline.
                     struct ConvRun {
                         pin::cuda::AsyncTileShape tile;
                         pin::cuda::WgmmaPipeline pipeline;
@@ -232,7 +236,8 @@ int main(int argc, char** argv) {
                                               ConvRun{pin::cuda::AsyncTileShape::Cols128, pin::cuda::WgmmaPipeline::WaitEachSlice, "async128"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WaitEachSlice, "wgmma_conv"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::OneSliceInFlight,
-                                                      "wgmma_conv_inflight"}}) {
+                                                      "wgmma_conv_inflight"},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws"}}) {
                         const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
                         const pin::cuda::KernelSettingsScope settings_scope;
@@ -288,8 +293,9 @@ int main(int argc, char** argv) {
             // A profiled run's per-op (or per-layer-kind) wall times: one JSON line, and table rows
             // with each op's share of `total_ms`, the rest last (the host's part: for the training
             // step its noise and bookkeeping; for the forward its allocations and copies).
-            auto print_profile = [&](const std::string& stage, int64_t B, double total_ms, const std::map<std::string, double>& ops_ms) {
-                const bool training = stage.rfind("training", 0) == 0;
+            // rest: what the time outside the profiled ops is ("host (noise, bookkeeping)" in a training step).
+            auto print_profile = [&](const std::string& stage, int64_t B, double total_ms, const std::map<std::string, double>& ops_ms,
+                                     const char* rest) {
                 std::string parts;
                 double ops = 0;
                 char row[160];
@@ -301,7 +307,7 @@ int main(int argc, char** argv) {
                     std::snprintf(row, sizeof row, "  %-32s %8.2f ms (%4.1f%%)", op.c_str(), t, 100.0 * t / total_ms);
                     table.push_back(row);
                 }
-                std::snprintf(row, sizeof row, "  %-32s %8.2f ms (%4.1f%%)", training ? "host (noise, bookkeeping)" : "the rest (host)", total_ms - ops,
+                std::snprintf(row, sizeof row, "  %-32s %8.2f ms (%4.1f%%)", rest, total_ms - ops,
                               100.0 * (total_ms - ops) / total_ms);
                 table.push_back(row);
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"stage\": \"%s\", \"batch\": %lld, \"total_ms\": %.2f, "
@@ -324,7 +330,8 @@ int main(int argc, char** argv) {
             // And the weight gradient on the warpgroup-MMA kernel (M/N-major operands) with each pipeline.
             struct AsyncTimes {
                 double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0, fwd_wgmma_inflight = 0, din = 0, din_wgmma = 0;
-                double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0, wgrad_wgmma = 0, wgrad_wgmma_inflight = 0;
+                double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0, wgrad_wgmma = 0, wgrad_wgmma_inflight = 0, fwd_wgmma_ws_l1 = 0,
+                       din_wgmma_ws = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -336,7 +343,9 @@ int main(int argc, char** argv) {
                                                                 {"backward_input_bf16_async", a.din}, {"backward_input_bf16_wgmma", a.din_wgmma},
                                                                 {"forward_bf16_async_l1", a.fwd_l1}, {"backward_weight_bf16_async_l1", a.wgrad_l1},
                                                                 {"forward_bf16_wgmma_l1", a.fwd_wgmma_l1}, {"backward_weight_bf16_wgmma", a.wgrad_wgmma},
-                                                                {"backward_weight_bf16_wgmma_inflight", a.wgrad_wgmma_inflight}};
+                                                                {"backward_weight_bf16_wgmma_inflight", a.wgrad_wgmma_inflight},
+                                                                {"forward_bf16_wgmma_ws_l1", a.fwd_wgmma_ws_l1},
+                                                                {"backward_input_bf16_wgmma_ws", a.din_wgmma_ws}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
@@ -348,7 +357,8 @@ int main(int argc, char** argv) {
                                                                   {"inflight", a.fwd_wgmma_inflight}, {"bwd-in bf16-async", a.din},
                                                                   {"wgmma bwd-in", a.din_wgmma}, {"L1: fwd", a.fwd_l1},
                                                                   {"bwd-w", a.wgrad_l1}, {"wgmma-fwd", a.fwd_wgmma_l1},
-                                                                  {"wgmma bwd-w", a.wgrad_wgmma}, {"inflight", a.wgrad_wgmma_inflight}};
+                                                                  {"wgmma bwd-w", a.wgrad_wgmma}, {"inflight", a.wgrad_wgmma_inflight},
+                                                                  {"ws-L1 fwd", a.fwd_wgmma_ws_l1}, {"ws bwd-in", a.din_wgmma_ws}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
@@ -377,6 +387,7 @@ int main(int argc, char** argv) {
             auto time_wgmma = [&](AsyncTimes& a, auto f) {
                 time_wgmma_pipelines(f, a.fwd_wgmma, a.fwd_wgmma_inflight);
                 a.fwd_wgmma_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, kWait, kL1);
+                a.fwd_wgmma_ws_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -426,7 +437,10 @@ int main(int argc, char** argv) {
                     a.din = input_gradient();
                     a.fwd_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, forward, kWait, kL1);
                     a.wgrad_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, weight_gradient, kWait, kL1);
-                    if (wgmma && l.cout % 64 == 0) a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
+                    if (wgmma && l.cout % 64 == 0) {
+                        a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
+                        a.din_wgmma_ws = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient, pin::cuda::WgmmaPipeline::WarpSpecialized);
+                    }
                     if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) time_wgmma_pipelines(weight_gradient, a.wgrad_wgmma, a.wgrad_wgmma_inflight);
                     if (l.cout % 128 == 0) {
                         a.fwd128 = with_tile128(forward);
@@ -482,6 +496,7 @@ int main(int argc, char** argv) {
             using TileShape = pin::cuda::AsyncTileShape;
             constexpr auto kL2 = pin::cuda::GatherCaching::L2;
             constexpr auto kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
+            constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized;
             const DefenseVariant variants[] = {
                 {"defense_forward", "defense forward", Storage::FP32, TileShape::Cols64, kWait, kL2},
                 {"defense_forward_bf16_storage", "defense fwd, bf16 act", Storage::BF16, TileShape::Cols64, kWait, kL2},
@@ -490,6 +505,7 @@ int main(int argc, char** argv) {
                 {"defense_forward_bf16_storage_wgmma", "defense fwd, bf16 wgmma", Storage::BF16, TileShape::Wgmma, kWait, kL2},
                 {"defense_forward_bf16_storage_wgmma_inflight", "defense wgmma inflight", Storage::BF16, TileShape::Wgmma, kInFlight, kL2},
                 {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, TileShape::Wgmma, kWait, kL1},
+                {"defense_forward_bf16_storage_wgmma_ws_l1", "defense wgmma ws L1", Storage::BF16, TileShape::Wgmma, kWs, kL1},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
@@ -515,7 +531,7 @@ int main(int argc, char** argv) {
                         pin::cuda::synchronize("defense profile");
                         const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
                         defense.set_profiling(false);
-                        print_profile(std::string(v.stage) + "_profile", B, total, defense.profile_ms());
+                        print_profile(std::string(v.stage) + "_profile", B, total, defense.profile_ms(), "the rest (host)");
                     }
                 } catch (const std::exception& e) {  // one failing batch size must not hide the others
                     report_error(v.stage, B, e);
@@ -550,7 +566,7 @@ int main(int argc, char** argv) {
                         trainer.step(x, first += static_cast<uint64_t>(B));
                         const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
                         backend.set_profiling(false);
-                        print_profile("training_step_profile", B, total, backend.profile_ms());
+                        print_profile("training_step_profile", B, total, backend.profile_ms(), "host (noise, bookkeeping)");
                     }
                 });
             } catch (const std::exception& e) {
@@ -579,7 +595,9 @@ int main(int argc, char** argv) {
                   TrainingVariant{"training_step_wgmma_inflight", "training wgmma inflight", TileShape::Wgmma, kInFlight, kL2, kFp32},
                   TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kWait, kL1, kFp32},
                   TrainingVariant{"training_step_bf16_storage", "training, bf16 DAE act", TileShape::Cols64, kWait, kL2, kBf16},
-                  TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", TileShape::Wgmma, kWait, kL1, kBf16}}) {
+                  TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", TileShape::Wgmma, kWait, kL1, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_ws_l1", "training, bf16 wgmma ws L1", TileShape::Wgmma,
+                                  pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, kBf16}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.tile == TileShape::Wgmma && !wgmma)) continue;
                 try {
@@ -601,7 +619,7 @@ int main(int argc, char** argv) {
                                     trainer.step(x, first += static_cast<uint64_t>(B0));
                                     const double total = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
                                     backend.set_profiling(false);
-                                    print_profile(std::string(stage) + "_profile", B0, total, backend.profile_ms());
+                                    print_profile(std::string(stage) + "_profile", B0, total, backend.profile_ms(), "host (noise, bookkeeping)");
                                     return 0;
                                 },
                                 v.pipeline, v.caching);

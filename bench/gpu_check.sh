@@ -8,9 +8,9 @@
 #   bench/gpu_check.sh [--quick] [OUT_DIR]   (default: $OUT on the device machine, else /tmp/pin-gpu-check)
 #
 # --quick (meant to fit about 4 minutes; for a second call after a kernel change): the build, the
-# convolution, element-wise, whole-defense and training tests, and the fast configuration's
-# defense forward and training step with their profiles; no peers, no program check, no other
-# configurations.
+# convolution, element-wise, warpgroup-MMA, whole-defense and training tests, the fast
+# configuration's defense forward and training step with their profiles, and the bfloat16 GEMMs
+# (gemm-bf16); no peers, no program check, no other configurations.
 #
 # Debian's header packages (Catch2, nlohmann-json, stb) are not on that machine's image: when a
 # folder .devdeps/usr holds copies of them (see docs/gpu.md), CMake is pointed there.
@@ -46,7 +46,7 @@ tests_rc=0
 wgmma_flag=()  # --no-wgmma for the timings below when the warpgroup-MMA kernels failed their tests
 : > "$out/tests.txt"
 tags=(rng conv elementwise pin wgmma defense train)
-$quick && tags=(conv elementwise defense train)
+$quick && tags=(conv elementwise wgmma defense train)
 for tag in "${tags[@]}"; do
   echo "---- [cuda][$tag]" >> "$out/tests.txt"
   timeout "$(budget "$([ $tag = conv ] && echo 150 || echo 60)")" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 \
@@ -74,7 +74,9 @@ log "defense-forward and training-step timings"
 bench vector-bf16 80 defense
 bench vector-bf16 80 training
 if $quick; then
+  bench gemm-bf16 40  # the warpgroup-MMA GEMMs on 8192^3, every pipeline
   grep -v "^{" "$out/bench.txt"
+  grep -E '"stage": "gemm_bf16"' "$out/bench.txt"
   log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc (--quick)"
   exit $tests_rc
 fi

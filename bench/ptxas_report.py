@@ -31,7 +31,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each translation unit and its target, as cuda/CMakeLists.txt builds them.
 UNITS = [("ops_conv_forward.cu", "sm_90"), ("ops_conv_backward.cu", "sm_90"), ("ops_linear.cu", "sm_90"), ("ops.cu", "sm_90"),
          ("rng.cu", "sm_90"), ("ops_wgmma.cu", "sm_90a")]
-GEMM_KERNELS = ("gemm_kernel", "gemm_tensor_core_kernel", "gemm_wide_kernel", "gemm_async_kernel", "gemm_wgmma_kernel")
+GEMM_KERNELS = ("gemm_kernel", "gemm_tensor_core_kernel", "gemm_wide_kernel", "gemm_async_kernel", "gemm_wgmma_kernel",
+                "gemm_wgmma_ws_kernel")
 SPILL_LIMIT = 128  # bytes of spill stores or loads per thread
 
 

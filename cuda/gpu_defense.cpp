@@ -87,7 +87,7 @@ DeviceBuffer GpuDefense::res_block(ConstActivations x, int64_t B, int64_t& H, in
                                    const std::string& prefix, bool shortcut, bool bf16) {
     const ConvShape s1{B, H, W, cin, cout, 3, 1, 1};
     const DeviceBuffer y1 = activations(B * H * W * cout, bf16);
-    timed(conv_kind(prefix, s1, false), [&] {
+    timed_conv(prefix, s1, false, [&] {
         conv2d_forward(x, w(prefix + "conv1.weight"), out(y1, bf16), s1, nullptr, w(prefix + "nolinear1.weight"), false,
                        packed(prefix + "conv1.weight", s1, false));
     });
@@ -96,12 +96,12 @@ DeviceBuffer GpuDefense::res_block(ConstActivations x, int64_t B, int64_t& H, in
     DeviceBuffer y = activations(B * Ho * Wo * cout, bf16);
     if (shortcut) {
         const ConvShape ss{B, H, W, cin, cout, 1, stride, 0};
-        timed(conv_kind(prefix, ss, false), [&] {
+        timed_conv(prefix, ss, false, [&] {
             conv2d_forward(x, w(prefix + "shortcut_layer.0.weight"), out(y, bf16), ss, nullptr, nullptr, false,
                            packed(prefix + "shortcut_layer.0.weight", ss, false));
         });
     }
-    timed(conv_kind(prefix, s2, false), [&] {
+    timed_conv(prefix, s2, false, [&] {
         conv2d_forward(in(y1, bf16), w(prefix + "conv2.weight"), out(y, bf16), s2, nullptr, w(prefix + "nolinear2.weight"), shortcut,
                        packed(prefix + "conv2.weight", s2, false));
     });
@@ -115,14 +115,14 @@ DeviceBuffer GpuDefense::up_block(ConstActivations x, int64_t B, int64_t& H, int
     const ConvShape st{B, H, W, cin, cin, 3, 2, 1, 1};
     const int64_t Ho = conv_transpose2d_out(st, H), Wo = conv_transpose2d_out(st, W);
     const DeviceBuffer y = activations(B * Ho * Wo * cin, bf16);
-    timed(conv_kind(prefix, st, true), [&] {
+    timed_conv(prefix, st, true, [&] {
         conv_transpose2d_forward(x, w(prefix + "conv1.weight"), out(y, bf16), st, w(prefix + "nolinear1.weight"),
                                  packed(prefix + "conv1.weight", st, true));
     });
     const bool out_bf16 = bf16 && !last;  // the DAE's output (tanh, then the ESN stem's and the caller's input) is fp32
     DeviceBuffer result = activations(B * Ho * Wo * cout, out_bf16);
     const ConvShape s2{B, Ho, Wo, cin, cout, 3, 1, 1};
-    timed(conv_kind(prefix, s2, false), [&] {
+    timed_conv(prefix, s2, false, [&] {
         conv2d_forward(in(y, bf16), w(prefix + "conv2.weight"), out(result, out_bf16), s2, nullptr,
                        last ? nullptr : w(prefix + "nolinear2.weight"), false, packed(prefix + "conv2.weight", s2, false));
         if (last) tanh_forward(result.data(), result.data(), B * Ho * Wo * cout);
@@ -160,11 +160,11 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
     DeviceBuffer h;
     const float* denoised = dae_forward(x, B, bf16, h);
     int64_t H = 112, W = 112;
-    if (dae) timed("copy", [&] { copy(denoised, dae, B * d_); });
+    if (dae) profiler_.time("copy", [&] { copy(denoised, dae, B * d_); });
     // ESN.
     DeviceBuffer f = activations(B * H * W * 64, bf16);
     const ConvShape sin{B, H, W, 1, 64, 3, 1, 1};
-    timed(conv_kind("esn", sin, false), [&] {
+    timed_conv("esn", sin, false, [&] {
         conv2d_forward(denoised, w("esn.in_layer.0.weight"), out(f, bf16), sin, nullptr, w("esn.in_layer.1.weight"), false,
                        packed("esn.in_layer.0.weight", sin, false));
     });
@@ -174,7 +174,7 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
     // Head: flatten in PyTorch's (c, h, w) order, fc1 + PReLU, fc2 + sigmoid.
     const int64_t features = 512 * H * W;
     DeviceBuffer flat(static_cast<size_t>(B * features)), hidden(static_cast<size_t>(B * 512));
-    timed("head (flatten, fc1, fc2)", [&] {
+    profiler_.time("head (flatten, fc1, fc2)", [&] {
         nhwc_to_nchw(in(f, bf16), flat.data(), B, 512, H, W);
         linear_forward(flat.data(), w("head.fc1.1.weight"), w("head.fc1.1.bias"), hidden.data(), B, features, 512,
                        packed_linear("head.fc1.1.weight", features, 512));
@@ -184,9 +184,9 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
         sigmoid_forward(p, p, B * n_);
     });
     // Masks and projection of the input face.
-    timed("masks", [&] { sample_masks(p, q, B, n_, seed, first_image); });
+    profiler_.time("masks", [&] { sample_masks(p, q, B, n_, seed, first_image); });
     DeviceBuffer c(static_cast<size_t>(B * n_));
-    timed("projection", [&] {
+    profiler_.time("projection", [&] {
         project_coefficients(basis_.data(), mean_.data(), x, c.data(), B, d_, n_);
         reconstruct(basis_t_.data(), mean_.data(), c.data(), q, y, B, d_, n_);
     });

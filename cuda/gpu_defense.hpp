@@ -2,13 +2,13 @@
 // Bernoulli masks (the CPU's Philox streams) and the batched projection, composed from cuda/ops.cuh.
 // Weights are copied from a CPU Agent and EigenBasis once, explicitly, at construction.
 #pragma once
-#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
 
+#include "op_profiler.hpp"
 #include "ops.cuh"
 #include "pin/model/agent.hpp"
 #include "pin/model/defense.hpp"
@@ -36,23 +36,19 @@ public:
     // each layer synchronizes the device before and after it and adds its wall time to a total per
     // kind of layer ("dae conv 3x3/1", "esn conv, 1 input channel", "head", ...). Slower; off by
     // default.
-    void set_profiling(bool on) { profiling_ = on; }
-    const std::map<std::string, double>& profile_ms() const { return profile_ms_; }
-    void clear_profile() { profile_ms_.clear(); }
+    void set_profiling(bool on) { profiler_.set_enabled(on); }
+    const std::map<std::string, double>& profile_ms() const { return profiler_.totals_ms(); }
+    void clear_profile() { profiler_.clear(); }
 
 private:
-    template <class F>
-    void timed(const std::string& op, F&& f) {
-        if (!profiling_) return f();
-        synchronize(op.c_str());
-        const auto t0 = std::chrono::steady_clock::now();
-        f();
-        synchronize(op.c_str());
-        profile_ms_[op] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    }
     // The profile's name for a convolution of weight `name` ("dae..." or "esn..."): its part and
     // the kernel family its shape reaches.
     static std::string conv_kind(const std::string& name, const ConvShape& s, bool transposed);
+    // profiler_.time with that name, built only when profiling.
+    template <class F>
+    void timed_conv(const std::string& name, const ConvShape& s, bool transposed, F&& f) {
+        profiler_.time([&] { return conv_kind(name, s, transposed); }, std::forward<F>(f));
+    }
     const float* w(const std::string& name) const;
     const float* dae_forward(const float* x, int64_t batch, bool bf16, DeviceBuffer& scratch);  // result (fp32) in scratch
     // Weight `name` in the GEMM layout of a forward convolution of shape s (packed on first use:
@@ -70,8 +66,7 @@ private:
     std::mutex packed_mutex_;
     DeviceBuffer basis_, basis_t_, mean_;
     int64_t n_ = 0, d_ = 0;
-    bool profiling_ = false;
-    std::map<std::string, double> profile_ms_;
+    OpProfiler profiler_;
 };
 
 // A model::Defense::Accelerator running `defense`'s PIN forward on the GPU: its weights are copied

@@ -10,13 +10,13 @@
 // GEMMs (forward, input and weight gradients) take their operands converted to bfloat16, for the
 // asynchronous-copy kernel (gpu_trainer.cpp); the caches and gradients stay fp32.
 #pragma once
-#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
 
 #include "gpu_defense.hpp"
+#include "op_profiler.hpp"
 #include "ops.cuh"
 #include "pin/train/backend_trainer.hpp"
 
@@ -87,27 +87,21 @@ public:
 
     // Profiling: when on, every op synchronizes the device before and after it and adds its wall
     // time to a per-op total (for pin-bench-gpu's breakdown of a step; slower, off by default).
-    void set_profiling(bool on) { profiling_ = on; }
-    const std::map<std::string, double>& profile_ms() const { return profile_ms_; }
-    void clear_profile() { profile_ms_.clear(); }
+    void set_profiling(bool on) { profiler_.set_enabled(on); }
+    const std::map<std::string, double>& profile_ms() const { return profiler_.totals_ms(); }
+    void clear_profile() { profiler_.clear(); }
 
 private:
     // Whether a convolution's GEMMs take their operands converted to bfloat16 (see gpu_trainer.cpp).
     bool bf16_operands(const train::ConvGeometry& g) const;
     template <class F>
     void timed(const char* op, F&& f) {
-        if (!profiling_) return f();
-        synchronize(op);
-        const auto t0 = std::chrono::steady_clock::now();
-        f();
-        synchronize(op);
-        profile_ms_[op] += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+        profiler_.time(op, std::forward<F>(f));
     }
     std::unique_ptr<GpuDefense> defense_;  // the DAE's weights and the eigenbasis, on the device
     train::TrainerOptions opt_;
     int64_t n_ = 0, d_ = 0;
-    bool profiling_ = false;
-    std::map<std::string, double> profile_ms_;
+    OpProfiler profiler_;
 };
 
 using GpuTrainer = train::BackendTrainer<GpuTrainingBackend>;

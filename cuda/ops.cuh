@@ -131,9 +131,15 @@ AsyncTileShape async_tile();
 // warpgroup after every 64-deep slice (WaitEachSlice: one barrier per slice; the tensor cores idle
 // between a slice's last MMA and the next slice's first unless the SM's other block fills the gap),
 // or one slice's MMAs left running while the next slice's are issued (OneSliceInFlight: a second
-// barrier per slice, before the copies into the stage they read). Process-wide; WaitEachSlice
-// unless set: neither has run on a GPU (pin-bench-gpu times both).
-enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight };
+// barrier per slice, before the copies into the stage they read), or WarpSpecialized: a third
+// warpgroup only copies, into 3-4 stages, and the two MMA warpgroups wait on mbarriers for the
+// stage they need rather than on the whole block, one persistent block per SM (wgmma_gemm.cuh
+// gemm_wgmma_ws_kernel; tiles 128 x 128 where N is a multiple of 128, else 256 x 64 computed
+// transposed, the output channels as the MMA's M, but for the sub-pixel gathers, which keep
+// WaitEachSlice's kernel there); the forward convolutions, input gradients
+// and gemm_bf16_wgmma, not the weight gradients (those wait for each slice). Process-wide;
+// WaitEachSlice unless set (pin-bench-gpu times each).
+enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight, WarpSpecialized };
 void set_wgmma_pipeline(WgmmaPipeline pipeline);
 WgmmaPipeline wgmma_pipeline();
 

@@ -4,6 +4,7 @@
 // the weight gradients (internal::conv_weight_grad_wgmma). A translation unit of its own because it
 // is the only one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the wgmma instructions
 // exist only there, and an sm_90a cubin runs only on compute capability 9.0.
+#include <algorithm>
 #include <atomic>
 
 #include "ops_internal.cuh"
@@ -63,8 +64,41 @@ void launch_wgmma(int64_t M, int64_t N, int64_t K, int64_t splits, const Operand
     check(cudaGetLastError(), name, shape);
 }
 
+// The number of SMs of the current device (asked once per device); under the emulation 3, so that
+// the persistent kernel's blocks each take several tiles in the tests.
+int64_t multiprocessors() {
+#if defined(PIN_CUDA_EMULATION)
+    return 3;
+#else
+    constexpr int kDevices = 64;
+    static std::atomic<int> count[kDevices];  // 0: not asked yet
+    int device = 0, n = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return 1;
+    if (device < kDevices && count[device].load() > 0) return count[device].load();
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) return 1;
+    if (device < kDevices) count[device] = n;
+    return n;
+#endif
+}
+// The warp-specialized kernel (gemm_wgmma_ws_kernel): one K chunk, 384 threads a block, persistent
+// (a block per SM, each taking every gridDim.x-th tile).
+template <class Operands, class Store>
+void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const Store& st, const char* name, const std::string& shape) {
+    using T = typename Operands::Tile;
+    check_gemm_size(M, N, K, name, shape);
+    const int64_t tiles = (M + T::rows - 1) / T::rows * ((N + T::cols - 1) / T::cols);
+    const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
+    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_wgmma_ws_kernel<Operands, Store>),
+                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
+    check(allowed, name, shape);
+    count_gemm(GemmKernel::Wgmma, M, N, K);
+    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, T::smem_bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, ops, st);
+    check(cudaGetLastError(), name, shape);
+}
+
 // run(tile) with the kCols-column tile (WgmmaTile, or WgmmaMnMajorTile) of the pipeline
-// wgmma_pipeline() names.
+// wgmma_pipeline() names (WarpSpecialized: the weight gradients, which have no warp-specialized
+// kernel, wait for each slice).
 template <int kCols, template <int, int> class TileOf = WgmmaTile, class Run>
 void with_pipelined_tile(const Run& run) {
     if (wgmma_pipeline() == WgmmaPipeline::OneSliceInFlight)
@@ -72,19 +106,42 @@ void with_pipelined_tile(const Run& run) {
     else
         run(TileOf<kCols, 0>{});
 }
-// A convolution's GEMM on the 128 x 128 tile where N is a multiple of 128, else on the 128 x 64 one
-// (a 64-channel layer would leave half of the wider tile's columns empty).
+// run(tile, warp_specialized) for K-major operands with N columns: where wgmma_pipeline() names the
+// warp-specialized kernel, its 128 x 128 tile where N is a multiple of 128, else (kSwappedOk) its
+// 256 x 64 swapped one; otherwise as with_pipelined_tile, 128 columns where N is a multiple of 128
+// (a 64-channel layer would leave half of them empty), else 64.
+template <bool kSwappedOk, class Run>
+void with_kmajor_tile(int64_t N, const Run& run) {
+    const bool ws = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized;
+    if (ws && N % 128 == 0) {
+        run(WgmmaWsTile128{}, std::true_type{});
+        return;
+    }
+    if constexpr (kSwappedOk) {
+        if (ws) {
+            run(WgmmaWsSwappedTile{}, std::true_type{});
+            return;
+        }
+    }
+    if (N % 128 == 0)
+        with_pipelined_tile<128>([&](auto tile) { run(tile, std::false_type{}); });
+    else
+        with_pipelined_tile<64>([&](auto tile) { run(tile, std::false_type{}); });
+}
+// A convolution's GEMM on the tile with_kmajor_tile picks.
 template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
     if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
-    const auto run = [&](auto tile) {
-        launch_wgmma(M, N, K, 1, WgmmaConvOperands<LoadA, decltype(tile)>{la, wk, ldk, gather_l1()}, st, name, shape);
-    };
-    if (N % 128 == 0)
-        with_pipelined_tile<128>(run);
-    else
-        with_pipelined_tile<64>(run);
+    // The swapped tile's sub-pixel form spills (wgmma_gemm.cuh WgmmaWsSwappedTile).
+    constexpr bool subpixel = std::is_same<LoadA, SubpixelGather<Bf16>>::value;
+    with_kmajor_tile<!subpixel>(N, [&](auto tile, auto warp_specialized) {
+        const WgmmaConvOperands<LoadA, decltype(tile)> ops{la, wk, ldk, gather_l1()};
+        if constexpr (decltype(warp_specialized)::value)
+            launch_wgmma_ws(M, N, K, ops, st, name, shape);
+        else
+            launch_wgmma(M, N, K, 1, ops, st, name, shape);
+    });
     return true;
 }
 // The epilogue for y's storage type; wrap(store) maps a sub-pixel class's rows (or not).
@@ -143,6 +200,14 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
     const PartialStore st{c, M, N};
+    if (wgmma_pipeline() == WgmmaPipeline::WarpSpecialized) {
+        with_kmajor_tile<true>(N, [&](auto tile, auto warp_specialized) {
+            if constexpr (decltype(warp_specialized)::value)
+                launch_wgmma_ws(M, N, K, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);
+        });
+        return;
+    }
+    // The probe keeps the 128 x 128 tile whatever N is (as it was measured).
     with_pipelined_tile<128>([&](auto tile) {
         launch_wgmma(M, N, K, 1, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);
     });

@@ -32,6 +32,7 @@
 #include "gather.cuh"
 #include "gemm_kernels.cuh"
 #include "launch.cuh"
+#include "mbarrier.cuh"
 #include "wgmma.cuh"
 
 namespace pin::cuda::gemm {
@@ -228,6 +229,54 @@ struct WgmmaWeightGradOperands {
     }
 };
 
+// The warp-specialized tile (gemm_wgmma_ws_kernel): 384 threads, warpgroups 0 and 1 the consumers
+// (the tensor cores' warpgroups), warpgroup 2 the producer (its 128 threads issue every copy:
+// `threads` is what the operands divide the copies among). A tile of C is kRows x kCols: consumer g
+// computes rows 64 g .. 64 g + 63 with one m64n{kCols}k16 per 16-deep step; or, kSwapped (kRows
+// 256, kCols 64), the transposed product: its 64 columns (output channels) as the instruction's M
+// and rows 128 g .. 128 g + 127 as its N, one m64n128k16 (A = the B operand's 64 rows). A 64-column
+// tile the plain way, m64n64k16, has the tensor cores read 4 KB of shared memory per 64 x 64 x 16
+// products, all of the SM's 128 bytes a clock at their full rate; swapped, 6 KB per twice the
+// products. Shared memory: kStages stages of K-major operands as WgmmaTile's (core matrices 144
+// bytes apart along K), then the epilogue's C (a region of its own: the producer fills the stages
+// with the next tile's slices meanwhile), then a full and an empty mbarrier per stage. One block
+// per SM (the kernel is persistent).
+template <int kCols, int kStages, int kRows = 128, bool kSwapped = false>
+struct WgmmaWsTile {
+    static_assert(kSwapped ? kCols == 64 && kRows == 256 : (kRows == 128 && kCols == 128), "the wgmma shapes wgmma.cuh instantiates");
+    static constexpr int consumers = 256, producers = 128, block_threads = consumers + producers;
+    static constexpr int threads = producers, rows = kRows, cols = kCols, depth = 64, stages = kStages, min_blocks = 1;
+    static constexpr bool mn_major = false, swapped = kSwapped;
+    static constexpr int mma_n = kSwapped ? kRows / 2 : kCols;  // the instruction's N
+    static_assert(consumers == THREADS, "store_shared_tile strides by THREADS");
+    static constexpr int lbo = 128 + 16, sbo = 64 / 8 * lbo;
+    static constexpr int a_bytes = rows / 8 * sbo, b_bytes = cols / 8 * sbo, stage_bytes = a_bytes + b_bytes;
+    // C's row length in floats: + 8 so that the row pairs a quad writes fall on distinct banks;
+    // swapped (a thread's values run down the columns) + 4, so that a warp's 32 stores do.
+    static constexpr int c_ld = cols + (kSwapped ? 4 : 8);
+    static constexpr int operand_bytes = stages * stage_bytes, c_bytes = rows * c_ld * 4;
+    static constexpr int barrier_offset = operand_bytes + c_bytes;
+    static constexpr int smem_bytes = barrier_offset + 2 * stages * 8;
+    static constexpr int chunks = depth / 8;  // 16-byte copies per row and slice
+    static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;
+    static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
+    static_assert(smem_bytes <= 227 * 1024, "fits an sm_90 SM");
+    __host__ __device__ static constexpr int offset(int r, int k) { return (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2; }
+    // Producer thread t copies rows t / 8 + 16 i of each operand, K values 8 (t % 8) .. + 7 of the
+    // slice (a quarter-warp: one row's 128 contiguous bytes, onto 8 different 16-byte bank groups).
+    __host__ __device__ static constexpr int copy_row(int t, int i) { return t / chunks + (threads / chunks) * i; }
+    __host__ __device__ static constexpr int copy_k(int t) { return (t % chunks) * 8; }
+};
+// Four stages of 128 x 128 (36 KB each) and its C (68 KB); three of the 256 x 64 swapped tile (45
+// KB) and its C (68 KB). Tried and left (ptxas -v, this kernel's 168 registers a thread): 128 x 256
+// (m64n256k16; three stages, C in four parts of 32 rows) spilled 150-730 bytes a thread, its 128
+// accumulators beside the persistent loop's state; setmaxnreg moving registers from the producer
+// to the consumers (40/232 to 72/216) spilled the producer's copy addresses instead, 0.5-2.8 KB;
+// 128 x 64 tiles two blocks per SM (80 registers) 108-284 bytes. The swapped tile's sub-pixel form
+// spills 164/248 bytes: the transposed convolutions' 64-channel GEMMs stay on gemm_wgmma_kernel.
+using WgmmaWsTile128 = WgmmaWsTile<128, 4>;
+using WgmmaWsSwappedTile = WgmmaWsTile<64, 3, 256, true>;
+
 // Grid: (ceil(M / 128), ceil(N / kCols), K chunks); Tile::smem_bytes of dynamic shared memory. Block
 // z sums K values z chunk .. (z + 1) chunk - 1 (Operands other than WgmmaWeightGradOperands: one
 // chunk); st(z, m, n, v) receives every element of its C inside M x N.
@@ -288,6 +337,94 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
         }
     __syncthreads();
     store_shared_tile<T::rows, T::cols, T::c_ld>(Cs, m0, n0, M, N, st);
+}
+
+// C = A B^T as gemm_wgmma_kernel (the same operands, one K chunk), with the copies and the MMAs in
+// different warps, persistent: block b computes tiles b, b + gridDim.x, ... (row tiles fastest), and
+// its producer warpgroup runs ahead into the next tile's slices while the consumers store the
+// last one's C. The producer fills stage i % stages with the block's i-th slice (counted over all
+// its tiles) as soon as the consumers have released it (empty[stage]) and hands its copies to
+// full[stage], on which they arrive as they land; each consumer warpgroup waits for full[stage],
+// issues the slice's four wgmma, and once the slice before's have finished releases that slice's
+// stage. No barrier of the whole block inside the K loop: a slow copy holds up only the MMAs that
+// need it, and while the tensor cores work on one slice the copies of the next `stages - 1` are
+// already under way. Slice i is full[i % stages]'s (i / stages)-th phase, its stage free again at
+// empty[i % stages]'s. Grid: (at most the number of tiles, 1, 1); Tile::smem_bytes of dynamic
+// shared memory.
+template <class Operands, class Store>
+__global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
+    using T = typename Operands::Tile;
+    static_assert(T::block_threads == 384 && T::producers == 128 && T::consumers == 256, "warpgroups 0, 1 consume, 2 produces");
+    PIN_DYNAMIC_SHARED(smem);
+    uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset);
+    uint64_t* const empty = full + T::stages;
+    const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
+    const int64_t row_tiles = (M + T::rows - 1) / T::rows, tiles = row_tiles * ((N + T::cols - 1) / T::cols);
+    const int64_t slices = (K + T::depth - 1) / T::depth;
+    if (tid == 0)
+        for (int s = 0; s < T::stages; ++s) {
+            mbarrier_init(&full[s], T::producers);   // every producer thread's copies
+            mbarrier_init(&empty[s], T::consumers);  // every consumer thread done reading
+        }
+    __syncthreads();
+    int64_t i = 0;  // the block's slices so far, over its tiles
+    if (group == 2) {
+        const int p = tid - T::consumers;
+        for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+            typename Operands::Regs r;
+            ops.begin(r, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M, N, 0, K, p);
+            for (int64_t s = 0; s < slices; ++s, ++i) {
+                const int stage = static_cast<int>(i % T::stages);
+                if (i >= T::stages) mbarrier_wait(&empty[stage], static_cast<unsigned>((i / T::stages - 1) & 1));
+                ops.issue(r, smem + stage * T::stage_bytes, p);
+                async_copies_arrive(&full[stage]);
+            }
+        }
+        return;  // its last copies arrive on their barriers by themselves
+    }
+    float* const Cs = reinterpret_cast<float*>(smem + T::operand_bytes);
+    const int w = (tid % 128) / 32, l = tid % 32;
+    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+        float d[T::mma_n / 2];
+        for (float& v : d) v = 0.0f;
+        for (int64_t s = 0; s < slices; ++s, ++i) {
+            const int stage = static_cast<int>(i % T::stages);
+            mbarrier_wait(&full[stage], static_cast<unsigned>((i / T::stages) & 1));
+            fence_proxy_async();  // the landed copies (generic proxy) before the tensor cores' reads (async proxy)
+            const uint32_t base = shared_address(smem + stage * T::stage_bytes);
+            // This warpgroup's rows of the A operand, and the B operand's tile; swapped, the
+            // instruction takes them the other way round.
+            const uint32_t a_rows = base + group * (T::rows / 2 / 8) * T::sbo, b_tile = base + T::a_bytes;
+            const uint32_t mma_a = T::swapped ? b_tile : a_rows, mma_b = T::swapped ? a_rows : b_tile;
+            for (float& v : d) wgmma_hold(v);
+            wgmma_fence();
+            for (int k = 0; k < T::depth / 16; ++k)
+                wgmma_bf16<T::mma_n>(d, wgmma_descriptor(mma_a + 2 * k * T::lbo, T::lbo, T::sbo),
+                                     wgmma_descriptor(mma_b + 2 * k * T::lbo, T::lbo, T::sbo), true);
+            wgmma_commit();
+            wgmma_wait<1>();  // this thread's share of the slice before's MMAs is done ...
+            for (float& v : d) wgmma_hold(v);
+            if (s > 0) mbarrier_arrive(&empty[(i - 1) % T::stages]);  // ... so it no longer reads that stage
+        }
+        wgmma_wait<0>();
+        for (float& v : d) wgmma_hold(v);
+        mbarrier_arrive(&empty[(i - 1) % T::stages]);  // the tile's last slice: the producer may refill it
+        // C through Cs to the store functor. Thread t of warpgroup g holds the instruction's rows
+        // 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), w = (t % 128) / 32, l = t % 32
+        // (wgmma.cuh): C's rows 64 g + those and its columns, or, swapped, C's columns and its rows
+        // 128 g + those.
+        named_barrier_sync(1, T::consumers);  // the previous tile's reads of Cs are done
+        for (int j = 0; j < T::mma_n / 8; ++j)
+            for (int e = 0; e < 4; ++e) {
+                const int r = 16 * w + l / 4 + 8 * (e / 2), c = 8 * j + 2 * (l % 4) + e % 2;
+                if constexpr (T::swapped)
+                    Cs[(group * (T::rows / 2) + c) * T::c_ld + r] = d[4 * j + e];
+                else
+                    Cs[(group * 64 + r) * T::c_ld + c] = d[4 * j + e];
+            }
+        named_barrier_sync(1, T::consumers);
+        store_shared_tile<T::rows, T::cols, T::c_ld>(Cs, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M, N, st);
+    }
 }
 
 }  // namespace pin::cuda::gemm

@@ -34,7 +34,9 @@
 // tile, warp-collective operations are done once (by lane 0, the only lane whose fragments are
 // observed, since only it stores) and every lane's pointer and leading dimension are checked
 // against WMMA's rules (256-bit aligned pointers, ldm a multiple of 16 bytes); a violation fails the
-// launch. What this cannot show: timing, bank conflicts, register limits, or a hardware deviating
+// launch. mbarriers and named barriers (cuda/mbarrier.cuh) are emulated with their phases: a thread
+// waiting on one yields to the others until it opens; copies handed to an mbarrier land when its
+// phase completes. What this cannot show: timing, bank conflicts, register limits, or a hardware deviating
 // from the documented semantics. That is what the lent GPU is for (bench/gpu_check.sh).
 //
 // bfloat16 comes from the CUDA Toolkit's own cuda_bf16.h, whose conversions are host code too.
@@ -180,6 +182,7 @@ struct Fiber {
     std::deque<std::vector<WgmmaOp>> mma_groups;     // committed, not yet done
     std::vector<WgmmaOp> spare_mma;                  // a finished group's storage, for the next open group
     bool mma_fenced = false;                         // a wgmma_fence since the last wait (or the start)
+    unsigned spins = 0;                              // barrier waits in a row that found it open
     char* stack = nullptr;
     size_t stack_size = 0;
     Context context{};
@@ -563,6 +566,103 @@ inline void prepare(Fiber& f) {
     makecontext(&f.context, reinterpret_cast<void (*)()>(&fiber_entry), 2, static_cast<unsigned>(p), static_cast<unsigned>(p >> 32));
 #endif
 }
+
+// mbarriers and named barriers (cuda/mbarrier.cuh). A barrier's state lives here, per OS thread,
+// keyed by its shared-memory offset and forgotten at the start of every block (a block starts with
+// none); its 8 bytes of shared memory hold a pattern that every use checks, so shared memory written
+// over a live barrier fails the launch. The copies a thread hands a barrier (async_copies_arrive)
+// land when the phase they arrive for completes.
+struct MBarrier {
+    unsigned count = 0, pending = 0, phase = 0;  // phase: completed phases (its low bit the parity waited for)
+    std::vector<AsyncCopy> copies;
+};
+struct BlockBarriers {
+    uint64_t block = ~uint64_t{0};
+    std::map<uint32_t, MBarrier> mbarriers;
+    std::map<unsigned, std::pair<unsigned, uint64_t>> named;  // id -> (threads arrived, generation)
+};
+inline thread_local BlockBarriers tl_barriers;
+inline BlockBarriers& block_barriers() {
+    if (tl_barriers.block != tl_block) {
+        tl_barriers.block = tl_block;
+        tl_barriers.mbarriers.clear();
+        tl_barriers.named.clear();
+    }
+    return tl_barriers;
+}
+constexpr uint64_t kMBarrierPattern = 0x6d62617272696572ull;  // "mbarrier"
+inline MBarrier* find_mbarrier(uint64_t* bar) {
+    const uint32_t at = shared_address(bar);
+    if (reinterpret_cast<uintptr_t>(bar) % 8 != 0) report("an mbarrier that is not 8-byte aligned");
+    auto& all = block_barriers().mbarriers;
+    const auto it = all.find(at);
+    if (it == all.end()) {
+        report("an mbarrier used before mbarrier_init in this block");
+        return nullptr;
+    }
+    if (*bar != kMBarrierPattern) report("shared memory written over a live mbarrier");
+    return &it->second;
+}
+inline void mbarrier_init(uint64_t* bar, unsigned count) {
+    if (count == 0) report("an mbarrier initialised with a count of 0");
+    MBarrier& b = block_barriers().mbarriers[shared_address(bar)];
+    b = MBarrier{count, count, 0, {}};
+    *bar = kMBarrierPattern;
+}
+inline void mbarrier_arrive(uint64_t* bar) {
+    MBarrier* b = find_mbarrier(bar);
+    if (!b) return;
+    if (--b->pending > 0) return;
+    for (const AsyncCopy& c : b->copies) std::memcpy(c.dst, c.bytes, 16);
+    b->copies.clear();
+    b->pending = b->count;
+    ++b->phase;
+}
+// Every copy this thread issued and has not waited for, committed or not, goes to the barrier.
+inline void async_copies_arrive(uint64_t* bar) {
+    Fiber& f = *tl_scheduler->current;
+    if (MBarrier* b = find_mbarrier(bar)) {
+        for (auto& group : f.copy_groups) {
+            b->copies.insert(b->copies.end(), group.begin(), group.end());
+            group.clear();  // the group stays (async_wait counts groups), empty
+        }
+        b->copies.insert(b->copies.end(), f.open_copies.begin(), f.open_copies.end());
+        f.open_copies.clear();
+    }
+    mbarrier_arrive(bar);
+}
+// A thread that finds a barrier closed this many times in a row waits for something that no other
+// thread will do (a legitimate wait here lasts a few scheduling rounds).
+constexpr unsigned kSpinLimit = 1u << 16;
+inline void yield_waiting(const char* what) {
+    Fiber& f = *tl_scheduler->current;
+    if (++f.spins > kSpinLimit) throw std::runtime_error(std::string("cuda emulation: a thread waits for ever on ") + what + " (a deadlock)");
+    leave(f);
+}
+inline bool mbarrier_try_wait(uint64_t* bar, unsigned parity) {
+    MBarrier* b = find_mbarrier(bar);
+    // Phase parity p has completed when the phase now open has the other parity. (A waiter more than
+    // one phase behind would see the wrong one: the kernels never let a side get that far ahead.)
+    if (!b || (b->phase & 1u) != (parity & 1u)) {
+        tl_scheduler->current->spins = 0;
+        return true;
+    }
+    yield_waiting("an mbarrier");
+    return false;
+}
+inline void named_barrier_sync(unsigned id, unsigned count) {
+    if (id == 0 || id > 15 || count == 0 || count % 32 != 0 || count > tl_scheduler->threads)
+        report("a named barrier with an id outside 1-15 or a count that is not whole warps of the block");
+    auto& state = block_barriers().named[id];
+    const uint64_t generation = state.second;
+    if (++state.first >= count) {
+        state.first = 0;
+        ++state.second;
+        return;
+    }
+    while (block_barriers().named[id].second == generation) yield_waiting("a named barrier");
+    tl_scheduler->current->spins = 0;
+}
 }  // namespace pin_emulation
 
 inline thread_local uint3 threadIdx, blockIdx;
@@ -627,6 +727,7 @@ void launch(dim3 grid, dim3 block, Kernel kernel, size_t dynamic_shared_bytes = 
             f.open_mma.clear();
             f.mma_groups.clear();
             f.mma_fenced = false;
+            f.spins = 0;
         }
         // Phases between barriers, every live thread once per phase, in alternating order
         // (odd blocks start with the last thread, so a kernel without barriers meets both).

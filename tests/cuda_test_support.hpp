@@ -51,14 +51,17 @@ namespace {
         GENERATE(pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128);                       \
     pin::cuda::set_async_tile(async_shape);                                                                    \
     INFO("asynchronous-copy tile 256 x " << (async_shape == pin::cuda::AsyncTileShape::Cols128 ? 128 : 64))
-// Both pipelines of the warpgroup-MMA kernel (ops.cuh WgmmaPipeline); the settings before it come
+// Every pipeline of the warpgroup-MMA kernel (ops.cuh WgmmaPipeline); the settings before it come
 // back when the test ends.
 #define PIN_EACH_WGMMA_PIPELINE()                                                                              \
     const pin::cuda::KernelSettingsScope wgmma_pipeline_scope;                                                 \
     const pin::cuda::WgmmaPipeline wgmma_pipeline_used =                                                       \
-        GENERATE(pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight);         \
+        GENERATE(pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,          \
+                 pin::cuda::WgmmaPipeline::WarpSpecialized);                                                   \
     pin::cuda::set_wgmma_pipeline(wgmma_pipeline_used);                                                        \
-    INFO("wgmma pipeline: " << (wgmma_pipeline_used == pin::cuda::WgmmaPipeline::OneSliceInFlight ? "one slice in flight" : "wait each slice"))
+    INFO("wgmma pipeline: " << (wgmma_pipeline_used == pin::cuda::WgmmaPipeline::OneSliceInFlight   ? "one slice in flight"  \
+                                : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::WarpSpecialized ? "warp-specialized" \
+                                                                                                    : "wait each slice"))
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

@@ -19,6 +19,7 @@
 #include "async_copy.cuh"
 #include "bfloat16.cuh"
 #include "launch.cuh"
+#include "mbarrier.cuh"
 #include "wgmma.cuh"
 
 namespace {
@@ -279,6 +280,110 @@ TEST_CASE("emulation: cp.async copies land at the wait that covers their group",
                                                   pin::cuda::async_copy16(d + 1, src, true);
                                               }),
                         Catch::Contains("not 16-byte aligned"));
+}
+
+TEST_CASE("emulation: mbarriers hand a producer warp's copies to a consumer warp, stage by stage", "[emulated][emulation]") {
+    // As gemm_wgmma_ws_kernel's pipeline: warp 1 copies round r's 32 rows (16 bytes each) into stage
+    // r % 2 and hands them to full[r % 2]; warp 0 waits for them, each thread reading another
+    // thread's row, and frees the stage (empty[r % 2]). Seven rounds take each barrier through
+    // several phases, in both thread orders (two blocks).
+    constexpr int kRounds = 7, kStages = 2, kRow = 4;
+    alignas(16) static float src[kRounds * 32 * kRow];
+    for (int i = 0; i < kRounds * 32 * kRow; ++i) src[i] = 0.25f * static_cast<float>(i) + 1.0f;
+    std::vector<float> got(2 * kRounds * 32 * kRow, -1.0f);
+    constexpr size_t kBarriers = kStages * 32 * 16, kBytes = kBarriers + 2 * kStages * 8;
+    pin_emulation::launch(dim3(2), dim3(64), [&] {
+        unsigned char* const smem = pin_emulation::dynamic_shared();
+        float* const stage = reinterpret_cast<float*>(smem);
+        uint64_t* const full = reinterpret_cast<uint64_t*>(smem + kBarriers);
+        uint64_t* const empty = full + kStages;
+        const int t = static_cast<int>(threadIdx.x);
+        if (t == 0)
+            for (int s = 0; s < kStages; ++s) pin::cuda::mbarrier_init(&full[s], 32), pin::cuda::mbarrier_init(&empty[s], 32);
+        __syncthreads();
+        if (t >= 32) {
+            const int l = t - 32;
+            for (int r = 0; r < kRounds; ++r) {
+                const int s = r % kStages;
+                if (r >= kStages) pin::cuda::mbarrier_wait(&empty[s], static_cast<unsigned>((r / kStages - 1) & 1));
+                pin::cuda::async_copy16(stage + (s * 32 + l) * kRow, src + (r * 32 + l) * kRow, true);
+                pin::cuda::async_copies_arrive(&full[s]);
+            }
+            return;
+        }
+        for (int r = 0; r < kRounds; ++r) {
+            const int s = r % kStages, row = (t + 5) % 32;
+            pin::cuda::mbarrier_wait(&full[s], static_cast<unsigned>((r / kStages) & 1));
+            for (int j = 0; j < kRow; ++j) got[((blockIdx.x * kRounds + r) * 32 + row) * kRow + j] = stage[(s * 32 + row) * kRow + j];
+            pin::cuda::mbarrier_arrive(&empty[s]);
+        }
+    }, kBytes);
+    for (int b = 0; b < 2; ++b)
+        for (int i = 0; i < kRounds * 32 * kRow; ++i) {
+            INFO("block " << b << ", round " << i / (32 * kRow) << ", row " << i / kRow % 32);
+            REQUIRE(got[b * kRounds * 32 * kRow + i] == src[i]);
+        }
+    // A wait nobody ends, shared memory written over a barrier, a barrier used uninitialised.
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] {
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(pin_emulation::dynamic_shared());
+        if (threadIdx.x == 0) pin::cuda::mbarrier_init(bar, 33);
+        __syncthreads();
+        pin::cuda::mbarrier_arrive(bar);
+        pin::cuda::mbarrier_wait(bar, 0);
+    }, 8), Catch::Contains("deadlock"));
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] {
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(pin_emulation::dynamic_shared());
+        if (threadIdx.x == 0) pin::cuda::mbarrier_init(bar, 32);
+        __syncthreads();
+        if (threadIdx.x == 7) reinterpret_cast<float*>(bar)[1] = 1.0f;
+        pin::cuda::mbarrier_arrive(bar);
+    }, 8), Catch::Contains("written over a live mbarrier"));
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] {
+        pin::cuda::mbarrier_arrive(reinterpret_cast<uint64_t*>(pin_emulation::dynamic_shared()));
+    }, 8), Catch::Contains("before mbarrier_init"));
+}
+
+TEST_CASE("emulation: a named barrier waits for its count of threads, while others wait elsewhere", "[emulated][emulation]") {
+    // Warps 0 and 1 write their shared values and meet on barrier 1 (64 threads), then read each
+    // other's; warp 2 then waits on an mbarrier that thread 0 arrives on only after the named
+    // barrier, and reads them too. Warp 1 writes only after four rounds of ping-pong with warp 2
+    // on two mbarriers (each round at least one scheduling round): a named barrier that let warp 0
+    // through before warp 1 arrived would show it the unwritten values (-1).
+    constexpr int kRounds = 4;
+    std::vector<int> seen(2 * 96, 0);
+    pin_emulation::launch(dim3(2), dim3(96), [&] {
+        unsigned char* const smem = pin_emulation::dynamic_shared();
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(smem);
+        uint64_t* const ping = bar + 1;
+        uint64_t* const pong = bar + 2;
+        int* const value = reinterpret_cast<int*>(smem + 24);
+        const int t = static_cast<int>(threadIdx.x);
+        if (t == 0) pin::cuda::mbarrier_init(bar, 1), pin::cuda::mbarrier_init(ping, 32), pin::cuda::mbarrier_init(pong, 32);
+        __syncthreads();
+        if (t < 64) {
+            if (t >= 32)
+                for (int r = 0; r < kRounds; ++r) {
+                    pin::cuda::mbarrier_arrive(ping);
+                    pin::cuda::mbarrier_wait(pong, static_cast<unsigned>(r & 1));
+                }
+            value[t] = 1000 + t;
+            pin::cuda::named_barrier_sync(1, 64);
+            if (t == 0) pin::cuda::mbarrier_arrive(bar);
+            seen[blockIdx.x * 96 + t] = value[(t + 37) % 64];
+        } else {
+            for (int r = 0; r < kRounds; ++r) {
+                pin::cuda::mbarrier_wait(ping, static_cast<unsigned>(r & 1));
+                pin::cuda::mbarrier_arrive(pong);
+            }
+            pin::cuda::mbarrier_wait(bar, 0);
+            seen[blockIdx.x * 96 + t] = value[t - 64];
+        }
+    }, 24 + 64 * 4);
+    for (int b = 0; b < 2; ++b)
+        for (int t = 0; t < 96; ++t) {
+            INFO("block " << b << ", thread " << t);
+            REQUIRE(seen[b * 96 + t] == 1000 + (t < 64 ? (t + 37) % 64 : t - 64));
+        }
 }
 
 TEST_CASE("emulation: dynamic shared memory is the launch's size, per block undefined", "[emulated][emulation]") {
