@@ -20,6 +20,10 @@
 // bytes of global memory) then land on 8 different 16-byte bank groups, where 128 would put all 8
 // on the same one. The accumulators go through shared memory to the store functor (the
 // convolutions' bias, PReLU and accumulation: gemm_kernels.cuh store_shared_tile).
+//
+// gemm_wgmma_ws_kernel is the same GEMM warp-specialized (ops.cuh WgmmaPipeline::WarpSpecialized,
+// the K-major operand forms): a third warpgroup only copies, the two MMA warpgroups wait on
+// mbarriers (mbarrier.cuh) for the stages they read, the grid is persistent; see WgmmaWsTile.
 #pragma once
 #include <cstdint>
 
