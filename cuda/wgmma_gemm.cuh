@@ -384,7 +384,12 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
                 async_copies_arrive(&full[stage]);
             }
         }
-        return;  // its last copies arrive on their barriers by themselves
+        // Before it exits, the consumers' release of the last `stages` slices: every copy it issued
+        // has landed and been read (as CUTLASS's producers end), so no copy is in flight from a
+        // thread that has exited.
+        for (int k = 0; k < T::stages; ++k, ++i)
+            if (i >= T::stages) mbarrier_wait(&empty[i % T::stages], static_cast<unsigned>((i / T::stages - 1) & 1));
+        return;
     }
     float* const Cs = reinterpret_cast<float*>(smem + T::operand_bytes);
     const int w = (tid % 128) / 32, l = tid % 32;
