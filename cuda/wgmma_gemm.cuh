@@ -374,12 +374,16 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
     int64_t i = 0;  // the block's slices so far, over its tiles
     if (group == 2) {
         const int p = tid - T::consumers;
+        // Waits until the stage of slice i is free: the consumers have released slice i - stages.
+        const auto wait_stage_free = [&](int64_t i) {
+            if (i >= T::stages) mbarrier_wait(&empty[i % T::stages], static_cast<unsigned>((i / T::stages - 1) & 1));
+        };
         for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             typename Operands::Regs r;
             ops.begin(r, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M, N, 0, K, p);
             for (int64_t s = 0; s < slices; ++s, ++i) {
                 const int stage = static_cast<int>(i % T::stages);
-                if (i >= T::stages) mbarrier_wait(&empty[stage], static_cast<unsigned>((i / T::stages - 1) & 1));
+                wait_stage_free(i);
                 ops.issue(r, smem + stage * T::stage_bytes, p);
                 async_copies_arrive(&full[stage]);
             }
@@ -387,8 +391,7 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
         // Before it exits, the consumers' release of the last `stages` slices: every copy it issued
         // has landed and been read (as CUTLASS's producers end), so no copy is in flight from a
         // thread that has exited.
-        for (int k = 0; k < T::stages; ++k, ++i)
-            if (i >= T::stages) mbarrier_wait(&empty[i % T::stages], static_cast<unsigned>((i / T::stages - 1) & 1));
+        for (int k = 0; k < T::stages; ++k, ++i) wait_stage_free(i);
         return;
     }
     float* const Cs = reinterpret_cast<float*>(smem + T::operand_bytes);

@@ -330,11 +330,15 @@ inline void async_commit() {
     f.copy_groups.push_back(std::move(f.open_copies));
     f.open_copies.clear();
 }
+// Writes copies' bytes to their destinations (the copies land).
+inline void land(const std::vector<AsyncCopy>& copies) {
+    for (const AsyncCopy& c : copies) std::memcpy(c.dst, c.bytes, 16);
+}
 // Lands every committed group but the newest `pending`; copies not yet committed stay in flight.
 inline void async_wait(int pending) {
     Fiber& f = *tl_scheduler->current;
     while (static_cast<int>(f.copy_groups.size()) > pending) {
-        for (const AsyncCopy& c : f.copy_groups.front()) std::memcpy(c.dst, c.bytes, 16);
+        land(f.copy_groups.front());
         f.copy_groups.pop_front();
     }
 }
@@ -613,7 +617,7 @@ inline void mbarrier_arrive(uint64_t* bar) {
     MBarrier* b = find_mbarrier(bar);
     if (!b) return;
     if (--b->pending > 0) return;
-    for (const AsyncCopy& c : b->copies) std::memcpy(c.dst, c.bytes, 16);
+    land(b->copies);
     b->copies.clear();
     b->pending = b->count;
     ++b->phase;
