@@ -196,13 +196,15 @@ int main(int argc, char** argv) {
                     };
                     // The probe with each of the kernel's pipelines (ops.cuh WgmmaPipeline): wgmma waits
                     // for each slice's MMAs, wgmma_inflight leaves one slice's running, wgmma_ws is the
-                    // warp-specialized kernel (persistent, mbarrier-ordered stages).
+                    // warp-specialized kernel (persistent, mbarrier-ordered stages), wgmma_pingpong the
+                    // same with its MMA warpgroups on tiles of their own in turn.
                     for (const auto pipeline : {pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,
-                                                pin::cuda::WgmmaPipeline::WarpSpecialized}) {
+                                                pin::cuda::WgmmaPipeline::WarpSpecialized, pin::cuda::WgmmaPipeline::PingPong}) {
                         const bool inflight = pipeline != pin::cuda::WgmmaPipeline::WaitEachSlice;  // compared with the first
-                        const char* kernel = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight ? "wgmma_inflight"
-                                             : inflight                                              ? "wgmma_ws"
-                                                                                                     : "wgmma";
+                        const char* kernel = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight  ? "wgmma_inflight"
+                                             : pipeline == pin::cuda::WgmmaPipeline::WarpSpecialized ? "wgmma_ws"
+                                             : pipeline == pin::cuda::WgmmaPipeline::PingPong        ? "wgmma_pingpong"
+                                                                                                      : "wgmma";
                         if (inflight && ms <= 0) continue;  // the probe failed: nothing to compare with
                         try {
                             const pin::cuda::KernelSettingsScope settings_scope;
@@ -237,7 +239,8 @@ int main(int argc, char** argv) {
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WaitEachSlice, "wgmma_conv"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::OneSliceInFlight,
                                                       "wgmma_conv_inflight"},
-                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws"}}) {
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws"},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::PingPong, "wgmma_conv_pingpong"}}) {
                         const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
                         const pin::cuda::KernelSettingsScope settings_scope;
@@ -331,7 +334,7 @@ int main(int argc, char** argv) {
             struct AsyncTimes {
                 double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0, fwd_wgmma_inflight = 0, din = 0, din_wgmma = 0;
                 double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0, wgrad_wgmma = 0, wgrad_wgmma_inflight = 0, fwd_wgmma_ws_l1 = 0,
-                       din_wgmma_ws = 0;
+                       din_wgmma_ws = 0, fwd_wgmma_pingpong_l1 = 0, din_wgmma_pingpong = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -345,11 +348,13 @@ int main(int argc, char** argv) {
                                                                 {"forward_bf16_wgmma_l1", a.fwd_wgmma_l1}, {"backward_weight_bf16_wgmma", a.wgrad_wgmma},
                                                                 {"backward_weight_bf16_wgmma_inflight", a.wgrad_wgmma_inflight},
                                                                 {"forward_bf16_wgmma_ws_l1", a.fwd_wgmma_ws_l1},
-                                                                {"backward_input_bf16_wgmma_ws", a.din_wgmma_ws}};
+                                                                {"backward_input_bf16_wgmma_ws", a.din_wgmma_ws},
+                                                                {"forward_bf16_wgmma_pingpong_l1", a.fwd_wgmma_pingpong_l1},
+                                                                {"backward_input_bf16_wgmma_pingpong", a.din_wgmma_pingpong}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
-                char row[512];
+                char row[640];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
@@ -358,7 +363,8 @@ int main(int argc, char** argv) {
                                                                   {"wgmma bwd-in", a.din_wgmma}, {"L1: fwd", a.fwd_l1},
                                                                   {"bwd-w", a.wgrad_l1}, {"wgmma-fwd", a.fwd_wgmma_l1},
                                                                   {"wgmma bwd-w", a.wgrad_wgmma}, {"inflight", a.wgrad_wgmma_inflight},
-                                                                  {"ws-L1 fwd", a.fwd_wgmma_ws_l1}, {"ws bwd-in", a.din_wgmma_ws}};
+                                                                  {"ws-L1 fwd", a.fwd_wgmma_ws_l1}, {"ws bwd-in", a.din_wgmma_ws},
+                                                                  {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1}, {"pp bwd-in", a.din_wgmma_pingpong}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
@@ -388,6 +394,7 @@ int main(int argc, char** argv) {
                 time_wgmma_pipelines(f, a.fwd_wgmma, a.fwd_wgmma_inflight);
                 a.fwd_wgmma_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, kWait, kL1);
                 a.fwd_wgmma_ws_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1);
+                a.fwd_wgmma_pingpong_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -440,6 +447,7 @@ int main(int argc, char** argv) {
                     if (wgmma && l.cout % 64 == 0) {
                         a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
                         a.din_wgmma_ws = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient, pin::cuda::WgmmaPipeline::WarpSpecialized);
+                        a.din_wgmma_pingpong = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient, pin::cuda::WgmmaPipeline::PingPong);
                     }
                     if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) time_wgmma_pipelines(weight_gradient, a.wgrad_wgmma, a.wgrad_wgmma_inflight);
                     if (l.cout % 128 == 0) {
@@ -496,7 +504,7 @@ int main(int argc, char** argv) {
             using TileShape = pin::cuda::AsyncTileShape;
             constexpr auto kL2 = pin::cuda::GatherCaching::L2;
             constexpr auto kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
-            constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized;
+            constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized, kPingPong = pin::cuda::WgmmaPipeline::PingPong;
             const DefenseVariant variants[] = {
                 {"defense_forward", "defense forward", Storage::FP32, TileShape::Cols64, kWait, kL2},
                 {"defense_forward_bf16_storage", "defense fwd, bf16 act", Storage::BF16, TileShape::Cols64, kWait, kL2},
@@ -506,6 +514,7 @@ int main(int argc, char** argv) {
                 {"defense_forward_bf16_storage_wgmma_inflight", "defense wgmma inflight", Storage::BF16, TileShape::Wgmma, kInFlight, kL2},
                 {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, TileShape::Wgmma, kWait, kL1},
                 {"defense_forward_bf16_storage_wgmma_ws_l1", "defense wgmma ws L1", Storage::BF16, TileShape::Wgmma, kWs, kL1},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1", "defense wgmma pp L1", Storage::BF16, TileShape::Wgmma, kPingPong, kL1},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
@@ -597,7 +606,9 @@ int main(int argc, char** argv) {
                   TrainingVariant{"training_step_bf16_storage", "training, bf16 DAE act", TileShape::Cols64, kWait, kL2, kBf16},
                   TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", TileShape::Wgmma, kWait, kL1, kBf16},
                   TrainingVariant{"training_step_bf16_storage_wgmma_ws_l1", "training, bf16 wgmma ws L1", TileShape::Wgmma,
-                                  pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, kBf16}}) {
+                                  pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_l1", "training, bf16 wgmma pp L1", TileShape::Wgmma,
+                                  pin::cuda::WgmmaPipeline::PingPong, kL1, kBf16}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.tile == TileShape::Wgmma && !wgmma)) continue;
                 try {

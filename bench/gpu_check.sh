@@ -9,8 +9,9 @@
 #
 # --quick (meant to fit about 4 minutes; for a second call after a kernel change): the build, the
 # convolution, element-wise, warpgroup-MMA, whole-defense and training tests, the fast
-# configuration's defense forward and training step with their profiles, and the bfloat16 GEMMs
-# (gemm-bf16); no peers, no program check, no other configurations.
+# configuration's defense forward and training step with their profiles, the bfloat16 GEMMs
+# (gemm-bf16) and the fast configuration's per-layer timings, as far as the budget goes; no peers,
+# no program check, no other configurations.
 #
 # Debian's header packages (Catch2, nlohmann-json, stb) are not on that machine's image: when a
 # folder .devdeps/usr holds copies of them (see docs/gpu.md), CMake is pointed there.
@@ -75,6 +76,7 @@ bench vector-bf16 80 defense
 bench vector-bf16 80 training
 if $quick; then
   bench gemm-bf16 40  # the warpgroup-MMA GEMMs on 8192^3, every pipeline
+  bench vector-bf16 60 layers  # each convolution pass on PIN's layer shapes, every wgmma pipeline
   grep -v "^{" "$out/bench.txt"
   grep -E '"stage": "gemm_bf16"' "$out/bench.txt"
   log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc (--quick)"
@@ -111,7 +113,7 @@ case $? in
 esac
 grep -E "^FAIL|passed|matches|follows|gives|skipped" "$out/cli_gpu.txt" | sed "s/^/[cli] /" | tee -a "$out/summary.txt"
 
-# The wgmma probe (cuda/wgmma_gemm.cuh), the asynchronous-copy kernel and the wgmma convolution (each wgmma with both of its
+# The wgmma probe (cuda/wgmma_gemm.cuh), the asynchronous-copy kernel and the wgmma convolution (each wgmma with every one of its
 # pipelines, ops.cuh WgmmaPipeline) on the same bfloat16 GEMMs,
 # in a process of their own, and cuBLAS (through PyTorch) on the square one: this machine's dense
 # BF16 rate in practice.

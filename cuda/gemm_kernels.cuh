@@ -254,14 +254,15 @@ PIN_UNROLL
 }
 // The tensor-core kernels' epilogue, second half: the block's TM x TN results in shared memory
 // Cs [TM][LC] (every thread's writes done: after a barrier) go to st(K chunk, m, n, value) for each
-// element inside the matrix, four columns at a time where the store takes vectors.
-template <int TM, int TN, int LC, class Store>
-__device__ void store_shared_tile(const float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st) {
-    const int tid = threadIdx.x;
+// element inside the matrix, four columns at a time where the store takes vectors; by the block's
+// THREADS threads, or by kThreads of them, tid 0 .. kThreads - 1.
+template <int TM, int TN, int LC, int kThreads = THREADS, class Store>
+__device__ void store_shared_tile(const float* Cs, int64_t m0, int64_t n0, int64_t M, int64_t N, const Store& st,
+                                  int tid = static_cast<int>(threadIdx.x)) {
     if constexpr (HasStore4<Store>::value) {
         static_assert(TN % 4 == 0 && LC % 4 == 0, "whole 16-byte vectors of Cs");
         if (N % 4 == 0 && st.vectors_ok()) {  // a vector is all inside N or all outside
-            for (int idx = tid; idx < TM * TN / 4; idx += THREADS) {
+            for (int idx = tid; idx < TM * TN / 4; idx += kThreads) {
                 const int mm = idx / (TN / 4), nn = idx % (TN / 4) * 4;
                 const int64_t m = m0 + mm, n = n0 + nn;
                 if (m >= M || n >= N) continue;
@@ -272,7 +273,7 @@ __device__ void store_shared_tile(const float* Cs, int64_t m0, int64_t n0, int64
             return;
         }
     }
-    for (int idx = tid; idx < TM * TN; idx += THREADS) {
+    for (int idx = tid; idx < TM * TN; idx += kThreads) {
         const int mm = idx / TN, nn = idx % TN;
         const int64_t m = m0 + mm, n = n0 + nn;
         if (m < M && n < N) st(static_cast<int64_t>(blockIdx.z), m, n, Cs[mm * LC + nn]);

@@ -137,9 +137,12 @@ AsyncTileShape async_tile();
 // gemm_wgmma_ws_kernel; tiles 128 x 128 where N is a multiple of 128, else 256 x 64 computed
 // transposed, the output channels as the MMA's M, but for the sub-pixel gathers, which keep
 // WaitEachSlice's kernel there); the forward convolutions, input gradients
-// and gemm_bf16_wgmma, not the weight gradients (those wait for each slice). Process-wide;
+// and gemm_bf16_wgmma, not the weight gradients (those wait for each slice). PingPong: the same
+// kernel with each MMA warpgroup taking whole tiles of half the size (64 x 128, or 128 x 64
+// transposed; the sub-pixel gathers' too), the two in turn, so that one's epilogue runs under the
+// other's MMAs. Process-wide;
 // WaitEachSlice unless set (pin-bench-gpu times each).
-enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight, WarpSpecialized };
+enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight, WarpSpecialized, PingPong };
 void set_wgmma_pipeline(WgmmaPipeline pipeline);
 WgmmaPipeline wgmma_pipeline();
 

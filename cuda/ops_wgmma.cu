@@ -13,36 +13,64 @@
 namespace pin::cuda {
 
 namespace {
-// Whether the current device runs sm_90a code, asked of the runtime once per device (the
-// convolutions ask on every launch).
+#if !defined(PIN_CUDA_EMULATION)
+// An attribute of the current device, asked of the runtime once per device (the convolutions ask on
+// every launch); false where there is no usable device.
+template <cudaDeviceAttr kAttribute>
+bool current_device_attribute(int& value) {
+    constexpr int kDevices = 64;
+    static std::atomic<int> known[kDevices];  // value + 1; 0: not asked yet
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (device < kDevices && known[device].load() > 0) {
+        value = known[device].load() - 1;
+        return true;
+    }
+    if (cudaDeviceGetAttribute(&value, kAttribute, device) != cudaSuccess || value < 0) return false;
+    if (device < kDevices) known[device] = value + 1;
+    return true;
+}
+#endif
+
+// Whether the current device runs sm_90a code.
 bool device_runs_sm90a(std::string* reason) {
 #if defined(PIN_CUDA_EMULATION)
     (void)reason;
     return true;  // the CPU emulation runs wgmma as the PTX ISA describes it
 #else
-    constexpr int kDevices = 64;
-    static std::atomic<int> capability[kDevices];  // 10 major + minor + 1; 0: not asked yet
-    int device = 0, major = 0, minor = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) {
+    int major = 0, minor = 0;
+    if (!current_device_attribute<cudaDevAttrComputeCapabilityMajor>(major) ||
+        !current_device_attribute<cudaDevAttrComputeCapabilityMinor>(minor)) {
         if (reason) *reason = "no usable CUDA device";
         return false;
     }
-    int known = device < kDevices ? capability[device].load() : 0;
-    if (known == 0) {
-        if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-            cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
-            if (reason) *reason = "no usable CUDA device";
-            return false;
-        }
-        known = 10 * major + minor + 1;
-        if (device < kDevices) capability[device] = known;
-    }
-    if (known == 91) return true;
+    if (major == 9 && minor == 0) return true;
     if (reason)
-        *reason = "compute capability " + std::to_string((known - 1) / 10) + "." + std::to_string((known - 1) % 10) +
-                  " (the wgmma kernels are built for sm_90a only)";
+        *reason = "compute capability " + std::to_string(major) + "." + std::to_string(minor) + " (the wgmma kernels are built for sm_90a only)";
     return false;
 #endif
+}
+
+// The number of SMs of the current device; under the emulation 3, so that the persistent kernel's
+// blocks each take several tiles in the tests.
+int64_t multiprocessors() {
+#if defined(PIN_CUDA_EMULATION)
+    return 3;
+#else
+    int n = 0;
+    return current_device_attribute<cudaDevAttrMultiProcessorCount>(n) && n > 0 ? n : 1;
+#endif
+}
+
+// What both launches do before theirs: the size check, kKernel allowed `bytes` of dynamic shared
+// memory (over the 48 KB a kernel gets without asking: asked once per instantiation) and the count.
+template <auto kKernel>
+void prepare_wgmma_launch(int64_t M, int64_t N, int64_t K, int bytes, const char* name, const std::string& shape) {
+    check_gemm_size(M, N, K, name, shape);
+    static const cudaError_t allowed =
+        cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    check(allowed, name, shape);
+    count_gemm(GemmKernel::Wgmma, M, N, K);
 }
 
 template <class T>
@@ -52,46 +80,20 @@ template <class Operands, class Store>
 void launch_wgmma(int64_t M, int64_t N, int64_t K, int64_t splits, const Operands& ops, const Store& st, const char* name,
                   const std::string& shape) {
     using T = typename Operands::Tile;
-    check_gemm_size(M, N, K, name, shape);
     const GemmGrid g = gemm_grid(M, N, K, splits, tile_of_wgmma<T>());
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
-    // Over the 48 KB a kernel gets without asking: ask once per instantiation.
-    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_wgmma_kernel<Operands, Store>),
-                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
-    check(allowed, name, shape);
-    count_gemm(GemmKernel::Wgmma, M, N, K);
+    prepare_wgmma_launch<&gemm_wgmma_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), T::threads, T::smem_bytes, cur(), gemm_wgmma_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
-}
-
-// The number of SMs of the current device (asked once per device); under the emulation 3, so that
-// the persistent kernel's blocks each take several tiles in the tests.
-int64_t multiprocessors() {
-#if defined(PIN_CUDA_EMULATION)
-    return 3;
-#else
-    constexpr int kDevices = 64;
-    static std::atomic<int> count[kDevices];  // 0: not asked yet
-    int device = 0, n = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return 1;
-    if (device < kDevices && count[device].load() > 0) return count[device].load();
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) return 1;
-    if (device < kDevices) count[device] = n;
-    return n;
-#endif
 }
 // The warp-specialized kernel (gemm_wgmma_ws_kernel): one K chunk, 384 threads a block, persistent
 // (a block per SM, each taking every gridDim.x-th tile).
 template <class Operands, class Store>
 void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const Store& st, const char* name, const std::string& shape) {
     using T = typename Operands::Tile;
-    check_gemm_size(M, N, K, name, shape);
     const int64_t tiles = (M + T::rows - 1) / T::rows * ((N + T::cols - 1) / T::cols);
     const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
-    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_wgmma_ws_kernel<Operands, Store>),
-                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, T::smem_bytes);
-    check(allowed, name, shape);
-    count_gemm(GemmKernel::Wgmma, M, N, K);
+    prepare_wgmma_launch<&gemm_wgmma_ws_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
     PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, T::smem_bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, ops, st);
     check(cudaGetLastError(), name, shape);
 }
@@ -106,19 +108,27 @@ void with_pipelined_tile(const Run& run) {
     else
         run(TileOf<kCols, 0>{});
 }
-// run(tile, warp_specialized) for K-major operands with N columns: where wgmma_pipeline() names the
-// warp-specialized kernel, its 128 x 128 tile where N is a multiple of 128, else (kSwappedOk) its
-// 256 x 64 swapped one; otherwise as with_pipelined_tile, 128 columns where N is a multiple of 128
-// (a 64-channel layer would leave half of them empty), else 64.
-template <bool kSwappedOk, class Run>
+// run(tile, warp_specialized) for K-major operands with N columns: where wgmma_pipeline() names a
+// warp-specialized kernel, its tile with 128 columns where N is a multiple of 128 (WarpSpecialized
+// 128 x 128, PingPong 64 x 128), else its swapped one (256 x 64 where kWsSwappedOk, 128 x 64);
+// otherwise as with_pipelined_tile, 128 columns where N is a multiple of 128 (a 64-channel layer
+// would leave half of them empty), else 64.
+template <bool kWsSwappedOk, class Run>
 void with_kmajor_tile(int64_t N, const Run& run) {
-    const bool ws = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized;
-    if (ws && N % 128 == 0) {
-        run(WgmmaWsTile128{}, std::true_type{});
+    const WgmmaPipeline pipeline = wgmma_pipeline();
+    if (pipeline == WgmmaPipeline::PingPong) {
+        if (N % 128 == 0)
+            run(WgmmaPingPongTile{}, std::true_type{});
+        else
+            run(WgmmaPingPongSwappedTile{}, std::true_type{});
         return;
     }
-    if constexpr (kSwappedOk) {
-        if (ws) {
+    if (pipeline == WgmmaPipeline::WarpSpecialized) {
+        if (N % 128 == 0) {
+            run(WgmmaWsTile128{}, std::true_type{});
+            return;
+        }
+        if constexpr (kWsSwappedOk) {
             run(WgmmaWsSwappedTile{}, std::true_type{});
             return;
         }
@@ -133,7 +143,7 @@ template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
     if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
-    // The swapped tile's sub-pixel form spills (wgmma_gemm.cuh WgmmaWsSwappedTile).
+    // The cooperative swapped tile's sub-pixel form spills (wgmma_gemm.cuh WgmmaWsSwappedTile).
     constexpr bool subpixel = std::is_same<LoadA, SubpixelGather<Bf16>>::value;
     with_kmajor_tile<!subpixel>(N, [&](auto tile, auto warp_specialized) {
         const WgmmaConvOperands<LoadA, decltype(tile)> ops{la, wk, ldk, gather_l1()};
@@ -200,7 +210,7 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
     const PartialStore st{c, M, N};
-    if (wgmma_pipeline() == WgmmaPipeline::WarpSpecialized) {
+    if (wgmma_pipeline() == WgmmaPipeline::WarpSpecialized || wgmma_pipeline() == WgmmaPipeline::PingPong) {
         with_kmajor_tile<true>(N, [&](auto tile, auto warp_specialized) {
             if constexpr (decltype(warp_specialized)::value)
                 launch_wgmma_ws(M, N, K, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);

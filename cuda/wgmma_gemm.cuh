@@ -233,34 +233,50 @@ struct WgmmaWeightGradOperands {
     }
 };
 
-// The warp-specialized tile (gemm_wgmma_ws_kernel): 384 threads, warpgroups 0 and 1 the consumers
+// The warp-specialized tiles (gemm_wgmma_ws_kernel): 384 threads, warpgroups 0 and 1 the consumers
 // (the tensor cores' warpgroups), warpgroup 2 the producer (its 128 threads issue every copy:
-// `threads` is what the operands divide the copies among). A tile of C is kRows x kCols: consumer g
+// `threads` is what the operands divide the copies among). Shared memory: kStages stages of K-major
+// operands as WgmmaTile's (core matrices 144 bytes apart along K), then the epilogue's C (regions of
+// its own: the producer fills the stages with the next tile's slices meanwhile), then a full and an
+// empty mbarrier per stage and two for the consumers' turns (ping-pong). One block per SM (the
+// kernel is persistent).
+//
+// Cooperative (kPingPong false): both consumers work on one kRows x kCols tile of C. Consumer g
 // computes rows 64 g .. 64 g + 63 with one m64n{kCols}k16 per 16-deep step; or, kSwapped (kRows
 // 256, kCols 64), the transposed product: its 64 columns (output channels) as the instruction's M
 // and rows 128 g .. 128 g + 127 as its N, one m64n128k16 (A = the B operand's 64 rows). A 64-column
 // tile the plain way, m64n64k16, has the tensor cores read 4 KB of shared memory per 64 x 64 x 16
 // products, all of the SM's 128 bytes a clock at their full rate; swapped, 6 KB per twice the
-// products. Shared memory: kStages stages of K-major operands as WgmmaTile's (core matrices 144
-// bytes apart along K), then the epilogue's C (a region of its own: the producer fills the stages
-// with the next tile's slices meanwhile), then a full and an empty mbarrier per stage. One block
-// per SM (the kernel is persistent).
-template <int kCols, int kStages, int kRows = 128, bool kSwapped = false>
+// products.
+//
+// Ping-pong (kPingPong): each consumer takes whole tiles, the block's tiles alternately (warpgroup
+// 0 its 1st, 3rd, ..., warpgroup 1 its 2nd, 4th, ...), a tile half the cooperative one: 64 x 128
+// (kRows 64), or swapped 128 x 64 (kRows 128), one m64n128k16 per step either way, so the same 64
+// accumulators a thread. The consumers take turns at the tensor cores (turn mbarriers): one's MMAs
+// for a tile start when the other's for the tile before have been issued, so while one stores a
+// tile's C the other's MMAs run, and the tensor cores do not wait for the epilogue, which the
+// cooperative form leaves them idle for once per tile. The price: the B operand (the A operand,
+// swapped) is copied once per half as many products.
+template <int kCols, int kStages, int kRows = 128, bool kSwapped = false, bool kPingPong = false>
 struct WgmmaWsTile {
-    static_assert(kSwapped ? kCols == 64 && kRows == 256 : (kRows == 128 && kCols == 128), "the wgmma shapes wgmma.cuh instantiates");
+    static_assert(kPingPong ? (kSwapped ? kCols == 64 && kRows == 128 : kCols == 128 && kRows == 64)
+                            : (kSwapped ? kCols == 64 && kRows == 256 : kCols == 128 && kRows == 128),
+                  "the wgmma shapes wgmma.cuh instantiates");
     static constexpr int consumers = 256, producers = 128, block_threads = consumers + producers;
     static constexpr int threads = producers, rows = kRows, cols = kCols, depth = 64, stages = kStages, min_blocks = 1;
-    static constexpr bool mn_major = false, swapped = kSwapped;
-    static constexpr int mma_n = kSwapped ? kRows / 2 : kCols;  // the instruction's N
-    static_assert(consumers == THREADS, "store_shared_tile strides by THREADS");
+    static constexpr bool mn_major = false, swapped = kSwapped, pingpong = kPingPong;
+    // The consumer threads that compute one tile, and the rows of the tile each warpgroup computes.
+    static constexpr int tile_consumers = kPingPong ? 128 : 256, group_rows = kPingPong ? kRows : kRows / 2;
+    static constexpr int mma_n = kSwapped ? group_rows : kCols;  // the instruction's N
     static constexpr int lbo = 128 + 16, sbo = 64 / 8 * lbo;
     static constexpr int a_bytes = rows / 8 * sbo, b_bytes = cols / 8 * sbo, stage_bytes = a_bytes + b_bytes;
     // C's row length in floats: + 8 so that the row pairs a quad writes fall on distinct banks;
     // swapped (a thread's values run down the columns) + 4, so that a warp's 32 stores do.
     static constexpr int c_ld = cols + (kSwapped ? 4 : 8);
+    static constexpr int c_regions = kPingPong ? 2 : 1;  // ping-pong: one C per consumer
     static constexpr int operand_bytes = stages * stage_bytes, c_bytes = rows * c_ld * 4;
-    static constexpr int barrier_offset = operand_bytes + c_bytes;
-    static constexpr int smem_bytes = barrier_offset + 2 * stages * 8;
+    static constexpr int barrier_offset = operand_bytes + c_regions * c_bytes;
+    static constexpr int smem_bytes = barrier_offset + (2 * stages + 2) * 8;
     static constexpr int chunks = depth / 8;  // 16-byte copies per row and slice
     static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;
     static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
@@ -272,14 +288,36 @@ struct WgmmaWsTile {
     __host__ __device__ static constexpr int copy_k(int t) { return (t % chunks) * 8; }
 };
 // Four stages of 128 x 128 (36 KB each) and its C (68 KB); three of the 256 x 64 swapped tile (45
-// KB) and its C (68 KB). Tried and left (ptxas -v, this kernel's 168 registers a thread): 128 x 256
-// (m64n256k16; three stages, C in four parts of 32 rows) spilled 150-730 bytes a thread, its 128
-// accumulators beside the persistent loop's state; setmaxnreg moving registers from the producer
-// to the consumers (40/232 to 72/216) spilled the producer's copy addresses instead, 0.5-2.8 KB;
-// 128 x 64 tiles two blocks per SM (80 registers) 108-284 bytes. The swapped tile's sub-pixel form
-// spills 164/248 bytes: the transposed convolutions' 64-channel GEMMs stay on gemm_wgmma_kernel.
+// KB) and its C (68 KB); ping-pong, five stages of 27 KB and two Cs of 34 KB. Tried and left (ptxas
+// -v, this kernel's 168 registers a thread): 128 x 256 (m64n256k16; three stages, C in four parts
+// of 32 rows) spilled 150-730 bytes a thread, its 128 accumulators beside the persistent loop's
+// state; setmaxnreg moving registers from the producer to the consumers (40/232 to 72/216) spilled
+// the producer's copy addresses instead, 0.5-2.8 KB; 128 x 64 tiles two blocks per SM (80
+// registers) 108-284 bytes. The swapped tile's sub-pixel form spills 164/248 bytes: the transposed
+// convolutions' 64-channel GEMMs stay on gemm_wgmma_kernel.
 using WgmmaWsTile128 = WgmmaWsTile<128, 4>;
 using WgmmaWsSwappedTile = WgmmaWsTile<64, 3, 256, true>;
+using WgmmaPingPongTile = WgmmaWsTile<128, 5, 64, false, true>;
+using WgmmaPingPongSwappedTile = WgmmaWsTile<64, 5, 128, true, true>;
+
+// Slice i's stage, i % kStages, and the parity of its phase there, (i / kStages) % 2, kept as the
+// slices go rather than divided out for each.
+template <int kStages>
+struct StageCursor {
+    int stage = 0;
+    unsigned phase = 0;
+    __device__ void next() {
+        if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1u;
+        }
+    }
+    __device__ void skip(int64_t n) {  // n slices on
+        const int64_t at = stage + n;
+        stage = static_cast<int>(at % kStages);
+        phase ^= static_cast<unsigned>(at / kStages) & 1u;
+    }
+};
 
 // Grid: (ceil(M / 128), ceil(N / kCols), K chunks); Tile::smem_bytes of dynamic shared memory. Block
 // z sums K values z chunk .. (z + 1) chunk - 1 (Operands other than WgmmaWeightGradOperands: one
@@ -348,13 +386,17 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
 // its producer warpgroup runs ahead into the next tile's slices while the consumers store the
 // last one's C. The producer fills stage i % stages with the block's i-th slice (counted over all
 // its tiles) as soon as the consumers have released it (empty[stage]) and hands its copies to
-// full[stage], on which they arrive as they land; each consumer warpgroup waits for full[stage],
+// full[stage], on which they arrive as they land; a consumer warpgroup waits for full[stage],
 // issues the slice's four wgmma, and once the slice before's have finished releases that slice's
 // stage. No barrier of the whole block inside the K loop: a slow copy holds up only the MMAs that
 // need it, and while the tensor cores work on one slice the copies of the next `stages - 1` are
 // already under way. Slice i is full[i % stages]'s (i / stages)-th phase, its stage free again at
-// empty[i % stages]'s. Grid: (at most the number of tiles, 1, 1); Tile::smem_bytes of dynamic
-// shared memory.
+// empty[i % stages]'s (StageCursor). Ping-pong (WgmmaWsTile), consumer g takes the block's tiles
+// g, g + 2, ... and skips the other's slices; it waits at turn[g] for the other to have issued its
+// MMAs of the tile before, which also keeps it from waiting on a full barrier two phases early
+// (a barrier's parity cannot tell those apart: the other consumer's slice in the same stage must
+// have landed first). Grid: (at most the number of tiles, 1, 1); Tile::smem_bytes of dynamic shared
+// memory.
 template <class Operands, class Store>
 __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
     using T = typename Operands::Tile;
@@ -362,51 +404,64 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
     PIN_DYNAMIC_SHARED(smem);
     uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset);
     uint64_t* const empty = full + T::stages;
+    uint64_t* const turn = empty + T::stages;  // ping-pong: turn[g] completes a phase when consumer g may start a tile
     const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
     const int64_t row_tiles = (M + T::rows - 1) / T::rows, tiles = row_tiles * ((N + T::cols - 1) / T::cols);
     const int64_t slices = (K + T::depth - 1) / T::depth;
-    if (tid == 0)
+    if (tid == 0) {
         for (int s = 0; s < T::stages; ++s) {
-            mbarrier_init(&full[s], T::producers);   // every producer thread's copies
-            mbarrier_init(&empty[s], T::consumers);  // every consumer thread done reading
+            mbarrier_init(&full[s], T::producers);        // every producer thread's copies
+            mbarrier_init(&empty[s], T::tile_consumers);  // every thread of the consumers that read it
         }
+        mbarrier_init(&turn[0], 128);
+        mbarrier_init(&turn[1], 128);
+    }
     __syncthreads();
-    int64_t i = 0;  // the block's slices so far, over its tiles
+    StageCursor<T::stages> at;  // the block's next slice, over its tiles
     if (group == 2) {
         const int p = tid - T::consumers;
-        // Waits until the stage of slice i is free: the consumers have released slice i - stages.
-        const auto wait_stage_free = [&](int64_t i) {
-            if (i >= T::stages) mbarrier_wait(&empty[i % T::stages], static_cast<unsigned>((i / T::stages - 1) & 1));
-        };
+        // Waits until the cursor's stage is free: its slice `stages` before has been released. In
+        // the first round that is the phase before a fresh barrier's first, which counts as complete
+        // (the PTX ISA's parity wait; the emulation's too).
+        const auto wait_stage_free = [&] { mbarrier_wait(&empty[at.stage], at.phase ^ 1u); };
         for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             typename Operands::Regs r;
             ops.begin(r, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M, N, 0, K, p);
-            for (int64_t s = 0; s < slices; ++s, ++i) {
-                const int stage = static_cast<int>(i % T::stages);
-                wait_stage_free(i);
-                ops.issue(r, smem + stage * T::stage_bytes, p);
-                async_copies_arrive(&full[stage]);
+            for (int64_t s = 0; s < slices; ++s, at.next()) {
+                wait_stage_free();
+                ops.issue(r, smem + at.stage * T::stage_bytes, p);
+                async_copies_arrive(&full[at.stage]);
             }
         }
         // Before it exits, the consumers' release of the last `stages` slices: every copy it issued
         // has landed and been read (as CUTLASS's producers end), so no copy is in flight from a
         // thread that has exited.
-        for (int k = 0; k < T::stages; ++k, ++i) wait_stage_free(i);
+        for (int k = 0; k < T::stages; ++k, at.next()) wait_stage_free();
         return;
     }
-    float* const Cs = reinterpret_cast<float*>(smem + T::operand_bytes);
+    // Cooperative: every tile, both warpgroups; ping-pong: every other one, this warpgroup's C.
+    const int first = T::pingpong ? group : 0, step = T::pingpong ? 2 : 1;
+    const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
+    float* const Cs = reinterpret_cast<float*>(smem + T::operand_bytes + (T::pingpong ? group * T::c_bytes : 0));
+    const int row0 = T::pingpong ? 0 : group * T::group_rows;  // this warpgroup's rows (swapped: columns of the MMA) in the tile
     const int w = (tid % 128) / 32, l = tid % 32;
-    for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    if (T::pingpong) at.skip(first * slices);
+    for (int64_t j = first, tile = blockIdx.x + first * static_cast<int64_t>(gridDim.x); tile < tiles;
+         j += step, tile += step * static_cast<int64_t>(gridDim.x)) {
+        // Ping-pong: consumer 1's tile j waits for consumer 0 to have issued tile j - 1's MMAs
+        // (turn[1]'s phase j / 2), consumer 0's (j > 0) for consumer 1's of tile j - 1 (turn[0]'s
+        // phase j / 2 - 1).
+        if (T::pingpong && j > 0) mbarrier_wait(&turn[group], static_cast<unsigned>((j / 2 - (group == 0 ? 1 : 0)) & 1));
         float d[T::mma_n / 2];
         for (float& v : d) v = 0.0f;
-        for (int64_t s = 0; s < slices; ++s, ++i) {
-            const int stage = static_cast<int>(i % T::stages);
-            mbarrier_wait(&full[stage], static_cast<unsigned>((i / T::stages) & 1));
+        int released = -1;  // the stage of the slice before, which this warpgroup still reads
+        for (int64_t s = 0; s < slices; ++s, at.next()) {
+            mbarrier_wait(&full[at.stage], at.phase);
             fence_proxy_async();  // the landed copies (generic proxy) before the tensor cores' reads (async proxy)
-            const uint32_t base = shared_address(smem + stage * T::stage_bytes);
+            const uint32_t base = shared_address(smem + at.stage * T::stage_bytes);
             // This warpgroup's rows of the A operand, and the B operand's tile; swapped, the
             // instruction takes them the other way round.
-            const uint32_t a_rows = base + group * (T::rows / 2 / 8) * T::sbo, b_tile = base + T::a_bytes;
+            const uint32_t a_rows = base + (row0 / 8) * T::sbo, b_tile = base + T::a_bytes;
             const uint32_t mma_a = T::swapped ? b_tile : a_rows, mma_b = T::swapped ? a_rows : b_tile;
             for (float& v : d) wgmma_hold(v);
             wgmma_fence();
@@ -416,26 +471,30 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
             wgmma_commit();
             wgmma_wait<1>();  // this thread's share of the slice before's MMAs is done ...
             for (float& v : d) wgmma_hold(v);
-            if (s > 0) mbarrier_arrive(&empty[(i - 1) % T::stages]);  // ... so it no longer reads that stage
+            if (released >= 0) mbarrier_arrive(&empty[released]);  // ... so it no longer reads that stage
+            released = at.stage;
         }
+        if (T::pingpong) mbarrier_arrive(&turn[1 - group]);  // every MMA of this tile issued: the other's turn
         wgmma_wait<0>();
         for (float& v : d) wgmma_hold(v);
-        mbarrier_arrive(&empty[(i - 1) % T::stages]);  // the tile's last slice: the producer may refill it
-        // C through Cs to the store functor. Thread t of warpgroup g holds the instruction's rows
+        mbarrier_arrive(&empty[released]);  // the tile's last slice: the producer may refill it
+        if (T::pingpong) at.skip(slices);   // the other consumer's tile
+        // C through Cs to the store functor. Thread t of a warpgroup holds the instruction's rows
         // 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), w = (t % 128) / 32, l = t % 32
-        // (wgmma.cuh): C's rows 64 g + those and its columns, or, swapped, C's columns and its rows
-        // 128 g + those.
-        named_barrier_sync(1, T::consumers);  // the previous tile's reads of Cs are done
-        for (int j = 0; j < T::mma_n / 8; ++j)
+        // (wgmma.cuh): C's rows row0 + those and its columns, or, swapped, C's columns and its
+        // rows row0 + those.
+        named_barrier_sync(1 + first, T::tile_consumers);  // the previous tile's reads of Cs are done
+        for (int c8 = 0; c8 < T::mma_n / 8; ++c8)
             for (int e = 0; e < 4; ++e) {
-                const int r = 16 * w + l / 4 + 8 * (e / 2), c = 8 * j + 2 * (l % 4) + e % 2;
+                const int r = 16 * w + l / 4 + 8 * (e / 2), c = 8 * c8 + 2 * (l % 4) + e % 2;
                 if constexpr (T::swapped)
-                    Cs[(group * (T::rows / 2) + c) * T::c_ld + r] = d[4 * j + e];
+                    Cs[(row0 + c) * T::c_ld + r] = d[4 * c8 + e];
                 else
-                    Cs[(group * 64 + r) * T::c_ld + c] = d[4 * j + e];
+                    Cs[(row0 + r) * T::c_ld + c] = d[4 * c8 + e];
             }
-        named_barrier_sync(1, T::consumers);
-        store_shared_tile<T::rows, T::cols, T::c_ld>(Cs, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M, N, st);
+        named_barrier_sync(1 + first, T::tile_consumers);
+        store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M,
+                                                                         N, st, ctid);
     }
 }
 

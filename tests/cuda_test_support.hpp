@@ -57,10 +57,11 @@ namespace {
     const pin::cuda::KernelSettingsScope wgmma_pipeline_scope;                                                 \
     const pin::cuda::WgmmaPipeline wgmma_pipeline_used =                                                       \
         GENERATE(pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,          \
-                 pin::cuda::WgmmaPipeline::WarpSpecialized);                                                   \
+                 pin::cuda::WgmmaPipeline::WarpSpecialized, pin::cuda::WgmmaPipeline::PingPong);               \
     pin::cuda::set_wgmma_pipeline(wgmma_pipeline_used);                                                        \
     INFO("wgmma pipeline: " << (wgmma_pipeline_used == pin::cuda::WgmmaPipeline::OneSliceInFlight   ? "one slice in flight"  \
                                 : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::WarpSpecialized ? "warp-specialized" \
+                                : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong        ? "ping-pong"        \
                                                                                                     : "wait each slice"))
 inline bool gpu_or_skip() {
     std::string reason;

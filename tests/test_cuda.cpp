@@ -530,8 +530,9 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
         int64_t b, h, w, cin, cout, k, s, p;
         bool transposed;
     };
-    // 64 -> 64 (the 128 x 64 tile, warp-specialized the swapped 256 x 64; a partial row tile),
-    // 64 -> 128 stride 2 (128 x 128), 64 -> 256 (two column tiles, K 576: 9 slices), a 1 x 1
+    // 64 -> 64 (the 128 x 64 tile, warp-specialized the swapped 256 x 64, ping-pong 128 x 64; a
+    // partial row tile), 64 -> 128 stride 2 (128 x 128, ping-pong 64 x 128), 64 -> 256 (two column
+    // tiles, K 576: 9 slices, more than the ping-pong tiles' 5 stages), a 1 x 1
     // stride-2 shortcut 128 -> 192 (two slices a tap; three 64-column tiles), a strided transposed
     // one (sub-pixel classes, each its own taps of the whole gather's K-major weights), a transposed
     // one at stride 1 (one gather, taps walked backwards), and two that do not fit: 32 -> 64 (the

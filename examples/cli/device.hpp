@@ -32,9 +32,10 @@ namespace cli {
 //   --gpu-tile 64|128|wgmma     the asynchronous-copy kernel's block tile, 256 x 64 or 256 x 128
 //                               (AsyncTileShape; the wider where the output channels allow), or
 //                               the convolutions' three passes on sm_90a's warpgroup MMA (H100 / H200)
-//   --gpu-pipeline wait|inflight|ws  with wgmma: wait for each slice's MMAs, leave one slice's in
-//                               flight while the next is issued, or a copying warpgroup feeding two
-//                               MMA warpgroups through mbarriers (WgmmaPipeline)
+//   --gpu-pipeline wait|inflight|ws|pingpong  with wgmma: wait for each slice's MMAs, leave one
+//                               slice's in flight while the next is issued, or a copying warpgroup
+//                               feeding two MMA warpgroups through mbarriers, both on each tile (ws)
+//                               or on tiles of their own in turn (pingpong) (WgmmaPipeline)
 //   --gpu-gather-cache l2|l1    the gathered activations' asynchronous copies through L2 only, or
 //                               L1 too (GatherCaching; the asynchronous-copy and wgmma kernels)
 // They are library settings made command-line options so that a GPU's user can run any
@@ -51,7 +52,7 @@ inline const std::vector<GpuSetting>& gpu_settings() {
     static const std::vector<GpuSetting> s = {
         {"gpu-math", {"fp32", "tf32", "bf16"}},   {"gpu-gather", {"generic", "rows", "vector"}, "vector"},
         {"gpu-storage", {"fp32", "bf16"}, "bf16"}, {"gpu-tile", {"64", "128", "wgmma"}, "wgmma"},
-        {"gpu-pipeline", {"wait", "inflight", "ws"}},   {"gpu-gather-cache", {"l2", "l1"}, "l1"}};
+        {"gpu-pipeline", {"wait", "inflight", "ws", "pingpong"}},   {"gpu-gather-cache", {"l2", "l1"}, "l1"}};
     return s;
 }
 // The value of setting `s` in force: its flag's, else its default (which --gpu-math may set).
@@ -90,7 +91,7 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
     static constexpr pc::ActivationStorage storage[] = {pc::ActivationStorage::FP32, pc::ActivationStorage::BF16};
     static constexpr pc::AsyncTileShape tile[] = {pc::AsyncTileShape::Cols64, pc::AsyncTileShape::Cols128, pc::AsyncTileShape::Wgmma};
     static constexpr pc::WgmmaPipeline pipeline[] = {pc::WgmmaPipeline::WaitEachSlice, pc::WgmmaPipeline::OneSliceInFlight,
-                                                     pc::WgmmaPipeline::WarpSpecialized};
+                                                     pc::WgmmaPipeline::WarpSpecialized, pc::WgmmaPipeline::PingPong};
     static constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::GatherCaching::L1};
     pc::set_math_mode(choice("gpu-math", math));
     pc::set_gather_mode(choice("gpu-gather", gather));

@@ -39,8 +39,9 @@ for config in ("generic-fp32", "vector-bf16"):
     assert all(j["backward_weight_bf16_async_ms"] > 0 for j in layers if "backward_weight_bf16_async_ms" in j), layers
     # and the forward on the warpgroup-MMA kernel (the emulation runs it as an H200 would): the layers
     # with 64k input channels, here the same as the asynchronous-copy kernel's, with both pipelines and L1 caching,
-    # and warp-specialized with L1 caching.
-    for key in ("forward_bf16_wgmma_ms", "forward_bf16_wgmma_inflight_ms", "forward_bf16_wgmma_l1_ms", "forward_bf16_wgmma_ws_l1_ms"):
+    # and warp-specialized (cooperative and ping-pong) with L1 caching.
+    for key in ("forward_bf16_wgmma_ms", "forward_bf16_wgmma_inflight_ms", "forward_bf16_wgmma_l1_ms", "forward_bf16_wgmma_ws_l1_ms",
+                "forward_bf16_wgmma_pingpong_l1_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == ([j["layer"] for j in layers if "forward_bf16_async_ms" in j] if config == "vector-bf16" else []), (key, timed)
     # and the input gradient from a bfloat16 dy, on the asynchronous-copy and the warpgroup-MMA
@@ -48,9 +49,10 @@ for config in ("generic-fp32", "vector-bf16"):
     # And with the gathered copies cached in L1 (ops.cuh GatherCaching): the forward pass and the
     # weight gradient on the asynchronous-copy kernel (above, forward_bf16_wgmma_l1 on wgmma).
     # And the weight gradient on the warpgroup-MMA kernel, with both pipelines: the same layers (the
-    # input gradient also warp-specialized).
-    for key in ("backward_input_bf16_async_ms", "backward_input_bf16_wgmma_ms", "backward_input_bf16_wgmma_ws_ms", "backward_weight_bf16_async_l1_ms",
-                "backward_weight_bf16_wgmma_ms", "backward_weight_bf16_wgmma_inflight_ms"):
+    # input gradient also warp-specialized, both forms).
+    for key in ("backward_input_bf16_async_ms", "backward_input_bf16_wgmma_ms", "backward_input_bf16_wgmma_ws_ms",
+                "backward_input_bf16_wgmma_pingpong_ms", "backward_weight_bf16_async_l1_ms", "backward_weight_bf16_wgmma_ms",
+                "backward_weight_bf16_wgmma_inflight_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == [j["layer"] for j in layers if "backward_weight_bf16_async_ms" in j], (key, timed)
         assert all(j[key] > 0 for j in layers if key in j), (key, layers)
@@ -84,7 +86,9 @@ for config in ("generic-fp32", "vector-bf16"):
             "training_step_bf16_storage", "training_step_bf16_storage_wgmma_l1", "defense_forward_bf16_storage_wgmma_ws_l1",
             "training_step_bf16_storage_wgmma_ws_l1", "defense_forward_bf16_storage_wgmma_l1_profile",
             "training_step_bf16_storage_wgmma_l1_profile", "defense_forward_bf16_storage_wgmma_ws_l1_profile",
-            "training_step_bf16_storage_wgmma_ws_l1_profile")
+            "training_step_bf16_storage_wgmma_ws_l1_profile", "defense_forward_bf16_storage_wgmma_pingpong_l1",
+            "training_step_bf16_storage_wgmma_pingpong_l1", "defense_forward_bf16_storage_wgmma_pingpong_l1_profile",
+            "training_step_bf16_storage_wgmma_pingpong_l1_profile")
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms" if "profile" not in stage else "total_ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
@@ -101,14 +105,17 @@ for config in ("generic-fp32", "vector-bf16"):
 # The bfloat16 GEMMs alone (--config gemm-bf16): the warpgroup-MMA probe (cuda/wgmma_gemm.cuh), the
 # asynchronous-copy kernel with both tiles and the warpgroup-MMA convolution on the same GEMM (a 128
 # cube at batch 1), the probe and the convolution also with one slice's MMAs in flight and
-# warp-specialized (ops.cuh WgmmaPipeline), each within 1e-5 of the probe's result; nothing else.
+# warp-specialized, cooperative and ping-pong (ops.cuh WgmmaPipeline), each within 1e-5 of the probe's
+# result; nothing else.
 js = lines("gemm-bf16")
 gemms = {j["kernel"]: j for j in js if j.get("stage") == "gemm_bf16"}
-assert sorted(gemms) == ["async128", "async64", "wgmma", "wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_ws", "wgmma_inflight", "wgmma_ws"], js
+assert sorted(gemms) == ["async128", "async64", "wgmma", "wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_pingpong", "wgmma_conv_ws", "wgmma_inflight",
+                        "wgmma_pingpong", "wgmma_ws"], js
 assert all("error" not in j and j["ms"] > 0 and j["k"] == 128 for j in gemms.values()), gemms
 assert all(gemms[k]["on_async_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("async64", "async128")), gemms
-assert all(gemms[k]["on_wgmma_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_ws")), gemms
-assert all(gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("wgmma_inflight", "wgmma_ws")), gemms
+assert all(gemms[k]["on_wgmma_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_ws",
+                                                                                          "wgmma_conv_pingpong")), gemms
+assert all(gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("wgmma_inflight", "wgmma_ws", "wgmma_pingpong")), gemms
 assert not any("layer" in j or j.get("stage") not in (None, "gemm_bf16") for j in js), js
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
 assert samplers == ["curand", "pin"], samplers

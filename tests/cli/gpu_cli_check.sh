@@ -111,14 +111,16 @@ kernels "$work/gpu.log" 'k["async_cols128"] > 0 and k["wgmma"] == 0 and k["fp32"
   || fail "--gpu-tile 128 did not reach the 256 x 128 tile, or left the convolutions' arithmetic elsewhere"
 same_faces "$work/def_gpu_fast" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-tile 128 is far from the CPU"
 echo "pin defend --device cuda ${fast[*]} --gpu-tile 128 follows the CPU"
-# The warp-specialized warpgroup-MMA kernel (--gpu-pipeline ws): where the device runs wgmma it
-# carries the convolutions (elsewhere the asynchronous-copy kernel does).
-"${defend[@]}" --out "$work/def_gpu_ws" --device cuda "${fast[@]}" --gpu-tile wgmma --gpu-pipeline ws --gpu-gather-cache l1 >"$work/gpu.log" 2>&1 \
-  || { cat "$work/gpu.log"; fail "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline ws"; }
-kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and s("wgmma" if w else "async") >= 0.95' \
-  || fail "--gpu-pipeline ws did not reach the kernel it names, or left the convolutions' arithmetic elsewhere"
-same_faces "$work/def_gpu_ws" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-pipeline ws is far from the CPU"
-echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline ws --gpu-gather-cache l1 follows the CPU"
+# The warp-specialized warpgroup-MMA kernel (--gpu-pipeline ws, and its ping-pong form): where the
+# device runs wgmma it carries the convolutions (elsewhere the asynchronous-copy kernel does).
+for pipeline in ws pingpong; do
+  "${defend[@]}" --out "$work/def_gpu_$pipeline" --device cuda "${fast[@]}" --gpu-tile wgmma --gpu-pipeline $pipeline --gpu-gather-cache l1 \
+    >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline $pipeline"; }
+  kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and s("wgmma" if w else "async") >= 0.95' \
+    || fail "--gpu-pipeline $pipeline did not reach the kernel it names, or left the convolutions' arithmetic elsewhere"
+  same_faces "$work/def_gpu_$pipeline" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-pipeline $pipeline is far from the CPU"
+  echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline $pipeline --gpu-gather-cache l1 follows the CPU"
+done
 
 # pin train: the GPU run's log follows the CPU's (same masks; costs, kept counts and gradient norms
 # within float rounding), and one step + one resumed gives the two-step run's checkpoint, byte for byte.
