@@ -63,7 +63,9 @@ __device__ inline void async_copies_arrive(uint64_t* bar) {
 #endif
 }
 // Returns once the phase of parity `parity` has completed (acquire: what the arrivals released is
-// visible to this thread).
+// visible to this thread). The phase it names is the current one or the one before (a freshly
+// initialised barrier's "phase before", parity 1, counts as complete): a waiter must never be two
+// phases behind, whose parity is the current one's.
 __device__ inline void mbarrier_wait(uint64_t* bar, unsigned parity) {
 #if defined(PIN_CUDA_EMULATION)
     while (!::pin_emulation::mbarrier_try_wait(bar, parity)) {
@@ -95,5 +97,25 @@ __device__ inline void named_barrier_sync(unsigned id, unsigned count) {
     (void)id, (void)count;
 #endif
 }
+
+// Where the i-th use of a ring of kStages stages, each with its mbarriers, falls: stage i % kStages,
+// in the barriers' phase of parity (i / kStages) % 2; kept as i goes rather than divided out at each
+// use (the producer and consumers of wgmma_gemm.cuh gemm_wgmma_ws_kernel step through slices).
+template <int kStages>
+struct StageCursor {
+    int stage = 0;
+    unsigned phase = 0;
+    __host__ __device__ void next() {
+        if (++stage == kStages) {
+            stage = 0;
+            phase ^= 1u;
+        }
+    }
+    __host__ __device__ void skip(int64_t n) {  // n uses on
+        const int64_t at = stage + n;
+        stage = static_cast<int>(at % kStages);
+        phase ^= static_cast<unsigned>(at / kStages) & 1u;
+    }
+};
 
 }  // namespace pin::cuda

@@ -300,25 +300,6 @@ using WgmmaWsSwappedTile = WgmmaWsTile<64, 3, 256, true>;
 using WgmmaPingPongTile = WgmmaWsTile<128, 5, 64, false, true>;
 using WgmmaPingPongSwappedTile = WgmmaWsTile<64, 5, 128, true, true>;
 
-// Slice i's stage, i % kStages, and the parity of its phase there, (i / kStages) % 2, kept as the
-// slices go rather than divided out for each.
-template <int kStages>
-struct StageCursor {
-    int stage = 0;
-    unsigned phase = 0;
-    __device__ void next() {
-        if (++stage == kStages) {
-            stage = 0;
-            phase ^= 1u;
-        }
-    }
-    __device__ void skip(int64_t n) {  // n slices on
-        const int64_t at = stage + n;
-        stage = static_cast<int>(at % kStages);
-        phase ^= static_cast<unsigned>(at / kStages) & 1u;
-    }
-};
-
 // Grid: (ceil(M / 128), ceil(N / kCols), K chunks); Tile::smem_bytes of dynamic shared memory. Block
 // z sums K values z chunk .. (z + 1) chunk - 1 (Operands other than WgmmaWeightGradOperands: one
 // chunk); st(z, m, n, v) receives every element of its C inside M x N.

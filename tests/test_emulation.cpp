@@ -386,6 +386,51 @@ TEST_CASE("emulation: a named barrier waits for its count of threads, while othe
         }
 }
 
+TEST_CASE("emulation: a fresh mbarrier's phase before the first counts as complete; StageCursor follows i", "[emulated][emulation]") {
+    // The warp-specialized GEMM's producer waits for "the phase before" of each stage's empty
+    // barrier in its first round instead of testing the round: on a fresh barrier that wait must
+    // return at once (the PTX ISA's parity rule), and parity 0 only once the first phase completes.
+    // Warp 1 arrives only after thread 0's first wait has returned (barrier `go`): a first wait that
+    // held thread 0 until an arrival would never end (the launch fails as a deadlock).
+    int order[3] = {0, 0, 0}, step = 0;
+    pin_emulation::launch(dim3(1), dim3(64), [&] {
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(pin_emulation::dynamic_shared());
+        uint64_t* const go = bar + 1;
+        const int t = static_cast<int>(threadIdx.x);
+        if (t == 0) pin::cuda::mbarrier_init(bar, 32), pin::cuda::mbarrier_init(go, 1);
+        __syncthreads();
+        if (t == 0) {
+            pin::cuda::mbarrier_wait(bar, 1);  // returns at once: nobody has arrived
+            order[0] = ++step;
+            pin::cuda::mbarrier_arrive(go);
+            pin::cuda::mbarrier_wait(bar, 0);  // only after warp 1's 32 arrivals
+            order[2] = ++step;
+        }
+        if (t >= 32) {
+            pin::cuda::mbarrier_wait(go, 0);
+            if (t == 32) order[1] = ++step;
+            pin::cuda::mbarrier_arrive(bar);
+        }
+    }, 16);
+    REQUIRE(order[0] == 1);
+    REQUIRE(order[1] == 2);
+    REQUIRE(order[2] == 3);
+    // The cursor's stage and phase against i % stages and (i / stages) % 2, stepping and skipping.
+    pin::cuda::StageCursor<5> at;
+    int64_t i = 0;
+    for (int64_t n : {0, 1, 1, 3, 7, 1, 12, 5, 1, 1, 9, 100, 2}) {
+        if (n == 1) {
+            at.next();
+        } else {
+            at.skip(n);
+        }
+        i += n;
+        INFO("i = " << i);
+        REQUIRE(at.stage == static_cast<int>(i % 5));
+        REQUIRE(at.phase == static_cast<unsigned>((i / 5) % 2));
+    }
+}
+
 TEST_CASE("emulation: dynamic shared memory is the launch's size, per block undefined", "[emulated][emulation]") {
     // Each block's threads write their slot (all but the last) and read all after the barrier: the
     // unwritten slot reads as the fill in every block; a kernel launched without dynamic shared
