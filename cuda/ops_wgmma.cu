@@ -62,11 +62,10 @@ int64_t multiprocessors() {
 #endif
 }
 
-// What both launches do before theirs: the size check, kKernel allowed `bytes` of dynamic shared
-// memory (over the 48 KB a kernel gets without asking: asked once per instantiation) and the count.
+// What both launches do just before theirs: kKernel allowed `bytes` of dynamic shared memory (over
+// the 48 KB a kernel gets without asking: asked once per instantiation), and the count.
 template <auto kKernel>
 void prepare_wgmma_launch(int64_t M, int64_t N, int64_t K, int bytes, const char* name, const std::string& shape) {
-    check_gemm_size(M, N, K, name, shape);
     static const cudaError_t allowed =
         cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     check(allowed, name, shape);
@@ -80,6 +79,7 @@ template <class Operands, class Store>
 void launch_wgmma(int64_t M, int64_t N, int64_t K, int64_t splits, const Operands& ops, const Store& st, const char* name,
                   const std::string& shape) {
     using T = typename Operands::Tile;
+    check_gemm_size(M, N, K, name, shape);
     const GemmGrid g = gemm_grid(M, N, K, splits, tile_of_wgmma<T>());
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
     prepare_wgmma_launch<&gemm_wgmma_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
@@ -91,6 +91,7 @@ void launch_wgmma(int64_t M, int64_t N, int64_t K, int64_t splits, const Operand
 template <class Operands, class Store>
 void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const Store& st, const char* name, const std::string& shape) {
     using T = typename Operands::Tile;
+    check_gemm_size(M, N, K, name, shape);
     const int64_t tiles = (M + T::rows - 1) / T::rows * ((N + T::cols - 1) / T::cols);
     const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
     prepare_wgmma_launch<&gemm_wgmma_ws_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
