@@ -65,7 +65,7 @@ __device__ inline void async_copies_arrive(uint64_t* bar) {
 // Returns once the phase of parity `parity` has completed (acquire: what the arrivals released is
 // visible to this thread). The phase it names is the current one or the one before (a freshly
 // initialised barrier's "phase before", parity 1, counts as complete): a waiter must never be two
-// phases behind, whose parity is the current one's.
+// phases behind, whose parity is the current one's. Every lane of the calling warp calls it.
 __device__ inline void mbarrier_wait(uint64_t* bar, unsigned parity) {
 #if defined(PIN_CUDA_EMULATION)
     while (!::pin_emulation::mbarrier_try_wait(bar, parity)) {
@@ -82,6 +82,9 @@ __device__ inline void mbarrier_wait(uint64_t* bar, unsigned parity) {
             : "r"(s), "r"(parity)
             : "memory");
     } while (!done);
+    // The lanes may leave the loop in different rounds; the warp goes on converged, since what
+    // follows a wait is often .aligned (wgmma.fence, wgmma.mma_async: every lane at once).
+    __syncwarp();
 #else
     (void)bar, (void)parity;
 #endif
