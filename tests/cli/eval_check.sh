@@ -80,7 +80,7 @@ set -e
 set +e
 "$pin" eval $q --defense pin --model "$work/model" --device cuda --gpu-pipeline fast > "$work/msg" 2>&1; rc=$?
 set -e
-[ $rc = 2 ] && grep -q -- "--gpu-pipeline must be wait, inflight or ws, got 'fast'" "$work/msg" || { cat "$work/msg"; fail "--gpu-pipeline fast: expected a usage error"; }
+[ $rc = 2 ] && grep -q -- "--gpu-pipeline must be wait, inflight, ws or pingpong, got 'fast'" "$work/msg" || { cat "$work/msg"; fail "--gpu-pipeline fast: expected a usage error"; }
 set +e
 "$pin" eval $q --defense pin --model "$work/model" --gpu-gather-cache l1 > "$work/msg" 2>&1; rc=$?
 set -e
