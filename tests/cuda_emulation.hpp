@@ -36,7 +36,7 @@
 // against WMMA's rules (256-bit aligned pointers, ldm a multiple of 16 bytes); a violation fails the
 // launch. mbarriers and named barriers (cuda/mbarrier.cuh) are emulated with their phases: a thread
 // waiting on one yields to the others until it opens; copies handed to an mbarrier land when its
-// phase completes. What this cannot show: timing, bank conflicts, register limits, or a hardware deviating
+// phase completes; a named barrier's generations must be completed by the same warps each time. What this cannot show: timing, bank conflicts, register limits, or a hardware deviating
 // from the documented semantics. That is what the lent GPU is for (bench/gpu_check.sh).
 //
 // bfloat16 comes from the CUDA Toolkit's own cuda_bf16.h, whose conversions are host code too.
@@ -580,10 +580,17 @@ struct MBarrier {
     unsigned count = 0, pending = 0, phase = 0;  // phase: completed phases (its low bit the parity waited for)
     std::vector<AsyncCopy> copies;
 };
+// A named barrier: the threads arrived in the open generation and their warps (bit w: warp w of the
+// block, at most 32), and the warps that completed the generation before.
+struct NamedBarrier {
+    unsigned arrived = 0;
+    uint64_t generation = 0;
+    uint32_t warps = 0, last_warps = 0;
+};
 struct BlockBarriers {
     uint64_t block = ~uint64_t{0};
     std::map<uint32_t, MBarrier> mbarriers;
-    std::map<unsigned, std::pair<unsigned, uint64_t>> named;  // id -> (threads arrived, generation)
+    std::map<unsigned, NamedBarrier> named;  // by id
 };
 inline thread_local BlockBarriers tl_barriers;
 inline BlockBarriers& block_barriers() {
@@ -654,17 +661,29 @@ inline bool mbarrier_try_wait(uint64_t* bar, unsigned parity) {
     yield_waiting("an mbarrier");
     return false;
 }
+// As bar.sync: the count-th arriving thread opens the generation, whichever warps they came from. One
+// rule beyond the PTX ISA's, which pin's kernels keep: every generation of an id is completed by the
+// same warps. Two groups of warps that share an id by mistake would let a mix of both through on a
+// GPU whenever their arrivals interleave, which a run here, one thread at a time, rarely makes
+// happen; held to this rule, they fail the launch at once.
 inline void named_barrier_sync(unsigned id, unsigned count) {
     if (id == 0 || id > 15 || count == 0 || count % 32 != 0 || count > tl_scheduler->threads)
         report("a named barrier with an id outside 1-15 or a count that is not whole warps of the block");
-    auto& state = block_barriers().named[id];
-    const uint64_t generation = state.second;
-    if (++state.first >= count) {
-        state.first = 0;
-        ++state.second;
+    NamedBarrier& state = block_barriers().named[id];
+    const uint64_t generation = state.generation;
+    const unsigned warp = tl_scheduler->current->linear / 32;
+    if (warp < 32) state.warps |= 1u << warp;
+    if (++state.arrived >= count) {
+        if (state.last_warps != 0 && state.warps != state.last_warps)
+            report("named barrier " + std::to_string(id) + " completed by other warps than its generation before (two groups of "
+                   "warps sharing an id?)");
+        state.last_warps = state.warps;
+        state.warps = 0;
+        state.arrived = 0;
+        ++state.generation;
         return;
     }
-    while (block_barriers().named[id].second == generation) yield_waiting("a named barrier");
+    while (block_barriers().named[id].generation == generation) yield_waiting("a named barrier");
     tl_scheduler->current->spins = 0;
 }
 }  // namespace pin_emulation

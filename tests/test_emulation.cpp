@@ -386,6 +386,25 @@ TEST_CASE("emulation: a named barrier waits for its count of threads, while othe
         }
 }
 
+TEST_CASE("emulation: each generation of a named barrier is completed by the same warps", "[emulated][emulation]") {
+    // Two groups of 2 warps meet on a barrier of 64 threads twice each: with an id of their own
+    // (1 + group) the launch passes; sharing id 1 (the mistake a copied line makes), the generations
+    // are completed by different warps and the launch fails, though no value read here would show it.
+    for (const bool shared_id : {false, true}) {
+        const auto run = [&] {
+            pin_emulation::launch(dim3(1), dim3(128), [&] {
+                const unsigned group = threadIdx.x / 64, id = shared_id ? 1 : 1 + group;
+                for (int round = 0; round < 2; ++round) pin::cuda::named_barrier_sync(id, 64);
+            });
+        };
+        INFO((shared_id ? "one id for both groups" : "an id per group"));
+        if (shared_id)
+            REQUIRE_THROWS_WITH(run(), Catch::Contains("named barrier 1 completed by other warps"));
+        else
+            REQUIRE_NOTHROW(run());
+    }
+}
+
 TEST_CASE("emulation: a fresh mbarrier's phase before the first counts as complete; StageCursor follows i", "[emulated][emulation]") {
     // The warp-specialized GEMM's producer waits for "the phase before" of each stage's empty
     // barrier in its first round instead of testing the round: on a fresh barrier that wait must
@@ -415,19 +434,22 @@ TEST_CASE("emulation: a fresh mbarrier's phase before the first counts as comple
     REQUIRE(order[0] == 1);
     REQUIRE(order[1] == 2);
     REQUIRE(order[2] == 3);
-    // The cursor's stage and phase against i % stages and (i / stages) % 2, stepping and skipping.
-    pin::cuda::StageCursor<5> at;
-    int64_t i = 0;
-    for (int64_t n : {0, 1, 1, 3, 7, 1, 12, 5, 1, 1, 9, 100, 2}) {
-        if (n == 1) {
-            at.next();
-        } else {
-            at.skip(n);
+    // The cursor's stage and phase against i % stages and (i / stages) % 2, stepping and skipping,
+    // for rings of 2, 3 and 5 stages (the warp-specialized kernel's fewest, and its tiles' counts).
+    for (const int stages : {2, 3, 5}) {
+        pin::cuda::StageCursor at(stages);
+        int64_t i = 0;
+        for (int64_t n : {0, 1, 1, 3, 7, 1, 12, 5, 1, 1, 9, 100, 2}) {
+            if (n == 1) {
+                at.next();
+            } else {
+                at.skip(n);
+            }
+            i += n;
+            INFO(stages << " stages, i = " << i);
+            REQUIRE(at.stage == static_cast<int>(i % stages));
+            REQUIRE(at.phase == static_cast<unsigned>((i / stages) % 2));
         }
-        i += n;
-        INFO("i = " << i);
-        REQUIRE(at.stage == static_cast<int>(i % 5));
-        REQUIRE(at.phase == static_cast<unsigned>((i / 5) % 2));
     }
 }
 
