@@ -200,20 +200,20 @@ int main(int argc, char** argv) {
                     // same with its MMA warpgroups on tiles of their own in turn.
                     for (const auto pipeline : {pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,
                                                 pin::cuda::WgmmaPipeline::WarpSpecialized, pin::cuda::WgmmaPipeline::PingPong}) {
-                        const bool inflight = pipeline != pin::cuda::WgmmaPipeline::WaitEachSlice;  // compared with the first
+                        const bool compared = pipeline != pin::cuda::WgmmaPipeline::WaitEachSlice;  // with the first's result
                         const char* kernel = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight  ? "wgmma_inflight"
                                              : pipeline == pin::cuda::WgmmaPipeline::WarpSpecialized ? "wgmma_ws"
                                              : pipeline == pin::cuda::WgmmaPipeline::PingPong        ? "wgmma_pingpong"
                                                                                                       : "wgmma";
-                        if (inflight && ms <= 0) continue;  // the probe failed: nothing to compare with
+                        if (compared && ms <= 0) continue;  // the probe failed: nothing to compare with
                         try {
                             const pin::cuda::KernelSettingsScope settings_scope;
                             pin::cuda::set_wgmma_pipeline(pipeline);
-                            pin::cuda::DeviceBuffer& out = inflight ? y : c;
+                            pin::cuda::DeviceBuffer& out = compared ? y : c;
                             const double t = time_ms(reps, [&] {
                                 pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), out.data(), M, N, K);
                             });
-                            if (inflight) {
+                            if (compared) {
                                 y.download(hy.data(), hy.size());
                                 line(kernel, t, ", \"max_rel_diff_vs_wgmma\": " + rel_to_probe(hy));
                             } else {
@@ -335,6 +335,10 @@ int main(int argc, char** argv) {
                 double fwd = 0, wgrad = 0, fwd128 = 0, wgrad128 = 0, fwd_wgmma = 0, fwd_wgmma_inflight = 0, din = 0, din_wgmma = 0;
                 double fwd_l1 = 0, wgrad_l1 = 0, fwd_wgmma_l1 = 0, wgrad_wgmma = 0, wgrad_wgmma_inflight = 0, fwd_wgmma_ws_l1 = 0,
                        din_wgmma_ws = 0, fwd_wgmma_pingpong_l1 = 0, din_wgmma_pingpong = 0;
+                // The warp-specialized forms with L1 caching and their shared memory limited to 196 and
+                // 164 KiB a block (ops.cuh set_wgmma_ws_smem_kib: fewer stages, ~60 and ~92 KB of L1).
+                double fwd_wgmma_ws_l1_smem196 = 0, fwd_wgmma_ws_l1_smem164 = 0, fwd_wgmma_pingpong_l1_smem196 = 0,
+                       fwd_wgmma_pingpong_l1_smem164 = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -350,11 +354,15 @@ int main(int argc, char** argv) {
                                                                 {"forward_bf16_wgmma_ws_l1", a.fwd_wgmma_ws_l1},
                                                                 {"backward_input_bf16_wgmma_ws", a.din_wgmma_ws},
                                                                 {"forward_bf16_wgmma_pingpong_l1", a.fwd_wgmma_pingpong_l1},
-                                                                {"backward_input_bf16_wgmma_pingpong", a.din_wgmma_pingpong}};
+                                                                {"backward_input_bf16_wgmma_pingpong", a.din_wgmma_pingpong},
+                                                                {"forward_bf16_wgmma_ws_l1_smem196", a.fwd_wgmma_ws_l1_smem196},
+                                                                {"forward_bf16_wgmma_ws_l1_smem164", a.fwd_wgmma_ws_l1_smem164},
+                                                                {"forward_bf16_wgmma_pingpong_l1_smem196", a.fwd_wgmma_pingpong_l1_smem196},
+                                                                {"forward_bf16_wgmma_pingpong_l1_smem164", a.fwd_wgmma_pingpong_l1_smem164}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
-                char row[640];
+                char row[800];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
@@ -364,21 +372,25 @@ int main(int argc, char** argv) {
                                                                   {"bwd-w", a.wgrad_l1}, {"wgmma-fwd", a.fwd_wgmma_l1},
                                                                   {"wgmma bwd-w", a.wgrad_wgmma}, {"inflight", a.wgrad_wgmma_inflight},
                                                                   {"ws-L1 fwd", a.fwd_wgmma_ws_l1}, {"ws bwd-in", a.din_wgmma_ws},
-                                                                  {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1}, {"pp bwd-in", a.din_wgmma_pingpong}};
+                                                                  {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1}, {"pp bwd-in", a.din_wgmma_pingpong},
+                                                                  {"ws-L1 fwd 196K", a.fwd_wgmma_ws_l1_smem196}, {"164K", a.fwd_wgmma_ws_l1_smem164},
+                                                                  {"pp-L1 fwd 196K", a.fwd_wgmma_pingpong_l1_smem196}, {"164K", a.fwd_wgmma_pingpong_l1_smem164}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
             };
-            // f() with another tile (ops.cuh AsyncTileShape), wgmma pipeline and gather caching; the
-            // settings before come back afterwards, also when f throws.
+            // f() with another tile (ops.cuh AsyncTileShape), wgmma pipeline, gather caching and
+            // warp-specialized shared-memory limit (KiB, 0: none); the settings before come back
+            // afterwards, also when f throws.
             auto with_tile = [&](pin::cuda::AsyncTileShape tile, auto f,
                                  pin::cuda::WgmmaPipeline pipeline = pin::cuda::WgmmaPipeline::WaitEachSlice,
-                                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2) {
+                                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2, int ws_smem_kib = 0) {
                 const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_async_tile(tile);
                 pin::cuda::set_wgmma_pipeline(pipeline);
                 pin::cuda::set_gather_caching(caching);
+                pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);
                 return f();
             };
             constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice;
@@ -395,6 +407,10 @@ int main(int argc, char** argv) {
                 a.fwd_wgmma_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, kWait, kL1);
                 a.fwd_wgmma_ws_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1);
                 a.fwd_wgmma_pingpong_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1);
+                a.fwd_wgmma_ws_l1_smem196 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 196);
+                a.fwd_wgmma_ws_l1_smem164 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 164);
+                a.fwd_wgmma_pingpong_l1_smem196 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 196);
+                a.fwd_wgmma_pingpong_l1_smem164 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 164);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -499,6 +515,7 @@ int main(int argc, char** argv) {
                 pin::cuda::AsyncTileShape tile;
                 pin::cuda::WgmmaPipeline pipeline;
                 pin::cuda::GatherCaching caching;
+                int ws_smem_kib = 0;  // ops.cuh set_wgmma_ws_smem_kib
             };
             using Storage = pin::cuda::ActivationStorage;
             using TileShape = pin::cuda::AsyncTileShape;
@@ -515,6 +532,11 @@ int main(int argc, char** argv) {
                 {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, TileShape::Wgmma, kWait, kL1},
                 {"defense_forward_bf16_storage_wgmma_ws_l1", "defense wgmma ws L1", Storage::BF16, TileShape::Wgmma, kWs, kL1},
                 {"defense_forward_bf16_storage_wgmma_pingpong_l1", "defense wgmma pp L1", Storage::BF16, TileShape::Wgmma, kPingPong, kL1},
+                {"defense_forward_bf16_storage_wgmma_ws_l1_smem196", "defense ws L1 196K", Storage::BF16, TileShape::Wgmma, kWs, kL1, 196},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem196", "defense pp L1 196K", Storage::BF16, TileShape::Wgmma, kPingPong, kL1,
+                 196},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem164", "defense pp L1 164K", Storage::BF16, TileShape::Wgmma, kPingPong, kL1,
+                 164},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
@@ -525,6 +547,7 @@ int main(int argc, char** argv) {
                 pin::cuda::set_async_tile(v.tile);
                 pin::cuda::set_wgmma_pipeline(v.pipeline);
                 pin::cuda::set_gather_caching(v.caching);
+                pin::cuda::set_wgmma_ws_smem_kib(v.ws_smem_kib);
                 for (const int64_t B : batches) try {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));

@@ -101,23 +101,25 @@ __device__ inline void named_barrier_sync(unsigned id, unsigned count) {
 #endif
 }
 
-// Where the i-th use of a ring of kStages stages, each with its mbarriers, falls: stage i % kStages,
-// in the barriers' phase of parity (i / kStages) % 2; kept as i goes rather than divided out at each
-// use (the producer and consumers of wgmma_gemm.cuh gemm_wgmma_ws_kernel step through slices).
-template <int kStages>
+// Where the i-th use of a ring of `stages` stages, each with its mbarriers, falls: stage i % stages,
+// in the barriers' phase of parity (i / stages) % 2; kept as i goes rather than divided out at each
+// use (the producer and consumers of wgmma_gemm.cuh gemm_wgmma_ws_kernel step through slices). The
+// ring's size is the launch's (WgmmaWsTile::stages_within), not the type's.
 struct StageCursor {
+    int stages;
     int stage = 0;
     unsigned phase = 0;
+    __host__ __device__ explicit StageCursor(int ring) : stages(ring) {}
     __host__ __device__ void next() {
-        if (++stage == kStages) {
+        if (++stage == stages) {
             stage = 0;
             phase ^= 1u;
         }
     }
     __host__ __device__ void skip(int64_t n) {  // n uses on
         const int64_t at = stage + n;
-        stage = static_cast<int>(at % kStages);
-        phase ^= static_cast<unsigned>(at / kStages) & 1u;
+        stage = static_cast<int>(at % stages);
+        phase ^= static_cast<unsigned>(at / stages) & 1u;
     }
 };
 

@@ -74,6 +74,10 @@ std::atomic<int>& wgmma_pipeline_flag() {
     static std::atomic<int> pipeline{static_cast<int>(WgmmaPipeline::WaitEachSlice)};
     return pipeline;
 }
+std::atomic<int>& wgmma_ws_smem_flag() {
+    static std::atomic<int> kib{0};
+    return kib;
+}
 std::atomic<int>& gather_caching_flag() {
     static std::atomic<int> caching{static_cast<int>(GatherCaching::L2)};
     return caching;
@@ -133,6 +137,11 @@ void set_async_tile(AsyncTileShape shape) { async_tile_flag() = static_cast<int>
 AsyncTileShape async_tile() { return static_cast<AsyncTileShape>(async_tile_flag().load()); }
 void set_wgmma_pipeline(WgmmaPipeline pipeline) { wgmma_pipeline_flag() = static_cast<int>(pipeline); }
 WgmmaPipeline wgmma_pipeline() { return static_cast<WgmmaPipeline>(wgmma_pipeline_flag().load()); }
+void set_wgmma_ws_smem_kib(int kib) {
+    PIN_CHECK(kib >= 0 && kib <= 227, "set_wgmma_ws_smem_kib: ", kib, " KiB is not 0 (no limit) or 1 .. 227 (what a block of sm_90 may have)");
+    wgmma_ws_smem_flag() = kib;
+}
+int wgmma_ws_smem_kib() { return wgmma_ws_smem_flag().load(); }
 void set_gather_caching(GatherCaching caching) { gather_caching_flag() = static_cast<int>(caching); }
 GatherCaching gather_caching() { return static_cast<GatherCaching>(gather_caching_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }

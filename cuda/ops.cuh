@@ -145,6 +145,22 @@ AsyncTileShape async_tile();
 enum class WgmmaPipeline { WaitEachSlice, OneSliceInFlight, WarpSpecialized, PingPong };
 void set_wgmma_pipeline(WgmmaPipeline pipeline);
 WgmmaPipeline wgmma_pipeline();
+// Whether `pipeline` runs the warp-specialized kernel (a producer warpgroup, mbarrier-ordered stages).
+inline bool warp_specialized(WgmmaPipeline pipeline) {
+    return pipeline == WgmmaPipeline::WarpSpecialized || pipeline == WgmmaPipeline::PingPong;
+}
+
+// The warp-specialized kernels' shared memory a block: their tiles take as many stages as fit in
+// `kib` KiB with the 1 KiB the system reserves per block, at least 2 and at most their own count
+// (0: no limit, their own counts, 203-212 KB a block, which leave about 28 KB of an SM's 256 to L1).
+// What a block does not take is L1, which caches the gathered copies with GatherCaching::L1 (worth
+// 1.6x to the measured wgmma kernel): at 196 KiB ping-pong keeps 4 stages of 5, the 128 x 128 tile
+// 3 of 4 and the swapped 256 x 64 one 2 of 3, and L1 about 60 KB; at 164 KiB 3, 2 and 2, L1 about
+// 92 KB. Every launch also asks the driver for just the shared-memory carveout it needs. Whether
+// fewer stages or more L1 is faster, only a GPU can tell (pin-bench-gpu times both limits).
+// Process-wide; 0 unless set; throws unless kib is 0 or 1 .. 227.
+void set_wgmma_ws_smem_kib(int kib);
+int wgmma_ws_smem_kib();
 
 // Where the asynchronous-copy and warpgroup-MMA kernels' copies of a gathered bfloat16 operand (the
 // activations of a convolution's implicit GEMM, all three passes) are cached on their way to shared
@@ -283,7 +299,7 @@ void set_mask_sampler(MaskSampler sampler);
 MaskSampler mask_sampler();
 
 // The process-wide choices of this header (math, gather, activation storage, tile, wgmma pipeline,
-// gather caching, mask sampler) as one value: current() reads them, apply() sets them all.
+// gather caching, mask sampler, the warp-specialized kernels' shared memory) as one value: current() reads them, apply() sets them all.
 struct KernelSettings {
     MathMode math = MathMode::FP32;
     GatherMode gather = GatherMode::Generic;
@@ -292,12 +308,14 @@ struct KernelSettings {
     WgmmaPipeline pipeline = WgmmaPipeline::WaitEachSlice;
     GatherCaching caching = GatherCaching::L2;
     MaskSampler sampler = MaskSampler::Pin;
+    int ws_smem_kib = 0;
     static KernelSettings current() {
-        return {math_mode(), gather_mode(), activation_storage(), async_tile(), wgmma_pipeline(), gather_caching(), mask_sampler()};
+        return {math_mode(),     gather_mode(),    activation_storage(), async_tile(),
+                wgmma_pipeline(), gather_caching(), mask_sampler(),       wgmma_ws_smem_kib()};
     }
     void apply() const {
         set_math_mode(math), set_gather_mode(gather), set_activation_storage(storage), set_async_tile(tile);
-        set_wgmma_pipeline(pipeline), set_gather_caching(caching), set_mask_sampler(sampler);
+        set_wgmma_pipeline(pipeline), set_gather_caching(caching), set_mask_sampler(sampler), set_wgmma_ws_smem_kib(ws_smem_kib);
     }
 };
 // Puts back the settings in force when it was made as it goes out of scope, an exception included:

@@ -72,6 +72,26 @@ void prepare_wgmma_launch(int64_t M, int64_t N, int64_t K, int bytes, const char
     count_gemm(GemmKernel::Wgmma, M, N, K);
 }
 
+// An SM's shared memory and L1 are one 256 KB store; the driver splits it per kernel. Asks for the
+// smallest split that holds one block of `bytes` (and the 1 KB reserved per block), in percent of
+// the most shared memory an SM can have, the next larger split being used where a percentage falls
+// between two (CUDA C++ Programming Guide, "Shared Memory" of compute capabilities 7.x and later):
+// the rest is L1, for the gathered copies. Asked again only when it changes for kKernel.
+template <auto kKernel>
+void ask_carveout_for(int bytes, const char* name, const std::string& shape) {
+#if defined(PIN_CUDA_EMULATION)
+    const int per_sm = 228 * 1024;
+#else
+    int per_sm = 0;
+    if (!current_device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(per_sm) || per_sm <= 0) return;
+#endif
+    const int percent = std::min(100, static_cast<int>((static_cast<int64_t>(bytes + 1024) * 100 + per_sm - 1) / per_sm));
+    static std::atomic<int> asked{-1};
+    if (asked.exchange(percent) == percent) return;
+    check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), cudaFuncAttributePreferredSharedMemoryCarveout, percent), name,
+          shape);
+}
+
 template <class T>
 constexpr Tile tile_of_wgmma() { return {T::rows, T::cols, T::depth}; }
 // K in `splits` chunks (only WgmmaWeightGradOperands takes more than one).
@@ -94,8 +114,11 @@ void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const
     check_gemm_size(M, N, K, name, shape);
     const int64_t tiles = (M + T::rows - 1) / T::rows * ((N + T::cols - 1) / T::cols);
     const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
+    // The ring within set_wgmma_ws_smem_kib's limit, and the carveout that leaves the rest to L1.
+    const int stages = T::stages_within(static_cast<int64_t>(wgmma_ws_smem_kib()) * 1024), bytes = T::smem_bytes_for(stages);
     prepare_wgmma_launch<&gemm_wgmma_ws_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
-    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, T::smem_bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, ops, st);
+    ask_carveout_for<&gemm_wgmma_ws_kernel<Operands, Store>>(bytes, name, shape);
+    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, stages, ops, st);
     check(cudaGetLastError(), name, shape);
 }
 
@@ -211,7 +234,7 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
     const PartialStore st{c, M, N};
-    if (wgmma_pipeline() == WgmmaPipeline::WarpSpecialized || wgmma_pipeline() == WgmmaPipeline::PingPong) {
+    if (warp_specialized(wgmma_pipeline())) {
         with_kmajor_tile<true>(N, [&](auto tile, auto warp_specialized) {
             if constexpr (decltype(warp_specialized)::value)
                 launch_wgmma_ws(M, N, K, WgmmaDenseOperands<decltype(tile)>{a, b, K}, st, "gemm_bf16_wgmma", shape);

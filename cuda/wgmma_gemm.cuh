@@ -274,9 +274,22 @@ struct WgmmaWsTile {
     // swapped (a thread's values run down the columns) + 4, so that a warp's 32 stores do.
     static constexpr int c_ld = cols + (kSwapped ? 4 : 8);
     static constexpr int c_regions = kPingPong ? 2 : 1;  // ping-pong: one C per consumer
-    static constexpr int operand_bytes = stages * stage_bytes, c_bytes = rows * c_ld * 4;
-    static constexpr int barrier_offset = operand_bytes + c_regions * c_bytes;
-    static constexpr int smem_bytes = barrier_offset + (2 * stages + 2) * 8;
+    static constexpr int c_bytes = rows * c_ld * 4;
+    // A launch's ring may have fewer stages than kStages (ops.cuh set_wgmma_ws_smem_kib: what it
+    // leaves of the SM's 256 KB goes to L1, which caches the gathered copies): shared memory is
+    // `n` stages, then the C regions, then a full and an empty mbarrier per stage and the two turns.
+    __host__ __device__ static constexpr int c_offset(int n) { return n * stage_bytes; }
+    __host__ __device__ static constexpr int barrier_offset(int n) { return c_offset(n) + c_regions * c_bytes; }
+    __host__ __device__ static constexpr int smem_bytes_for(int n) { return barrier_offset(n) + (2 * n + 2) * 8; }
+    static constexpr int min_stages = 2;  // a consumer releases a slice's stage after issuing the next slice's MMAs
+    static constexpr int smem_bytes = smem_bytes_for(kStages);
+    // The most stages, from min_stages to kStages, whose block fits `limit` bytes of an SM's shared
+    // memory with the 1 KB the system reserves per block (0: no limit, kStages).
+    static constexpr int stages_within(int64_t limit) {
+        int n = kStages;
+        while (limit > 0 && n > min_stages && smem_bytes_for(n) + 1024 > limit) --n;
+        return n;
+    }
     static constexpr int chunks = depth / 8;  // 16-byte copies per row and slice
     static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;
     static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
@@ -376,21 +389,22 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
 // g, g + 2, ... and skips the other's slices; it waits at turn[g] for the other to have issued its
 // MMAs of the tile before, which also keeps it from waiting on a full barrier two phases early
 // (a barrier's parity cannot tell those apart: the other consumer's slice in the same stage must
-// have landed first). Grid: (at most the number of tiles, 1, 1); Tile::smem_bytes of dynamic shared
-// memory.
+// have landed first). Grid: (at most the number of tiles, 1, 1); a ring of `stages` stages (from
+// Tile::min_stages to Tile::stages), Tile::smem_bytes_for(stages) of dynamic shared memory.
 template <class Operands, class Store>
-__global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, Operands ops, Store st) {
+__global__ void __launch_bounds__(384, 1)
+    gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, int stages, Operands ops, Store st) {
     using T = typename Operands::Tile;
     static_assert(T::block_threads == 384 && T::producers == 128 && T::consumers == 256, "warpgroups 0, 1 consume, 2 produces");
     PIN_DYNAMIC_SHARED(smem);
-    uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset);
-    uint64_t* const empty = full + T::stages;
-    uint64_t* const turn = empty + T::stages;  // ping-pong: turn[g] completes a phase when consumer g may start a tile
+    uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset(stages));
+    uint64_t* const empty = full + stages;
+    uint64_t* const turn = empty + stages;  // ping-pong: turn[g] completes a phase when consumer g may start a tile
     const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
     const int64_t row_tiles = (M + T::rows - 1) / T::rows, tiles = row_tiles * ((N + T::cols - 1) / T::cols);
     const int64_t slices = (K + T::depth - 1) / T::depth;
     if (tid == 0) {
-        for (int s = 0; s < T::stages; ++s) {
+        for (int s = 0; s < stages; ++s) {
             mbarrier_init(&full[s], T::producers);        // every producer thread's copies
             mbarrier_init(&empty[s], T::tile_consumers);  // every thread of the consumers that read it
         }
@@ -398,7 +412,7 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
         mbarrier_init(&turn[1], 128);
     }
     __syncthreads();
-    StageCursor<T::stages> at;  // the block's next slice, over its tiles
+    StageCursor at(stages);  // the block's next slice, over its tiles
     if (group == 2) {
         const int p = tid - T::consumers;
         // Waits until the cursor's stage is free: its slice `stages` before has been released. In
@@ -417,13 +431,13 @@ __global__ void __launch_bounds__(384, 1) gemm_wgmma_ws_kernel(int64_t M, int64_
         // Before it exits, the consumers' release of the last `stages` slices: every copy it issued
         // has landed and been read (as CUTLASS's producers end), so no copy is in flight from a
         // thread that has exited.
-        for (int k = 0; k < T::stages; ++k, at.next()) wait_stage_free();
+        for (int k = 0; k < stages; ++k, at.next()) wait_stage_free();
         return;
     }
     // Cooperative: every tile, both warpgroups; ping-pong: every other one, this warpgroup's C.
     const int first = T::pingpong ? group : 0, step = T::pingpong ? 2 : 1;
     const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
-    float* const Cs = reinterpret_cast<float*>(smem + T::operand_bytes + (T::pingpong ? group * T::c_bytes : 0));
+    float* const Cs = reinterpret_cast<float*>(smem + T::c_offset(stages) + (T::pingpong ? group * T::c_bytes : 0));
     const int row0 = T::pingpong ? 0 : group * T::group_rows;  // this warpgroup's rows (swapped: columns of the MMA) in the tile
     const int w = (tid % 128) / 32, l = tid % 32;
     if (T::pingpong) at.skip(first * slices);

@@ -99,9 +99,12 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     delete stream;
     return cudaSuccess;
 }
-// Only the attribute pin::cuda sets: a kernel's dynamic shared memory, at most the 227 KB a block of
-// sm_90 may have; recorded for the launches' check (pin_emulation::check_dynamic_shared).
+// The attributes pin::cuda sets: a kernel's dynamic shared memory, at most the 227 KB a block of
+// sm_90 may have, recorded for the launches' check (pin_emulation::check_dynamic_shared); and its
+// shared-memory carveout, a percentage (or -1, no preference) that only a GPU's L1 would feel.
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
+    if (func && attr == cudaFuncAttributePreferredSharedMemoryCarveout)
+        return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
     if (!func || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || static_cast<size_t>(value) > pin_emulation::kMaxDynamicShared)
         return cudaErrorInvalidValue;
     pin_emulation::allow_dynamic_shared(func, static_cast<size_t>(value));

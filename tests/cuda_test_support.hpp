@@ -63,6 +63,14 @@ namespace {
                                 : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::WarpSpecialized ? "warp-specialized" \
                                 : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong        ? "ping-pong"        \
                                                                                                     : "wait each slice"))
+// After PIN_EACH_WGMMA_PIPELINE: the warp-specialized kernels also with their fewest stages (2, as
+// a 1 KiB limit gives them: ops.cuh set_wgmma_ws_smem_kib), their mbarriers through the most phases
+// per slice; the other pipelines once.
+#define PIN_EACH_WS_RING()                                                                                     \
+    const int ws_smem_kib = GENERATE(0, 1);                                                                    \
+    if (ws_smem_kib != 0 && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;                        \
+    pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);                                                             \
+    INFO("warp-specialized ring: " << (ws_smem_kib != 0 ? "the fewest stages (2)" : "the tile's own stages"))
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

@@ -481,6 +481,7 @@ TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][
 TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
     PIN_EACH_WGMMA_PIPELINE();
+    PIN_EACH_WS_RING();
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around); for the
     // warp-specialized kernel its two tiles, each with more slices than stages (its mbarriers
@@ -512,6 +513,10 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
     pin::cuda::DeviceBuffer c(16);
     REQUIRE_THROWS_WITH(pin::cuda::gemm_bf16_wgmma(bf16_view(a.buffer), bf16_view(a.buffer), c.data(), 4, 4, 12),
                         Catch::Contains("K a positive multiple of 8"));
+    // A shared-memory limit beyond what a block may have, or below none, is refused, naming itself.
+    for (const int kib : {-1, 228})
+        REQUIRE_THROWS_WITH(pin::cuda::set_wgmma_ws_smem_kib(kib), Catch::Contains("set_wgmma_ws_smem_kib") && Catch::Contains(std::to_string(kib)));
+    REQUIRE(pin::cuda::wgmma_ws_smem_kib() == ws_smem_kib);
 }
 
 // The forward convolutions on the warpgroup-MMA kernel (ops.cuh AsyncTileShape::Wgmma): given the
@@ -523,6 +528,7 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
 TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
     PIN_EACH_WGMMA_PIPELINE();
+    PIN_EACH_WS_RING();
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back

@@ -16,6 +16,7 @@
 
 #include "gemm_kernels.cuh"
 #include "helpers.hpp"
+#include "wgmma_gemm.cuh"
 
 using namespace pin;
 namespace gemm = pin::cuda::gemm;
@@ -449,4 +450,35 @@ TEST_CASE("emulated: the wide kernel's row-major form (linear layers, the eigenf
     // A linear layer with 2 row tiles: x (131 x 36) times w^T (36 x 20).
     const std::vector<float> xl = random_vector(131 * 36, 76), wl = random_vector(36 * 20, 77);
     run(gemm::RowMajor{xl.data(), 36}, gemm::RowMajor{wl.data(), 20}, 131, 20, 36, "linear");
+}
+
+// ops.cuh set_wgmma_ws_smem_kib: a warp-specialized tile keeps the most stages (from min_stages to its
+// own count) whose block fits the limit with the 1 KB reserved per block, and its shared memory
+// stays laid out for the tensor cores (stages 128-byte aligned, mbarriers 8-byte) whatever the ring.
+// The counts ops.cuh states for 196 and 164 KiB (what leaves ~60 and ~92 KB of an SM to L1) too.
+namespace {
+template <class T>
+void check_ring(int at196, int at164) {
+    INFO(T::rows << " x " << T::cols << (T::pingpong ? " ping-pong" : "") << (T::swapped ? " swapped" : ""));
+    REQUIRE(T::stages_within(0) == T::stages);
+    REQUIRE(T::smem_bytes == T::smem_bytes_for(T::stages));
+    for (const int kib : {1, 100, 164, 180, 196, 227}) {
+        const int64_t limit = int64_t{kib} * 1024;
+        const int n = T::stages_within(limit);
+        INFO(kib << " KiB: " << n << " stages");
+        REQUIRE((n >= T::min_stages && n <= T::stages));
+        REQUIRE((n == T::min_stages || T::smem_bytes_for(n) + 1024 <= limit));      // fits, unless at the fewest
+        REQUIRE((n == T::stages || T::smem_bytes_for(n + 1) + 1024 > limit));        // and one more would not
+        REQUIRE((T::c_offset(n) % 128 == 0 && T::barrier_offset(n) % 8 == 0 && T::smem_bytes_for(n) <= T::smem_bytes));
+    }
+    REQUIRE(T::stages_within(196 * 1024) == at196);
+    REQUIRE(T::stages_within(164 * 1024) == at164);
+}
+}  // namespace
+
+TEST_CASE("emulated: the warp-specialized tiles keep the most stages that fit a shared-memory limit", "[wgmma][emulated]") {
+    check_ring<gemm::WgmmaPingPongTile>(4, 3);
+    check_ring<gemm::WgmmaPingPongSwappedTile>(4, 3);
+    check_ring<gemm::WgmmaWsTile128>(3, 2);
+    check_ring<gemm::WgmmaWsSwappedTile>(2, 2);
 }
