@@ -339,6 +339,9 @@ int main(int argc, char** argv) {
                 // 164 KiB a block (ops.cuh set_wgmma_ws_smem_kib: fewer stages, ~60 and ~92 KB of L1).
                 double fwd_wgmma_ws_l1_smem196 = 0, fwd_wgmma_ws_l1_smem164 = 0, fwd_wgmma_pingpong_l1_smem196 = 0,
                        fwd_wgmma_pingpong_l1_smem164 = 0;
+                // And storing C from the registers (ops.cuh WgmmaStores::Direct: no C regions, all
+                // stages within 164 KiB, ~92 KB of L1).
+                double fwd_wgmma_ws_l1_direct = 0, fwd_wgmma_pingpong_l1_direct = 0;
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -358,7 +361,9 @@ int main(int argc, char** argv) {
                                                                 {"forward_bf16_wgmma_ws_l1_smem196", a.fwd_wgmma_ws_l1_smem196},
                                                                 {"forward_bf16_wgmma_ws_l1_smem164", a.fwd_wgmma_ws_l1_smem164},
                                                                 {"forward_bf16_wgmma_pingpong_l1_smem196", a.fwd_wgmma_pingpong_l1_smem196},
-                                                                {"forward_bf16_wgmma_pingpong_l1_smem164", a.fwd_wgmma_pingpong_l1_smem164}};
+                                                                {"forward_bf16_wgmma_pingpong_l1_smem164", a.fwd_wgmma_pingpong_l1_smem164},
+                                                                {"forward_bf16_wgmma_ws_l1_direct", a.fwd_wgmma_ws_l1_direct},
+                                                                {"forward_bf16_wgmma_pingpong_l1_direct", a.fwd_wgmma_pingpong_l1_direct}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
@@ -374,23 +379,28 @@ int main(int argc, char** argv) {
                                                                   {"ws-L1 fwd", a.fwd_wgmma_ws_l1}, {"ws bwd-in", a.din_wgmma_ws},
                                                                   {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1}, {"pp bwd-in", a.din_wgmma_pingpong},
                                                                   {"ws-L1 fwd 196K", a.fwd_wgmma_ws_l1_smem196}, {"164K", a.fwd_wgmma_ws_l1_smem164},
-                                                                  {"pp-L1 fwd 196K", a.fwd_wgmma_pingpong_l1_smem196}, {"164K", a.fwd_wgmma_pingpong_l1_smem164}};
+                                                                  {"pp-L1 fwd 196K", a.fwd_wgmma_pingpong_l1_smem196}, {"164K", a.fwd_wgmma_pingpong_l1_smem164},
+                                                                  {"direct C: ws-L1 fwd", a.fwd_wgmma_ws_l1_direct},
+                                                                  {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1_direct}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
             };
-            // f() with another tile (ops.cuh AsyncTileShape), wgmma pipeline, gather caching and
-            // warp-specialized shared-memory limit (KiB, 0: none); the settings before come back
-            // afterwards, also when f throws.
+            // f() with another tile (ops.cuh AsyncTileShape), wgmma pipeline, gather caching, and the
+            // warp-specialized kernels' shared-memory limit (KiB, 0: none) and stores; the settings
+            // before come back afterwards, also when f throws.
+            constexpr auto kThroughShared = pin::cuda::WgmmaStores::ThroughShared, kDirect = pin::cuda::WgmmaStores::Direct;
             auto with_tile = [&](pin::cuda::AsyncTileShape tile, auto f,
                                  pin::cuda::WgmmaPipeline pipeline = pin::cuda::WgmmaPipeline::WaitEachSlice,
-                                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2, int ws_smem_kib = 0) {
+                                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2, int ws_smem_kib = 0,
+                                 pin::cuda::WgmmaStores stores = pin::cuda::WgmmaStores::ThroughShared) {
                 const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_async_tile(tile);
                 pin::cuda::set_wgmma_pipeline(pipeline);
                 pin::cuda::set_gather_caching(caching);
                 pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);
+                pin::cuda::set_wgmma_stores(stores);
                 return f();
             };
             constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice;
@@ -411,6 +421,8 @@ int main(int argc, char** argv) {
                 a.fwd_wgmma_ws_l1_smem164 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 164);
                 a.fwd_wgmma_pingpong_l1_smem196 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 196);
                 a.fwd_wgmma_pingpong_l1_smem164 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 164);
+                a.fwd_wgmma_ws_l1_direct = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 0, kDirect);
+                a.fwd_wgmma_pingpong_l1_direct = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 0, kDirect);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -516,6 +528,7 @@ int main(int argc, char** argv) {
                 pin::cuda::WgmmaPipeline pipeline;
                 pin::cuda::GatherCaching caching;
                 int ws_smem_kib = 0;  // ops.cuh set_wgmma_ws_smem_kib
+                pin::cuda::WgmmaStores stores = kThroughShared;
             };
             using Storage = pin::cuda::ActivationStorage;
             using TileShape = pin::cuda::AsyncTileShape;
@@ -537,6 +550,10 @@ int main(int argc, char** argv) {
                  196},
                 {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem164", "defense pp L1 164K", Storage::BF16, TileShape::Wgmma, kPingPong, kL1,
                  164},
+                {"defense_forward_bf16_storage_wgmma_ws_l1_direct", "defense ws L1 direct C", Storage::BF16, TileShape::Wgmma, kWs, kL1, 0,
+                 kDirect},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1_direct", "defense pp L1 direct C", Storage::BF16, TileShape::Wgmma, kPingPong,
+                 kL1, 0, kDirect},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
@@ -548,6 +565,7 @@ int main(int argc, char** argv) {
                 pin::cuda::set_wgmma_pipeline(v.pipeline);
                 pin::cuda::set_gather_caching(v.caching);
                 pin::cuda::set_wgmma_ws_smem_kib(v.ws_smem_kib);
+                pin::cuda::set_wgmma_stores(v.stores);
                 for (const int64_t B : batches) try {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));

@@ -78,6 +78,10 @@ std::atomic<int>& wgmma_ws_smem_flag() {
     static std::atomic<int> kib{0};
     return kib;
 }
+std::atomic<int>& wgmma_stores_flag() {
+    static std::atomic<int> stores{static_cast<int>(WgmmaStores::ThroughShared)};
+    return stores;
+}
 std::atomic<int>& gather_caching_flag() {
     static std::atomic<int> caching{static_cast<int>(GatherCaching::L2)};
     return caching;
@@ -142,6 +146,8 @@ void set_wgmma_ws_smem_kib(int kib) {
     wgmma_ws_smem_flag() = kib;
 }
 int wgmma_ws_smem_kib() { return wgmma_ws_smem_flag().load(); }
+void set_wgmma_stores(WgmmaStores stores) { wgmma_stores_flag() = static_cast<int>(stores); }
+WgmmaStores wgmma_stores() { return static_cast<WgmmaStores>(wgmma_stores_flag().load()); }
 void set_gather_caching(GatherCaching caching) { gather_caching_flag() = static_cast<int>(caching); }
 GatherCaching gather_caching() { return static_cast<GatherCaching>(gather_caching_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }

@@ -162,6 +162,19 @@ inline bool warp_specialized(WgmmaPipeline pipeline) {
 void set_wgmma_ws_smem_kib(int kib);
 int wgmma_ws_smem_kib();
 
+// How the warp-specialized kernels' epilogue stores C: ThroughShared, each MMA warpgroup's
+// accumulators into a C region of shared memory (34-68 KB a block) and read back in rows by the
+// store functor, four columns per vector; or Direct, from the registers, four consecutive columns
+// gathered in registers by warp shuffles first (wgmma_gemm.cuh store_accumulators): no C regions,
+// so every tile keeps all its stages within 164 KiB and leaves ~92 KB of the SM to L1, and no
+// shared-memory traffic beside the tensor cores' (a 256 x 64 tile's C is 64 KB written and read
+// back), for stores of half a 32-byte sector per row where the tile is not transposed (the next
+// 8 columns' store fills the other half). The same values either way. Process-wide; ThroughShared
+// unless set (pin-bench-gpu times both).
+enum class WgmmaStores { ThroughShared, Direct };
+void set_wgmma_stores(WgmmaStores stores);
+WgmmaStores wgmma_stores();
+
 // Where the asynchronous-copy and warpgroup-MMA kernels' copies of a gathered bfloat16 operand (the
 // activations of a convolution's implicit GEMM, all three passes) are cached on their way to shared
 // memory: in L2 only (L2: cp.async.cg), or also in the SM's L1 (L1: cp.async.ca). A 3 x 3
@@ -299,7 +312,7 @@ void set_mask_sampler(MaskSampler sampler);
 MaskSampler mask_sampler();
 
 // The process-wide choices of this header (math, gather, activation storage, tile, wgmma pipeline,
-// gather caching, mask sampler, the warp-specialized kernels' shared memory) as one value: current() reads them, apply() sets them all.
+// gather caching, mask sampler, the warp-specialized kernels' shared memory and stores) as one value: current() reads them, apply() sets them all.
 struct KernelSettings {
     MathMode math = MathMode::FP32;
     GatherMode gather = GatherMode::Generic;
@@ -309,13 +322,15 @@ struct KernelSettings {
     GatherCaching caching = GatherCaching::L2;
     MaskSampler sampler = MaskSampler::Pin;
     int ws_smem_kib = 0;
+    WgmmaStores stores = WgmmaStores::ThroughShared;
     static KernelSettings current() {
-        return {math_mode(),     gather_mode(),    activation_storage(), async_tile(),
-                wgmma_pipeline(), gather_caching(), mask_sampler(),       wgmma_ws_smem_kib()};
+        return {math_mode(),      gather_mode(),    activation_storage(), async_tile(),       wgmma_pipeline(),
+                gather_caching(), mask_sampler(),   wgmma_ws_smem_kib(),  wgmma_stores()};
     }
     void apply() const {
         set_math_mode(math), set_gather_mode(gather), set_activation_storage(storage), set_async_tile(tile);
         set_wgmma_pipeline(pipeline), set_gather_caching(caching), set_mask_sampler(sampler), set_wgmma_ws_smem_kib(ws_smem_kib);
+        set_wgmma_stores(stores);
     }
 };
 // Puts back the settings in force when it was made as it goes out of scope, an exception included:

@@ -114,11 +114,15 @@ void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const
     check_gemm_size(M, N, K, name, shape);
     const int64_t tiles = (M + T::rows - 1) / T::rows * ((N + T::cols - 1) / T::cols);
     const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
-    // The ring within set_wgmma_ws_smem_kib's limit, and the carveout that leaves the rest to L1.
-    const int stages = T::stages_within(static_cast<int64_t>(wgmma_ws_smem_kib()) * 1024), bytes = T::smem_bytes_for(stages);
+    // The epilogue, the ring within set_wgmma_ws_smem_kib's limit, and the carveout that leaves the
+    // rest to L1.
+    const bool direct = wgmma_stores() == WgmmaStores::Direct;
+    const int stages = T::stages_within(static_cast<int64_t>(wgmma_ws_smem_kib()) * 1024, direct);
+    const int bytes = T::smem_bytes_for(stages, direct);
     prepare_wgmma_launch<&gemm_wgmma_ws_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
     ask_carveout_for<&gemm_wgmma_ws_kernel<Operands, Store>>(bytes, name, shape);
-    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, stages, ops, st);
+    PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, stages, direct,
+                                                                                                                     ops, st);
     check(cudaGetLastError(), name, shape);
 }
 

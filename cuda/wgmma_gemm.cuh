@@ -276,18 +276,22 @@ struct WgmmaWsTile {
     static constexpr int c_regions = kPingPong ? 2 : 1;  // ping-pong: one C per consumer
     static constexpr int c_bytes = rows * c_ld * 4;
     // A launch's ring may have fewer stages than kStages (ops.cuh set_wgmma_ws_smem_kib: what it
-    // leaves of the SM's 256 KB goes to L1, which caches the gathered copies): shared memory is
-    // `n` stages, then the C regions, then a full and an empty mbarrier per stage and the two turns.
+    // leaves of the SM's 256 KB goes to L1, which caches the gathered copies), and its epilogue may
+    // store C from the registers (`direct`, ops.cuh WgmmaStores::Direct) instead of through the C
+    // regions: shared memory is `n` stages, then the C regions (not direct), then a full and an
+    // empty mbarrier per stage and the two turns.
     __host__ __device__ static constexpr int c_offset(int n) { return n * stage_bytes; }
-    __host__ __device__ static constexpr int barrier_offset(int n) { return c_offset(n) + c_regions * c_bytes; }
-    __host__ __device__ static constexpr int smem_bytes_for(int n) { return barrier_offset(n) + (2 * n + 2) * 8; }
+    __host__ __device__ static constexpr int barrier_offset(int n, bool direct = false) {
+        return c_offset(n) + (direct ? 0 : c_regions * c_bytes);
+    }
+    __host__ __device__ static constexpr int smem_bytes_for(int n, bool direct = false) { return barrier_offset(n, direct) + (2 * n + 2) * 8; }
     static constexpr int min_stages = 2;  // a consumer releases a slice's stage after issuing the next slice's MMAs
-    static constexpr int smem_bytes = smem_bytes_for(kStages);
+    static constexpr int smem_bytes = smem_bytes_for(kStages);  // the most a launch takes
     // The most stages, from min_stages to kStages, whose block fits `limit` bytes of an SM's shared
     // memory with the 1 KB the system reserves per block (0: no limit, kStages).
-    static constexpr int stages_within(int64_t limit) {
+    static constexpr int stages_within(int64_t limit, bool direct = false) {
         int n = kStages;
-        while (limit > 0 && n > min_stages && smem_bytes_for(n) + 1024 > limit) --n;
+        while (limit > 0 && n > min_stages && smem_bytes_for(n, direct) + 1024 > limit) --n;
         return n;
     }
     static constexpr int chunks = depth / 8;  // 16-byte copies per row and slice
@@ -312,6 +316,80 @@ using WgmmaWsTile128 = WgmmaWsTile<128, 4>;
 using WgmmaWsSwappedTile = WgmmaWsTile<64, 3, 256, true>;
 using WgmmaPingPongTile = WgmmaWsTile<128, 5, 64, false, true>;
 using WgmmaPingPongSwappedTile = WgmmaWsTile<64, 5, 128, true, true>;
+
+// The 4 x 4 transpose of v across the 4 lanes whose indices differ by stride x {0, 1, 2, 3} (`me`:
+// this lane's place among them): afterwards v[i] is what lane i's v[me] was. Two rounds of
+// butterfly exchanges, each lane sending the two values whose place differs from its own in the
+// round's bit; 4 shuffles.
+__device__ inline void transpose4_across_lanes(float (&v)[4], int me, int stride) {
+PIN_UNROLL
+    for (int bit = 1; bit <= 2; bit <<= 1) {
+        const bool high = (me & bit) != 0;
+PIN_UNROLL
+        for (int i0 = 0; i0 < 4; ++i0) {
+            if (i0 & bit) continue;
+            const int i1 = i0 | bit;
+            const float got = __shfl_xor_sync(0xffffffffu, high ? v[i0] : v[i1], stride * bit);
+            if (high)
+                v[i0] = got;
+            else
+                v[i1] = got;
+        }
+    }
+}
+
+// The warp-specialized kernel's direct epilogue: a consumer warpgroup's accumulators d go from the
+// registers to st, with no shared memory (so none is kept for C, and L1 gets it). Thread l of warp
+// w holds the instruction's rows 16 w + l / 4 (+ 8), columns 8 c8 + 2 (l % 4) (+ 1) (wgmma.cuh):
+// C's rows row0 + those and its columns, or, swapped, C's columns and its rows row0 + those. Where
+// the store takes vectors, every store4 gets 4 consecutive columns of one row, exchanged between
+// lanes first: unswapped, lanes l and l ^ 1 swap halves, so the even one has its row's 4 columns
+// from 8 c8 + 2 (l % 4) and the odd one row + 8's from 2 columns before (a warp's store: 16 rows x
+// 8 values); swapped, the 4 lanes 4 (4 a + b) + t, b = 0 .. 3, hold channels 16 w + 8 h + 4 a + b
+// of pixels 8 c8 + 2 t + p as their v[2 h + p], and transposed across b, lane b has channels
+// 16 w + 8 (b / 2) + 4 a + 0 .. 3 of pixel 8 c8 + 2 t + b % 2 (a warp's store: 8 pixels x 16
+// channels, whole 32-byte sectors of bfloat16). Otherwise one st call per element.
+template <class T, class Store>
+__device__ void store_accumulators(const float (&d)[T::mma_n / 2], int row0, int64_t m0, int64_t n0, int64_t M, int64_t N,
+                                   const Store& st, int w, int l) {
+    const int t = l % 4, g = l / 4;
+    if constexpr (HasStore4<Store>::value) {
+        if (N % 4 == 0 && st.vectors_ok()) {  // a vector is all inside N or all outside
+PIN_UNROLL
+            for (int c8 = 0; c8 < T::mma_n / 8; ++c8) {
+                float v[4] = {d[4 * c8], d[4 * c8 + 1], d[4 * c8 + 2], d[4 * c8 + 3]};
+                int r, c;  // v's row and first column in the tile
+                if constexpr (T::swapped) {
+                    const int b = g % 4;
+                    transpose4_across_lanes(v, b, 4);
+                    r = row0 + 8 * c8 + 2 * t + b % 2;
+                    c = 16 * w + 8 * (b / 2) + 4 * (g / 4);
+                } else {
+                    const bool odd = (t & 1) != 0;
+                    const float got0 = __shfl_xor_sync(0xffffffffu, odd ? v[0] : v[2], 1);
+                    const float got1 = __shfl_xor_sync(0xffffffffu, odd ? v[1] : v[3], 1);
+                    if (odd) {
+                        v[0] = got0, v[1] = got1;
+                    } else {
+                        v[2] = got0, v[3] = got1;
+                    }
+                    r = row0 + 16 * w + g + (odd ? 8 : 0);
+                    c = 8 * c8 + 2 * (t & ~1);
+                }
+                if (m0 + r < M && n0 + c < N) st.store4(0, m0 + r, n0 + c, v);
+            }
+            return;
+        }
+    }
+PIN_UNROLL
+    for (int c8 = 0; c8 < T::mma_n / 8; ++c8)
+PIN_UNROLL
+        for (int e = 0; e < 4; ++e) {
+            const int r = 16 * w + g + 8 * (e / 2), c = 8 * c8 + 2 * t + e % 2;
+            const int64_t m = m0 + (T::swapped ? row0 + c : row0 + r), n = n0 + (T::swapped ? r : c);
+            if (m < M && n < N) st(0, m, n, d[4 * c8 + e]);
+        }
+}
 
 // Grid: (ceil(M / 128), ceil(N / kCols), K chunks); Tile::smem_bytes of dynamic shared memory. Block
 // z sums K values z chunk .. (z + 1) chunk - 1 (Operands other than WgmmaWeightGradOperands: one
@@ -390,14 +468,15 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
 // MMAs of the tile before, which also keeps it from waiting on a full barrier two phases early
 // (a barrier's parity cannot tell those apart: the other consumer's slice in the same stage must
 // have landed first). Grid: (at most the number of tiles, 1, 1); a ring of `stages` stages (from
-// Tile::min_stages to Tile::stages), Tile::smem_bytes_for(stages) of dynamic shared memory.
+// Tile::min_stages to Tile::stages), C stored through shared memory or, `direct`, from the
+// registers (store_accumulators); Tile::smem_bytes_for(stages, direct) of dynamic shared memory.
 template <class Operands, class Store>
 __global__ void __launch_bounds__(384, 1)
-    gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, int stages, Operands ops, Store st) {
+    gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, int stages, bool direct, Operands ops, Store st) {
     using T = typename Operands::Tile;
     static_assert(T::block_threads == 384 && T::producers == 128 && T::consumers == 256, "warpgroups 0, 1 consume, 2 produces");
     PIN_DYNAMIC_SHARED(smem);
-    uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset(stages));
+    uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset(stages, direct));
     uint64_t* const empty = full + stages;
     uint64_t* const turn = empty + stages;  // ping-pong: turn[g] completes a phase when consumer g may start a tile
     const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
@@ -474,6 +553,11 @@ __global__ void __launch_bounds__(384, 1)
         for (float& v : d) wgmma_hold(v);
         mbarrier_arrive(&empty[released]);  // the tile's last slice: the producer may refill it
         if (T::pingpong) at.skip(slices);   // the other consumer's tile
+        const int64_t m0 = tile % row_tiles * T::rows, n0 = tile / row_tiles * T::cols;
+        if (direct) {
+            store_accumulators<T>(d, row0, m0, n0, M, N, st, w, l);
+            continue;
+        }
         // C through Cs to the store functor. Thread t of a warpgroup holds the instruction's rows
         // 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), w = (t % 128) / 32, l = t % 32
         // (wgmma.cuh): C's rows row0 + those and its columns, or, swapped, C's columns and its
@@ -488,8 +572,7 @@ __global__ void __launch_bounds__(384, 1)
                     Cs[(row0 + r) * T::c_ld + c] = d[4 * c8 + e];
             }
         named_barrier_sync(1 + first, T::tile_consumers);
-        store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M,
-                                                                         N, st, ctid);
+        store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, m0, n0, M, N, st, ctid);
     }
 }
 

@@ -587,10 +587,18 @@ struct NamedBarrier {
     uint64_t generation = 0;
     uint32_t warps = 0, last_warps = 0;
 };
+// A warp's shuffle in progress (__shfl_xor_sync): the values its lanes have put in, how many have
+// arrived and how many have taken theirs out (a lane at the next shuffle waits for the last one).
+struct WarpShuffle {
+    float values[32];
+    unsigned arrived = 0, departed = 0;
+    uint64_t generation = 0;
+};
 struct BlockBarriers {
     uint64_t block = ~uint64_t{0};
     std::map<uint32_t, MBarrier> mbarriers;
     std::map<unsigned, NamedBarrier> named;  // by id
+    std::map<unsigned, WarpShuffle> shuffles;  // by warp
 };
 inline thread_local BlockBarriers tl_barriers;
 inline BlockBarriers& block_barriers() {
@@ -598,6 +606,7 @@ inline BlockBarriers& block_barriers() {
         tl_barriers.block = tl_block;
         tl_barriers.mbarriers.clear();
         tl_barriers.named.clear();
+        tl_barriers.shuffles.clear();
     }
     return tl_barriers;
 }
@@ -686,9 +695,34 @@ inline void named_barrier_sync(unsigned id, unsigned count) {
     while (block_barriers().named[id].generation == generation) yield_waiting("a named barrier");
     tl_scheduler->current->spins = 0;
 }
+// __shfl_xor_sync(mask, v, lane_mask) of floats, as the tensor-core epilogues use it: every lane of
+// the warp (the mask all 32) puts its value in, waits for the others', takes lane ^ lane_mask's and
+// leaves; a lane that reaches the warp's next shuffle first waits until all have left this one.
+inline float shuffle_xor(unsigned mask, float v, int lane_mask) {
+    Fiber& f = *tl_scheduler->current;
+    if (mask != 0xffffffffu || lane_mask < 0 || lane_mask > 31 || tl_scheduler->threads % 32 != 0)
+        report("a warp shuffle without all 32 lanes, or with a lane mask outside 0-31");
+    const unsigned warp = f.linear / 32, lane = f.linear % 32;
+    while (block_barriers().shuffles[warp].arrived == 32) yield_waiting("a warp shuffle (lanes still leaving the one before)");
+    WarpShuffle& x = block_barriers().shuffles[warp];
+    x.values[lane] = v;
+    const uint64_t generation = x.generation;
+    if (++x.arrived < 32)
+        while (block_barriers().shuffles[warp].arrived < 32 && block_barriers().shuffles[warp].generation == generation)
+            yield_waiting("a warp shuffle (a lane of the warp not there)");
+    f.spins = 0;
+    WarpShuffle& done = block_barriers().shuffles[warp];
+    const float got = done.values[lane ^ static_cast<unsigned>(lane_mask)];
+    if (++done.departed == 32) {
+        done.arrived = done.departed = 0;
+        ++done.generation;
+    }
+    return got;
+}
 }  // namespace pin_emulation
 
 inline thread_local uint3 threadIdx, blockIdx;
+inline float __shfl_xor_sync(unsigned mask, float v, int lane_mask) { return pin_emulation::shuffle_xor(mask, v, lane_mask); }
 inline thread_local dim3 blockDim, gridDim;
 inline void __syncthreads() { pin_emulation::leave(*pin_emulation::tl_scheduler->current); }
 

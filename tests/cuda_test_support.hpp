@@ -63,14 +63,18 @@ namespace {
                                 : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::WarpSpecialized ? "warp-specialized" \
                                 : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong        ? "ping-pong"        \
                                                                                                     : "wait each slice"))
-// After PIN_EACH_WGMMA_PIPELINE: the warp-specialized kernels also with their fewest stages (2, as
-// a 1 KiB limit gives them: ops.cuh set_wgmma_ws_smem_kib), their mbarriers through the most phases
-// per slice; the other pipelines once.
-#define PIN_EACH_WS_RING()                                                                                     \
-    const int ws_smem_kib = GENERATE(0, 1);                                                                    \
-    if (ws_smem_kib != 0 && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;                        \
+// After PIN_EACH_WGMMA_PIPELINE: the warp-specialized kernels with their own stages and with their
+// fewest (2, as a 1 KiB limit gives them: ops.cuh set_wgmma_ws_smem_kib; their mbarriers through
+// the most phases per slice), each storing C through shared memory and from the registers
+// (WgmmaStores::Direct); the other pipelines once.
+#define PIN_EACH_WS_FORM()                                                                                     \
+    const int ws_form = GENERATE(0, 1, 2, 3);                                                                  \
+    if (ws_form != 0 && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;                            \
+    const int ws_smem_kib = ws_form % 2;                                                                       \
     pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);                                                             \
-    INFO("warp-specialized ring: " << (ws_smem_kib != 0 ? "the fewest stages (2)" : "the tile's own stages"))
+    pin::cuda::set_wgmma_stores(ws_form / 2 ? pin::cuda::WgmmaStores::Direct : pin::cuda::WgmmaStores::ThroughShared); \
+    INFO("warp-specialized: " << (ws_smem_kib != 0 ? "the fewest stages (2)" : "the tile's own stages")          \
+                              << (ws_form / 2 ? ", C from the registers" : ", C through shared memory"))
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

@@ -481,7 +481,7 @@ TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][
 TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
     PIN_EACH_WGMMA_PIPELINE();
-    PIN_EACH_WS_RING();
+    PIN_EACH_WS_FORM();
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around); for the
     // warp-specialized kernel its two tiles, each with more slices than stages (its mbarriers
@@ -528,7 +528,7 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
 TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
     PIN_EACH_WGMMA_PIPELINE();
-    PIN_EACH_WS_RING();
+    PIN_EACH_WS_FORM();
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back

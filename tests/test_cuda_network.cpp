@@ -39,8 +39,16 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
              : pin::cuda::AsyncTileShape::Cols64;
     const bool tile128 = tile == pin::cuda::AsyncTileShape::Cols128, wgmma = tile == pin::cuda::AsyncTileShape::Wgmma && pin::cuda::wgmma_supported();
     pin::cuda::set_async_tile(tile);
+    // The warpgroup-MMA kernel also warp-specialized: ping-pong, storing C from the registers
+    // (ops.cuh WgmmaStores::Direct), every layer's epilogue (bias, PReLU, the residual sums, the
+    // sub-pixel rows) without the C regions.
+    const bool pingpong_direct = tile == pin::cuda::AsyncTileShape::Wgmma && GENERATE(false, true);
+    if (pingpong_direct) {
+        pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::PingPong);
+        pin::cuda::set_wgmma_stores(pin::cuda::WgmmaStores::Direct);
+    }
     const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "") + (tile128 ? "[256 x 128 tile] " : "") +
-                            (tile == pin::cuda::AsyncTileShape::Wgmma ? "[wgmma] " : "");
+                            (tile == pin::cuda::AsyncTileShape::Wgmma ? "[wgmma] " : "") + (pingpong_direct ? "[ping-pong, direct C] " : "");
     pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
     const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
     gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());

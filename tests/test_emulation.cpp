@@ -386,6 +386,34 @@ TEST_CASE("emulation: a named barrier waits for its count of threads, while othe
         }
 }
 
+TEST_CASE("emulation: __shfl_xor_sync gives each lane its partner's value, shuffle after shuffle", "[emulated][emulation]") {
+    // Two warps, 5 shuffles in a row with lane masks 1, 4, 8, 16 and 31, each value naming its
+    // sender and the round: a lane that took a value before its partner had put this round's in
+    // (or after the partner had put the next round's) sees the wrong round. Lanes of warp 1 reach
+    // the shuffles after those of warp 0 have finished them all (an mbarrier), so the warps'
+    // exchanges cannot mix. And a warp with a lane that never comes is a deadlock, not a value.
+    constexpr int kRounds = 5;
+    const int masks[kRounds] = {1, 4, 8, 16, 31};
+    std::vector<float> got(64 * kRounds, -1.0f);
+    pin_emulation::launch(dim3(1), dim3(64), [&] {
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(pin_emulation::dynamic_shared());
+        const int t = static_cast<int>(threadIdx.x);
+        if (t == 0) pin::cuda::mbarrier_init(bar, 32);
+        __syncthreads();
+        if (t >= 32) pin::cuda::mbarrier_wait(bar, 0);
+        for (int r = 0; r < kRounds; ++r) got[t * kRounds + r] = __shfl_xor_sync(0xffffffffu, static_cast<float>(1000 * r + t), masks[r]);
+        if (t < 32) pin::cuda::mbarrier_arrive(bar);
+    }, 8);
+    for (int t = 0; t < 64; ++t)
+        for (int r = 0; r < kRounds; ++r) {
+            INFO("thread " << t << ", round " << r);
+            REQUIRE(got[t * kRounds + r] == static_cast<float>(1000 * r + (t ^ masks[r])));
+        }
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] {
+        if (threadIdx.x != 5) got[0] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+    }), Catch::Contains("deadlock"));
+}
+
 TEST_CASE("emulation: each generation of a named barrier is completed by the same warps", "[emulated][emulation]") {
     // Two groups of 2 warps meet on a barrier of 64 threads twice each: with an id of their own
     // (1 + group) the launch passes; sharing id 1 (the mistake a copied line makes), the generations

@@ -454,25 +454,31 @@ TEST_CASE("emulated: the wide kernel's row-major form (linear layers, the eigenf
 
 // ops.cuh set_wgmma_ws_smem_kib: a warp-specialized tile keeps the most stages (from min_stages to its
 // own count) whose block fits the limit with the 1 KB reserved per block, and its shared memory
-// stays laid out for the tensor cores (stages 128-byte aligned, mbarriers 8-byte) whatever the ring.
-// The counts ops.cuh states for 196 and 164 KiB (what leaves ~60 and ~92 KB of an SM to L1) too.
+// stays laid out for the tensor cores (stages 128-byte aligned, mbarriers 8-byte) whatever the ring,
+// with C regions or without (WgmmaStores::Direct). The counts ops.cuh states for 196 and 164 KiB
+// (what leaves ~60 and ~92 KB of an SM to L1) too: without C regions, all stages within 164.
 namespace {
 template <class T>
 void check_ring(int at196, int at164) {
     INFO(T::rows << " x " << T::cols << (T::pingpong ? " ping-pong" : "") << (T::swapped ? " swapped" : ""));
-    REQUIRE(T::stages_within(0) == T::stages);
     REQUIRE(T::smem_bytes == T::smem_bytes_for(T::stages));
-    for (const int kib : {1, 100, 164, 180, 196, 227}) {
-        const int64_t limit = int64_t{kib} * 1024;
-        const int n = T::stages_within(limit);
-        INFO(kib << " KiB: " << n << " stages");
-        REQUIRE((n >= T::min_stages && n <= T::stages));
-        REQUIRE((n == T::min_stages || T::smem_bytes_for(n) + 1024 <= limit));      // fits, unless at the fewest
-        REQUIRE((n == T::stages || T::smem_bytes_for(n + 1) + 1024 > limit));        // and one more would not
-        REQUIRE((T::c_offset(n) % 128 == 0 && T::barrier_offset(n) % 8 == 0 && T::smem_bytes_for(n) <= T::smem_bytes));
+    for (const bool direct : {false, true}) {
+        INFO((direct ? "C from the registers" : "C through shared memory"));
+        REQUIRE(T::stages_within(0, direct) == T::stages);
+        REQUIRE(T::smem_bytes_for(T::stages, direct) == T::smem_bytes_for(T::stages) - (direct ? T::c_regions * T::c_bytes : 0));
+        for (const int kib : {1, 100, 140, 164, 180, 196, 227}) {
+            const int64_t limit = int64_t{kib} * 1024;
+            const int n = T::stages_within(limit, direct);
+            INFO(kib << " KiB: " << n << " stages");
+            REQUIRE((n >= T::min_stages && n <= T::stages));
+            REQUIRE((n == T::min_stages || T::smem_bytes_for(n, direct) + 1024 <= limit));  // fits, unless at the fewest
+            REQUIRE((n == T::stages || T::smem_bytes_for(n + 1, direct) + 1024 > limit));   // and one more would not
+            REQUIRE((T::c_offset(n) % 128 == 0 && T::barrier_offset(n, direct) % 8 == 0 && T::smem_bytes_for(n, direct) <= T::smem_bytes));
+        }
     }
     REQUIRE(T::stages_within(196 * 1024) == at196);
     REQUIRE(T::stages_within(164 * 1024) == at164);
+    REQUIRE(T::stages_within(164 * 1024, true) == T::stages);
 }
 }  // namespace
 

@@ -40,10 +40,11 @@ for config in ("generic-fp32", "vector-bf16"):
     # and the forward on the warpgroup-MMA kernel (the emulation runs it as an H200 would): the layers
     # with 64k input channels, here the same as the asynchronous-copy kernel's, with both pipelines and L1 caching,
     # and warp-specialized (cooperative and ping-pong) with L1 caching, also within 196 and 164 KiB of
-    # shared memory a block (fewer stages, more L1).
+    # shared memory a block (fewer stages, more L1) and storing C from the registers.
     for key in ("forward_bf16_wgmma_ms", "forward_bf16_wgmma_inflight_ms", "forward_bf16_wgmma_l1_ms", "forward_bf16_wgmma_ws_l1_ms",
                 "forward_bf16_wgmma_pingpong_l1_ms", "forward_bf16_wgmma_ws_l1_smem196_ms", "forward_bf16_wgmma_ws_l1_smem164_ms",
-                "forward_bf16_wgmma_pingpong_l1_smem196_ms", "forward_bf16_wgmma_pingpong_l1_smem164_ms"):
+                "forward_bf16_wgmma_pingpong_l1_smem196_ms", "forward_bf16_wgmma_pingpong_l1_smem164_ms", "forward_bf16_wgmma_ws_l1_direct_ms",
+                "forward_bf16_wgmma_pingpong_l1_direct_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == ([j["layer"] for j in layers if "forward_bf16_async_ms" in j] if config == "vector-bf16" else []), (key, timed)
     # and the input gradient from a bfloat16 dy, on the asynchronous-copy and the warpgroup-MMA
@@ -91,7 +92,8 @@ for config in ("generic-fp32", "vector-bf16"):
             "training_step_bf16_storage_wgmma_ws_l1_profile", "defense_forward_bf16_storage_wgmma_pingpong_l1",
             "training_step_bf16_storage_wgmma_pingpong_l1", "defense_forward_bf16_storage_wgmma_pingpong_l1_profile",
             "training_step_bf16_storage_wgmma_pingpong_l1_profile", "defense_forward_bf16_storage_wgmma_ws_l1_smem196",
-            "defense_forward_bf16_storage_wgmma_pingpong_l1_smem196", "defense_forward_bf16_storage_wgmma_pingpong_l1_smem164")
+            "defense_forward_bf16_storage_wgmma_pingpong_l1_smem196", "defense_forward_bf16_storage_wgmma_pingpong_l1_smem164",
+            "defense_forward_bf16_storage_wgmma_ws_l1_direct", "defense_forward_bf16_storage_wgmma_pingpong_l1_direct")
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms" if "profile" not in stage else "total_ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
