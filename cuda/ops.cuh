@@ -312,7 +312,8 @@ void set_mask_sampler(MaskSampler sampler);
 MaskSampler mask_sampler();
 
 // The process-wide choices of this header (math, gather, activation storage, tile, wgmma pipeline,
-// gather caching, mask sampler, the warp-specialized kernels' shared memory and stores) as one value: current() reads them, apply() sets them all.
+// gather caching, mask sampler, the warp-specialized kernels' shared memory and stores) as one
+// value: current() reads them, apply() sets them all.
 struct KernelSettings {
     MathMode math = MathMode::FP32;
     GatherMode gather = GatherMode::Generic;
