@@ -286,7 +286,9 @@ struct WgmmaWsTile {
     }
     __host__ __device__ static constexpr int smem_bytes_for(int n, bool direct = false) { return barrier_offset(n, direct) + (2 * n + 2) * 8; }
     static constexpr int min_stages = 2;  // a consumer releases a slice's stage after issuing the next slice's MMAs
-    static constexpr int smem_bytes = smem_bytes_for(kStages);  // the most a launch takes
+    // The most a launch takes: smem_bytes_for(kStages), spelled out (a member function cannot be
+    // called in a constant expression before the class is complete).
+    static constexpr int smem_bytes = kStages * stage_bytes + c_regions * c_bytes + (2 * kStages + 2) * 8;
     // The most stages, from min_stages to kStages, whose block fits `limit` bytes of an SM's shared
     // memory with the 1 KB the system reserves per block (0: no limit, kStages).
     static constexpr int stages_within(int64_t limit, bool direct = false) {

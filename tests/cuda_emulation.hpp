@@ -36,8 +36,10 @@
 // against WMMA's rules (256-bit aligned pointers, ldm a multiple of 16 bytes); a violation fails the
 // launch. mbarriers and named barriers (cuda/mbarrier.cuh) are emulated with their phases: a thread
 // waiting on one yields to the others until it opens; copies handed to an mbarrier land when its
-// phase completes; a named barrier's generations must be completed by the same warps each time. What this cannot show: timing, bank conflicts, register limits, or a hardware deviating
-// from the documented semantics. That is what the lent GPU is for (bench/gpu_check.sh).
+// phase completes; a named barrier's generations must be completed by the same warps each time.
+// Warp shuffles (__shfl_xor_sync) wait for all 32 lanes. What this cannot show: timing, bank
+// conflicts, register limits, or a hardware deviating from the documented semantics. That is what
+// the lent GPU is for (bench/gpu_check.sh).
 //
 // bfloat16 comes from the CUDA Toolkit's own cuda_bf16.h, whose conversions are host code too.
 #pragma once
