@@ -18,6 +18,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <tuple>
 #include <vector>
 
 #include "pin/core/rng.hpp"
@@ -41,16 +42,18 @@ namespace {
 using namespace kernels;
 
 // ---- caching allocator ---------------------------------------------------------------------------
-// Freed blocks are cached per (stream they were allocated on, size): a block is handed out again
-// only to work on the same stream, which runs after everything already queued there that used it.
+// Freed blocks are cached per (device, stream they were allocated on, size): a block is handed out
+// again only on its own device (a kernel on another one cannot read it without peer access), to work
+// on the same stream, which runs after everything already queued there that used it.
 // Never destroyed: a DeviceBuffer destroyed after main (in a static) still returns its block, and
 // the cached blocks stay reachable to the end (to leak checkers as well; the driver frees them).
 std::mutex& pool_mutex() {
     static std::mutex* m = new std::mutex;
     return *m;
 }
-std::multimap<std::pair<void*, size_t>, float*>& pool() {
-    static auto* p = new std::multimap<std::pair<void*, size_t>, float*>;
+using PoolKey = std::tuple<int, void*, size_t>;  // device, stream, floats
+std::multimap<PoolKey, float*>& pool() {
+    static auto* p = new std::multimap<PoolKey, float*>;
     return *p;
 }
 
@@ -156,9 +159,10 @@ MaskSampler mask_sampler() { return static_cast<MaskSampler>(mask_sampler_flag()
 // ---- DeviceBuffer ----------------------------------------------------------------------------------
 DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats), stream_(cur()) {
     if (floats == 0) return;
+    check(cudaGetDevice(&device_), "cudaGetDevice", "");
     {
         std::lock_guard<std::mutex> lock(pool_mutex());
-        auto it = pool().find({stream_, floats});
+        auto it = pool().find({device_, stream_, floats});
         if (it != pool().end()) {
             ptr_ = it->second;
             pool().erase(it);
@@ -174,8 +178,14 @@ DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats), stream_(cur()) {
     if (e == cudaErrorMemoryAllocation) {  // give the cached blocks back and try once more
         (void)cudaGetLastError();
         std::lock_guard<std::mutex> lock(pool_mutex());
-        for (auto& kv : pool()) cudaFree(kv.second);
-        pool().clear();
+        for (auto it = pool().begin(); it != pool().end();) {  // this device's blocks
+            if (std::get<0>(it->first) != device_) {
+                ++it;
+                continue;
+            }
+            cudaFree(it->second);
+            it = pool().erase(it);
+        }
         e = cudaMalloc(&ptr_, floats * sizeof(float));
     }
     check(e, "cudaMalloc", "(" + std::to_string(floats * sizeof(float)) + " bytes)");
@@ -183,7 +193,7 @@ DeviceBuffer::DeviceBuffer(size_t floats) : floats_(floats), stream_(cur()) {
 DeviceBuffer::~DeviceBuffer() {
     if (!ptr_) return;
     std::lock_guard<std::mutex> lock(pool_mutex());
-    pool().emplace(std::make_pair(stream_, floats_), ptr_);
+    pool().emplace(PoolKey{device_, stream_, floats_}, ptr_);
 }
 DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
@@ -191,6 +201,7 @@ DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& o) noexcept {
         ptr_ = o.ptr_;
         floats_ = o.floats_;
         stream_ = o.stream_;
+        device_ = o.device_;
         o.ptr_ = nullptr;
         o.floats_ = 0;
     }
@@ -225,7 +236,8 @@ void synchronize_stream(const char* what) { check(cudaStreamSynchronize(cur()), 
 
 std::string device_name() {
     cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) return "no CUDA device";
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) return "no CUDA device";
     return prop.name;
 }
 

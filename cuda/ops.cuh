@@ -17,14 +17,16 @@
 namespace pin::cuda {
 
 // ---- memory --------------------------------------------------------------------------------------
-// A device allocation; freed blocks are cached by size and reused (training steps allocate the same
-// shapes again and again).
+// A device allocation on the current device; freed blocks are cached by device, stream and size and
+// reused (training steps allocate the same shapes again and again).
 class DeviceBuffer {
 public:
     DeviceBuffer() = default;
     explicit DeviceBuffer(size_t floats);
     ~DeviceBuffer();
-    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), floats_(o.floats_), stream_(o.stream_) { o.ptr_ = nullptr, o.floats_ = 0; }
+    DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), floats_(o.floats_), stream_(o.stream_), device_(o.device_) {
+        o.ptr_ = nullptr, o.floats_ = 0;
+    }
     DeviceBuffer& operator=(DeviceBuffer&& o) noexcept;
     DeviceBuffer(const DeviceBuffer&) = delete;
     DeviceBuffer& operator=(const DeviceBuffer&) = delete;
@@ -37,6 +39,7 @@ private:
     float* ptr_ = nullptr;
     size_t floats_ = 0;
     void* stream_ = nullptr;  // the stream current at allocation: its cache gets the block back
+    int device_ = 0;          // the device current at allocation, whose memory it is
 };
 void synchronize(const char* what);  // the whole device
 

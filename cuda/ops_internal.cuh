@@ -327,6 +327,22 @@ inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA l
 }
 // Launches the asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) on any of its operand
 // forms (Operands::Tile), K in `splits` chunks; the caller has checked that the form fits.
+// Sets attribute kAttribute of kernel kKernel to `value` on the current device, asking the runtime
+// only when that is not what this process last set there. A kernel's attributes belong to each
+// device's context: a process that goes on to another device (cudaSetDevice) sets them again there,
+// which a cache of one value per kernel would skip, and the next launch there would fail.
+template <auto kKernel, cudaFuncAttribute kAttribute>
+inline void set_kernel_attribute(int value, const char* name, const std::string& shape) {
+    constexpr int kDevices = 64;
+    constexpr int64_t kOffset = int64_t{1} << 32;
+    static std::atomic<int64_t> set_to[kDevices];  // per device: value + kOffset; 0 (as initialised): never set
+    int device = 0;
+    check(cudaGetDevice(&device), name, shape);
+    const bool cached = device >= 0 && device < kDevices;
+    if (cached && set_to[device].load() == value + kOffset) return;
+    check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), kAttribute, value), name, shape);
+    if (cached) set_to[device].store(value + kOffset);
+}
 template <class Operands, class Store>
 inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const Operands& ops, const Store& st, const char* name,
                          const std::string& shape) {
@@ -334,11 +350,9 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
     check_gemm_size(M, N, K, name, shape);
     const GemmGrid g = gemm_grid(M, N, K, splits, tile_of_async<T>());
     if (g.y > 65535 || g.z > 65535) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many column tiles or K chunks");
-    // Its shared memory is over the 48 KB a kernel gets without asking: ask once per instantiation.
+    // Its shared memory is over the 48 KB a kernel gets without asking.
     constexpr int bytes = T::smem_bytes;
-    static const cudaError_t allowed = cudaFuncSetAttribute(reinterpret_cast<const void*>(&gemm_async_kernel<Operands, Store>),
-                                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    check(allowed, name, shape);
+    set_kernel_attribute<&gemm_async_kernel<Operands, Store>, cudaFuncAttributeMaxDynamicSharedMemorySize>(bytes, name, shape);
     count_gemm(GemmKernel::Async, M, N, K);
     if (T::cols == 128) count_gemm(GemmKernel::AsyncCols128, M, N, K);
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, g.chunk, ops, st);

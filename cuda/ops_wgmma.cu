@@ -63,12 +63,10 @@ int64_t multiprocessors() {
 }
 
 // What both launches do just before theirs: kKernel allowed `bytes` of dynamic shared memory (over
-// the 48 KB a kernel gets without asking: asked once per instantiation), and the count.
+// the 48 KB a kernel gets without asking), and the count.
 template <auto kKernel>
 void prepare_wgmma_launch(int64_t M, int64_t N, int64_t K, int bytes, const char* name, const std::string& shape) {
-    static const cudaError_t allowed =
-        cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    check(allowed, name, shape);
+    set_kernel_attribute<kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize>(bytes, name, shape);
     count_gemm(GemmKernel::Wgmma, M, N, K);
 }
 
@@ -76,7 +74,7 @@ void prepare_wgmma_launch(int64_t M, int64_t N, int64_t K, int bytes, const char
 // smallest split that holds one block of `bytes` (and the 1 KB reserved per block), in percent of
 // the most shared memory an SM can have, the next larger split being used where a percentage falls
 // between two (CUDA C++ Programming Guide, "Shared Memory" of compute capabilities 7.x and later):
-// the rest is L1, for the gathered copies. Asked again only when it changes for kKernel.
+// the rest is L1, for the gathered copies.
 template <auto kKernel>
 void ask_carveout_for(int bytes, const char* name, const std::string& shape) {
 #if defined(PIN_CUDA_EMULATION)
@@ -86,10 +84,7 @@ void ask_carveout_for(int bytes, const char* name, const std::string& shape) {
     if (!current_device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(per_sm) || per_sm <= 0) return;
 #endif
     const int percent = std::min(100, static_cast<int>((static_cast<int64_t>(bytes + 1024) * 100 + per_sm - 1) / per_sm));
-    static std::atomic<int> asked{-1};
-    if (asked.exchange(percent) == percent) return;
-    check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), cudaFuncAttributePreferredSharedMemoryCarveout, percent), name,
-          shape);
+    set_kernel_attribute<kKernel, cudaFuncAttributePreferredSharedMemoryCarveout>(percent, name, shape);
 }
 
 template <class T>

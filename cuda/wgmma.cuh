@@ -93,13 +93,22 @@ __device__ inline void wgmma_hold(float& r) {
 #endif
 }
 
+// Where an accumulator of wgmma_bf16 (below) sits in the warpgroup's 64 x kN result: thread l of
+// warp w of the warpgroup holds d[4 j + e] (j < kN / 8, e < 4) at row 16 w + l / 4 + 8 (e / 2),
+// column 8 j + 2 (l % 4) + e % 2. Every epilogue that moves the accumulators out asks here.
+struct AccumulatorPlace {
+    int row, col;
+};
+__host__ __device__ constexpr AccumulatorPlace accumulator_place(int w, int l, int j, int e) {
+    return {16 * w + l / 4 + 8 * (e / 2), 8 * j + 2 * (l % 4) + e % 2};
+}
+
 // Eight of the accumulators as operands of the inline PTX below (read and written).
 #define PIN_WGMMA_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 
 // D (64 x kN per warpgroup, this thread's kN / 2 values) = A (64 x 16, descriptor a) B^T (B: kN x 16,
-// descriptor b) + (accumulate ? D : 0), kN = 64 or 128. Thread t of the warpgroup holds, for
-// j < kN / 8, rows 16 (t / 32) + (t % 32) / 4 (d[4j], d[4j + 1]) and that + 8 (d[4j + 2], d[4j + 3]),
-// columns 8 j + 2 (t % 4) and + 1.
+// descriptor b) + (accumulate ? D : 0), kN = 64 or 128; thread t of the warpgroup holds d[4 j + e]
+// at accumulator_place(t / 32, t % 32, j, e).
 // kMnMajor: both operands in the no-swizzle M/N-major layout instead (the instruction's transpose
 // immediates, which 16-bit types allow): each core matrix is the K-major one transposed, 8 rows
 // along K of 8 consecutive M (or N) values, so element (r, k) is at s + (r / 8) SBO + (k / 8) LBO +

@@ -354,9 +354,9 @@ PIN_UNROLL
 template <class T, class Store>
 __device__ void store_accumulators(const float (&d)[T::mma_n / 2], int row0, int64_t m0, int64_t n0, int64_t M, int64_t N,
                                    const Store& st, int w, int l) {
-    const int t = l % 4, g = l / 4;
     if constexpr (HasStore4<Store>::value) {
         if (N % 4 == 0 && st.vectors_ok()) {  // a vector is all inside N or all outside
+            const int t = l % 4, g = l / 4;
 PIN_UNROLL
             for (int c8 = 0; c8 < T::mma_n / 8; ++c8) {
                 float v[4] = {d[4 * c8], d[4 * c8 + 1], d[4 * c8 + 2], d[4 * c8 + 3]};
@@ -387,8 +387,8 @@ PIN_UNROLL
     for (int c8 = 0; c8 < T::mma_n / 8; ++c8)
 PIN_UNROLL
         for (int e = 0; e < 4; ++e) {
-            const int r = 16 * w + g + 8 * (e / 2), c = 8 * c8 + 2 * t + e % 2;
-            const int64_t m = m0 + (T::swapped ? row0 + c : row0 + r), n = n0 + (T::swapped ? r : c);
+            const AccumulatorPlace place = accumulator_place(w, l, c8, e);
+            const int64_t m = m0 + (T::swapped ? row0 + place.col : row0 + place.row), n = n0 + (T::swapped ? place.row : place.col);
             if (m < M && n < N) st(0, m, n, d[4 * c8 + e]);
         }
 }
@@ -441,15 +441,13 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
     for (float& v : d) wgmma_hold(v);
     async_wait<0>();  // nothing in flight (the last commits were empty) ...
     __syncthreads();  // ... and every warpgroup's MMAs are done: the stages hold C now
-    // Thread t of warpgroup g: rows 64 g + 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), where
-    // w = (t % 128) / 32 and l = t % 32 (wgmma.cuh).
+    // Warpgroup g's accumulators are rows 64 g + those of its instruction's result (wgmma.cuh).
     float* const Cs = reinterpret_cast<float*>(smem);
     const int w = (tid % 128) / 32, l = tid % 32;
     for (int j = 0; j < T::cols / 8; ++j)
-        for (int h = 0; h < 2; ++h) {
-            float* const c = Cs + (group * 64 + 16 * w + l / 4 + 8 * h) * T::c_ld + 8 * j + 2 * (l % 4);
-            c[0] = d[4 * j + 2 * h];
-            c[1] = d[4 * j + 2 * h + 1];
+        for (int e = 0; e < 4; ++e) {
+            const AccumulatorPlace place = accumulator_place(w, l, j, e);
+            Cs[(group * 64 + place.row) * T::c_ld + place.col] = d[4 * j + e];
         }
     __syncthreads();
     store_shared_tile<T::rows, T::cols, T::c_ld>(Cs, m0, n0, M, N, st);
@@ -517,8 +515,6 @@ __global__ void __launch_bounds__(384, 1)
     }
     // Cooperative: every tile, both warpgroups; ping-pong: every other one, this warpgroup's C.
     const int first = T::pingpong ? group : 0, step = T::pingpong ? 2 : 1;
-    const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
-    float* const Cs = reinterpret_cast<float*>(smem + T::c_offset(stages) + (T::pingpong ? group * T::c_bytes : 0));
     const int row0 = T::pingpong ? 0 : group * T::group_rows;  // this warpgroup's rows (swapped: columns of the MMA) in the tile
     const int w = (tid % 128) / 32, l = tid % 32;
     if (T::pingpong) at.skip(first * slices);
@@ -560,20 +556,21 @@ __global__ void __launch_bounds__(384, 1)
             store_accumulators<T>(d, row0, m0, n0, M, N, st, w, l);
             continue;
         }
-        // C through Cs to the store functor. Thread t of a warpgroup holds the instruction's rows
-        // 16 w + l / 4 (+ 8), columns 8 j + 2 (l % 4) (+ 1), w = (t % 128) / 32, l = t % 32
-        // (wgmma.cuh): C's rows row0 + those and its columns, or, swapped, C's columns and its
-        // rows row0 + those.
+        // C through this warpgroup's C region to the store functor: the instruction's result rows
+        // are C's rows row0 + those and its columns, or, swapped, C's columns and its rows row0 +
+        // those (wgmma.cuh accumulator_place).
+        float* const Cs = reinterpret_cast<float*>(smem + T::c_offset(stages) + (T::pingpong ? group * T::c_bytes : 0));
         named_barrier_sync(1 + first, T::tile_consumers);  // the previous tile's reads of Cs are done
         for (int c8 = 0; c8 < T::mma_n / 8; ++c8)
             for (int e = 0; e < 4; ++e) {
-                const int r = 16 * w + l / 4 + 8 * (e / 2), c = 8 * c8 + 2 * (l % 4) + e % 2;
+                const AccumulatorPlace place = accumulator_place(w, l, c8, e);
                 if constexpr (T::swapped)
-                    Cs[(row0 + c) * T::c_ld + r] = d[4 * c8 + e];
+                    Cs[(row0 + place.col) * T::c_ld + place.row] = d[4 * c8 + e];
                 else
-                    Cs[(row0 + r) * T::c_ld + c] = d[4 * c8 + e];
+                    Cs[(row0 + place.row) * T::c_ld + place.col] = d[4 * c8 + e];
             }
         named_barrier_sync(1 + first, T::tile_consumers);
+        const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
         store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, m0, n0, M, N, st, ctid);
     }
 }

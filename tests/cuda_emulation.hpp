@@ -266,9 +266,14 @@ inline unsigned char* dynamic_shared() {
 // PIN_LAUNCH_SHARED launch (Launch below) checks the same here, by the kernel's address, so code
 // that forgets the attribute fails its emulated tests rather than the first run on a GPU.
 constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 227 * 1024;
+// The emulated runtime has two devices, so that code which moves between devices (cudaSetDevice)
+// is tested too: a kernel's attributes are per device, as a GPU's are per device context. The
+// calling thread's current device, as the runtime's is per host thread:
+constexpr int kEmulatedDevices = 2;
+inline thread_local int tl_device = 0;
 struct DynamicSharedAllowances {
     std::mutex mutex;
-    std::map<const void*, size_t> bytes;  // kernel -> the most it was allowed
+    std::map<std::pair<int, const void*>, size_t> bytes;  // (device, kernel) -> the most it was allowed
 };
 inline DynamicSharedAllowances& dynamic_shared_allowances() {
     static DynamicSharedAllowances a;
@@ -277,7 +282,7 @@ inline DynamicSharedAllowances& dynamic_shared_allowances() {
 inline void allow_dynamic_shared(const void* kernel, size_t bytes) {
     DynamicSharedAllowances& a = dynamic_shared_allowances();
     std::lock_guard<std::mutex> lock(a.mutex);
-    a.bytes[kernel] = bytes;
+    a.bytes[{tl_device, kernel}] = bytes;
 }
 inline void check_dynamic_shared(const void* kernel, size_t bytes) {
     if (bytes > kMaxDynamicShared)
@@ -288,13 +293,14 @@ inline void check_dynamic_shared(const void* kernel, size_t bytes) {
     {
         DynamicSharedAllowances& a = dynamic_shared_allowances();
         std::lock_guard<std::mutex> lock(a.mutex);
-        const auto it = a.bytes.find(kernel);
+        const auto it = a.bytes.find({tl_device, kernel});
         if (it != a.bytes.end()) allowed = it->second;
     }
     if (bytes > allowed)
         throw std::runtime_error("cuda emulation: a launch with " + std::to_string(bytes) + " bytes of dynamic shared memory, over the " +
-                                 std::to_string(allowed) + " its kernel was allowed (cudaFuncSetAttribute(kernel, "
-                                 "cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first)");
+                                 std::to_string(allowed) + " its kernel was allowed on device " + std::to_string(tl_device) +
+                                 " (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) first, on "
+                                 "every device)");
 }
 // The address of the kernel template specialisation a launch with these arguments calls: its
 // parameters are the arguments' types, by value, as pin::cuda's kernels take them.
@@ -600,7 +606,7 @@ struct BlockBarriers {
     uint64_t block = ~uint64_t{0};
     std::map<uint32_t, MBarrier> mbarriers;
     std::map<unsigned, NamedBarrier> named;  // by id
-    std::map<unsigned, WarpShuffle> shuffles;  // by warp
+    std::vector<WarpShuffle> shuffles;  // by warp
 };
 inline thread_local BlockBarriers tl_barriers;
 inline BlockBarriers& block_barriers() {
@@ -611,6 +617,13 @@ inline BlockBarriers& block_barriers() {
         tl_barriers.shuffles.clear();
     }
     return tl_barriers;
+}
+// Warp `warp`'s shuffle state in this block (looked up anew after every yield: another fiber may
+// have grown the vector meanwhile).
+inline WarpShuffle& warp_shuffle(unsigned warp) {
+    std::vector<WarpShuffle>& all = block_barriers().shuffles;
+    if (all.size() <= warp) all.resize(warp + 1);
+    return all[warp];
 }
 constexpr uint64_t kMBarrierPattern = 0x6d62617272696572ull;  // "mbarrier"
 inline MBarrier* find_mbarrier(uint64_t* bar) {
@@ -705,15 +718,15 @@ inline float shuffle_xor(unsigned mask, float v, int lane_mask) {
     if (mask != 0xffffffffu || lane_mask < 0 || lane_mask > 31 || tl_scheduler->threads % 32 != 0)
         report("a warp shuffle without all 32 lanes, or with a lane mask outside 0-31");
     const unsigned warp = f.linear / 32, lane = f.linear % 32;
-    while (block_barriers().shuffles[warp].arrived == 32) yield_waiting("a warp shuffle (lanes still leaving the one before)");
-    WarpShuffle& x = block_barriers().shuffles[warp];
+    while (warp_shuffle(warp).arrived == 32) yield_waiting("a warp shuffle (lanes still leaving the one before)");
+    WarpShuffle& x = warp_shuffle(warp);
     x.values[lane] = v;
     const uint64_t generation = x.generation;
     if (++x.arrived < 32)
-        while (block_barriers().shuffles[warp].arrived < 32 && block_barriers().shuffles[warp].generation == generation)
+        while (warp_shuffle(warp).arrived < 32 && warp_shuffle(warp).generation == generation)
             yield_waiting("a warp shuffle (a lane of the warp not there)");
     f.spins = 0;
-    WarpShuffle& done = block_barriers().shuffles[warp];
+    WarpShuffle& done = warp_shuffle(warp);
     const float got = done.values[lane ^ static_cast<unsigned>(lane_mask)];
     if (++done.departed == 32) {
         done.arrived = done.departed = 0;

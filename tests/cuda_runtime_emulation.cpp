@@ -29,8 +29,12 @@ std::mutex& table_mutex() {
     static std::mutex m;
     return m;
 }
-std::map<uintptr_t, size_t>& allocations() {  // start -> bytes
-    static std::map<uintptr_t, size_t> a;
+struct Allocation {
+    size_t bytes;
+    int device;  // current when it was made
+};
+std::map<uintptr_t, Allocation>& allocations() {  // by start
+    static std::map<uintptr_t, Allocation> a;
     return a;
 }
 // Whether [p, p + bytes) lies inside one live allocation (inside_one), or touches none (touches_none).
@@ -40,7 +44,7 @@ bool inside_one(const void* p, size_t bytes) {
     auto it = allocations().upper_bound(a);
     if (it == allocations().begin()) return false;
     --it;
-    return a >= it->first && a + bytes <= it->first + it->second;
+    return a >= it->first && a + bytes <= it->first + it->second.bytes;
 }
 bool touches_none(const void* p, size_t bytes) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -49,7 +53,7 @@ bool touches_none(const void* p, size_t bytes) {
     if (it != allocations().end() && it->first < a + bytes) return false;
     if (it == allocations().begin()) return true;
     --it;
-    return it->first + it->second <= a;
+    return it->first + it->second.bytes <= a;
 }
 bool copy_ok(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
     if (bytes == 0) return true;
@@ -68,7 +72,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
     std::memset(p, 0xff, bytes);
     {
         std::lock_guard<std::mutex> lock(table_mutex());
-        allocations()[reinterpret_cast<uintptr_t>(p)] = bytes;
+        allocations()[reinterpret_cast<uintptr_t>(p)] = Allocation{bytes, pin_emulation::tl_device};
     }
     *ptr = p;
     return cudaSuccess;
@@ -121,12 +125,36 @@ const char* cudaGetErrorString(cudaError_t e) {
         default: return "error (emulated device)";
     }
 }
+// Two devices (pin_emulation::kEmulatedDevices), the current one per host thread.
+cudaError_t cudaGetDevice(int* device) {
+    *device = pin_emulation::tl_device;
+    return cudaSuccess;
+}
+cudaError_t cudaSetDevice(int device) {
+    if (device < 0 || device >= pin_emulation::kEmulatedDevices) return cudaErrorInvalidDevice;
+    pin_emulation::tl_device = device;
+    return cudaSuccess;
+}
 cudaError_t cudaGetDeviceCount(int* count) {
-    *count = 1;
+    *count = pin_emulation::kEmulatedDevices;
+    return cudaSuccess;
+}
+// Which device an allocation is on (the one thing of cudaPointerAttributes the tests ask).
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
+    *attributes = cudaPointerAttributes{};
+    const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
+    std::lock_guard<std::mutex> lock(table_mutex());
+    auto it = allocations().upper_bound(a);
+    if (it == allocations().begin()) return cudaErrorInvalidValue;
+    --it;
+    if (a >= it->first + it->second.bytes) return cudaErrorInvalidValue;
+    attributes->type = cudaMemoryTypeDevice;
+    attributes->device = it->second.device;
+    attributes->devicePointer = const_cast<void*>(ptr);
     return cudaSuccess;
 }
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
-    if (device != 0) return cudaErrorInvalidDevice;
+    if (device < 0 || device >= pin_emulation::kEmulatedDevices) return cudaErrorInvalidDevice;
     *prop = cudaDeviceProp{};
     std::strncpy(prop->name, "CPU emulation of CUDA (tests/cuda_emulation.hpp)", sizeof prop->name - 1);
     return cudaSuccess;

@@ -16,6 +16,8 @@
 #include "helpers.hpp"
 
 #if defined(PIN_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+
 #include "rng.cuh"
 #endif
 
@@ -751,6 +753,60 @@ TEST_CASE("GatherCaching::L1 gives the asynchronous-copy kernel's bits in all th
 TEST_CASE("GatherCaching::L1 gives the warpgroup-MMA kernel's bits", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
     require_gather_caching_changes_no_bit(pin::cuda::AsyncTileShape::Wgmma);
+}
+
+// A process may move between devices (cudaSetDevice; the current device is per host thread). A
+// kernel's attributes (its shared memory over 48 KB, its carveout) belong to each device, and the
+// blocks the caching allocator hands out again must be the current device's. On one device, on
+// another, and back on the first, the warpgroup-MMA GEMM with every pipeline matches the float64
+// products, and its operands and C lie on the device it ran on. (The emulated runtime has two
+// devices; a GPU machine with one skips.)
+TEST_CASE("The kernels and the caching allocator follow the calling thread's device", "[cuda][wgmma]") {
+    if (!wgmma_or_skip()) return;
+    int devices = 0, first = 0;
+    REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
+    REQUIRE(cudaGetDevice(&first) == cudaSuccess);
+    if (devices < 2) {
+        WARN("SKIPPED: one CUDA device; this test moves between two");
+        return;
+    }
+    struct BackTo {
+        int device;
+        ~BackTo() { (void)cudaSetDevice(device); }
+    } const back{first};
+    PIN_EACH_WGMMA_PIPELINE();
+    const int64_t M = 200, N = 136, K = 72;
+    const Tensor a = rnd({M, K}, 21, Layout::NCHW), b = rnd({N, K}, 22, Layout::NCHW);
+    const Tensor a16 = bf16_rounded(a), b16 = bf16_rounded(b);
+    std::vector<float> want(static_cast<size_t>(M * N));
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            double sum = 0;
+            for (int64_t k = 0; k < K; ++k) sum += static_cast<double>(a16.data()[m * K + k]) * b16.data()[n * K + k];
+            want[static_cast<size_t>(m * N + n)] = static_cast<float>(sum);
+        }
+    const auto device_of = [](const void* p) {
+        cudaPointerAttributes attributes{};
+        REQUIRE(cudaPointerGetAttributes(&attributes, p) == cudaSuccess);
+        return attributes.device;
+    };
+    const int other = (first + 1) % devices;
+    for (const int device : {first, other, first}) {
+        INFO("device " << device);
+        REQUIRE(cudaSetDevice(device) == cudaSuccess);
+        std::string reason;
+        if (!pin::cuda::wgmma_supported(&reason)) {
+            WARN("SKIPPED on device " << device << ": " << reason);
+            continue;
+        }
+        const Bf16Upload ga = to_gpu_bf16(a), gb = to_gpu_bf16(b);
+        pin::cuda::DeviceBuffer c(static_cast<size_t>(M * N));
+        pin::cuda::gemm_bf16_wgmma(bf16_view(ga.buffer), bf16_view(gb.buffer), c.data(), M, N, K);
+        require_matches(from_gpu(c, M * N), want.data(), M * N, "wgmma GEMM on device " + std::to_string(device), 1e-5);
+        REQUIRE(device_of(ga.buffer.data()) == device);
+        REQUIRE(device_of(gb.buffer.data()) == device);
+        REQUIRE(device_of(c.data()) == device);
+    }
 }
 
 #endif
