@@ -2,7 +2,7 @@
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
 //   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16]
-//                 [--no-wgmma]
+//                 [--no-wgmma] [--no-warm-up]
 // --config runs one gather x arithmetic configuration, or (gemm-bf16) the bfloat16 GEMMs of the wgmma
 // probe alone (bench/gpu_check.sh runs each in its own process, so a kernel fault in one cannot hide
 // the others' timings).
@@ -29,9 +29,12 @@
 namespace {
 using Clock = std::chrono::steady_clock;
 
+bool g_warm_up = true;  // --no-warm-up clears it
 double time_ms(int iters, const std::function<void()>& f) {
-    f();  // warm-up (and weight packing caches)
-    pin::cuda::synchronize("warm-up");
+    if (g_warm_up) {
+        f();  // warm-up (and weight packing caches)
+        pin::cuda::synchronize("warm-up");
+    }
     const auto t0 = Clock::now();
     for (int i = 0; i < iters; ++i) f();
     pin::cuda::synchronize("timed loop");
@@ -67,6 +70,10 @@ int main(int argc, char** argv) {
             iters = std::atoi(argv[++i]);
         } else if (a == "--no-wgmma") {
             no_wgmma = true;
+        } else if (a == "--no-warm-up") {
+            // Time the first runs too (no untimed run before each timing): for the CPU emulation
+            // (tests/cli/bench_gpu_check.sh), where times mean nothing and every run is slow.
+            g_warm_up = false;
         } else if (a == "--config" && i + 1 < argc) {
             only = argv[++i];
         } else if (a == "--parts" && i + 1 < argc) {
@@ -79,9 +86,14 @@ int main(int argc, char** argv) {
             }
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
-                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--parts layers,defense,training] [--no-wgmma]\n");
+                        "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--parts layers,defense,training] [--no-wgmma] "
+                        "[--no-warm-up]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
+    }
+    if (iters < 1) {
+        std::fprintf(stderr, "pin-bench-gpu: --iters must be a positive count of timed runs\n");
+        return 2;
     }
     const auto want = [&](const std::string& part) { return ("," + parts + ",").find("," + part + ",") != std::string::npos; };
     for (size_t at = 0; at <= parts.size();) {
@@ -387,42 +399,63 @@ int main(int argc, char** argv) {
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
             };
-            // f() with another tile (ops.cuh AsyncTileShape), wgmma pipeline, gather caching, and the
-            // warp-specialized kernels' shared-memory limit (KiB, 0: none) and stores; the settings
-            // before come back afterwards, also when f throws.
-            constexpr auto kThroughShared = pin::cuda::WgmmaStores::ThroughShared, kDirect = pin::cuda::WgmmaStores::Direct;
-            auto with_tile = [&](pin::cuda::AsyncTileShape tile, auto f,
-                                 pin::cuda::WgmmaPipeline pipeline = pin::cuda::WgmmaPipeline::WaitEachSlice,
-                                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2, int ws_smem_kib = 0,
-                                 pin::cuda::WgmmaStores stores = pin::cuda::WgmmaStores::ThroughShared) {
+            // The GEMM settings a timing runs with (ops.cuh): the tile, the wgmma pipeline, gather
+            // caching, and the warp-specialized kernels' shared-memory limit (KiB, 0: none) and stores.
+            using TileShape = pin::cuda::AsyncTileShape;
+            constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice, kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
+            constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized, kPingPong = pin::cuda::WgmmaPipeline::PingPong;
+            constexpr auto kL1 = pin::cuda::GatherCaching::L1, kL2 = pin::cuda::GatherCaching::L2;
+            struct GemmSettings {
+                TileShape tile;
+                pin::cuda::WgmmaPipeline pipeline = pin::cuda::WgmmaPipeline::WaitEachSlice;
+                pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2;
+                int ws_smem_kib = 0;
+                pin::cuda::WgmmaStores stores = pin::cuda::WgmmaStores::ThroughShared;
+                GemmSettings smem_kib(int kib) const {
+                    GemmSettings g = *this;
+                    g.ws_smem_kib = kib;
+                    return g;
+                }
+                GemmSettings direct() const {
+                    GemmSettings g = *this;
+                    g.stores = pin::cuda::WgmmaStores::Direct;
+                    return g;
+                }
+                void apply() const {
+                    pin::cuda::set_async_tile(tile);
+                    pin::cuda::set_wgmma_pipeline(pipeline);
+                    pin::cuda::set_gather_caching(caching);
+                    pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);
+                    pin::cuda::set_wgmma_stores(stores);
+                }
+            };
+            const GemmSettings cols64{TileShape::Cols64}, cols64_l1{TileShape::Cols64, kWait, kL1}, cols128{TileShape::Cols128},
+                wgmma_wait{TileShape::Wgmma}, wgmma_inflight{TileShape::Wgmma, kInFlight}, wgmma_l1{TileShape::Wgmma, kWait, kL1},
+                ws{TileShape::Wgmma, kWs}, pingpong{TileShape::Wgmma, kPingPong}, ws_l1{TileShape::Wgmma, kWs, kL1},
+                pingpong_l1{TileShape::Wgmma, kPingPong, kL1};
+            // f() with the settings g; the settings before come back afterwards, also when f throws.
+            auto with_settings = [&](const GemmSettings& g, auto f) {
                 const pin::cuda::KernelSettingsScope settings_scope;
-                pin::cuda::set_async_tile(tile);
-                pin::cuda::set_wgmma_pipeline(pipeline);
-                pin::cuda::set_gather_caching(caching);
-                pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);
-                pin::cuda::set_wgmma_stores(stores);
+                g.apply();
                 return f();
             };
-            constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice;
-            constexpr auto kL1 = pin::cuda::GatherCaching::L1;
-            auto with_tile128 = [&](auto f) { return with_tile(pin::cuda::AsyncTileShape::Cols128, f); };
             // A pass on the warpgroup-MMA kernel with each pipeline.
             auto time_wgmma_pipelines = [&](auto f, double& wait, double& inflight) {
-                wait = with_tile(pin::cuda::AsyncTileShape::Wgmma, f);
-                inflight = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::OneSliceInFlight);
+                wait = with_settings(wgmma_wait, f);
+                inflight = with_settings(wgmma_inflight, f);
             };
             // The forward pass on the warpgroup-MMA kernel with each pipeline, and with L1 caching.
             auto time_wgmma = [&](AsyncTimes& a, auto f) {
                 time_wgmma_pipelines(f, a.fwd_wgmma, a.fwd_wgmma_inflight);
-                a.fwd_wgmma_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, kWait, kL1);
-                a.fwd_wgmma_ws_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1);
-                a.fwd_wgmma_pingpong_l1 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1);
-                a.fwd_wgmma_ws_l1_smem196 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 196);
-                a.fwd_wgmma_ws_l1_smem164 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 164);
-                a.fwd_wgmma_pingpong_l1_smem196 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 196);
-                a.fwd_wgmma_pingpong_l1_smem164 = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 164);
-                a.fwd_wgmma_ws_l1_direct = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, 0, kDirect);
-                a.fwd_wgmma_pingpong_l1_direct = with_tile(pin::cuda::AsyncTileShape::Wgmma, f, pin::cuda::WgmmaPipeline::PingPong, kL1, 0, kDirect);
+                a.fwd_wgmma_l1 = with_settings(wgmma_l1, f);
+                a.fwd_wgmma_ws_l1 = with_settings(ws_l1, f);
+                a.fwd_wgmma_pingpong_l1 = with_settings(pingpong_l1, f);
+                a.fwd_wgmma_ws_l1_smem196 = with_settings(ws_l1.smem_kib(196), f);
+                a.fwd_wgmma_ws_l1_smem164 = with_settings(ws_l1.smem_kib(164), f);
+                a.fwd_wgmma_pingpong_l1_smem196 = with_settings(pingpong_l1.smem_kib(196), f);
+                a.fwd_wgmma_pingpong_l1_smem164 = with_settings(pingpong_l1.smem_kib(164), f);
+                a.fwd_wgmma_ws_l1_direct = with_settings(ws_l1.direct(), f);
+                a.fwd_wgmma_pingpong_l1_direct = with_settings(pingpong_l1.direct(), f);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -470,17 +503,17 @@ int main(int argc, char** argv) {
                     a.fwd = forward();
                     a.wgrad = weight_gradient();
                     a.din = input_gradient();
-                    a.fwd_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, forward, kWait, kL1);
-                    a.wgrad_l1 = with_tile(pin::cuda::AsyncTileShape::Cols64, weight_gradient, kWait, kL1);
+                    a.fwd_l1 = with_settings(cols64_l1, forward);
+                    a.wgrad_l1 = with_settings(cols64_l1, weight_gradient);
                     if (wgmma && l.cout % 64 == 0) {
-                        a.din_wgmma = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient);
-                        a.din_wgmma_ws = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient, pin::cuda::WgmmaPipeline::WarpSpecialized);
-                        a.din_wgmma_pingpong = with_tile(pin::cuda::AsyncTileShape::Wgmma, input_gradient, pin::cuda::WgmmaPipeline::PingPong);
+                        a.din_wgmma = with_settings(wgmma_wait, input_gradient);
+                        a.din_wgmma_ws = with_settings(ws, input_gradient);
+                        a.din_wgmma_pingpong = with_settings(pingpong, input_gradient);
                     }
                     if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) time_wgmma_pipelines(weight_gradient, a.wgrad_wgmma, a.wgrad_wgmma_inflight);
                     if (l.cout % 128 == 0) {
-                        a.fwd128 = with_tile128(forward);
-                        a.wgrad128 = with_tile128(weight_gradient);
+                        a.fwd128 = with_settings(cols128, forward);
+                        a.wgrad128 = with_settings(cols128, weight_gradient);
                     }
                     if (wgmma && l.cin % 64 == 0) time_wgmma(a, forward);
                 }
@@ -511,7 +544,7 @@ int main(int argc, char** argv) {
                                                  });
                     };
                     a.fwd = forward();
-                    if (l.cout % 128 == 0) a.fwd128 = with_tile128(forward);
+                    if (l.cout % 128 == 0) a.fwd128 = with_settings(cols128, forward);
                     if (wgmma && l.cin % 64 == 0) time_wgmma(a, forward);
                 }
                 report_layer(l.name, gflop, f, bi, bw, a);
@@ -524,48 +557,32 @@ int main(int argc, char** argv) {
                 const char* stage;
                 const char* label;
                 pin::cuda::ActivationStorage storage;
-                pin::cuda::AsyncTileShape tile;
-                pin::cuda::WgmmaPipeline pipeline;
-                pin::cuda::GatherCaching caching;
-                int ws_smem_kib = 0;  // ops.cuh set_wgmma_ws_smem_kib
-                pin::cuda::WgmmaStores stores = kThroughShared;
+                GemmSettings gemm;
             };
             using Storage = pin::cuda::ActivationStorage;
-            using TileShape = pin::cuda::AsyncTileShape;
-            constexpr auto kL2 = pin::cuda::GatherCaching::L2;
-            constexpr auto kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
-            constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized, kPingPong = pin::cuda::WgmmaPipeline::PingPong;
             const DefenseVariant variants[] = {
-                {"defense_forward", "defense forward", Storage::FP32, TileShape::Cols64, kWait, kL2},
-                {"defense_forward_bf16_storage", "defense fwd, bf16 act", Storage::BF16, TileShape::Cols64, kWait, kL2},
-                {"defense_forward_bf16_storage_l1", "defense fwd, bf16 L1", Storage::BF16, TileShape::Cols64, kWait, kL1},
-                {"defense_forward_bf16_storage_cols128", "defense fwd, bf16 x128", Storage::BF16, TileShape::Cols128, kWait, kL2},
-                {"defense_forward_bf16_storage_wgmma", "defense fwd, bf16 wgmma", Storage::BF16, TileShape::Wgmma, kWait, kL2},
-                {"defense_forward_bf16_storage_wgmma_inflight", "defense wgmma inflight", Storage::BF16, TileShape::Wgmma, kInFlight, kL2},
-                {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, TileShape::Wgmma, kWait, kL1},
-                {"defense_forward_bf16_storage_wgmma_ws_l1", "defense wgmma ws L1", Storage::BF16, TileShape::Wgmma, kWs, kL1},
-                {"defense_forward_bf16_storage_wgmma_pingpong_l1", "defense wgmma pp L1", Storage::BF16, TileShape::Wgmma, kPingPong, kL1},
-                {"defense_forward_bf16_storage_wgmma_ws_l1_smem196", "defense ws L1 196K", Storage::BF16, TileShape::Wgmma, kWs, kL1, 196},
-                {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem196", "defense pp L1 196K", Storage::BF16, TileShape::Wgmma, kPingPong, kL1,
-                 196},
-                {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem164", "defense pp L1 164K", Storage::BF16, TileShape::Wgmma, kPingPong, kL1,
-                 164},
-                {"defense_forward_bf16_storage_wgmma_ws_l1_direct", "defense ws L1 direct C", Storage::BF16, TileShape::Wgmma, kWs, kL1, 0,
-                 kDirect},
-                {"defense_forward_bf16_storage_wgmma_pingpong_l1_direct", "defense pp L1 direct C", Storage::BF16, TileShape::Wgmma, kPingPong,
-                 kL1, 0, kDirect},
+                {"defense_forward", "defense forward", Storage::FP32, cols64},
+                {"defense_forward_bf16_storage", "defense fwd, bf16 act", Storage::BF16, cols64},
+                {"defense_forward_bf16_storage_l1", "defense fwd, bf16 L1", Storage::BF16, cols64_l1},
+                {"defense_forward_bf16_storage_cols128", "defense fwd, bf16 x128", Storage::BF16, cols128},
+                {"defense_forward_bf16_storage_wgmma", "defense fwd, bf16 wgmma", Storage::BF16, wgmma_wait},
+                {"defense_forward_bf16_storage_wgmma_inflight", "defense wgmma inflight", Storage::BF16, wgmma_inflight},
+                {"defense_forward_bf16_storage_wgmma_l1", "defense wgmma L1", Storage::BF16, wgmma_l1},
+                {"defense_forward_bf16_storage_wgmma_ws_l1", "defense wgmma ws L1", Storage::BF16, ws_l1},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1", "defense wgmma pp L1", Storage::BF16, pingpong_l1},
+                {"defense_forward_bf16_storage_wgmma_ws_l1_smem196", "defense ws L1 196K", Storage::BF16, ws_l1.smem_kib(196)},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem196", "defense pp L1 196K", Storage::BF16, pingpong_l1.smem_kib(196)},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem164", "defense pp L1 164K", Storage::BF16, pingpong_l1.smem_kib(164)},
+                {"defense_forward_bf16_storage_wgmma_ws_l1_direct", "defense ws L1 direct C", Storage::BF16, ws_l1.direct()},
+                {"defense_forward_bf16_storage_wgmma_pingpong_l1_direct", "defense pp L1 direct C", Storage::BF16, pingpong_l1.direct()},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
-                const bool bf16_storage = v.storage == Storage::BF16, fast = v.tile != TileShape::Cols64 || v.caching == kL1;
-                if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.tile == TileShape::Wgmma && !wgmma)) continue;
+                const bool bf16_storage = v.storage == Storage::BF16, fast = v.gemm.tile != TileShape::Cols64 || v.gemm.caching == kL1;
+                if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
                 const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_activation_storage(v.storage);
-                pin::cuda::set_async_tile(v.tile);
-                pin::cuda::set_wgmma_pipeline(v.pipeline);
-                pin::cuda::set_gather_caching(v.caching);
-                pin::cuda::set_wgmma_ws_smem_kib(v.ws_smem_kib);
-                pin::cuda::set_wgmma_stores(v.stores);
+                v.gemm.apply();
                 for (const int64_t B : batches) try {
                     auto x = random_buffer(static_cast<size_t>(B * 12544), 5, 0.5f);
                     pin::cuda::DeviceBuffer p(static_cast<size_t>(B * 2500)), q(static_cast<size_t>(B * 2500)), y(static_cast<size_t>(B * 12544));
@@ -573,7 +590,7 @@ int main(int argc, char** argv) {
                     report(v.stage, v.label, B, ms);
                     // Where the time goes, at the middle batch, for the plain forward and the
                     // fastest measured one (wgmma, L1): one more forward, every layer synchronized.
-                    if (B == B0 && (v.storage == Storage::FP32 || (v.tile == TileShape::Wgmma && v.caching == kL1))) {
+                    if (B == B0 && (v.storage == Storage::FP32 || (v.gemm.tile == TileShape::Wgmma && v.gemm.caching == kL1))) {
                         defense.clear_profile();
                         defense.set_profiling(true);
                         const auto t0 = Clock::now();
@@ -632,38 +649,33 @@ int main(int argc, char** argv) {
             struct TrainingVariant {
                 const char* stage;
                 const char* label;
-                pin::cuda::AsyncTileShape tile;
-                pin::cuda::WgmmaPipeline pipeline;
-                pin::cuda::GatherCaching caching;
+                GemmSettings gemm;
                 pin::cuda::ActivationStorage storage;
             };
             constexpr auto kFp32 = pin::cuda::ActivationStorage::FP32, kBf16 = pin::cuda::ActivationStorage::BF16;
             if (want("training"))
             for (const TrainingVariant& v :
-                 {TrainingVariant{"training_step_cols128", "training step, x128", TileShape::Cols128, kWait, kL2, kFp32},
-                  TrainingVariant{"training_step_wgmma", "training step, wgmma", TileShape::Wgmma, kWait, kL2, kFp32},
-                  TrainingVariant{"training_step_wgmma_inflight", "training wgmma inflight", TileShape::Wgmma, kInFlight, kL2, kFp32},
-                  TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", TileShape::Wgmma, kWait, kL1, kFp32},
-                  TrainingVariant{"training_step_bf16_storage", "training, bf16 DAE act", TileShape::Cols64, kWait, kL2, kBf16},
-                  TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", TileShape::Wgmma, kWait, kL1, kBf16},
-                  TrainingVariant{"training_step_bf16_storage_wgmma_ws_l1", "training, bf16 wgmma ws L1", TileShape::Wgmma,
-                                  pin::cuda::WgmmaPipeline::WarpSpecialized, kL1, kBf16},
-                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_l1", "training, bf16 wgmma pp L1", TileShape::Wgmma,
-                                  pin::cuda::WgmmaPipeline::PingPong, kL1, kBf16}}) {
+                 {TrainingVariant{"training_step_cols128", "training step, x128", cols128, kFp32},
+                  TrainingVariant{"training_step_wgmma", "training step, wgmma", wgmma_wait, kFp32},
+                  TrainingVariant{"training_step_wgmma_inflight", "training wgmma inflight", wgmma_inflight, kFp32},
+                  TrainingVariant{"training_step_wgmma_l1", "training step, wgmma L1", wgmma_l1, kFp32},
+                  TrainingVariant{"training_step_bf16_storage", "training, bf16 DAE act", cols64, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", wgmma_l1, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_ws_l1", "training, bf16 wgmma ws L1", ws_l1, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_l1", "training, bf16 wgmma pp L1", pingpong_l1, kBf16}}) {
                 const char* stage = v.stage;
-                if (!time_async || (v.tile == TileShape::Wgmma && !wgmma)) continue;
+                if (!time_async || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
                 try {
                     with_trainer(B0, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
                         const pin::cuda::KernelSettingsScope storage_scope;
                         pin::cuda::set_activation_storage(v.storage);
                         uint64_t first = 0;
-                        const double ms = with_tile(
-                            v.tile, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); },
-                            v.pipeline, v.caching);
+                        const double ms = with_settings(
+                            v.gemm, [&] { return time_ms(std::max(1, iters / 4), [&] { trainer.step(x, first += static_cast<uint64_t>(B0)); }); });
                         report(stage, v.label, B0, ms);
-                        if (v.storage == kBf16 && v.tile == TileShape::Wgmma) {
-                            with_tile(
-                                v.tile,
+                        if (v.storage == kBf16 && v.gemm.tile == TileShape::Wgmma) {
+                            with_settings(
+                                v.gemm,
                                 [&] {
                                     backend.clear_profile();
                                     backend.set_profiling(true);
@@ -673,8 +685,7 @@ int main(int argc, char** argv) {
                                     backend.set_profiling(false);
                                     print_profile(std::string(stage) + "_profile", B0, total, backend.profile_ms(), "host (noise, bookkeeping)");
                                     return 0;
-                                },
-                                v.pipeline, v.caching);
+                                });
                         }
                     });
                 } catch (const std::exception& e) {

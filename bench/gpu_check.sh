@@ -79,6 +79,7 @@ if $quick; then
   bench vector-bf16 60 layers  # each convolution pass on PIN's layer shapes, every wgmma pipeline
   grep -v "^{" "$out/bench.txt"
   grep -E '"stage": "gemm_bf16"' "$out/bench.txt"
+  python3 bench/rank_stages.py "$out/bench.txt" | tee -a "$out/summary.txt"  # the variants to choose the defaults from
   log "elapsed $(( $(date +%s) - start )) s; tests exit code $tests_rc (--quick)"
   exit $tests_rc
 fi

@@ -325,8 +325,6 @@ inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA l
                         const std::string& shape) {
     launch_gemm<kAMFast>(plan_gemm<kAMFast>(M, N, K, splits, la, lb), M, N, K, la, lb, st, name, shape);
 }
-// Launches the asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) on any of its operand
-// forms (Operands::Tile), K in `splits` chunks; the caller has checked that the form fits.
 // Sets attribute kAttribute of kernel kKernel to `value` on the current device, asking the runtime
 // only when that is not what this process last set there. A kernel's attributes belong to each
 // device's context: a process that goes on to another device (cudaSetDevice) sets them again there,
@@ -343,6 +341,8 @@ inline void set_kernel_attribute(int value, const char* name, const std::string&
     check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), kAttribute, value), name, shape);
     if (cached) set_to[device].store(value + kOffset);
 }
+// Launches the asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) on any of its operand
+// forms (Operands::Tile), K in `splits` chunks; the caller has checked that the form fits.
 template <class Operands, class Store>
 inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const Operands& ops, const Store& st, const char* name,
                          const std::string& shape) {

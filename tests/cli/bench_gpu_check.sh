@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # pin-bench-gpu, built for the CPU emulation of CUDA, at batch 1: every stage that bench/gpu_check.sh
 # times on a lent GPU must run and print its JSON line (no "error"), and the vector-bf16
-# configuration must reach the kernels it exists for. The times themselves mean nothing here.
-# Bad arguments exit 2 with the usage line.
+# configuration must reach the kernels it exists for. The times themselves mean nothing here, so
+# the configurations run without the untimed warm-up before each timing (--no-warm-up: half the
+# time; the one-part run below keeps it). Bad arguments exit 2 with a message.
 set -euo pipefail
 bench=${1:?usage: bench_gpu_check.sh PATH_TO_PIN_BENCH_GPU_EMULATED}
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -10,7 +11,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
 for config in generic-fp32 vector-bf16 gemm-bf16; do
-  "$bench" --batches 1 --iters 1 --config $config > "$out/$config.txt" 2>&1 || { cat "$out/$config.txt"; fail "pin-bench-gpu --config $config"; }
+  "$bench" --batches 1 --iters 1 --no-warm-up --config $config > "$out/$config.txt" 2>&1 || { cat "$out/$config.txt"; fail "pin-bench-gpu --config $config"; }
 done
 # One part of a configuration alone (gpu_check.sh runs the fast one's parts as separate processes).
 "$bench" --batches 1 --iters 1 --config generic-fp32 --parts defense > "$out/part.txt" 2>&1 || { cat "$out/part.txt"; fail "--parts defense"; }
@@ -133,6 +134,10 @@ assert [j["parts"] for j in js if "gemm_launches" in j] == ["defense"], js
 assert all(j["parts"] == "layers,defense,training" for j in lines("vector-bf16") if "gemm_launches" in j)
 PY
 grep -q "defense forward" "$out/vector-bf16.txt" || fail "no table at the end of the output"
+# bench/rank_stages.py (gpu_check.sh --quick ends with it) ranks the timed variants of each kind.
+python3 "$(dirname "$0")/../../bench/rank_stages.py" "$out/vector-bf16.txt" --batch 1 > "$out/rank.txt" || fail "rank_stages.py"
+grep -q "^fastest defense at batch 1 (images/s): defense_forward" "$out/rank.txt" &&
+  grep -q "^fastest training at batch 1 (images/s): training_step" "$out/rank.txt" || { cat "$out/rank.txt"; fail "rank_stages.py ranked nothing"; }
 set +e
 "$bench" --config no-such-config > "$out/bad.txt" 2>&1; rc=$?
 set -e
@@ -141,5 +146,9 @@ set +e
 "$bench" --config generic-fp32 --parts defense,everything > "$out/bad.txt" 2>&1; rc=$?
 set -e
 [ $rc -eq 2 ] && grep -q "unknown part 'everything'" "$out/bad.txt" || fail "an unknown --parts exits $rc, not 2 with a message"
+set +e
+"$bench" --iters 0 > "$out/bad.txt" 2>&1; rc=$?
+set -e
+[ $rc -eq 2 ] && grep -q "iters must be a positive" "$out/bad.txt" || fail "--iters 0 exits $rc, not 2 with a message"
 "$bench" --help | grep -q "^usage: pin-bench-gpu" || fail "--help"
 echo "bench_gpu_check.sh: passed"
