@@ -325,21 +325,38 @@ inline void launch_gemm(int64_t M, int64_t N, int64_t K, int64_t splits, LoadA l
                         const std::string& shape) {
     launch_gemm<kAMFast>(plan_gemm<kAMFast>(M, N, K, splits, la, lb), M, N, K, la, lb, st, name, shape);
 }
+// An int remembered per device, for the per-device caches (kernel attributes set, device attributes
+// asked): the first 64 devices; beyond them nothing is remembered (get is false), which only costs a
+// runtime call. Zero-initialised as a static: nothing remembered.
+class PerDeviceValue {
+public:
+    bool get(int device, int& value) const {
+        if (device < 0 || device >= kDevices) return false;
+        const int64_t v = slots_[device].load();
+        value = static_cast<int>(v - kOffset);
+        return v != 0;
+    }
+    void set(int device, int value) {
+        if (device >= 0 && device < kDevices) slots_[device].store(value + kOffset);
+    }
+
+private:
+    static constexpr int kDevices = 64;
+    static constexpr int64_t kOffset = int64_t{1} << 32;  // value + kOffset: never 0 for an int
+    std::atomic<int64_t> slots_[kDevices] = {};
+};
 // Sets attribute kAttribute of kernel kKernel to `value` on the current device, asking the runtime
 // only when that is not what this process last set there. A kernel's attributes belong to each
 // device's context: a process that goes on to another device (cudaSetDevice) sets them again there,
 // which a cache of one value per kernel would skip, and the next launch there would fail.
 template <auto kKernel, cudaFuncAttribute kAttribute>
 inline void set_kernel_attribute(int value, const char* name, const std::string& shape) {
-    constexpr int kDevices = 64;
-    constexpr int64_t kOffset = int64_t{1} << 32;
-    static std::atomic<int64_t> set_to[kDevices];  // per device: value + kOffset; 0 (as initialised): never set
-    int device = 0;
+    static PerDeviceValue set_to;
+    int device = 0, was = 0;
     check(cudaGetDevice(&device), name, shape);
-    const bool cached = device >= 0 && device < kDevices;
-    if (cached && set_to[device].load() == value + kOffset) return;
+    if (set_to.get(device, was) && was == value) return;
     check(cudaFuncSetAttribute(reinterpret_cast<const void*>(kKernel), kAttribute, value), name, shape);
-    if (cached) set_to[device].store(value + kOffset);
+    set_to.set(device, value);
 }
 // Launches the asynchronous-copy kernel (gemm_kernels.cuh gemm_async_kernel) on any of its operand
 // forms (Operands::Tile), K in `splits` chunks; the caller has checked that the form fits.

@@ -5,7 +5,6 @@
 // is the only one compiled for sm_90a (cuda/CMakeLists.txt, pin_cuda_sm90a): the wgmma instructions
 // exist only there, and an sm_90a cubin runs only on compute capability 9.0.
 #include <algorithm>
-#include <atomic>
 
 #include "ops_internal.cuh"
 #include "wgmma_gemm.cuh"
@@ -18,16 +17,12 @@ namespace {
 // every launch); false where there is no usable device.
 template <cudaDeviceAttr kAttribute>
 bool current_device_attribute(int& value) {
-    constexpr int kDevices = 64;
-    static std::atomic<int> known[kDevices];  // value + 1; 0: not asked yet
+    static PerDeviceValue known;
     int device = 0;
     if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (device < kDevices && known[device].load() > 0) {
-        value = known[device].load() - 1;
-        return true;
-    }
+    if (known.get(device, value)) return true;
     if (cudaDeviceGetAttribute(&value, kAttribute, device) != cudaSuccess || value < 0) return false;
-    if (device < kDevices) known[device] = value + 1;
+    known.set(device, value);
     return true;
 }
 #endif
