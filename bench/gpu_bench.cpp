@@ -2,7 +2,7 @@
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
 //   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16]
-//                 [--no-wgmma] [--no-warm-up]
+//                 [--no-wgmma] [--no-tma] [--no-warm-up]
 // --config runs one gather x arithmetic configuration, or (gemm-bf16) the bfloat16 GEMMs of the wgmma
 // probe alone (bench/gpu_check.sh runs each in its own process, so a kernel fault in one cannot hide
 // the others' timings).
@@ -60,6 +60,10 @@ int main(int argc, char** argv) {
     // --no-wgmma: leave the warpgroup-MMA kernels out (gpu_check.sh passes it when their GPU tests
     // failed: a kernel that faults would end the process, and the timings after it with it).
     bool no_wgmma = false;
+    // --no-tma: leave out only the timings with tensor copies (ops.cuh WgmmaLoads::TensorCopies;
+    // gpu_check.sh passes it when the [cuda][tma] tests failed). They come last in every list, so
+    // a fault or a hang there costs no other timing of its process.
+    bool no_tma = false;
     // --parts: which of a network configuration's measurements to make (layers, defense, training;
     // all by default). gpu_check.sh runs the fast configuration's parts as processes of their own,
     // each with its own time limit, so that a slow or faulting part cannot cost the others theirs.
@@ -70,6 +74,8 @@ int main(int argc, char** argv) {
             iters = std::atoi(argv[++i]);
         } else if (a == "--no-wgmma") {
             no_wgmma = true;
+        } else if (a == "--no-tma") {
+            no_tma = true;
         } else if (a == "--no-warm-up") {
             // Time the first runs too (no untimed run before each timing): for the CPU emulation
             // (tests/cli/bench_gpu_check.sh), where times mean nothing and every run is slow.
@@ -87,7 +93,7 @@ int main(int argc, char** argv) {
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
                         "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--parts layers,defense,training] [--no-wgmma] "
-                        "[--no-warm-up]\n");
+                        "[--no-tma] [--no-warm-up]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
     }
@@ -209,18 +215,23 @@ int main(int argc, char** argv) {
                     // The probe with each of the kernel's pipelines (ops.cuh WgmmaPipeline): wgmma waits
                     // for each slice's MMAs, wgmma_inflight leaves one slice's running, wgmma_ws is the
                     // warp-specialized kernel (persistent, mbarrier-ordered stages), wgmma_pingpong the
-                    // same with its MMA warpgroups on tiles of their own in turn.
-                    for (const auto pipeline : {pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,
-                                                pin::cuda::WgmmaPipeline::WarpSpecialized, pin::cuda::WgmmaPipeline::PingPong}) {
-                        const bool compared = pipeline != pin::cuda::WgmmaPipeline::WaitEachSlice;  // with the first's result
-                        const char* kernel = pipeline == pin::cuda::WgmmaPipeline::OneSliceInFlight  ? "wgmma_inflight"
-                                             : pipeline == pin::cuda::WgmmaPipeline::WarpSpecialized ? "wgmma_ws"
-                                             : pipeline == pin::cuda::WgmmaPipeline::PingPong        ? "wgmma_pingpong"
-                                                                                                      : "wgmma";
-                        if (compared && ms <= 0) continue;  // the probe failed: nothing to compare with
+                    // same with its MMA warpgroups on tiles of their own in turn; the _tma forms (last,
+                    // after the convolutions below) have their operands brought by tensor copies into
+                    // swizzled stages (ops.cuh WgmmaLoads).
+                    struct ProbeRun {
+                        pin::cuda::WgmmaPipeline pipeline;
+                        pin::cuda::WgmmaLoads loads;
+                        const char* kernel;
+                    };
+                    constexpr auto kCpAsync = pin::cuda::WgmmaLoads::CpAsync, kTensor = pin::cuda::WgmmaLoads::TensorCopies;
+                    auto probe = [&](const ProbeRun& run) {
+                        const char* const kernel = run.kernel;
+                        const bool compared = run.pipeline != pin::cuda::WgmmaPipeline::WaitEachSlice;  // with the first's result
+                        if (compared && ms <= 0) return;  // the probe failed: nothing to compare with
                         try {
                             const pin::cuda::KernelSettingsScope settings_scope;
-                            pin::cuda::set_wgmma_pipeline(pipeline);
+                            pin::cuda::set_wgmma_pipeline(run.pipeline);
+                            pin::cuda::set_wgmma_loads(run.loads);
                             pin::cuda::DeviceBuffer& out = compared ? y : c;
                             const double t = time_ms(reps, [&] {
                                 pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), out.data(), M, N, K);
@@ -237,7 +248,12 @@ int main(int argc, char** argv) {
                             std::printf("{\"stage\": \"gemm_bf16\", \"kernel\": \"%s\", \"m\": %lld, \"error\": \"%s\"}\n", kernel,
                                         static_cast<long long>(M), e.what());
                         }
-                    }
+                    };
+                    for (const ProbeRun& run : {ProbeRun{pin::cuda::WgmmaPipeline::WaitEachSlice, kCpAsync, "wgmma"},
+                                                ProbeRun{pin::cuda::WgmmaPipeline::OneSliceInFlight, kCpAsync, "wgmma_inflight"},
+                                                ProbeRun{pin::cuda::WgmmaPipeline::WarpSpecialized, kCpAsync, "wgmma_ws"},
+                                                ProbeRun{pin::cuda::WgmmaPipeline::PingPong, kCpAsync, "wgmma_pingpong"}})
+                        probe(run);
                     // The convolution on the asynchronous-copy kernel's two tiles and on the warpgroup-MMA
                     // kernel (AsyncTileShape::Wgmma, with the K-major weights: the probe's pipeline with
                     // the convolution's operand form), there with each pipeline.
@@ -245,19 +261,28 @@ int main(int argc, char** argv) {
                         pin::cuda::AsyncTileShape tile;
                         pin::cuda::WgmmaPipeline pipeline;
                         const char* kernel;
+                        pin::cuda::WgmmaLoads loads = pin::cuda::WgmmaLoads::CpAsync;
                     };
+                    // The _tma forms: the convolution fed by tensor copies where its output rows fit
+                    // the tile ("by_tensor_copies" says whether they did).
                     for (const ConvRun run : {ConvRun{pin::cuda::AsyncTileShape::Cols64, pin::cuda::WgmmaPipeline::WaitEachSlice, "async64"},
                                               ConvRun{pin::cuda::AsyncTileShape::Cols128, pin::cuda::WgmmaPipeline::WaitEachSlice, "async128"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WaitEachSlice, "wgmma_conv"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::OneSliceInFlight,
                                                       "wgmma_conv_inflight"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws"},
-                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::PingPong, "wgmma_conv_pingpong"}}) {
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::PingPong, "wgmma_conv_pingpong"},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws_tma",
+                                                      kTensor},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::PingPong, "wgmma_conv_pingpong_tma",
+                                                      kTensor}}) {
                         const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
+                        if (run.loads == kTensor && no_tma) continue;
                         const pin::cuda::KernelSettingsScope settings_scope;
                         pin::cuda::set_async_tile(run.tile);
                         pin::cuda::set_wgmma_pipeline(run.pipeline);
+                        pin::cuda::set_wgmma_loads(run.loads);
                         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
                         const double t = time_ms(reps, [&] {
                             pin::cuda::conv2d_forward(pin::cuda::bf16_data(x), w.data(), y.data(), cs, nullptr, nullptr, false,
@@ -267,11 +292,16 @@ int main(int argc, char** argv) {
                         const bool on_kernel = on_wgmma ? pin::cuda::kernel_launches().wgmma > before.wgmma
                                                         : pin::cuda::kernel_launches().async > before.async;
                         y.download(hy.data(), hy.size());
-                        char extra[112];
-                        std::snprintf(extra, sizeof extra, ", \"on_%s_kernel\": %s, \"max_rel_diff_vs_wgmma\": %s", on_wgmma ? "wgmma" : "async",
-                                      on_kernel ? "true" : "false", rel_to_probe(hy).c_str());
+                        const bool tma = pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma;
+                        char extra[160];
+                        std::snprintf(extra, sizeof extra, ", \"on_%s_kernel\": %s, \"by_tensor_copies\": %s, \"max_rel_diff_vs_wgmma\": %s",
+                                      on_wgmma ? "wgmma" : "async", on_kernel ? "true" : "false", tma ? "true" : "false", rel_to_probe(hy).c_str());
                         line(run.kernel, t, extra);
                     }
+                    if (!no_tma && !no_wgmma)
+                        for (const ProbeRun& run : {ProbeRun{pin::cuda::WgmmaPipeline::WarpSpecialized, kTensor, "wgmma_ws_tma"},
+                                                    ProbeRun{pin::cuda::WgmmaPipeline::PingPong, kTensor, "wgmma_pingpong_tma"}})
+                            probe(run);
                 } catch (const std::exception& e) {
                     std::printf("{\"stage\": \"gemm_bf16\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"error\": \"%s\"}\n",
                                 static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), e.what());
@@ -354,6 +384,7 @@ int main(int argc, char** argv) {
                 // And storing C from the registers (ops.cuh WgmmaStores::Direct: no C regions, all
                 // stages within 164 KiB, ~92 KB of L1).
                 double fwd_wgmma_ws_l1_direct = 0, fwd_wgmma_pingpong_l1_direct = 0;
+                double fwd_wgmma_ws_tma = 0, fwd_wgmma_pingpong_tma = 0;  // stride 1: tensor copies (ops.cuh WgmmaLoads)
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -375,11 +406,13 @@ int main(int argc, char** argv) {
                                                                 {"forward_bf16_wgmma_pingpong_l1_smem196", a.fwd_wgmma_pingpong_l1_smem196},
                                                                 {"forward_bf16_wgmma_pingpong_l1_smem164", a.fwd_wgmma_pingpong_l1_smem164},
                                                                 {"forward_bf16_wgmma_ws_l1_direct", a.fwd_wgmma_ws_l1_direct},
-                                                                {"forward_bf16_wgmma_pingpong_l1_direct", a.fwd_wgmma_pingpong_l1_direct}};
+                                                                {"forward_bf16_wgmma_pingpong_l1_direct", a.fwd_wgmma_pingpong_l1_direct},
+                                                                {"forward_bf16_wgmma_ws_tma", a.fwd_wgmma_ws_tma},
+                                                                {"forward_bf16_wgmma_pingpong_tma", a.fwd_wgmma_pingpong_tma}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
-                char row[800];
+                char row[1024];
                 int used = std::snprintf(row, sizeof row, "%-22s b%-5lld fwd %6.2f  bwd-in %6.2f  bwd-w %6.2f TFLOP/s", name,
                                          static_cast<long long>(B0), gflop / f, gflop / bi, gflop / bw);
                 const std::pair<const char*, double> columns[] = {{"fwd bf16-async", a.fwd}, {"bwd-w bf16-async", a.wgrad},
@@ -393,24 +426,27 @@ int main(int argc, char** argv) {
                                                                   {"ws-L1 fwd 196K", a.fwd_wgmma_ws_l1_smem196}, {"164K", a.fwd_wgmma_ws_l1_smem164},
                                                                   {"pp-L1 fwd 196K", a.fwd_wgmma_pingpong_l1_smem196}, {"164K", a.fwd_wgmma_pingpong_l1_smem164},
                                                                   {"direct C: ws-L1 fwd", a.fwd_wgmma_ws_l1_direct},
-                                                                  {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1_direct}};
+                                                                  {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1_direct},
+                                                                  {"TMA: ws fwd", a.fwd_wgmma_ws_tma}, {"pp fwd", a.fwd_wgmma_pingpong_tma}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
                 table.push_back(row);
             };
             // The GEMM settings a timing runs with (ops.cuh): the tile, the wgmma pipeline, gather
-            // caching, and the warp-specialized kernels' shared-memory limit (KiB, 0: none) and stores.
+            // caching, and the warp-specialized kernels' shared-memory limit (KiB, 0: none), stores and
+            // loads (tma(): tensor copies, for the dense probe and the stride-1 forward convolutions).
             using TileShape = pin::cuda::AsyncTileShape;
             constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice, kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
             constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized, kPingPong = pin::cuda::WgmmaPipeline::PingPong;
-            constexpr auto kL1 = pin::cuda::GatherCaching::L1, kL2 = pin::cuda::GatherCaching::L2;
+            constexpr auto kL1 = pin::cuda::GatherCaching::L1;
             struct GemmSettings {
                 TileShape tile;
                 pin::cuda::WgmmaPipeline pipeline = pin::cuda::WgmmaPipeline::WaitEachSlice;
                 pin::cuda::GatherCaching caching = pin::cuda::GatherCaching::L2;
                 int ws_smem_kib = 0;
                 pin::cuda::WgmmaStores stores = pin::cuda::WgmmaStores::ThroughShared;
+                pin::cuda::WgmmaLoads loads = pin::cuda::WgmmaLoads::CpAsync;
                 GemmSettings smem_kib(int kib) const {
                     GemmSettings g = *this;
                     g.ws_smem_kib = kib;
@@ -421,18 +457,27 @@ int main(int argc, char** argv) {
                     g.stores = pin::cuda::WgmmaStores::Direct;
                     return g;
                 }
+                GemmSettings tma() const {
+                    GemmSettings g = *this;
+                    g.loads = pin::cuda::WgmmaLoads::TensorCopies;
+                    return g;
+                }
                 void apply() const {
                     pin::cuda::set_async_tile(tile);
                     pin::cuda::set_wgmma_pipeline(pipeline);
                     pin::cuda::set_gather_caching(caching);
                     pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);
                     pin::cuda::set_wgmma_stores(stores);
+                    pin::cuda::set_wgmma_loads(loads);
                 }
             };
             const GemmSettings cols64{TileShape::Cols64}, cols64_l1{TileShape::Cols64, kWait, kL1}, cols128{TileShape::Cols128},
                 wgmma_wait{TileShape::Wgmma}, wgmma_inflight{TileShape::Wgmma, kInFlight}, wgmma_l1{TileShape::Wgmma, kWait, kL1},
                 ws{TileShape::Wgmma, kWs}, pingpong{TileShape::Wgmma, kPingPong}, ws_l1{TileShape::Wgmma, kWs, kL1},
                 pingpong_l1{TileShape::Wgmma, kPingPong, kL1};
+            // Tensor copies where they apply (stride-1 forward convolutions), the other layers' gathered
+            // copies through L1 as above.
+            const GemmSettings ws_tma = ws_l1.tma(), pingpong_tma = pingpong_l1.tma();
             // f() with the settings g; the settings before come back afterwards, also when f throws.
             auto with_settings = [&](const GemmSettings& g, auto f) {
                 const pin::cuda::KernelSettingsScope settings_scope;
@@ -456,6 +501,9 @@ int main(int argc, char** argv) {
                 a.fwd_wgmma_pingpong_l1_smem164 = with_settings(pingpong_l1.smem_kib(164), f);
                 a.fwd_wgmma_ws_l1_direct = with_settings(ws_l1.direct(), f);
                 a.fwd_wgmma_pingpong_l1_direct = with_settings(pingpong_l1.direct(), f);
+                if (no_tma) return;  // last: a fault here costs no other timing
+                a.fwd_wgmma_ws_tma = with_settings(ws_tma, f);
+                a.fwd_wgmma_pingpong_tma = with_settings(pingpong_tma, f);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -575,11 +623,14 @@ int main(int argc, char** argv) {
                 {"defense_forward_bf16_storage_wgmma_pingpong_l1_smem164", "defense pp L1 164K", Storage::BF16, pingpong_l1.smem_kib(164)},
                 {"defense_forward_bf16_storage_wgmma_ws_l1_direct", "defense ws L1 direct C", Storage::BF16, ws_l1.direct()},
                 {"defense_forward_bf16_storage_wgmma_pingpong_l1_direct", "defense pp L1 direct C", Storage::BF16, pingpong_l1.direct()},
+                {"defense_forward_bf16_storage_wgmma_ws_tma", "defense wgmma ws TMA", Storage::BF16, ws_tma},
+                {"defense_forward_bf16_storage_wgmma_pingpong_tma", "defense wgmma pp TMA", Storage::BF16, pingpong_tma},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
                 const bool bf16_storage = v.storage == Storage::BF16, fast = v.gemm.tile != TileShape::Cols64 || v.gemm.caching == kL1;
                 if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
+                if (v.gemm.loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma) continue;
                 const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_activation_storage(v.storage);
                 v.gemm.apply();
@@ -662,9 +713,12 @@ int main(int argc, char** argv) {
                   TrainingVariant{"training_step_bf16_storage", "training, bf16 DAE act", cols64, kBf16},
                   TrainingVariant{"training_step_bf16_storage_wgmma_l1", "training, bf16 act wgmma L1", wgmma_l1, kBf16},
                   TrainingVariant{"training_step_bf16_storage_wgmma_ws_l1", "training, bf16 wgmma ws L1", ws_l1, kBf16},
-                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_l1", "training, bf16 wgmma pp L1", pingpong_l1, kBf16}}) {
+                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_l1", "training, bf16 wgmma pp L1", pingpong_l1, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_ws_tma", "training, bf16 wgmma ws TMA", ws_tma, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_tma", "training, bf16 wgmma pp TMA", pingpong_tma, kBf16}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
+                if (v.gemm.loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma) continue;
                 try {
                     with_trainer(B0, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
                         const pin::cuda::KernelSettingsScope storage_scope;
@@ -704,7 +758,7 @@ int main(int argc, char** argv) {
                 std::snprintf(number, sizeof number, "%.6g", static_cast<double>(flops) * 1e-9);
                 gflop += std::string(gflop.empty() ? "" : ", ") + "\"" + kernel + "\": " + number;
             }
-            // gemm_gflop_total: all of it (KernelCounts::total; async_cols128 is inside async).
+            // gemm_gflop_total: all of it (KernelCounts::total; async_cols128 is inside async, wgmma_tma inside wgmma).
             std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}, \"gemm_gflop\": {%s}, "
                         "\"gemm_gflop_total\": %.6g}\n",
                         math, gather, parts.c_str(), launches.c_str(), gflop.c_str(),

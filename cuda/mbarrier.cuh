@@ -50,6 +50,18 @@ __device__ inline void mbarrier_arrive(uint64_t* bar) {
     (void)bar;
 #endif
 }
+// One arrival of this thread that also tells the phase to wait for `bytes` bytes of tensor copies
+// (tma.cuh tma_load), which complete them on this barrier as they land.
+__device__ inline void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if defined(PIN_CUDA_EMULATION)
+    ::pin_emulation::mbarrier_arrive_expect_tx(bar, bytes);
+#elif defined(__CUDA_ARCH__)
+    const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(bar));
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(s), "r"(bytes) : "memory");
+#else
+    (void)bar, (void)bytes;
+#endif
+}
 // One arrival of this thread once every cp.async it issued before has landed (.noinc: the arrival
 // is one of the `count` the barrier was initialised with).
 __device__ inline void async_copies_arrive(uint64_t* bar) {

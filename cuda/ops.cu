@@ -85,6 +85,10 @@ std::atomic<int>& wgmma_stores_flag() {
     static std::atomic<int> stores{static_cast<int>(WgmmaStores::ThroughShared)};
     return stores;
 }
+std::atomic<int>& wgmma_loads_flag() {
+    static std::atomic<int> loads{static_cast<int>(WgmmaLoads::CpAsync)};
+    return loads;
+}
 std::atomic<int>& gather_caching_flag() {
     static std::atomic<int> caching{static_cast<int>(GatherCaching::L2)};
     return caching;
@@ -132,6 +136,7 @@ KernelCounts counts_by_kernel(const std::atomic<int64_t>* c) {
     k.one_input = at(GemmKernel::OneInput);
     k.async = at(GemmKernel::Async);
     k.async_cols128 = at(GemmKernel::AsyncCols128);
+    k.wgmma_tma = at(GemmKernel::WgmmaTensorCopies);
     k.wgmma = at(GemmKernel::Wgmma);
     return k;
 }
@@ -151,6 +156,8 @@ void set_wgmma_ws_smem_kib(int kib) {
 int wgmma_ws_smem_kib() { return wgmma_ws_smem_flag().load(); }
 void set_wgmma_stores(WgmmaStores stores) { wgmma_stores_flag() = static_cast<int>(stores); }
 WgmmaStores wgmma_stores() { return static_cast<WgmmaStores>(wgmma_stores_flag().load()); }
+void set_wgmma_loads(WgmmaLoads loads) { wgmma_loads_flag() = static_cast<int>(loads); }
+WgmmaLoads wgmma_loads() { return static_cast<WgmmaLoads>(wgmma_loads_flag().load()); }
 void set_gather_caching(GatherCaching caching) { gather_caching_flag() = static_cast<int>(caching); }
 GatherCaching gather_caching() { return static_cast<GatherCaching>(gather_caching_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }

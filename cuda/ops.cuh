@@ -178,6 +178,21 @@ enum class WgmmaStores { ThroughShared, Direct };
 void set_wgmma_stores(WgmmaStores stores);
 WgmmaStores wgmma_stores();
 
+// How the warp-specialized kernels' producer brings the operands into shared memory: CpAsync, its
+// 128 threads each computing addresses and issuing 16-byte copies (8-16 per slice) into the padded
+// no-swizzle layout; or TensorCopies, sm_90's tensor memory accelerator (tma.cuh), one thread
+// issuing a slice's two box copies into the 128-byte swizzled layout (no padding, no bank
+// conflicts by construction), the hardware computing the addresses and zero-filling past the
+// matrix (wgmma_gemm.cuh WgmmaTensorDenseOperands, WgmmaTensorConvOperands). Our GEMM reaches 141
+// TFLOP/s on the H200 where cuBLAS (TMA-fed) reaches 802: this is the probe of how much of that
+// gap the copies are. It applies to the dense GEMM (gemm_bf16_wgmma) and the stride-1 forward
+// convolutions whose output rows fit a tile (a tile is whole output rows of one image, 7/8 of its
+// rows used at widths 112, 56, 28; the convolution's padding is the copies' zero fill); the other
+// passes and layers keep cp.async. Process-wide; CpAsync unless set (`pin --gpu-loads tma`).
+enum class WgmmaLoads { CpAsync, TensorCopies };
+void set_wgmma_loads(WgmmaLoads loads);
+WgmmaLoads wgmma_loads();
+
 // Where the asynchronous-copy and warpgroup-MMA kernels' copies of a gathered bfloat16 operand (the
 // activations of a convolution's implicit GEMM, all three passes) are cached on their way to shared
 // memory: in L2 only (L2: cp.async.cg), or also in the SM's L1 (L1: cp.async.ca). A 3 x 3
@@ -211,7 +226,8 @@ struct KernelCounts {
     int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
     int64_t async_cols128 = 0;  // of async's, those of the 256 x 128 tile (a part of async, not beside it)
     int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
-    // Over all kernels (async_cols128 being inside async).
+    int64_t wgmma_tma = 0;      // of wgmma's, those fed by tensor copies (WgmmaLoads::TensorCopies; a part of wgmma)
+    // Over all kernels (async_cols128 and wgmma_tma being inside async and wgmma).
     int64_t total() const { return fp32 + tensor_core + wide + one_output + one_input + async + wgmma; }
 };
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
@@ -227,9 +243,10 @@ KernelFlops kernel_gemm_flops();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
 inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelCounts& k) {
-    static_assert(sizeof(KernelCounts) == 8 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
+    static_assert(sizeof(KernelCounts) == 9 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
     return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
-            {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}};
+            {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma},
+            {"wgmma_tma", k.wgmma_tma}};
 }
 
 // ---- convolutions (NHWC activations) -------------------------------------------------------------
@@ -315,7 +332,7 @@ void set_mask_sampler(MaskSampler sampler);
 MaskSampler mask_sampler();
 
 // The process-wide choices of this header (math, gather, activation storage, tile, wgmma pipeline,
-// gather caching, mask sampler, the warp-specialized kernels' shared memory and stores) as one
+// gather caching, mask sampler, the warp-specialized kernels' shared memory, stores and loads) as one
 // value: current() reads them, apply() sets them all.
 struct KernelSettings {
     MathMode math = MathMode::FP32;
@@ -327,14 +344,15 @@ struct KernelSettings {
     MaskSampler sampler = MaskSampler::Pin;
     int ws_smem_kib = 0;
     WgmmaStores stores = WgmmaStores::ThroughShared;
+    WgmmaLoads loads = WgmmaLoads::CpAsync;
     static KernelSettings current() {
         return {math_mode(),      gather_mode(),    activation_storage(), async_tile(),       wgmma_pipeline(),
-                gather_caching(), mask_sampler(),   wgmma_ws_smem_kib(),  wgmma_stores()};
+                gather_caching(), mask_sampler(),   wgmma_ws_smem_kib(),  wgmma_stores(),     wgmma_loads()};
     }
     void apply() const {
         set_math_mode(math), set_gather_mode(gather), set_activation_storage(storage), set_async_tile(tile);
         set_wgmma_pipeline(pipeline), set_gather_caching(caching), set_mask_sampler(sampler), set_wgmma_ws_smem_kib(ws_smem_kib);
-        set_wgmma_stores(stores);
+        set_wgmma_stores(stores), set_wgmma_loads(loads);
     }
 };
 // Puts back the settings in force when it was made as it goes out of scope, an exception included:

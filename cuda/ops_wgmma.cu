@@ -102,7 +102,7 @@ template <class Operands, class Store>
 void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const Store& st, const char* name, const std::string& shape) {
     using T = typename Operands::Tile;
     check_gemm_size(M, N, K, name, shape);
-    const int64_t tiles = (M + T::rows - 1) / T::rows * ((N + T::cols - 1) / T::cols);
+    const int64_t tiles = row_tile_count(ops, M) * ((N + T::cols - 1) / T::cols);
     const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
     // The epilogue, the ring within set_wgmma_ws_smem_kib's limit, and the carveout that leaves the
     // rest to L1.
@@ -111,6 +111,7 @@ void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const
     const int bytes = T::smem_bytes_for(stages, direct);
     prepare_wgmma_launch<&gemm_wgmma_ws_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
     ask_carveout_for<&gemm_wgmma_ws_kernel<Operands, Store>>(bytes, name, shape);
+    if (UsesTensorCopies<Operands>::value) count_gemm(GemmKernel::WgmmaTensorCopies, M, N, K);
     PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, stages, direct,
                                                                                                                      ops, st);
     check(cudaGetLastError(), name, shape);
@@ -156,11 +157,47 @@ void with_kmajor_tile(int64_t N, const Run& run) {
     else
         with_pipelined_tile<64>([&](auto tile) { run(tile, std::false_type{}); });
 }
-// A convolution's GEMM on the tile with_kmajor_tile picks.
+// run(tile) with the warp-specialized kernel's swizzled tile (tensor copies) that wgmma_pipeline()
+// names for N columns: 128 columns where N is a multiple of 128, else the swapped 64-column one.
+template <class Run>
+void with_tensor_tile(int64_t N, const Run& run) {
+    const bool pingpong = wgmma_pipeline() == WgmmaPipeline::PingPong;
+    if (N % 128 == 0)
+        pingpong ? run(WgmmaPingPongTensorTile{}) : run(WgmmaWsTensorTile128{});
+    else
+        pingpong ? run(WgmmaPingPongTensorSwappedTile{}) : run(WgmmaWsTensorSwappedTile{});
+}
+// A stride-1 forward convolution fed by tensor copies (WgmmaTensorConvOperands), where
+// WgmmaLoads::TensorCopies and a warp-specialized pipeline are set and the layer fits the tile
+// (its output rows within the tile's rows); false where it does not run here.
+template <class LoadA, class Store>
+bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
+                           const std::string& shape) {
+    if constexpr (!std::is_same<LoadA, Gather<false, Bf16>>::value) {
+        (void)la, (void)M, (void)N, (void)wk, (void)ldk, (void)st, (void)name, (void)shape;
+        return false;
+    } else {
+        if (wgmma_loads() != WgmmaLoads::TensorCopies || !warp_specialized(wgmma_pipeline())) return false;
+        bool ran = false;
+        with_tensor_tile(N, [&](auto tile) {
+            using Ops = WgmmaTensorConvOperands<decltype(tile)>;
+            if (!Ops::fits(la, M, N, ldk, wk)) return;
+            Ops ops;
+            std::string refused;
+            if (!Ops::make(ops, la, M, N, wk, ldk, &refused)) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": tensor copies: ", refused);
+            launch_wgmma_ws(M, N, la.K * la.K * la.C, ops, st, name, shape);
+            ran = true;
+        });
+        return ran;
+    }
+}
+// A convolution's GEMM on the tile with_kmajor_tile picks (or fed by tensor copies, where set and
+// the layer allows).
 template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
     if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
+    if (conv_on_tensor_copies(la, M, N, wk, ldk, st, name, shape)) return true;
     // The cooperative swapped tile's sub-pixel form spills (wgmma_gemm.cuh WgmmaWsSwappedTile).
     constexpr bool subpixel = std::is_same<LoadA, SubpixelGather<Bf16>>::value;
     with_kmajor_tile<!subpixel>(N, [&](auto tile, auto warp_specialized) {
@@ -228,6 +265,17 @@ void gemm_bf16_wgmma(const Bf16* a, const Bf16* b, float* c, int64_t M, int64_t 
     std::string why;
     if (!wgmma_supported(&why)) ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": this device cannot run it: ", why);
     const PartialStore st{c, M, N};
+    if (warp_specialized(wgmma_pipeline()) && wgmma_loads() == WgmmaLoads::TensorCopies) {
+        // The warp-specialized tiles swizzled, the operands brought by tensor copies.
+        with_tensor_tile(N, [&](auto tile) {
+            WgmmaTensorDenseOperands<decltype(tile)> ops;
+            std::string refused;
+            if (!WgmmaTensorDenseOperands<decltype(tile)>::make(ops, a, b, M, N, K, &refused))
+                ::pin::detail::throw_error("CUDA gemm_bf16_wgmma ", shape, ": tensor copies: ", refused);
+            launch_wgmma_ws(M, N, K, ops, st, "gemm_bf16_wgmma", shape);
+        });
+        return;
+    }
     if (warp_specialized(wgmma_pipeline())) {
         with_kmajor_tile<true>(N, [&](auto tile, auto warp_specialized) {
             if constexpr (decltype(warp_specialized)::value)

@@ -54,6 +54,16 @@ __host__ __device__ constexpr uint64_t wgmma_descriptor(uint32_t address, uint32
            static_cast<uint64_t>((sbo >> 4) & 0x3FFF) << 32;
 }
 
+// A descriptor of a K-major operand in the 128-byte swizzled layout (as tma.cuh's copies leave it):
+// rows of 64 bfloat16 (128 bytes), 8 rows to an atom of 1024 bytes whose 16-byte chunks are
+// permuted by the row (chunk c of row r at chunk c ^ r, r = the address's bits 7-9), atoms `sbo`
+// bytes apart along M / N. The atom must be 1024-byte aligned; the start may move 32 bytes on per
+// 16 K values (the hardware applies the permutation to the address it computes). LBO is unused
+// with K within one row (16 written, as is customary); bits 62-63 = 1: the 128-byte swizzle.
+__host__ __device__ constexpr uint64_t wgmma_descriptor_sw128(uint32_t address, uint32_t sbo) {
+    return wgmma_descriptor(address, 16, sbo) | uint64_t{1} << 62;
+}
+
 __device__ inline void wgmma_fence() {
 #if defined(PIN_CUDA_EMULATION)
     ::pin_emulation::wgmma_fence();

@@ -23,7 +23,9 @@
 //
 // gemm_wgmma_ws_kernel is the same GEMM warp-specialized (ops.cuh WgmmaPipeline::WarpSpecialized,
 // the K-major operand forms): a third warpgroup only copies, the two MMA warpgroups wait on
-// mbarriers (mbarrier.cuh) for the stages they read, the grid is persistent; see WgmmaWsTile.
+// mbarriers (mbarrier.cuh) for the stages they read, the grid is persistent; see WgmmaWsTile. Its
+// operands may also come by tensor copies (tma.cuh, ops.cuh WgmmaLoads) into 128-byte swizzled
+// stages: WgmmaTensorDenseOperands, WgmmaTensorConvOperands.
 #pragma once
 #include <cstdint>
 
@@ -37,6 +39,7 @@
 #include "gemm_kernels.cuh"
 #include "launch.cuh"
 #include "mbarrier.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace pin::cuda::gemm {
@@ -257,19 +260,29 @@ struct WgmmaWeightGradOperands {
 // tile's C the other's MMAs run, and the tensor cores do not wait for the epilogue, which the
 // cooperative form leaves them idle for once per tile. The price: the B operand (the A operand,
 // swapped) is copied once per half as many products.
-template <int kCols, int kStages, int kRows = 128, bool kSwapped = false, bool kPingPong = false>
+//
+// kSwizzled: the stages in the 128-byte swizzled layout that tensor copies leave (tma.cuh; the
+// operands WgmmaTensorDenseOperands): rows of 128 bytes, 8 to a 1024-byte atom, no padding (a
+// 128 x 128 stage 32 KB where the padded one is 36), the stages 1024-byte aligned (a launch takes
+// 1 KB more to align them).
+template <int kCols, int kStages, int kRows = 128, bool kSwapped = false, bool kPingPong = false, bool kSwizzled = false>
 struct WgmmaWsTile {
     static_assert(kPingPong ? (kSwapped ? kCols == 64 && kRows == 128 : kCols == 128 && kRows == 64)
                             : (kSwapped ? kCols == 64 && kRows == 256 : kCols == 128 && kRows == 128),
                   "the wgmma shapes wgmma.cuh instantiates");
     static constexpr int consumers = 256, producers = 128, block_threads = consumers + producers;
     static constexpr int threads = producers, rows = kRows, cols = kCols, depth = 64, stages = kStages, min_blocks = 1;
-    static constexpr bool mn_major = false, swapped = kSwapped, pingpong = kPingPong;
+    static constexpr bool mn_major = false, swapped = kSwapped, pingpong = kPingPong, swizzled = kSwizzled;
     // The consumer threads that compute one tile, and the rows of the tile each warpgroup computes.
     static constexpr int tile_consumers = kPingPong ? 128 : 256, group_rows = kPingPong ? kRows : kRows / 2;
     static constexpr int mma_n = kSwapped ? group_rows : kCols;  // the instruction's N
-    static constexpr int lbo = 128 + 16, sbo = 64 / 8 * lbo;
+    static constexpr int lbo = kSwizzled ? 16 : 128 + 16, sbo = kSwizzled ? 1024 : 64 / 8 * lbo;
+    static constexpr int k_step = kSwizzled ? 32 : 2 * lbo;  // bytes from one 16-deep step's descriptors to the next's
+    static constexpr int align = kSwizzled ? 1024 : 0;       // bytes a launch adds to align the stages
     static constexpr int a_bytes = rows / 8 * sbo, b_bytes = cols / 8 * sbo, stage_bytes = a_bytes + b_bytes;
+    __host__ __device__ static constexpr uint64_t descriptor(uint32_t address) {
+        return kSwizzled ? wgmma_descriptor_sw128(address, sbo) : wgmma_descriptor(address, lbo, sbo);
+    }
     // C's row length in floats: + 8 so that the row pairs a quad writes fall on distinct banks;
     // swapped (a thread's values run down the columns) + 4, so that a warp's 32 stores do.
     static constexpr int c_ld = cols + (kSwapped ? 4 : 8);
@@ -284,11 +297,13 @@ struct WgmmaWsTile {
     __host__ __device__ static constexpr int barrier_offset(int n, bool direct = false) {
         return c_offset(n) + (direct ? 0 : c_regions * c_bytes);
     }
-    __host__ __device__ static constexpr int smem_bytes_for(int n, bool direct = false) { return barrier_offset(n, direct) + (2 * n + 2) * 8; }
+    __host__ __device__ static constexpr int smem_bytes_for(int n, bool direct = false) {
+        return align + barrier_offset(n, direct) + (2 * n + 2) * 8;
+    }
     static constexpr int min_stages = 2;  // a consumer releases a slice's stage after issuing the next slice's MMAs
     // The most a launch takes: smem_bytes_for(kStages), spelled out (a member function cannot be
     // called in a constant expression before the class is complete).
-    static constexpr int smem_bytes = kStages * stage_bytes + c_regions * c_bytes + (2 * kStages + 2) * 8;
+    static constexpr int smem_bytes = align + kStages * stage_bytes + c_regions * c_bytes + (2 * kStages + 2) * 8;
     // The most stages, from min_stages to kStages, whose block fits `limit` bytes of an SM's shared
     // memory with the 1 KB the system reserves per block (0: no limit, kStages).
     static constexpr int stages_within(int64_t limit, bool direct = false) {
@@ -300,7 +315,9 @@ struct WgmmaWsTile {
     static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;
     static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
     static_assert(smem_bytes <= 227 * 1024, "fits an sm_90 SM");
-    __host__ __device__ static constexpr int offset(int r, int k) { return (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2; }
+    __host__ __device__ static constexpr int offset(int r, int k) {
+        return kSwizzled ? r * 128 + ((k / 8) ^ (r % 8)) * 16 + (k % 8) * 2 : (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
+    }
     // Producer thread t copies rows t / 8 + 16 i of each operand, K values 8 (t % 8) .. + 7 of the
     // slice (a quarter-warp: one row's 128 contiguous bytes, onto 8 different 16-byte bank groups).
     __host__ __device__ static constexpr int copy_row(int t, int i) { return t / chunks + (threads / chunks) * i; }
@@ -318,6 +335,152 @@ using WgmmaWsTile128 = WgmmaWsTile<128, 4>;
 using WgmmaWsSwappedTile = WgmmaWsTile<64, 3, 256, true>;
 using WgmmaPingPongTile = WgmmaWsTile<128, 5, 64, false, true>;
 using WgmmaPingPongSwappedTile = WgmmaWsTile<64, 5, 128, true, true>;
+// The same four, swizzled for tensor copies (the same stages: 196-201 KB with the alignment).
+using WgmmaWsTensorTile128 = WgmmaWsTile<128, 4, 128, false, false, true>;
+using WgmmaWsTensorSwappedTile = WgmmaWsTile<64, 3, 256, true, false, true>;
+using WgmmaPingPongTensorTile = WgmmaWsTile<128, 5, 64, false, true, true>;
+using WgmmaPingPongTensorSwappedTile = WgmmaWsTile<64, 5, 128, true, true, true>;
+
+// Dense operands as WgmmaDenseOperands, brought by tensor copies (tma.cuh) into a swizzled tile:
+// per slice one copy of A's rows x 64 K values and one of B's, issued by one producer thread, their
+// bytes expected on the stage's full barrier (so that barrier counts one arrival, not the
+// producers'). Rows and K past the matrices come as zeros. The maps are encoded on the host (make)
+// and reach the kernel inside the operands, a __grid_constant__ parameter.
+template <class T>
+struct WgmmaTensorDenseOperands {
+    using Tile = T;
+    static_assert(T::swizzled, "tensor copies leave the swizzled layout");
+    static constexpr bool tensor_copies = true;
+    TensorMap a_map, b_map;
+    struct Regs {
+        int32_t m0, n0, k;
+    };
+    // A (M x K) and B (N x K) row-major, K % 8 == 0, both 16-byte aligned; false (and why) where a
+    // map cannot be made.
+    static bool make(WgmmaTensorDenseOperands& ops, const Bf16* a, const Bf16* b, int64_t M, int64_t N, int64_t K, std::string* why) {
+        TensorMapShape s;
+        s.rank = 2;
+        s.dims[0] = static_cast<uint64_t>(K), s.strides[0] = static_cast<uint64_t>(K) * 2, s.box[0] = T::depth;
+        s.dims[1] = static_cast<uint64_t>(M), s.box[1] = T::rows;
+        if (!encode_tensor_map_bf16(ops.a_map, a, s, why)) return false;
+        s.dims[1] = static_cast<uint64_t>(N), s.box[1] = T::cols;
+        return encode_tensor_map_bf16(ops.b_map, b, s, why);
+    }
+    __device__ void prefetch() const {
+        tma_prefetch_map(a_map);
+        tma_prefetch_map(b_map);
+    }
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t, int64_t, int64_t, int64_t, int) const {
+        r = Regs{static_cast<int32_t>(m0), static_cast<int32_t>(n0), 0};
+    }
+    // The next slice into `stage`, completing on `full`.
+    __device__ void issue_tensor(Regs& r, unsigned char* stage, uint64_t* full) const {
+        mbarrier_arrive_expect_tx(full, T::stage_bytes);
+        tma_load_2d(stage, a_map, r.k, r.m0, full);
+        tma_load_2d(stage + T::a_bytes, b_map, r.k, r.n0, full);
+        r.k += T::depth;
+    }
+};
+// Whether Operands are brought by tensor copies (Operands::tensor_copies) rather than cp.async.
+template <class Operands, class = void>
+struct UsesTensorCopies : std::false_type {};
+template <class Operands>
+struct UsesTensorCopies<Operands, std::enable_if_t<Operands::tensor_copies>> : std::true_type {};
+
+// The rows of C a row tile covers: m0 .. m_end - 1. Operands that tile M their own way
+// (Operands::row_spans: WgmmaTensorConvOperands, whole output rows of one image a tile) say how
+// many row tiles there are and where each lies; otherwise tile i is rows 128 i .. (Tile::rows
+// each), the last one cut at M.
+struct RowSpan {
+    int64_t m0, m_end;
+};
+template <class Operands, class = void>
+struct HasRowSpans : std::false_type {};
+template <class Operands>
+struct HasRowSpans<Operands, std::enable_if_t<Operands::row_spans>> : std::true_type {};
+template <class Operands>
+__host__ __device__ int64_t row_tile_count(const Operands& ops, int64_t M) {
+    if constexpr (HasRowSpans<Operands>::value) return ops.row_tiles();
+    (void)ops;
+    return (M + Operands::Tile::rows - 1) / Operands::Tile::rows;
+}
+template <class Operands>
+__host__ __device__ RowSpan row_span(const Operands& ops, int64_t i, int64_t M) {
+    if constexpr (HasRowSpans<Operands>::value) return ops.row_span(i);
+    (void)ops;
+    return RowSpan{i * Operands::Tile::rows, M};
+}
+
+// The forward convolutions at stride 1 (Gather<false, Bf16>, C a multiple of 64), both operands
+// brought by tensor copies: A, a 4-dimensional map over the NHWC activations (channels, columns,
+// rows, images), whose box is 64 channels of `bh` whole output rows, bh = Tile::rows / Wo, placed
+// at the slice's tap: columns kw - pad .., rows oh0 + kh - pad ..; the padding is the copies' zero
+// fill outside the image, so no address is computed per pixel, and rows of a tile never straddle
+// two images. A tile is therefore bh output rows of one image, bh Wo of its Tile::rows rows (7/8
+// for Wo = 112, 56, 28 with 128 or 256 rows: the MMAs of the rest are wasted; the rows they read
+// hold whatever the stage held, and reach only C rows that are not stored). B, the K-major
+// weights (pack_bf16_kmajor) by 2-dimensional copies as WgmmaTensorDenseOperands'.
+template <class T>
+struct WgmmaTensorConvOperands {
+    using Tile = T;
+    static_assert(T::swizzled, "tensor copies leave the swizzled layout");
+    static constexpr bool tensor_copies = true, row_spans = true;
+    TensorMap x_map, w_map;
+    int32_t images, Ho, Wo, C, kernel, pad, bh, tiles_per_image;
+    struct Regs {
+        int32_t b, oh0, n0, s;  // the tile's image, first output row and first output channel; the next slice
+    };
+    // Whether the tile takes this convolution: stride 1, whole 64-channel slices, an output row
+    // within the tile, N and ldk multiples of 8, sizes within the copies' 32-bit coordinates.
+    static bool fits(const Gather<false, Bf16>& la, int64_t M, int64_t N, int64_t ldk, const Bf16* w) {
+        return la.stride == 1 && la.C % T::depth == 0 && la.Wo >= 1 && la.Wo <= T::rows && la.Ho >= 1 && M % (la.Ho * la.Wo) == 0 &&
+               N > 0 && N % 8 == 0 && ldk % 8 == 0 && aligned16(la.src) && aligned16(w) && M < (int64_t{1} << 31) &&
+               ldk < (int64_t{1} << 31) && N < (int64_t{1} << 31);
+    }
+    static bool make(WgmmaTensorConvOperands& ops, const Gather<false, Bf16>& la, int64_t M, int64_t N, const Bf16* w, int64_t ldk,
+                     std::string* why) {
+        ops.images = static_cast<int32_t>(M / (la.Ho * la.Wo));
+        ops.Ho = static_cast<int32_t>(la.Ho), ops.Wo = static_cast<int32_t>(la.Wo), ops.C = static_cast<int32_t>(la.C);
+        ops.kernel = static_cast<int32_t>(la.K), ops.pad = static_cast<int32_t>(la.pad);
+        ops.bh = static_cast<int32_t>(T::rows / la.Wo);
+        ops.tiles_per_image = (ops.Ho + ops.bh - 1) / ops.bh;
+        TensorMapShape x;
+        x.rank = 4;
+        const uint64_t row = static_cast<uint64_t>(la.C) * 2;
+        x.dims[0] = static_cast<uint64_t>(la.C), x.dims[1] = static_cast<uint64_t>(la.W), x.dims[2] = static_cast<uint64_t>(la.H),
+        x.dims[3] = static_cast<uint64_t>(ops.images);
+        x.strides[0] = row, x.strides[1] = row * static_cast<uint64_t>(la.W), x.strides[2] = row * static_cast<uint64_t>(la.W * la.H);
+        x.box[0] = T::depth, x.box[1] = static_cast<uint32_t>(la.Wo), x.box[2] = static_cast<uint32_t>(ops.bh), x.box[3] = 1;
+        if (!encode_tensor_map_bf16(ops.x_map, la.src, x, why)) return false;
+        TensorMapShape wm;
+        wm.rank = 2;
+        wm.dims[0] = static_cast<uint64_t>(la.K * la.K * la.C), wm.dims[1] = static_cast<uint64_t>(N);
+        wm.strides[0] = static_cast<uint64_t>(ldk) * 2, wm.box[0] = T::depth, wm.box[1] = T::cols;
+        return encode_tensor_map_bf16(ops.w_map, w, wm, why);
+    }
+    __host__ __device__ int64_t row_tiles() const { return static_cast<int64_t>(images) * tiles_per_image; }
+    __host__ __device__ RowSpan row_span(int64_t i) const {
+        const int64_t b = i / tiles_per_image, oh0 = (i - b * tiles_per_image) * bh;
+        const int64_t m0 = (b * Ho + oh0) * Wo, rows = (Ho - oh0 < bh ? Ho - oh0 : bh) * static_cast<int64_t>(Wo);
+        return RowSpan{m0, m0 + rows};
+    }
+    __device__ void prefetch() const {
+        tma_prefetch_map(x_map);
+        tma_prefetch_map(w_map);
+    }
+    __device__ void begin(Regs& r, int64_t m0, int64_t n0, int64_t, int64_t, int64_t, int64_t, int) const {
+        const int64_t image = static_cast<int64_t>(Ho) * Wo, b = m0 / image;
+        r = Regs{static_cast<int32_t>(b), static_cast<int32_t>((m0 - b * image) / Wo), static_cast<int32_t>(n0), 0};
+    }
+    __device__ void issue_tensor(Regs& r, unsigned char* stage, uint64_t* full) const {
+        const int slices_per_tap = C / T::depth, tap = r.s / slices_per_tap, kh = tap / kernel, kw = tap - kh * kernel;
+        const int c0 = (r.s - tap * slices_per_tap) * T::depth;
+        mbarrier_arrive_expect_tx(full, static_cast<uint32_t>(Wo * bh * T::depth * 2 + T::b_bytes));
+        tma_load_4d(stage, x_map, c0, kw - pad, r.oh0 + kh - pad, r.b, full);
+        tma_load_2d(stage + T::a_bytes, w_map, r.s * T::depth, r.n0, full);
+        ++r.s;
+    }
+};
 
 // The 4 x 4 transpose of v across the 4 lanes whose indices differ by stride x {0, 1, 2, 3} (`me`:
 // this lane's place among them): afterwards v[i] is what lane i's v[me] was. Two rounds of
@@ -470,21 +633,26 @@ __global__ void __launch_bounds__(256, Operands::Tile::min_blocks)
 // have landed first). Grid: (at most the number of tiles, 1, 1); a ring of `stages` stages (from
 // Tile::min_stages to Tile::stages), C stored through shared memory or, `direct`, from the
 // registers (store_accumulators); Tile::smem_bytes_for(stages, direct) of dynamic shared memory.
+// Operands brought by tensor copies (UsesTensorCopies): the producer's first warp waits for the
+// stages, its first lane issues a slice's copies, and each full barrier counts that one arrival
+// and the copies' bytes; the stages start at the next 1024-byte boundary (Tile::align).
 template <class Operands, class Store>
 __global__ void __launch_bounds__(384, 1)
-    gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, int stages, bool direct, Operands ops, Store st) {
+    gemm_wgmma_ws_kernel(int64_t M, int64_t N, int64_t K, int stages, bool direct, const __grid_constant__ Operands ops, Store st) {
     using T = typename Operands::Tile;
+    constexpr bool kTensorCopies = UsesTensorCopies<Operands>::value;
     static_assert(T::block_threads == 384 && T::producers == 128 && T::consumers == 256, "warpgroups 0, 1 consume, 2 produces");
-    PIN_DYNAMIC_SHARED(smem);
+    PIN_DYNAMIC_SHARED(dynamic);
+    unsigned char* const smem = dynamic + (T::align ? (T::align - shared_address(dynamic) % T::align) % T::align : 0);
     uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset(stages, direct));
     uint64_t* const empty = full + stages;
     uint64_t* const turn = empty + stages;  // ping-pong: turn[g] completes a phase when consumer g may start a tile
     const int tid = static_cast<int>(threadIdx.x), group = tid / 128;
-    const int64_t row_tiles = (M + T::rows - 1) / T::rows, tiles = row_tiles * ((N + T::cols - 1) / T::cols);
+    const int64_t row_tiles = row_tile_count(ops, M), tiles = row_tiles * ((N + T::cols - 1) / T::cols);
     const int64_t slices = (K + T::depth - 1) / T::depth;
     if (tid == 0) {
         for (int s = 0; s < stages; ++s) {
-            mbarrier_init(&full[s], T::producers);        // every producer thread's copies
+            mbarrier_init(&full[s], kTensorCopies ? 1 : T::producers);  // every producer thread's copies, or the one issuing
             mbarrier_init(&empty[s], T::tile_consumers);  // every thread of the consumers that read it
         }
         mbarrier_init(&turn[0], 128);
@@ -498,13 +666,21 @@ __global__ void __launch_bounds__(384, 1)
         // the first round that is the phase before a fresh barrier's first, which counts as complete
         // (the PTX ISA's parity wait; the emulation's too).
         const auto wait_stage_free = [&] { mbarrier_wait(&empty[at.stage], at.phase ^ 1u); };
+        if constexpr (kTensorCopies) {
+            if (p >= 32) return;  // one warp (waits are warp-wide), one lane of it issuing
+            if (p == 0) ops.prefetch();
+        }
         for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
             typename Operands::Regs r;
-            ops.begin(r, tile % row_tiles * T::rows, tile / row_tiles * T::cols, M, N, 0, K, p);
+            ops.begin(r, row_span(ops, tile % row_tiles, M).m0, tile / row_tiles * T::cols, M, N, 0, K, p);
             for (int64_t s = 0; s < slices; ++s, at.next()) {
                 wait_stage_free();
-                ops.issue(r, smem + at.stage * T::stage_bytes, p);
-                async_copies_arrive(&full[at.stage]);
+                if constexpr (kTensorCopies) {
+                    if (p == 0) ops.issue_tensor(r, smem + at.stage * T::stage_bytes, &full[at.stage]);
+                } else {
+                    ops.issue(r, smem + at.stage * T::stage_bytes, p);
+                    async_copies_arrive(&full[at.stage]);
+                }
             }
         }
         // Before it exits, the consumers' release of the last `stages` slices: every copy it issued
@@ -538,8 +714,7 @@ __global__ void __launch_bounds__(384, 1)
             for (float& v : d) wgmma_hold(v);
             wgmma_fence();
             for (int k = 0; k < T::depth / 16; ++k)
-                wgmma_bf16<T::mma_n>(d, wgmma_descriptor(mma_a + 2 * k * T::lbo, T::lbo, T::sbo),
-                                     wgmma_descriptor(mma_b + 2 * k * T::lbo, T::lbo, T::sbo), true);
+                wgmma_bf16<T::mma_n>(d, T::descriptor(mma_a + k * T::k_step), T::descriptor(mma_b + k * T::k_step), true);
             wgmma_commit();
             wgmma_wait<1>();  // this thread's share of the slice before's MMAs is done ...
             for (float& v : d) wgmma_hold(v);
@@ -551,9 +726,11 @@ __global__ void __launch_bounds__(384, 1)
         for (float& v : d) wgmma_hold(v);
         mbarrier_arrive(&empty[released]);  // the tile's last slice: the producer may refill it
         if (T::pingpong) at.skip(slices);   // the other consumer's tile
-        const int64_t m0 = tile % row_tiles * T::rows, n0 = tile / row_tiles * T::cols;
+        // The tile's rows: m0 .. m_end - 1 (m_end M but for operands with their own row spans).
+        const RowSpan span = row_span(ops, tile % row_tiles, M);
+        const int64_t m0 = span.m0, n0 = tile / row_tiles * T::cols;
         if (direct) {
-            store_accumulators<T>(d, row0, m0, n0, M, N, st, w, l);
+            store_accumulators<T>(d, row0, m0, n0, span.m_end, N, st, w, l);
             continue;
         }
         // C through this warpgroup's C region to the store functor: the instruction's result rows
@@ -571,7 +748,7 @@ __global__ void __launch_bounds__(384, 1)
             }
         named_barrier_sync(1 + first, T::tile_consumers);
         const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
-        store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, m0, n0, M, N, st, ctid);
+        store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, m0, n0, span.m_end, N, st, ctid);
     }
 }
 

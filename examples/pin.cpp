@@ -68,7 +68,10 @@ void usage(std::FILE* f) {
                  "              --gpu-tile T    with cuda: 64 (default) | 128 | wgmma, the tensor-core tile\n"
                  "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
                  "              --gpu-pipeline P with wgmma: wait (default) | inflight (one slice's MMAs in flight)\n"
-                 "                              | ws (a copying warpgroup feeding two MMA warpgroups)\n"
+                 "                              | ws (a copying warpgroup feeding two MMA warpgroups) | pingpong\n"
+                 "                              (the two on tiles of their own in turn)\n"
+                 "              --gpu-loads L   with ws / pingpong: cp-async (default) | tma (stride-1 convolutions'\n"
+                 "                              operands brought by tensor copies)\n"
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
@@ -104,7 +107,10 @@ void usage(std::FILE* f) {
                  "              --gpu-tile T    with cuda: 64 (default) | 128 | wgmma, the tensor-core tile\n"
                  "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
                  "              --gpu-pipeline P with wgmma: wait (default) | inflight (one slice's MMAs in flight)\n"
-                 "                              | ws (a copying warpgroup feeding two MMA warpgroups)\n"
+                 "                              | ws (a copying warpgroup feeding two MMA warpgroups) | pingpong\n"
+                 "                              (the two on tiles of their own in turn)\n"
+                 "              --gpu-loads L   with ws / pingpong: cp-async (default) | tma (stride-1 convolutions'\n"
+                 "                              operands brought by tensor copies)\n"
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
@@ -142,7 +148,10 @@ void usage(std::FILE* f) {
                  "              --gpu-tile T    with cuda: 64 (default) | 128 | wgmma, the tensor-core tile\n"
                  "                              (256 x T; 128 where the output channels are a multiple of 128)\n"
                  "              --gpu-pipeline P with wgmma: wait (default) | inflight (one slice's MMAs in flight)\n"
-                 "                              | ws (a copying warpgroup feeding two MMA warpgroups)\n"
+                 "                              | ws (a copying warpgroup feeding two MMA warpgroups) | pingpong\n"
+                 "                              (the two on tiles of their own in turn)\n"
+                 "              --gpu-loads L   with ws / pingpong: cp-async (default) | tma (stride-1 convolutions'\n"
+                 "                              operands brought by tensor copies)\n"
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
@@ -178,7 +187,7 @@ int cmd_info() {
     std::printf("  CUDA kernels     built\n");
     std::string reason;
     if (pin::cuda::device_available(&reason))
-        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-gather-cache)\n", pin::cuda::device_name().c_str());
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-gather-cache)\n", pin::cuda::device_name().c_str());
     else
         std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else

@@ -45,6 +45,7 @@
 #pragma once
 #define PIN_CUDA_EMULATION 1
 
+#include <cuda.h>  // CUtensorMap (cuda/tma.cuh), a type only: nothing of the driver is called
 #include <cuda_bf16.h>
 #include <vector_types.h>
 // cuRAND's device API is host code too (cuda/ops.cu's MaskSampler::CuRand runs its Philox here); its
@@ -363,6 +364,9 @@ inline uint32_t shared_address(const void* p) {
     return static_cast<uint32_t>(c - tl_dynamic.data);
 }
 inline void wgmma_fence() { tl_scheduler->current->mma_fenced = true; }
+// The 128-byte swizzle, a function of the shared-memory address as the hardware's: the 16-byte
+// chunk (address bits 4-6) XORed with the row of 128 bytes within 1024 (bits 7-9).
+inline size_t swizzle128(size_t at) { return at ^ (((at >> 7) & 7) << 4); }
 // An m64nNk16's operands as the tensor cores read them: for each descriptor, the core matrices of
 // its rows (64 for A, N for B; 8 rows x 16 K values each, 8 rows of 16 contiguous bytes at
 // (r / 8) SBO + (k / 8) LBO + row i of 16 bytes) . K-major, the 16 bytes of row i are row r = 8 c + i's
@@ -375,11 +379,16 @@ inline void wgmma_rows(uint64_t a, uint64_t b, int n, RowFn row) {
         const uint64_t desc = operand == 0 ? a : b;
         const int rows = operand == 0 ? 64 : n;
         const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
-        if ((desc >> 49 & 7) != 0 || (desc >> 62) != 0) report("a wgmma descriptor with a base offset or a swizzle (not emulated)");
+        const uint64_t swizzle = desc >> 62;  // 0 none, 1 128 bytes (2, 3: 64 and 32, not emulated)
+        if ((desc >> 49 & 7) != 0 || swizzle > 1) report("a wgmma descriptor with a base offset or a 64- or 32-byte swizzle (not emulated)");
+        // 128-byte swizzle, K-major: rows of 128 bytes (64 K values), 8 of them to an atom of 1024
+        // bytes, atoms SBO apart; a start within the atom's first row (16 K values further: 32
+        // bytes on), the swizzle applied to the address as the hardware's (swizzle128).
+        if (swizzle == 1 && (start & 0x380) != 0) report("a 128-byte-swizzled wgmma operand that starts past its atom's first row");
         for (int c = 0; c < rows / 8; ++c)
             for (int h = 0; h < 2; ++h)
                 for (int i = 0; i < 8; ++i) {
-                    const size_t at = start + c * sbo + h * lbo + i * 16;
+                    const size_t at = swizzle == 1 ? swizzle128(start + c * sbo + i * 128 + h * 16) : start + c * sbo + h * lbo + i * 16;
                     const bool inside = at + 16 <= tl_dynamic.bytes;
                     if (!inside) report("a wgmma operand outside the launch's dynamic shared memory");
                     row(operand, c, h, i, inside ? tl_dynamic.data + at : nullptr);
@@ -440,6 +449,7 @@ inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate,
     if (tl_scheduler->threads % 128 != 0) report("wgmma in a block that is not whole warpgroups (128 threads)");
     if (!f.mma_fenced) report("wgmma.mma_async without a wgmma.fence since the accumulators were last accessed");
     if (n <= 0 || n > kWgmmaMaxN || n % 8 != 0) report("a wgmma with an N the emulation does not take");
+    if (mn_major && ((a >> 62) != 0 || (b >> 62) != 0)) report("a swizzled M/N-major wgmma operand (not emulated)");
     n = std::min(std::max(n / 8 * 8, 8), kWgmmaMaxN);
     f.open_mma.push_back(WgmmaOp{d, n, a, b, accumulate, mn_major, wgmma_operands_hash(a, b, n)});
 }
@@ -586,6 +596,8 @@ inline void prepare(Fiber& f) {
 // land when the phase they arrive for completes.
 struct MBarrier {
     unsigned count = 0, pending = 0, phase = 0;  // phase: completed phases (its low bit the parity waited for)
+    int64_t tx = 0;         // bytes expected (mbarrier_arrive_expect_tx) less those that tensor copies brought
+    int64_t in_flight = 0;  // bytes of tensor copies issued (tma_load) that have not landed
     std::vector<AsyncCopy> copies;
 };
 // A named barrier: the threads arrived in the open generation and their warps (bit w: warp w of the
@@ -641,17 +653,35 @@ inline MBarrier* find_mbarrier(uint64_t* bar) {
 inline void mbarrier_init(uint64_t* bar, unsigned count) {
     if (count == 0) report("an mbarrier initialised with a count of 0");
     MBarrier& b = block_barriers().mbarriers[shared_address(bar)];
-    b = MBarrier{count, count, 0, {}};
+    b = MBarrier{};
+    b.count = b.pending = count;
     *bar = kMBarrierPattern;
+}
+// A phase completes when every arrival is in and the transaction count is back to 0 (every byte
+// that was expected has come): the copies given to it land, and the next phase opens.
+inline void complete_if_due(MBarrier& b) {
+    if (b.pending > 0 || b.tx != 0) return;
+    land(b.copies);
+    b.copies.clear();
+    b.pending = b.count;
+    ++b.phase;
 }
 inline void mbarrier_arrive(uint64_t* bar) {
     MBarrier* b = find_mbarrier(bar);
     if (!b) return;
-    if (--b->pending > 0) return;
-    land(b->copies);
-    b->copies.clear();
-    b->pending = b->count;
-    ++b->phase;
+    if (b->pending == 0) {
+        report("an arrival at an mbarrier whose phase has all its arrivals (waiting for its bytes)");
+        return;
+    }
+    --b->pending;
+    complete_if_due(*b);
+}
+// mbarrier.arrive.expect_tx: the phase also waits for `bytes` more bytes of tensor copies
+// (tma_load), then this thread's arrival. (Expecting other than the bytes the copies bring leaves the
+// phase open for ever here: a deadlock, where a GPU would complete it at the wrong moment.)
+inline void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+    if (MBarrier* b = find_mbarrier(bar)) b->tx += bytes;
+    mbarrier_arrive(bar);
 }
 // Every copy this thread issued and has not waited for, committed or not, goes to the barrier.
 inline void async_copies_arrive(uint64_t* bar) {
@@ -676,6 +706,11 @@ inline void yield_waiting(const char* what) {
 }
 inline bool mbarrier_try_wait(uint64_t* bar, unsigned parity) {
     MBarrier* b = find_mbarrier(bar);
+    if (b && b->pending == 0 && b->in_flight > 0) {  // the tensor copies land now
+        b->tx -= b->in_flight;
+        b->in_flight = 0;
+        complete_if_due(*b);
+    }
     // Phase parity p has completed when the phase now open has the other parity. (A waiter more than
     // one phase behind would see the wrong one: the kernels never let a side get that far ahead.)
     if (!b || (b->phase & 1u) != (parity & 1u)) {
@@ -733,6 +768,94 @@ inline float shuffle_xor(unsigned mask, float v, int lane_mask) {
         ++done.generation;
     }
     return got;
+}
+
+// Tensor copies (cuda/tma.cuh: sm_90's tensor memory accelerator). A tensor map is encoded here into
+// the CUtensorMap's 128 opaque bytes as the fields below (the driver's encoding is its own); the
+// rules the driver checks are checked here (a map the driver would refuse is refused).
+struct TensorMapData {
+    const unsigned char* base;
+    uint32_t rank, swizzle;  // swizzle: 0, or 128 (bytes: CU_TENSOR_MAP_SWIZZLE_128B)
+    uint64_t dims[5];        // elements, innermost first
+    uint64_t strides[5];     // bytes between consecutive indices of each dimension (strides[0]: 2, bfloat16)
+    uint32_t box[5];         // the box a copy brings, elements per dimension
+};
+static_assert(sizeof(TensorMapData) <= sizeof(CUtensorMap), "the fields fit the opaque bytes");
+// Stores a bfloat16 map in `map`; false (and why) where cuTensorMapEncodeTiled would refuse it.
+inline bool encode_tensor_map(CUtensorMap* map, const void* base, uint32_t rank, const uint64_t* dims, const uint64_t* strides,
+                              const uint32_t* box, uint32_t swizzle, std::string* why) {
+    const auto refuse = [&](const std::string& what) {
+        if (why) *why = what;
+        return false;
+    };
+    if (rank < 1 || rank > 5) return refuse("a rank outside 1-5");
+    if (reinterpret_cast<uintptr_t>(base) % 16 != 0) return refuse("a global address that is not 16-byte aligned");
+    if (swizzle != 0 && swizzle != 128) return refuse("a swizzle the emulation does not take (0 or 128 bytes)");
+    TensorMapData d{};
+    d.base = static_cast<const unsigned char*>(base);
+    d.rank = rank, d.swizzle = swizzle;
+    d.strides[0] = 2;
+    for (uint32_t i = 0; i < rank; ++i) {
+        if (dims[i] == 0 || dims[i] > (uint64_t{1} << 32)) return refuse("a dimension of 0 or over 2^32 elements");
+        if (box[i] == 0 || box[i] > 256) return refuse("a box dimension outside 1-256");
+        if (i > 0 && (strides[i - 1] % 16 != 0 || strides[i - 1] >= (uint64_t{1} << 40))) return refuse("a stride that is not a multiple of 16 bytes");
+        d.dims[i] = dims[i], d.box[i] = box[i];
+        if (i > 0) d.strides[i] = strides[i - 1];
+    }
+    if (box[0] * 2 % 16 != 0) return refuse("an inner box dimension that is not a multiple of 16 bytes");
+    // The swizzled rows the wgmma descriptors read (wgmma_rows): exactly the swizzle's 128 bytes.
+    if (swizzle == 128 && box[0] * 2 != 128) return refuse("a 128-byte swizzle with an inner box of other than 128 bytes");
+    std::memset(map, 0, sizeof(CUtensorMap));
+    std::memcpy(map, &d, sizeof d);
+    return true;
+}
+// cp.async.bulk.tensor (tile mode) into shared memory at dst, the box at coords (innermost first,
+// signed: a box may start outside the tensor), completing its bytes on `bar`: the box's rows
+// (innermost dimension, box[0] elements) one after another in the order of the outer
+// dimensions, elements outside the tensor zero; swizzled where the map says so. The bytes are read
+// now and land (counting against the expected ones) when a thread first waits on the barrier after
+// its arrivals are in, so the phase completes then; until then dst holds 0xFF bytes, so a reader
+// that did not wait finds NaN.
+inline void tma_load(void* dst, const CUtensorMap* map, const int32_t* coords, uint64_t* bar) {
+    TensorMapData d;
+    std::memcpy(&d, map, sizeof d);
+    MBarrier* b = find_mbarrier(bar);
+    if (!b) return;
+    const uint32_t at = shared_address(dst);
+    if (at % (d.swizzle ? 1024 : 128) != 0) report("a tensor copy to shared memory not aligned to 128 bytes (1024 when swizzled)");
+    const size_t row_bytes = d.box[0] * 2;
+    size_t rows = 1;
+    for (uint32_t i = 1; i < d.rank; ++i) rows *= d.box[i];
+    if (at + rows * row_bytes > tl_dynamic.bytes) {
+        report("a tensor copy past the launch's dynamic shared memory");
+        return;
+    }
+    std::memset(tl_dynamic.data + at, 0xff, rows * row_bytes);
+    for (size_t row = 0; row < rows; ++row) {
+        // The row's outer coordinates, and whether it lies inside the tensor along them.
+        int64_t offset = 0;
+        bool inside = true;
+        size_t rest = row;
+        for (uint32_t i = 1; i < d.rank; ++i) {
+            const int64_t c = static_cast<int64_t>(coords[i]) + static_cast<int64_t>(rest % d.box[i]);
+            rest /= d.box[i];
+            inside = inside && c >= 0 && c < static_cast<int64_t>(d.dims[i]);
+            offset += c * static_cast<int64_t>(d.strides[i]);
+        }
+        for (size_t chunk = 0; chunk < row_bytes / 16; ++chunk) {
+            AsyncCopy copy{};
+            for (int e = 0; e < 8; ++e) {
+                const int64_t x = static_cast<int64_t>(coords[0]) + static_cast<int64_t>(chunk * 8) + e;
+                uint16_t v = 0;
+                if (inside && x >= 0 && x < static_cast<int64_t>(d.dims[0])) std::memcpy(&v, d.base + offset + x * 2, 2);
+                std::memcpy(copy.bytes + 2 * e, &v, 2);
+            }
+            const size_t to = at + row * row_bytes + chunk * 16;
+            copy.dst = tl_dynamic.data + (d.swizzle ? swizzle128(to) : to);
+            b->copies.push_back(copy);
+        }
+    }
+    b->in_flight += static_cast<int64_t>(rows * row_bytes);
 }
 }  // namespace pin_emulation
 

@@ -88,7 +88,8 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
             for (size_t i = 0; i < named.size(); ++i) {
                 INFO(named[i].first);
                 REQUIRE((named[i].second > named_before[i].second) == (launched[i].second > launched_before[i].second));
-                if (std::string(named[i].first) != "async_cols128") added += named[i].second - named_before[i].second;  // part of async's
+                const std::string kernel = named[i].first;
+                if (kernel != "async_cols128" && kernel != "wgmma_tma") added += named[i].second - named_before[i].second;  // parts of async's, wgmma's
             }
             REQUIRE(added == 2 * (c.b * Ho * Wo) * c.cout * (c.k * c.k * c.cin));
             REQUIRE(flops.total() - flops_before.total() == added);  // total(): the same sum
@@ -480,10 +481,14 @@ TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][
     }
 }
 
-TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
-    if (!wgmma_or_skip()) return;
+namespace {
+// The body of the two GEMM tests below: every pipeline (tensor copies: the warp-specialized ones),
+// both ring sizes and epilogues, operands brought as `loads` says.
+void check_wgmma_gemm(pin::cuda::WgmmaLoads loads) {
     PIN_EACH_WGMMA_PIPELINE();
+    if (loads == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;
     PIN_EACH_WS_FORM();
+    pin::cuda::set_wgmma_loads(loads);
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around); for the
     // warp-specialized kernel its two tiles, each with more slices than stages (its mbarriers
@@ -520,6 +525,19 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
         REQUIRE_THROWS_WITH(pin::cuda::set_wgmma_ws_smem_kib(kib), Catch::Contains("set_wgmma_ws_smem_kib") && Catch::Contains(std::to_string(kib)));
     REQUIRE(pin::cuda::wgmma_ws_smem_kib() == ws_smem_kib);
 }
+}  // namespace
+
+TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_gemm(pin::cuda::WgmmaLoads::CpAsync);
+}
+// The warp-specialized kernels' operands brought by tensor copies (ops.cuh WgmmaLoads; swizzled
+// stages; rows, columns and K past the matrices the copies' zero fill). A tag of its own, so that
+// bench/gpu_check.sh can leave tensor copies out of its timings alone when these fail on a GPU.
+TEST_CASE("The warpgroup-MMA GEMM fed by tensor copies matches float64 products", "[cuda][tma]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_gemm(pin::cuda::WgmmaLoads::TensorCopies);
+}
 
 // The forward convolutions on the warpgroup-MMA kernel (ops.cuh AsyncTileShape::Wgmma): given the
 // K-major bfloat16 weights, exactly the layers whose gathered channel count is a multiple of 64 run
@@ -527,10 +545,16 @@ TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the
 // bfloat16 values (exact products in fp32: only the order of the fp32 sums differs) with the
 // epilogue's bias, PReLU and accumulation. And the input gradients from bfloat16 dy (which pack
 // their K-major weights themselves).
-TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
-    if (!wgmma_or_skip()) return;
+namespace {
+// The body of the two convolution tests below, operands brought as `loads` says (tensor copies:
+// the warp-specialized pipelines only; the stride-1 forward convolutions whose output rows fit the
+// tile by tensor copies, whole output rows a tile, the padding the copies' zero fill; the rest
+// keep cp.async).
+void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
     PIN_EACH_WGMMA_PIPELINE();
+    if (loads == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;
     PIN_EACH_WS_FORM();
+    pin::cuda::set_wgmma_loads(loads);
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
@@ -544,8 +568,12 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
     // stride-2 shortcut 128 -> 192 (two slices a tap; three 64-column tiles), a strided transposed
     // one (sub-pixel classes, each its own taps of the whole gather's K-major weights), a transposed
     // one at stride 1 (one gather, taps walked backwards), and two that do not fit: 32 -> 64 (the
-    // asynchronous-copy kernel's) and 64 -> 1 (the per-pixel kernel's).
-    for (const Case& c : {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
+    // asynchronous-copy kernel's) and 64 -> 1 (the per-pixel kernel's). Fed by tensor copies, 30
+    // output columns make tiles of several rows and a shorter last one (11 rows: 8 + 3 in 256
+    // rows, 4 + 4 + 3 in 128, 2 x 5 + 1 in 64), and 70 are more than a 64-row tile holds (cp.async).
+    for (const Case& c : {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 11, 30, 64, 64, 3, 1, 1, false}, Case{1, 11, 30, 128, 128, 3, 1, 1, false},
+                          Case{1, 3, 70, 64, 128, 3, 1, 1, false},
+                          Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
                          Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
                          Case{2, 8, 7, 32, 64, 3, 1, 1, false}, Case{2, 6, 7, 64, 1, 3, 1, 1, false}}) {
         const std::string name = std::string(c.transposed ? "wgmma transposed " : "wgmma conv ") + std::to_string(c.cin) + "->" +
@@ -588,6 +616,11 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
             const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
             run(false);
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == fits);
+            // Tensor copies: stride 1, not transposed, an output row within the tile (ops.cuh WgmmaLoads).
+            const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
+            const int64_t tile_rows = c.cout % 128 == 0 ? (pingpong ? 64 : 128) : (pingpong ? 128 : 256);
+            const bool by_tensor_copies = fits && loads == pin::cuda::WgmmaLoads::TensorCopies && !c.transposed && c.s == 1 && Wo <= tile_rows;
+            REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == by_tensor_copies);
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
             // fp32 y: the sums' order only; bfloat16 y: and its rounding to 8 significant bits (2^-8 of each value).
@@ -632,6 +665,16 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
             require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), name + " weight gradient", 1e-5);
         }
     }
+}
+}  // namespace
+
+TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_convolutions(pin::cuda::WgmmaLoads::CpAsync);
+}
+TEST_CASE("The warpgroup-MMA convolutions fed by tensor copies match the CPU's", "[cuda][tma]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_convolutions(pin::cuda::WgmmaLoads::TensorCopies);
 }
 
 // The weight gradients on the warpgroup-MMA kernel (M/N-major operands), beyond the shapes above:

@@ -20,6 +20,7 @@
 #include "bfloat16.cuh"
 #include "launch.cuh"
 #include "mbarrier.cuh"
+#include "tma.cuh"
 #include "wgmma.cuh"
 
 namespace {
@@ -479,6 +480,81 @@ TEST_CASE("emulation: a fresh mbarrier's phase before the first counts as comple
             REQUIRE(at.phase == static_cast<unsigned>((i / stages) % 2));
         }
     }
+}
+
+TEST_CASE("emulation: a tensor copy lands its box at the barrier's wait: zeros outside the tensor, rows swizzled", "[emulated][emulation]") {
+    // A 72 x 10 bfloat16 matrix, rows 80 values apart (160 bytes), and the 64 x 16 box at (16, -3):
+    // values 72-79 of each row and rows -3..-1 and 10..12 lie outside it and come as zeros. Swizzled,
+    // chunk c of box row r lands at chunk c ^ (r % 8) of its 128 bytes; not swizzled, in place.
+    constexpr int kCols = 72, kRows = 10, kLd = 80, kBoxCols = 64, kBoxRows = 16, kX = 16, kY = -3;
+    constexpr size_t kBytes = kBoxRows * kBoxCols * 2;
+    alignas(16) static uint16_t tensor[kLd * kRows];
+    for (int i = 0; i < kLd * kRows; ++i) tensor[i] = static_cast<uint16_t>(0x3f00 + i);  // distinct, never 0 or 0xFFFF
+    pin::cuda::TensorMapShape shape;
+    shape.rank = 2;
+    shape.dims[0] = kCols, shape.dims[1] = kRows, shape.strides[0] = kLd * 2, shape.box[0] = kBoxCols, shape.box[1] = kBoxRows;
+    for (const bool swizzled : {true, false}) {
+        INFO((swizzled ? "swizzled" : "not swizzled"));
+        shape.swizzle128 = swizzled;
+        pin::cuda::TensorMap map;
+        std::string why;
+        REQUIRE(pin::cuda::encode_tensor_map_bf16(map, tensor, shape, &why));
+        std::vector<uint16_t> before(kBytes / 2, 0), after(kBytes / 2, 0);
+        pin_emulation::launch(dim3(1), dim3(64), [&] {
+            unsigned char* const smem = pin_emulation::dynamic_shared();
+            uint64_t* const bar = reinterpret_cast<uint64_t*>(smem + kBytes);
+            const int t = static_cast<int>(threadIdx.x);
+            if (t == 0) pin::cuda::mbarrier_init(bar, 1);
+            __syncthreads();
+            if (t == 0) {
+                pin::cuda::mbarrier_arrive_expect_tx(bar, kBytes);
+                pin::cuda::tma_load_2d(smem, map, kX, kY, bar);
+            }
+            __syncthreads();
+            if (t == 1) std::memcpy(before.data(), smem, kBytes);  // issued and arrived, nobody waited: not landed
+            __syncthreads();
+            pin::cuda::mbarrier_wait(bar, 0);
+            if (t == 2) std::memcpy(after.data(), smem, kBytes);
+        }, kBytes + 8);
+        REQUIRE(std::all_of(before.begin(), before.end(), [](uint16_t v) { return v == 0xFFFF; }));
+        int wrong = 0, zeros = 0;
+        for (int r = 0; r < kBoxRows; ++r)
+            for (int e = 0; e < kBoxCols; ++e) {
+                const int y = kY + r, x = kX + e;
+                const bool inside = y >= 0 && y < kRows && x < kCols;
+                const uint16_t want = inside ? tensor[y * kLd + x] : 0;
+                const int at = r * 128 + (swizzled ? ((e / 8) ^ (r % 8)) * 16 : (e / 8) * 16) + (e % 8) * 2;
+                wrong += after[static_cast<size_t>(at / 2)] != want;
+                zeros += !inside;
+            }
+        REQUIRE(zeros == 6 * kBoxCols + 10 * 8);  // what is outside: 6 whole rows, 8 values of the other 10
+        REQUIRE(wrong == 0);
+    }
+    // Expecting other bytes than the box brings never completes the phase; maps the hardware refuses.
+    pin::cuda::TensorMap map;
+    REQUIRE(pin::cuda::encode_tensor_map_bf16(map, tensor, shape, nullptr));
+    REQUIRE_THROWS_WITH(pin_emulation::launch(dim3(1), dim3(32), [&] {
+        unsigned char* const smem = pin_emulation::dynamic_shared();
+        uint64_t* const bar = reinterpret_cast<uint64_t*>(smem + kBytes);
+        if (threadIdx.x == 0) pin::cuda::mbarrier_init(bar, 1);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            pin::cuda::mbarrier_arrive_expect_tx(bar, kBytes / 2);
+            pin::cuda::tma_load_2d(smem, map, 0, 0, bar);
+        }
+        pin::cuda::mbarrier_wait(bar, 0);
+    }, kBytes + 8), Catch::Contains("deadlock"));
+    std::string why;
+    pin::cuda::TensorMapShape narrow = shape;
+    narrow.swizzle128 = true, narrow.box[0] = 32;
+    REQUIRE_FALSE(pin::cuda::encode_tensor_map_bf16(map, tensor, narrow, &why));
+    REQUIRE_THAT(why, Catch::Contains("128-byte swizzle"));
+    REQUIRE_FALSE(pin::cuda::encode_tensor_map_bf16(map, tensor + 1, shape, &why));
+    REQUIRE_THAT(why, Catch::Contains("16-byte aligned"));
+    pin::cuda::TensorMapShape odd = shape;
+    odd.strides[0] = 150;
+    REQUIRE_FALSE(pin::cuda::encode_tensor_map_bf16(map, tensor, odd, &why));
+    REQUIRE_THAT(why, Catch::Contains("multiple of 16 bytes"));
 }
 
 TEST_CASE("emulation: dynamic shared memory is the launch's size, per block undefined", "[emulated][emulation]") {
