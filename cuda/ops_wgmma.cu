@@ -167,20 +167,22 @@ void with_tensor_tile(int64_t N, const Run& run) {
     else
         pingpong ? run(WgmmaPingPongTensorSwappedTile{}) : run(WgmmaWsTensorSwappedTile{});
 }
-// A stride-1 forward convolution fed by tensor copies (WgmmaTensorConvOperands), where
+// A stride-1 convolution's GEMM, direct or transposed (the forward convolutions, the input
+// gradients), fed by tensor copies (WgmmaTensorConvOperands), where
 // WgmmaLoads::TensorCopies and a warp-specialized pipeline are set and the layer fits the tile
 // (its output rows within the tile's rows); false where it does not run here.
 template <class LoadA, class Store>
 bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                            const std::string& shape) {
-    if constexpr (!std::is_same<LoadA, Gather<false, Bf16>>::value) {
+    constexpr bool direct = std::is_same<LoadA, Gather<false, Bf16>>::value, transposed = std::is_same<LoadA, Gather<true, Bf16>>::value;
+    if constexpr (!direct && !transposed) {  // the sub-pixel classes keep cp.async
         (void)la, (void)M, (void)N, (void)wk, (void)ldk, (void)st, (void)name, (void)shape;
         return false;
     } else {
         if (wgmma_loads() != WgmmaLoads::TensorCopies || !warp_specialized(wgmma_pipeline())) return false;
         bool ran = false;
         with_tensor_tile(N, [&](auto tile) {
-            using Ops = WgmmaTensorConvOperands<decltype(tile)>;
+            using Ops = WgmmaTensorConvOperands<decltype(tile), transposed>;
             if (!Ops::fits(la, M, N, ldk, wk)) return;
             Ops ops;
             std::string refused;

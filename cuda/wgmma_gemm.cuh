@@ -411,18 +411,21 @@ __host__ __device__ RowSpan row_span(const Operands& ops, int64_t i, int64_t M) 
     return RowSpan{i * Operands::Tile::rows, M};
 }
 
-// The forward convolutions at stride 1 (Gather<false, Bf16>, C a multiple of 64), both operands
-// brought by tensor copies: A, a 4-dimensional map over the NHWC activations (channels, columns,
-// rows, images), whose box is 64 channels of `bh` whole output rows, bh = Tile::rows / Wo, placed
-// at the slice's tap: columns kw - pad .., rows oh0 + kh - pad ..; the padding is the copies' zero
+// The convolutions at stride 1 (Gather<false, Bf16>, C a multiple of 64; kTransposed: the
+// transposed gathers at stride 1, Gather<true, Bf16>, the input gradients' and the stride-1
+// transposed convolutions'), both operands brought by tensor copies: A, a 4-dimensional map over
+// the NHWC activations (channels, columns, rows, images), whose box is 64 channels of `bh` whole
+// output rows, bh = Tile::rows / Wo, placed at the slice's tap: columns kw - pad .., rows
+// oh0 + kh - pad .. (transposed: pad - kw .., oh0 + pad - kh ..); the padding is the copies' zero
 // fill outside the image, so no address is computed per pixel, and rows of a tile never straddle
 // two images. A tile is therefore bh output rows of one image, bh Wo of its Tile::rows rows (7/8
 // for Wo = 112, 56, 28 with 128 or 256 rows: the MMAs of the rest are wasted; the rows they read
 // hold whatever the stage held, and reach only C rows that are not stored). B, the K-major
 // weights (pack_bf16_kmajor) by 2-dimensional copies as WgmmaTensorDenseOperands'.
-template <class T>
+template <class T, bool kTransposed = false>
 struct WgmmaTensorConvOperands {
     using Tile = T;
+    using LoadA = Gather<kTransposed, Bf16>;
     static_assert(T::swizzled, "tensor copies leave the swizzled layout");
     static constexpr bool tensor_copies = true, row_spans = true;
     TensorMap x_map, w_map;
@@ -432,13 +435,12 @@ struct WgmmaTensorConvOperands {
     };
     // Whether the tile takes this convolution: stride 1, whole 64-channel slices, an output row
     // within the tile, N and ldk multiples of 8, sizes within the copies' 32-bit coordinates.
-    static bool fits(const Gather<false, Bf16>& la, int64_t M, int64_t N, int64_t ldk, const Bf16* w) {
+    static bool fits(const LoadA& la, int64_t M, int64_t N, int64_t ldk, const Bf16* w) {
         return la.stride == 1 && la.C % T::depth == 0 && la.Wo >= 1 && la.Wo <= T::rows && la.Ho >= 1 && M % (la.Ho * la.Wo) == 0 &&
                N > 0 && N % 8 == 0 && ldk % 8 == 0 && aligned16(la.src) && aligned16(w) && M < (int64_t{1} << 31) &&
                ldk < (int64_t{1} << 31) && N < (int64_t{1} << 31);
     }
-    static bool make(WgmmaTensorConvOperands& ops, const Gather<false, Bf16>& la, int64_t M, int64_t N, const Bf16* w, int64_t ldk,
-                     std::string* why) {
+    static bool make(WgmmaTensorConvOperands& ops, const LoadA& la, int64_t M, int64_t N, const Bf16* w, int64_t ldk, std::string* why) {
         ops.images = static_cast<int32_t>(M / (la.Ho * la.Wo));
         ops.Ho = static_cast<int32_t>(la.Ho), ops.Wo = static_cast<int32_t>(la.Wo), ops.C = static_cast<int32_t>(la.C);
         ops.kernel = static_cast<int32_t>(la.K), ops.pad = static_cast<int32_t>(la.pad);
@@ -476,7 +478,10 @@ struct WgmmaTensorConvOperands {
         const int slices_per_tap = C / T::depth, tap = r.s / slices_per_tap, kh = tap / kernel, kw = tap - kh * kernel;
         const int c0 = (r.s - tap * slices_per_tap) * T::depth;
         mbarrier_arrive_expect_tx(full, static_cast<uint32_t>(Wo * bh * T::depth * 2 + T::b_bytes));
-        tma_load_4d(stage, x_map, c0, kw - pad, r.oh0 + kh - pad, r.b, full);
+        if (kTransposed)
+            tma_load_4d(stage, x_map, c0, pad - kw, r.oh0 + pad - kh, r.b, full);
+        else
+            tma_load_4d(stage, x_map, c0, kw - pad, r.oh0 + kh - pad, r.b, full);
         tma_load_2d(stage + T::a_bytes, w_map, r.s * T::depth, r.n0, full);
         ++r.s;
     }

@@ -37,14 +37,18 @@ std::map<uintptr_t, Allocation>& allocations() {  // by start
     static std::map<uintptr_t, Allocation> a;
     return a;
 }
+// The live allocation that holds [p, p + bytes), or null (the table's lock held by the caller).
+const Allocation* holding(const void* p, size_t bytes) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    auto it = allocations().upper_bound(a);
+    if (it == allocations().begin()) return nullptr;
+    --it;
+    return a >= it->first && a + bytes <= it->first + it->second.bytes ? &it->second : nullptr;
+}
 // Whether [p, p + bytes) lies inside one live allocation (inside_one), or touches none (touches_none).
 bool inside_one(const void* p, size_t bytes) {
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     std::lock_guard<std::mutex> lock(table_mutex());
-    auto it = allocations().upper_bound(a);
-    if (it == allocations().begin()) return false;
-    --it;
-    return a >= it->first && a + bytes <= it->first + it->second.bytes;
+    return holding(p, bytes) != nullptr;
 }
 bool touches_none(const void* p, size_t bytes) {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -142,14 +146,11 @@ cudaError_t cudaGetDeviceCount(int* count) {
 // Which device an allocation is on (the one thing of cudaPointerAttributes the tests ask).
 cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attributes, const void* ptr) {
     *attributes = cudaPointerAttributes{};
-    const uintptr_t a = reinterpret_cast<uintptr_t>(ptr);
     std::lock_guard<std::mutex> lock(table_mutex());
-    auto it = allocations().upper_bound(a);
-    if (it == allocations().begin()) return cudaErrorInvalidValue;
-    --it;
-    if (a >= it->first + it->second.bytes) return cudaErrorInvalidValue;
+    const Allocation* const found = holding(ptr, 1);
+    if (!found) return cudaErrorInvalidValue;
     attributes->type = cudaMemoryTypeDevice;
-    attributes->device = it->second.device;
+    attributes->device = found->device;
     attributes->devicePointer = const_cast<void*>(ptr);
     return cudaSuccess;
 }

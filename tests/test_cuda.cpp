@@ -482,6 +482,18 @@ TEST_CASE("cuRAND Philox draws the same masks as the CPU, bit for bit", "[cuda][
 }
 
 namespace {
+// A B^T of row-major a (M x K) and b (N x K), summed in float64 and rounded once: what a GEMM of
+// bfloat16 values (products exact in fp32) should give up to the order of its fp32 sums.
+std::vector<float> float64_products(const float* a, const float* b, int64_t M, int64_t N, int64_t K) {
+    std::vector<float> c(static_cast<size_t>(M * N));
+    for (int64_t m = 0; m < M; ++m)
+        for (int64_t n = 0; n < N; ++n) {
+            double sum = 0;
+            for (int64_t k = 0; k < K; ++k) sum += static_cast<double>(a[m * K + k]) * b[n * K + k];
+            c[static_cast<size_t>(m * N + n)] = static_cast<float>(sum);
+        }
+    return c;
+}
 // The body of the two GEMM tests below: every pipeline (tensor copies: the warp-specialized ones),
 // both ring sizes and epilogues, operands brought as `loads` says.
 void check_wgmma_gemm(pin::cuda::WgmmaLoads loads) {
@@ -502,14 +514,7 @@ void check_wgmma_gemm(pin::cuda::WgmmaLoads loads) {
     for (const Dims d : {Dims{200, 136, 72}, Dims{77, 9, 8}, Dims{129, 257, 200}, Dims{256, 128, 1024}, Dims{70, 72, 640},
                          Dims{130, 256, 520}, Dims{520, 200, 264}, Dims{1300, 136, 64}}) {
         const Bf16Upload a = to_gpu_bf16(rnd({d.M, d.K}, 11, Layout::NCHW)), b = to_gpu_bf16(rnd({d.N, d.K}, 12, Layout::NCHW));
-        std::vector<float> want(static_cast<size_t>(d.M * d.N));
-        for (int64_t m = 0; m < d.M; ++m)
-            for (int64_t n = 0; n < d.N; ++n) {
-                double sum = 0;
-                for (int64_t k = 0; k < d.K; ++k)
-                    sum += static_cast<double>(a.rounded.data()[m * d.K + k]) * b.rounded.data()[n * d.K + k];
-                want[static_cast<size_t>(m * d.N + n)] = static_cast<float>(sum);
-            }
+        const std::vector<float> want = float64_products(a.rounded.data(), b.rounded.data(), d.M, d.N, d.K);
         pin::cuda::DeviceBuffer c(static_cast<size_t>(d.M * d.N));
         pin::cuda::gemm_bf16_wgmma(bf16_view(a.buffer), bf16_view(b.buffer), c.data(), d.M, d.N, d.K);
         // Products of bfloat16 values are exact in fp32: only the fp32 sums' order differs.
@@ -547,14 +552,18 @@ TEST_CASE("The warpgroup-MMA GEMM fed by tensor copies matches float64 products"
 // their K-major weights themselves).
 namespace {
 // The body of the two convolution tests below, operands brought as `loads` says (tensor copies:
-// the warp-specialized pipelines only; the stride-1 forward convolutions whose output rows fit the
-// tile by tensor copies, whole output rows a tile, the padding the copies' zero fill; the rest
-// keep cp.async).
+// the warp-specialized pipelines only; the stride-1 GEMMs - forward, transposed, input gradients -
+// whose output rows fit the tile by tensor copies, whole output rows a tile, the padding the
+// copies' zero fill; the rest keep cp.async).
 void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
     PIN_EACH_WGMMA_PIPELINE();
     if (loads == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;
     PIN_EACH_WS_FORM();
     pin::cuda::set_wgmma_loads(loads);
+    // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
+    // with_tensor_tile): a convolution fed by tensor copies needs an output row within them.
+    const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
+    const auto tile_rows = [&](int64_t n) -> int64_t { return n % 128 == 0 ? (pingpong ? 64 : 128) : (pingpong ? 128 : 256); };
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
@@ -616,10 +625,8 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
             const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
             run(false);
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == fits);
-            // Tensor copies: stride 1, not transposed, an output row within the tile (ops.cuh WgmmaLoads).
-            const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
-            const int64_t tile_rows = c.cout % 128 == 0 ? (pingpong ? 64 : 128) : (pingpong ? 128 : 256);
-            const bool by_tensor_copies = fits && loads == pin::cuda::WgmmaLoads::TensorCopies && !c.transposed && c.s == 1 && Wo <= tile_rows;
+            // Tensor copies: stride 1 (direct or transposed), an output row within the tile (ops.cuh WgmmaLoads).
+            const bool by_tensor_copies = fits && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && Wo <= tile_rows(c.cout);
             REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == by_tensor_copies);
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
@@ -646,6 +653,9 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
             pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
             const bool on_wgmma = c.cout % 64 == 0 && c.cin % 8 == 0;
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == on_wgmma);
+            // At stride 1 a transposed gather over dy, fed by tensor copies where dx's rows fit the tile.
+            const bool din_tensor_copies = on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && c.w <= tile_rows(c.cin);
+            REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == din_tensor_copies);
             const std::string what = name + " input gradient";
             // Two fp32 orders of K = 9 cout products: the differences grow with K (64 -> 256's
             // 2304 terms reach 1.2e-5 of the largest value on every pipeline).
@@ -821,13 +831,7 @@ TEST_CASE("The kernels and the caching allocator follow the calling thread's dev
     const int64_t M = 200, N = 136, K = 72;
     const Tensor a = rnd({M, K}, 21, Layout::NCHW), b = rnd({N, K}, 22, Layout::NCHW);
     const Tensor a16 = bf16_rounded(a), b16 = bf16_rounded(b);
-    std::vector<float> want(static_cast<size_t>(M * N));
-    for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = 0; n < N; ++n) {
-            double sum = 0;
-            for (int64_t k = 0; k < K; ++k) sum += static_cast<double>(a16.data()[m * K + k]) * b16.data()[n * K + k];
-            want[static_cast<size_t>(m * N + n)] = static_cast<float>(sum);
-        }
+    const std::vector<float> want = float64_products(a16.data(), b16.data(), M, N, K);
     const auto device_of = [](const void* p) {
         cudaPointerAttributes attributes{};
         REQUIRE(cudaPointerGetAttributes(&attributes, p) == cudaSuccess);
