@@ -384,7 +384,7 @@ int main(int argc, char** argv) {
                 // And storing C from the registers (ops.cuh WgmmaStores::Direct: no C regions, all
                 // stages within 164 KiB, ~92 KB of L1).
                 double fwd_wgmma_ws_l1_direct = 0, fwd_wgmma_pingpong_l1_direct = 0;
-                double fwd_wgmma_ws_tma = 0, fwd_wgmma_pingpong_tma = 0;  // stride 1: tensor copies (ops.cuh WgmmaLoads)
+                double fwd_wgmma_ws_tma = 0, fwd_wgmma_pingpong_tma = 0;  // tensor copies (ops.cuh WgmmaLoads)
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -435,7 +435,7 @@ int main(int argc, char** argv) {
             };
             // The GEMM settings a timing runs with (ops.cuh): the tile, the wgmma pipeline, gather
             // caching, and the warp-specialized kernels' shared-memory limit (KiB, 0: none), stores and
-            // loads (tma(): tensor copies, for the dense probe and the stride-1 convolutions).
+            // loads (tma(): tensor copies, for the dense probe and the convolutions).
             using TileShape = pin::cuda::AsyncTileShape;
             constexpr auto kWait = pin::cuda::WgmmaPipeline::WaitEachSlice, kInFlight = pin::cuda::WgmmaPipeline::OneSliceInFlight;
             constexpr auto kWs = pin::cuda::WgmmaPipeline::WarpSpecialized, kPingPong = pin::cuda::WgmmaPipeline::PingPong;
@@ -475,7 +475,7 @@ int main(int argc, char** argv) {
                 wgmma_wait{TileShape::Wgmma}, wgmma_inflight{TileShape::Wgmma, kInFlight}, wgmma_l1{TileShape::Wgmma, kWait, kL1},
                 ws{TileShape::Wgmma, kWs}, pingpong{TileShape::Wgmma, kPingPong}, ws_l1{TileShape::Wgmma, kWs, kL1},
                 pingpong_l1{TileShape::Wgmma, kPingPong, kL1};
-            // Tensor copies where they apply (stride-1 convolutions, forward and input gradients), the other layers' gathered
+            // Tensor copies where they apply (forward convolutions, stride-1 input gradients), the other gathered
             // copies through L1 as above.
             const GemmSettings ws_tma = ws_l1.tma(), pingpong_tma = pingpong_l1.tma();
             // f() with the settings g; the settings before come back afterwards, also when f throws.

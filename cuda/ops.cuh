@@ -185,11 +185,11 @@ WgmmaStores wgmma_stores();
 // conflicts by construction), the hardware computing the addresses and zero-filling past the
 // matrix (wgmma_gemm.cuh WgmmaTensorDenseOperands, WgmmaTensorConvOperands). Our GEMM reaches 141
 // TFLOP/s on the H200 where cuBLAS (TMA-fed) reaches 802: this is the probe of how much of that
-// gap the copies are. It applies to the dense GEMM (gemm_bf16_wgmma) and the stride-1
-// convolutions' forward and input-gradient GEMMs whose output rows fit a tile (a tile is whole
-// output rows of one image, 7/8 of its rows used at widths 112, 56, 28; the convolution's padding
-// is the copies' zero fill); the strided and sub-pixel gathers and the weight gradients keep
-// cp.async. Process-wide; CpAsync unless set (`pin --gpu-loads tma`).
+// gap the copies are. It applies to the dense GEMM (gemm_bf16_wgmma), the forward convolutions
+// (any stride: the copies' element strides) and the stride-1 input gradients, where an output row
+// fits a tile (a tile is whole output rows of one image, or whole images, 7/8 of its rows used at
+// widths 112, 56, 28; the padding is the copies' zero fill); the sub-pixel classes and the weight
+// gradients keep cp.async. Process-wide; CpAsync unless set (`pin --gpu-loads tma`).
 enum class WgmmaLoads { CpAsync, TensorCopies };
 void set_wgmma_loads(WgmmaLoads loads);
 WgmmaLoads wgmma_loads();

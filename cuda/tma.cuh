@@ -31,13 +31,16 @@ using TensorMap = CUtensorMap;
 
 // A bfloat16 tensor as a tensor map sees it, innermost dimension first: `rank` dimensions of
 // dims[i] elements, strides[i - 1] bytes between consecutive indices of dimension i (i >= 1:
-// multiples of 16), and the box one copy brings (box[i] elements, 1-256; box[0] 64 when swizzled:
-// 128-byte rows).
+// multiples of 16), and the box one copy traverses (box[i] elements, 1-256; box[0] 64 when
+// swizzled: 128-byte rows), taking every element_strides[i]-th element of dimension i (1-8; 1 in
+// dimension 0): ceil(box[i] / element_strides[i]) of them, so that a box of n elements s apart
+// is box[i] = n s (the driver's rule).
 struct TensorMapShape {
     uint32_t rank = 2;
     uint64_t dims[5] = {};
     uint64_t strides[4] = {};
     uint32_t box[5] = {};
+    uint32_t element_strides[5] = {1, 1, 1, 1, 1};
     bool swizzle128 = true;
 };
 
@@ -45,7 +48,8 @@ struct TensorMapShape {
 // where the driver (or the emulation) refuses it or cannot be reached.
 inline bool encode_tensor_map_bf16(TensorMap& map, const void* base, const TensorMapShape& shape, std::string* why) {
 #if defined(PIN_CUDA_EMULATION)
-    return ::pin_emulation::encode_tensor_map(&map, base, shape.rank, shape.dims, shape.strides, shape.box, shape.swizzle128 ? 128 : 0, why);
+    return ::pin_emulation::encode_tensor_map(&map, base, shape.rank, shape.dims, shape.strides, shape.box, shape.element_strides,
+                                              shape.swizzle128 ? 128 : 0, why);
 #else
     using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*, const cuuint64_t*,
                                      const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave, CUtensorMapSwizzle,
@@ -66,7 +70,7 @@ inline bool encode_tensor_map_bf16(TensorMap& map, const void* base, const Tenso
     cuuint64_t dims[5], strides[4];
     cuuint32_t box[5], element_strides[5];
     for (uint32_t i = 0; i < shape.rank && i < 5; ++i) {
-        dims[i] = shape.dims[i], box[i] = shape.box[i], element_strides[i] = 1;
+        dims[i] = shape.dims[i], box[i] = shape.box[i], element_strides[i] = shape.element_strides[i];
         if (i > 0) strides[i - 1] = shape.strides[i - 1];
     }
     const CUresult r = encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, shape.rank, const_cast<void*>(base), dims, strides, box,

@@ -411,17 +411,20 @@ __host__ __device__ RowSpan row_span(const Operands& ops, int64_t i, int64_t M) 
     return RowSpan{i * Operands::Tile::rows, M};
 }
 
-// The convolutions at stride 1 (Gather<false, Bf16>, C a multiple of 64; kTransposed: the
-// transposed gathers at stride 1, Gather<true, Bf16>, the input gradients' and the stride-1
-// transposed convolutions'), both operands brought by tensor copies: A, a 4-dimensional map over
-// the NHWC activations (channels, columns, rows, images), whose box is 64 channels of `bh` whole
-// output rows, bh = Tile::rows / Wo, placed at the slice's tap: columns kw - pad .., rows
-// oh0 + kh - pad .. (transposed: pad - kw .., oh0 + pad - kh ..); the padding is the copies' zero
-// fill outside the image, so no address is computed per pixel, and rows of a tile never straddle
-// two images. A tile is therefore bh output rows of one image, bh Wo of its Tile::rows rows (7/8
-// for Wo = 112, 56, 28 with 128 or 256 rows: the MMAs of the rest are wasted; the rows they read
-// hold whatever the stage held, and reach only C rows that are not stored). B, the K-major
-// weights (pack_bf16_kmajor) by 2-dimensional copies as WgmmaTensorDenseOperands'.
+// The convolutions' GEMMs fed by tensor copies: direct gathers (Gather<false, Bf16>, the forward
+// convolutions) at any stride up to 8, transposed gathers (Gather<true, Bf16>: the input gradients,
+// the transposed convolutions) at stride 1; C a multiple of 64. A comes by a 4-dimensional map over
+// the NHWC activations (channels, columns, rows, images) whose box, placed at the slice's tap, is
+// 64 channels of output rows: either `bh` whole output rows of one image, bh = Tile::rows / Wo, or
+// (where an image has no more pixels than the tile has rows) `ni` whole images, ni = Tile::rows /
+// (Ho Wo). The box starts at column kw - pad, row s oh0 + kh - pad (transposed: pad - kw,
+// oh0 + pad - kh) and takes every s-th column and row (the map's element strides, s the
+// convolution's stride), so the padding is the copies' zero fill, no address is computed per
+// pixel, and a tile is whole output rows: bh Wo or ni Ho Wo of its Tile::rows rows (7/8 at widths
+// 112, 56, 28; 77 % for 14 x 14 in 128 rows and 7 x 7 images; the MMAs of the rest are wasted, the
+// rows they read hold whatever the stage held, and reach only C rows that are not stored: each
+// tile's stores stop at its own last pixel, RowSpan). B, the K-major weights (pack_bf16_kmajor),
+// by 2-dimensional copies as WgmmaTensorDenseOperands'.
 template <class T, bool kTransposed = false>
 struct WgmmaTensorConvOperands {
     using Tile = T;
@@ -429,30 +432,46 @@ struct WgmmaTensorConvOperands {
     static_assert(T::swizzled, "tensor copies leave the swizzled layout");
     static constexpr bool tensor_copies = true, row_spans = true;
     TensorMap x_map, w_map;
-    int32_t images, Ho, Wo, C, kernel, pad, bh, tiles_per_image;
+    int32_t images, Ho, Wo, C, kernel, pad, stride;
+    int32_t bh, ni;            // a box's output rows of an image, and its images (bh = Ho where ni > 1)
+    int32_t tiles_per_image;   // 1 where ni > 1
     struct Regs {
-        int32_t b, oh0, n0, s;  // the tile's image, first output row and first output channel; the next slice
+        int32_t b, oh0, n0, s;  // the tile's (first) image, first output row and first output channel; the next slice
     };
-    // Whether the tile takes this convolution: stride 1, whole 64-channel slices, an output row
-    // within the tile, N and ldk multiples of 8, sizes within the copies' 32-bit coordinates.
+    // The box's output rows and images for a convolution with Ho x Wo outputs.
+    static void box_of(int64_t Ho, int64_t Wo, int32_t& bh, int32_t& ni) {
+        const bool whole_images = Ho * Wo <= T::rows;
+        bh = static_cast<int32_t>(whole_images ? Ho : T::rows / Wo);
+        ni = static_cast<int32_t>(whole_images ? T::rows / (Ho * Wo) : 1);
+    }
+    // Whether the tile takes this convolution: a stride the copies' element strides take (1-8;
+    // transposed 1), whole 64-channel slices, an output row within the tile and a box within 256
+    // elements a dimension, N and ldk multiples of 8, sizes within the copies' 32-bit coordinates.
     static bool fits(const LoadA& la, int64_t M, int64_t N, int64_t ldk, const Bf16* w) {
-        return la.stride == 1 && la.C % T::depth == 0 && la.Wo >= 1 && la.Wo <= T::rows && la.Ho >= 1 && M % (la.Ho * la.Wo) == 0 &&
-               N > 0 && N % 8 == 0 && ldk % 8 == 0 && aligned16(la.src) && aligned16(w) && M < (int64_t{1} << 31) &&
-               ldk < (int64_t{1} << 31) && N < (int64_t{1} << 31);
+        if (la.stride < 1 || la.stride > (kTransposed ? 1 : 8) || la.C % T::depth != 0 || la.Wo < 1 || la.Wo > T::rows || la.Ho < 1 ||
+            M % (la.Ho * la.Wo) != 0)
+            return false;
+        int32_t bh = 0, ni = 0;
+        box_of(la.Ho, la.Wo, bh, ni);
+        return la.stride * la.Wo <= 256 && la.stride * bh <= 256 && N > 0 && N % 8 == 0 && ldk % 8 == 0 && aligned16(la.src) &&
+               aligned16(w) && M < (int64_t{1} << 31) && ldk < (int64_t{1} << 31) && N < (int64_t{1} << 31);
     }
     static bool make(WgmmaTensorConvOperands& ops, const LoadA& la, int64_t M, int64_t N, const Bf16* w, int64_t ldk, std::string* why) {
         ops.images = static_cast<int32_t>(M / (la.Ho * la.Wo));
         ops.Ho = static_cast<int32_t>(la.Ho), ops.Wo = static_cast<int32_t>(la.Wo), ops.C = static_cast<int32_t>(la.C);
-        ops.kernel = static_cast<int32_t>(la.K), ops.pad = static_cast<int32_t>(la.pad);
-        ops.bh = static_cast<int32_t>(T::rows / la.Wo);
+        ops.kernel = static_cast<int32_t>(la.K), ops.pad = static_cast<int32_t>(la.pad), ops.stride = static_cast<int32_t>(la.stride);
+        box_of(la.Ho, la.Wo, ops.bh, ops.ni);
         ops.tiles_per_image = (ops.Ho + ops.bh - 1) / ops.bh;
         TensorMapShape x;
         x.rank = 4;
         const uint64_t row = static_cast<uint64_t>(la.C) * 2;
+        const uint32_t s = static_cast<uint32_t>(la.stride);
         x.dims[0] = static_cast<uint64_t>(la.C), x.dims[1] = static_cast<uint64_t>(la.W), x.dims[2] = static_cast<uint64_t>(la.H),
         x.dims[3] = static_cast<uint64_t>(ops.images);
         x.strides[0] = row, x.strides[1] = row * static_cast<uint64_t>(la.W), x.strides[2] = row * static_cast<uint64_t>(la.W * la.H);
-        x.box[0] = T::depth, x.box[1] = static_cast<uint32_t>(la.Wo), x.box[2] = static_cast<uint32_t>(ops.bh), x.box[3] = 1;
+        x.box[0] = T::depth, x.box[1] = s * static_cast<uint32_t>(la.Wo), x.box[2] = s * static_cast<uint32_t>(ops.bh),
+        x.box[3] = static_cast<uint32_t>(ops.ni);
+        x.element_strides[1] = x.element_strides[2] = s;  // n elements s apart: a box of n s (the driver's rule)
         if (!encode_tensor_map_bf16(ops.x_map, la.src, x, why)) return false;
         TensorMapShape wm;
         wm.rank = 2;
@@ -460,10 +479,17 @@ struct WgmmaTensorConvOperands {
         wm.strides[0] = static_cast<uint64_t>(ldk) * 2, wm.box[0] = T::depth, wm.box[1] = T::cols;
         return encode_tensor_map_bf16(ops.w_map, w, wm, why);
     }
-    __host__ __device__ int64_t row_tiles() const { return static_cast<int64_t>(images) * tiles_per_image; }
+    __host__ __device__ int64_t row_tiles() const {
+        return ni > 1 ? (static_cast<int64_t>(images) + ni - 1) / ni : static_cast<int64_t>(images) * tiles_per_image;
+    }
     __host__ __device__ RowSpan row_span(int64_t i) const {
+        const int64_t image = static_cast<int64_t>(Ho) * Wo;
+        if (ni > 1) {
+            const int64_t b0 = i * ni, b1 = b0 + ni < images ? b0 + ni : images;
+            return RowSpan{b0 * image, b1 * image};
+        }
         const int64_t b = i / tiles_per_image, oh0 = (i - b * tiles_per_image) * bh;
-        const int64_t m0 = (b * Ho + oh0) * Wo, rows = (Ho - oh0 < bh ? Ho - oh0 : bh) * static_cast<int64_t>(Wo);
+        const int64_t m0 = b * image + oh0 * Wo, rows = (Ho - oh0 < bh ? Ho - oh0 : bh) * static_cast<int64_t>(Wo);
         return RowSpan{m0, m0 + rows};
     }
     __device__ void prefetch() const {
@@ -477,11 +503,11 @@ struct WgmmaTensorConvOperands {
     __device__ void issue_tensor(Regs& r, unsigned char* stage, uint64_t* full) const {
         const int slices_per_tap = C / T::depth, tap = r.s / slices_per_tap, kh = tap / kernel, kw = tap - kh * kernel;
         const int c0 = (r.s - tap * slices_per_tap) * T::depth;
-        mbarrier_arrive_expect_tx(full, static_cast<uint32_t>(Wo * bh * T::depth * 2 + T::b_bytes));
+        mbarrier_arrive_expect_tx(full, static_cast<uint32_t>(Wo * bh * ni * T::depth * 2 + T::b_bytes));
         if (kTransposed)
             tma_load_4d(stage, x_map, c0, pad - kw, r.oh0 + pad - kh, r.b, full);
         else
-            tma_load_4d(stage, x_map, c0, kw - pad, r.oh0 + kh - pad, r.b, full);
+            tma_load_4d(stage, x_map, c0, kw - pad, stride * r.oh0 + kh - pad, r.b, full);
         tma_load_2d(stage + T::a_bytes, w_map, r.s * T::depth, r.n0, full);
         ++r.s;
     }

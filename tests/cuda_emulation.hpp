@@ -778,12 +778,13 @@ struct TensorMapData {
     uint32_t rank, swizzle;  // swizzle: 0, or 128 (bytes: CU_TENSOR_MAP_SWIZZLE_128B)
     uint64_t dims[5];        // elements, innermost first
     uint64_t strides[5];     // bytes between consecutive indices of each dimension (strides[0]: 2, bfloat16)
-    uint32_t box[5];         // the box a copy brings, elements per dimension
+    uint32_t box[5];         // the box a copy traverses, elements per dimension
+    uint8_t step[5];         // the traversal's element strides (1-8): ceil(box / step) elements loaded, step apart
 };
 static_assert(sizeof(TensorMapData) <= sizeof(CUtensorMap), "the fields fit the opaque bytes");
 // Stores a bfloat16 map in `map`; false (and why) where cuTensorMapEncodeTiled would refuse it.
 inline bool encode_tensor_map(CUtensorMap* map, const void* base, uint32_t rank, const uint64_t* dims, const uint64_t* strides,
-                              const uint32_t* box, uint32_t swizzle, std::string* why) {
+                              const uint32_t* box, const uint32_t* element_strides, uint32_t swizzle, std::string* why) {
     const auto refuse = [&](const std::string& what) {
         if (why) *why = what;
         return false;
@@ -798,6 +799,10 @@ inline bool encode_tensor_map(CUtensorMap* map, const void* base, uint32_t rank,
     for (uint32_t i = 0; i < rank; ++i) {
         if (dims[i] == 0 || dims[i] > (uint64_t{1} << 32)) return refuse("a dimension of 0 or over 2^32 elements");
         if (box[i] == 0 || box[i] > 256) return refuse("a box dimension outside 1-256");
+        if (element_strides[i] == 0 || element_strides[i] > 8) return refuse("an element stride outside 1-8");
+        // (The first dimension's stride is ignored by the hardware without interleave: 1 here.)
+        if (i == 0 && element_strides[0] != 1) return refuse("an element stride other than 1 in the innermost dimension");
+        d.step[i] = static_cast<uint8_t>(element_strides[i]);
         if (i > 0 && (strides[i - 1] % 16 != 0 || strides[i - 1] >= (uint64_t{1} << 40))) return refuse("a stride that is not a multiple of 16 bytes");
         d.dims[i] = dims[i], d.box[i] = box[i];
         if (i > 0) d.strides[i] = strides[i - 1];
@@ -812,7 +817,8 @@ inline bool encode_tensor_map(CUtensorMap* map, const void* base, uint32_t rank,
 // cp.async.bulk.tensor (tile mode) into shared memory at dst, the box at coords (innermost first,
 // signed: a box may start outside the tensor), completing its bytes on `bar`: the box's rows
 // (innermost dimension, box[0] elements) one after another in the order of the outer
-// dimensions, elements outside the tensor zero; swizzled where the map says so. The bytes are read
+// dimensions, each outer dimension i traversed ceil(box[i] / step[i]) elements, step[i] apart
+// (the map's element strides), elements outside the tensor zero; swizzled where the map says so. The bytes are read
 // now and land (counting against the expected ones) when a thread first waits on the barrier after
 // its arrivals are in, so the phase completes then; until then dst holds 0xFF bytes, so a reader
 // that did not wait finds NaN.
@@ -824,8 +830,11 @@ inline void tma_load(void* dst, const CUtensorMap* map, const int32_t* coords, u
     const uint32_t at = shared_address(dst);
     if (at % (d.swizzle ? 1024 : 128) != 0) report("a tensor copy to shared memory not aligned to 128 bytes (1024 when swizzled)");
     const size_t row_bytes = d.box[0] * 2;
-    size_t rows = 1;
-    for (uint32_t i = 1; i < d.rank; ++i) rows *= d.box[i];
+    size_t rows = 1, loaded[5] = {d.box[0], 1, 1, 1, 1};
+    for (uint32_t i = 1; i < d.rank; ++i) {
+        loaded[i] = (d.box[i] + d.step[i] - 1) / d.step[i];
+        rows *= loaded[i];
+    }
     if (at + rows * row_bytes > tl_dynamic.bytes) {
         report("a tensor copy past the launch's dynamic shared memory");
         return;
@@ -837,8 +846,8 @@ inline void tma_load(void* dst, const CUtensorMap* map, const int32_t* coords, u
         bool inside = true;
         size_t rest = row;
         for (uint32_t i = 1; i < d.rank; ++i) {
-            const int64_t c = static_cast<int64_t>(coords[i]) + static_cast<int64_t>(rest % d.box[i]);
-            rest /= d.box[i];
+            const int64_t c = static_cast<int64_t>(coords[i]) + static_cast<int64_t>(rest % loaded[i]) * d.step[i];
+            rest /= loaded[i];
             inside = inside && c >= 0 && c < static_cast<int64_t>(d.dims[i]);
             offset += c * static_cast<int64_t>(d.strides[i]);
         }

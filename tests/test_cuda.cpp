@@ -580,8 +580,12 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
     // asynchronous-copy kernel's) and 64 -> 1 (the per-pixel kernel's). Fed by tensor copies, 30
     // output columns make tiles of several rows and a shorter last one (11 rows: 8 + 3 in 256
     // rows, 4 + 4 + 3 in 128, 2 x 5 + 1 in 64), and 70 are more than a 64-row tile holds (cp.async).
+    // Where an image has no more pixels than the tile has rows, a tile is whole images (9 x 11
+    // twice in 256 rows; 7 x 5 at stride 2 three times in 128; the 1 x 1 stride-2 shortcut's 4 x 5
+    // twelve times in 256, of 2 images); stride 2 over several tiles an image: 11 x 20 outputs,
+    // 6 + 5 rows in 128, 3 + 3 + 3 + 2 in 64.
     for (const Case& c : {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 11, 30, 64, 64, 3, 1, 1, false}, Case{1, 11, 30, 128, 128, 3, 1, 1, false},
-                          Case{1, 3, 70, 64, 128, 3, 1, 1, false},
+                          Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
                           Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
                          Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
                          Case{2, 8, 7, 32, 64, 3, 1, 1, false}, Case{2, 6, 7, 64, 1, 3, 1, 1, false}}) {
@@ -625,8 +629,10 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
             const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
             run(false);
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == fits);
-            // Tensor copies: stride 1 (direct or transposed), an output row within the tile (ops.cuh WgmmaLoads).
-            const bool by_tensor_copies = fits && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && Wo <= tile_rows(c.cout);
+            // Tensor copies: direct gathers at any stride here, transposed at stride 1 (the strided
+            // ones are sub-pixel classes), an output row within the tile (ops.cuh WgmmaLoads).
+            const bool by_tensor_copies =
+                fits && loads == pin::cuda::WgmmaLoads::TensorCopies && (!c.transposed || c.s == 1) && Wo <= tile_rows(c.cout);
             REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == by_tensor_copies);
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");

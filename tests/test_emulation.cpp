@@ -530,6 +530,43 @@ TEST_CASE("emulation: a tensor copy lands its box at the barrier's wait: zeros o
         REQUIRE(zeros == 6 * kBoxCols + 10 * 8);  // what is outside: 6 whole rows, 8 values of the other 10
         REQUIRE(wrong == 0);
     }
+    {
+        // Element strides (a stride-2 convolution's taps): a 3-dimensional 8 x 9 x 5 tensor and the
+        // box of 8 x 6 x 3 elements traversed 1, 2, 2 apart at (0, -1, 1): 3 x 2 rows of 8 values,
+        // at (row, plane) = (-1 | 1 | 3, 1 | 3); row -1 outside (zeros).
+        alignas(16) static uint16_t cube[8 * 9 * 5];
+        for (int i = 0; i < 8 * 9 * 5; ++i) cube[i] = static_cast<uint16_t>(0x4000 + 3 * i);
+        pin::cuda::TensorMapShape strided;
+        strided.rank = 3, strided.swizzle128 = false;
+        strided.dims[0] = 8, strided.dims[1] = 9, strided.dims[2] = 5, strided.strides[0] = 16, strided.strides[1] = 144;
+        strided.box[0] = 8, strided.box[1] = 6, strided.box[2] = 3;
+        strided.element_strides[1] = strided.element_strides[2] = 2;
+        pin::cuda::TensorMap map;
+        REQUIRE(pin::cuda::encode_tensor_map_bf16(map, cube, strided, nullptr));
+        std::vector<uint16_t> got(6 * 8, 0);
+        pin_emulation::launch(dim3(1), dim3(32), [&] {
+            unsigned char* const smem = pin_emulation::dynamic_shared();
+            uint64_t* const bar = reinterpret_cast<uint64_t*>(smem + 128);
+            if (threadIdx.x == 0) pin::cuda::mbarrier_init(bar, 1);
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                pin::cuda::mbarrier_arrive_expect_tx(bar, 6 * 16);
+                const int32_t at[3] = {0, -1, 1};
+                pin_emulation::tma_load(smem, &map, at, bar);
+            }
+            pin::cuda::mbarrier_wait(bar, 0);
+            if (threadIdx.x == 0) std::memcpy(got.data(), smem, 6 * 16);
+        }, 136);
+        for (int plane = 0; plane < 2; ++plane)
+            for (int row = 0; row < 3; ++row)
+                for (int e = 0; e < 8; ++e) {
+                    const int y = -1 + 2 * row, z = 1 + 2 * plane;
+                    INFO("row " << y << ", plane " << z << ", element " << e);
+                    REQUIRE(got[static_cast<size_t>((plane * 3 + row) * 8 + e)] == (y < 0 ? 0 : cube[(z * 9 + y) * 8 + e]));
+                }
+        strided.element_strides[0] = 2;
+        REQUIRE_FALSE(pin::cuda::encode_tensor_map_bf16(map, cube, strided, nullptr));
+    }
     // Expecting other bytes than the box brings never completes the phase; maps the hardware refuses.
     pin::cuda::TensorMap map;
     REQUIRE(pin::cuda::encode_tensor_map_bf16(map, tensor, shape, nullptr));

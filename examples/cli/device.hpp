@@ -36,8 +36,8 @@ namespace cli {
 //                               slice's in flight while the next is issued, or a copying warpgroup
 //                               feeding two MMA warpgroups through mbarriers, both on each tile (ws)
 //                               or on tiles of their own in turn (pingpong) (WgmmaPipeline)
-//   --gpu-loads cp-async|tma    with ws / pingpong: the operands by cp.async, or, for the stride-1
-//                               forward convolutions, by tensor copies (WgmmaLoads)
+//   --gpu-loads cp-async|tma    with ws / pingpong: the operands by cp.async, or, for the forward
+//                               convolutions and stride-1 input gradients, by tensor copies (WgmmaLoads)
 //   --gpu-gather-cache l2|l1    the gathered activations' asynchronous copies through L2 only, or
 //                               L1 too (GatherCaching; the asynchronous-copy and wgmma kernels)
 // They are library settings made command-line options so that a GPU's user can run any
