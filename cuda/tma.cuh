@@ -85,6 +85,17 @@ inline bool encode_tensor_map_bf16(TensorMap& map, const void* base, const Tenso
 #endif
 }
 
+// A row-major bfloat16 matrix of `rows` rows of `cols` values, `ld` values apart, as a 2-dimensional
+// map whose box is `box_cols` values of `box_rows` rows (the wgmma operands' K-major tiles).
+inline bool encode_matrix_map_bf16(TensorMap& map, const void* base, int64_t rows, int64_t cols, int64_t ld, uint32_t box_cols,
+                                   uint32_t box_rows, std::string* why) {
+    TensorMapShape s;
+    s.rank = 2;
+    s.dims[0] = static_cast<uint64_t>(cols), s.dims[1] = static_cast<uint64_t>(rows), s.strides[0] = static_cast<uint64_t>(ld) * 2;
+    s.box[0] = box_cols, s.box[1] = box_rows;
+    return encode_tensor_map_bf16(map, base, s, why);
+}
+
 // Copies the box at (c0, c1) of a 2-dimensional map into shared memory at dst (1024-byte aligned
 // when swizzled, else 128), completing its bytes (the whole box's, zeros outside the tensor
 // included) on bar. One thread issues it.

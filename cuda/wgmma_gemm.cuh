@@ -358,13 +358,8 @@ struct WgmmaTensorDenseOperands {
     // A (M x K) and B (N x K) row-major, K % 8 == 0, both 16-byte aligned; false (and why) where a
     // map cannot be made.
     static bool make(WgmmaTensorDenseOperands& ops, const Bf16* a, const Bf16* b, int64_t M, int64_t N, int64_t K, std::string* why) {
-        TensorMapShape s;
-        s.rank = 2;
-        s.dims[0] = static_cast<uint64_t>(K), s.strides[0] = static_cast<uint64_t>(K) * 2, s.box[0] = T::depth;
-        s.dims[1] = static_cast<uint64_t>(M), s.box[1] = T::rows;
-        if (!encode_tensor_map_bf16(ops.a_map, a, s, why)) return false;
-        s.dims[1] = static_cast<uint64_t>(N), s.box[1] = T::cols;
-        return encode_tensor_map_bf16(ops.b_map, b, s, why);
+        return encode_matrix_map_bf16(ops.a_map, a, M, K, K, T::depth, T::rows, why) &&
+               encode_matrix_map_bf16(ops.b_map, b, N, K, K, T::depth, T::cols, why);
     }
     __device__ void prefetch() const {
         tma_prefetch_map(a_map);
@@ -472,12 +467,8 @@ struct WgmmaTensorConvOperands {
         x.box[0] = T::depth, x.box[1] = s * static_cast<uint32_t>(la.Wo), x.box[2] = s * static_cast<uint32_t>(ops.bh),
         x.box[3] = static_cast<uint32_t>(ops.ni);
         x.element_strides[1] = x.element_strides[2] = s;  // n elements s apart: a box of n s (the driver's rule)
-        if (!encode_tensor_map_bf16(ops.x_map, la.src, x, why)) return false;
-        TensorMapShape wm;
-        wm.rank = 2;
-        wm.dims[0] = static_cast<uint64_t>(la.K * la.K * la.C), wm.dims[1] = static_cast<uint64_t>(N);
-        wm.strides[0] = static_cast<uint64_t>(ldk) * 2, wm.box[0] = T::depth, wm.box[1] = T::cols;
-        return encode_tensor_map_bf16(ops.w_map, w, wm, why);
+        return encode_tensor_map_bf16(ops.x_map, la.src, x, why) &&
+               encode_matrix_map_bf16(ops.w_map, w, N, la.K * la.K * la.C, ldk, T::depth, T::cols, why);
     }
     __host__ __device__ int64_t row_tiles() const {
         return ni > 1 ? (static_cast<int64_t>(images) + ni - 1) / ni : static_cast<int64_t>(images) * tiles_per_image;

@@ -75,6 +75,13 @@ namespace {
     pin::cuda::set_wgmma_stores(ws_form / 2 ? pin::cuda::WgmmaStores::Direct : pin::cuda::WgmmaStores::ThroughShared); \
     INFO("warp-specialized: " << (ws_smem_kib != 0 ? "the fewest stages (2)" : "the tile's own stages")          \
                               << (ws_form / 2 ? ", C from the registers" : ", C through shared memory"))
+// Both, for operands brought as `loads` says (WgmmaLoads::TensorCopies: the warp-specialized
+// pipelines only, the others return).
+#define PIN_EACH_WGMMA_FORM_WITH_LOADS(loads)                                                                  \
+    PIN_EACH_WGMMA_PIPELINE();                                                                                 \
+    if ((loads) == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return; \
+    PIN_EACH_WS_FORM();                                                                                        \
+    pin::cuda::set_wgmma_loads(loads)
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

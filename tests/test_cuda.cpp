@@ -497,10 +497,7 @@ std::vector<float> float64_products(const float* a, const float* b, int64_t M, i
 // The body of the two GEMM tests below: every pipeline (tensor copies: the warp-specialized ones),
 // both ring sizes and epilogues, operands brought as `loads` says.
 void check_wgmma_gemm(pin::cuda::WgmmaLoads loads) {
-    PIN_EACH_WGMMA_PIPELINE();
-    if (loads == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;
-    PIN_EACH_WS_FORM();
-    pin::cuda::set_wgmma_loads(loads);
+    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads);
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around); for the
     // warp-specialized kernel its two tiles, each with more slices than stages (its mbarriers
@@ -556,10 +553,7 @@ namespace {
 // whose output rows fit the tile by tensor copies, whole output rows a tile, the padding the
 // copies' zero fill; the rest keep cp.async).
 void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
-    PIN_EACH_WGMMA_PIPELINE();
-    if (loads == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return;
-    PIN_EACH_WS_FORM();
-    pin::cuda::set_wgmma_loads(loads);
+    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads);
     // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
     // with_tensor_tile): a convolution fed by tensor copies needs an output row within them.
     const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
