@@ -2,7 +2,7 @@
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
 //   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16]
-//                 [--no-wgmma] [--no-tma] [--no-warm-up]
+//                 [--no-wgmma] [--no-tma] [--no-wide] [--no-warm-up]
 // --config runs one gather x arithmetic configuration, or (gemm-bf16) the bfloat16 GEMMs of the wgmma
 // probe alone (bench/gpu_check.sh runs each in its own process, so a kernel fault in one cannot hide
 // the others' timings).
@@ -64,6 +64,10 @@ int main(int argc, char** argv) {
     // gpu_check.sh passes it when the [cuda][tma] tests failed). They come last in every list, so
     // a fault or a hang there costs no other timing of its process.
     bool no_tma = false;
+    // --no-wide: leave out only the timings on the wide m64n256k16 tiles (ops.cuh WgmmaMmaN::N256;
+    // gpu_check.sh passes it when the [cuda][wide] tests failed). They come after the tensor
+    // copies' in every list, for the same reason.
+    bool no_wide = false;
     // --parts: which of a network configuration's measurements to make (layers, defense, training;
     // all by default). gpu_check.sh runs the fast configuration's parts as processes of their own,
     // each with its own time limit, so that a slow or faulting part cannot cost the others theirs.
@@ -76,6 +80,8 @@ int main(int argc, char** argv) {
             no_wgmma = true;
         } else if (a == "--no-tma") {
             no_tma = true;
+        } else if (a == "--no-wide") {
+            no_wide = true;
         } else if (a == "--no-warm-up") {
             // Time the first runs too (no untimed run before each timing): for the CPU emulation
             // (tests/cli/bench_gpu_check.sh), where times mean nothing and every run is slow.
@@ -93,7 +99,7 @@ int main(int argc, char** argv) {
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
                         "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--parts layers,defense,training] [--no-wgmma] "
-                        "[--no-tma] [--no-warm-up]\n");
+                        "[--no-tma] [--no-wide] [--no-warm-up]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
     }
@@ -222,7 +228,9 @@ int main(int argc, char** argv) {
                         pin::cuda::WgmmaPipeline pipeline;
                         pin::cuda::WgmmaLoads loads;
                         const char* kernel;
+                        pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128;
                     };
+                    constexpr auto kWide = pin::cuda::WgmmaMmaN::N256;
                     constexpr auto kCpAsync = pin::cuda::WgmmaLoads::CpAsync, kTensor = pin::cuda::WgmmaLoads::TensorCopies;
                     auto probe = [&](const ProbeRun& run) {
                         const char* const kernel = run.kernel;
@@ -232,6 +240,7 @@ int main(int argc, char** argv) {
                             const pin::cuda::KernelSettingsScope settings_scope;
                             pin::cuda::set_wgmma_pipeline(run.pipeline);
                             pin::cuda::set_wgmma_loads(run.loads);
+                            pin::cuda::set_wgmma_mma_n(run.mma_n);
                             pin::cuda::DeviceBuffer& out = compared ? y : c;
                             const double t = time_ms(reps, [&] {
                                 pin::cuda::gemm_bf16_wgmma(pin::cuda::bf16_data(x), pin::cuda::bf16_data(wb), out.data(), M, N, K);
@@ -262,9 +271,11 @@ int main(int argc, char** argv) {
                         pin::cuda::WgmmaPipeline pipeline;
                         const char* kernel;
                         pin::cuda::WgmmaLoads loads = pin::cuda::WgmmaLoads::CpAsync;
+                        pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128;
                     };
                     // The _tma forms: the convolution fed by tensor copies where its output rows fit
-                    // the tile ("by_tensor_copies" says whether they did).
+                    // the tile ("by_tensor_copies" says whether they did); _wide on ws's 128 x 256
+                    // tile where N is a multiple of 256 ("on_wide_tile").
                     for (const ConvRun run : {ConvRun{pin::cuda::AsyncTileShape::Cols64, pin::cuda::WgmmaPipeline::WaitEachSlice, "async64"},
                                               ConvRun{pin::cuda::AsyncTileShape::Cols128, pin::cuda::WgmmaPipeline::WaitEachSlice, "async128"},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WaitEachSlice, "wgmma_conv"},
@@ -275,14 +286,17 @@ int main(int argc, char** argv) {
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws_tma",
                                                       kTensor},
                                               ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::PingPong, "wgmma_conv_pingpong_tma",
-                                                      kTensor}}) {
+                                                      kTensor},
+                                              ConvRun{pin::cuda::AsyncTileShape::Wgmma, pin::cuda::WgmmaPipeline::WarpSpecialized, "wgmma_conv_ws_wide",
+                                                      kTensor, kWide}}) {
                         const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
-                        if (run.loads == kTensor && no_tma) continue;
+                        if ((run.loads == kTensor && no_tma) || (run.mma_n == kWide && no_wide)) continue;
                         const pin::cuda::KernelSettingsScope settings_scope;
                         pin::cuda::set_async_tile(run.tile);
                         pin::cuda::set_wgmma_pipeline(run.pipeline);
                         pin::cuda::set_wgmma_loads(run.loads);
+                        pin::cuda::set_wgmma_mma_n(run.mma_n);
                         const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
                         const double t = time_ms(reps, [&] {
                             pin::cuda::conv2d_forward(pin::cuda::bf16_data(x), w.data(), y.data(), cs, nullptr, nullptr, false,
@@ -293,15 +307,21 @@ int main(int argc, char** argv) {
                                                         : pin::cuda::kernel_launches().async > before.async;
                         y.download(hy.data(), hy.size());
                         const bool tma = pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma;
-                        char extra[160];
-                        std::snprintf(extra, sizeof extra, ", \"on_%s_kernel\": %s, \"by_tensor_copies\": %s, \"max_rel_diff_vs_wgmma\": %s",
-                                      on_wgmma ? "wgmma" : "async", on_kernel ? "true" : "false", tma ? "true" : "false", rel_to_probe(hy).c_str());
+                        const bool wide = pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide;
+                        char extra[200];
+                        std::snprintf(extra, sizeof extra,
+                                      ", \"on_%s_kernel\": %s, \"by_tensor_copies\": %s, \"on_wide_tile\": %s, \"max_rel_diff_vs_wgmma\": %s",
+                                      on_wgmma ? "wgmma" : "async", on_kernel ? "true" : "false", tma ? "true" : "false", wide ? "true" : "false",
+                                      rel_to_probe(hy).c_str());
                         line(run.kernel, t, extra);
                     }
+                    // Then the wide tiles: ws's 128 x 256 (N a multiple of 256), ping-pong's 256 x 64 (N
+                    // not one of 128; the probe's N is, so it keeps its 64 x 128: a check, not a new timing).
                     if (!no_tma && !no_wgmma)
                         for (const ProbeRun& run : {ProbeRun{pin::cuda::WgmmaPipeline::WarpSpecialized, kTensor, "wgmma_ws_tma"},
-                                                    ProbeRun{pin::cuda::WgmmaPipeline::PingPong, kTensor, "wgmma_pingpong_tma"}})
-                            probe(run);
+                                                    ProbeRun{pin::cuda::WgmmaPipeline::PingPong, kTensor, "wgmma_pingpong_tma"},
+                                                    ProbeRun{pin::cuda::WgmmaPipeline::WarpSpecialized, kTensor, "wgmma_ws_wide", kWide}})
+                            if (run.mma_n != kWide || !no_wide) probe(run);
                 } catch (const std::exception& e) {
                     std::printf("{\"stage\": \"gemm_bf16\", \"m\": %lld, \"n\": %lld, \"k\": %lld, \"error\": \"%s\"}\n",
                                 static_cast<long long>(M), static_cast<long long>(N), static_cast<long long>(K), e.what());
@@ -385,6 +405,7 @@ int main(int argc, char** argv) {
                 // stages within 164 KiB, ~92 KB of L1).
                 double fwd_wgmma_ws_l1_direct = 0, fwd_wgmma_pingpong_l1_direct = 0;
                 double fwd_wgmma_ws_tma = 0, fwd_wgmma_pingpong_tma = 0;  // tensor copies (ops.cuh WgmmaLoads)
+                double fwd_wgmma_ws_wide = 0, fwd_wgmma_pingpong_wide = 0;  // and the wide tiles (ops.cuh WgmmaMmaN)
             };
             auto report_layer = [&](const char* name, double gflop, double f, double bi, double bw, const AsyncTimes& a) {
                 std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"layer\": \"%s\", \"batch\": %lld, \"forward_ms\": %.3f, \"forward_tflops\": %.2f, "
@@ -408,7 +429,9 @@ int main(int argc, char** argv) {
                                                                 {"forward_bf16_wgmma_ws_l1_direct", a.fwd_wgmma_ws_l1_direct},
                                                                 {"forward_bf16_wgmma_pingpong_l1_direct", a.fwd_wgmma_pingpong_l1_direct},
                                                                 {"forward_bf16_wgmma_ws_tma", a.fwd_wgmma_ws_tma},
-                                                                {"forward_bf16_wgmma_pingpong_tma", a.fwd_wgmma_pingpong_tma}};
+                                                                {"forward_bf16_wgmma_pingpong_tma", a.fwd_wgmma_pingpong_tma},
+                                                                {"forward_bf16_wgmma_ws_wide", a.fwd_wgmma_ws_wide},
+                                                                {"forward_bf16_wgmma_pingpong_wide", a.fwd_wgmma_pingpong_wide}};
                 for (const auto& [key, ms] : timed)
                     if (ms > 0) std::printf(", \"%s_ms\": %.3f, \"%s_tflops\": %.2f", key, ms, key, gflop / ms);
                 std::printf("}\n");
@@ -427,7 +450,8 @@ int main(int argc, char** argv) {
                                                                   {"pp-L1 fwd 196K", a.fwd_wgmma_pingpong_l1_smem196}, {"164K", a.fwd_wgmma_pingpong_l1_smem164},
                                                                   {"direct C: ws-L1 fwd", a.fwd_wgmma_ws_l1_direct},
                                                                   {"pp-L1 fwd", a.fwd_wgmma_pingpong_l1_direct},
-                                                                  {"TMA: ws fwd", a.fwd_wgmma_ws_tma}, {"pp fwd", a.fwd_wgmma_pingpong_tma}};
+                                                                  {"TMA: ws fwd", a.fwd_wgmma_ws_tma}, {"pp fwd", a.fwd_wgmma_pingpong_tma},
+                                                                  {"wide: ws fwd", a.fwd_wgmma_ws_wide}, {"pp fwd", a.fwd_wgmma_pingpong_wide}};
                 for (const auto& [label, ms] : columns)
                     if (ms > 0 && used > 0 && used < static_cast<int>(sizeof row))
                         used += std::snprintf(row + used, sizeof row - used, "  %s %6.2f", label, gflop / ms);
@@ -447,6 +471,7 @@ int main(int argc, char** argv) {
                 int ws_smem_kib = 0;
                 pin::cuda::WgmmaStores stores = pin::cuda::WgmmaStores::ThroughShared;
                 pin::cuda::WgmmaLoads loads = pin::cuda::WgmmaLoads::CpAsync;
+                pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128;
                 GemmSettings smem_kib(int kib) const {
                     GemmSettings g = *this;
                     g.ws_smem_kib = kib;
@@ -462,6 +487,15 @@ int main(int argc, char** argv) {
                     g.loads = pin::cuda::WgmmaLoads::TensorCopies;
                     return g;
                 }
+                GemmSettings wide() const {
+                    GemmSettings g = tma();
+                    g.mma_n = pin::cuda::WgmmaMmaN::N256;
+                    return g;
+                }
+                bool skipped(bool no_tma_timings, bool no_wide_timings) const {
+                    return (loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma_timings) ||
+                           (mma_n == pin::cuda::WgmmaMmaN::N256 && no_wide_timings);
+                }
                 void apply() const {
                     pin::cuda::set_async_tile(tile);
                     pin::cuda::set_wgmma_pipeline(pipeline);
@@ -469,6 +503,7 @@ int main(int argc, char** argv) {
                     pin::cuda::set_wgmma_ws_smem_kib(ws_smem_kib);
                     pin::cuda::set_wgmma_stores(stores);
                     pin::cuda::set_wgmma_loads(loads);
+                    pin::cuda::set_wgmma_mma_n(mma_n);
                 }
             };
             const GemmSettings cols64{TileShape::Cols64}, cols64_l1{TileShape::Cols64, kWait, kL1}, cols128{TileShape::Cols128},
@@ -478,6 +513,8 @@ int main(int argc, char** argv) {
             // Tensor copies where they apply (forward convolutions, stride-1 input gradients), the other gathered
             // copies through L1 as above.
             const GemmSettings ws_tma = ws_l1.tma(), pingpong_tma = pingpong_l1.tma();
+            // And on the wide tiles where a layer takes them (ws: 256k output channels; ping-pong: 64).
+            const GemmSettings ws_wide = ws_l1.wide(), pingpong_wide = pingpong_l1.wide();
             // f() with the settings g; the settings before come back afterwards, also when f throws.
             auto with_settings = [&](const GemmSettings& g, auto f) {
                 const pin::cuda::KernelSettingsScope settings_scope;
@@ -504,6 +541,9 @@ int main(int argc, char** argv) {
                 if (no_tma) return;  // last: a fault here costs no other timing
                 a.fwd_wgmma_ws_tma = with_settings(ws_tma, f);
                 a.fwd_wgmma_pingpong_tma = with_settings(pingpong_tma, f);
+                if (no_wide) return;
+                a.fwd_wgmma_ws_wide = with_settings(ws_wide, f);
+                a.fwd_wgmma_pingpong_wide = with_settings(pingpong_wide, f);
             };
             const bool wgmma = !no_wgmma && pin::cuda::wgmma_supported();
             // The forward pass with x and y stored as bfloat16 and the weights packed as bfloat16, as
@@ -625,12 +665,14 @@ int main(int argc, char** argv) {
                 {"defense_forward_bf16_storage_wgmma_pingpong_l1_direct", "defense pp L1 direct C", Storage::BF16, pingpong_l1.direct()},
                 {"defense_forward_bf16_storage_wgmma_ws_tma", "defense wgmma ws TMA", Storage::BF16, ws_tma},
                 {"defense_forward_bf16_storage_wgmma_pingpong_tma", "defense wgmma pp TMA", Storage::BF16, pingpong_tma},
+                {"defense_forward_bf16_storage_wgmma_ws_wide", "defense wgmma ws wide", Storage::BF16, ws_wide},
+                {"defense_forward_bf16_storage_wgmma_pingpong_wide", "defense wgmma pp wide", Storage::BF16, pingpong_wide},
             };
             if (want("defense"))
             for (const DefenseVariant& v : variants) {
                 const bool bf16_storage = v.storage == Storage::BF16, fast = v.gemm.tile != TileShape::Cols64 || v.gemm.caching == kL1;
                 if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
-                if (v.gemm.loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma) continue;
+                if (v.gemm.skipped(no_tma, no_wide)) continue;
                 const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_activation_storage(v.storage);
                 v.gemm.apply();
@@ -715,10 +757,11 @@ int main(int argc, char** argv) {
                   TrainingVariant{"training_step_bf16_storage_wgmma_ws_l1", "training, bf16 wgmma ws L1", ws_l1, kBf16},
                   TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_l1", "training, bf16 wgmma pp L1", pingpong_l1, kBf16},
                   TrainingVariant{"training_step_bf16_storage_wgmma_ws_tma", "training, bf16 wgmma ws TMA", ws_tma, kBf16},
-                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_tma", "training, bf16 wgmma pp TMA", pingpong_tma, kBf16}}) {
+                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_tma", "training, bf16 wgmma pp TMA", pingpong_tma, kBf16},
+                  TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_wide", "training, bf16 wgmma pp wide", pingpong_wide, kBf16}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
-                if (v.gemm.loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma) continue;
+                if (v.gemm.skipped(no_tma, no_wide)) continue;
                 try {
                     with_trainer(B0, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
                         const pin::cuda::KernelSettingsScope storage_scope;

@@ -46,13 +46,15 @@ log "GPU tests against the CPU"
 tests_rc=0
 wgmma_flag=()  # --no-wgmma for the timings below when the warpgroup-MMA kernels failed their tests
 tma_flag=()    # --no-tma when only the tensor copies failed theirs (the other wgmma timings stay)
+wide_flag=()   # --no-wide when the wide m64n256k16 tiles (or the tensor copies they are fed by) failed
 : > "$out/tests.txt"
-tags=(rng conv elementwise pin wgmma tma defense train)
-$quick && tags=(conv elementwise wgmma tma defense train)
+tags=(rng conv elementwise pin wgmma tma wide defense train)
+$quick && tags=(conv elementwise wgmma tma wide defense train)
 for tag in "${tags[@]}"; do
   echo "---- [cuda][$tag]" >> "$out/tests.txt"
   timeout "$(budget "$([ $tag = conv ] && echo 150 || echo 60)")" build-gpu/bin/pin_tests_cuda "[cuda][$tag]" -d yes >> "$out/tests.txt" 2>&1 \
-    || { tests_rc=1; echo "[cuda][$tag] FAILED"; [ $tag = wgmma ] && wgmma_flag=(--no-wgmma); [ $tag = tma ] && tma_flag=(--no-tma); }
+    || { tests_rc=1; echo "[cuda][$tag] FAILED"; [ $tag = wgmma ] && wgmma_flag=(--no-wgmma); [ $tag = tma ] && tma_flag=(--no-tma)
+         case $tag in tma|wide) wide_flag=(--no-wide) ;; esac; }
   tail -2 "$out/tests.txt" | head -1 | sed "s/^/[cuda][$tag] /" | tee -a "$out/summary.txt"
 done
 grep -E "^match|failed|FAILED|SKIPPED|differ" "$out/tests.txt" | head -80
@@ -66,7 +68,7 @@ grep -E "^match|failed|FAILED|SKIPPED|differ" "$out/tests.txt" | head -80
 bench() {
   local parts=${3:-layers,defense,training}
   timeout "$(budget "${2:-80}")" build-gpu/bin/pin-bench-gpu --batches 64,256,1024 --iters 5 --config "$1" --parts "$parts" \
-    "${wgmma_flag[@]}" "${tma_flag[@]}" >> "$out/bench.txt" 2>&1 \
+    "${wgmma_flag[@]}" "${tma_flag[@]}" "${wide_flag[@]}" >> "$out/bench.txt" 2>&1 \
     || echo "{\"config\": \"$1\", \"parts\": \"$parts\", \"error\": \"pin-bench-gpu exited $? (or the budget ran out)\"}" | tee -a "$out/bench.txt"
 }
 log "defense-forward and training-step timings"

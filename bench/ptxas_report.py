@@ -16,6 +16,11 @@ its compile output, without failing), and on a GEMM kernel (GEMM_KERNELS) spilli
 in any instantiation: their spills sit in the main loop, once per K slice. At session 26 the worst
 were 60 B (the asynchronous-copy kernel's 256-row sub-pixel forms) and 96 B (the TF32 WMMA
 kernel's row-gather sub-pixel forms; 616 B before its row gather became a template parameter).
+It also fails where an instantiation on the wide m64n256k16 tiles (WIDE_TILE) launches with other
+than WIDE_LAUNCH_REGISTERS registers a thread: their warpgroups move registers among themselves
+(setmaxnreg: the producer down to 40, the two MMA warpgroups up to 232), which needs the block to
+hold 384 x 168 = 64,512 from the launch on; with fewer the MMA warpgroups' request could never be
+met and the kernel would hang on a GPU.
 """
 import argparse
 import collections
@@ -34,6 +39,10 @@ UNITS = [("ops_conv_forward.cu", "sm_90"), ("ops_conv_backward.cu", "sm_90"), ("
 GEMM_KERNELS = ("gemm_kernel", "gemm_tensor_core_kernel", "gemm_wide_kernel", "gemm_async_kernel", "gemm_wgmma_kernel",
                 "gemm_wgmma_ws_kernel")
 SPILL_LIMIT = 128  # bytes of spill stores or loads per thread
+# cuda/wgmma_gemm.cuh WgmmaWsWideTile (128 x 256) and WgmmaPingPongWideSwappedTile (256 x 64), and
+# the registers a thread they launch with (producers 128 x 40 + consumers 256 x 232 = 384 x 168).
+WIDE_TILE = re.compile(r"WgmmaWsTile<(256, \d+, 128, false, false, true|64, \d+, 256, true, true, true)>")
+WIDE_LAUNCH_REGISTERS = 168
 
 
 def nvcc_path(given):
@@ -144,11 +153,18 @@ def main():
                 for regs, stores, loads, smem, unit, name in ks if max(stores, loads) > SPILL_LIMIT]
         for unit, stores, loads, name in over:
             print(f"FAIL: {unit}: {stores} B spill stores / {loads} B loads (limit {SPILL_LIMIT}): {name[:300]}")
+        wide = [(unit, regs, name) for ks in by_template.values() for regs, stores, loads, smem, unit, name in ks if WIDE_TILE.search(name)]
+        off = [(unit, regs, name) for unit, regs, name in wide if regs != WIDE_LAUNCH_REGISTERS]
+        for unit, regs, name in off:
+            print(f"FAIL: {unit}: a wide tile's kernel launches with {regs} registers a thread, not {WIDE_LAUNCH_REGISTERS} (setmaxnreg): {name[:300]}")
+        if not wide:
+            print("FAIL: no instantiation on the wide tiles found (WIDE_TILE out of step with cuda/wgmma_gemm.cuh?)")
         if warnings:
             print(f"FAIL: {len(warnings)} ptxas warning(s), above")
-        if over or warnings:
+        if over or off or not wide or warnings:
             sys.exit(1)
-        print(f"check passed: no ptxas warning; the GEMM kernels ({', '.join(GEMM_KERNELS)}) spill at most {SPILL_LIMIT} B")
+        print(f"check passed: no ptxas warning; the GEMM kernels ({', '.join(GEMM_KERNELS)}) spill at most {SPILL_LIMIT} B; "
+              f"the {len(wide)} wide-tile instantiations launch with {WIDE_LAUNCH_REGISTERS} registers")
 
 
 if __name__ == "__main__":

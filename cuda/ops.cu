@@ -89,6 +89,10 @@ std::atomic<int>& wgmma_loads_flag() {
     static std::atomic<int> loads{static_cast<int>(WgmmaLoads::CpAsync)};
     return loads;
 }
+std::atomic<int>& wgmma_mma_n_flag() {
+    static std::atomic<int> n{static_cast<int>(WgmmaMmaN::N128)};
+    return n;
+}
 std::atomic<int>& gather_caching_flag() {
     static std::atomic<int> caching{static_cast<int>(GatherCaching::L2)};
     return caching;
@@ -137,6 +141,7 @@ KernelCounts counts_by_kernel(const std::atomic<int64_t>* c) {
     k.async = at(GemmKernel::Async);
     k.async_cols128 = at(GemmKernel::AsyncCols128);
     k.wgmma_tma = at(GemmKernel::WgmmaTensorCopies);
+    k.wgmma_wide = at(GemmKernel::WgmmaWide);
     k.wgmma = at(GemmKernel::Wgmma);
     return k;
 }
@@ -158,6 +163,8 @@ void set_wgmma_stores(WgmmaStores stores) { wgmma_stores_flag() = static_cast<in
 WgmmaStores wgmma_stores() { return static_cast<WgmmaStores>(wgmma_stores_flag().load()); }
 void set_wgmma_loads(WgmmaLoads loads) { wgmma_loads_flag() = static_cast<int>(loads); }
 WgmmaLoads wgmma_loads() { return static_cast<WgmmaLoads>(wgmma_loads_flag().load()); }
+void set_wgmma_mma_n(WgmmaMmaN n) { wgmma_mma_n_flag() = static_cast<int>(n); }
+WgmmaMmaN wgmma_mma_n() { return static_cast<WgmmaMmaN>(wgmma_mma_n_flag().load()); }
 void set_gather_caching(GatherCaching caching) { gather_caching_flag() = static_cast<int>(caching); }
 GatherCaching gather_caching() { return static_cast<GatherCaching>(gather_caching_flag().load()); }
 void set_mask_sampler(MaskSampler sampler) { mask_sampler_flag() = static_cast<int>(sampler); }

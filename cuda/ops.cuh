@@ -194,6 +194,18 @@ enum class WgmmaLoads { CpAsync, TensorCopies };
 void set_wgmma_loads(WgmmaLoads loads);
 WgmmaLoads wgmma_loads();
 
+// The warpgroup MMA's N where tensor copies feed it (WgmmaLoads::TensorCopies with a
+// warp-specialized pipeline): N128, m64n128k16 as the other tiles; or N256, m64n256k16, the shape
+// CUTLASS's fastest Hopper GEMMs use (wgmma_gemm.cuh WgmmaWsWideTile: 128 x 256 for `ws` where the
+// output channels are a multiple of 256; WgmmaPingPongWideSwappedTile: 256-pixel tiles for
+// `pingpong`'s 64-channel layers), which the tensor cores run at fewer shared-memory bytes and
+// instructions per product; its 128 accumulators a thread fit because the producer warpgroup
+// gives its registers to the consumers (setmaxnreg 40 / 232), and C goes from the registers.
+// Other layers keep their tiles. Process-wide; N128 unless set (`pin --gpu-mma-n 256`).
+enum class WgmmaMmaN { N128, N256 };
+void set_wgmma_mma_n(WgmmaMmaN n);
+WgmmaMmaN wgmma_mma_n();
+
 // Where the asynchronous-copy and warpgroup-MMA kernels' copies of a gathered bfloat16 operand (the
 // activations of a convolution's implicit GEMM, all three passes) are cached on their way to shared
 // memory: in L2 only (L2: cp.async.cg), or also in the SM's L1 (L1: cp.async.ca). A 3 x 3
@@ -228,7 +240,8 @@ struct KernelCounts {
     int64_t async_cols128 = 0;  // of async's, those of the 256 x 128 tile (a part of async, not beside it)
     int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
     int64_t wgmma_tma = 0;      // of wgmma's, those fed by tensor copies (WgmmaLoads::TensorCopies; a part of wgmma)
-    // Over all kernels (async_cols128 and wgmma_tma being inside async and wgmma).
+    int64_t wgmma_wide = 0;     // of wgmma_tma's, those on the m64n256k16 tiles (WgmmaMmaN::N256; a part of wgmma_tma)
+    // Over all kernels (async_cols128, wgmma_tma and wgmma_wide being inside async and wgmma).
     int64_t total() const { return fp32 + tensor_core + wide + one_output + one_input + async + wgmma; }
 };
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
@@ -244,10 +257,10 @@ KernelFlops kernel_gemm_flops();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
 inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelCounts& k) {
-    static_assert(sizeof(KernelCounts) == 9 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
+    static_assert(sizeof(KernelCounts) == 10 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
     return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
             {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma},
-            {"wgmma_tma", k.wgmma_tma}};
+            {"wgmma_tma", k.wgmma_tma}, {"wgmma_wide", k.wgmma_wide}};
 }
 
 // ---- convolutions (NHWC activations) -------------------------------------------------------------
@@ -333,7 +346,7 @@ void set_mask_sampler(MaskSampler sampler);
 MaskSampler mask_sampler();
 
 // The process-wide choices of this header (math, gather, activation storage, tile, wgmma pipeline,
-// gather caching, mask sampler, the warp-specialized kernels' shared memory, stores and loads) as one
+// gather caching, mask sampler, the warp-specialized kernels' shared memory, stores, loads and MMA N) as one
 // value: current() reads them, apply() sets them all.
 struct KernelSettings {
     MathMode math = MathMode::FP32;
@@ -346,14 +359,15 @@ struct KernelSettings {
     int ws_smem_kib = 0;
     WgmmaStores stores = WgmmaStores::ThroughShared;
     WgmmaLoads loads = WgmmaLoads::CpAsync;
+    WgmmaMmaN mma_n = WgmmaMmaN::N128;
     static KernelSettings current() {
-        return {math_mode(),      gather_mode(),    activation_storage(), async_tile(),       wgmma_pipeline(),
-                gather_caching(), mask_sampler(),   wgmma_ws_smem_kib(),  wgmma_stores(),     wgmma_loads()};
+        return {math_mode(),      gather_mode(),  activation_storage(), async_tile(),   wgmma_pipeline(), gather_caching(),
+                mask_sampler(),   wgmma_ws_smem_kib(), wgmma_stores(),  wgmma_loads(),  wgmma_mma_n()};
     }
     void apply() const {
         set_math_mode(math), set_gather_mode(gather), set_activation_storage(storage), set_async_tile(tile);
         set_wgmma_pipeline(pipeline), set_gather_caching(caching), set_mask_sampler(sampler), set_wgmma_ws_smem_kib(ws_smem_kib);
-        set_wgmma_stores(stores), set_wgmma_loads(loads);
+        set_wgmma_stores(stores), set_wgmma_loads(loads), set_wgmma_mma_n(mma_n);
     }
 };
 // Puts back the settings in force when it was made as it goes out of scope, an exception included:

@@ -106,12 +106,13 @@ void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const
     const int64_t blocks = std::min(tiles, multiprocessors() * T::min_blocks);
     // The epilogue, the ring within set_wgmma_ws_smem_kib's limit, and the carveout that leaves the
     // rest to L1.
-    const bool direct = wgmma_stores() == WgmmaStores::Direct;
+    const bool direct = T::direct_only || wgmma_stores() == WgmmaStores::Direct;
     const int stages = T::stages_within(static_cast<int64_t>(wgmma_ws_smem_kib()) * 1024, direct);
     const int bytes = T::smem_bytes_for(stages, direct);
     prepare_wgmma_launch<&gemm_wgmma_ws_kernel<Operands, Store>>(M, N, K, T::smem_bytes, name, shape);
     ask_carveout_for<&gemm_wgmma_ws_kernel<Operands, Store>>(bytes, name, shape);
     if (UsesTensorCopies<Operands>::value) count_gemm(GemmKernel::WgmmaTensorCopies, M, N, K);
+    if (T::wide) count_gemm(GemmKernel::WgmmaWide, M, N, K);
     PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, stages, direct,
                                                                                                                      ops, st);
     check(cudaGetLastError(), name, shape);
@@ -158,14 +159,25 @@ void with_kmajor_tile(int64_t N, const Run& run) {
         with_pipelined_tile<64>([&](auto tile) { run(tile, std::false_type{}); });
 }
 // run(tile) with the warp-specialized kernel's swizzled tile (tensor copies) that wgmma_pipeline()
-// names for N columns: 128 columns where N is a multiple of 128, else the swapped 64-column one.
+// names for N columns: 128 columns where N is a multiple of 128, else the swapped 64-column one;
+// with WgmmaMmaN::N256, the wide tiles where they exist (ws: 128 x 256 where N is a multiple of
+// 256; pingpong: the swapped 256 x 64).
 template <class Run>
 void with_tensor_tile(int64_t N, const Run& run) {
-    const bool pingpong = wgmma_pipeline() == WgmmaPipeline::PingPong;
-    if (N % 128 == 0)
-        pingpong ? run(WgmmaPingPongTensorTile{}) : run(WgmmaWsTensorTile128{});
+    const bool pingpong = wgmma_pipeline() == WgmmaPipeline::PingPong, wide = wgmma_mma_n() == WgmmaMmaN::N256;
+    if (pingpong) {
+        if (N % 128 == 0)
+            run(WgmmaPingPongTensorTile{});
+        else
+            wide ? run(WgmmaPingPongWideSwappedTile{}) : run(WgmmaPingPongTensorSwappedTile{});
+        return;
+    }
+    if (wide && N % 256 == 0)
+        run(WgmmaWsWideTile{});
+    else if (N % 128 == 0)
+        run(WgmmaWsTensorTile128{});
     else
-        pingpong ? run(WgmmaPingPongTensorSwappedTile{}) : run(WgmmaWsTensorSwappedTile{});
+        run(WgmmaWsTensorSwappedTile{});
 }
 // A stride-1 convolution's GEMM, direct or transposed (the forward convolutions, the input
 // gradients), fed by tensor copies (WgmmaTensorConvOperands), where

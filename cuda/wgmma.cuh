@@ -103,6 +103,25 @@ __device__ inline void wgmma_hold(float& r) {
 #endif
 }
 
+// Moves registers between a block's warpgroups (setmaxnreg; every warp of the warpgroup executes
+// it): a warpgroup that needs few (a producer whose one lane issues tensor copies) gives its own
+// back to the SM's pool down to kCount a thread (Release), and one that needs more (consumers
+// holding 128 accumulators) waits until the pool has enough to raise its own to kCount (Take).
+// The kernel launches with its __launch_bounds__ count for every thread (168 for 384 threads);
+// ptxas allocates the code after each instruction within the new count. No-ops on the emulation,
+// which has no register file.
+enum class RegisterMove { Release, Take };
+template <RegisterMove kMove, int kCount>
+__device__ inline void warpgroup_registers() {
+    static_assert(kCount >= 24 && kCount <= 256 && kCount % 8 == 0, "setmaxnreg takes 24 .. 256, a multiple of 8");
+#if defined(PIN_WGMMA_DEVICE)
+    if constexpr (kMove == RegisterMove::Release)
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(kCount));
+    else
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(kCount));
+#endif
+}
+
 // Where an accumulator of wgmma_bf16 (below) sits in the warpgroup's 64 x kN result: thread l of
 // warp w of the warpgroup holds d[4 j + e] (j < kN / 8, e < 4) at row 16 w + l / 4 + 8 (e / 2),
 // column 8 j + 2 (l % 4) + e % 2. Every epilogue that moves the accumulators out asks here.
@@ -117,7 +136,7 @@ __host__ __device__ constexpr AccumulatorPlace accumulator_place(int w, int l, i
 #define PIN_WGMMA_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 
 // D (64 x kN per warpgroup, this thread's kN / 2 values) = A (64 x 16, descriptor a) B^T (B: kN x 16,
-// descriptor b) + (accumulate ? D : 0), kN = 64 or 128; thread t of the warpgroup holds d[4 j + e]
+// descriptor b) + (accumulate ? D : 0), kN = 64, 128 or 256; thread t of the warpgroup holds d[4 j + e]
 // at accumulator_place(t / 32, t % 32, j, e).
 // kMnMajor: both operands in the no-swizzle M/N-major layout instead (the instruction's transpose
 // immediates, which 16-bit types allow): each core matrix is the K-major one transposed, 8 rows
@@ -126,13 +145,33 @@ __host__ __device__ constexpr AccumulatorPlace accumulator_place(int w, int l, i
 // stride along M / N). The weight gradients' operands arrive contiguous along M and N (wgmma_gemm.cuh).
 template <int kN, bool kMnMajor = false>
 __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
-    static_assert(kN == 64 || kN == 128, "the instantiated shapes: m64n64k16 and m64n128k16");
+    static_assert(kN == 64 || kN == 128 || kN == 256, "the instantiated shapes: m64n64k16, m64n128k16 and m64n256k16");
     constexpr int transpose = kMnMajor ? 1 : 0;
 #if defined(PIN_CUDA_EMULATION)
     (void)transpose;
     ::pin_emulation::wgmma_bf16(d, kN, a, b, accumulate, kMnMajor);
 #elif defined(PIN_WGMMA_DEVICE)
-    if constexpr (kN == 128) {
+    if constexpr (kN == 256) {
+        // 128 accumulators a thread: only where the consumers hold 232 registers (setmaxnreg,
+        // warpgroup_registers above; wgmma_gemm.cuh's wide tiles).
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+            "{"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+            "}, "
+            "%128, %129, p, 1, 1, %131, %131;\n}\n"
+            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56),
+              PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88), PIN_WGMMA_ACC8(96), PIN_WGMMA_ACC8(104), PIN_WGMMA_ACC8(112), PIN_WGMMA_ACC8(120)
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
+    } else if constexpr (kN == 128) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "

@@ -267,15 +267,22 @@ struct WgmmaWeightGradOperands {
 // 1 KB more to align them).
 template <int kCols, int kStages, int kRows = 128, bool kSwapped = false, bool kPingPong = false, bool kSwizzled = false>
 struct WgmmaWsTile {
-    static_assert(kPingPong ? (kSwapped ? kCols == 64 && kRows == 128 : kCols == 128 && kRows == 64)
-                            : (kSwapped ? kCols == 64 && kRows == 256 : kCols == 128 && kRows == 128),
-                  "the wgmma shapes wgmma.cuh instantiates");
+    static_assert(kPingPong ? (kSwapped ? kCols == 64 && (kRows == 128 || (kSwizzled && kRows == 256)) : kCols == 128 && kRows == 64)
+                            : (kSwapped ? kCols == 64 && kRows == 256 : (kCols == 128 || (kSwizzled && kCols == 256)) && kRows == 128),
+                  "the wgmma shapes wgmma.cuh instantiates (m64n256k16 only in the wide tensor-copy tiles)");
     static constexpr int consumers = 256, producers = 128, block_threads = consumers + producers;
     static constexpr int threads = producers, rows = kRows, cols = kCols, depth = 64, stages = kStages, min_blocks = 1;
     static constexpr bool mn_major = false, swapped = kSwapped, pingpong = kPingPong, swizzled = kSwizzled;
     // The consumer threads that compute one tile, and the rows of the tile each warpgroup computes.
     static constexpr int tile_consumers = kPingPong ? 128 : 256, group_rows = kPingPong ? kRows : kRows / 2;
     static constexpr int mma_n = kSwapped ? group_rows : kCols;  // the instruction's N
+    // Wide (m64n256k16): 128 accumulators a consumer thread, which fit only once the producer
+    // warpgroup has given back its registers (setmaxnreg: 40 a thread, the consumers' 232; the
+    // producer of tensor copies is one lane, so only those tiles are wide), and no C region (128 x
+    // 256 floats would be 132 KB): C goes from the registers (store_accumulators).
+    static constexpr bool wide = mma_n == 256;
+    static constexpr int producer_registers = 40, consumer_registers = 232;
+    static_assert(producers * producer_registers + consumers * consumer_registers <= 64 * 1024, "an SM's 64 K registers");
     static constexpr int lbo = kSwizzled ? 16 : 128 + 16, sbo = kSwizzled ? 1024 : 64 / 8 * lbo;
     static constexpr int k_step = kSwizzled ? 32 : 2 * lbo;  // bytes from one 16-deep step's descriptors to the next's
     static constexpr int align = kSwizzled ? 1024 : 0;       // bytes a launch adds to align the stages
@@ -286,7 +293,7 @@ struct WgmmaWsTile {
     // C's row length in floats: + 8 so that the row pairs a quad writes fall on distinct banks;
     // swapped (a thread's values run down the columns) + 4, so that a warp's 32 stores do.
     static constexpr int c_ld = cols + (kSwapped ? 4 : 8);
-    static constexpr int c_regions = kPingPong ? 2 : 1;  // ping-pong: one C per consumer
+    static constexpr int c_regions = wide ? 0 : kPingPong ? 2 : 1;  // ping-pong: one C per consumer; wide: C direct
     static constexpr int c_bytes = rows * c_ld * 4;
     // A launch's ring may have fewer stages than kStages (ops.cuh set_wgmma_ws_smem_kib: what it
     // leaves of the SM's 256 KB goes to L1, which caches the gathered copies), and its epilogue may
@@ -294,8 +301,9 @@ struct WgmmaWsTile {
     // regions: shared memory is `n` stages, then the C regions (not direct), then a full and an
     // empty mbarrier per stage and the two turns.
     __host__ __device__ static constexpr int c_offset(int n) { return n * stage_bytes; }
+    static constexpr bool direct_only = c_regions == 0;
     __host__ __device__ static constexpr int barrier_offset(int n, bool direct = false) {
-        return c_offset(n) + (direct ? 0 : c_regions * c_bytes);
+        return c_offset(n) + (direct || direct_only ? 0 : c_regions * c_bytes);
     }
     __host__ __device__ static constexpr int smem_bytes_for(int n, bool direct = false) {
         return align + barrier_offset(n, direct) + (2 * n + 2) * 8;
@@ -328,7 +336,8 @@ struct WgmmaWsTile {
 // -v, this kernel's 168 registers a thread): 128 x 256 (m64n256k16; three stages, C in four parts
 // of 32 rows) spilled 150-730 bytes a thread, its 128 accumulators beside the persistent loop's
 // state; setmaxnreg moving registers from the producer to the consumers (40/232 to 72/216) spilled
-// the producer's copy addresses instead, 0.5-2.8 KB; 128 x 64 tiles two blocks per SM (80
+// the producer's copy addresses instead, 0.5-2.8 KB (with tensor copies the producer is one lane,
+// and both work: the wide tiles below); 128 x 64 tiles two blocks per SM (80
 // registers) 108-284 bytes. The swapped tile's sub-pixel form spills 164/248 bytes: the transposed
 // convolutions' 64-channel GEMMs stay on gemm_wgmma_kernel.
 using WgmmaWsTile128 = WgmmaWsTile<128, 4>;
@@ -340,6 +349,13 @@ using WgmmaWsTensorTile128 = WgmmaWsTile<128, 4, 128, false, false, true>;
 using WgmmaWsTensorSwappedTile = WgmmaWsTile<64, 3, 256, true, false, true>;
 using WgmmaPingPongTensorTile = WgmmaWsTile<128, 5, 64, false, true, true>;
 using WgmmaPingPongTensorSwappedTile = WgmmaWsTile<64, 5, 128, true, true, true>;
+// Wide (m64n256k16; ops.cuh WgmmaMmaN::N256): cooperative 128 x 256 (four stages of 48 KB, 193 KB)
+// where N is a multiple of 256, and for the 64-channel layers ping-pong 256 x 64 computed
+// transposed, each consumer's tile 256 pixels (five stages of 40 KB, 201 KB). Per 16-deep step the
+// tensor cores read 10 KB of shared memory for 64 x 256 x 16 products, where m64n128k16 reads 6 KB
+// for half as many: 1.2x fewer bytes per product, and half as many instructions.
+using WgmmaWsWideTile = WgmmaWsTile<256, 4, 128, false, false, true>;
+using WgmmaPingPongWideSwappedTile = WgmmaWsTile<64, 5, 256, true, true, true>;
 
 // Dense operands as WgmmaDenseOperands, brought by tensor copies (tma.cuh) into a swizzled tile:
 // per slice one copy of A's rows x 64 K values and one of B's, issued by one producer thread, their
@@ -664,6 +680,7 @@ __global__ void __launch_bounds__(384, 1)
     using T = typename Operands::Tile;
     constexpr bool kTensorCopies = UsesTensorCopies<Operands>::value;
     static_assert(T::block_threads == 384 && T::producers == 128 && T::consumers == 256, "warpgroups 0, 1 consume, 2 produces");
+    static_assert(!T::wide || kTensorCopies, "a wide tile's producer keeps 40 registers: one lane issuing tensor copies");
     PIN_DYNAMIC_SHARED(dynamic);
     unsigned char* const smem = dynamic + (T::align ? (T::align - shared_address(dynamic) % T::align) % T::align : 0);
     uint64_t* const full = reinterpret_cast<uint64_t*>(smem + T::barrier_offset(stages, direct));
@@ -688,6 +705,7 @@ __global__ void __launch_bounds__(384, 1)
         // the first round that is the phase before a fresh barrier's first, which counts as complete
         // (the PTX ISA's parity wait; the emulation's too).
         const auto wait_stage_free = [&] { mbarrier_wait(&empty[at.stage], at.phase ^ 1u); };
+        if constexpr (T::wide) warpgroup_registers<RegisterMove::Release, T::producer_registers>();  // all four warps, before three leave
         if constexpr (kTensorCopies) {
             if (p >= 32) return;  // one warp (waits are warp-wide), one lane of it issuing
             if (p == 0) ops.prefetch();
@@ -711,6 +729,7 @@ __global__ void __launch_bounds__(384, 1)
         for (int k = 0; k < stages; ++k, at.next()) wait_stage_free();
         return;
     }
+    if constexpr (T::wide) warpgroup_registers<RegisterMove::Take, T::consumer_registers>();
     // Cooperative: every tile, both warpgroups; ping-pong: every other one, this warpgroup's C.
     const int first = T::pingpong ? group : 0, step = T::pingpong ? 2 : 1;
     const int row0 = T::pingpong ? 0 : group * T::group_rows;  // this warpgroup's rows (swapped: columns of the MMA) in the tile
@@ -751,26 +770,28 @@ __global__ void __launch_bounds__(384, 1)
         // The tile's rows: m0 .. m_end - 1 (m_end M but for operands with their own row spans).
         const RowSpan span = row_span(ops, tile % row_tiles, M);
         const int64_t m0 = span.m0, n0 = tile / row_tiles * T::cols;
-        if (direct) {
+        if (T::direct_only || direct) {
             store_accumulators<T>(d, row0, m0, n0, span.m_end, N, st, w, l);
             continue;
         }
-        // C through this warpgroup's C region to the store functor: the instruction's result rows
-        // are C's rows row0 + those and its columns, or, swapped, C's columns and its rows row0 +
-        // those (wgmma.cuh accumulator_place).
-        float* const Cs = reinterpret_cast<float*>(smem + T::c_offset(stages) + (T::pingpong ? group * T::c_bytes : 0));
-        named_barrier_sync(1 + first, T::tile_consumers);  // the previous tile's reads of Cs are done
-        for (int c8 = 0; c8 < T::mma_n / 8; ++c8)
-            for (int e = 0; e < 4; ++e) {
-                const AccumulatorPlace place = accumulator_place(w, l, c8, e);
-                if constexpr (T::swapped)
-                    Cs[(row0 + place.col) * T::c_ld + place.row] = d[4 * c8 + e];
-                else
-                    Cs[(row0 + place.row) * T::c_ld + place.col] = d[4 * c8 + e];
-            }
-        named_barrier_sync(1 + first, T::tile_consumers);
-        const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
-        store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, m0, n0, span.m_end, N, st, ctid);
+        if constexpr (!T::direct_only) {
+            // C through this warpgroup's C region to the store functor: the instruction's result rows
+            // are C's rows row0 + those and its columns, or, swapped, C's columns and its rows row0 +
+            // those (wgmma.cuh accumulator_place).
+            float* const Cs = reinterpret_cast<float*>(smem + T::c_offset(stages) + (T::pingpong ? group * T::c_bytes : 0));
+            named_barrier_sync(1 + first, T::tile_consumers);  // the previous tile's reads of Cs are done
+            for (int c8 = 0; c8 < T::mma_n / 8; ++c8)
+                for (int e = 0; e < 4; ++e) {
+                    const AccumulatorPlace place = accumulator_place(w, l, c8, e);
+                    if constexpr (T::swapped)
+                        Cs[(row0 + place.col) * T::c_ld + place.row] = d[4 * c8 + e];
+                    else
+                        Cs[(row0 + place.row) * T::c_ld + place.col] = d[4 * c8 + e];
+                }
+            named_barrier_sync(1 + first, T::tile_consumers);
+            const int ctid = T::pingpong ? tid % 128 : tid;  // this thread among the tile's consumers
+            store_shared_tile<T::rows, T::cols, T::c_ld, T::tile_consumers>(Cs, m0, n0, span.m_end, N, st, ctid);
+        }
     }
 }
 

@@ -72,6 +72,8 @@ void usage(std::FILE* f) {
                  "                              (the two on tiles of their own in turn)\n"
                  "              --gpu-loads L   with ws / pingpong: cp-async (default) | tma (the convolutions'\n"
                  "                              operands brought by tensor copies)\n"
+                 "              --gpu-mma-n N   with tma: 128 (default) | 256 (the wide m64n256k16 tiles where a\n"
+                 "                              layer takes them)\n"
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
@@ -111,6 +113,8 @@ void usage(std::FILE* f) {
                  "                              (the two on tiles of their own in turn)\n"
                  "              --gpu-loads L   with ws / pingpong: cp-async (default) | tma (the convolutions'\n"
                  "                              operands brought by tensor copies)\n"
+                 "              --gpu-mma-n N   with tma: 128 (default) | 256 (the wide m64n256k16 tiles where a\n"
+                 "                              layer takes them)\n"
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
@@ -152,6 +156,8 @@ void usage(std::FILE* f) {
                  "                              (the two on tiles of their own in turn)\n"
                  "              --gpu-loads L   with ws / pingpong: cp-async (default) | tma (the convolutions'\n"
                  "                              operands brought by tensor copies)\n"
+                 "              --gpu-mma-n N   with tma: 128 (default) | 256 (the wide m64n256k16 tiles where a\n"
+                 "                              layer takes them)\n"
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
@@ -187,7 +193,7 @@ int cmd_info() {
     std::printf("  CUDA kernels     built\n");
     std::string reason;
     if (pin::cuda::device_available(&reason))
-        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-gather-cache)\n", pin::cuda::device_name().c_str());
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-mma-n, --gpu-gather-cache)\n", pin::cuda::device_name().c_str());
     else
         std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else

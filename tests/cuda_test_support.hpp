@@ -76,12 +76,22 @@ namespace {
     INFO("warp-specialized: " << (ws_smem_kib != 0 ? "the fewest stages (2)" : "the tile's own stages")          \
                               << (ws_form / 2 ? ", C from the registers" : ", C through shared memory"))
 // Both, for operands brought as `loads` says (WgmmaLoads::TensorCopies: the warp-specialized
-// pipelines only, the others return).
-#define PIN_EACH_WGMMA_FORM_WITH_LOADS(loads)                                                                  \
+// pipelines only, the others return), the tensor-copy tiles' MMA N as `mma_n` says.
+#define PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n)                                                           \
     PIN_EACH_WGMMA_PIPELINE();                                                                                 \
     if ((loads) == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return; \
     PIN_EACH_WS_FORM();                                                                                        \
-    pin::cuda::set_wgmma_loads(loads)
+    pin::cuda::set_wgmma_loads(loads);                                                                         \
+    pin::cuda::set_wgmma_mma_n(mma_n)
+// Whether a GEMM with n columns runs on a wide (m64n256k16) tile under these settings (ops_wgmma.cu
+// with_tensor_tile: ws where n is a multiple of 256, ping-pong where it is not one of 128), given
+// that tensor copies feed it.
+inline bool on_wide_tile(int64_t n) {
+    namespace pc = pin::cuda;
+    if (pc::wgmma_mma_n() != pc::WgmmaMmaN::N256 || pc::wgmma_loads() != pc::WgmmaLoads::TensorCopies) return false;
+    if (pc::wgmma_pipeline() == pc::WgmmaPipeline::PingPong) return n % 128 != 0;
+    return pc::wgmma_pipeline() == pc::WgmmaPipeline::WarpSpecialized && n % 256 == 0;
+}
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

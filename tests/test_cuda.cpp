@@ -496,8 +496,8 @@ std::vector<float> float64_products(const float* a, const float* b, int64_t M, i
 }
 // The body of the two GEMM tests below: every pipeline (tensor copies: the warp-specialized ones),
 // both ring sizes and epilogues, operands brought as `loads` says.
-void check_wgmma_gemm(pin::cuda::WgmmaLoads loads) {
-    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads);
+void check_wgmma_gemm(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
+    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n);
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around); for the
     // warp-specialized kernel its two tiles, each with more slices than stages (its mbarriers
@@ -505,15 +505,25 @@ void check_wgmma_gemm(pin::cuda::WgmmaLoads loads) {
     // 256-row tiles), 128 x 128 (4: 16 slices; 130 x 256: two column tiles, 9 slices each); it is
     // persistent, and the emulation has 3 SMs: 520 x 200 is 12 swapped tiles, 4 a block, 20 slices
     // in a row; 1300 x 136 x 64 is 18 tiles of one slice, 6 a block, one tile's C after another.
+    // Wide (m64n256k16): ping-pong's swapped 256 x 64 takes every N here but 128 and 256, ws's
+    // 128 x 256 only 256 (130 x 256: two row tiles, 9 slices each) and 300 x 512 (six tiles, two a
+    // block, 5 slices each, a partial row tile).
     struct Dims {
         int64_t M, N, K;
     };
-    for (const Dims d : {Dims{200, 136, 72}, Dims{77, 9, 8}, Dims{129, 257, 200}, Dims{256, 128, 1024}, Dims{70, 72, 640},
-                         Dims{130, 256, 520}, Dims{520, 200, 264}, Dims{1300, 136, 64}}) {
+    std::vector<Dims> dims = {Dims{200, 136, 72}, Dims{77, 9, 8}, Dims{129, 257, 200}, Dims{256, 128, 1024}, Dims{70, 72, 640},
+                              Dims{130, 256, 520}, Dims{520, 200, 264}, Dims{1300, 136, 64}};
+    if (mma_n == pin::cuda::WgmmaMmaN::N256) dims.push_back(Dims{300, 512, 320});
+    for (const Dims d : dims) {
         const Bf16Upload a = to_gpu_bf16(rnd({d.M, d.K}, 11, Layout::NCHW)), b = to_gpu_bf16(rnd({d.N, d.K}, 12, Layout::NCHW));
         const std::vector<float> want = float64_products(a.rounded.data(), b.rounded.data(), d.M, d.N, d.K);
         pin::cuda::DeviceBuffer c(static_cast<size_t>(d.M * d.N));
+        const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
         pin::cuda::gemm_bf16_wgmma(bf16_view(a.buffer), bf16_view(b.buffer), c.data(), d.M, d.N, d.K);
+        const pin::cuda::KernelLaunches after = pin::cuda::kernel_launches();
+        REQUIRE(after.wgmma == before.wgmma + 1);
+        REQUIRE(after.wgmma_tma - before.wgmma_tma == (loads == pin::cuda::WgmmaLoads::TensorCopies ? 1 : 0));
+        REQUIRE(after.wgmma_wide - before.wgmma_wide == (on_wide_tile(d.N) ? 1 : 0));
         // Products of bfloat16 values are exact in fp32: only the fp32 sums' order differs.
         require_matches(from_gpu(c, d.M * d.N), want.data(), d.M * d.N,
                         "wgmma GEMM " + std::to_string(d.M) + "x" + std::to_string(d.N) + "x" + std::to_string(d.K), 1e-5);
@@ -540,6 +550,13 @@ TEST_CASE("The warpgroup-MMA GEMM fed by tensor copies matches float64 products"
     if (!wgmma_or_skip()) return;
     check_wgmma_gemm(pin::cuda::WgmmaLoads::TensorCopies);
 }
+// The same on the wide tiles (ops.cuh WgmmaMmaN::N256: m64n256k16, 128 accumulators a consumer
+// thread once the producer has given its registers back, C from the registers). A tag of its own
+// too: gpu_check.sh leaves the wide tiles out of its timings alone when these fail.
+TEST_CASE("The warpgroup-MMA GEMM on the wide m64n256k16 tiles matches float64 products", "[cuda][wide]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_gemm(pin::cuda::WgmmaLoads::TensorCopies, pin::cuda::WgmmaMmaN::N256);
+}
 
 // The forward convolutions on the warpgroup-MMA kernel (ops.cuh AsyncTileShape::Wgmma): given the
 // K-major bfloat16 weights, exactly the layers whose gathered channel count is a multiple of 64 run
@@ -552,12 +569,15 @@ namespace {
 // the warp-specialized pipelines only; the stride-1 GEMMs - forward, transposed, input gradients -
 // whose output rows fit the tile by tensor copies, whole output rows a tile, the padding the
 // copies' zero fill; the rest keep cp.async).
-void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
-    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads);
+void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
+    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n);
     // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
-    // with_tensor_tile): a convolution fed by tensor copies needs an output row within them.
+    // with_tensor_tile): a convolution fed by tensor copies needs an output row within them. The
+    // wide ping-pong tile has 256 rows, the wide ws one 128 as its narrow one.
     const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
-    const auto tile_rows = [&](int64_t n) -> int64_t { return n % 128 == 0 ? (pingpong ? 64 : 128) : (pingpong ? 128 : 256); };
+    const auto tile_rows = [&](int64_t n) -> int64_t {
+        return n % 128 == 0 ? (pingpong ? 64 : 128) : pingpong ? (on_wide_tile(n) ? 256 : 128) : 256;
+    };
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
@@ -578,11 +598,19 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
     // twice in 256 rows; 7 x 5 at stride 2 three times in 128; the 1 x 1 stride-2 shortcut's 4 x 5
     // twelve times in 256, of 2 images); stride 2 over several tiles an image: 11 x 20 outputs,
     // 6 + 5 rows in 128, 3 + 3 + 3 + 2 in 64.
-    for (const Case& c : {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 11, 30, 64, 64, 3, 1, 1, false}, Case{1, 11, 30, 128, 128, 3, 1, 1, false},
-                          Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
-                          Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
-                         Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
-                         Case{2, 8, 7, 32, 64, 3, 1, 1, false}, Case{2, 6, 7, 64, 1, 3, 1, 1, false}}) {
+    // Wide, also 64 -> 256 over 11 x 30 (ws's 128 x 256: 4 rows a tile, 4 + 4 + 3, and its
+    // 64-channel input gradient on ping-pong's 256 x 64: 8 + 3) and a transposed 64 -> 64 at
+    // stride 1 (ping-pong's 256 x 64 with the taps walked backwards; 9 + 2 rows of 22).
+    std::vector<Case> cases = {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 11, 30, 64, 64, 3, 1, 1, false}, Case{1, 11, 30, 128, 128, 3, 1, 1, false},
+                               Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
+                               Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
+                               Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
+                               Case{2, 8, 7, 32, 64, 3, 1, 1, false}, Case{2, 6, 7, 64, 1, 3, 1, 1, false}};
+    if (mma_n == pin::cuda::WgmmaMmaN::N256) {
+        cases.push_back(Case{1, 11, 30, 64, 256, 3, 1, 1, false});
+        cases.push_back(Case{1, 11, 22, 64, 64, 3, 1, 1, true});
+    }
+    for (const Case& c : cases) {
         const std::string name = std::string(c.transposed ? "wgmma transposed " : "wgmma conv ") + std::to_string(c.cin) + "->" +
                                  std::to_string(c.cout) + " s" + std::to_string(c.s);
         INFO(name);
@@ -628,6 +656,7 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
             const bool by_tensor_copies =
                 fits && loads == pin::cuda::WgmmaLoads::TensorCopies && (!c.transposed || c.s == 1) && Wo <= tile_rows(c.cout);
             REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == by_tensor_copies);
+            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (by_tensor_copies && on_wide_tile(c.cout)));
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
             // fp32 y: the sums' order only; bfloat16 y: and its rounding to 8 significant bits (2^-8 of each value).
@@ -656,6 +685,7 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads) {
             // At stride 1 a transposed gather over dy, fed by tensor copies where dx's rows fit the tile.
             const bool din_tensor_copies = on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && c.w <= tile_rows(c.cin);
             REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == din_tensor_copies);
+            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (din_tensor_copies && on_wide_tile(c.cin)));
             const std::string what = name + " input gradient";
             // Two fp32 orders of K = 9 cout products: the differences grow with K (64 -> 256's
             // 2304 terms reach 1.2e-5 of the largest value on every pipeline).
@@ -685,6 +715,10 @@ TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 v
 TEST_CASE("The warpgroup-MMA convolutions fed by tensor copies match the CPU's", "[cuda][tma]") {
     if (!wgmma_or_skip()) return;
     check_wgmma_convolutions(pin::cuda::WgmmaLoads::TensorCopies);
+}
+TEST_CASE("The warpgroup-MMA convolutions on the wide m64n256k16 tiles match the CPU's", "[cuda][wide]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_convolutions(pin::cuda::WgmmaLoads::TensorCopies, pin::cuda::WgmmaMmaN::N256);
 }
 
 // The weight gradients on the warpgroup-MMA kernel (M/N-major operands), beyond the shapes above:

@@ -38,6 +38,8 @@ namespace cli {
 //                               or on tiles of their own in turn (pingpong) (WgmmaPipeline)
 //   --gpu-loads cp-async|tma    with ws / pingpong: the operands by cp.async, or, for the forward
 //                               convolutions and stride-1 input gradients, by tensor copies (WgmmaLoads)
+//   --gpu-mma-n 128|256         with tma: the warpgroup MMA's N, 256 on the wide tiles where a layer
+//                               takes them (WgmmaMmaN)
 //   --gpu-gather-cache l2|l1    the gathered activations' asynchronous copies through L2 only, or
 //                               L1 too (GatherCaching; the asynchronous-copy and wgmma kernels)
 // They are library settings made command-line options so that a GPU's user can run any
@@ -55,7 +57,7 @@ inline const std::vector<GpuSetting>& gpu_settings() {
         {"gpu-math", {"fp32", "tf32", "bf16"}},   {"gpu-gather", {"generic", "rows", "vector"}, "vector"},
         {"gpu-storage", {"fp32", "bf16"}, "bf16"}, {"gpu-tile", {"64", "128", "wgmma"}, "wgmma"},
         {"gpu-pipeline", {"wait", "inflight", "ws", "pingpong"}},   {"gpu-gather-cache", {"l2", "l1"}, "l1"},
-        {"gpu-loads", {"cp-async", "tma"}}};
+        {"gpu-loads", {"cp-async", "tma"}},       {"gpu-mma-n", {"128", "256"}}};
     return s;
 }
 // The value of setting `s` in force: its flag's, else its default (which --gpu-math may set).
@@ -97,6 +99,7 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
                                                      pc::WgmmaPipeline::WarpSpecialized, pc::WgmmaPipeline::PingPong};
     static constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::GatherCaching::L1};
     static constexpr pc::WgmmaLoads loads[] = {pc::WgmmaLoads::CpAsync, pc::WgmmaLoads::TensorCopies};
+    static constexpr pc::WgmmaMmaN mma_n[] = {pc::WgmmaMmaN::N128, pc::WgmmaMmaN::N256};
     pc::set_math_mode(choice("gpu-math", math));
     pc::set_gather_mode(choice("gpu-gather", gather));
     pc::set_activation_storage(choice("gpu-storage", storage));
@@ -104,9 +107,10 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
     pc::set_wgmma_pipeline(choice("gpu-pipeline", pipeline));
     pc::set_gather_caching(choice("gpu-gather-cache", caching));
     pc::set_wgmma_loads(choice("gpu-loads", loads));
+    pc::set_wgmma_mma_n(choice("gpu-mma-n", mma_n));
 #endif
 }
-// "math M gather G storage S tile T pipeline P gather-cache C loads L" with the defaults filled in: results depend on them (caches
+// "math M gather G storage S tile T pipeline P gather-cache C loads L mma-n N" with the defaults filled in: results depend on them (caches
 // key on it, the eval JSON records each).
 inline std::string gpu_settings_tag(const Options& o) {
     std::string tag;
@@ -137,7 +141,7 @@ inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
     return gflop;
 }
 // All of it, in GFLOP (pin::cuda::KernelCounts::total: async_cols128 is part of async's and wgmma_tma
-// of wgmma's, not beside them, so the sum of gpu_gemm_gflop() counts those twice). 0 without CUDA.
+// and wgmma_wide of wgmma's, not beside them, so the sum of gpu_gemm_gflop() counts those twice). 0 without CUDA.
 inline double gpu_gemm_gflop_total() {
 #if defined(PIN_HAVE_CUDA)
     return static_cast<double>(pin::cuda::kernel_gemm_flops().total()) * 1e-9;

@@ -45,7 +45,8 @@ for config in ("generic-fp32", "vector-bf16"):
     for key in ("forward_bf16_wgmma_ms", "forward_bf16_wgmma_inflight_ms", "forward_bf16_wgmma_l1_ms", "forward_bf16_wgmma_ws_l1_ms",
                 "forward_bf16_wgmma_pingpong_l1_ms", "forward_bf16_wgmma_ws_l1_smem196_ms", "forward_bf16_wgmma_ws_l1_smem164_ms",
                 "forward_bf16_wgmma_pingpong_l1_smem196_ms", "forward_bf16_wgmma_pingpong_l1_smem164_ms", "forward_bf16_wgmma_ws_l1_direct_ms",
-                "forward_bf16_wgmma_pingpong_l1_direct_ms", "forward_bf16_wgmma_ws_tma_ms", "forward_bf16_wgmma_pingpong_tma_ms"):
+                "forward_bf16_wgmma_pingpong_l1_direct_ms", "forward_bf16_wgmma_ws_tma_ms", "forward_bf16_wgmma_pingpong_tma_ms",
+                "forward_bf16_wgmma_ws_wide_ms", "forward_bf16_wgmma_pingpong_wide_ms"):
         timed = [j["layer"] for j in layers if key in j]
         assert timed == ([j["layer"] for j in layers if "forward_bf16_async_ms" in j] if config == "vector-bf16" else []), (key, timed)
     # and the input gradient from a bfloat16 dy, on the asynchronous-copy and the warpgroup-MMA
@@ -77,10 +78,10 @@ for config in ("generic-fp32", "vector-bf16"):
     launches = [j["gemm_launches"] for j in js if "gemm_launches" in j]
     assert len(launches) == 1, launches
     # Beside the launches, their arithmetic by kernel (2 M N K, GFLOP): a kernel has some exactly
-    # when it was launched; the total is every kernel's but async_cols128's and wgmma_tma's (parts of async's, wgmma's).
+    # when it was launched; the total is every kernel's but async_cols128's, wgmma_tma's and wgmma_wide's (parts of async's, wgmma's).
     gflop, total = [(j["gemm_gflop"], j["gemm_gflop_total"]) for j in js if "gemm_launches" in j][0]
     assert set(gflop) == set(launches[0]) and all((gflop[k] > 0) == (launches[0][k] > 0) for k in gflop), (gflop, launches)
-    assert total > 0 and abs(total - (sum(gflop.values()) - gflop["async_cols128"] - gflop["wgmma_tma"])) <= 1e-5 * total, (gflop, total)
+    assert total > 0 and abs(total - (sum(gflop.values()) - gflop["async_cols128"] - gflop["wgmma_tma"] - gflop["wgmma_wide"])) <= 1e-5 * total, (gflop, total)
     # The defense also with bfloat16 activations, with both tiles of the asynchronous-copy kernel and
     # the warpgroup-MMA kernel (both pipelines), and the training step with the 256 x 128 tile and the
     # warpgroup-MMA kernel (both pipelines; ops.cuh AsyncTileShape): the vector-bf16 configuration only.
@@ -97,15 +98,18 @@ for config in ("generic-fp32", "vector-bf16"):
             "defense_forward_bf16_storage_wgmma_ws_l1_direct", "defense_forward_bf16_storage_wgmma_pingpong_l1_direct",
             "defense_forward_bf16_storage_wgmma_ws_tma", "defense_forward_bf16_storage_wgmma_pingpong_tma",
             "training_step_bf16_storage_wgmma_ws_tma", "training_step_bf16_storage_wgmma_pingpong_tma",
-            "defense_forward_bf16_storage_wgmma_ws_tma_profile", "training_step_bf16_storage_wgmma_pingpong_tma_profile")
+            "defense_forward_bf16_storage_wgmma_ws_tma_profile", "training_step_bf16_storage_wgmma_pingpong_tma_profile",
+            "defense_forward_bf16_storage_wgmma_ws_wide", "defense_forward_bf16_storage_wgmma_pingpong_wide",
+            "defense_forward_bf16_storage_wgmma_pingpong_wide_profile", "training_step_bf16_storage_wgmma_pingpong_wide",
+            "training_step_bf16_storage_wgmma_pingpong_wide_profile")
     if config == "vector-bf16":
         for stage in fast:
             assert stages[stage]["ms" if "profile" not in stage else "total_ms"] > 0 and stages[stage]["batch"] == 1, stages.get(stage)
     else:
         assert not any(stage in stages for stage in fast), stages
     assert "gemm_bf16" not in stages, stages
-    if config == "vector-bf16":  # the wide, asynchronous-copy (both tiles), warpgroup-MMA and both per-pixel kernels reached
-        assert all(launches[0][k] > 0 for k in ("wide", "async", "async_cols128", "wgmma", "wgmma_tma", "one_output", "one_input")), launches
+    if config == "vector-bf16":  # the wide, asynchronous-copy (both tiles), warpgroup-MMA (also its wide tiles) and both per-pixel kernels reached
+        assert all(launches[0][k] > 0 for k in ("wide", "async", "async_cols128", "wgmma", "wgmma_tma", "wgmma_wide", "one_output", "one_input")), launches
         x128 = [j["layer"] for j in layers if "forward_bf16_async128_ms" in j]  # layers with 128k output channels
         assert x128 == [j["layer"] for j in layers if "backward_weight_bf16_async128_ms" in j or j["layer"] == "convT 256->256 s2 @14"], x128
         assert len(x128) == 5, x128
@@ -115,21 +119,23 @@ for config in ("generic-fp32", "vector-bf16"):
 # asynchronous-copy kernel with both tiles and the warpgroup-MMA convolution on the same GEMM (a 128
 # cube at batch 1), the probe and the convolution also with one slice's MMAs in flight and
 # warp-specialized, cooperative and ping-pong (ops.cuh WgmmaPipeline), the probe's warp-specialized
-# forms also fed by tensor copies (WgmmaLoads::TensorCopies), each within 1e-5 of the probe's result;
-# nothing else.
+# forms also fed by tensor copies (WgmmaLoads::TensorCopies) and ws on the wide tiles (WgmmaMmaN; at
+# N 128 not wide: that is the 8192 cube's on a GPU), each within 1e-5 of the probe's result; nothing else.
 js = lines("gemm-bf16")
 gemms = {j["kernel"]: j for j in js if j.get("stage") == "gemm_bf16"}
 assert sorted(gemms) == ["async128", "async64", "wgmma", "wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_pingpong", "wgmma_conv_pingpong_tma",
-                        "wgmma_conv_ws", "wgmma_conv_ws_tma", "wgmma_inflight", "wgmma_pingpong", "wgmma_pingpong_tma", "wgmma_ws", "wgmma_ws_tma"], js
+                        "wgmma_conv_ws", "wgmma_conv_ws_tma", "wgmma_conv_ws_wide", "wgmma_inflight", "wgmma_pingpong", "wgmma_pingpong_tma",
+                        "wgmma_ws", "wgmma_ws_tma", "wgmma_ws_wide"], js
 assert all("error" not in j and j["ms"] > 0 and j["k"] == 128 for j in gemms.values()), gemms
 assert all(gemms[k]["on_async_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("async64", "async128")), gemms
 assert all(gemms[k]["on_wgmma_kernel"] and gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_ws",
                                                                                           "wgmma_conv_pingpong", "wgmma_conv_ws_tma",
-                                                                                          "wgmma_conv_pingpong_tma")), gemms
+                                                                                          "wgmma_conv_pingpong_tma", "wgmma_conv_ws_wide")), gemms
 # The 1 x 1 convolution's 128 output columns fit a 128-row tile (ws), not ping-pong's 64 rows.
-assert [k for k in gemms if gemms[k].get("by_tensor_copies")] == ["wgmma_conv_ws_tma"], gemms
+assert [k for k in gemms if gemms[k].get("by_tensor_copies")] == ["wgmma_conv_ws_tma", "wgmma_conv_ws_wide"], gemms
+assert not any(gemms[k].get("on_wide_tile") for k in gemms), gemms
 assert all(gemms[k]["max_rel_diff_vs_wgmma"] <= 1e-5 for k in ("wgmma_inflight", "wgmma_ws", "wgmma_pingpong", "wgmma_ws_tma",
-                                                                  "wgmma_pingpong_tma")), gemms
+                                                                  "wgmma_pingpong_tma", "wgmma_ws_wide")), gemms
 assert not any("layer" in j or j.get("stage") not in (None, "gemm_bf16") for j in js), js
 samplers = sorted(j["sampler"] for j in lines("generic-fp32") if j.get("stage") == "sample_masks")
 assert samplers == ["curand", "pin"], samplers

@@ -57,7 +57,7 @@ fi
 # The kernels a run reached, from its "GPU GEMM launches by kernel: fp32 N, ..., wgmma N (this device
 # runs wgmma)" and "GPU GEMM GFLOP by kernel: fp32 X, ..., wgmma X; total X" lines: EXPRESSION over k
 # (launches by kernel), w (whether the device runs wgmma) and s(kernel) (that kernel's share of the
-# run's total GEMM arithmetic). The total is every kernel's but async_cols128's and wgmma_tma's, which
+# run's total GEMM arithmetic). The total is every kernel's but async_cols128's, wgmma_tma's and wgmma_wide's, which
 # are parts of async's and wgmma's.
 kernels() {  # LOG EXPRESSION
   python3 - "$@" <<'PY'
@@ -72,7 +72,7 @@ by_kernel, total = gflop.split("kernel:")[1].split("; total ")
 f = {name: float(x) for name, x in re.findall(r"(\w+) ([0-9.]+)", by_kernel)}
 total = float(total)
 assert set(k) == set(f) and total > 0, (k, f)
-assert abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"])) <= 0.001 * len(f), (total, f)  # each printed to 3 decimals
+assert abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"] - f["wgmma_wide"])) <= 0.001 * len(f), (total, f)  # each printed to 3 decimals
 w = "(this device runs wgmma)" in launches
 s = lambda kernel: f[kernel] / total
 print("  kernels:", launches.split("kernel:")[1].strip())
@@ -121,14 +121,16 @@ for pipeline in ws pingpong; do
   same_faces "$work/def_gpu_$pipeline" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-pipeline $pipeline is far from the CPU"
   echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline $pipeline --gpu-gather-cache l1 follows the CPU"
 done
-# And ping-pong with the stride-1 convolutions fed by tensor copies (--gpu-loads tma): where the
-# device runs wgmma, some of its launches are (k["wgmma_tma"]).
+# And ping-pong with the stride-1 convolutions fed by tensor copies (--gpu-loads tma), the 64-channel
+# layers on the wide tile (--gpu-mma-n 256): where the device runs wgmma, some of its launches are
+# (k["wgmma_tma"]), some of those wide (k["wgmma_wide"]) and not all (the 128-channel layers' tile
+# stays 64 x 128).
 "${defend[@]}" --out "$work/def_gpu_tma" --device cuda "${fast[@]}" --gpu-tile wgmma --gpu-pipeline pingpong --gpu-gather-cache l1 --gpu-loads tma \
-  >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda ${fast[*]} --gpu-pipeline pingpong --gpu-loads tma"; }
-kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["wgmma_tma"] > 0) == w and s("wgmma" if w else "async") >= 0.95' \
-  || fail "--gpu-loads tma did not reach tensor copies, or left the convolutions' arithmetic elsewhere"
-same_faces "$work/def_gpu_tma" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-loads tma is far from the CPU"
-echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline pingpong --gpu-loads tma follows the CPU"
+  --gpu-mma-n 256 >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda ${fast[*]} --gpu-pipeline pingpong --gpu-loads tma --gpu-mma-n 256"; }
+kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["wgmma_tma"] > k["wgmma_wide"] > 0) == w and s("wgmma" if w else "async") >= 0.95' \
+  || fail "--gpu-loads tma --gpu-mma-n 256 did not reach tensor copies and the wide tile, or left the convolutions' arithmetic elsewhere"
+same_faces "$work/def_gpu_tma" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-loads tma --gpu-mma-n 256 is far from the CPU"
+echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline pingpong --gpu-loads tma --gpu-mma-n 256 follows the CPU"
 
 # pin train: the GPU run's log follows the CPU's (same masks; costs, kept counts and gradient norms
 # within float rounding), and one step + one resumed gives the two-step run's checkpoint, byte for byte.
@@ -180,9 +182,9 @@ python3 - "$work/eval_cpu.json" "$work/eval_gpu.json" "$work/eval_gpu_fast.json"
 import json, sys
 cpu, gpu, fast = (json.load(open(p)) for p in sys.argv[1:4])
 assert cpu["device"] == "cpu" and gpu["device"] == fast["device"] == "cuda", (cpu["device"], gpu["device"], fast["device"])
-keys = ("gpu_math", "gpu_gather", "gpu_storage", "gpu_tile", "gpu_pipeline", "gpu_gather_cache", "gpu_loads")
-assert tuple(gpu[k] for k in keys) == ("fp32", "generic", "fp32", "64", "wait", "l2", "cp-async"), gpu
-assert tuple(fast[k] for k in keys) == ("bf16", "vector", "bf16", "wgmma", "wait", "l1", "cp-async"), fast
+keys = ("gpu_math", "gpu_gather", "gpu_storage", "gpu_tile", "gpu_pipeline", "gpu_gather_cache", "gpu_loads", "gpu_mma_n")
+assert tuple(gpu[k] for k in keys) == ("fp32", "generic", "fp32", "64", "wait", "l2", "cp-async", "128"), gpu
+assert tuple(fast[k] for k in keys) == ("bf16", "vector", "bf16", "wgmma", "wait", "l1", "cp-async", "128"), fast
 assert len(cpu["scores"]) == len(gpu["scores"]) == len(fast["scores"]) == 2
 k = gpu["gpu_gemm_launches"]
 assert k["fp32"] > 0 and k["tensor_core"] == k["wide"] == k["async"] == k["wgmma"] == 0, k
@@ -190,7 +192,7 @@ k, w = fast["gpu_gemm_launches"], fast["gpu_runs_wgmma"]
 assert (k["wgmma"] > 0) == w and (k["async"] > 0) == (not w) and k["fp32"] == 0, (k, w)
 f = fast["gpu_gemm_gflop"]
 total = fast["gpu_gemm_gflop_total"]
-assert set(f) == set(k) and abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"])) <= 1e-9 * total, (f, total)
+assert set(f) == set(k) and abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"] - f["wgmma_wide"])) <= 1e-9 * total, (f, total)
 assert f[("wgmma" if w else "async")] >= 0.95 * total, (f, w)
 for run, tol in ((gpu, 1e-3), (fast, 3e-2)):
     d = max(abs(x - y) for x, y in zip(cpu["scores"], run["scores"]))

@@ -92,6 +92,8 @@ $tr --out "$work/bad_dev" --device cuda --gpu-tile 32 >"$work/msg" 2>&1 && fail 
 grep -q -- "--gpu-tile must be 64, 128 or wgmma, got '32'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-tile 32"; }
 $tr --out "$work/bad_dev" --device cuda --gpu-gather-cache l3 >"$work/msg" 2>&1 && fail "--gpu-gather-cache l3 accepted"
 grep -q -- "--gpu-gather-cache must be l2 or l1, got 'l3'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-gather-cache l3"; }
+$tr --out "$work/bad_dev" --device cuda --gpu-mma-n 512 >"$work/msg" 2>&1 && fail "--gpu-mma-n 512 accepted"
+grep -q -- "--gpu-mma-n must be 128 or 256, got '512'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-mma-n 512"; }
 
 # SIGINT mid-run: checkpoint, exit 130, resume finishes with the weights of the uninterrupted run.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/dae.safetensors --basis $work/basis.safetensors
