@@ -303,7 +303,7 @@ struct WgmmaWsTile {
     __host__ __device__ static constexpr int c_offset(int n) { return n * stage_bytes; }
     static constexpr bool direct_only = c_regions == 0;
     __host__ __device__ static constexpr int barrier_offset(int n, bool direct = false) {
-        return c_offset(n) + (direct || direct_only ? 0 : c_regions * c_bytes);
+        return c_offset(n) + (direct ? 0 : c_regions * c_bytes);  // direct_only: c_regions 0
     }
     __host__ __device__ static constexpr int smem_bytes_for(int n, bool direct = false) {
         return align + barrier_offset(n, direct) + (2 * n + 2) * 8;
