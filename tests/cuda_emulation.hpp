@@ -373,76 +373,102 @@ inline size_t swizzle128(size_t at) { return at ^ (((at >> 7) & 7) << 4); }
 // k .. k + 7; M/N-major (mn_major), rows r .. r + 7 at k = 8 h + i. Both layouts read the same
 // 16-byte rows: only their meaning differs.
 constexpr int kWgmmaMaxN = 256;
-template <class RowFn>  // row(operand 0 or 1, core matrix c, K half h, row i, 16 bytes or null outside)
-inline void wgmma_rows(uint64_t a, uint64_t b, int n, RowFn row) {
-    for (int operand = 0; operand < 2; ++operand) {
-        const uint64_t desc = operand == 0 ? a : b;
-        const int rows = operand == 0 ? 64 : n;
-        const size_t start = (desc & 0x3FFF) << 4, lbo = ((desc >> 16) & 0x3FFF) << 4, sbo = ((desc >> 32) & 0x3FFF) << 4;
-        const uint64_t swizzle = desc >> 62;  // 0 none, 1 128 bytes (2, 3: 64 and 32, not emulated)
-        if ((desc >> 49 & 7) != 0 || swizzle > 1) report("a wgmma descriptor with a base offset or a 64- or 32-byte swizzle (not emulated)");
-        // 128-byte swizzle, K-major: rows of 128 bytes (64 K values), 8 of them to an atom of 1024
-        // bytes, atoms SBO apart; a start within the atom's first row (16 K values further: 32
-        // bytes on), the swizzle applied to the address as the hardware's (swizzle128).
-        if (swizzle == 1 && (start & 0x380) != 0) report("a 128-byte-swizzled wgmma operand that starts past its atom's first row");
-        for (int c = 0; c < rows / 8; ++c)
-            for (int h = 0; h < 2; ++h)
-                for (int i = 0; i < 8; ++i) {
-                    const size_t at = swizzle == 1 ? swizzle128(start + c * sbo + i * 128 + h * 16) : start + c * sbo + h * lbo + i * 16;
-                    const bool inside = at + 16 <= tl_dynamic.bytes;
-                    if (!inside) report("a wgmma operand outside the launch's dynamic shared memory");
-                    row(operand, c, h, i, inside ? tl_dynamic.data + at : nullptr);
-                }
+struct WgmmaOperand {
+    size_t start, lbo, sbo;
+    bool swizzled;  // 128 bytes
+    // 128-byte swizzle, K-major: rows of 128 bytes (64 K values), 8 of them to an atom of 1024
+    // bytes, atoms SBO apart; a start within the atom's first row (16 K values further: 32 bytes
+    // on), the swizzle applied to the address as the hardware's (swizzle128).
+    explicit WgmmaOperand(uint64_t desc)
+        : start((desc & 0x3FFF) << 4), lbo(((desc >> 16) & 0x3FFF) << 4), sbo(((desc >> 32) & 0x3FFF) << 4), swizzled(desc >> 62 == 1) {
+        if ((desc >> 49 & 7) != 0 || desc >> 62 > 1) report("a wgmma descriptor with a base offset or a 64- or 32-byte swizzle (not emulated)");
+        if (swizzled && (start & 0x380) != 0) report("a 128-byte-swizzled wgmma operand that starts past its atom's first row");
     }
-}
-// A hash of the operands' bits as they are now (FNV-1a over 8-byte words in four independent
-// lanes, then combined: a serial chain over 2-byte values took most of the emulated kernels' time).
-inline uint64_t wgmma_operands_hash(uint64_t a, uint64_t b, int n) {
-    uint64_t lane[4] = {1469598103934665603ull, 1469598103934665603ull ^ 1, 1469598103934665603ull ^ 2, 1469598103934665603ull ^ 3};
-    int word = 0;
-    wgmma_rows(a, b, n, [&](int, int, int, int, const unsigned char* bytes) {
-        for (int half = 0; half < 2; ++half, ++word) {
-            uint64_t w = ~uint64_t{0};
-            if (bytes) std::memcpy(&w, bytes + 8 * half, 8);
-            lane[word % 4] = (lane[word % 4] ^ w) * 1099511628211ull;
-        }
-    });
-    uint64_t hash = lane[0];
-    for (int j = 1; j < 4; ++j) hash = (hash ^ lane[j]) * 1099511628211ull;
-    return hash;
-}
-// The operands as floats, A's 64 rows then B's n, each row's 16 K values, for the bits whose hash is
-// `hash`. Every thread of a warpgroup finishes the same instructions, so the decoded operands of the
-// last few are kept (per OS thread) and decoded once, not once per thread.
-struct WgmmaDecoded {
-    uint64_t a = 0, b = 0, hash = 0;
-    int n = 0;
-    bool mn_major = false, filled = false;
-    float values[(64 + kWgmmaMaxN) * 16];
+    // The 16 bytes of core matrix c's row i, K half h, within the dynamic shared memory (else null).
+    const unsigned char* row(int c, int h, int i, unsigned char* data, size_t bytes) const {
+        const size_t at = swizzled ? swizzle128(start + c * sbo + i * 128 + h * 16) : start + c * sbo + h * lbo + i * 16;
+        if (at + 16 <= bytes) return data + at;
+        report("a wgmma operand outside the launch's dynamic shared memory");
+        return nullptr;
+    }
 };
-inline const float* wgmma_decoded(uint64_t a, uint64_t b, int n, bool mn_major, uint64_t hash) {
-    constexpr int kKept = 8;
-    thread_local std::vector<WgmmaDecoded> kept(kKept);
-    thread_local int next = 0;
-    for (const WgmmaDecoded& d : kept)
-        if (d.filled && d.hash == hash && d.a == a && d.b == b && d.n == n && d.mn_major == mn_major) return d.values;
-    WgmmaDecoded& d = kept[static_cast<size_t>(next)];
-    next = (next + 1) % kKept;
-    d.a = a, d.b = b, d.n = n, d.hash = hash, d.mn_major = mn_major, d.filled = true;
-    wgmma_rows(a, b, n, [&](int operand, int c, int h, int i, const unsigned char* bytes) {
-        uint16_t bits[8];
-        if (bytes)
-            std::memcpy(bits, bytes, 16);
-        else
-            std::fill(bits, bits + 8, uint16_t{0xFFFF});
-        float* const out = d.values + (operand == 0 ? 0 : 64 * 16);
-        for (int j = 0; j < 8; ++j) {
-            const int r = 8 * c + (mn_major ? j : i), k = 8 * h + (mn_major ? i : j);
-            const uint32_t u = static_cast<uint32_t>(bits[j]) << 16;
-            std::memcpy(&out[r * 16 + k], &u, 4);
+// A hash of all of both operands' bits as they are now: FNV-1a over 8-byte words in four lanes
+// held in registers, 32 bytes at a time (each thread of a warpgroup hashes them twice an
+// instruction, at the issue and at the wait: a serial chain over 2-byte values, and then lanes
+// indexed in memory, took most of the emulated kernels' time).
+struct WgmmaHash {
+    static constexpr uint64_t kPrime = 1099511628211ull, kBasis = 1469598103934665603ull;
+    uint64_t l0 = kBasis, l1 = kBasis ^ 1, l2 = kBasis ^ 2, l3 = kBasis ^ 3;
+    void add(const unsigned char* p, const unsigned char* q) {  // two 16-byte rows
+        uint64_t w[4];
+        std::memcpy(w, p, 16);
+        std::memcpy(w + 2, q, 16);
+        l0 = (l0 ^ w[0]) * kPrime, l1 = (l1 ^ w[1]) * kPrime, l2 = (l2 ^ w[2]) * kPrime, l3 = (l3 ^ w[3]) * kPrime;
+    }
+    uint64_t value() const { return (((l0 ^ l1) * kPrime ^ l2) * kPrime ^ l3) * kPrime; }
+};
+inline uint64_t wgmma_operands_hash(uint64_t a, uint64_t b, int n) {
+    static const unsigned char kOutside[16] = {0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF,
+                                               0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF};
+    WgmmaHash hash;
+    unsigned char* const data = tl_dynamic.data;
+    const size_t bytes = tl_dynamic.bytes;
+    for (int operand = 0; operand < 2; ++operand) {
+        const WgmmaOperand op(operand == 0 ? a : b);
+        const int matrices = (operand == 0 ? 64 : n) / 8;
+        for (int c = 0; c < matrices; ++c) {
+            const size_t base = op.start + c * op.sbo;
+            const auto checked = [&](int h, int i) {
+                const unsigned char* const p = op.row(c, h, i, data, bytes);
+                return p ? p : kOutside;
+            };
+            if (op.swizzled) {  // the row's two 16-byte pieces, in one 128-byte row of the atom
+                for (int i = 0; i < 8; ++i) {
+                    const size_t row = base + i * 128, x = ((row >> 7) & 7) << 4;
+                    if ((row | 127) < bytes)
+                        hash.add(data + (row ^ x), data + ((row + 16) ^ x));
+                    else
+                        hash.add(checked(0, i), checked(1, i));
+                }
+            } else {  // each K half's 8 rows: 128 contiguous bytes
+                for (int h = 0; h < 2; ++h) {
+                    const size_t half = base + h * op.lbo;
+                    for (int i = 0; i < 8; i += 2)
+                        if (half + 128 <= bytes)
+                            hash.add(data + half + i * 16, data + half + i * 16 + 16);
+                        else
+                            hash.add(checked(h, i), checked(h, i + 1));
+                }
+            }
         }
-    });
-    return d.values;
+    }
+    return hash.value();
+}
+// The 16-byte rows that hold `thread`'s share (its index in the block): its result reads A's rows
+// 16 w + l / 4 and + 8 and B's columns 8 j + 2 (l % 4) and + 1 (w, l: its warp in the warpgroup and
+// its lane), so core matrices 2 w and 2 w + 1 of A and, K-major, rows i = l / 4 of those and
+// i = 2 (l % 4), + 1 of B's (M/N-major, a 16-byte row holds 8 of the operand's rows: all of B's then).
+// Decoding only these in each thread, in place of both operands once per OS thread through a
+// cache of the last 8 that the warp-specialized kernels' order of MMAs kept missing (a consumer
+// thread runs on through every stage filled before it yields), and the hash above in registers,
+// took the emulated [wide] tests from 88 s to 42 s (Intel Xeon, 2026-12-05).
+template <class RowFn>  // row(operand 0 or 1, core matrix c, K half h, row i, 16 bytes or null outside)
+inline void wgmma_thread_rows(uint64_t a, uint64_t b, int n, bool mn_major, unsigned thread, RowFn row) {
+    const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32);
+    unsigned char* const data = tl_dynamic.data;
+    const size_t bytes = tl_dynamic.bytes;
+    for (int operand = 0; operand < 2; ++operand) {
+        const WgmmaOperand op(operand == 0 ? a : b);
+        const int c0 = operand == 0 ? 2 * w : 0, c1 = operand == 0 ? 2 * w + 2 : n / 8;
+        int i0 = 0, i1 = 8;
+        if (!mn_major) {
+            i0 = operand == 0 ? l / 4 : 2 * (l % 4);
+            i1 = operand == 0 ? i0 + 1 : i0 + 2;
+        }
+        for (int c = c0; c < c1; ++c)
+            for (int h = 0; h < 2; ++h)
+                for (int i = i0; i < i1; ++i) row(operand, c, h, i, op.row(c, h, i, data, bytes));
+    }
 }
 inline void wgmma_bf16(float* d, int n, uint64_t a, uint64_t b, bool accumulate, bool mn_major) {
     Fiber& f = *tl_scheduler->current;
@@ -465,9 +491,25 @@ inline void wgmma_commit() {
 // that changed in between (not yet written by every thread at the issue, or overwritten before the
 // wait) gives a wrong result there, so here it is a violation.
 inline void wgmma_apply(const WgmmaOp& op, unsigned thread) {
-    const uint64_t now = wgmma_operands_hash(op.a, op.b, op.n);
-    if (now != op.issued) report("the shared memory a wgmma reads changed between its issue and its wait");
-    const float* const v = wgmma_decoded(op.a, op.b, op.n, op.mn_major, now);
+    if (wgmma_operands_hash(op.a, op.b, op.n) != op.issued) report("the shared memory a wgmma reads changed between its issue and its wait");
+    // The thread's rows as floats: A's 64 rows then B's n, each row's 16 K values (only its own filled).
+    thread_local float decoded[(64 + kWgmmaMaxN) * 16];
+    float* const v = decoded;  // its address once (a thread_local's can cost a call at each use)
+    wgmma_thread_rows(op.a, op.b, op.n, op.mn_major, thread, [&](int operand, int c, int h, int i, const unsigned char* bytes) {
+        uint16_t bits[8];
+        if (bytes)
+            std::memcpy(bits, bytes, 16);
+        else
+            std::fill(bits, bits + 8, uint16_t{0xFFFF});
+        uint32_t u[8];
+        for (int j = 0; j < 8; ++j) u[j] = static_cast<uint32_t>(bits[j]) << 16;
+        float* const out = v + (operand == 0 ? 0 : 64 * 16);
+        if (!op.mn_major) {  // row 8 c + i, k = 8 h .. 8 h + 7
+            std::memcpy(&out[(8 * c + i) * 16 + 8 * h], u, sizeof u);
+        } else {  // rows 8 c .. 8 c + 7, k = 8 h + i
+            for (int j = 0; j < 8; ++j) std::memcpy(&out[(8 * c + j) * 16 + 8 * h + i], &u[j], 4);
+        }
+    });
     const int w = static_cast<int>(thread % 128 / 32), l = static_cast<int>(thread % 32);
     const float* const rows[2] = {v + (16 * w + l / 4) * 16, v + (16 * w + l / 4 + 8) * 16};  // this thread's two rows of A
     for (int j = 0; j < op.n / 8; ++j)
@@ -808,7 +850,7 @@ inline bool encode_tensor_map(CUtensorMap* map, const void* base, uint32_t rank,
         if (i > 0) d.strides[i] = strides[i - 1];
     }
     if (box[0] * 2 % 16 != 0) return refuse("an inner box dimension that is not a multiple of 16 bytes");
-    // The swizzled rows the wgmma descriptors read (wgmma_rows): exactly the swizzle's 128 bytes.
+    // The swizzled rows the wgmma descriptors read (WgmmaOperand): exactly the swizzle's 128 bytes.
     if (swizzle == 128 && box[0] * 2 != 128) return refuse("a 128-byte swizzle with an inner box of other than 128 bytes");
     std::memset(map, 0, sizeof(CUtensorMap));
     std::memcpy(map, &d, sizeof d);
