@@ -315,7 +315,7 @@ int main(int argc, char** argv) {
                                       rel_to_probe(hy).c_str());
                         line(run.kernel, t, extra);
                     }
-                    // Then the wide tiles: ws's 128 x 256 (N a multiple of 256), ping-pong's 256 x 64 (N
+                    // Then the wide tiles: ws's 128 x 256 (N a multiple of 256), ping-pong's 224 x 64 (N
                     // not one of 128; the probe's N is, so it keeps its 64 x 128: a check, not a new timing).
                     if (!no_tma && !no_wgmma)
                         for (const ProbeRun& run : {ProbeRun{pin::cuda::WgmmaPipeline::WarpSpecialized, kTensor, "wgmma_ws_tma"},

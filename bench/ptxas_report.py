@@ -16,7 +16,7 @@ its compile output, without failing), and on a GEMM kernel (GEMM_KERNELS) spilli
 in any instantiation: their spills sit in the main loop, once per K slice. At session 26 the worst
 were 60 B (the asynchronous-copy kernel's 256-row sub-pixel forms) and 96 B (the TF32 WMMA
 kernel's row-gather sub-pixel forms; 616 B before its row gather became a template parameter).
-It also fails where an instantiation on the wide m64n256k16 tiles (WIDE_TILE) launches with other
+It also fails where an instantiation on the wide m64n256k16 / m64n224k16 / m64n200k16 tiles (WIDE_TILE) launches with other
 than WIDE_LAUNCH_REGISTERS registers a thread: their warpgroups move registers among themselves
 (setmaxnreg: the producer down to 40, the two MMA warpgroups up to 232), which needs the block to
 hold 384 x 168 = 64,512 from the launch on; with fewer the MMA warpgroups' request could never be
@@ -39,9 +39,10 @@ UNITS = [("ops_conv_forward.cu", "sm_90"), ("ops_conv_backward.cu", "sm_90"), ("
 GEMM_KERNELS = ("gemm_kernel", "gemm_tensor_core_kernel", "gemm_wide_kernel", "gemm_async_kernel", "gemm_wgmma_kernel",
                 "gemm_wgmma_ws_kernel")
 SPILL_LIMIT = 128  # bytes of spill stores or loads per thread
-# cuda/wgmma_gemm.cuh WgmmaWsWideTile (128 x 256) and WgmmaPingPongWideSwappedTile (256 x 64), and
+# cuda/wgmma_gemm.cuh WgmmaWsWideTile (128 x 256), WgmmaPingPongWideSwappedTile (224 x 64) and
+# WgmmaWsWideSwappedTile (200 x 128), and
 # the registers a thread they launch with (producers 128 x 40 + consumers 256 x 232 = 384 x 168).
-WIDE_TILE = re.compile(r"WgmmaWsTile<(256, \d+, 128, false, false, true|64, \d+, 256, true, true, true)>")
+WIDE_TILE = re.compile(r"WgmmaWsTile<(256, \d+, 128, false, false, true|64, \d+, 224, true, true, true|128, \d+, 200, true, false, true)>")
 WIDE_LAUNCH_REGISTERS = 168
 
 

@@ -187,21 +187,26 @@ WgmmaStores wgmma_stores();
 // TFLOP/s on the H200 where cuBLAS (TMA-fed) reaches 802: this is the probe of how much of that
 // gap the copies are. It applies to the dense GEMM (gemm_bf16_wgmma), the forward convolutions
 // (any stride: the copies' element strides) and the stride-1 input gradients, where an output row
-// fits a tile (a tile is whole output rows of one image, or whole images, 7/8 of its rows used at
-// widths 112, 56, 28; the padding is the copies' zero fill); the sub-pixel classes and the weight
-// gradients keep cp.async. Process-wide; CpAsync unless set (`pin --gpu-loads tma`).
+// fits a tile (a tile is whole output rows of one image, or whole images: the 64-channel layers'
+// tiles of 224 or 112 pixels are filled by widths 112, 56, 28 and 14, the 128-pixel tiles of the
+// wider layers 7/8 at widths 56, 28 and 14; the padding is the copies' zero fill); the sub-pixel
+// classes and the weight gradients keep cp.async. Process-wide; CpAsync unless set (`pin
+// --gpu-loads tma`).
 enum class WgmmaLoads { CpAsync, TensorCopies };
 void set_wgmma_loads(WgmmaLoads loads);
 WgmmaLoads wgmma_loads();
 
 // The warpgroup MMA's N where tensor copies feed it (WgmmaLoads::TensorCopies with a
-// warp-specialized pipeline): N128, m64n128k16 as the other tiles; or N256, m64n256k16, the shape
-// CUTLASS's fastest Hopper GEMMs use (wgmma_gemm.cuh WgmmaWsWideTile: 128 x 256 for `ws` where the
-// output channels are a multiple of 256; WgmmaPingPongWideSwappedTile: 256-pixel tiles for
-// `pingpong`'s 64-channel layers), which the tensor cores run at fewer shared-memory bytes and
-// instructions per product; its 128 accumulators a thread fit because the producer warpgroup
-// gives its registers to the consumers (setmaxnreg 40 / 232), and C goes from the registers.
-// Other layers keep their tiles. Process-wide; N128 unless set (`pin --gpu-mma-n 256`).
+// warp-specialized pipeline): N128, m64n128k16 as the other tiles; or N256, the wide tiles:
+// m64n256k16, the shape CUTLASS's fastest Hopper GEMMs use (wgmma_gemm.cuh WgmmaWsWideTile: 128 x
+// 256 for `ws` where the output channels are a multiple of 256), m64n224k16
+// (WgmmaPingPongWideSwappedTile: 224-pixel tiles for `pingpong`'s 64-channel layers) and
+// m64n200k16 (WgmmaWsWideSwappedTile: `ws`'s convolutions with 128k channels whose output rows
+// fill 200 pixels better than 128, each MMA warpgroup 64 of the channels: the 28 x 28, 14 x 14 and
+// 7 x 7 layers), which the tensor cores run at fewer shared-memory bytes and instructions per
+// product; their 100-128 accumulators a thread fit because the producer warpgroup gives its
+// registers to the consumers (setmaxnreg 40 / 232), and C goes from the registers. Other layers
+// keep their tiles. Process-wide; N128 unless set (`pin --gpu-mma-n 256`).
 enum class WgmmaMmaN { N128, N256 };
 void set_wgmma_mma_n(WgmmaMmaN n);
 WgmmaMmaN wgmma_mma_n();

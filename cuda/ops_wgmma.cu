@@ -161,7 +161,7 @@ void with_kmajor_tile(int64_t N, const Run& run) {
 // run(tile) with the warp-specialized kernel's swizzled tile (tensor copies) that wgmma_pipeline()
 // names for N columns: 128 columns where N is a multiple of 128, else the swapped 64-column one;
 // with WgmmaMmaN::N256, the wide tiles where they exist (ws: 128 x 256 where N is a multiple of
-// 256; pingpong: the swapped 256 x 64).
+// 256; pingpong: the swapped 224 x 64).
 template <class Run>
 void with_tensor_tile(int64_t N, const Run& run) {
     const bool pingpong = wgmma_pipeline() == WgmmaPipeline::PingPong, wide = wgmma_mma_n() == WgmmaMmaN::N256;
@@ -193,7 +193,7 @@ bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, const Bf16* wk
     } else {
         if (wgmma_loads() != WgmmaLoads::TensorCopies || !warp_specialized(wgmma_pipeline())) return false;
         bool ran = false;
-        with_tensor_tile(N, [&](auto tile) {
+        const auto launch = [&](auto tile) {
             using Ops = WgmmaTensorConvOperands<decltype(tile), transposed>;
             if (!Ops::fits(la, M, N, ldk, wk)) return;
             Ops ops;
@@ -201,7 +201,17 @@ bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, const Bf16* wk
             if (!Ops::make(ops, la, M, N, wk, ldk, &refused)) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": tensor copies: ", refused);
             launch_wgmma_ws(M, N, la.K * la.K * la.C, ops, st, name, shape);
             ran = true;
-        });
+        };
+        // ws's wide tiles: 128k output channels on the 200-pixel split-column tile where an image's
+        // output rows fill more of it than of 128 rows (28 x 28, 14 x 14, 7 x 7: 98 % against 7/8
+        // and 77 %), else as with_tensor_tile says.
+        const bool split_cols = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized && wgmma_mma_n() == WgmmaMmaN::N256 && N % 128 == 0 &&
+                                WgmmaTensorConvOperands<WgmmaWsWideSwappedTile, transposed>::row_share(la.Ho, la.Wo) >
+                                    WgmmaTensorConvOperands<WgmmaWsTensorTile128, transposed>::row_share(la.Ho, la.Wo);
+        if (split_cols)
+            launch(WgmmaWsWideSwappedTile{});
+        else
+            with_tensor_tile(N, launch);
         return ran;
     }
 }

@@ -136,7 +136,7 @@ __host__ __device__ constexpr AccumulatorPlace accumulator_place(int w, int l, i
 #define PIN_WGMMA_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 
 // D (64 x kN per warpgroup, this thread's kN / 2 values) = A (64 x 16, descriptor a) B^T (B: kN x 16,
-// descriptor b) + (accumulate ? D : 0), kN = 64, 128 or 256; thread t of the warpgroup holds d[4 j + e]
+// descriptor b) + (accumulate ? D : 0), kN = 64, 112, 128, 200, 224 or 256; thread t of the warpgroup holds d[4 j + e]
 // at accumulator_place(t / 32, t % 32, j, e).
 // kMnMajor: both operands in the no-swizzle M/N-major layout instead (the instruction's transpose
 // immediates, which 16-bit types allow): each core matrix is the K-major one transposed, 8 rows
@@ -145,7 +145,8 @@ __host__ __device__ constexpr AccumulatorPlace accumulator_place(int w, int l, i
 // stride along M / N). The weight gradients' operands arrive contiguous along M and N (wgmma_gemm.cuh).
 template <int kN, bool kMnMajor = false>
 __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bool accumulate) {
-    static_assert(kN == 64 || kN == 128 || kN == 256, "the instantiated shapes: m64n64k16, m64n128k16 and m64n256k16");
+    static_assert(kN == 64 || kN == 112 || kN == 128 || kN == 200 || kN == 224 || kN == 256,
+                  "the instantiated shapes: m64n{64,112,128,200,224,256}k16 (the PTX ISA allows any multiple of 8 to 256)");
     constexpr int transpose = kMnMajor ? 1 : 0;
 #if defined(PIN_CUDA_EMULATION)
     (void)transpose;
@@ -171,6 +172,43 @@ __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bo
             : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56),
               PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88), PIN_WGMMA_ACC8(96), PIN_WGMMA_ACC8(104), PIN_WGMMA_ACC8(112), PIN_WGMMA_ACC8(120)
             : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
+    } else if constexpr (kN == 200) {
+        // 100 accumulators a thread: the wide split-column tile's 200 pixels (7 rows of 28, a 14 x 14
+        // image, four 7 x 7 ones), with the consumers' 232 registers as m64n256k16.
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %102, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n200k16.f32.bf16.bf16 "
+            "{"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+            "%96, %97, %98, %99"
+            "}, "
+            "%100, %101, p, 1, 1, %103, %103;\n}\n"
+            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56), PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88),
+              "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99])
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
+    } else if constexpr (kN == 224) {
+        // 112 accumulators a thread: the wide ping-pong tile's 224 pixels (whole output rows of
+        // widths 112, 56, 28, 14), with the consumers' 232 registers as m64n256k16.
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %114, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n224k16.f32.bf16.bf16 "
+            "{"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
+            "}, "
+            "%112, %113, p, 1, 1, %115, %115;\n}\n"
+            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56), PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88), PIN_WGMMA_ACC8(96), PIN_WGMMA_ACC8(104)
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
     } else if constexpr (kN == 128) {
         asm volatile(
             "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
@@ -182,6 +220,20 @@ __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bo
             "%64, %65, p, 1, 1, %67, %67;\n}\n"
             : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40),
               PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56)
+            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
+    } else if constexpr (kN == 112) {
+        // The tensor-copy swapped tiles' 112 pixels (WgmmaTensorConvOperands: whole output rows).
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %58, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n112k16.f32.bf16.bf16 "
+            "{"
+            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+            "%48, %49, %50, %51, %52, %53, %54, %55"
+            "}, "
+            "%56, %57, p, 1, 1, %59, %59;\n}\n"
+            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48)
             : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
     } else {
         asm volatile(

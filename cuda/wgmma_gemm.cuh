@@ -247,7 +247,9 @@ struct WgmmaWeightGradOperands {
 // Cooperative (kPingPong false): both consumers work on one kRows x kCols tile of C. Consumer g
 // computes rows 64 g .. 64 g + 63 with one m64n{kCols}k16 per 16-deep step; or, kSwapped (kRows
 // 256, kCols 64), the transposed product: its 64 columns (output channels) as the instruction's M
-// and rows 128 g .. 128 g + 127 as its N, one m64n128k16 (A = the B operand's 64 rows). A 64-column
+// and rows 128 g .. 128 g + 127 as its N, one m64n128k16 (A = the B operand's 64 rows); swapped
+// with kCols 128 (split_cols: kRows 200, tensor copies), consumer g takes columns 64 g .. 64 g + 63
+// as the instruction's M over all 200 rows as its N, one m64n200k16. A 64-column
 // tile the plain way, m64n64k16, has the tensor cores read 4 KB of shared memory per 64 x 64 x 16
 // products, all of the SM's 128 bytes a clock at their full rate; swapped, 6 KB per twice the
 // products.
@@ -267,20 +269,26 @@ struct WgmmaWeightGradOperands {
 // 1 KB more to align them).
 template <int kCols, int kStages, int kRows = 128, bool kSwapped = false, bool kPingPong = false, bool kSwizzled = false>
 struct WgmmaWsTile {
-    static_assert(kPingPong ? (kSwapped ? kCols == 64 && (kRows == 128 || (kSwizzled && kRows == 256)) : kCols == 128 && kRows == 64)
-                            : (kSwapped ? kCols == 64 && kRows == 256 : (kCols == 128 || (kSwizzled && kCols == 256)) && kRows == 128),
-                  "the wgmma shapes wgmma.cuh instantiates (m64n256k16 only in the wide tensor-copy tiles)");
+    static_assert(kPingPong ? (kSwapped ? kCols == 64 && (kSwizzled ? kRows == 112 || kRows == 224 : kRows == 128) : kCols == 128 && kRows == 64)
+                            : (kSwapped ? (kCols == 64 && kRows == (kSwizzled ? 224 : 256)) || (kSwizzled && kCols == 128 && kRows == 200)
+                                        : (kCols == 128 || (kSwizzled && kCols == 256)) && kRows == 128),
+                  "the wgmma shapes wgmma.cuh instantiates (N 112 and 224 only in the tensor-copy swapped tiles, 200, 224 and 256 "
+                  "only in the wide ones)");
     static constexpr int consumers = 256, producers = 128, block_threads = consumers + producers;
     static constexpr int threads = producers, rows = kRows, cols = kCols, depth = 64, stages = kStages, min_blocks = 1;
     static constexpr bool mn_major = false, swapped = kSwapped, pingpong = kPingPong, swizzled = kSwizzled;
     // The consumer threads that compute one tile, and the rows of the tile each warpgroup computes.
-    static constexpr int tile_consumers = kPingPong ? 128 : 256, group_rows = kPingPong ? kRows : kRows / 2;
+    // Cooperative and swapped with 128 columns (split_cols), the two warpgroups split the columns
+    // instead: each computes 64 of them (the instruction's M) over all the tile's rows (its N).
+    static constexpr bool split_cols = kSwapped && !kPingPong && kCols == 128;
+    static constexpr int tile_consumers = kPingPong ? 128 : 256, group_rows = kPingPong || split_cols ? kRows : kRows / 2;
+    static constexpr int group_cols = split_cols ? 64 : kCols;
     static constexpr int mma_n = kSwapped ? group_rows : kCols;  // the instruction's N
-    // Wide (m64n256k16): 128 accumulators a consumer thread, which fit only once the producer
-    // warpgroup has given back its registers (setmaxnreg: 40 a thread, the consumers' 232; the
-    // producer of tensor copies is one lane, so only those tiles are wide), and no C region (128 x
-    // 256 floats would be 132 KB): C goes from the registers (store_accumulators).
-    static constexpr bool wide = mma_n == 256;
+    // Wide (m64n256k16, m64n224k16, m64n200k16): 100-128 accumulators a consumer thread, which fit
+    // only once the producer warpgroup has given back its registers (setmaxnreg: 40 a thread, the
+    // consumers' 232; the producer of tensor copies is one lane, so only those tiles are wide), and
+    // no C region (128 x 256 floats would be 132 KB): C goes from the registers (store_accumulators).
+    static constexpr bool wide = mma_n > 128;
     static constexpr int producer_registers = 40, consumer_registers = 232;
     static_assert(producers * producer_registers + consumers * consumer_registers <= 64 * 1024, "an SM's 64 K registers");
     static constexpr int lbo = kSwizzled ? 16 : 128 + 16, sbo = kSwizzled ? 1024 : 64 / 8 * lbo;
@@ -321,7 +329,8 @@ struct WgmmaWsTile {
     }
     static constexpr int chunks = depth / 8;  // 16-byte copies per row and slice
     static constexpr int a_copies = rows * chunks / threads, b_copies = cols * chunks / threads;
-    static_assert(rows * chunks % threads == 0 && cols * chunks % threads == 0, "whole copies per thread");
+    static_assert(kSwizzled || (rows * chunks % threads == 0 && cols * chunks % threads == 0),
+                  "whole copies per thread (the swizzled tiles' copies are tensor copies, one thread's)");
     static_assert(smem_bytes <= 227 * 1024, "fits an sm_90 SM");
     __host__ __device__ static constexpr int offset(int r, int k) {
         return kSwizzled ? r * 128 + ((k / 8) ^ (r % 8)) * 16 + (k % 8) * 2 : (r / 8) * sbo + (k / 8) * lbo + (r % 8) * 16 + (k % 8) * 2;
@@ -344,18 +353,32 @@ using WgmmaWsTile128 = WgmmaWsTile<128, 4>;
 using WgmmaWsSwappedTile = WgmmaWsTile<64, 3, 256, true>;
 using WgmmaPingPongTile = WgmmaWsTile<128, 5, 64, false, true>;
 using WgmmaPingPongSwappedTile = WgmmaWsTile<64, 5, 128, true, true>;
-// The same four, swizzled for tensor copies (the same stages: 196-201 KB with the alignment).
+// The same four, swizzled for tensor copies, the swapped ones (the 64-channel layers) with 224 and
+// 112 pixels where the others have 256 and 128: their operands (WgmmaTensorConvOperands) are whole
+// output rows, and the 64-channel layers' widths, 112 and 56 (and 28, 14), fill 224 or 112 pixels
+// exactly where they left 1/8 of 256 or 128 empty, MMAs computing C rows never stored (the
+// instruction's N, the pixels here, may be any multiple of 8). Stages: 128 x 128 four of 32 KB
+// (197 KB with C and the alignment); 224 x 64 four of 36 KB (205 KB); ping-pong 64 x 128 five of
+// 24 KB (190 KB), 112 x 64 six of 22 KB (193 KB).
 using WgmmaWsTensorTile128 = WgmmaWsTile<128, 4, 128, false, false, true>;
-using WgmmaWsTensorSwappedTile = WgmmaWsTile<64, 3, 256, true, false, true>;
+using WgmmaWsTensorSwappedTile = WgmmaWsTile<64, 4, 224, true, false, true>;
 using WgmmaPingPongTensorTile = WgmmaWsTile<128, 5, 64, false, true, true>;
-using WgmmaPingPongTensorSwappedTile = WgmmaWsTile<64, 5, 128, true, true, true>;
+using WgmmaPingPongTensorSwappedTile = WgmmaWsTile<64, 6, 112, true, true, true>;
 // Wide (m64n256k16; ops.cuh WgmmaMmaN::N256): cooperative 128 x 256 (four stages of 48 KB, 193 KB)
-// where N is a multiple of 256, and for the 64-channel layers ping-pong 256 x 64 computed
-// transposed, each consumer's tile 256 pixels (five stages of 40 KB, 201 KB). Per 16-deep step the
-// tensor cores read 10 KB of shared memory for 64 x 256 x 16 products, where m64n128k16 reads 6 KB
-// for half as many: 1.2x fewer bytes per product, and half as many instructions.
+// where N is a multiple of 256, and for the 64-channel layers ping-pong 224 x 64 computed
+// transposed, each consumer's tile 224 pixels (m64n224k16; six stages of 36 KB, 217 KB). Per
+// 16-deep step the tensor cores read 10 KB of shared memory for 64 x 256 x 16 products, where
+// m64n128k16 reads 6 KB for half as many: 1.2x fewer bytes per product, and half as many
+// instructions (m64n224k16: 9 KB for 7/8 as many).
 using WgmmaWsWideTile = WgmmaWsTile<256, 4, 128, false, false, true>;
-using WgmmaPingPongWideSwappedTile = WgmmaWsTile<64, 5, 256, true, true, true>;
+using WgmmaPingPongWideSwappedTile = WgmmaWsTile<64, 6, 224, true, true, true>;
+// And for ws's convolutions with 128k output channels whose output rows fill 200 pixels better
+// than 128 (ops_wgmma.cu conv_on_tensor_copies; WgmmaTensorConvOperands::row_share): 200 x 128, the
+// two warpgroups each 64 of the channels over all 200 pixels (m64n200k16, 100 accumulators a
+// thread), five stages of 41 KB (206 KB). 200 pixels are 7 rows of 28 (4 tiles an image), one 14 x
+// 14 image or four 7 x 7 ones, 98 % of the tile where 128 rows held 7/8 (28 x 28) or 77 % (14 x 14,
+// 7 x 7): the layers of 128, 256 and 512 channels, 4.8 of the forward's 11.8 GFLOP an image.
+using WgmmaWsWideSwappedTile = WgmmaWsTile<128, 5, 200, true, false, true>;
 
 // Dense operands as WgmmaDenseOperands, brought by tensor copies (tma.cuh) into a swizzled tile:
 // per slice one copy of A's rows x 64 K values and one of B's, issued by one producer thread, their
@@ -431,11 +454,13 @@ __host__ __device__ RowSpan row_span(const Operands& ops, int64_t i, int64_t M) 
 // (Ho Wo). The box starts at column kw - pad, row s oh0 + kh - pad (transposed: pad - kw,
 // oh0 + pad - kh) and takes every s-th column and row (the map's element strides, s the
 // convolution's stride), so the padding is the copies' zero fill, no address is computed per
-// pixel, and a tile is whole output rows: bh Wo or ni Ho Wo of its Tile::rows rows (7/8 at widths
-// 112, 56, 28; 77 % for 14 x 14 in 128 rows and 7 x 7 images; the MMAs of the rest are wasted, the
-// rows they read hold whatever the stage held, and reach only C rows that are not stored: each
-// tile's stores stop at its own last pixel, RowSpan). B, the K-major weights (pack_bf16_kmajor),
-// by 2-dimensional copies as WgmmaTensorDenseOperands'.
+// pixel, and a tile is whole output rows: bh Wo or ni Ho Wo of its Tile::rows rows. Of an image's
+// tiles' rows, 128-row tiles use 7/8 at 112 x 112, 56 x 56 and 28 x 28 outputs, 77 % at 14 x 14
+// and 7 x 7; the swapped tiles' 224 and 112 (the 64-channel layers) all at 112 x 112 and 56 x 56,
+// 112 all at 28 x 28, else 7/8; the split-column 200 98 % at 28 x 28, 14 x 14 and 7 x 7. The MMAs
+// of the rest are wasted: the rows they read hold whatever the stage held and reach only C rows
+// that are not stored (each tile's stores stop at its own last pixel, RowSpan). B, the K-major
+// weights (pack_bf16_kmajor), by 2-dimensional copies as WgmmaTensorDenseOperands'.
 template <class T, bool kTransposed = false>
 struct WgmmaTensorConvOperands {
     using Tile = T;
@@ -454,6 +479,16 @@ struct WgmmaTensorConvOperands {
         const bool whole_images = Ho * Wo <= T::rows;
         bh = static_cast<int32_t>(whole_images ? Ho : T::rows / Wo);
         ni = static_cast<int32_t>(whole_images ? T::rows / (Ho * Wo) : 1);
+    }
+    // The share of the tiles' rows an image's Ho x Wo outputs fill (0 where a row does not fit):
+    // whole images in one tile, or ceil(Ho / bh) tiles of bh rows. ops_wgmma.cu chooses ws's wide
+    // split-column tile by it.
+    static double row_share(int64_t Ho, int64_t Wo) {
+        if (Wo < 1 || Ho < 1 || Wo > T::rows) return 0.0;
+        int32_t bh = 0, ni = 0;
+        box_of(Ho, Wo, bh, ni);
+        const int64_t image = Ho * Wo, tiles = image <= T::rows ? 1 : (Ho + bh - 1) / bh;
+        return static_cast<double>(image <= T::rows ? ni * image : image) / static_cast<double>(tiles * T::rows);
     }
     // Whether the tile takes this convolution: a stride the copies' element strides take (1-8;
     // transposed 1), whole 64-channel slices, an output row within the tile and a box within 256
@@ -732,7 +767,8 @@ __global__ void __launch_bounds__(384, 1)
     if constexpr (T::wide) warpgroup_registers<RegisterMove::Take, T::consumer_registers>();
     // Cooperative: every tile, both warpgroups; ping-pong: every other one, this warpgroup's C.
     const int first = T::pingpong ? group : 0, step = T::pingpong ? 2 : 1;
-    const int row0 = T::pingpong ? 0 : group * T::group_rows;  // this warpgroup's rows (swapped: columns of the MMA) in the tile
+    const int row0 = T::pingpong || T::split_cols ? 0 : group * T::group_rows;  // this warpgroup's rows (swapped: columns of the MMA) in the tile
+    const int col0 = T::split_cols ? group * T::group_cols : 0;                 // and its first column (split_cols: rows of the MMA)
     const int w = (tid % 128) / 32, l = tid % 32;
     if (T::pingpong) at.skip(first * slices);
     for (int64_t j = first, tile = blockIdx.x + first * static_cast<int64_t>(gridDim.x); tile < tiles;
@@ -750,7 +786,7 @@ __global__ void __launch_bounds__(384, 1)
             const uint32_t base = shared_address(smem + at.stage * T::stage_bytes);
             // This warpgroup's rows of the A operand, and the B operand's tile; swapped, the
             // instruction takes them the other way round.
-            const uint32_t a_rows = base + (row0 / 8) * T::sbo, b_tile = base + T::a_bytes;
+            const uint32_t a_rows = base + (row0 / 8) * T::sbo, b_tile = base + T::a_bytes + (col0 / 8) * T::sbo;
             const uint32_t mma_a = T::swapped ? b_tile : a_rows, mma_b = T::swapped ? a_rows : b_tile;
             for (float& v : d) wgmma_hold(v);
             wgmma_fence();
@@ -771,7 +807,7 @@ __global__ void __launch_bounds__(384, 1)
         const RowSpan span = row_span(ops, tile % row_tiles, M);
         const int64_t m0 = span.m0, n0 = tile / row_tiles * T::cols;
         if (T::direct_only || direct) {
-            store_accumulators<T>(d, row0, m0, n0, span.m_end, N, st, w, l);
+            store_accumulators<T>(d, row0, m0, n0 + col0, span.m_end, N, st, w, l);
             continue;
         }
         if constexpr (!T::direct_only) {
@@ -784,7 +820,7 @@ __global__ void __launch_bounds__(384, 1)
                 for (int e = 0; e < 4; ++e) {
                     const AccumulatorPlace place = accumulator_place(w, l, c8, e);
                     if constexpr (T::swapped)
-                        Cs[(row0 + place.col) * T::c_ld + place.row] = d[4 * c8 + e];
+                        Cs[(row0 + place.col) * T::c_ld + col0 + place.row] = d[4 * c8 + e];
                     else
                         Cs[(row0 + place.row) * T::c_ld + place.col] = d[4 * c8 + e];
                 }

@@ -92,6 +92,22 @@ inline bool on_wide_tile(int64_t n) {
     if (pc::wgmma_pipeline() == pc::WgmmaPipeline::PingPong) return n % 128 != 0;
     return pc::wgmma_pipeline() == pc::WgmmaPipeline::WarpSpecialized && n % 256 == 0;
 }
+// The share of a tensor-copy tile's `rows` that an image's Ho x Wo outputs fill: whole images in
+// one tile, or tiles of whole output rows (wgmma_gemm.cuh WgmmaTensorConvOperands::row_share).
+inline double tile_row_share(int64_t rows, int64_t Ho, int64_t Wo) {
+    if (Wo > rows) return 0.0;
+    if (Ho * Wo <= rows) return static_cast<double>(rows / (Ho * Wo) * Ho * Wo) / static_cast<double>(rows);
+    const int64_t bh = rows / Wo, tiles = (Ho + bh - 1) / bh;
+    return static_cast<double>(Ho * Wo) / static_cast<double>(tiles * rows);
+}
+// Whether a convolution with n output channels and Ho x Wo outputs, fed by tensor copies, runs on
+// ws's wide split-column tile (200 pixels x 128 channels; ops_wgmma.cu conv_on_tensor_copies):
+// where its rows fill more of 200 pixels than of 128.
+inline bool on_split_cols_tile(int64_t n, int64_t Ho, int64_t Wo) {
+    namespace pc = pin::cuda;
+    return pc::wgmma_mma_n() == pc::WgmmaMmaN::N256 && pc::wgmma_loads() == pc::WgmmaLoads::TensorCopies &&
+           pc::wgmma_pipeline() == pc::WgmmaPipeline::WarpSpecialized && n % 128 == 0 && tile_row_share(200, Ho, Wo) > tile_row_share(128, Ho, Wo);
+}
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

@@ -505,7 +505,8 @@ void check_wgmma_gemm(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = 
     // 256-row tiles), 128 x 128 (4: 16 slices; 130 x 256: two column tiles, 9 slices each); it is
     // persistent, and the emulation has 3 SMs: 520 x 200 is 12 swapped tiles, 4 a block, 20 slices
     // in a row; 1300 x 136 x 64 is 18 tiles of one slice, 6 a block, one tile's C after another.
-    // Wide (m64n256k16): ping-pong's swapped 256 x 64 takes every N here but 128 and 256, ws's
+    // Tensor copies: the swapped tiles 224 x 64 (4 stages) and ping-pong 112 x 64 (6 stages).
+    // Wide (m64n256k16, m64n224k16): ping-pong's swapped 224 x 64 takes every N here but 128 and 256, ws's
     // 128 x 256 only 256 (130 x 256: two row tiles, 9 slices each) and 300 x 512 (six tiles, two a
     // block, 5 slices each, a partial row tile).
     struct Dims {
@@ -573,11 +574,15 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n);
     // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
     // with_tensor_tile): a convolution fed by tensor copies needs an output row within them. The
-    // wide ping-pong tile has 256 rows, the wide ws one 128 as its narrow one.
+    // swapped tensor-copy tiles have 224 rows (ws, and ping-pong's wide one) or 112 (ping-pong),
+    // the wide ws one 128 as its narrow one, or 200 where a convolution with Ho x Wo outputs takes
+    // the split-column tile; a convolution is on a wide tile where the GEMM would be, or there.
     const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
-    const auto tile_rows = [&](int64_t n) -> int64_t {
-        return n % 128 == 0 ? (pingpong ? 64 : 128) : pingpong ? (on_wide_tile(n) ? 256 : 128) : 256;
+    const auto tile_rows = [&](int64_t n, int64_t Ho, int64_t Wo) -> int64_t {
+        if (on_split_cols_tile(n, Ho, Wo)) return 200;
+        return n % 128 == 0 ? (pingpong ? 64 : 128) : pingpong ? (on_wide_tile(n) ? 224 : 112) : 224;
     };
+    const auto on_wide_conv_tile = [&](int64_t n, int64_t Ho, int64_t Wo) { return on_wide_tile(n) || on_split_cols_tile(n, Ho, Wo); };
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
@@ -592,15 +597,19 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     // one (sub-pixel classes, each its own taps of the whole gather's K-major weights), a transposed
     // one at stride 1 (one gather, taps walked backwards), and two that do not fit: 32 -> 64 (the
     // asynchronous-copy kernel's) and 64 -> 1 (the per-pixel kernel's). Fed by tensor copies, 30
-    // output columns make tiles of several rows and a shorter last one (11 rows: 8 + 3 in 256
-    // rows, 4 + 4 + 3 in 128, 2 x 5 + 1 in 64), and 70 are more than a 64-row tile holds (cp.async).
-    // Where an image has no more pixels than the tile has rows, a tile is whole images (9 x 11
-    // twice in 256 rows; 7 x 5 at stride 2 three times in 128; the 1 x 1 stride-2 shortcut's 4 x 5
-    // twelve times in 256, of 2 images); stride 2 over several tiles an image: 11 x 20 outputs,
-    // 6 + 5 rows in 128, 3 + 3 + 3 + 2 in 64.
+    // output columns make tiles of several rows and a shorter last one (11 rows: 7 + 4 in 224
+    // rows, 4 + 4 + 3 in 128, 3 + 3 + 3 + 2 in 112, 2 x 5 + 1 in 64), and 70 are more than a 64-row
+    // tile holds (cp.async). Where an image has no more pixels than the tile has rows, a tile is
+    // whole images (9 x 11 twice in 224 rows, once in 112; 7 x 5 at stride 2 three times in 128;
+    // the 1 x 1 stride-2 shortcut's 4 x 5 eleven times in 224, five in 112, of 2 images); stride 2 over several
+    // tiles an image: 11 x 20 outputs, 6 + 5 rows in 128, 3 + 3 + 3 + 2 in 64.
     // Wide, also 64 -> 256 over 11 x 30 (ws's 128 x 256: 4 rows a tile, 4 + 4 + 3, and its
-    // 64-channel input gradient on ping-pong's 256 x 64: 8 + 3) and a transposed 64 -> 64 at
-    // stride 1 (ping-pong's 256 x 64 with the taps walked backwards; 9 + 2 rows of 22).
+    // 64-channel input gradient on ping-pong's 224 x 64: 7 + 4) and a transposed 64 -> 64 at
+    // stride 1 (ping-pong's 224 x 64 with the taps walked backwards; 10 + 1 rows of 22). ws's
+    // split-column tile (200 pixels x 128 channels) takes the 128-channel cases whose images fill
+    // more of 200 pixels than of 128: 64 -> 128 at stride 2 over 7 x 5 outputs (two images in one
+    // tile), the transposed 64 -> 128 (5 x 7), and two more: 128 -> 128 at 28 x 28 (7 rows a tile,
+    // 4 tiles, 18 slices; its input gradient too) and 64 -> 128 at 14 x 14 (an image a tile).
     std::vector<Case> cases = {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 11, 30, 64, 64, 3, 1, 1, false}, Case{1, 11, 30, 128, 128, 3, 1, 1, false},
                                Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
                                Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
@@ -609,6 +618,8 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     if (mma_n == pin::cuda::WgmmaMmaN::N256) {
         cases.push_back(Case{1, 11, 30, 64, 256, 3, 1, 1, false});
         cases.push_back(Case{1, 11, 22, 64, 64, 3, 1, 1, true});
+        cases.push_back(Case{1, 28, 28, 128, 128, 3, 1, 1, false});
+        cases.push_back(Case{2, 14, 14, 64, 128, 3, 1, 1, false});
     }
     for (const Case& c : cases) {
         const std::string name = std::string(c.transposed ? "wgmma transposed " : "wgmma conv ") + std::to_string(c.cin) + "->" +
@@ -654,9 +665,9 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
             // Tensor copies: direct gathers at any stride here, transposed at stride 1 (the strided
             // ones are sub-pixel classes), an output row within the tile (ops.cuh WgmmaLoads).
             const bool by_tensor_copies =
-                fits && loads == pin::cuda::WgmmaLoads::TensorCopies && (!c.transposed || c.s == 1) && Wo <= tile_rows(c.cout);
+                fits && loads == pin::cuda::WgmmaLoads::TensorCopies && (!c.transposed || c.s == 1) && Wo <= tile_rows(c.cout, Ho, Wo);
             REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == by_tensor_copies);
-            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (by_tensor_copies && on_wide_tile(c.cout)));
+            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (by_tensor_copies && on_wide_conv_tile(c.cout, Ho, Wo)));
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
             // fp32 y: the sums' order only; bfloat16 y: and its rounding to 8 significant bits (2^-8 of each value).
@@ -683,9 +694,9 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
             const bool on_wgmma = c.cout % 64 == 0 && c.cin % 8 == 0;
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == on_wgmma);
             // At stride 1 a transposed gather over dy, fed by tensor copies where dx's rows fit the tile.
-            const bool din_tensor_copies = on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && c.w <= tile_rows(c.cin);
+            const bool din_tensor_copies = on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && c.w <= tile_rows(c.cin, c.h, c.w);
             REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == din_tensor_copies);
-            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (din_tensor_copies && on_wide_tile(c.cin)));
+            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (din_tensor_copies && on_wide_conv_tile(c.cin, c.h, c.w)));
             const std::string what = name + " input gradient";
             // Two fp32 orders of K = 9 cout products: the differences grow with K (64 -> 256's
             // 2304 terms reach 1.2e-5 of the largest value on every pipeline).

@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "gemm_kernels.cuh"
@@ -487,4 +488,73 @@ TEST_CASE("emulated: the warp-specialized tiles keep the most stages that fit a 
     check_ring<gemm::WgmmaPingPongSwappedTile>(4, 3);
     check_ring<gemm::WgmmaWsTile128>(3, 2);
     check_ring<gemm::WgmmaWsSwappedTile>(2, 2);
+    check_ring<gemm::WgmmaPingPongTensorSwappedTile>(6, 4);
+    check_ring<gemm::WgmmaWsTensorSwappedTile>(3, 2);
+}
+
+// wgmma_gemm.cuh WgmmaTensorConvOperands: a tensor-copy tile is whole output rows of one image (or
+// whole images), so its row spans must cover every pixel of the batch once, in order, none beyond
+// its tile's rows; and the 64-channel layers' swapped tiles (224 and 112 pixels) hold whole rows of
+// those layers' outputs, 112 x 112 and 56 x 56, with no row left empty (the 256- and 128-pixel
+// tiles before left 1/8 of their MMAs on rows never stored). The 128-row tiles' share is 7/8.
+namespace {
+template <class T>
+double tensor_conv_row_share(int64_t images, int64_t Ho, int64_t Wo) {
+    INFO(T::rows << "-pixel tile" << (T::pingpong ? ", ping-pong" : "") << ", " << images << " x " << Ho << " x " << Wo);
+    gemm::WgmmaTensorConvOperands<T> ops{};
+    ops.images = static_cast<int32_t>(images), ops.Ho = static_cast<int32_t>(Ho), ops.Wo = static_cast<int32_t>(Wo);
+    gemm::WgmmaTensorConvOperands<T>::box_of(Ho, Wo, ops.bh, ops.ni);
+    ops.tiles_per_image = static_cast<int32_t>((Ho + ops.bh - 1) / ops.bh);
+    const int64_t tiles = ops.row_tiles();
+    int64_t next = 0;
+    for (int64_t i = 0; i < tiles; ++i) {
+        const gemm::RowSpan span = ops.row_span(i);
+        REQUIRE(span.m0 == next);
+        REQUIRE((span.m_end > span.m0 && span.m_end - span.m0 <= T::rows));
+        REQUIRE((span.m_end - span.m0) % Wo == 0);  // whole output rows
+        next = span.m_end;
+    }
+    REQUIRE(next == images * Ho * Wo);
+    return static_cast<double>(next) / static_cast<double>(tiles * T::rows);
+}
+}  // namespace
+
+TEST_CASE("emulated: the tensor-copy tiles hold whole output rows, the 64-channel layers' with none empty", "[wgmma][emulated]") {
+    using gemm::WgmmaPingPongTensorSwappedTile, gemm::WgmmaPingPongWideSwappedTile, gemm::WgmmaWsTensorSwappedTile;
+    for (const int64_t w : {112, 56}) {  // PIN's 64-channel layers (DAE, ESN) at batch 3
+        CHECK(tensor_conv_row_share<WgmmaWsTensorSwappedTile>(3, w, w) == 1.0);
+        CHECK(tensor_conv_row_share<WgmmaPingPongTensorSwappedTile>(3, w, w) == 1.0);
+        CHECK(tensor_conv_row_share<WgmmaPingPongWideSwappedTile>(3, w, w) == 1.0);
+        CHECK(tensor_conv_row_share<gemm::WgmmaWsTensorTile128>(3, w, w) == 7.0 / 8.0);
+    }
+    CHECK(tensor_conv_row_share<WgmmaPingPongTensorSwappedTile>(3, 28, 28) == 1.0);
+    // ws's wide split-column tile, 200 pixels: 7 rows of 28, one 14 x 14 image, four 7 x 7 ones
+    // (the 128-, 256- and 512-channel layers), 98 % where 128 rows held 7/8 and 77 %; ops_wgmma.cu
+    // takes it where row_share says it is fuller than 128 rows.
+    using gemm::WgmmaWsWideSwappedTile;
+    static_assert(WgmmaWsWideSwappedTile::split_cols && WgmmaWsWideSwappedTile::mma_n == 200 && WgmmaWsWideSwappedTile::wide);
+    CHECK(tensor_conv_row_share<WgmmaWsWideSwappedTile>(4, 28, 28) == 196.0 / 200.0);
+    CHECK(tensor_conv_row_share<WgmmaWsWideSwappedTile>(3, 14, 14) == 196.0 / 200.0);
+    CHECK(tensor_conv_row_share<WgmmaWsWideSwappedTile>(8, 7, 7) == 196.0 / 200.0);
+    CHECK(tensor_conv_row_share<gemm::WgmmaWsTensorTile128>(3, 28, 28) == 7.0 / 8.0);
+    CHECK(tensor_conv_row_share<gemm::WgmmaWsTensorTile128>(3, 14, 14) == 196.0 / 256.0);
+    for (const int64_t w : {28, 14, 7}) {
+        using Split = gemm::WgmmaTensorConvOperands<WgmmaWsWideSwappedTile>;
+        using Rows128 = gemm::WgmmaTensorConvOperands<gemm::WgmmaWsTensorTile128>;
+        CHECK(Split::row_share(w, w) == 196.0 / 200.0);
+        CHECK(Split::row_share(w, w) > Rows128::row_share(w, w));
+    }
+    // ... and not where 128 rows are fuller: 56 and 112 wide (3 rows of 56 in 200, 2 in 128).
+    CHECK(gemm::WgmmaTensorConvOperands<WgmmaWsWideSwappedTile>::row_share(56, 56) <
+          gemm::WgmmaTensorConvOperands<gemm::WgmmaWsTensorTile128>::row_share(56, 56));
+    // Odd shapes, the spans' partition only: partial last tiles of an image (11 rows of 30: 7 + 4
+    // in 224, 3 + 3 + 3 + 2 in 112, 2 x 5 + 1 in 64), whole images (9 x 11: two in 224, one in
+    // 112), a width of one, 13 rows of 112 (one row a 112-pixel tile).
+    for (const auto& [ho, wo] : {std::pair<int64_t, int64_t>{11, 30}, {9, 11}, {5, 1}, {13, 112}}) {
+        tensor_conv_row_share<WgmmaWsTensorSwappedTile>(5, ho, wo);
+        tensor_conv_row_share<WgmmaPingPongTensorSwappedTile>(5, ho, wo);
+        tensor_conv_row_share<WgmmaPingPongWideSwappedTile>(5, ho, wo);
+        tensor_conv_row_share<WgmmaWsWideSwappedTile>(5, ho, wo);
+        if (wo <= gemm::WgmmaPingPongTensorTile::rows) tensor_conv_row_share<gemm::WgmmaPingPongTensorTile>(5, ho, wo);
+    }
 }
