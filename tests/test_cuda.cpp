@@ -506,9 +506,10 @@ void check_wgmma_gemm(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = 
     // persistent, and the emulation has 3 SMs: 520 x 200 is 12 swapped tiles, 4 a block, 20 slices
     // in a row; 1300 x 136 x 64 is 18 tiles of one slice, 6 a block, one tile's C after another.
     // Tensor copies: the swapped tiles 224 x 64 (4 stages) and ping-pong 112 x 64 (6 stages).
-    // Wide (m64n256k16, m64n224k16): ping-pong's swapped 224 x 64 takes every N here but 128 and 256, ws's
-    // 128 x 256 only 256 (130 x 256: two row tiles, 9 slices each) and 300 x 512 (six tiles, two a
-    // block, 5 slices each, a partial row tile).
+    // Wide (m64n256k16, m64n224k16): ping-pong's swapped 224 x 64 takes every N here but 128 and
+    // 256, ws's 128 x 256 only 256 (130 x 256: two row tiles, 9 slices each) and 300 x 512 (six
+    // tiles, two a block, 5 slices each, a partial row tile). The split-column 200 x 128 tile is
+    // the convolutions' only (check_wgmma_convolutions).
     struct Dims {
         int64_t M, N, K;
     };
@@ -601,8 +602,8 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     // rows, 4 + 4 + 3 in 128, 3 + 3 + 3 + 2 in 112, 2 x 5 + 1 in 64), and 70 are more than a 64-row
     // tile holds (cp.async). Where an image has no more pixels than the tile has rows, a tile is
     // whole images (9 x 11 twice in 224 rows, once in 112; 7 x 5 at stride 2 three times in 128;
-    // the 1 x 1 stride-2 shortcut's 4 x 5 eleven times in 224, five in 112, of 2 images); stride 2 over several
-    // tiles an image: 11 x 20 outputs, 6 + 5 rows in 128, 3 + 3 + 3 + 2 in 64.
+    // the 1 x 1 stride-2 shortcut's 4 x 5 eleven times in 224, five in 112, of 2 images); stride 2
+    // over several tiles an image: 11 x 20 outputs, 6 + 5 rows in 128, 3 + 3 + 3 + 2 in 64.
     // Wide, also 64 -> 256 over 11 x 30 (ws's 128 x 256: 4 rows a tile, 4 + 4 + 3, and its
     // 64-channel input gradient on ping-pong's 224 x 64: 7 + 4) and a transposed 64 -> 64 at
     // stride 1 (ping-pong's 224 x 64 with the taps walked backwards; 10 + 1 rows of 22). ws's
