@@ -202,14 +202,15 @@ bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, const Bf16* wk
             launch_wgmma_ws(M, N, la.K * la.K * la.C, ops, st, name, shape);
             ran = true;
         };
-        // ws's wide tiles: 128k output channels on the 200-pixel split-column tile where an image's
-        // output rows fill more of it than of 128 rows (28 x 28, 14 x 14, 7 x 7: 98 % against 7/8
-        // and 77 %), else as with_tensor_tile says.
-        const bool split_cols = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized && wgmma_mma_n() == WgmmaMmaN::N256 && N % 128 == 0 &&
-                                WgmmaTensorConvOperands<WgmmaWsWideSwappedTile, transposed>::row_share(la.Ho, la.Wo) >
-                                    WgmmaTensorConvOperands<WgmmaWsTensorTile128, transposed>::row_share(la.Ho, la.Wo);
-        if (split_cols)
+        // ws: 128k output channels on a split-column tile where an image's output rows fill more
+        // of it than of 128 rows: the wide 200-pixel one (28 x 28, 14 x 14, 7 x 7: 98 % against
+        // 7/8 and 77 %), or the 112-pixel one (100 %, 7/8, 7/8); else as with_tensor_tile says.
+        const bool ws = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized, wide = wgmma_mma_n() == WgmmaMmaN::N256;
+        const double rows128 = WgmmaTensorConvOperands<WgmmaWsTensorTile128, transposed>::row_share(la.Ho, la.Wo);
+        if (ws && wide && N % 128 == 0 && WgmmaTensorConvOperands<WgmmaWsWideSwappedTile, transposed>::row_share(la.Ho, la.Wo) > rows128)
             launch(WgmmaWsWideSwappedTile{});
+        else if (ws && !wide && N % 128 == 0 && WgmmaTensorConvOperands<WgmmaWsSplitTile, transposed>::row_share(la.Ho, la.Wo) > rows128)
+            launch(WgmmaWsSplitTile{});
         else
             with_tensor_tile(N, launch);
         return ran;

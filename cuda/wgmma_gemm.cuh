@@ -270,7 +270,7 @@ struct WgmmaWeightGradOperands {
 template <int kCols, int kStages, int kRows = 128, bool kSwapped = false, bool kPingPong = false, bool kSwizzled = false>
 struct WgmmaWsTile {
     static_assert(kPingPong ? (kSwapped ? kCols == 64 && (kSwizzled ? kRows == 112 || kRows == 224 : kRows == 128) : kCols == 128 && kRows == 64)
-                            : (kSwapped ? (kCols == 64 && kRows == (kSwizzled ? 224 : 256)) || (kSwizzled && kCols == 128 && kRows == 200)
+                            : (kSwapped ? (kCols == 64 && kRows == (kSwizzled ? 224 : 256)) || (kSwizzled && kCols == 128 && (kRows == 112 || kRows == 200))
                                         : (kCols == 128 || (kSwizzled && kCols == 256)) && kRows == 128),
                   "the wgmma shapes wgmma.cuh instantiates (N 112 and 224 only in the tensor-copy swapped tiles, 200, 224 and 256 "
                   "only in the wide ones)");
@@ -379,6 +379,11 @@ using WgmmaPingPongWideSwappedTile = WgmmaWsTile<64, 6, 224, true, true, true>;
 // 14 image or four 7 x 7 ones, 98 % of the tile where 128 rows held 7/8 (28 x 28) or 77 % (14 x 14,
 // 7 x 7): the layers of 128, 256 and 512 channels, 4.8 of the forward's 11.8 GFLOP an image.
 using WgmmaWsWideSwappedTile = WgmmaWsTile<128, 5, 200, true, false, true>;
+// Its narrow form (m64n112k16, 56 accumulators a thread: no register move, C through shared
+// memory): 112 x 128, five stages of 30 KB and C (59 KB), 210 KB. 112 pixels are 4 rows of 28 (7
+// tiles an image), 8 rows of 14 (8 + 6) or two 7 x 7 images: 100 %, 7/8 and 7/8 where 128 rows
+// held 7/8, 77 % and 77 %.
+using WgmmaWsSplitTile = WgmmaWsTile<128, 5, 112, true, false, true>;
 
 // Dense operands as WgmmaDenseOperands, brought by tensor copies (tma.cuh) into a swizzled tile:
 // per slice one copy of A's rows x 64 K values and one of B's, issued by one producer thread, their

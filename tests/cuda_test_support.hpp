@@ -100,13 +100,15 @@ inline double tile_row_share(int64_t rows, int64_t Ho, int64_t Wo) {
     const int64_t bh = rows / Wo, tiles = (Ho + bh - 1) / bh;
     return static_cast<double>(Ho * Wo) / static_cast<double>(tiles * rows);
 }
-// Whether a convolution with n output channels and Ho x Wo outputs, fed by tensor copies, runs on
-// ws's wide split-column tile (200 pixels x 128 channels; ops_wgmma.cu conv_on_tensor_copies):
-// where its rows fill more of 200 pixels than of 128.
-inline bool on_split_cols_tile(int64_t n, int64_t Ho, int64_t Wo) {
+// The pixels of ws's split-column tile (128 channels; ops_wgmma.cu conv_on_tensor_copies) that a
+// convolution with n output channels and Ho x Wo outputs, fed by tensor copies, runs on - 200
+// (wide) or 112 - where its rows fill more of it than of 128 rows; 0 where it runs elsewhere.
+inline int64_t split_cols_tile_rows(int64_t n, int64_t Ho, int64_t Wo) {
     namespace pc = pin::cuda;
-    return pc::wgmma_mma_n() == pc::WgmmaMmaN::N256 && pc::wgmma_loads() == pc::WgmmaLoads::TensorCopies &&
-           pc::wgmma_pipeline() == pc::WgmmaPipeline::WarpSpecialized && n % 128 == 0 && tile_row_share(200, Ho, Wo) > tile_row_share(128, Ho, Wo);
+    const int64_t rows = pc::wgmma_mma_n() == pc::WgmmaMmaN::N256 ? 200 : 112;
+    const bool on = pc::wgmma_loads() == pc::WgmmaLoads::TensorCopies && pc::wgmma_pipeline() == pc::WgmmaPipeline::WarpSpecialized &&
+                    n % 128 == 0 && tile_row_share(rows, Ho, Wo) > tile_row_share(128, Ho, Wo);
+    return on ? rows : 0;
 }
 inline bool gpu_or_skip() {
     std::string reason;

@@ -576,14 +576,15 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
     // with_tensor_tile): a convolution fed by tensor copies needs an output row within them. The
     // swapped tensor-copy tiles have 224 rows (ws, and ping-pong's wide one) or 112 (ping-pong),
-    // the wide ws one 128 as its narrow one, or 200 where a convolution with Ho x Wo outputs takes
-    // the split-column tile; a convolution is on a wide tile where the GEMM would be, or there.
+    // the wide ws one 128 as its narrow one, or 200 (wide) or 112 where a convolution with Ho x Wo
+    // outputs takes ws's split-column tile; a convolution is on a wide tile where the GEMM would
+    // be, or on the wide split-column one.
     const bool pingpong = wgmma_pipeline_used == pin::cuda::WgmmaPipeline::PingPong;
     const auto tile_rows = [&](int64_t n, int64_t Ho, int64_t Wo) -> int64_t {
-        if (on_split_cols_tile(n, Ho, Wo)) return 200;
+        if (const int64_t split = split_cols_tile_rows(n, Ho, Wo)) return split;
         return n % 128 == 0 ? (pingpong ? 64 : 128) : pingpong ? (on_wide_tile(n) ? 224 : 112) : 224;
     };
-    const auto on_wide_conv_tile = [&](int64_t n, int64_t Ho, int64_t Wo) { return on_wide_tile(n) || on_split_cols_tile(n, Ho, Wo); };
+    const auto on_wide_conv_tile = [&](int64_t n, int64_t Ho, int64_t Wo) { return on_wide_tile(n) || split_cols_tile_rows(n, Ho, Wo) == 200; };
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
@@ -610,7 +611,9 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     // split-column tile (200 pixels x 128 channels) takes the 128-channel cases whose images fill
     // more of 200 pixels than of 128: 64 -> 128 at stride 2 over 7 x 5 outputs (two images in one
     // tile), the transposed 64 -> 128 (5 x 7), and two more: 128 -> 128 at 28 x 28 (7 rows a tile,
-    // 4 tiles, 18 slices; its input gradient too) and 64 -> 128 at 14 x 14 (an image a tile).
+    // 4 tiles, 18 slices; its input gradient too) and 64 -> 128 at 14 x 14 (an image a tile). Not
+    // wide, its 112-pixel form takes 64 -> 128 over 3 x 70 (a row a tile), the strided 7 x 5 (three
+    // images a tile) and the transposed 5 x 7.
     std::vector<Case> cases = {Case{2, 9, 11, 64, 64, 3, 1, 1, false}, Case{2, 11, 30, 64, 64, 3, 1, 1, false}, Case{1, 11, 30, 128, 128, 3, 1, 1, false},
                                Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
                                Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},

@@ -490,6 +490,7 @@ TEST_CASE("emulated: the warp-specialized tiles keep the most stages that fit a 
     check_ring<gemm::WgmmaWsSwappedTile>(2, 2);
     check_ring<gemm::WgmmaPingPongTensorSwappedTile>(6, 4);
     check_ring<gemm::WgmmaWsTensorSwappedTile>(3, 2);
+    check_ring<gemm::WgmmaWsSplitTile>(4, 3);
 }
 
 // wgmma_gemm.cuh WgmmaTensorConvOperands: a tensor-copy tile is whole output rows of one image (or
@@ -545,6 +546,15 @@ TEST_CASE("emulated: the tensor-copy tiles hold whole output rows, the 64-channe
         CHECK(Split::row_share(w, w) == 196.0 / 200.0);
         CHECK(Split::row_share(w, w) > Rows128::row_share(w, w));
     }
+    // Its narrow form, 112 pixels: 4 rows of 28, 8 rows of 14 (8 + 6), two 7 x 7 images.
+    using gemm::WgmmaWsSplitTile;
+    static_assert(WgmmaWsSplitTile::split_cols && WgmmaWsSplitTile::mma_n == 112 && !WgmmaWsSplitTile::wide);
+    CHECK(tensor_conv_row_share<WgmmaWsSplitTile>(3, 28, 28) == 1.0);
+    CHECK(tensor_conv_row_share<WgmmaWsSplitTile>(3, 14, 14) == 7.0 / 8.0);
+    CHECK(tensor_conv_row_share<WgmmaWsSplitTile>(4, 7, 7) == 7.0 / 8.0);
+    for (const int64_t w : {28, 14, 7})
+        CHECK(gemm::WgmmaTensorConvOperands<WgmmaWsSplitTile>::row_share(w, w) >
+              gemm::WgmmaTensorConvOperands<gemm::WgmmaWsTensorTile128>::row_share(w, w));
     // ... and not where 128 rows are fuller: 56 and 112 wide (3 rows of 56 in 200, 2 in 128).
     CHECK(gemm::WgmmaTensorConvOperands<WgmmaWsWideSwappedTile>::row_share(56, 56) <
           gemm::WgmmaTensorConvOperands<gemm::WgmmaWsTensorTile128>::row_share(56, 56));
@@ -556,6 +566,7 @@ TEST_CASE("emulated: the tensor-copy tiles hold whole output rows, the 64-channe
         tensor_conv_row_share<WgmmaPingPongTensorSwappedTile>(5, ho, wo);
         tensor_conv_row_share<WgmmaPingPongWideSwappedTile>(5, ho, wo);
         tensor_conv_row_share<WgmmaWsWideSwappedTile>(5, ho, wo);
+        tensor_conv_row_share<WgmmaWsSplitTile>(5, ho, wo);
         if (wo <= gemm::WgmmaPingPongTensorTile::rows) tensor_conv_row_share<gemm::WgmmaPingPongTensorTile>(5, ho, wo);
     }
 }
