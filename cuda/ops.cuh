@@ -188,8 +188,9 @@ WgmmaStores wgmma_stores();
 // gap the copies are. It applies to the dense GEMM (gemm_bf16_wgmma), the forward convolutions
 // (any stride: the copies' element strides) and the stride-1 input gradients, where an output row
 // fits a tile (a tile is whole output rows of one image, or whole images: the 64-channel layers'
-// tiles of 224 or 112 pixels are filled by widths 112, 56, 28 and 14, the 128-pixel tiles of the
-// wider layers 7/8 at widths 56, 28 and 14; the padding is the copies' zero fill); the sub-pixel
+// tiles of 224 or 112 pixels are filled at 112 x 112 and 56 x 56, 128-pixel tiles 7/8 at 28 x 28
+// and 77 % at 14 x 14 and 7 x 7, ws's split-column tiles of 112 or 200 pixels 87-100 % at those
+// (ops_wgmma.cu conv_on_tensor_copies); the padding is the copies' zero fill); the sub-pixel
 // classes and the weight gradients keep cp.async. Process-wide; CpAsync unless set (`pin
 // --gpu-loads tma`).
 enum class WgmmaLoads { CpAsync, TensorCopies };
