@@ -139,7 +139,7 @@ AsyncTileShape async_tile();
 // stage they need rather than on the whole block, one persistent block per SM (wgmma_gemm.cuh
 // gemm_wgmma_ws_kernel; tiles 128 x 128 where N is a multiple of 128, else 256 x 64 computed
 // transposed, the output channels as the MMA's M, but for the sub-pixel gathers, which keep
-// WaitEachSlice's kernel there); the forward convolutions, input gradients
+// WaitEachSlice's kernel there unless tensor copies feed them, WgmmaLoads); the forward convolutions, input gradients
 // and gemm_bf16_wgmma, not the weight gradients (those wait for each slice). PingPong: the same
 // kernel with each MMA warpgroup taking whole tiles of half the size (64 x 128, or 128 x 64
 // transposed; the sub-pixel gathers' too), the two in turn, so that one's epilogue runs under the
@@ -186,12 +186,14 @@ WgmmaStores wgmma_stores();
 // matrix (wgmma_gemm.cuh WgmmaTensorDenseOperands, WgmmaTensorConvOperands). Our GEMM reaches 141
 // TFLOP/s on the H200 where cuBLAS (TMA-fed) reaches 802: this is the probe of how much of that
 // gap the copies are. It applies to the dense GEMM (gemm_bf16_wgmma), the forward convolutions
-// (any stride: the copies' element strides) and the stride-1 input gradients, where an output row
+// (any stride: the copies' element strides), the stride-1 input gradients and transposed
+// convolutions, and the strided ones' sub-pixel classes (each class's output grid in place of the
+// output: its source pixels are consecutive), where an output row
 // fits a tile (a tile is whole output rows of one image, or whole images: the 64-channel layers'
 // tiles of 224 or 112 pixels are filled at 112 x 112 and 56 x 56, 128-pixel tiles 7/8 at 28 x 28
 // and 77 % at 14 x 14 and 7 x 7, ws's split-column tiles of 112 or 200 pixels 87-100 % at those
-// (ops_wgmma.cu conv_on_tensor_copies); the padding is the copies' zero fill); the sub-pixel
-// classes and the weight gradients keep cp.async. Process-wide; CpAsync unless set (`pin
+// (ops_wgmma.cu conv_on_tensor_copies); the padding is the copies' zero fill); the weight
+// gradients keep cp.async. Process-wide; CpAsync unless set (`pin
 // --gpu-loads tma`).
 enum class WgmmaLoads { CpAsync, TensorCopies };
 void set_wgmma_loads(WgmmaLoads loads);

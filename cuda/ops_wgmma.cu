@@ -179,42 +179,39 @@ void with_tensor_tile(int64_t N, const Run& run) {
     else
         run(WgmmaWsTensorSwappedTile{});
 }
-// A stride-1 convolution's GEMM, direct or transposed (the forward convolutions, the input
-// gradients), fed by tensor copies (WgmmaTensorConvOperands), where
-// WgmmaLoads::TensorCopies and a warp-specialized pipeline are set and the layer fits the tile
-// (its output rows within the tile's rows); false where it does not run here.
+// A convolution's GEMM fed by tensor copies (WgmmaTensorConvOperands): a direct gather (the
+// forward convolutions), a transposed one at stride 1 (the input gradients, the transposed
+// convolutions) or a strided one's sub-pixel class, where WgmmaLoads::TensorCopies and a
+// warp-specialized pipeline are set and the layer fits the tile (its output rows, or the class's,
+// within the tile's rows); false where it does not run here.
 template <class LoadA, class Store>
-bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
+bool conv_on_tensor_copies(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                            const std::string& shape) {
-    constexpr bool direct = std::is_same<LoadA, Gather<false, Bf16>>::value, transposed = std::is_same<LoadA, Gather<true, Bf16>>::value;
-    if constexpr (!direct && !transposed) {  // the sub-pixel classes keep cp.async
-        (void)la, (void)M, (void)N, (void)wk, (void)ldk, (void)st, (void)name, (void)shape;
-        return false;
-    } else {
-        if (wgmma_loads() != WgmmaLoads::TensorCopies || !warp_specialized(wgmma_pipeline())) return false;
-        bool ran = false;
-        const auto launch = [&](auto tile) {
-            using Ops = WgmmaTensorConvOperands<decltype(tile), transposed>;
-            if (!Ops::fits(la, M, N, ldk, wk)) return;
-            Ops ops;
-            std::string refused;
-            if (!Ops::make(ops, la, M, N, wk, ldk, &refused)) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": tensor copies: ", refused);
-            launch_wgmma_ws(M, N, la.K * la.K * la.C, ops, st, name, shape);
-            ran = true;
-        };
-        // ws: 128k output channels on a split-column tile where an image's output rows fill more
-        // of it than of 128 rows: the wide 200-pixel one (28 x 28, 14 x 14, 7 x 7: 98 % against
-        // 7/8 and 77 %), or the 112-pixel one (100 %, 7/8, 7/8); else as with_tensor_tile says.
-        const bool ws = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized, wide = wgmma_mma_n() == WgmmaMmaN::N256;
-        const double rows128 = WgmmaTensorConvOperands<WgmmaWsTensorTile128, transposed>::row_share(la.Ho, la.Wo);
-        if (ws && wide && N % 128 == 0 && WgmmaTensorConvOperands<WgmmaWsWideSwappedTile, transposed>::row_share(la.Ho, la.Wo) > rows128)
-            launch(WgmmaWsWideSwappedTile{});
-        else if (ws && !wide && N % 128 == 0 && WgmmaTensorConvOperands<WgmmaWsSplitTile, transposed>::row_share(la.Ho, la.Wo) > rows128)
-            launch(WgmmaWsSplitTile{});
-        else
-            with_tensor_tile(N, launch);
-        return ran;
-    }
+    constexpr bool transposed = LoadA::kIsTransposed;
+    if (wgmma_loads() != WgmmaLoads::TensorCopies || !warp_specialized(wgmma_pipeline())) return false;
+    bool ran = false;
+    const auto launch = [&](auto tile) {
+        using Ops = WgmmaTensorConvOperands<decltype(tile), transposed>;
+        if (!Ops::fits(la, M, N, ldk, wk)) return;
+        Ops ops;
+        std::string refused;
+        if (!Ops::make(ops, la, M, N, wk, ldk, &refused)) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": tensor copies: ", refused);
+        launch_wgmma_ws(M, N, K, ops, st, name, shape);
+        ran = true;
+    };
+    // ws: 128k output channels on a split-column tile where an image's output rows (a class's)
+    // fill more of it than of 128 rows: the wide 200-pixel one (28 x 28, 14 x 14, 7 x 7: 98 %
+    // against 7/8 and 77 %), or the 112-pixel one (100 %, 7/8, 7/8); else as with_tensor_tile says.
+    const bool ws = wgmma_pipeline() == WgmmaPipeline::WarpSpecialized, wide = wgmma_mma_n() == WgmmaMmaN::N256;
+    const auto grid = WgmmaTensorConvOperands<WgmmaWsTensorTile128, transposed>::grid_of(la);
+    const double rows128 = WgmmaTensorConvOperands<WgmmaWsTensorTile128, transposed>::row_share(grid.Ho, grid.Wo);
+    if (ws && wide && N % 128 == 0 && WgmmaTensorConvOperands<WgmmaWsWideSwappedTile, transposed>::row_share(grid.Ho, grid.Wo) > rows128)
+        launch(WgmmaWsWideSwappedTile{});
+    else if (ws && !wide && N % 128 == 0 && WgmmaTensorConvOperands<WgmmaWsSplitTile, transposed>::row_share(grid.Ho, grid.Wo) > rows128)
+        launch(WgmmaWsSplitTile{});
+    else
+        with_tensor_tile(N, launch);
+    return ran;
 }
 // A convolution's GEMM on the tile with_kmajor_tile picks (or fed by tensor copies, where set and
 // the layer allows).
@@ -222,7 +219,7 @@ template <class LoadA, class Store>
 bool conv_on_wgmma(const LoadA& la, int64_t M, int64_t N, int64_t K, const Bf16* wk, int64_t ldk, const Store& st, const char* name,
                    const std::string& shape) {
     if (!WgmmaConvOperands<LoadA, WgmmaTile<64>>{la, wk, ldk}.fits(M, N, K) || !device_runs_sm90a(nullptr)) return false;
-    if (conv_on_tensor_copies(la, M, N, wk, ldk, st, name, shape)) return true;
+    if (conv_on_tensor_copies(la, M, N, K, wk, ldk, st, name, shape)) return true;
     // The cooperative swapped tile's sub-pixel form spills (wgmma_gemm.cuh WgmmaWsSwappedTile).
     constexpr bool subpixel = std::is_same<LoadA, SubpixelGather<Bf16>>::value;
     with_kmajor_tile<!subpixel>(N, [&](auto tile, auto warp_specialized) {

@@ -452,33 +452,64 @@ __host__ __device__ RowSpan row_span(const Operands& ops, int64_t i, int64_t M) 
 
 // The convolutions' GEMMs fed by tensor copies: direct gathers (Gather<false, Bf16>, the forward
 // convolutions) at any stride up to 8, transposed gathers (Gather<true, Bf16>: the input gradients,
-// the transposed convolutions) at stride 1; C a multiple of 64. A comes by a 4-dimensional map over
-// the NHWC activations (channels, columns, rows, images) whose box, placed at the slice's tap, is
-// 64 channels of output rows: either `bh` whole output rows of one image, bh = Tile::rows / Wo, or
-// (where an image has no more pixels than the tile has rows) `ni` whole images, ni = Tile::rows /
-// (Ho Wo). The box starts at column kw - pad, row s oh0 + kh - pad (transposed: pad - kw,
-// oh0 + pad - kh) and takes every s-th column and row (the map's element strides, s the
-// convolution's stride), so the padding is the copies' zero fill, no address is computed per
-// pixel, and a tile is whole output rows: bh Wo or ni Ho Wo of its Tile::rows rows. Of an image's
-// tiles' rows, 128-row tiles use 7/8 at 112 x 112, 56 x 56 and 28 x 28 outputs, 77 % at 14 x 14
-// and 7 x 7; the swapped tiles' 224 and 112 (the 64-channel layers) all at 112 x 112 and 56 x 56,
-// 112 all at 28 x 28, else 7/8; the split-column 200 98 % at 28 x 28, 14 x 14 and 7 x 7. The MMAs
-// of the rest are wasted: the rows they read hold whatever the stage held and reach only C rows
-// that are not stored (each tile's stores stop at its own last pixel, RowSpan). B, the K-major
-// weights (pack_bf16_kmajor), by 2-dimensional copies as WgmmaTensorDenseOperands'.
+// the transposed convolutions) at stride 1 and the sub-pixel classes of strided ones
+// (SubpixelGather<Bf16>: the stride-2 transposed convolutions, the stride-2 layers' input
+// gradients); C a multiple of 64. A comes by a 4-dimensional map over the NHWC activations
+// (channels, columns, rows, images) whose box, placed at the slice's tap, is 64 channels of output
+// rows: either `bh` whole output rows of one image, bh = Tile::rows / Wo, or (where an image has no
+// more pixels than the tile has rows) `ni` whole images, ni = Tile::rows / (Ho Wo). Direct, the box
+// starts at column kw - pad, row s oh0 + kh - pad and takes every s-th column and row (the map's
+// element strides, s the convolution's stride). Transposed, the rows are those of a class's output
+// grid (Ho x Wo: the class's rows_h x rows_w; at stride 1 the one class is the whole output):
+// class row (i, j) is output pixel (oh0 + s i, ow0 + s j), which its tap (ry + s a, rx + s b)
+// takes from source pixel (i + base_h - a, j + base_w - b), base_h = (oh0 + pad - ry) / s exact
+// (gather.cuh tap_origin), so the box starts at column base_w - b, row oh0 + base_h - a of the
+// source, every pixel (at stride 1: pad - kw, oh0 + pad - kh). Either way the padding is the
+// copies' zero fill, no address is computed per pixel, and a tile is whole output rows: bh Wo or
+// ni Ho Wo of its Tile::rows rows. Of an image's tiles' rows, 128-row tiles use 7/8 at 112 x 112,
+// 56 x 56 and 28 x 28 outputs, 77 % at 14 x 14 and 7 x 7; the swapped tiles' 224 and 112 (the
+// 64-channel layers) all at 112 x 112 and 56 x 56, 112 all at 28 x 28, else 7/8; the split-column
+// 200 98 % at 28 x 28, 14 x 14 and 7 x 7. The MMAs of the rest are wasted: the rows they read hold
+// whatever the stage held and reach only C rows that are not stored (each tile's stores stop at
+// its own last pixel, RowSpan; a class's stores go through RowMappedStore to the whole output's
+// rows). B, the K-major weights (pack_bf16_kmajor, the whole gather's), by 2-dimensional copies as
+// WgmmaTensorDenseOperands', at the rows of the slice's tap.
 template <class T, bool kTransposed = false>
 struct WgmmaTensorConvOperands {
     using Tile = T;
-    using LoadA = Gather<kTransposed, Bf16>;
     static_assert(T::swizzled, "tensor copies leave the swizzled layout");
     static constexpr bool tensor_copies = true, row_spans = true;
     TensorMap x_map, w_map;
     int32_t images, Ho, Wo, C, kernel, pad, stride;
+    // Transposed: the taps the slices walk, kh = ry + stride a, kw = rx + stride b (a < taps_h,
+    // b < taps_w), and where class row (0, 0)'s source pixel is for tap (0, 0).
+    int32_t taps_w, ry, rx, base_h, base_w;
     int32_t bh, ni;            // a box's output rows of an image, and its images (bh = Ho where ni > 1)
     int32_t tiles_per_image;   // 1 where ni > 1
     struct Regs {
         int32_t b, oh0, n0, s;  // the tile's (first) image, first output row and first output channel; the next slice
     };
+    // The output grid the tile's rows walk: the convolution's, or a sub-pixel class's.
+    struct Grid {
+        int64_t Ho, Wo;
+    };
+    static Grid grid_of(const Gather<kTransposed, Bf16>& la) { return {la.Ho, la.Wo}; }
+    static Grid grid_of(const SubpixelGather<Bf16>& la) { return {la.cls.rows_h, la.cls.rows_w}; }
+    // The map's element stride along rows and columns: the direct gather's stride, else 1.
+    static int64_t element_stride(const Gather<kTransposed, Bf16>& la) { return kTransposed ? 1 : la.stride; }
+    static int64_t element_stride(const SubpixelGather<Bf16>&) { return 1; }
+    // The strides a gather may have here: direct 1-8, transposed 1; a sub-pixel class any (its
+    // source pixels are consecutive).
+    static bool stride_fits(const Gather<kTransposed, Bf16>& la) { return la.stride >= 1 && la.stride <= (kTransposed ? 1 : 8); }
+    static bool stride_fits(const SubpixelGather<Bf16>& la) { return la.stride >= 1; }
+    void set_taps(const Gather<kTransposed, Bf16>& la) {
+        taps_w = static_cast<int32_t>(la.K), ry = rx = 0, base_h = base_w = static_cast<int32_t>(la.pad);
+    }
+    void set_taps(const SubpixelGather<Bf16>& la) {
+        const int s = static_cast<int>(la.stride), p = static_cast<int>(la.pad);
+        taps_w = la.cls.taps_w, ry = la.cls.ry, rx = la.cls.rx;
+        base_h = (la.cls.oh0 + p - ry) / s, base_w = (la.cls.ow0 + p - rx) / s;
+    }
     // The box's output rows and images for a convolution with Ho x Wo outputs.
     static void box_of(int64_t Ho, int64_t Wo, int32_t& bh, int32_t& ni) {
         const bool whole_images = Ho * Wo <= T::rows;
@@ -495,34 +526,39 @@ struct WgmmaTensorConvOperands {
         const int64_t image = Ho * Wo, tiles = image <= T::rows ? 1 : (Ho + bh - 1) / bh;
         return static_cast<double>(image <= T::rows ? ni * image : image) / static_cast<double>(tiles * T::rows);
     }
-    // Whether the tile takes this convolution: a stride the copies' element strides take (1-8;
-    // transposed 1), whole 64-channel slices, an output row within the tile and a box within 256
-    // elements a dimension, N and ldk multiples of 8, sizes within the copies' 32-bit coordinates.
-    static bool fits(const LoadA& la, int64_t M, int64_t N, int64_t ldk, const Bf16* w) {
-        if (la.stride < 1 || la.stride > (kTransposed ? 1 : 8) || la.C % T::depth != 0 || la.Wo < 1 || la.Wo > T::rows || la.Ho < 1 ||
-            M % (la.Ho * la.Wo) != 0)
-            return false;
+    // Whether the tile takes this convolution: a stride the copies' element strides take (above),
+    // whole 64-channel slices, an output row within the tile and a box within 256 elements a
+    // dimension, N and ldk multiples of 8, sizes within the copies' 32-bit coordinates.
+    template <class G>
+    static bool fits(const G& la, int64_t M, int64_t N, int64_t ldk, const Bf16* w) {
+        static_assert(G::kIsTransposed == kTransposed, "the gather's direction is the operands'");
+        const Grid g = grid_of(la);
+        if (!stride_fits(la) || la.C % T::depth != 0 || g.Wo < 1 || g.Wo > T::rows || g.Ho < 1 || M % (g.Ho * g.Wo) != 0) return false;
         int32_t bh = 0, ni = 0;
-        box_of(la.Ho, la.Wo, bh, ni);
-        return la.stride * la.Wo <= 256 && la.stride * bh <= 256 && N > 0 && N % 8 == 0 && ldk % 8 == 0 && aligned16(la.src) &&
-               aligned16(w) && M < (int64_t{1} << 31) && ldk < (int64_t{1} << 31) && N < (int64_t{1} << 31);
+        box_of(g.Ho, g.Wo, bh, ni);
+        const int64_t e = element_stride(la);
+        return e * g.Wo <= 256 && e * bh <= 256 && N > 0 && N % 8 == 0 && ldk % 8 == 0 && aligned16(la.src) && aligned16(w) &&
+               M < (int64_t{1} << 31) && ldk < (int64_t{1} << 31) && N < (int64_t{1} << 31);
     }
-    static bool make(WgmmaTensorConvOperands& ops, const LoadA& la, int64_t M, int64_t N, const Bf16* w, int64_t ldk, std::string* why) {
-        ops.images = static_cast<int32_t>(M / (la.Ho * la.Wo));
-        ops.Ho = static_cast<int32_t>(la.Ho), ops.Wo = static_cast<int32_t>(la.Wo), ops.C = static_cast<int32_t>(la.C);
+    template <class G>
+    static bool make(WgmmaTensorConvOperands& ops, const G& la, int64_t M, int64_t N, const Bf16* w, int64_t ldk, std::string* why) {
+        const Grid g = grid_of(la);
+        ops.images = static_cast<int32_t>(M / (g.Ho * g.Wo));
+        ops.Ho = static_cast<int32_t>(g.Ho), ops.Wo = static_cast<int32_t>(g.Wo), ops.C = static_cast<int32_t>(la.C);
         ops.kernel = static_cast<int32_t>(la.K), ops.pad = static_cast<int32_t>(la.pad), ops.stride = static_cast<int32_t>(la.stride);
-        box_of(la.Ho, la.Wo, ops.bh, ops.ni);
+        ops.set_taps(la);
+        box_of(g.Ho, g.Wo, ops.bh, ops.ni);
         ops.tiles_per_image = (ops.Ho + ops.bh - 1) / ops.bh;
         TensorMapShape x;
         x.rank = 4;
         const uint64_t row = static_cast<uint64_t>(la.C) * 2;
-        const uint32_t s = static_cast<uint32_t>(la.stride);
+        const uint32_t e = static_cast<uint32_t>(element_stride(la));
         x.dims[0] = static_cast<uint64_t>(la.C), x.dims[1] = static_cast<uint64_t>(la.W), x.dims[2] = static_cast<uint64_t>(la.H),
         x.dims[3] = static_cast<uint64_t>(ops.images);
         x.strides[0] = row, x.strides[1] = row * static_cast<uint64_t>(la.W), x.strides[2] = row * static_cast<uint64_t>(la.W * la.H);
-        x.box[0] = T::depth, x.box[1] = s * static_cast<uint32_t>(la.Wo), x.box[2] = s * static_cast<uint32_t>(ops.bh),
+        x.box[0] = T::depth, x.box[1] = e * static_cast<uint32_t>(g.Wo), x.box[2] = e * static_cast<uint32_t>(ops.bh),
         x.box[3] = static_cast<uint32_t>(ops.ni);
-        x.element_strides[1] = x.element_strides[2] = s;  // n elements s apart: a box of n s (the driver's rule)
+        x.element_strides[1] = x.element_strides[2] = e;  // n elements e apart: a box of n e (the driver's rule)
         return encode_tensor_map_bf16(ops.x_map, la.src, x, why) &&
                encode_matrix_map_bf16(ops.w_map, w, N, la.K * la.K * la.C, ldk, T::depth, T::cols, why);
     }
@@ -548,14 +584,18 @@ struct WgmmaTensorConvOperands {
         r = Regs{static_cast<int32_t>(b), static_cast<int32_t>((m0 - b * image) / Wo), static_cast<int32_t>(n0), 0};
     }
     __device__ void issue_tensor(Regs& r, unsigned char* stage, uint64_t* full) const {
-        const int slices_per_tap = C / T::depth, tap = r.s / slices_per_tap, kh = tap / kernel, kw = tap - kh * kernel;
-        const int c0 = (r.s - tap * slices_per_tap) * T::depth;
+        const int slices_per_tap = C / T::depth, tap = r.s / slices_per_tap, c0 = (r.s - tap * slices_per_tap) * T::depth;
         mbarrier_arrive_expect_tx(full, static_cast<uint32_t>(Wo * bh * ni * T::depth * 2 + T::b_bytes));
-        if (kTransposed)
-            tma_load_4d(stage, x_map, c0, pad - kw, r.oh0 + pad - kh, r.b, full);
-        else
+        int w_tap = tap;  // the tap's rows in the whole gather's weights
+        if (kTransposed) {
+            const int a = tap / taps_w, b = tap - a * taps_w;
+            tma_load_4d(stage, x_map, c0, base_w - b, r.oh0 + base_h - a, r.b, full);
+            w_tap = (ry + stride * a) * kernel + rx + stride * b;
+        } else {
+            const int kh = tap / kernel, kw = tap - kh * kernel;
             tma_load_4d(stage, x_map, c0, kw - pad, stride * r.oh0 + kh - pad, r.b, full);
-        tma_load_2d(stage + T::a_bytes, w_map, r.s * T::depth, r.n0, full);
+        }
+        tma_load_2d(stage + T::a_bytes, w_map, w_tap * C + c0, r.n0, full);
         ++r.s;
     }
 };

@@ -110,6 +110,26 @@ inline int64_t split_cols_tile_rows(int64_t n, int64_t Ho, int64_t Wo) {
                     n % 128 == 0 && tile_row_share(rows, Ho, Wo) > tile_row_share(128, Ho, Wo);
     return on ? rows : 0;
 }
+// The output grids of the GEMMs a transposed gather of Ho x Wo outputs runs (ops_internal.cuh
+// launch_transposed_gemm, with GatherMode Rows or Vector): at stride 1 the whole output, else one
+// per sub-pixel class (ry, rx) that has taps - output pixels (oh0 + s i, ow0 + s j) with oh0 =
+// (ry - p) mod s, taking the taps ry + s a < k - restated here from the transposed convolution's
+// arithmetic, not from gather.cuh, so that the dispatch is checked against it.
+struct OutputGrid {
+    int64_t Ho, Wo;
+};
+inline std::vector<OutputGrid> transposed_gemm_grids(int64_t Ho, int64_t Wo, int64_t k, int64_t s, int64_t p) {
+    if (s == 1) return {OutputGrid{Ho, Wo}};
+    std::vector<OutputGrid> grids;
+    const auto rows = [&](int64_t r, int64_t n) {
+        const int64_t first = ((r - p) % s + s) % s;
+        return n > first ? (n - first + s - 1) / s : 0;
+    };
+    for (int64_t ry = 0; ry < s; ++ry)
+        for (int64_t rx = 0; rx < s; ++rx)
+            if (ry < k && rx < k && rows(ry, Ho) > 0 && rows(rx, Wo) > 0) grids.push_back(OutputGrid{rows(ry, Ho), rows(rx, Wo)});
+    return grids;
+}
 inline bool gpu_or_skip() {
     std::string reason;
     if (pin::cuda::device_available(&reason)) return true;

@@ -568,9 +568,10 @@ TEST_CASE("The warpgroup-MMA GEMM on the wide m64n256k16 tiles matches float64 p
 // their K-major weights themselves).
 namespace {
 // The body of the two convolution tests below, operands brought as `loads` says (tensor copies:
-// the warp-specialized pipelines only; the stride-1 GEMMs - forward, transposed, input gradients -
-// whose output rows fit the tile by tensor copies, whole output rows a tile, the padding the
-// copies' zero fill; the rest keep cp.async).
+// the warp-specialized pipelines only; the forward and input-gradient GEMMs, stride-1 transposed
+// ones and the strided ones' sub-pixel classes, whose output rows - a class's - fit the tile, by
+// tensor copies, whole output rows a tile, the padding the copies' zero fill; the rest keep
+// cp.async).
 void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
     PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n);
     // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
@@ -585,6 +586,15 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
         return n % 128 == 0 ? (pingpong ? 64 : 128) : pingpong ? (on_wide_tile(n) ? 224 : 112) : 224;
     };
     const auto on_wide_conv_tile = [&](int64_t n, int64_t Ho, int64_t Wo) { return on_wide_tile(n) || split_cols_tile_rows(n, Ho, Wo) == 200; };
+    // The launches fed by tensor copies (or only those on a wide tile) among GEMMs with n columns
+    // over these output grids, on the warpgroup MMA where `on_wgmma`.
+    const auto tensor_copy_launches = [&](bool on_wgmma, int64_t n, const std::vector<OutputGrid>& grids, bool only_wide) {
+        int64_t count = 0;
+        for (const OutputGrid& g : grids)
+            count += on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && g.Wo <= tile_rows(n, g.Ho, g.Wo) &&
+                     (!only_wide || on_wide_conv_tile(n, g.Ho, g.Wo));
+        return count;
+    };
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);  // the macro's scope puts the settings back
@@ -595,8 +605,10 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     // 64 -> 64 (the 128 x 64 tile, warp-specialized the swapped 256 x 64, ping-pong 128 x 64; a
     // partial row tile), 64 -> 128 stride 2 (128 x 128, ping-pong 64 x 128), 64 -> 256 (two column
     // tiles, K 576: 9 slices, more than the ping-pong tiles' 5 stages), a 1 x 1
-    // stride-2 shortcut 128 -> 192 (two slices a tap; three 64-column tiles), a strided transposed
-    // one (sub-pixel classes, each its own taps of the whole gather's K-major weights), a transposed
+    // stride-2 shortcut 128 -> 192 (two slices a tap; three 64-column tiles), two strided
+    // transposed ones (sub-pixel classes, each its own taps of the whole gather's K-major weights;
+    // fed by tensor copies, 64 -> 64 four 6 x 5 classes, whole images a tile, and 64 -> 128 four 7 x 7
+    // ones of 3 images, on ws's split-column tiles: four images, or two, a tile), a transposed
     // one at stride 1 (one gather, taps walked backwards), and two that do not fit: 32 -> 64 (the
     // asynchronous-copy kernel's) and 64 -> 1 (the per-pixel kernel's). Fed by tensor copies, 30
     // output columns make tiles of several rows and a shorter last one (11 rows: 7 + 4 in 224
@@ -618,6 +630,7 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
                                Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
                                Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
                                Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
+                               Case{3, 7, 7, 64, 128, 3, 2, 1, true},
                                Case{2, 8, 7, 32, 64, 3, 1, 1, false}, Case{2, 6, 7, 64, 1, 3, 1, 1, false}};
     if (mma_n == pin::cuda::WgmmaMmaN::N256) {
         cases.push_back(Case{1, 11, 30, 64, 256, 3, 1, 1, false});
@@ -666,12 +679,14 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
             const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
             run(false);
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == fits);
-            // Tensor copies: direct gathers at any stride here, transposed at stride 1 (the strided
-            // ones are sub-pixel classes), an output row within the tile (ops.cuh WgmmaLoads).
-            const bool by_tensor_copies =
-                fits && loads == pin::cuda::WgmmaLoads::TensorCopies && (!c.transposed || c.s == 1) && Wo <= tile_rows(c.cout, Ho, Wo);
-            REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == by_tensor_copies);
-            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (by_tensor_copies && on_wide_conv_tile(c.cout, Ho, Wo)));
+            // Tensor copies: direct gathers at any stride here, transposed ones at stride 1 and the
+            // strided ones' sub-pixel classes, each GEMM whose output row (a class's) is within the
+            // tile (ops.cuh WgmmaLoads); counted per GEMM.
+            const std::vector<OutputGrid> grids = c.transposed ? transposed_gemm_grids(Ho, Wo, c.k, c.s, c.p) : std::vector<OutputGrid>{{Ho, Wo}};
+            const int64_t by_tensor_copies = tensor_copy_launches(fits, c.cout, grids, false), on_wide = tensor_copy_launches(fits, c.cout, grids, true);
+            REQUIRE(pin::cuda::kernel_launches().wgmma_tma - before.wgmma_tma == by_tensor_copies);
+            REQUIRE(pin::cuda::kernel_launches().wgmma_wide - before.wgmma_wide == on_wide);
+            if (c.transposed && loads == pin::cuda::WgmmaLoads::TensorCopies) REQUIRE(by_tensor_copies > 0);  // every case here reaches them
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
             // fp32 y: the sums' order only; bfloat16 y: and its rounding to 8 significant bits (2^-8 of each value).
@@ -697,10 +712,11 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
             pin::cuda::conv2d_backward_input(bf16_view(udy.buffer), gw.data(), gdx.data(), s);
             const bool on_wgmma = c.cout % 64 == 0 && c.cin % 8 == 0;
             REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == on_wgmma);
-            // At stride 1 a transposed gather over dy, fed by tensor copies where dx's rows fit the tile.
-            const bool din_tensor_copies = on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && c.s == 1 && c.w <= tile_rows(c.cin, c.h, c.w);
-            REQUIRE((pin::cuda::kernel_launches().wgmma_tma > before.wgmma_tma) == din_tensor_copies);
-            REQUIRE((pin::cuda::kernel_launches().wgmma_wide > before.wgmma_wide) == (din_tensor_copies && on_wide_conv_tile(c.cin, c.h, c.w)));
+            // A transposed gather over dy (by sub-pixel class at stride 2), fed by tensor copies
+            // where dx's rows (a class's) fit the tile.
+            const std::vector<OutputGrid> din_grids = transposed_gemm_grids(c.h, c.w, c.k, c.s, c.p);
+            REQUIRE(pin::cuda::kernel_launches().wgmma_tma - before.wgmma_tma == tensor_copy_launches(on_wgmma, c.cin, din_grids, false));
+            REQUIRE(pin::cuda::kernel_launches().wgmma_wide - before.wgmma_wide == tensor_copy_launches(on_wgmma, c.cin, din_grids, true));
             const std::string what = name + " input gradient";
             // Two fp32 orders of K = 9 cout products: the differences grow with K (64 -> 256's
             // 2304 terms reach 1.2e-5 of the largest value on every pipeline).
