@@ -121,14 +121,14 @@ for pipeline in ws pingpong; do
   same_faces "$work/def_gpu_$pipeline" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-pipeline $pipeline is far from the CPU"
   echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline $pipeline --gpu-gather-cache l1 follows the CPU"
 done
-# And ping-pong with the stride-1 convolutions fed by tensor copies (--gpu-loads tma), the 64-channel
-# layers on the wide tile (--gpu-mma-n 256): where the device runs wgmma, some of its launches are
-# (k["wgmma_tma"]), some of those wide (k["wgmma_wide"]) and not all (the 128-channel layers' tile
-# stays 64 x 128).
+# And ping-pong with the convolutions fed by tensor copies (--gpu-loads tma), the 64-channel layers
+# on the wide tile (--gpu-mma-n 256): where the device runs wgmma, every one of its launches is fed
+# by tensor copies (k["wgmma_tma"]: the strided transposed layers' sub-pixel classes too), some of
+# them wide (k["wgmma_wide"]) and not all (the 128-channel layers' tile stays 64 x 128).
 "${defend[@]}" --out "$work/def_gpu_tma" --device cuda "${fast[@]}" --gpu-tile wgmma --gpu-pipeline pingpong --gpu-gather-cache l1 --gpu-loads tma \
   --gpu-mma-n 256 >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin defend --device cuda ${fast[*]} --gpu-pipeline pingpong --gpu-loads tma --gpu-mma-n 256"; }
-kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["wgmma_tma"] > k["wgmma_wide"] > 0) == w and s("wgmma" if w else "async") >= 0.95' \
-  || fail "--gpu-loads tma --gpu-mma-n 256 did not reach tensor copies and the wide tile, or left the convolutions' arithmetic elsewhere"
+kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["wgmma"] == k["wgmma_tma"] > k["wgmma_wide"] > 0) == w and s("wgmma" if w else "async") >= 0.95' \
+  || fail "--gpu-loads tma --gpu-mma-n 256 did not feed every wgmma launch by tensor copies and some by the wide tile, or left the convolutions' arithmetic elsewhere"
 same_faces "$work/def_gpu_tma" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-loads tma --gpu-mma-n 256 is far from the CPU"
 echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline pingpong --gpu-loads tma --gpu-mma-n 256 follows the CPU"
 
