@@ -801,7 +801,8 @@ int main(int argc, char** argv) {
                 std::snprintf(number, sizeof number, "%.6g", static_cast<double>(flops) * 1e-9);
                 gflop += std::string(gflop.empty() ? "" : ", ") + "\"" + kernel + "\": " + number;
             }
-            // gemm_gflop_total: all of it (KernelCounts::total; async_cols128 is inside async, wgmma_tma inside wgmma).
+            // gemm_gflop_total: all of it (KernelCounts::total; async_cols128 is inside async, wgmma_tma, wgmma_wide and
+            // wgmma_split inside wgmma).
             std::printf("{\"math\": \"%s\", \"gather\": \"%s\", \"parts\": \"%s\", \"gemm_launches\": {%s}, \"gemm_gflop\": {%s}, "
                         "\"gemm_gflop_total\": %.6g}\n",
                         math, gather, parts.c_str(), launches.c_str(), gflop.c_str(),

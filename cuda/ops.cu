@@ -142,6 +142,7 @@ KernelCounts counts_by_kernel(const std::atomic<int64_t>* c) {
     k.async_cols128 = at(GemmKernel::AsyncCols128);
     k.wgmma_tma = at(GemmKernel::WgmmaTensorCopies);
     k.wgmma_wide = at(GemmKernel::WgmmaWide);
+    k.wgmma_split = at(GemmKernel::WgmmaSplit);
     k.wgmma = at(GemmKernel::Wgmma);
     return k;
 }

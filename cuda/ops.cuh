@@ -249,7 +249,8 @@ struct KernelCounts {
     int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
     int64_t wgmma_tma = 0;      // of wgmma's, those fed by tensor copies (WgmmaLoads::TensorCopies; a part of wgmma)
     int64_t wgmma_wide = 0;     // of wgmma_tma's, those on the m64n256k16 tiles (WgmmaMmaN::N256; a part of wgmma_tma)
-    // Over all kernels (async_cols128, wgmma_tma and wgmma_wide being inside async and wgmma).
+    int64_t wgmma_split = 0;    // of wgmma_tma's, those on ws's split-column tiles, 200 or 112 pixels x 128 channels (a part of wgmma_tma)
+    // Over all kernels (async_cols128, wgmma_tma, wgmma_wide and wgmma_split being inside async and wgmma).
     int64_t total() const { return fp32 + tensor_core + wide + one_output + one_input + async + wgmma; }
 };
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
@@ -265,10 +266,10 @@ KernelFlops kernel_gemm_flops();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
 inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelCounts& k) {
-    static_assert(sizeof(KernelCounts) == 10 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
+    static_assert(sizeof(KernelCounts) == 11 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
     return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
             {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma},
-            {"wgmma_tma", k.wgmma_tma}, {"wgmma_wide", k.wgmma_wide}};
+            {"wgmma_tma", k.wgmma_tma}, {"wgmma_wide", k.wgmma_wide}, {"wgmma_split", k.wgmma_split}};
 }
 
 // ---- convolutions (NHWC activations) -------------------------------------------------------------

@@ -199,9 +199,9 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
 // AsyncCols128 counts the Async launches with the 256 x 128 tile (both counters grow); Wgmma the
 // warpgroup-MMA kernel's (ops_wgmma.cu), WgmmaTensorCopies those of them fed by tensor copies (both
-// counters grow).
-enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128, Wgmma, WgmmaTensorCopies, WgmmaWide };
-constexpr int kGemmKernels = 10;
+// counters grow), WgmmaWide and WgmmaSplit those of the latter on the wide and the split-column tiles.
+enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128, Wgmma, WgmmaTensorCopies, WgmmaWide, WgmmaSplit };
+constexpr int kGemmKernels = 11;
 // Counts a launch of `kernel` and its M x N x K products (ops.cuh kernel_launches, kernel_gemm_flops).
 inline void count_gemm(GemmKernel kernel, int64_t M, int64_t N, int64_t K) {
     gemm_launches()[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);

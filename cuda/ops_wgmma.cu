@@ -113,6 +113,7 @@ void launch_wgmma_ws(int64_t M, int64_t N, int64_t K, const Operands& ops, const
     ask_carveout_for<&gemm_wgmma_ws_kernel<Operands, Store>>(bytes, name, shape);
     if (UsesTensorCopies<Operands>::value) count_gemm(GemmKernel::WgmmaTensorCopies, M, N, K);
     if (T::wide) count_gemm(GemmKernel::WgmmaWide, M, N, K);
+    if (T::split_cols) count_gemm(GemmKernel::WgmmaSplit, M, N, K);
     PIN_LAUNCH_SHARED(dim3(static_cast<unsigned>(blocks), 1, 1), T::block_threads, bytes, cur(), gemm_wgmma_ws_kernel)(M, N, K, stages, direct,
                                                                                                                      ops, st);
     check(cudaGetLastError(), name, shape);

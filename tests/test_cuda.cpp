@@ -526,6 +526,7 @@ void check_wgmma_gemm(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = 
         REQUIRE(after.wgmma == before.wgmma + 1);
         REQUIRE(after.wgmma_tma - before.wgmma_tma == (loads == pin::cuda::WgmmaLoads::TensorCopies ? 1 : 0));
         REQUIRE(after.wgmma_wide - before.wgmma_wide == (on_wide_tile(d.N) ? 1 : 0));
+        REQUIRE(after.wgmma_split == before.wgmma_split);  // the split-column tiles are the convolutions'
         // Products of bfloat16 values are exact in fp32: only the fp32 sums' order differs.
         require_matches(from_gpu(c, d.M * d.N), want.data(), d.M * d.N,
                         "wgmma GEMM " + std::to_string(d.M) + "x" + std::to_string(d.N) + "x" + std::to_string(d.K), 1e-5);
@@ -586,13 +587,14 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
         return n % 128 == 0 ? (pingpong ? 64 : 128) : pingpong ? (on_wide_tile(n) ? 224 : 112) : 224;
     };
     const auto on_wide_conv_tile = [&](int64_t n, int64_t Ho, int64_t Wo) { return on_wide_tile(n) || split_cols_tile_rows(n, Ho, Wo) == 200; };
-    // The launches fed by tensor copies (or only those on a wide tile) among GEMMs with n columns
-    // over these output grids, on the warpgroup MMA where `on_wgmma`.
-    const auto tensor_copy_launches = [&](bool on_wgmma, int64_t n, const std::vector<OutputGrid>& grids, bool only_wide) {
+    // The launches fed by tensor copies (all, or those on a wide tile, or on a split-column one)
+    // among GEMMs with n columns over these output grids, on the warpgroup MMA where `on_wgmma`.
+    enum class OnTile { Any, Wide, SplitCols };
+    const auto tensor_copy_launches = [&](bool on_wgmma, int64_t n, const std::vector<OutputGrid>& grids, OnTile which) {
         int64_t count = 0;
         for (const OutputGrid& g : grids)
             count += on_wgmma && loads == pin::cuda::WgmmaLoads::TensorCopies && g.Wo <= tile_rows(n, g.Ho, g.Wo) &&
-                     (!only_wide || on_wide_conv_tile(n, g.Ho, g.Wo));
+                     (which == OnTile::Any || (which == OnTile::Wide ? on_wide_conv_tile(n, g.Ho, g.Wo) : split_cols_tile_rows(n, g.Ho, g.Wo) > 0));
         return count;
     };
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
@@ -683,9 +685,10 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
             // strided ones' sub-pixel classes, each GEMM whose output row (a class's) is within the
             // tile (ops.cuh WgmmaLoads); counted per GEMM.
             const std::vector<OutputGrid> grids = c.transposed ? transposed_gemm_grids(Ho, Wo, c.k, c.s, c.p) : std::vector<OutputGrid>{{Ho, Wo}};
-            const int64_t by_tensor_copies = tensor_copy_launches(fits, c.cout, grids, false), on_wide = tensor_copy_launches(fits, c.cout, grids, true);
+            const int64_t by_tensor_copies = tensor_copy_launches(fits, c.cout, grids, OnTile::Any);
             REQUIRE(pin::cuda::kernel_launches().wgmma_tma - before.wgmma_tma == by_tensor_copies);
-            REQUIRE(pin::cuda::kernel_launches().wgmma_wide - before.wgmma_wide == on_wide);
+            REQUIRE(pin::cuda::kernel_launches().wgmma_wide - before.wgmma_wide == tensor_copy_launches(fits, c.cout, grids, OnTile::Wide));
+            REQUIRE(pin::cuda::kernel_launches().wgmma_split - before.wgmma_split == tensor_copy_launches(fits, c.cout, grids, OnTile::SplitCols));
             if (c.transposed && loads == pin::cuda::WgmmaLoads::TensorCopies) REQUIRE(by_tensor_copies > 0);  // every case here reaches them
             REQUIRE((pin::cuda::kernel_launches().async > before.async) == async);
             const std::string what = name + (y_bf16 ? " -> bf16" : " -> fp32");
@@ -715,8 +718,10 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
             // A transposed gather over dy (by sub-pixel class at stride 2), fed by tensor copies
             // where dx's rows (a class's) fit the tile.
             const std::vector<OutputGrid> din_grids = transposed_gemm_grids(c.h, c.w, c.k, c.s, c.p);
-            REQUIRE(pin::cuda::kernel_launches().wgmma_tma - before.wgmma_tma == tensor_copy_launches(on_wgmma, c.cin, din_grids, false));
-            REQUIRE(pin::cuda::kernel_launches().wgmma_wide - before.wgmma_wide == tensor_copy_launches(on_wgmma, c.cin, din_grids, true));
+            REQUIRE(pin::cuda::kernel_launches().wgmma_tma - before.wgmma_tma == tensor_copy_launches(on_wgmma, c.cin, din_grids, OnTile::Any));
+            REQUIRE(pin::cuda::kernel_launches().wgmma_wide - before.wgmma_wide == tensor_copy_launches(on_wgmma, c.cin, din_grids, OnTile::Wide));
+            REQUIRE(pin::cuda::kernel_launches().wgmma_split - before.wgmma_split ==
+                    tensor_copy_launches(on_wgmma, c.cin, din_grids, OnTile::SplitCols));
             const std::string what = name + " input gradient";
             // Two fp32 orders of K = 9 cout products: the differences grow with K (64 -> 256's
             // 2304 terms reach 1.2e-5 of the largest value on every pipeline).

@@ -140,8 +140,9 @@ inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
 #endif
     return gflop;
 }
-// All of it, in GFLOP (pin::cuda::KernelCounts::total: async_cols128 is part of async's and wgmma_tma
-// and wgmma_wide of wgmma's, not beside them, so the sum of gpu_gemm_gflop() counts those twice). 0 without CUDA.
+// All of it, in GFLOP (pin::cuda::KernelCounts::total: async_cols128 is part of async's and wgmma_tma,
+// wgmma_wide and wgmma_split of wgmma's, not beside them, so the sum of gpu_gemm_gflop() counts those
+// twice or more). 0 without CUDA.
 inline double gpu_gemm_gflop_total() {
 #if defined(PIN_HAVE_CUDA)
     return static_cast<double>(pin::cuda::kernel_gemm_flops().total()) * 1e-9;

@@ -57,8 +57,8 @@ fi
 # The kernels a run reached, from its "GPU GEMM launches by kernel: fp32 N, ..., wgmma N (this device
 # runs wgmma)" and "GPU GEMM GFLOP by kernel: fp32 X, ..., wgmma X; total X" lines: EXPRESSION over k
 # (launches by kernel), w (whether the device runs wgmma) and s(kernel) (that kernel's share of the
-# run's total GEMM arithmetic). The total is every kernel's but async_cols128's, wgmma_tma's and wgmma_wide's, which
-# are parts of async's and wgmma's.
+# run's total GEMM arithmetic). The total is every kernel's but async_cols128's, wgmma_tma's, wgmma_wide's and
+# wgmma_split's, which are parts of async's and wgmma's.
 kernels() {  # LOG EXPRESSION
   python3 - "$@" <<'PY'
 import re, sys
@@ -72,7 +72,7 @@ by_kernel, total = gflop.split("kernel:")[1].split("; total ")
 f = {name: float(x) for name, x in re.findall(r"(\w+) ([0-9.]+)", by_kernel)}
 total = float(total)
 assert set(k) == set(f) and total > 0, (k, f)
-assert abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"] - f["wgmma_wide"])) <= 0.001 * len(f), (total, f)  # each printed to 3 decimals
+assert abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"] - f["wgmma_wide"] - f["wgmma_split"])) <= 0.001 * len(f), (total, f)  # each printed to 3 decimals
 w = "(this device runs wgmma)" in launches
 s = lambda kernel: f[kernel] / total
 print("  kernels:", launches.split("kernel:")[1].strip())
@@ -192,7 +192,7 @@ k, w = fast["gpu_gemm_launches"], fast["gpu_runs_wgmma"]
 assert (k["wgmma"] > 0) == w and (k["async"] > 0) == (not w) and k["fp32"] == 0, (k, w)
 f = fast["gpu_gemm_gflop"]
 total = fast["gpu_gemm_gflop_total"]
-assert set(f) == set(k) and abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"] - f["wgmma_wide"])) <= 1e-9 * total, (f, total)
+assert set(f) == set(k) and abs(total - (sum(f.values()) - f["async_cols128"] - f["wgmma_tma"] - f["wgmma_wide"] - f["wgmma_split"])) <= 1e-9 * total, (f, total)
 assert f[("wgmma" if w else "async")] >= 0.95 * total, (f, w)
 for run, tol in ((gpu, 1e-3), (fast, 3e-2)):
     d = max(abs(x - y) for x, y in zip(cpu["scores"], run["scores"]))
