@@ -610,7 +610,9 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
     // stride-2 shortcut 128 -> 192 (two slices a tap; three 64-column tiles), two strided
     // transposed ones (sub-pixel classes, each its own taps of the whole gather's K-major weights;
     // fed by tensor copies, 64 -> 64 four 6 x 5 classes, whole images a tile, and 64 -> 128 four 7 x 7
-    // ones of 3 images, on ws's split-column tiles: four images, or two, a tile), a transposed
+    // ones of 3 images, on ws's split-column tiles: four images, or two, a tile; and the input
+    // gradient of 64 -> 64 at stride 2 over 9 x 7, whose classes differ in rows and columns: 5 x 4,
+    // 5 x 3, 4 x 4, 4 x 3), a transposed
     // one at stride 1 (one gather, taps walked backwards), and two that do not fit: 32 -> 64 (the
     // asynchronous-copy kernel's) and 64 -> 1 (the per-pixel kernel's). Fed by tensor copies, 30
     // output columns make tiles of several rows and a shorter last one (11 rows: 7 + 4 in 224
@@ -632,7 +634,7 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
                                Case{1, 3, 70, 64, 128, 3, 1, 1, false}, Case{1, 21, 40, 64, 128, 3, 2, 1, false},
                                Case{2, 13, 10, 64, 128, 3, 2, 1, false}, Case{1, 5, 6, 64, 256, 3, 1, 1, false},
                                Case{2, 7, 9, 128, 192, 1, 2, 0, false}, Case{2, 6, 5, 64, 64, 3, 2, 1, true}, Case{1, 5, 7, 64, 128, 3, 1, 1, true},
-                               Case{3, 7, 7, 64, 128, 3, 2, 1, true},
+                               Case{3, 7, 7, 64, 128, 3, 2, 1, true}, Case{1, 9, 7, 64, 64, 3, 2, 1, false},
                                Case{2, 8, 7, 32, 64, 3, 1, 1, false}, Case{2, 6, 7, 64, 1, 3, 1, 1, false}};
     if (mma_n == pin::cuda::WgmmaMmaN::N256) {
         cases.push_back(Case{1, 11, 30, 64, 256, 3, 1, 1, false});
