@@ -481,9 +481,11 @@ struct WgmmaTensorConvOperands {
     static constexpr bool tensor_copies = true, row_spans = true;
     TensorMap x_map, w_map;
     int32_t images, Ho, Wo, C, kernel, pad, stride;
-    // Transposed: the taps the slices walk, kh = ry + stride a, kw = rx + stride b (a < taps_h,
-    // b < taps_w), and where class row (0, 0)'s source pixel is for tap (0, 0).
-    int32_t taps_w, ry, rx, base_h, base_w;
+    // Transposed: the gather as a sub-pixel class (a stride-1 gather is its own class (0, 0)),
+    // whose taps the slices walk (gather.cuh tap_step), and class row (0, 0)'s source pixel
+    // (tap_origin), from which tap t's box starts at (base_w + dx, base_h + dy).
+    SubpixelGather<Bf16> cls;
+    int32_t base_h, base_w;
     int32_t bh, ni;            // a box's output rows of an image, and its images (bh = Ho where ni > 1)
     int32_t tiles_per_image;   // 1 where ni > 1
     struct Regs {
@@ -503,12 +505,13 @@ struct WgmmaTensorConvOperands {
     static bool stride_fits(const Gather<kTransposed, Bf16>& la) { return la.stride >= 1 && la.stride <= (kTransposed ? 1 : 8); }
     static bool stride_fits(const SubpixelGather<Bf16>& la) { return la.stride >= 1; }
     void set_taps(const Gather<kTransposed, Bf16>& la) {
-        taps_w = static_cast<int32_t>(la.K), ry = rx = 0, base_h = base_w = static_cast<int32_t>(la.pad);
+        if constexpr (kTransposed) set_taps(subpixel_gather(la, 0, 0));
     }
     void set_taps(const SubpixelGather<Bf16>& la) {
-        const int s = static_cast<int>(la.stride), p = static_cast<int>(la.pad);
-        taps_w = la.cls.taps_w, ry = la.cls.ry, rx = la.cls.rx;
-        base_h = (la.cls.oh0 + p - ry) / s, base_w = (la.cls.ow0 + p - rx) / s;
+        cls = la;
+        int y = 0, x = 0;
+        tap_origin(la, la.row(0, 1), y, x);
+        base_h = y, base_w = x;
     }
     // The box's output rows and images for a convolution with Ho x Wo outputs.
     static void box_of(int64_t Ho, int64_t Wo, int32_t& bh, int32_t& ni) {
@@ -588,9 +591,9 @@ struct WgmmaTensorConvOperands {
         mbarrier_arrive_expect_tx(full, static_cast<uint32_t>(Wo * bh * ni * T::depth * 2 + T::b_bytes));
         int w_tap = tap;  // the tap's rows in the whole gather's weights
         if (kTransposed) {
-            const int a = tap / taps_w, b = tap - a * taps_w;
-            tma_load_4d(stage, x_map, c0, base_w - b, r.oh0 + base_h - a, r.b, full);
-            w_tap = (ry + stride * a) * kernel + rx + stride * b;
+            const TapStep t = tap_step(cls, tap);
+            tma_load_4d(stage, x_map, c0, base_w + t.dx, r.oh0 + base_h + t.dy, r.b, full);
+            w_tap = t.w_tap;
         } else {
             const int kh = tap / kernel, kw = tap - kh * kernel;
             tma_load_4d(stage, x_map, c0, kw - pad, stride * r.oh0 + kh - pad, r.b, full);
