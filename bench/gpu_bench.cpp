@@ -2,7 +2,7 @@
 // the whole policy-gradient training step (cuda/gpu_trainer.hpp: DAE, ESN + head forward and
 // backward, 30 masks per image, the estimator, clipping, SGD).
 //   pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16]
-//                 [--no-wgmma] [--no-tma] [--no-wide] [--no-warm-up]
+//                 [--no-wgmma] [--no-ws] [--no-tma] [--no-wide] [--no-warm-up]
 // --config runs one gather x arithmetic configuration, or (gemm-bf16) the bfloat16 GEMMs of the wgmma
 // probe alone (bench/gpu_check.sh runs each in its own process, so a kernel fault in one cannot hide
 // the others' timings).
@@ -60,6 +60,11 @@ int main(int argc, char** argv) {
     // --no-wgmma: leave the warpgroup-MMA kernels out (gpu_check.sh passes it when their GPU tests
     // failed: a kernel that faults would end the process, and the timings after it with it).
     bool no_wgmma = false;
+    // --no-ws: leave out the warp-specialized pipelines' timings (ops.cuh WgmmaPipeline::
+    // WarpSpecialized and PingPong; gpu_check.sh passes it when the [cuda][ws] tests failed), and
+    // with them the tensor copies' and the wide tiles', which only those pipelines run. The
+    // pipelines measured on 2026-12-04 (WaitEachSlice, OneSliceInFlight) stay.
+    bool no_ws = false;
     // --no-tma: leave out only the timings with tensor copies (ops.cuh WgmmaLoads::TensorCopies;
     // gpu_check.sh passes it when the [cuda][tma] tests failed). They come last in every list, so
     // a fault or a hang there costs no other timing of its process.
@@ -78,6 +83,8 @@ int main(int argc, char** argv) {
             iters = std::atoi(argv[++i]);
         } else if (a == "--no-wgmma") {
             no_wgmma = true;
+        } else if (a == "--no-ws") {
+            no_ws = no_tma = no_wide = true;
         } else if (a == "--no-tma") {
             no_tma = true;
         } else if (a == "--no-wide") {
@@ -99,7 +106,7 @@ int main(int argc, char** argv) {
         } else {
             std::printf("usage: pin-bench-gpu [--batches 64,256,1024] [--iters 5] [--config all|generic-fp32|generic-tf32|"
                         "generic-bf16|rows-fp32|rows-tf32|vector-bf16|gemm-bf16] [--parts layers,defense,training] [--no-wgmma] "
-                        "[--no-tma] [--no-wide] [--no-warm-up]\n");
+                        "[--no-ws] [--no-tma] [--no-wide] [--no-warm-up]\n");
             return a == "-h" || a == "--help" ? 0 : 2;
         }
     }
@@ -262,7 +269,7 @@ int main(int argc, char** argv) {
                                                 ProbeRun{pin::cuda::WgmmaPipeline::OneSliceInFlight, kCpAsync, "wgmma_inflight"},
                                                 ProbeRun{pin::cuda::WgmmaPipeline::WarpSpecialized, kCpAsync, "wgmma_ws"},
                                                 ProbeRun{pin::cuda::WgmmaPipeline::PingPong, kCpAsync, "wgmma_pingpong"}})
-                        probe(run);
+                        if (!no_ws || !pin::cuda::warp_specialized(run.pipeline)) probe(run);
                     // The convolution on the asynchronous-copy kernel's two tiles and on the warpgroup-MMA
                     // kernel (AsyncTileShape::Wgmma, with the K-major weights: the probe's pipeline with
                     // the convolution's operand form), there with each pipeline.
@@ -291,7 +298,9 @@ int main(int argc, char** argv) {
                                                       kTensor, kWide}}) {
                         const bool on_wgmma = run.tile == pin::cuda::AsyncTileShape::Wgmma;
                         if (on_wgmma && (no_wgmma || !pin::cuda::wgmma_supported())) continue;
-                        if ((run.loads == kTensor && no_tma) || (run.mma_n == kWide && no_wide)) continue;
+                        if ((no_ws && pin::cuda::warp_specialized(run.pipeline)) || (run.loads == kTensor && no_tma) ||
+                            (run.mma_n == kWide && no_wide))
+                            continue;
                         const pin::cuda::KernelSettingsScope settings_scope;
                         pin::cuda::set_async_tile(run.tile);
                         pin::cuda::set_wgmma_pipeline(run.pipeline);
@@ -492,8 +501,9 @@ int main(int argc, char** argv) {
                     g.mma_n = pin::cuda::WgmmaMmaN::N256;
                     return g;
                 }
-                bool skipped(bool no_tma_timings, bool no_wide_timings) const {
-                    return (loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma_timings) ||
+                bool skipped(bool no_ws_timings, bool no_tma_timings, bool no_wide_timings) const {
+                    return (tile == TileShape::Wgmma && pin::cuda::warp_specialized(pipeline) && no_ws_timings) ||
+                           (loads == pin::cuda::WgmmaLoads::TensorCopies && no_tma_timings) ||
                            (mma_n == pin::cuda::WgmmaMmaN::N256 && no_wide_timings);
                 }
                 void apply() const {
@@ -530,6 +540,7 @@ int main(int argc, char** argv) {
             auto time_wgmma = [&](AsyncTimes& a, auto f) {
                 time_wgmma_pipelines(f, a.fwd_wgmma, a.fwd_wgmma_inflight);
                 a.fwd_wgmma_l1 = with_settings(wgmma_l1, f);
+                if (no_ws) return;  // the warp-specialized pipelines after the others, for the same reason as below
                 a.fwd_wgmma_ws_l1 = with_settings(ws_l1, f);
                 a.fwd_wgmma_pingpong_l1 = with_settings(pingpong_l1, f);
                 a.fwd_wgmma_ws_l1_smem196 = with_settings(ws_l1.smem_kib(196), f);
@@ -595,8 +606,10 @@ int main(int argc, char** argv) {
                     a.wgrad_l1 = with_settings(cols64_l1, weight_gradient);
                     if (wgmma && l.cout % 64 == 0) {
                         a.din_wgmma = with_settings(wgmma_wait, input_gradient);
-                        a.din_wgmma_ws = with_settings(ws, input_gradient);
-                        a.din_wgmma_pingpong = with_settings(pingpong, input_gradient);
+                        if (!no_ws) {
+                            a.din_wgmma_ws = with_settings(ws, input_gradient);
+                            a.din_wgmma_pingpong = with_settings(pingpong, input_gradient);
+                        }
                     }
                     if (wgmma && l.cin % 8 == 0 && l.cout % 8 == 0) time_wgmma_pipelines(weight_gradient, a.wgrad_wgmma, a.wgrad_wgmma_inflight);
                     if (l.cout % 128 == 0) {
@@ -672,7 +685,7 @@ int main(int argc, char** argv) {
             for (const DefenseVariant& v : variants) {
                 const bool bf16_storage = v.storage == Storage::BF16, fast = v.gemm.tile != TileShape::Cols64 || v.gemm.caching == kL1;
                 if ((bf16_storage && mode != MathMode::BF16) || (fast && !time_async) || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
-                if (v.gemm.skipped(no_tma, no_wide)) continue;
+                if (v.gemm.skipped(no_ws, no_tma, no_wide)) continue;
                 const pin::cuda::KernelSettingsScope settings_scope;
                 pin::cuda::set_activation_storage(v.storage);
                 v.gemm.apply();
@@ -761,7 +774,7 @@ int main(int argc, char** argv) {
                   TrainingVariant{"training_step_bf16_storage_wgmma_pingpong_wide", "training, bf16 wgmma pp wide", pingpong_wide, kBf16}}) {
                 const char* stage = v.stage;
                 if (!time_async || (v.gemm.tile == TileShape::Wgmma && !wgmma)) continue;
-                if (v.gemm.skipped(no_tma, no_wide)) continue;
+                if (v.gemm.skipped(no_ws, no_tma, no_wide)) continue;
                 try {
                     with_trainer(B0, [&](pin::cuda::GpuTrainingBackend& backend, pin::cuda::GpuTrainer& trainer, const pin::Tensor& x) {
                         const pin::cuda::KernelSettingsScope storage_scope;

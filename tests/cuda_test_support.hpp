@@ -51,13 +51,23 @@ namespace {
         GENERATE(pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128);                       \
     pin::cuda::set_async_tile(async_shape);                                                                    \
     INFO("asynchronous-copy tile 256 x " << (async_shape == pin::cuda::AsyncTileShape::Cols128 ? 128 : 64))
-// Every pipeline of the warpgroup-MMA kernel (ops.cuh WgmmaPipeline); the settings before it come
-// back when the test ends.
-#define PIN_EACH_WGMMA_PIPELINE()                                                                              \
+// The warpgroup-MMA kernel's pipelines (ops.cuh WgmmaPipeline) in two families with test cases of
+// their own: those in which every warp copies and multiplies (WaitEachSlice, OneSliceInFlight; on a
+// GPU since 2026-12-04) under the tag [wgmma], and the warp-specialized ones (WarpSpecialized,
+// PingPong: a producer warpgroup, mbarriers, a persistent grid; the tensor copies and the wide
+// tiles run only there) under [ws]. bench/gpu_check.sh runs the tags as processes of their own and
+// leaves out the timings of a family whose tests failed (pin-bench-gpu --no-wgmma, --no-ws), so that
+// a fault in the newer family cannot cost the measured one's figures.
+enum class WgmmaPipelines { EveryWarpCopies, WarpSpecialized };
+inline pin::cuda::WgmmaPipeline wgmma_pipeline_of(WgmmaPipelines family, int i) {
+    namespace pc = pin::cuda;
+    return family == WgmmaPipelines::EveryWarpCopies ? (i == 0 ? pc::WgmmaPipeline::WaitEachSlice : pc::WgmmaPipeline::OneSliceInFlight)
+                                                     : (i == 0 ? pc::WgmmaPipeline::WarpSpecialized : pc::WgmmaPipeline::PingPong);
+}
+// Each pipeline of `family` (two each); the settings before it come back when the test ends.
+#define PIN_EACH_WGMMA_PIPELINE(family)                                                                        \
     const pin::cuda::KernelSettingsScope wgmma_pipeline_scope;                                                 \
-    const pin::cuda::WgmmaPipeline wgmma_pipeline_used =                                                       \
-        GENERATE(pin::cuda::WgmmaPipeline::WaitEachSlice, pin::cuda::WgmmaPipeline::OneSliceInFlight,          \
-                 pin::cuda::WgmmaPipeline::WarpSpecialized, pin::cuda::WgmmaPipeline::PingPong);               \
+    const pin::cuda::WgmmaPipeline wgmma_pipeline_used = wgmma_pipeline_of((family), GENERATE(0, 1));          \
     pin::cuda::set_wgmma_pipeline(wgmma_pipeline_used);                                                        \
     INFO("wgmma pipeline: " << (wgmma_pipeline_used == pin::cuda::WgmmaPipeline::OneSliceInFlight   ? "one slice in flight"  \
                                 : wgmma_pipeline_used == pin::cuda::WgmmaPipeline::WarpSpecialized ? "warp-specialized" \
@@ -75,10 +85,10 @@ namespace {
     pin::cuda::set_wgmma_stores(ws_form / 2 ? pin::cuda::WgmmaStores::Direct : pin::cuda::WgmmaStores::ThroughShared); \
     INFO("warp-specialized: " << (ws_smem_kib != 0 ? "the fewest stages (2)" : "the tile's own stages")          \
                               << (ws_form / 2 ? ", C from the registers" : ", C through shared memory"))
-// Both, for operands brought as `loads` says (WgmmaLoads::TensorCopies: the warp-specialized
-// pipelines only, the others return), the tensor-copy tiles' MMA N as `mma_n` says.
-#define PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n)                                                           \
-    PIN_EACH_WGMMA_PIPELINE();                                                                                 \
+// Both, for `family`'s pipelines, operands brought as `loads` says (WgmmaLoads::TensorCopies: the
+// warp-specialized pipelines only, the others return), the tensor-copy tiles' MMA N as `mma_n` says.
+#define PIN_EACH_WGMMA_FORM_WITH_LOADS(family, loads, mma_n)                                                   \
+    PIN_EACH_WGMMA_PIPELINE(family);                                                                           \
     if ((loads) == pin::cuda::WgmmaLoads::TensorCopies && !pin::cuda::warp_specialized(wgmma_pipeline_used)) return; \
     PIN_EACH_WS_FORM();                                                                                        \
     pin::cuda::set_wgmma_loads(loads);                                                                         \

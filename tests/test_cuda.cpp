@@ -494,10 +494,10 @@ std::vector<float> float64_products(const float* a, const float* b, int64_t M, i
         }
     return c;
 }
-// The body of the two GEMM tests below: every pipeline (tensor copies: the warp-specialized ones),
-// both ring sizes and epilogues, operands brought as `loads` says.
-void check_wgmma_gemm(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
-    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n);
+// The body of the GEMM tests below: the pipelines of `family` (tensor copies: the warp-specialized
+// ones), both ring sizes and epilogues, operands brought as `loads` says.
+void check_wgmma_gemm(WgmmaPipelines family, pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
+    PIN_EACH_WGMMA_FORM_WITH_LOADS(family, loads, mma_n);
     // Partial row and column tiles (M, N off 128; N = 9 off the 8-column groups), K of one 8-deep
     // copy, off the 64-deep slice, and several slices (three stages wrap around); for the
     // warp-specialized kernel its two tiles, each with more slices than stages (its mbarriers
@@ -544,21 +544,26 @@ void check_wgmma_gemm(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = 
 
 TEST_CASE("The warpgroup-MMA GEMM (sm_90a wgmma) matches float64 products of the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
-    check_wgmma_gemm(pin::cuda::WgmmaLoads::CpAsync);
+    check_wgmma_gemm(WgmmaPipelines::EveryWarpCopies, pin::cuda::WgmmaLoads::CpAsync);
+}
+// The same, warp-specialized (cuda_test_support.hpp WgmmaPipelines: a tag of its own).
+TEST_CASE("The warp-specialized warpgroup-MMA GEMM matches float64 products of the same bfloat16 values", "[cuda][ws]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_gemm(WgmmaPipelines::WarpSpecialized, pin::cuda::WgmmaLoads::CpAsync);
 }
 // The warp-specialized kernels' operands brought by tensor copies (ops.cuh WgmmaLoads; swizzled
 // stages; rows, columns and K past the matrices the copies' zero fill). A tag of its own, so that
 // bench/gpu_check.sh can leave tensor copies out of its timings alone when these fail on a GPU.
 TEST_CASE("The warpgroup-MMA GEMM fed by tensor copies matches float64 products", "[cuda][tma]") {
     if (!wgmma_or_skip()) return;
-    check_wgmma_gemm(pin::cuda::WgmmaLoads::TensorCopies);
+    check_wgmma_gemm(WgmmaPipelines::WarpSpecialized, pin::cuda::WgmmaLoads::TensorCopies);
 }
 // The same on the wide tiles (ops.cuh WgmmaMmaN::N256: m64n256k16, 128 accumulators a consumer
 // thread once the producer has given its registers back, C from the registers). A tag of its own
 // too: gpu_check.sh leaves the wide tiles out of its timings alone when these fail.
 TEST_CASE("The warpgroup-MMA GEMM on the wide m64n256k16 tiles matches float64 products", "[cuda][wide]") {
     if (!wgmma_or_skip()) return;
-    check_wgmma_gemm(pin::cuda::WgmmaLoads::TensorCopies, pin::cuda::WgmmaMmaN::N256);
+    check_wgmma_gemm(WgmmaPipelines::WarpSpecialized, pin::cuda::WgmmaLoads::TensorCopies, pin::cuda::WgmmaMmaN::N256);
 }
 
 // The forward convolutions on the warpgroup-MMA kernel (ops.cuh AsyncTileShape::Wgmma): given the
@@ -573,8 +578,8 @@ namespace {
 // ones and the strided ones' sub-pixel classes, whose output rows - a class's - fit the tile, by
 // tensor copies, whole output rows a tile, the padding the copies' zero fill; the rest keep
 // cp.async).
-void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
-    PIN_EACH_WGMMA_FORM_WITH_LOADS(loads, mma_n);
+void check_wgmma_convolutions(WgmmaPipelines family, pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN mma_n = pin::cuda::WgmmaMmaN::N128) {
+    PIN_EACH_WGMMA_FORM_WITH_LOADS(family, loads, mma_n);
     // The rows of the warp-specialized tile a GEMM with n columns runs on (ops_wgmma.cu
     // with_tensor_tile): a convolution fed by tensor copies needs an output row within them. The
     // swapped tensor-copy tiles have 224 rows (ws, and ping-pong's wide one) or 112 (ping-pong),
@@ -748,24 +753,31 @@ void check_wgmma_convolutions(pin::cuda::WgmmaLoads loads, pin::cuda::WgmmaMmaN 
 
 TEST_CASE("The warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
-    check_wgmma_convolutions(pin::cuda::WgmmaLoads::CpAsync);
+    check_wgmma_convolutions(WgmmaPipelines::EveryWarpCopies, pin::cuda::WgmmaLoads::CpAsync);
+}
+TEST_CASE("The warp-specialized warpgroup-MMA convolutions match the CPU's on the same bfloat16 values", "[cuda][ws]") {
+    if (!wgmma_or_skip()) return;
+    check_wgmma_convolutions(WgmmaPipelines::WarpSpecialized, pin::cuda::WgmmaLoads::CpAsync);
 }
 TEST_CASE("The warpgroup-MMA convolutions fed by tensor copies match the CPU's", "[cuda][tma]") {
     if (!wgmma_or_skip()) return;
-    check_wgmma_convolutions(pin::cuda::WgmmaLoads::TensorCopies);
+    check_wgmma_convolutions(WgmmaPipelines::WarpSpecialized, pin::cuda::WgmmaLoads::TensorCopies);
 }
 TEST_CASE("The warpgroup-MMA convolutions on the wide m64n256k16 tiles match the CPU's", "[cuda][wide]") {
     if (!wgmma_or_skip()) return;
-    check_wgmma_convolutions(pin::cuda::WgmmaLoads::TensorCopies, pin::cuda::WgmmaMmaN::N256);
+    check_wgmma_convolutions(WgmmaPipelines::WarpSpecialized, pin::cuda::WgmmaLoads::TensorCopies, pin::cuda::WgmmaMmaN::N256);
 }
 
 // The weight gradients on the warpgroup-MMA kernel (M/N-major operands), beyond the shapes above:
 // K split along the pixels (64 -> 64 over 4 x 23 x 23 = 2116 pixels: 5 row tiles, so split_for
 // gives 2 chunks of 1088, the second ending mid-slice), the fewest channels it takes with a stride
-// and a partial column tile (8 -> 24, stride 2), and the 128-column tile (128 -> 128).
+// and a partial column tile (8 -> 24, stride 2), and the 128-column tile (128 -> 128). The weight
+// gradients have no warp-specialized kernel: with those pipelines set they run WaitEachSlice's,
+// which is why this case keeps both families under [wgmma].
 TEST_CASE("The warpgroup-MMA weight gradients match the CPU's on the same bfloat16 values", "[cuda][wgmma]") {
     if (!wgmma_or_skip()) return;
-    PIN_EACH_WGMMA_PIPELINE();
+    const WgmmaPipelines family = GENERATE(WgmmaPipelines::EveryWarpCopies, WgmmaPipelines::WarpSpecialized);
+    PIN_EACH_WGMMA_PIPELINE(family);
     pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
     pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
     pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);
@@ -883,11 +895,12 @@ TEST_CASE("GatherCaching::L1 gives the warpgroup-MMA kernel's bits", "[cuda][wgm
 // A process may move between devices (cudaSetDevice; the current device is per host thread). A
 // kernel's attributes (its shared memory over 48 KB, its carveout) belong to each device, and the
 // blocks the caching allocator hands out again must be the current device's. On one device, on
-// another, and back on the first, the warpgroup-MMA GEMM with every pipeline matches the float64
+// another, and back on the first, the warpgroup-MMA GEMM with each pipeline matches the float64
 // products, and its operands and C lie on the device it ran on. (The emulated runtime has two
-// devices; a GPU machine with one skips.)
-TEST_CASE("The kernels and the caching allocator follow the calling thread's device", "[cuda][wgmma]") {
-    if (!wgmma_or_skip()) return;
+// devices; a GPU machine with one skips.) Once for each family of pipelines (the warp-specialized
+// kernels set their shared memory over 48 KB on each device).
+namespace {
+void check_follows_device(WgmmaPipelines family) {
     int devices = 0, first = 0;
     REQUIRE(cudaGetDeviceCount(&devices) == cudaSuccess);
     REQUIRE(cudaGetDevice(&first) == cudaSuccess);
@@ -899,7 +912,7 @@ TEST_CASE("The kernels and the caching allocator follow the calling thread's dev
         int device;
         ~BackTo() { (void)cudaSetDevice(device); }
     } const back{first};
-    PIN_EACH_WGMMA_PIPELINE();
+    PIN_EACH_WGMMA_PIPELINE(family);
     const int64_t M = 200, N = 136, K = 72;
     const Tensor a = rnd({M, K}, 21, Layout::NCHW), b = rnd({N, K}, 22, Layout::NCHW);
     const Tensor a16 = bf16_rounded(a), b16 = bf16_rounded(b);
@@ -926,6 +939,15 @@ TEST_CASE("The kernels and the caching allocator follow the calling thread's dev
         REQUIRE(device_of(gb.buffer.data()) == device);
         REQUIRE(device_of(c.data()) == device);
     }
+}
+}  // namespace
+TEST_CASE("The kernels and the caching allocator follow the calling thread's device", "[cuda][wgmma]") {
+    if (!wgmma_or_skip()) return;
+    check_follows_device(WgmmaPipelines::EveryWarpCopies);
+}
+TEST_CASE("The warp-specialized kernels and the caching allocator follow the calling thread's device", "[cuda][ws]") {
+    if (!wgmma_or_skip()) return;
+    check_follows_device(WgmmaPipelines::WarpSpecialized);
 }
 
 #endif

@@ -12,11 +12,12 @@
 #if defined(PIN_HAVE_CUDA)
 #include "cuda_test_support.hpp"
 
-TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][network]") {
-    if (!gpu_or_skip()) return;
-    const pin::cuda::KernelSettingsScope settings_scope;
-    PIN_EACH_MATH_MODE();
-    PIN_EACH_GATHER_MODE();
+namespace {
+// The GPU defense forward (3 faces, 60 eigenfaces) against the CPU's under the kernel settings in
+// force: p within the math mode's tolerance, at most a few mask bits flipped by rounding, and where
+// none is, the defended faces. `tag` names the settings in the messages.
+void require_defense_matches_cpu(const std::string& tag) {
+    namespace pc = pin::cuda;
     auto agent = std::make_shared<model::Agent>(60);
     agent->reset_parameters(3);
     const Tensor bm = rnd({12544, 60}, 19, Layout::NCHW);
@@ -26,42 +27,25 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
     Tensor x = Tensor::empty({3, 1, 112, 112}, Layout::NHWC);
     for (int64_t i = 0; i < x.numel(); ++i) x.data()[i] = std::sin(0.001f * i) * 0.8f;
     const model::DefenseOutput ref = cpu_defense.inactivate(x, 40);
-    pin::cuda::GpuDefense gpu(*agent, *basis);
+    pc::GpuDefense gpu(*agent, *basis);
     auto gx = to_gpu(x);
-    // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh ActivationStorage).
-    const bool bf16_storage = mode == pin::cuda::MathMode::BF16 && GENERATE(false, true);
-    pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
-    // And there, with the vector gather, both tiles of the asynchronous-copy kernel and the
-    // warpgroup-MMA kernel (ops.cuh AsyncTileShape; where the device runs it).
-    const bool fast = bf16_storage && gather == pin::cuda::GatherMode::Vector;
-    const pin::cuda::AsyncTileShape tile =
-        fast ? GENERATE(pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128, pin::cuda::AsyncTileShape::Wgmma)
-             : pin::cuda::AsyncTileShape::Cols64;
-    const bool tile128 = tile == pin::cuda::AsyncTileShape::Cols128, wgmma = tile == pin::cuda::AsyncTileShape::Wgmma && pin::cuda::wgmma_supported();
-    pin::cuda::set_async_tile(tile);
-    // The warpgroup-MMA kernel also warp-specialized: ping-pong, storing C from the registers
-    // (ops.cuh WgmmaStores::Direct), every layer's epilogue (bias, PReLU, the residual sums, the
-    // sub-pixel rows) without the C regions.
-    const bool pingpong_direct = tile == pin::cuda::AsyncTileShape::Wgmma && GENERATE(false, true);
-    if (pingpong_direct) {
-        pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::PingPong);
-        pin::cuda::set_wgmma_stores(pin::cuda::WgmmaStores::Direct);
-    }
-    const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "") + (tile128 ? "[256 x 128 tile] " : "") +
-                            (tile == pin::cuda::AsyncTileShape::Wgmma ? "[wgmma] " : "") + (pingpong_direct ? "[ping-pong, direct C] " : "");
-    pin::cuda::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
-    const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+    const pc::MathMode mode = pc::math_mode();
+    const bool fast = pc::activation_storage() == pc::ActivationStorage::BF16 && pc::gather_mode() == pc::GatherMode::Vector;
+    const bool tile128 = fast && pc::async_tile() == pc::AsyncTileShape::Cols128;
+    const bool wgmma = fast && pc::async_tile() == pc::AsyncTileShape::Wgmma && pc::wgmma_supported();
+    pc::DeviceBuffer gp(3 * 60), gq(3 * 60), gy(3 * 12544);
+    const pc::KernelLaunches before = pc::kernel_launches();
     gpu.forward(gx.data(), 3, 7, 40, gp.data(), gq.data(), gy.data());
     // bfloat16 storage with the vector gather: the convolutions between bfloat16 activations copy
     // their operands as they are (the asynchronous-copy kernel), and nothing else does.
     // Where the warpgroup-MMA kernel runs, it takes all of them instead (every such layer has 64
     // input channels or more, and 64 output channels or more).
-    REQUIRE((pin::cuda::kernel_launches().async > before.async) == (fast && !wgmma));
-    REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == tile128);
-    REQUIRE((pin::cuda::kernel_launches().wgmma > before.wgmma) == wgmma);
+    REQUIRE((pc::kernel_launches().async > before.async) == (fast && !wgmma));
+    REQUIRE((pc::kernel_launches().async_cols128 > before.async_cols128) == tile128);
+    REQUIRE((pc::kernel_launches().wgmma > before.wgmma) == wgmma);
     // p passes through the whole network (DAE twice, ten convolution layers, two FC layers): the
     // tensor-core modes' rounding accumulates (BF16's bounds are first guesses, to be measured).
-    const int m = mode == pin::cuda::MathMode::BF16 ? 2 : mode == pin::cuda::MathMode::TF32 ? 1 : 0;
+    const int m = mode == pc::MathMode::BF16 ? 2 : mode == pc::MathMode::TF32 ? 1 : 0;
     const double p_tol[3] = {1e-3, 2e-2, 8e-2}, face_tol[3] = {1e-4, 5e-3, 2e-2};
     const int64_t max_differ[3] = {1, 9, 36};
     require_matches(from_gpu(gp, 180), ref.p.data(), 180, tag + "defense p", p_tol[m]);
@@ -71,6 +55,43 @@ TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][ne
     std::printf("defense masks %s: %lld of 180 bits differ from the CPU's\n", tag.c_str(), static_cast<long long>(differ));
     REQUIRE(differ <= max_differ[m]);  // a p within rounding of a uniform draw may flip a bit
     if (differ == 0) require_matches(from_gpu(gy, 3 * 12544), ref.defended.data(), 3 * 12544, tag + "defended faces", face_tol[m]);
+}
+}  // namespace
+
+TEST_CASE("the GPU defense forward matches the CPU defense", "[cuda][defense][network]") {
+    if (!gpu_or_skip()) return;
+    const pin::cuda::KernelSettingsScope settings_scope;
+    PIN_EACH_MATH_MODE();
+    PIN_EACH_GATHER_MODE();
+    // With BF16 arithmetic, also with the activations stored as bfloat16 (ops.cuh ActivationStorage).
+    const bool bf16_storage = mode == pin::cuda::MathMode::BF16 && GENERATE(false, true);
+    pin::cuda::set_activation_storage(bf16_storage ? pin::cuda::ActivationStorage::BF16 : pin::cuda::ActivationStorage::FP32);
+    // And there, with the vector gather, both tiles of the asynchronous-copy kernel and the
+    // warpgroup-MMA kernel (ops.cuh AsyncTileShape; where the device runs it).
+    const bool fast = bf16_storage && gather == pin::cuda::GatherMode::Vector;
+    const pin::cuda::AsyncTileShape tile =
+        fast ? GENERATE(pin::cuda::AsyncTileShape::Cols64, pin::cuda::AsyncTileShape::Cols128, pin::cuda::AsyncTileShape::Wgmma)
+             : pin::cuda::AsyncTileShape::Cols64;
+    pin::cuda::set_async_tile(tile);
+    const std::string tag = std::string(math_tag()) + (bf16_storage ? "[bf16 storage] " : "") +
+                            (tile == pin::cuda::AsyncTileShape::Cols128 ? "[256 x 128 tile] " : "") +
+                            (tile == pin::cuda::AsyncTileShape::Wgmma ? "[wgmma] " : "");
+    require_defense_matches_cpu(tag);
+}
+
+// The same on the warp-specialized warpgroup-MMA kernel (a tag of its own: cuda_test_support.hpp
+// WgmmaPipelines): ping-pong, storing C from the registers (ops.cuh WgmmaStores::Direct), every
+// layer's epilogue (bias, PReLU, the residual sums, the sub-pixel rows) without the C regions.
+TEST_CASE("the GPU defense forward on the ping-pong pipeline matches the CPU defense", "[cuda][ws][network]") {
+    if (!gpu_or_skip()) return;
+    const pin::cuda::KernelSettingsScope settings_scope;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
+    pin::cuda::set_activation_storage(pin::cuda::ActivationStorage::BF16);
+    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Wgmma);
+    pin::cuda::set_wgmma_pipeline(pin::cuda::WgmmaPipeline::PingPong);
+    pin::cuda::set_wgmma_stores(pin::cuda::WgmmaStores::Direct);
+    require_defense_matches_cpu(std::string(math_tag()) + "[bf16 storage] [wgmma] [ping-pong, direct C] ");
 }
 
 TEST_CASE("a Defense with the GPU accelerator matches the CPU defense", "[cuda][defense]") {

@@ -176,4 +176,12 @@ kernels = sorted(json.loads(l)["kernel"] for l in open(sys.argv[1]) if l.startsw
 assert kernels == ["async128", "async64", "wgmma", "wgmma_conv", "wgmma_conv_inflight", "wgmma_conv_pingpong", "wgmma_conv_ws", "wgmma_inflight",
                    "wgmma_pingpong", "wgmma_ws"], kernels
 PY
+# --no-ws (gpu_check.sh passes it when the [cuda][ws] tests fail): the GEMMs on the pipelines in
+# which every warp copies and multiplies, nothing warp-specialized (so no tensor copies, no wide tile).
+"$bench" --batches 1 --iters 1 --no-warm-up --config gemm-bf16 --no-ws > "$out/no-ws.txt" 2>&1 || { cat "$out/no-ws.txt"; fail "--no-ws"; }
+python3 - "$out/no-ws.txt" <<'PY' || fail "--no-ws left warp-specialized timings in, or others out"
+import json, sys
+kernels = sorted(json.loads(l)["kernel"] for l in open(sys.argv[1]) if l.startswith('{"stage": "gemm_bf16"'))
+assert kernels == ["async128", "async64", "wgmma", "wgmma_conv", "wgmma_conv_inflight", "wgmma_inflight"], kernels
+PY
 echo "bench_gpu_check.sh: passed"
