@@ -28,6 +28,9 @@ __global__ void philox_bernoulli_kernel(uint64_t seed, uint64_t stream, uint64_t
 }
 }  // namespace
 
+#if !defined(PIN_CUDA_ARCHITECTURES)
+#define PIN_CUDA_ARCHITECTURES "(not recorded)"
+#endif
 bool device_available(std::string* reason) {
     int n = 0;
     const cudaError_t e = cudaGetDeviceCount(&n);
@@ -35,7 +38,29 @@ bool device_available(std::string* reason) {
         if (reason) *reason = e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device";
         return false;
     }
-    return true;
+    // A device the build has neither machine code nor PTX for (its compute capability not in
+    // CMAKE_CUDA_ARCHITECTURES) would fail at the first launch with "no kernel image is available";
+    // say so before any work starts, with the configure flag that builds for it. Every kernel of
+    // pin_cuda is built for the same architectures, so one kernel answers for all.
+    cudaFuncAttributes attributes{};
+    const cudaError_t image = cudaFuncGetAttributes(&attributes, reinterpret_cast<const void*>(philox_uniform_kernel));
+    if (image == cudaSuccess) return true;
+    (void)cudaGetLastError();  // the failed query is not to be reported by the next launch's check
+    int device = 0, major = 0, minor = 0;
+    const bool known = cudaGetDevice(&device) == cudaSuccess &&
+                       cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                       cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) == cudaSuccess;
+    if (reason) {
+        *reason = cudaGetErrorString(image);
+        if (known) {
+            const std::string capability = std::to_string(major) + "." + std::to_string(minor);
+            *reason = "device " + std::to_string(device) + " has compute capability " + capability +
+                      ", and this build's kernels are for CUDA architectures " PIN_CUDA_ARCHITECTURES " (" + *reason + "); " +
+                      (major < 8 ? std::string("pin's kernels need 8.0 or later (cp.async, bfloat16 and TF32 tensor cores)")
+                                 : "configure with -DCMAKE_CUDA_ARCHITECTURES=" + std::to_string(major) + std::to_string(minor));
+        }
+    }
+    return false;
 }
 
 // Both go through DeviceBuffer (the caching allocator, freed also when a launch fails) on the

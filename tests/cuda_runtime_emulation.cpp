@@ -118,6 +118,26 @@ cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int v
     pin_emulation::allow_dynamic_shared(func, static_cast<size_t>(value));
     return cudaSuccess;
 }
+// Every emulated kernel has an image for the emulated devices (compute capability 9.0), except with
+// PIN_EMULATE_NO_KERNEL_IMAGE=1 in the environment: a device the build has no code for, as a GPU
+// of another architecture reports it (pin::cuda::device_available's message; test_cuda.cpp).
+cudaError_t cudaFuncGetAttributes(cudaFuncAttributes* attributes, const void* func) {
+    if (!func) return cudaErrorInvalidDeviceFunction;
+    const char* no_image = std::getenv("PIN_EMULATE_NO_KERNEL_IMAGE");
+    if (no_image && std::strcmp(no_image, "1") == 0) return cudaErrorNoKernelImageForDevice;
+    *attributes = cudaFuncAttributes{};
+    attributes->maxThreadsPerBlock = 1024;
+    attributes->binaryVersion = attributes->ptxVersion = 90;
+    return cudaSuccess;
+}
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device) {
+    if (device < 0 || device >= pin_emulation::kEmulatedDevices) return cudaErrorInvalidDevice;
+    switch (attribute) {
+        case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
+        case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+        default: return cudaErrorInvalidValue;  // no other attribute is asked of the emulation
+    }
+}
 cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
 cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 cudaError_t cudaGetLastError() { return cudaSuccess; }  // a failed emulated launch throws instead
@@ -126,6 +146,7 @@ const char* cudaGetErrorString(cudaError_t e) {
         case cudaSuccess: return "no error";
         case cudaErrorMemoryAllocation: return "out of memory (emulated device)";
         case cudaErrorInvalidValue: return "invalid argument (emulated device: a copy outside device allocations, or a bad free)";
+        case cudaErrorNoKernelImageForDevice: return "no kernel image is available for execution on the device (emulated: PIN_EMULATE_NO_KERNEL_IMAGE=1)";
         default: return "error (emulated device)";
     }
 }

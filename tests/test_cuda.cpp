@@ -4,6 +4,7 @@
 // step: test_cuda_network.cpp. Skips with a printed reason when pin was built without CUDA or no
 // GPU is present.
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <array>
 #include <cmath>
@@ -949,5 +950,24 @@ TEST_CASE("The warp-specialized kernels and the caching allocator follow the cal
     if (!wgmma_or_skip()) return;
     check_follows_device(WgmmaPipelines::WarpSpecialized);
 }
+
+#if defined(PIN_TESTS_ON_EMULATION)
+// A device the build has no code for (its compute capability not in CMAKE_CUDA_ARCHITECTURES) is
+// refused before any work, naming its compute capability, the build's architectures and the
+// configure flag that would build for it, where the first launch would fail with "no kernel image".
+// The emulated runtime reports such a device with PIN_EMULATE_NO_KERNEL_IMAGE=1.
+TEST_CASE("device_available refuses a device the build has no kernels for, saying how to build for it", "[cuda][device]") {
+    std::string reason;
+    REQUIRE(pin::cuda::device_available(&reason));
+    REQUIRE(setenv("PIN_EMULATE_NO_KERNEL_IMAGE", "1", 1) == 0);
+    struct Unset {
+        ~Unset() { unsetenv("PIN_EMULATE_NO_KERNEL_IMAGE"); }
+    } const unset;
+    REQUIRE_FALSE(pin::cuda::device_available(&reason));
+    INFO(reason);
+    REQUIRE_THAT(reason, Catch::Contains("compute capability 9.0") && Catch::Contains("CUDA architectures 90 (the CPU emulation)") &&
+                             Catch::Contains("no kernel image is available") && Catch::EndsWith("-DCMAKE_CUDA_ARCHITECTURES=90"));
+}
+#endif
 
 #endif
