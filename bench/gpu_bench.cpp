@@ -540,7 +540,7 @@ int main(int argc, char** argv) {
             auto time_wgmma = [&](AsyncTimes& a, auto f) {
                 time_wgmma_pipelines(f, a.fwd_wgmma, a.fwd_wgmma_inflight);
                 a.fwd_wgmma_l1 = with_settings(wgmma_l1, f);
-                if (no_ws) return;  // the warp-specialized pipelines after the others, for the same reason as below
+                if (no_ws) return;  // the warp-specialized pipelines after the others: a fault there costs none of them
                 a.fwd_wgmma_ws_l1 = with_settings(ws_l1, f);
                 a.fwd_wgmma_pingpong_l1 = with_settings(pingpong_l1, f);
                 a.fwd_wgmma_ws_l1_smem196 = with_settings(ws_l1.smem_kib(196), f);

@@ -8,7 +8,8 @@
 #   bench/gpu_check.sh [--quick] [OUT_DIR]   (default: $OUT on the device machine, else /tmp/pin-gpu-check)
 #
 # --quick (meant to fit about 4 minutes; for a second call after a kernel change): the build, the
-# convolution, element-wise, warpgroup-MMA, whole-defense and training tests, the fast
+# convolution, element-wise, warpgroup-MMA (each pipeline family, tensor copies, wide tiles),
+# whole-defense and training tests, the fast
 # configuration's defense forward and training step with their profiles, the bfloat16 GEMMs
 # (gemm-bf16) and the fast configuration's per-layer timings, as far as the budget goes; no peers,
 # no program check, no other configurations.
