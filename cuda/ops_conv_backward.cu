@@ -60,7 +60,7 @@ void conv2d_backward_weight(ConstActivations x, ConstActivations dy, float* dw, 
                 launch_async(M, N, P, splits, form, PartialStore{partial.data(), M, N}, "conv2d_backward_weight", shape_of(s));
                 reduce_partials(partial, z, M, N, TransposedWeightMap{s.in_c, K}, dw, shape_of(s));
             };
-            if (async_cols128(N))
+            if (async_cols128<AsyncWeightGradTileCols128>(N))
                 run(AsyncWeightGradOperands<AsyncWeightGradTileCols128>{ops.la, ops.dy, ops.cache_l1});
             else
                 run(ops);

@@ -346,6 +346,30 @@ private:
     static constexpr int64_t kOffset = int64_t{1} << 32;  // value + kOffset: never 0 for an int
     std::atomic<int64_t> slots_[kDevices] = {};
 };
+// An attribute of the current device, asked of the runtime once per device (the convolutions ask on
+// every launch); false where there is no usable device. The emulated runtime's answers may change
+// within a process (tests/cuda_runtime_emulation.cpp: PIN_EMULATE_SHARED_PER_BLOCK), so under the
+// emulation it asks every time.
+template <cudaDeviceAttr kAttribute>
+inline bool current_device_attribute(int& value) {
+    static PerDeviceValue known;
+    int device = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+#if !defined(PIN_CUDA_EMULATION)
+    if (known.get(device, value)) return true;
+#endif
+    if (cudaDeviceGetAttribute(&value, kAttribute, device) != cudaSuccess || value < 0) return false;
+    known.set(device, value);
+    return true;
+}
+// Whether a block of the current device may have `bytes` of dynamic shared memory (once allowed
+// with cudaFuncSetAttribute). sm_90 and sm_80 allow 227 and 163 KB, the 8.6 and 8.9 cards 99 KB: the
+// sm_80 build runs there by binary compatibility, and its 256 x 128 asynchronous-copy tile (135 KB)
+// would be refused at launch, so the callers fall back to a tile that fits.
+inline bool device_shared_fits(int bytes) {
+    int optin = 0;
+    return current_device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(optin) && bytes <= optin;
+}
 // Sets attribute kAttribute of kernel kKernel to `value` on the current device, asking the runtime
 // only when that is not what this process last set there. A kernel's attributes belong to each
 // device's context: a process that goes on to another device (cudaSetDevice) sets them again there,
@@ -376,10 +400,15 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
     PIN_LAUNCH_SHARED(dim3(g.x, g.y, g.z), THREADS, bytes, cur(), gemm_async_kernel)(M, N, K, g.chunk, ops, st);
     check(cudaGetLastError(), name, shape);
 }
-// Whether the asynchronous-copy kernel may run (MathMode::BF16 with GatherMode::Vector), and with the
-// 256 x 128 tile a GEMM with N columns (AsyncTileShape).
+// Whether the asynchronous-copy kernel may run (MathMode::BF16 with GatherMode::Vector), and with
+// the 256 x 128 tile Tile128 a GEMM with N columns (AsyncTileShape): where asked for, N allows it and
+// the device gives a block its shared memory (else the 256 x 64 tile runs, as launch_counts shows).
 inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
-inline bool async_cols128(int64_t N) { return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0; }
+template <class Tile128>
+inline bool async_cols128(int64_t N) {
+    static_assert(Tile128::cols == 128, "the 256 x 128 tiles");
+    return async_tile() == AsyncTileShape::Cols128 && N % 128 == 0 && device_shared_fits(Tile128::smem_bytes);
+}
 // Whether the gathered operands' copies go through L1 too (ops.cuh GatherCaching).
 inline bool gather_l1() { return gather_caching() == GatherCaching::L1; }
 // Whether the warpgroup-MMA kernel is asked for (AsyncTileShape::Wgmma, in the asynchronous-copy
@@ -430,7 +459,7 @@ inline bool launch_async_gemm(int64_t M, int64_t N, int64_t K, const LoadA& la, 
     const AsyncConvOperands<LoadA> ops{la, w, N, l1};
     if (!async_mode() || !ops.fits(M, N, K, 1)) return false;
     if (M <= 0 || N <= 0) return true;
-    if (async_cols128(N))
+    if (async_cols128<AsyncTileCols128>(N))
         launch_async(M, N, K, 1, AsyncConvOperands<LoadA, AsyncTileCols128>{la, w, N, l1}, st, name, shape);
     else
         launch_async(M, N, K, 1, ops, st, name, shape);

@@ -12,21 +12,6 @@
 namespace pin::cuda {
 
 namespace {
-#if !defined(PIN_CUDA_EMULATION)
-// An attribute of the current device, asked of the runtime once per device (the convolutions ask on
-// every launch); false where there is no usable device.
-template <cudaDeviceAttr kAttribute>
-bool current_device_attribute(int& value) {
-    static PerDeviceValue known;
-    int device = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (known.get(device, value)) return true;
-    if (cudaDeviceGetAttribute(&value, kAttribute, device) != cudaSuccess || value < 0) return false;
-    known.set(device, value);
-    return true;
-}
-#endif
-
 // Whether the current device runs sm_90a code.
 bool device_runs_sm90a(std::string* reason) {
 #if defined(PIN_CUDA_EMULATION)

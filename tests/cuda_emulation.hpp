@@ -83,6 +83,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <exception>
@@ -267,6 +268,20 @@ inline unsigned char* dynamic_shared() {
 // PIN_LAUNCH_SHARED launch (Launch below) checks the same here, by the kernel's address, so code
 // that forgets the attribute fails its emulated tests rather than the first run on a GPU.
 constexpr size_t kDefaultDynamicShared = 48 * 1024, kMaxDynamicShared = 227 * 1024;
+// The most a block of the emulated devices may have: sm_90's 227 KB, or, to emulate a card that
+// allows less (the 8.6 / 8.9 cards' 99 KB, 101376 bytes, on which the sm_80 build runs), the bytes
+// in PIN_EMULATE_SHARED_PER_BLOCK (from 48 KB to 227 KB). Read on every call, so a test may set it
+// for a while; the runtime reports it as cudaDevAttrMaxSharedMemoryPerBlockOptin.
+inline size_t max_dynamic_shared() {
+    const char* text = std::getenv("PIN_EMULATE_SHARED_PER_BLOCK");
+    if (!text || !*text) return kMaxDynamicShared;
+    char* end = nullptr;
+    const unsigned long long bytes = std::strtoull(text, &end, 10);
+    if (*end != '\0' || bytes < kDefaultDynamicShared || bytes > kMaxDynamicShared)
+        throw std::runtime_error(std::string("cuda emulation: PIN_EMULATE_SHARED_PER_BLOCK='") + text + "' is not a byte count from " +
+                                 std::to_string(kDefaultDynamicShared) + " to " + std::to_string(kMaxDynamicShared));
+    return static_cast<size_t>(bytes);
+}
 // The emulated runtime has two devices, so that code which moves between devices (cudaSetDevice)
 // is tested too: a kernel's attributes are per device, as a GPU's are per device context. The
 // calling thread's current device, as the runtime's is per host thread:
@@ -286,9 +301,10 @@ inline void allow_dynamic_shared(const void* kernel, size_t bytes) {
     a.bytes[{tl_device, kernel}] = bytes;
 }
 inline void check_dynamic_shared(const void* kernel, size_t bytes) {
-    if (bytes > kMaxDynamicShared)
-        throw std::runtime_error("cuda emulation: a launch with " + std::to_string(bytes) + " bytes of dynamic shared memory, over the 227 KB (" +
-                                 std::to_string(kMaxDynamicShared) + " bytes) a block of sm_90 may have");
+    const size_t most = max_dynamic_shared();
+    if (bytes > most)
+        throw std::runtime_error("cuda emulation: a launch with " + std::to_string(bytes) + " bytes of dynamic shared memory, over the " +
+                                 std::to_string(most) + " bytes a block of the emulated device may have");
     if (bytes <= kDefaultDynamicShared) return;
     size_t allowed = kDefaultDynamicShared;
     {

@@ -107,13 +107,13 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     delete stream;
     return cudaSuccess;
 }
-// The attributes pin::cuda sets: a kernel's dynamic shared memory, at most the 227 KB a block of
-// sm_90 may have, recorded for the launches' check (pin_emulation::check_dynamic_shared); and its
+// The attributes pin::cuda sets: a kernel's dynamic shared memory, at most what a block of the
+// emulated device may have (sm_90's 227 KB, or PIN_EMULATE_SHARED_PER_BLOCK), recorded for the launches' check (pin_emulation::check_dynamic_shared); and its
 // shared-memory carveout, a percentage (or -1, no preference) that only a GPU's L1 would feel.
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
     if (func && attr == cudaFuncAttributePreferredSharedMemoryCarveout)
         return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
-    if (!func || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || static_cast<size_t>(value) > pin_emulation::kMaxDynamicShared)
+    if (!func || attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || static_cast<size_t>(value) > pin_emulation::max_dynamic_shared())
         return cudaErrorInvalidValue;
     pin_emulation::allow_dynamic_shared(func, static_cast<size_t>(value));
     return cudaSuccess;
@@ -135,6 +135,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int dev
     switch (attribute) {
         case cudaDevAttrComputeCapabilityMajor: *value = 9; return cudaSuccess;
         case cudaDevAttrComputeCapabilityMinor: *value = 0; return cudaSuccess;
+        case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = static_cast<int>(pin_emulation::max_dynamic_shared()); return cudaSuccess;
         default: return cudaErrorInvalidValue;  // no other attribute is asked of the emulation
     }
 }

@@ -968,6 +968,55 @@ TEST_CASE("device_available refuses a device the build has no kernels for, sayin
     REQUIRE_THAT(reason, Catch::Contains("compute capability 9.0") && Catch::Contains("CUDA architectures 90 (the CPU emulation)") &&
                              Catch::Contains("no kernel image is available") && Catch::EndsWith("-DCMAKE_CUDA_ARCHITECTURES=90"));
 }
+
+// The 256 x 128 asynchronous-copy tiles take 135 KB of shared memory: more than a block of the 8.6
+// and 8.9 cards may have (99 KB), on which the sm_80 build runs. There --gpu-tile 128 falls back to
+// the 256 x 64 tile (75 KB) in all three passes instead of failing every launch; emulated with
+// PIN_EMULATE_SHARED_PER_BLOCK, under which a launch of the wider tile fails as on such a card.
+TEST_CASE("The 256 x 128 tile gives way to the 256 x 64 one on a device with 99 KB of shared memory a block", "[cuda][device]") {
+    const pin::cuda::KernelSettingsScope scope;
+    pin::cuda::set_math_mode(pin::cuda::MathMode::BF16);
+    pin::cuda::set_gather_mode(pin::cuda::GatherMode::Vector);
+    pin::cuda::set_async_tile(pin::cuda::AsyncTileShape::Cols128);
+    // 128 -> 128: the forward's, the input gradient's and the weight gradient's GEMMs all have 128 columns.
+    const pin::cuda::ConvShape s{2, 7, 6, 128, 128, 3, 1, 1, 0};
+    const Tensor x = rnd({2, 128, 7, 6}, 41), w = rnd({128, 128, 3, 3}, 42, Layout::NCHW), dy = rnd({2, 128, 7, 6}, 43);
+    const Bf16Upload ux = to_gpu_bf16(x), udy = to_gpu_bf16(dy);
+    const pin::cuda::DeviceBuffer gw = to_gpu(w);
+    const pin::cuda::DeviceBuffer wp = pin::cuda::pack_conv2d_forward_weight(gw.data(), s);
+    const pin::cuda::DeviceBuffer wb = pin::cuda::pack_bf16(wp.data(), 3 * 3 * 128 * 128);
+    const pin::cuda::PackedWeight pw(wp.data(), pin::cuda::bf16_data(wb));
+    Tensor y = Tensor::empty({2, 128, 7, 6}, Layout::NHWC), dx = Tensor::empty(x.shape(), Layout::NHWC), dw = Tensor::empty(w.shape(), Layout::NCHW);
+    cpu_conv_forward(ux.rounded, w, y, s, false, {});
+    cpu::conv2d_backward_input(udy.rounded, w, dx, cpu::Conv2dParams{3, 1, 1});
+    cpu::conv2d_backward_weight(ux.rounded, udy.rounded, dw, cpu::Conv2dParams{3, 1, 1});
+    // Runs the three passes; checks them against the CPU and that each ran on the asynchronous-copy
+    // kernel, on its 256 x 128 tile exactly when `wide`.
+    auto check_passes = [&](bool wide) {
+        const std::string device = wide ? " (227 KB a block)" : " (99 KB a block)";
+        pin::cuda::DeviceBuffer gy(static_cast<size_t>(y.numel())), gdx(static_cast<size_t>(dx.numel())), gdw(static_cast<size_t>(dw.numel()));
+        const pin::cuda::ConstActivations gx = bf16_view(ux.buffer), gdy = bf16_view(udy.buffer);
+        auto pass = [&](const char* what, auto run) {
+            const pin::cuda::KernelLaunches before = pin::cuda::kernel_launches();
+            run();
+            INFO(what << device);
+            REQUIRE(pin::cuda::kernel_launches().async > before.async);
+            REQUIRE((pin::cuda::kernel_launches().async_cols128 > before.async_cols128) == wide);
+        };
+        pass("forward", [&] { pin::cuda::conv2d_forward(gx, gw.data(), gy.data(), s, nullptr, nullptr, false, pw); });
+        pass("input gradient", [&] { pin::cuda::conv2d_backward_input(gdy, gw.data(), gdx.data(), s); });
+        pass("weight gradient", [&] { pin::cuda::conv2d_backward_weight(gx, gdy, gdw.data(), s); });
+        require_matches(from_gpu(gy, y.numel()), y.data(), y.numel(), "forward" + device);
+        require_matches(from_gpu(gdx, dx.numel()), dx.data(), dx.numel(), "input gradient" + device);
+        require_matches(from_gpu(gdw, dw.numel()), dw.data(), dw.numel(), "weight gradient" + device, 1e-3);
+    };
+    check_passes(true);
+    REQUIRE(setenv("PIN_EMULATE_SHARED_PER_BLOCK", "101376", 1) == 0);
+    struct Unset {
+        ~Unset() { unsetenv("PIN_EMULATE_SHARED_PER_BLOCK"); }
+    } const unset;
+    check_passes(false);
+}
 #endif
 
 #endif
