@@ -13,6 +13,7 @@
 #include <functional>
 #include <memory>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -77,6 +78,10 @@ void usage(std::FILE* f) {
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
+                 "              --gpu-tune      with --gpu-math bf16: first run each bfloat16 configuration this GPU\n"
+                 "                              runs on a batch, check it against the fp32 forward, time those that\n"
+                 "                              agree and use the fastest (stderr names it, as flags to pass next time)\n"
+                 "              --gpu-tune-repeats N  timed forwards per configuration (default 3)\n"
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
@@ -193,7 +198,7 @@ int cmd_info() {
     std::printf("  CUDA kernels     built\n");
     std::string reason;
     if (pin::cuda::device_available(&reason))
-        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-mma-n, --gpu-gather-cache)\n", pin::cuda::device_name().c_str());
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-mma-n, --gpu-gather-cache; pin defend --gpu-tune)\n", pin::cuda::device_name().c_str());
     else
         std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else
@@ -361,10 +366,11 @@ int cmd_defend(const Options& o) {
     pin::check_batch_memory(std::min(batch, n), 30e6, "pin defend");  // the agent's activations per face
 
     // --device cuda: the PIN forward on the GPU, its weights copied there once; the same Philox masks.
-    if (!cli::apply_device(o, defense, "defend")) return 1;
+    if (!cli::apply_device(o, defense, "defend", std::min(batch, n))) return 1;
     int64_t failures = 0, resized = 0, coloured = 0;
     double kept = 0;
-    pin::ProgressBar bar("defending", n, "faces");
+    std::optional<pin::ProgressBar> bar;  // on stderr, unless --no-progress
+    if (!o.has("no-progress")) bar.emplace("defending", n, "faces");
     for (int64_t b0 = 0; b0 < n; b0 += batch) {
         const int64_t bn = std::min(batch, n - b0);
         pin::Tensor x = pin::Tensor::zeros({bn, 1, kSize, kSize}, pin::Layout::NHWC);
@@ -403,9 +409,9 @@ int cmd_defend(const Options& o) {
                 std::fprintf(stderr, "\npin defend: %s\n", errors[static_cast<size_t>(i)].c_str());
             }
         }
-        bar.update(b0 + bn);
+        if (bar) bar->update(b0 + bn);
     }
-    bar.finish();
+    if (bar) bar->finish();
     if (resized) std::fprintf(stderr, "pin defend: %lld images were not %dx%d and were resized\n", static_cast<long long>(resized), kSize, kSize);
     if (coloured) std::fprintf(stderr, "pin defend: %lld colour images were converted to gray\n", static_cast<long long>(coloured));
     std::printf("defended %lld of %lld faces with %s into %s", static_cast<long long>(n - failures),

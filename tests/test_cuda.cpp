@@ -7,8 +7,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -20,6 +22,7 @@
 #include <cuda_runtime_api.h>
 
 #include "rng.cuh"
+#include "gpu_tuning.hpp"
 #endif
 
 using namespace pin;
@@ -949,6 +952,66 @@ TEST_CASE("The kernels and the caching allocator follow the calling thread's dev
 TEST_CASE("The warp-specialized kernels and the caching allocator follow the calling thread's device", "[cuda][ws]") {
     if (!wgmma_or_skip()) return;
     check_follows_device(WgmmaPipelines::WarpSpecialized);
+}
+
+// The check behind GPU tuning (gpu_tuning.hpp compare_with_fp32), on host values: p within its
+// tolerance, faces compared only for images whose masks agree, and nothing non-finite passes.
+TEST_CASE("GPU tuning accepts a configuration only where it agrees with the fp32 forward", "[cuda][tune]") {
+    namespace pc = pin::cuda;
+    const int64_t B = 3, N = 5, D = 7;
+    std::vector<float> p(B * N), q(B * N), y(B * D);
+    for (int64_t i = 0; i < B * N; ++i) p[i] = 0.1f + 0.05f * static_cast<float>(i % 13), q[i] = static_cast<float>(i % 3 == 0);
+    for (int64_t i = 0; i < B * D; ++i) y[i] = std::sin(0.7f * static_cast<float>(i)) * 0.9f;
+    pc::TuningOptions options;
+    options.p_tolerance = 8e-2, options.face_tolerance = 2e-2;  // of their largest
+    auto check = [&](std::vector<float> p2, std::vector<float> q2, std::vector<float> y2) { return pc::compare_with_fp32(p2, q2, y2, p, q, y, B, options); };
+    const pc::TuningResult same = check(p, q, y);
+    REQUIRE(same.accepted);
+    REQUIRE(same.p_error == 0);
+    REQUIRE(same.faces_checked == B);
+    std::vector<float> p_off = p;
+    p_off[7] += 0.1f * 0.8f;  // 0.1 of the largest p (0.7 + 0.1)
+    const pc::TuningResult far = check(p_off, q, y);
+    REQUIRE_FALSE(far.accepted);
+    REQUIRE_THAT(far.why, Catch::StartsWith("p differs from the fp32 forward's by 0.1"));
+    p_off[7] = p[7] + 0.05f * 0.8f;  // within
+    REQUIRE(check(p_off, q, y).accepted);
+    std::vector<float> y_off = y;
+    y_off[D + 2] += 0.05f;  // image 1's face, its mask the same: compared, and too far
+    const pc::TuningResult face = check(p, q, y_off);
+    REQUIRE_FALSE(face.accepted);
+    REQUIRE_THAT(face.why, Catch::StartsWith("the defended faces differ"));
+    std::vector<float> q_flip = q;
+    q_flip[N + 1] = 1 - q_flip[N + 1];  // image 1's mask differs in a bit: its face is not compared
+    const pc::TuningResult flipped = check(p, q_flip, y_off);
+    REQUIRE(flipped.accepted);
+    REQUIRE(flipped.faces_checked == B - 1);
+    std::vector<float> y_nan = y;
+    y_nan[2 * D] = NAN;
+    REQUIRE_FALSE(check(p, q, y_nan).accepted);
+    std::vector<float> p_nan = p;
+    p_nan[0] = INFINITY;
+    REQUIRE_FALSE(check(p_nan, q, y).accepted);
+}
+
+// The deadline that GPU tuning keeps on each configuration: on_hang with the armed name once the
+// time passes; never after disarm or a later arm.
+TEST_CASE("The tuning watchdog calls on_hang only when an armed deadline passes", "[cuda][tune]") {
+    std::mutex m;
+    std::vector<std::string> hung;
+    {
+        pin::cuda::Watchdog dog([&](const std::string& what) {
+            std::lock_guard<std::mutex> lock(m);
+            hung.push_back(what);
+        });
+        dog.arm("quick", 30);
+        dog.disarm();
+        dog.arm("replaced", 30);
+        dog.arm("slow", 0.05);
+        std::this_thread::sleep_for(std::chrono::milliseconds(400));
+        dog.arm("last", 30);
+    }  // destroyed while armed: no call
+    REQUIRE(hung == std::vector<std::string>{"slow"});
 }
 
 #if defined(PIN_TESTS_ON_EMULATION)

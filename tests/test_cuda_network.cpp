@@ -11,6 +11,7 @@
 
 #if defined(PIN_HAVE_CUDA)
 #include "cuda_test_support.hpp"
+#include "gpu_tuning.hpp"
 
 namespace {
 // The GPU defense forward (3 faces, 60 eigenfaces) against the CPU's under the kernel settings in
@@ -383,5 +384,63 @@ TEST_CASE("GPU work on separate streams gives the default stream's results, also
         REQUIRE(errors[t].empty());
         REQUIRE(pin::test::bitwise_equal(together[t], alone[t]));
     }
+}
+
+// GPU tuning (gpu_tuning.hpp) on the whole network: each configuration tried reaches the kernels
+// it names, passes the check against the fp32 forward (on the emulation every kernel computes as
+// the hardware should), is timed, the fastest is chosen, and the settings in force before come back.
+// Three of the configurations (the others differ only in settings the [defense] and [ws] cases
+// check), at batch 1: every forward is seconds on the emulation.
+TEST_CASE("GPU tuning chooses the fastest configuration that matches the fp32 forward", "[cuda][tune][network]") {
+    if (!gpu_or_skip()) return;
+    namespace pc = pin::cuda;
+    const pc::KernelSettingsScope settings_scope;
+    auto agent = std::make_shared<model::Agent>(60);
+    agent->reset_parameters(5);
+    auto basis = std::make_shared<model::EigenBasis>(
+        model::EigenBasis::from_tensors(rnd({12544, 60}, 25, Layout::NCHW), rnd({12544}, 26, Layout::NCHW)));
+    const model::Defense defense = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 0);
+    const std::vector<pc::TuningCandidate> all = pc::bf16_defense_candidates();
+    const bool wgmma = pc::wgmma_supported();
+    REQUIRE(all.size() == (wgmma ? 11u : 3u));
+    std::vector<pc::TuningCandidate> some = {all[0]};
+    if (wgmma) some.push_back(all[3]), some.push_back(all.back());  // wgmma wait + L1; ping-pong, tensor copies, N 256
+    pc::TuningOptions options;
+    options.batch = 1;
+    options.repeats = 1;
+#if defined(PIN_TESTS_ON_EMULATION)
+    options.hang_seconds = 3600;  // the emulation is slow, not hung
+#else
+    options.hang_seconds = 60;
+#endif
+    // Which kernels each configuration reached, from the launch counters around it.
+    std::vector<pc::KernelLaunches> after;
+    pc::KernelLaunches last = pc::kernel_launches();
+    options.on_result = [&](const pc::TuningResult&) { after.push_back(pc::kernel_launches()); };
+    const pc::KernelSettings before = pc::KernelSettings::current();
+    const pc::TuningReport report = pc::tune_defense(defense, some, options);
+    REQUIRE(report.results.size() == some.size());
+    REQUIRE(after.size() == some.size());
+    REQUIRE(report.fp32_ms > 0);
+    for (size_t i = 0; i < some.size(); ++i) {
+        const pc::TuningResult& r = report.results[i];
+        INFO(r.candidate.name << ": " << r.why);
+        std::printf("tuning %-40s %s, p error %.3g, faces error %.3g over %lld images, %.1f ms\n", r.candidate.name.c_str(),
+                    r.accepted ? "passed" : "failed", r.p_error, r.face_error, static_cast<long long>(r.faces_checked), r.ms);
+        REQUIRE(r.candidate.name == some[i].name);
+        REQUIRE(r.accepted);
+        REQUIRE(r.ms > 0);
+        REQUIRE(r.p_error <= options.p_tolerance);
+        const pc::AsyncTileShape tile = r.candidate.settings.tile;
+        REQUIRE((after[i].async > last.async) == (tile != pc::AsyncTileShape::Wgmma));
+        REQUIRE((after[i].wgmma > last.wgmma) == (tile == pc::AsyncTileShape::Wgmma));
+        REQUIRE((after[i].wgmma_tma > last.wgmma_tma) == (r.candidate.settings.loads == pc::WgmmaLoads::TensorCopies));
+        last = after[i];
+        if (r.ms < report.best()->ms) FAIL("a faster configuration than the chosen one");
+    }
+    REQUIRE(report.best() != nullptr);
+    const pc::KernelSettings now = pc::KernelSettings::current();
+    REQUIRE((now.math == before.math && now.gather == before.gather && now.storage == before.storage && now.tile == before.tile &&
+             now.pipeline == before.pipeline && now.caching == before.caching && now.loads == before.loads && now.mma_n == before.mma_n));
 }
 #endif

@@ -17,6 +17,7 @@
 #include "pin/model/defense.hpp"
 #if defined(PIN_HAVE_CUDA)
 #include "gpu_defense.hpp"
+#include "gpu_tuning.hpp"
 #include "ops.cuh"
 #include "rng.cuh"
 #endif
@@ -65,9 +66,50 @@ inline std::string gpu_setting_value(const Options& o, const GpuSetting& s) {
     const bool bf16 = o.get("gpu-math", "fp32") == "bf16";
     return o.get(s.flag, bf16 && !s.with_bf16.empty() ? s.with_bf16 : s.values[0]);
 }
+#if defined(PIN_HAVE_CUDA)
+// Each setting's enum values, in the order of its flag's values in gpu_settings().
+namespace gpu_enums {
+namespace pc = pin::cuda;
+inline constexpr pc::MathMode math[] = {pc::MathMode::FP32, pc::MathMode::TF32, pc::MathMode::BF16};
+inline constexpr pc::GatherMode gather[] = {pc::GatherMode::Generic, pc::GatherMode::Rows, pc::GatherMode::Vector};
+inline constexpr pc::ActivationStorage storage[] = {pc::ActivationStorage::FP32, pc::ActivationStorage::BF16};
+inline constexpr pc::AsyncTileShape tile[] = {pc::AsyncTileShape::Cols64, pc::AsyncTileShape::Cols128, pc::AsyncTileShape::Wgmma};
+inline constexpr pc::WgmmaPipeline pipeline[] = {pc::WgmmaPipeline::WaitEachSlice, pc::WgmmaPipeline::OneSliceInFlight,
+                                                 pc::WgmmaPipeline::WarpSpecialized, pc::WgmmaPipeline::PingPong};
+inline constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::GatherCaching::L1};
+inline constexpr pc::WgmmaLoads loads[] = {pc::WgmmaLoads::CpAsync, pc::WgmmaLoads::TensorCopies};
+inline constexpr pc::WgmmaMmaN mma_n[] = {pc::WgmmaMmaN::N128, pc::WgmmaMmaN::N256};
+}  // namespace gpu_enums
+// The flags that select `k` ("--gpu-math bf16 --gpu-gather vector ..."), every setting of
+// gpu_settings() spelled out, so that a run can repeat a configuration another chose.
+inline std::string gpu_flags_of(const pin::cuda::KernelSettings& k) {
+    namespace e = gpu_enums;
+    auto flag = [](const char* name, const auto& enums, auto value) {
+        const auto found = std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return name == std::string(g.flag); });
+        const size_t i = static_cast<size_t>(std::find(std::begin(enums), std::end(enums), value) - std::begin(enums));
+        if (found == gpu_settings().end() || i >= found->values.size()) throw std::logic_error(std::string("gpu_flags_of: --") + name);
+        return std::string("--") + name + " " + found->values[i];
+    };
+    return flag("gpu-math", e::math, k.math) + " " + flag("gpu-gather", e::gather, k.gather) + " " + flag("gpu-storage", e::storage, k.storage) +
+           " " + flag("gpu-tile", e::tile, k.tile) + " " + flag("gpu-pipeline", e::pipeline, k.pipeline) + " " +
+           flag("gpu-gather-cache", e::caching, k.caching) + " " + flag("gpu-loads", e::loads, k.loads) + " " + flag("gpu-mma-n", e::mma_n, k.mma_n);
+}
+#endif
+
 // Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
-// them. Only with --device cuda.
-inline void apply_gpu_settings(const Options& o, const std::string& device) {
+// them. Only with --device cuda. --gpu-tune (GPU tuning, apply_device) only where `tune_allowed`.
+inline void apply_gpu_settings(const Options& o, const std::string& device, bool tune_allowed = false) {
+    if (o.has("gpu-tune") || o.has("gpu-tune-repeats")) {
+        if (!tune_allowed) fail_usage("--gpu-tune chooses the defense forward's GPU configuration for pin defend; elsewhere pass the flags it names");
+        if (device != "cuda") fail_usage("--gpu-tune needs --device cuda");
+        if (!o.has("gpu-tune")) fail_usage("--gpu-tune-repeats goes with --gpu-tune");
+        (void)int_option(o, "gpu-tune-repeats", 3, 1, 100);  // a bad count fails here, before any work
+        if (o.get("gpu-math", "fp32") != "bf16")
+            fail_usage("--gpu-tune chooses among --gpu-math bf16's configurations: add --gpu-math bf16");
+        for (const GpuSetting& s : gpu_settings())
+            if (std::string(s.flag) != "gpu-math" && o.has(s.flag))
+                fail_usage(std::string("--gpu-tune chooses --") + s.flag + " itself: leave out one or the other");
+    }
     for (const GpuSetting& s : gpu_settings()) {
         if (!o.has(s.flag)) continue;
         const std::string v = gpu_setting_value(o, s);
@@ -91,23 +133,15 @@ inline void apply_gpu_settings(const Options& o, const std::string& device) {
         const std::string v = gpu_setting_value(o, s);
         return enums[static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin())];
     };
-    static constexpr pc::MathMode math[] = {pc::MathMode::FP32, pc::MathMode::TF32, pc::MathMode::BF16};
-    static constexpr pc::GatherMode gather[] = {pc::GatherMode::Generic, pc::GatherMode::Rows, pc::GatherMode::Vector};
-    static constexpr pc::ActivationStorage storage[] = {pc::ActivationStorage::FP32, pc::ActivationStorage::BF16};
-    static constexpr pc::AsyncTileShape tile[] = {pc::AsyncTileShape::Cols64, pc::AsyncTileShape::Cols128, pc::AsyncTileShape::Wgmma};
-    static constexpr pc::WgmmaPipeline pipeline[] = {pc::WgmmaPipeline::WaitEachSlice, pc::WgmmaPipeline::OneSliceInFlight,
-                                                     pc::WgmmaPipeline::WarpSpecialized, pc::WgmmaPipeline::PingPong};
-    static constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::GatherCaching::L1};
-    static constexpr pc::WgmmaLoads loads[] = {pc::WgmmaLoads::CpAsync, pc::WgmmaLoads::TensorCopies};
-    static constexpr pc::WgmmaMmaN mma_n[] = {pc::WgmmaMmaN::N128, pc::WgmmaMmaN::N256};
-    pc::set_math_mode(choice("gpu-math", math));
-    pc::set_gather_mode(choice("gpu-gather", gather));
-    pc::set_activation_storage(choice("gpu-storage", storage));
-    pc::set_async_tile(choice("gpu-tile", tile));
-    pc::set_wgmma_pipeline(choice("gpu-pipeline", pipeline));
-    pc::set_gather_caching(choice("gpu-gather-cache", caching));
-    pc::set_wgmma_loads(choice("gpu-loads", loads));
-    pc::set_wgmma_mma_n(choice("gpu-mma-n", mma_n));
+    namespace e = gpu_enums;
+    pc::set_math_mode(choice("gpu-math", e::math));
+    pc::set_gather_mode(choice("gpu-gather", e::gather));
+    pc::set_activation_storage(choice("gpu-storage", e::storage));
+    pc::set_async_tile(choice("gpu-tile", e::tile));
+    pc::set_wgmma_pipeline(choice("gpu-pipeline", e::pipeline));
+    pc::set_gather_caching(choice("gpu-gather-cache", e::caching));
+    pc::set_wgmma_loads(choice("gpu-loads", e::loads));
+    pc::set_wgmma_mma_n(choice("gpu-mma-n", e::mma_n));
 #endif
 }
 // "math M gather G storage S tile T pipeline P gather-cache C loads L mma-n N" with the defaults filled in: results depend on them (caches
@@ -119,13 +153,33 @@ inline std::string gpu_settings_tag(const Options& o) {
     return tag;
 }
 
-// Which GEMM kernels this process's GPU work has reached (pin::cuda::kernel_launches), by kernel:
+#if defined(PIN_HAVE_CUDA)
+// The counts before the run's own work (--gpu-tune's forwards come before it), which the reports
+// below leave out; zero unless set.
+inline pin::cuda::KernelCounts& gpu_launch_baseline() {
+    static pin::cuda::KernelCounts base;
+    return base;
+}
+inline pin::cuda::KernelCounts& gpu_flops_baseline() {
+    static pin::cuda::KernelCounts base;
+    return base;
+}
+// now - base, counter by counter.
+inline pin::cuda::KernelCounts counts_since(const pin::cuda::KernelCounts& base, pin::cuda::KernelCounts now) {
+    static_assert(sizeof(pin::cuda::KernelCounts) == 11 * sizeof(int64_t), "a counter added to KernelCounts needs subtracting here");
+    now.fp32 -= base.fp32, now.tensor_core -= base.tensor_core, now.wide -= base.wide, now.one_output -= base.one_output;
+    now.one_input -= base.one_input, now.async -= base.async, now.async_cols128 -= base.async_cols128, now.wgmma -= base.wgmma;
+    now.wgmma_tma -= base.wgmma_tma, now.wgmma_wide -= base.wgmma_wide, now.wgmma_split -= base.wgmma_split;
+    return now;
+}
+#endif
+// Which GEMM kernels this run's GPU work has reached (pin::cuda::kernel_launches since gpu_launch_baseline), by kernel:
 // where a setting does not apply (the warpgroup-MMA kernel off compute capability 9.0, a layer
 // shape a kernel does not take) another kernel runs in its place without a word, so defend, train
 // and eval with --device cuda report them. Empty without CUDA.
 inline std::vector<std::pair<const char*, int64_t>> gpu_gemm_launches() {
 #if defined(PIN_HAVE_CUDA)
-    return pin::cuda::named_counts(pin::cuda::kernel_launches());
+    return pin::cuda::named_counts(counts_since(gpu_launch_baseline(), pin::cuda::kernel_launches()));
 #else
     return {};
 #endif
@@ -135,7 +189,7 @@ inline std::vector<std::pair<const char*, int64_t>> gpu_gemm_launches() {
 inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
     std::vector<std::pair<const char*, double>> gflop;
 #if defined(PIN_HAVE_CUDA)
-    for (const auto& [kernel, flops] : pin::cuda::named_counts(pin::cuda::kernel_gemm_flops()))
+    for (const auto& [kernel, flops] : pin::cuda::named_counts(counts_since(gpu_flops_baseline(), pin::cuda::kernel_gemm_flops())))
         gflop.emplace_back(kernel, static_cast<double>(flops) * 1e-9);
 #endif
     return gflop;
@@ -145,7 +199,7 @@ inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
 // twice or more). 0 without CUDA.
 inline double gpu_gemm_gflop_total() {
 #if defined(PIN_HAVE_CUDA)
-    return static_cast<double>(pin::cuda::kernel_gemm_flops().total()) * 1e-9;
+    return static_cast<double>(counts_since(gpu_flops_baseline(), pin::cuda::kernel_gemm_flops()).total()) * 1e-9;
 #else
     return 0.0;
 #endif
@@ -174,12 +228,46 @@ inline void report_gpu_gemm_launches(const char* command) {
     std::fprintf(stderr, "pin %s: GPU GEMM GFLOP by kernel: %s; total %.3f\n", command, line.c_str(), gpu_gemm_gflop_total());
 }
 
+#if defined(PIN_HAVE_CUDA)
+// --gpu-tune: runs GPU tuning (cuda/gpu_tuning.hpp) on `defense` at `batch`, a line per
+// configuration on stderr as it finishes, and applies the fastest that agrees with the fp32
+// forward; false (after saying so) where none does.
+inline bool tune_gpu_settings(const Options& o, const pin::model::Defense& defense, int64_t batch, const char* command) {
+    namespace pc = pin::cuda;
+    pc::TuningOptions options;
+    options.batch = batch;
+    options.repeats = static_cast<int>(int_option(o, "gpu-tune-repeats", 3, 1, 100));
+    const std::vector<pc::TuningCandidate> candidates = pc::bf16_defense_candidates();
+    std::fprintf(stderr, "pin %s: GPU tuning on %s at batch %lld: %zu configurations, each checked against the fp32 forward, then timed "
+                         "(the best of %d)\n",
+                 command, pc::device_name().c_str(), static_cast<long long>(batch), candidates.size(), options.repeats);
+    options.on_result = [&](const pc::TuningResult& r) {
+        if (r.accepted)
+            std::fprintf(stderr, "  %-40s %9.3f ms  (p within %.2g of fp32's)\n", r.candidate.name.c_str(), r.ms, r.p_error);
+        else
+            std::fprintf(stderr, "  %-40s left out: %s\n", r.candidate.name.c_str(), r.why.c_str());
+    };
+    const pc::TuningReport report = pc::tune_defense(defense, candidates, options);
+    const pc::TuningResult* best = report.best();
+    if (!best) {
+        std::fprintf(stderr, "pin %s: --gpu-tune: no bfloat16 configuration agreed with the fp32 forward on this GPU; run without "
+                             "--gpu-tune (fp32) or report it\n", command);
+        return false;
+    }
+    best->candidate.settings.apply();
+    std::fprintf(stderr, "pin %s: --gpu-tune chose '%s': %.3f ms a batch (the fp32 forward %.3f ms); to choose it without tuning: %s\n", command,
+                 best->candidate.name.c_str(), best->ms, report.fp32_ms, gpu_flags_of(best->candidate.settings).c_str());
+    return true;
+}
+#endif
+
 // Applies --device to `defense`. A bad value or a defense the GPU does not run is a usage error;
-// false (after a message saying why) when cuda was asked for and cannot run here.
-inline bool apply_device(const Options& o, pin::model::Defense& defense, const char* command) {
+// false (after a message saying why) when cuda was asked for and cannot run here. `tune_batch`:
+// where positive, --gpu-tune may choose the GPU settings, at that batch (pin defend).
+inline bool apply_device(const Options& o, pin::model::Defense& defense, const char* command, int64_t tune_batch = 0) {
     const std::string device = o.get("device", "cpu");
     if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
-    apply_gpu_settings(o, device);
+    apply_gpu_settings(o, device, tune_batch > 0);
     if (device == "cpu") return true;
     if (defense.kind() != pin::model::DefenseKind::PIN)
         fail_usage("--device cuda runs the PIN defense (--defense pin); this run's defense runs on the CPU without --device");
@@ -190,6 +278,11 @@ inline bool apply_device(const Options& o, pin::model::Defense& defense, const c
     if (!pin::cuda::device_available(&reason)) {
         std::fprintf(stderr, "pin %s: --device cuda: no usable CUDA device (%s)\n", command, reason.c_str());
         return false;
+    }
+    if (o.has("gpu-tune")) {
+        if (!tune_gpu_settings(o, defense, tune_batch, command)) return false;
+        gpu_launch_baseline() = pin::cuda::kernel_launches();  // the run's own launches are what report_gpu_gemm_launches names
+        gpu_flops_baseline() = pin::cuda::kernel_gemm_flops();
     }
     defense.set_accelerator(pin::cuda::make_accelerator(defense));
     return true;

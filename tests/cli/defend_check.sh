@@ -24,8 +24,12 @@ cmp -s "$work/basis.safetensors" "$work/basis_list.safetensors" || fail "list an
 
 "$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/out1" --threads 1 --batch 7 >/dev/null 2>&1 \
   || fail "pin defend (1 thread)"
-"$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/out2" --threads 2 --batch 16 >/dev/null 2>&1 \
+"$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/out2" --threads 2 --batch 16 >/dev/null 2>"$work/bar.log" \
   || fail "pin defend (2 threads)"
+grep -q "defending" "$work/bar.log" || fail "pin defend showed no progress"
+"$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/out_quiet" --no-progress >/dev/null 2>"$work/bar.log" \
+  || fail "pin defend --no-progress"
+[ ! -s "$work/bar.log" ] || { cat "$work/bar.log"; fail "pin defend --no-progress wrote to stderr"; }
 [ "$(find "$work/out1" -name '*.png' | wc -l)" = 60 ] || fail "expected 60 defended faces"
 diff -r "$work/out1" "$work/out2" >/dev/null || fail "outputs differ between 1 and 2 threads / batch sizes"
 
@@ -43,4 +47,17 @@ if "$pin" defend --model "$work/no-model" --in "$work/faces" --out "$work/out4" 
 fi
 grep -q "not a PIN model" "$work/nomodel.log" || fail "missing-model message"
 "$pin" defend --defense pca-0 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/o5" > /dev/null 2>&1 && fail "pca-0 accepted"
+# --gpu-tune (GPU tuning) refuses what it cannot do before any work: a usage error, exit 2.
+bad_tune() {  # MESSAGE ARGS...
+  local message=$1 rc=0
+  shift
+  "$pin" defend --defense pca-10 --basis "$work/basis.safetensors" --in "$work/faces" --out "$work/o_tune" "$@" >"$work/msg" 2>&1 || rc=$?
+  [ $rc = 2 ] && grep -q -- "$message" "$work/msg" || { cat "$work/msg"; fail "pin defend $*: exit $rc, expected 2 saying '$message'"; }
+}
+bad_tune "--gpu-tune needs --device cuda" --gpu-tune --gpu-math bf16
+bad_tune "chooses among --gpu-math bf16's configurations: add --gpu-math bf16" --device cuda --gpu-tune
+bad_tune "--gpu-tune chooses --gpu-tile itself" --device cuda --gpu-math bf16 --gpu-tune --gpu-tile 128
+bad_tune "--gpu-tune-repeats goes with --gpu-tune" --device cuda --gpu-math bf16 --gpu-tune-repeats 2
+bad_tune "--gpu-tune-repeats expects an integer in \[1, 100\]" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-repeats 0
+[ ! -e "$work/o_tune" ] || fail "a refused --gpu-tune run wrote files"
 echo "defend_check: all checks passed"

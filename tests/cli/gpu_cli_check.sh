@@ -212,5 +212,25 @@ kernels "$work/gpu.log" '(k["wgmma"] > 0) == w and (k["wgmma"] == k["wgmma_tma"]
   || fail "--gpu-loads tma --gpu-mma-n 256 did not feed every wgmma launch by tensor copies and some by the wide tile, or left the convolutions' arithmetic elsewhere"
 same_faces "$work/def_gpu_tma" 4 0.9 || fail "pin defend --device cuda ${fast[*]} --gpu-loads tma --gpu-mma-n 256 is far from the CPU"
 echo "pin defend --device cuda ${fast[*]} --gpu-tile wgmma --gpu-pipeline pingpong --gpu-loads tma --gpu-mma-n 256 follows the CPU"
+# --gpu-tune: every bfloat16 configuration the device runs (11 where it runs wgmma, else 3), each
+# checked against the fp32 forward (none left out) and timed, the fastest used and named as flags;
+# a run with those flags writes the same files byte for byte and reaches the same kernels (the
+# launch report leaves the tuning's own forwards out), and both follow the CPU.
+"${defend[@]}" --out "$work/def_gpu_tuned" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-repeats 1 --batch 1 >"$work/gpu.log" 2>&1 \
+  || { cat "$work/gpu.log"; fail "pin defend --device cuda --gpu-math bf16 --gpu-tune"; }
+cp "$work/gpu.log" "$work/tuned.log"
+grep -q "this device runs wgmma" "$work/tuned.log" && configurations=11 || configurations=3
+[ "$(grep -c " ms  (p within " "$work/tuned.log")" = $configurations ] && ! grep -q "left out:" "$work/tuned.log" \
+  || { cat "$work/tuned.log"; fail "--gpu-tune did not run and pass all $configurations configurations"; }
+chosen=$(sed -n 's/.*to choose it without tuning: //p' "$work/tuned.log")
+[ -n "$chosen" ] || { cat "$work/tuned.log"; fail "--gpu-tune did not name its choice"; }
+# shellcheck disable=SC2086  # the flags, word by word
+"${defend[@]}" --out "$work/def_gpu_chosen" --device cuda $chosen --batch 1 >"$work/gpu.log" 2>&1 \
+  || { cat "$work/gpu.log"; fail "pin defend --device cuda $chosen"; }
+for f in "$work"/def_gpu_tuned/*; do cmp -s "$f" "$work/def_gpu_chosen/$(basename "$f")" || fail "--gpu-tune's run and $chosen differ in $(basename "$f")"; done
+[ "$(grep "GPU GEMM launches by kernel:" "$work/tuned.log")" = "$(grep "GPU GEMM launches by kernel:" "$work/gpu.log")" ] \
+  || fail "--gpu-tune's run reports other kernel launches than $chosen's: $(grep "GPU GEMM launches" "$work/tuned.log" "$work/gpu.log")"
+same_faces "$work/def_gpu_tuned" 4 0.9 || fail "pin defend --device cuda --gpu-tune is far from the CPU"
+echo "pin defend --device cuda --gpu-math bf16 --gpu-tune chose $chosen ($configurations configurations checked) and follows the CPU"
 
 echo "gpu cli check passed"

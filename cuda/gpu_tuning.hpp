@@ -1,0 +1,116 @@
+// cuda/gpu_tuning.hpp - chooses the fastest bfloat16 configuration of the GPU defense forward on the
+// device at hand, among those that agree with the fp32 forward there.
+//
+// The kernels have many configurations (ops.cuh: tiles, warpgroup-MMA pipelines, gather caching,
+// tensor copies, wide MMA tiles) and which is fastest depends on the GPU: on the H200 on 2026-12-04
+// the warpgroup-MMA tile waiting for each slice with L1 caching won, and the warp-specialized,
+// ping-pong and tensor-copy forms written since have not been timed on any GPU. tune_defense runs
+// each configuration this device can run on the same synthetic faces, checks its p and defended
+// faces against the fp32 forward's (the configuration that matches the CPU to ~1e-6) within the
+// bfloat16 tolerances the tests use, times those that pass and names the fastest: a kernel that
+// computes wrong on some GPU is left out, not chosen. `pin defend --gpu-tune` runs it.
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "ops.cuh"
+#include "pin/model/defense.hpp"
+
+namespace pin::cuda {
+
+// One configuration to try: what it is called in the report and the settings that select it.
+struct TuningCandidate {
+    std::string name;
+    KernelSettings settings;
+};
+
+// The configurations of bfloat16 arithmetic with bfloat16 activations and the vector gather that
+// this device runs, in the order tried (the ones measured on a GPU first): the asynchronous-copy
+// tiles (256 x 64 through L2 or L1, 256 x 128), and where the warpgroup MMA runs (compute
+// capability 9.0) its pipelines with L1 caching, then the warp-specialized ones with tensor copies
+// and with the wide tiles. `base` supplies everything else (the mask sampler): the current settings.
+std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base = KernelSettings::current());
+
+struct TuningResult;
+
+struct TuningOptions {
+    int64_t batch = 16;          // faces per forward, the batch the caller will run
+    int repeats = 3;             // timed forwards per configuration that passes (the best counts)
+    // The check leaves out configurations that compute wrongly, not those that round: every bfloat16
+    // configuration rounds the same operands and activations, and their p differ from the fp32
+    // forward's by up to 0.07 of its largest (a random agent on the emulation; 0.058 against the CPU
+    // on the H200), where a fault in a kernel is of order 1.
+    double p_tolerance = 0.15;     // max |p - p_fp32| / max |p_fp32|
+    double face_tolerance = 2e-2;  // the same for the defended faces of images whose masks agree
+    // Seconds a configuration's forwards may take before on_hang is called with its name (a kernel
+    // that never finishes - a fault in a pipeline's barriers - cannot be stopped from the host: the
+    // default on_hang prints which configuration hung and ends the process with status 3).
+    double hang_seconds = 120;
+    std::function<void(const std::string&)> on_hang;
+    // Called as each configuration's result is known (for progress output); may be empty.
+    std::function<void(const TuningResult&)> on_result;
+};
+
+struct TuningResult {
+    TuningCandidate candidate;
+    bool accepted = false;
+    double ms = 0;            // the best of the timed forwards (accepted only)
+    double p_error = 0;       // as TuningOptions::p_tolerance measures it
+    double face_error = 0;    // over faces_checked images
+    int64_t faces_checked = 0;  // images whose masks equal the fp32 forward's, so whose faces compare
+    std::string why;          // why not accepted
+};
+
+struct TuningReport {
+    std::string device;
+    int64_t batch = 0;
+    double fp32_ms = 0;            // the fp32 forward, for scale
+    std::vector<TuningResult> results;
+    int64_t chosen = -1;           // index into results of the fastest accepted one; -1 if none
+    const TuningResult* best() const { return chosen < 0 ? nullptr : &results[static_cast<size_t>(chosen)]; }
+};
+
+// Runs `candidates` on `defense`'s PIN forward (its agent and eigenbasis copied to the device for
+// the purpose) on options.batch synthetic faces (the mean face plus a fixed pattern) with seed 1,
+// against the fp32 forward, as described above. Leaves the kernel settings as it found them: apply
+// best()->candidate.settings to use the choice. Requires a usable device (device_available). The
+// kernel settings are process-wide (ops.cuh): run it before other GPU work starts, not beside it.
+TuningReport tune_defense(const model::Defense& defense, const std::vector<TuningCandidate>& candidates, const TuningOptions& options);
+
+// The comparison behind `accepted`, on host copies: p and q (batch x n) and the faces (batch x d)
+// of a configuration against the fp32 forward's. Non-finite values fail it.
+TuningResult compare_with_fp32(const std::vector<float>& p, const std::vector<float>& q, const std::vector<float>& faces,
+                               const std::vector<float>& p_ref, const std::vector<float>& q_ref, const std::vector<float>& faces_ref,
+                               int64_t batch, const TuningOptions& options);
+
+// Calls on_hang(what) from a thread of its own if arm(what, seconds) is not followed by disarm()
+// (or another arm) within `seconds`: the host cannot interrupt a kernel that never finishes, so a
+// deadline is all it can keep.
+class Watchdog {
+public:
+    explicit Watchdog(std::function<void(const std::string&)> on_hang);
+    ~Watchdog();
+    Watchdog(const Watchdog&) = delete;
+    Watchdog& operator=(const Watchdog&) = delete;
+    void arm(const std::string& what, double seconds);
+    void disarm();
+
+private:
+    void run();
+    std::function<void(const std::string&)> on_hang_;
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    std::string what_;
+    bool armed_ = false, stopping_ = false;
+    uint64_t generation_ = 0;
+    std::chrono::steady_clock::time_point deadline_;
+    std::thread thread_;
+};
+
+}  // namespace pin::cuda
