@@ -402,7 +402,7 @@ inline void launch_async(int64_t M, int64_t N, int64_t K, int64_t splits, const 
 }
 // Whether the asynchronous-copy kernel may run (MathMode::BF16 with GatherMode::Vector), and with
 // the 256 x 128 tile Tile128 a GEMM with N columns (AsyncTileShape): where asked for, N allows it and
-// the device gives a block its shared memory (else the 256 x 64 tile runs, as launch_counts shows).
+// the device gives a block its shared memory (else the 256 x 64 tile runs, as kernel_launches() shows).
 inline bool async_mode() { return math_mode() == MathMode::BF16 && gather_mode() == GatherMode::Vector; }
 template <class Tile128>
 inline bool async_cols128(int64_t N) {

@@ -108,8 +108,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
     return cudaSuccess;
 }
 // The attributes pin::cuda sets: a kernel's dynamic shared memory, at most what a block of the
-// emulated device may have (sm_90's 227 KB, or PIN_EMULATE_SHARED_PER_BLOCK), recorded for the launches' check (pin_emulation::check_dynamic_shared); and its
-// shared-memory carveout, a percentage (or -1, no preference) that only a GPU's L1 would feel.
+// emulated device may have (sm_90's 227 KB, or PIN_EMULATE_SHARED_PER_BLOCK), recorded for the
+// launches' check (pin_emulation::check_dynamic_shared); and its shared-memory carveout, a
+// percentage (or -1, no preference) that only a GPU's L1 would feel.
 cudaError_t cudaFuncSetAttribute(const void* func, cudaFuncAttribute attr, int value) {
     if (func && attr == cudaFuncAttributePreferredSharedMemoryCarveout)
         return value >= -1 && value <= 100 ? cudaSuccess : cudaErrorInvalidValue;
