@@ -1008,7 +1008,15 @@ TEST_CASE("The tuning watchdog calls on_hang only when an armed deadline passes"
         dog.disarm();
         dog.arm("replaced", 30);
         dog.arm("slow", 0.05);
-        std::this_thread::sleep_for(std::chrono::milliseconds(400));
+        // Until it fires (a loaded machine may wake the watchdog late), at most 20 s.
+        for (int i = 0; i < 2000; ++i) {
+            {
+                std::lock_guard<std::mutex> lock(m);
+                if (!hung.empty()) break;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));  // and no second call for the same arm
         dog.arm("last", 30);
     }  // destroyed while armed: no call
     REQUIRE(hung == std::vector<std::string>{"slow"});
