@@ -145,11 +145,14 @@ TuningReport tune_defense(const model::Defense& defense, const std::vector<Tunin
     report.fp32_ms = 1e3 * seconds_of(forward);
     watchdog.disarm();
     const Outputs ref = outputs();
+    // A configuration's forwards may take 20 times the fp32 forward's each before they count as hung
+    // (every bfloat16 one ran faster than fp32 on the H200; the emulation is slow throughout).
+    const double deadline = std::max(options.hang_seconds, 20.0 * (1 + options.repeats) * report.fp32_ms * 1e-3);
     for (const TuningCandidate& c : candidates) {
         TuningResult r;
         try {
             c.settings.apply();
-            watchdog.arm("'" + c.name + "'", options.hang_seconds);
+            watchdog.arm("'" + c.name + "'", deadline);
             forward();  // the first forward packs the weights this configuration reads: checked, not timed
             const Outputs o = outputs();
             r = compare_with_fp32(o.p, o.q, o.y, ref.p, ref.q, ref.y, B, options);

@@ -48,9 +48,10 @@ struct TuningOptions {
     // on the H200), where a fault in a kernel is of order 1.
     double p_tolerance = 0.15;     // max |p - p_fp32| / max |p_fp32|
     double face_tolerance = 2e-2;  // the same for the defended faces of images whose masks agree
-    // Seconds a configuration's forwards may take before on_hang is called with its name (a kernel
-    // that never finishes - a fault in a pipeline's barriers - cannot be stopped from the host: the
-    // default on_hang prints which configuration hung and ends the process with status 3).
+    // Seconds a configuration's forwards may take before on_hang is called with its name: this, or
+    // 20 times the fp32 forward's time for each of them where that is longer (a kernel that never
+    // finishes - a fault in a pipeline's barriers - cannot be stopped from the host: the default
+    // on_hang prints which configuration hung and ends the process with status 3).
     double hang_seconds = 120;
     std::function<void(const std::string&)> on_hang;
     // Called as each configuration's result is known (for progress output); may be empty.
