@@ -304,7 +304,7 @@ inline void check_dynamic_shared(const void* kernel, size_t bytes) {
     const size_t most = max_dynamic_shared();
     if (bytes > most)
         throw std::runtime_error("cuda emulation: a launch with " + std::to_string(bytes) + " bytes of dynamic shared memory, over the " +
-                                 std::to_string(most) + " bytes a block of the emulated device may have");
+                                 std::to_string(most / 1024) + " KB (" + std::to_string(most) + " bytes) a block of the emulated device may have");
     if (bytes <= kDefaultDynamicShared) return;
     size_t allowed = kDefaultDynamicShared;
     {
