@@ -195,7 +195,11 @@ void GpuDefense::forward(const float* x, int64_t B, uint64_t seed, uint64_t firs
 model::Defense::Accelerator make_accelerator(const model::Defense& defense) {
     PIN_CHECK(defense.kind() == model::DefenseKind::PIN && defense.agent() && defense.basis(),
               "cuda::make_accelerator: the GPU runs the PIN defense only");
-    auto gpu = std::make_shared<GpuDefense>(*defense.agent(), *defense.basis());
+    return make_accelerator(std::make_shared<GpuDefense>(*defense.agent(), *defense.basis()));
+}
+
+model::Defense::Accelerator make_accelerator(std::shared_ptr<GpuDefense> gpu) {
+    PIN_CHECK(gpu != nullptr, "cuda::make_accelerator: no GPU defense");
     return [gpu](const Tensor& x, uint64_t seed, uint64_t first_image) {
         // Each calling thread works on its own stream, so defenses called from several threads
         // overlap on the GPU (the weights are shared, read-only).

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 
@@ -76,5 +77,7 @@ private:
 // `defense` must be a PIN defense; check device_available() (rng.cuh) first. Thread-safe: each
 // calling thread runs on its own stream.
 model::Defense::Accelerator make_accelerator(const model::Defense& defense);
+// The same on weights already on the device (GPU tuning's, whose packed weights it keeps).
+model::Defense::Accelerator make_accelerator(std::shared_ptr<GpuDefense> gpu);
 
 }  // namespace pin::cuda

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <utility>
 
 #include "gpu_defense.hpp"
@@ -12,7 +13,7 @@
 
 namespace pin::cuda {
 
-std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base) {
+std::vector<TuningCandidate> all_bf16_candidates(const KernelSettings& base) {
     KernelSettings b = base;
     b.math = MathMode::BF16;
     b.gather = GatherMode::Vector;
@@ -31,21 +32,25 @@ std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base)
     };
     using A = AsyncTileShape;
     using P = WgmmaPipeline;
+    using L = WgmmaLoads;
     const GatherCaching l2 = GatherCaching::L2, l1 = GatherCaching::L1;
-    std::vector<TuningCandidate> c = {{"256 x 64 tile", with(A::Cols64, P::WaitEachSlice, l2)},
-                                      {"256 x 64 tile, L1", with(A::Cols64, P::WaitEachSlice, l1)},
-                                      {"256 x 128 tile", with(A::Cols128, P::WaitEachSlice, l2)}};
-    if (!wgmma_supported()) return c;
-    const std::vector<TuningCandidate> wgmma = {
-        {"wgmma wait, L1", with(A::Wgmma, P::WaitEachSlice, l1)},
-        {"wgmma in flight, L1", with(A::Wgmma, P::OneSliceInFlight, l1)},
-        {"wgmma ws, L1", with(A::Wgmma, P::WarpSpecialized, l1)},
-        {"wgmma ping-pong, L1", with(A::Wgmma, P::PingPong, l1)},
-        {"wgmma ws, tensor copies", with(A::Wgmma, P::WarpSpecialized, l1, WgmmaLoads::TensorCopies)},
-        {"wgmma ping-pong, tensor copies", with(A::Wgmma, P::PingPong, l1, WgmmaLoads::TensorCopies)},
-        {"wgmma ws, tensor copies, N 256", with(A::Wgmma, P::WarpSpecialized, l1, WgmmaLoads::TensorCopies, WgmmaMmaN::N256)},
-        {"wgmma ping-pong, tensor copies, N 256", with(A::Wgmma, P::PingPong, l1, WgmmaLoads::TensorCopies, WgmmaMmaN::N256)}};
-    c.insert(c.end(), wgmma.begin(), wgmma.end());
+    return {{"tile64", "256 x 64 tile", with(A::Cols64, P::WaitEachSlice, l2)},
+            {"tile64-l1", "256 x 64 tile, L1", with(A::Cols64, P::WaitEachSlice, l1)},
+            {"tile128", "256 x 128 tile", with(A::Cols128, P::WaitEachSlice, l2)},
+            {"wgmma-wait", "wgmma wait, L1", with(A::Wgmma, P::WaitEachSlice, l1)},
+            {"wgmma-inflight", "wgmma in flight, L1", with(A::Wgmma, P::OneSliceInFlight, l1)},
+            {"ws", "wgmma ws, L1", with(A::Wgmma, P::WarpSpecialized, l1)},
+            {"pingpong", "wgmma ping-pong, L1", with(A::Wgmma, P::PingPong, l1)},
+            {"ws-tma", "wgmma ws, tensor copies", with(A::Wgmma, P::WarpSpecialized, l1, L::TensorCopies)},
+            {"pingpong-tma", "wgmma ping-pong, tensor copies", with(A::Wgmma, P::PingPong, l1, L::TensorCopies)},
+            {"ws-tma-n256", "wgmma ws, tensor copies, N 256", with(A::Wgmma, P::WarpSpecialized, l1, L::TensorCopies, WgmmaMmaN::N256)},
+            {"pingpong-tma-n256", "wgmma ping-pong, tensor copies, N 256", with(A::Wgmma, P::PingPong, l1, L::TensorCopies, WgmmaMmaN::N256)}};
+}
+
+std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base) {
+    std::vector<TuningCandidate> c = all_bf16_candidates(base);
+    if (!wgmma_supported())
+        c.erase(std::remove_if(c.begin(), c.end(), [](const TuningCandidate& t) { return t.settings.tile == AsyncTileShape::Wgmma; }), c.end());
     return c;
 }
 
@@ -94,20 +99,91 @@ TuningResult compare_with_fp32(const std::vector<float>& p, const std::vector<fl
 
 TuningReport tune_defense(const model::Defense& defense, const std::vector<TuningCandidate>& candidates, const TuningOptions& options) {
     PIN_CHECK(defense.kind() == model::DefenseKind::PIN && defense.agent() && defense.basis(), "tune_defense: the GPU runs the PIN defense only");
+    GpuDefense gpu(*defense.agent(), *defense.basis());
+    return tune_defense(gpu, defense, candidates, options);
+}
+
+namespace {
+double seconds_of(const std::function<void()>& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+std::function<void(const std::string&)> on_hang_of(const TuningOptions& options) {
+    if (options.on_hang) return options.on_hang;
+    return [](const std::string& what) {
+        std::fprintf(stderr, "\npin: GPU tuning: %s did not finish; its kernels may never end on this GPU (run without "
+                             "tuning, or choose another configuration)\n", what.c_str());
+        std::fflush(stderr);
+        std::_Exit(3);
+    };
+}
+// The reference's settings: fp32 arithmetic and activations with the generic gather (the CPU's
+// results to ~1e-6).
+KernelSettings fp32_settings() {
+    KernelSettings fp32 = KernelSettings::current();
+    fp32.math = MathMode::FP32, fp32.gather = GatherMode::Generic, fp32.storage = ActivationStorage::FP32;
+    return fp32;
+}
+// B synthetic faces (B, 112 x 112 values in [-1, 1]): `mean` (or 0) plus a fixed pattern per image.
+// What a face looks like to the network matters little to the kernels' speed, and the comparison
+// needs only the same input.
+std::vector<float> synthetic_faces(int64_t B, int64_t D, const float* mean) {
+    std::vector<float> x(static_cast<size_t>(B * D));
+    for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < D; ++i)
+            x[static_cast<size_t>(b * D + i)] = std::clamp((mean ? mean[i] : 0.0f) + 0.25f * std::sin(0.0013f * static_cast<float>(i + 977 * b)),
+                                                           -1.0f, 1.0f);
+    return x;
+}
+// Each candidate in turn: applied; `check` runs it once (packing what it reads: not timed) and
+// compares it with the fp32 reference; where that passes, `run` options.repeats times, the best
+// time kept. An exception leaves the candidate out; the watchdog keeps `deadline` seconds over each.
+// The fastest accepted becomes report.chosen.
+void try_candidates(TuningReport& report, const std::vector<TuningCandidate>& candidates, const TuningOptions& options,
+                    Watchdog& watchdog, double deadline, const std::function<TuningResult()>& check, const std::function<void()>& run) {
+    for (const TuningCandidate& c : candidates) {
+        TuningResult r;
+        try {
+            c.settings.apply();
+            watchdog.arm("'" + c.name + "'", deadline);
+            r = check();
+            if (r.accepted) {
+                double best = INFINITY;
+                for (int i = 0; i < options.repeats; ++i) best = std::min(best, seconds_of(run));
+                r.ms = 1e3 * best;
+            }
+            watchdog.disarm();
+        } catch (const std::exception& e) {
+            watchdog.disarm();
+            r = TuningResult{};
+            r.why = e.what();
+        }
+        r.candidate = c;
+        report.results.push_back(r);
+        if (r.accepted && (report.chosen < 0 || r.ms < report.results[static_cast<size_t>(report.chosen)].ms))
+            report.chosen = static_cast<int64_t>(report.results.size()) - 1;
+        if (options.on_result) options.on_result(report.results.back());
+    }
+}
+// A configuration's runs may take 20 times the fp32 reference's each before they count as hung
+// (every bfloat16 one ran faster than fp32 on the H200; the emulation is slow throughout).
+double deadline_of(const TuningOptions& options, double fp32_ms) {
+    return std::max(options.hang_seconds, 20.0 * (1 + options.repeats) * fp32_ms * 1e-3);
+}
+}  // namespace
+
+TuningReport tune_defense(GpuDefense& gpu, const model::Defense& defense, const std::vector<TuningCandidate>& candidates,
+                          const TuningOptions& options) {
+    PIN_CHECK(defense.kind() == model::DefenseKind::PIN && defense.agent() && defense.basis(), "tune_defense: the GPU runs the PIN defense only");
     PIN_CHECK(options.batch >= 1 && options.repeats >= 1, "tune_defense: batch and repeats must be at least 1");
+    PIN_CHECK(gpu.eigenvectors() == defense.basis()->count(), "tune_defense: the GPU defense is not this defense's");
     const KernelSettingsScope restore;
     TuningReport report;
     report.device = device_name();
     report.batch = options.batch;
-    GpuDefense gpu(*defense.agent(), *defense.basis());
     const int64_t B = options.batch, N = gpu.eigenvectors(), D = defense.basis()->mean().numel();
-    // The mean face plus a fixed pattern per image, in [-1, 1]: what a face looks like to the
-    // network matters little to the kernels' speed, and the comparison needs only the same input.
-    std::vector<float> x(static_cast<size_t>(B * D));
-    const float* mean = defense.basis()->mean().data();
-    for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < D; ++i)
-            x[static_cast<size_t>(b * D + i)] = std::clamp(mean[i] + 0.25f * std::sin(0.0013f * static_cast<float>(i + 977 * b)), -1.0f, 1.0f);
+    const std::vector<float> x = synthetic_faces(B, D, defense.basis()->mean().data());
     DeviceBuffer gx(x.size()), gp(static_cast<size_t>(B * N)), gq(static_cast<size_t>(B * N)), gy(static_cast<size_t>(B * D));
     gx.upload(x.data(), x.size());
     struct Outputs {
@@ -125,54 +201,92 @@ TuningReport tune_defense(const model::Defense& defense, const std::vector<Tunin
         gy.download(o.y.data(), o.y.size());
         return o;
     };
-    auto seconds_of = [](auto f) {
-        const auto t0 = std::chrono::steady_clock::now();
-        f();
-        return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    };
-    Watchdog watchdog(options.on_hang ? options.on_hang : [](const std::string& what) {
-        std::fprintf(stderr, "\npin: GPU tuning: %s did not finish; its kernels may never end on this GPU (run without "
-                             "tuning, or choose another configuration)\n", what.c_str());
-        std::fflush(stderr);
-        std::_Exit(3);
-    });
-    // The reference: fp32 arithmetic and activations with the generic gather (the CPU's results to ~1e-6).
-    KernelSettings fp32 = KernelSettings::current();
-    fp32.math = MathMode::FP32, fp32.gather = GatherMode::Generic, fp32.storage = ActivationStorage::FP32;
-    fp32.apply();
+    Watchdog watchdog(on_hang_of(options));
+    fp32_settings().apply();
     watchdog.arm("the fp32 forward", options.hang_seconds);
     forward();  // packs its weights
     report.fp32_ms = 1e3 * seconds_of(forward);
     watchdog.disarm();
     const Outputs ref = outputs();
-    // A configuration's forwards may take 20 times the fp32 forward's each before they count as hung
-    // (every bfloat16 one ran faster than fp32 on the H200; the emulation is slow throughout).
-    const double deadline = std::max(options.hang_seconds, 20.0 * (1 + options.repeats) * report.fp32_ms * 1e-3);
-    for (const TuningCandidate& c : candidates) {
-        TuningResult r;
-        try {
-            c.settings.apply();
-            watchdog.arm("'" + c.name + "'", deadline);
-            forward();  // the first forward packs the weights this configuration reads: checked, not timed
-            const Outputs o = outputs();
-            r = compare_with_fp32(o.p, o.q, o.y, ref.p, ref.q, ref.y, B, options);
-            if (r.accepted) {
-                double best = INFINITY;
-                for (int i = 0; i < options.repeats; ++i) best = std::min(best, seconds_of(forward));
-                r.ms = 1e3 * best;
-            }
-            watchdog.disarm();
-        } catch (const std::exception& e) {
-            watchdog.disarm();
-            r = TuningResult{};
-            r.why = e.what();
+    try_candidates(report, candidates, options, watchdog, deadline_of(options, report.fp32_ms), [&] {
+        forward();
+        const Outputs o = outputs();
+        return compare_with_fp32(o.p, o.q, o.y, ref.p, ref.q, ref.y, B, options);
+    }, forward);
+    return report;
+}
+
+TuningResult compare_training_with_fp32(const TrainingStepOutputs& got, const TrainingStepOutputs& ref, const TuningOptions& options) {
+    PIN_CHECK(got.names == ref.names && got.gradients.size() == ref.gradients.size() && got.names.size() == got.gradients.size(),
+              "compare_training_with_fp32: different tensors");
+    TuningResult r;
+    for (size_t k = 0; k < got.gradients.size(); ++k) {
+        const std::vector<float>& g = got.gradients[k];
+        const std::vector<float>& h = ref.gradients[k];
+        PIN_CHECK(g.size() == h.size(), "compare_training_with_fp32: ", got.names[k], " differs in size");
+        double diff = 0, norm = 0;
+        for (size_t i = 0; i < g.size(); ++i) {
+            const double d = static_cast<double>(g[i]) - h[i];
+            diff += d * d, norm += static_cast<double>(h[i]) * h[i];
         }
-        r.candidate = c;
-        report.results.push_back(r);
-        if (r.accepted && (report.chosen < 0 || r.ms < report.results[static_cast<size_t>(report.chosen)].ms))
-            report.chosen = static_cast<int64_t>(report.results.size()) - 1;
-        if (options.on_result) options.on_result(report.results.back());
+        // A NaN anywhere makes diff NaN: it fails below, as infinity does.
+        const double e = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+        if (!std::isnan(r.gradient_error) && (std::isnan(e) || e > r.gradient_error || r.furthest_tensor.empty()))
+            r.gradient_error = e, r.furthest_tensor = got.names[k];
     }
+    auto relative = [](double a, double b) { return std::fabs(a - b) / std::max(std::fabs(b), 1e-30); };
+    const double norm_error = relative(got.grad_norm, ref.grad_norm), cost_error = relative(got.mean_cost, ref.mean_cost);
+    if (!(r.gradient_error <= options.gradient_tolerance))
+        r.why = "the gradient of " + r.furthest_tensor + " differs from the fp32 step's by " + number(r.gradient_error) +
+                " of its norm (tolerance " + number(options.gradient_tolerance) + ")";
+    else if (!(norm_error <= options.norm_tolerance))
+        r.why = "the gradient's norm differs from the fp32 step's by " + number(norm_error) + " of it (tolerance " +
+                number(options.norm_tolerance) + ")";
+    else if (!(cost_error <= options.cost_tolerance))
+        r.why = "the mean cost differs from the fp32 step's by " + number(cost_error) + " of it (tolerance " +
+                number(options.cost_tolerance) + ")";
+    r.accepted = r.why.empty();
+    return r;
+}
+
+TuningReport tune_training_step(GpuTrainingBackend& backend, model::Agent& agent, const nn::SGD& sgd,
+                                const train::TrainerOptions& trainer_options, const std::vector<TuningCandidate>& candidates,
+                                const TuningOptions& options) {
+    PIN_CHECK(options.batch >= 1 && options.repeats >= 1, "tune_training_step: batch and repeats must be at least 1");
+    const KernelSettingsScope restore;
+    TuningReport report;
+    report.device = device_name();
+    report.batch = options.batch;
+    const int64_t B = options.batch, D = 112 * 112;
+    Tensor x = Tensor::empty({B, 1, 112, 112}, Layout::NHWC);
+    const std::vector<float> faces = synthetic_faces(B, D, nullptr);
+    std::copy(faces.begin(), faces.end(), x.data());
+    std::vector<nn::NamedParameter> named;  // the trained tensors, in BackendTrainer's order
+    agent.esn().collect_parameters("esn.", named);
+    agent.head().collect_parameters("head.", named);
+    std::unique_ptr<GpuTrainer> trainer;
+    // One step of a fresh trainer from `agent`'s weights (the same for every configuration), and
+    // what it computed.
+    auto first_step = [&] {
+        trainer = std::make_unique<GpuTrainer>(backend, agent, sgd, trainer_options);
+        const train::StepStats s = trainer->step(x, 0);
+        TrainingStepOutputs out;
+        out.grad_norm = s.grad_norm, out.mean_cost = s.mean_cost;
+        for (const nn::NamedParameter& p : named) out.names.push_back(p.name), out.gradients.push_back(trainer->gradient(p.name));
+        return out;
+    };
+    auto step = [&] {
+        trainer->step(x, 0);
+        synchronize_stream("tune_training_step");
+    };
+    Watchdog watchdog(on_hang_of(options));
+    fp32_settings().apply();
+    watchdog.arm("the fp32 training step", options.hang_seconds);
+    const TrainingStepOutputs ref = first_step();  // packs the DAE's weights
+    report.fp32_ms = 1e3 * seconds_of(step);
+    watchdog.disarm();
+    try_candidates(report, candidates, options, watchdog, deadline_of(options, report.fp32_ms),
+                   [&] { return compare_training_with_fp32(first_step(), ref, options); }, step);
     return report;
 }
 

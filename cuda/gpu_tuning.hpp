@@ -8,7 +8,9 @@
 // each configuration this device can run on the same synthetic faces, checks its p and defended
 // faces against the fp32 forward's (the configuration that matches the CPU to ~1e-6) within the
 // bfloat16 tolerances the tests use, times those that pass and names the fastest: a kernel that
-// computes wrong on some GPU is left out, not chosen. `pin defend --gpu-tune` runs it.
+// computes wrong on some GPU is left out, not chosen. `pin defend --gpu-tune` and `pin eval
+// --gpu-tune` run it; tune_training_step does the same for the training step (`pin train
+// --gpu-tune`), whose backward passes are kernels of their own.
 #pragma once
 #include <chrono>
 #include <condition_variable>
@@ -19,13 +21,19 @@
 #include <thread>
 #include <vector>
 
+#include "gpu_defense.hpp"
+#include "gpu_trainer.hpp"
 #include "ops.cuh"
 #include "pin/model/defense.hpp"
+#include "pin/nn/sgd.hpp"
+#include "pin/train/trainer.hpp"
 
 namespace pin::cuda {
 
-// One configuration to try: what it is called in the report and the settings that select it.
+// One configuration to try: a short id (`pin --gpu-tune-only` takes a list of them), what it is
+// called in the report, and the settings that select it.
 struct TuningCandidate {
+    std::string id;
     std::string name;
     KernelSettings settings;
 };
@@ -35,7 +43,12 @@ struct TuningCandidate {
 // tiles (256 x 64 through L2 or L1, 256 x 128), and where the warpgroup MMA runs (compute
 // capability 9.0) its pipelines with L1 caching, then the warp-specialized ones with tensor copies
 // and with the wide tiles. `base` supplies everything else (the mask sampler): the current settings.
+// The training step tries the same ones (--gpu-storage is the frozen DAE's activations there).
 std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base = KernelSettings::current());
+// All eleven, whatever the device runs (the last eight need the warpgroup MMA): tile64, tile64-l1,
+// tile128, wgmma-wait, wgmma-inflight, ws, pingpong, ws-tma, pingpong-tma, ws-tma-n256,
+// pingpong-tma-n256.
+std::vector<TuningCandidate> all_bf16_candidates(const KernelSettings& base = KernelSettings::current());
 
 struct TuningResult;
 
@@ -48,6 +61,16 @@ struct TuningOptions {
     // on the H200), where a fault in a kernel is of order 1.
     double p_tolerance = 0.15;     // max |p - p_fp32| / max |p_fp32|
     double face_tolerance = 2e-2;  // the same for the defended faces of images whose masks agree
+    // The training step's check (tune_training_step), after one step from the same weights: each
+    // trained tensor's gradient within gradient_tolerance of fp32's, ||g - g_fp32|| / ||g_fp32||
+    // (bfloat16 rounds every operand of 17 convolutions backwards: on the emulation up to 0.27 after
+    // one step at batch 1, the furthest a PReLU slope's of 64 values; an unrelated gradient is off
+    // by about 1.4, sqrt 2); the gradient's norm before clipping and the step's mean cost within
+    // norm_tolerance and cost_tolerance of fp32's, relative (4.6e-3 and 2.6e-5 measured in
+    // tests/test_cuda_network.cpp).
+    double gradient_tolerance = 0.7;
+    double norm_tolerance = 0.1;
+    double cost_tolerance = 1e-2;
     // Seconds a configuration's forwards may take before on_hang is called with its name: this, or
     // 20 times the fp32 forward's time for each of them where that is longer (a kernel that never
     // finishes - a fault in a pipeline's barriers - cannot be stopped from the host: the default
@@ -65,13 +88,15 @@ struct TuningResult {
     double p_error = 0;       // as TuningOptions::p_tolerance measures it
     double face_error = 0;    // over faces_checked images
     int64_t faces_checked = 0;  // images whose masks equal the fp32 forward's, so whose faces compare
+    double gradient_error = 0;  // the training step's: the furthest tensor's, as gradient_tolerance measures it
+    std::string furthest_tensor;  // which (empty for the defense forward)
     std::string why;          // why not accepted
 };
 
 struct TuningReport {
     std::string device;
     int64_t batch = 0;
-    double fp32_ms = 0;            // the fp32 forward, for scale
+    double fp32_ms = 0;            // the fp32 forward (or training step), for scale
     std::vector<TuningResult> results;
     int64_t chosen = -1;           // index into results of the fastest accepted one; -1 if none
     const TuningResult* best() const { return chosen < 0 ? nullptr : &results[static_cast<size_t>(chosen)]; }
@@ -83,12 +108,37 @@ struct TuningReport {
 // best()->candidate.settings to use the choice. Requires a usable device (device_available). The
 // kernel settings are process-wide (ops.cuh): run it before other GPU work starts, not beside it.
 TuningReport tune_defense(const model::Defense& defense, const std::vector<TuningCandidate>& candidates, const TuningOptions& options);
+// The same on `gpu`, `defense`'s weights already on the device (make_accelerator(gpu) then runs
+// the choice on them, the packed weights of every configuration tried kept).
+TuningReport tune_defense(GpuDefense& gpu, const model::Defense& defense, const std::vector<TuningCandidate>& candidates,
+                          const TuningOptions& options);
 
 // The comparison behind `accepted`, on host copies: p and q (batch x n) and the faces (batch x d)
 // of a configuration against the fp32 forward's. Non-finite values fail it.
 TuningResult compare_with_fp32(const std::vector<float>& p, const std::vector<float>& q, const std::vector<float>& faces,
                                const std::vector<float>& p_ref, const std::vector<float>& q_ref, const std::vector<float>& faces_ref,
                                int64_t batch, const TuningOptions& options);
+
+// One training step's results, the fp32 step's or a configuration's, as tune_training_step compares them.
+struct TrainingStepOutputs {
+    std::vector<std::string> names;             // the trained tensors ("esn.block1.conv1.weight", ...)
+    std::vector<std::vector<float>> gradients;  // theirs, after clipping
+    double grad_norm = 0;                       // before clipping
+    double mean_cost = 0;
+};
+// The comparison behind `accepted` for the training step (TuningOptions::gradient_tolerance...).
+// Non-finite values fail it.
+TuningResult compare_training_with_fp32(const TrainingStepOutputs& got, const TrainingStepOutputs& ref, const TuningOptions& options);
+
+// Runs `candidates` on the policy-gradient training step (a GpuTrainer over `backend`, from
+// `agent`'s weights and `sgd`'s momentum, which it leaves as they are; the trainer's options
+// `trainer_options`) on options.batch synthetic faces: one step of each configuration from the same
+// weights, compared with the fp32 step's, then, where it passes, options.repeats more, timed (each
+// from the weights the last left: the time does not depend on them). The kernel settings as
+// tune_defense leaves them; `pin train --gpu-tune` runs it before training, on the run's backend.
+TuningReport tune_training_step(GpuTrainingBackend& backend, model::Agent& agent, const nn::SGD& sgd,
+                                const train::TrainerOptions& trainer_options, const std::vector<TuningCandidate>& candidates,
+                                const TuningOptions& options);
 
 // Calls on_hang(what) from a thread of its own if arm(what, seconds) is not followed by disarm()
 // (or another arm) within `seconds`: the host cannot interrupt a kernel that never finishes, so a

@@ -252,6 +252,15 @@ struct KernelCounts {
     int64_t wgmma_split = 0;    // of wgmma_tma's, those on ws's split-column tiles, 200 or 112 pixels x 128 channels (a part of wgmma_tma)
     // Over all kernels (async_cols128, wgmma_tma, wgmma_wide and wgmma_split being inside async and wgmma).
     int64_t total() const { return fp32 + tensor_core + wide + one_output + one_input + async + wgmma; }
+    // Counter by counter: what happened between two readings (`pin` leaves GPU tuning's launches out so).
+    KernelCounts operator-(const KernelCounts& base) const {
+        static_assert(sizeof(KernelCounts) == 11 * sizeof(int64_t), "a counter added to KernelCounts needs subtracting here");
+        KernelCounts d = *this;
+        d.fp32 -= base.fp32, d.tensor_core -= base.tensor_core, d.wide -= base.wide, d.one_output -= base.one_output;
+        d.one_input -= base.one_input, d.async -= base.async, d.async_cols128 -= base.async_cols128, d.wgmma -= base.wgmma;
+        d.wgmma_tma -= base.wgmma_tma, d.wgmma_wide -= base.wgmma_wide, d.wgmma_split -= base.wgmma_split;
+        return d;
+    }
 };
 // How many GEMM launches each kernel has had in this process (tests check that a configuration
 // reaches the kernel it is meant for; pin-bench-gpu reports them).

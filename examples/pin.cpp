@@ -82,6 +82,9 @@ void usage(std::FILE* f) {
                  "                              runs on a batch, check it against the fp32 forward, time those that\n"
                  "                              agree and use the fastest (stderr names it, as flags to pass next time)\n"
                  "              --gpu-tune-repeats N  timed forwards per configuration (default 3)\n"
+                 "              --gpu-tune-only IDS  only these configurations, comma-separated: tile64, tile64-l1,\n"
+                 "                              tile128, wgmma-wait, wgmma-inflight, ws, pingpong, ws-tma, pingpong-tma,\n"
+                 "                              ws-tma-n256, pingpong-tma-n256 (tuning prints each one's id)\n"
                  "  agent-forward  run the agent on x (B,1,112,112) from a safetensors file; writes its\n"
                  "              DAE output 'dae', ESN features 'features', logits-free 'p'\n"
                  "              --model DIR (agent.safetensors), --in FILE, --out FILE\n"
@@ -123,6 +126,11 @@ void usage(std::FILE* f) {
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
+                 "              --gpu-tune      with --gpu-math bf16: first run one training step of each bfloat16\n"
+                 "                              configuration this GPU runs at --batch, check its gradients against the\n"
+                 "                              fp32 step's, time those that agree and train with the fastest (stderr\n"
+                 "                              names it as flags)   --gpu-tune-repeats N  timed steps each (default 3)\n"
+                 "              --gpu-tune-only IDS  only these configurations (as for defend)\n"
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
@@ -166,6 +174,9 @@ void usage(std::FILE* f) {
                  "              --gpu-gather-cache C\n"
                  "                              with cuda: l2 (default) | l1 (the gathered activations' copies\n"
                  "                              through L1 too)\n"
+                 "              --gpu-tune      with --gpu-math bf16: as for defend, at --batch (the JSON has the chosen\n"
+                 "                              gpu_* settings and gpu_tuned; --cache keys on the choice)\n"
+                 "              --gpu-tune-repeats N, --gpu-tune-only IDS  as for defend\n"
                  "  embed       recognizer embeddings: --in DIR|LIST --out FILE.safetensors ('embeddings', files in metadata)\n"
                  "  align       find, landmark and align the faces of photos (face-api tiny face detector + 68 landmarks)\n"
                  "              --in PHOTO|DIR  photos (searched recursively)   --out DIR  one gray 112x112 PNG per face,\n"
@@ -198,7 +209,7 @@ int cmd_info() {
     std::printf("  CUDA kernels     built\n");
     std::string reason;
     if (pin::cuda::device_available(&reason))
-        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-mma-n, --gpu-gather-cache; pin defend --gpu-tune)\n", pin::cuda::device_name().c_str());
+        std::printf("  CUDA device      %s (--device cuda; --gpu-math, --gpu-gather, --gpu-storage, --gpu-tile, --gpu-pipeline, --gpu-loads, --gpu-mma-n, --gpu-gather-cache; --gpu-tune)\n", pin::cuda::device_name().c_str());
     else
         std::printf("  CUDA device      none usable: %s\n", reason.c_str());
 #else
@@ -330,7 +341,8 @@ int cmd_eigen(const Options& o) {
 #define PIN_DEFAULT_MODEL_DIR "weights/pin-default"
 #endif
 
-int cmd_defend(const Options& o) {
+// `o` by value: --gpu-tune writes the configuration it chose into it (cli::apply_device).
+int cmd_defend(Options o) {
     namespace fs = std::filesystem;
     if (!o.values.count("in")) fail_usage("defend needs --in DIR|FILE");
     if (!o.values.count("out")) fail_usage("defend needs --out DIR");
@@ -479,6 +491,8 @@ int main(int argc, char** argv) {
                        " runs on the CPU");
         for (const cli::GpuSetting& s : cli::gpu_settings())
             if (o.has(s.flag) && !gpu_command) fail_usage(std::string("--") + s.flag + ": " + o.command + " runs on the CPU");
+        for (const char* flag : {"gpu-tune", "gpu-tune-repeats", "gpu-tune-only"})
+            if (o.has(flag) && !gpu_command) fail_usage(std::string("--") + flag + ": " + o.command + " runs on the CPU");
         if (o.command == "info") return cmd_info();
         if (o.command == "eigen") return cmd_eigen(o);
         if (o.command == "defend") return cmd_defend(o);

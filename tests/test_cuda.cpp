@@ -88,9 +88,12 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
             const pin::cuda::KernelFlops flops = pin::cuda::kernel_gemm_flops();
             const auto named = pin::cuda::named_counts(flops), named_before = pin::cuda::named_counts(flops_before);
             const auto launched = pin::cuda::named_counts(after), launched_before = pin::cuda::named_counts(before);
+            const auto launched_delta = pin::cuda::named_counts(after - before), flops_delta = pin::cuda::named_counts(flops - flops_before);
             int64_t added = 0;
             for (size_t i = 0; i < named.size(); ++i) {
                 INFO(named[i].first);
+                REQUIRE(launched_delta[i].second == launched[i].second - launched_before[i].second);  // KernelCounts::operator-
+                REQUIRE(flops_delta[i].second == named[i].second - named_before[i].second);
                 REQUIRE((named[i].second > named_before[i].second) == (launched[i].second > launched_before[i].second));
                 const std::string kernel = named[i].first;
                 if (kernel != "async_cols128" && kernel != "wgmma_tma") added += named[i].second - named_before[i].second;  // parts of async's, wgmma's
@@ -992,6 +995,88 @@ TEST_CASE("GPU tuning accepts a configuration only where it agrees with the fp32
     std::vector<float> p_nan = p;
     p_nan[0] = INFINITY;
     REQUIRE_FALSE(check(p_nan, q, y).accepted);
+}
+
+// The configurations tuning tries: eleven, each with an id of its own (`pin --gpu-tune-only` takes
+// them) and settings of its own; the device's list is all of them where it runs the warpgroup MMA,
+// else the three that do not need it.
+TEST_CASE("GPU tuning's configurations have distinct ids and settings", "[cuda][tune]") {
+    namespace pc = pin::cuda;
+    const std::vector<pc::TuningCandidate> all = pc::all_bf16_candidates();
+    REQUIRE(all.size() == 11);
+    for (size_t i = 0; i < all.size(); ++i) {
+        INFO(all[i].id);
+        REQUIRE(all[i].settings.math == pc::MathMode::BF16);
+        REQUIRE((all[i].settings.tile == pc::AsyncTileShape::Wgmma) == (i >= 3));
+        for (size_t j = 0; j < i; ++j) {
+            const pc::KernelSettings &a = all[i].settings, &b = all[j].settings;
+            REQUIRE(all[i].id != all[j].id);
+            REQUIRE(all[i].name != all[j].name);
+            REQUIRE_FALSE((a.tile == b.tile && a.pipeline == b.pipeline && a.caching == b.caching && a.loads == b.loads && a.mma_n == b.mma_n));
+        }
+    }
+    if (!gpu_or_skip()) return;
+    const std::vector<pc::TuningCandidate> here = pc::bf16_defense_candidates();
+    REQUIRE(here.size() == (pc::wgmma_supported() ? 11u : 3u));
+    for (size_t i = 0; i < here.size(); ++i) REQUIRE(here[i].id == all[i].id);
+}
+
+// The training step's check (gpu_tuning.hpp compare_training_with_fp32), on host values: each
+// tensor's gradient within its tolerance of the reference's norm, the furthest named; the norm
+// before clipping and the mean cost within theirs; nothing non-finite passes.
+TEST_CASE("GPU tuning accepts a training-step configuration only where it agrees with the fp32 step", "[cuda][tune]") {
+    namespace pc = pin::cuda;
+    pc::TrainingStepOutputs ref;
+    ref.names = {"esn.conv1.weight", "esn.block1.conv1.weight", "head.fc2.bias"};
+    for (size_t k = 0; k < ref.names.size(); ++k) {
+        std::vector<float> g(17 + 5 * k);
+        for (size_t i = 0; i < g.size(); ++i) g[i] = std::cos(0.9f * static_cast<float>(i + 3 * k)) * (0.5f + static_cast<float>(k));
+        ref.gradients.push_back(g);
+    }
+    ref.grad_norm = 3.7, ref.mean_cost = 0.42;
+    pc::TuningOptions options;  // the defaults: gradients 0.7 of their norm, norm 0.1, cost 1e-2
+    auto norm_of = [](const std::vector<float>& g) {
+        double n = 0;
+        for (const float v : g) n += static_cast<double>(v) * v;
+        return std::sqrt(n);
+    };
+    // Tensor 1 moved by `fraction` of its norm along its first element.
+    auto moved = [&](double fraction) {
+        pc::TrainingStepOutputs got = ref;
+        got.gradients[1][0] += static_cast<float>(fraction * norm_of(ref.gradients[1]));
+        return got;
+    };
+    const pc::TuningResult same = pc::compare_training_with_fp32(ref, ref, options);
+    REQUIRE(same.accepted);
+    REQUIRE(same.gradient_error == 0);
+    const pc::TuningResult near = pc::compare_training_with_fp32(moved(0.3), ref, options);
+    REQUIRE(near.accepted);
+    REQUIRE(near.gradient_error == Approx(0.3).epsilon(1e-4));
+    REQUIRE(near.furthest_tensor == "esn.block1.conv1.weight");
+    const pc::TuningResult far = pc::compare_training_with_fp32(moved(0.9), ref, options);
+    REQUIRE_FALSE(far.accepted);
+    REQUIRE_THAT(far.why, Catch::StartsWith("the gradient of esn.block1.conv1.weight differs from the fp32 step's by 0.9"));
+    pc::TrainingStepOutputs got = ref;
+    got.grad_norm = ref.grad_norm * 1.2;
+    REQUIRE_THAT(pc::compare_training_with_fp32(got, ref, options).why, Catch::StartsWith("the gradient's norm differs"));
+    got = ref;
+    got.mean_cost = ref.mean_cost * 1.02;
+    REQUIRE_THAT(pc::compare_training_with_fp32(got, ref, options).why, Catch::StartsWith("the mean cost differs"));
+    got.mean_cost = ref.mean_cost * 1.005;
+    REQUIRE(pc::compare_training_with_fp32(got, ref, options).accepted);
+    for (const float bad : {NAN, INFINITY}) {
+        got = ref;
+        got.gradients[2][4] = bad;  // after a finite tensor: the non-finite one still counts
+        const pc::TuningResult r = pc::compare_training_with_fp32(got, ref, options);
+        REQUIRE_FALSE(r.accepted);
+        REQUIRE(r.furthest_tensor == "head.fc2.bias");
+        got = ref;
+        got.mean_cost = bad;
+        REQUIRE_FALSE(pc::compare_training_with_fp32(got, ref, options).accepted);
+    }
+    got = ref;
+    got.names[0] = "esn.other.weight";
+    REQUIRE_THROWS(pc::compare_training_with_fp32(got, ref, options));
 }
 
 // The deadline that GPU tuning keeps on each configuration: on_hang with the armed name once the

@@ -386,6 +386,29 @@ TEST_CASE("GPU work on separate streams gives the default stream's results, also
     }
 }
 
+// What both tuning cases check of a report: each configuration reached the kernels its settings
+// name (the launch counters after each, `after`, against those before it, from `last`), the chosen
+// one is the fastest, and the settings in force before tuning (`before`) are in force again.
+static void require_tuning_reached_and_restored(const pin::cuda::TuningReport& report, const std::vector<pin::cuda::KernelLaunches>& after,
+                                                pin::cuda::KernelLaunches last, const pin::cuda::KernelSettings& before) {
+    namespace pc = pin::cuda;
+    REQUIRE(after.size() == report.results.size());
+    REQUIRE(report.best() != nullptr);
+    for (size_t i = 0; i < after.size(); ++i) {
+        const pc::KernelSettings& k = report.results[i].candidate.settings;
+        INFO(report.results[i].candidate.name);
+        REQUIRE((after[i].async > last.async) == (k.tile != pc::AsyncTileShape::Wgmma));
+        REQUIRE((after[i].async_cols128 > last.async_cols128) == (k.tile == pc::AsyncTileShape::Cols128));
+        REQUIRE((after[i].wgmma > last.wgmma) == (k.tile == pc::AsyncTileShape::Wgmma));
+        REQUIRE((after[i].wgmma_tma > last.wgmma_tma) == (k.loads == pc::WgmmaLoads::TensorCopies));
+        last = after[i];
+        if (report.results[i].ms < report.best()->ms) FAIL("a faster configuration than the chosen one");
+    }
+    const pc::KernelSettings now = pc::KernelSettings::current();
+    REQUIRE((now.math == before.math && now.gather == before.gather && now.storage == before.storage && now.tile == before.tile &&
+             now.pipeline == before.pipeline && now.caching == before.caching && now.loads == before.loads && now.mma_n == before.mma_n));
+}
+
 // GPU tuning (gpu_tuning.hpp) on the whole network: each configuration tried reaches the kernels
 // it names, passes the check against the fp32 forward (on the emulation every kernel computes as
 // the hardware should), is timed, the fastest is chosen, and the settings in force before come back.
@@ -414,7 +437,9 @@ TEST_CASE("GPU tuning chooses the fastest configuration that matches the fp32 fo
     pc::KernelLaunches last = pc::kernel_launches();
     options.on_result = [&](const pc::TuningResult&) { after.push_back(pc::kernel_launches()); };
     const pc::KernelSettings before = pc::KernelSettings::current();
-    const pc::TuningReport report = pc::tune_defense(defense, some, options);
+    // On weights already on the device, as `pin` tunes (the run then uses them: below).
+    auto gpu = std::make_shared<pc::GpuDefense>(*agent, *basis);
+    const pc::TuningReport report = pc::tune_defense(*gpu, defense, some, options);
     REQUIRE(report.results.size() == some.size());
     REQUIRE(after.size() == some.size());
     REQUIRE(report.fp32_ms > 0);
@@ -427,16 +452,73 @@ TEST_CASE("GPU tuning chooses the fastest configuration that matches the fp32 fo
         REQUIRE(r.accepted);
         REQUIRE(r.ms > 0);
         REQUIRE(r.p_error <= options.p_tolerance);
-        const pc::AsyncTileShape tile = r.candidate.settings.tile;
-        REQUIRE((after[i].async > last.async) == (tile != pc::AsyncTileShape::Wgmma));
-        REQUIRE((after[i].wgmma > last.wgmma) == (tile == pc::AsyncTileShape::Wgmma));
-        REQUIRE((after[i].wgmma_tma > last.wgmma_tma) == (r.candidate.settings.loads == pc::WgmmaLoads::TensorCopies));
-        last = after[i];
-        if (r.ms < report.best()->ms) FAIL("a faster configuration than the chosen one");
     }
-    REQUIRE(report.best() != nullptr);
-    const pc::KernelSettings now = pc::KernelSettings::current();
-    REQUIRE((now.math == before.math && now.gather == before.gather && now.storage == before.storage && now.tile == before.tile &&
-             now.pipeline == before.pipeline && now.caching == before.caching && now.loads == before.loads && now.mma_n == before.mma_n));
+    require_tuning_reached_and_restored(report, after, last, before);
+    // The tuned device weights (every configuration's packed forms among them) run the choice as a
+    // fresh copy of the defense does, bit for bit.
+    report.best()->candidate.settings.apply();
+    const Tensor x = pin::test::random_tensor({1, 1, 112, 112}, 27, 0.6f, Layout::NHWC);
+    const model::DefenseOutput tuned = pc::make_accelerator(gpu)(x, 9, 0), fresh = pc::make_accelerator(defense)(x, 9, 0);
+    REQUIRE(pin::test::bitwise_equal(tuned.p, fresh.p));
+    REQUIRE(pin::test::bitwise_equal(tuned.q, fresh.q));
+    REQUIRE(pin::test::bitwise_equal(tuned.defended, fresh.defended));
+}
+
+// The same for the training step (tune_training_step): each configuration's first step from the
+// agent's weights is checked against the fp32 step's gradients and passes, reaches the kernels it
+// names, is timed; the fastest is chosen, the settings come back, and the agent and its momentum
+// are as they were (the run trains from them next). Two configurations at batch 1.
+TEST_CASE("GPU tuning of the training step chooses a configuration whose gradients match fp32's", "[cuda][tune][train][network]") {
+    if (!gpu_or_skip()) return;
+    namespace pc = pin::cuda;
+    const pc::KernelSettingsScope settings_scope;
+    const int64_t N = 40;
+    auto basis = std::make_shared<model::EigenBasis>(model::EigenBasis::compute(rnd({50, 12544}, 51, Layout::NCHW), N));
+    auto agent = std::make_shared<model::Agent>(N);
+    agent->reset_parameters(8);
+    agent->head().scale_output_layer(0.5f);
+    train::TrainerOptions opt;
+    opt.estimator = train::Estimator::LocalExpectation;
+    opt.masks = 5;
+    opt.clip_norm = 1;
+    opt.seed = 6;
+    train::PolicyGradientTrainer holder(agent, basis, opt);
+    holder.step(pin::test::random_tensor({1, 1, 112, 112}, 52, 0.5f, Layout::NHWC), 0);  // some momentum to keep
+    std::vector<std::vector<float>> weights_before, momentum_before;
+    for (const auto& p : holder.trained_parameters())
+        weights_before.emplace_back(p.param->value.data(), p.param->value.data() + p.param->value.numel());
+    for (const Tensor& v : holder.optimizer().velocity()) momentum_before.emplace_back(v.data(), v.data() + v.numel());
+    pc::GpuTrainingBackend backend(*agent, *basis, opt);
+    const std::vector<pc::TuningCandidate> all = pc::bf16_defense_candidates();
+    const bool wgmma = pc::wgmma_supported();
+    const std::vector<pc::TuningCandidate> some = {all[2], wgmma ? all[3] : all[0]};  // 256 x 128; wgmma wait + L1 (or 256 x 64)
+    pc::TuningOptions options;
+    options.batch = 1;
+    options.repeats = 1;
+    options.hang_seconds = 60;
+    std::vector<pc::KernelLaunches> after;
+    pc::KernelLaunches last = pc::kernel_launches();
+    options.on_result = [&](const pc::TuningResult&) { after.push_back(pc::kernel_launches()); };
+    const pc::KernelSettings before = pc::KernelSettings::current();
+    const pc::TuningReport report = pc::tune_training_step(backend, *agent, holder.optimizer(), opt, some, options);
+    REQUIRE(report.results.size() == some.size());
+    REQUIRE(report.fp32_ms > 0);
+    for (size_t i = 0; i < some.size(); ++i) {
+        const pc::TuningResult& r = report.results[i];
+        INFO(r.candidate.name << ": " << r.why);
+        std::printf("training tuning %-30s %s, gradients within %.3g (furthest %s), %.1f ms\n", r.candidate.name.c_str(),
+                    r.accepted ? "passed" : "failed", r.gradient_error, r.furthest_tensor.c_str(), r.ms);
+        REQUIRE(r.accepted);
+        REQUIRE(r.ms > 0);
+        REQUIRE(r.gradient_error > 0);  // bfloat16 rounds: a zero would mean fp32 ran again
+        REQUIRE(r.gradient_error <= options.gradient_tolerance);
+    }
+    require_tuning_reached_and_restored(report, after, last, before);
+    const auto params = holder.trained_parameters();
+    for (size_t k = 0; k < params.size(); ++k) {
+        INFO(params[k].name);
+        REQUIRE(std::equal(weights_before[k].begin(), weights_before[k].end(), params[k].param->value.data()));
+        REQUIRE(std::equal(momentum_before[k].begin(), momentum_before[k].end(), holder.optimizer().velocity()[k].data()));
+    }
 }
 #endif

@@ -2,12 +2,15 @@
 // With cuda the PIN defense's forward (agent, Bernoulli masks, projection) runs on the GPU through
 // a model::Defense accelerator: the weights are copied there once, the masks are the CPU's for the
 // same seed, everything else (other defenses, other mask modes, recognizers, attacks) stays on the
-// CPU.
+// CPU. The --gpu-* settings and GPU tuning (--gpu-tune) here serve pin train too.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
+#include <functional>
 #include <iterator>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -61,6 +64,12 @@ inline const std::vector<GpuSetting>& gpu_settings() {
         {"gpu-loads", {"cp-async", "tma"}},       {"gpu-mma-n", {"128", "256"}}};
     return s;
 }
+// gpu_settings()'s entry for --`flag`; a flag not there is a programming error.
+inline const GpuSetting& gpu_setting(const std::string& flag) {
+    const auto found = std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return flag == g.flag; });
+    if (found == gpu_settings().end()) throw std::logic_error("--" + flag + " is not in gpu_settings()");
+    return *found;
+}
 // The value of setting `s` in force: its flag's, else its default (which --gpu-math may set).
 inline std::string gpu_setting_value(const Options& o, const GpuSetting& s) {
     const bool bf16 = o.get("gpu-math", "fp32") == "bf16";
@@ -80,30 +89,61 @@ inline constexpr pc::GatherCaching caching[] = {pc::GatherCaching::L2, pc::Gathe
 inline constexpr pc::WgmmaLoads loads[] = {pc::WgmmaLoads::CpAsync, pc::WgmmaLoads::TensorCopies};
 inline constexpr pc::WgmmaMmaN mma_n[] = {pc::WgmmaMmaN::N128, pc::WgmmaMmaN::N256};
 }  // namespace gpu_enums
+// Each setting's flag and the value that selects `k`'s choice, in gpu_settings()'s order.
+inline std::vector<std::pair<std::string, std::string>> gpu_flag_values(const pin::cuda::KernelSettings& k) {
+    namespace e = gpu_enums;
+    std::vector<std::pair<std::string, std::string>> flags;
+    auto add = [&](const char* name, const auto& enums, auto value) {
+        const GpuSetting& g = gpu_setting(name);
+        const size_t i = static_cast<size_t>(std::find(std::begin(enums), std::end(enums), value) - std::begin(enums));
+        if (std::size(enums) != g.values.size() || i >= g.values.size()) throw std::logic_error(std::string("gpu_flag_values: --") + name);
+        flags.emplace_back(name, g.values[i]);
+    };
+    add("gpu-math", e::math, k.math), add("gpu-gather", e::gather, k.gather), add("gpu-storage", e::storage, k.storage);
+    add("gpu-tile", e::tile, k.tile), add("gpu-pipeline", e::pipeline, k.pipeline), add("gpu-gather-cache", e::caching, k.caching);
+    add("gpu-loads", e::loads, k.loads), add("gpu-mma-n", e::mma_n, k.mma_n);
+    return flags;
+}
+// --gpu-tune-only ID,ID,...: the configurations tuning may try (pin::cuda::all_bf16_candidates' ids);
+// all where not given. An unknown or repeated id is a usage error naming the ids.
+inline std::vector<std::string> gpu_tune_only(const Options& o) {
+    std::vector<std::string> known, wanted;
+    for (const pin::cuda::TuningCandidate& c : pin::cuda::all_bf16_candidates()) known.push_back(c.id);
+    if (!o.has("gpu-tune-only")) return known;
+    const std::string list = o.get("gpu-tune-only", "");
+    std::string ids;
+    for (const std::string& id : known) ids += (ids.empty() ? "" : ", ") + id;
+    size_t at = 0;
+    while (at <= list.size()) {
+        const size_t comma = std::min(list.find(',', at), list.size());
+        const std::string id = list.substr(at, comma - at);
+        if (std::find(known.begin(), known.end(), id) == known.end())
+            fail_usage("--gpu-tune-only: no configuration '" + id + "' (the ids: " + ids + ")");
+        if (std::find(wanted.begin(), wanted.end(), id) != wanted.end()) fail_usage("--gpu-tune-only names '" + id + "' twice");
+        wanted.push_back(id);
+        at = comma + 1;
+    }
+    return wanted;
+}
 // The flags that select `k` ("--gpu-math bf16 --gpu-gather vector ..."), every setting of
 // gpu_settings() spelled out, so that a run can repeat a configuration another chose.
 inline std::string gpu_flags_of(const pin::cuda::KernelSettings& k) {
-    namespace e = gpu_enums;
-    auto flag = [](const char* name, const auto& enums, auto value) {
-        const auto found = std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return name == std::string(g.flag); });
-        const size_t i = static_cast<size_t>(std::find(std::begin(enums), std::end(enums), value) - std::begin(enums));
-        if (found == gpu_settings().end() || i >= found->values.size()) throw std::logic_error(std::string("gpu_flags_of: --") + name);
-        return std::string("--") + name + " " + found->values[i];
-    };
-    return flag("gpu-math", e::math, k.math) + " " + flag("gpu-gather", e::gather, k.gather) + " " + flag("gpu-storage", e::storage, k.storage) +
-           " " + flag("gpu-tile", e::tile, k.tile) + " " + flag("gpu-pipeline", e::pipeline, k.pipeline) + " " +
-           flag("gpu-gather-cache", e::caching, k.caching) + " " + flag("gpu-loads", e::loads, k.loads) + " " + flag("gpu-mma-n", e::mma_n, k.mma_n);
+    std::string line;
+    for (const auto& [flag, value] : gpu_flag_values(k)) line += (line.empty() ? "--" : " --") + flag + " " + value;
+    return line;
 }
 #endif
 
 // Checks every --gpu-* value (a usage error names the flag, the value and the choices) and applies
-// them. Only with --device cuda. --gpu-tune (GPU tuning, apply_device) only where `tune_allowed`.
-inline void apply_gpu_settings(const Options& o, const std::string& device, bool tune_allowed = false) {
-    if (o.has("gpu-tune") || o.has("gpu-tune-repeats")) {
-        if (!tune_allowed) fail_usage("--gpu-tune chooses the defense forward's GPU configuration for pin defend; elsewhere pass the flags it names");
+// them. Only with --device cuda. --gpu-tune's own checks too (GPU tuning: tune_gpu_settings).
+inline void apply_gpu_settings(const Options& o, const std::string& device) {
+    if (o.has("gpu-tune") || o.has("gpu-tune-repeats") || o.has("gpu-tune-only")) {
         if (device != "cuda") fail_usage("--gpu-tune needs --device cuda");
-        if (!o.has("gpu-tune")) fail_usage("--gpu-tune-repeats goes with --gpu-tune");
+        if (!o.has("gpu-tune")) fail_usage(std::string("--") + (o.has("gpu-tune-repeats") ? "gpu-tune-repeats" : "gpu-tune-only") + " goes with --gpu-tune");
         (void)int_option(o, "gpu-tune-repeats", 3, 1, 100);  // a bad count fails here, before any work
+#if defined(PIN_HAVE_CUDA)
+        (void)gpu_tune_only(o);  // and an unknown configuration
+#endif
         if (o.get("gpu-math", "fp32") != "bf16")
             fail_usage("--gpu-tune chooses among --gpu-math bf16's configurations: add --gpu-math bf16");
         for (const GpuSetting& s : gpu_settings())
@@ -126,9 +166,7 @@ inline void apply_gpu_settings(const Options& o, const std::string& device, bool
     // A flag's enum value: the one at its value's index in gpu_settings()'s list (checked above);
     // `enums` lists them in that order, as many (a list out of step is a programming error).
     auto choice = [&](const std::string& flag, const auto& enums) {
-        const auto found = std::find_if(gpu_settings().begin(), gpu_settings().end(), [&](const GpuSetting& g) { return g.flag == flag; });
-        if (found == gpu_settings().end()) throw std::logic_error("apply_gpu_settings: --" + flag + " is not in gpu_settings()");
-        const GpuSetting& s = *found;
+        const GpuSetting& s = gpu_setting(flag);
         if (std::size(enums) != s.values.size()) throw std::logic_error("apply_gpu_settings: --" + flag + "'s enum list is out of step");
         const std::string v = gpu_setting_value(o, s);
         return enums[static_cast<size_t>(std::find(s.values.begin(), s.values.end(), v) - s.values.begin())];
@@ -164,14 +202,6 @@ inline pin::cuda::KernelCounts& gpu_flops_baseline() {
     static pin::cuda::KernelCounts base;
     return base;
 }
-// now - base, counter by counter.
-inline pin::cuda::KernelCounts counts_since(const pin::cuda::KernelCounts& base, pin::cuda::KernelCounts now) {
-    static_assert(sizeof(pin::cuda::KernelCounts) == 11 * sizeof(int64_t), "a counter added to KernelCounts needs subtracting here");
-    now.fp32 -= base.fp32, now.tensor_core -= base.tensor_core, now.wide -= base.wide, now.one_output -= base.one_output;
-    now.one_input -= base.one_input, now.async -= base.async, now.async_cols128 -= base.async_cols128, now.wgmma -= base.wgmma;
-    now.wgmma_tma -= base.wgmma_tma, now.wgmma_wide -= base.wgmma_wide, now.wgmma_split -= base.wgmma_split;
-    return now;
-}
 #endif
 // Which GEMM kernels this run's GPU work has reached (pin::cuda::kernel_launches since gpu_launch_baseline), by kernel:
 // where a setting does not apply (the warpgroup-MMA kernel off compute capability 9.0, a layer
@@ -179,7 +209,7 @@ inline pin::cuda::KernelCounts counts_since(const pin::cuda::KernelCounts& base,
 // and eval with --device cuda report them. Empty without CUDA.
 inline std::vector<std::pair<const char*, int64_t>> gpu_gemm_launches() {
 #if defined(PIN_HAVE_CUDA)
-    return pin::cuda::named_counts(counts_since(gpu_launch_baseline(), pin::cuda::kernel_launches()));
+    return pin::cuda::named_counts(pin::cuda::kernel_launches() - gpu_launch_baseline());
 #else
     return {};
 #endif
@@ -189,7 +219,7 @@ inline std::vector<std::pair<const char*, int64_t>> gpu_gemm_launches() {
 inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
     std::vector<std::pair<const char*, double>> gflop;
 #if defined(PIN_HAVE_CUDA)
-    for (const auto& [kernel, flops] : pin::cuda::named_counts(counts_since(gpu_flops_baseline(), pin::cuda::kernel_gemm_flops())))
+    for (const auto& [kernel, flops] : pin::cuda::named_counts(pin::cuda::kernel_gemm_flops() - gpu_flops_baseline()))
         gflop.emplace_back(kernel, static_cast<double>(flops) * 1e-9);
 #endif
     return gflop;
@@ -199,7 +229,7 @@ inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
 // twice or more). 0 without CUDA.
 inline double gpu_gemm_gflop_total() {
 #if defined(PIN_HAVE_CUDA)
-    return static_cast<double>(counts_since(gpu_flops_baseline(), pin::cuda::kernel_gemm_flops()).total()) * 1e-9;
+    return static_cast<double>((pin::cuda::kernel_gemm_flops() - gpu_flops_baseline()).total()) * 1e-9;
 #else
     return 0.0;
 #endif
@@ -229,45 +259,77 @@ inline void report_gpu_gemm_launches(const char* command) {
 }
 
 #if defined(PIN_HAVE_CUDA)
-// --gpu-tune: runs GPU tuning (cuda/gpu_tuning.hpp) on `defense` at `batch`, a line per
-// configuration on stderr as it finishes, and applies the fastest that agrees with the fp32
-// forward; false (after saying so) where none does.
-inline bool tune_gpu_settings(const Options& o, const pin::model::Defense& defense, int64_t batch, const char* command) {
+// --gpu-tune: runs GPU tuning (cuda/gpu_tuning.hpp) through `tune` - tune_defense or
+// tune_training_step on the run's own device copies; `what` names its unit, "forward" or "training
+// step" - at `batch`, a line per configuration on stderr as it finishes, applies the fastest that
+// agrees with fp32 and writes its flags into `o` (what records the run's settings - eval's cache key
+// and JSON - then records the choice); the run's launch reports leave the tuning's work out. False
+// (after saying so) where no configuration agrees.
+using GpuTuner = std::function<pin::cuda::TuningReport(const std::vector<pin::cuda::TuningCandidate>&, const pin::cuda::TuningOptions&)>;
+inline bool tune_gpu_settings(Options& o, int64_t batch, const char* command, const char* what, const GpuTuner& tune) {
     namespace pc = pin::cuda;
     pc::TuningOptions options;
     options.batch = batch;
     options.repeats = static_cast<int>(int_option(o, "gpu-tune-repeats", 3, 1, 100));
-    const std::vector<pc::TuningCandidate> candidates = pc::bf16_defense_candidates();
-    std::fprintf(stderr, "pin %s: GPU tuning on %s at batch %lld: %zu configurations, each checked against the fp32 forward, then timed "
-                         "(the best of %d)\n",
-                 command, pc::device_name().c_str(), static_cast<long long>(batch), candidates.size(), options.repeats);
-    options.on_result = [&](const pc::TuningResult& r) {
-        if (r.accepted)
-            std::fprintf(stderr, "  %-40s %9.3f ms  (p within %.2g of fp32's)\n", r.candidate.name.c_str(), r.ms, r.p_error);
-        else
-            std::fprintf(stderr, "  %-40s left out: %s\n", r.candidate.name.c_str(), r.why.c_str());
+    // The configurations this device runs, of those --gpu-tune-only names.
+    const std::vector<std::string> only = gpu_tune_only(o);
+    std::vector<pc::TuningCandidate> candidates;
+    for (const pc::TuningCandidate& c : pc::bf16_defense_candidates())
+        if (std::find(only.begin(), only.end(), c.id) != only.end()) candidates.push_back(c);
+    if (candidates.empty()) {
+        std::fprintf(stderr, "pin %s: --gpu-tune-only: none of its configurations runs on %s (the warpgroup-MMA ones need compute "
+                             "capability 9.0)\n", command, pc::device_name().c_str());
+        return false;
+    }
+    // A configuration that never finishes ends the process (the host cannot stop a kernel): say
+    // which, and how to tune without it.
+    options.on_hang = [candidates, command](const std::string& what) {
+        std::string others;
+        for (const pc::TuningCandidate& c : candidates)
+            if (what != "'" + c.name + "'") others += (others.empty() ? "" : ",") + c.id;
+        std::fprintf(stderr, "\npin %s: GPU tuning: %s did not finish; its kernels may never end on this GPU. Tune without it: "
+                             "--gpu-tune-only %s\n", command, what.c_str(), others.c_str());
+        std::fflush(stderr);
+        std::_Exit(3);
     };
-    const pc::TuningReport report = pc::tune_defense(defense, candidates, options);
+    std::fprintf(stderr, "pin %s: GPU tuning on %s at batch %lld: %zu configurations, each checked against the fp32 %s, then timed "
+                         "(the best of %d)\n",
+                 command, pc::device_name().c_str(), static_cast<long long>(batch), candidates.size(), what, options.repeats);
+    options.on_result = [&](const pc::TuningResult& r) {
+        if (!r.accepted)
+            std::fprintf(stderr, "  %-18s %-38s left out: %s\n", r.candidate.id.c_str(), r.candidate.name.c_str(), r.why.c_str());
+        else if (r.furthest_tensor.empty())
+            std::fprintf(stderr, "  %-18s %-38s %9.3f ms  (p within %.2g of fp32's)\n", r.candidate.id.c_str(), r.candidate.name.c_str(), r.ms,
+                         r.p_error);
+        else
+            std::fprintf(stderr, "  %-18s %-38s %9.3f ms  (gradients within %.2g of fp32's, furthest %s)\n", r.candidate.id.c_str(),
+                         r.candidate.name.c_str(), r.ms, r.gradient_error, r.furthest_tensor.c_str());
+    };
+    const pc::TuningReport report = tune(candidates, options);
     const pc::TuningResult* best = report.best();
     if (!best) {
-        std::fprintf(stderr, "pin %s: --gpu-tune: no bfloat16 configuration agreed with the fp32 forward on this GPU; run without "
-                             "--gpu-tune (fp32) or report it\n", command);
+        std::fprintf(stderr, "pin %s: --gpu-tune: no bfloat16 configuration agreed with the fp32 %s on this GPU; run without "
+                             "--gpu-tune (fp32) or report it\n", command, what);
         return false;
     }
     best->candidate.settings.apply();
-    std::fprintf(stderr, "pin %s: --gpu-tune chose '%s': %.3f ms a batch (the fp32 forward %.3f ms); to choose it without tuning: %s\n", command,
-                 best->candidate.name.c_str(), best->ms, report.fp32_ms, gpu_flags_of(best->candidate.settings).c_str());
+    for (const auto& [flag, value] : gpu_flag_values(best->candidate.settings)) o.values[flag] = value;
+    std::fprintf(stderr, "pin %s: --gpu-tune chose '%s': %.3f ms a %s (the fp32 %s %.3f ms); to choose it without tuning: %s\n", command,
+                 best->candidate.name.c_str(), best->ms, what, what, report.fp32_ms, gpu_flags_of(best->candidate.settings).c_str());
+    gpu_launch_baseline() = pc::kernel_launches();  // the run's own launches are what report_gpu_gemm_launches names
+    gpu_flops_baseline() = pc::kernel_gemm_flops();
     return true;
 }
 #endif
 
 // Applies --device to `defense`. A bad value or a defense the GPU does not run is a usage error;
-// false (after a message saying why) when cuda was asked for and cannot run here. `tune_batch`:
-// where positive, --gpu-tune may choose the GPU settings, at that batch (pin defend).
-inline bool apply_device(const Options& o, pin::model::Defense& defense, const char* command, int64_t tune_batch = 0) {
+// false (after a message saying why) when cuda was asked for and cannot run here. --gpu-tune
+// chooses the GPU settings at `tune_batch`, the batch the run's forwards have; the choice's flags
+// are then in `o` (tune_gpu_settings).
+inline bool apply_device(Options& o, pin::model::Defense& defense, const char* command, int64_t tune_batch) {
     const std::string device = o.get("device", "cpu");
     if (device != "cpu" && device != "cuda") fail_usage("--device must be cpu or cuda, got '" + device + "'");
-    apply_gpu_settings(o, device, tune_batch > 0);
+    apply_gpu_settings(o, device);
     if (device == "cpu") return true;
     if (defense.kind() != pin::model::DefenseKind::PIN)
         fail_usage("--device cuda runs the PIN defense (--defense pin); this run's defense runs on the CPU without --device");
@@ -279,14 +341,18 @@ inline bool apply_device(const Options& o, pin::model::Defense& defense, const c
         std::fprintf(stderr, "pin %s: --device cuda: no usable CUDA device (%s)\n", command, reason.c_str());
         return false;
     }
-    if (o.has("gpu-tune")) {
-        if (!tune_gpu_settings(o, defense, tune_batch, command)) return false;
-        gpu_launch_baseline() = pin::cuda::kernel_launches();  // the run's own launches are what report_gpu_gemm_launches names
-        gpu_flops_baseline() = pin::cuda::kernel_gemm_flops();
-    }
-    defense.set_accelerator(pin::cuda::make_accelerator(defense));
+    // The weights go to the device once: tuning runs on them, then the run.
+    auto gpu = std::make_shared<pin::cuda::GpuDefense>(*defense.agent(), *defense.basis());
+    if (o.has("gpu-tune") &&
+        !tune_gpu_settings(o, tune_batch, command, "forward", [&](const std::vector<pin::cuda::TuningCandidate>& candidates,
+                                                                 const pin::cuda::TuningOptions& options) {
+            return pin::cuda::tune_defense(*gpu, defense, candidates, options);
+        }))
+        return false;
+    defense.set_accelerator(pin::cuda::make_accelerator(std::move(gpu)));
     return true;
 #else
+    (void)tune_batch;
     std::fprintf(stderr, "pin %s: --device cuda: this build has no CUDA kernels (nvcc was not found, or PIN_CUDA=OFF)\n",
                  command);
     return false;

@@ -116,7 +116,9 @@ inline void write_examples(const Options& o, const pin::eval::VerificationRun& r
     }
 }
 
-inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
+// `o` by value: --gpu-tune writes the configuration it chose into it (apply_device), which the
+// cache key and the JSON then record.
+inline int cmd_eval(Options o, const std::string& default_model_dir) {
     if (!o.has("data")) fail_usage("eval needs --data DIR (pairs.txt and images/)");
     pin::eval::VerificationOptions vo;
     vo.folds = parse_folds(o.get("folds", "all"));
@@ -134,16 +136,17 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     vo.max_pairs = int_option(o, "pairs", 0, 0, INT64_MAX);
     vo.identities = int_option(o, "identities", 1000, 1, INT64_MAX);
     vo.cache_dir = o.get("cache", "");
-    vo.defense_tag = o.get("defense", "none") + " model " + o.get("model", default_model_dir) + " basis " + o.get("basis", "") +
-                     " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0") +
-                     (o.get("device", "cpu") == "cpu" ? "" : " device " + o.get("device", "") + " " + gpu_settings_tag(o));
     vo.batch = int_option(o, "batch", 32, 1, 4096);
     pin::check_batch_memory(vo.batch, 40e6, "pin eval");  // the agent's activations and the attack's caches
     vo.progress = !o.has("no-progress");
     // The pairs first: a bad data folder fails before any model is loaded.
     (void)pin::eval::load_pairs(o.get("data", ""), vo.folds);
     pin::model::Defense defense = load_defense(o, default_model_dir);
-    if (!apply_device(o, defense, "eval")) return 1;
+    if (!apply_device(o, defense, "eval", vo.batch)) return 1;
+    // After apply_device: the GPU settings in the key are those the run uses, --gpu-tune's choice included.
+    vo.defense_tag = o.get("defense", "none") + " model " + o.get("model", default_model_dir) + " basis " + o.get("basis", "") +
+                     " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0") +
+                     (o.get("device", "cpu") == "cpu" ? "" : " device " + o.get("device", "") + " " + gpu_settings_tag(o));
     const std::unique_ptr<pin::recognizer::FaceRecognizer> rec = load_recognizer(o);
     const auto t0 = std::chrono::steady_clock::now();
     pin::eval::VerificationRun run(o.get("data", ""), *rec, defense, vo);
@@ -159,6 +162,7 @@ inline int cmd_eval(const Options& o, const std::string& default_model_dir) {
     j["attack"] = o.get("attack", "none");
     j["protocol"] = o.get("protocol", "offline");
     j["device"] = o.get("device", "cpu");
+    if (o.has("gpu-tune")) j["gpu_tuned"] = true;  // the gpu_* settings below are the ones tuning chose
     if (o.get("device", "cpu") == "cuda")  // gpu_math, gpu_gather, ..., gpu_gather_cache (defaults filled in)
         for (const GpuSetting& s : gpu_settings()) {
             std::string key = std::string("gpu_") + (s.flag + 4);

@@ -31,7 +31,7 @@ inline const std::set<std::string>& value_flags() {
         "threads", "data",   "split",  "count",   "keep",      "seed",           "out",      "in",       "defense",
         "model",   "basis",  "mode",   "batch",   "dae",       "epochs",         "masks",    "estimator", "cost",
         "lambda",  "lr",     "lr-halve-every",    "momentum",  "noise",          "steps",    "folds",    "attack",
-        "protocol", "json",  "device", "gpu-math", "gpu-gather", "gpu-storage", "gpu-tile", "gpu-pipeline", "gpu-loads", "gpu-mma-n", "gpu-gather-cache", "gpu-tune-repeats", "recognizer", "eps",    "iterations", "pin-gradient", "eot", "examples", "min-score", "input-size", "face-api", "clip-norm", "features-lr-scale", "head-init-scale", "half-from",
+        "protocol", "json",  "device", "gpu-math", "gpu-gather", "gpu-storage", "gpu-tile", "gpu-pipeline", "gpu-loads", "gpu-mma-n", "gpu-gather-cache", "gpu-tune-repeats", "gpu-tune-only", "recognizer", "eps",    "iterations", "pin-gradient", "eot", "examples", "min-score", "input-size", "face-api", "clip-norm", "features-lr-scale", "head-init-scale", "half-from",
         "queries", "overshoot", "sticker-step", "pairs", "identities", "cache"};
     return f;
 }

@@ -153,7 +153,8 @@ inline int cmd_pretrain_dae(const Options& o) {
     return detail::report(outcome, last, lo.checkpoint_path, "pretrain-dae");
 }
 
-inline int cmd_train(const Options& o) {
+// `o` by value: --gpu-tune writes the configuration it chose into it (tune_gpu_settings).
+inline int cmd_train(Options o) {
     namespace fs = std::filesystem;
     if (!o.has("dae")) fail_usage("train needs --dae FILE (the frozen denoising autoencoder, from `pin pretrain-dae`)");
     if (!o.has("basis")) fail_usage("train needs --basis FILE (eigenfaces, from `pin eigen`)");
@@ -254,6 +255,13 @@ inline int cmd_train(const Options& o) {
     std::unique_ptr<pin::cuda::GpuTrainer> gpu;
     if (device == "cuda") {
         gpu_backend = std::make_unique<pin::cuda::GpuTrainingBackend>(*agent, *basis, to);
+        // --gpu-tune: each configuration's step from the run's (possibly resumed) weights, on its backend.
+        if (o.has("gpu-tune") &&
+            !tune_gpu_settings(o, bo.batch, "train", "training step", [&](const std::vector<pin::cuda::TuningCandidate>& candidates,
+                                                                           const pin::cuda::TuningOptions& options) {
+                return pin::cuda::tune_training_step(*gpu_backend, *agent, trainer.optimizer(), to, candidates, options);
+            }))
+            return 1;
         gpu = std::make_unique<pin::cuda::GpuTrainer>(*gpu_backend, *agent, trainer.optimizer(), to);
         gpu->set_lr(trainer.optimizer().lr());
         std::fprintf(stderr, "pin train: the training step runs on %s\n", pin::cuda::device_name().c_str());

@@ -59,5 +59,12 @@ bad_tune "chooses among --gpu-math bf16's configurations: add --gpu-math bf16" -
 bad_tune "--gpu-tune chooses --gpu-tile itself" --device cuda --gpu-math bf16 --gpu-tune --gpu-tile 128
 bad_tune "--gpu-tune-repeats goes with --gpu-tune" --device cuda --gpu-math bf16 --gpu-tune-repeats 2
 bad_tune "--gpu-tune-repeats expects an integer in \[1, 100\]" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-repeats 0
+bad_tune "--gpu-tune-only goes with --gpu-tune" --device cuda --gpu-math bf16 --gpu-tune-only tile64
+if "$pin" info 2>&1 | grep -q "CUDA kernels     built"; then  # the configurations' ids are the CUDA build's
+  bad_tune "--gpu-tune-only: no configuration 'tile32' (the ids: tile64, tile64-l1, tile128, wgmma-wait," \
+    --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only tile64,tile32
+  bad_tune "--gpu-tune-only names 'ws' twice" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only ws,tile128,ws
+  bad_tune "--gpu-tune-only: no configuration ''" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only tile64,
+fi
 [ ! -e "$work/o_tune" ] || fail "a refused --gpu-tune run wrote files"
 echo "defend_check: all checks passed"

@@ -86,6 +86,14 @@ set +e
 set -e
 [ $rc = 2 ] && grep -q -- "--gpu-gather-cache l1 needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "--gpu-gather-cache without --device cuda: expected a usage error"; }
 set +e
+"$pin" eval $q --defense pin --model "$work/model" --gpu-math bf16 --gpu-tune > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q -- "--gpu-tune needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "eval --gpu-tune without --device cuda: expected a usage error"; }
+set +e
+"$pin" eval $q --defense pin --model "$work/model" --device cuda --gpu-math bf16 --gpu-tune --gpu-pipeline ws > "$work/msg" 2>&1; rc=$?
+set -e
+[ $rc = 2 ] && grep -q -- "--gpu-tune chooses --gpu-pipeline itself" "$work/msg" || { cat "$work/msg"; fail "eval --gpu-tune --gpu-pipeline: expected a usage error"; }
+set +e
 "$pin" embed --in "$work/data/images" --out "$work/e.safetensors" --gpu-gather vector > "$work/msg" 2>&1; rc=$?
 set -e
 [ $rc = 2 ] && grep -q -- "--gpu-gather: embed runs on the CPU" "$work/msg" || { cat "$work/msg"; fail "embed --gpu-gather: expected a usage error"; }

@@ -4,7 +4,7 @@
 # operands and activations, the vector gather; the 256 x 128 tile, and the warpgroup-MMA kernel with
 # each pipeline and gather caching). PIN is `pin` on a machine with a GPU (without a usable device
 # the script checks that --device cuda says why and exits 1, then skips: 77), or `pin-emulated`,
-# the same program on the CPU emulation of CUDA (every CI run: about 7 minutes on 2 cores, so the data are
+# the same program on the CPU emulation of CUDA (every CI run: about 16 minutes on 2 cores, so the data are
 # tiny: 8 faces, 6 eigenfaces, batch 2, two training steps). The eval part needs the face-api
 # weights (MANIFEST; skipped without them). The warp-specialized pipelines' part comes last;
 # PIN_CLI_CHECK_SKIP_WS=1 leaves it out (bench/gpu_check.sh, when their [cuda][ws] tests failed).
@@ -232,5 +232,60 @@ for f in "$work"/def_gpu_tuned/*; do cmp -s "$f" "$work/def_gpu_chosen/$(basenam
   || fail "--gpu-tune's run reports other kernel launches than $chosen's: $(grep "GPU GEMM launches" "$work/tuned.log" "$work/gpu.log")"
 same_faces "$work/def_gpu_tuned" 4 0.9 || fail "pin defend --device cuda --gpu-tune is far from the CPU"
 echo "pin defend --device cuda --gpu-math bf16 --gpu-tune chose $chosen ($configurations configurations checked) and follows the CPU"
+# pin eval --gpu-tune: its JSON records the configuration chosen (gpu_tuned, the gpu_* settings
+# equal to the printed flags), and a run with those flags gives the same scores, bit for bit.
+eval_tune_checks() {
+"${ev[@]}" --json "$work/eval_tuned.json" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-repeats 1 --batch 1 >"$work/eval.log" 2>&1 \
+  || { cat "$work/eval.log"; fail "pin eval --device cuda --gpu-math bf16 --gpu-tune"; }
+chosen=$(sed -n 's/.*to choose it without tuning: //p' "$work/eval.log")
+[ -n "$chosen" ] && [ "$(grep -c " ms  (p within " "$work/eval.log")" = $configurations ] \
+  || { cat "$work/eval.log"; fail "pin eval --gpu-tune did not try all $configurations configurations and name its choice"; }
+# shellcheck disable=SC2086  # the flags, word by word
+"${ev[@]}" --json "$work/eval_chosen.json" --device cuda $chosen --batch 1 >"$work/eval.log" 2>&1 \
+  || { cat "$work/eval.log"; fail "pin eval --device cuda $chosen"; }
+python3 - "$work/eval_tuned.json" "$work/eval_chosen.json" "$chosen" <<'PY' || fail "pin eval --gpu-tune's JSON does not record its choice, or its run differs from one with the flags it printed"
+import json, sys
+tuned, chosen = (json.load(open(p)) for p in sys.argv[1:3])
+words = sys.argv[3].split()
+flags = {words[i][2:].replace("-", "_"): words[i + 1] for i in range(0, len(words), 2)}
+assert len(flags) == 8 and all(tuned[k] == v == chosen[k] for k, v in flags.items()), (flags, tuned, chosen)
+assert tuned.get("gpu_tuned") is True and "gpu_tuned" not in chosen, (tuned.get("gpu_tuned"), chosen.get("gpu_tuned"))
+assert tuned["scores"] == chosen["scores"] and tuned["gpu_gemm_launches"] == chosen["gpu_gemm_launches"], (tuned, chosen)
+PY
+echo "pin eval --device cuda --gpu-math bf16 --gpu-tune records its choice ($chosen) and scores as a run with those flags"
+}
+if $recognizer; then
+  eval_tune_checks
+else
+  echo "pin eval --gpu-tune part skipped: no face-api weights at '${manifest}'"
+fi
+# pin train --gpu-tune: one training step of each configuration --gpu-tune-only names (two: every
+# one of the eleven is 30-70 s of steps on the emulation; those the device does not run are left
+# out), its gradients checked against the fp32 step's (none rejected), the fastest used and named as
+# flags; a run with those flags trains the same weights, bit for bit, logs the same numbers and
+# reaches the same kernels.
+grep -q "this device runs wgmma" "$work/tuned.log" && configurations=2 || configurations=1
+"${tr[@]}" --out "$work/agent_tuned" --steps 2 --batch 1 --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-repeats 1 \
+  --gpu-tune-only tile64,wgmma-wait >"$work/gpu.log" 2>&1 || { cat "$work/gpu.log"; fail "pin train --device cuda --gpu-math bf16 --gpu-tune"; }
+cp "$work/gpu.log" "$work/tuned.log"
+chosen=$(sed -n 's/.*to choose it without tuning: //p' "$work/tuned.log")
+[ -n "$chosen" ] && [ "$(grep -c " ms  (gradients within " "$work/tuned.log")" = $configurations ] && ! grep -q "left out:" "$work/tuned.log" \
+  && grep -q "GPU tuning on .*: $configurations configurations" "$work/tuned.log" \
+  || { cat "$work/tuned.log"; fail "pin train --gpu-tune did not pass the $configurations configurations of --gpu-tune-only and name its choice"; }
+# shellcheck disable=SC2086  # the flags, word by word
+"${tr[@]}" --out "$work/agent_chosen" --steps 2 --batch 1 --device cuda $chosen >"$work/gpu.log" 2>&1 \
+  || { cat "$work/gpu.log"; fail "pin train --device cuda $chosen"; }
+cmp -s "$work/agent_tuned/agent.safetensors" "$work/agent_chosen/agent.safetensors" || fail "pin train --gpu-tune's weights differ from $chosen's"
+python3 - "$work/agent_tuned/log.csv" "$work/agent_chosen/log.csv" <<'PY' || fail "pin train --gpu-tune logs other numbers than $chosen's run"
+import csv, sys
+a, b = (list(csv.DictReader(open(p))) for p in sys.argv[1:3])
+assert len(a) == len(b) == 2, (a, b)
+for ra, rb in zip(a, b):
+    for k in ra:
+        assert k in ("images_per_second", "seconds") or ra[k] == rb[k], (k, ra, rb)
+PY
+[ "$(grep "GPU GEMM launches by kernel:" "$work/tuned.log")" = "$(grep "GPU GEMM launches by kernel:" "$work/gpu.log")" ] \
+  || fail "pin train --gpu-tune's run reports other kernel launches than $chosen's: $(grep "GPU GEMM launches" "$work/tuned.log" "$work/gpu.log")"
+echo "pin train --device cuda --gpu-math bf16 --gpu-tune chose $chosen ($configurations configurations checked) and trains as a run with those flags"
 
 echo "gpu cli check passed"

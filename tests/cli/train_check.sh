@@ -94,8 +94,12 @@ $tr --out "$work/bad_dev" --device cuda --gpu-gather-cache l3 >"$work/msg" 2>&1 
 grep -q -- "--gpu-gather-cache must be l2 or l1, got 'l3'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-gather-cache l3"; }
 $tr --out "$work/bad_dev" --device cuda --gpu-mma-n 512 >"$work/msg" 2>&1 && fail "--gpu-mma-n 512 accepted"
 grep -q -- "--gpu-mma-n must be 128 or 256, got '512'" "$work/msg" || { cat "$work/msg"; fail "no message for --gpu-mma-n 512"; }
-$tr --out "$work/bad_dev" --device cuda --gpu-math bf16 --gpu-tune >"$work/msg" 2>&1 && fail "pin train --gpu-tune accepted"
-grep -q -- "--gpu-tune chooses the defense forward's GPU configuration for pin defend" "$work/msg" || { cat "$work/msg"; fail "no message for pin train --gpu-tune"; }
+$tr --out "$work/bad_dev" --gpu-math bf16 --gpu-tune >"$work/msg" 2>&1 && fail "pin train --gpu-tune without --device cuda accepted"
+grep -q -- "--gpu-tune needs --device cuda" "$work/msg" || { cat "$work/msg"; fail "no message for pin train --gpu-tune without --device cuda"; }
+$tr --out "$work/bad_dev" --device cuda --gpu-math bf16 --gpu-tune --gpu-storage bf16 >"$work/msg" 2>&1 && fail "pin train --gpu-tune --gpu-storage accepted"
+grep -q -- "--gpu-tune chooses --gpu-storage itself" "$work/msg" || { cat "$work/msg"; fail "no message for pin train --gpu-tune --gpu-storage"; }
+"$pin" embed --in "$work/faces" --out "$work/e.safetensors" --gpu-tune >"$work/msg" 2>&1 && fail "pin embed --gpu-tune accepted"
+grep -q -- "--gpu-tune: embed runs on the CPU" "$work/msg" || { cat "$work/msg"; fail "no message for pin embed --gpu-tune"; }
 
 # SIGINT mid-run: checkpoint, exit 130, resume finishes with the weights of the uninterrupted run.
 tr="$pin train --data $work/faces --split all --dae $work/dae_a/dae.safetensors --basis $work/basis.safetensors
