@@ -47,7 +47,7 @@ std::vector<TuningCandidate> all_bf16_candidates(const KernelSettings& base) {
             {"pingpong-tma-n256", "wgmma ping-pong, tensor copies, N 256", with(A::Wgmma, P::PingPong, l1, L::TensorCopies, WgmmaMmaN::N256)}};
 }
 
-std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base) {
+std::vector<TuningCandidate> bf16_candidates(const KernelSettings& base) {
     std::vector<TuningCandidate> c = all_bf16_candidates(base);
     if (!wgmma_supported())
         c.erase(std::remove_if(c.begin(), c.end(), [](const TuningCandidate& t) { return t.settings.tile == AsyncTileShape::Wgmma; }), c.end());
@@ -71,6 +71,20 @@ std::string number(double v) {
     return s;
 }
 }  // namespace
+
+std::string hang_message(const std::string& what, const std::vector<TuningCandidate>& candidates, const TuningOptions& options) {
+    std::string others;
+    bool named = false;  // whether `what` is one of the candidates (not the fp32 reference)
+    for (const TuningCandidate& c : candidates) {
+        if (what == "'" + c.name + "'")
+            named = true;
+        else
+            others += (others.empty() ? "" : ",") + c.id;
+    }
+    std::string line = options.caller + ": GPU tuning: " + what + " did not finish; its kernels may never end on this GPU. ";
+    if (!named || others.empty()) return line + "Run without tuning.";
+    return line + "Tune without it: " + (options.only_option.empty() ? "the configurations " : options.only_option + " ") + others;
+}
 
 TuningResult compare_with_fp32(const std::vector<float>& p, const std::vector<float>& q, const std::vector<float>& faces,
                                const std::vector<float>& p_ref, const std::vector<float>& q_ref, const std::vector<float>& faces_ref,
@@ -97,23 +111,16 @@ TuningResult compare_with_fp32(const std::vector<float>& p, const std::vector<fl
     return r;
 }
 
-TuningReport tune_defense(const model::Defense& defense, const std::vector<TuningCandidate>& candidates, const TuningOptions& options) {
-    PIN_CHECK(defense.kind() == model::DefenseKind::PIN && defense.agent() && defense.basis(), "tune_defense: the GPU runs the PIN defense only");
-    GpuDefense gpu(*defense.agent(), *defense.basis());
-    return tune_defense(gpu, defense, candidates, options);
-}
-
 namespace {
 double seconds_of(const std::function<void()>& f) {
     const auto t0 = std::chrono::steady_clock::now();
     f();
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
-std::function<void(const std::string&)> on_hang_of(const TuningOptions& options) {
+std::function<void(const std::string&)> on_hang_of(const TuningOptions& options, const std::vector<TuningCandidate>& candidates) {
     if (options.on_hang) return options.on_hang;
-    return [](const std::string& what) {
-        std::fprintf(stderr, "\npin: GPU tuning: %s did not finish; its kernels may never end on this GPU (run without "
-                             "tuning, or choose another configuration)\n", what.c_str());
+    return [options, candidates](const std::string& what) {
+        std::fprintf(stderr, "\n%s\n", hang_message(what, candidates, options).c_str());
         std::fflush(stderr);
         std::_Exit(3);
     };
@@ -140,7 +147,7 @@ std::vector<float> synthetic_faces(int64_t B, int64_t D, const float* mean) {
 // compares it with the fp32 reference; where that passes, `run` options.repeats times, the best
 // time kept. An exception leaves the candidate out; the watchdog keeps `deadline` seconds over each.
 // The fastest accepted becomes report.chosen.
-void try_candidates(TuningReport& report, const std::vector<TuningCandidate>& candidates, const TuningOptions& options,
+void try_candidates(TuningReport& report, TuningTarget target, const std::vector<TuningCandidate>& candidates, const TuningOptions& options,
                     Watchdog& watchdog, double deadline, const std::function<TuningResult()>& check, const std::function<void()>& run) {
     for (const TuningCandidate& c : candidates) {
         TuningResult r;
@@ -160,6 +167,7 @@ void try_candidates(TuningReport& report, const std::vector<TuningCandidate>& ca
             r.why = e.what();
         }
         r.candidate = c;
+        r.target = target;
         report.results.push_back(r);
         if (r.accepted && (report.chosen < 0 || r.ms < report.results[static_cast<size_t>(report.chosen)].ms))
             report.chosen = static_cast<int64_t>(report.results.size()) - 1;
@@ -201,14 +209,14 @@ TuningReport tune_defense(GpuDefense& gpu, const model::Defense& defense, const 
         gy.download(o.y.data(), o.y.size());
         return o;
     };
-    Watchdog watchdog(on_hang_of(options));
+    Watchdog watchdog(on_hang_of(options, candidates));
     fp32_settings().apply();
     watchdog.arm("the fp32 forward", options.hang_seconds);
     forward();  // packs its weights
     report.fp32_ms = 1e3 * seconds_of(forward);
     watchdog.disarm();
     const Outputs ref = outputs();
-    try_candidates(report, candidates, options, watchdog, deadline_of(options, report.fp32_ms), [&] {
+    try_candidates(report, TuningTarget::DefenseForward, candidates, options, watchdog, deadline_of(options, report.fp32_ms), [&] {
         forward();
         const Outputs o = outputs();
         return compare_with_fp32(o.p, o.q, o.y, ref.p, ref.q, ref.y, B, options);
@@ -220,6 +228,7 @@ TuningResult compare_training_with_fp32(const TrainingStepOutputs& got, const Tr
     PIN_CHECK(got.names == ref.names && got.gradients.size() == ref.gradients.size() && got.names.size() == got.gradients.size(),
               "compare_training_with_fp32: different tensors");
     TuningResult r;
+    r.target = TuningTarget::TrainingStep;
     for (size_t k = 0; k < got.gradients.size(); ++k) {
         const std::vector<float>& g = got.gradients[k];
         const std::vector<float>& h = ref.gradients[k];
@@ -279,13 +288,13 @@ TuningReport tune_training_step(GpuTrainingBackend& backend, model::Agent& agent
         trainer->step(x, 0);
         synchronize_stream("tune_training_step");
     };
-    Watchdog watchdog(on_hang_of(options));
+    Watchdog watchdog(on_hang_of(options, candidates));
     fp32_settings().apply();
     watchdog.arm("the fp32 training step", options.hang_seconds);
     const TrainingStepOutputs ref = first_step();  // packs the DAE's weights
     report.fp32_ms = 1e3 * seconds_of(step);
     watchdog.disarm();
-    try_candidates(report, candidates, options, watchdog, deadline_of(options, report.fp32_ms),
+    try_candidates(report, TuningTarget::TrainingStep, candidates, options, watchdog, deadline_of(options, report.fp32_ms),
                    [&] { return compare_training_with_fp32(first_step(), ref, options); }, step);
     return report;
 }

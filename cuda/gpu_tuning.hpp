@@ -44,7 +44,7 @@ struct TuningCandidate {
 // capability 9.0) its pipelines with L1 caching, then the warp-specialized ones with tensor copies
 // and with the wide tiles. `base` supplies everything else (the mask sampler): the current settings.
 // The training step tries the same ones (--gpu-storage is the frozen DAE's activations there).
-std::vector<TuningCandidate> bf16_defense_candidates(const KernelSettings& base = KernelSettings::current());
+std::vector<TuningCandidate> bf16_candidates(const KernelSettings& base = KernelSettings::current());
 // All eleven, whatever the device runs (the last eight need the warpgroup MMA): tile64, tile64-l1,
 // tile128, wgmma-wait, wgmma-inflight, ws, pingpong, ws-tma, pingpong-tma, ws-tma-n256,
 // pingpong-tma-n256.
@@ -71,26 +71,37 @@ struct TuningOptions {
     double gradient_tolerance = 0.7;
     double norm_tolerance = 0.1;
     double cost_tolerance = 1e-2;
-    // Seconds a configuration's forwards may take before on_hang is called with its name: this, or
-    // 20 times the fp32 forward's time for each of them where that is longer (a kernel that never
-    // finishes - a fault in a pipeline's barriers - cannot be stopped from the host: the default
-    // on_hang prints which configuration hung and ends the process with status 3).
+    // Seconds a configuration's forwards (tune_defense) or training steps (tune_training_step) may
+    // take before on_hang is called with its name: this, or 20 times the fp32 reference's time for
+    // each of them where that is longer (a kernel that never finishes - a fault in a pipeline's
+    // barriers - cannot be stopped from the host: the default on_hang prints hang_message's line
+    // and ends the process with status 3).
     double hang_seconds = 120;
     std::function<void(const std::string&)> on_hang;
+    // The default on_hang's words: who is tuning ("pin defend") and the caller's option that takes
+    // a list of TuningCandidate ids ("--gpu-tune-only"; empty: the ids alone are named).
+    std::string caller = "pin";
+    std::string only_option;
     // Called as each configuration's result is known (for progress output); may be empty.
     std::function<void(const TuningResult&)> on_result;
 };
 
+// What was tuned, so which of TuningResult's checks apply.
+enum class TuningTarget { DefenseForward, TrainingStep };
+
 struct TuningResult {
     TuningCandidate candidate;
+    TuningTarget target = TuningTarget::DefenseForward;
     bool accepted = false;
-    double ms = 0;            // the best of the timed forwards (accepted only)
+    double ms = 0;            // the best of the timed forwards or steps (accepted only)
+    std::string why;          // why not accepted
+    // The defense forward's check (compare_with_fp32):
     double p_error = 0;       // as TuningOptions::p_tolerance measures it
     double face_error = 0;    // over faces_checked images
     int64_t faces_checked = 0;  // images whose masks equal the fp32 forward's, so whose faces compare
-    double gradient_error = 0;  // the training step's: the furthest tensor's, as gradient_tolerance measures it
-    std::string furthest_tensor;  // which (empty for the defense forward)
-    std::string why;          // why not accepted
+    // The training step's (compare_training_with_fp32):
+    double gradient_error = 0;    // the furthest tensor's, as gradient_tolerance measures it
+    std::string furthest_tensor;  // which
 };
 
 struct TuningReport {
@@ -102,16 +113,20 @@ struct TuningReport {
     const TuningResult* best() const { return chosen < 0 ? nullptr : &results[static_cast<size_t>(chosen)]; }
 };
 
-// Runs `candidates` on `defense`'s PIN forward (its agent and eigenbasis copied to the device for
-// the purpose) on options.batch synthetic faces (the mean face plus a fixed pattern) with seed 1,
+// Runs `candidates` on the PIN forward of `gpu` - `defense`'s agent and eigenbasis on the device
+// (make_accelerator(gpu) then runs the choice on them, the packed weights of every configuration
+// tried kept) - on options.batch synthetic faces (the mean face plus a fixed pattern) with seed 1,
 // against the fp32 forward, as described above. Leaves the kernel settings as it found them: apply
 // best()->candidate.settings to use the choice. Requires a usable device (device_available). The
 // kernel settings are process-wide (ops.cuh): run it before other GPU work starts, not beside it.
-TuningReport tune_defense(const model::Defense& defense, const std::vector<TuningCandidate>& candidates, const TuningOptions& options);
-// The same on `gpu`, `defense`'s weights already on the device (make_accelerator(gpu) then runs
-// the choice on them, the packed weights of every configuration tried kept).
 TuningReport tune_defense(GpuDefense& gpu, const model::Defense& defense, const std::vector<TuningCandidate>& candidates,
                           const TuningOptions& options);
+
+// What the default on_hang says when `what` - a configuration's name in quotes, as the watchdog is
+// armed with it, or the fp32 reference - did not finish while tuning `candidates`: which, and how
+// to go on without it (the other candidates' ids, or, where none is left or the reference hung,
+// without tuning). One line, no newline.
+std::string hang_message(const std::string& what, const std::vector<TuningCandidate>& candidates, const TuningOptions& options);
 
 // The comparison behind `accepted`, on host copies: p and q (batch x n) and the faces (batch x d)
 // of a configuration against the fp32 forward's. Non-finite values fail it.

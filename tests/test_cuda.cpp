@@ -969,6 +969,7 @@ TEST_CASE("GPU tuning accepts a configuration only where it agrees with the fp32
     options.p_tolerance = 8e-2, options.face_tolerance = 2e-2;  // of their largest
     auto check = [&](std::vector<float> p2, std::vector<float> q2, std::vector<float> y2) { return pc::compare_with_fp32(p2, q2, y2, p, q, y, B, options); };
     const pc::TuningResult same = check(p, q, y);
+    REQUIRE(same.target == pc::TuningTarget::DefenseForward);
     REQUIRE(same.accepted);
     REQUIRE(same.p_error == 0);
     REQUIRE(same.faces_checked == B);
@@ -1016,7 +1017,7 @@ TEST_CASE("GPU tuning's configurations have distinct ids and settings", "[cuda][
         }
     }
     if (!gpu_or_skip()) return;
-    const std::vector<pc::TuningCandidate> here = pc::bf16_defense_candidates();
+    const std::vector<pc::TuningCandidate> here = pc::bf16_candidates();
     REQUIRE(here.size() == (pc::wgmma_supported() ? 11u : 3u));
     for (size_t i = 0; i < here.size(); ++i) REQUIRE(here[i].id == all[i].id);
 }
@@ -1047,6 +1048,7 @@ TEST_CASE("GPU tuning accepts a training-step configuration only where it agrees
         return got;
     };
     const pc::TuningResult same = pc::compare_training_with_fp32(ref, ref, options);
+    REQUIRE(same.target == pc::TuningTarget::TrainingStep);
     REQUIRE(same.accepted);
     REQUIRE(same.gradient_error == 0);
     const pc::TuningResult near = pc::compare_training_with_fp32(moved(0.3), ref, options);
@@ -1077,6 +1079,28 @@ TEST_CASE("GPU tuning accepts a training-step configuration only where it agrees
     got = ref;
     got.names[0] = "esn.other.weight";
     REQUIRE_THROWS(pc::compare_training_with_fp32(got, ref, options));
+}
+
+// What the default on_hang prints (gpu_tuning.hpp hang_message): the configuration that hung and
+// the ids of the others to tune with, in the caller's option where it names one; without tuning
+// where the fp32 reference hung or nothing else was asked for.
+TEST_CASE("GPU tuning's hang message names the configuration and how to tune without it", "[cuda][tune]") {
+    namespace pc = pin::cuda;
+    const std::vector<pc::TuningCandidate> all = pc::all_bf16_candidates();
+    const std::vector<pc::TuningCandidate> three = {all[0], all[3], all[5]};
+    pc::TuningOptions options;
+    const std::string hung = "'" + all[3].name + "'";
+    REQUIRE(pc::hang_message(hung, three, options) == "pin: GPU tuning: " + hung +
+                                                          " did not finish; its kernels may never end on this GPU. Tune without it: the "
+                                                          "configurations " + all[0].id + "," + all[5].id);
+    options.caller = "pin defend";
+    options.only_option = "--gpu-tune-only";
+    const std::string line = pc::hang_message(hung, three, options);
+    REQUIRE_THAT(line, Catch::StartsWith("pin defend: GPU tuning: " + hung + " did not finish"));
+    REQUIRE_THAT(line, Catch::EndsWith("Tune without it: --gpu-tune-only " + all[0].id + "," + all[5].id));
+    REQUIRE(line.find('\n') == std::string::npos);
+    REQUIRE_THAT(pc::hang_message("the fp32 forward", three, options), Catch::EndsWith("on this GPU. Run without tuning."));
+    REQUIRE_THAT(pc::hang_message(hung, {all[3]}, options), Catch::EndsWith("Run without tuning."));
 }
 
 // The deadline that GPU tuning keeps on each configuration: on_hang with the armed name once the

@@ -423,7 +423,7 @@ TEST_CASE("GPU tuning chooses the fastest configuration that matches the fp32 fo
     auto basis = std::make_shared<model::EigenBasis>(
         model::EigenBasis::from_tensors(rnd({12544, 60}, 25, Layout::NCHW), rnd({12544}, 26, Layout::NCHW)));
     const model::Defense defense = model::Defense::from_parts(basis, agent, model::SamplingMode::Bernoulli, 0);
-    const std::vector<pc::TuningCandidate> all = pc::bf16_defense_candidates();
+    const std::vector<pc::TuningCandidate> all = pc::bf16_candidates();
     const bool wgmma = pc::wgmma_supported();
     REQUIRE(all.size() == (wgmma ? 11u : 3u));
     std::vector<pc::TuningCandidate> some = {all[0]};
@@ -449,6 +449,7 @@ TEST_CASE("GPU tuning chooses the fastest configuration that matches the fp32 fo
         std::printf("tuning %-40s %s, p error %.3g, faces error %.3g over %lld images, %.1f ms\n", r.candidate.name.c_str(),
                     r.accepted ? "passed" : "failed", r.p_error, r.face_error, static_cast<long long>(r.faces_checked), r.ms);
         REQUIRE(r.candidate.name == some[i].name);
+        REQUIRE(r.target == pc::TuningTarget::DefenseForward);
         REQUIRE(r.accepted);
         REQUIRE(r.ms > 0);
         REQUIRE(r.p_error <= options.p_tolerance);
@@ -489,7 +490,7 @@ TEST_CASE("GPU tuning of the training step chooses a configuration whose gradien
         weights_before.emplace_back(p.param->value.data(), p.param->value.data() + p.param->value.numel());
     for (const Tensor& v : holder.optimizer().velocity()) momentum_before.emplace_back(v.data(), v.data() + v.numel());
     pc::GpuTrainingBackend backend(*agent, *basis, opt);
-    const std::vector<pc::TuningCandidate> all = pc::bf16_defense_candidates();
+    const std::vector<pc::TuningCandidate> all = pc::bf16_candidates();
     const bool wgmma = pc::wgmma_supported();
     const std::vector<pc::TuningCandidate> some = {all[2], wgmma ? all[3] : all[0]};  // 256 x 128; wgmma wait + L1 (or 256 x 64)
     pc::TuningOptions options;
@@ -508,6 +509,7 @@ TEST_CASE("GPU tuning of the training step chooses a configuration whose gradien
         INFO(r.candidate.name << ": " << r.why);
         std::printf("training tuning %-30s %s, gradients within %.3g (furthest %s), %.1f ms\n", r.candidate.name.c_str(),
                     r.accepted ? "passed" : "failed", r.gradient_error, r.furthest_tensor.c_str(), r.ms);
+        REQUIRE(r.target == pc::TuningTarget::TrainingStep);
         REQUIRE(r.accepted);
         REQUIRE(r.ms > 0);
         REQUIRE(r.gradient_error > 0);  // bfloat16 rounds: a zero would mean fp32 ran again

@@ -274,31 +274,25 @@ inline bool tune_gpu_settings(Options& o, int64_t batch, const char* command, co
     // The configurations this device runs, of those --gpu-tune-only names.
     const std::vector<std::string> only = gpu_tune_only(o);
     std::vector<pc::TuningCandidate> candidates;
-    for (const pc::TuningCandidate& c : pc::bf16_defense_candidates())
+    for (const pc::TuningCandidate& c : pc::bf16_candidates())
         if (std::find(only.begin(), only.end(), c.id) != only.end()) candidates.push_back(c);
     if (candidates.empty()) {
         std::fprintf(stderr, "pin %s: --gpu-tune-only: none of its configurations runs on %s (the warpgroup-MMA ones need compute "
                              "capability 9.0)\n", command, pc::device_name().c_str());
         return false;
     }
-    // A configuration that never finishes ends the process (the host cannot stop a kernel): say
-    // which, and how to tune without it.
-    options.on_hang = [candidates, command](const std::string& what) {
-        std::string others;
-        for (const pc::TuningCandidate& c : candidates)
-            if (what != "'" + c.name + "'") others += (others.empty() ? "" : ",") + c.id;
-        std::fprintf(stderr, "\npin %s: GPU tuning: %s did not finish; its kernels may never end on this GPU. Tune without it: "
-                             "--gpu-tune-only %s\n", command, what.c_str(), others.c_str());
-        std::fflush(stderr);
-        std::_Exit(3);
-    };
-    std::fprintf(stderr, "pin %s: GPU tuning on %s at batch %lld: %zu configurations, each checked against the fp32 %s, then timed "
-                         "(the best of %d)\n",
-                 command, pc::device_name().c_str(), static_cast<long long>(batch), candidates.size(), what, options.repeats);
+    // A configuration that never finishes ends the process (the host cannot stop a kernel); the
+    // library's message says which, and the --gpu-tune-only list that tunes without it.
+    options.caller = std::string("pin ") + command;
+    options.only_option = "--gpu-tune-only";
+    std::fprintf(stderr, "pin %s: GPU tuning on %s at batch %lld: %zu configuration%s, each checked against the fp32 %s, then "
+                         "timed (the best of %d)\n",
+                 command, pc::device_name().c_str(), static_cast<long long>(batch), candidates.size(), candidates.size() == 1 ? "" : "s",
+                 what, options.repeats);
     options.on_result = [&](const pc::TuningResult& r) {
         if (!r.accepted)
             std::fprintf(stderr, "  %-18s %-38s left out: %s\n", r.candidate.id.c_str(), r.candidate.name.c_str(), r.why.c_str());
-        else if (r.furthest_tensor.empty())
+        else if (r.target == pc::TuningTarget::DefenseForward)
             std::fprintf(stderr, "  %-18s %-38s %9.3f ms  (p within %.2g of fp32's)\n", r.candidate.id.c_str(), r.candidate.name.c_str(), r.ms,
                          r.p_error);
         else
