@@ -132,8 +132,31 @@ __host__ __device__ constexpr AccumulatorPlace accumulator_place(int w, int l, i
     return {16 * w + l / 4 + 8 * (e / 2), 8 * j + 2 * (l % 4) + e % 2};
 }
 
-// Eight of the accumulators as operands of the inline PTX below (read and written).
-#define PIN_WGMMA_ACC8(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
+// The inline PTX below, one instruction for every shape: the accumulators are its operands %0 ...
+// %(kN / 2 - 1) (read and written), then the descriptors a and b, the accumulate flag and the
+// transpose immediate. The lists grow shape by shape, each number written once.
+#define PIN_WGMMA_ACC4(i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
+#define PIN_WGMMA_ACC8(i) PIN_WGMMA_ACC4(i), PIN_WGMMA_ACC4(i + 4)
+#define PIN_WGMMA_OUT64 PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24)
+#define PIN_WGMMA_OUT112 PIN_WGMMA_OUT64, PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48)
+#define PIN_WGMMA_OUT128 PIN_WGMMA_OUT112, PIN_WGMMA_ACC8(56)
+#define PIN_WGMMA_OUT200 PIN_WGMMA_OUT128, PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88), PIN_WGMMA_ACC4(96)
+#define PIN_WGMMA_OUT224 PIN_WGMMA_OUT200, PIN_WGMMA_ACC4(100), PIN_WGMMA_ACC8(104)
+#define PIN_WGMMA_OUT256 PIN_WGMMA_OUT224, PIN_WGMMA_ACC8(112), PIN_WGMMA_ACC8(120)
+#define PIN_WGMMA_REGS64 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
+#define PIN_WGMMA_REGS112 PIN_WGMMA_REGS64 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55"
+#define PIN_WGMMA_REGS128 PIN_WGMMA_REGS112 ", %56, %57, %58, %59, %60, %61, %62, %63"
+#define PIN_WGMMA_REGS200 PIN_WGMMA_REGS128 ", %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99"
+#define PIN_WGMMA_REGS224 PIN_WGMMA_REGS200 ", %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
+#define PIN_WGMMA_REGS256 PIN_WGMMA_REGS224 ", %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+// wgmma.mma_async m64n<N>k16 with the accumulate flag as a predicate; A, B, P and T are the numbers
+// of the descriptors', the flag's and the transpose immediate's operands (N / 2 and on).
+#define PIN_WGMMA_MMA(N, A, B, P, T)                                                                              \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #P ", 0;\n"                                               \
+                 "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32.bf16.bf16 {" PIN_WGMMA_REGS##N "}, %" #A ", %" #B   \
+                 ", p, 1, 1, %" #T ", %" #T ";\n}\n"                                                                \
+                 : PIN_WGMMA_OUT##N                                                                               \
+                 : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose))
 
 // D (64 x kN per warpgroup, this thread's kN / 2 values) = A (64 x 16, descriptor a) B^T (B: kN x 16,
 // descriptor b) + (accumulate ? D : 0), kN = 64, 112, 128, 200, 224 or 256; thread t of the warpgroup holds d[4 j + e]
@@ -152,103 +175,42 @@ __device__ inline void wgmma_bf16(float (&d)[kN / 2], uint64_t a, uint64_t b, bo
     (void)transpose;
     ::pin_emulation::wgmma_bf16(d, kN, a, b, accumulate, kMnMajor);
 #elif defined(PIN_WGMMA_DEVICE)
-    if constexpr (kN == 256) {
-        // 128 accumulators a thread: only where the consumers hold 232 registers (setmaxnreg,
-        // warpgroup_registers above; wgmma_gemm.cuh's wide tiles).
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
-            "{"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
-            "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
-            "}, "
-            "%128, %129, p, 1, 1, %131, %131;\n}\n"
-            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56),
-              PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88), PIN_WGMMA_ACC8(96), PIN_WGMMA_ACC8(104), PIN_WGMMA_ACC8(112), PIN_WGMMA_ACC8(120)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
-    } else if constexpr (kN == 200) {
-        // 100 accumulators a thread: the wide split-column tile's 200 pixels (7 rows of 28, a 14 x 14
-        // image, four 7 x 7 ones), with the consumers' 232 registers as m64n256k16.
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %102, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n200k16.f32.bf16.bf16 "
-            "{"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-            "%96, %97, %98, %99"
-            "}, "
-            "%100, %101, p, 1, 1, %103, %103;\n}\n"
-            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56), PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88),
-              "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99])
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
-    } else if constexpr (kN == 224) {
-        // 112 accumulators a thread: the wide ping-pong tile's 224 pixels (whole output rows of
-        // widths 112, 56, 28, 14), with the consumers' 232 registers as m64n256k16.
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %114, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n224k16.f32.bf16.bf16 "
-            "{"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
-            "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
-            "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
-            "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111"
-            "}, "
-            "%112, %113, p, 1, 1, %115, %115;\n}\n"
-            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56), PIN_WGMMA_ACC8(64), PIN_WGMMA_ACC8(72), PIN_WGMMA_ACC8(80), PIN_WGMMA_ACC8(88), PIN_WGMMA_ACC8(96), PIN_WGMMA_ACC8(104)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
-    } else if constexpr (kN == 128) {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-            "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-            "%64, %65, p, 1, 1, %67, %67;\n}\n"
-            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40),
-              PIN_WGMMA_ACC8(48), PIN_WGMMA_ACC8(56)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
-    } else if constexpr (kN == 112) {
-        // The tensor-copy swapped tiles' 112 pixels (WgmmaTensorConvOperands: whole output rows).
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %58, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n112k16.f32.bf16.bf16 "
-            "{"
-            "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-            "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-            "%48, %49, %50, %51, %52, %53, %54, %55"
-            "}, "
-            "%56, %57, p, 1, 1, %59, %59;\n}\n"
-            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24), PIN_WGMMA_ACC8(32), PIN_WGMMA_ACC8(40), PIN_WGMMA_ACC8(48)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
-    } else {
-        asm volatile(
-            "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-            "{" "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-            "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-            "%32, %33, p, 1, 1, %35, %35;\n}\n"
-            : PIN_WGMMA_ACC8(0), PIN_WGMMA_ACC8(8), PIN_WGMMA_ACC8(16), PIN_WGMMA_ACC8(24)
-            : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)), "n"(transpose));
-    }
+    // m64n256k16: 128 accumulators a thread, only where the consumers hold 232 registers (setmaxnreg,
+    // warpgroup_registers above; wgmma_gemm.cuh's wide tiles). m64n200k16: the wide split-column
+    // tile's 200 pixels (7 rows of 28, a 14 x 14 image, four 7 x 7 ones) and m64n224k16: the wide
+    // ping-pong tile's 224 (whole output rows of widths 112, 56, 28, 14), both with the consumers'
+    // 232 registers as m64n256k16. m64n112k16: the tensor-copy swapped tiles' 112 pixels
+    // (WgmmaTensorConvOperands: whole output rows).
+    if constexpr (kN == 256)
+        PIN_WGMMA_MMA(256, 128, 129, 130, 131);
+    else if constexpr (kN == 200)
+        PIN_WGMMA_MMA(200, 100, 101, 102, 103);
+    else if constexpr (kN == 224)
+        PIN_WGMMA_MMA(224, 112, 113, 114, 115);
+    else if constexpr (kN == 128)
+        PIN_WGMMA_MMA(128, 64, 65, 66, 67);
+    else if constexpr (kN == 112)
+        PIN_WGMMA_MMA(112, 56, 57, 58, 59);
+    else
+        PIN_WGMMA_MMA(64, 32, 33, 34, 35);
 #else
     (void)d, (void)a, (void)b, (void)accumulate, (void)transpose;
 #endif
 }
+#undef PIN_WGMMA_MMA
+#undef PIN_WGMMA_REGS256
+#undef PIN_WGMMA_REGS224
+#undef PIN_WGMMA_REGS200
+#undef PIN_WGMMA_REGS128
+#undef PIN_WGMMA_REGS112
+#undef PIN_WGMMA_REGS64
+#undef PIN_WGMMA_OUT256
+#undef PIN_WGMMA_OUT224
+#undef PIN_WGMMA_OUT200
+#undef PIN_WGMMA_OUT128
+#undef PIN_WGMMA_OUT112
+#undef PIN_WGMMA_OUT64
 #undef PIN_WGMMA_ACC8
+#undef PIN_WGMMA_ACC4
 
 }  // namespace pin::cuda
