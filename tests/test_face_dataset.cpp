@@ -37,6 +37,11 @@ TEST_CASE("pairs files: folds, same and different pairs, errors with line number
     REQUIRE_FALSE(pairs[1].same);
     REQUIRE(pairs[1].person_b == "B_y");
     REQUIRE(pairs[15].fold == 8);
+    // Each fold names A_x #1 (twice), A_x #2 and B_y #3 of its own two people: 3 images a fold.
+    REQUIRE(io::count_pair_images(pairs) == 24);
+    REQUIRE(io::count_pair_images({pairs.begin(), pairs.begin() + 2}) == 3);
+    REQUIRE(io::count_pair_images({pairs[1], pairs[1]}) == 2);
+    REQUIRE(io::count_pair_images({}) == 0);
 
     // Splits: people of folds 5-8 (I..P) are dev-test, everybody else train.
     for (const char* person : {"A_x", "B_y", "I_x", "Z_z"}) t.write(std::string("lfw/images/") + person + "/" + person + "_0001.png", "x");

@@ -14,6 +14,7 @@
 #include "cli/options.hpp"
 #include "pin/core/allocator.hpp"
 #include "pin/eval/verification.hpp"
+#include "pin/io/face_dataset.hpp"
 #include "pin/io/file_util.hpp"
 #include "pin/io/image.hpp"
 #include "pin/io/safetensors.hpp"
@@ -140,9 +141,10 @@ inline int cmd_eval(Options o, const std::string& default_model_dir) {
     pin::check_batch_memory(vo.batch, 40e6, "pin eval");  // the agent's activations and the attack's caches
     vo.progress = !o.has("no-progress");
     // The pairs first: a bad data folder fails before any model is loaded.
-    (void)pin::eval::load_pairs(o.get("data", ""), vo.folds);
+    const int64_t images = pin::io::count_pair_images(pin::eval::load_pairs(o.get("data", ""), vo.folds));
     pin::model::Defense defense = load_defense(o, default_model_dir);
-    if (!apply_device(o, defense, "eval", vo.batch)) return 1;
+    // --gpu-tune times the forward at the largest batch the run defends: --batch, or all its faces.
+    if (!apply_device(o, defense, "eval", std::min(vo.batch, images))) return 1;
     // After apply_device: the GPU settings in the key are those the run uses, --gpu-tune's choice included.
     vo.defense_tag = o.get("defense", "none") + " model " + o.get("model", default_model_dir) + " basis " + o.get("basis", "") +
                      " mode " + o.get("mode", "sample") + " seed " + o.get("seed", "0") +

@@ -253,6 +253,16 @@ assert tuned.get("gpu_tuned") is True and "gpu_tuned" not in chosen, (tuned.get(
 assert tuned["scores"] == chosen["scores"] and tuned["gpu_gemm_launches"] == chosen["gpu_gemm_launches"], (tuned, chosen)
 PY
 echo "pin eval --device cuda --gpu-math bf16 --gpu-tune records its choice ($chosen) and scores as a run with those flags"
+# Without --batch (32) it tunes at the number of faces the pairs name, the largest batch the run
+# defends (one configuration: 80 s emulated).
+faces=$(python3 -c 'import sys
+lines = [l.split() for l in open(sys.argv[1]).read().splitlines()[1:] if l.strip()]
+print(len({(l[0], l[1]) for l in lines} | {(l[0] if len(l) == 3 else l[2], l[-1]) for l in lines}))' "$work/data/pairs.txt")
+"${ev[@]}" --json "$work/eval_tuned_faces.json" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-repeats 1 --gpu-tune-only tile128 \
+  >"$work/eval.log" 2>&1 || { cat "$work/eval.log"; fail "pin eval --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only tile128"; }
+grep -q "GPU tuning on .* at batch $faces: 1 configuration," "$work/eval.log" \
+  || { cat "$work/eval.log"; fail "pin eval --gpu-tune did not tune at the $faces faces of its pairs"; }
+echo "pin eval --gpu-tune tunes at the $faces faces its pairs name (fewer than --batch 32)"
 }
 if $recognizer; then
   eval_tune_checks

@@ -5,12 +5,14 @@
 // "all"; asking it for another split falls back to all images and says so.
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "pin/core/error.hpp"
@@ -81,6 +83,14 @@ inline std::vector<FacePair> read_pairs_file(const std::string& path) {
     std::ifstream in(path);
     PIN_CHECK(in, path, ": cannot open the pairs file");
     return parse_pairs(in, path);
+}
+
+// How many different images `pairs` name (a person's image number counted once however many pairs
+// it is in): the faces a verification run defends and embeds.
+inline int64_t count_pair_images(const std::vector<FacePair>& pairs) {
+    std::set<std::pair<std::string, int>> images;
+    for (const FacePair& p : pairs) images.emplace(p.person_a, p.index_a), images.emplace(p.person_b, p.index_b);
+    return static_cast<int64_t>(images.size());
 }
 
 inline bool is_image_file(const std::filesystem::path& p) {
