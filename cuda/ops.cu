@@ -138,6 +138,7 @@ KernelCounts counts_by_kernel(const std::atomic<int64_t>* c) {
     k.wide = at(GemmKernel::Wide);
     k.one_output = at(GemmKernel::OneOutput);
     k.one_input = at(GemmKernel::OneInput);
+    k.one_input_bands = at(GemmKernel::OneInputBands);
     k.async = at(GemmKernel::Async);
     k.async_cols128 = at(GemmKernel::AsyncCols128);
     k.wgmma_tma = at(GemmKernel::WgmmaTensorCopies);

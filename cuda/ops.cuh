@@ -244,20 +244,24 @@ struct Activations {
 
 // A count per GEMM kernel: of launches (kernel_launches) or of arithmetic (kernel_gemm_flops).
 struct KernelCounts {
-    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0, async = 0;
+    int64_t fp32 = 0, tensor_core = 0, wide = 0, one_output = 0, one_input = 0;
+    int64_t one_input_bands = 0;  // of one_input's, those by output row bands (the 3 x 3 stems; a part of one_input)
+    int64_t async = 0;
     int64_t async_cols128 = 0;  // of async's, those of the 256 x 128 tile (a part of async, not beside it)
     int64_t wgmma = 0;          // the warpgroup-MMA kernel's (AsyncTileShape::Wgmma, gemm_bf16_wgmma)
     int64_t wgmma_tma = 0;      // of wgmma's, those fed by tensor copies (WgmmaLoads::TensorCopies; a part of wgmma)
     int64_t wgmma_wide = 0;     // of wgmma_tma's, those on the m64n256k16 tiles (WgmmaMmaN::N256; a part of wgmma_tma)
     int64_t wgmma_split = 0;    // of wgmma_tma's, those on ws's split-column tiles, 200 or 112 pixels x 128 channels (a part of wgmma_tma)
-    // Over all kernels (async_cols128, wgmma_tma, wgmma_wide and wgmma_split being inside async and wgmma).
+    // Over all kernels (one_input_bands, async_cols128, wgmma_tma, wgmma_wide and wgmma_split being
+    // inside one_input, async and wgmma).
     int64_t total() const { return fp32 + tensor_core + wide + one_output + one_input + async + wgmma; }
     // Counter by counter: what happened between two readings (`pin` leaves GPU tuning's launches out so).
     KernelCounts operator-(const KernelCounts& base) const {
-        static_assert(sizeof(KernelCounts) == 11 * sizeof(int64_t), "a counter added to KernelCounts needs subtracting here");
+        static_assert(sizeof(KernelCounts) == 12 * sizeof(int64_t), "a counter added to KernelCounts needs subtracting here");
         KernelCounts d = *this;
         d.fp32 -= base.fp32, d.tensor_core -= base.tensor_core, d.wide -= base.wide, d.one_output -= base.one_output;
-        d.one_input -= base.one_input, d.async -= base.async, d.async_cols128 -= base.async_cols128, d.wgmma -= base.wgmma;
+        d.one_input -= base.one_input, d.one_input_bands -= base.one_input_bands, d.async -= base.async;
+        d.async_cols128 -= base.async_cols128, d.wgmma -= base.wgmma;
         d.wgmma_tma -= base.wgmma_tma, d.wgmma_wide -= base.wgmma_wide, d.wgmma_split -= base.wgmma_split;
         return d;
     }
@@ -275,10 +279,11 @@ KernelFlops kernel_gemm_flops();
 // The counts with the names reports use for them ("fp32", "tensor_core", ..., "wgmma"), in the
 // struct's order: `pin`'s kernel report and pin-bench-gpu's JSON name them the same way.
 inline std::vector<std::pair<const char*, int64_t>> named_counts(const KernelCounts& k) {
-    static_assert(sizeof(KernelCounts) == 11 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
+    static_assert(sizeof(KernelCounts) == 12 * sizeof(int64_t), "a counter added to KernelCounts needs its name here, and in total()");
     return {{"fp32", k.fp32}, {"tensor_core", k.tensor_core}, {"wide", k.wide}, {"one_output", k.one_output},
-            {"one_input", k.one_input}, {"async", k.async}, {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma},
-            {"wgmma_tma", k.wgmma_tma}, {"wgmma_wide", k.wgmma_wide}, {"wgmma_split", k.wgmma_split}};
+            {"one_input", k.one_input}, {"one_input_bands", k.one_input_bands}, {"async", k.async},
+            {"async_cols128", k.async_cols128}, {"wgmma", k.wgmma}, {"wgmma_tma", k.wgmma_tma}, {"wgmma_wide", k.wgmma_wide},
+            {"wgmma_split", k.wgmma_split}};
 }
 
 // ---- convolutions (NHWC activations) -------------------------------------------------------------

@@ -196,12 +196,90 @@ __global__ void conv_one_input_kernel(unsigned total, int64_t M, int64_t N, G la
     }
 }
 
+// The 3 x 3 stems (one input channel, N output channels, direct gather) by output row bands: a
+// block takes `rows` whole output rows of one image (up to kStemBandPixels pixels), their input rows
+// staged once in shared memory, zero-padded. Thread (lane, g) keeps output channels 4 g .. 4 g + 3's
+// 9 x 4 weights in registers for the whole band and walks the band's pixels lane, lane + lanes, ...
+// (groups = N / 4, lanes = THREADS / groups). conv_one_input_kernel, per 16 outputs of a pixel,
+// decodes the pixel, tests 9 taps and loads 36 weight vectors from global memory (modelled ~0.45 ms
+// for the ESN's stem at batch 256, not measured; its first form, a thread per 4 channels, took 1.18
+// ms on the H200 on 2026-12-04). Here an output quad costs 9 broadcast shared-memory reads and 36
+// FMAs, and a warp stores 32 / groups neighbouring pixels' whole channel runs (512 contiguous bytes
+// at 64 fp32 channels), so the output's bytes should bound it (at batch 256 0.4 GB in bfloat16, 0.8
+// in fp32: 0.09-0.17 ms at the H200's 4.8 TB/s). The sums of gather_one_input_quads, in its order
+// (taps kh, kw; a padded tap adds a zero where it skips one), fp32.
+constexpr int kStemTaps = 9, kStemSmemFloats = 4096, kStemBandPixels = 512;
+// Whether the stem kernel takes this gather (3 x 3, one channel, direct) with N output channels, and
+// its band: `rows` output rows a block, `span` = the staged input row width. The staged rows must fit
+// kStemSmemFloats; groups must divide THREADS.
+struct StemBand {
+    int rows = 0, in_rows = 0, span = 0;
+};
+template <class G>
+inline bool stem_band(const G& la, int64_t N, StemBand& band) {
+    static_assert(!G::kIsTransposed, "the stems are direct convolutions");
+    if (la.C != 1 || la.K != 3 || N % 4 != 0 || N / 4 > THREADS || THREADS % (N / 4) != 0) return false;
+    band.span = static_cast<int>((la.Wo - 1) * la.stride + la.K);
+    band.rows = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(la.Ho, kStemBandPixels / std::max<int64_t>(la.Wo, 1))));
+    auto in_rows = [&](int r) { return static_cast<int>((r - 1) * la.stride + la.K); };
+    while (band.rows > 1 && in_rows(band.rows) * band.span > kStemSmemFloats) --band.rows;
+    band.in_rows = in_rows(band.rows);
+    return band.in_rows * band.span <= kStemSmemFloats;
+}
+// w: the packed weights (9 rows of N, (kh, kw) order). Grid: images x bands blocks, an image's
+// bands consecutive.
+template <class G, class Store>
+__global__ void __launch_bounds__(THREADS) conv_stem_band_kernel(G la, const float* w, int64_t N, StemBand band, bool vec, Store st) {
+    PIN_SHARED_ARRAY(float, in, [kStemSmemFloats]);
+    const int tid = threadIdx.x, groups = static_cast<int>(N / 4), lanes = THREADS / groups, g = tid % groups, lane = tid / groups;
+    const int Ho = static_cast<int>(la.Ho), Wo = static_cast<int>(la.Wo), H = static_cast<int>(la.H), W = static_cast<int>(la.W);
+    const int s = static_cast<int>(la.stride), pad = static_cast<int>(la.pad), bands = (Ho + band.rows - 1) / band.rows;
+    const int b = static_cast<int>(blockIdx.x) / bands, oh0 = (static_cast<int>(blockIdx.x) - b * bands) * band.rows, ih0 = oh0 * s - pad;
+    const auto* image = la.src + static_cast<int64_t>(b) * H * W;
+    for (int i = tid; i < band.in_rows * band.span; i += THREADS) {
+        const int r = i / band.span, ih = ih0 + r, iw = i - r * band.span - pad;
+        in[i] = ih >= 0 && ih < H && iw >= 0 && iw < W ? to_float(image[ih * W + iw]) : 0.0f;
+    }
+    float wt[kStemTaps][4];
+    PIN_UNROLL
+    for (int t = 0; t < kStemTaps; ++t) load4(w + t * N + 4 * g, wt[t]);
+    __syncthreads();
+    const int rows = Ho - oh0 < band.rows ? Ho - oh0 : band.rows;
+    // Pixel (r, ow) of the band, stepped by `lanes` without a division per pixel.
+    int r = lane / Wo, ow = lane - r * Wo;
+    for (; r < rows; ow += lanes) {
+        while (ow >= Wo) ow -= Wo, ++r;
+        if (r >= rows) break;
+        const float* x = in + r * s * band.span + ow * s;
+        float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        PIN_UNROLL
+        for (int kh = 0; kh < 3; ++kh)
+            PIN_UNROLL
+            for (int kw = 0; kw < 3; ++kw) {
+                const float xv = x[kh * band.span + kw];
+                PIN_UNROLL
+                for (int i = 0; i < 4; ++i) v[i] += xv * wt[kh * 3 + kw][i];
+            }
+        const int64_t m = (static_cast<int64_t>(b) * Ho + oh0 + r) * Wo + ow;
+        if constexpr (HasStore4<Store>::value) {
+            if (vec) {
+                st.store4(0, m, 4 * g, v);
+                continue;
+            }
+        }
+        for (int i = 0; i < 4; ++i) st(0, m, 4 * g + i, v[i]);
+    }
+}
+
 // Which kernel a GEMM runs on: the math mode, the gather mode, and what the operands allow.
-// AsyncCols128 counts the Async launches with the 256 x 128 tile (both counters grow); Wgmma the
+// OneInputBands counts the OneInput launches by output row bands (conv_stem_band_kernel; both
+// counters grow), AsyncCols128 the Async launches with the 256 x 128 tile (both counters grow); Wgmma the
 // warpgroup-MMA kernel's (ops_wgmma.cu), WgmmaTensorCopies those of them fed by tensor copies (both
 // counters grow), WgmmaWide and WgmmaSplit those of the latter on the wide and the split-column tiles.
-enum class GemmKernel { Fp32, TensorCore, Wide, OneOutput, OneInput, Async, AsyncCols128, Wgmma, WgmmaTensorCopies, WgmmaWide, WgmmaSplit };
-constexpr int kGemmKernels = 11;
+enum class GemmKernel {
+    Fp32, TensorCore, Wide, OneOutput, OneInput, OneInputBands, Async, AsyncCols128, Wgmma, WgmmaTensorCopies, WgmmaWide, WgmmaSplit
+};
+constexpr int kGemmKernels = 12;
 // Counts a launch of `kernel` and its M x N x K products (ops.cuh kernel_launches, kernel_gemm_flops).
 inline void count_gemm(GemmKernel kernel, int64_t M, int64_t N, int64_t K) {
     gemm_launches()[static_cast<int>(kernel)].fetch_add(1, std::memory_order_relaxed);
@@ -299,10 +377,21 @@ inline void launch_gemm(const GemmPlan& plan, int64_t M, int64_t N, int64_t K, L
             } else {
                 bool vec = false;
                 if constexpr (HasStore4<Store>::value) vec = st.vectors_ok();
-                if (N % 16 == 0) {  // the stems' 64 channels: 4 groups per thread
+                bool banded = false;  // by conv_stem_band_kernel (3 x 3 stems), else per pixel
+                if constexpr (!LoadA::kIsTransposed) {
+                    StemBand band;
+                    if (stem_band(la, N, band)) {
+                        const int64_t blocks = (M / (la.Ho * la.Wo)) * ((la.Ho + band.rows - 1) / band.rows);
+                        if (blocks >= (int64_t{1} << 31)) ::pin::detail::throw_error("CUDA ", name, " ", shape, ": too many images");
+                        PIN_LAUNCH(static_cast<unsigned>(blocks), THREADS, cur(), conv_stem_band_kernel)(la, lb.a, N, band, vec, st);
+                        count_gemm(GemmKernel::OneInputBands, M, N, K);
+                        banded = true;
+                    }
+                }
+                if (!banded && N % 16 == 0) {  // 4 groups per thread
                     const unsigned total = static_cast<unsigned>(M * (N / 16));
                     PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel<4>)(total, M, N, la, lb.a, vec, st);
-                } else {
+                } else if (!banded) {
                     const unsigned total = static_cast<unsigned>(M * (N / 4));
                     PIN_LAUNCH((total + THREADS - 1) / THREADS, THREADS, cur(), conv_one_input_kernel<1>)(total, M, N, la, lb.a, vec, st);
                 }

@@ -134,7 +134,7 @@ void usage(std::FILE* f) {
                  "              Ctrl-C saves a checkpoint and exits; --resume continues bit-identically\n"
                  "  eval        face verification on LFW-style pairs through a defense, clean or attacked\n"
                  "              --data DIR      pairs.txt + images/<name>/<name>_NNNN.png (e.g. ../shared/data/lfw112)\n"
-                 "              --folds F       e.g. 5-8 (default: all folds of pairs.txt)\n"
+                 "              --folds F       e.g. 5-8 or 1,3,5-6 (default: all folds of pairs.txt)\n"
                  "              --defense D     none (default) | pin | pca-K | dae | jpeg-Q (quality Q) | bits-K (K-bit pixels)\n"
                  "                              (--model DIR, --basis FILE, --mode M)\n"
                  "              --attack A      none (default) | fgsm | ifgsm | pgd (L2) | pgd-linf | deepfool | di2-fgsm\n"

@@ -63,7 +63,12 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
     for (const Case c : {Case{2, 13, 11, 5, 7, 3, 1, 1}, Case{1, 17, 9, 3, 70, 3, 2, 1}, Case{3, 8, 8, 33, 65, 1, 2, 0},
                          Case{2, 15, 15, 1, 64, 3, 1, 1}, Case{1, 12, 10, 6, 5, 7, 2, 0}, Case{2, 9, 11, 32, 48, 3, 1, 1},
                          Case{1, 14, 13, 64, 64, 3, 2, 1}, Case{3, 10, 7, 64, 100, 3, 1, 1}, Case{1, 9, 8, 96, 32, 1, 1, 0},
-                         Case{2, 11, 9, 64, 1, 3, 1, 1}}) {
+                         Case{2, 11, 9, 64, 1, 3, 1, 1},
+                         // Stems (one input channel): by row bands where 3 x 3 with N / 4 dividing 256 - at stride 2
+                         // (lanes beyond the width), unpadded, 256 channels (4 lanes); per pixel otherwise - 12
+                         // channels, 5 x 5 taps, and a row too wide for a band's staged input (3 x 1402 floats).
+                         Case{3, 13, 17, 1, 8, 3, 2, 1}, Case{1, 9, 20, 1, 256, 3, 1, 0}, Case{2, 7, 9, 1, 12, 3, 1, 1},
+                         Case{1, 11, 10, 1, 16, 5, 1, 2}, Case{1, 3, 1400, 1, 4, 3, 1, 1}}) {
         const cpu::Conv2dParams p{c.k, c.s, c.p};
         const int64_t Ho = cpu::conv2d_output_size(c.h, p), Wo = cpu::conv2d_output_size(c.w, p);
         const Tensor x = rnd({c.b, c.cin, c.h, c.w}, 1), w = rnd({c.cout, c.cin, c.k, c.k}, 2, Layout::NCHW), dy = rnd({c.b, c.cout, Ho, Wo}, 3);
@@ -96,7 +101,7 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
                 REQUIRE(flops_delta[i].second == named[i].second - named_before[i].second);
                 REQUIRE((named[i].second > named_before[i].second) == (launched[i].second > launched_before[i].second));
                 const std::string kernel = named[i].first;
-                if (kernel != "async_cols128" && kernel != "wgmma_tma") added += named[i].second - named_before[i].second;  // parts of async's, wgmma's
+                if (kernel != "one_input_bands" && kernel != "async_cols128" && kernel != "wgmma_tma") added += named[i].second - named_before[i].second;  // parts of one_input's, async's, wgmma's
             }
             REQUIRE(added == 2 * (c.b * Ho * Wo) * c.cout * (c.k * c.k * c.cin));
             REQUIRE(flops.total() - flops_before.total() == added);  // total(): the same sum
@@ -104,7 +109,13 @@ TEST_CASE("GPU convolutions (all three passes) match the CPU", "[cuda][conv]") {
         // The forward reaches the kernel its configuration is for (ops.cuh GatherMode).
         const bool special = gather != pin::cuda::GatherMode::Generic;
         if (special && c.cout == 1) REQUIRE(after.one_output > before.one_output);
-        if (special && c.cin == 1 && c.cout % 4 == 0) REQUIRE(after.one_input > before.one_input);
+        if (special && c.cin == 1 && c.cout % 4 == 0) {
+            REQUIRE(after.one_input > before.one_input);
+            const bool bands = c.k == 3 && 256 % (c.cout / 4) == 0 && 3 * ((Wo - 1) * c.s + 3) <= 4096;  // ops_internal.cuh stem_band
+            REQUIRE((after.one_input_bands > before.one_input_bands) == bands);
+        } else {
+            REQUIRE(after.one_input_bands == before.one_input_bands);
+        }
         if (gather == pin::cuda::GatherMode::Vector && mode == pin::cuda::MathMode::BF16 && c.cin % 32 == 0 && c.cout % 4 == 0)
             REQUIRE(after.wide > before.wide);
         pin::cuda::conv2d_backward_input(gdy.data(), gw.data(), gdx.data(), s);

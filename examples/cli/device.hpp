@@ -113,15 +113,11 @@ inline std::vector<std::string> gpu_tune_only(const Options& o) {
     const std::string list = o.get("gpu-tune-only", "");
     std::string ids;
     for (const std::string& id : known) ids += (ids.empty() ? "" : ", ") + id;
-    size_t at = 0;
-    while (at <= list.size()) {
-        const size_t comma = std::min(list.find(',', at), list.size());
-        const std::string id = list.substr(at, comma - at);
+    for (const std::string& id : comma_items("gpu-tune-only", list)) {
         if (std::find(known.begin(), known.end(), id) == known.end())
             fail_usage("--gpu-tune-only: no configuration '" + id + "' (the ids: " + ids + ")");
         if (std::find(wanted.begin(), wanted.end(), id) != wanted.end()) fail_usage("--gpu-tune-only names '" + id + "' twice");
         wanted.push_back(id);
-        at = comma + 1;
     }
     return wanted;
 }
@@ -224,9 +220,9 @@ inline std::vector<std::pair<const char*, double>> gpu_gemm_gflop() {
 #endif
     return gflop;
 }
-// All of it, in GFLOP (pin::cuda::KernelCounts::total: async_cols128 is part of async's and wgmma_tma,
-// wgmma_wide and wgmma_split of wgmma's, not beside them, so the sum of gpu_gemm_gflop() counts those
-// twice or more). 0 without CUDA.
+// All of it, in GFLOP (pin::cuda::KernelCounts::total: one_input_bands is part of one_input's,
+// async_cols128 of async's and wgmma_tma, wgmma_wide and wgmma_split of wgmma's, not beside them, so
+// the sum of gpu_gemm_gflop() counts those twice or more). 0 without CUDA.
 inline double gpu_gemm_gflop_total() {
 #if defined(PIN_HAVE_CUDA)
     return static_cast<double>((pin::cuda::kernel_gemm_flops() - gpu_flops_baseline()).total()) * 1e-9;

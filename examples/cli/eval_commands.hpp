@@ -70,21 +70,19 @@ inline pin::model::Defense load_defense(const Options& o, const std::string& def
 
 inline std::vector<int> parse_folds(const std::string& s) {
     std::vector<int> folds;
-    if (s.empty() || s == "all") return folds;
-    size_t pos = 0;
-    while (pos < s.size()) {
-        size_t comma = s.find(',', pos);
-        if (comma == std::string::npos) comma = s.size();
-        const std::string part = s.substr(pos, comma - pos);
+    if (s == "all") return folds;
+    for (const std::string& part : comma_items("folds", s)) {
         const size_t dash = part.find('-');
         char* end = nullptr;
         const long a = std::strtol(part.c_str(), &end, 10);
         long b = a;
         if (dash != std::string::npos) b = std::strtol(part.c_str() + dash + 1, &end, 10);
-        if (part.empty() || *end != '\0' || a < 1 || b < a || b > 1000) fail_usage("--folds expects e.g. 5-8 or 1,3,5, got '" + s + "'");
+        if (*end != '\0' || a < 1 || b < a || b > 1000) fail_usage("--folds expects e.g. 5-8 or 1,3,5, got '" + s + "'");
         for (long f = a; f <= b; ++f) folds.push_back(static_cast<int>(f));
-        pos = comma + 1;
     }
+    // A set: "8,5" and "5-8,6" name the same pairs as "5,8" and "5-8", and so the same cache entries.
+    std::sort(folds.begin(), folds.end());
+    folds.erase(std::unique(folds.begin(), folds.end()), folds.end());
     return folds;
 }
 

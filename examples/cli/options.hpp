@@ -1,12 +1,14 @@
 // examples/cli/options.hpp - command-line parsing shared by the pin commands: `pin <command>
 // [--flag value | --switch]...`, typed accessors that reject bad values with a usage error (exit 2).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <set>
 #include <string>
+#include <vector>
 
 namespace cli {
 
@@ -66,6 +68,19 @@ Options parse(int argc, char** argv, Usage usage) {
         std::exit(2);
     }
     return o;
+}
+
+// The items of --flag's comma-separated value ("a,b,c"), in order; an empty one ("a,,b", "a,", "") is
+// a usage error naming the flag.
+inline std::vector<std::string> comma_items(const std::string& flag, const std::string& list) {
+    std::vector<std::string> items;
+    for (size_t at = 0;;) {
+        const size_t comma = std::min(list.find(',', at), list.size());
+        items.push_back(list.substr(at, comma - at));
+        if (items.back().empty()) fail_usage("--" + flag + ": an empty item in '" + list + "'");
+        if (comma == list.size()) return items;
+        at = comma + 1;
+    }
 }
 
 inline int64_t int_option(const Options& o, const std::string& key, int64_t fallback, int64_t lo, int64_t hi) {

@@ -64,7 +64,7 @@ if "$pin" info 2>&1 | grep -q "CUDA kernels     built"; then  # the configuratio
   bad_tune "--gpu-tune-only: no configuration 'tile32' (the ids: tile64, tile64-l1, tile128, wgmma-wait," \
     --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only tile64,tile32
   bad_tune "--gpu-tune-only names 'ws' twice" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only ws,tile128,ws
-  bad_tune "--gpu-tune-only: no configuration ''" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only tile64,
+  bad_tune "--gpu-tune-only: an empty item in 'tile64,'" --device cuda --gpu-math bf16 --gpu-tune --gpu-tune-only tile64,
 fi
 [ ! -e "$work/o_tune" ] || fail "a refused --gpu-tune run wrote files"
 echo "defend_check: all checks passed"

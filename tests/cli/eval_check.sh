@@ -43,6 +43,14 @@ PY
 if grep -q "CUDA kernels     built" "$work/info"; then
   grep -qE "^  CUDA device      (none usable: .+|.+ \(--device cuda)" "$work/info" || { cat "$work/info"; fail "pin info: no CUDA device line"; }
 fi
+# --folds: lists and ranges; an empty item or a fold 0 is a usage error.
+for bad in "1," "1,,2" "" "0-2" "2-1"; do
+  set +e
+  "$pin" eval $q --folds "$bad" > "$work/msg" 2>&1; rc=$?
+  set -e
+  [ $rc = 2 ] && grep -q -- "--folds" "$work/msg" || { cat "$work/msg"; fail "--folds '$bad': expected a usage error"; }
+done
+grep -q -- "--folds: an empty item in '1,'" <("$pin" eval $q --folds 1, 2>&1) || fail "--folds 1,: the message does not name the empty item"
 # --device cuda end to end (the GPU's scores against the CPU's): tests/cli/gpu_cli_check.sh. Here
 # the usage errors: a defense the GPU does not run, another command, bad or misplaced --gpu-* values.
 set +e
